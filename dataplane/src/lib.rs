@@ -1,0 +1,18 @@
+//! Sluice's data plane: a thread-per-core io_uring gateway in front of Azure OpenAI and
+//! OpenAI-compatible deployments.
+//!
+//! The pure pieces — HTTP framing ([`http`]), routing ([`route`]), pool selection
+//! ([`balance`]), backend health ([`health`]), the mock backend ([`mock`]) and the config
+//! compiler ([`config`]) — do no I/O and are tested alone. [`server`] wires them together on
+//! monoio workers, one per core.
+
+pub mod balance;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod http;
+pub mod mock;
+pub mod route;
+pub mod server;
+pub mod snapshot;

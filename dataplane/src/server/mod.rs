@@ -1,0 +1,1 @@
+//! Server (placeholder, being written).

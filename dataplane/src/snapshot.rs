@@ -1,0 +1,217 @@
+//! The compiled configuration: an immutable [`Snapshot`] built once from the TOML file by
+//! [`crate::config`], then shared read-only by every worker.
+//!
+//! Everything the request path needs is precomputed here (resolved addresses, rewritten
+//! header values, pool tables), so a request never parses or allocates config. A reload builds
+//! a new snapshot and swaps it whole; requests in flight keep the one they started with.
+//! State that must outlive a swap (backend health) is carried over on purpose by
+//! [`crate::config::compile`] when a backend keeps its name and address.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::health::BackendHealth;
+
+/// Index of a backend in [`Snapshot::backends`].
+pub type BackendId = usize;
+
+/// One compiled configuration. Built by [`crate::config::load`]; never mutated afterwards.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The file this snapshot was read from.
+    pub source: PathBuf,
+    /// Listener, worker and protocol settings.
+    pub server: ServerSettings,
+    /// Every backend, indexed by [`BackendId`].
+    pub backends: Vec<Backend>,
+    /// Deployments by the name clients use (the Azure deployment segment or the body's
+    /// `model`).
+    pub deployments: HashMap<String, Deployment>,
+    /// Deployment names in the order they appear in the file (for `GET /v1/models`).
+    pub deployment_order: Vec<String>,
+}
+
+/// `[server]`: listeners, workers, limits and timeouts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    /// Addresses to listen on; each worker binds its own SO_REUSEPORT socket on each.
+    /// Default `["127.0.0.1:8080"]`.
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads; `None` means one per available core. `--workers` overrides it.
+    pub workers: Option<usize>,
+    /// Size limits on what clients send.
+    pub limits: HttpLimits,
+    /// Timeouts on both sides.
+    pub timeouts: Timeouts,
+    /// How long a graceful shutdown waits for requests in flight. Default 30 s.
+    pub shutdown_grace: Duration,
+}
+
+/// Size limits applied while reading a client's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Longest request line (method, target, version). Default 8 KiB; over it → 414.
+    pub max_request_line: usize,
+    /// Largest request head including the request line. Default 64 KiB; over it → 431.
+    pub max_head: usize,
+    /// Most header fields in a request. Default 100; over it → 431.
+    pub max_headers: usize,
+    /// Largest request body. Default 32 MiB; over it → 413.
+    pub max_body: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_request_line: 8 * 1024,
+            max_head: 64 * 1024,
+            max_headers: 100,
+            max_body: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// Timeouts on the client and upstream sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From a request's first byte to the end of its head. Default 10 s; over it → 408.
+    pub head_read: Duration,
+    /// How long an idle keep-alive client connection is kept. Default 75 s.
+    pub keepalive_idle: Duration,
+    /// Connecting to a backend. Default 5 s.
+    pub upstream_connect: Duration,
+    /// From the request sent upstream to the first byte of its answer. Default 120 s.
+    pub upstream_first_byte: Duration,
+    /// Longest silence while streaming an answer (between reads). Default 300 s.
+    pub stream_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            head_read: Duration::from_secs(10),
+            keepalive_idle: Duration::from_secs(75),
+            upstream_connect: Duration::from_secs(5),
+            upstream_first_byte: Duration::from_secs(120),
+            stream_idle: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            workers: None,
+            limits: HttpLimits::default(),
+            timeouts: Timeouts::default(),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One backend instance.
+#[derive(Debug)]
+pub struct Backend {
+    /// Its name in the config (used in logs and metrics).
+    pub name: String,
+    /// What it is and how to talk to it.
+    pub kind: BackendKind,
+    /// Shared cool-down state; survives reloads while name and address stay the same.
+    pub health: Arc<BackendHealth>,
+}
+
+/// The kinds of backend Sluice can forward to.
+#[derive(Debug)]
+pub enum BackendKind {
+    /// The built-in mock: answered inside the gateway, no socket.
+    Mock(crate::mock::MockSettings),
+    /// An Azure OpenAI resource: `/openai/deployments/{deployment}/…?api-version=…`,
+    /// authenticated with an `api-key` header.
+    Azure(AzureBackend),
+    /// An OpenAI-compatible server: `/v1/…`, authenticated with `Authorization: Bearer`.
+    OpenAi(OpenAiBackend),
+}
+
+/// Where an HTTP backend lives, resolved at compile time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUpstream {
+    /// The URL as written in the config (for logs).
+    pub url: String,
+    /// The resolved address to connect to.
+    pub addr: SocketAddr,
+    /// The value of the `Host` header to send (`host` or `host:port` as in the URL).
+    pub host_header: String,
+    /// A path prefix from the URL, without a trailing `/` (usually empty).
+    pub base_path: String,
+}
+
+/// An `azure`-kind backend.
+#[derive(Debug)]
+pub struct AzureBackend {
+    /// Where it is.
+    pub upstream: HttpUpstream,
+    /// The deployment name on that resource (may differ from the name clients use).
+    pub deployment: String,
+    /// The `api-version` query value to send. Default `2024-10-21`.
+    pub api_version: String,
+    /// The `api-key` to send, read from the environment variable named in config.
+    pub api_key: Option<Secret>,
+}
+
+/// An `openai`-kind backend.
+#[derive(Debug)]
+pub struct OpenAiBackend {
+    /// Where it is.
+    pub upstream: HttpUpstream,
+    /// When set, the body's `model` is replaced with this before forwarding.
+    pub model: Option<String>,
+    /// The bearer token to send, read from the environment variable named in config.
+    pub api_key: Option<Secret>,
+}
+
+/// A credential. Its `Debug` and `Display` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a credential value.
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The value, for writing into an upstream request header only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(****)")
+    }
+}
+
+/// A deployment clients can call: a name and the pool of backends that serve it.
+#[derive(Debug)]
+pub struct Deployment {
+    /// The name clients use.
+    pub name: String,
+    /// Its backends with weights and priorities.
+    pub pool: Vec<PoolMember>,
+}
+
+/// One backend's place in a deployment's pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolMember {
+    /// Which backend.
+    pub backend: BackendId,
+    /// Its share within its priority group (≥ 1). Default 1.
+    pub weight: u32,
+    /// Its group; lower numbers are tried first. Default 0.
+    pub priority: u32,
+}
