@@ -1,0 +1,329 @@
+//! Whole-process tests: chat (plain and streaming), completions, embeddings and
+//! `GET /v1/models` through Sluice to its built-in mock backend, on the OpenAI paths and the
+//! Azure paths.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use serde_json::{json, Value};
+use support::*;
+
+const AZURE_Q: &str = "api-version=2024-10-21";
+
+fn start() -> Sluice {
+    Launch::new(MOCK_BODY).start()
+}
+
+fn assert_chat_completion(resp: &Response, model: &str) {
+    assert_eq!(resp.status, 200, "body: {}", resp.text());
+    assert_request_id(resp);
+    assert!(
+        resp.header("content-type")
+            .is_some_and(|c| c.starts_with("application/json")),
+        "content-type: {:?}",
+        resp.header("content-type")
+    );
+    let v = resp.json();
+    assert_eq!(v["object"], "chat.completion", "{v}");
+    assert_eq!(v["model"], model, "{v}");
+    assert!(v["id"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
+    let choice = &v["choices"][0];
+    assert_eq!(choice["index"], 0, "{v}");
+    assert_eq!(choice["message"]["role"], "assistant", "{v}");
+    assert!(
+        choice["message"]["content"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "{v}"
+    );
+    assert!(choice["finish_reason"].is_string(), "{v}");
+    let usage = &v["usage"];
+    assert_eq!(usage["completion_tokens"], MOCK_COMPLETION_TOKENS, "{v}");
+    let prompt = usage["prompt_tokens"].as_u64().expect("prompt_tokens");
+    assert!(prompt > 0, "{v}");
+    assert_eq!(
+        usage["total_tokens"].as_u64(),
+        Some(prompt + MOCK_COMPLETION_TOKENS),
+        "{v}"
+    );
+}
+
+#[test]
+fn startup_line_names_workers_and_listener() {
+    let s = Launch::new(MOCK_BODY).workers(2).start();
+    let want = format!("listen=127.0.0.1:{}", s.port);
+    assert!(
+        s.wait_log(
+            "sluice started workers=2",
+            std::time::Duration::from_secs(5)
+        ),
+        "startup line missing: {}",
+        s.log()
+    );
+    let log = s.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("sluice started"))
+        .expect("startup line");
+    assert!(line.contains(&want), "{line}");
+    assert!(
+        line.contains("driver=io_uring") || line.contains("driver=epoll"),
+        "{line}"
+    );
+}
+
+#[test]
+fn chat_on_openai_path() {
+    let s = start();
+    let resp = s.post_json("/v1/chat/completions", &chat_body(Some("gpt-4o"), false));
+    // The request names its model (the deployment), so the mock reports that name.
+    assert_chat_completion(&resp, "gpt-4o");
+}
+
+#[test]
+fn chat_on_azure_openai_v1_path() {
+    let s = start();
+    let resp = s.post_json(
+        "/openai/v1/chat/completions",
+        &chat_body(Some("gpt-4o"), false),
+    );
+    assert_chat_completion(&resp, "gpt-4o");
+}
+
+#[test]
+fn chat_on_azure_deployment_path() {
+    let s = start();
+    let body = serde_json::to_vec(&chat_body(None, false)).unwrap();
+    let resp = s.request(
+        "POST",
+        &format!("/openai/deployments/gpt-4o/chat/completions?{AZURE_Q}"),
+        &[
+            ("Content-Type", "application/json"),
+            ("api-key", CLIENT_KEY),
+        ],
+        &body,
+    );
+    // No model in the body: the mock reports its configured model.
+    assert_chat_completion(&resp, "gpt-4o-mock");
+}
+
+/// Reads a whole SSE chat stream, checks it ends with `[DONE]`, returns the JSON payloads before it.
+fn read_chat_stream(
+    client: &mut Client,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> Vec<Value> {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let mut all = headers.to_vec();
+    all.push(("Content-Type", "application/json"));
+    let (head, mut sse) = client.stream("POST", target, &all, &bytes);
+    assert_eq!(head.status(), 200, "{head:?}");
+    assert!(head.has("x-request-id"), "{head:?}");
+    assert!(
+        head.header("content-type")
+            .is_some_and(|c| c.starts_with("text/event-stream")),
+        "{head:?}"
+    );
+    let events = sse.collect_rest();
+    let mut datas: Vec<&str> = events.iter().filter_map(|e| event_data(e)).collect();
+    assert_eq!(
+        datas.pop(),
+        Some("[DONE]"),
+        "stream must end with data: [DONE]: {events:?}"
+    );
+    datas
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("event not JSON ({e}): {d}")))
+        .collect()
+}
+
+fn assert_chat_chunks(chunks: &[Value], with_usage: bool) {
+    assert!(chunks.len() >= 2, "too few chunks: {chunks:?}");
+    let mut content = String::new();
+    for c in chunks {
+        assert_eq!(c["object"], "chat.completion.chunk", "{c}");
+        if let Some(choices) = c["choices"].as_array() {
+            for ch in choices {
+                if let Some(t) = ch["delta"]["content"].as_str() {
+                    content.push_str(t);
+                }
+            }
+        }
+    }
+    assert!(!content.is_empty(), "no content streamed: {chunks:?}");
+    let last = chunks.last().unwrap();
+    if with_usage {
+        assert_eq!(
+            last["choices"],
+            json!([]),
+            "usage chunk has no choices: {last}"
+        );
+        assert_eq!(
+            last["usage"]["completion_tokens"], MOCK_COMPLETION_TOKENS,
+            "{last}"
+        );
+        let prompt = last["usage"]["prompt_tokens"].as_u64().unwrap();
+        assert_eq!(
+            last["usage"]["total_tokens"].as_u64(),
+            Some(prompt + MOCK_COMPLETION_TOKENS)
+        );
+        for c in &chunks[..chunks.len() - 1] {
+            assert!(c["usage"].is_null(), "usage only on the last chunk: {c}");
+        }
+    } else {
+        for c in chunks {
+            assert!(
+                c["usage"].is_null(),
+                "no usage chunk without include_usage: {c}"
+            );
+        }
+    }
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"].is_string()),
+        "no finish_reason: {chunks:?}"
+    );
+}
+
+#[test]
+fn streaming_chat_on_openai_path() {
+    let s = start();
+    let mut c = s.connect();
+    let chunks = read_chat_stream(
+        &mut c,
+        "/v1/chat/completions",
+        &[("Authorization", "Bearer sluice-demo-key")],
+        &chat_body(Some("gpt-4o"), true),
+    );
+    assert_chat_chunks(&chunks, false);
+
+    let mut body = chat_body(Some("gpt-4o"), true);
+    body["stream_options"] = json!({"include_usage": true});
+    // Same connection: a finished stream leaves it usable.
+    let chunks = read_chat_stream(
+        &mut c,
+        "/v1/chat/completions",
+        &[("Authorization", "Bearer sluice-demo-key")],
+        &body,
+    );
+    assert_chat_chunks(&chunks, true);
+}
+
+#[test]
+fn streaming_chat_on_azure_deployment_path() {
+    let s = start();
+    let mut c = s.connect();
+    let target = format!("/openai/deployments/gpt-4o/chat/completions?{AZURE_Q}");
+    let chunks = read_chat_stream(
+        &mut c,
+        &target,
+        &[("api-key", CLIENT_KEY)],
+        &chat_body(None, true),
+    );
+    assert_chat_chunks(&chunks, false);
+    let mut body = chat_body(None, true);
+    body["stream_options"] = json!({"include_usage": true});
+    let chunks = read_chat_stream(&mut c, &target, &[("api-key", CLIENT_KEY)], &body);
+    assert_chat_chunks(&chunks, true);
+}
+
+fn assert_text_completion(resp: &Response) {
+    assert_eq!(resp.status, 200, "body: {}", resp.text());
+    assert_request_id(resp);
+    let v = resp.json();
+    assert_eq!(v["object"], "text_completion", "{v}");
+    assert!(v["choices"][0]["text"].is_string(), "{v}");
+    assert_eq!(
+        v["usage"]["completion_tokens"], MOCK_COMPLETION_TOKENS,
+        "{v}"
+    );
+}
+
+#[test]
+fn completions_on_openai_and_azure_paths() {
+    let s = start();
+    let resp = s.post_json(
+        "/v1/completions",
+        &json!({"model": "gpt-4o", "prompt": "Say hello.", "max_tokens": 100}),
+    );
+    assert_text_completion(&resp);
+    let resp = s.post_json(
+        &format!("/openai/deployments/gpt-4o/completions?{AZURE_Q}"),
+        &json!({"prompt": "Say hello.", "max_tokens": 100}),
+    );
+    assert_text_completion(&resp);
+}
+
+fn assert_embeddings(resp: &Response, n: usize) {
+    assert_eq!(resp.status, 200, "body: {}", resp.text());
+    assert_request_id(resp);
+    let v = resp.json();
+    assert_eq!(v["object"], "list", "{v}");
+    let data = v["data"].as_array().expect("data array");
+    assert_eq!(data.len(), n, "{v}");
+    for (i, d) in data.iter().enumerate() {
+        assert_eq!(d["object"], "embedding", "{v}");
+        assert_eq!(d["index"], i, "{v}");
+        let e = d["embedding"].as_array().expect("embedding array");
+        assert_eq!(e.len(), 8, "embedding_dimensions: {v}");
+        assert!(e.iter().all(Value::is_f64), "{v}");
+    }
+    assert!(
+        v["usage"]["prompt_tokens"].as_u64().is_some_and(|t| t > 0),
+        "{v}"
+    );
+    assert_eq!(
+        v["usage"]["total_tokens"], v["usage"]["prompt_tokens"],
+        "{v}"
+    );
+}
+
+#[test]
+fn embeddings_on_openai_and_azure_paths() {
+    let s = start();
+    let inputs = json!(["The food was delicious", "and the waiter was friendly"]);
+    let resp = s.post_json(
+        "/v1/embeddings",
+        &json!({"model": "text-embedding-3-small", "input": inputs}),
+    );
+    assert_embeddings(&resp, 2);
+    let resp = s.post_json(
+        "/v1/embeddings",
+        &json!({"model": "text-embedding-3-small", "input": "one string"}),
+    );
+    assert_embeddings(&resp, 1);
+    let resp = s.post_json(
+        &format!("/openai/deployments/text-embedding-3-small/embeddings?{AZURE_Q}"),
+        &json!({ "input": inputs }),
+    );
+    assert_embeddings(&resp, 2);
+}
+
+#[test]
+fn models_lists_deployments_in_file_order() {
+    let s = start();
+    let resp = s.get("/v1/models");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_request_id(&resp);
+    assert!(resp
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("application/json")));
+    assert_eq!(
+        resp.json(),
+        json!({"object": "list", "data": [
+            {"id": "gpt-4o", "object": "model", "created": 0, "owned_by": "sluice"},
+            {"id": "text-embedding-3-small", "object": "model", "created": 0, "owned_by": "sluice"},
+        ]})
+    );
+}
+
+#[test]
+fn request_ids_differ_between_requests() {
+    let s = start();
+    let mut c = s.connect();
+    let a = c.request("GET", "/v1/models", &[], b"");
+    let b = c.request("GET", "/v1/models", &[], b"");
+    assert_ne!(a.header("x-request-id"), b.header("x-request-id"));
+}

@@ -1,0 +1,85 @@
+//! Whole-process test with the official `openai` Python package: `OpenAI` and `AzureOpenAI`
+//! clients pointed at Sluice do chat, streaming chat (with and without usage) and embeddings
+//! against mock deployments (tests/sdk/openai_sdk.py).
+//!
+//! The interpreter is `$SLUICE_TEST_PYTHON`, else `.venv/bin/python` at the workspace root
+//! (`.ci/run` makes it). Without one that can import `openai` the test is skipped with a
+//! message, except under CI (`CI` set), where it fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use support::*;
+
+fn interpreter() -> Option<PathBuf> {
+    let candidate = match std::env::var_os("SLUICE_TEST_PYTHON") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => workspace_root().join(".venv/bin/python"),
+    };
+    let ok = Command::new(&candidate)
+        .args(["-c", "import openai"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(candidate)
+}
+
+#[test]
+fn openai_python_sdk_against_sluice() {
+    let Some(python) = interpreter() else {
+        let msg = "no Python with the `openai` package (set SLUICE_TEST_PYTHON or run .ci/run \
+                   to make .venv)";
+        if std::env::var_os("CI").is_some() {
+            panic!("{msg}; CI is set, so this is a failure");
+        }
+        println!("SKIPPED openai_python_sdk_against_sluice: {msg}");
+        return;
+    };
+    let s = Launch::new(MOCK_BODY).workers(2).start();
+    let script = workspace_root().join("tests/sdk/openai_sdk.py");
+    let mut child = Command::new(&python)
+        .arg(&script)
+        .env("SLUICE_PORT", s.port.to_string())
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("AZURE_OPENAI_API_KEY")
+        .env_remove("AZURE_OPENAI_ENDPOINT")
+        .env_remove("OPENAI_API_VERSION")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start python");
+
+    // Bound the script's run time: kill it if it takes longer than 60 s.
+    let pid = child.id();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let watchdog = thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+        }
+    });
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let out = thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let err = thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let status = child.wait().expect("wait python");
+    let _ = done_tx.send(());
+    watchdog.join().unwrap();
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    assert!(
+        status.success(),
+        "openai_sdk.py failed ({status})\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    assert!(out.contains("openai sdk checks passed"), "stdout:\n{out}");
+}
