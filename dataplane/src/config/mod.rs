@@ -834,6 +834,71 @@ backends = [{ backend = "m" }, { backend = "a" }]
         ));
     }
 
+    fn example(name: &str) -> (PathBuf, String) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        (path, text)
+    }
+
+    #[test]
+    fn the_quickstart_example_compiles() {
+        let (path, text) = example("quickstart.toml");
+        let snapshot = load_str(&path, &text, &|_| None, None).unwrap();
+        assert_eq!(
+            snapshot.server.listen,
+            ["127.0.0.1:8080".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(
+            snapshot.deployment_order,
+            ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
+        );
+        let pool = &snapshot.deployments["gpt-4o-mini"].pool;
+        let members: Vec<_> = pool
+            .iter()
+            .map(|m| (snapshot.backends[m.backend].name.as_str(), m.weight))
+            .collect();
+        assert_eq!(members, [("mock-a", 1), ("mock-b", 1)]);
+        assert!(snapshot
+            .backends
+            .iter()
+            .all(|b| matches!(b.kind, BackendKind::Mock(_))));
+        // load() reads the same file from disk.
+        assert_eq!(
+            load(&path, None).unwrap().deployment_order,
+            snapshot.deployment_order
+        );
+    }
+
+    #[test]
+    fn the_pool_example_compiles_with_its_keys_set() {
+        let (path, text) = example("pool.toml");
+        let snapshot = load_str(&path, &text, &env, None).unwrap();
+        assert_eq!(snapshot.deployment_order, ["gpt-4o"]);
+        let ports: Vec<_> = snapshot.deployments["gpt-4o"]
+            .pool
+            .iter()
+            .map(|m| {
+                assert_eq!(m.weight, 1);
+                let BackendKind::Azure(azure) = &snapshot.backends[m.backend].kind else {
+                    panic!("not azure");
+                };
+                assert_eq!(
+                    (azure.deployment.as_str(), azure.api_version.as_str()),
+                    ("gpt-4o", "2024-10-21")
+                );
+                assert!(azure.api_key.is_some());
+                azure.upstream.addr.port()
+            })
+            .collect();
+        assert_eq!(ports, [18001, 18002]);
+        // Without the keys it names both variables.
+        let errors = load_str(&path, &text, &|_| None, None).unwrap_err();
+        assert_eq!(errors.0.len(), 2);
+        assert!(errors.to_string().contains("`AOAI_KEY_2` is not set"));
+    }
+
     #[test]
     fn load_str_resolves_host_names_with_the_system_resolver() {
         let text = openai_with_url("http://localhost:9000/v1/");
