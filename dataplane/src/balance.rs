@@ -1,1 +1,163 @@
-//! Balance (placeholder).
+//! Backend selection for one deployment's pool: smooth weighted round robin (nginx's
+//! algorithm) inside the lowest-numbered priority group that has a usable member.
+//!
+//! A [`Balancer`] is per worker and per deployment, so it needs no atomics. Selection gives an
+//! ordered list of candidates — the choice first, then the fallbacks — so the retry logic
+//! never re-implements selection:
+//! 1. the smooth-WRR pick among the usable members of the best group;
+//! 2. the other usable members, by priority group, heavier first;
+//! 3. when no member is usable at all, every member by when its cool-down ends (a last
+//!    resort, so a pool whose only backend had a blip is not dark for a whole cool-down).
+
+use crate::snapshot::{BackendId, PoolMember};
+
+/// Per-worker selection state for one pool.
+#[derive(Debug, Clone)]
+pub struct Balancer {
+    /// Members sorted by priority (stable, so config order breaks ties).
+    members: Vec<PoolMember>,
+    /// Smooth WRR running weights, one per member.
+    current: Vec<i64>,
+}
+
+impl Balancer {
+    /// A balancer for `pool`.
+    pub fn new(pool: &[PoolMember]) -> Self {
+        let mut members = pool.to_vec();
+        members.sort_by_key(|m| m.priority);
+        let current = vec![0; members.len()];
+        Self { members, current }
+    }
+
+    /// Writes the candidates for one request into `out` (cleared first), best first.
+    /// `usable(backend)` says whether a backend is out of cool-down; `cool_until(backend)`
+    /// orders the last-resort list.
+    pub fn select(
+        &mut self,
+        usable: impl Fn(BackendId) -> bool,
+        cool_until: impl Fn(BackendId) -> u64,
+        out: &mut Vec<BackendId>,
+    ) {
+        out.clear();
+        let n = self.members.len();
+        let mut usable_mask: u128 = 0;
+        for (i, m) in self.members.iter().enumerate().take(128) {
+            if usable(m.backend) {
+                usable_mask |= 1 << i;
+            }
+        }
+        if usable_mask == 0 {
+            out.extend(self.members.iter().map(|m| m.backend));
+            out.sort_by_key(|&b| cool_until(b));
+            out.dedup();
+            return;
+        }
+        let first = usable_mask.trailing_zeros() as usize;
+        let group = self.members[first].priority;
+        // Smooth weighted round robin within the group, over its usable members.
+        let mut total: i64 = 0;
+        let mut best: Option<usize> = None;
+        for i in first..n.min(128) {
+            let m = self.members[i];
+            if m.priority != group {
+                break;
+            }
+            if usable_mask & (1 << i) == 0 {
+                continue;
+            }
+            let w = i64::from(m.weight);
+            self.current[i] += w;
+            total += w;
+            if best.is_none_or(|b| self.current[i] > self.current[b]) {
+                best = Some(i);
+            }
+        }
+        let Some(chosen) = best else { return };
+        self.current[chosen] -= total;
+        out.push(self.members[chosen].backend);
+        // Fallbacks: the other usable members, group by group, heavier first within a group.
+        let start = out.len();
+        for (i, m) in self.members.iter().enumerate().take(128) {
+            if i != chosen && usable_mask & (1 << i) != 0 && !out.contains(&m.backend) {
+                out.push(m.backend);
+            }
+        }
+        let members = &self.members;
+        let key = |b: &BackendId| {
+            let m = members.iter().find(|m| m.backend == *b);
+            m.map(|m| (m.priority, u32::MAX - m.weight))
+                .unwrap_or((u32::MAX, u32::MAX))
+        };
+        out[start..].sort_by_key(key);
+    }
+
+    /// The pool's members, sorted by priority.
+    pub fn members(&self) -> &[PoolMember] {
+        &self.members
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(backend: BackendId, weight: u32, priority: u32) -> PoolMember {
+        PoolMember {
+            backend,
+            weight,
+            priority,
+        }
+    }
+
+    fn picks(b: &mut Balancer, n: usize, usable: impl Fn(BackendId) -> bool + Copy) -> Vec<usize> {
+        let mut counts = vec![0; 8];
+        let mut out = Vec::new();
+        for _ in 0..n {
+            b.select(usable, |_| 0, &mut out);
+            counts[out[0]] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn weights_split_exactly_and_smoothly() {
+        let mut b = Balancer::new(&[member(0, 3, 0), member(1, 1, 0)]);
+        let counts = picks(&mut b, 400, |_| true);
+        assert_eq!(&counts[..2], &[300, 100]);
+        // Smooth: the light member is never starved for long (nginx order a a b a).
+        let mut out = Vec::new();
+        let seq: Vec<_> = (0..4)
+            .map(|_| {
+                b.select(|_| true, |_| 0, &mut out);
+                out[0]
+            })
+            .collect();
+        assert_eq!(seq.iter().filter(|&&x| x == 1).count(), 1);
+    }
+
+    #[test]
+    fn lower_priority_group_only_when_first_has_no_usable_member() {
+        let mut b = Balancer::new(&[member(2, 1, 1), member(0, 1, 0), member(1, 1, 0)]);
+        assert_eq!(&picks(&mut b, 100, |_| true)[..3], &[50, 50, 0]);
+        assert_eq!(&picks(&mut b, 100, |id| id != 0)[..3], &[0, 100, 0]);
+        assert_eq!(&picks(&mut b, 100, |id| id == 2)[..3], &[0, 0, 100]);
+    }
+
+    #[test]
+    fn fallbacks_follow_the_choice_in_priority_order() {
+        let mut b = Balancer::new(&[member(0, 1, 0), member(1, 5, 1), member(2, 1, 1)]);
+        let mut out = Vec::new();
+        b.select(|_| true, |_| 0, &mut out);
+        assert_eq!(out, vec![0, 1, 2]);
+        b.select(|id| id != 1, |_| 0, &mut out);
+        assert_eq!(out, vec![0, 2]);
+    }
+
+    #[test]
+    fn nothing_usable_gives_every_member_by_cool_down_end() {
+        let mut b = Balancer::new(&[member(0, 1, 0), member(1, 1, 0), member(2, 1, 1)]);
+        let mut out = Vec::new();
+        b.select(|_| false, |id| [30, 10, 20][id], &mut out);
+        assert_eq!(out, vec![1, 2, 0]);
+    }
+}

@@ -13,6 +13,7 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod mock;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod snapshot;

@@ -1,2 +1,108 @@
-//! `sluice` binary (placeholder).
-fn main() {}
+//! `sluice`: the data plane gateway. Runs from one TOML config file (see the README's config
+//! reference), reloads it on SIGHUP and on change, and drains gracefully on SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use sluice::reload::Reloader;
+use sluice::server::{self, DriverChoice, Shared};
+
+/// Sluice: one fast endpoint in front of your Azure OpenAI and OpenAI-compatible deployments.
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    /// The TOML config file.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Worker threads (default: `server.workers`, else one per available core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Validate the config file and exit (non-zero on error).
+    #[arg(long)]
+    check: bool,
+    /// I/O driver: io_uring (falling back to epoll where refused), or force one.
+    #[arg(long, value_enum, default_value = "auto")]
+    driver: DriverChoice,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let snapshot = match sluice::config::load(&cli.config, None) {
+        Ok(s) => s,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if cli.check {
+        println!("config OK: {}", cli.config.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let workers = cli
+        .workers
+        .or(snapshot.server.workers)
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let listen = snapshot.server.listen.clone();
+    let shared = Shared::new(snapshot);
+    // Register signal handlers before the workers start, so an early signal is not lost.
+    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
+    let running = server::start(shared.clone(), listen.clone(), workers, cli.driver)?;
+    let listen_list: Vec<String> = listen.iter().map(ToString::to_string).collect();
+    tracing::info!(
+        "sluice started workers={} driver={} listen={} config={}",
+        running.workers,
+        running.driver,
+        listen_list.join(","),
+        cli.config.display()
+    );
+
+    let reloader = Reloader::new(shared.clone(), cli.config.clone());
+    let stop_watch = Arc::new(AtomicBool::new(false));
+    reloader.spawn_watcher(stop_watch.clone())?;
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            reloader.reload("SIGHUP");
+        } else {
+            break;
+        }
+    }
+    stop_watch.store(true, Ordering::Release);
+    let grace = shared.snapshot().server.shutdown_grace;
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: no new connections, draining requests in flight"
+    );
+    shared.begin_shutdown();
+    // Workers stop on their own at the grace deadline; the margin covers their last writes.
+    let finished = running.join(Instant::now() + grace + Duration::from_secs(2));
+    if finished {
+        tracing::info!("sluice stopped");
+    } else {
+        tracing::warn!("sluice stopped with workers still busy after the grace period");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,1 +1,923 @@
-//! Config loading (placeholder, being written).
+//! Config loading: one TOML file (format in the project spec) in, one immutable
+//! [`Snapshot`] out, or every problem found as [`ConfigErrors`].
+//!
+//! Three steps. [`schema`] parses the text with serde into structs that deny unknown keys;
+//! a syntax or type error stops there as a single error, located with the field path found
+//! from its byte offset. [`compile`] then checks meaning — names, references, kinds, URLs,
+//! sizes, durations, environment variables — collecting every error, and builds the snapshot.
+//! It runs at startup and on reload, never on the request path; a reload passes the running
+//! snapshot so backend health carries over.
+
+mod compile;
+mod error;
+mod schema;
+
+use std::ops::Range;
+use std::path::Path;
+
+pub use compile::{
+    DEFAULT_AZURE_API_VERSION, DEFAULT_MOCK_COMPLETION_TOKENS, DEFAULT_MOCK_EMBEDDING_DIMENSIONS,
+    DEFAULT_MOCK_MODEL,
+};
+pub use error::{ConfigError, ConfigErrors};
+
+use crate::snapshot::Snapshot;
+use error::Reporter;
+
+/// Reads and compiles the config file at `path`, taking secrets from the process
+/// environment and resolving upstream hosts with the system resolver.
+///
+/// `previous` is the snapshot being replaced, if any: a backend with the same name, kind and
+/// target (URL and resolved address; for azure also the deployment) keeps its
+/// [`crate::health::BackendHealth`], so a cool-down in force survives the reload.
+pub fn load(path: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            field: "(file)".to_string(),
+            message: format!("cannot read the config file: {e}"),
+        }])
+    })?;
+    load_str(path, &text, &|name| std::env::var(name).ok(), previous)
+}
+
+/// Compiles config `text` as if read from `path`, looking environment variables up with
+/// `env` (tests inject a map). Upstream hosts resolve with the system resolver. See [`load`].
+pub fn load_str(
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, ConfigErrors> {
+    load_str_with(path, text, env, &compile::system_resolve, previous)
+}
+
+/// [`load_str`] with an injectable resolver.
+pub(crate) fn load_str_with(
+    path: &Path,
+    text: &str,
+    env: compile::EnvLookup<'_>,
+    resolve: compile::Resolve<'_>,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, ConfigErrors> {
+    let mut report = Reporter::new(path, text);
+    let file = match toml::from_str::<schema::ConfigFile>(text) {
+        Ok(file) => file,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let field = field_for_toml_error(text, span.clone(), e.message());
+            report.at(span, field, e.message());
+            return Err(report.finish());
+        }
+    };
+    match compile::compile(path, &file, &mut report, env, resolve, previous) {
+        Some(snapshot) if report.is_empty() => Ok(snapshot),
+        _ => Err(report.finish()),
+    }
+}
+
+/// The field path a TOML parse or type error is about, e.g. `backend[1].url`.
+fn field_for_toml_error(text: &str, span: Range<usize>, message: &str) -> String {
+    let mut field = match toml_edit::ImDocument::parse(text) {
+        // Well-formed TOML with a wrong key or type: find the key or value at the offset.
+        Ok(doc) => toml_path::in_table(doc.as_table(), span.start, "")
+            .unwrap_or_else(|| toml_path::guess(text, span.start)),
+        // A syntax error: no tree to search, so go by the headers and key before it.
+        Err(_) => toml_path::guess(text, span.start),
+    };
+    // serde points a missing field at its table; name the field itself.
+    if let Some(missing) = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        field = if field == toml_path::TOP_LEVEL {
+            missing.to_string()
+        } else {
+            format!("{field}.{missing}")
+        };
+    }
+    field
+}
+
+/// Finding the dotted path (`backend[1].url`) of a byte offset in a TOML text.
+mod toml_path {
+    use std::ops::Range;
+
+    use toml_edit::{Item, Table, Value};
+
+    /// The path used for an error outside any table or key.
+    pub(super) const TOP_LEVEL: &str = "(top level)";
+
+    fn contains(span: Option<Range<usize>>, offset: usize) -> bool {
+        span.is_some_and(|s| s.start <= offset && offset < s.end.max(s.start + 1))
+    }
+
+    fn join(prefix: &str, key: &str) -> String {
+        if prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{prefix}.{key}")
+        }
+    }
+
+    /// The deepest key or value in `table` whose span holds `offset`.
+    pub(super) fn in_table(table: &Table, offset: usize, prefix: &str) -> Option<String> {
+        table.iter().find_map(|(name, _)| {
+            let (key, item) = table.get_key_value(name)?;
+            in_item(key.span(), item, offset, &join(prefix, name))
+        })
+    }
+
+    fn in_item(
+        key: Option<Range<usize>>,
+        item: &Item,
+        offset: usize,
+        path: &str,
+    ) -> Option<String> {
+        match item {
+            Item::None => None,
+            Item::Value(value) => in_value(key, value, offset, path),
+            Item::Table(table) => in_table(table, offset, path).or_else(|| {
+                (contains(key, offset) || contains(table.span(), offset)).then(|| path.to_string())
+            }),
+            Item::ArrayOfTables(tables) => tables.iter().enumerate().find_map(|(i, table)| {
+                let path = format!("{path}[{i}]");
+                in_table(table, offset, &path)
+                    .or_else(|| contains(table.span(), offset).then_some(path))
+            }),
+        }
+    }
+
+    fn in_value(
+        key: Option<Range<usize>>,
+        value: &Value,
+        offset: usize,
+        path: &str,
+    ) -> Option<String> {
+        let inner = match value {
+            Value::InlineTable(table) => table.iter().find_map(|(name, _)| {
+                let (key, item) = table.get_key_value(name)?;
+                in_item(key.span(), item, offset, &join(path, name))
+            }),
+            Value::Array(array) => array
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| in_value(None, v, offset, &format!("{path}[{i}]"))),
+            _ => None,
+        };
+        inner.or_else(|| {
+            (contains(key, offset) || contains(value.span(), offset)).then(|| path.to_string())
+        })
+    }
+
+    /// A best guess for text that does not parse: the table header in force at `offset`
+    /// (counting `[[…]]` repeats) and the key starting the offending line, if any.
+    pub(super) fn guess(text: &str, offset: usize) -> String {
+        let mut table = String::new();
+        let mut repeats: std::collections::HashMap<String, usize> = Default::default();
+        let mut key = None;
+        let mut line_start = 0;
+        for line in text.split_inclusive('\n') {
+            let trimmed = line.trim();
+            let is_error_line = offset < line_start + line.len();
+            if let Some(header) = trimmed.strip_prefix("[[") {
+                let name = header.split("]]").next().unwrap_or("").trim().to_string();
+                let count = repeats.entry(name.clone()).or_insert(0);
+                table = format!("{name}[{count}]");
+                *count += 1;
+            } else if let Some(header) = trimmed.strip_prefix('[') {
+                table = header.split(']').next().unwrap_or("").trim().to_string();
+            } else if is_error_line {
+                key = trimmed.split_once('=').map(|(k, _)| k.trim()).filter(|k| {
+                    !k.is_empty()
+                        && k.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+                });
+            }
+            if is_error_line {
+                break;
+            }
+            line_start += line.len();
+        }
+        match (table.is_empty(), key) {
+            (_, Some(key)) => join(&table, key),
+            (false, None) => table,
+            (true, None) => TOP_LEVEL.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::mock::MockSettings;
+    use crate::snapshot::{
+        BackendKind, HttpLimits, HttpUpstream, PoolMember, ServerSettings, Timeouts,
+    };
+
+    const FILE: &str = "sluice.toml";
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "AOAI_KEY_1" => Some("key-one-secret".to_string()),
+            "AOAI_KEY_2" => Some("key-two-secret".to_string()),
+            "OPENAI_API_KEY" => Some("sk-secret".to_string()),
+            "EMPTY_KEY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    /// Literal IPs as themselves, two made-up names, everything else unresolvable.
+    fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return Ok(SocketAddr::new(ip, port));
+        }
+        match host {
+            "aoai.example" => Ok(SocketAddr::from(([10, 0, 0, 1], port))),
+            "aoai-moved.example" => Ok(SocketAddr::from(([10, 0, 0, 2], port))),
+            _ => Err(format!("cannot resolve host `{host}`: no such host")),
+        }
+    }
+
+    fn compile_with_previous(
+        text: &str,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, ConfigErrors> {
+        load_str_with(Path::new(FILE), text, &env, &resolve, previous)
+    }
+
+    fn compile(text: &str) -> Result<Snapshot, ConfigErrors> {
+        compile_with_previous(text, None)
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match compile(text) {
+            Ok(_) => panic!("config compiled but should not have:\n{text}"),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// Asserts that `text` fails with exactly the one error `expected`.
+    #[track_caller]
+    fn assert_error(text: &str, expected: &str) {
+        assert_eq!(errors(text), vec![expected.to_string()], "config:\n{text}");
+    }
+
+    const MOCK_DEPLOYMENT: &str = "[[backend]]\nname = \"m\"\nkind = \"mock\"\n\n[[deployment]]\nname = \"d\"\nbackends = [{ backend = \"m\" }]\n";
+
+    const FULL: &str = r#"[server]
+listen = ["127.0.0.1:8080", "[::1]:9090"]
+workers = 3
+shutdown_grace = "45s"
+
+[server.limits]
+max_request_line = 4096
+max_head = 32768
+max_headers = 64
+max_body = 1048576
+
+[server.timeouts]
+head_read = "5s"
+keepalive_idle = "1m"
+upstream_connect = "500ms"
+upstream_first_byte = "2m"
+stream_idle = "1h"
+
+[[backend]]
+name = "mock-a"
+kind = "mock"
+latency = "20ms"
+completion_tokens = 32
+tokens_per_second = 12.5
+model = "gpt-4o-mock"
+embedding_dimensions = 4
+
+[[backend]]
+name = "aoai-1"
+kind = "azure"
+url = "http://aoai.example:18001/"
+deployment = "gpt-4o-prod"
+api_version = "2024-06-01"
+api_key_env = "AOAI_KEY_1"
+
+[[backend]]
+name = "oai"
+kind = "openai"
+url = "http://127.0.0.1/proxy/openai/"
+model = "gpt-4o-2024-08-06"
+api_key_env = "OPENAI_API_KEY"
+
+[[deployment]]
+name = "gpt-4o"
+backends = [
+  { backend = "aoai-1", weight = 3, priority = 0 },
+  { backend = "oai", weight = 1, priority = 1 },
+]
+
+[[deployment]]
+name = "cheap"
+backends = [{ backend = "mock-a" }]
+"#;
+
+    #[test]
+    fn a_full_config_compiles_into_the_expected_snapshot() {
+        let snapshot = compile(FULL).unwrap();
+        assert_eq!(snapshot.source, PathBuf::from(FILE));
+        assert_eq!(
+            snapshot.server,
+            ServerSettings {
+                listen: vec![
+                    "127.0.0.1:8080".parse().unwrap(),
+                    "[::1]:9090".parse().unwrap()
+                ],
+                workers: Some(3),
+                limits: HttpLimits {
+                    max_request_line: 4096,
+                    max_head: 32768,
+                    max_headers: 64,
+                    max_body: 1_048_576,
+                },
+                timeouts: Timeouts {
+                    head_read: Duration::from_secs(5),
+                    keepalive_idle: Duration::from_secs(60),
+                    upstream_connect: Duration::from_millis(500),
+                    upstream_first_byte: Duration::from_secs(120),
+                    stream_idle: Duration::from_secs(3600),
+                },
+                shutdown_grace: Duration::from_secs(45),
+            }
+        );
+
+        let names: Vec<_> = snapshot.backends.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["mock-a", "aoai-1", "oai"]);
+        let BackendKind::Mock(mock) = &snapshot.backends[0].kind else {
+            panic!("mock-a is not a mock: {:?}", snapshot.backends[0].kind);
+        };
+        assert_eq!(
+            *mock,
+            MockSettings {
+                latency: Duration::from_millis(20),
+                completion_tokens: 32,
+                tokens_per_second: 12.5,
+                model: "gpt-4o-mock".to_string(),
+                embedding_dimensions: 4,
+            }
+        );
+        let BackendKind::Azure(azure) = &snapshot.backends[1].kind else {
+            panic!("aoai-1 is not azure: {:?}", snapshot.backends[1].kind);
+        };
+        assert_eq!(
+            azure.upstream,
+            HttpUpstream {
+                url: "http://aoai.example:18001/".to_string(),
+                addr: "10.0.0.1:18001".parse().unwrap(),
+                host_header: "aoai.example:18001".to_string(),
+                base_path: String::new(),
+            }
+        );
+        assert_eq!(azure.deployment, "gpt-4o-prod");
+        assert_eq!(azure.api_version, "2024-06-01");
+        assert_eq!(
+            azure.api_key.as_ref().map(|k| k.expose()),
+            Some("key-one-secret")
+        );
+        let BackendKind::OpenAi(openai) = &snapshot.backends[2].kind else {
+            panic!("oai is not openai: {:?}", snapshot.backends[2].kind);
+        };
+        assert_eq!(
+            openai.upstream,
+            HttpUpstream {
+                url: "http://127.0.0.1/proxy/openai/".to_string(),
+                addr: "127.0.0.1:80".parse().unwrap(),
+                host_header: "127.0.0.1".to_string(),
+                base_path: "/proxy/openai".to_string(),
+            }
+        );
+        assert_eq!(openai.model.as_deref(), Some("gpt-4o-2024-08-06"));
+        assert_eq!(
+            openai.api_key.as_ref().map(|k| k.expose()),
+            Some("sk-secret")
+        );
+
+        assert_eq!(snapshot.deployment_order, ["gpt-4o", "cheap"]);
+        assert_eq!(snapshot.deployments.len(), 2);
+        let gpt4o = &snapshot.deployments["gpt-4o"];
+        assert_eq!(gpt4o.name, "gpt-4o");
+        assert_eq!(
+            gpt4o.pool,
+            [
+                PoolMember {
+                    backend: 1,
+                    weight: 3,
+                    priority: 0
+                },
+                PoolMember {
+                    backend: 2,
+                    weight: 1,
+                    priority: 1
+                },
+            ]
+        );
+        assert_eq!(
+            snapshot.deployments["cheap"].pool,
+            [PoolMember {
+                backend: 0,
+                weight: 1,
+                priority: 0
+            }]
+        );
+
+        // Secrets stay out of debug output.
+        let debug = format!("{snapshot:?}");
+        assert!(
+            !debug.contains("key-one-secret") && !debug.contains("sk-secret"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn defaults_apply_to_everything_left_out() {
+        let text = r#"
+[[backend]]
+name = "m"
+kind = "mock"
+
+[[backend]]
+name = "a"
+kind = "azure"
+url = "http://127.0.0.1:18001"
+deployment = "gpt-4o"
+
+[[backend]]
+name = "o"
+kind = "openai"
+url = "http://127.0.0.1:9000"
+
+[[deployment]]
+name = "d"
+backends = [{ backend = "m" }, { backend = "a" }, { backend = "o" }]
+"#;
+        let snapshot = compile(text).unwrap();
+        assert_eq!(snapshot.server, ServerSettings::default());
+        let BackendKind::Mock(mock) = &snapshot.backends[0].kind else {
+            panic!("not a mock");
+        };
+        assert_eq!(
+            *mock,
+            MockSettings {
+                latency: Duration::ZERO,
+                completion_tokens: 16,
+                tokens_per_second: 0.0,
+                model: "sluice-mock".to_string(),
+                embedding_dimensions: 8,
+            }
+        );
+        let BackendKind::Azure(azure) = &snapshot.backends[1].kind else {
+            panic!("not azure");
+        };
+        assert_eq!(azure.api_version, "2024-10-21");
+        assert!(azure.api_key.is_none());
+        let BackendKind::OpenAi(openai) = &snapshot.backends[2].kind else {
+            panic!("not openai");
+        };
+        assert!(openai.model.is_none() && openai.api_key.is_none());
+        assert!(snapshot.deployments["d"]
+            .pool
+            .iter()
+            .all(|m| m.weight == 1 && m.priority == 0));
+    }
+
+    #[test]
+    fn workers_zero_means_one_per_core() {
+        let snapshot = compile(&format!("[server]\nworkers = 0\n{MOCK_DEPLOYMENT}")).unwrap();
+        assert_eq!(snapshot.server.workers, None);
+    }
+
+    #[test]
+    fn a_syntax_error_is_one_located_error() {
+        assert_error(
+            "[server]\nlisten = [\"127.0.0.1:8080\"\nworkers = 2\n",
+            "sluice.toml:3:1: server.workers: invalid array; expected `]`",
+        );
+        assert_error(
+            "[[backend]]\nname = \"m\"\nkind = mock\n",
+            "sluice.toml:3:8: backend[0].kind: invalid string; expected `\"`, `'`",
+        );
+    }
+
+    #[test]
+    fn unknown_keys_name_their_path() {
+        let text = MOCK_DEPLOYMENT.replace("kind = \"mock\"", "kind = \"mock\"\nlatencyy = \"1s\"");
+        assert_error(
+            &text,
+            "sluice.toml:4:1: backend[0].latencyy: unknown field `latencyy`, expected one of `name`, `kind`, `latency`, `completion_tokens`, `tokens_per_second`, `embedding_dimensions`, `model`, `url`, `api_key_env`, `deployment`, `api_version`",
+        );
+        let text =
+            MOCK_DEPLOYMENT.replace("{ backend = \"m\" }", "{ backend = \"m\", wieght = 2 }");
+        assert_error(
+            &text,
+            "sluice.toml:7:30: deployment[0].backends[0].wieght: unknown field `wieght`, expected one of `backend`, `weight`, `priority`",
+        );
+        assert_error(
+            &format!("[server.limit]\nmax_body = 1\n{MOCK_DEPLOYMENT}"),
+            "sluice.toml:1:9: server.limit: unknown field `limit`, expected one of `listen`, `workers`, `shutdown_grace`, `limits`, `timeouts`",
+        );
+    }
+
+    #[test]
+    fn wrong_types_and_missing_fields_name_their_path() {
+        assert_error(
+            &format!("[server.limits]\nmax_headers = \"many\"\n{MOCK_DEPLOYMENT}"),
+            "sluice.toml:2:15: server.limits.max_headers: invalid type: string \"many\", expected usize",
+        );
+        assert_error(
+            &format!("[server]\nlisten = \"127.0.0.1:8080\"\n{MOCK_DEPLOYMENT}"),
+            "sluice.toml:2:10: server.listen: invalid type: string \"127.0.0.1:8080\", expected a sequence",
+        );
+        assert_error(
+            &MOCK_DEPLOYMENT.replace("{ backend = \"m\" }", "{ backend = \"m\", weight = -1 }"),
+            "sluice.toml:7:39: deployment[0].backends[0].weight: invalid value: integer `-1`, expected u32",
+        );
+        assert_error(
+            &format!("{MOCK_DEPLOYMENT}\n[[backend]]\nkind = \"mock\"\n"),
+            "sluice.toml:9:1: backend[1].name: missing field `name`",
+        );
+        assert_error(
+            &MOCK_DEPLOYMENT.replace("{ backend = \"m\" }", "{ weight = 2 }"),
+            "sluice.toml:7:13: deployment[0].backends[0].backend: missing field `backend`",
+        );
+    }
+
+    #[test]
+    fn duplicate_names_point_at_the_second_one() {
+        assert_error(
+            &format!("{MOCK_DEPLOYMENT}\n[[backend]]\nname = \"m\"\nkind = \"mock\"\n"),
+            "sluice.toml:10:8: backend[1].name: duplicate backend name `m` (first defined on line 2)",
+        );
+        assert_error(
+            &format!("{MOCK_DEPLOYMENT}\n[[deployment]]\nname = \"d\"\nbackends = [{{ backend = \"m\" }}]\n"),
+            "sluice.toml:10:8: deployment[1].name: duplicate deployment name `d` (first defined on line 6)",
+        );
+    }
+
+    #[test]
+    fn pool_entries_are_checked() {
+        assert_error(
+            &MOCK_DEPLOYMENT.replace(
+                "{ backend = \"m\" }",
+                "{ backend = \"m\" }, { backend = \"nope\" }",
+            ),
+            "sluice.toml:7:44: deployment[0].backends[1].backend: unknown backend `nope`",
+        );
+        assert_error(
+            &MOCK_DEPLOYMENT.replace("{ backend = \"m\" }", "{ backend = \"m\", weight = 0 }"),
+            "sluice.toml:7:39: deployment[0].backends[0].weight: must be 1 or more (remove the entry to stop using a backend)",
+        );
+        assert_error(
+            &MOCK_DEPLOYMENT.replace("{ backend = \"m\" }", "{ backend = \"m\" }, { backend = \"m\" }"),
+            "sluice.toml:7:44: deployment[0].backends[1].backend: backend `m` is listed twice in this deployment",
+        );
+        assert_error(
+            &MOCK_DEPLOYMENT.replace("[{ backend = \"m\" }]", "[]"),
+            "sluice.toml:7:12: deployment[0].backends: a deployment needs at least one backend",
+        );
+        assert_error(
+            &MOCK_DEPLOYMENT.replace("backends = [{ backend = \"m\" }]\n", ""),
+            "sluice.toml:5:1: deployment[0].backends: missing: a deployment needs at least one backend, e.g. backends = [{ backend = \"mock-a\" }]",
+        );
+    }
+
+    #[test]
+    fn a_config_without_deployments_is_refused() {
+        assert_error(
+            "[[backend]]\nname = \"m\"\nkind = \"mock\"\n",
+            "sluice.toml:1:1: deployment: no deployments: add at least one [[deployment]] naming the backends that serve it",
+        );
+    }
+
+    #[test]
+    fn fields_of_another_kind_are_refused() {
+        assert_error(
+            &MOCK_DEPLOYMENT.replace("kind = \"mock\"", "kind = \"mock\"\nurl = \"http://127.0.0.1:1\""),
+            "sluice.toml:4:7: backend[0].url: `url` does not apply to a mock backend (mock backends take: latency, completion_tokens, tokens_per_second, model, embedding_dimensions)",
+        );
+        assert_error(
+            &MOCK_DEPLOYMENT.replace(
+                "kind = \"mock\"",
+                "kind = \"azure\"\nurl = \"http://127.0.0.1:1\"\ndeployment = \"x\"\nlatency = \"1s\"",
+            ),
+            "sluice.toml:6:11: backend[0].latency: `latency` does not apply to an azure backend (azure backends take: url, deployment, api_version, api_key_env)",
+        );
+        assert_error(
+            &MOCK_DEPLOYMENT.replace(
+                "kind = \"mock\"",
+                "kind = \"openai\"\nurl = \"http://127.0.0.1:1\"\ndeployment = \"x\"",
+            ),
+            "sluice.toml:5:14: backend[0].deployment: `deployment` does not apply to an openai backend (openai backends take: url, model, api_key_env)",
+        );
+        assert_error(
+            &MOCK_DEPLOYMENT.replace("kind = \"mock\"", "kind = \"bedrock\""),
+            "sluice.toml:3:8: backend[0].kind: unknown backend kind `bedrock`: expected \"mock\", \"azure\" or \"openai\"",
+        );
+    }
+
+    #[test]
+    fn required_fields_of_a_kind_are_named() {
+        assert_error(
+            &MOCK_DEPLOYMENT.replace("kind = \"mock\"", "kind = \"azure\"\ndeployment = \"x\""),
+            "sluice.toml:1:1: backend[0].url: missing: an azure backend needs `url`, e.g. \"http://127.0.0.1:9000\"",
+        );
+        assert_error(
+            &MOCK_DEPLOYMENT.replace("kind = \"mock\"", "kind = \"azure\"\nurl = \"http://127.0.0.1:1\""),
+            "sluice.toml:1:1: backend[0].deployment: missing: an azure backend needs `deployment`, the deployment name on that resource",
+        );
+        assert_error(
+            &MOCK_DEPLOYMENT.replace("kind = \"mock\"", "kind = \"openai\""),
+            "sluice.toml:1:1: backend[0].url: missing: an openai backend needs `url`, e.g. \"http://127.0.0.1:9000\"",
+        );
+    }
+
+    fn openai_with_url(url: &str) -> String {
+        MOCK_DEPLOYMENT.replace(
+            "kind = \"mock\"",
+            &format!("kind = \"openai\"\nurl = \"{url}\""),
+        )
+    }
+
+    #[test]
+    fn urls_must_be_plain_http_and_resolve() {
+        assert_error(
+            &openai_with_url("https://api.openai.com"),
+            "sluice.toml:4:7: backend[0].url: https upstreams are not supported yet: use an http:// URL (TLS to upstreams is a later issue)",
+        );
+        assert_error(
+            &openai_with_url("127.0.0.1:9000"),
+            "sluice.toml:4:7: backend[0].url: expected a URL of the form http://host[:port][/path]",
+        );
+        assert_error(
+            &openai_with_url("http://127.0.0.1:http"),
+            "sluice.toml:4:7: backend[0].url: expected a URL of the form http://host[:port][/path]: `http` is not a port (1-65535)",
+        );
+        assert_error(
+            &openai_with_url("http://nowhere.invalid:9000"),
+            "sluice.toml:4:7: backend[0].url: cannot resolve host `nowhere.invalid`: no such host",
+        );
+    }
+
+    #[test]
+    fn api_keys_come_from_set_non_empty_variables_and_never_show() {
+        let with_key = |var: &str| {
+            openai_with_url("http://127.0.0.1:9000").replace(
+                "kind = \"openai\"",
+                &format!("kind = \"openai\"\napi_key_env = \"{var}\""),
+            )
+        };
+        assert_error(
+            &with_key("NOT_SET_ANYWHERE"),
+            "sluice.toml:4:15: backend[0].api_key_env: environment variable `NOT_SET_ANYWHERE` is not set",
+        );
+        assert_error(
+            &with_key("EMPTY_KEY"),
+            "sluice.toml:4:15: backend[0].api_key_env: environment variable `EMPTY_KEY` is empty",
+        );
+        // A key that loads never reaches an error about the same backend.
+        let text = with_key("OPENAI_API_KEY").replace("http://127.0.0.1:9000", "https://x");
+        assert!(errors(&text).iter().all(|e| !e.contains("sk-secret")));
+    }
+
+    #[test]
+    fn server_settings_are_checked() {
+        let with_server = |server: &str| format!("{server}\n{MOCK_DEPLOYMENT}");
+        assert_error(
+            &with_server("[server]\nlisten = [\"127.0.0.1:8080\", \"localhost:80\"]"),
+            "sluice.toml:2:29: server.listen[1]: `localhost:80` is not an IP address and port, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"",
+        );
+        assert_error(
+            &with_server("[server]\nlisten = []"),
+            "sluice.toml:2:10: server.listen: needs at least one address, e.g. [\"127.0.0.1:8080\"]",
+        );
+        for (value, message) in [("0", "not 0"), ("257", "not 257")] {
+            assert_error(
+                &with_server(&format!("[server.limits]\nmax_headers = {value}")),
+                &format!("sluice.toml:2:15: server.limits.max_headers: must be between 1 and 256, {message}"),
+            );
+        }
+        assert!(compile(&with_server("[server.limits]\nmax_headers = 256")).is_ok());
+        for field in ["max_request_line", "max_head", "max_body"] {
+            let column = field.len() + 4;
+            assert_error(
+                &with_server(&format!("[server.limits]\n{field} = 0")),
+                &format!("sluice.toml:2:{column}: server.limits.{field}: must be greater than 0"),
+            );
+        }
+        assert_error(
+            &with_server("[server.timeouts]\nhead_read = \"0s\""),
+            "sluice.toml:2:13: server.timeouts.head_read: must be longer than 0",
+        );
+        assert_error(
+            &with_server("[server]\nshutdown_grace = \"30 seconds\""),
+            "sluice.toml:2:18: server.shutdown_grace: invalid duration `30 seconds`: expected a whole number and a unit (ms, s, m or h), e.g. \"500ms\", \"10s\", \"5m\"",
+        );
+        assert_error(
+            &MOCK_DEPLOYMENT.replace("kind = \"mock\"", "kind = \"mock\"\nlatency = \"fast\""),
+            "sluice.toml:4:11: backend[0].latency: invalid duration `fast`: expected a whole number and a unit (ms, s, m or h), e.g. \"500ms\", \"10s\", \"5m\"",
+        );
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported_in_file_order() {
+        let text = r#"[server]
+listen = ["nope"]
+
+[server.limits]
+max_headers = 1000
+
+[[backend]]
+name = "a"
+kind = "azure"
+url = "https://aoai.example"
+api_key_env = "MISSING"
+latency = "1s"
+
+[[backend]]
+name = "a"
+kind = "mock"
+
+[[deployment]]
+name = "d"
+backends = [{ backend = "a", weight = 0 }, { backend = "b" }]
+"#;
+        assert_eq!(
+            errors(text),
+            [
+                "sluice.toml:2:11: server.listen[0]: `nope` is not an IP address and port, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"",
+                "sluice.toml:5:15: server.limits.max_headers: must be between 1 and 256, not 1000",
+                "sluice.toml:7:1: backend[0].deployment: missing: an azure backend needs `deployment`, the deployment name on that resource",
+                "sluice.toml:10:7: backend[0].url: https upstreams are not supported yet: use an http:// URL (TLS to upstreams is a later issue)",
+                "sluice.toml:11:15: backend[0].api_key_env: environment variable `MISSING` is not set",
+                "sluice.toml:12:11: backend[0].latency: `latency` does not apply to an azure backend (azure backends take: url, deployment, api_version, api_key_env)",
+                "sluice.toml:15:8: backend[1].name: duplicate backend name `a` (first defined on line 8)",
+                "sluice.toml:20:39: deployment[0].backends[0].weight: must be 1 or more (remove the entry to stop using a backend)",
+                "sluice.toml:20:56: deployment[0].backends[1].backend: unknown backend `b`",
+            ]
+        );
+    }
+
+    const HEALTH: &str = r#"
+[[backend]]
+name = "m"
+kind = "mock"
+
+[[backend]]
+name = "a"
+kind = "azure"
+url = "http://aoai.example:18001"
+deployment = "gpt-4o"
+
+[[deployment]]
+name = "d"
+backends = [{ backend = "m" }, { backend = "a" }]
+"#;
+
+    #[test]
+    fn health_carries_over_for_unchanged_backends_only() {
+        let first = compile(HEALTH).unwrap();
+        first.backends[1]
+            .health
+            .cool_down(1_000, Duration::from_secs(5));
+
+        let same = compile_with_previous(HEALTH, Some(&first)).unwrap();
+        for (old, new) in first.backends.iter().zip(&same.backends) {
+            assert!(
+                Arc::ptr_eq(&old.health, &new.health),
+                "{} lost its health",
+                new.name
+            );
+        }
+        assert!(!same.backends[1].health.is_usable(2_000));
+
+        // A changed mock knob keeps the mock's health; a new URL starts the azure one afresh.
+        let moved = HEALTH
+            .replace("aoai.example:18001", "aoai-moved.example:18001")
+            .replace("kind = \"mock\"", "kind = \"mock\"\nlatency = \"5ms\"");
+        let after_move = compile_with_previous(&moved, Some(&same)).unwrap();
+        assert!(Arc::ptr_eq(
+            &same.backends[0].health,
+            &after_move.backends[0].health
+        ));
+        assert!(!Arc::ptr_eq(
+            &same.backends[1].health,
+            &after_move.backends[1].health
+        ));
+        assert!(after_move.backends[1].health.is_usable(2_000));
+
+        // So does a rename, or another deployment on the same resource.
+        let renamed =
+            compile_with_previous(&HEALTH.replace("\"a\"", "\"a2\""), Some(&first)).unwrap();
+        assert!(!Arc::ptr_eq(
+            &first.backends[1].health,
+            &renamed.backends[1].health
+        ));
+        let redeployed =
+            compile_with_previous(&HEALTH.replace("\"gpt-4o\"", "\"gpt-4o-b\""), Some(&first))
+                .unwrap();
+        assert!(!Arc::ptr_eq(
+            &first.backends[1].health,
+            &redeployed.backends[1].health
+        ));
+    }
+
+    fn example(name: &str) -> (PathBuf, String) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        (path, text)
+    }
+
+    #[test]
+    fn the_quickstart_example_compiles() {
+        let (path, text) = example("quickstart.toml");
+        let snapshot = load_str(&path, &text, &|_| None, None).unwrap();
+        assert_eq!(
+            snapshot.server.listen,
+            ["127.0.0.1:8080".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(
+            snapshot.deployment_order,
+            ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
+        );
+        let pool = &snapshot.deployments["gpt-4o-mini"].pool;
+        let members: Vec<_> = pool
+            .iter()
+            .map(|m| (snapshot.backends[m.backend].name.as_str(), m.weight))
+            .collect();
+        assert_eq!(members, [("mock-a", 1), ("mock-b", 1)]);
+        assert!(snapshot
+            .backends
+            .iter()
+            .all(|b| matches!(b.kind, BackendKind::Mock(_))));
+        // load() reads the same file from disk.
+        assert_eq!(
+            load(&path, None).unwrap().deployment_order,
+            snapshot.deployment_order
+        );
+    }
+
+    #[test]
+    fn the_pool_example_compiles_with_its_keys_set() {
+        let (path, text) = example("pool.toml");
+        let snapshot = load_str(&path, &text, &env, None).unwrap();
+        assert_eq!(snapshot.deployment_order, ["gpt-4o"]);
+        let ports: Vec<_> = snapshot.deployments["gpt-4o"]
+            .pool
+            .iter()
+            .map(|m| {
+                assert_eq!(m.weight, 1);
+                let BackendKind::Azure(azure) = &snapshot.backends[m.backend].kind else {
+                    panic!("not azure");
+                };
+                assert_eq!(
+                    (azure.deployment.as_str(), azure.api_version.as_str()),
+                    ("gpt-4o", "2024-10-21")
+                );
+                assert!(azure.api_key.is_some());
+                azure.upstream.addr.port()
+            })
+            .collect();
+        assert_eq!(ports, [18001, 18002]);
+        // Without the keys it names both variables.
+        let errors = load_str(&path, &text, &|_| None, None).unwrap_err();
+        assert_eq!(errors.0.len(), 2);
+        assert!(errors.to_string().contains("`AOAI_KEY_2` is not set"));
+    }
+
+    #[test]
+    fn load_str_resolves_host_names_with_the_system_resolver() {
+        let text = openai_with_url("http://localhost:9000/v1/");
+        let snapshot = load_str(Path::new(FILE), &text, &|_| None, None).unwrap();
+        let BackendKind::OpenAi(openai) = &snapshot.backends[0].kind else {
+            panic!("not openai");
+        };
+        assert!(openai.upstream.addr.ip().is_loopback());
+        assert_eq!(openai.upstream.addr.port(), 9000);
+        assert_eq!(openai.upstream.host_header, "localhost:9000");
+        assert_eq!(openai.upstream.base_path, "/v1");
+    }
+
+    #[test]
+    fn an_unreadable_file_is_one_error() {
+        let errors = load(Path::new("/nonexistent/sluice.toml"), None).unwrap_err();
+        assert_eq!(errors.0.len(), 1);
+        assert!(errors
+            .to_string()
+            .starts_with("/nonexistent/sluice.toml:1:1: (file): cannot read the config file:"));
+    }
+}

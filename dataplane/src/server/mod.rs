@@ -1,1 +1,148 @@
-//! Server (placeholder, being written).
+//! The server: N worker threads, each a monoio runtime with its own SO_REUSEPORT listeners,
+//! upstream pools and round-robin state; the config snapshot shared read-only between them.
+//!
+//! [`Shared`] is the only cross-thread state: the current snapshot behind an atomically
+//! swapped pointer with a generation counter (workers re-read it only when the generation
+//! moves), and the shutdown flag.
+
+mod conn;
+mod forward;
+mod io;
+mod local;
+mod mock_serve;
+mod pool;
+mod shutdown;
+mod worker;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+use crate::snapshot::Snapshot;
+
+/// Which io driver workers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DriverChoice {
+    /// io_uring with cooperative task running, falling back to epoll where refused.
+    Auto,
+    /// io_uring only; fail where refused.
+    IoUring,
+    /// epoll only.
+    Epoll,
+}
+
+/// State shared by every worker.
+pub struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    generation: AtomicU64,
+    shutdown: AtomicBool,
+}
+
+impl Shared {
+    /// Shared state serving `snapshot`.
+    pub fn new(snapshot: Snapshot) -> Arc<Self> {
+        Arc::new(Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            generation: AtomicU64::new(1),
+            shutdown: AtomicBool::new(false),
+        })
+    }
+
+    /// The snapshot in force now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Puts `snapshot` in force for requests that start from now on.
+    pub fn swap(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Begins a graceful shutdown: workers stop accepting and drain.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Release);
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+}
+
+/// Running workers.
+pub struct Running {
+    handles: Vec<JoinHandle<()>>,
+    /// The driver the workers use (`io_uring` or `epoll`).
+    pub driver: &'static str,
+    /// Worker count.
+    pub workers: usize,
+}
+
+impl Running {
+    /// Waits for every worker to finish, at most until `deadline`. Returns whether all did.
+    pub fn join(self, deadline: Instant) -> bool {
+        for handle in self.handles {
+            while !handle.is_finished() {
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = handle.join();
+        }
+        true
+    }
+}
+
+/// Starts `workers` worker threads on `listen`; returns once every worker has bound its
+/// listeners, or the first error.
+pub fn start(
+    shared: Arc<Shared>,
+    listen: Vec<SocketAddr>,
+    workers: usize,
+    driver: DriverChoice,
+) -> anyhow::Result<Running> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut handles = Vec::with_capacity(workers);
+    for id in 0..workers {
+        let shared = shared.clone();
+        let listen = listen.clone();
+        let ready_tx = ready_tx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("sluice-worker-{id}"))
+            .spawn(move || worker::run_thread(id, shared, listen, driver, ready_tx))?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    let mut used = "io_uring";
+    for _ in 0..workers {
+        match ready_rx.recv() {
+            Ok(Ok(driver)) => {
+                if driver != "io_uring" {
+                    used = driver;
+                }
+            }
+            Ok(Err(message)) => {
+                shared.begin_shutdown();
+                anyhow::bail!(message);
+            }
+            Err(_) => {
+                shared.begin_shutdown();
+                anyhow::bail!("a worker thread stopped before it was ready");
+            }
+        }
+    }
+    Ok(Running {
+        handles,
+        driver: used,
+        workers,
+    })
+}

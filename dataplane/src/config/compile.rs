@@ -1,0 +1,901 @@
+//! From the parsed file ([`super::schema`]) to a [`Snapshot`]: defaults, semantic checks,
+//! URL parsing and name resolution, secrets from the environment, and backend health carried
+//! over from the previous snapshot.
+//!
+//! Every check runs even after one fails, so a single `--check` lists every problem. The
+//! environment and the resolver are parameters: the compiler itself does no I/O.
+
+use std::collections::HashMap;
+use std::net::{Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::error::Reporter;
+use super::schema::{BackendSection, ConfigFile, DeploymentSection, ServerSection};
+use crate::health::BackendHealth;
+use crate::mock::MockSettings;
+use crate::snapshot::{
+    AzureBackend, Backend, BackendKind, Deployment, HttpLimits, HttpUpstream, OpenAiBackend,
+    PoolMember, Secret, ServerSettings, Snapshot, Timeouts,
+};
+
+/// The `api-version` sent to Azure when the config names none.
+pub const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
+/// The model a mock reports when the request names none.
+pub const DEFAULT_MOCK_MODEL: &str = "sluice-mock";
+/// Completion tokens per mock answer by default.
+pub const DEFAULT_MOCK_COMPLETION_TOKENS: u32 = 16;
+/// Length of a mock embedding vector by default.
+pub const DEFAULT_MOCK_EMBEDDING_DIMENSIONS: usize = 8;
+
+/// Looks up an environment variable (`std::env::var` in production, a map in tests).
+pub(crate) type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+/// Resolves a host and port to the address to connect to, or says why it cannot.
+pub(crate) type Resolve<'a> = &'a dyn Fn(&str, u16) -> Result<SocketAddr, String>;
+
+/// Resolves with the system resolver (`ToSocketAddrs`), taking the first address.
+pub(crate) fn system_resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    match (host, port).to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("host `{host}` resolved to no addresses")),
+        Err(e) => Err(format!("cannot resolve host `{host}`: {e}")),
+    }
+}
+
+/// Checks `file` and builds the snapshot, or records every problem in `report` and returns
+/// `None`.
+pub(crate) fn compile(
+    source: &Path,
+    file: &ConfigFile,
+    report: &mut Reporter<'_>,
+    env: EnvLookup<'_>,
+    resolve: Resolve<'_>,
+    previous: Option<&Snapshot>,
+) -> Option<Snapshot> {
+    let server = compile_server(&file.server, report);
+
+    let mut backend_ids: HashMap<&str, usize> = HashMap::new();
+    let mut kinds = Vec::with_capacity(file.backend.len());
+    for (i, section) in file.backend.iter().enumerate() {
+        let field = format!("backend[{i}]");
+        let name = &section.get_ref().name;
+        check_not_empty(report, name, &format!("{field}.name"));
+        if let Some(&first) = backend_ids.get(name.get_ref().as_str()) {
+            let first_line = line_of(report, &file.backend[first].get_ref().name);
+            report.at(
+                name.span(),
+                format!("{field}.name"),
+                format!(
+                    "duplicate backend name `{}` (first defined on line {first_line})",
+                    name.get_ref()
+                ),
+            );
+        } else {
+            backend_ids.insert(name.get_ref(), i);
+        }
+        kinds.push(compile_backend(section, &field, report, env, resolve));
+    }
+
+    let deployments = compile_deployments(&file.deployment, &backend_ids, report);
+
+    if !report.is_empty() {
+        return None;
+    }
+
+    let backends = file
+        .backend
+        .iter()
+        .zip(kinds)
+        .filter_map(|(section, kind)| {
+            let name = section.get_ref().name.get_ref().clone();
+            let kind = kind?;
+            let health = carried_health(previous, &name, &kind)
+                .unwrap_or_else(|| Arc::new(BackendHealth::default()));
+            Some(Backend { name, kind, health })
+        })
+        .collect::<Vec<_>>();
+    if backends.len() != file.backend.len() {
+        // A backend without a compiled kind always reports an error; this is unreachable.
+        return None;
+    }
+    let deployment_order = deployments.iter().map(|d| d.name.clone()).collect();
+    let deployments = deployments
+        .into_iter()
+        .map(|d| (d.name.clone(), d))
+        .collect();
+    Some(Snapshot {
+        source: source.to_path_buf(),
+        server,
+        backends,
+        deployments,
+        deployment_order,
+    })
+}
+
+/// The previous snapshot's health for a backend that keeps its name, kind and target, so a
+/// cool-down in force survives a reload; a backend that now points elsewhere starts fresh.
+fn carried_health(
+    previous: Option<&Snapshot>,
+    name: &str,
+    kind: &BackendKind,
+) -> Option<Arc<BackendHealth>> {
+    previous?
+        .backends
+        .iter()
+        .find(|old| old.name == name && same_target(&old.kind, kind))
+        .map(|old| Arc::clone(&old.health))
+}
+
+fn same_target(a: &BackendKind, b: &BackendKind) -> bool {
+    match (a, b) {
+        (BackendKind::Mock(_), BackendKind::Mock(_)) => true,
+        // Azure rate limits are per deployment, so another deployment is another target.
+        (BackendKind::Azure(a), BackendKind::Azure(b)) => {
+            same_upstream(&a.upstream, &b.upstream) && a.deployment == b.deployment
+        }
+        (BackendKind::OpenAi(a), BackendKind::OpenAi(b)) => same_upstream(&a.upstream, &b.upstream),
+        _ => false,
+    }
+}
+
+fn same_upstream(a: &HttpUpstream, b: &HttpUpstream) -> bool {
+    a.url == b.url && a.addr == b.addr
+}
+
+fn compile_server(section: &ServerSection, report: &mut Reporter<'_>) -> ServerSettings {
+    let defaults = ServerSettings::default();
+
+    let listen = match &section.listen {
+        None => defaults.listen,
+        Some(list) => {
+            if list.get_ref().is_empty() {
+                report.at(
+                    list.span(),
+                    "server.listen",
+                    "needs at least one address, e.g. [\"127.0.0.1:8080\"]",
+                );
+            }
+            list.get_ref()
+                .iter()
+                .enumerate()
+                .filter_map(|(i, addr)| match addr.get_ref().parse::<SocketAddr>() {
+                    Ok(parsed) => Some(parsed),
+                    Err(_) => {
+                        report.at(
+                            addr.span(),
+                            format!("server.listen[{i}]"),
+                            format!(
+                                "`{}` is not an IP address and port, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"",
+                                addr.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                })
+                .collect()
+        }
+    };
+
+    let limits = &section.limits;
+    let limit_defaults = HttpLimits::default();
+    let mut size = |value: &Option<Spanned<usize>>, field: &str, default: usize| match value {
+        None => default,
+        Some(v) => {
+            if *v.get_ref() == 0 {
+                report.at(v.span(), field, "must be greater than 0");
+            }
+            *v.get_ref()
+        }
+    };
+    let max_request_line = size(
+        &limits.max_request_line,
+        "server.limits.max_request_line",
+        limit_defaults.max_request_line,
+    );
+    let max_head = size(
+        &limits.max_head,
+        "server.limits.max_head",
+        limit_defaults.max_head,
+    );
+    let max_headers = match &limits.max_headers {
+        None => limit_defaults.max_headers,
+        Some(v) => {
+            if !(1..=256).contains(v.get_ref()) {
+                report.at(
+                    v.span(),
+                    "server.limits.max_headers",
+                    format!("must be between 1 and 256, not {}", v.get_ref()),
+                );
+            }
+            *v.get_ref()
+        }
+    };
+    let max_body = match &limits.max_body {
+        None => limit_defaults.max_body,
+        Some(v) => {
+            if *v.get_ref() == 0 {
+                report.at(v.span(), "server.limits.max_body", "must be greater than 0");
+            }
+            *v.get_ref()
+        }
+    };
+
+    let t = &section.timeouts;
+    let td = Timeouts::default();
+    let timeouts = Timeouts {
+        head_read: timeout(
+            report,
+            &t.head_read,
+            "server.timeouts.head_read",
+            td.head_read,
+        ),
+        keepalive_idle: timeout(
+            report,
+            &t.keepalive_idle,
+            "server.timeouts.keepalive_idle",
+            td.keepalive_idle,
+        ),
+        upstream_connect: timeout(
+            report,
+            &t.upstream_connect,
+            "server.timeouts.upstream_connect",
+            td.upstream_connect,
+        ),
+        upstream_first_byte: timeout(
+            report,
+            &t.upstream_first_byte,
+            "server.timeouts.upstream_first_byte",
+            td.upstream_first_byte,
+        ),
+        stream_idle: timeout(
+            report,
+            &t.stream_idle,
+            "server.timeouts.stream_idle",
+            td.stream_idle,
+        ),
+    };
+
+    ServerSettings {
+        listen,
+        // 0 means "one per core", like leaving it out.
+        workers: section.workers.filter(|&n| n > 0),
+        limits: HttpLimits {
+            max_request_line,
+            max_head,
+            max_headers,
+            max_body,
+        },
+        timeouts,
+        shutdown_grace: timeout(
+            report,
+            &section.shutdown_grace,
+            "server.shutdown_grace",
+            defaults.shutdown_grace,
+        ),
+    }
+}
+
+/// A duration that must be set to more than zero when given.
+fn timeout(
+    report: &mut Reporter<'_>,
+    value: &Option<Spanned<String>>,
+    field: &str,
+    default: Duration,
+) -> Duration {
+    let Some(value) = value else {
+        return default;
+    };
+    match parse_duration(value.get_ref()) {
+        Ok(d) if d.is_zero() => {
+            report.at(value.span(), field, "must be longer than 0");
+            default
+        }
+        Ok(d) => d,
+        Err(message) => {
+            report.at(value.span(), field, message);
+            default
+        }
+    }
+}
+
+/// Parses `"500ms"`, `"10s"`, `"5m"` or `"1h"`: a whole number and a unit.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid = || {
+        format!(
+            "invalid duration `{text}`: expected a whole number and a unit (ms, s, m or h), e.g. \"500ms\", \"10s\", \"5m\""
+        )
+    };
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(digits_end);
+    if digits.is_empty() {
+        return Err(invalid());
+    }
+    let n: u64 = digits.parse().map_err(|_| invalid())?;
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(invalid()),
+    };
+    n.checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("duration `{text}` is too long"))
+}
+
+/// Which fields each kind takes, besides `name` and `kind`.
+const MOCK_FIELDS: &[&str] = &[
+    "latency",
+    "completion_tokens",
+    "tokens_per_second",
+    "model",
+    "embedding_dimensions",
+];
+const AZURE_FIELDS: &[&str] = &["url", "deployment", "api_version", "api_key_env"];
+const OPENAI_FIELDS: &[&str] = &["url", "model", "api_key_env"];
+
+/// The kind-specific fields a backend set, with the span of each value.
+fn present_fields(b: &BackendSection) -> Vec<(&'static str, Range<usize>)> {
+    fn span<T>(v: &Option<Spanned<T>>) -> Option<Range<usize>> {
+        v.as_ref().map(Spanned::span)
+    }
+    [
+        ("latency", span(&b.latency)),
+        ("completion_tokens", span(&b.completion_tokens)),
+        ("tokens_per_second", span(&b.tokens_per_second)),
+        ("embedding_dimensions", span(&b.embedding_dimensions)),
+        ("model", span(&b.model)),
+        ("url", span(&b.url)),
+        ("api_key_env", span(&b.api_key_env)),
+        ("deployment", span(&b.deployment)),
+        ("api_version", span(&b.api_version)),
+    ]
+    .into_iter()
+    .filter_map(|(name, span)| span.map(|s| (name, s)))
+    .collect()
+}
+
+fn compile_backend(
+    section: &Spanned<BackendSection>,
+    field: &str,
+    report: &mut Reporter<'_>,
+    env: EnvLookup<'_>,
+    resolve: Resolve<'_>,
+) -> Option<BackendKind> {
+    let b = section.get_ref();
+    let kind = b.kind.get_ref().as_str();
+    let allowed = match kind {
+        "mock" => MOCK_FIELDS,
+        "azure" => AZURE_FIELDS,
+        "openai" => OPENAI_FIELDS,
+        other => {
+            report.at(
+                b.kind.span(),
+                format!("{field}.kind"),
+                format!(
+                    "unknown backend kind `{other}`: expected \"mock\", \"azure\" or \"openai\""
+                ),
+            );
+            return None;
+        }
+    };
+    let mut fine = true;
+    for (name, span) in present_fields(b) {
+        if !allowed.contains(&name) {
+            fine = false;
+            report.at(
+                span,
+                format!("{field}.{name}"),
+                format!(
+                    "`{name}` does not apply to {} {kind} backend ({kind} backends take: {})",
+                    article(kind),
+                    allowed.join(", ")
+                ),
+            );
+        }
+    }
+
+    let compiled = match kind {
+        "mock" => compile_mock(b, field, report).map(BackendKind::Mock),
+        "azure" => compile_azure(section, field, report, env, resolve).map(BackendKind::Azure),
+        _ => compile_openai(section, field, report, env, resolve).map(BackendKind::OpenAi),
+    };
+    compiled.filter(|_| fine)
+}
+
+fn compile_mock(
+    b: &BackendSection,
+    field: &str,
+    report: &mut Reporter<'_>,
+) -> Option<MockSettings> {
+    let mut fine = true;
+    let latency = match &b.latency {
+        None => Duration::ZERO,
+        Some(v) => parse_duration(v.get_ref()).unwrap_or_else(|message| {
+            fine = false;
+            report.at(v.span(), format!("{field}.latency"), message);
+            Duration::ZERO
+        }),
+    };
+    let tokens_per_second = match &b.tokens_per_second {
+        None => 0.0,
+        Some(v) => {
+            let tps = *v.get_ref();
+            if !tps.is_finite() || tps < 0.0 {
+                fine = false;
+                report.at(
+                    v.span(),
+                    format!("{field}.tokens_per_second"),
+                    "must be a number of 0 or more (0 means unlimited)",
+                );
+            }
+            tps
+        }
+    };
+    let embedding_dimensions = match &b.embedding_dimensions {
+        None => DEFAULT_MOCK_EMBEDDING_DIMENSIONS,
+        Some(v) => {
+            if *v.get_ref() == 0 {
+                fine = false;
+                report.at(
+                    v.span(),
+                    format!("{field}.embedding_dimensions"),
+                    "must be greater than 0",
+                );
+            }
+            *v.get_ref()
+        }
+    };
+    let model = match &b.model {
+        None => DEFAULT_MOCK_MODEL.to_string(),
+        Some(v) => {
+            fine &= check_not_empty(report, v, &format!("{field}.model"));
+            v.get_ref().clone()
+        }
+    };
+    fine.then(|| MockSettings {
+        latency,
+        completion_tokens: b
+            .completion_tokens
+            .as_ref()
+            .map_or(DEFAULT_MOCK_COMPLETION_TOKENS, |v| *v.get_ref()),
+        tokens_per_second,
+        model,
+        embedding_dimensions,
+    })
+}
+
+fn compile_azure(
+    section: &Spanned<BackendSection>,
+    field: &str,
+    report: &mut Reporter<'_>,
+    env: EnvLookup<'_>,
+    resolve: Resolve<'_>,
+) -> Option<AzureBackend> {
+    let b = section.get_ref();
+    let upstream = compile_upstream(section, field, report, resolve);
+    let deployment = match &b.deployment {
+        None => {
+            report.at(
+                section.span(),
+                format!("{field}.deployment"),
+                "missing: an azure backend needs `deployment`, the deployment name on that resource",
+            );
+            None
+        }
+        Some(v) => {
+            check_not_empty(report, v, &format!("{field}.deployment")).then(|| v.get_ref().clone())
+        }
+    };
+    let api_version = match &b.api_version {
+        None => Some(DEFAULT_AZURE_API_VERSION.to_string()),
+        Some(v) => {
+            check_not_empty(report, v, &format!("{field}.api_version")).then(|| v.get_ref().clone())
+        }
+    };
+    let api_key = api_key(b, field, report, env);
+    Some(AzureBackend {
+        upstream: upstream?,
+        deployment: deployment?,
+        api_version: api_version?,
+        api_key: api_key?,
+    })
+}
+
+fn compile_openai(
+    section: &Spanned<BackendSection>,
+    field: &str,
+    report: &mut Reporter<'_>,
+    env: EnvLookup<'_>,
+    resolve: Resolve<'_>,
+) -> Option<OpenAiBackend> {
+    let b = section.get_ref();
+    let upstream = compile_upstream(section, field, report, resolve);
+    let model = match &b.model {
+        None => Some(None),
+        Some(v) => {
+            check_not_empty(report, v, &format!("{field}.model")).then(|| Some(v.get_ref().clone()))
+        }
+    };
+    let api_key = api_key(b, field, report, env);
+    Some(OpenAiBackend {
+        upstream: upstream?,
+        model: model?,
+        api_key: api_key?,
+    })
+}
+
+/// The secret named by `api_key_env`: `Some(None)` when none is configured, `None` after an
+/// error. Only the variable's name ever reaches a message.
+fn api_key(
+    b: &BackendSection,
+    field: &str,
+    report: &mut Reporter<'_>,
+    env: EnvLookup<'_>,
+) -> Option<Option<Secret>> {
+    let Some(var) = &b.api_key_env else {
+        return Some(None);
+    };
+    let field = format!("{field}.api_key_env");
+    if !check_not_empty(report, var, &field) {
+        return None;
+    }
+    match env(var.get_ref()) {
+        Some(value) if !value.is_empty() => Some(Some(Secret::new(value))),
+        Some(_) => {
+            report.at(
+                var.span(),
+                field,
+                format!("environment variable `{}` is empty", var.get_ref()),
+            );
+            None
+        }
+        None => {
+            report.at(
+                var.span(),
+                field,
+                format!("environment variable `{}` is not set", var.get_ref()),
+            );
+            None
+        }
+    }
+}
+
+fn compile_upstream(
+    section: &Spanned<BackendSection>,
+    field: &str,
+    report: &mut Reporter<'_>,
+    resolve: Resolve<'_>,
+) -> Option<HttpUpstream> {
+    let field = format!("{field}.url");
+    let kind = section.get_ref().kind.get_ref();
+    let Some(url) = &section.get_ref().url else {
+        report.at(
+            section.span(),
+            field,
+            format!(
+                "missing: {} {kind} backend needs `url`, e.g. \"http://127.0.0.1:9000\"",
+                article(kind)
+            ),
+        );
+        return None;
+    };
+    let parsed = match parse_http_url(url.get_ref()) {
+        Ok(parsed) => parsed,
+        Err(message) => {
+            report.at(url.span(), field, message);
+            return None;
+        }
+    };
+    match resolve(parsed.host, parsed.port) {
+        Ok(addr) => Some(HttpUpstream {
+            url: url.get_ref().clone(),
+            addr,
+            host_header: parsed.authority.to_string(),
+            base_path: parsed.base_path.to_string(),
+        }),
+        Err(message) => {
+            report.at(url.span(), field, message);
+            None
+        }
+    }
+}
+
+/// An `http://host[:port][/path]` URL taken apart.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct HttpUrl<'a> {
+    /// The host to resolve (IPv6 without its brackets).
+    pub host: &'a str,
+    /// The port, 80 when the URL names none.
+    pub port: u16,
+    /// `host` or `host:port` exactly as written, for the `Host` header.
+    pub authority: &'a str,
+    /// The path without trailing slashes; empty for none.
+    pub base_path: &'a str,
+}
+
+/// Parses an upstream URL. Messages never repeat the URL, which could carry credentials.
+pub(crate) fn parse_http_url(url: &str) -> Result<HttpUrl<'_>, String> {
+    const FORM: &str = "expected a URL of the form http://host[:port][/path]";
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    if lower.starts_with("https://") {
+        return Err(
+            "https upstreams are not supported yet: use an http:// URL (TLS to upstreams is a later issue)"
+                .to_string(),
+        );
+    }
+    if !lower.starts_with("http://") {
+        return Err(FORM.to_string());
+    }
+    let rest = &url["http://".len()..];
+    if rest.contains(['?', '#']) {
+        return Err(format!("{FORM}, without a query or fragment"));
+    }
+    if rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{FORM}, without spaces"));
+    }
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if authority.contains('@') {
+        return Err(format!(
+            "{FORM}, without user information (use api_key_env for credentials)"
+        ));
+    }
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let Some((host, after)) = bracketed.split_once(']') else {
+            return Err(format!("{FORM}: unclosed `[` in the host"));
+        };
+        if host.parse::<Ipv6Addr>().is_err() {
+            return Err(format!("{FORM}: `[{host}]` is not an IPv6 address"));
+        }
+        let port = match after {
+            "" => None,
+            _ => match after.strip_prefix(':') {
+                Some(port) => Some(port),
+                None => return Err(format!("{FORM}: unexpected text after `]`")),
+            },
+        };
+        (host, port)
+    } else {
+        if authority.matches(':').count() > 1 {
+            return Err(format!(
+                "{FORM}: an IPv6 address goes in brackets, e.g. http://[::1]:9000"
+            ));
+        }
+        let (host, port) = match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        };
+        if host.is_empty() {
+            return Err(format!("{FORM}: the host is missing"));
+        }
+        if !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        {
+            return Err(format!(
+                "{FORM}: `{host}` is not a host name or IP address (IPv6 goes in brackets)"
+            ));
+        }
+        (host, port)
+    };
+    let port = match port {
+        None => 80,
+        Some(port) => match port.parse::<u16>() {
+            Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => p,
+            _ => return Err(format!("{FORM}: `{port}` is not a port (1-65535)")),
+        },
+    };
+    Ok(HttpUrl {
+        host,
+        port,
+        authority,
+        base_path: path.trim_end_matches('/'),
+    })
+}
+
+fn compile_deployments(
+    sections: &[Spanned<DeploymentSection>],
+    backend_ids: &HashMap<&str, usize>,
+    report: &mut Reporter<'_>,
+) -> Vec<Deployment> {
+    if sections.is_empty() {
+        report.at(
+            0..0,
+            "deployment",
+            "no deployments: add at least one [[deployment]] naming the backends that serve it",
+        );
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut deployments = Vec::with_capacity(sections.len());
+    for (i, section) in sections.iter().enumerate() {
+        let field = format!("deployment[{i}]");
+        let d = section.get_ref();
+        check_not_empty(report, &d.name, &format!("{field}.name"));
+        if let Some(&first) = seen.get(d.name.get_ref().as_str()) {
+            let first_line = line_of(report, &sections[first].get_ref().name);
+            report.at(
+                d.name.span(),
+                format!("{field}.name"),
+                format!(
+                    "duplicate deployment name `{}` (first defined on line {first_line})",
+                    d.name.get_ref()
+                ),
+            );
+        } else {
+            seen.insert(d.name.get_ref(), i);
+        }
+
+        let entries: &[Spanned<_>] = match &d.backends {
+            None => {
+                report.at(
+                    section.span(),
+                    format!("{field}.backends"),
+                    "missing: a deployment needs at least one backend, e.g. backends = [{ backend = \"mock-a\" }]",
+                );
+                &[]
+            }
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    report.at(
+                        list.span(),
+                        format!("{field}.backends"),
+                        "a deployment needs at least one backend",
+                    );
+                }
+                list.get_ref()
+            }
+        };
+        let mut pool: Vec<PoolMember> = Vec::with_capacity(entries.len());
+        for (j, entry) in entries.iter().enumerate() {
+            let entry_field = format!("{field}.backends[{j}]");
+            let e = entry.get_ref();
+            let backend = match backend_ids.get(e.backend.get_ref().as_str()) {
+                Some(&id) => id,
+                None => {
+                    report.at(
+                        e.backend.span(),
+                        format!("{entry_field}.backend"),
+                        format!("unknown backend `{}`", e.backend.get_ref()),
+                    );
+                    continue;
+                }
+            };
+            if pool.iter().any(|m| m.backend == backend) {
+                report.at(
+                    e.backend.span(),
+                    format!("{entry_field}.backend"),
+                    format!(
+                        "backend `{}` is listed twice in this deployment",
+                        e.backend.get_ref()
+                    ),
+                );
+            }
+            let weight = match &e.weight {
+                None => 1,
+                Some(w) => {
+                    if *w.get_ref() == 0 {
+                        report.at(
+                            w.span(),
+                            format!("{entry_field}.weight"),
+                            "must be 1 or more (remove the entry to stop using a backend)",
+                        );
+                    }
+                    *w.get_ref()
+                }
+            };
+            pool.push(PoolMember {
+                backend,
+                weight,
+                priority: e.priority.unwrap_or(0),
+            });
+        }
+        deployments.push(Deployment {
+            name: d.name.get_ref().clone(),
+            pool,
+        });
+    }
+    deployments
+}
+
+/// "a" or "an" before a backend kind.
+fn article(kind: &str) -> &'static str {
+    if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
+/// Reports an empty string; returns whether the value is usable.
+fn check_not_empty(report: &mut Reporter<'_>, value: &Spanned<String>, field: &str) -> bool {
+    if value.get_ref().is_empty() {
+        report.at(value.span(), field, "must not be empty");
+        false
+    } else {
+        true
+    }
+}
+
+fn line_of<T>(report: &Reporter<'_>, value: &Spanned<T>) -> usize {
+    report.line_column(value.span().start).0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_a_whole_number_and_a_unit() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO));
+        for bad in [
+            "",
+            "10",
+            "s",
+            "1.5s",
+            "10 s",
+            "-1s",
+            "10sec",
+            "99999999999999999999s",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} parsed");
+        }
+        assert!(parse_duration("18446744073709551615h")
+            .unwrap_err()
+            .contains("too long"));
+    }
+
+    #[test]
+    fn http_urls_split_into_host_port_authority_and_path() {
+        let url = parse_http_url("http://127.0.0.1:18001").unwrap();
+        assert_eq!(
+            url,
+            HttpUrl {
+                host: "127.0.0.1",
+                port: 18001,
+                authority: "127.0.0.1:18001",
+                base_path: ""
+            }
+        );
+        let url = parse_http_url("HTTP://example.com/base/v1/").unwrap();
+        assert_eq!((url.host, url.port), ("example.com", 80));
+        assert_eq!((url.authority, url.base_path), ("example.com", "/base/v1"));
+        let url = parse_http_url("http://[::1]:9000/").unwrap();
+        assert_eq!(
+            (url.host, url.port, url.authority),
+            ("::1", 9000, "[::1]:9000")
+        );
+        assert_eq!(url.base_path, "");
+    }
+
+    #[test]
+    fn bad_urls_say_what_is_wrong() {
+        let err = |url| parse_http_url(url).unwrap_err();
+        assert!(err("https://x.openai.azure.com").contains("https upstreams are not supported yet"));
+        assert!(err("ftp://x").contains("http://host[:port][/path]"));
+        assert!(err("127.0.0.1:80").contains("http://host[:port][/path]"));
+        assert!(err("http://").contains("host is missing"));
+        assert!(err("http://:80").contains("host is missing"));
+        assert!(err("http://h:0").contains("not a port"));
+        assert!(err("http://h:99999").contains("not a port"));
+        assert!(err("http://h:+80").contains("not a port"));
+        assert!(err("http://h:").contains("not a port"));
+        assert!(err("http://h/p?q=1").contains("query"));
+        assert!(err("http://a b").contains("spaces"));
+        assert!(err("http://::1/").contains("brackets"));
+        assert!(err("http://a%b/").contains("not a host name"));
+        assert!(err("http://[zz]/").contains("not an IPv6"));
+        let secret = err("http://user:hunter2@h/");
+        assert!(secret.contains("user information") && !secret.contains("hunter2"));
+    }
+}

@@ -1,0 +1,749 @@
+//! Request heads: parsing a client's request line and header fields, and deciding how its
+//! body is framed.
+//!
+//! [`parse_request`] is called with everything read so far on a connection; it answers
+//! [`Parse::Partial`] until the head is complete, then fills a reusable [`RequestHead`]
+//! whose ranges point into the caller's buffer. Every way a head can be refused is a
+//! [`RequestError`] carrying its status code and a message for the client. Size limits are
+//! enforced while the head is still partial, so a client cannot make the gateway buffer
+//! more than `max_head` bytes.
+
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+use super::{find_header, list_contains, parse_content_length, span_of, HeaderSpan, Parse};
+use crate::snapshot::HttpLimits;
+
+/// The most header fields any request may carry; the config caps `max_headers` at this.
+const HEADER_CAPACITY: usize = 256;
+
+/// How a request's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyFraming {
+    /// No body: neither Content-Length nor Transfer-Encoding was sent. Default.
+    #[default]
+    None,
+    /// Exactly this many bytes follow the head (`Content-Length`, possibly 0).
+    Length(u64),
+    /// A chunked body follows (`Transfer-Encoding: chunked`); decode with
+    /// [`ChunkedDecoder`](super::ChunkedDecoder).
+    Chunked,
+}
+
+/// A parsed request head. Ranges point into the buffer given to [`parse_request`]; the
+/// struct is meant to be kept per connection and reused for every request on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    /// The method, e.g. `POST`.
+    pub method: Range<usize>,
+    /// The request target as sent (origin-form path and query, usually).
+    pub target: Range<usize>,
+    /// `0` for HTTP/1.0, `1` for HTTP/1.1.
+    pub minor_version: u8,
+    /// The header fields, in order.
+    pub headers: Vec<HeaderSpan>,
+    /// Length of the head in bytes, including any leading empty lines and the final CRLF;
+    /// the body starts at this offset.
+    pub head_len: usize,
+    /// How the body is delimited.
+    pub body: BodyFraming,
+    /// The client sent `Expect: 100-continue` on HTTP/1.1 and waits for `100 Continue`.
+    pub expect_continue: bool,
+    /// The connection may serve another request after this one (HTTP/1.1 without
+    /// `Connection: close`, or HTTP/1.0 with `Connection: keep-alive`).
+    pub keep_alive: bool,
+    /// The Host header's value, if one was sent.
+    pub host: Option<Range<usize>>,
+}
+
+impl Default for RequestHead {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RequestHead {
+    /// An empty head with room for 32 header fields (it grows as needed and keeps its size).
+    pub fn new() -> Self {
+        Self {
+            method: 0..0,
+            target: 0..0,
+            minor_version: 1,
+            headers: Vec::with_capacity(32),
+            head_len: 0,
+            body: BodyFraming::None,
+            expect_continue: false,
+            keep_alive: true,
+            host: None,
+        }
+    }
+
+    /// The method as text; empty if `buf` is not the buffer the head was parsed from.
+    pub fn method<'b>(&self, buf: &'b [u8]) -> &'b str {
+        text(buf, &self.method)
+    }
+
+    /// The request target as text; empty if `buf` is not the buffer the head was parsed
+    /// from or the target is not UTF-8.
+    pub fn target<'b>(&self, buf: &'b [u8]) -> &'b str {
+        text(buf, &self.target)
+    }
+
+    /// The value of the first header named `name` (case-insensitive), if any.
+    pub fn header<'b>(&self, buf: &'b [u8], name: &str) -> Option<&'b [u8]> {
+        find_header(buf, &self.headers, name.as_bytes())
+    }
+
+    /// The Host header's value, if one was sent.
+    pub fn host<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
+        self.host.as_ref().and_then(|r| buf.get(r.clone()))
+    }
+
+    fn reset(&mut self) {
+        self.method = 0..0;
+        self.target = 0..0;
+        self.minor_version = 1;
+        self.headers.clear();
+        self.head_len = 0;
+        self.body = BodyFraming::None;
+        self.expect_continue = false;
+        self.keep_alive = true;
+        self.host = None;
+    }
+}
+
+fn text<'b>(buf: &'b [u8], range: &Range<usize>) -> &'b str {
+    buf.get(range.clone())
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .unwrap_or("")
+}
+
+/// Why a request head was refused. Each maps to a status code and a message for the
+/// client; the connection should be closed after answering, since framing is uncertain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The request line is longer than `max_request_line` → 414.
+    #[error("request line too long")]
+    UriTooLong,
+    /// The head is longer than `max_head` → 431.
+    #[error("request head too large")]
+    HeadTooLarge,
+    /// More than `max_headers` header fields → 431.
+    #[error("too many header fields")]
+    TooManyHeaders,
+    /// The Content-Length is over `max_body` → 413.
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// The head is malformed or its framing ambiguous → 400; the text says why.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+}
+
+impl RequestError {
+    /// The status code to answer with: 414, 431, 431, 413 or 400.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::UriTooLong => 414,
+            Self::HeadTooLarge | Self::TooManyHeaders => 431,
+            Self::PayloadTooLarge => 413,
+            Self::BadRequest(_) => 400,
+        }
+    }
+
+    /// A short explanation for the client, suitable for an error body.
+    pub fn message(&self) -> &'static str {
+        match self {
+            Self::UriTooLong => "the request line is longer than the gateway accepts",
+            Self::HeadTooLarge => "the request head is larger than the gateway accepts",
+            Self::TooManyHeaders => "the request has more header fields than the gateway accepts",
+            Self::PayloadTooLarge => "the request body is larger than the gateway accepts",
+            Self::BadRequest(why) => why,
+        }
+    }
+}
+
+/// Parses the request head at the start of `buf` into `out`.
+///
+/// Returns [`Parse::Partial`] when more bytes are needed (call again with the same bytes
+/// plus what arrived since), [`Parse::Complete`] when `out` describes a whole head of
+/// `out.head_len` bytes, or the reason the request must be refused. Limits are checked
+/// while partial too: a request line over `limits.max_request_line` or a head over
+/// `limits.max_head` is refused as soon as that is certain. Leading empty lines (CRLF) are
+/// skipped, as RFC 9112 §2.2 allows. Never panics; never allocates once `out.headers` has
+/// grown to the request's header count.
+pub fn parse_request(
+    buf: &[u8],
+    limits: &HttpLimits,
+    out: &mut RequestHead,
+) -> Result<Parse, RequestError> {
+    out.reset();
+
+    // Skip the empty lines a client may send between pipelined requests.
+    let mut start = 0;
+    while buf.get(start..start + 2) == Some(b"\r\n".as_slice()) {
+        start += 2;
+    }
+    if start > limits.max_head {
+        return Err(RequestError::HeadTooLarge);
+    }
+
+    // The request line ends at the first CR or LF; without one, it is too long once it has
+    // more bytes than the limit.
+    let rest = buf.get(start..).unwrap_or_default();
+    let line_window = rest
+        .get(..limits.max_request_line.saturating_add(1))
+        .unwrap_or(rest);
+    if memchr::memchr2(b'\r', b'\n', line_window).is_none()
+        && line_window.len() > limits.max_request_line
+    {
+        return Err(RequestError::UriTooLong);
+    }
+
+    // The head ends at the first CRLF CRLF after the request line starts (any bare LF that
+    // could end it differently is refused below).
+    let window = buf.get(..limits.max_head).unwrap_or(buf);
+    let head_end = window
+        .get(start..)
+        .and_then(|w| memchr::memmem::find(w, b"\r\n\r\n"))
+        .map(|i| start + i + 4);
+    if head_end.is_none() && buf.len() >= limits.max_head {
+        return Err(RequestError::HeadTooLarge);
+    }
+    let head = head_end.and_then(|end| buf.get(..end)).unwrap_or(window);
+    check_head_bytes(head, head_end.is_some())?;
+
+    let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); HEADER_CAPACITY];
+    let slots = slots
+        .get_mut(..limits.max_headers.min(HEADER_CAPACITY))
+        .unwrap_or_default();
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(head, slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        // A head that ends in CRLF CRLF yet does not parse is malformed, not unfinished;
+        // answering Partial would leave the client waiting for the head timeout.
+        Ok(httparse::Status::Partial) if head_end.is_some() => {
+            return Err(RequestError::BadRequest("malformed request head"))
+        }
+        Ok(httparse::Status::Partial) => return Ok(Parse::Partial),
+        Err(e) => return Err(map_httparse_error(e)),
+    };
+
+    out.head_len = head_len;
+    out.minor_version = req.version.unwrap_or(1);
+    out.method = span_of(buf, req.method.unwrap_or("").as_bytes(), start);
+    out.target = span_of(buf, req.path.unwrap_or("").as_bytes(), out.method.end);
+    let mut at = out.target.end;
+    for h in req.headers.iter() {
+        let name = span_of(buf, h.name.as_bytes(), at);
+        let value = span_of(buf, h.value, name.end);
+        at = value.end.max(name.end);
+        out.headers.push(HeaderSpan { name, value });
+    }
+
+    apply_header_semantics(buf, limits, out)?;
+    Ok(Parse::Complete)
+}
+
+/// Refuses NUL, bare CR, bare LF and obs-fold anywhere in `head` (the head so far, or the
+/// whole head when `complete`). httparse accepts bare LF as a line ending; we do not,
+/// because an upstream that disagrees would see a different message.
+fn check_head_bytes(head: &[u8], complete: bool) -> Result<(), RequestError> {
+    for i in memchr::memchr3_iter(b'\r', b'\n', 0, head) {
+        match head.get(i) {
+            Some(0) => return Err(RequestError::BadRequest("NUL byte in request head")),
+            Some(b'\r') => match head.get(i + 1) {
+                Some(b'\n') => {}
+                Some(_) => return Err(RequestError::BadRequest("bare CR in request head")),
+                // The LF may still be on its way.
+                None => {}
+            },
+            _ => {
+                if i == 0 || head.get(i - 1) != Some(&b'\r') {
+                    return Err(RequestError::BadRequest("bare LF in request head"));
+                }
+                let last = complete && i + 1 == head.len();
+                if !last && matches!(head.get(i + 1), Some(b' ' | b'\t')) {
+                    return Err(RequestError::BadRequest(
+                        "obsolete line folding (header line starting with whitespace)",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn map_httparse_error(e: httparse::Error) -> RequestError {
+    match e {
+        httparse::Error::TooManyHeaders => RequestError::TooManyHeaders,
+        httparse::Error::HeaderName => RequestError::BadRequest("invalid header field name"),
+        httparse::Error::HeaderValue => RequestError::BadRequest("invalid header field value"),
+        httparse::Error::NewLine => RequestError::BadRequest("invalid line ending"),
+        httparse::Error::Token => RequestError::BadRequest("malformed request line"),
+        httparse::Error::Version => RequestError::BadRequest("unsupported HTTP version"),
+        httparse::Error::Status => RequestError::BadRequest("malformed request line"),
+    }
+}
+
+/// Decides body framing, keep-alive, Expect and Host from the header fields, refusing
+/// every ambiguous combination (RFC 9112 §6.3).
+fn apply_header_semantics(
+    buf: &[u8],
+    limits: &HttpLimits,
+    out: &mut RequestHead,
+) -> Result<(), RequestError> {
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut host: Option<Range<usize>> = None;
+
+    for h in &out.headers {
+        let name = h.name(buf);
+        let value = h.value(buf);
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if content_length.is_some() {
+                return Err(RequestError::BadRequest("repeated Content-Length header"));
+            }
+            content_length = Some(
+                parse_content_length(value)
+                    .ok_or(RequestError::BadRequest("malformed Content-Length header"))?,
+            );
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if chunked {
+                return Err(RequestError::BadRequest(
+                    "repeated Transfer-Encoding header",
+                ));
+            }
+            if !super::trim_ows(value).eq_ignore_ascii_case(b"chunked") {
+                return Err(RequestError::BadRequest(
+                    "unsupported Transfer-Encoding (only chunked is accepted)",
+                ));
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case(b"host") {
+            if host.is_some() {
+                return Err(RequestError::BadRequest("repeated Host header"));
+            }
+            host = Some(h.value.clone());
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            close |= list_contains(value, b"close");
+            keep_alive_token |= list_contains(value, b"keep-alive");
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            out.expect_continue |= super::trim_ows(value).eq_ignore_ascii_case(b"100-continue");
+        }
+    }
+
+    if chunked && content_length.is_some() {
+        return Err(RequestError::BadRequest(
+            "both Content-Length and Transfer-Encoding sent",
+        ));
+    }
+    if chunked && out.minor_version == 0 {
+        // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+        return Err(RequestError::BadRequest(
+            "Transfer-Encoding is not allowed in HTTP/1.0",
+        ));
+    }
+    if out.minor_version >= 1 && host.is_none() {
+        return Err(RequestError::BadRequest("missing Host header"));
+    }
+    out.body = match content_length {
+        Some(n) if n > limits.max_body => return Err(RequestError::PayloadTooLarge),
+        Some(n) => BodyFraming::Length(n),
+        None if chunked => BodyFraming::Chunked,
+        None => BodyFraming::None,
+    };
+    // RFC 9110 §10.1.1: a 100-continue expectation in an HTTP/1.0 request is ignored.
+    out.expect_continue &= out.minor_version >= 1;
+    out.keep_alive = !close && (out.minor_version >= 1 || keep_alive_token);
+    out.host = host;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> HttpLimits {
+        HttpLimits::default()
+    }
+
+    fn parse(buf: &[u8]) -> Result<Parse, RequestError> {
+        parse_with(buf, &limits())
+    }
+
+    fn parse_with(buf: &[u8], limits: &HttpLimits) -> Result<Parse, RequestError> {
+        let mut head = RequestHead::new();
+        parse_request(buf, limits, &mut head)
+    }
+
+    fn complete(buf: &[u8]) -> RequestHead {
+        let mut head = RequestHead::new();
+        assert_eq!(
+            parse_request(buf, &limits(), &mut head),
+            Ok(Parse::Complete),
+            "{:?}",
+            String::from_utf8_lossy(buf)
+        );
+        head
+    }
+
+    fn bad(buf: &[u8]) -> &'static str {
+        match parse(buf) {
+            Err(RequestError::BadRequest(why)) => why,
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(buf)),
+        }
+    }
+
+    #[test]
+    fn parses_a_simple_post() {
+        let buf = b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+        let head = complete(buf);
+        assert_eq!(head.method(buf), "POST");
+        assert_eq!(head.target(buf), "/v1/chat/completions?x=1");
+        assert_eq!(head.minor_version, 1);
+        assert_eq!(head.headers.len(), 3);
+        assert_eq!(head.head_len, buf.len() - 2);
+        assert_eq!(head.body, BodyFraming::Length(2));
+        assert!(head.keep_alive);
+        assert!(!head.expect_continue);
+        assert_eq!(head.host(buf), Some(b"gw".as_slice()));
+        assert_eq!(
+            head.header(buf, "content-TYPE"),
+            Some(b"application/json".as_slice())
+        );
+        assert_eq!(head.header(buf, "x-missing"), None);
+        assert_eq!(head.headers[0].name(buf), b"Host");
+    }
+
+    #[test]
+    fn header_lookup_returns_first_and_trims_value() {
+        let buf = b"GET / HTTP/1.1\r\nHost: a\r\nX-A:  one \t\r\nx-a: two\r\n\r\n";
+        let head = complete(buf);
+        assert_eq!(head.header(buf, "X-a"), Some(b"one".as_slice()));
+        assert_eq!(head.body, BodyFraming::None);
+    }
+
+    #[test]
+    fn partial_until_the_empty_line() {
+        let full = b"GET /v1/models HTTP/1.1\r\nHost: gw\r\n\r\n";
+        for n in 0..full.len() {
+            assert_eq!(parse(&full[..n]), Ok(Parse::Partial), "at {n}");
+        }
+        assert_eq!(parse(full), Ok(Parse::Complete));
+    }
+
+    #[test]
+    fn pipelined_bytes_after_the_head_are_left_alone() {
+        let buf = b"GET /a HTTP/1.1\r\nHost: gw\r\n\r\nGET /b HTTP/1.1\r\nHost: gw\r\n\r\n";
+        let head = complete(buf);
+        let rest = &buf[head.head_len..];
+        let second = complete(rest);
+        assert_eq!(second.target(rest), "/b");
+    }
+
+    #[test]
+    fn body_bytes_are_not_inspected() {
+        let buf = b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\n\r\n\0\n\r ";
+        assert_eq!(complete(buf).body, BodyFraming::Length(4));
+    }
+
+    #[test]
+    fn leading_empty_lines_are_skipped() {
+        let buf = b"\r\n\r\nGET / HTTP/1.1\r\nHost: gw\r\n\r\n";
+        let head = complete(buf);
+        assert_eq!(head.method(buf), "GET");
+        assert_eq!(head.head_len, buf.len());
+        assert_eq!(parse(b"\r\n\r\n"), Ok(Parse::Partial));
+    }
+
+    #[test]
+    fn request_line_over_the_limit_is_414() {
+        let l = HttpLimits {
+            max_request_line: 20,
+            ..limits()
+        };
+        // "GET /0123456789ab HTTP/1.1" is 26 bytes.
+        let buf = b"GET /0123456789ab HTTP/1.1\r\nHost: gw\r\n\r\n";
+        assert_eq!(parse_with(buf, &l), Err(RequestError::UriTooLong));
+        // Still partial, no line end yet.
+        assert_eq!(parse_with(&buf[..21], &l), Err(RequestError::UriTooLong));
+        assert_eq!(parse_with(&buf[..20], &l), Ok(Parse::Partial));
+        // Exactly at the limit is fine.
+        let ok = b"GET /012345 HTTP/1.1\r\nHost: gw\r\n\r\n";
+        assert_eq!(parse_with(ok, &l), Ok(Parse::Complete));
+        assert_eq!(RequestError::UriTooLong.status(), 414);
+    }
+
+    #[test]
+    fn head_over_the_limit_is_431() {
+        let buf = b"GET / HTTP/1.1\r\nHost: gw\r\nX-Pad: 0123456789\r\n\r\n";
+        let exact = HttpLimits {
+            max_head: buf.len(),
+            ..limits()
+        };
+        assert_eq!(parse_with(buf, &exact), Ok(Parse::Complete));
+        let l = HttpLimits {
+            max_head: buf.len() - 1,
+            ..limits()
+        };
+        assert_eq!(parse_with(buf, &l), Err(RequestError::HeadTooLarge));
+        // While partial: the limit is reached without an end of head.
+        assert_eq!(
+            parse_with(&buf[..buf.len() - 1], &l),
+            Err(RequestError::HeadTooLarge)
+        );
+        assert_eq!(parse_with(&buf[..buf.len() - 2], &l), Ok(Parse::Partial));
+        // Endless empty lines count too.
+        let crlfs = b"\r\n".repeat(100);
+        let small = HttpLimits {
+            max_head: 50,
+            ..limits()
+        };
+        assert_eq!(parse_with(&crlfs, &small), Err(RequestError::HeadTooLarge));
+        assert_eq!(RequestError::HeadTooLarge.status(), 431);
+    }
+
+    #[test]
+    fn too_many_headers_is_431() {
+        let l = HttpLimits {
+            max_headers: 3,
+            ..limits()
+        };
+        let three = b"GET / HTTP/1.1\r\nHost: gw\r\nA: 1\r\nB: 2\r\n\r\n";
+        assert_eq!(parse_with(three, &l), Ok(Parse::Complete));
+        let four = b"GET / HTTP/1.1\r\nHost: gw\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
+        assert_eq!(parse_with(four, &l), Err(RequestError::TooManyHeaders));
+        assert_eq!(RequestError::TooManyHeaders.status(), 431);
+    }
+
+    #[test]
+    fn the_full_256_headers_are_accepted() {
+        let l = HttpLimits {
+            max_headers: 256,
+            ..limits()
+        };
+        let mut buf = b"GET / HTTP/1.1\r\nHost: gw\r\n".to_vec();
+        for i in 0..255 {
+            buf.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        buf.extend_from_slice(b"\r\n");
+        let mut head = RequestHead::new();
+        assert_eq!(parse_request(&buf, &l, &mut head), Ok(Parse::Complete));
+        assert_eq!(head.headers.len(), 256);
+        let at = buf.len() - 2;
+        buf.splice(at..at, b"X-Last: v\r\n".iter().copied());
+        assert_eq!(
+            parse_request(&buf, &l, &mut head),
+            Err(RequestError::TooManyHeaders)
+        );
+    }
+
+    #[test]
+    fn bare_lf_is_400() {
+        assert!(bad(b"GET / HTTP/1.1\nHost: gw\r\n\r\n").contains("bare LF"));
+        assert!(bad(b"GET / HTTP/1.1\r\nHost: gw\n\r\n").contains("bare LF"));
+        assert!(bad(b"GET / HTTP/1.1\r\nHost: gw\r\n\n").contains("bare LF"));
+        // Detected while partial as well.
+        assert!(bad(b"GET / HTTP/1.1\r\nHost: gw\n").contains("bare LF"));
+        assert!(bad(b"\nGET / HTTP/1.1\r\nHost: gw\r\n\r\n").contains("bare LF"));
+    }
+
+    #[test]
+    fn bare_cr_is_400() {
+        assert!(bad(b"GET / HTTP/1.1\r\nHost: g\rw\r\n\r\n").contains("bare CR"));
+        assert!(bad(b"GET / HTTP/1.1\rHost: gw\r\n\r\n").contains("bare CR"));
+        assert!(bad(b"GET / HTTP/1.1\r\nHost: gw\r\n\r\r\n").contains("bare CR"));
+        // A CR at the very end may still be followed by its LF.
+        assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: gw\r"), Ok(Parse::Partial));
+    }
+
+    #[test]
+    fn nul_is_400() {
+        assert!(bad(b"GET / HTTP/1.1\r\nHost: g\0w\r\n\r\n").contains("NUL"));
+        assert!(bad(b"GET /\0 HTTP/1.1\r\nHost: gw\r\n\r\n").contains("NUL"));
+        assert!(bad(b"GET / HTTP/1.1\r\nHo\0").contains("NUL"));
+    }
+
+    #[test]
+    fn obs_fold_is_400() {
+        assert!(bad(b"GET / HTTP/1.1\r\nHost: gw\r\nX-A: a\r\n b\r\n\r\n").contains("folding"));
+        assert!(bad(b"GET / HTTP/1.1\r\nHost: gw\r\nX-A: a\r\n\tb\r\n\r\n").contains("folding"));
+        assert!(bad(b"GET / HTTP/1.1\r\n Host: gw\r\n\r\n").contains("folding"));
+    }
+
+    #[test]
+    fn content_length_with_transfer_encoding_is_400() {
+        let why = bad(b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert!(why.contains("Content-Length and Transfer-Encoding"));
+        let why = bad(b"POST / HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n");
+        assert!(why.contains("Content-Length and Transfer-Encoding"));
+    }
+
+    #[test]
+    fn repeated_content_length_is_400_even_when_equal() {
+        assert!(bad(
+            b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"
+        )
+        .contains("repeated Content-Length"));
+        assert!(bad(
+            b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\ncontent-length: 4\r\n\r\n"
+        )
+        .contains("repeated Content-Length"));
+    }
+
+    #[test]
+    fn malformed_content_length_is_400() {
+        for value in [
+            "",
+            "+3",
+            "-3",
+            "3a",
+            "0x10",
+            "3, 3",
+            "3,",
+            "1 2",
+            "18446744073709551616",
+            "99999999999999999999999",
+            "3.0",
+        ] {
+            let buf = format!("POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: {value}\r\n\r\n");
+            assert_eq!(
+                parse(buf.as_bytes()),
+                Err(RequestError::BadRequest("malformed Content-Length header")),
+                "{value:?}"
+            );
+        }
+        // Leading zeros and surrounding whitespace are fine.
+        let head = complete(b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length:  007 \r\n\r\n");
+        assert_eq!(head.body, BodyFraming::Length(7));
+    }
+
+    #[test]
+    fn content_length_over_max_body_is_413() {
+        let l = HttpLimits {
+            max_body: 10,
+            ..limits()
+        };
+        let ok = b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 10\r\n\r\n";
+        assert_eq!(parse_with(ok, &l), Ok(Parse::Complete));
+        let over = b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 11\r\n\r\n";
+        assert_eq!(parse_with(over, &l), Err(RequestError::PayloadTooLarge));
+        let max = b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 18446744073709551615\r\n\r\n";
+        assert_eq!(parse_with(max, &l), Err(RequestError::PayloadTooLarge));
+        assert_eq!(RequestError::PayloadTooLarge.status(), 413);
+    }
+
+    #[test]
+    fn chunked_is_accepted_case_insensitively_with_ows() {
+        let head =
+            complete(b"POST / HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding:  ChUnKeD \t\r\n\r\n");
+        assert_eq!(head.body, BodyFraming::Chunked);
+    }
+
+    #[test]
+    fn other_transfer_encodings_are_400() {
+        for value in [
+            "gzip",
+            "gzip, chunked",
+            "chunked, chunked",
+            "chunked;x=1",
+            "",
+            "identity",
+            "chunked,",
+        ] {
+            let buf = format!("POST / HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: {value}\r\n\r\n");
+            assert!(
+                bad(buf.as_bytes()).contains("Transfer-Encoding"),
+                "{value:?}"
+            );
+        }
+        assert!(bad(b"POST / HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .contains("repeated Transfer-Encoding"));
+        assert!(bad(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n").contains("HTTP/1.0"));
+    }
+
+    #[test]
+    fn host_rules() {
+        assert!(bad(b"GET / HTTP/1.1\r\n\r\n").contains("missing Host"));
+        assert!(bad(b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n").contains("repeated Host"));
+        assert!(bad(b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n").contains("repeated Host"));
+        let buf = b"GET / HTTP/1.0\r\n\r\n";
+        let head = complete(buf);
+        assert_eq!(head.host, None);
+        assert_eq!(head.minor_version, 0);
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        assert!(complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").keep_alive);
+        assert!(!complete(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Close\r\n\r\n").keep_alive);
+        assert!(
+            !complete(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: te, close\r\n\r\n").keep_alive
+        );
+        assert!(complete(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: closed\r\n\r\n").keep_alive);
+        assert!(!complete(b"GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(complete(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
+        assert!(!complete(b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n").keep_alive);
+    }
+
+    #[test]
+    fn expect_continue() {
+        let h = b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n";
+        assert!(complete(h).expect_continue);
+        let other = b"POST / HTTP/1.1\r\nHost: a\r\nExpect: something\r\n\r\n";
+        assert!(!complete(other).expect_continue);
+        let old = b"POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n";
+        assert!(!complete(old).expect_continue);
+    }
+
+    #[test]
+    fn malformed_request_lines_are_400() {
+        for buf in [
+            &b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1 x\r\nHost: a\r\n\r\n",
+            b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /\x7f HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Name: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\x01\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+        ] {
+            bad(buf);
+        }
+    }
+
+    #[test]
+    fn state_is_reset_between_calls() {
+        let mut head = RequestHead::new();
+        let a = b"POST / HTTP/1.0\r\nContent-Length: 5\r\nExpect: x\r\n\r\n";
+        assert_eq!(parse_request(a, &limits(), &mut head), Ok(Parse::Complete));
+        let b = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        assert_eq!(parse_request(b, &limits(), &mut head), Ok(Parse::Complete));
+        assert_eq!(head, complete(b));
+    }
+
+    #[test]
+    fn errors_have_messages_and_statuses() {
+        assert_eq!(RequestError::BadRequest("why").status(), 400);
+        assert_eq!(RequestError::BadRequest("why").message(), "why");
+        for e in [
+            RequestError::UriTooLong,
+            RequestError::HeadTooLarge,
+            RequestError::TooManyHeaders,
+            RequestError::PayloadTooLarge,
+        ] {
+            assert!(!e.message().is_empty());
+            assert!(!e.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn method_and_target_are_empty_for_a_foreign_buffer() {
+        let head = complete(b"GET /abc HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(head.method(b""), "");
+        assert_eq!(head.target(b"xx"), "");
+        assert_eq!(head.header(b"", "host"), None);
+    }
+}

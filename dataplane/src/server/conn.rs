@@ -1,0 +1,384 @@
+//! One client connection: read a request head within its limits, read the body, route it,
+//! and hand it to the mock, the models list or the upstream forwarder; repeat while the
+//! connection is kept alive (pipelined requests are served in order from the same buffer).
+//!
+//! Buffers live for the whole connection and are reused, so a request in steady state does
+//! not allocate.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use super::io::{read_more, read_more_within};
+use super::local;
+use super::worker::{RequestId, View, Worker};
+use crate::error::GatewayError;
+use crate::http::{parse_request, BodyFraming, ChunkedDecoder, Parse, RequestHead, ResponseHead};
+use crate::route::{route, DeploymentRef, Operation, RouteError};
+
+/// Whether the connection goes on after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// A client connection and its reusable buffers.
+pub(super) struct Client {
+    pub(super) stream: TcpStream,
+    pub(super) peer: SocketAddr,
+    /// Bytes read from the client: the current head at `[..head.head_len]`, then whatever
+    /// followed it (body bytes, pipelined requests).
+    pub(super) buf: Vec<u8>,
+    /// The current request's decoded body.
+    pub(super) body: Vec<u8>,
+    /// The current request's parsed head (ranges into `buf`).
+    pub(super) head: RequestHead,
+    /// Bytes of `buf` the current request used (head and raw body).
+    consumed: usize,
+    /// Bytes read past the body while reading it (the next pipelined request).
+    overflow: Vec<u8>,
+    /// What goes to the client next.
+    pub(super) out: Vec<u8>,
+    /// The upstream request being sent.
+    pub(super) req: Vec<u8>,
+    /// Bytes read from the upstream.
+    pub(super) ubuf: Vec<u8>,
+    /// The upstream answer's parsed head (ranges into `ubuf`).
+    pub(super) resp: ResponseHead,
+    /// Decoded chunk data on its way to the client.
+    pub(super) scratch: Vec<u8>,
+    /// Selection candidates, reused.
+    pub(super) candidates: Vec<usize>,
+    /// The connection ends after an error answer: drain what the client is still sending
+    /// before closing, so the kernel does not reset the connection under the answer.
+    linger: bool,
+}
+
+/// Serves one client connection until it closes, errs, idles out or the worker shuts down.
+pub(super) async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let mut client = Client {
+        stream,
+        peer,
+        buf: Vec::with_capacity(8 * 1024),
+        body: Vec::new(),
+        head: RequestHead::new(),
+        consumed: 0,
+        overflow: Vec::new(),
+        out: Vec::with_capacity(4 * 1024),
+        req: Vec::new(),
+        ubuf: Vec::new(),
+        resp: ResponseHead::new(),
+        scratch: Vec::new(),
+        candidates: Vec::new(),
+        linger: false,
+    };
+    loop {
+        let view = worker.view();
+        if client.one_request(worker, &view).await == Next::Close {
+            break;
+        }
+        client.finish_request();
+    }
+    if client.linger {
+        client.lingering_close().await;
+    }
+}
+
+/// How long and how much a lingering close reads before giving up.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
+
+impl Client {
+    /// Drops the finished request's bytes, keeping what follows (a pipelined request).
+    fn finish_request(&mut self) {
+        self.buf.drain(..self.consumed.min(self.buf.len()));
+        if !self.overflow.is_empty() {
+            self.buf.extend_from_slice(&self.overflow);
+            self.overflow.clear();
+        }
+        self.consumed = 0;
+    }
+
+    async fn one_request(&mut self, worker: &Worker, view: &View) -> Next {
+        let server = &view.snapshot.server;
+        let (limits, timeouts) = (server.limits, server.timeouts);
+
+        // Wait for the next request, racing the idle timeout and shutdown.
+        if self.buf.is_empty() {
+            let buf = std::mem::take(&mut self.buf);
+            let read = monoio::select! {
+                r = monoio::time::timeout(timeouts.keepalive_idle, read_more(&mut self.stream, buf)) => Some(r),
+                _ = worker.shutdown.wait() => None,
+            };
+            match read {
+                Some(Ok((Ok(n), buf))) if n > 0 => self.buf = buf,
+                _ => return Next::Close,
+            }
+        }
+
+        // Read the head within head_read.
+        let deadline = Instant::now() + timeouts.head_read;
+        loop {
+            match parse_request(&self.buf, &limits, &mut self.head) {
+                Ok(Parse::Complete) => break,
+                Ok(Parse::Partial) => {}
+                Err(e) => {
+                    let err = GatewayError::bad_framing(e.status(), e.message());
+                    return self
+                        .respond_error(worker.next_request_id(), &err, true)
+                        .await;
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let buf = std::mem::take(&mut self.buf);
+            match read_more_within(&mut self.stream, buf, left).await {
+                Ok((Ok(n), buf)) if n > 0 => self.buf = buf,
+                Ok(_) => return Next::Close,
+                Err(_) => {
+                    let err = GatewayError::bad_framing(
+                        408,
+                        "Request timeout: the request head did not arrive in time.",
+                    );
+                    return self
+                        .respond_error(worker.next_request_id(), &err, true)
+                        .await;
+                }
+            }
+        }
+
+        let rid = self
+            .head
+            .header(&self.buf, "x-request-id")
+            .and_then(RequestId::from_client)
+            .unwrap_or_else(|| worker.next_request_id());
+        let close = !self.head.keep_alive || worker.shutdown.is_fired();
+
+        // Route before reading the body, so a refused `Expect: 100-continue` request never
+        // has to send it.
+        let routed = match route(self.head.method(&self.buf), self.head.target(&self.buf)) {
+            Ok(r) => Ok((r.operation, self.deployment_range(r.deployment))),
+            Err(e) => Err(match e {
+                RouteError::NotFound => GatewayError::not_found(),
+                RouteError::MethodNotAllowed(m) => GatewayError::method_not_allowed(m),
+                RouteError::MissingApiVersion => GatewayError::invalid_request(
+                    "Missing required query parameter: api-version.",
+                    Some("api-version"),
+                ),
+            }),
+        };
+        let has_body = !matches!(self.head.body, BodyFraming::None);
+        if let Err(err) = &routed {
+            if has_body && self.head.expect_continue && self.buf.len() == self.head.head_len {
+                return self.respond_error(rid, err, true).await;
+            }
+        }
+
+        if let Err(err) = self.read_body(&limits, &timeouts).await {
+            return match err {
+                Some(err) => self.respond_error(rid, &err, true).await,
+                None => Next::Close,
+            };
+        }
+
+        let (op, deployment) = match routed {
+            Ok(r) => r,
+            Err(err) => return self.respond_error(rid, &err, close).await,
+        };
+        if op == Operation::Models {
+            let mut out = std::mem::take(&mut self.out);
+            out.clear();
+            local::models_response(&mut out, &view.snapshot, &rid, close);
+            return self.write_out(out, close).await;
+        }
+        let name = match self.deployment_name(deployment) {
+            Ok(name) => name,
+            Err(err) => return self.respond_error(rid, &err, close).await,
+        };
+        let Some(dep) = view.snapshot.deployments.get(&*name) else {
+            let err = GatewayError::deployment_not_found(&name);
+            return self.respond_error(rid, &err, close).await;
+        };
+        self.proxy(worker, view, op, dep, &rid, close).await
+    }
+
+    /// Where the deployment name is: a range of `buf` (Azure path) or the body's `model`.
+    fn deployment_range(&self, d: DeploymentRef<'_>) -> Option<Range<usize>> {
+        match d {
+            DeploymentRef::Path(name) => {
+                let start = name.as_ptr() as usize - self.buf.as_ptr() as usize;
+                Some(start..start + name.len())
+            }
+            DeploymentRef::BodyModel | DeploymentRef::None => None,
+        }
+    }
+
+    fn deployment_name(
+        &self,
+        range: Option<Range<usize>>,
+    ) -> Result<std::borrow::Cow<'_, str>, GatewayError> {
+        if let Some(r) = range {
+            return Ok(String::from_utf8_lossy(&self.buf[r]));
+        }
+        #[derive(serde::Deserialize)]
+        struct ModelField<'a> {
+            #[serde(borrow, default)]
+            model: Option<std::borrow::Cow<'a, str>>,
+        }
+        match serde_json::from_slice::<ModelField<'_>>(&self.body) {
+            Ok(ModelField { model: Some(m) }) if !m.is_empty() => Ok(m),
+            Ok(_) => Err(GatewayError::invalid_request(
+                "You must provide a model parameter.",
+                Some("model"),
+            )),
+            Err(_) => Err(GatewayError::invalid_request(
+                "We could not parse the JSON body of your request. The body must be a JSON object.",
+                None,
+            )),
+        }
+    }
+
+    /// Reads the request body into `self.body`. `Err(Some(e))`: answer `e` and close;
+    /// `Err(None)`: the client went away.
+    async fn read_body(
+        &mut self,
+        limits: &crate::snapshot::HttpLimits,
+        timeouts: &crate::snapshot::Timeouts,
+    ) -> Result<(), Option<GatewayError>> {
+        self.body.clear();
+        let head_len = self.head.head_len;
+        let framing = match self.head.body {
+            BodyFraming::None => {
+                self.consumed = head_len;
+                return Ok(());
+            }
+            BodyFraming::Length(0) => {
+                self.consumed = head_len;
+                return Ok(());
+            }
+            f => f,
+        };
+        if self.head.expect_continue && self.buf.len() == head_len {
+            let mut out = std::mem::take(&mut self.out);
+            out.clear();
+            out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            let (res, out) = self.stream.write_all(out).await;
+            self.out = out;
+            res.map_err(|_| None)?;
+        }
+        let body_timeout = || {
+            GatewayError::bad_framing(
+                408,
+                "Request timeout: the request body did not arrive in time.",
+            )
+        };
+        match framing {
+            BodyFraming::Length(n) => {
+                let n = usize::try_from(n).map_err(|_| None)?;
+                let avail = self.buf.len() - head_len;
+                if avail >= n {
+                    self.body
+                        .extend_from_slice(&self.buf[head_len..head_len + n]);
+                    self.consumed = head_len + n;
+                    return Ok(());
+                }
+                self.body.reserve(n);
+                self.body.extend_from_slice(&self.buf[head_len..]);
+                self.consumed = self.buf.len();
+                while self.body.len() < n {
+                    let body = std::mem::take(&mut self.body);
+                    match read_more_within(&mut self.stream, body, timeouts.head_read).await {
+                        Ok((Ok(k), body)) if k > 0 => self.body = body,
+                        Ok(_) => return Err(None),
+                        Err(_) => return Err(Some(body_timeout())),
+                    }
+                }
+                if self.body.len() > n {
+                    self.overflow.extend_from_slice(&self.body[n..]);
+                    self.body.truncate(n);
+                }
+                Ok(())
+            }
+            _ => {
+                let mut decoder = ChunkedDecoder::new(limits.max_body);
+                let mut pos = head_len;
+                loop {
+                    match decoder.decode(&self.buf[pos..], &mut self.body) {
+                        Ok(d) => {
+                            pos += d.consumed;
+                            if d.done {
+                                self.consumed = pos;
+                                return Ok(());
+                            }
+                        }
+                        Err(e) => {
+                            let status = e.status();
+                            return Err(Some(GatewayError::bad_framing(status, e.message())));
+                        }
+                    }
+                    // Keep the head, drop the raw chunk bytes already decoded.
+                    self.buf.drain(head_len..pos);
+                    pos = head_len;
+                    let buf = std::mem::take(&mut self.buf);
+                    match read_more_within(&mut self.stream, buf, timeouts.head_read).await {
+                        Ok((Ok(k), buf)) if k > 0 => self.buf = buf,
+                        Ok(_) => return Err(None),
+                        Err(_) => return Err(Some(body_timeout())),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers `err` in the OpenAI shape.
+    pub(super) async fn respond_error(
+        &mut self,
+        rid: RequestId,
+        err: &GatewayError,
+        close: bool,
+    ) -> Next {
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        local::error_response(&mut out, err, &rid, close);
+        self.linger |= close || err.close;
+        self.write_out(out, close || err.close).await
+    }
+
+    /// Half-closes, then reads and discards what the client still sends (bounded in time and
+    /// bytes), so the error answer is not lost to a reset.
+    async fn lingering_close(&mut self) {
+        if self.stream.shutdown().await.is_err() {
+            return;
+        }
+        let deadline = Instant::now() + LINGER_TIME;
+        let mut drained = 0;
+        let mut buf = std::mem::take(&mut self.buf);
+        while drained < LINGER_BYTES {
+            buf.clear();
+            let left = deadline.saturating_duration_since(Instant::now());
+            match read_more_within(&mut self.stream, buf, left).await {
+                Ok((Ok(n), b)) if n > 0 => {
+                    drained += n;
+                    buf = b;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Writes `out` to the client and keeps it for reuse.
+    pub(super) async fn write_out(&mut self, out: Vec<u8>, close: bool) -> Next {
+        let (res, out) = self.stream.write_all(out).await;
+        self.out = out;
+        if res.is_err() || close {
+            Next::Close
+        } else {
+            Next::KeepAlive
+        }
+    }
+}

@@ -1,0 +1,644 @@
+//! Forwarding to a backend: pick candidates from the pool, rewrite the request for the chosen
+//! backend, send it on a pooled (or new) connection, fail over on refused connections and on
+//! 429/5xx answers while the client has seen nothing, and stream the answer back — each read
+//! from the backend is written to the client before the next read, so SSE events arrive as
+//! they are produced and a slow client slows the backend read (back-pressure).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+
+use super::conn::{Client, Next};
+use super::io::read_more_within;
+use super::local;
+use super::worker::{RequestId, View, Worker};
+use crate::clock::now_millis;
+use crate::error::GatewayError;
+use crate::health::DEFAULT_COOL_DOWN;
+use crate::http::{
+    connection_lists, is_hop_by_hop, parse_response, write_chunk, ChunkedDecoder, Parse,
+    ResponseFraming, LAST_CHUNK,
+};
+use crate::route::Operation;
+use crate::snapshot::{BackendKind, Deployment, HttpUpstream, Secret, Timeouts};
+
+/// Largest upstream response head accepted.
+const MAX_UPSTREAM_HEAD: usize = 64 * 1024;
+/// Cool-down after a 5xx that names no retry time.
+const SERVER_ERROR_COOL_DOWN: Duration = Duration::from_secs(2);
+
+/// Client request headers never forwarded: Sluice sets its own framing, host, credential
+/// and tracing headers.
+const DROPPED_REQUEST_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "expect",
+    "api-key",
+    "authorization",
+    "ocp-apim-subscription-key",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+];
+
+/// How to reach and authenticate to one HTTP backend.
+struct HttpTarget<'a> {
+    upstream: &'a HttpUpstream,
+    style: Style<'a>,
+    credential: Option<(&'static [u8], &'static [u8], &'a Secret)>,
+    model: Option<&'a str>,
+}
+
+enum Style<'a> {
+    Azure {
+        deployment: &'a str,
+        api_version: &'a str,
+    },
+    OpenAi,
+}
+
+/// Why an upstream exchange failed before the answer's head arrived.
+enum SendError {
+    /// Could not connect or write: the request never reached the backend.
+    Connect,
+    /// No first byte within the timeout.
+    Timeout,
+    /// The backend answered with something that is not HTTP.
+    Protocol(&'static str),
+}
+
+impl Client {
+    /// Forwards the current request to `dep`'s pool and streams the answer back.
+    pub(super) async fn proxy(
+        &mut self,
+        worker: &Worker,
+        view: &View,
+        op: Operation,
+        dep: &Deployment,
+        rid: &RequestId,
+        close: bool,
+    ) -> Next {
+        let snapshot = &view.snapshot;
+        let now = now_millis();
+        let mut candidates = std::mem::take(&mut self.candidates);
+        if let Some(balancer) = view.balancers.borrow_mut().get_mut(&dep.name) {
+            balancer.select(
+                |id| {
+                    snapshot
+                        .backends
+                        .get(id)
+                        .is_some_and(|b| b.health.is_usable(now))
+                },
+                |id| {
+                    snapshot
+                        .backends
+                        .get(id)
+                        .map_or(u64::MAX, |b| b.health.cool_until_ms())
+                },
+                &mut candidates,
+            );
+        }
+        let mut last_error = GatewayError::upstream_unavailable();
+        let timeouts = snapshot.server.timeouts;
+        let mut result = None;
+        for (i, &id) in candidates.iter().enumerate() {
+            let Some(backend) = snapshot.backends.get(id) else {
+                continue;
+            };
+            let more = i + 1 < candidates.len();
+            let target = match &backend.kind {
+                BackendKind::Mock(settings) => {
+                    result = Some(self.serve_mock(settings, op, rid, close).await);
+                    break;
+                }
+                BackendKind::Azure(a) => HttpTarget {
+                    upstream: &a.upstream,
+                    style: Style::Azure {
+                        deployment: &a.deployment,
+                        api_version: &a.api_version,
+                    },
+                    credential: a.api_key.as_ref().map(|k| (&b"api-key"[..], &b""[..], k)),
+                    model: (op == Operation::Responses).then_some(a.deployment.as_str()),
+                },
+                BackendKind::OpenAi(o) => HttpTarget {
+                    upstream: &o.upstream,
+                    style: Style::OpenAi,
+                    credential: o
+                        .api_key
+                        .as_ref()
+                        .map(|k| (&b"authorization"[..], &b"Bearer "[..], k)),
+                    model: o.model.as_deref(),
+                },
+            };
+            if let Err(err) = self.build_upstream_request(&target, op, rid) {
+                result = Some(self.respond_error(*rid, &err, close).await);
+                break;
+            }
+            let addr = target.upstream.addr;
+            match self.send(worker, addr, &timeouts).await {
+                Ok(upstream) => {
+                    let status = self.resp_status();
+                    if more && is_retryable(status) {
+                        let cool = self.retry_after().unwrap_or(if status == 429 {
+                            DEFAULT_COOL_DOWN
+                        } else {
+                            SERVER_ERROR_COOL_DOWN
+                        });
+                        backend.health.cool_down(now_millis(), cool);
+                        tracing::debug!(backend = %backend.name, status, "backend refused; trying the next one");
+                        drop(upstream);
+                        continue;
+                    }
+                    if status < 500 && status != 429 {
+                        backend.health.record_success();
+                    }
+                    result = Some(
+                        self.relay(worker, upstream, addr, rid, close, &timeouts)
+                            .await,
+                    );
+                    break;
+                }
+                Err(SendError::Connect) => {
+                    tracing::warn!(backend = %backend.name, addr = %addr, "backend unreachable; cooling it down");
+                    backend.health.cool_down(now_millis(), DEFAULT_COOL_DOWN);
+                    last_error = GatewayError::upstream_unavailable();
+                }
+                Err(SendError::Timeout) => {
+                    last_error = GatewayError::upstream_timeout();
+                    break;
+                }
+                Err(SendError::Protocol(message)) => {
+                    tracing::warn!(backend = %backend.name, message, "backend answered with invalid HTTP");
+                    backend
+                        .health
+                        .cool_down(now_millis(), SERVER_ERROR_COOL_DOWN);
+                    last_error = GatewayError::upstream_protocol(message);
+                    break;
+                }
+            }
+        }
+        self.candidates = candidates;
+        match result {
+            Some(next) => next,
+            None => self.respond_error(*rid, &last_error, close).await,
+        }
+    }
+
+    /// Writes the upstream request (head and body) into `self.req`.
+    fn build_upstream_request(
+        &mut self,
+        t: &HttpTarget<'_>,
+        op: Operation,
+        rid: &RequestId,
+    ) -> Result<(), GatewayError> {
+        let req = &mut self.req;
+        req.clear();
+        req.extend_from_slice(op.method().as_bytes());
+        req.push(b' ');
+        req.extend_from_slice(t.upstream.base_path.as_bytes());
+        match t.style {
+            Style::Azure { .. } if op == Operation::Responses => {
+                req.extend_from_slice(b"/openai/v1/responses")
+            }
+            Style::Azure {
+                deployment,
+                api_version,
+            } => {
+                req.extend_from_slice(b"/openai/deployments/");
+                req.extend_from_slice(deployment.as_bytes());
+                req.push(b'/');
+                req.extend_from_slice(op.path_suffix().as_bytes());
+                req.extend_from_slice(b"?api-version=");
+                req.extend_from_slice(api_version.as_bytes());
+            }
+            Style::OpenAi => {
+                req.extend_from_slice(b"/v1/");
+                req.extend_from_slice(op.path_suffix().as_bytes());
+            }
+        }
+        req.extend_from_slice(b" HTTP/1.1\r\n");
+        local::header(req, b"host", t.upstream.host_header.as_bytes());
+        let mut forwarded_for: Option<&[u8]> = None;
+        for h in &self.head.headers {
+            let name = &self.buf[h.name.clone()];
+            let value = &self.buf[h.value.clone()];
+            if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+                forwarded_for = Some(value);
+            }
+            if is_hop_by_hop(name)
+                || DROPPED_REQUEST_HEADERS
+                    .iter()
+                    .any(|d| name.eq_ignore_ascii_case(d.as_bytes()))
+                || connection_lists(&self.buf, &self.head.headers, name)
+            {
+                continue;
+            }
+            local::header(req, name, value);
+        }
+        if let Some((name, prefix, secret)) = t.credential {
+            req.extend_from_slice(name);
+            req.extend_from_slice(b": ");
+            req.extend_from_slice(prefix);
+            req.extend_from_slice(secret.expose().as_bytes());
+            req.extend_from_slice(b"\r\n");
+        }
+        local::header(req, b"x-request-id", rid.as_bytes());
+        req.extend_from_slice(b"x-forwarded-for: ");
+        if let Some(prior) = forwarded_for {
+            req.extend_from_slice(prior);
+            req.extend_from_slice(b", ");
+        }
+        req.extend_from_slice(self.peer.ip().to_string().as_bytes());
+        req.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+        match t.model {
+            Some(model) if op != Operation::Models => {
+                let body = rewrite_model(&self.body, model)?;
+                local::content_length(req, body.len() as u64);
+                req.extend_from_slice(b"\r\n");
+                req.extend_from_slice(&body);
+            }
+            _ => {
+                if op != Operation::Models {
+                    local::content_length(req, self.body.len() as u64);
+                }
+                req.extend_from_slice(b"\r\n");
+                req.extend_from_slice(&self.body);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `self.req` and reads the answer's head into `self.ubuf` / `self.resp`.
+    /// A pooled connection that turns out stale is replaced by a new one once.
+    async fn send(
+        &mut self,
+        worker: &Worker,
+        addr: SocketAddr,
+        t: &Timeouts,
+    ) -> Result<TcpStream, SendError> {
+        let mut pooled = worker.pools.take(addr);
+        loop {
+            let reused = pooled.is_some();
+            let mut stream = match pooled.take() {
+                Some(s) => s,
+                None => connect(addr, t).await?,
+            };
+            let req = std::mem::take(&mut self.req);
+            let (res, req) = stream.write_all(req).await;
+            self.req = req;
+            if res.is_err() {
+                if reused {
+                    continue;
+                }
+                return Err(SendError::Connect);
+            }
+            self.ubuf.clear();
+            match self.read_response_head(&mut stream, t).await {
+                Ok(()) => return Ok(stream),
+                Err(ReadHead::Closed) if reused => continue,
+                Err(ReadHead::Closed) => {
+                    return Err(SendError::Protocol(
+                        "Bad gateway: the backend closed the connection without answering.",
+                    ))
+                }
+                Err(ReadHead::Timeout) => return Err(SendError::Timeout),
+                Err(ReadHead::Invalid(m)) => return Err(SendError::Protocol(m)),
+            }
+        }
+    }
+
+    async fn read_response_head(
+        &mut self,
+        stream: &mut TcpStream,
+        t: &Timeouts,
+    ) -> Result<(), ReadHead> {
+        loop {
+            if !self.ubuf.is_empty() {
+                match parse_response(&self.ubuf, false, MAX_UPSTREAM_HEAD, &mut self.resp) {
+                    Ok(Parse::Complete) if (100..200).contains(&self.resp.status) => {
+                        // Interim answers (100 Continue, 103 Early Hints) are not relayed.
+                        self.ubuf.drain(..self.resp.head_len);
+                        continue;
+                    }
+                    Ok(Parse::Complete) => return Ok(()),
+                    Ok(Parse::Partial) => {}
+                    Err(_) => {
+                        return Err(ReadHead::Invalid(
+                            "Bad gateway: the backend sent an invalid HTTP response head.",
+                        ))
+                    }
+                }
+            }
+            let was_empty = self.ubuf.is_empty();
+            let buf = std::mem::take(&mut self.ubuf);
+            match read_more_within(stream, buf, t.upstream_first_byte).await {
+                Ok((Ok(n), buf)) if n > 0 => self.ubuf = buf,
+                Ok((_, buf)) => {
+                    self.ubuf = buf;
+                    return Err(if was_empty {
+                        ReadHead::Closed
+                    } else {
+                        ReadHead::Invalid(
+                            "Bad gateway: the backend closed the connection mid-head.",
+                        )
+                    });
+                }
+                Err(_) => return Err(ReadHead::Timeout),
+            }
+        }
+    }
+
+    fn resp_status(&self) -> u16 {
+        self.resp.status
+    }
+
+    /// The cool-down a 429/503 answer asks for: `retry-after-ms`, else `retry-after` in
+    /// seconds (HTTP dates are not honoured; the default applies).
+    fn retry_after(&self) -> Option<Duration> {
+        let header = |name: &str| {
+            self.resp.headers.iter().find_map(|h| {
+                self.ubuf[h.name.clone()]
+                    .eq_ignore_ascii_case(name.as_bytes())
+                    .then(|| std::str::from_utf8(&self.ubuf[h.value.clone()]).ok())
+                    .flatten()
+            })
+        };
+        if let Some(ms) = header("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
+            if ms.is_finite() && ms >= 0.0 {
+                return Some(Duration::from_millis(ms as u64));
+            }
+        }
+        header("retry-after")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs)
+    }
+
+    /// Streams the answer whose head is in `self.resp` to the client.
+    async fn relay(
+        &mut self,
+        worker: &Worker,
+        mut upstream: TcpStream,
+        addr: SocketAddr,
+        rid: &RequestId,
+        close: bool,
+        t: &Timeouts,
+    ) -> Next {
+        let chunked_ok = self.head.minor_version >= 1;
+        let framing = self.resp.framing;
+        let close = close
+            || (!chunked_ok
+                && matches!(framing, ResponseFraming::Chunked | ResponseFraming::Close));
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        self.write_response_head(&mut out, rid, close, chunked_ok);
+        let body_start = self.resp.head_len;
+        let mut reusable = self.resp.keep_alive;
+        let complete = match framing {
+            ResponseFraming::None => {
+                reusable &= self.ubuf.len() == body_start;
+                let (res, o) = self.stream.write_all(out).await;
+                out = o;
+                if res.is_err() {
+                    self.out = out;
+                    return Next::Close;
+                }
+                true
+            }
+            ResponseFraming::Length(n) => {
+                let have = (self.ubuf.len() - body_start) as u64;
+                reusable &= have <= n;
+                let take = have.min(n) as usize;
+                out.extend_from_slice(&self.ubuf[body_start..body_start + take]);
+                let mut remaining = n - take as u64;
+                let (res, o) = self.stream.write_all(out).await;
+                out = o;
+                let mut ok = res.is_ok();
+                while ok && remaining > 0 {
+                    self.ubuf.clear();
+                    let buf = std::mem::take(&mut self.ubuf);
+                    match read_more_within(&mut upstream, buf, t.stream_idle).await {
+                        Ok((Ok(k), mut buf)) if k > 0 => {
+                            let k = (k as u64).min(remaining);
+                            reusable &= buf.len() as u64 == k;
+                            remaining -= k;
+                            buf.truncate(k as usize);
+                            let (res, b) = self.stream.write_all(buf).await;
+                            self.ubuf = b;
+                            ok = res.is_ok();
+                        }
+                        Ok((_, buf)) => {
+                            self.ubuf = buf;
+                            ok = false;
+                        }
+                        Err(_) => ok = false,
+                    }
+                }
+                if !ok {
+                    self.out = out;
+                    return Next::Close;
+                }
+                true
+            }
+            ResponseFraming::Chunked => {
+                let mut decoder = ChunkedDecoder::new(u64::MAX);
+                let mut pos = body_start;
+                loop {
+                    self.scratch.clear();
+                    let step = decoder.decode(&self.ubuf[pos..], &mut self.scratch);
+                    let Ok(step) = step else {
+                        self.out = out;
+                        return Next::Close;
+                    };
+                    pos += step.consumed;
+                    if !self.scratch.is_empty() {
+                        if chunked_ok {
+                            write_chunk(&mut out, &self.scratch);
+                        } else {
+                            out.extend_from_slice(&self.scratch);
+                        }
+                    }
+                    if step.done {
+                        reusable &= pos == self.ubuf.len();
+                        if chunked_ok {
+                            out.extend_from_slice(LAST_CHUNK);
+                        }
+                    }
+                    if !out.is_empty() {
+                        let (res, mut o) = self.stream.write_all(out).await;
+                        o.clear();
+                        out = o;
+                        if res.is_err() {
+                            self.out = out;
+                            return Next::Close;
+                        }
+                    }
+                    if step.done {
+                        break true;
+                    }
+                    self.ubuf.drain(..pos);
+                    pos = 0;
+                    let buf = std::mem::take(&mut self.ubuf);
+                    match read_more_within(&mut upstream, buf, t.stream_idle).await {
+                        Ok((Ok(k), buf)) if k > 0 => self.ubuf = buf,
+                        Ok((_, buf)) => {
+                            self.ubuf = buf;
+                            self.out = out;
+                            return Next::Close;
+                        }
+                        Err(_) => {
+                            self.out = out;
+                            return Next::Close;
+                        }
+                    }
+                }
+            }
+            ResponseFraming::Close => {
+                reusable = false;
+                let first = &self.ubuf[body_start..];
+                if !first.is_empty() {
+                    if chunked_ok {
+                        write_chunk(&mut out, first);
+                    } else {
+                        out.extend_from_slice(first);
+                    }
+                }
+                loop {
+                    let (res, mut o) = self.stream.write_all(out).await;
+                    o.clear();
+                    out = o;
+                    if res.is_err() {
+                        self.out = out;
+                        return Next::Close;
+                    }
+                    self.ubuf.clear();
+                    let buf = std::mem::take(&mut self.ubuf);
+                    match read_more_within(&mut upstream, buf, t.stream_idle).await {
+                        Ok((Ok(k), buf)) if k > 0 => {
+                            self.ubuf = buf;
+                            if chunked_ok {
+                                write_chunk(&mut out, &self.ubuf);
+                            } else {
+                                out.extend_from_slice(&self.ubuf);
+                            }
+                        }
+                        Ok((Ok(_), buf)) => {
+                            // End of the close-delimited body.
+                            self.ubuf = buf;
+                            if chunked_ok {
+                                out.extend_from_slice(LAST_CHUNK);
+                                let (res, o) = self.stream.write_all(out).await;
+                                out = o;
+                                if res.is_err() {
+                                    self.out = out;
+                                    return Next::Close;
+                                }
+                            }
+                            break true;
+                        }
+                        Ok((Err(_), buf)) => {
+                            self.ubuf = buf;
+                            self.out = out;
+                            return Next::Close;
+                        }
+                        Err(_) => {
+                            self.out = out;
+                            return Next::Close;
+                        }
+                    }
+                }
+            }
+        };
+        out.clear();
+        self.out = out;
+        if complete && reusable {
+            worker.pools.put(addr, upstream);
+        }
+        if close {
+            Next::Close
+        } else {
+            Next::KeepAlive
+        }
+    }
+
+    /// The client's response head: the backend's status and headers less hop-by-hop ones,
+    /// Sluice's own framing, request id and connection headers.
+    fn write_response_head(
+        &self,
+        out: &mut Vec<u8>,
+        rid: &RequestId,
+        close: bool,
+        chunked_ok: bool,
+    ) {
+        let r = &self.resp;
+        out.extend_from_slice(b"HTTP/1.1 ");
+        let mut num = itoa::Buffer::new();
+        out.extend_from_slice(num.format(r.status).as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(&self.ubuf[r.reason.clone()]);
+        out.extend_from_slice(b"\r\n");
+        for h in &r.headers {
+            let name = &self.ubuf[h.name.clone()];
+            if is_hop_by_hop(name)
+                || name.eq_ignore_ascii_case(b"content-length")
+                || connection_lists(&self.ubuf, &r.headers, name)
+            {
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"x-request-id") {
+                local::header(out, b"x-upstream-request-id", &self.ubuf[h.value.clone()]);
+                continue;
+            }
+            local::header(out, name, &self.ubuf[h.value.clone()]);
+        }
+        match r.framing {
+            ResponseFraming::None => {}
+            ResponseFraming::Length(n) => local::content_length(out, n),
+            ResponseFraming::Chunked | ResponseFraming::Close => {
+                if chunked_ok {
+                    out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                }
+            }
+        }
+        local::common_headers(out, rid, close);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+enum ReadHead {
+    Closed,
+    Timeout,
+    Invalid(&'static str),
+}
+
+async fn connect(addr: SocketAddr, t: &Timeouts) -> Result<TcpStream, SendError> {
+    match monoio::time::timeout(t.upstream_connect, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        _ => Err(SendError::Connect),
+    }
+}
+
+fn is_retryable(status: u16) -> bool {
+    matches!(status, 429 | 500 | 502 | 503 | 504)
+}
+
+/// The body with its top-level `model` replaced.
+fn rewrite_model(body: &[u8], model: &str) -> Result<Vec<u8>, GatewayError> {
+    let invalid = || {
+        GatewayError::invalid_request(
+            "We could not parse the JSON body of your request. The body must be a JSON object.",
+            None,
+        )
+    };
+    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|_| invalid())?;
+    let object = value.as_object_mut().ok_or_else(invalid)?;
+    object.insert(
+        "model".to_owned(),
+        serde_json::Value::String(model.to_owned()),
+    );
+    serde_json::to_vec(&value).map_err(|_| invalid())
+}

@@ -1,0 +1,37 @@
+//! Small I/O helpers over monoio's owned-buffer API.
+
+use std::io;
+use std::time::Duration;
+
+use monoio::buf::IoBufMut;
+use monoio::io::AsyncReadRent;
+
+/// Least spare room a read is given; the buffer grows by doubling when less is left.
+const MIN_READ_SPACE: usize = 4 * 1024;
+
+/// Reads once, appending to `buf` (its length grows by what was read). Returns the byte
+/// count (0 at end of stream) and the buffer back.
+pub async fn read_more<S: AsyncReadRent>(
+    stream: &mut S,
+    mut buf: Vec<u8>,
+) -> (io::Result<usize>, Vec<u8>) {
+    let len = buf.len();
+    if buf.capacity() - len < MIN_READ_SPACE {
+        buf.reserve(MIN_READ_SPACE.max(len));
+    }
+    let cap = buf.capacity();
+    let (res, slice) = stream.read(buf.slice_mut(len..cap)).await;
+    (res, slice.into_inner())
+}
+
+/// [`read_more`] bounded by `limit`: `Err(TimedOut)` when nothing arrived in time. The buffer
+/// is lost on a timeout (the caller closes the connection then).
+pub async fn read_more_within<S: AsyncReadRent>(
+    stream: &mut S,
+    buf: Vec<u8>,
+    limit: Duration,
+) -> Result<(io::Result<usize>, Vec<u8>), io::Error> {
+    monoio::time::timeout(limit, read_more(stream, buf))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))
+}

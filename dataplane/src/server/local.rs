@@ -1,0 +1,76 @@
+//! Answers the gateway writes itself: response heads, OpenAI-shaped errors and the models
+//! list.
+
+use super::worker::RequestId;
+use crate::error::{write_json_string, GatewayError};
+use crate::snapshot::Snapshot;
+
+/// Appends `HTTP/1.1 {status} {reason}\r\n`.
+pub fn status_line(out: &mut Vec<u8>, status: u16) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let mut num = itoa::Buffer::new();
+    out.extend_from_slice(num.format(status).as_bytes());
+    out.push(b' ');
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Unknown");
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends one header line.
+pub fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a `content-length` header.
+pub fn content_length(out: &mut Vec<u8>, len: u64) {
+    let mut num = itoa::Buffer::new();
+    header(out, b"content-length", num.format(len).as_bytes());
+}
+
+/// Appends the headers every answer carries (`x-request-id`, and `connection: close` when
+/// the connection ends after it).
+pub fn common_headers(out: &mut Vec<u8>, rid: &RequestId, close: bool) {
+    header(out, b"x-request-id", rid.as_bytes());
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+}
+
+/// Appends a complete JSON answer.
+pub fn json_response(out: &mut Vec<u8>, status: u16, body: &[u8], rid: &RequestId, close: bool) {
+    status_line(out, status);
+    out.extend_from_slice(b"content-type: application/json\r\n");
+    content_length(out, body.len() as u64);
+    common_headers(out, rid, close);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// Appends a complete error answer in the OpenAI shape.
+pub fn error_response(out: &mut Vec<u8>, err: &GatewayError, rid: &RequestId, close: bool) {
+    let mut body = Vec::with_capacity(160);
+    err.write_body(&mut body);
+    json_response(out, err.status, &body, rid, close || err.close);
+}
+
+/// Appends the `GET /v1/models` answer: the deployments this gateway serves.
+pub fn models_response(out: &mut Vec<u8>, snapshot: &Snapshot, rid: &RequestId, close: bool) {
+    let mut body = Vec::with_capacity(64 + 80 * snapshot.deployment_order.len());
+    body.extend_from_slice(b"{\"object\":\"list\",\"data\":[");
+    for (i, name) in snapshot.deployment_order.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(b"{\"id\":");
+        write_json_string(&mut body, name);
+        body.extend_from_slice(b",\"object\":\"model\",\"created\":0,\"owned_by\":\"sluice\"}");
+    }
+    body.extend_from_slice(b"]}");
+    json_response(out, 200, &body, rid, close);
+}

@@ -1,0 +1,88 @@
+//! Serving a request from the built-in mock backend: [`crate::mock`] builds the answer, this
+//! writes it, sleeping for the configured latency and streaming pace.
+
+use std::time::Duration;
+
+use monoio::io::AsyncWriteRentExt;
+
+use super::conn::{Client, Next};
+use super::local::{common_headers, json_response, status_line};
+use super::worker::RequestId;
+use crate::http::{write_chunk, LAST_CHUNK};
+use crate::mock::{self, MockReply, MockSettings};
+use crate::route::Operation;
+
+impl Client {
+    /// Answers the current request from the mock backend `settings`.
+    pub(super) async fn serve_mock(
+        &mut self,
+        settings: &MockSettings,
+        op: Operation,
+        rid: &RequestId,
+        close: bool,
+    ) -> Next {
+        let chunked_ok = self.head.minor_version >= 1;
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        // FNV-1a of the request id: unique per request, so the mock's ids are too.
+        let seed = rid
+            .as_bytes()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        let reply = mock::reply(settings, op, &self.body, created, seed);
+        if !settings.latency.is_zero() {
+            monoio::time::sleep(settings.latency).await;
+        }
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        let mut events = match reply {
+            MockReply::Json { status, body } => {
+                json_response(&mut out, status, &body, rid, close);
+                return self.write_out(out, close).await;
+            }
+            MockReply::Stream(events) => events,
+        };
+        // Without chunked framing (an HTTP/1.0 client) the stream is close-delimited.
+        let close = close || !chunked_ok;
+        status_line(&mut out, 200);
+        out.extend_from_slice(b"content-type: text/event-stream\r\ncache-control: no-cache\r\n");
+        if chunked_ok {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        common_headers(&mut out, rid, close);
+        out.extend_from_slice(b"\r\n");
+        let interval = events.event_interval();
+        let mut event = Vec::with_capacity(512);
+        let mut first = true;
+        loop {
+            event.clear();
+            if events.next_event(&mut event) {
+                if chunked_ok {
+                    write_chunk(&mut out, &event);
+                } else {
+                    out.extend_from_slice(&event);
+                }
+            }
+            if events.remaining() == 0 {
+                if chunked_ok {
+                    out.extend_from_slice(LAST_CHUNK);
+                }
+                return self.write_out(out, close).await;
+            }
+            let (res, mut back) = self.stream.write_all(out).await;
+            back.clear();
+            out = back;
+            if res.is_err() {
+                self.out = out;
+                return Next::Close;
+            }
+            if !first && interval > Duration::ZERO {
+                monoio::time::sleep(interval).await;
+            }
+            first = false;
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! One worker thread: its runtime (io_uring with cooperative task running, or epoll), its
+//! listeners, and the per-worker state every connection on it shares without locks.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use monoio::net::{ListenerOpts, TcpListener};
+use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+
+use super::pool::UpstreamPools;
+use super::shutdown::ShutdownSignal;
+use super::{conn, DriverChoice, Shared};
+use crate::balance::Balancer;
+use crate::snapshot::Snapshot;
+
+/// io_uring submission queue size per worker.
+const RING_ENTRIES: u32 = 1024;
+/// How often a worker looks at the process-wide shutdown flag.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+
+/// Builds the worker's runtime and runs it until shutdown. Reports on `ready` once its
+/// listeners are bound (the driver's name) or why it could not start.
+pub(super) fn run_thread(
+    id: usize,
+    shared: Arc<Shared>,
+    listen: Vec<SocketAddr>,
+    driver: DriverChoice,
+    ready: mpsc::Sender<Result<&'static str, String>>,
+) {
+    if driver != DriverChoice::Epoll {
+        let mut urb = io_uring::IoUring::builder();
+        // Without these every completion interrupts the core: measured at twice the CPU per
+        // proxied request (DESIGN.md).
+        urb.setup_coop_taskrun().setup_taskrun_flag();
+        let runtime = RuntimeBuilder::<IoUringDriver>::new()
+            .with_entries(RING_ENTRIES)
+            .uring_builder(urb)
+            .enable_timer()
+            .build();
+        match runtime {
+            Ok(mut rt) => {
+                rt.block_on(run(id, shared, listen, "io_uring", ready));
+                return;
+            }
+            Err(e) if driver == DriverChoice::Auto => {
+                tracing::warn!(worker = id, error = %e, "io_uring refused; falling back to the epoll driver");
+            }
+            Err(e) => {
+                let _ = ready.send(Err(format!("worker {id}: io_uring refused: {e}")));
+                return;
+            }
+        }
+    }
+    match RuntimeBuilder::<LegacyDriver>::new().enable_timer().build() {
+        Ok(mut rt) => rt.block_on(run(id, shared, listen, "epoll", ready)),
+        Err(e) => {
+            let _ = ready.send(Err(format!(
+                "worker {id}: cannot start the epoll driver: {e}"
+            )));
+        }
+    }
+}
+
+async fn run(
+    id: usize,
+    shared: Arc<Shared>,
+    listen: Vec<SocketAddr>,
+    driver: &'static str,
+    ready: mpsc::Sender<Result<&'static str, String>>,
+) {
+    let opts = ListenerOpts::new()
+        .reuse_port(true)
+        .reuse_addr(true)
+        .backlog(4096);
+    let mut listeners = Vec::with_capacity(listen.len());
+    for addr in &listen {
+        match TcpListener::bind_with_config(addr, &opts) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot listen on {addr}: {e}")));
+                return;
+            }
+        }
+    }
+    let _ = ready.send(Ok(driver));
+    drop(ready);
+
+    let worker = Rc::new(Worker::new(id, shared));
+    monoio::spawn(watch_shutdown(worker.clone()));
+    let accepts: Vec<_> = listeners
+        .into_iter()
+        .map(|l| monoio::spawn(accept_loop(worker.clone(), l)))
+        .collect();
+    for task in accepts {
+        task.await;
+    }
+    // Listeners are closed; let requests in flight finish within the grace period.
+    let deadline = Instant::now() + worker.view().snapshot.server.shutdown_grace;
+    while worker.open_connections.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if worker.open_connections.get() > 0 {
+        tracing::warn!(
+            worker = id,
+            open = worker.open_connections.get(),
+            "grace period over; closing connections"
+        );
+    }
+    worker.pools.clear();
+}
+
+async fn watch_shutdown(worker: Rc<Worker>) {
+    while !worker.shared.is_shutting_down() {
+        monoio::time::sleep(SHUTDOWN_POLL).await;
+    }
+    worker.shutdown.fire();
+}
+
+async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => Some(r),
+            _ = worker.shutdown.wait() => None,
+        };
+        match accepted {
+            None => break,
+            Some(Ok((stream, peer))) => {
+                worker
+                    .open_connections
+                    .set(worker.open_connections.get() + 1);
+                let w = worker.clone();
+                monoio::spawn(async move {
+                    conn::serve(&w, stream, peer).await;
+                    w.open_connections.set(w.open_connections.get() - 1);
+                });
+            }
+            Some(Err(e)) => {
+                // Out of descriptors and the like: back off briefly instead of spinning.
+                tracing::warn!(worker = worker.id, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// What one worker's connections share: the config view, upstream pools, the shutdown
+/// signal and request-id state. Lives on one thread only.
+pub struct Worker {
+    /// Worker index (0-based).
+    pub id: usize,
+    shared: Arc<Shared>,
+    view: RefCell<(u64, Rc<View>)>,
+    /// Keep-alive pools to backends.
+    pub pools: UpstreamPools,
+    /// Fired when the process begins shutting down.
+    pub shutdown: ShutdownSignal,
+    open_connections: Cell<usize>,
+    request_seq: Cell<u64>,
+    id_prefix: u32,
+}
+
+/// A worker's view of one snapshot: the snapshot and this worker's round-robin state for it.
+pub struct View {
+    /// The compiled config.
+    pub snapshot: Arc<Snapshot>,
+    /// Per-deployment balancers, by deployment name.
+    pub balancers: RefCell<HashMap<String, Balancer>>,
+}
+
+impl View {
+    fn new(snapshot: Arc<Snapshot>) -> Self {
+        let balancers = snapshot
+            .deployments
+            .iter()
+            .map(|(name, d)| (name.clone(), Balancer::new(&d.pool)))
+            .collect();
+        Self {
+            snapshot,
+            balancers: RefCell::new(balancers),
+        }
+    }
+}
+
+impl Worker {
+    fn new(id: usize, shared: Arc<Shared>) -> Self {
+        let generation = shared.generation();
+        let view = Rc::new(View::new(shared.snapshot()));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let id_prefix = nanos ^ (std::process::id().rotate_left(16));
+        Self {
+            id,
+            shared,
+            view: RefCell::new((generation, view)),
+            pools: UpstreamPools::default(),
+            shutdown: ShutdownSignal::default(),
+            open_connections: Cell::new(0),
+            request_seq: Cell::new(0),
+            id_prefix,
+        }
+    }
+
+    /// The view for a request starting now. Re-reads the shared snapshot only when its
+    /// generation moved, so the common case is one atomic load and an `Rc` clone.
+    pub fn view(&self) -> Rc<View> {
+        let generation = self.shared.generation();
+        let mut cached = self.view.borrow_mut();
+        if cached.0 != generation {
+            *cached = (generation, Rc::new(View::new(self.shared.snapshot())));
+        }
+        cached.1.clone()
+    }
+
+    /// A new request id: 24 hex digits, unique per process run.
+    pub fn next_request_id(&self) -> RequestId {
+        let seq = self.request_seq.get().wrapping_add(1);
+        self.request_seq.set(seq);
+        let mut id = RequestId {
+            bytes: [0; 64],
+            len: 24,
+        };
+        write_hex(&mut id.bytes[0..8], u64::from(self.id_prefix));
+        write_hex(&mut id.bytes[8..12], self.id as u64);
+        write_hex(&mut id.bytes[12..24], seq);
+        id
+    }
+}
+
+fn write_hex(out: &mut [u8], mut value: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for slot in out.iter_mut().rev() {
+        *slot = HEX[(value & 0xf) as usize];
+        value >>= 4;
+    }
+}
+
+/// A request id, either generated or taken from a well-formed client `x-request-id`.
+#[derive(Clone, Copy)]
+pub struct RequestId {
+    bytes: [u8; 64],
+    len: usize,
+}
+
+impl RequestId {
+    /// Longest client-supplied id that is kept.
+    pub const MAX_LEN: usize = 64;
+
+    /// Takes a client's id when it is 1–64 characters of `[A-Za-z0-9._-]`.
+    pub fn from_client(value: &[u8]) -> Option<Self> {
+        let ok = !value.is_empty()
+            && value.len() <= Self::MAX_LEN
+            && value
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !ok {
+            return None;
+        }
+        let mut bytes = [0; 64];
+        bytes[..value.len()].copy_from_slice(value);
+        Some(Self {
+            bytes,
+            len: value.len(),
+        })
+    }
+
+    /// The id's text.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
