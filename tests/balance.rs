@@ -117,3 +117,19 @@ fn traffic_spills_to_next_priority_when_the_first_is_down() {
         t0.elapsed()
     );
 }
+
+#[test]
+fn a_refused_member_is_skipped_within_its_group() {
+    let down = format!("http://127.0.0.1:{}", closed_port());
+    let b = Upstream::json(upstream_chat_answer("b"));
+    let body = two_backend_body(&down, &b.url(), "", "");
+    let s = Launch::new(&body).start();
+    let t0 = Instant::now();
+    send_chats(&s, 20);
+    assert_eq!(b.request_count(), 20);
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
+}

@@ -192,3 +192,80 @@ fn pipelined_requests_to_an_upstream_are_answered_in_order() {
         assert_eq!(r.json()["echo"], user);
     }
 }
+
+#[test]
+fn chunked_request_body_with_trailers_is_accepted() {
+    let s = Launch::new(MOCK_BODY).start();
+    let mut c = s.connect();
+    let body = serde_json::to_vec(&chat_body(Some("gpt-4o"), false)).unwrap();
+    let mut raw = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                    Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        .to_vec();
+    raw.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+    raw.extend_from_slice(&body);
+    raw.extend_from_slice(b"\r\n0\r\nX-Trailer: done\r\n\r\n");
+    c.send(&raw);
+    let resp = c.read_response();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    // The trailer was consumed with the body: the connection is in step.
+    assert_eq!(c.request("GET", "/v1/models", &[], b"").status, 200);
+}
+
+#[test]
+fn client_connection_close_is_honoured() {
+    let s = Launch::new(MOCK_BODY).start();
+    let mut c = s.connect();
+    let resp = c.request("GET", "/v1/models", &[("Connection", "close")], b"");
+    assert_eq!(resp.status, 200);
+    assert!(
+        c.closed_within(Duration::from_secs(3)),
+        "server kept the connection after Connection: close"
+    );
+}
+
+#[test]
+fn http_1_0_request_without_host_is_served_then_closed() {
+    let s = Launch::new(MOCK_BODY).start();
+    let mut c = s.connect();
+    c.send(b"GET /v1/models HTTP/1.0\r\n\r\n");
+    let resp = c.read_response();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["object"], "list");
+    assert!(
+        c.closed_within(Duration::from_secs(3)),
+        "HTTP/1.0 without keep-alive should be closed after the answer"
+    );
+}
+
+#[test]
+fn idle_keep_alive_connection_is_closed_after_keepalive_idle() {
+    let s = Launch::new(MOCK_BODY)
+        .server("[server.timeouts]\nkeepalive_idle = \"1s\"")
+        .start();
+    let mut c = s.connect();
+    assert_eq!(c.request("GET", "/v1/models", &[], b"").status, 200);
+    let t0 = std::time::Instant::now();
+    assert!(
+        c.closed_within(Duration::from_secs(4)),
+        "idle connection still open 4 s later with keepalive_idle = 1s"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(800),
+        "closed after only {:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn large_request_body_is_forwarded_intact() {
+    let up = Upstream::json(upstream_chat_answer("chat"));
+    let s = Launch::new(&openai_backend_body(&up.url(), "chat")).start();
+    let mut body = chat_body(Some("chat"), false);
+    let text: String = (0..200_000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    body["messages"][1]["content"] = Value::from(text);
+    let resp = s.post_json("/v1/chat/completions", &body);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(up.requests()[0].json(), body);
+}

@@ -343,3 +343,31 @@ fn head_not_complete_within_head_read_is_408() {
         "408 after {took:?} with head_read = 1s"
     );
 }
+
+#[test]
+fn body_at_max_body_is_accepted_and_one_byte_more_is_413() {
+    let s = start_limited();
+    let base = chat_json();
+    // JSON allows trailing whitespace: pad the body to exactly max_body (1024) bytes.
+    let mut at_limit = base.clone();
+    at_limit.resize(1024, b' ');
+    let mut over = base;
+    over.resize(1025, b' ');
+    for (body, want) in [(at_limit, 200), (over, 413)] {
+        let mut c = s.connect();
+        c.send(&request_bytes(
+            "POST",
+            CHAT_TARGET,
+            &[("Content-Type", "application/json")],
+            &body,
+        ));
+        let resp = c.read_response();
+        assert_eq!(
+            resp.status,
+            want,
+            "body of {} bytes: {}",
+            body.len(),
+            resp.text()
+        );
+    }
+}

@@ -327,3 +327,28 @@ fn request_ids_differ_between_requests() {
     let b = c.request("GET", "/v1/models", &[], b"");
     assert_ne!(a.header("x-request-id"), b.header("x-request-id"));
 }
+
+#[test]
+fn responses_api_on_openai_path() {
+    let s = start();
+    let resp = s.post_json(
+        "/v1/responses",
+        &json!({"model": "gpt-4o", "input": "Say hello."}),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_request_id(&resp);
+    let v = resp.json();
+    assert_eq!(v["object"], "response", "{v}");
+    assert_eq!(v["usage"]["output_tokens"], MOCK_COMPLETION_TOKENS, "{v}");
+}
+
+#[test]
+fn large_request_body_reaches_the_mock() {
+    let s = start();
+    // ~1 MB prompt: well under the default max_body, spread over many reads.
+    let mut body = chat_body(Some("gpt-4o"), false);
+    body["messages"][1]["content"] = Value::from("token ".repeat(170_000));
+    let resp = s.post_json("/v1/chat/completions", &body);
+    assert_chat_completion(&resp, "gpt-4o");
+    assert!(resp.json()["usage"]["prompt_tokens"].as_u64().unwrap() > 10_000);
+}

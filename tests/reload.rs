@@ -258,3 +258,51 @@ fn sigterm_lets_a_streaming_request_finish_then_exits_0() {
         "exited before the stream finished"
     );
 }
+
+#[test]
+fn sigterm_closes_idle_keep_alive_connections_and_exits_promptly() {
+    let mut s = Launch::new(&mock_deployments(&["alpha"]))
+        .server("shutdown_grace = \"20s\"")
+        .start();
+    let mut idle = s.connect();
+    assert_eq!(idle.request("GET", "/v1/models", &[], b"").status, 200);
+    let t0 = Instant::now();
+    s.signal("TERM");
+    let status = s
+        .wait_exit(Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("an idle keep-alive connection held the process past 5 s"));
+    assert!(status.success(), "exit status {status}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(idle.closed_within(Duration::from_secs(1)));
+}
+
+#[test]
+fn sigterm_does_not_wait_past_shutdown_grace() {
+    // 40 tokens at 8/s: a 5 s stream, longer than the 1 s grace.
+    let body = "[[backend]]\nname = \"slow\"\nkind = \"mock\"\ncompletion_tokens = 40\n\
+                tokens_per_second = 8\n\n\
+                [[deployment]]\nname = \"slow\"\nbackends = [{ backend = \"slow\" }]\n";
+    let mut s = Launch::new(body).server("shutdown_grace = \"1s\"").start();
+    let mut c = s.connect();
+    let req = serde_json::to_vec(&chat_body(Some("slow"), true)).unwrap();
+    let (head, mut sse) = c.stream(
+        "POST",
+        "/v1/chat/completions",
+        &[("Content-Type", "application/json")],
+        &req,
+    );
+    assert_eq!(head.status(), 200);
+    sse.next_event().expect("first event");
+    let t0 = Instant::now();
+    s.signal("TERM");
+    let exited = s.wait_exit(Duration::from_secs(4));
+    assert!(
+        exited.is_some(),
+        "still running 4 s after SIGTERM with shutdown_grace = 1s"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(800),
+        "exited after {:?}, before the grace period",
+        t0.elapsed()
+    );
+}

@@ -223,3 +223,133 @@ fn content_length_upstream_body_arrives_intact() {
     });
     body_arrives_intact(answer, up);
 }
+
+#[test]
+fn paced_mock_stream_reaches_the_client_event_by_event() {
+    // 10 tokens at 20/s: about half a second from the first token to the last.
+    let body = "[[backend]]\nname = \"paced\"\nkind = \"mock\"\ncompletion_tokens = 10\n\
+                tokens_per_second = 20\n\n\
+                [[deployment]]\nname = \"paced\"\nbackends = [{ backend = \"paced\" }]\n";
+    let s = Launch::new(body).start();
+    let mut c = s.connect();
+    let req = serde_json::to_vec(&chat_body(Some("paced"), true)).unwrap();
+    let (head, mut sse) = c.stream(
+        "POST",
+        "/v1/chat/completions",
+        &[("Content-Type", "application/json")],
+        &req,
+    );
+    assert_eq!(head.status(), 200);
+    let mut stamps = Vec::new();
+    while let Some(e) = sse.next_event() {
+        stamps.push((std::time::Instant::now(), e));
+    }
+    assert_eq!(
+        stamps.last().and_then(|(_, e)| event_data(e)),
+        Some("[DONE]")
+    );
+    let first_content = stamps
+        .iter()
+        .find(|(_, e)| e.contains("\"content\":\"") && !e.contains("\"content\":\"\""))
+        .map(|(t, _)| *t)
+        .expect("a content event");
+    let spread = stamps.last().unwrap().0 - first_content;
+    assert!(
+        spread >= Duration::from_millis(250),
+        "events arrived together ({spread:?} from first content to [DONE]): buffered"
+    );
+}
+
+#[test]
+fn a_stalled_stream_is_ended_after_stream_idle() {
+    let up = Upstream::start(|_, s: &mut TcpStream| {
+        let _ = s.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+        );
+        let _ = write_chunk(s, sse_chunk("first").as_bytes());
+        std::thread::sleep(Duration::from_secs(6));
+        let _ = write_chunk(s, b"data: [DONE]\n\n");
+        let _ = write_chunk(s, b"");
+        After::Close
+    });
+    let s = Launch::new(&openai_backend_body(&up.url(), "chat"))
+        .server("[server.timeouts]\nstream_idle = \"1s\"")
+        .start();
+    let mut c = s.connect();
+    let req = serde_json::to_vec(&chat_body(Some("chat"), true)).unwrap();
+    let (head, mut sse) = c.stream(
+        "POST",
+        "/v1/chat/completions",
+        &[("Content-Type", "application/json")],
+        &req,
+    );
+    assert_eq!(head.status(), 200);
+    assert!(sse.next_event().expect("first event").contains("\"first\""));
+    drop(sse);
+    let t0 = std::time::Instant::now();
+    // The stream cannot end cleanly (that would claim it was complete): the connection closes.
+    assert!(
+        c.closed_within(Duration::from_secs(4)),
+        "stalled stream still open 4 s after its last event with stream_idle = 1s"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(500),
+        "closed too early: {:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn client_gone_mid_stream_leaves_the_upstream_pool_clean() {
+    // Streams get a slow endless-ish SSE answer; plain requests get JSON.
+    let up = Upstream::start(|r, s: &mut TcpStream| {
+        if r.json()["stream"] == true {
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+            );
+            for i in 0..30 {
+                if write_chunk(s, sse_chunk(&format!("e{i}")).as_bytes()).is_err() {
+                    return After::Close;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = write_chunk(s, b"data: [DONE]\n\n");
+            let _ = write_chunk(s, b"");
+            After::KeepAlive
+        } else {
+            respond(
+                s,
+                200,
+                &[("content-type", "application/json")],
+                &serde_json::to_vec(&upstream_chat_answer("plain")).unwrap(),
+            );
+            After::KeepAlive
+        }
+    });
+    let s = Launch::new(&openai_backend_body(&up.url(), "chat"))
+        .workers(1)
+        .start();
+    {
+        let mut c = s.connect();
+        let req = serde_json::to_vec(&chat_body(Some("chat"), true)).unwrap();
+        let (head, mut sse) = c.stream(
+            "POST",
+            "/v1/chat/completions",
+            &[("Content-Type", "application/json")],
+            &req,
+        );
+        assert_eq!(head.status(), 200);
+        assert!(sse.next_event().unwrap().contains("\"e0\""));
+        // The client hangs up mid-stream.
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..5 {
+        let resp = s.post_json("/v1/chat/completions", &chat_body(Some("chat"), false));
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(
+            resp.json(),
+            upstream_chat_answer("plain"),
+            "stale stream bytes leaked"
+        );
+    }
+}

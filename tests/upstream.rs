@@ -521,3 +521,89 @@ fn upstream_silent_past_first_byte_timeout_is_504() {
         "504 after {took:?}"
     );
 }
+
+#[test]
+fn a_stale_pooled_upstream_connection_is_not_the_clients_problem() {
+    // The upstream answers keep-alive style, then drops the connection shortly after (as
+    // servers do when their own idle timeout fires).
+    let up = Upstream::start(|_, s| {
+        respond(
+            s,
+            200,
+            &[("content-type", "application/json")],
+            &serde_json::to_vec(&upstream_chat_answer("chat")).unwrap(),
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        After::Close
+    });
+    let s = Launch::new(&openai_backend_body(&up.url(), "chat"))
+        .workers(1)
+        .start();
+    let mut c = s.connect();
+    for i in 0..5 {
+        let resp = c.post_json("/v1/chat/completions", &chat_body(Some("chat"), false));
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(up.request_count(), 5);
+}
+
+#[test]
+fn an_upstream_connection_close_answer_is_not_reused() {
+    let up = Upstream::start(|_, s| {
+        respond(
+            s,
+            200,
+            &[
+                ("content-type", "application/json"),
+                ("connection", "close"),
+            ],
+            &serde_json::to_vec(&upstream_chat_answer("chat")).unwrap(),
+        );
+        // Keep the socket open a while: only the header says it is finished.
+        std::thread::sleep(Duration::from_millis(300));
+        After::Close
+    });
+    let s = Launch::new(&openai_backend_body(&up.url(), "chat"))
+        .workers(1)
+        .start();
+    let mut c = s.connect();
+    for i in 0..3 {
+        let t0 = Instant::now();
+        let resp = c.post_json("/v1/chat/completions", &chat_body(Some("chat"), false));
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "request {i} took {:?}",
+            t0.elapsed()
+        );
+    }
+    assert_eq!(
+        up.connections(),
+        3,
+        "a connection: close answer's connection was reused"
+    );
+    // And the client's own connection stays open: upstream framing is not the client's.
+    assert_eq!(c.request("GET", "/v1/models", &[], b"").status, 200);
+}
+
+#[test]
+fn upstream_client_errors_pass_through_unchanged() {
+    let err = br#"{"error":{"message":"Invalid value for 'temperature'.","type":"invalid_request_error","param":"temperature","code":null}}"#;
+    let up = Upstream::start(move |_, s| {
+        respond(
+            s,
+            400,
+            &[("content-type", "application/json"), ("x-upstream", "yes")],
+            err,
+        );
+        After::KeepAlive
+    });
+    let s = Launch::new(&openai_backend_body(&up.url(), "chat")).start();
+    let resp = s.post_json("/v1/chat/completions", &chat_body(Some("chat"), false));
+    assert_eq!(resp.status, 400);
+    assert_eq!(resp.body, err.to_vec(), "{}", resp.text());
+    assert_eq!(resp.header("x-upstream"), Some("yes"));
+    assert_request_id(&resp);
+    assert_eq!(up.request_count(), 1, "a 400 must not be retried");
+}
