@@ -147,8 +147,24 @@ impl Launch {
         self
     }
 
-    /// Writes the config, starts the process and waits (≤ 10 s) until it accepts.
+    /// Writes the config, starts the process and waits (≤ 10 s) until it accepts. A port
+    /// taken between choosing and binding it is retried with another.
     pub fn start(self) -> Sluice {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut sluice = self.spawn();
+            match sluice.wait_ready(Duration::from_secs(10)) {
+                Ok(()) => return sluice,
+                Err(e) if attempt < 3 && e.contains("in use") => {
+                    eprintln!("port {} was taken, retrying: {e}", sluice.port);
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn spawn(&self) -> Sluice {
         let dir = TempDir::new("sluice");
         let port = free_port();
         let config_path = dir.path().join("sluice.toml");
@@ -174,16 +190,14 @@ impl Launch {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn sluice");
-        let mut sluice = Sluice {
+        Sluice {
             port,
             child: Some(child),
             config_path,
             log_path,
-            server_extra: self.server_extra,
+            server_extra: self.server_extra.clone(),
             _dir: dir,
-        };
-        sluice.wait_ready(Duration::from_secs(10));
-        sluice
+        }
     }
 }
 
@@ -201,26 +215,31 @@ pub struct Sluice {
 }
 
 impl Sluice {
-    fn wait_ready(&mut self, within: Duration) {
+    /// Waits until the process has logged its startup line and accepts connections.
+    fn wait_ready(&mut self, within: Duration) -> Result<(), String> {
         let deadline = Instant::now() + within;
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         loop {
             if let Some(status) = self.try_exit_status() {
-                panic!(
+                return Err(format!(
                     "sluice exited before accepting ({status}); stderr:\n{}",
                     self.log()
-                );
+                ));
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
+            // The startup line comes after every listener is bound, so a connection that
+            // succeeds after it reaches this process, not a stranger on a reused port.
+            if self.log().contains("sluice started")
+                && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            {
+                return Ok(());
             }
             if Instant::now() >= deadline {
-                panic!(
+                return Err(format!(
                     "sluice did not accept on {addr} within {within:?}; stderr:\n{}",
                     self.log()
-                );
+                ));
             }
-            thread::sleep(Duration::from_millis(25));
+            thread::sleep(Duration::from_millis(20));
         }
     }
 
