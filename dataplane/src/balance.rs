@@ -11,6 +11,10 @@
 
 use crate::snapshot::{BackendId, PoolMember};
 
+/// Most members one pool may have (the config compiler refuses more); selection keeps a
+/// bit per member in one `u128`.
+pub const MAX_POOL_MEMBERS: usize = 128;
+
 /// Per-worker selection state for one pool.
 #[derive(Debug, Clone)]
 pub struct Balancer {
@@ -41,7 +45,7 @@ impl Balancer {
         out.clear();
         let n = self.members.len();
         let mut usable_mask: u128 = 0;
-        for (i, m) in self.members.iter().enumerate().take(128) {
+        for (i, m) in self.members.iter().enumerate().take(MAX_POOL_MEMBERS) {
             if usable(m.backend) {
                 usable_mask |= 1 << i;
             }
@@ -57,7 +61,7 @@ impl Balancer {
         // Smooth weighted round robin within the group, over its usable members.
         let mut total: i64 = 0;
         let mut best: Option<usize> = None;
-        for i in first..n.min(128) {
+        for i in first..n.min(MAX_POOL_MEMBERS) {
             let m = self.members[i];
             if m.priority != group {
                 break;
@@ -77,7 +81,7 @@ impl Balancer {
         out.push(self.members[chosen].backend);
         // Fallbacks: the other usable members, group by group, heavier first within a group.
         let start = out.len();
-        for (i, m) in self.members.iter().enumerate().take(128) {
+        for (i, m) in self.members.iter().enumerate().take(MAX_POOL_MEMBERS) {
             if i != chosen && usable_mask & (1 << i) != 0 && !out.contains(&m.backend) {
                 out.push(m.backend);
             }

@@ -749,6 +749,16 @@ fn compile_deployments(
                         "a deployment needs at least one backend",
                     );
                 }
+                if list.get_ref().len() > crate::balance::MAX_POOL_MEMBERS {
+                    report.at(
+                        list.span(),
+                        format!("{field}.backends"),
+                        format!(
+                            "a deployment has at most {} backends",
+                            crate::balance::MAX_POOL_MEMBERS
+                        ),
+                    );
+                }
                 list.get_ref()
             }
         };

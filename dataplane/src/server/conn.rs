@@ -157,7 +157,10 @@ impl Client {
             .header(&self.buf, "x-request-id")
             .and_then(RequestId::from_client)
             .unwrap_or_else(|| worker.next_request_id());
-        let close = !self.head.keep_alive || worker.shutdown.is_fired();
+        // HTTP/1.0 clients get one request per connection: keeping them alive would need a
+        // `connection: keep-alive` answer and close-delimited streams, for a legacy protocol.
+        let close =
+            !self.head.keep_alive || self.head.minor_version == 0 || worker.shutdown.is_fired();
 
         // Route before reading the body, so a refused `Expect: 100-continue` request never
         // has to send it.

@@ -4,6 +4,7 @@
 //! from the backend is written to the client before the next read, so SSE events arrive as
 //! they are produced and a slow client slows the backend read (back-pressure).
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -250,7 +251,8 @@ impl Client {
             req.extend_from_slice(prior);
             req.extend_from_slice(b", ");
         }
-        req.extend_from_slice(self.peer.ip().to_string().as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = write!(req, "{}", self.peer.ip());
         req.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
         match t.model {
             Some(model) if op != Operation::Models => {

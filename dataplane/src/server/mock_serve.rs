@@ -1,8 +1,6 @@
 //! Serving a request from the built-in mock backend: [`crate::mock`] builds the answer, this
 //! writes it, sleeping for the configured latency and streaming pace.
 
-use std::time::Duration;
-
 use monoio::io::AsyncWriteRentExt;
 
 use super::conn::{Client, Next};
@@ -54,35 +52,34 @@ impl Client {
         }
         common_headers(&mut out, rid, close);
         out.extend_from_slice(b"\r\n");
-        let interval = events.event_interval();
+        // Events due together go out in one write; before each paced pause what is pending
+        // is flushed, so the client sees every event when the mock "produces" it.
         let mut event = Vec::with_capacity(512);
-        let mut first = true;
         loop {
+            let pause = events.pause_before_next();
+            if !pause.is_zero() {
+                let (res, mut back) = self.stream.write_all(out).await;
+                back.clear();
+                out = back;
+                if res.is_err() {
+                    self.out = out;
+                    return Next::Close;
+                }
+                monoio::time::sleep(pause).await;
+            }
             event.clear();
-            if events.next_event(&mut event) {
-                if chunked_ok {
-                    write_chunk(&mut out, &event);
-                } else {
-                    out.extend_from_slice(&event);
-                }
+            if !events.next_event(&mut event) {
+                break;
             }
-            if events.remaining() == 0 {
-                if chunked_ok {
-                    out.extend_from_slice(LAST_CHUNK);
-                }
-                return self.write_out(out, close).await;
+            if chunked_ok {
+                write_chunk(&mut out, &event);
+            } else {
+                out.extend_from_slice(&event);
             }
-            let (res, mut back) = self.stream.write_all(out).await;
-            back.clear();
-            out = back;
-            if res.is_err() {
-                self.out = out;
-                return Next::Close;
-            }
-            if !first && interval > Duration::ZERO {
-                monoio::time::sleep(interval).await;
-            }
-            first = false;
         }
+        if chunked_ok {
+            out.extend_from_slice(LAST_CHUNK);
+        }
+        self.write_out(out, close).await
     }
 }
