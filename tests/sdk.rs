@@ -9,6 +9,7 @@
 
 mod support;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -39,7 +40,12 @@ fn openai_python_sdk_against_sluice() {
         if std::env::var_os("CI").is_some() {
             panic!("{msg}; CI is set, so this is a failure");
         }
-        println!("SKIPPED openai_python_sdk_against_sluice: {msg}");
+        // Straight to the stderr handle: the test harness captures print!/eprint!, and a
+        // skip must be seen.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED openai_python_sdk_against_sluice: {msg}"
+        );
         return;
     };
     let s = Launch::new(MOCK_BODY).workers(2).start();
