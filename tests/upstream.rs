@@ -113,6 +113,41 @@ fn stream_datas(client: &mut Client, target: &str, body: &Value) -> Vec<String> 
     datas
 }
 
+/// The same two hops with both processes on the epoll driver, so the fallback path for
+/// kernels that refuse io_uring is exercised end to end.
+#[test]
+fn two_hops_work_on_the_epoll_driver() {
+    let inner = Launch::new(INNER_BODY).driver("epoll").start();
+    let outer = Launch::new(&outer_body(&inner.url()))
+        .driver("epoll")
+        .start();
+    for s in [&inner, &outer] {
+        assert!(
+            s.log()
+                .lines()
+                .any(|l| l.contains("sluice started") && l.contains("driver=epoll")),
+            "{}",
+            s.log()
+        );
+    }
+    let mut c = outer.connect();
+    for _ in 0..3 {
+        let resp = c.post_json(
+            "/v1/chat/completions",
+            &chat_body(Some("chat-via-azure"), false),
+        );
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.json()["usage"]["completion_tokens"], 16);
+    }
+    let datas = stream_datas(
+        &mut c,
+        "/v1/chat/completions",
+        &chat_body(Some("chat-via-openai"), true),
+    );
+    let first: Value = serde_json::from_str(&datas[0]).unwrap();
+    assert_eq!(first["model"], "inner-chat", "{first}");
+}
+
 #[test]
 fn openai_backend_reaches_a_second_sluice() {
     let (_inner, outer) = two_hops();

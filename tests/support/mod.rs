@@ -113,6 +113,7 @@ pub fn config_text(port: u16, server_extra: &str, body: &str) -> String {
 /// How to start a `sluice` process.
 pub struct Launch {
     workers: usize,
+    driver: Option<String>,
     server_extra: String,
     body: String,
     env: Vec<(String, String)>,
@@ -123,6 +124,7 @@ impl Launch {
     pub fn new(body: &str) -> Launch {
         Launch {
             workers: 1,
+            driver: None,
             server_extra: String::new(),
             body: body.to_string(),
             env: Vec::new(),
@@ -132,6 +134,12 @@ impl Launch {
     /// `--workers N`.
     pub fn workers(mut self, n: usize) -> Launch {
         self.workers = n;
+        self
+    }
+
+    /// `--driver NAME` (`io-uring`, `epoll`); by default the gateway picks.
+    pub fn driver(mut self, name: &str) -> Launch {
+        self.driver = Some(name.to_string());
         self
     }
 
@@ -186,6 +194,9 @@ impl Launch {
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(log));
+        if let Some(driver) = &self.driver {
+            cmd.arg("--driver").arg(driver);
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
