@@ -19,8 +19,8 @@ use crate::clock::now_millis;
 use crate::error::GatewayError;
 use crate::health::DEFAULT_COOL_DOWN;
 use crate::http::{
-    connection_lists, is_hop_by_hop, parse_response, write_chunk, ChunkedDecoder, Parse,
-    ResponseFraming, LAST_CHUNK,
+    connection_lists, is_hop_by_hop, parse_response, write_chunk, ChunkedDecoder, HeaderSpan,
+    Parse, ResponseFraming, LAST_CHUNK,
 };
 use crate::route::Operation;
 use crate::snapshot::{BackendKind, Deployment, HttpUpstream, Secret, Timeouts};
@@ -222,6 +222,7 @@ impl Client {
         req.extend_from_slice(b" HTTP/1.1\r\n");
         local::header(req, b"host", t.upstream.host_header.as_bytes());
         let mut forwarded_for: Option<&[u8]> = None;
+        let lists = has_connection_header(&self.buf, &self.head.headers);
         for h in &self.head.headers {
             let name = &self.buf[h.name.clone()];
             let value = &self.buf[h.value.clone()];
@@ -232,7 +233,7 @@ impl Client {
                 || DROPPED_REQUEST_HEADERS
                     .iter()
                     .any(|d| name.eq_ignore_ascii_case(d.as_bytes()))
-                || connection_lists(&self.buf, &self.head.headers, name)
+                || (lists && connection_lists(&self.buf, &self.head.headers, name))
             {
                 continue;
             }
@@ -580,11 +581,12 @@ impl Client {
         out.push(b' ');
         out.extend_from_slice(&self.ubuf[r.reason.clone()]);
         out.extend_from_slice(b"\r\n");
+        let lists = has_connection_header(&self.ubuf, &r.headers);
         for h in &r.headers {
             let name = &self.ubuf[h.name.clone()];
             if is_hop_by_hop(name)
                 || name.eq_ignore_ascii_case(b"content-length")
-                || connection_lists(&self.ubuf, &r.headers, name)
+                || (lists && connection_lists(&self.ubuf, &r.headers, name))
             {
                 continue;
             }
@@ -622,6 +624,14 @@ async fn connect(addr: SocketAddr, t: &Timeouts) -> Result<TcpStream, SendError>
         }
         _ => Err(SendError::Connect),
     }
+}
+
+/// Whether a message has a `Connection` header (which may name more headers to drop); most
+/// have none, which saves scanning the headers once per header.
+fn has_connection_header(buf: &[u8], headers: &[HeaderSpan]) -> bool {
+    headers
+        .iter()
+        .any(|h| h.name(buf).eq_ignore_ascii_case(b"connection"))
 }
 
 fn is_retryable(status: u16) -> bool {
