@@ -162,6 +162,11 @@ impl RequestError {
     }
 }
 
+/// The searcher for the blank line that ends a head, built once: `memmem::find` would build
+/// it again on every call.
+static HEAD_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+
 /// Parses the request head at the start of `buf` into `out`.
 ///
 /// Returns [`Parse::Partial`] when more bytes are needed (call again with the same bytes
@@ -204,7 +209,7 @@ pub fn parse_request(
     let window = buf.get(..limits.max_head).unwrap_or(buf);
     let head_end = window
         .get(start..)
-        .and_then(|w| memchr::memmem::find(w, b"\r\n\r\n"))
+        .and_then(|w| HEAD_END.find(w))
         .map(|i| start + i + 4);
     if head_end.is_none() && buf.len() >= limits.max_head {
         return Err(RequestError::HeadTooLarge);
@@ -225,7 +230,7 @@ pub fn parse_request(
             return Err(RequestError::BadRequest("malformed request head"))
         }
         Ok(httparse::Status::Partial) => return Ok(Parse::Partial),
-        Err(e) => return Err(map_httparse_error(e)),
+        Err(e) => return Err(explain_bad_bytes(head).unwrap_or_else(|| map_httparse_error(e))),
     };
 
     out.head_len = head_len;
@@ -248,29 +253,35 @@ pub fn parse_request(
 /// whole head when `complete`). httparse accepts bare LF as a line ending; we do not,
 /// because an upstream that disagrees would see a different message.
 fn check_head_bytes(head: &[u8], complete: bool) -> Result<(), RequestError> {
-    for i in memchr::memchr3_iter(b'\r', b'\n', 0, head) {
-        match head.get(i) {
-            Some(0) => return Err(RequestError::BadRequest("NUL byte in request head")),
-            Some(b'\r') => match head.get(i + 1) {
-                Some(b'\n') => {}
-                Some(_) => return Err(RequestError::BadRequest("bare CR in request head")),
-                // The LF may still be on its way.
-                None => {}
-            },
-            _ => {
-                if i == 0 || head.get(i - 1) != Some(&b'\r') {
-                    return Err(RequestError::BadRequest("bare LF in request head"));
-                }
-                let last = complete && i + 1 == head.len();
-                if !last && matches!(head.get(i + 1), Some(b' ' | b'\t')) {
-                    return Err(RequestError::BadRequest(
-                        "obsolete line folding (header line starting with whitespace)",
-                    ));
-                }
-            }
+    // httparse refuses NUL and a CR not followed by LF wherever they occur, so only LFs need
+    // a look here: one needle instead of three halves the stops on a typical head.
+    for i in memchr::memchr_iter(b'\n', head) {
+        if i == 0 || head.get(i - 1) != Some(&b'\r') {
+            return Err(RequestError::BadRequest("bare LF in request head"));
+        }
+        let last = complete && i + 1 == head.len();
+        if !last && matches!(head.get(i + 1), Some(b' ' | b'\t')) {
+            return Err(RequestError::BadRequest(
+                "obsolete line folding (header line starting with whitespace)",
+            ));
         }
     }
     Ok(())
+}
+
+/// Names the offending byte when httparse refused a head for a NUL or a bare CR, so the
+/// client reads what was wrong. Only runs on the error path.
+fn explain_bad_bytes(head: &[u8]) -> Option<RequestError> {
+    for i in memchr::memchr2_iter(b'\r', 0, head) {
+        match head.get(i) {
+            Some(0) => return Some(RequestError::BadRequest("NUL byte in request head")),
+            _ if !matches!(head.get(i + 1), Some(b'\n') | None) => {
+                return Some(RequestError::BadRequest("bare CR in request head"))
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 fn map_httparse_error(e: httparse::Error) -> RequestError {
