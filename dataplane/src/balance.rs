@@ -22,6 +22,9 @@ pub struct Balancer {
     members: Vec<PoolMember>,
     /// Smooth WRR running weights, one per member.
     current: Vec<i64>,
+    /// Member indices in fallback order: by priority group, heavier first, then config
+    /// order. Depends only on the config, so it is computed once.
+    fallback: Vec<usize>,
 }
 
 impl Balancer {
@@ -30,7 +33,13 @@ impl Balancer {
         let mut members = pool.to_vec();
         members.sort_by_key(|m| m.priority);
         let current = vec![0; members.len()];
-        Self { members, current }
+        let mut fallback: Vec<usize> = (0..members.len()).collect();
+        fallback.sort_by_key(|&i| (members[i].priority, u32::MAX - members[i].weight));
+        Self {
+            members,
+            current,
+            fallback,
+        }
     }
 
     /// Writes the candidates for one request into `out` (cleared first), best first.
@@ -79,20 +88,13 @@ impl Balancer {
         let Some(chosen) = best else { return };
         self.current[chosen] -= total;
         out.push(self.members[chosen].backend);
-        // Fallbacks: the other usable members, group by group, heavier first within a group.
-        let start = out.len();
-        for (i, m) in self.members.iter().enumerate().take(MAX_POOL_MEMBERS) {
-            if i != chosen && usable_mask & (1 << i) != 0 && !out.contains(&m.backend) {
-                out.push(m.backend);
+        // Fallbacks: the other usable members in the precomputed order. The config compiler
+        // refuses a backend listed twice in a pool, so no backend repeats.
+        for &i in &self.fallback {
+            if i != chosen && i < MAX_POOL_MEMBERS && usable_mask & (1 << i) != 0 {
+                out.push(self.members[i].backend);
             }
         }
-        let members = &self.members;
-        let key = |b: &BackendId| {
-            let m = members.iter().find(|m| m.backend == *b);
-            m.map(|m| (m.priority, u32::MAX - m.weight))
-                .unwrap_or((u32::MAX, u32::MAX))
-        };
-        out[start..].sort_by_key(key);
     }
 
     /// The pool's members, sorted by priority.
