@@ -11,6 +11,7 @@ mod io;
 mod local;
 mod mock_serve;
 mod pool;
+mod relay;
 mod shutdown;
 mod worker;
 

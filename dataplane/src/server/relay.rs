@@ -1,0 +1,238 @@
+//! Relaying a backend's answer to the client: the response head re-serialised (hop-by-hop
+//! headers dropped, Sluice's framing and request id added), then the body read by read —
+//! each read from the backend is written to the client before the next, so SSE events are
+//! never held back and a slow client slows the backend read (back-pressure).
+
+use std::net::SocketAddr;
+
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+
+use super::conn::{Client, Next};
+use super::forward::has_connection_header;
+use super::io::read_more_within;
+use super::local;
+use super::worker::{RequestId, Worker};
+use crate::http::{
+    connection_lists, is_hop_by_hop, write_chunk, ChunkedDecoder, ResponseFraming, LAST_CHUNK,
+};
+use crate::snapshot::Timeouts;
+
+impl Client {
+    /// Streams the answer whose head is in `self.resp` to the client, then pools the
+    /// upstream connection when the exchange ended cleanly.
+    pub(super) async fn relay(
+        &mut self,
+        worker: &Worker,
+        mut upstream: TcpStream,
+        addr: SocketAddr,
+        rid: &RequestId,
+        close: bool,
+        t: &Timeouts,
+    ) -> Next {
+        let chunked_ok = self.head.minor_version >= 1;
+        let framing = self.resp.framing;
+        // An HTTP/1.0 client gets an unframed body as close-delimited.
+        let close = close
+            || (!chunked_ok
+                && matches!(framing, ResponseFraming::Chunked | ResponseFraming::Close));
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        self.write_response_head(&mut out, rid, close, chunked_ok);
+        let relayed = self
+            .relay_body(&mut upstream, &mut out, chunked_ok, t)
+            .await;
+        out.clear();
+        self.out = out;
+        match relayed {
+            Ok(clean) => {
+                if clean && self.resp.keep_alive {
+                    worker.pools.put(addr, upstream);
+                }
+                if close {
+                    Next::Close
+                } else {
+                    Next::KeepAlive
+                }
+            }
+            Err(Broken) => Next::Close,
+        }
+    }
+
+    /// Relays the body after the head in `out`. `Ok(true)` when the upstream connection is
+    /// left exactly at the end of the answer (so it may be reused); `Err` when either side
+    /// failed mid-body (the client connection must close: its framing is broken).
+    async fn relay_body(
+        &mut self,
+        upstream: &mut TcpStream,
+        out: &mut Vec<u8>,
+        chunked_ok: bool,
+        t: &Timeouts,
+    ) -> Result<bool, Broken> {
+        let body_start = self.resp.head_len;
+        match self.resp.framing {
+            ResponseFraming::None => {
+                let clean = self.ubuf.len() == body_start;
+                self.flush(out).await?;
+                Ok(clean)
+            }
+            ResponseFraming::Length(n) => {
+                let have = (self.ubuf.len() - body_start) as u64;
+                let mut clean = have <= n;
+                let first = have.min(n) as usize;
+                out.extend_from_slice(&self.ubuf[body_start..body_start + first]);
+                self.flush(out).await?;
+                let mut remaining = n - first as u64;
+                while remaining > 0 {
+                    self.ubuf.clear();
+                    let k = (self.read_upstream(upstream, t).await? as u64).min(remaining);
+                    clean &= self.ubuf.len() as u64 == k;
+                    remaining -= k;
+                    self.ubuf.truncate(k as usize);
+                    // The bytes go to the client straight from the read buffer.
+                    let buf = std::mem::take(&mut self.ubuf);
+                    let (res, buf) = self.stream.write_all(buf).await;
+                    self.ubuf = buf;
+                    res.map_err(|_| Broken)?;
+                }
+                Ok(clean)
+            }
+            ResponseFraming::Chunked => {
+                let mut decoder = ChunkedDecoder::new(u64::MAX);
+                let mut pos = body_start;
+                loop {
+                    self.scratch.clear();
+                    let step = decoder
+                        .decode(&self.ubuf[pos..], &mut self.scratch)
+                        .map_err(|_| Broken)?;
+                    pos += step.consumed;
+                    frame(out, &self.scratch, chunked_ok);
+                    if step.done && chunked_ok {
+                        out.extend_from_slice(LAST_CHUNK);
+                    }
+                    if !out.is_empty() {
+                        self.flush(out).await?;
+                    }
+                    if step.done {
+                        return Ok(pos == self.ubuf.len());
+                    }
+                    self.ubuf.drain(..pos);
+                    pos = 0;
+                    self.read_upstream(upstream, t).await?;
+                }
+            }
+            ResponseFraming::Close => {
+                frame(out, &self.ubuf[body_start..], chunked_ok);
+                loop {
+                    self.flush(out).await?;
+                    self.ubuf.clear();
+                    match self.read_upstream_or_end(upstream, t).await? {
+                        0 => break,
+                        _ => frame(out, &self.ubuf, chunked_ok),
+                    }
+                }
+                if chunked_ok {
+                    out.extend_from_slice(LAST_CHUNK);
+                    self.flush(out).await?;
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Writes `out` to the client and leaves it empty for reuse.
+    async fn flush(&mut self, out: &mut Vec<u8>) -> Result<(), Broken> {
+        let buf = std::mem::take(out);
+        let (res, mut buf) = self.stream.write_all(buf).await;
+        buf.clear();
+        *out = buf;
+        res.map(drop).map_err(|_| Broken)
+    }
+
+    /// Reads more of the answer into `self.ubuf` within `stream_idle`; the end of the
+    /// stream is an error here (the answer is framed and not finished).
+    async fn read_upstream(
+        &mut self,
+        upstream: &mut TcpStream,
+        t: &Timeouts,
+    ) -> Result<usize, Broken> {
+        match self.read_upstream_or_end(upstream, t).await? {
+            0 => Err(Broken),
+            n => Ok(n),
+        }
+    }
+
+    /// Reads more of the answer into `self.ubuf` within `stream_idle`; 0 at its end.
+    async fn read_upstream_or_end(
+        &mut self,
+        upstream: &mut TcpStream,
+        t: &Timeouts,
+    ) -> Result<usize, Broken> {
+        let buf = std::mem::take(&mut self.ubuf);
+        match read_more_within(upstream, buf, t.stream_idle).await {
+            Ok((res, buf)) => {
+                self.ubuf = buf;
+                res.map_err(|_| Broken)
+            }
+            // Timed out: the buffer went with the cancelled read; a fresh one replaces it.
+            Err(_) => Err(Broken),
+        }
+    }
+
+    /// The client's response head: the backend's status and headers less hop-by-hop ones,
+    /// Sluice's own framing, request id and connection headers.
+    fn write_response_head(
+        &self,
+        out: &mut Vec<u8>,
+        rid: &RequestId,
+        close: bool,
+        chunked_ok: bool,
+    ) {
+        let r = &self.resp;
+        out.extend_from_slice(b"HTTP/1.1 ");
+        let mut num = itoa::Buffer::new();
+        out.extend_from_slice(num.format(r.status).as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(&self.ubuf[r.reason.clone()]);
+        out.extend_from_slice(b"\r\n");
+        let lists = has_connection_header(&self.ubuf, &r.headers);
+        for h in &r.headers {
+            let name = &self.ubuf[h.name.clone()];
+            if is_hop_by_hop(name)
+                || name.eq_ignore_ascii_case(b"content-length")
+                || (lists && connection_lists(&self.ubuf, &r.headers, name))
+            {
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"x-request-id") {
+                local::header(out, b"x-upstream-request-id", &self.ubuf[h.value.clone()]);
+                continue;
+            }
+            local::header(out, name, &self.ubuf[h.value.clone()]);
+        }
+        match r.framing {
+            ResponseFraming::None => {}
+            ResponseFraming::Length(n) => local::content_length(out, n),
+            ResponseFraming::Chunked | ResponseFraming::Close => {
+                if chunked_ok {
+                    out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                }
+            }
+        }
+        local::common_headers(out, rid, close);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// A relay that cannot go on: the client or the upstream failed mid-body.
+struct Broken;
+
+/// Appends body bytes to `out` as one chunk (HTTP/1.1 client) or raw (HTTP/1.0, close
+/// delimited). Nothing for empty data: an empty chunk would end the body.
+fn frame(out: &mut Vec<u8>, data: &[u8], chunked_ok: bool) {
+    if chunked_ok {
+        write_chunk(out, data);
+    } else {
+        out.extend_from_slice(data);
+    }
+}
