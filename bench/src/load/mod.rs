@@ -1,0 +1,10 @@
+//! The load generator (being written).
+
+/// `sluice-bench load` arguments.
+#[derive(clap::Args, Debug)]
+pub struct LoadArgs {}
+
+/// Runs one load from the command line and prints its report.
+pub fn run_cli(_args: LoadArgs) -> anyhow::Result<()> {
+    anyhow::bail!("the load generator is being written")
+}
