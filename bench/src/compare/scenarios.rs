@@ -197,7 +197,7 @@ struct Shape {
 }
 
 /// The [`LoadConfig`] for one phase against `url`.
-fn load_config(url: String, label: String, shape: &Shape) -> LoadConfig {
+fn load_config(url: String, label: String, shape: &Shape, cpus: &CpuList) -> LoadConfig {
     let body = if shape.stream {
         crate::CHAT_REQUEST_STREAM
     } else {
@@ -205,8 +205,8 @@ fn load_config(url: String, label: String, shape: &Shape) -> LoadConfig {
     };
     LoadConfig {
         url,
-        method: "POST".to_owned(),
-        body: Some(body.to_vec()),
+        method: Some("POST".to_owned()),
+        body: body.to_vec(),
         headers: vec![
             ("content-type".to_owned(), "application/json".to_owned()),
             ("api-key".to_owned(), "sluice-demo-key".to_owned()),
@@ -220,8 +220,8 @@ fn load_config(url: String, label: String, shape: &Shape) -> LoadConfig {
         stream: shape.stream,
         timeout: Duration::from_secs(10),
         label,
-        quiet: true,
-        ..LoadConfig::default()
+        progress: false,
+        cpus: cpus.cpus().to_vec(),
     }
 }
 
@@ -276,10 +276,8 @@ impl Runner<'_> {
     fn load(&self, phase: &str, shape: &Shape) -> anyhow::Result<LoadReport> {
         let url = self.target.url(self.up, shape.deployment);
         let label = format!("{} {phase}", self.target.kind.name());
-        let cfg = load_config(url, label, shape);
-        let report = procs::with_affinity(&self.plan.load_cpus, || load::run(&cfg))?
-            .with_context(|| format!("load phase `{phase}`"))?;
-        Ok(report)
+        let cfg = load_config(url, label, shape, &self.plan.load_cpus);
+        load::run(&cfg).with_context(|| format!("load phase `{phase}`"))
     }
 
     fn check_alive(&mut self) -> anyhow::Result<()> {
