@@ -3,6 +3,8 @@
 //! nginx. It checks that the run completes and writes its three files; it never asserts
 //! figures (they depend on the machine).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
