@@ -95,7 +95,8 @@ pub struct TargetSummary {
     pub low_rate_p50_us: Option<f64>,
     /// p99 at the low rate.
     pub low_rate_p99_us: Option<f64>,
-    /// Open-loop frontier (req/s), rounds without a passing rate counting as 0.
+    /// Open-loop frontier (req/s), rounds without a passing rate counting as 0; `None`
+    /// when no round had one.
     pub frontier_rps: Option<f64>,
     /// Proxy CPU µs per request at peak.
     pub cpu_us_per_req_max: Option<f64>,
@@ -229,7 +230,11 @@ pub fn summarize(
         added_p99_us: minus(c1_p99_us, |d| d.c1_p99_us),
         low_rate_p50_us: med(&|r| Some(r.low_rate_latency.p50 as f64)),
         low_rate_p99_us: med(&|r| Some(r.low_rate_latency.p99 as f64)),
-        frontier_rps: med(&|r| Some(r.frontier.rate.unwrap_or(0.0))),
+        frontier_rps: if rounds.iter().any(|r| r.frontier.rate.is_some()) {
+            med(&|r| Some(r.frontier.rate.unwrap_or(0.0)))
+        } else {
+            None
+        },
         cpu_us_per_req_max: med(&|r| r.cpu_us_per_req_max),
         cpu_us_per_req_low: med(&|r| r.cpu_us_per_req_low),
         ttft_p50_us,
@@ -383,10 +388,10 @@ pub fn evaluate_goals(targets: &[TargetSummary]) -> Vec<Goal> {
                 let pv = pass?.c1_p50_us?;
                 Some((
                     format!(
-                        "{} µs vs passthrough {} µs ({:+} µs)",
+                        "{} µs vs passthrough {} µs ({} µs)",
                         num(fv),
                         num(pv),
-                        num(fv - pv)
+                        signed(fv - pv)
                     ),
                     fv <= pv + 5.0,
                 ))
@@ -497,6 +502,15 @@ pub fn num(v: f64) -> String {
     }
 }
 
+/// [`num`] with a sign.
+pub fn signed(v: f64) -> String {
+    if v > 0.0 {
+        format!("+{}", num(v))
+    } else {
+        num(v)
+    }
+}
+
 fn opt(v: Option<f64>) -> String {
     v.map_or("–".to_owned(), num)
 }
@@ -590,16 +604,16 @@ pub fn render_markdown(r: &Results) -> String {
     let _ = writeln!(md);
 
     let _ = writeln!(md, "## Figures (median over rounds)\n");
-    let _ = write!(md, "| | ");
+    let _ = write!(md, "| |");
     for t in &r.targets {
-        let _ = write!(md, "{} | ", t.name);
+        let _ = write!(md, " {} |", t.name);
     }
     let _ = writeln!(md);
     let _ = writeln!(md, "|{}", " --- |".repeat(r.targets.len() + 1));
     let row = |md: &mut String, label: &str, f: &dyn Fn(&TargetSummary) -> String| {
-        let _ = write!(md, "| {label} | ");
+        let _ = write!(md, "| {label} |");
         for t in &r.targets {
-            let _ = write!(md, "{} | ", f(t));
+            let _ = write!(md, " {} |", f(t));
         }
         let _ = writeln!(md);
     };
@@ -634,7 +648,7 @@ pub fn render_markdown(r: &Results) -> String {
             FRONTIER_P99_US,
             FRONTIER_ERROR_SHARE * 100.0
         ),
-        &|t| opt(t.frontier_rps),
+        &|t| t.frontier_rps.map_or("none passed".to_owned(), num),
     );
     row(&mut md, "proxy CPU µs/request at peak", &|t| {
         opt(t.cpu_us_per_req_max)
