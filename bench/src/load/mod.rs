@@ -1,4 +1,10 @@
-//! The load generator (being written).
+//! The load generator (being written): its pure pieces so far.
+
+pub mod record;
+pub mod report;
+pub mod schedule;
+pub mod sse;
+pub mod target;
 
 /// `sluice-bench load` arguments.
 #[derive(clap::Args, Debug)]
