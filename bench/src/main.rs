@@ -15,6 +15,8 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once at startup; boxing the arguments would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the mock OpenAI backend (chat, completions, embeddings, models) with fault knobs.
     Mock(sluice_bench::mock_server::MockArgs),
