@@ -17,6 +17,8 @@ struct Cli {
 // Parsed once at startup: the size of the largest variant's arguments costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
+// Parsed once at startup; boxing the arguments would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the mock OpenAI backend (chat, completions, embeddings, models) with fault knobs.
     Mock(sluice_bench::mock_server::MockArgs),
