@@ -14,8 +14,6 @@ struct Cli {
     command: Command,
 }
 
-// Parsed once at startup: the size of the largest variant's arguments costs nothing.
-#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 // Parsed once at startup; boxing the arguments would buy nothing.
 #[allow(clippy::large_enum_variant)]
