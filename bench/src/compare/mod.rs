@@ -377,6 +377,8 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         ));
     }
     let goals = report::evaluate_goals(&summaries);
+    let mut all_notes = notes(&args, &plan, procs::available_cpus());
+    all_notes.extend(report::measured_notes(&summaries));
     let results = Results {
         meta,
         settings: Settings {
@@ -396,7 +398,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         },
         targets: summaries,
         goals,
-        notes: notes(&args, &plan, procs::available_cpus()),
+        notes: all_notes,
         rounds,
     };
 

@@ -487,6 +487,43 @@ pub fn evaluate_goals(targets: &[TargetSummary]) -> Vec<Goal> {
     goals
 }
 
+/// Caveats that follow from the figures themselves (added to the run's notes).
+pub fn measured_notes(targets: &[TargetSummary]) -> Vec<String> {
+    let mut notes = Vec::new();
+    let Some(direct) = find(targets, TargetKind::Direct) else {
+        return notes;
+    };
+    if let (Some(low), Some(c1)) = (direct.low_rate_p50_us, direct.c1_p50_us) {
+        if low > 3.0 * c1 + 100.0 {
+            notes.push(format!(
+                "Open loop at the low rate, even the direct target has p50 {} µs against {} µs \
+                 at c=1: with the load idle between sends, every request also waits on timer \
+                 and wake-up latency on this machine, which all targets pay alike. This weighs \
+                 on the frontier's p99 ≤ 1 ms bound for every target.",
+                num(low),
+                num(c1)
+            ));
+        }
+    }
+    let added: Vec<f64> = targets
+        .iter()
+        .filter(|t| t.is_proxy)
+        .filter_map(|t| t.added_p50_us)
+        .collect();
+    if let (Some(least), Some(c1)) = (added.iter().copied().reduce(f64::min), direct.c1_p50_us) {
+        if least > 50.0 && least > 2.0 * c1 {
+            notes.push(format!(
+                "Every proxy adds at least {} µs p50 at c=1 where the direct round trip takes {} \
+                 µs: through a proxy a request crosses cores (and wakes an idle one) four \
+                 times, which dominates here. Compare the proxies with each other.",
+                num(least),
+                num(c1)
+            ));
+        }
+    }
+    notes
+}
+
 /// A figure with sensible precision: integers from 100 up, one decimal below, two below 1.
 pub fn num(v: f64) -> String {
     if !v.is_finite() {
@@ -983,6 +1020,20 @@ mod tests {
         let back: Results = serde_json::from_str(&text).unwrap();
         assert_eq!(back.targets.len(), 4);
         assert_eq!(back.goals.len(), r.goals.len());
+    }
+
+    #[test]
+    fn notes_from_figures() {
+        let mut targets = summaries(true);
+        assert!(measured_notes(&targets).is_empty());
+        targets[0].low_rate_p50_us = Some(500.0);
+        for t in targets.iter_mut().skip(1) {
+            t.added_p50_us = Some(230.0);
+        }
+        let notes = measured_notes(&targets);
+        assert_eq!(notes.len(), 2);
+        assert!(notes[0].contains("p50 500 µs"));
+        assert!(notes[1].contains("at least 230 µs"));
     }
 
     #[test]
