@@ -80,6 +80,10 @@ pub struct CompareArgs {
     /// Also write the report to FILE (bench/RESULTS.md).
     #[arg(long, value_name = "FILE")]
     pub update_results: Option<PathBuf>,
+    /// Measure nothing: render report.md and latency.svg again from an earlier run's
+    /// results.json (goals and notes re-checked), into `--out`.
+    #[arg(long, value_name = "FILE")]
+    pub from_json: Option<PathBuf>,
 }
 
 /// Parses "5s", "500ms", "2m", "1.5s".
@@ -262,6 +266,14 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let out = args.out.clone();
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let out = out.canonicalize()?;
+    if let Some(json) = &args.from_json {
+        let text =
+            std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
+        let mut results: Results =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))?;
+        results.goals = report::evaluate_goals(&results.targets);
+        return write_outputs(&results, &out, args.update_results.as_deref());
+    }
     let sluice = sluice_binary(args.sluice.as_deref())?;
     let nginx = if args.no_nginx {
         None
@@ -402,31 +414,42 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         rounds,
     };
 
-    let series: Vec<plot::Series> = drivers
+    write_outputs(&results, &out, args.update_results.as_deref())
+}
+
+/// Writes `report.md`, `results.json` and `latency.svg` into `out` (and the report to
+/// `update_results`), and prints the report.
+fn write_outputs(
+    results: &Results,
+    out: &Path,
+    update_results: Option<&Path>,
+) -> anyhow::Result<()> {
+    let series: Vec<plot::Series> = results
+        .targets
         .iter()
-        .map(|(kind, _)| plot::Series {
-            name: kind.name().to_owned(),
+        .map(|t| plot::Series {
+            name: t.name.clone(),
             points: results
                 .rounds
                 .iter()
                 .rev()
-                .find(|r| r.target == *kind)
+                .find(|r| r.target.name() == t.name)
                 .map(|r| r.low_rate_curve.clone())
                 .unwrap_or_default(),
         })
         .collect();
     let title = format!(
         "Latency by percentile at {} req/s (open loop)",
-        report::num(plan.low_rate)
+        report::num(results.settings.low_rate)
     );
-    let markdown = report::render_markdown(&results);
+    let markdown = report::render_markdown(results);
     std::fs::write(out.join("report.md"), &markdown)?;
     std::fs::write(
         out.join("results.json"),
-        serde_json::to_string_pretty(&results)?,
+        serde_json::to_string_pretty(results)?,
     )?;
     std::fs::write(out.join("latency.svg"), plot::latency_svg(&title, &series))?;
-    if let Some(path) = &args.update_results {
+    if let Some(path) = update_results {
         std::fs::write(path, &markdown).with_context(|| format!("writing {}", path.display()))?;
     }
     println!("{markdown}");

@@ -808,6 +808,35 @@ pub fn render_markdown(r: &Results) -> String {
     let _ = writeln!(md);
     let _ = writeln!(
         md,
+        "Frontier probes (offered req/s → p99 µs; ✓ when p99 ≤ {FRONTIER_P99_US} µs and errors < {} %):\n",
+        FRONTIER_ERROR_SHARE * 100.0
+    );
+    let _ = writeln!(md, "| round | target | probes |\n| --- | --- | --- |");
+    for rr in &r.rounds {
+        let probes: Vec<String> = rr
+            .frontier
+            .probes
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} → {}{}",
+                    num(p.rate),
+                    p.p99_us,
+                    if p.pass { " ✓" } else { "" }
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} |",
+            rr.round,
+            rr.target.name(),
+            probes.join(", ")
+        );
+    }
+    let _ = writeln!(md);
+    let _ = writeln!(
+        md,
         "The latency curve at {} req/s is in `latency.svg` (last round, percentile on a log scale); every figure is in `results.json`.",
         num(s.low_rate)
     );
