@@ -9,6 +9,10 @@
 //! of `shared/fixtures/openai/` (which lies outside the repository), embedded so a bench
 //! reads no file.
 
+pub mod compare;
+pub mod load;
+pub mod mock_server;
+
 use sluice::http::{write_chunk, LAST_CHUNK};
 
 /// The body of a non-streaming chat completion request (`chat_request.json`).

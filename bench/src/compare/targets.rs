@@ -1,0 +1,518 @@
+//! What is compared: the mock direct, Sluice as a bare passthrough, Sluice with its full
+//! chain of policies, and nginx. This module writes each proxy's config (plain functions of
+//! the addresses, tested below) and starts, pins and waits for each proxy process.
+//!
+//! Every target serves the same two deployments on the same client path (the Azure form,
+//! `/openai/deployments/{d}/chat/completions?api-version=…`): [`DEPLOYMENT`] in front of the
+//! fast mock and [`STREAM_DEPLOYMENT`] in front of the paced streaming mock. As policies land
+//! in the gateway, [`sluice_full_chain_config`] and [`FULL_CHAIN_POLICIES`] are the one place
+//! to switch them on.
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use super::procs::{self, ChildProc, CpuList};
+
+/// The deployment answered by the fast (non-paced) mock.
+pub const DEPLOYMENT: &str = "bench";
+/// The deployment answered by the paced streaming mock.
+pub const STREAM_DEPLOYMENT: &str = "bench-stream";
+/// The Azure `api-version` clients send and backends are configured with.
+pub const API_VERSION: &str = "2024-10-21";
+/// The environment variable the Sluice configs take the backends' api-key from.
+pub const KEY_ENV: &str = "SLUICE_BENCH_KEY";
+
+/// The policies the full chain switches on (the report lists them).
+pub const FULL_CHAIN_POLICIES: &[&str] = &[
+    "smooth weighted round robin over two backends (two mock listeners, weights 1:1) with the \
+     priority fallback list",
+    "azure rewriting: backend deployment path, api-version and api-key per backend",
+    "request id (x-request-id), x-forwarded-for / x-forwarded-proto",
+];
+
+/// The policies of the passthrough (what Sluice always does).
+pub const PASSTHROUGH_POLICIES: &[&str] =
+    &["one azure backend (rewriting path, api-version, api-key), nothing else configured"];
+
+/// One of the compared setups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetKind {
+    /// The load straight at the mock: the floor every proxy adds to.
+    Direct,
+    /// Sluice with one azure backend and nothing else.
+    SluicePassthrough,
+    /// Sluice with every policy it has.
+    SluiceFullChain,
+    /// nginx `proxy_pass` with upstream keep-alive.
+    Nginx,
+}
+
+impl TargetKind {
+    /// The target's name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetKind::Direct => "direct",
+            TargetKind::SluicePassthrough => "sluice-passthrough",
+            TargetKind::SluiceFullChain => "sluice-full-chain",
+            TargetKind::Nginx => "nginx",
+        }
+    }
+
+    /// Whether a proxy process stands between load and mock.
+    pub fn is_proxy(self) -> bool {
+        self != TargetKind::Direct
+    }
+
+    /// The policies switched on, for the report.
+    pub fn policies(self) -> Vec<String> {
+        let list: &[&str] = match self {
+            TargetKind::Direct => &[],
+            TargetKind::SluicePassthrough => PASSTHROUGH_POLICIES,
+            TargetKind::SluiceFullChain => FULL_CHAIN_POLICIES,
+            TargetKind::Nginx => {
+                &["proxy_pass, upstream keepalive 64, HTTP/1.1 upstream, proxy_buffering off"]
+            }
+        };
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+}
+
+/// The mock listeners the proxies forward to.
+#[derive(Debug, Clone)]
+pub struct Upstreams {
+    /// Two listeners of the fast mock (the full chain balances over both; the others use
+    /// the first).
+    pub fast: [SocketAddr; 2],
+    /// Two listeners of the paced streaming mock.
+    pub stream: [SocketAddr; 2],
+}
+
+/// The path clients call for `deployment`.
+pub fn client_path(deployment: &str) -> String {
+    format!("/openai/deployments/{deployment}/chat/completions?api-version={API_VERSION}")
+}
+
+fn sluice_server_section(out: &mut String, listen: SocketAddr, workers: usize) {
+    let _ = writeln!(out, "[server]");
+    let _ = writeln!(out, "listen = [\"{listen}\"]");
+    let _ = writeln!(out, "workers = {workers}");
+    let _ = writeln!(out, "shutdown_grace = \"2s\"\n");
+}
+
+fn sluice_backend(out: &mut String, name: &str, addr: SocketAddr, deployment: &str) {
+    let _ = writeln!(out, "[[backend]]");
+    let _ = writeln!(out, "name = \"{name}\"");
+    let _ = writeln!(out, "kind = \"azure\"");
+    let _ = writeln!(out, "url = \"http://{addr}\"");
+    let _ = writeln!(out, "deployment = \"{deployment}\"");
+    let _ = writeln!(out, "api_version = \"{API_VERSION}\"");
+    let _ = writeln!(out, "api_key_env = \"{KEY_ENV}\"\n");
+}
+
+fn sluice_deployment(out: &mut String, name: &str, backends: &[&str]) {
+    let _ = writeln!(out, "[[deployment]]");
+    let _ = writeln!(out, "name = \"{name}\"");
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{ backend = \"{b}\", weight = 1 }}"))
+        .collect();
+    let _ = writeln!(out, "backends = [{}]\n", list.join(", "));
+}
+
+/// Sluice as a bare passthrough: each deployment has one azure backend (the first listener
+/// of its mock), nothing else.
+pub fn sluice_passthrough_config(listen: SocketAddr, up: &Upstreams, workers: usize) -> String {
+    let mut out = String::from("# sluice-bench compare: Sluice passthrough (generated)\n\n");
+    sluice_server_section(&mut out, listen, workers);
+    sluice_backend(&mut out, "mock", up.fast[0], DEPLOYMENT);
+    sluice_backend(&mut out, "mock-stream", up.stream[0], STREAM_DEPLOYMENT);
+    sluice_deployment(&mut out, DEPLOYMENT, &["mock"]);
+    sluice_deployment(&mut out, STREAM_DEPLOYMENT, &["mock-stream"]);
+    out
+}
+
+/// Sluice with every policy it has today (see [`FULL_CHAIN_POLICIES`]): each deployment is
+/// a weighted round-robin pool of two azure backends (the mock's two listeners). Add each
+/// new policy here as it lands.
+pub fn sluice_full_chain_config(listen: SocketAddr, up: &Upstreams, workers: usize) -> String {
+    let mut out = String::from("# sluice-bench compare: Sluice full chain (generated)\n\n");
+    sluice_server_section(&mut out, listen, workers);
+    sluice_backend(&mut out, "mock-a", up.fast[0], DEPLOYMENT);
+    sluice_backend(&mut out, "mock-b", up.fast[1], DEPLOYMENT);
+    sluice_backend(&mut out, "mock-stream-a", up.stream[0], STREAM_DEPLOYMENT);
+    sluice_backend(&mut out, "mock-stream-b", up.stream[1], STREAM_DEPLOYMENT);
+    sluice_deployment(&mut out, DEPLOYMENT, &["mock-a", "mock-b"]);
+    sluice_deployment(
+        &mut out,
+        STREAM_DEPLOYMENT,
+        &["mock-stream-a", "mock-stream-b"],
+    );
+    out
+}
+
+/// Where nginx keeps its files.
+#[derive(Debug, Clone)]
+pub struct NginxFiles {
+    /// `pid` file.
+    pub pid: PathBuf,
+    /// `error_log` file.
+    pub error_log: PathBuf,
+    /// Directory for the temp paths nginx insists on having.
+    pub temp: PathBuf,
+}
+
+/// nginx as a plain reverse proxy with upstream keep-alive, `workers` worker processes (the
+/// master is pinned before it starts, so its workers inherit the proxy CPUs).
+pub fn nginx_config(
+    listen: SocketAddr,
+    up: &Upstreams,
+    workers: usize,
+    files: &NginxFiles,
+) -> String {
+    let temp = files.temp.display();
+    let proxy = "proxy_http_version 1.1;\n            \
+                 proxy_set_header Connection \"\";\n            \
+                 proxy_buffering off;";
+    format!(
+        "# sluice-bench compare: nginx reverse proxy (generated)
+daemon off;
+master_process on;
+worker_processes {workers};
+pid {pid};
+error_log {error_log} warn;
+
+events {{
+    worker_connections 4096;
+}}
+
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    client_body_temp_path {temp}/client_body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+
+    upstream mock {{
+        server {fast};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    upstream mock_stream {{
+        server {stream};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+
+    server {{
+        listen {listen};
+        location /openai/deployments/{STREAM_DEPLOYMENT}/ {{
+            proxy_pass http://mock_stream;
+            {proxy}
+        }}
+        location / {{
+            proxy_pass http://mock;
+            {proxy}
+        }}
+    }}
+}}
+",
+        pid = files.pid.display(),
+        error_log = files.error_log.display(),
+        fast = up.fast[0],
+        stream = up.stream[0],
+    )
+}
+
+/// The io driver named in Sluice's startup line (`… driver=io_uring …`).
+pub fn parse_driver(log: &str) -> Option<String> {
+    log.lines()
+        .filter(|l| l.contains("sluice started"))
+        .find_map(|l| {
+            let rest = &l[l.find("driver=")? + "driver=".len()..];
+            Some(rest.split_whitespace().next()?.to_owned())
+        })
+}
+
+/// A free loopback address (bound to port 0, read, released).
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+/// A running target.
+pub struct Target {
+    /// Which one.
+    pub kind: TargetKind,
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    /// The proxy process (none for direct).
+    pub proc: Option<ChildProc>,
+    /// The PIDs whose CPU and memory are counted (for nginx: the master and its workers).
+    pub pids: Vec<u32>,
+    /// The io setup in use, as the proxy says (`io_uring`, `epoll`) or known (`epoll` for
+    /// nginx).
+    pub driver: String,
+}
+
+/// How to start the targets.
+pub struct Launch<'a> {
+    /// The `sluice` binary.
+    pub sluice: &'a Path,
+    /// The `nginx` binary.
+    pub nginx: &'a Path,
+    /// CPUs the proxy is pinned to; its worker count is their count.
+    pub cpus: &'a CpuList,
+    /// Where configs and logs go.
+    pub out: &'a Path,
+}
+
+impl Target {
+    /// Starts `kind` in front of `up` and waits until it accepts connections.
+    pub fn start(kind: TargetKind, up: &Upstreams, launch: &Launch<'_>) -> anyhow::Result<Target> {
+        let workers = launch.cpus.count();
+        let name = kind.name();
+        match kind {
+            TargetKind::Direct => Ok(Target {
+                kind,
+                addr: up.fast[0],
+                proc: None,
+                pids: Vec::new(),
+                driver: "mock (in-process)".to_owned(),
+            }),
+            TargetKind::SluicePassthrough | TargetKind::SluiceFullChain => {
+                let addr = free_addr()?;
+                let text = if kind == TargetKind::SluicePassthrough {
+                    sluice_passthrough_config(addr, up, workers)
+                } else {
+                    sluice_full_chain_config(addr, up, workers)
+                };
+                let config = launch.out.join(format!("{name}.toml"));
+                std::fs::write(&config, text)?;
+                let mut cmd = Command::new(launch.sluice);
+                cmd.arg("--config")
+                    .arg(&config)
+                    .env(KEY_ENV, "sluice-bench-key")
+                    .env("RUST_LOG", "info");
+                let log = launch.out.join(format!("{name}.log"));
+                let mut proc = ChildProc::spawn_pinned(name, cmd, launch.cpus, &log)?;
+                wait_listening(&mut proc, addr)?;
+                let driver = wait_for(Duration::from_secs(5), || parse_driver(&proc.log_text()))
+                    .unwrap_or_else(|| "unknown".to_owned());
+                let pids = vec![proc.pid()];
+                Ok(Target {
+                    kind,
+                    addr,
+                    proc: Some(proc),
+                    pids,
+                    driver,
+                })
+            }
+            TargetKind::Nginx => {
+                let addr = free_addr()?;
+                let files = NginxFiles {
+                    pid: launch.out.join("nginx.pid"),
+                    error_log: launch.out.join("nginx-error.log"),
+                    temp: launch.out.join("nginx-temp"),
+                };
+                std::fs::create_dir_all(&files.temp)?;
+                let config = launch.out.join("nginx.conf");
+                std::fs::write(&config, nginx_config(addr, up, workers, &files))?;
+                let mut cmd = Command::new(launch.nginx);
+                cmd.arg("-p")
+                    .arg(launch.out)
+                    .arg("-e")
+                    .arg(&files.error_log)
+                    .arg("-c")
+                    .arg(&config);
+                let log = launch.out.join("nginx.log");
+                let mut proc = ChildProc::spawn_pinned(name, cmd, launch.cpus, &log)?;
+                wait_listening(&mut proc, addr)?;
+                let master = proc.pid();
+                let workers_seen = wait_for(Duration::from_secs(5), || {
+                    let children = procs::children_of(master);
+                    (children.len() >= workers).then_some(children)
+                })
+                .context("nginx started no workers")?;
+                let mut pids = vec![master];
+                pids.extend(workers_seen);
+                Ok(Target {
+                    kind,
+                    addr,
+                    proc: Some(proc),
+                    pids,
+                    driver: "epoll (nginx)".to_owned(),
+                })
+            }
+        }
+    }
+
+    /// The URL of `deployment`'s chat completions on this target. Direct streaming goes to
+    /// the paced mock itself.
+    pub fn url(&self, up: &Upstreams, deployment: &str) -> String {
+        let addr = match (self.kind, deployment) {
+            (TargetKind::Direct, STREAM_DEPLOYMENT) => up.stream[0],
+            _ => self.addr,
+        };
+        format!("http://{addr}{}", client_path(deployment))
+    }
+}
+
+/// Polls `f` every 20 ms until it gives a value or `within` passes.
+fn wait_for<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `addr` accepts a connection, failing early when the process exits.
+fn wait_listening(proc: &mut ChildProc, addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        proc.check_alive()?;
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nothing listening on {addr} after 10 s")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstreams() -> Upstreams {
+        let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        Upstreams {
+            fast: [a(18001), a(18002)],
+            stream: [a(18003), a(18004)],
+        }
+    }
+
+    fn compiles(text: &str) {
+        let env = |name: &str| (name == KEY_ENV).then(|| "k".to_owned());
+        if let Err(e) = sluice::config::load_str(Path::new("gen.toml"), text, &env, None) {
+            panic!("generated config does not compile:\n{e}\n{text}");
+        }
+    }
+
+    #[test]
+    fn passthrough_config_compiles_with_one_backend_each() {
+        let listen: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let text = sluice_passthrough_config(listen, &upstreams(), 1);
+        compiles(&text);
+        assert_eq!(text.matches("[[backend]]").count(), 2);
+        assert!(text.contains("workers = 1"));
+        assert!(text.contains("url = \"http://127.0.0.1:18001\""));
+        assert!(!text.contains("18002"));
+    }
+
+    #[test]
+    fn full_chain_config_compiles_and_balances_over_both_listeners() {
+        let listen: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let text = sluice_full_chain_config(listen, &upstreams(), 2);
+        compiles(&text);
+        assert!(text.contains("http://127.0.0.1:18001") && text.contains("http://127.0.0.1:18002"));
+        assert!(text.contains("backends = [{ backend = \"mock-a\", weight = 1 }, { backend = \"mock-b\", weight = 1 }]"));
+    }
+
+    #[test]
+    fn nginx_config_has_the_settings_that_matter() {
+        let files = NginxFiles {
+            pid: "/tmp/o/nginx.pid".into(),
+            error_log: "/tmp/o/err.log".into(),
+            temp: "/tmp/o/t".into(),
+        };
+        let text = nginx_config("127.0.0.1:9000".parse().unwrap(), &upstreams(), 2, &files);
+        for needle in [
+            "daemon off;",
+            "master_process on;",
+            "worker_processes 2;",
+            "pid /tmp/o/nginx.pid;",
+            "error_log /tmp/o/err.log",
+            "access_log off;",
+            "keepalive 64;",
+            "proxy_http_version 1.1;",
+            "proxy_set_header Connection \"\";",
+            "proxy_buffering off;",
+            "listen 127.0.0.1:9000;",
+            "server 127.0.0.1:18001;",
+            "server 127.0.0.1:18003;",
+            "location /openai/deployments/bench-stream/",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        assert_eq!(text.matches('{').count(), text.matches('}').count());
+    }
+
+    /// nginx itself accepts the config (`nginx -t`), when it is installed.
+    #[test]
+    fn nginx_accepts_the_config() {
+        let Some(nginx) = crate::compare::scenarios::find_on_path("nginx") else {
+            eprintln!("nginx not installed; skipped");
+            return;
+        };
+        let dir = std::env::temp_dir().join(format!("sluice-bench-nginx-t-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("t")).unwrap();
+        let files = NginxFiles {
+            pid: dir.join("nginx.pid"),
+            error_log: dir.join("error.log"),
+            temp: dir.join("t"),
+        };
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            nginx_config("127.0.0.1:9".parse().unwrap(), &upstreams(), 1, &files),
+        )
+        .unwrap();
+        let out = Command::new(nginx)
+            .arg("-t")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(&files.error_log)
+            .arg("-c")
+            .arg(&conf)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn driver_from_the_startup_line() {
+        let log = "2026-01-01T00:00:00Z  INFO sluice: sluice started workers=1 driver=io_uring \
+                   listen=127.0.0.1:1 config=x.toml\n";
+        assert_eq!(parse_driver(log).as_deref(), Some("io_uring"));
+        assert_eq!(parse_driver("nothing yet\n"), None);
+    }
+
+    #[test]
+    fn client_paths_are_the_azure_form() {
+        assert_eq!(
+            client_path(DEPLOYMENT),
+            "/openai/deployments/bench/chat/completions?api-version=2024-10-21"
+        );
+    }
+}

@@ -1,0 +1,43 @@
+//! `sluice-bench`: the load-testing suite. `mock` runs the mock OpenAI backend, `load` runs
+//! the load generator against any URL, `compare` runs the side-by-side scenarios (direct
+//! mock, Sluice passthrough, Sluice full chain, nginx) and writes the report.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Sluice's bench suite.
+#[derive(Parser, Debug)]
+#[command(name = "sluice-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+// Parsed once at startup; boxing the arguments would buy nothing.
+#[allow(clippy::large_enum_variant)]
+enum Command {
+    /// Run the mock OpenAI backend (chat, completions, embeddings, models) with fault knobs.
+    Mock(sluice_bench::mock_server::MockArgs),
+    /// Load a URL, open-loop at a constant rate or closed-loop for peak throughput.
+    Load(sluice_bench::load::LoadArgs),
+    /// Compare direct mock, Sluice passthrough, Sluice full chain and nginx; write a report.
+    Compare(sluice_bench::compare::CompareArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Mock(args) => sluice_bench::mock_server::run(args),
+        Command::Load(args) => sluice_bench::load::run_cli(args),
+        Command::Compare(args) => sluice_bench::compare::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

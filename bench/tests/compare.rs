@@ -1,0 +1,93 @@
+//! `sluice-bench compare --quick` end to end: the real binary against the real `sluice`
+//! binary (built beside it by `cargo test --workspace`) and the in-process mocks, without
+//! nginx. It checks that the run completes and writes its three files; it never asserts
+//! figures (they depend on the machine).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "sluice-bench-compare-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn quick_compare_writes_report_json_and_plot() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_sluice-bench"));
+    let sluice = bench
+        .parent()
+        .expect("target dir")
+        .join(format!("sluice{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        sluice.is_file(),
+        "{} is missing: build it with `cargo build -p sluice` (cargo test --workspace does)",
+        sluice.display()
+    );
+    let out = TempDir::new();
+    let started = Instant::now();
+    let run = Command::new(&bench)
+        .args(["compare", "--quick", "--no-nginx", "--out"])
+        .arg(&out.0)
+        .arg("--sluice")
+        .arg(&sluice)
+        .output()
+        .expect("run sluice-bench compare");
+    let took = started.elapsed();
+    assert!(
+        run.status.success(),
+        "compare failed ({}):\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(took < Duration::from_secs(60), "--quick took {took:?}");
+
+    let report = std::fs::read_to_string(out.0.join("report.md")).expect("report.md");
+    assert!(report.contains("## Goals"));
+    for target in ["direct", "sluice-passthrough", "sluice-full-chain"] {
+        assert!(report.contains(target), "report.md lacks {target}");
+    }
+
+    let json = std::fs::read_to_string(out.0.join("results.json")).expect("results.json");
+    let results: serde_json::Value = serde_json::from_str(&json).expect("results.json parses");
+    let targets = results["targets"].as_array().expect("targets array");
+    assert_eq!(
+        targets.len(),
+        3,
+        "three targets (nginx skipped by --no-nginx)"
+    );
+    assert!(results["goals"].as_array().is_some_and(|g| !g.is_empty()));
+
+    let svg = std::fs::read_to_string(out.0.join("latency.svg")).expect("latency.svg");
+    assert!(
+        svg.starts_with("<svg"),
+        "latency.svg does not start with <svg"
+    );
+    assert!(svg.trim_end().ends_with("</svg>"));
+    for target in ["direct", "sluice-passthrough", "sluice-full-chain"] {
+        assert!(
+            svg.contains(&format!("<path data-target=\"{target}\"")),
+            "latency.svg has no path for {target}"
+        );
+    }
+}
