@@ -448,9 +448,20 @@ fn write_outputs(
         out.join("results.json"),
         serde_json::to_string_pretty(results)?,
     )?;
-    std::fs::write(out.join("latency.svg"), plot::latency_svg(&title, &series))?;
+    let svg = plot::latency_svg(&title, &series);
+    std::fs::write(out.join("latency.svg"), &svg)?;
     if let Some(path) = update_results {
-        std::fs::write(path, &markdown).with_context(|| format!("writing {}", path.display()))?;
+        // The committed report keeps its plot beside it (`RESULTS-latency.svg` next to
+        // `RESULTS.md`) and links to it, so the repository shows both.
+        let stem = path
+            .file_stem()
+            .map_or_else(|| "results".into(), |s| s.to_string_lossy());
+        let svg_name = format!("{stem}-latency.svg");
+        let svg_path = path.with_file_name(&svg_name);
+        std::fs::write(&svg_path, &svg)
+            .with_context(|| format!("writing {}", svg_path.display()))?;
+        let linked = markdown.replace("`latency.svg`", &format!("[`{svg_name}`]({svg_name})"));
+        std::fs::write(path, linked).with_context(|| format!("writing {}", path.display()))?;
     }
     println!("{markdown}");
     eprintln!(
