@@ -6,6 +6,8 @@
 //! a new snapshot and swaps it whole; requests in flight keep the one they started with.
 //! State that must outlive a swap (backend health) is carried over on purpose by
 //! [`crate::config::compile`] when a backend keeps its name and address.
+//!
+//! Identity and limits (products, subscriptions, JWT issuers, limits) are in [`access`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -15,6 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::health::BackendHealth;
+
+pub mod access;
+
+pub use access::{Access, LimitId, TokenSettings};
 
 /// Index of a backend in [`Snapshot::backends`].
 pub type BackendId = usize;
