@@ -39,6 +39,9 @@ pub struct Snapshot {
     pub deployments: HashMap<String, Deployment>,
     /// Deployment names in the order they appear in the file (for `GET /v1/models`).
     pub deployment_order: Vec<String>,
+    /// Products, subscriptions, JWT issuers and every limit. Auth is on when
+    /// [`Access::auth_enabled`].
+    pub access: Access,
 }
 
 /// `[server]`: listeners, workers, limits and timeouts.
@@ -209,6 +212,11 @@ pub struct Deployment {
     pub name: String,
     /// Its backends with weights and priorities.
     pub pool: Vec<PoolMember>,
+    /// Its own limits (ids in [`Access::limits`]), in file order; they apply to every
+    /// request to it, whoever sends it.
+    pub limits: Vec<LimitId>,
+    /// How its tokens are estimated and accounted.
+    pub tokens: TokenSettings,
 }
 
 /// One backend's place in a deployment's pool.
