@@ -900,6 +900,7 @@ backends = [{ backend = "m" }, { backend = "a" }]
             load(&path, None).unwrap().deployment_order,
             snapshot.deployment_order
         );
+        access::assert_demo_access(&snapshot, true);
     }
 
     #[test]
@@ -924,6 +925,7 @@ backends = [{ backend = "m" }, { backend = "a" }]
             })
             .collect();
         assert_eq!(ports, [18001, 18002]);
+        access::assert_demo_access(&snapshot, false);
         // Without the keys it names both variables.
         let errors = load_str(&path, &text, &|_| None, None).unwrap_err();
         assert_eq!(errors.0.len(), 2);

@@ -733,3 +733,47 @@ keys = ["sha256:00"]
         ]
     );
 }
+
+/// What both examples promise: product `demo` on every deployment and operation with a
+/// request and a token rate limit, and subscription `demo` whose one key is
+/// `sluice-demo-key`.
+pub(super) fn assert_demo_access(snapshot: &Snapshot, trace: bool) {
+    let access = &snapshot.access;
+    assert!(access.auth_enabled());
+    assert_eq!(access.products.len(), 1);
+    let product = &access.products[0];
+    assert_eq!(product.name, "demo");
+    assert_eq!(product.deployments, DeploymentSet::All);
+    assert_eq!(product.operations, OperationSet::all());
+    assert_eq!(product.trace, trace);
+    let units: Vec<_> = product
+        .limits
+        .iter()
+        .map(|&id| {
+            let limit = &access.limits[id];
+            assert_eq!(limit.scope, LimitScope::Subscription);
+            assert!(!limit.shadow);
+            assert!(matches!(limit.window, LimitWindow::Rate { .. }));
+            limit.unit
+        })
+        .collect();
+    assert_eq!(units, [LimitUnit::Requests, LimitUnit::Tokens]);
+    let demo = parse_digest(DEMO_KEY_HASH);
+    assert_eq!(
+        access.subscriptions,
+        [Subscription {
+            name: "demo".to_string(),
+            product: 0,
+            keys: vec![demo],
+            revoked_keys: vec![],
+            jwt_claim_values: vec![],
+        }]
+    );
+    assert_eq!(
+        access.key(&demo),
+        Some(KeyEntry {
+            subscription: 0,
+            revoked: false
+        })
+    );
+}
