@@ -6,6 +6,8 @@
 //! a new snapshot and swaps it whole; requests in flight keep the one they started with.
 //! State that must outlive a swap (backend health) is carried over on purpose by
 //! [`crate::config::compile`] when a backend keeps its name and address.
+//!
+//! Identity and limits (products, subscriptions, JWT issuers, limits) are in [`access`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -15,6 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::health::BackendHealth;
+
+pub mod access;
+
+pub use access::{Access, LimitId, TokenSettings};
 
 /// Index of a backend in [`Snapshot::backends`].
 pub type BackendId = usize;
@@ -33,6 +39,9 @@ pub struct Snapshot {
     pub deployments: HashMap<String, Deployment>,
     /// Deployment names in the order they appear in the file (for `GET /v1/models`).
     pub deployment_order: Vec<String>,
+    /// Products, subscriptions, JWT issuers and every limit. Auth is on when
+    /// [`Access::auth_enabled`].
+    pub access: Access,
 }
 
 /// `[server]`: listeners, workers, limits and timeouts.
@@ -203,6 +212,11 @@ pub struct Deployment {
     pub name: String,
     /// Its backends with weights and priorities.
     pub pool: Vec<PoolMember>,
+    /// Its own limits (ids in [`Access::limits`]), in file order; they apply to every
+    /// request to it, whoever sends it.
+    pub limits: Vec<LimitId>,
+    /// How its tokens are estimated and accounted.
+    pub tokens: TokenSettings,
 }
 
 /// One backend's place in a deployment's pool.

@@ -3,7 +3,9 @@
 //! over from the previous snapshot.
 //!
 //! Every check runs even after one fails, so a single `--check` lists every problem. The
-//! environment and the resolver are parameters: the compiler itself does no I/O.
+//! environment, the resolver and key-file reading are parameters: the compiler itself does
+//! no I/O. Products, subscriptions, JWT issuers and limits are compiled by
+//! [`super::access`].
 
 use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddr, ToSocketAddrs};
@@ -14,13 +16,14 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::access::{compile_access, ReadFile};
 use super::error::Reporter;
 use super::schema::{BackendSection, ConfigFile, DeploymentSection, ServerSection};
 use crate::health::BackendHealth;
 use crate::mock::MockSettings;
 use crate::snapshot::{
     AzureBackend, Backend, BackendKind, Deployment, HttpLimits, HttpUpstream, OpenAiBackend,
-    PoolMember, Secret, ServerSettings, Snapshot, Timeouts,
+    PoolMember, Secret, ServerSettings, Snapshot, Timeouts, TokenSettings,
 };
 
 /// The `api-version` sent to Azure when the config names none.
@@ -55,6 +58,7 @@ pub(crate) fn compile(
     report: &mut Reporter<'_>,
     env: EnvLookup<'_>,
     resolve: Resolve<'_>,
+    read: ReadFile<'_>,
     previous: Option<&Snapshot>,
 ) -> Option<Snapshot> {
     let server = compile_server(&file.server, report);
@@ -81,7 +85,8 @@ pub(crate) fn compile(
         kinds.push(compile_backend(section, &field, report, env, resolve));
     }
 
-    let deployments = compile_deployments(&file.deployment, &backend_ids, report);
+    let mut deployments = compile_deployments(&file.deployment, &backend_ids, report);
+    let access = compile_access(source, file, &mut deployments, report, env, read);
 
     if !report.is_empty() {
         return None;
@@ -114,6 +119,7 @@ pub(crate) fn compile(
         backends,
         deployments,
         deployment_order,
+        access,
     })
 }
 
@@ -809,6 +815,9 @@ fn compile_deployments(
         deployments.push(Deployment {
             name: d.name.get_ref().clone(),
             pool,
+            // Filled in by `compile_access`.
+            limits: Vec::new(),
+            tokens: TokenSettings::default(),
         });
     }
     deployments
@@ -824,7 +833,11 @@ fn article(kind: &str) -> &'static str {
 }
 
 /// Reports an empty string; returns whether the value is usable.
-fn check_not_empty(report: &mut Reporter<'_>, value: &Spanned<String>, field: &str) -> bool {
+pub(crate) fn check_not_empty(
+    report: &mut Reporter<'_>,
+    value: &Spanned<String>,
+    field: &str,
+) -> bool {
     if value.get_ref().is_empty() {
         report.at(value.span(), field, "must not be empty");
         false
@@ -833,7 +846,7 @@ fn check_not_empty(report: &mut Reporter<'_>, value: &Spanned<String>, field: &s
     }
 }
 
-fn line_of<T>(report: &Reporter<'_>, value: &Spanned<T>) -> usize {
+pub(crate) fn line_of<T>(report: &Reporter<'_>, value: &Spanned<T>) -> usize {
     report.line_column(value.span().start).0
 }
 

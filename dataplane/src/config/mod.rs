@@ -4,10 +4,12 @@
 //! Three steps. [`schema`] parses the text with serde into structs that deny unknown keys;
 //! a syntax or type error stops there as a single error, located with the field path found
 //! from its byte offset. [`compile`] then checks meaning — names, references, kinds, URLs,
-//! sizes, durations, environment variables — collecting every error, and builds the snapshot.
+//! sizes, durations, environment variables, key files — collecting every error, and builds
+//! the snapshot.
 //! It runs at startup and on reload, never on the request path; a reload passes the running
 //! snapshot so backend health carries over.
 
+mod access;
 mod compile;
 mod error;
 mod schema;
@@ -44,22 +46,31 @@ pub fn load(path: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, Config
 }
 
 /// Compiles config `text` as if read from `path`, looking environment variables up with
-/// `env` (tests inject a map). Upstream hosts resolve with the system resolver. See [`load`].
+/// `env` (tests inject a map). Upstream hosts resolve with the system resolver; key files
+/// named by `[[jwt]]` keys are read from disk, relative to `path`'s folder. See [`load`].
 pub fn load_str(
     path: &Path,
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, ConfigErrors> {
-    load_str_with(path, text, env, &compile::system_resolve, previous)
+    load_str_with(
+        path,
+        text,
+        env,
+        &compile::system_resolve,
+        &access::system_read,
+        previous,
+    )
 }
 
-/// [`load_str`] with an injectable resolver.
+/// [`load_str`] with an injectable resolver and key-file reader.
 pub(crate) fn load_str_with(
     path: &Path,
     text: &str,
     env: compile::EnvLookup<'_>,
     resolve: compile::Resolve<'_>,
+    read: access::ReadFile<'_>,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, ConfigErrors> {
     let mut report = Reporter::new(path, text);
@@ -72,7 +83,7 @@ pub(crate) fn load_str_with(
             return Err(report.finish());
         }
     };
-    match compile::compile(path, &file, &mut report, env, resolve, previous) {
+    match compile::compile(path, &file, &mut report, env, resolve, read, previous) {
         Some(snapshot) if report.is_empty() => Ok(snapshot),
         _ => Err(report.finish()),
     }
@@ -211,6 +222,8 @@ mod toml_path {
 
 #[cfg(test)]
 mod tests {
+    mod access;
+
     use std::net::SocketAddr;
     use std::path::PathBuf;
     use std::sync::Arc;
@@ -230,7 +243,25 @@ mod tests {
             "AOAI_KEY_2" => Some("key-two-secret".to_string()),
             "OPENAI_API_KEY" => Some("sk-secret".to_string()),
             "EMPTY_KEY" => Some(String::new()),
+            "JWT_HS_SECRET" => Some("an-hmac-secret-of-32-bytes-or-so!".to_string()),
+            "SHORT_SECRET" => Some("short".to_string()),
             _ => None,
+        }
+    }
+
+    const PEM: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n";
+    const JWKS: &str = r#"{"keys":[{"kty":"RSA","kid":"a","n":"sXch","e":"AQAB"}]}"#;
+
+    /// Key files as if on disk next to `sluice.toml`.
+    fn read(path: &Path) -> Result<String, String> {
+        match path.to_str() {
+            Some("keys/entra.pem") => Ok(PEM.to_string()),
+            Some("keys/jwks.json") => Ok(JWKS.to_string()),
+            Some("keys/private.pem") => {
+                Ok("-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----\n".to_string())
+            }
+            Some("keys/bad.json") => Ok(r#"{"keys": 3}"#.to_string()),
+            _ => Err("No such file or directory (os error 2)".to_string()),
         }
     }
 
@@ -250,7 +281,7 @@ mod tests {
         text: &str,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, ConfigErrors> {
-        load_str_with(Path::new(FILE), text, &env, &resolve, previous)
+        load_str_with(Path::new(FILE), text, &env, &resolve, &read, previous)
     }
 
     fn compile(text: &str) -> Result<Snapshot, ConfigErrors> {
@@ -527,7 +558,7 @@ backends = [{ backend = "m" }, { backend = "a" }, { backend = "o" }]
         );
         assert_error(
             &format!("[server.limit]\nmax_body = 1\n{MOCK_DEPLOYMENT}"),
-            "sluice.toml:1:9: server.limit: unknown field `limit`, expected one of `listen`, `workers`, `shutdown_grace`, `limits`, `timeouts`",
+            "sluice.toml:1:9: server.limit: unknown field `limit`, expected one of `listen`, `workers`, `shutdown_grace`, `limits`, `timeouts`, `trace_header`, `client_ip_limits`",
         );
     }
 
@@ -869,6 +900,7 @@ backends = [{ backend = "m" }, { backend = "a" }]
             load(&path, None).unwrap().deployment_order,
             snapshot.deployment_order
         );
+        access::assert_demo_access(&snapshot, true);
     }
 
     #[test]
@@ -893,6 +925,7 @@ backends = [{ backend = "m" }, { backend = "a" }]
             })
             .collect();
         assert_eq!(ports, [18001, 18002]);
+        access::assert_demo_access(&snapshot, false);
         // Without the keys it names both variables.
         let errors = load_str(&path, &text, &|_| None, None).unwrap_err();
         assert_eq!(errors.0.len(), 2);

@@ -6,8 +6,13 @@
 //! is checked by [`super::compile`], which can then report every misplaced field at once
 //! instead of serde's first.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use toml::Spanned;
+
+/// A list whose position and items can each be pointed at.
+pub(crate) type SpannedList<T> = Spanned<Vec<Spanned<T>>>;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -19,6 +24,12 @@ pub(crate) struct ConfigFile {
     pub backend: Vec<Spanned<BackendSection>>,
     #[serde(default)]
     pub deployment: Vec<Spanned<DeploymentSection>>,
+    #[serde(default)]
+    pub product: Vec<Spanned<ProductSection>>,
+    #[serde(default)]
+    pub subscription: Vec<Spanned<SubscriptionSection>>,
+    #[serde(default)]
+    pub jwt: Vec<Spanned<JwtSection>>,
 }
 
 /// `[server]`.
@@ -32,6 +43,8 @@ pub(crate) struct ServerSection {
     pub limits: LimitsSection,
     #[serde(default)]
     pub timeouts: TimeoutsSection,
+    pub trace_header: Option<bool>,
+    pub client_ip_limits: Option<SpannedList<LimitEntry>>,
 }
 
 /// `[server.limits]`.
@@ -82,6 +95,80 @@ pub(crate) struct BackendSection {
 pub(crate) struct DeploymentSection {
     pub name: Spanned<String>,
     pub backends: Option<Spanned<Vec<Spanned<PoolEntry>>>>,
+    pub limits: Option<SpannedList<LimitEntry>>,
+    pub tokens: Option<Spanned<TokensSection>>,
+}
+
+/// A deployment's `tokens = { … }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokensSection {
+    pub estimator: Option<Spanned<String>>,
+    pub family: Option<Spanned<String>>,
+    pub default_max_tokens: Option<Spanned<u32>>,
+    pub stream_usage: Option<bool>,
+}
+
+/// One entry of a `limits` list (products, deployments, `server.client_ip_limits`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitEntry {
+    pub unit: Spanned<String>,
+    pub rate: Option<Spanned<u64>>,
+    pub quota: Option<Spanned<u64>>,
+    pub per: Spanned<String>,
+    pub burst: Option<Spanned<u64>>,
+    pub scope: Option<Spanned<String>>,
+    pub shadow: Option<bool>,
+}
+
+/// One `[[product]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProductSection {
+    pub name: Spanned<String>,
+    pub deployments: Option<SpannedList<String>>,
+    pub operations: Option<SpannedList<String>>,
+    pub trace: Option<bool>,
+    pub limits: Option<SpannedList<LimitEntry>>,
+}
+
+/// One `[[subscription]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SubscriptionSection {
+    pub name: Spanned<String>,
+    pub product: Spanned<String>,
+    pub keys: Option<SpannedList<String>>,
+    pub revoked_keys: Option<SpannedList<String>>,
+    pub jwt_claim_values: Option<SpannedList<String>>,
+}
+
+/// One `[[jwt]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JwtSection {
+    pub name: Spanned<String>,
+    pub issuer: Spanned<String>,
+    pub audiences: Option<SpannedList<String>>,
+    pub subscription_claim: Spanned<String>,
+    pub leeway: Option<Spanned<String>>,
+    pub require: Option<SpannedList<String>>,
+    pub required_claims: Option<BTreeMap<Spanned<String>, SpannedList<String>>>,
+    pub keys: Option<SpannedList<JwtKeyEntry>>,
+}
+
+/// One entry of a `[[jwt]]`'s `keys`: exactly one of the four sources, checked later.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JwtKeyEntry {
+    pub kid: Option<Spanned<String>>,
+    pub algorithms: Option<SpannedList<String>>,
+    pub public_key_file: Option<Spanned<String>>,
+    pub secret_env: Option<Spanned<String>>,
+    pub jwks_file: Option<Spanned<String>>,
+    pub jwks_url: Option<Spanned<String>>,
+    pub refresh: Option<Spanned<String>>,
 }
 
 /// One entry of a deployment's `backends` list.

@@ -1,0 +1,597 @@
+//! Who may call and how much: products, subscriptions, JWT issuers and limits, compiled from
+//! `[[product]]`, `[[subscription]]`, `[[jwt]]`, the `limits` of products and deployments and
+//! `[server] client_ip_limits`.
+//!
+//! Plain immutable data, like the rest of the [`Snapshot`](super::Snapshot): the key table
+//! holds decoded SHA-256 digests, every limit sits once in [`Access::limits`] under a
+//! [`LimitId`], and key material (PEM text, JWKS documents, HMAC secrets) was read when the
+//! config was compiled, so a reload picks up new files. Building limiters and validators from
+//! it, and carrying limiter state across reloads, is the server's business.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::Secret;
+use crate::route::Operation;
+
+/// Index of a product in [`Access::products`].
+pub type ProductId = usize;
+/// Index of a subscription in [`Access::subscriptions`].
+pub type SubscriptionId = usize;
+/// Index of a limit in [`Access::limits`]; stable within one snapshot.
+pub type LimitId = usize;
+
+/// Everything about identity and limits. Default: no products, subscriptions or issuers, so
+/// auth is off; trace header honoured.
+#[derive(Debug)]
+pub struct Access {
+    /// Every `[[product]]`, in file order, indexed by [`ProductId`].
+    pub products: Vec<Product>,
+    /// Every `[[subscription]]`, in file order, indexed by [`SubscriptionId`].
+    pub subscriptions: Vec<Subscription>,
+    /// Every key hash of every subscription (live and revoked) → whose it is.
+    pub keys: HashMap<KeyDigest, KeyEntry>,
+    /// Every `jwt_claim_values` entry → its subscription. A token's value of its issuer's
+    /// [`JwtIssuer::subscription_claim`] is looked up here.
+    pub claim_values: HashMap<String, SubscriptionId>,
+    /// Every `[[jwt]]`, in file order.
+    pub jwt: Vec<JwtIssuer>,
+    /// Every limit in the file, indexed by [`LimitId`]: products' (in product order), then
+    /// deployments', then the server's client-IP limits.
+    pub limits: Vec<Limit>,
+    /// `[server] client_ip_limits`: apply to every request, authenticated or not.
+    pub client_ip_limits: Vec<LimitId>,
+    /// `[server] trace_header`: whether `Ocp-Apim-Trace: true` / `x-sluice-trace: true` get a
+    /// trace header back (for subscriptions whose product has `trace = true`). Default true.
+    pub trace_header: bool,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Self {
+            products: Vec::new(),
+            subscriptions: Vec::new(),
+            keys: HashMap::new(),
+            claim_values: HashMap::new(),
+            jwt: Vec::new(),
+            limits: Vec::new(),
+            client_ip_limits: Vec::new(),
+            trace_header: true,
+        }
+    }
+}
+
+impl Access {
+    /// Whether requests need credentials: true as soon as the file has one subscription or
+    /// one JWT issuer. Then every route (`GET /v1/models` too) answers 401 without them.
+    pub fn auth_enabled(&self) -> bool {
+        !self.subscriptions.is_empty() || !self.jwt.is_empty()
+    }
+
+    /// The subscription a key hash belongs to, live or revoked.
+    pub fn key(&self, digest: &KeyDigest) -> Option<KeyEntry> {
+        self.keys.get(digest).copied()
+    }
+
+    /// A limit by id.
+    pub fn limit(&self, id: LimitId) -> Option<&Limit> {
+        self.limits.get(id)
+    }
+}
+
+/// A SHA-256 digest of a subscription key (`sha256:<64 hex>` in the config).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyDigest(pub [u8; 32]);
+
+impl KeyDigest {
+    /// The 32 digest bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for KeyDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("sha256:")?;
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a key hash leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyEntry {
+    /// The subscription listing it.
+    pub subscription: SubscriptionId,
+    /// Listed in `revoked_keys`: the key is known but refused (401).
+    pub revoked: bool,
+}
+
+/// A `[[product]]`: what its subscriptions may call, and how much.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Product {
+    /// Its name in the config.
+    pub name: String,
+    /// The deployments it allows. Default all.
+    pub deployments: DeploymentSet,
+    /// The operations it allows. Default all.
+    pub operations: OperationSet,
+    /// Whether its subscriptions may ask for the trace header. Default false.
+    pub trace: bool,
+    /// Its limits, in file order.
+    pub limits: Vec<LimitId>,
+}
+
+/// The deployments a product allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeploymentSet {
+    /// `["*"]`: every deployment, including ones added later by a reload.
+    All,
+    /// These deployment names (each one checked to exist), in file order.
+    Only(Vec<String>),
+}
+
+impl DeploymentSet {
+    /// Whether the deployment named `name` is allowed.
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            DeploymentSet::All => true,
+            DeploymentSet::Only(names) => names.iter().any(|n| n == name),
+        }
+    }
+}
+
+/// A set of [`Operation`]s, one bit each.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OperationSet(u8);
+
+impl OperationSet {
+    /// Every operation, in config-name order.
+    pub const OPERATIONS: [Operation; 5] = [
+        Operation::ChatCompletions,
+        Operation::Completions,
+        Operation::Embeddings,
+        Operation::Responses,
+        Operation::Models,
+    ];
+
+    /// No operation.
+    pub const fn empty() -> Self {
+        Self(0)
+    }
+
+    /// Every operation.
+    pub fn all() -> Self {
+        Self::OPERATIONS
+            .iter()
+            .fold(Self::empty(), |set, &op| set.with(op))
+    }
+
+    /// This set and `op`.
+    #[must_use]
+    pub const fn with(self, op: Operation) -> Self {
+        Self(self.0 | Self::bit(op))
+    }
+
+    /// Whether `op` is in the set.
+    pub const fn contains(self, op: Operation) -> bool {
+        self.0 & Self::bit(op) != 0
+    }
+
+    /// Whether the set is empty.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    const fn bit(op: Operation) -> u8 {
+        match op {
+            Operation::ChatCompletions => 1,
+            Operation::Completions => 2,
+            Operation::Embeddings => 4,
+            Operation::Responses => 8,
+            Operation::Models => 16,
+        }
+    }
+
+    /// The name an operation has in a product's `operations` list.
+    pub fn config_name(op: Operation) -> &'static str {
+        match op {
+            Operation::ChatCompletions => "chat",
+            Operation::Completions => "completions",
+            Operation::Embeddings => "embeddings",
+            Operation::Responses => "responses",
+            Operation::Models => "models",
+        }
+    }
+
+    /// The operation named `name` in a product's `operations` list.
+    pub fn from_config_name(name: &str) -> Option<Operation> {
+        Self::OPERATIONS
+            .into_iter()
+            .find(|&op| Self::config_name(op) == name)
+    }
+}
+
+impl fmt::Debug for OperationSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set()
+            .entries(
+                Self::OPERATIONS
+                    .iter()
+                    .filter(|&&op| self.contains(op))
+                    .map(|&op| Self::config_name(op)),
+            )
+            .finish()
+    }
+}
+
+/// A `[[subscription]]`: a consumer of a product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// Its name in the config (logs, trace, limiter keys).
+    pub name: String,
+    /// Its product.
+    pub product: ProductId,
+    /// Hashes of its live keys.
+    pub keys: Vec<KeyDigest>,
+    /// Hashes of its revoked keys.
+    pub revoked_keys: Vec<KeyDigest>,
+    /// Values of a JWT issuer's `subscription_claim` that select it.
+    pub jwt_claim_values: Vec<String>,
+}
+
+/// One limit: what it counts, over which window, and whose requests share a counter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    /// Its index in [`Access::limits`].
+    pub id: LimitId,
+    /// Where it was written, e.g. `product:standard#0` (the owner and the position in its
+    /// `limits` list): for logs and the trace header, and to recognise the same limit in
+    /// the next snapshot.
+    pub label: String,
+    /// Who declared it.
+    pub owner: LimitOwner,
+    /// Whose requests share one counter.
+    pub scope: LimitScope,
+    /// What is counted.
+    pub unit: LimitUnit,
+    /// How much, over what.
+    pub window: LimitWindow,
+    /// Dry run: count and log what would be refused, refuse nothing. Default false.
+    pub shadow: bool,
+}
+
+/// The config table a limit comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitOwner {
+    /// A product's `limits`: applies to requests of its subscriptions.
+    Product(ProductId),
+    /// A deployment's `limits` (by deployment name): applies to requests to it.
+    Deployment(String),
+    /// `[server] client_ip_limits`: applies to every request.
+    Server,
+}
+
+/// Whose requests share one counter of a limit (each limit has its own counters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitScope {
+    /// One counter per subscription (products only; the default there).
+    Subscription,
+    /// One counter per subscription and deployment.
+    SubscriptionDeployment,
+    /// One counter for the whole deployment (deployments only; the default there).
+    Deployment,
+    /// One counter per value of this JWT claim (e.g. `oid`); requests without the claim
+    /// (an api-key, or a token lacking it) are not counted by the limit.
+    Claim(String),
+    /// One counter per client IP address (`[server] client_ip_limits` only).
+    ClientIp,
+}
+
+/// What a limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitUnit {
+    /// Requests.
+    Requests,
+    /// Model tokens (prompt + completion; reserved by estimate, settled from `usage`).
+    Tokens,
+}
+
+/// A limit's amount and window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitWindow {
+    /// A smooth rate: `rate` per `per`, at most `burst` at once (the bucket's size, also the
+    /// largest single cost that can pass). Over any window of one `per`, at most
+    /// `rate + burst` are admitted. `burst` defaults to `rate`.
+    Rate {
+        /// Units per period (≥ 1).
+        rate: u64,
+        /// The period.
+        per: RatePeriod,
+        /// The bucket's size (≥ 1).
+        burst: u64,
+    },
+    /// A fixed calendar window (UTC): at most `quota` per `per`, reset at its start.
+    Quota {
+        /// Units per window (≥ 1).
+        quota: u64,
+        /// The window.
+        per: QuotaPeriod,
+    },
+}
+
+/// The period of a rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RatePeriod {
+    /// One second.
+    Second,
+    /// One minute.
+    Minute,
+}
+
+impl RatePeriod {
+    /// The period's length.
+    pub fn duration(self) -> Duration {
+        match self {
+            RatePeriod::Second => Duration::from_secs(1),
+            RatePeriod::Minute => Duration::from_secs(60),
+        }
+    }
+}
+
+/// The calendar window of a quota (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaPeriod {
+    /// From hh:00:00 to the next hour.
+    Hour,
+    /// From midnight to midnight.
+    Day,
+    /// From the 1st at midnight to the 1st of the next month.
+    Month,
+}
+
+/// A deployment's token accounting (`tokens = { … }` on a `[[deployment]]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenSettings {
+    /// How prompt tokens are estimated at admission. Default [`Estimator::Bpe`].
+    pub estimator: Estimator,
+    /// The BPE vocabulary; `None` (the default): inferred from the model name.
+    pub family: Option<TokenizerFamily>,
+    /// Completion tokens reserved when a request sets no `max_tokens` /
+    /// `max_completion_tokens`. Default [`DEFAULT_MAX_TOKENS`].
+    pub default_max_tokens: u32,
+    /// Ask a streaming backend for usage (`stream_options.include_usage`) when the client
+    /// did not, and drop that extra chunk before the client sees it. Default true.
+    pub stream_usage: bool,
+}
+
+/// Completion tokens reserved for a request that sets no maximum, by default.
+pub const DEFAULT_MAX_TOKENS: u32 = 1024;
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        Self {
+            estimator: Estimator::Bpe,
+            family: None,
+            default_max_tokens: DEFAULT_MAX_TOKENS,
+            stream_usage: true,
+        }
+    }
+}
+
+/// How prompt tokens are estimated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Estimator {
+    /// The model family's real BPE tokenizer.
+    Bpe,
+    /// About four characters per token: cheaper, rougher.
+    Heuristic,
+}
+
+/// A BPE vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenizerFamily {
+    /// `o200k_base` (gpt-4o, gpt-4.1, o-series).
+    O200k,
+    /// `cl100k_base` (gpt-4, gpt-3.5, text-embedding-*).
+    Cl100k,
+}
+
+/// A `[[jwt]]`: one trusted token issuer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtIssuer {
+    /// Its name in the config.
+    pub name: String,
+    /// The exact `iss` value expected.
+    pub issuer: String,
+    /// Accepted `aud` values (a token's `aud` must name one). Not empty when `aud` is
+    /// required.
+    pub audiences: Vec<String>,
+    /// The claim whose value picks the subscription, looked up in
+    /// [`Access::claim_values`].
+    pub subscription_claim: String,
+    /// Clock-skew allowance for `exp` and `nbf`. Default 60 s.
+    pub leeway: Duration,
+    /// Which registered claims a token must carry.
+    pub require: JwtRequire,
+    /// Claims that must hold one of the given values, in file order.
+    pub required_claims: Vec<RequiredClaim>,
+    /// Its keys (at least one), in file order.
+    pub keys: Vec<JwtKey>,
+}
+
+/// Registered claims a token must carry. `exp` and `nbf` are checked whenever present;
+/// `aud` and `iss`, when present, must match even if not required.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JwtRequire {
+    /// `exp`. Default true.
+    pub exp: bool,
+    /// `aud`. Default true.
+    pub aud: bool,
+    /// `iss`. Default true.
+    pub iss: bool,
+    /// `nbf`. Default false.
+    pub nbf: bool,
+}
+
+impl Default for JwtRequire {
+    fn default() -> Self {
+        Self {
+            exp: true,
+            aud: true,
+            iss: true,
+            nbf: false,
+        }
+    }
+}
+
+/// A claim that must be present and hold one of `values` (for an array claim such as
+/// `roles`, any element). No values: present with any value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequiredClaim {
+    /// The claim's name.
+    pub name: String,
+    /// The values allowed.
+    pub values: Vec<String>,
+}
+
+/// One key (or key set) of an issuer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtKey {
+    /// Matched against the token's `kid`; single keys only (a JWKS carries its own). `None`:
+    /// tried for any token.
+    pub kid: Option<String>,
+    /// The algorithms this key may verify (not empty; HS* exactly when the source is a
+    /// secret), in file order.
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// Where the key material is.
+    pub source: JwtKeySource,
+}
+
+/// Key material, read when the config was compiled (except a URL's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtKeySource {
+    /// `public_key_file`: a PEM public key (RSA or EC).
+    PublicKeyPem {
+        /// The file, resolved against the config file's folder.
+        path: PathBuf,
+        /// Its text.
+        pem: String,
+    },
+    /// `secret_env`: an HMAC secret (the variable's bytes).
+    Secret {
+        /// The environment variable's name.
+        env: String,
+        /// Its value.
+        secret: Secret,
+    },
+    /// `jwks_file`: a JWKS document.
+    JwksFile {
+        /// The file, resolved against the config file's folder.
+        path: PathBuf,
+        /// Its text (a JSON object with a non-empty `keys` array).
+        json: String,
+    },
+    /// `jwks_url`: a JWKS fetched over plain HTTP off the request path.
+    JwksUrl {
+        /// The `http://` URL.
+        url: String,
+        /// How often to refetch it. Default 10 min.
+        refresh: Duration,
+    },
+}
+
+/// How often a `jwks_url` is refetched by default.
+pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(600);
+/// The `exp`/`nbf` leeway by default.
+pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(60);
+
+/// A JWS signature algorithm a key may be pinned to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum JwtAlgorithm {
+    /// HMAC SHA-256.
+    HS256,
+    /// HMAC SHA-384.
+    HS384,
+    /// HMAC SHA-512.
+    HS512,
+    /// RSASSA-PKCS1-v1_5 SHA-256.
+    RS256,
+    /// RSASSA-PKCS1-v1_5 SHA-384.
+    RS384,
+    /// RSASSA-PKCS1-v1_5 SHA-512.
+    RS512,
+    /// ECDSA P-256 SHA-256.
+    ES256,
+    /// ECDSA P-384 SHA-384.
+    ES384,
+    /// RSASSA-PSS SHA-256.
+    PS256,
+}
+
+impl JwtAlgorithm {
+    /// Every algorithm, in the order the config reference lists them.
+    pub const ALL: [JwtAlgorithm; 9] = [
+        JwtAlgorithm::HS256,
+        JwtAlgorithm::HS384,
+        JwtAlgorithm::HS512,
+        JwtAlgorithm::RS256,
+        JwtAlgorithm::RS384,
+        JwtAlgorithm::RS512,
+        JwtAlgorithm::ES256,
+        JwtAlgorithm::ES384,
+        JwtAlgorithm::PS256,
+    ];
+
+    /// The JOSE name, e.g. `RS256`.
+    pub fn name(self) -> &'static str {
+        match self {
+            JwtAlgorithm::HS256 => "HS256",
+            JwtAlgorithm::HS384 => "HS384",
+            JwtAlgorithm::HS512 => "HS512",
+            JwtAlgorithm::RS256 => "RS256",
+            JwtAlgorithm::RS384 => "RS384",
+            JwtAlgorithm::RS512 => "RS512",
+            JwtAlgorithm::ES256 => "ES256",
+            JwtAlgorithm::ES384 => "ES384",
+            JwtAlgorithm::PS256 => "PS256",
+        }
+    }
+
+    /// The algorithm named exactly `name` (JOSE names are case-sensitive).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// Whether it is an HMAC algorithm (verified with a shared secret).
+    pub fn is_hmac(self) -> bool {
+        matches!(
+            self,
+            JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512
+        )
+    }
+
+    /// Whether it verifies with an RSA public key.
+    pub fn is_rsa(self) -> bool {
+        matches!(
+            self,
+            JwtAlgorithm::RS256 | JwtAlgorithm::RS384 | JwtAlgorithm::RS512 | JwtAlgorithm::PS256
+        )
+    }
+
+    /// The shortest HMAC secret accepted, in bytes (the hash's output size, RFC 7518 §3.2);
+    /// 0 for the others.
+    pub fn min_secret_len(self) -> usize {
+        match self {
+            JwtAlgorithm::HS256 => 32,
+            JwtAlgorithm::HS384 => 48,
+            JwtAlgorithm::HS512 => 64,
+            _ => 0,
+        }
+    }
+}
