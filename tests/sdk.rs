@@ -1,12 +1,15 @@
 //! Whole-process test with the official `openai` Python package: `OpenAI` and `AzureOpenAI`
 //! clients pointed at Sluice do chat, streaming chat (with and without usage) and embeddings
-//! against mock deployments (tests/sdk/openai_sdk.py).
+//! against mock deployments (tests/sdk/openai_sdk.py), and meets a rate limit and retries
+//! after its 429 (tests/sdk/openai_sdk_retry.py).
 //!
 //! The interpreter is `$SLUICE_TEST_PYTHON`, else `.venv/bin/python` at the workspace root
 //! (`.ci/run` makes it). Without one that can import `openai` the test is skipped with a
 //! message, except under CI (`CI` set), where it fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/access.rs"]
+mod access;
 mod support;
 
 use std::io::Write;
@@ -32,9 +35,10 @@ fn interpreter() -> Option<PathBuf> {
     ok.then_some(candidate)
 }
 
-#[test]
-fn openai_python_sdk_against_sluice() {
-    let Some(python) = interpreter() else {
+/// The interpreter, or `None` after printing why the test is skipped (a failure under CI).
+fn interpreter_or_skip(test: &str) -> Option<PathBuf> {
+    let python = interpreter();
+    if python.is_none() {
         let msg = "no Python with the `openai` package (set SLUICE_TEST_PYTHON or run .ci/run \
                    to make .venv)";
         if std::env::var_os("CI").is_some() {
@@ -42,16 +46,17 @@ fn openai_python_sdk_against_sluice() {
         }
         // Straight to the stderr handle: the test harness captures print!/eprint!, and a
         // skip must be seen.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED openai_python_sdk_against_sluice: {msg}"
-        );
-        return;
-    };
-    let s = Launch::new(MOCK_BODY).workers(2).start();
-    let script = workspace_root().join("tests/sdk/openai_sdk.py");
-    let mut child = Command::new(&python)
-        .arg(&script)
+        let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {msg}");
+    }
+    python
+}
+
+/// Runs `tests/sdk/{script}` against `s` with `env`, bounded to 60 s; returns its stdout
+/// after asserting it exited 0.
+fn run_script(python: &PathBuf, script: &str, s: &Sluice, env: &[(&str, &str)]) -> String {
+    let script = workspace_root().join("tests/sdk").join(script);
+    let mut cmd = Command::new(python);
+    cmd.arg(&script)
         .env("SLUICE_PORT", s.port.to_string())
         .env_remove("OPENAI_API_KEY")
         .env_remove("OPENAI_BASE_URL")
@@ -60,9 +65,11 @@ fn openai_python_sdk_against_sluice() {
         .env_remove("OPENAI_API_VERSION")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start python");
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start python");
 
     // Bound the script's run time: kill it if it takes longer than 60 s.
     let pid = child.id();
@@ -85,7 +92,40 @@ fn openai_python_sdk_against_sluice() {
     let (out, err) = (out.join().unwrap(), err.join().unwrap());
     assert!(
         status.success(),
-        "openai_sdk.py failed ({status})\nstdout:\n{out}\nstderr:\n{err}"
+        "{} failed ({status})\nstdout:\n{out}\nstderr:\n{err}",
+        script.display()
     );
+    out
+}
+
+#[test]
+fn openai_python_sdk_against_sluice() {
+    let Some(python) = interpreter_or_skip("openai_python_sdk_against_sluice") else {
+        return;
+    };
+    let s = Launch::new(MOCK_BODY).workers(2).start();
+    let out = run_script(&python, "openai_sdk.py", &s, &[]);
     assert!(out.contains("openai sdk checks passed"), "stdout:\n{out}");
+}
+
+/// A subscription limited to 1 request a second (burst 1): the SDK's second call gets a 429
+/// with Retry-After and its own retry succeeds after it (tests/sdk/openai_sdk_retry.py).
+#[test]
+fn openai_python_sdk_retries_after_a_429() {
+    let Some(python) = interpreter_or_skip("openai_python_sdk_retries_after_a_429") else {
+        return;
+    };
+    let key = "test-key-sdk-retry-subscription";
+    let body = format!(
+        "{MOCK_BODY}\n[[product]]\nname = \"tiny\"\n\
+         limits = [{{ unit = \"requests\", rate = 1, per = \"second\", burst = 1 }}]\n\n\
+         [[subscription]]\nname = \"sdk\"\nproduct = \"tiny\"\nkeys = [\"{}\"]\n",
+        access::key_hash(key)
+    );
+    let s = Launch::new(&body).start();
+    let out = run_script(&python, "openai_sdk_retry.py", &s, &[("SLUICE_KEY", key)]);
+    assert!(
+        out.contains("openai sdk retry checks passed"),
+        "stdout:\n{out}"
+    );
 }

@@ -1,0 +1,444 @@
+//! Whole-process tests of token accounting: a request reserves estimate(prompt) +
+//! max_tokens (× n) at admission and is reconciled to the answer's real usage afterwards.
+//!
+//! The proof of exactness: with a token quota (a fixed window, no refill), two identical
+//! requests A then B give `remaining(A) − remaining(B) == usage(A).total_tokens`, since B's
+//! reservation equals A's. The estimate itself is never hard-coded; only differences are.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/access.rs"]
+mod access;
+mod support;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::thread;
+use std::time::Duration;
+
+use access::*;
+use serde_json::{json, Value};
+use support::*;
+
+const KEY_A: &str = "test-key-accounting-team-a";
+const KEY_B: &str = "test-key-accounting-team-b";
+
+/// A quota large enough never to refuse, so `remaining` only shows what was charged.
+const BIG_QUOTA: i64 = 1_000_000;
+
+fn body_with(deployments: &str, product_extra: &str) -> String {
+    let mut body = String::from(deployments);
+    body.push_str(&product("p", product_extra));
+    body.push_str(&subscription("team-a", "p", &[KEY_A]));
+    body.push_str(&subscription("team-b", "p", &[KEY_B]));
+    body
+}
+
+fn quota_limits(quota: i64) -> String {
+    format!(r#"limits = [{{ unit = "tokens", quota = {quota}, per = "day" }}]"#)
+}
+
+fn start_quota(quota: i64) -> Sluice {
+    Launch::new(&body_with(MOCK_DEPLOYMENTS, &quota_limits(quota))).start()
+}
+
+/// Lets the gateway finish its book-keeping of a request whose answer the client has read
+/// to the end (the reconciliation may run just after the last byte is written).
+fn settle() {
+    thread::sleep(Duration::from_millis(30));
+}
+
+/// `chat_as`, then [`settle`].
+fn chat_settled(s: &Sluice, key: &str, body: &Value) -> Response {
+    let resp = chat_as(s, key, body);
+    settle();
+    resp
+}
+
+/// The plain chat (max_tokens 100), then [`settle`].
+fn chat1(s: &Sluice, key: &str) -> Response {
+    chat_settled(s, key, &chat_body(Some("gpt-4o"), false))
+}
+
+/// A chat request to gpt-4o with `extra` fields merged in.
+fn chat_with(extra: Value) -> Value {
+    let mut body = chat_body(Some("gpt-4o"), false);
+    for (k, v) in extra.as_object().expect("object") {
+        body[k] = v.clone();
+    }
+    body
+}
+
+/// A streamed chat as `key`: its head, its JSON chunks (before `[DONE]`, which it must end
+/// with).
+fn stream_chat(s: &Sluice, key: &str, body: &Value) -> (Head, Vec<Value>) {
+    let mut c = s.connect();
+    let bytes = serde_json::to_vec(body).unwrap();
+    let (head, mut sse) = c.stream(
+        "POST",
+        "/v1/chat/completions",
+        &[("Content-Type", "application/json"), ("api-key", key)],
+        &bytes,
+    );
+    assert_eq!(head.status(), 200, "{head:?}");
+    assert!(
+        head.header("content-type")
+            .is_some_and(|c| c.starts_with("text/event-stream")),
+        "{head:?}"
+    );
+    let events = sse.collect_rest();
+    let mut datas: Vec<&str> = events.iter().filter_map(|e| event_data(e)).collect();
+    assert_eq!(
+        datas.pop(),
+        Some("[DONE]"),
+        "the stream must end with data: [DONE]: {events:?}"
+    );
+    let chunks = datas
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("event not JSON ({e}): {d}")))
+        .collect();
+    (head, chunks)
+}
+
+fn head_remaining_tokens(head: &Head) -> i64 {
+    let v = head
+        .header("x-ratelimit-remaining-tokens")
+        .unwrap_or_else(|| panic!("no x-ratelimit-remaining-tokens: {:?}", head.headers));
+    v.parse().expect("integer")
+}
+
+/// Asserts the client saw no usage: no chunk with `choices: []`, none with a usage.
+fn assert_no_usage_chunk(chunks: &[Value]) {
+    assert!(!chunks.is_empty());
+    for c in chunks {
+        assert!(
+            c["usage"].is_null(),
+            "a usage chunk reached a client that did not ask: {c}"
+        );
+        assert!(
+            c["choices"].as_array().is_some_and(|a| !a.is_empty()),
+            "a chunk with no choices reached the client: {c}"
+        );
+    }
+}
+
+#[test]
+fn nonstreaming_chat_is_charged_its_real_usage() {
+    let s = start_quota(BIG_QUOTA);
+    let a = chat1(&s, KEY_A);
+    let ra = remaining_tokens(&a);
+    let ua = usage_total(&a.json());
+    let b = chat1(&s, KEY_A);
+    let rb = remaining_tokens(&b);
+    let ub = usage_total(&b.json());
+    assert_eq!(ua, ub, "the mock is deterministic");
+    assert_eq!(num_header(&a, "x-ratelimit-limit-tokens"), BIG_QUOTA);
+    // A's reservation (nothing was used before it) covers its max_tokens of 100 and more
+    // than it used: the difference was refunded.
+    let reserved = BIG_QUOTA - ra;
+    assert!(
+        reserved > 100 && reserved > ua,
+        "reservation {reserved}, usage {ua}"
+    );
+    assert_eq!(
+        ra - rb,
+        ua,
+        "remaining(A) − remaining(B) must be A's usage.total_tokens (reservation {reserved})"
+    );
+
+    // max_tokens 300 instead of 100 (same body length): 200 more reserved.
+    let c = chat_settled(&s, KEY_A, &chat_with(json!({"max_tokens": 300})));
+    let rc = remaining_tokens(&c);
+    assert_eq!(
+        rb - rc,
+        ub + 200,
+        "max_tokens 300 reserves 200 more than 100"
+    );
+    let d = chat1(&s, KEY_A);
+    let rd = remaining_tokens(&d);
+    assert_eq!(
+        rc - rd,
+        usage_total(&c.json()) - 200,
+        "C's unused 200 extra tokens are refunded"
+    );
+}
+
+#[test]
+fn n_multiplies_the_completion_reservation() {
+    let s = start_quota(BIG_QUOTA);
+    let one = chat_with(json!({"n": 1}));
+    let two = chat_with(json!({"n": 2}));
+    let a = chat_settled(&s, KEY_A, &one);
+    let ra = remaining_tokens(&a);
+    let b = chat_settled(&s, KEY_A, &two);
+    let rb = remaining_tokens(&b);
+    let ub = b.json();
+    assert_eq!(ub["choices"].as_array().map(Vec::len), Some(2), "{ub}");
+    let c = chat_settled(&s, KEY_A, &one);
+    let rc = remaining_tokens(&c);
+    assert_eq!(
+        ra - rb,
+        usage_total(&a.json()) + 100,
+        "n = 2 reserves max_tokens (100) once more"
+    );
+    assert_eq!(rb - rc, usage_total(&ub) - 100, "then is charged its usage");
+}
+
+#[test]
+fn streaming_chat_with_usage_requested_is_charged_its_usage() {
+    let s = start_quota(BIG_QUOTA);
+    let mut body = chat_body(Some("gpt-4o"), true);
+    body["stream_options"] = json!({"include_usage": true});
+    let (ha, ca) = stream_chat(&s, KEY_A, &body);
+    settle();
+    let (hb, cb) = stream_chat(&s, KEY_A, &body);
+    let last = ca.last().unwrap();
+    assert_eq!(last["choices"], json!([]), "usage chunk last: {last}");
+    let ua = usage_total(last);
+    assert_eq!(ua, usage_total(cb.last().unwrap()));
+    for c in &ca[..ca.len() - 1] {
+        assert!(c["usage"].is_null(), "usage only on the last chunk: {c}");
+    }
+    assert_eq!(
+        head_remaining_tokens(&ha) - head_remaining_tokens(&hb),
+        ua,
+        "remaining(A) − remaining(B) must be A's streamed usage"
+    );
+}
+
+#[test]
+fn streaming_chat_without_usage_requested_is_charged_exactly_and_sees_no_usage() {
+    let s = start_quota(BIG_QUOTA);
+    // The same request not streamed: what the streamed one must cost.
+    let plain = chat1(&s, KEY_A);
+    let usage = usage_total(&plain.json());
+    let body = chat_body(Some("gpt-4o"), true);
+    let (ha, ca) = stream_chat(&s, KEY_A, &body);
+    settle();
+    let (hb, cb) = stream_chat(&s, KEY_A, &body);
+    assert_no_usage_chunk(&ca);
+    assert_no_usage_chunk(&cb);
+    let text: String = ca
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert!(!text.is_empty(), "no content streamed: {ca:?}");
+    assert_eq!(
+        head_remaining_tokens(&ha) - head_remaining_tokens(&hb),
+        usage,
+        "a stream without include_usage must be charged the usage of the same request"
+    );
+}
+
+#[test]
+fn embeddings_are_charged_their_usage() {
+    let s = start_quota(BIG_QUOTA);
+    let target = "/v1/embeddings";
+    let a = post_with(&s, target, &[("api-key", KEY_A)], &embeddings_body());
+    settle();
+    let ra = remaining_tokens(&a);
+    let b = post_with(&s, target, &[("api-key", KEY_A)], &embeddings_body());
+    let rb = remaining_tokens(&b);
+    let ua = usage_total(&a.json());
+    assert!(ua > 0);
+    assert_eq!(ra - rb, ua, "remaining(A) − remaining(B) must be A's usage");
+    assert!(BIG_QUOTA - ra >= ua, "the reservation covers the prompt");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Against a scripted OpenAI-compatible upstream: the usage it reports is what is charged, and
+// the usage chunk Sluice asks for on the client's behalf never reaches the client.
+
+const UP_USAGE: i64 = 10;
+
+fn scripted_chat_upstream() -> Upstream {
+    Upstream::start(|r, s: &mut TcpStream| {
+        let req = r.json();
+        if req["stream"] == json!(true) {
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                        transfer-encoding: chunked\r\n\r\n";
+            let _ = s.write_all(head.as_bytes());
+            for word in ["Hello", " there", "."] {
+                let _ = write_chunk(s, sse_chunk(word).as_bytes());
+            }
+            let finish = json!({
+                "id": "chatcmpl-stream", "object": "chat.completion.chunk", "created": 1,
+                "model": "upstream-model",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+            });
+            let _ = write_chunk(s, format!("data: {finish}\n\n").as_bytes());
+            if req["stream_options"]["include_usage"] == json!(true) {
+                let usage = json!({
+                    "id": "chatcmpl-stream", "object": "chat.completion.chunk", "created": 1,
+                    "model": "upstream-model", "choices": [],
+                    "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": UP_USAGE}
+                });
+                let _ = write_chunk(s, format!("data: {usage}\n\n").as_bytes());
+            }
+            let _ = write_chunk(s, b"data: [DONE]\n\n");
+            let _ = write_chunk(s, b"");
+        } else {
+            let mut answer = upstream_chat_answer("upstream-model");
+            answer["usage"] =
+                json!({"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": UP_USAGE});
+            let bytes = serde_json::to_vec(&answer).unwrap();
+            respond(s, 200, &[("content-type", "application/json")], &bytes);
+        }
+        After::KeepAlive
+    })
+}
+
+fn start_scripted(up: &Upstream, product_extra: &str) -> Sluice {
+    let deployments = format!(
+        "{}tokens = {{ estimator = \"heuristic\" }}\n",
+        openai_backend_body(&up.url(), "gpt-4o")
+    );
+    Launch::new(&body_with(&deployments, product_extra)).start()
+}
+
+#[test]
+fn scripted_upstream_usage_is_what_is_charged() {
+    let up = scripted_chat_upstream();
+    let s = start_scripted(&up, &quota_limits(BIG_QUOTA));
+    let ra = remaining_tokens(&chat1(&s, KEY_A));
+    let rb = remaining_tokens(&chat1(&s, KEY_A));
+    assert_eq!(
+        ra - rb,
+        UP_USAGE,
+        "non-streaming: charged the upstream's usage"
+    );
+
+    let mut asked = chat_body(Some("gpt-4o"), true);
+    asked["stream_options"] = json!({"include_usage": true});
+    let (h1, c1) = stream_chat(&s, KEY_A, &asked);
+    settle();
+    let (h2, _) = stream_chat(&s, KEY_A, &asked);
+    settle();
+    assert_eq!(
+        usage_total(c1.last().unwrap()),
+        UP_USAGE,
+        "the client asked for usage and gets the upstream's usage chunk: {c1:?}"
+    );
+    assert_eq!(
+        head_remaining_tokens(&h1) - head_remaining_tokens(&h2),
+        UP_USAGE,
+        "streaming with include_usage: charged the upstream's usage"
+    );
+
+    let unasked = chat_body(Some("gpt-4o"), true);
+    let (h3, c3) = stream_chat(&s, KEY_A, &unasked);
+    settle();
+    let (h4, c4) = stream_chat(&s, KEY_A, &unasked);
+    assert_no_usage_chunk(&c3);
+    assert_no_usage_chunk(&c4);
+    assert_eq!(c3.len(), 4, "three words and the finish chunk: {c3:?}");
+    assert_eq!(
+        head_remaining_tokens(&h3) - head_remaining_tokens(&h4),
+        UP_USAGE,
+        "streaming without include_usage: charged the usage Sluice asked for"
+    );
+
+    // Every streamed request went upstream asking for usage.
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 6);
+    for r in &reqs[2..] {
+        let v = r.json();
+        assert_eq!(
+            v["stream_options"]["include_usage"],
+            json!(true),
+            "upstream body of a stream: {v}"
+        );
+    }
+    assert!(
+        reqs[0].json().get("stream_options").is_none(),
+        "a non-streaming request gets no stream_options: {}",
+        reqs[0].json()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusals by token budget
+
+#[test]
+fn huge_max_tokens_over_a_token_rate_is_429_before_the_backend() {
+    let up = scripted_chat_upstream();
+    let s = start_scripted(
+        &up,
+        r#"limits = [{ unit = "tokens", rate = 1000, per = "minute" }]"#,
+    );
+    let resp = chat_settled(&s, KEY_A, &chat_with(json!({"max_tokens": 100000})));
+    assert_rate_limited(&resp);
+    assert_eq!(up.request_count(), 0, "refused request reached the backend");
+    // The budget is untouched: a small request passes.
+    let resp = chat1(&s, KEY_A);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(up.request_count(), 1);
+}
+
+#[test]
+fn huge_max_tokens_over_a_token_quota_is_403_before_the_backend() {
+    let up = scripted_chat_upstream();
+    let s = start_scripted(&up, &quota_limits(1000));
+    let resp = chat_settled(&s, KEY_A, &chat_with(json!({"max_tokens": 100000})));
+    assert_openai_error(&resp, 403, Some("quota_exceeded"));
+    assert_eq!(up.request_count(), 0, "refused request reached the backend");
+    let resp = chat1(&s, KEY_A);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(up.request_count(), 1);
+}
+
+#[test]
+fn token_quota_runs_out_exactly_when_usage_leaves_less_than_a_reservation() {
+    const QUOTA: i64 = 400;
+    let s = start_quota(QUOTA);
+    let mut used = 0;
+    let mut reservation = None;
+    for i in 0..50 {
+        let resp = chat1(&s, KEY_A);
+        if resp.status != 200 {
+            assert_openai_error(&resp, 403, Some("quota_exceeded"));
+            let reservation = reservation.expect("the first request passes");
+            assert!(
+                QUOTA - used < reservation,
+                "refused after {i} requests with {} left for a reservation of {reservation}",
+                QUOTA - used
+            );
+            // Team b's quota is untouched.
+            assert_eq!(chat1(&s, KEY_B).status, 200);
+            return;
+        }
+        let remaining = remaining_tokens(&resp);
+        let r = *reservation.get_or_insert(QUOTA - remaining);
+        assert_eq!(
+            remaining,
+            QUOTA - used - r,
+            "request {i}: remaining = quota − charged so far − this reservation"
+        );
+        used += usage_total(&resp.json());
+    }
+    panic!("a {QUOTA}-token quota never ran out; {used} tokens charged");
+}
+
+#[test]
+fn default_max_tokens_is_reserved_when_the_request_sets_none() {
+    let deployments = MOCK_DEPLOYMENTS.replace(
+        "name = \"gpt-4o\"\nbackends = [{ backend = \"mock-a\" }]\n\
+         tokens = { estimator = \"heuristic\" }",
+        "name = \"gpt-4o\"\nbackends = [{ backend = \"mock-a\" }]\n\
+         tokens = { estimator = \"heuristic\", default_max_tokens = 500 }",
+    );
+    assert_ne!(deployments, MOCK_DEPLOYMENTS, "config edit failed");
+    let s = Launch::new(&body_with(&deployments, &quota_limits(BIG_QUOTA))).start();
+    let with = chat_body(Some("gpt-4o"), false);
+    let mut without = with.clone();
+    without.as_object_mut().unwrap().remove("max_tokens");
+    // Each on a fresh subscription: its reservation is quota − remaining.
+    let reserved_with = BIG_QUOTA - remaining_tokens(&chat_as(&s, KEY_A, &with));
+    let reserved_without = BIG_QUOTA - remaining_tokens(&chat_as(&s, KEY_B, &without));
+    let diff = reserved_without - reserved_with;
+    // 500 − 100, give or take the estimate of the 16 characters `"max_tokens":100,`.
+    assert!(
+        (395..=405).contains(&diff),
+        "reservation without max_tokens {reserved_without}, with max_tokens 100 \
+         {reserved_with}: expected ~400 more"
+    );
+}

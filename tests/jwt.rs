@@ -1,0 +1,274 @@
+//! Whole-process tests of JWT access: an HS256 issuer whose secret comes from an environment
+//! variable of the gateway process; tokens signed here, mapped by `subscription_claim` to a
+//! subscription. Valid tokens pass with that subscription's product; expired, wrong-audience,
+//! `alg: none`, tampered and wrongly signed tokens get 401.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/access.rs"]
+mod access;
+mod support;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use access::*;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use support::*;
+
+const SECRET_ENV: &str = "SLUICE_TEST_JWT_SECRET";
+const SECRET: &str = "a-test-secret-of-more-than-32-bytes-for-hs256!";
+const ISSUER: &str = "https://issuer.test/tenant/v2.0";
+const AUDIENCE: &str = "api://sluice";
+const APP: &str = "11111111-2222-3333-4444-555555555555";
+const KEY_A: &str = "test-key-jwt-config-team-a";
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// `header.claims.signature` with HS256 over the first two parts with `secret`.
+fn sign(header: &Value, claims: &Value, secret: &[u8]) -> String {
+    let signing_input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+    mac.update(signing_input.as_bytes());
+    let sig = mac.finalize().into_bytes();
+    format!("{signing_input}.{}", b64(&sig))
+}
+
+fn hs_header() -> Value {
+    json!({"alg": "HS256", "typ": "JWT", "kid": "hs"})
+}
+
+fn good_claims() -> Value {
+    let t = now();
+    json!({
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "appid": APP,
+        "iat": t - 10,
+        "nbf": t - 10,
+        "exp": t + 600,
+    })
+}
+
+fn valid_token() -> String {
+    sign(&hs_header(), &good_claims(), SECRET.as_bytes())
+}
+
+/// The `jwt-app` subscription (product `narrow`: gpt-4o only, 2 requests a minute) is
+/// reached by tokens whose `appid` is APP; `team-a` (a key) has product `open`.
+fn start() -> Sluice {
+    let mut body = String::from(MOCK_DEPLOYMENTS);
+    body.push_str(&product(
+        "narrow",
+        r#"deployments = ["gpt-4o"]
+limits = [{ unit = "requests", rate = 2, per = "minute" }]"#,
+    ));
+    body.push_str(&product("open", ""));
+    body.push_str(&format!(
+        "\n[[subscription]]\nname = \"jwt-app\"\nproduct = \"narrow\"\n\
+         jwt_claim_values = [\"{APP}\"]\n"
+    ));
+    body.push_str(&subscription("team-a", "open", &[KEY_A]));
+    body.push_str(&format!(
+        r#"
+[[jwt]]
+name = "test-issuer"
+issuer = "{ISSUER}"
+audiences = ["{AUDIENCE}"]
+subscription_claim = "appid"
+keys = [{{ kid = "hs", algorithms = ["HS256"], secret_env = "{SECRET_ENV}" }}]
+"#
+    ));
+    Launch::new(&body).env(SECRET_ENV, SECRET).start()
+}
+
+fn chat_with_token(s: &Sluice, token: &str, model: &str) -> Response {
+    let bearer = format!("Bearer {token}");
+    post_with(
+        s,
+        "/v1/chat/completions",
+        &[("Authorization", bearer.as_str())],
+        &chat_body(Some(model), false),
+    )
+}
+
+fn assert_401(resp: &Response, what: &str) {
+    assert_eq!(resp.status, 401, "{what}: body {}", resp.text());
+    assert_openai_error(resp, 401, None);
+}
+
+#[test]
+fn valid_token_maps_to_its_subscription() {
+    let s = start();
+    let token = valid_token();
+    let resp = chat_with_token(&s, &token, "gpt-4o");
+    assert_eq!(resp.status, 200, "body: {}", resp.text());
+    assert_eq!(resp.json()["object"], "chat.completion");
+    // The subscription's product: its limit applies and its deployment list.
+    assert_eq!(num_header(&resp, "x-ratelimit-limit-requests"), 2);
+    assert_eq!(num_header(&resp, "x-ratelimit-remaining-requests"), 1);
+    let resp = chat_with_token(&s, &token, "other");
+    assert_openai_error(&resp, 403, Some("deployment_not_allowed"));
+    // Keys still work beside tokens.
+    let resp = chat_as(&s, KEY_A, &chat_body(Some("other"), false));
+    assert_eq!(resp.status, 200, "body: {}", resp.text());
+}
+
+#[test]
+fn token_within_the_leeway_passes() {
+    let s = start();
+    let mut claims = good_claims();
+    claims["exp"] = json!(now() - 20);
+    let token = sign(&hs_header(), &claims, SECRET.as_bytes());
+    let resp = chat_with_token(&s, &token, "gpt-4o");
+    assert_eq!(
+        resp.status,
+        200,
+        "expired 20 s ago, leeway 60 s: {}",
+        resp.text()
+    );
+}
+
+#[test]
+fn expired_token_is_401() {
+    let s = start();
+    let mut claims = good_claims();
+    claims["exp"] = json!(now() - 3600);
+    claims["iat"] = json!(now() - 7200);
+    claims["nbf"] = json!(now() - 7200);
+    let token = sign(&hs_header(), &claims, SECRET.as_bytes());
+    assert_401(
+        &chat_with_token(&s, &token, "gpt-4o"),
+        "expired an hour ago",
+    );
+}
+
+#[test]
+fn wrong_audience_or_issuer_is_401() {
+    let s = start();
+    let mut claims = good_claims();
+    claims["aud"] = json!("api://someone-else");
+    let token = sign(&hs_header(), &claims, SECRET.as_bytes());
+    assert_401(&chat_with_token(&s, &token, "gpt-4o"), "wrong aud");
+
+    let mut claims = good_claims();
+    claims.as_object_mut().unwrap().remove("aud");
+    let token = sign(&hs_header(), &claims, SECRET.as_bytes());
+    assert_401(&chat_with_token(&s, &token, "gpt-4o"), "no aud");
+
+    let mut claims = good_claims();
+    claims["iss"] = json!("https://issuer.test/other/v2.0");
+    let token = sign(&hs_header(), &claims, SECRET.as_bytes());
+    assert_401(&chat_with_token(&s, &token, "gpt-4o"), "wrong iss");
+}
+
+#[test]
+fn alg_none_is_401_in_any_casing() {
+    let s = start();
+    let claims = good_claims();
+    for alg in ["none", "None", "NONE", "nOnE"] {
+        let header = json!({"alg": alg, "typ": "JWT", "kid": "hs"});
+        let unsigned = format!(
+            "{}.{}.",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        assert_401(
+            &chat_with_token(&s, &unsigned, "gpt-4o"),
+            &format!("alg {alg}, no signature"),
+        );
+        // With the HMAC signature attached all the same.
+        let signed = sign(&header, &claims, SECRET.as_bytes());
+        assert_401(
+            &chat_with_token(&s, &signed, "gpt-4o"),
+            &format!("alg {alg}, signed"),
+        );
+    }
+}
+
+#[test]
+fn bad_signatures_are_401() {
+    let s = start();
+    let claims = good_claims();
+    let wrong_secret = sign(
+        &hs_header(),
+        &claims,
+        b"another-secret-of-more-than-32-bytes-long!!",
+    );
+    assert_401(
+        &chat_with_token(&s, &wrong_secret, "gpt-4o"),
+        "wrong secret",
+    );
+
+    // Claims changed after signing (another appid).
+    let token = valid_token();
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut forged = good_claims();
+    forged["appid"] = json!("someone-else");
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(forged.to_string().as_bytes()),
+        parts[2]
+    );
+    assert_401(&chat_with_token(&s, &tampered, "gpt-4o"), "tampered claims");
+
+    // A flipped signature character.
+    let mut sig: Vec<char> = parts[2].chars().collect();
+    sig[3] = if sig[3] == 'A' { 'B' } else { 'A' };
+    let flipped = format!(
+        "{}.{}.{}",
+        parts[0],
+        parts[1],
+        sig.iter().collect::<String>()
+    );
+    assert_401(
+        &chat_with_token(&s, &flipped, "gpt-4o"),
+        "flipped signature",
+    );
+
+    // Garbage shaped like a token.
+    assert_401(&chat_with_token(&s, "a.b.c", "gpt-4o"), "garbage token");
+}
+
+#[test]
+fn token_for_no_subscription_is_refused() {
+    let s = start();
+    let mut claims = good_claims();
+    claims["appid"] = json!("99999999-0000-0000-0000-000000000000");
+    let token = sign(&hs_header(), &claims, SECRET.as_bytes());
+    let resp = chat_with_token(&s, &token, "gpt-4o");
+    assert!(
+        resp.status == 401 || resp.status == 403,
+        "a valid token whose appid maps to no subscription: {} {}",
+        resp.status,
+        resp.text()
+    );
+    assert_openai_error(&resp, resp.status, None);
+}
+
+#[test]
+fn oversized_token_is_401() {
+    let s = start();
+    let mut claims = good_claims();
+    claims["padding"] = json!("x".repeat(20 * 1024));
+    let token = sign(&hs_header(), &claims, SECRET.as_bytes());
+    let resp = chat_with_token(&s, &token, "gpt-4o");
+    // ~27 KiB of header: within max_head, so the token check refuses it.
+    assert_401(&resp, "20 KiB token");
+}
