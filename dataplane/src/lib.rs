@@ -2,8 +2,8 @@
 //! OpenAI-compatible deployments.
 //!
 //! The pure pieces — HTTP framing ([`http`]), routing ([`route`]), pool selection
-//! ([`balance`]), backend health ([`health`]), the mock backend ([`mock`]) and the config
-//! compiler ([`config`]) — do no I/O and are tested alone. [`server`] wires them together on
+//! ([`balance`]), backend health ([`health`]), the mock backend ([`mock`]), the config
+//! compiler ([`config`]) and the limiter core ([`limit`]) — do no I/O and are tested alone. [`server`] wires them together on
 //! monoio workers, one per core.
 
 pub mod balance;
@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod limit;
 pub mod mock;
 pub mod reload;
 pub mod route;
