@@ -2,8 +2,8 @@
 //! OpenAI-compatible deployments.
 //!
 //! The pure pieces — HTTP framing ([`http`]), routing ([`route`]), pool selection
-//! ([`balance`]), backend health ([`health`]), the mock backend ([`mock`]) and the config
-//! compiler ([`config`]) — do no I/O and are tested alone. [`server`] wires them together on
+//! ([`balance`]), backend health ([`health`]), token accounting ([`tokens`]), the mock
+//! backend ([`mock`]) and the config compiler ([`config`]) — do no I/O and are tested alone. [`server`] wires them together on
 //! monoio workers, one per core.
 
 pub mod balance;
@@ -17,3 +17,4 @@ pub mod reload;
 pub mod route;
 pub mod server;
 pub mod snapshot;
+pub mod tokens;
