@@ -373,7 +373,11 @@ fn fields(event: &[u8]) -> (Option<&[u8]>, Cow<'_, [u8]>) {
     let mut name = None;
     let mut data: Cow<'_, [u8]> = Cow::Borrowed(&[]);
     let mut lines = 0;
-    for line in event.split(|&b| b == b'\n') {
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', event).chain(std::iter::once(event.len()));
+    for end in ends {
+        let line = &event[start..end];
+        start = (end + 1).min(event.len());
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let Some(colon) = memchr::memchr(b':', line) else {
             continue;
