@@ -2,8 +2,9 @@
 //! OpenAI-compatible deployments.
 //!
 //! The pure pieces — HTTP framing ([`http`]), routing ([`route`]), pool selection
-//! ([`balance`]), backend health ([`health`]), the mock backend ([`mock`]), the config
-//! compiler ([`config`]) and the limiter core ([`limit`]) — do no I/O and are tested alone. [`server`] wires them together on
+//! ([`balance`]), backend health ([`health`]), token accounting ([`tokens`]), the mock
+//! backend ([`mock`]), the config compiler ([`config`]) and the limiter core ([`limit`]) — do
+//! no I/O and are tested alone. [`server`] wires them together on
 //! monoio workers, one per core.
 
 pub mod balance;
@@ -18,3 +19,4 @@ pub mod reload;
 pub mod route;
 pub mod server;
 pub mod snapshot;
+pub mod tokens;
