@@ -3,9 +3,11 @@
 //!
 //! The pure pieces — HTTP framing ([`http`]), routing ([`route`]), pool selection
 //! ([`balance`]), backend health ([`health`]), the mock backend ([`mock`]) and the config
-//! compiler ([`config`]) — do no I/O and are tested alone. [`server`] wires them together on
+//! compiler ([`config`]) — do no I/O and are tested alone. [`auth`] checks who is calling
+//! (subscription keys and JWTs). [`server`] wires them together on
 //! monoio workers, one per core.
 
+pub mod auth;
 pub mod balance;
 pub mod clock;
 pub mod config;
