@@ -11,9 +11,19 @@
 //! parsed, algorithms pinned) and then only read: no lock, no I/O and no blocking on the
 //! request path. Time is a parameter (`now_unix`), so tests choose it.
 
+pub mod jwks;
+pub mod jwt;
 pub mod keygen;
 pub mod keys;
 
+#[cfg(test)]
+pub(crate) mod testkeys;
+
+pub use jwks::{JwksCache, JwksError, JwksRefresher, JwksSettings};
+pub use jwt::{
+    JwtAlg, JwtConfigError, JwtError, JwtIssuerConfig, JwtKeyConfig, JwtKeySource, JwtValidator,
+    Principal, SubscriptionMapping,
+};
 pub use keygen::{generate_key, GeneratedKey};
 pub use keys::{
     extract_credential, key_hash, parse_key_hash, query_has_key, Credential, CredentialSource,
