@@ -647,9 +647,7 @@ fn scalar_text(value: &Value) -> Option<String> {
 fn claim_matches(value: &Value, allowed: &[String]) -> bool {
     let one = |v: &Value| match v {
         Value::String(s) => allowed.iter().any(|a| a == s),
-        Value::Number(_) | Value::Bool(_) => {
-            scalar_text(v).is_some_and(|t| allowed.contains(&t))
-        }
+        Value::Number(_) | Value::Bool(_) => scalar_text(v).is_some_and(|t| allowed.contains(&t)),
         _ => false,
     };
     match value {
