@@ -4,9 +4,11 @@
 //! The pure pieces — HTTP framing ([`http`]), routing ([`route`]), pool selection
 //! ([`balance`]), backend health ([`health`]), token accounting ([`tokens`]), the mock
 //! backend ([`mock`]), the config compiler ([`config`]) and the limiter core ([`limit`]) — do
-//! no I/O and are tested alone. [`server`] wires them together on
+//! no I/O and are tested alone. [`auth`] checks who is calling (subscription keys and
+//! JWTs). [`server`] wires them together on
 //! monoio workers, one per core.
 
+pub mod auth;
 pub mod balance;
 pub mod clock;
 pub mod config;
