@@ -146,3 +146,33 @@ fn check_rejects_a_toml_syntax_error_with_its_line() {
         "error should name the file: {stderr}"
     );
 }
+
+#[test]
+fn keygen_prints_a_key_and_its_hash() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("keygen")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let field = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap()
+            .to_owned()
+    };
+    let (key, hash) = (field("key:"), field("hash:"));
+    assert!(key.starts_with("sk-sluice-") && key.len() == 53, "{stdout}");
+    assert_eq!(hash, sluice::auth::key_hash(key.as_bytes()));
+}
+
+#[test]
+fn without_a_subcommand_config_is_required() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
+}

@@ -1,6 +1,6 @@
 //! Sluice's bench suite. For now it holds the criterion micro-benchmarks of the data plane's
 //! hot pieces (`benches/`: head parsing, chunked decoding, routing, pool selection, mock
-//! replies), each measured against a naive baseline so a figure reads as a ratio; the load
+//! replies, token estimates and usage scanning), each measured against a naive baseline so a figure reads as a ratio; the load
 //! generator and standalone mock server of `shared/DESIGN.md` ("The bench suite") will join
 //! it here.
 //!
@@ -25,6 +25,41 @@ pub const CHAT_REQUEST_STREAM: &[u8] = include_bytes!("../fixtures/chat_request_
 /// A streamed chat completion as Azure OpenAI sends it, usage chunk and `[DONE]` included
 /// (`chat_stream_with_usage.sse`): the body of a `text/event-stream` answer, unchunked.
 pub const CHAT_STREAM_SSE: &[u8] = include_bytes!("../fixtures/chat_stream_with_usage.sse");
+
+/// A non-streaming chat completion answer, Azure's content-filter fields and `usage` with its
+/// token details included (`chat_completion.json`).
+pub const CHAT_COMPLETION: &[u8] = include_bytes!("../fixtures/chat_completion.json");
+
+/// English prose about rate limiting, 1 KiB (1024 bytes, ASCII): the prompt text of the token
+/// estimate benches.
+pub fn prose_kib() -> String {
+    const PARAGRAPH: &str = "A token bucket holds up to a fixed number of tokens and refills at \
+        a steady rate. Each request takes as many tokens as it costs; when the bucket is empty \
+        the request waits or is refused with a Retry-After header. Azure OpenAI counts a chat \
+        completion's cost at admission from an estimate of the prompt plus max_tokens, and the \
+        usage in the answer settles the account afterwards. ";
+    let mut text = String::with_capacity(1024 + PARAGRAPH.len());
+    while text.len() < 1024 {
+        text.push_str(PARAGRAPH);
+    }
+    text.truncate(1024);
+    text
+}
+
+/// A chat completion request whose prompt is `text` (one user message after a one-line system
+/// message), as JSON.
+pub fn chat_request_with(text: &str) -> Vec<u8> {
+    let body = serde_json::json!({
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "system", "content": "You are a concise assistant."},
+            {"role": "user", "content": text},
+        ],
+        "max_tokens": 256,
+        "stream": true,
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
 
 /// The head of `POST /v1/chat/completions` as the official Python SDK (openai 1.x over
 /// httpx) sends it: 17 header fields, in its order and case, `Content-Length` matching
@@ -109,6 +144,14 @@ mod tests {
         let events = sse_events(CHAT_STREAM_SSE);
         assert_eq!(events.concat(), CHAT_STREAM_SSE);
         assert_eq!(events.last(), Some(&&b"data: [DONE]\n\n"[..]));
+    }
+
+    #[test]
+    fn prose_is_one_kib_and_requests_carry_it() {
+        let text = prose_kib();
+        assert_eq!(text.len(), 1024);
+        let body: serde_json::Value = serde_json::from_slice(&chat_request_with(&text)).unwrap();
+        assert_eq!(body["messages"][1]["content"], text.as_str());
     }
 
     #[test]

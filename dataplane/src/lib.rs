@@ -2,18 +2,23 @@
 //! OpenAI-compatible deployments.
 //!
 //! The pure pieces — HTTP framing ([`http`]), routing ([`route`]), pool selection
-//! ([`balance`]), backend health ([`health`]), the mock backend ([`mock`]) and the config
-//! compiler ([`config`]) — do no I/O and are tested alone. [`server`] wires them together on
+//! ([`balance`]), backend health ([`health`]), token accounting ([`tokens`]), the mock
+//! backend ([`mock`]), the config compiler ([`config`]) and the limiter core ([`limit`]) — do
+//! no I/O and are tested alone. [`auth`] checks who is calling (subscription keys and
+//! JWTs). [`server`] wires them together on
 //! monoio workers, one per core.
 
+pub mod auth;
 pub mod balance;
 pub mod clock;
 pub mod config;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod limit;
 pub mod mock;
 pub mod reload;
 pub mod route;
 pub mod server;
 pub mod snapshot;
+pub mod tokens;

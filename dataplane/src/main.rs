@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use sluice::reload::Reloader;
@@ -15,11 +15,13 @@ use sluice::server::{self, DriverChoice, Shared};
 
 /// Sluice: one fast endpoint in front of your Azure OpenAI and OpenAI-compatible deployments.
 #[derive(Parser, Debug)]
-#[command(name = "sluice", version, about)]
+#[command(name = "sluice", version, about, subcommand_negates_reqs = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// The TOML config file.
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    #[arg(long, value_name = "FILE", required = true)]
+    config: Option<PathBuf>,
     /// Worker threads (default: `server.workers`, else one per available core).
     #[arg(long)]
     workers: Option<usize>,
@@ -29,6 +31,13 @@ struct Cli {
     /// I/O driver: io_uring (falling back to epoll where refused), or force one.
     #[arg(long, value_enum, default_value = "auto")]
     driver: DriverChoice,
+}
+
+/// Tools besides running the gateway.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a new random subscription key and the SHA-256 hash to put in the config file.
+    Keygen,
 }
 
 fn main() -> ExitCode {
@@ -50,7 +59,17 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let snapshot = match sluice::config::load(&cli.config, None) {
+    if let Some(Command::Keygen) = cli.command {
+        let generated = sluice::auth::generate_key()
+            .map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+        print!("{}", sluice::auth::keygen::keygen_report(&generated));
+        return Ok(ExitCode::SUCCESS);
+    }
+    // clap requires --config unless a subcommand is given.
+    let config = cli
+        .config
+        .ok_or_else(|| anyhow::anyhow!("--config FILE is required"))?;
+    let snapshot = match sluice::config::load(&config, None) {
         Ok(s) => s,
         Err(errors) => {
             eprintln!("{errors}");
@@ -58,7 +77,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     };
     if cli.check {
-        println!("config OK: {}", cli.config.display());
+        println!("config OK: {}", config.display());
         return Ok(ExitCode::SUCCESS);
     }
     let workers = cli
@@ -77,10 +96,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         running.workers,
         running.driver,
         listen_list.join(","),
-        cli.config.display()
+        config.display()
     );
 
-    let reloader = Reloader::new(shared.clone(), cli.config.clone());
+    let reloader = Reloader::new(shared.clone(), config.clone());
     let stop_watch = Arc::new(AtomicBool::new(false));
     reloader.spawn_watcher(stop_watch.clone())?;
     for signal in signals.forever() {

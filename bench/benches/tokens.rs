@@ -1,0 +1,183 @@
+//! Token accounting (`sluice::tokens`): the prompt estimate per KiB of prompt (BPE o200k and
+//! cl100k, the byte heuristic) and reading a request's facts; the usage of a JSON answer;
+//! the SSE usage scan per event.
+//!
+//! Baselines: for the estimate, `tiktoken-rs` counting the same text in one call (Sluice
+//! cuts it at clean split points to keep BPE linear, so the gap is that walk); for usage,
+//! `serde_json::Value` built from the whole body, then `["usage"]`; for the SSE scan, a naive
+//! scanner that needs the whole stream, splits it on blank lines and builds a `Value` of
+//! every event, and a plain copy of the stream (the floor: a relay copies the bytes anyway).
+
+#![allow(
+    missing_docs,
+    reason = "criterion_group! defines a public fn that cannot carry a doc comment"
+)]
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use serde_json::Value;
+use sluice::route::Operation;
+use sluice::tokens::{
+    reservation, usage_from_json, Estimator, Family, RequestFacts, SseScanner, Usage,
+};
+use sluice_bench::{chat_request_with, prose_kib, sse_events, CHAT_COMPLETION, CHAT_STREAM_SSE};
+
+const O200K: Estimator = Estimator::Bpe(Family::O200k);
+const CL100K: Estimator = Estimator::Bpe(Family::Cl100k);
+
+fn estimate(c: &mut Criterion) {
+    assert!(O200K.warm() && CL100K.warm(), "BPE tables failed to load");
+    let o200k = tiktoken_rs::o200k_base_singleton();
+    let cl100k = tiktoken_rs::cl100k_base_singleton();
+    for kib in [1usize, 16] {
+        let text = prose_kib().repeat(kib);
+        let body = chat_request_with(&text);
+        let facts = RequestFacts::parse(Operation::ChatCompletions, &body)
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Sluice's count is tiktoken's on the same text (plus the chat framing).
+        let framing = O200K.estimate_prompt(&facts) as usize
+            - o200k.count_ordinary(&text)
+            - o200k.count_ordinary("You are a concise assistant.");
+        assert_eq!(framing, 2 * 4 + 3);
+        assert_eq!(
+            CL100K.count_text(&text),
+            cl100k.count_ordinary(&text) as u64
+        );
+
+        let mut group = c.benchmark_group(format!("tokens/estimate_{kib}KiB"));
+        group.throughput(Throughput::Bytes(text.len() as u64));
+        for (name, est) in [
+            ("bpe_o200k", O200K),
+            ("bpe_cl100k", CL100K),
+            ("heuristic", Estimator::Heuristic),
+        ] {
+            group.bench_function(name, |b| b.iter(|| black_box(est).estimate_prompt(&facts)));
+        }
+        group.bench_function("tiktoken_o200k_one_call", |b| {
+            b.iter(|| o200k.count_ordinary(black_box(&text)))
+        });
+        group.bench_function("tiktoken_cl100k_one_call", |b| {
+            b.iter(|| cl100k.count_ordinary(black_box(&text)))
+        });
+        // Reading the body's facts (what admission does before any estimate).
+        group.bench_with_input(BenchmarkId::new("parse_facts", kib), &body, |b, body| {
+            b.iter(|| {
+                let facts = RequestFacts::parse(Operation::ChatCompletions, black_box(body));
+                facts.map(|f| reservation(&f, 0, 4096)).ok()
+            })
+        });
+        group.finish();
+    }
+}
+
+/// `usage` via a whole `serde_json::Value` of the body.
+fn naive_usage(body: &[u8]) -> Option<Usage> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let u = v.get("usage")?;
+    let field = |k: &str| u.get(k).and_then(Value::as_u64);
+    Some(Usage {
+        prompt_tokens: field("prompt_tokens")?,
+        completion_tokens: field("completion_tokens").unwrap_or(0),
+        total_tokens: field("total_tokens")?,
+    })
+}
+
+fn usage_json(c: &mut Criterion) {
+    let want = Some(Usage {
+        prompt_tokens: 27,
+        completion_tokens: 21,
+        total_tokens: 48,
+    });
+    assert_eq!(usage_from_json(CHAT_COMPLETION), want);
+    assert_eq!(naive_usage(CHAT_COMPLETION), want);
+    let mut group = c.benchmark_group("tokens/usage_json");
+    group.throughput(Throughput::Bytes(CHAT_COMPLETION.len() as u64));
+    group.bench_function("usage_from_json", |b| {
+        b.iter(|| usage_from_json(black_box(CHAT_COMPLETION)))
+    });
+    group.bench_function("serde_value", |b| {
+        b.iter(|| naive_usage(black_box(CHAT_COMPLETION)))
+    });
+    group.finish();
+}
+
+/// Splits a whole stream on blank lines and builds a `Value` of every `data:` line: the
+/// usage of the last event that has one. Needs the whole body; LF only.
+fn naive_scan(stream: &[u8]) -> Option<Usage> {
+    let mut usage = None;
+    for event in sse_events(stream) {
+        let data = event.strip_prefix(b"data: ")?.trim_ascii_end();
+        if data == b"[DONE]" {
+            break;
+        }
+        if let Some(u) = naive_usage(data) {
+            usage = Some(u);
+        }
+    }
+    usage
+}
+
+fn sse_scan(c: &mut Criterion) {
+    let events = sse_events(CHAT_STREAM_SSE);
+    let want = Some(Usage {
+        prompt_tokens: 14,
+        completion_tokens: 7,
+        total_tokens: 21,
+    });
+    assert_eq!(naive_scan(CHAT_STREAM_SSE), want);
+    let mut out = Vec::with_capacity(CHAT_STREAM_SSE.len());
+    let mut scanner = SseScanner::new(true);
+    for event in &events {
+        scanner
+            .feed(event, &mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let outcome = scanner.finish(&mut out);
+    assert_eq!((outcome.usage, outcome.truncated), (want, false));
+    assert_eq!(out.len(), CHAT_STREAM_SSE.len() - events[6].len());
+
+    let mut group = c.benchmark_group("tokens/sse_scan");
+    // Per event: criterion's elements/s is events/s.
+    group.throughput(Throughput::Elements(events.len() as u64));
+    group.bench_function("feed_per_event", |b| {
+        b.iter(|| {
+            out.clear();
+            let mut scanner = SseScanner::new(true);
+            for event in &events {
+                let _ = scanner.feed(black_box(event), &mut out);
+            }
+            scanner.finish(&mut out)
+        })
+    });
+    group.bench_function("feed_whole", |b| {
+        b.iter(|| {
+            out.clear();
+            let mut scanner = SseScanner::new(true);
+            let _ = scanner.feed(black_box(CHAT_STREAM_SSE), &mut out);
+            scanner.finish(&mut out)
+        })
+    });
+    group.bench_function("observe_per_event", |b| {
+        b.iter(|| {
+            let mut scanner = SseScanner::new(false);
+            for event in &events {
+                let _ = scanner.observe(black_box(event));
+            }
+            scanner.finish(&mut out)
+        })
+    });
+    group.bench_function("naive_value_per_event", |b| {
+        b.iter(|| naive_scan(black_box(CHAT_STREAM_SSE)))
+    });
+    group.bench_function("memcpy_floor", |b| {
+        b.iter(|| {
+            out.clear();
+            out.extend_from_slice(black_box(CHAT_STREAM_SSE));
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, estimate, usage_json, sse_scan);
+criterion_main!(benches);

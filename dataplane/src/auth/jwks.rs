@@ -1,0 +1,640 @@
+//! Verification keys: parsing them (JWKS documents, PEM files) and keeping a remote JSON Web
+//! Key Set fresh off the request path.
+//!
+//! A [`VerifyKey`] is one public key (or HMAC secret) with its type and the algorithms it
+//! is pinned to. The type decides which algorithms can ever be used with it — an RSA key
+//! only RS256, a P-256 key only ES256, a secret only HS256 — so a token cannot pick how its
+//! key is interpreted (the classic HS256-with-the-RSA-public-key confusion).
+//!
+//! A [`JwksCache`] holds the last key set fetched from an `http://` URL behind an
+//! [`ArcSwap`]: the request path loads it without a lock, and a [`JwksRefresher`] side
+//! thread replaces it whole. The thread refetches periodically (default every 10 min), retries
+//! sooner after a failure (default 30 s), and keeps the last good keys through an outage —
+//! a JWKS endpoint being down must not log everyone out. When a token names a `kid` the set
+//! does not have (the issuer rotated keys), the validator asks for one early refetch
+//! ([`JwksCache::request_refetch`]), at most once per `min_refetch_interval` (default 60 s)
+//! so that tokens with made-up `kid`s cannot turn the gateway into a load generator against
+//! the issuer. That request is refused (401) at once rather than held: a worker thread must
+//! never wait on the network. Its client's retry, typically a second later, finds the new key.
+//!
+//! Only `http://` URLs for now: `https://` comes with the TLS issue (rustls client), and
+//! [`JwksCache::new`] refuses it with that reason. Use a JWKS file meanwhile.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::DecodingKey;
+use serde::Deserialize;
+
+use super::jwt::{AlgSet, JwtAlg};
+use crate::http::{parse_response, ChunkedDecoder, Parse, ResponseFraming, ResponseHead};
+
+/// The shortest RSA modulus accepted, in bits (NIST: 2048 from 2011).
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// The shortest HMAC secret accepted, in bytes (RFC 7518 §3.2: at least the hash size).
+pub const MIN_HMAC_SECRET: usize = 32;
+
+/// What kind of key material a [`VerifyKey`] is; each kind fits exactly one algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// An HMAC secret (HS256).
+    Hmac,
+    /// An RSA public key (RS256).
+    Rsa,
+    /// A NIST P-256 public key (ES256).
+    EcP256,
+}
+
+impl KeyKind {
+    /// The algorithm this kind of key verifies.
+    pub fn algorithm(self) -> JwtAlg {
+        match self {
+            Self::Hmac => JwtAlg::HS256,
+            Self::Rsa => JwtAlg::RS256,
+            Self::EcP256 => JwtAlg::ES256,
+        }
+    }
+}
+
+/// One key a token may be verified with.
+#[derive(Clone)]
+pub struct VerifyKey {
+    /// The key's id: a token naming a `kid` is only tried against keys with that id; a key
+    /// without one is tried for any token.
+    pub kid: Option<String>,
+    /// What the key is.
+    pub kind: KeyKind,
+    /// The algorithms it may verify: the configured pin intersected with what its kind
+    /// allows. Never empty.
+    pub algs: AlgSet,
+    pub(crate) key: DecodingKey,
+}
+
+impl std::fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyKey")
+            .field("kid", &self.kid)
+            .field("kind", &self.kind)
+            .field("algs", &self.algs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifyKey {
+    /// An HMAC secret, pinned to `algs` (which must include HS256).
+    pub fn hmac(kid: Option<String>, secret: &[u8], algs: AlgSet) -> Result<Self, JwksError> {
+        if secret.len() < MIN_HMAC_SECRET {
+            return Err(JwksError::WeakKey("an HMAC secret needs at least 32 bytes"));
+        }
+        Self::pinned(kid, KeyKind::Hmac, DecodingKey::from_secret(secret), algs)
+    }
+
+    /// A public key from PEM: SPKI (`BEGIN PUBLIC KEY`, RSA or P-256) or PKCS#1
+    /// (`BEGIN RSA PUBLIC KEY`).
+    pub fn from_pem(kid: Option<String>, pem: &[u8], algs: AlgSet) -> Result<Self, JwksError> {
+        use p256::pkcs8::DecodePublicKey as _;
+        use rsa::pkcs1::DecodeRsaPublicKey as _;
+        use rsa::traits::PublicKeyParts as _;
+
+        let text = std::str::from_utf8(pem).map_err(|_| JwksError::BadKey("PEM is not text"))?;
+        let rsa = rsa::RsaPublicKey::from_public_key_pem(text)
+            .or_else(|_| rsa::RsaPublicKey::from_pkcs1_pem(text));
+        if let Ok(rsa) = rsa {
+            let n = rsa.n().to_bytes_be();
+            let e = rsa.e().to_bytes_be();
+            return Self::rsa(kid, &n, &e, algs);
+        }
+        let ec = p256::PublicKey::from_public_key_pem(text)
+            .map_err(|_| JwksError::BadKey("PEM holds no RSA or P-256 public key"))?;
+        let point = p256::EncodedPoint::from(ec);
+        Self::pinned(
+            kid,
+            KeyKind::EcP256,
+            DecodingKey::from_ec_der(point.as_bytes()),
+            algs,
+        )
+    }
+
+    fn rsa(kid: Option<String>, n: &[u8], e: &[u8], algs: AlgSet) -> Result<Self, JwksError> {
+        // Validates the numbers (exponent range, modulus at most 4096 bits).
+        rsa::RsaPublicKey::new(
+            rsa::BigUint::from_bytes_be(n),
+            rsa::BigUint::from_bytes_be(e),
+        )
+        .map_err(|_| JwksError::BadKey("invalid RSA public key"))?;
+        let bits = n.iter().skip_while(|&&b| b == 0).count() * 8;
+        if bits < MIN_RSA_BITS {
+            return Err(JwksError::WeakKey("an RSA key needs at least 2048 bits"));
+        }
+        Self::pinned(
+            kid,
+            KeyKind::Rsa,
+            DecodingKey::from_rsa_raw_components(n, e),
+            algs,
+        )
+    }
+
+    fn ec(kid: Option<String>, x: &[u8], y: &[u8], algs: AlgSet) -> Result<Self, JwksError> {
+        if x.len() != 32 || y.len() != 32 {
+            return Err(JwksError::BadKey("a P-256 coordinate is 32 bytes"));
+        }
+        let mut point = Vec::with_capacity(65);
+        point.push(0x04);
+        point.extend_from_slice(x);
+        point.extend_from_slice(y);
+        p256::PublicKey::from_sec1_bytes(&point)
+            .map_err(|_| JwksError::BadKey("not a point on P-256"))?;
+        Self::pinned(kid, KeyKind::EcP256, DecodingKey::from_ec_der(&point), algs)
+    }
+
+    fn pinned(
+        kid: Option<String>,
+        kind: KeyKind,
+        key: DecodingKey,
+        algs: AlgSet,
+    ) -> Result<Self, JwksError> {
+        let algs = algs.intersect(AlgSet::of(kind.algorithm()));
+        if algs.is_empty() {
+            return Err(JwksError::AlgorithmMismatch(kind));
+        }
+        Ok(Self {
+            kid,
+            kind,
+            algs,
+            key,
+        })
+    }
+}
+
+/// Why keys could not be loaded or fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    /// The JWKS URL is not `http://host[:port]/path`.
+    #[error("bad JWKS URL: {0}")]
+    Url(&'static str),
+    /// An `https://` JWKS URL: not yet supported.
+    #[error(
+        "https JWKS URLs need TLS, which comes with the TLS issue; use http:// or a JWKS file"
+    )]
+    Https,
+    /// Connecting, sending or receiving failed (including timeouts).
+    #[error("JWKS fetch failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server answered with a status other than 200.
+    #[error("JWKS fetch answered {0}")]
+    Status(u16),
+    /// The answer is not well-formed HTTP/1.1.
+    #[error("JWKS answer is not valid HTTP: {0}")]
+    Http(&'static str),
+    /// The answer exceeds the size limit.
+    #[error("JWKS answer exceeds {0} bytes")]
+    TooLarge(usize),
+    /// The document is not a JWKS (`{"keys": [...]}`).
+    #[error("not a JWKS document: {0}")]
+    Json(String),
+    /// The document has no key usable for signatures with the pinned algorithms.
+    #[error("the JWKS has no usable signing key ({0} skipped)")]
+    NoUsableKeys(usize),
+    /// A key is malformed.
+    #[error("bad key: {0}")]
+    BadKey(&'static str),
+    /// A key is too weak to accept.
+    #[error("weak key: {0}")]
+    WeakKey(&'static str),
+    /// None of the pinned algorithms fits the key's kind.
+    #[error("no pinned algorithm fits a {0:?} key")]
+    AlgorithmMismatch(KeyKind),
+}
+
+/// One JWK as found in a key set; everything optional so one odd key only skips itself.
+#[derive(Deserialize)]
+struct RawJwk {
+    kty: Option<String>,
+    kid: Option<String>,
+    alg: Option<String>,
+    #[serde(rename = "use")]
+    use_: Option<String>,
+    crv: Option<String>,
+    n: Option<String>,
+    e: Option<String>,
+    x: Option<String>,
+    y: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawJwks {
+    keys: Vec<serde_json::Value>,
+}
+
+/// Parses a JWKS document into keys pinned to `algs`. RSA (`n`/`e`) and P-256 (`x`/`y`)
+/// keys are kept; keys for encryption (`use` other than `sig`), symmetric (`oct`) keys,
+/// other curves, keys whose `alg` is not among the pinned ones and malformed keys are
+/// skipped. A set with no usable key is an error (so a cache keeps its previous keys).
+pub fn parse_jwks(document: &[u8], algs: AlgSet) -> Result<Vec<VerifyKey>, JwksError> {
+    let raw: RawJwks =
+        serde_json::from_slice(document).map_err(|e| JwksError::Json(e.to_string()))?;
+    let total = raw.keys.len();
+    let keys: Vec<VerifyKey> = raw
+        .keys
+        .into_iter()
+        .filter_map(|value| serde_json::from_value::<RawJwk>(value).ok())
+        .filter_map(|jwk| jwk_to_key(jwk, algs))
+        .collect();
+    if keys.is_empty() {
+        return Err(JwksError::NoUsableKeys(total));
+    }
+    Ok(keys)
+}
+
+fn jwk_to_key(jwk: RawJwk, algs: AlgSet) -> Option<VerifyKey> {
+    if jwk.use_.as_deref().is_some_and(|u| u != "sig") {
+        return None;
+    }
+    let algs = match jwk.alg.as_deref() {
+        Some(name) => algs.intersect(AlgSet::of(JwtAlg::from_name(name)?)),
+        None => algs,
+    };
+    let b64 = |s: Option<String>| URL_SAFE_NO_PAD.decode(s?.trim_end_matches('=')).ok();
+    match (jwk.kty.as_deref()?, jwk.crv.as_deref()) {
+        ("RSA", _) => VerifyKey::rsa(jwk.kid, &b64(jwk.n)?, &b64(jwk.e)?, algs).ok(),
+        ("EC", Some("P-256")) => VerifyKey::ec(jwk.kid, &b64(jwk.x)?, &b64(jwk.y)?, algs).ok(),
+        _ => None,
+    }
+}
+
+/// The keys of one JWKS as last fetched; immutable, replaced whole.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    /// The usable keys (empty before the first successful fetch).
+    pub keys: Vec<VerifyKey>,
+}
+
+impl KeySet {
+    /// Whether a key has this id.
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    }
+}
+
+/// Timing and size settings of a remote JWKS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JwksSettings {
+    /// Refetch this often while fetches succeed. Default 10 min.
+    pub refresh_every: Duration,
+    /// Refetch this soon after a failed fetch (the old keys stay). Default 30 s.
+    pub retry_after_failure: Duration,
+    /// At most one early refetch for an unknown `kid` per this many seconds. Default 60.
+    pub min_refetch_interval_secs: u64,
+    /// Connect, send and receive must each finish within this. Default 5 s.
+    pub fetch_timeout: Duration,
+    /// The largest answer accepted (head and body). Default 1 MiB.
+    pub max_response: usize,
+}
+
+impl Default for JwksSettings {
+    fn default() -> Self {
+        Self {
+            refresh_every: Duration::from_secs(600),
+            retry_after_failure: Duration::from_secs(30),
+            min_refetch_interval_secs: 60,
+            fetch_timeout: Duration::from_secs(5),
+            max_response: 1 << 20,
+        }
+    }
+}
+
+/// A remote JWKS, cached. Read lock-free with [`keys`](Self::keys); filled by
+/// [`refresh`](Self::refresh) (blocking: call it from a [`JwksRefresher`] or at startup,
+/// never on a worker).
+pub struct JwksCache {
+    url: HttpUrl,
+    algs: AlgSet,
+    settings: JwksSettings,
+    keys: ArcSwap<KeySet>,
+    fetches: AtomicU64,
+    failures: AtomicU64,
+    /// Unix second of the last early refetch asked for, plus one (0: never).
+    last_refetch: AtomicU64,
+    refetch_requests: AtomicU64,
+    refetch_wanted: AtomicBool,
+    refresher: OnceLock<Thread>,
+}
+
+impl std::fmt::Debug for JwksCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwksCache")
+            .field("url", &self.url.text)
+            .field("keys", &self.keys.load().keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwksCache {
+    /// A cache for the JWKS at `url` (`http://` only), its keys pinned to `algs`. Empty until
+    /// the first successful [`refresh`](Self::refresh).
+    pub fn new(url: &str, algs: AlgSet, settings: JwksSettings) -> Result<Self, JwksError> {
+        Ok(Self {
+            url: HttpUrl::parse(url)?,
+            algs,
+            settings,
+            keys: ArcSwap::from_pointee(KeySet::default()),
+            fetches: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            last_refetch: AtomicU64::new(0),
+            refetch_requests: AtomicU64::new(0),
+            refetch_wanted: AtomicBool::new(false),
+            refresher: OnceLock::new(),
+        })
+    }
+
+    /// The current key set: one atomic load, no lock.
+    pub fn keys(&self) -> arc_swap::Guard<Arc<KeySet>> {
+        self.keys.load()
+    }
+
+    /// The algorithms this set's keys are pinned to.
+    pub fn algs(&self) -> AlgSet {
+        self.algs
+    }
+
+    /// Fetches and parses the JWKS now (blocking, bounded by the fetch timeout) and swaps it
+    /// in; returns how many keys it holds. On any failure the previous keys stay.
+    pub fn refresh(&self) -> Result<usize, JwksError> {
+        let result =
+            http_get(&self.url, &self.settings).and_then(|body| parse_jwks(&body, self.algs));
+        match result {
+            Ok(keys) => {
+                let n = keys.len();
+                self.keys.store(Arc::new(KeySet { keys }));
+                self.fetches.fetch_add(1, Ordering::Relaxed);
+                Ok(n)
+            }
+            Err(e) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Asks the refresher for an early refetch because a token named an unknown `kid`.
+    /// Granted at most once per `min_refetch_interval_secs` (by `now_unix`, across all
+    /// workers); returns whether this call was the one granted.
+    pub fn request_refetch(&self, now_unix: u64) -> bool {
+        let stamp = now_unix.saturating_add(1);
+        let last = self.last_refetch.load(Ordering::Relaxed);
+        if last != 0 && stamp < last.saturating_add(self.settings.min_refetch_interval_secs) {
+            return false;
+        }
+        if self
+            .last_refetch
+            .compare_exchange(last, stamp, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return false; // another worker got it
+        }
+        self.refetch_requests.fetch_add(1, Ordering::Relaxed);
+        self.refetch_wanted.store(true, Ordering::Release);
+        if let Some(thread) = self.refresher.get() {
+            thread.unpark();
+        }
+        true
+    }
+
+    /// Successful fetches so far.
+    pub fn fetch_count(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Failed fetches so far.
+    pub fn failure_count(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Early refetches granted so far.
+    pub fn refetch_request_count(&self) -> u64 {
+        self.refetch_requests.load(Ordering::Relaxed)
+    }
+}
+
+/// The side thread that keeps one [`JwksCache`] fresh. Dropping it stops the thread (at its
+/// next wake-up; a fetch in progress finishes first, within the fetch timeout).
+#[derive(Debug)]
+pub struct JwksRefresher {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl JwksRefresher {
+    /// Starts the thread: it fetches at once, then on the schedule in [`JwksSettings`] and
+    /// whenever [`JwksCache::request_refetch`] is granted.
+    pub fn spawn(cache: Arc<JwksCache>) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("sluice-jwks".into())
+            .spawn(move || refresh_loop(&cache, &stop_flag))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for JwksRefresher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+        }
+    }
+}
+
+fn refresh_loop(cache: &JwksCache, stop: &AtomicBool) {
+    let _ = cache.refresher.set(std::thread::current());
+    while !stop.load(Ordering::Acquire) {
+        cache.refetch_wanted.store(false, Ordering::Release);
+        let wait = match cache.refresh() {
+            Ok(n) => {
+                tracing::debug!(url = %cache.url.text, keys = n, "JWKS refreshed");
+                cache.settings.refresh_every
+            }
+            Err(e) => {
+                tracing::warn!(url = %cache.url.text, error = %e, "JWKS refresh failed; keeping the previous keys");
+                cache.settings.retry_after_failure
+            }
+        };
+        let deadline = Instant::now() + wait;
+        loop {
+            if stop.load(Ordering::Acquire) || cache.refetch_wanted.load(Ordering::Acquire) {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            std::thread::park_timeout(deadline - now);
+        }
+    }
+}
+
+/// An `http://host[:port]/path` URL, split.
+#[derive(Debug, Clone)]
+struct HttpUrl {
+    text: String,
+    host: String,
+    port: u16,
+    path: String,
+}
+
+impl HttpUrl {
+    fn parse(url: &str) -> Result<Self, JwksError> {
+        if url
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+        {
+            return Err(JwksError::Https);
+        }
+        let rest = url
+            .get(..7)
+            .filter(|s| s.eq_ignore_ascii_case("http://"))
+            .and_then(|_| url.get(7..))
+            .ok_or(JwksError::Url("must start with http://"))?;
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let path = if path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_owned()
+        };
+        if authority.contains('@') {
+            return Err(JwksError::Url("credentials in the URL are not supported"));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or(JwksError::Url("unclosed ["))?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        let port = match port {
+            Some(p) => p.parse().map_err(|_| JwksError::Url("bad port"))?,
+            None => 80,
+        };
+        if host.is_empty() || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(JwksError::Url("empty host or bad characters in path"));
+        }
+        Ok(Self {
+            text: url.to_owned(),
+            host: host.to_owned(),
+            port,
+            path,
+        })
+    }
+
+    fn host_header(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == 80 {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// A small blocking HTTP/1.1 GET (`Connection: close`) returning the 200 answer's body.
+fn http_get(url: &HttpUrl, settings: &JwksSettings) -> Result<Vec<u8>, JwksError> {
+    let timeout = settings.fetch_timeout;
+    let deadline = Instant::now() + timeout;
+    let mut last_error = None;
+    let mut stream = None;
+    for addr in (url.host.as_str(), url.port).to_socket_addrs()? {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    let mut stream = match (stream, last_error) {
+        (Some(s), _) => s,
+        (None, Some(e)) => return Err(e.into()),
+        (None, None) => return Err(JwksError::Url("host has no address")),
+    };
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: sluice\r\nConnection: close\r\n\r\n",
+        url.path,
+        url.host_header()
+    );
+    stream.write_all(request.as_bytes())?;
+
+    let mut buf = Vec::with_capacity(8192);
+    let mut chunk = [0u8; 8192];
+    loop {
+        if Instant::now() >= deadline {
+            return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        if buf.len() + n > settings.max_response {
+            return Err(JwksError::TooLarge(settings.max_response));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    response_body(&buf, settings.max_response)
+}
+
+/// The body of a complete HTTP/1.1 answer held in `buf`, if its status is 200.
+fn response_body(buf: &[u8], max: usize) -> Result<Vec<u8>, JwksError> {
+    let mut head = ResponseHead::default();
+    match parse_response(buf, false, 16 * 1024, &mut head) {
+        Ok(Parse::Complete) => {}
+        Ok(Parse::Partial) => return Err(JwksError::Http("the head is cut short")),
+        Err(_) => return Err(JwksError::Http("malformed head")),
+    }
+    if head.status != 200 {
+        return Err(JwksError::Status(head.status));
+    }
+    let rest = buf.get(head.head_len..).unwrap_or_default();
+    match head.framing {
+        ResponseFraming::None => Ok(Vec::new()),
+        ResponseFraming::Close => Ok(rest.to_vec()),
+        ResponseFraming::Length(n) => usize::try_from(n)
+            .ok()
+            .and_then(|n| rest.get(..n))
+            .map(<[u8]>::to_vec)
+            .ok_or(JwksError::Http("the body is cut short")),
+        ResponseFraming::Chunked => {
+            let mut out = Vec::new();
+            let mut decoder = ChunkedDecoder::new(max as u64);
+            match decoder.decode(rest, &mut out) {
+                Ok(d) if d.done => Ok(out),
+                Ok(_) => Err(JwksError::Http("the chunked body is cut short")),
+                Err(_) => Err(JwksError::Http("bad chunked framing")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

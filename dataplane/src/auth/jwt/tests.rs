@@ -1,0 +1,726 @@
+//! JWT vectors, signed here with the fixed test keys.
+
+use std::collections::HashMap;
+
+use jsonwebtoken::{Algorithm, EncodingKey};
+
+use super::*;
+use crate::auth::testkeys::*;
+
+const NOW: u64 = 1_800_000_000;
+const ISS: &str = "https://login.example.test/tenant/v2.0";
+const AUD: &str = "api://sluice";
+
+fn claims(extra: &str) -> String {
+    let base = format!(
+        r#""iss":"{ISS}","aud":"{AUD}","exp":{},"iat":{NOW},"sub":"user-1""#,
+        NOW + 600
+    );
+    if extra.is_empty() {
+        format!("{{{base}}}")
+    } else {
+        format!("{{{base},{extra}}}")
+    }
+}
+
+fn issuer(keys: Vec<JwtKeyConfig>) -> JwtIssuerConfig {
+    JwtIssuerConfig {
+        audiences: vec![AUD.into()],
+        keys,
+        ..JwtIssuerConfig::new(ISS)
+    }
+}
+
+fn key(kid: Option<&str>, alg: JwtAlg, source: JwtKeySource) -> JwtKeyConfig {
+    JwtKeyConfig {
+        kid: kid.map(str::to_owned),
+        algorithms: vec![alg],
+        source,
+    }
+}
+
+fn hs_key() -> JwtKeyConfig {
+    key(
+        None,
+        JwtAlg::HS256,
+        JwtKeySource::Secret(HS_SECRET.to_vec()),
+    )
+}
+
+fn rs_key(kid: Option<&str>) -> JwtKeyConfig {
+    key(
+        kid,
+        JwtAlg::RS256,
+        JwtKeySource::Pem(RSA_PUBLIC_PEM.to_vec()),
+    )
+}
+
+fn es_key() -> JwtKeyConfig {
+    key(
+        None,
+        JwtAlg::ES256,
+        JwtKeySource::Pem(EC_PUBLIC_PEM.to_vec()),
+    )
+}
+
+/// A validator trusting the HS, RS and ES test keys.
+fn validator() -> JwtValidator {
+    JwtValidator::new(vec![issuer(vec![
+        hs_key(),
+        rs_key(Some("rsa-1")),
+        es_key(),
+    ])])
+    .unwrap()
+}
+
+fn hs(claims: &str) -> String {
+    sign(
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        claims,
+        Algorithm::HS256,
+        &hs_signer(),
+    )
+}
+
+fn rs(claims: &str) -> String {
+    sign(
+        r#"{"alg":"RS256","kid":"rsa-1"}"#,
+        claims,
+        Algorithm::RS256,
+        &rsa_signer(),
+    )
+}
+
+fn es(claims: &str) -> String {
+    sign(r#"{"alg":"ES256"}"#, claims, Algorithm::ES256, &ec_signer())
+}
+
+#[test]
+fn valid_hs256_rs256_es256_tokens_pass() {
+    let v = validator();
+    for token in [hs(&claims("")), rs(&claims("")), es(&claims(""))] {
+        let p = v.validate(&token, NOW).unwrap();
+        assert_eq!(p.issuer, 0);
+        assert_eq!(p.subject.as_deref(), Some("user-1"));
+        assert_eq!(p.expires_at, Some(NOW + 600));
+        assert_eq!(p.subscription, None);
+    }
+}
+
+#[test]
+fn keys_load_from_pem_and_jwks_files() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/auth/testdata");
+    let jwks_path = std::env::temp_dir().join(format!("sluice-jwks-{}.json", std::process::id()));
+    std::fs::write(&jwks_path, jwks(&[ec_jwk("ec-1")])).unwrap();
+    let v = JwtValidator::new(vec![issuer(vec![
+        key(
+            None,
+            JwtAlg::RS256,
+            JwtKeySource::PemFile(dir.join("rsa_public.pem")),
+        ),
+        key(
+            None,
+            JwtAlg::ES256,
+            JwtKeySource::JwksFile(jwks_path.clone()),
+        ),
+    ])])
+    .unwrap();
+    std::fs::remove_file(&jwks_path).unwrap();
+    let rs_no_kid = sign(
+        r#"{"alg":"RS256"}"#,
+        &claims(""),
+        Algorithm::RS256,
+        &rsa_signer(),
+    );
+    assert!(v.validate(&rs_no_kid, NOW).is_ok());
+    let es_kid = sign(
+        r#"{"alg":"ES256","kid":"ec-1"}"#,
+        &claims(""),
+        Algorithm::ES256,
+        &ec_signer(),
+    );
+    assert!(v.validate(&es_kid, NOW).is_ok());
+    let es_other = sign(
+        r#"{"alg":"ES256","kid":"ec-2"}"#,
+        &claims(""),
+        Algorithm::ES256,
+        &ec_signer(),
+    );
+    assert_eq!(v.validate(&es_other, NOW), Err(JwtError::UnknownKid));
+}
+
+#[test]
+fn secret_from_the_environment() {
+    let var = "SLUICE_TEST_JWT_SECRET_AUTH";
+    std::env::set_var(var, std::str::from_utf8(HS_SECRET).unwrap());
+    let v = JwtValidator::new(vec![issuer(vec![key(
+        None,
+        JwtAlg::HS256,
+        JwtKeySource::SecretEnv(var.into()),
+    )])])
+    .unwrap();
+    assert!(v.validate(&hs(&claims("")), NOW).is_ok());
+    let missing = JwtValidator::new(vec![issuer(vec![key(
+        None,
+        JwtAlg::HS256,
+        JwtKeySource::SecretEnv("SLUICE_TEST_JWT_UNSET_VAR".into()),
+    )])]);
+    assert!(matches!(missing, Err(JwtConfigError::MissingEnv { .. })));
+}
+
+#[test]
+fn expiry_within_and_beyond_leeway() {
+    let v = validator();
+    let token = hs(&claims(""));
+    let exp = NOW + 600;
+    assert!(v.validate(&token, exp - 1).is_ok());
+    assert!(
+        v.validate(&token, exp + 59).is_ok(),
+        "within the 60 s leeway"
+    );
+    assert_eq!(v.validate(&token, exp + 60), Err(JwtError::Expired));
+    assert_eq!(v.validate(&token, exp + 3600), Err(JwtError::Expired));
+
+    let strict = JwtValidator::new(vec![JwtIssuerConfig {
+        leeway_secs: 0,
+        ..issuer(vec![hs_key()])
+    }])
+    .unwrap();
+    assert_eq!(strict.validate(&token, exp), Err(JwtError::Expired));
+    assert!(strict.validate(&token, exp - 1).is_ok());
+}
+
+#[test]
+fn not_before_in_the_future() {
+    let v = validator();
+    let soon = hs(&claims(&format!(r#""nbf":{}"#, NOW + 30)));
+    assert!(v.validate(&soon, NOW).is_ok(), "within leeway");
+    let later = hs(&claims(&format!(r#""nbf":{}"#, NOW + 120)));
+    assert_eq!(v.validate(&later, NOW), Err(JwtError::NotYetValid));
+    assert!(v.validate(&later, NOW + 60).is_ok());
+    let bad = hs(&claims(r#""nbf":"tomorrow""#));
+    assert_eq!(v.validate(&bad, NOW), Err(JwtError::InvalidClaim("nbf")));
+}
+
+#[test]
+fn exp_is_required_by_default() {
+    let no_exp = hs(&format!(r#"{{"iss":"{ISS}","aud":"{AUD}"}}"#));
+    assert_eq!(
+        validator().validate(&no_exp, NOW),
+        Err(JwtError::MissingExpiration)
+    );
+    let lax = JwtValidator::new(vec![JwtIssuerConfig {
+        require_expiration: false,
+        ..issuer(vec![hs_key()])
+    }])
+    .unwrap();
+    assert!(lax.validate(&no_exp, NOW).is_ok());
+    let float_exp = hs(&format!(
+        r#"{{"iss":"{ISS}","aud":"{AUD}","exp":{}.5}}"#,
+        NOW + 10
+    ));
+    assert!(validator().validate(&float_exp, NOW).is_ok());
+    let negative = hs(&format!(r#"{{"iss":"{ISS}","aud":"{AUD}","exp":-1}}"#));
+    assert_eq!(
+        validator().validate(&negative, NOW),
+        Err(JwtError::InvalidClaim("exp"))
+    );
+}
+
+#[test]
+fn audience_and_issuer_are_checked() {
+    let v = validator();
+    let exp = NOW + 600;
+    let no_aud = hs(&format!(r#"{{"iss":"{ISS}","exp":{exp}}}"#));
+    assert_eq!(v.validate(&no_aud, NOW), Err(JwtError::MissingAudience));
+    let wrong_aud = hs(&format!(
+        r#"{{"iss":"{ISS}","aud":"api://other","exp":{exp}}}"#
+    ));
+    assert_eq!(v.validate(&wrong_aud, NOW), Err(JwtError::WrongAudience));
+    let list_aud = hs(&format!(
+        r#"{{"iss":"{ISS}","aud":["api://other","{AUD}"],"exp":{exp}}}"#
+    ));
+    assert!(v.validate(&list_aud, NOW).is_ok());
+    let list_wrong = hs(&format!(
+        r#"{{"iss":"{ISS}","aud":["api://other"],"exp":{exp}}}"#
+    ));
+    assert_eq!(v.validate(&list_wrong, NOW), Err(JwtError::WrongAudience));
+
+    let no_iss = hs(&format!(r#"{{"aud":"{AUD}","exp":{exp}}}"#));
+    assert_eq!(v.validate(&no_iss, NOW), Err(JwtError::MissingIssuer));
+    let wrong_iss = hs(&format!(
+        r#"{{"iss":"https://evil.test/","aud":"{AUD}","exp":{exp}}}"#
+    ));
+    assert_eq!(v.validate(&wrong_iss, NOW), Err(JwtError::UnknownIssuer));
+    let num_iss = hs(&format!(r#"{{"iss":7,"aud":"{AUD}","exp":{exp}}}"#));
+    assert_eq!(
+        v.validate(&num_iss, NOW),
+        Err(JwtError::InvalidClaim("iss"))
+    );
+}
+
+#[test]
+fn tokens_pick_their_issuer_by_iss() {
+    let other = "https://other.test/";
+    let v = JwtValidator::new(vec![
+        issuer(vec![rs_key(None)]),
+        JwtIssuerConfig {
+            audiences: vec![AUD.into()],
+            keys: vec![hs_key()],
+            ..JwtIssuerConfig::new(other)
+        },
+    ])
+    .unwrap();
+    let token = hs(&format!(
+        r#"{{"iss":"{other}","aud":"{AUD}","exp":{}}}"#,
+        NOW + 60
+    ));
+    assert_eq!(v.validate(&token, NOW).unwrap().issuer, 1);
+    // The first issuer has no HS key: its tokens cannot be HS256.
+    assert_eq!(
+        v.validate(&hs(&claims("")), NOW),
+        Err(JwtError::AlgorithmNotAllowed)
+    );
+}
+
+#[test]
+fn alg_none_is_refused_in_any_casing() {
+    let v = validator();
+    let body = b64(claims("").as_bytes());
+    for alg in ["none", "NONE", "None", "nOnE"] {
+        let header = b64(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#).as_bytes());
+        for signature in ["", "c2lnbmF0dXJl"] {
+            let token = format!("{header}.{body}.{signature}");
+            assert_eq!(
+                v.validate(&token, NOW),
+                Err(JwtError::AlgNone),
+                "{alg} {signature:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn unsupported_and_miscased_algorithms_are_refused() {
+    let v = validator();
+    let body = b64(claims("").as_bytes());
+    for alg in ["hs256", "HS512", "PS256", "EdDSA", ""] {
+        let header = b64(format!(r#"{{"alg":"{alg}"}}"#).as_bytes());
+        assert_eq!(
+            v.validate(&format!("{header}.{body}.c2ln"), NOW),
+            Err(JwtError::UnsupportedAlgorithm),
+            "{alg}"
+        );
+    }
+}
+
+#[test]
+fn hs256_signed_with_the_rsa_public_key_is_refused() {
+    // The classic confusion: the attacker signs HS256 with the (public) RSA key's PEM bytes
+    // as the HMAC secret, hoping the verifier feeds its RSA key to HMAC.
+    let confused = EncodingKey::from_secret(RSA_PUBLIC_PEM);
+    let token = sign(
+        r#"{"alg":"HS256"}"#,
+        &claims(""),
+        Algorithm::HS256,
+        &confused,
+    );
+    let rs_only = JwtValidator::new(vec![issuer(vec![rs_key(None)])]).unwrap();
+    assert_eq!(
+        rs_only.validate(&token, NOW),
+        Err(JwtError::AlgorithmNotAllowed)
+    );
+
+    // With an HS key beside the RSA one, naming the RSA key's kid does not help either.
+    let with_kid = sign(
+        r#"{"alg":"HS256","kid":"rsa-1"}"#,
+        &claims(""),
+        Algorithm::HS256,
+        &confused,
+    );
+    assert_eq!(
+        validator().validate(&with_kid, NOW),
+        Err(JwtError::AlgorithmNotAllowed)
+    );
+    // Without a kid it meets the real HS key, whose secret differs.
+    assert_eq!(
+        validator().validate(&token, NOW),
+        Err(JwtError::BadSignature)
+    );
+
+    // And an RSA key cannot be pinned to HS256 in config.
+    let pinned_wrong = JwtValidator::new(vec![issuer(vec![key(
+        None,
+        JwtAlg::HS256,
+        JwtKeySource::Pem(RSA_PUBLIC_PEM.to_vec()),
+    )])]);
+    assert!(matches!(
+        pinned_wrong,
+        Err(JwtConfigError::Key {
+            error: JwksError::AlgorithmMismatch(_),
+            ..
+        })
+    ));
+}
+
+#[test]
+fn es256_token_against_an_rs256_kid_is_refused_before_crypto() {
+    let token = sign(
+        r#"{"alg":"ES256","kid":"rsa-1"}"#,
+        &claims(""),
+        Algorithm::ES256,
+        &ec_signer(),
+    );
+    assert_eq!(
+        validator().validate(&token, NOW),
+        Err(JwtError::AlgorithmNotAllowed)
+    );
+}
+
+#[test]
+fn tampered_tokens_fail_the_signature() {
+    let v = validator();
+    for token in [hs(&claims("")), rs(&claims("")), es(&claims(""))] {
+        let (message, signature) = token.rsplit_once('.').unwrap();
+        let mut sig = URL_SAFE_NO_PAD.decode(signature).unwrap();
+        sig[5] ^= 0x01;
+        let tampered = format!("{message}.{}", b64(&sig));
+        assert_eq!(v.validate(&tampered, NOW), Err(JwtError::BadSignature));
+
+        // Claims swapped for others (a later exp), signature kept.
+        let (header, _) = message.split_once('.').unwrap();
+        let forged_claims = b64(claims(r#""admin":true"#).as_bytes());
+        let forged = format!("{header}.{forged_claims}.{signature}");
+        assert_eq!(v.validate(&forged, NOW), Err(JwtError::BadSignature));
+    }
+}
+
+#[test]
+fn oversized_tokens_are_refused_before_decoding() {
+    let v = validator();
+    // 20 KiB of garbage: were it decoded, it would be Malformed.
+    let junk = "a".repeat(20 * 1024);
+    assert_eq!(v.validate(&junk, NOW), Err(JwtError::TooLarge));
+    // A well-formed token padded with a 20 KiB claim, correctly signed.
+    let big = hs(&claims(&format!(r#""pad":"{}""#, "x".repeat(20 * 1024))));
+    assert!(big.len() > MAX_TOKEN_BYTES);
+    assert_eq!(v.validate(&big, NOW), Err(JwtError::TooLarge));
+    // Just under the limit is fine.
+    let fits = hs(&claims(&format!(r#""pad":"{}""#, "x".repeat(11 * 1024))));
+    assert!(fits.len() <= MAX_TOKEN_BYTES);
+    assert!(v.validate(&fits, NOW).is_ok());
+}
+
+#[test]
+fn embedded_keys_and_crit_are_refused_even_when_signed() {
+    let v = validator();
+    for (field, value) in [
+        ("jwk", r#"{"kty":"oct","k":"c2VjcmV0"}"#),
+        ("jku", r#""http://evil.test/jwks.json""#),
+        ("x5u", r#""http://evil.test/cert.pem""#),
+        ("x5c", r#"["MIIB"]"#),
+        ("jwk", "null"),
+    ] {
+        let header = format!(r#"{{"alg":"HS256",{:?}:{value}}}"#, field);
+        let token = sign(&header, &claims(""), Algorithm::HS256, &hs_signer());
+        let expected = match field {
+            "jwk" => "jwk",
+            "jku" => "jku",
+            "x5u" => "x5u",
+            _ => "x5c",
+        };
+        assert_eq!(
+            v.validate(&token, NOW),
+            Err(JwtError::EmbeddedKey(expected)),
+            "{field}"
+        );
+    }
+    let crit = sign(
+        r#"{"alg":"HS256","crit":["b64"],"b64":false}"#,
+        &claims(""),
+        Algorithm::HS256,
+        &hs_signer(),
+    );
+    assert_eq!(v.validate(&crit, NOW), Err(JwtError::CriticalHeader));
+}
+
+#[test]
+fn malformed_tokens_are_named() {
+    let v = validator();
+    let good = hs(&claims(""));
+    let (header, rest) = good.split_once('.').unwrap();
+    let (body, sig) = rest.split_once('.').unwrap();
+    let cases = [
+        (format!("{header}.{body}"), "not three dot-separated parts"),
+        (format!("{good}.x"), "not three dot-separated parts"),
+        (format!("{header}.{body}."), "empty signature"),
+        (format!("!!.{body}.{sig}"), "header is not base64url"),
+        (
+            format!("{}.{body}.{sig}", b64(b"[1]")),
+            "header is not a JSON object",
+        ),
+        (
+            format!("{}.{body}.{sig}", b64(br#"{"typ":"JWT"}"#)),
+            "header has no alg",
+        ),
+        (
+            format!("{}.{body}.{sig}", b64(br#"{"alg":"HS256","alg":"none"}"#)),
+            "header is not a JSON object",
+        ),
+        (
+            format!("{header}.{}.{sig}", b64(b"[]")),
+            "claims are not a JSON object",
+        ),
+        (format!("{header}.%%.{sig}"), "claims are not base64url"),
+    ];
+    for (token, why) in cases {
+        assert_eq!(
+            v.validate(&token, NOW),
+            Err(JwtError::Malformed(why)),
+            "{token}"
+        );
+    }
+    assert_eq!(
+        v.validate("", NOW),
+        Err(JwtError::Malformed("not three dot-separated parts"))
+    );
+}
+
+#[test]
+fn required_claim_values() {
+    let v = JwtValidator::new(vec![JwtIssuerConfig {
+        required_claims: vec![
+            RequiredClaim {
+                name: "roles".into(),
+                values: vec!["gateway.user".into(), "gateway.admin".into()],
+            },
+            RequiredClaim {
+                name: "tid".into(),
+                values: vec!["tenant-a".into()],
+            },
+            RequiredClaim {
+                name: "ver".into(),
+                values: vec![],
+            },
+        ],
+        ..issuer(vec![hs_key()])
+    }])
+    .unwrap();
+    let ok = hs(&claims(
+        r#""roles":["reader","gateway.user"],"tid":"tenant-a","ver":2"#,
+    ));
+    assert!(v.validate(&ok, NOW).is_ok());
+    let wrong_role = hs(&claims(r#""roles":["reader"],"tid":"tenant-a","ver":2"#));
+    assert_eq!(
+        v.validate(&wrong_role, NOW),
+        Err(JwtError::ClaimMismatch("roles".into()))
+    );
+    let wrong_tid = hs(&claims(
+        r#""roles":"gateway.admin","tid":"tenant-b","ver":2"#,
+    ));
+    assert_eq!(
+        v.validate(&wrong_tid, NOW),
+        Err(JwtError::ClaimMismatch("tid".into()))
+    );
+    let no_ver = hs(&claims(r#""roles":"gateway.admin","tid":"tenant-a""#));
+    assert_eq!(
+        v.validate(&no_ver, NOW),
+        Err(JwtError::MissingClaim("ver".into()))
+    );
+}
+
+#[test]
+fn a_claim_maps_to_the_subscription() {
+    let mapping = SubscriptionMapping {
+        claim: "appid".into(),
+        values: HashMap::from([
+            ("app-one".to_owned(), SubscriptionId(1)),
+            ("app-two".to_owned(), SubscriptionId(2)),
+        ]),
+        default: None,
+    };
+    let v = JwtValidator::new(vec![JwtIssuerConfig {
+        subscription: Some(mapping.clone()),
+        ..issuer(vec![rs_key(Some("rsa-1"))])
+    }])
+    .unwrap();
+    let p = v
+        .validate(&rs(&claims(r#""appid":"app-two""#)), NOW)
+        .unwrap();
+    assert_eq!(p.subscription, Some(SubscriptionId(2)));
+    assert_eq!(p.claim_value.as_deref(), Some("app-two"));
+    assert_eq!(
+        v.validate(&rs(&claims(r#""appid":"app-nine""#)), NOW),
+        Err(JwtError::UnmappedSubscription)
+    );
+    assert_eq!(
+        v.validate(&rs(&claims("")), NOW),
+        Err(JwtError::MissingClaim("appid".into()))
+    );
+
+    let with_default = JwtValidator::new(vec![JwtIssuerConfig {
+        subscription: Some(SubscriptionMapping {
+            default: Some(SubscriptionId(9)),
+            ..mapping
+        }),
+        ..issuer(vec![rs_key(Some("rsa-1"))])
+    }])
+    .unwrap();
+    let p = with_default
+        .validate(&rs(&claims(r#""appid":"app-nine""#)), NOW)
+        .unwrap();
+    assert_eq!(p.subscription, Some(SubscriptionId(9)));
+}
+
+#[test]
+fn config_mistakes_are_refused() {
+    let dup = JwtValidator::new(vec![issuer(vec![hs_key()]), issuer(vec![hs_key()])]);
+    assert!(matches!(dup, Err(JwtConfigError::DuplicateIssuer(_))));
+    assert!(matches!(
+        JwtValidator::new(vec![issuer(vec![])]),
+        Err(JwtConfigError::NoKeys(_))
+    ));
+    let no_aud = JwtValidator::new(vec![JwtIssuerConfig {
+        audiences: vec![],
+        ..issuer(vec![hs_key()])
+    }]);
+    assert!(matches!(no_aud, Err(JwtConfigError::NoAudiences(_))));
+    let weak = JwtValidator::new(vec![issuer(vec![key(
+        None,
+        JwtAlg::HS256,
+        JwtKeySource::Secret(b"short".to_vec()),
+    )])]);
+    assert!(matches!(
+        weak,
+        Err(JwtConfigError::Key {
+            error: JwksError::WeakKey(_),
+            ..
+        })
+    ));
+    let no_algs = JwtValidator::new(vec![issuer(vec![JwtKeyConfig {
+        algorithms: vec![],
+        ..hs_key()
+    }])]);
+    assert!(matches!(no_algs, Err(JwtConfigError::NoAlgorithms(_))));
+    let https = JwtValidator::new(vec![issuer(vec![key(
+        None,
+        JwtAlg::RS256,
+        JwtKeySource::JwksUrl("https://login.example.test/keys".into()),
+    )])]);
+    assert!(matches!(
+        https,
+        Err(JwtConfigError::Key {
+            error: JwksError::Https,
+            ..
+        })
+    ));
+    let kid_on_set = JwtValidator::new(vec![issuer(vec![key(
+        Some("k"),
+        JwtAlg::RS256,
+        JwtKeySource::JwksUrl("http://127.0.0.1:1/keys".into()),
+    )])]);
+    assert!(matches!(kid_on_set, Err(JwtConfigError::KidOnJwks(_))));
+    let hs_from_jwks = JwtValidator::new(vec![issuer(vec![key(
+        None,
+        JwtAlg::HS256,
+        JwtKeySource::JwksUrl("http://127.0.0.1:1/keys".into()),
+    )])]);
+    assert!(hs_from_jwks.is_err());
+}
+
+#[test]
+fn error_names_are_stable() {
+    assert_eq!(JwtError::AlgNone.name(), "alg_none");
+    assert_eq!(JwtError::TooLarge.name(), "too_large");
+    assert_eq!(JwtError::UnknownKid.name(), "unknown_kid");
+}
+
+// --- JWKS over HTTP -------------------------------------------------------------------
+
+fn remote_validator(url: &str, settings: JwksSettings) -> JwtValidator {
+    JwtValidator::new(vec![JwtIssuerConfig {
+        jwks: settings,
+        ..issuer(vec![JwtKeyConfig {
+            kid: None,
+            algorithms: vec![JwtAlg::RS256, JwtAlg::ES256],
+            source: JwtKeySource::JwksUrl(url.into()),
+        }])
+    }])
+    .unwrap()
+}
+
+fn rs_kid(kid: &str) -> String {
+    sign(
+        &format!(r#"{{"alg":"RS256","kid":"{kid}"}}"#),
+        &claims(""),
+        Algorithm::RS256,
+        &rsa_signer(),
+    )
+}
+
+#[test]
+fn unknown_kid_triggers_one_rate_limited_refetch() {
+    let server = JwksServer::start(jwks(&[rsa_jwk("k1")]));
+    let mut v = remote_validator(&server.url, JwksSettings::default());
+    let cache = v.jwks_caches().next().unwrap().clone();
+    assert_eq!(
+        v.validate(&rs_kid("k1"), NOW),
+        Err(JwtError::KeysUnavailable)
+    );
+    v.spawn_refreshers().unwrap();
+    assert!(wait_for(|| cache.fetch_count() == 1), "first fetch");
+    assert_eq!(server.hits(), 1);
+    assert!(v.validate(&rs_kid("k1"), NOW).is_ok());
+
+    // The issuer rotates: k2 appears at the endpoint. The first k2 token is refused at once
+    // and causes exactly one refetch.
+    server.set_body(jwks(&[rsa_jwk("k1"), rsa_jwk("k2")]));
+    assert_eq!(v.validate(&rs_kid("k2"), NOW), Err(JwtError::UnknownKid));
+    assert_eq!(cache.refetch_request_count(), 1);
+    assert!(wait_for(|| cache.fetch_count() == 2), "refetch");
+    assert_eq!(server.hits(), 2);
+    assert!(
+        v.validate(&rs_kid("k2"), NOW + 1).is_ok(),
+        "the retry finds the new key"
+    );
+
+    // Made-up kids within the rate limit ask for nothing more.
+    for i in 0..50 {
+        assert_eq!(
+            v.validate(&rs_kid(&format!("bogus-{i}")), NOW + 2),
+            Err(JwtError::UnknownKid)
+        );
+    }
+    assert_eq!(cache.refetch_request_count(), 1);
+    // After the interval, one more.
+    assert_eq!(
+        v.validate(&rs_kid("bogus"), NOW + 61),
+        Err(JwtError::UnknownKid)
+    );
+    assert_eq!(
+        v.validate(&rs_kid("bogus"), NOW + 62),
+        Err(JwtError::UnknownKid)
+    );
+    assert_eq!(cache.refetch_request_count(), 2);
+    assert!(wait_for(|| cache.fetch_count() == 3));
+    assert_eq!(server.hits(), 3);
+}
+
+#[test]
+fn a_jwks_outage_keeps_the_cached_keys() {
+    let mut server = JwksServer::start(jwks(&[rsa_jwk("k1"), ec_jwk("e1")]));
+    let v = remote_validator(&server.url, JwksSettings::default());
+    let cache = v.jwks_caches().next().unwrap().clone();
+    assert_eq!(cache.refresh().unwrap(), 2);
+    server.stop();
+    assert!(cache.refresh().is_err(), "the endpoint is down");
+    assert_eq!(cache.failure_count(), 1);
+    assert!(v.validate(&rs_kid("k1"), NOW).is_ok());
+    let es = sign(
+        r#"{"alg":"ES256","kid":"e1"}"#,
+        &claims(""),
+        Algorithm::ES256,
+        &ec_signer(),
+    );
+    assert!(v.validate(&es, NOW).is_ok());
+}

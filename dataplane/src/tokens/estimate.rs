@@ -1,0 +1,651 @@
+//! What a request will cost before it is sent: [`RequestFacts`] reads the fields a limit
+//! needs from the body in one pass, [`Estimator`] counts the prompt's tokens, and
+//! [`reservation`] adds the completion's cap, as Azure OpenAI does at admission.
+//!
+//! Counting uses the model family's real BPE tables ([`Family`]: `o200k_base` or
+//! `cl100k_base`, embedded by `tiktoken-rs`, built once per process on first use or by
+//! [`Estimator::warm`]) or a byte heuristic (a token per 4 bytes) that costs nothing. Either
+//! is an estimate: images, audio and tool schemas are approximated or ignored, and the
+//! answer's usage settles the account afterwards.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::str::FromStr;
+use std::sync::LazyLock;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use tiktoken_rs::CoreBPE;
+
+use super::lenient::{Lenient, LenientStr};
+use crate::route::Operation;
+
+/// Tokens OpenAI adds per chat message (the `<|start|>role…<|end|>` framing, role included).
+pub const TOKENS_PER_MESSAGE: u32 = 4;
+/// Tokens OpenAI adds once per chat request to prime the reply (`<|start|>assistant`).
+pub const TOKENS_REPLY_PRIMING: u32 = 3;
+
+/// The facts of one request body that admission needs, read once.
+///
+/// Strings borrow from the body unless they hold JSON escapes. Fields of an unexpected type
+/// are read as absent rather than failing the parse: the backend will refuse such a request
+/// anyway, and until then it is charged like any other.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestFacts<'a> {
+    /// `model`, when the body names one (OpenAI style; Azure names the deployment in the path).
+    pub model: Option<Cow<'a, str>>,
+    /// `stream: true`.
+    pub stream: bool,
+    /// `stream_options.include_usage: true`: the client asked for the usage chunk itself.
+    pub include_usage: bool,
+    /// The completion's cap: `max_completion_tokens`, else `max_tokens` (chat); `max_tokens`
+    /// (completions); `max_output_tokens` (responses). `None` when absent.
+    pub max_tokens: Option<u64>,
+    /// Completions asked for: `n` (chat), the larger of `n` and `best_of` (completions);
+    /// at least 1.
+    pub n: u32,
+    /// The prompt's text, as found.
+    pub prompt: Prompt<'a>,
+    /// Which API the body was read as.
+    pub operation: Option<Operation>,
+}
+
+/// The text a request sends the model, in the pieces the body holds it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Prompt<'a> {
+    /// Text pieces: chat messages' string content and text parts (and tool calls'
+    /// arguments), completions `prompt` strings and `suffix`, embeddings `input` strings,
+    /// responses `input` and `instructions`, and the strings of `tools` / `functions`.
+    pub pieces: Vec<Cow<'a, str>>,
+    /// Chat messages (each costs [`TOKENS_PER_MESSAGE`] beyond its text).
+    pub messages: u32,
+    /// Token ids sent already tokenised (`prompt` / `input` as integer arrays): exact. For
+    /// [`RequestFacts::unreadable`], the heuristic count of the whole body.
+    pub token_ids: u64,
+}
+
+/// A body that is not a JSON object: no facts could be read. The caller charges the
+/// fallback ([`RequestFacts::unreadable`]) and lets the backend refuse it.
+#[derive(Debug, thiserror::Error)]
+#[error("request body is not a JSON object: {0}")]
+pub struct FactsError(#[from] serde_json::Error);
+
+impl<'a> RequestFacts<'a> {
+    /// Reads `body` as a request of `operation`. Only the fields the operation defines are
+    /// taken (chat: `messages`, `tools`, `functions`; completions: `prompt`, `suffix`;
+    /// embeddings: `input`; responses: `input`, `instructions`, `tools`); every other field is
+    /// skipped without being built.
+    pub fn parse(operation: Operation, body: &'a [u8]) -> Result<Self, FactsError> {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let mut facts = de.deserialize_map(FactsVisitor { operation })?;
+        de.end()?;
+        facts.operation = Some(operation);
+        Ok(facts)
+    }
+
+    /// The facts charged for a body that [`RequestFacts::parse`] refused: its whole length
+    /// counted as prompt text by the heuristic, no cap (so the configured default applies).
+    pub fn unreadable(operation: Operation, body_len: usize) -> RequestFacts<'static> {
+        RequestFacts {
+            n: 1,
+            operation: Some(operation),
+            prompt: Prompt {
+                token_ids: heuristic_bytes(body_len),
+                ..Prompt::default()
+            },
+            ..RequestFacts::default()
+        }
+    }
+
+    /// Whether Sluice should ask the backend for the usage chunk: a streamed chat or
+    /// completions request whose client did not ask for it (responses streams always end
+    /// with their usage).
+    pub fn needs_usage_injection(&self) -> bool {
+        self.stream
+            && !self.include_usage
+            && matches!(
+                self.operation,
+                Some(Operation::ChatCompletions | Operation::Completions)
+            )
+    }
+}
+
+/// A BPE vocabulary, as OpenAI's `tiktoken` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// `o200k_base`: gpt-4o, gpt-4.1, gpt-4.5, gpt-5, the o-series.
+    O200k,
+    /// `cl100k_base`: gpt-4, gpt-3.5-turbo (`gpt-35-turbo` on Azure), text-embedding-*.
+    Cl100k,
+}
+
+impl Family {
+    /// The vocabulary's name: `o200k_base` or `cl100k_base`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::O200k => "o200k_base",
+            Family::Cl100k => "cl100k_base",
+        }
+    }
+
+    /// The tables, built on first use (a few hundred milliseconds, tens of MiB) and shared by
+    /// every thread after. `None` only if the embedded tables failed to load.
+    fn bpe(self) -> Option<&'static CoreBPE> {
+        static O200K: LazyLock<Option<CoreBPE>> = LazyLock::new(|| tiktoken_rs::o200k_base().ok());
+        static CL100K: LazyLock<Option<CoreBPE>> =
+            LazyLock::new(|| tiktoken_rs::cl100k_base().ok());
+        match self {
+            Family::O200k => O200K.as_ref(),
+            Family::Cl100k => CL100K.as_ref(),
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A family name that is neither `o200k`/`o200k_base` nor `cl100k`/`cl100k_base`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown tokenizer family {0:?} (expected o200k_base or cl100k_base)")]
+pub struct UnknownFamily(pub String);
+
+impl FromStr for Family {
+    type Err = UnknownFamily;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "o200k" | "o200k_base" => Ok(Family::O200k),
+            "cl100k" | "cl100k_base" => Ok(Family::Cl100k),
+            other => Err(UnknownFamily(other.to_owned())),
+        }
+    }
+}
+
+/// The vocabulary of a model name (as in `model`, or a deployment's configured model):
+/// gpt-4o*, gpt-4.1*, gpt-4.5*, gpt-5*, o1*/o3*/o4*, chatgpt-4o*, gpt-oss* → o200k;
+/// gpt-4*, gpt-3.5*/gpt-35*, text-embedding-*, davinci-002/babbage-002 → cl100k; anything
+/// else → `default`. ASCII case is ignored.
+pub fn family_for_model(name: &str, default: Family) -> Family {
+    const O200K: [&str; 10] = [
+        "gpt-4o",
+        "gpt-4.1",
+        "gpt-4.5",
+        "gpt-5",
+        "o1",
+        "o3",
+        "o4",
+        "chatgpt-4o",
+        "gpt-oss",
+        "codex-",
+    ];
+    const CL100K: [&str; 6] = [
+        "gpt-4",
+        "gpt-3.5",
+        "gpt-35",
+        "text-embedding-",
+        "davinci-002",
+        "babbage-002",
+    ];
+    let starts = |p: &str| {
+        name.len() >= p.len() && name.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+    };
+    if O200K.iter().any(|p| starts(p)) {
+        Family::O200k
+    } else if CL100K.iter().any(|p| starts(p)) {
+        Family::Cl100k
+    } else {
+        default
+    }
+}
+
+/// How prompt tokens are counted (per deployment, from config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Estimator {
+    /// A token per 4 bytes of UTF-8 (rounded up per piece): free, exact enough for English
+    /// prose, low for code and CJK text.
+    Heuristic,
+    /// The family's BPE tables: the count OpenAI's `tiktoken` gives, at a few µs per KiB.
+    Bpe(Family),
+}
+
+impl Estimator {
+    /// Builds the BPE tables now (off the request path, e.g. at startup or config load) so
+    /// the first request does not pay for it. Returns false if they could not be built; the
+    /// estimator then counts by the heuristic.
+    pub fn warm(self) -> bool {
+        match self {
+            Estimator::Heuristic => true,
+            Estimator::Bpe(family) => family.bpe().is_some(),
+        }
+    }
+
+    /// The prompt's tokens: its text pieces counted, token ids as given, and for chat
+    /// [`TOKENS_PER_MESSAGE`] per message plus [`TOKENS_REPLY_PRIMING`]. Saturates at
+    /// `u32::MAX`.
+    pub fn estimate_prompt(self, facts: &RequestFacts<'_>) -> u32 {
+        let prompt = &facts.prompt;
+        let mut total = prompt.token_ids;
+        for piece in &prompt.pieces {
+            total = total.saturating_add(self.count_text(piece));
+        }
+        if prompt.messages > 0 {
+            total = total
+                .saturating_add(u64::from(prompt.messages) * u64::from(TOKENS_PER_MESSAGE))
+                .saturating_add(u64::from(TOKENS_REPLY_PRIMING));
+        }
+        u32::try_from(total).unwrap_or(u32::MAX)
+    }
+
+    /// Tokens in one piece of text.
+    pub fn count_text(self, text: &str) -> u64 {
+        match self {
+            Estimator::Heuristic => heuristic_bytes(text.len()),
+            Estimator::Bpe(family) => match family.bpe() {
+                Some(bpe) => bpe_count(bpe, text),
+                None => heuristic_bytes(text.len()),
+            },
+        }
+    }
+}
+
+/// Tokens admission reserves: the prompt plus the completion cap (`max_tokens`, or
+/// `default_max_tokens` when the request set none) times `n`. Embeddings produce no
+/// completion: the prompt alone. `models` costs nothing.
+pub fn reservation(facts: &RequestFacts<'_>, prompt: u32, default_max_tokens: u32) -> u64 {
+    match facts.operation {
+        Some(Operation::Embeddings) => u64::from(prompt),
+        Some(Operation::Models) => 0,
+        _ => {
+            let cap = facts
+                .max_tokens
+                .unwrap_or(u64::from(default_max_tokens))
+                .saturating_mul(u64::from(facts.n.max(1)));
+            u64::from(prompt).saturating_add(cap)
+        }
+    }
+}
+
+/// A token per 4 bytes, rounded up.
+fn heuristic_bytes(len: usize) -> u64 {
+    (len as u64).div_ceil(4)
+}
+
+/// The longest run of text handed to the BPE without a clean split point. BPE merging is
+/// quadratic in a pre-token's length and the pre-tokeniser keeps letter, punctuation and
+/// whitespace runs whole, so a megabyte without spaces would take seconds; cutting such runs
+/// bounds the work (and costs at most a token or two per cut in accuracy).
+const MAX_RUN: usize = 256;
+
+/// Counts `text` with `bpe`, in segments that keep the work linear (see [`MAX_RUN`]).
+///
+/// Text is cut before a space that follows a non-space: the pre-tokeniser never joins
+/// across such a point (a space always starts the next pre-token), so the sum of the
+/// segments' counts is the count of the whole. A run longer than [`MAX_RUN`] bytes with no
+/// such point is cut at the next char boundary instead.
+fn bpe_count(bpe: &CoreBPE, text: &str) -> u64 {
+    let bytes = text.as_bytes();
+    let mut total = 0u64;
+    let mut seg_start = 0;
+    let mut last_split = 0;
+    for i in 1..bytes.len() {
+        let clean = bytes[i] == b' ' && !bytes[i - 1].is_ascii_whitespace();
+        if clean {
+            last_split = i;
+            continue;
+        }
+        if i - last_split >= MAX_RUN && text.is_char_boundary(i) {
+            total = total.saturating_add(bpe_segment(bpe, &text[seg_start..i]));
+            seg_start = i;
+            last_split = i;
+        }
+    }
+    total.saturating_add(bpe_segment(bpe, &text[seg_start..]))
+}
+
+/// One segment's count. `tiktoken-rs` unwraps its regex's result; should that ever fail
+/// (fancy-regex's backtrack limit), the segment is counted by the heuristic rather than
+/// taking the worker down.
+fn bpe_segment(bpe: &CoreBPE, segment: &str) -> u64 {
+    if segment.is_empty() {
+        return 0;
+    }
+    catch_unwind(AssertUnwindSafe(|| bpe.count_ordinary(segment) as u64))
+        .unwrap_or_else(|_| heuristic_bytes(segment.len()))
+}
+
+/// Reads the top-level object of a request body.
+struct FactsVisitor {
+    operation: Operation,
+}
+
+/// The top-level fields admission reads; everything else is skipped.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Field {
+    Model,
+    Stream,
+    StreamOptions,
+    MaxTokens,
+    MaxCompletionTokens,
+    MaxOutputTokens,
+    N,
+    BestOf,
+    Messages,
+    Prompt,
+    Suffix,
+    Input,
+    Instructions,
+    Tools,
+    Functions,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> Visitor<'de> for FactsVisitor {
+    type Value = RequestFacts<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use Operation::{ChatCompletions as Chat, Completions, Embeddings, Responses};
+        let op = self.operation;
+        let mut facts = RequestFacts::default();
+        let (mut max_tokens, mut max_completion, mut max_output) = (None, None, None);
+        let (mut n, mut best_of) = (None, None);
+        while let Some(field) = map.next_key::<Field>()? {
+            match (field, op) {
+                (Field::Model, _) => facts.model = map.next_value::<LenientStr<'de>>()?.0,
+                (Field::Stream, _) => {
+                    facts.stream = map.next_value::<Lenient<bool>>()?.0 == Some(true)
+                }
+                (Field::StreamOptions, _) => {
+                    facts.include_usage = map.next_value::<StreamOptions>()?.include_usage
+                }
+                (Field::MaxTokens, _) => max_tokens = map.next_value::<Lenient<u64>>()?.0,
+                (Field::MaxCompletionTokens, _) => {
+                    max_completion = map.next_value::<Lenient<u64>>()?.0
+                }
+                (Field::MaxOutputTokens, _) => max_output = map.next_value::<Lenient<u64>>()?.0,
+                (Field::N, _) => n = map.next_value::<Lenient<u64>>()?.0,
+                (Field::BestOf, _) => best_of = map.next_value::<Lenient<u64>>()?.0,
+                (Field::Messages, Chat) => map.next_value_seed(MessagesSeed(&mut facts.prompt))?,
+                (Field::Prompt | Field::Suffix, Completions)
+                | (Field::Input, Embeddings | Responses)
+                | (Field::Instructions, Responses) => {
+                    map.next_value_seed(Collect::new(&mut facts.prompt, Mode::Text))?
+                }
+                (Field::Tools | Field::Functions, Chat) | (Field::Tools, Responses) => {
+                    map.next_value_seed(Collect::new(&mut facts.prompt, Mode::AllStrings))?
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let count = |x: Option<u64>| u32::try_from(x.unwrap_or(1)).unwrap_or(u32::MAX).max(1);
+        match op {
+            Chat => {
+                facts.max_tokens = max_completion.or(max_tokens);
+                facts.n = count(n);
+            }
+            Completions => {
+                facts.max_tokens = max_tokens;
+                facts.n = count(n).max(count(best_of));
+            }
+            Responses => {
+                facts.max_tokens = max_output;
+                facts.n = 1;
+            }
+            Embeddings | Operation::Models => facts.n = 1,
+        }
+        Ok(facts)
+    }
+}
+
+/// Which strings of a value are prompt text.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Strings, and inside objects only the values of text-bearing keys (`content`, `text`,
+    /// `output`, `arguments`, `input`, `refusal`, `name`, `function`, `tool_calls`).
+    Text,
+    /// Every string, keys included (tool definitions: names, descriptions, schemas).
+    AllStrings,
+}
+
+/// Collects a value's prompt text into a [`Prompt`].
+struct Collect<'p, 'a> {
+    prompt: &'p mut Prompt<'a>,
+    mode: Mode,
+}
+
+impl<'p, 'a> Collect<'p, 'a> {
+    fn new(prompt: &'p mut Prompt<'a>, mode: Mode) -> Self {
+        Collect { prompt, mode }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Collect<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Collect<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("prompt text")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<(), E> {
+        self.prompt.pieces.push(Cow::Borrowed(v));
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.prompt.pieces.push(Cow::Owned(v.to_owned()));
+        Ok(())
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<(), E> {
+        self.prompt.pieces.push(Cow::Owned(v));
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        // A token id of a pre-tokenised prompt.
+        self.prompt.token_ids = self.prompt.token_ids.saturating_add(1);
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        self.prompt.token_ids = self.prompt.token_ids.saturating_add(1);
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mode = self.mode;
+        while seq
+            .next_element_seed(Collect {
+                prompt: &mut *self.prompt,
+                mode,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mode = self.mode;
+        while let Some(key) = map.next_key::<LenientStr<'de>>()? {
+            let Some(key) = key.0 else {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            let take = match mode {
+                Mode::AllStrings => true,
+                Mode::Text => matches!(
+                    key.as_ref(),
+                    "content"
+                        | "text"
+                        | "output"
+                        | "arguments"
+                        | "input"
+                        | "refusal"
+                        | "name"
+                        | "function"
+                        | "tool_calls"
+                ),
+            };
+            if matches!(mode, Mode::AllStrings) {
+                self.prompt.pieces.push(key);
+            }
+            if take {
+                map.next_value_seed(Collect {
+                    prompt: &mut *self.prompt,
+                    mode,
+                })?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Chat `messages`: counts the messages and collects their text.
+struct MessagesSeed<'p, 'a>(&'p mut Prompt<'a>);
+
+impl<'de> DeserializeSeed<'de> for MessagesSeed<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MessagesSeed<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of messages")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        loop {
+            let seed = Collect {
+                prompt: &mut *self.0,
+                mode: Mode::Text,
+            };
+            if seq.next_element_seed(seed)?.is_none() {
+                return Ok(());
+            }
+            self.0.messages = self.0.messages.saturating_add(1);
+        }
+    }
+
+    // Anything else is not messages: skipped (the backend will refuse it).
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// `stream_options`: only `include_usage` matters; anything but an object reads as absent.
+#[derive(Default)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+impl<'de> Deserialize<'de> for StreamOptions {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StreamOptions;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("stream_options")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StreamOptions, A::Error> {
+                let mut out = StreamOptions::default();
+                while let Some(key) = map.next_key::<LenientStr<'de>>()? {
+                    if key.0.as_deref() == Some("include_usage") {
+                        out.include_usage = map.next_value::<Lenient<bool>>()?.0 == Some(true);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(out)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StreamOptions, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(StreamOptions::default())
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<StreamOptions, E> {
+                Ok(StreamOptions::default())
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<StreamOptions, E> {
+                Ok(StreamOptions::default())
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<StreamOptions, E> {
+                Ok(StreamOptions::default())
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<StreamOptions, E> {
+                Ok(StreamOptions::default())
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<StreamOptions, E> {
+                Ok(StreamOptions::default())
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<StreamOptions, E> {
+                Ok(StreamOptions::default())
+            }
+        }
+        de.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,501 @@
+//! What a request really cost, from the answer: [`usage_from_json`] for a JSON body,
+//! [`SseScanner`] for a streamed one, and [`inject_include_usage`] to make a stream carry its
+//! usage when the client did not ask for it.
+//!
+//! Chat and completions answers carry `usage: {prompt_tokens, completion_tokens,
+//! total_tokens}` (embeddings: no completion tokens); a stream carries it only in a last,
+//! usage-only chunk (`choices: []`), and only when the request set
+//! `stream_options.include_usage`. The Responses API says `input_tokens` / `output_tokens`,
+//! in the body or in the `response.completed` event's `response`; [`Usage`] maps them.
+
+use std::fmt;
+use std::ops::Range;
+
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::lenient::{skip_map, skip_seq, Lenient, LenientStr};
+
+mod sse;
+
+pub use sse::{EventView, SseError, SseScanner, StreamOutcome, Verdict, DEFAULT_MAX_EVENT};
+
+/// Tokens an answer used, as the backend reported them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Usage {
+    /// `prompt_tokens` (Responses: `input_tokens`).
+    pub prompt_tokens: u64,
+    /// `completion_tokens` (Responses: `output_tokens`); 0 for embeddings.
+    pub completion_tokens: u64,
+    /// `total_tokens`, or the sum of the two when the answer omits it.
+    pub total_tokens: u64,
+}
+
+/// The top-level `usage` of a JSON answer body (chat, completions, embeddings, responses),
+/// or `None` when the body has none, it is `null`, or the body is not a JSON object. Every
+/// other field is skipped without being built.
+pub fn usage_from_json(body: &[u8]) -> Option<Usage> {
+    parse_probe(body, false).ok()?.usage
+}
+
+/// A request body with `stream_options.include_usage` set to true, for a streamed chat or
+/// completions request whose client did not set it: the usage chunk then comes back and the
+/// relay drops it ([`SseScanner::new`] with `drop_usage_only`). Every other byte of the body
+/// is kept as it was; `stream_options`' other members too.
+///
+/// `None` when nothing needs changing: not a JSON object, not `stream: true`, neither
+/// `messages` nor `prompt` (Responses streams always end with their usage; other APIs do
+/// not stream), or `include_usage` already true. Also `None`, leaving the body alone, when
+/// the body is ambiguous (a `stream_options` or `include_usage` key given twice, or spelled
+/// with escapes).
+pub fn inject_include_usage(body: &[u8]) -> Option<Vec<u8>> {
+    let probe: InjectProbe = serde_json::from_slice(body).ok()?;
+    if !probe.stream || !probe.chat_or_completions || probe.include_usage {
+        return None;
+    }
+    let top = skip_ws(body, 0);
+    if body.get(top) != Some(&b'{') {
+        return None;
+    }
+    const MEMBER: &[u8] = br#""stream_options":{"include_usage":true}"#;
+    let mut out = Vec::with_capacity(body.len() + MEMBER.len() + 1);
+    match member(body, top, b"stream_options")? {
+        None => {
+            // `stream: true` is a member, so the object is not empty: a comma follows.
+            out.extend_from_slice(&body[..=top]);
+            out.extend_from_slice(MEMBER);
+            out.push(b',');
+            out.extend_from_slice(&body[top + 1..]);
+        }
+        Some(span) if body.get(span.start) == Some(&b'{') => {
+            match member(body, span.start, b"include_usage")? {
+                Some(value) => splice(&mut out, body, value, b"true"),
+                None => {
+                    let first = skip_ws(body, span.start + 1);
+                    let comma = body.get(first) != Some(&b'}');
+                    let at = span.start + 1;
+                    out.extend_from_slice(&body[..at]);
+                    out.extend_from_slice(br#""include_usage":true"#);
+                    if comma {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(&body[at..]);
+                }
+            }
+        }
+        // `null` or a value of the wrong type: replaced whole.
+        Some(span) => splice(&mut out, body, span, br#"{"include_usage":true}"#),
+    }
+    Some(out)
+}
+
+/// `body` with `range` replaced by `with`, into `out`.
+fn splice(out: &mut Vec<u8>, body: &[u8], range: Range<usize>, with: &[u8]) {
+    out.extend_from_slice(&body[..range.start]);
+    out.extend_from_slice(with);
+    out.extend_from_slice(&body[range.end..]);
+}
+
+/// What [`inject_include_usage`] needs to decide.
+#[derive(Default)]
+struct InjectProbe {
+    stream: bool,
+    include_usage: bool,
+    chat_or_completions: bool,
+}
+
+impl<'de> Deserialize<'de> for InjectProbe {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = InjectProbe;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<InjectProbe, A::Error> {
+                let mut probe = InjectProbe::default();
+                while let Some(key) = map.next_key::<LenientStr<'de>>()? {
+                    match key.0.as_deref() {
+                        Some("stream") => {
+                            probe.stream = map.next_value::<Lenient<bool>>()?.0 == Some(true)
+                        }
+                        Some("stream_options") => {
+                            probe.include_usage = map.next_value::<IncludeUsage>()?.0
+                        }
+                        Some("messages" | "prompt") => {
+                            probe.chat_or_completions = true;
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(probe)
+            }
+        }
+        de.deserialize_map(V)
+    }
+}
+
+/// `stream_options.include_usage == true`; any other shape reads as false.
+struct IncludeUsage(bool);
+
+impl<'de> Deserialize<'de> for IncludeUsage {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = IncludeUsage;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("stream_options")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IncludeUsage, A::Error> {
+                let mut on = false;
+                while let Some(key) = map.next_key::<LenientStr<'de>>()? {
+                    if key.0.as_deref() == Some("include_usage") {
+                        on = map.next_value::<Lenient<bool>>()?.0 == Some(true);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(IncludeUsage(on))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<IncludeUsage, A::Error> {
+                skip_seq(seq).map(|_| IncludeUsage(false))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<IncludeUsage, E> {
+                Ok(IncludeUsage(false))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<IncludeUsage, E> {
+                Ok(IncludeUsage(false))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<IncludeUsage, E> {
+                Ok(IncludeUsage(false))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<IncludeUsage, E> {
+                Ok(IncludeUsage(false))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<IncludeUsage, E> {
+                Ok(IncludeUsage(false))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<IncludeUsage, E> {
+                Ok(IncludeUsage(false))
+            }
+        }
+        de.deserialize_any(V)
+    }
+}
+
+/// What an answer body or an SSE event's data says about usage.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Probe {
+    /// The top-level `usage`, or (in an event) `response.usage`.
+    pub(crate) usage: Option<Usage>,
+    /// How many `choices` the top level has, when it has an array of them.
+    pub(crate) choices: Option<u64>,
+    /// The top-level `type` is a terminal Responses event (`response.completed`,
+    /// `response.incomplete`, `response.failed`).
+    pub(crate) terminal: bool,
+}
+
+/// Reads `data` (a JSON object) for its [`Probe`]; `event` also looks at `choices`, `type`
+/// and `response.usage`.
+pub(crate) fn parse_probe(data: &[u8], event: bool) -> Result<Probe, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(data);
+    let probe = de.deserialize_map(ProbeVisitor { event })?;
+    de.end()?;
+    Ok(probe)
+}
+
+struct ProbeVisitor {
+    event: bool,
+}
+
+impl<'de> Visitor<'de> for ProbeVisitor {
+    type Value = Probe;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Probe, A::Error> {
+        let mut probe = Probe::default();
+        let mut nested = None;
+        while let Some(key) = map.next_key::<LenientStr<'de>>()? {
+            match (key.0.as_deref(), self.event) {
+                (Some("usage"), _) => probe.usage = map.next_value::<UsageField>()?.0,
+                (Some("choices"), true) => probe.choices = map.next_value::<SeqLen>()?.0,
+                (Some("type"), true) => {
+                    let kind = map.next_value::<LenientStr<'de>>()?.0;
+                    probe.terminal = matches!(
+                        kind.as_deref(),
+                        Some("response.completed" | "response.incomplete" | "response.failed")
+                    );
+                }
+                (Some("response"), true) => nested = map.next_value::<NestedUsage>()?.0,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        probe.usage = probe.usage.or(nested);
+        Ok(probe)
+    }
+}
+
+/// A `usage` object; `null` or any other shape reads as `None`.
+struct UsageField(Option<Usage>);
+
+impl<'de> Deserialize<'de> for UsageField {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        de.deserialize_any(UsageVisitor)
+    }
+}
+
+struct UsageVisitor;
+
+impl<'de> Visitor<'de> for UsageVisitor {
+    type Value = UsageField;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a usage object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UsageField, A::Error> {
+        let (mut prompt, mut completion, mut total) = (None, None, None);
+        while let Some(key) = map.next_key::<LenientStr<'de>>()? {
+            let slot = match key.0.as_deref() {
+                Some("prompt_tokens" | "input_tokens") => &mut prompt,
+                Some("completion_tokens" | "output_tokens") => &mut completion,
+                Some("total_tokens") => &mut total,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            let value = map.next_value::<Lenient<u64>>()?.0;
+            *slot = value.or(*slot);
+        }
+        if prompt.is_none() && completion.is_none() && total.is_none() {
+            return Ok(UsageField(None));
+        }
+        let prompt_tokens = prompt.unwrap_or(0);
+        let completion_tokens = completion.unwrap_or(0);
+        Ok(UsageField(Some(Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: total.unwrap_or(prompt_tokens.saturating_add(completion_tokens)),
+        })))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<UsageField, A::Error> {
+        skip_seq(seq).map(|_| UsageField(None))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<UsageField, E> {
+        Ok(UsageField(None))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<UsageField, E> {
+        Ok(UsageField(None))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<UsageField, E> {
+        Ok(UsageField(None))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<UsageField, E> {
+        Ok(UsageField(None))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<UsageField, E> {
+        Ok(UsageField(None))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<UsageField, E> {
+        Ok(UsageField(None))
+    }
+}
+
+/// The `usage` inside a Responses event's `response` object.
+struct NestedUsage(Option<Usage>);
+
+impl<'de> Deserialize<'de> for NestedUsage {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NestedUsage;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a response object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NestedUsage, A::Error> {
+                let mut usage = None;
+                while let Some(key) = map.next_key::<LenientStr<'de>>()? {
+                    if key.0.as_deref() == Some("usage") {
+                        usage = map.next_value::<UsageField>()?.0;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(NestedUsage(usage))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<NestedUsage, A::Error> {
+                skip_seq(seq).map(|_| NestedUsage(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<NestedUsage, E> {
+                Ok(NestedUsage(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<NestedUsage, E> {
+                Ok(NestedUsage(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<NestedUsage, E> {
+                Ok(NestedUsage(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<NestedUsage, E> {
+                Ok(NestedUsage(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<NestedUsage, E> {
+                Ok(NestedUsage(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<NestedUsage, E> {
+                Ok(NestedUsage(None))
+            }
+        }
+        de.deserialize_any(V)
+    }
+}
+
+/// An array's length without building it; any other value reads as `None`.
+struct SeqLen(Option<u64>);
+
+impl<'de> Deserialize<'de> for SeqLen {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = SeqLen;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<SeqLen, A::Error> {
+                skip_seq(seq).map(|n| SeqLen(Some(n)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SeqLen, A::Error> {
+                skip_map(map).map(|()| SeqLen(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<SeqLen, E> {
+                Ok(SeqLen(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<SeqLen, E> {
+                Ok(SeqLen(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<SeqLen, E> {
+                Ok(SeqLen(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<SeqLen, E> {
+                Ok(SeqLen(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<SeqLen, E> {
+                Ok(SeqLen(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<SeqLen, E> {
+                Ok(SeqLen(None))
+            }
+        }
+        de.deserialize_any(V)
+    }
+}
+
+// A byte-level walk over a JSON object already known to be valid (serde read it first), to
+// find where a member's value lies so it can be replaced in place. Every index is checked:
+// on bytes that are not valid JSON it gives up (`None`) rather than panic.
+
+/// The value span of member `key` of the object starting at `obj` (its `{`): `Some(None)`
+/// when absent, `None` when the key appears twice or any key there has escapes.
+fn member(b: &[u8], obj: usize, key: &[u8]) -> Option<Option<Range<usize>>> {
+    let mut i = skip_ws(b, obj + 1);
+    let mut found = None;
+    if b.get(i) == Some(&b'}') {
+        return Some(None);
+    }
+    loop {
+        let key_end = skip_string(b, i)?;
+        let raw = b.get(i + 1..key_end - 1)?;
+        if raw.contains(&b'\\') {
+            return None;
+        }
+        i = skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(b, i + 1);
+        let end = skip_value(b, start)?;
+        if raw == key {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(start..end);
+        }
+        i = skip_ws(b, end);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b'}') => return Some(found),
+            _ => return None,
+        }
+    }
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// The index after the string starting at `i` (its `"`).
+fn skip_string(b: &[u8], i: usize) -> Option<usize> {
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let mut j = i + 1;
+    loop {
+        let at = j + memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
+        if b[at] == b'"' {
+            return Some(at + 1);
+        }
+        j = at + 2;
+    }
+}
+
+/// The index after the value starting at `i`.
+fn skip_value(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => skip_string(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match *b.get(j)? {
+                    b'"' => {
+                        j = skip_string(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        _ => {
+            let mut j = i;
+            while let Some(c) = b.get(j) {
+                if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                    break;
+                }
+                j += 1;
+            }
+            (j > i).then_some(j)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
