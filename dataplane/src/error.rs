@@ -35,6 +35,8 @@ pub struct GatewayError {
     /// Close the client connection after answering (framing errors, where the rest of the
     /// stream cannot be trusted).
     pub close: bool,
+    /// When to come back (`Retry-After` and `retry-after-ms` on the answer).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl GatewayError {
@@ -52,6 +54,7 @@ impl GatewayError {
             param: None,
             message: message.into(),
             close: false,
+            retry_after: None,
         }
     }
 
@@ -144,6 +147,71 @@ impl GatewayError {
                 Fault::Upstream,
                 "server_error",
                 "Gateway timeout: the backend did not answer in time.",
+            )
+        }
+    }
+
+    /// No valid credential (401).
+    pub fn unauthorized(code: &'static str, message: &'static str) -> Self {
+        Self {
+            code: Some(code),
+            ..Self::new(401, Fault::Client, "invalid_request_error", message)
+        }
+    }
+
+    /// The caller may not do this (403).
+    pub fn forbidden(code: &'static str, message: &'static str) -> Self {
+        Self {
+            code: Some(code),
+            ..Self::new(403, Fault::Client, "invalid_request_error", message)
+        }
+    }
+
+    /// Over a rate limit (429), passing again after `retry_after`. `unit` is `requests` or
+    /// `tokens` (the OpenAI `error.type` of a rate limit).
+    pub fn rate_limited(unit: &'static str, retry_after: std::time::Duration, label: &str) -> Self {
+        Self {
+            code: Some("rate_limit_exceeded"),
+            retry_after: Some(retry_after),
+            ..Self::new(
+                429,
+                Fault::Client,
+                unit,
+                format!(
+                    "Rate limit reached for {unit} ({label}). Retry after {} ms.",
+                    retry_after.as_millis()
+                ),
+            )
+        }
+    }
+
+    /// Over a quota (403), which resets after `retry_after`.
+    pub fn quota_exceeded(retry_after: std::time::Duration, label: &str) -> Self {
+        Self {
+            code: Some("quota_exceeded"),
+            retry_after: Some(retry_after),
+            ..Self::new(
+                403,
+                Fault::Client,
+                "insufficient_quota",
+                format!(
+                    "Out of quota ({label}); it resets in {} s.",
+                    retry_after.as_secs()
+                ),
+            )
+        }
+    }
+
+    /// A request that alone costs more than a limit can ever admit (429 without a useful
+    /// retry time, as Azure does for a request over its TPM).
+    pub fn too_large_for_limit(label: &str) -> Self {
+        Self {
+            code: Some("rate_limit_exceeded"),
+            ..Self::new(
+                429,
+                Fault::Client,
+                "tokens",
+                format!("The request is larger than the limit {label} can ever admit; lower max_tokens or the prompt."),
             )
         }
     }

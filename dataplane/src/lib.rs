@@ -17,6 +17,7 @@ pub mod health;
 pub mod http;
 pub mod limit;
 pub mod mock;
+pub mod policy;
 pub mod reload;
 pub mod route;
 pub mod server;

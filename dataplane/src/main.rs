@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use sluice::reload::Reloader;
-use sluice::server::{self, DriverChoice, Shared};
+use sluice::server::{self, DriverChoice, Loaded, Shared};
 
 /// Sluice: one fast endpoint in front of your Azure OpenAI and OpenAI-compatible deployments.
 #[derive(Parser, Debug)]
@@ -76,17 +76,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    // Key material and limit scopes are checked when the runtime is built from the config.
+    let loaded = match Loaded::new(snapshot) {
+        Ok(l) => l,
+        Err(error) => {
+            eprintln!("{}: {error}", config.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     if cli.check {
         println!("config OK: {}", config.display());
         return Ok(ExitCode::SUCCESS);
     }
     let workers = cli
         .workers
-        .or(snapshot.server.workers)
+        .or(loaded.server.workers)
         .filter(|&n| n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let listen = snapshot.server.listen.clone();
-    let shared = Shared::new(snapshot);
+    let listen = loaded.server.listen.clone();
+    let shared = Shared::new(loaded);
     // Register signal handlers before the workers start, so an early signal is not lost.
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
     let running = server::start(shared.clone(), listen.clone(), workers, cli.driver)?;

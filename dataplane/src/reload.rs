@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config;
-use crate::server::Shared;
+use crate::server::{Loaded, Shared};
 
 /// How often the config file's metadata is looked at.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -55,7 +55,10 @@ impl Reloader {
         };
         *last = stamp(&self.path);
         let current = self.shared.snapshot();
-        match config::load(&self.path, Some(&current)) {
+        let loaded = config::load(&self.path, Some(&current.snapshot))
+            .map_err(|errors| errors.to_string())
+            .and_then(Loaded::new);
+        match loaded {
             Ok(next) => {
                 if next.server.listen != current.server.listen
                     || next.server.workers != current.server.workers

@@ -34,6 +34,11 @@ pub const FULL_CHAIN_POLICIES: &[&str] = &[
      priority fallback list",
     "azure rewriting: backend deployment path, api-version and api-key per backend",
     "request id (x-request-id), x-forwarded-for / x-forwarded-proto",
+    "subscription key auth (api-key, SHA-256 digest lookup) and product check",
+    "request rate limit and token rate limit per subscription (per-core leases; limits \
+     high enough never to refuse)",
+    "token accounting: BPE prompt estimate (o200k) + max_tokens reserved, settled from the \
+     answer's usage (JSON body, or the stream's usage chunk)",
 ];
 
 /// The policies of the passthrough (what Sluice always does).
@@ -154,8 +159,27 @@ pub fn sluice_full_chain_config(listen: SocketAddr, up: &Upstreams, workers: usi
         STREAM_DEPLOYMENT,
         &["mock-stream-a", "mock-stream-b"],
     );
+    out.push_str(FULL_CHAIN_ACCESS);
     out
 }
+
+/// The full chain's access policies: the load generator's `sluice-demo-key` belongs to a
+/// subscription whose product has request and token limits, far above what a bench run
+/// sends, so they cost their work and refuse nothing.
+const FULL_CHAIN_ACCESS: &str = r#"
+[[product]]
+name = "bench"
+limits = [
+  { unit = "requests", rate = 100000000, per = "minute", scope = "subscription" },
+  { unit = "tokens", rate = 100000000000, per = "minute", scope = "subscription" },
+]
+
+[[subscription]]
+name = "bench"
+product = "bench"
+# SHA-256 of "sluice-demo-key", the key the load generator sends.
+keys = ["sha256:579084b337941a6a4a172d804df80263a01442341327e1c8aded14669aee6724"]
+"#;
 
 /// Where nginx keeps its files.
 #[derive(Debug, Clone)]

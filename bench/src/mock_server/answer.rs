@@ -159,6 +159,7 @@ impl Canned {
                 "The server had an error while processing your request. Sorry about that!",
             ),
             close: false,
+            retry_after: None,
         };
         let mut server_error_body = Vec::new();
         server_error.write_body(&mut server_error_body);

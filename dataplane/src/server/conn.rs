@@ -15,10 +15,18 @@ use monoio::net::TcpStream;
 
 use super::io::{read_more, read_more_within};
 use super::local;
+use super::usage_tap::UsageTap;
 use super::worker::{RequestId, View, Worker};
 use crate::error::GatewayError;
 use crate::http::{parse_request, BodyFraming, ChunkedDecoder, Parse, RequestHead, ResponseHead};
+use crate::policy::admission::{admit, settle, Admission, Ask, Outcome};
+use crate::policy::identity::authorize;
 use crate::route::{route, DeploymentRef, Operation, RouteError};
+use crate::snapshot::access::{
+    Estimator as EstimatorChoice, LimitUnit, TokenSettings, TokenizerFamily,
+};
+use crate::tokens::estimate::{family_for_model, reservation, Estimator, Family, RequestFacts};
+use crate::tokens::usage::inject_include_usage;
 
 /// Whether the connection goes on after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +62,14 @@ pub(super) struct Client {
     pub(super) scratch: Vec<u8>,
     /// Selection candidates, reused.
     pub(super) candidates: Vec<usize>,
+    /// Header lines every answer to the current request carries (x-ratelimit-*).
+    pub(super) extra: Vec<u8>,
+    /// The trace of the current request, when the client asked and may have it.
+    pub(super) trace: Option<String>,
+    /// Reads the answer's token usage, when a token limit must be settled.
+    pub(super) usage: UsageTap,
+    /// What the usage tap lets through when it filters, reused.
+    pub(super) filtered: Vec<u8>,
     /// The connection ends after an error answer: drain what the client is still sending
     /// before closing, so the kernel does not reset the connection under the answer.
     linger: bool,
@@ -77,6 +93,10 @@ pub(super) async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAd
         scratch: Vec::new(),
         candidates: Vec::new(),
         linger: false,
+        extra: Vec::new(),
+        trace: None,
+        usage: UsageTap::Off,
+        filtered: Vec::new(),
     };
     loop {
         let view = worker.view();
@@ -182,6 +202,19 @@ impl Client {
             }
         }
 
+        // Authenticate before reading the body: a refused caller's body is not read (the
+        // connection closes after the answer when one is on its way).
+        let access = &view.snapshot.access;
+        let caller = match &view.snapshot.runtime.identity {
+            Some(identity) if routed.is_ok() => {
+                match identity.authenticate(access, &self.head, &self.buf, unix_now()) {
+                    Ok(caller) => Some(caller),
+                    Err(err) => return self.respond_error(rid, &err, close || has_body).await,
+                }
+            }
+            _ => None,
+        };
+
         if let Err(err) = self.read_body(&limits, &timeouts).await {
             return match err {
                 Some(err) => self.respond_error(rid, &err, true).await,
@@ -196,7 +229,7 @@ impl Client {
         if op == Operation::Models {
             let mut out = std::mem::take(&mut self.out);
             out.clear();
-            local::models_response(&mut out, &view.snapshot, &rid, close);
+            local::models_response(&mut out, &view.snapshot, &rid, close, &[]);
             return self.write_out(out, close).await;
         }
         let name = match self.deployment_name(deployment) {
@@ -207,7 +240,114 @@ impl Client {
             let err = GatewayError::deployment_not_found(&name);
             return self.respond_error(rid, &err, close).await;
         };
-        self.proxy(worker, view, op, dep, &rid, close).await
+        let product = match &caller {
+            Some(c) => match authorize(access, c, &dep.name, op) {
+                Ok(p) => Some(p),
+                Err(err) => return self.respond_error(rid, &err, close).await,
+            },
+            None => None,
+        };
+
+        // Limits: reserve the token estimate only when a token limit applies.
+        let product_limits = product.map_or(&[][..], |p| p.limits.as_slice());
+        let counts_tokens = product_limits
+            .iter()
+            .chain(&dep.limits)
+            .chain(&access.client_ip_limits)
+            .any(|&i| {
+                access
+                    .limits
+                    .get(i)
+                    .is_some_and(|l| l.unit == LimitUnit::Tokens)
+            });
+        let mut inject_usage = false;
+        let tokens = if counts_tokens {
+            let facts = RequestFacts::parse(op, &self.body)
+                .unwrap_or_else(|_| RequestFacts::unreadable(op, self.body.len()));
+            let estimator = estimator_for(&dep.tokens, facts.model.as_deref().unwrap_or(&dep.name));
+            let prompt = estimator.estimate_prompt(&facts);
+            inject_usage = dep.tokens.stream_usage && facts.needs_usage_injection();
+            reservation(&facts, prompt, dep.tokens.default_max_tokens)
+        } else {
+            0
+        };
+        let trace = access.trace_header && product.is_some_and(|p| p.trace) && self.wants_trace();
+        let ask = Ask {
+            access,
+            ids: &view.snapshot.runtime.limit_ids,
+            caller: caller.as_ref().zip(product),
+            deployment: &dep.name,
+            deployment_limits: &dep.limits,
+            client_ip: self.peer.ip(),
+            tokens,
+            trace,
+        };
+        let mut admission = match admit(&worker.limits, &ask) {
+            Ok(a) => a,
+            Err(err) => return self.respond_error(rid, &err, close).await,
+        };
+        self.extra.clear();
+        rate_limit_headers(&mut self.extra, &admission);
+        self.trace = trace.then(|| {
+            let subscription = caller
+                .as_ref()
+                .and_then(|c| access.subscriptions.get(c.subscription))
+                .map_or("-", |s| s.name.as_str());
+            let mut t = format!(
+                "route={} deployment={}; subscription={subscription}",
+                op.path_suffix(),
+                dep.name
+            );
+            for line in &admission.trace {
+                t.push_str("; limit ");
+                t.push_str(line);
+            }
+            t
+        });
+        let mut drop_injected = false;
+        if inject_usage {
+            if let Some(body) = inject_include_usage(&self.body) {
+                self.body = body;
+                drop_injected = true;
+            }
+        }
+        self.usage = UsageTap::new(admission.counts_tokens(), drop_injected);
+        let next = self.proxy(worker, view, op, dep, &rid, close).await;
+        let used = match self.usage.take_result() {
+            Some(usage) => Some(usage.total_tokens),
+            // A stream cut short keeps its estimate; an answer that was not a success used
+            // nothing.
+            None if self.usage.truncated() => None,
+            None => Some(0),
+        };
+        settle(&worker.limits, &mut admission, Outcome::Used(used));
+        self.extra.clear();
+        self.trace = None;
+        self.usage = UsageTap::Off;
+        next
+    }
+
+    /// The extra header lines of the current answer: rate-limit state, and the trace (with
+    /// the backend that served, once chosen).
+    pub(super) fn extra_headers(&self) -> std::borrow::Cow<'_, [u8]> {
+        match &self.trace {
+            None => std::borrow::Cow::Borrowed(&self.extra),
+            Some(trace) => {
+                let mut all = self.extra.clone();
+                local::header(&mut all, b"x-sluice-trace", trace.as_bytes());
+                std::borrow::Cow::Owned(all)
+            }
+        }
+    }
+
+    /// Whether the client asked for the trace header (`Ocp-Apim-Trace: true` or
+    /// `x-sluice-trace: true`).
+    fn wants_trace(&self) -> bool {
+        ["ocp-apim-trace", "x-sluice-trace"].iter().any(|h| {
+            self.head
+                .header(&self.buf, h)
+                .is_some_and(|v| v.eq_ignore_ascii_case(b"true"))
+        })
     }
 
     /// Where the deployment name is: a range of `buf` (Azure path) or the body's `model`.
@@ -383,5 +523,54 @@ impl Client {
         } else {
             Next::KeepAlive
         }
+    }
+}
+
+/// Seconds since the Unix epoch (for JWT expiry).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The estimator a deployment's token settings ask for: BPE of the configured family, or of
+/// the one its model name implies, or the byte heuristic.
+fn estimator_for(settings: &TokenSettings, model: &str) -> Estimator {
+    match settings.estimator {
+        EstimatorChoice::Heuristic => Estimator::Heuristic,
+        EstimatorChoice::Bpe => Estimator::Bpe(match settings.family {
+            Some(TokenizerFamily::O200k) => Family::O200k,
+            Some(TokenizerFamily::Cl100k) => Family::Cl100k,
+            None => family_for_model(model, Family::O200k),
+        }),
+    }
+}
+
+/// The `x-ratelimit-*` lines for the tightest requests and tokens limits that applied.
+fn rate_limit_headers(out: &mut Vec<u8>, admission: &Admission) {
+    let mut num = itoa::Buffer::new();
+    if let Some((limit, remaining)) = admission.requests {
+        local::header(
+            out,
+            b"x-ratelimit-limit-requests",
+            num.format(limit).as_bytes(),
+        );
+        local::header(
+            out,
+            b"x-ratelimit-remaining-requests",
+            num.format(remaining).as_bytes(),
+        );
+    }
+    if let Some((limit, remaining)) = admission.tokens {
+        local::header(
+            out,
+            b"x-ratelimit-limit-tokens",
+            num.format(limit).as_bytes(),
+        );
+        local::header(
+            out,
+            b"x-ratelimit-remaining-tokens",
+            num.format(remaining).as_bytes(),
+        );
     }
 }

@@ -105,6 +105,14 @@ impl Client {
             let Some(backend) = snapshot.backends.get(id) else {
                 continue;
             };
+            if let Some(trace) = &mut self.trace {
+                // The backend named last is the one that served (fallbacks replace it).
+                if let Some(at) = trace.find("; backend=") {
+                    trace.truncate(at);
+                }
+                trace.push_str("; backend=");
+                trace.push_str(&backend.name);
+            }
             let more = i + 1 < candidates.len();
             let target = match &backend.kind {
                 BackendKind::Mock(settings) => {

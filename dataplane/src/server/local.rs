@@ -33,21 +33,30 @@ pub fn content_length(out: &mut Vec<u8>, len: u64) {
     header(out, b"content-length", num.format(len).as_bytes());
 }
 
-/// Appends the headers every answer carries (`x-request-id`, and `connection: close` when
-/// the connection ends after it).
-pub fn common_headers(out: &mut Vec<u8>, rid: &RequestId, close: bool) {
+/// Appends the headers every answer carries (`x-request-id`, the request's `extra` header
+/// lines — rate-limit state, trace — and `connection: close` when the connection ends
+/// after it).
+pub fn common_headers(out: &mut Vec<u8>, rid: &RequestId, close: bool, extra: &[u8]) {
     header(out, b"x-request-id", rid.as_bytes());
+    out.extend_from_slice(extra);
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
 }
 
 /// Appends a complete JSON answer.
-pub fn json_response(out: &mut Vec<u8>, status: u16, body: &[u8], rid: &RequestId, close: bool) {
+pub fn json_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    body: &[u8],
+    rid: &RequestId,
+    close: bool,
+    extra: &[u8],
+) {
     status_line(out, status);
     out.extend_from_slice(b"content-type: application/json\r\n");
     content_length(out, body.len() as u64);
-    common_headers(out, rid, close);
+    common_headers(out, rid, close, extra);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
 }
@@ -56,11 +65,30 @@ pub fn json_response(out: &mut Vec<u8>, status: u16, body: &[u8], rid: &RequestI
 pub fn error_response(out: &mut Vec<u8>, err: &GatewayError, rid: &RequestId, close: bool) {
     let mut body = Vec::with_capacity(160);
     err.write_body(&mut body);
-    json_response(out, err.status, &body, rid, close || err.close);
+    let mut extra = Vec::new();
+    if let Some(wait) = err.retry_after {
+        // Retry-After in whole seconds, rounded up (at least 1); retry-after-ms exactly, as
+        // Azure OpenAI sends both and the SDKs prefer the latter.
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        let mut num = itoa::Buffer::new();
+        header(
+            &mut extra,
+            b"retry-after",
+            num.format(ms.div_ceil(1000).max(1)).as_bytes(),
+        );
+        header(&mut extra, b"retry-after-ms", num.format(ms).as_bytes());
+    }
+    json_response(out, err.status, &body, rid, close || err.close, &extra);
 }
 
 /// Appends the `GET /v1/models` answer: the deployments this gateway serves.
-pub fn models_response(out: &mut Vec<u8>, snapshot: &Snapshot, rid: &RequestId, close: bool) {
+pub fn models_response(
+    out: &mut Vec<u8>,
+    snapshot: &Snapshot,
+    rid: &RequestId,
+    close: bool,
+    extra: &[u8],
+) {
     let mut body = Vec::with_capacity(64 + 80 * snapshot.deployment_order.len());
     body.extend_from_slice(b"{\"object\":\"list\",\"data\":[");
     for (i, name) in snapshot.deployment_order.iter().enumerate() {
@@ -72,5 +100,5 @@ pub fn models_response(out: &mut Vec<u8>, snapshot: &Snapshot, rid: &RequestId, 
         body.extend_from_slice(b",\"object\":\"model\",\"created\":0,\"owned_by\":\"sluice\"}");
     }
     body.extend_from_slice(b"]}");
-    json_response(out, 200, &body, rid, close);
+    json_response(out, 200, &body, rid, close, extra);
 }

@@ -5,8 +5,9 @@ use monoio::io::AsyncWriteRentExt;
 
 use super::conn::{Client, Next};
 use super::local::{common_headers, json_response, status_line};
+use super::relay::frame;
 use super::worker::RequestId;
-use crate::http::{write_chunk, LAST_CHUNK};
+use crate::http::LAST_CHUNK;
 use crate::mock::{self, MockReply, MockSettings};
 use crate::route::Operation;
 
@@ -38,7 +39,10 @@ impl Client {
         out.clear();
         let mut events = match reply {
             MockReply::Json { status, body } => {
-                json_response(&mut out, status, &body, rid, close);
+                self.usage.start(status, false);
+                self.usage.feed(&body, &mut self.filtered);
+                self.usage.finish(&mut self.filtered);
+                json_response(&mut out, status, &body, rid, close, &self.extra_headers());
                 return self.write_out(out, close).await;
             }
             MockReply::Stream(events) => events,
@@ -50,8 +54,9 @@ impl Client {
         if chunked_ok {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
-        common_headers(&mut out, rid, close);
+        common_headers(&mut out, rid, close, &self.extra_headers());
         out.extend_from_slice(b"\r\n");
+        self.usage.start(200, true);
         // Events due together go out in one write; before each paced pause what is pending
         // is flushed, so the client sees every event when the mock "produces" it.
         let mut event = Vec::with_capacity(512);
@@ -71,12 +76,18 @@ impl Client {
             if !events.next_event(&mut event) {
                 break;
             }
-            if chunked_ok {
-                write_chunk(&mut out, &event);
+            self.filtered.clear();
+            self.usage.feed(&event, &mut self.filtered);
+            let data = if self.usage.filters() {
+                &self.filtered
             } else {
-                out.extend_from_slice(&event);
-            }
+                &event
+            };
+            frame(&mut out, data, chunked_ok);
         }
+        self.filtered.clear();
+        self.usage.finish(&mut self.filtered);
+        frame(&mut out, &self.filtered, chunked_ok);
         if chunked_ok {
             out.extend_from_slice(LAST_CHUNK);
         }

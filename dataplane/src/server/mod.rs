@@ -13,6 +13,7 @@ mod mock_serve;
 mod pool;
 mod relay;
 mod shutdown;
+mod usage_tap;
 mod worker;
 
 use std::net::SocketAddr;
@@ -23,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+use crate::policy::admission::SharedLimits;
+use crate::policy::AccessRuntime;
 use crate::snapshot::Snapshot;
 
 /// Which io driver workers use.
@@ -36,31 +39,59 @@ pub enum DriverChoice {
     Epoll,
 }
 
+/// A compiled config and the runtime built from it (key table, JWT validator, limit ids),
+/// swapped in together so a request never sees one without the other.
+pub struct Loaded {
+    /// The compiled config.
+    pub snapshot: Snapshot,
+    /// Its access-control runtime.
+    pub runtime: AccessRuntime,
+}
+
+impl Loaded {
+    /// Builds the runtime of `snapshot`; an error refuses the config.
+    pub fn new(snapshot: Snapshot) -> Result<Self, String> {
+        let runtime = AccessRuntime::build(&snapshot)?;
+        Ok(Self { snapshot, runtime })
+    }
+}
+
+impl std::ops::Deref for Loaded {
+    type Target = Snapshot;
+
+    fn deref(&self) -> &Snapshot {
+        &self.snapshot
+    }
+}
+
 /// State shared by every worker.
 pub struct Shared {
-    snapshot: ArcSwap<Snapshot>,
+    loaded: ArcSwap<Loaded>,
     generation: AtomicU64,
     shutdown: AtomicBool,
+    /// Limit state (buckets, quota counters), kept across reloads.
+    pub limits: SharedLimits,
 }
 
 impl Shared {
-    /// Shared state serving `snapshot`.
-    pub fn new(snapshot: Snapshot) -> Arc<Self> {
+    /// Shared state serving `loaded`.
+    pub fn new(loaded: Loaded) -> Arc<Self> {
         Arc::new(Self {
-            snapshot: ArcSwap::from_pointee(snapshot),
+            loaded: ArcSwap::from_pointee(loaded),
             generation: AtomicU64::new(1),
             shutdown: AtomicBool::new(false),
+            limits: SharedLimits::default(),
         })
     }
 
-    /// The snapshot in force now.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
+    /// The config in force now.
+    pub fn snapshot(&self) -> Arc<Loaded> {
+        self.loaded.load_full()
     }
 
-    /// Puts `snapshot` in force for requests that start from now on.
-    pub fn swap(&self, snapshot: Snapshot) {
-        self.snapshot.store(Arc::new(snapshot));
+    /// Puts `loaded` in force for requests that start from now on.
+    pub fn swap(&self, loaded: Loaded) {
+        self.loaded.store(Arc::new(loaded));
         self.generation.fetch_add(1, Ordering::Release);
     }
 
@@ -119,7 +150,7 @@ pub fn start(
         let ready_tx = ready_tx.clone();
         let handle = std::thread::Builder::new()
             .name(format!("sluice-worker-{id}"))
-            .spawn(move || worker::run_thread(id, shared, listen, driver, ready_tx))?;
+            .spawn(move || worker::run_thread(id, workers, shared, listen, driver, ready_tx))?;
         handles.push(handle);
     }
     drop(ready_tx);

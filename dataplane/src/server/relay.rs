@@ -12,6 +12,7 @@ use super::conn::{Client, Next};
 use super::forward::has_connection_header;
 use super::io::read_more_within;
 use super::local;
+use super::usage_tap::UsageTap;
 use super::worker::{RequestId, Worker};
 use crate::http::{
     connection_lists, is_hop_by_hop, write_chunk, ChunkedDecoder, ResponseFraming, LAST_CHUNK,
@@ -32,10 +33,17 @@ impl Client {
     ) -> Next {
         let chunked_ok = self.head.minor_version >= 1;
         let framing = self.resp.framing;
+        let event_stream = self
+            .resp
+            .header(&self.ubuf, "content-type")
+            .is_some_and(|v| v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream"));
+        self.usage.start(self.resp.status, event_stream);
+        let rechunked = self.usage.filters() && matches!(framing, ResponseFraming::Length(_));
         // An HTTP/1.0 client gets an unframed body as close-delimited.
         let close = close
             || (!chunked_ok
-                && matches!(framing, ResponseFraming::Chunked | ResponseFraming::Close));
+                && (rechunked
+                    || matches!(framing, ResponseFraming::Chunked | ResponseFraming::Close)));
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         self.write_response_head(&mut out, rid, close, chunked_ok);
@@ -61,7 +69,8 @@ impl Client {
 
     /// Relays the body after the head in `out`. `Ok(true)` when the upstream connection is
     /// left exactly at the end of the answer (so it may be reused); `Err` when either side
-    /// failed mid-body (the client connection must close: its framing is broken).
+    /// failed mid-body (the client connection must close: its framing is broken). Every
+    /// piece goes through the usage tap when a token limit is to be settled.
     async fn relay_body(
         &mut self,
         upstream: &mut TcpStream,
@@ -73,10 +82,11 @@ impl Client {
         match self.resp.framing {
             ResponseFraming::None => {
                 let clean = self.ubuf.len() == body_start;
+                self.usage.finish(&mut self.filtered);
                 self.flush(out).await?;
                 Ok(clean)
             }
-            ResponseFraming::Length(n) => {
+            ResponseFraming::Length(n) if !self.usage.reads() => {
                 let have = (self.ubuf.len() - body_start) as u64;
                 let mut clean = have <= n;
                 let first = have.min(n) as usize;
@@ -97,6 +107,40 @@ impl Client {
                 }
                 Ok(clean)
             }
+            ResponseFraming::Length(n) => {
+                // Read on the way: copied through the tap; re-chunked when it filters.
+                let framed = self.usage.filters() && chunked_ok;
+                let have = (self.ubuf.len() - body_start) as u64;
+                let mut clean = have <= n;
+                let first = have.min(n) as usize;
+                emit(
+                    &mut self.usage,
+                    &mut self.filtered,
+                    out,
+                    &self.ubuf[body_start..body_start + first],
+                    framed,
+                );
+                let mut remaining = n - first as u64;
+                while remaining > 0 {
+                    if !out.is_empty() {
+                        self.flush(out).await?;
+                    }
+                    self.ubuf.clear();
+                    let k = (self.read_upstream(upstream, t).await? as u64).min(remaining);
+                    clean &= self.ubuf.len() as u64 == k;
+                    remaining -= k;
+                    emit(
+                        &mut self.usage,
+                        &mut self.filtered,
+                        out,
+                        &self.ubuf[..k as usize],
+                        framed,
+                    );
+                }
+                self.finish_tap(out, framed);
+                self.flush(out).await?;
+                Ok(clean)
+            }
             ResponseFraming::Chunked => {
                 let mut decoder = ChunkedDecoder::new(u64::MAX);
                 let mut pos = body_start;
@@ -106,9 +150,15 @@ impl Client {
                         .decode(&self.ubuf[pos..], &mut self.scratch)
                         .map_err(|_| Broken)?;
                     pos += step.consumed;
-                    frame(out, &self.scratch, chunked_ok);
-                    if step.done && chunked_ok {
-                        out.extend_from_slice(LAST_CHUNK);
+                    emit(
+                        &mut self.usage,
+                        &mut self.filtered,
+                        out,
+                        &self.scratch,
+                        chunked_ok,
+                    );
+                    if step.done {
+                        self.finish_tap(out, chunked_ok);
                     }
                     if !out.is_empty() {
                         self.flush(out).await?;
@@ -122,21 +172,42 @@ impl Client {
                 }
             }
             ResponseFraming::Close => {
-                frame(out, &self.ubuf[body_start..], chunked_ok);
+                emit(
+                    &mut self.usage,
+                    &mut self.filtered,
+                    out,
+                    &self.ubuf[body_start..],
+                    chunked_ok,
+                );
                 loop {
                     self.flush(out).await?;
                     self.ubuf.clear();
                     match self.read_upstream_or_end(upstream, t).await? {
                         0 => break,
-                        _ => frame(out, &self.ubuf, chunked_ok),
+                        _ => emit(
+                            &mut self.usage,
+                            &mut self.filtered,
+                            out,
+                            &self.ubuf,
+                            chunked_ok,
+                        ),
                     }
                 }
-                if chunked_ok {
-                    out.extend_from_slice(LAST_CHUNK);
-                    self.flush(out).await?;
-                }
+                self.finish_tap(out, chunked_ok);
+                self.flush(out).await?;
                 Ok(false)
             }
+        }
+    }
+
+    /// The body ended: the tap reads its usage (a filtering tap may release held bytes),
+    /// then the last chunk when the client's body is chunked.
+    fn finish_tap(&mut self, out: &mut Vec<u8>, framed: bool) {
+        self.filtered.clear();
+        self.usage.finish(&mut self.filtered);
+        frame(out, &self.filtered, framed);
+        if framed {
+            out.extend_from_slice(LAST_CHUNK);
         }
     }
 
@@ -212,14 +283,15 @@ impl Client {
         }
         match r.framing {
             ResponseFraming::None => {}
-            ResponseFraming::Length(n) => local::content_length(out, n),
-            ResponseFraming::Chunked | ResponseFraming::Close => {
+            // A filtering usage tap changes the body's length: re-chunked then.
+            ResponseFraming::Length(n) if !self.usage.filters() => local::content_length(out, n),
+            ResponseFraming::Length(_) | ResponseFraming::Chunked | ResponseFraming::Close => {
                 if chunked_ok {
                     out.extend_from_slice(b"transfer-encoding: chunked\r\n");
                 }
             }
         }
-        local::common_headers(out, rid, close);
+        local::common_headers(out, rid, close, &self.extra_headers());
         out.extend_from_slice(b"\r\n");
     }
 }
@@ -229,7 +301,27 @@ struct Broken;
 
 /// Appends body bytes to `out` as one chunk (HTTP/1.1 client) or raw (HTTP/1.0, close
 /// delimited). Nothing for empty data: an empty chunk would end the body.
-fn frame(out: &mut Vec<u8>, data: &[u8], chunked_ok: bool) {
+/// Appends a piece of the body to `out` through the usage tap: what the tap lets through
+/// when it filters, the piece itself otherwise.
+fn emit(
+    usage: &mut UsageTap,
+    filtered: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    data: &[u8],
+    framed: bool,
+) {
+    if usage.reads() {
+        filtered.clear();
+        usage.feed(data, filtered);
+        if usage.filters() {
+            frame(out, filtered, framed);
+            return;
+        }
+    }
+    frame(out, data, framed);
+}
+
+pub(super) fn frame(out: &mut Vec<u8>, data: &[u8], chunked_ok: bool) {
     if chunked_ok {
         write_chunk(out, data);
     } else {

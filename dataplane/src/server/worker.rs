@@ -13,19 +13,22 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use super::pool::UpstreamPools;
 use super::shutdown::ShutdownSignal;
-use super::{conn, DriverChoice, Shared};
+use super::{conn, DriverChoice, Loaded, Shared};
 use crate::balance::Balancer;
-use crate::snapshot::Snapshot;
+use crate::policy::admission::WorkerLimits;
 
 /// io_uring submission queue size per worker.
 const RING_ENTRIES: u32 = 1024;
 /// How often a worker looks at the process-wide shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+/// Ticks between sweeps of idle limiter keys (about a minute).
+const SWEEP_EVERY: u64 = 600;
 
 /// Builds the worker's runtime and runs it until shutdown. Reports on `ready` once its
 /// listeners are bound (the driver's name) or why it could not start.
 pub(super) fn run_thread(
     id: usize,
+    workers: usize,
     shared: Arc<Shared>,
     listen: Vec<SocketAddr>,
     driver: DriverChoice,
@@ -43,7 +46,7 @@ pub(super) fn run_thread(
             .build();
         match runtime {
             Ok(mut rt) => {
-                rt.block_on(run(id, shared, listen, "io_uring", ready));
+                rt.block_on(run(id, workers, shared, listen, "io_uring", ready));
                 return;
             }
             Err(e) if driver == DriverChoice::Auto => {
@@ -56,7 +59,7 @@ pub(super) fn run_thread(
         }
     }
     match RuntimeBuilder::<LegacyDriver>::new().enable_timer().build() {
-        Ok(mut rt) => rt.block_on(run(id, shared, listen, "epoll", ready)),
+        Ok(mut rt) => rt.block_on(run(id, workers, shared, listen, "epoll", ready)),
         Err(e) => {
             let _ = ready.send(Err(format!(
                 "worker {id}: cannot start the epoll driver: {e}"
@@ -67,6 +70,7 @@ pub(super) fn run_thread(
 
 async fn run(
     id: usize,
+    workers: usize,
     shared: Arc<Shared>,
     listen: Vec<SocketAddr>,
     driver: &'static str,
@@ -89,7 +93,7 @@ async fn run(
     let _ = ready.send(Ok(driver));
     drop(ready);
 
-    let worker = Rc::new(Worker::new(id, shared));
+    let worker = Rc::new(Worker::new(id, workers, shared));
     monoio::spawn(watch_shutdown(worker.clone()));
     let accepts: Vec<_> = listeners
         .into_iter()
@@ -113,9 +117,18 @@ async fn run(
     worker.pools.clear();
 }
 
+/// The worker's periodic task: watches the shutdown flag, and keeps the limiter caches tidy
+/// (expired leases give their tokens back; worker 0 also sweeps idle keys from the node's
+/// tables every [`SWEEP_EVERY`] ticks).
 async fn watch_shutdown(worker: Rc<Worker>) {
+    let mut ticks: u64 = 0;
     while !worker.shared.is_shutting_down() {
         monoio::time::sleep(SHUTDOWN_POLL).await;
+        worker.limits.tick();
+        ticks += 1;
+        if worker.id == 0 && ticks % SWEEP_EVERY == 0 {
+            worker.shared.limits.sweep();
+        }
     }
     worker.shutdown.fire();
 }
@@ -158,6 +171,8 @@ pub struct Worker {
     pub pools: UpstreamPools,
     /// Fired when the process begins shutting down.
     pub shutdown: ShutdownSignal,
+    /// This worker's caches and leases in front of the node's limit state.
+    pub limits: WorkerLimits,
     open_connections: Cell<usize>,
     request_seq: Cell<u64>,
     id_prefix: u32,
@@ -165,14 +180,14 @@ pub struct Worker {
 
 /// A worker's view of one snapshot: the snapshot and this worker's round-robin state for it.
 pub struct View {
-    /// The compiled config.
-    pub snapshot: Arc<Snapshot>,
+    /// The compiled config and its runtime.
+    pub snapshot: Arc<Loaded>,
     /// Per-deployment balancers, by deployment name.
     pub balancers: RefCell<HashMap<String, Balancer>>,
 }
 
 impl View {
-    fn new(snapshot: Arc<Snapshot>) -> Self {
+    fn new(snapshot: Arc<Loaded>) -> Self {
         let balancers = snapshot
             .deployments
             .iter()
@@ -186,15 +201,17 @@ impl View {
 }
 
 impl Worker {
-    fn new(id: usize, shared: Arc<Shared>) -> Self {
+    fn new(id: usize, workers: usize, shared: Arc<Shared>) -> Self {
         let generation = shared.generation();
         let view = Rc::new(View::new(shared.snapshot()));
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         let id_prefix = nanos ^ (std::process::id().rotate_left(16));
+        let limits = WorkerLimits::new(&shared.limits, workers);
         Self {
             id,
+            limits,
             shared,
             view: RefCell::new((generation, view)),
             pools: UpstreamPools::default(),

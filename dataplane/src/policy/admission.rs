@@ -1,0 +1,372 @@
+//! Admission by the limits that apply to a request — its product's, its deployment's and the
+//! server's per-client-IP limits — and, after the answer, settlement of token reservations
+//! with the real usage.
+//!
+//! Limit state lives in two process-wide tables ([`SharedLimits`]: GCRA buckets and quota
+//! counters) that survive config reloads: a limit keeps its state while its label, unit,
+//! scope and window stay the same (its [`LimitId`] is a hash of them). Each worker decides
+//! through its own cache and per-core leases ([`WorkerLimits`]), so a warm decision takes no
+//! lock and, for rates, usually no atomic.
+
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::identity::Caller;
+use crate::error::GatewayError;
+use crate::limit::{
+    Clock, Decision, DenyReason, GcraBucket, LeaseConfig, LimitId, LimitKey, LimiterTable,
+    LocalLease, LocalTable, QuotaCounter, QuotaSpec, QuotaWindow, RateSpec, ScopeValue,
+    SystemClock,
+};
+use crate::snapshot::access::{
+    Access, Limit, LimitScope, LimitUnit, LimitWindow, Product, QuotaPeriod,
+};
+
+/// Most keys (limit × scope value) each table keeps; idle ones at rest are evicted first.
+const TABLE_CAPACITY: usize = 1 << 20;
+/// How long an unused key's state is kept once it is at rest.
+const TABLE_IDLE: Duration = Duration::from_secs(600);
+
+/// The node's limit state, shared by every worker and kept across reloads.
+pub struct SharedLimits {
+    rates: Arc<LimiterTable<GcraBucket>>,
+    quotas: Arc<LimiterTable<QuotaCounter>>,
+}
+
+impl Default for SharedLimits {
+    fn default() -> Self {
+        Self {
+            rates: Arc::new(LimiterTable::new(TABLE_CAPACITY, TABLE_IDLE)),
+            quotas: Arc::new(LimiterTable::new(TABLE_CAPACITY, TABLE_IDLE)),
+        }
+    }
+}
+
+impl SharedLimits {
+    /// Forgets idle state at rest (called by one worker on its periodic tick).
+    pub fn sweep(&self) {
+        let clock = SystemClock;
+        let (now, unix) = (clock.now_nanos(), clock.unix_secs());
+        self.rates.sweep(now, unix);
+        self.quotas.sweep(now, unix);
+    }
+}
+
+/// One worker's caches in front of [`SharedLimits`], with its per-core leases.
+pub struct WorkerLimits {
+    rates: LocalTable<GcraBucket, LocalLease>,
+    quotas: LocalTable<QuotaCounter, ()>,
+    workers: usize,
+}
+
+impl WorkerLimits {
+    /// The caches of one of `workers` workers.
+    pub fn new(shared: &SharedLimits, workers: usize) -> Self {
+        Self {
+            rates: LocalTable::new(shared.rates.clone()),
+            quotas: LocalTable::new(shared.quotas.clone()),
+            workers,
+        }
+    }
+
+    /// Periodic upkeep: gives back the tokens of expired leases, drops evicted entries.
+    pub fn tick(&self) {
+        let now = SystemClock.now_nanos();
+        let _ = self.rates.tick(|bucket, lease| lease.expire(bucket, now));
+        let _ = self.quotas.tick(|_, _| {});
+    }
+}
+
+/// Stable ids for a snapshot's limits: a hash of what defines each limit's state, so an
+/// unchanged limit finds its buckets again after a reload and a changed one starts afresh.
+pub fn limit_ids(access: &Access) -> Vec<LimitId> {
+    access
+        .limits
+        .iter()
+        .map(|l| {
+            let mut h = std::hash::DefaultHasher::new();
+            l.label.hash(&mut h);
+            format!("{:?}|{:?}|{:?}", l.unit, l.scope, l.window).hash(&mut h);
+            LimitId(h.finish() as u32)
+        })
+        .collect()
+}
+
+/// What applies to one request.
+pub struct Ask<'a> {
+    /// The snapshot's access config.
+    pub access: &'a Access,
+    /// [`limit_ids`] of that snapshot.
+    pub ids: &'a [LimitId],
+    /// The authenticated caller and its product (auth on), or `None` (auth off).
+    pub caller: Option<(&'a Caller, &'a Product)>,
+    /// The deployment's name and its limits.
+    pub deployment: &'a str,
+    /// The deployment's limit ids (config indices).
+    pub deployment_limits: &'a [usize],
+    /// The client's address.
+    pub client_ip: IpAddr,
+    /// The token reservation (estimate of prompt plus completion).
+    pub tokens: u64,
+    /// Record a line per decision for the trace header.
+    pub trace: bool,
+}
+
+/// What a request holds once admitted.
+#[derive(Debug, Default)]
+pub struct Admission {
+    held: Vec<Held>,
+    /// The tightest requests limit: (limit, remaining).
+    pub requests: Option<(u64, u64)>,
+    /// The tightest tokens limit: (limit, remaining).
+    pub tokens: Option<(u64, u64)>,
+    /// One entry per decision, for the trace header.
+    pub trace: Vec<String>,
+    /// The reservation held on token limits.
+    pub reserved_tokens: u64,
+}
+
+#[derive(Debug)]
+struct Held {
+    key: LimitKey,
+    tokens: bool,
+    quota: Option<QuotaSpec>,
+    rate: Option<RateSpec>,
+    reserved: u64,
+    reserved_at_unix: u64,
+}
+
+impl Admission {
+    /// Whether any token limit holds a reservation (so usage must be read from the answer).
+    pub fn counts_tokens(&self) -> bool {
+        self.held.iter().any(|h| h.tokens)
+    }
+}
+
+/// How a request ended, for [`settle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Refused before it was sent (by a later limit): everything it took goes back.
+    Refused,
+    /// Answered: token reservations become these tokens (`None`: unknown, so the estimate
+    /// stands — a stream cut short). Requests limits keep their unit.
+    Used(Option<u64>),
+}
+
+/// Admits the request by every limit that applies, or refuses it by the first that does
+/// not (429 for a rate, 403 for a quota), giving back what earlier limits granted.
+pub fn admit(worker: &WorkerLimits, ask: &Ask<'_>) -> Result<Admission, GatewayError> {
+    let clock = SystemClock;
+    let (now, unix) = (clock.now_nanos(), clock.unix_secs());
+    let mut admission = Admission {
+        reserved_tokens: ask.tokens,
+        ..Admission::default()
+    };
+    let product_limits = ask.caller.map_or(&[][..], |(_, p)| p.limits.as_slice());
+    let server_limits = ask.access.client_ip_limits.as_slice();
+    for &index in product_limits
+        .iter()
+        .chain(ask.deployment_limits)
+        .chain(server_limits)
+    {
+        let (Some(limit), Some(&id)) = (ask.access.limits.get(index), ask.ids.get(index)) else {
+            continue;
+        };
+        let Some(scope) = scope_value(limit, ask) else {
+            continue;
+        };
+        let key = LimitKey { limit: id, scope };
+        let cost = match limit.unit {
+            LimitUnit::Requests => 1,
+            LimitUnit::Tokens => ask.tokens,
+        };
+        let (decision, held) = match limit.window {
+            LimitWindow::Rate { rate, per, burst } => {
+                let spec = RateSpec::per(rate, per.duration()).with_burst(burst);
+                let decided = worker.rates.with(
+                    &key,
+                    now,
+                    unix,
+                    || GcraBucket::new(spec),
+                    |bucket| LocalLease::new(bucket, LeaseConfig::for_spec(&spec, worker.workers)),
+                    |bucket, lease| lease.try_acquire(bucket, now, cost),
+                );
+                (
+                    decided,
+                    Held {
+                        key,
+                        tokens: limit.unit == LimitUnit::Tokens,
+                        quota: None,
+                        rate: Some(spec),
+                        reserved: cost,
+                        reserved_at_unix: unix,
+                    },
+                )
+            }
+            LimitWindow::Quota { quota, per } => {
+                let spec = QuotaSpec {
+                    limit: quota,
+                    window: window_of(per),
+                };
+                let decided = worker.quotas.with(
+                    &key,
+                    now,
+                    unix,
+                    || QuotaCounter::new(spec),
+                    |_| (),
+                    |counter, ()| counter.try_acquire(unix, cost),
+                );
+                (
+                    decided,
+                    Held {
+                        key,
+                        tokens: limit.unit == LimitUnit::Tokens,
+                        quota: Some(spec),
+                        rate: None,
+                        reserved: cost,
+                        reserved_at_unix: unix,
+                    },
+                )
+            }
+        };
+        let decision = match decided_or_open(decision, limit) {
+            Some(d) => d.shadowed(limit.shadow),
+            None => continue,
+        };
+        match decision {
+            Decision::Allow {
+                limit: size,
+                remaining,
+                would_deny,
+                ..
+            } => {
+                if let Some(reason) = would_deny {
+                    tracing::warn!(limit = %limit.label, ?reason, "shadow limit would have refused this request");
+                }
+                if ask.trace {
+                    let verdict = if would_deny.is_some() {
+                        "shadow-deny"
+                    } else {
+                        "allow"
+                    };
+                    admission
+                        .trace
+                        .push(format!("{} {verdict} remaining={remaining}", limit.label));
+                }
+                let slot = match limit.unit {
+                    LimitUnit::Requests => &mut admission.requests,
+                    LimitUnit::Tokens => &mut admission.tokens,
+                };
+                if slot.is_none_or(|(_, r)| remaining < r) {
+                    *slot = Some((size, remaining));
+                }
+                admission.held.push(held);
+            }
+            Decision::Deny(denial) => {
+                settle(worker, &mut admission, Outcome::Refused);
+                return Err(match denial.reason {
+                    DenyReason::Rate => GatewayError::rate_limited(
+                        unit_name(limit.unit),
+                        denial.retry_after,
+                        &limit.label,
+                    ),
+                    DenyReason::Quota => {
+                        GatewayError::quota_exceeded(denial.retry_after, &limit.label)
+                    }
+                    DenyReason::TooLarge => GatewayError::too_large_for_limit(&limit.label),
+                });
+            }
+        }
+    }
+    Ok(admission)
+}
+
+/// Settles what `admission` holds once the request's fate is known.
+pub fn settle(worker: &WorkerLimits, admission: &mut Admission, outcome: Outcome) {
+    let clock = SystemClock;
+    let (now, unix) = (clock.now_nanos(), clock.unix_secs());
+    for held in admission.held.drain(..) {
+        let actual = match outcome {
+            Outcome::Refused => 0,
+            Outcome::Used(Some(n)) if held.tokens => n,
+            Outcome::Used(_) => continue,
+        };
+        if actual == held.reserved {
+            continue;
+        }
+        if let Some(spec) = held.rate {
+            let _ = worker.rates.with(
+                &held.key,
+                now,
+                unix,
+                || GcraBucket::new(spec),
+                |bucket| LocalLease::new(bucket, LeaseConfig::for_spec(&spec, worker.workers)),
+                |bucket, lease| lease.settle(bucket, now, held.reserved, actual),
+            );
+        } else if let Some(spec) = held.quota {
+            let _ = worker.quotas.with(
+                &held.key,
+                now,
+                unix,
+                || QuotaCounter::new(spec),
+                |_| (),
+                |counter, ()| counter.settle(held.reserved_at_unix, unix, held.reserved, actual),
+            );
+        }
+    }
+}
+
+/// The scope value a limit counts this request under; `None` when the limit does not apply
+/// (a subscription scope without a caller, a claim the caller's token does not carry).
+fn scope_value(limit: &Limit, ask: &Ask<'_>) -> Option<ScopeValue> {
+    let subscription = ask.caller.map(|(c, _)| c.subscription as u64);
+    Some(match &limit.scope {
+        LimitScope::Subscription => ScopeValue::Id(subscription?),
+        LimitScope::SubscriptionDeployment => {
+            let mut h = std::hash::DefaultHasher::new();
+            ask.deployment.hash(&mut h);
+            ScopeValue::Id((subscription? << 32) | (h.finish() & 0xffff_ffff))
+        }
+        LimitScope::Deployment => ScopeValue::Whole,
+        LimitScope::Claim(name) => {
+            let (caller, _) = ask.caller?;
+            if caller.claim_name.as_deref() != Some(name.as_str()) {
+                return None;
+            }
+            ScopeValue::Text(Arc::from(caller.claim_value.as_deref()?))
+        }
+        LimitScope::ClientIp => ScopeValue::Ip(ask.client_ip),
+    })
+}
+
+/// A table that is full of live keys (or busy) fails open with a log line: refusing every
+/// new caller would turn a limiter problem into an outage.
+fn decided_or_open<E: std::fmt::Debug>(
+    decided: Result<Decision, E>,
+    limit: &Limit,
+) -> Option<Decision> {
+    match decided {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::warn!(limit = %limit.label, error = ?e, "limiter table unavailable; request admitted without this limit");
+            None
+        }
+    }
+}
+
+fn window_of(per: QuotaPeriod) -> QuotaWindow {
+    match per {
+        QuotaPeriod::Hour => QuotaWindow::Hour,
+        QuotaPeriod::Day => QuotaWindow::Day,
+        QuotaPeriod::Month => QuotaWindow::Month,
+    }
+}
+
+fn unit_name(unit: LimitUnit) -> &'static str {
+    match unit {
+        LimitUnit::Requests => "requests",
+        LimitUnit::Tokens => "tokens",
+    }
+}

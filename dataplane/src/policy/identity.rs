@@ -1,0 +1,239 @@
+//! Who is calling, and may they call this: the subscription key or JWT of a request mapped
+//! to a subscription (401 when it cannot be), then its product checked against the
+//! deployment and operation (403).
+//!
+//! Built once per config snapshot from [`crate::snapshot::access::Access`]; read by every
+//! worker without a lock (the key table is immutable, the JWKS caches are swapped whole).
+
+use crate::auth::jwt::{
+    JwtAlg, JwtIssuerConfig, JwtKeyConfig, JwtKeySource as RuntimeKeySource, JwtValidator,
+    RequiredClaim as RuntimeRequiredClaim, SubscriptionMapping,
+};
+use crate::auth::keys::{
+    extract_credential, query_has_key, KeyCheck, KeyEntry, KeyTable, SubscriptionId,
+};
+use crate::error::GatewayError;
+use crate::http::RequestHead;
+use crate::route::Operation;
+use crate::snapshot::access::{Access, JwtKeySource, LimitScope, Product};
+
+/// The caller, once authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Index of the subscription in [`Access::subscriptions`].
+    pub subscription: usize,
+    /// The value of the JWT's subscription claim, when the caller came with a token.
+    pub claim_value: Option<String>,
+    /// The name of the JWT issuer's subscription claim (for `claim:` limit scopes).
+    pub claim_name: Option<String>,
+}
+
+/// The runtime side of access control for one snapshot.
+pub struct Identity {
+    keys: KeyTable,
+    jwt: Option<JwtValidator>,
+    claim_names: Vec<String>,
+}
+
+impl Identity {
+    /// Builds the key table and JWT validator of `access`. Fails on what the config
+    /// compiler cannot see: key material that does not parse, a `claim:` limit scope on a
+    /// claim other than an issuer's subscription claim (not counted yet).
+    pub fn build(access: &Access) -> Result<Self, String> {
+        let entries = access.keys.iter().map(|(digest, entry)| KeyEntry {
+            hash: *digest.as_bytes(),
+            subscription: SubscriptionId(u32::try_from(entry.subscription).unwrap_or(u32::MAX)),
+            revoked: entry.revoked,
+        });
+        let keys = KeyTable::new(entries).map_err(|e| e.to_string())?;
+        let claim_names: Vec<String> = access
+            .jwt
+            .iter()
+            .map(|j| j.subscription_claim.clone())
+            .collect();
+        for limit in &access.limits {
+            if let LimitScope::Claim(name) = &limit.scope {
+                if !claim_names.contains(name) {
+                    return Err(format!(
+                        "limit {}: scope claim:{name} — only an issuer's subscription_claim can scope a limit for now",
+                        limit.label
+                    ));
+                }
+            }
+        }
+        let jwt = if access.jwt.is_empty() {
+            None
+        } else {
+            let configs = access
+                .jwt
+                .iter()
+                .map(|j| issuer_config(access, j))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut validator = JwtValidator::new(configs).map_err(|e| e.to_string())?;
+            validator
+                .spawn_refreshers()
+                .map_err(|e| format!("starting the JWKS refresh threads: {e}"))?;
+            Some(validator)
+        };
+        Ok(Self {
+            keys,
+            jwt,
+            claim_names,
+        })
+    }
+
+    /// Authenticates a request (auth is on): its key or token → the subscription.
+    pub fn authenticate(
+        &self,
+        access: &Access,
+        head: &RequestHead,
+        buf: &[u8],
+        now_unix: u64,
+    ) -> Result<Caller, GatewayError> {
+        if query_has_key(head.target(buf)) {
+            return Err(GatewayError::unauthorized(
+                "key_in_query",
+                "Keys are not accepted in the query string (they end up in logs); send the key as the api-key header, Ocp-Apim-Subscription-Key or Authorization: Bearer.",
+            ));
+        }
+        let Some(credential) = extract_credential(head, buf) else {
+            return Err(invalid_key());
+        };
+        if credential.is_jwt() {
+            let Some(jwt) = &self.jwt else {
+                return Err(invalid_key());
+            };
+            let token = std::str::from_utf8(credential.value).map_err(|_| invalid_key())?;
+            let principal = jwt.validate(token, now_unix).map_err(|e| {
+                tracing::debug!(reason = e.name(), "JWT refused");
+                GatewayError::unauthorized(
+                    "invalid_token",
+                    "Access denied: the bearer token is not valid for this gateway.",
+                )
+            })?;
+            let subscription = principal.subscription.ok_or_else(|| {
+                GatewayError::unauthorized(
+                    "invalid_token",
+                    "Access denied: the bearer token maps to no subscription.",
+                )
+            })?;
+            return Ok(Caller {
+                subscription: subscription.0 as usize,
+                claim_value: principal.claim_value,
+                claim_name: self.claim_names.get(principal.issuer).cloned(),
+            });
+        }
+        match self.keys.lookup(credential.value) {
+            KeyCheck::Valid(id) if (id.0 as usize) < access.subscriptions.len() => Ok(Caller {
+                subscription: id.0 as usize,
+                claim_value: None,
+                claim_name: None,
+            }),
+            KeyCheck::Revoked(id) => {
+                tracing::info!(subscription = id.0, "revoked key refused");
+                Err(invalid_key())
+            }
+            _ => Err(invalid_key()),
+        }
+    }
+}
+
+/// The caller's product, if it allows `deployment` and `op` (else 403).
+pub fn authorize<'a>(
+    access: &'a Access,
+    caller: &Caller,
+    deployment: &str,
+    op: Operation,
+) -> Result<&'a Product, GatewayError> {
+    let product = access
+        .subscriptions
+        .get(caller.subscription)
+        .and_then(|s| access.products.get(s.product))
+        .ok_or_else(invalid_key)?;
+    if !product.deployments.contains(deployment) {
+        return Err(GatewayError::forbidden(
+            "deployment_not_allowed",
+            "Your subscription's product does not allow this deployment.",
+        ));
+    }
+    if !product.operations.contains(op) {
+        return Err(GatewayError::forbidden(
+            "operation_not_allowed",
+            "Your subscription's product does not allow this operation.",
+        ));
+    }
+    Ok(product)
+}
+
+fn invalid_key() -> GatewayError {
+    GatewayError::unauthorized(
+        "invalid_api_key",
+        "Access denied due to a missing or invalid subscription key. Send a valid key as the api-key header, Ocp-Apim-Subscription-Key or Authorization: Bearer.",
+    )
+}
+
+fn issuer_config(
+    access: &Access,
+    j: &crate::snapshot::access::JwtIssuer,
+) -> Result<JwtIssuerConfig, String> {
+    let mut config = JwtIssuerConfig::new(j.issuer.clone());
+    config.audiences = j.audiences.clone();
+    config.leeway_secs = j.leeway.as_secs();
+    config.require_expiration = j.require.exp;
+    config.require_audience = j.require.aud;
+    config.required_claims = j
+        .required_claims
+        .iter()
+        .map(|c| RuntimeRequiredClaim {
+            name: c.name.clone(),
+            values: c.values.clone(),
+        })
+        .collect();
+    let values = access
+        .claim_values
+        .iter()
+        .map(|(value, &sub)| {
+            (
+                value.clone(),
+                SubscriptionId(u32::try_from(sub).unwrap_or(u32::MAX)),
+            )
+        })
+        .collect();
+    config.subscription = Some(SubscriptionMapping {
+        claim: j.subscription_claim.clone(),
+        values,
+        default: None,
+    });
+    for key in &j.keys {
+        let mut algorithms = Vec::with_capacity(key.algorithms.len());
+        for alg in &key.algorithms {
+            let runtime = JwtAlg::from_name(alg.name()).ok_or_else(|| {
+                format!(
+                    "jwt {}: algorithm {} is not supported yet (HS256, RS256 and ES256 are)",
+                    j.name,
+                    alg.name()
+                )
+            })?;
+            algorithms.push(runtime);
+        }
+        let source = match &key.source {
+            JwtKeySource::PublicKeyPem { pem, .. } => {
+                RuntimeKeySource::Pem(pem.as_bytes().to_vec())
+            }
+            JwtKeySource::Secret { secret, .. } => {
+                RuntimeKeySource::Secret(secret.expose().as_bytes().to_vec())
+            }
+            JwtKeySource::JwksFile { json, .. } => RuntimeKeySource::Jwks(json.as_bytes().to_vec()),
+            JwtKeySource::JwksUrl { url, refresh } => {
+                config.jwks.refresh_every = *refresh;
+                RuntimeKeySource::JwksUrl(url.clone())
+            }
+        };
+        config.keys.push(JwtKeyConfig {
+            kid: key.kid.clone(),
+            algorithms,
+            source,
+        });
+    }
+    Ok(config)
+}
