@@ -190,9 +190,23 @@ fn product_refuses_an_operation_it_does_not_allow() {
         &json!({"model": "gpt-4o", "prompt": "Say hi", "max_tokens": 5}),
     );
     assert_eq!(resp.status, 200, "body: {}", resp.text());
-    // The model list is an operation too (`models`), not in `narrow`'s list.
+    let resp = post_with(
+        &s,
+        "/v1/embeddings",
+        &[("api-key", KEY_A)],
+        &embeddings_body(),
+    );
+    assert_eq!(resp.status, 200, "body: {}", resp.text());
+}
+
+#[test]
+fn product_without_models_refuses_the_model_list() {
+    let s = start();
+    // `models` is an operation a product lists (README); `narrow` lists only `chat`.
     let resp = s.request("GET", "/v1/models", &[("api-key", KEY_NARROW)], b"");
     assert_openai_error(&resp, 403, Some("operation_not_allowed"));
+    let resp = s.request("GET", "/v1/models", &[("api-key", KEY_A)], b"");
+    assert_eq!(resp.status, 200, "body: {}", resp.text());
 }
 
 #[test]

@@ -145,8 +145,8 @@ fn ratelimit_headers_name_the_tightest_limit_and_decrease() {
   { unit = "tokens", rate = 600, per = "minute" },
 ]"#,
     );
-    let mut last_requests = i64::MAX;
-    let mut last_tokens = i64::MAX;
+    // (remaining requests, remaining tokens, usage) of each answer.
+    let mut seen = Vec::new();
     for i in 0..4 {
         let resp = chat(&s, KEY_A);
         assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
@@ -155,18 +155,28 @@ fn ratelimit_headers_name_the_tightest_limit_and_decrease() {
             20,
             "the tightest requests limit"
         );
-        let requests = remaining_requests(&resp);
-        assert_eq!(requests, 19 - i, "remaining requests after {} calls", i + 1);
         assert_eq!(num_header(&resp, "x-ratelimit-limit-tokens"), 600);
-        let tokens = remaining_tokens(&resp);
+        seen.push((
+            remaining_requests(&resp),
+            remaining_tokens(&resp),
+            usage_total(&resp.json()),
+        ));
+    }
+    let requests: Vec<i64> = seen.iter().map(|s| s.0).collect();
+    assert_eq!(
+        requests,
+        [19, 18, 17, 16],
+        "remaining requests, call by call"
+    );
+    for pair in seen.windows(2) {
+        let ((_, t0, u0), (_, t1, _)) = (pair[0], pair[1]);
+        // Each call is charged its usage (its reservation is refunded down to it), and the
+        // refill of 10 tokens a second adds at most a token or two between calls.
         assert!(
-            (0..600).contains(&tokens),
-            "remaining tokens {tokens} of 600"
+            (0..600).contains(&t0) && (u0 - 2..=u0).contains(&(t0 - t1)),
+            "remaining tokens must go down by each call's usage ({u0}): \
+             (remaining requests, remaining tokens, usage) = {seen:?}"
         );
-        assert!(requests < last_requests && tokens < last_tokens,
-            "remaining must decrease: requests {last_requests} → {requests}, tokens {last_tokens} → {tokens}");
-        last_requests = requests;
-        last_tokens = tokens;
     }
     // Team b's counters are its own.
     let resp = chat(&s, KEY_B);

@@ -11,8 +11,7 @@ import os
 import sys
 import time
 
-import httpx
-from openai import OpenAI
+from openai import DefaultHttpxClient, OpenAI
 
 PORT = os.environ["SLUICE_PORT"]
 KEY = os.environ["SLUICE_KEY"]
@@ -32,7 +31,9 @@ def check(cond, what):
 
 
 def main():
-    http = httpx.Client(event_hooks={"response": [record]}, timeout=20)
+    # The SDK's own HTTP client class (whichever httpx it is built on), hooked to see every
+    # response, the retried 429 included.
+    http = DefaultHttpxClient(event_hooks={"response": [record]}, timeout=20)
     client = OpenAI(base_url=f"http://127.0.0.1:{PORT}/v1", api_key=KEY, http_client=http)
     first = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=20)
     check(first.object == "chat.completion", f"first call: {first!r}")
