@@ -216,6 +216,19 @@ impl GatewayError {
         }
     }
 
+    /// A request that alone costs more than a quota's whole window (403, as over a quota).
+    pub fn too_large_for_quota(label: &str) -> Self {
+        Self {
+            code: Some("quota_exceeded"),
+            ..Self::new(
+                403,
+                Fault::Client,
+                "insufficient_quota",
+                format!("The request is larger than the quota {label} admits in a whole window; lower max_tokens or the prompt."),
+            )
+        }
+    }
+
     /// The gateway is shutting down (503).
     pub fn shutting_down() -> Self {
         Self {

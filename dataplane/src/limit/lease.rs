@@ -52,8 +52,7 @@ pub struct LocalLease {
     budget: Cell<u64>,
     /// Monotonic ns after which the budget goes back.
     expires: Cell<u64>,
-    /// The shared bucket's level and full time at the last refill (for headers).
-    shared_remaining: Cell<u64>,
+    /// When the shared bucket was due to be full at the last refill (for `reset`).
     full_at: Cell<u64>,
     limit: u64,
     batch: u64,
@@ -66,7 +65,6 @@ impl LocalLease {
         Self {
             budget: Cell::new(0),
             expires: Cell::new(0),
-            shared_remaining: Cell::new(0),
             full_at: Cell::new(0),
             limit: bucket.limit(),
             batch: config.batch.max(1),
@@ -80,8 +78,9 @@ impl LocalLease {
     }
 
     /// Admits `cost` tokens from the local budget, refilling from `bucket` when it runs
-    /// short. `remaining` in an admission is the local budget plus the shared level at the
-    /// last refill.
+    /// short. `remaining` in an admission is the local budget plus the shared bucket's level
+    /// now (one atomic load, no write), so it moves down with each request and up only with
+    /// refill — other cores' unspent leases aside.
     #[inline]
     pub fn try_acquire(&self, bucket: &GcraBucket, now: u64, cost: u64) -> Decision {
         let budget = self.budget.get();
@@ -90,7 +89,7 @@ impl LocalLease {
             self.budget.set(left);
             return Decision::Allow {
                 limit: self.limit,
-                remaining: left.saturating_add(self.shared_remaining.get()),
+                remaining: left.saturating_add(bucket.available(now)),
                 reset: Duration::from_nanos(self.full_at.get().saturating_sub(now)),
                 would_deny: None,
             };
@@ -115,7 +114,6 @@ impl LocalLease {
                 let left = budget.saturating_add(grant.granted).saturating_sub(cost);
                 self.budget.set(left);
                 self.expires.set(now.saturating_add(self.ttl));
-                self.shared_remaining.set(grant.remaining);
                 self.full_at.set(grant.full_at);
                 Decision::Allow {
                     limit: self.limit,

@@ -275,7 +275,12 @@ pub fn admit(worker: &WorkerLimits, ask: &Ask<'_>) -> Result<Admission, GatewayE
                     DenyReason::Quota => {
                         GatewayError::quota_exceeded(denial.retry_after, &limit.label)
                     }
-                    DenyReason::TooLarge => GatewayError::too_large_for_limit(&limit.label),
+                    DenyReason::TooLarge => match limit.window {
+                        LimitWindow::Quota { .. } => {
+                            GatewayError::too_large_for_quota(&limit.label)
+                        }
+                        LimitWindow::Rate { .. } => GatewayError::too_large_for_limit(&limit.label),
+                    },
                 });
             }
         }

@@ -145,17 +145,28 @@ pub fn authorize<'a>(
     deployment: &str,
     op: Operation,
 ) -> Result<&'a Product, GatewayError> {
-    let product = access
-        .subscriptions
-        .get(caller.subscription)
-        .and_then(|s| access.products.get(s.product))
-        .ok_or_else(invalid_key)?;
+    let product = authorize_operation(access, caller, op)?;
     if !product.deployments.contains(deployment) {
         return Err(GatewayError::forbidden(
             "deployment_not_allowed",
             "Your subscription's product does not allow this deployment.",
         ));
     }
+    Ok(product)
+}
+
+/// The caller's product, if it allows `op` (else 403) — for operations without a
+/// deployment (`GET /v1/models`).
+pub fn authorize_operation<'a>(
+    access: &'a Access,
+    caller: &Caller,
+    op: Operation,
+) -> Result<&'a Product, GatewayError> {
+    let product = access
+        .subscriptions
+        .get(caller.subscription)
+        .and_then(|s| access.products.get(s.product))
+        .ok_or_else(invalid_key)?;
     if !product.operations.contains(op) {
         return Err(GatewayError::forbidden(
             "operation_not_allowed",

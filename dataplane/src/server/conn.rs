@@ -20,7 +20,7 @@ use super::worker::{RequestId, View, Worker};
 use crate::error::GatewayError;
 use crate::http::{parse_request, BodyFraming, ChunkedDecoder, Parse, RequestHead, ResponseHead};
 use crate::policy::admission::{admit, settle, Admission, Ask, Outcome};
-use crate::policy::identity::authorize;
+use crate::policy::identity::{authorize, authorize_operation};
 use crate::route::{route, DeploymentRef, Operation, RouteError};
 use crate::snapshot::access::{
     Estimator as EstimatorChoice, LimitUnit, TokenSettings, TokenizerFamily,
@@ -227,9 +227,18 @@ impl Client {
             Err(err) => return self.respond_error(rid, &err, close).await,
         };
         if op == Operation::Models {
+            // The list names what the caller's product allows.
+            let product = match &caller {
+                Some(c) => match authorize_operation(access, c, op) {
+                    Ok(p) => Some(p),
+                    Err(err) => return self.respond_error(rid, &err, close).await,
+                },
+                None => None,
+            };
             let mut out = std::mem::take(&mut self.out);
             out.clear();
-            local::models_response(&mut out, &view.snapshot, &rid, close, &[]);
+            let allowed = |name: &str| product.is_none_or(|p| p.deployments.contains(name));
+            local::models_response(&mut out, &view.snapshot, allowed, &rid, close);
             return self.write_out(out, close).await;
         }
         let name = match self.deployment_name(deployment) {

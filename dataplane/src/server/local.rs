@@ -81,17 +81,23 @@ pub fn error_response(out: &mut Vec<u8>, err: &GatewayError, rid: &RequestId, cl
     json_response(out, err.status, &body, rid, close || err.close, &extra);
 }
 
-/// Appends the `GET /v1/models` answer: the deployments this gateway serves.
+/// Appends the `GET /v1/models` answer: the deployments this gateway serves that
+/// `allowed` lets the caller see (its product's).
 pub fn models_response(
     out: &mut Vec<u8>,
     snapshot: &Snapshot,
+    allowed: impl Fn(&str) -> bool,
     rid: &RequestId,
     close: bool,
-    extra: &[u8],
 ) {
     let mut body = Vec::with_capacity(64 + 80 * snapshot.deployment_order.len());
     body.extend_from_slice(b"{\"object\":\"list\",\"data\":[");
-    for (i, name) in snapshot.deployment_order.iter().enumerate() {
+    for (i, name) in snapshot
+        .deployment_order
+        .iter()
+        .filter(|n| allowed(n))
+        .enumerate()
+    {
         if i > 0 {
             body.push(b',');
         }
@@ -100,5 +106,5 @@ pub fn models_response(
         body.extend_from_slice(b",\"object\":\"model\",\"created\":0,\"owned_by\":\"sluice\"}");
     }
     body.extend_from_slice(b"]}");
-    json_response(out, 200, &body, rid, close, extra);
+    json_response(out, 200, &body, rid, close, &[]);
 }
