@@ -272,3 +272,47 @@ fn oversized_token_is_401() {
     // ~27 KiB of header: within max_head, so the token check refuses it.
     assert_401(&resp, "20 KiB token");
 }
+
+/// A limit scoped by a claim other than the subscription claim counts each value apart:
+/// two users (`oid`) of one application (`appid` → one subscription) have a request each.
+#[test]
+fn claim_scoped_limit_counts_each_claim_value_apart() {
+    let mut body = String::from(MOCK_DEPLOYMENTS);
+    body.push_str(&product(
+        "per-user",
+        r#"limits = [{ unit = "requests", rate = 1, per = "minute", burst = 1, scope = "claim:oid" }]"#,
+    ));
+    body.push_str(&format!(
+        "\n[[subscription]]\nname = \"jwt-app\"\nproduct = \"per-user\"\n\
+         jwt_claim_values = [\"{APP}\"]\n"
+    ));
+    body.push_str(&format!(
+        r#"
+[[jwt]]
+name = "test-issuer"
+issuer = "{ISSUER}"
+audiences = ["{AUDIENCE}"]
+subscription_claim = "appid"
+keys = [{{ kid = "hs", algorithms = ["HS256"], secret_env = "{SECRET_ENV}" }}]
+"#
+    ));
+    let s = Launch::new(&body).env(SECRET_ENV, SECRET).start();
+    let token_for = |oid: &str| {
+        let mut claims = good_claims();
+        claims["oid"] = json!(oid);
+        sign(&hs_header(), &claims, SECRET.as_bytes())
+    };
+    let (alice, bob) = (token_for("alice"), token_for("bob"));
+    let resp = chat_with_token(&s, &alice, "gpt-4o");
+    assert_eq!(resp.status, 200, "alice's first: {}", resp.text());
+    let resp = chat_with_token(&s, &alice, "gpt-4o");
+    assert_eq!(resp.status, 429, "alice's second: {}", resp.text());
+    assert_openai_error(&resp, 429, Some("rate_limit_exceeded"));
+    let resp = chat_with_token(&s, &bob, "gpt-4o");
+    assert_eq!(resp.status, 200, "bob's first: {}", resp.text());
+    // A token without the claim is not counted by a claim-scoped limit.
+    let resp = chat_with_token(&s, &valid_token(), "gpt-4o");
+    assert_eq!(resp.status, 200, "no oid: {}", resp.text());
+    let resp = chat_with_token(&s, &valid_token(), "gpt-4o");
+    assert_eq!(resp.status, 200, "no oid again: {}", resp.text());
+}

@@ -207,6 +207,9 @@ pub struct JwtIssuerConfig {
     pub subscription: Option<SubscriptionMapping>,
     /// Refresh settings of its JWKS URLs.
     pub jwks: JwksSettings,
+    /// Claims whose values a valid token reports in [`Principal::claims`] (for limits
+    /// scoped by a claim). Default none.
+    pub scope_claims: Vec<String>,
 }
 
 impl JwtIssuerConfig {
@@ -223,6 +226,7 @@ impl JwtIssuerConfig {
             required_claims: Vec::new(),
             subscription: None,
             jwks: JwksSettings::default(),
+            scope_claims: Vec::new(),
         }
     }
 }
@@ -385,6 +389,8 @@ pub struct Principal {
     pub claim_value: Option<String>,
     /// The `sub` claim, if a string.
     pub subject: Option<String>,
+    /// The values of the issuer's `scope_claims` the token carries (scalars only).
+    pub claims: Vec<(String, String)>,
     /// `exp`, if present.
     pub expires_at: Option<u64>,
 }
@@ -629,6 +635,11 @@ impl Issuer {
             subscription,
             claim_value,
             subject: claims.get("sub").and_then(Value::as_str).map(str::to_owned),
+            claims: config
+                .scope_claims
+                .iter()
+                .filter_map(|name| Some((name.clone(), claims.get(name).and_then(scalar_text)?)))
+                .collect(),
             expires_at: exp,
         })
     }

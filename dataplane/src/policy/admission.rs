@@ -337,10 +337,7 @@ fn scope_value(limit: &Limit, ask: &Ask<'_>) -> Option<ScopeValue> {
         LimitScope::Deployment => ScopeValue::Whole,
         LimitScope::Claim(name) => {
             let (caller, _) = ask.caller?;
-            if caller.claim_name.as_deref() != Some(name.as_str()) {
-                return None;
-            }
-            ScopeValue::Text(Arc::from(caller.claim_value.as_deref()?))
+            ScopeValue::Text(Arc::from(caller.claim(name)?))
         }
         LimitScope::ClientIp => ScopeValue::Ip(ask.client_ip),
     })

@@ -22,23 +22,31 @@ use crate::snapshot::access::{Access, JwtKeySource, LimitScope, Product};
 pub struct Caller {
     /// Index of the subscription in [`Access::subscriptions`].
     pub subscription: usize,
-    /// The value of the JWT's subscription claim, when the caller came with a token.
-    pub claim_value: Option<String>,
-    /// The name of the JWT issuer's subscription claim (for `claim:` limit scopes).
-    pub claim_name: Option<String>,
+    /// The claims (name, value) that `claim:` limit scopes count by, when the caller came
+    /// with a token that carries them.
+    pub claims: Vec<(String, String)>,
+}
+
+impl Caller {
+    /// The value of claim `name`, if the caller's token carried it.
+    pub fn claim(&self, name: &str) -> Option<&str> {
+        self.claims
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// The runtime side of access control for one snapshot.
 pub struct Identity {
     keys: KeyTable,
     jwt: Option<JwtValidator>,
-    claim_names: Vec<String>,
 }
 
 impl Identity {
     /// Builds the key table and JWT validator of `access`. Fails on what the config
-    /// compiler cannot see: key material that does not parse, a `claim:` limit scope on a
-    /// claim other than an issuer's subscription claim (not counted yet).
+    /// compiler cannot see: key material that does not parse, an algorithm the validator
+    /// does not implement.
     pub fn build(access: &Access) -> Result<Self, String> {
         let entries = access.keys.iter().map(|(digest, entry)| KeyEntry {
             hash: *digest.as_bytes(),
@@ -46,18 +54,12 @@ impl Identity {
             revoked: entry.revoked,
         });
         let keys = KeyTable::new(entries).map_err(|e| e.to_string())?;
-        let claim_names: Vec<String> = access
-            .jwt
-            .iter()
-            .map(|j| j.subscription_claim.clone())
-            .collect();
+        // The claims `claim:` limit scopes count by; every issuer reports them.
+        let mut scope_claims: Vec<String> = Vec::new();
         for limit in &access.limits {
             if let LimitScope::Claim(name) = &limit.scope {
-                if !claim_names.contains(name) {
-                    return Err(format!(
-                        "limit {}: scope claim:{name} — only an issuer's subscription_claim can scope a limit for now",
-                        limit.label
-                    ));
+                if !scope_claims.contains(name) {
+                    scope_claims.push(name.clone());
                 }
             }
         }
@@ -67,7 +69,7 @@ impl Identity {
             let configs = access
                 .jwt
                 .iter()
-                .map(|j| issuer_config(access, j))
+                .map(|j| issuer_config(access, j, &scope_claims))
                 .collect::<Result<Vec<_>, _>>()?;
             let mut validator = JwtValidator::new(configs).map_err(|e| e.to_string())?;
             validator
@@ -75,11 +77,7 @@ impl Identity {
                 .map_err(|e| format!("starting the JWKS refresh threads: {e}"))?;
             Some(validator)
         };
-        Ok(Self {
-            keys,
-            jwt,
-            claim_names,
-        })
+        Ok(Self { keys, jwt })
     }
 
     /// Authenticates a request (auth is on): its key or token → the subscription.
@@ -119,15 +117,13 @@ impl Identity {
             })?;
             return Ok(Caller {
                 subscription: subscription.0 as usize,
-                claim_value: principal.claim_value,
-                claim_name: self.claim_names.get(principal.issuer).cloned(),
+                claims: principal.claims,
             });
         }
         match self.keys.lookup(credential.value) {
             KeyCheck::Valid(id) if (id.0 as usize) < access.subscriptions.len() => Ok(Caller {
                 subscription: id.0 as usize,
-                claim_value: None,
-                claim_name: None,
+                claims: Vec::new(),
             }),
             KeyCheck::Revoked(id) => {
                 tracing::info!(subscription = id.0, "revoked key refused");
@@ -186,8 +182,10 @@ fn invalid_key() -> GatewayError {
 fn issuer_config(
     access: &Access,
     j: &crate::snapshot::access::JwtIssuer,
+    scope_claims: &[String],
 ) -> Result<JwtIssuerConfig, String> {
     let mut config = JwtIssuerConfig::new(j.issuer.clone());
+    config.scope_claims = scope_claims.to_vec();
     config.audiences = j.audiences.clone();
     config.leeway_secs = j.leeway.as_secs();
     config.require_expiration = j.require.exp;

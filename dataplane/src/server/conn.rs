@@ -326,7 +326,14 @@ impl Client {
             Some(usage) => Some(usage.total_tokens),
             // A stream cut short keeps its estimate; an answer that was not a success used
             // nothing.
-            None if self.usage.truncated() => None,
+            None if self.usage.truncated() => {
+                tracing::info!(
+                    request_id = %String::from_utf8_lossy(rid.as_bytes()),
+                    deployment = %dep.name,
+                    "answer cut short before its usage: charged the estimate"
+                );
+                None
+            }
             None => Some(0),
         };
         settle(&worker.limits, &mut admission, Outcome::Used(used));
