@@ -41,10 +41,10 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Length of each measured phase ("5s", "500ms").
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::load::parse_duration)]
     pub duration: Duration,
     /// Warm-up before each phase (sent, not recorded).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = crate::load::parse_duration)]
     pub warmup: Duration,
     /// Connections for the peak, CPU and frontier phases.
     #[arg(long, default_value_t = 32)]
@@ -84,25 +84,6 @@ pub struct CompareArgs {
     /// results.json (goals and notes re-checked), into `--out`.
     #[arg(long, value_name = "FILE")]
     pub from_json: Option<PathBuf>,
-}
-
-/// Parses "5s", "500ms", "2m", "1.5s".
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}`: expected a duration like 5s or 500ms"))?;
-    let scale = match unit {
-        "ms" => 0.001,
-        "s" | "" => 1.0,
-        "m" => 60.0,
-        _ => return Err(format!("`{text}`: unit must be ms, s or m")),
-    };
-    Ok(Duration::from_secs_f64(value * scale))
 }
 
 impl CompareArgs {
@@ -469,19 +450,4 @@ fn write_outputs(
         out.display()
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("5h").is_err());
-        assert!(parse_duration("fast").is_err());
-    }
 }
