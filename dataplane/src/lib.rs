@@ -20,6 +20,7 @@ pub mod mock;
 pub mod policy;
 pub mod reload;
 pub mod route;
+pub mod runtime;
 pub mod server;
 pub mod snapshot;
 pub mod tokens;

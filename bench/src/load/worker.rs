@@ -7,14 +7,10 @@ use std::rc::Rc;
 use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
-
 use super::conn::{Conn, Exchange};
 use super::record::{Failure, Outcome, Progress, Recorder};
 use super::schedule::{OpenSlots, Plan, ThreadSchedule, Tickets, Turn};
 
-/// io_uring submission queue size per thread.
-const RING_ENTRIES: u32 = 1024;
 /// monoio's timer fires on whole milliseconds (rounded up): wake this much before a request
 /// is due so the timer does not make it late. A request sent early counts from its send.
 const TIMER_SLACK: Duration = Duration::from_millis(1);
@@ -72,19 +68,12 @@ pub fn run_thread(
         shared.barrier.wait();
         return Err(e);
     }
-    let mut urb = io_uring::IoUring::builder();
-    // Without these every completion interrupts the core (DESIGN.md, "thread per core").
-    urb.setup_coop_taskrun().setup_taskrun_flag();
-    let uring = RuntimeBuilder::<IoUringDriver>::new()
-        .with_entries(RING_ENTRIES)
-        .uring_builder(urb)
-        .enable_timer()
-        .build();
+    let uring = sluice::runtime::uring_runtime();
     match uring {
         Ok(mut rt) => return Ok(rt.block_on(thread_main(shared, index, connections))),
         Err(e) => eprintln!("sluice-bench load: io_uring refused ({e}); thread {index} on epoll"),
     }
-    match RuntimeBuilder::<LegacyDriver>::new().enable_timer().build() {
+    match sluice::runtime::epoll_runtime() {
         Ok(mut rt) => Ok(rt.block_on(thread_main(shared, index, connections))),
         Err(e) => {
             shared.barrier.wait();

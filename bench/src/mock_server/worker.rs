@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use sluice::mock::MockSettings;
 use sluice::server::DriverChoice;
 
@@ -20,8 +19,6 @@ use super::listen::{bind_listener, Acceptor};
 use super::stats::{StatsBoard, ThreadCounters};
 use super::{conn, MockConfig};
 
-/// io_uring submission queue size per worker.
-const RING_ENTRIES: u32 = 1024;
 /// How often a worker looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(20);
 
@@ -121,14 +118,7 @@ pub fn run_thread(
         ready,
     };
     if driver != DriverChoice::Epoll {
-        let mut urb = io_uring::IoUring::builder();
-        // Without these every completion interrupts the core (DESIGN.md).
-        urb.setup_coop_taskrun().setup_taskrun_flag();
-        let runtime = RuntimeBuilder::<IoUringDriver>::new()
-            .with_entries(RING_ENTRIES)
-            .uring_builder(urb)
-            .enable_timer()
-            .build();
+        let runtime = sluice::runtime::uring_runtime();
         match runtime {
             Ok(mut rt) => {
                 rt.block_on(serve(start, "io_uring"));
@@ -143,7 +133,7 @@ pub fn run_thread(
             Err(_) => {}
         }
     }
-    match RuntimeBuilder::<LegacyDriver>::new().enable_timer().build() {
+    match sluice::runtime::epoll_runtime() {
         Ok(mut rt) => rt.block_on(serve(start, "epoll")),
         Err(e) => {
             let _ = start.ready.send(Err(format!(

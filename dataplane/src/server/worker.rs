@@ -9,7 +9,6 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use monoio::net::{ListenerOpts, TcpListener};
-use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use super::pool::UpstreamPools;
 use super::shutdown::ShutdownSignal;
@@ -17,8 +16,6 @@ use super::{conn, DriverChoice, Loaded, Shared};
 use crate::balance::Balancer;
 use crate::policy::admission::WorkerLimits;
 
-/// io_uring submission queue size per worker.
-const RING_ENTRIES: u32 = 1024;
 /// How often a worker looks at the process-wide shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
 /// Ticks between sweeps of idle limiter keys (about a minute).
@@ -35,15 +32,7 @@ pub(super) fn run_thread(
     ready: mpsc::Sender<Result<&'static str, String>>,
 ) {
     if driver != DriverChoice::Epoll {
-        let mut urb = io_uring::IoUring::builder();
-        // Without these every completion interrupts the core: measured at twice the CPU per
-        // proxied request (DESIGN.md).
-        urb.setup_coop_taskrun().setup_taskrun_flag();
-        let runtime = RuntimeBuilder::<IoUringDriver>::new()
-            .with_entries(RING_ENTRIES)
-            .uring_builder(urb)
-            .enable_timer()
-            .build();
+        let runtime = crate::runtime::uring_runtime();
         match runtime {
             Ok(mut rt) => {
                 rt.block_on(run(id, workers, shared, listen, "io_uring", ready));
@@ -58,7 +47,7 @@ pub(super) fn run_thread(
             }
         }
     }
-    match RuntimeBuilder::<LegacyDriver>::new().enable_timer().build() {
+    match crate::runtime::epoll_runtime() {
         Ok(mut rt) => rt.block_on(run(id, workers, shared, listen, "epoll", ready)),
         Err(e) => {
             let _ = ready.send(Err(format!(
