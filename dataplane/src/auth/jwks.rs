@@ -31,6 +31,8 @@ use arc_swap::ArcSwap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::DecodingKey;
+
+use crate::http::url::{parse_http_url, UrlError};
 use serde::Deserialize;
 
 use super::jwt::{AlgSet, JwtAlg};
@@ -179,7 +181,7 @@ impl VerifyKey {
 pub enum JwksError {
     /// The JWKS URL is not `http://host[:port]/path`.
     #[error("bad JWKS URL: {0}")]
-    Url(&'static str),
+    Url(String),
     /// An `https://` JWKS URL: not yet supported.
     #[error(
         "https JWKS URLs need TLS, which comes with the TLS issue; use http:// or a JWKS file"
@@ -492,68 +494,35 @@ struct HttpUrl {
     host: String,
     port: u16,
     path: String,
+    /// `host[:port]` as written, for the `Host` header.
+    authority: String,
 }
 
 impl HttpUrl {
     fn parse(url: &str) -> Result<Self, JwksError> {
-        if url
-            .get(..8)
-            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
-        {
-            return Err(JwksError::Https);
-        }
-        let rest = url
-            .get(..7)
-            .filter(|s| s.eq_ignore_ascii_case("http://"))
-            .and_then(|_| url.get(7..))
-            .ok_or(JwksError::Url("must start with http://"))?;
-        let (authority, path) = match rest.find(['/', '?']) {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let path = if path.starts_with('?') {
-            format!("/{path}")
+        let parsed = parse_http_url(url).map_err(|e| match e {
+            UrlError::Https => JwksError::Https,
+            UrlError::Form(message) => JwksError::Url(message),
+        })?;
+        let path = if parsed.path.is_empty() {
+            "/"
         } else {
-            path.to_owned()
+            parsed.path
         };
-        if authority.contains('@') {
-            return Err(JwksError::Url("credentials in the URL are not supported"));
-        }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or(JwksError::Url("unclosed ["))?;
-            (host, after.strip_prefix(':'))
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            }
-        };
-        let port = match port {
-            Some(p) => p.parse().map_err(|_| JwksError::Url("bad port"))?,
-            None => 80,
-        };
-        if host.is_empty() || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
-            return Err(JwksError::Url("empty host or bad characters in path"));
-        }
         Ok(Self {
             text: url.to_owned(),
-            host: host.to_owned(),
-            port,
-            path,
+            host: parsed.host.to_owned(),
+            port: parsed.port,
+            path: match parsed.query {
+                Some(query) => format!("{path}?{query}"),
+                None => path.to_owned(),
+            },
+            authority: parsed.authority.to_owned(),
         })
     }
 
     fn host_header(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        if self.port == 80 {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
+        self.authority.clone()
     }
 }
 
@@ -575,7 +544,7 @@ fn http_get(url: &HttpUrl, settings: &JwksSettings) -> Result<Vec<u8>, JwksError
     let mut stream = match (stream, last_error) {
         (Some(s), _) => s,
         (None, Some(e)) => return Err(e.into()),
-        (None, None) => return Err(JwksError::Url("host has no address")),
+        (None, None) => return Err(JwksError::Url("host has no address".to_owned())),
     };
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;

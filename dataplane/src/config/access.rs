@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::compile::{check_not_empty, line_of, parse_duration, parse_http_url, EnvLookup};
+use super::compile::{check_not_empty, line_of, parse_duration, EnvLookup};
 use super::error::Reporter;
 use super::schema::{
     ConfigFile, JwtKeyEntry, JwtSection, LimitEntry, ProductSection, SpannedList,
     SubscriptionSection, TokensSection,
 };
+use crate::http::url::{parse_http_url, UrlError};
 use crate::snapshot::access::{
     Access, DeploymentSet, Estimator, JwtAlgorithm, JwtIssuer, JwtKey, JwtKeySource, JwtRequire,
     KeyDigest, KeyEntry, Limit, LimitOwner, LimitScope, LimitUnit, LimitWindow, OperationSet,
@@ -1061,11 +1062,10 @@ fn compile_jwt_key(
             JwtKeySource::JwksFile { path, json }
         }
         "jwks_url" => {
-            let lower = text.get(..8).unwrap_or(text).to_ascii_lowercase();
-            let checked = if lower.starts_with("https://") {
-                Err("https JWKS URLs are not supported yet: use an http:// URL (TLS is a later issue)".to_string())
-            } else {
-                parse_http_url(text).map(|_| ())
+            let checked = match parse_http_url(text) {
+                Ok(_) => Ok(()),
+                Err(UrlError::Https) => Err("https JWKS URLs are not supported yet: use an http:// URL (TLS is a later issue)".to_string()),
+                Err(UrlError::Form(message)) => Err(message),
             };
             if let Err(message) = checked {
                 report.at(value.span(), value_field, message);

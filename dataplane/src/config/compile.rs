@@ -8,7 +8,7 @@
 //! [`super::access`].
 
 use std::collections::HashMap;
-use std::net::{Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use super::access::{compile_access, ReadFile};
 use super::error::Reporter;
 use super::schema::{BackendSection, ConfigFile, DeploymentSection, ServerSection};
 use crate::health::BackendHealth;
+use crate::http::url::{parse_http_url, HttpUrl, UrlError, URL_FORM};
 use crate::mock::MockSettings;
 use crate::snapshot::{
     AzureBackend, Backend, BackendKind, Deployment, HttpLimits, HttpUpstream, OpenAiBackend,
@@ -593,7 +594,7 @@ fn compile_upstream(
         );
         return None;
     };
-    let parsed = match parse_http_url(url.get_ref()) {
+    let parsed = match parse_upstream_url(url.get_ref()) {
         Ok(parsed) => parsed,
         Err(message) => {
             report.at(url.span(), field, message);
@@ -605,7 +606,7 @@ fn compile_upstream(
             url: url.get_ref().clone(),
             addr,
             host_header: parsed.authority.to_string(),
-            base_path: parsed.base_path.to_string(),
+            base_path: parsed.path.trim_end_matches('/').to_string(),
         }),
         Err(message) => {
             report.at(url.span(), field, message);
@@ -614,96 +615,18 @@ fn compile_upstream(
     }
 }
 
-/// An `http://host[:port][/path]` URL taken apart.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct HttpUrl<'a> {
-    /// The host to resolve (IPv6 without its brackets).
-    pub host: &'a str,
-    /// The port, 80 when the URL names none.
-    pub port: u16,
-    /// `host` or `host:port` exactly as written, for the `Host` header.
-    pub authority: &'a str,
-    /// The path without trailing slashes; empty for none.
-    pub base_path: &'a str,
-}
-
-/// Parses an upstream URL. Messages never repeat the URL, which could carry credentials.
-pub(crate) fn parse_http_url(url: &str) -> Result<HttpUrl<'_>, String> {
-    const FORM: &str = "expected a URL of the form http://host[:port][/path]";
-    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
-    if lower.starts_with("https://") {
-        return Err(
+/// Parses an upstream URL (`http://host[:port][/path]`, no query): Sluice appends the API
+/// path and its own query. Messages never repeat the URL, which could carry credentials.
+pub(crate) fn parse_upstream_url(url: &str) -> Result<HttpUrl<'_>, String> {
+    match parse_http_url(url) {
+        Err(UrlError::Https) => Err(
             "https upstreams are not supported yet: use an http:// URL (TLS to upstreams is a later issue)"
                 .to_string(),
-        );
+        ),
+        Err(UrlError::Form(message)) => Err(message),
+        Ok(parsed) if parsed.query.is_some() => Err(format!("{URL_FORM}, without a query or fragment")),
+        Ok(parsed) => Ok(parsed),
     }
-    if !lower.starts_with("http://") {
-        return Err(FORM.to_string());
-    }
-    let rest = &url["http://".len()..];
-    if rest.contains(['?', '#']) {
-        return Err(format!("{FORM}, without a query or fragment"));
-    }
-    if rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("{FORM}, without spaces"));
-    }
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    if authority.contains('@') {
-        return Err(format!(
-            "{FORM}, without user information (use api_key_env for credentials)"
-        ));
-    }
-    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-        let Some((host, after)) = bracketed.split_once(']') else {
-            return Err(format!("{FORM}: unclosed `[` in the host"));
-        };
-        if host.parse::<Ipv6Addr>().is_err() {
-            return Err(format!("{FORM}: `[{host}]` is not an IPv6 address"));
-        }
-        let port = match after {
-            "" => None,
-            _ => match after.strip_prefix(':') {
-                Some(port) => Some(port),
-                None => return Err(format!("{FORM}: unexpected text after `]`")),
-            },
-        };
-        (host, port)
-    } else {
-        if authority.matches(':').count() > 1 {
-            return Err(format!(
-                "{FORM}: an IPv6 address goes in brackets, e.g. http://[::1]:9000"
-            ));
-        }
-        let (host, port) = match authority.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        };
-        if host.is_empty() {
-            return Err(format!("{FORM}: the host is missing"));
-        }
-        if !host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-        {
-            return Err(format!(
-                "{FORM}: `{host}` is not a host name or IP address (IPv6 goes in brackets)"
-            ));
-        }
-        (host, port)
-    };
-    let port = match port {
-        None => 80,
-        Some(port) => match port.parse::<u16>() {
-            Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => p,
-            _ => return Err(format!("{FORM}: `{port}` is not a port (1-65535)")),
-        },
-    };
-    Ok(HttpUrl {
-        host,
-        port,
-        authority,
-        base_path: path.trim_end_matches('/'),
-    })
 }
 
 fn compile_deployments(
@@ -855,6 +778,51 @@ mod tests {
     use super::*;
 
     #[test]
+    fn http_urls_split_into_host_port_authority_and_path() {
+        let url = parse_upstream_url("http://127.0.0.1:18001").unwrap();
+        assert_eq!(
+            url,
+            HttpUrl {
+                host: "127.0.0.1",
+                port: 18001,
+                authority: "127.0.0.1:18001",
+                path: "",
+                query: None
+            }
+        );
+        let url = parse_upstream_url("HTTP://example.com/base/v1/").unwrap();
+        assert_eq!((url.host, url.port), ("example.com", 80));
+        assert_eq!((url.authority, url.path), ("example.com", "/base/v1/"));
+        let url = parse_upstream_url("http://[::1]:9000/").unwrap();
+        assert_eq!(
+            (url.host, url.port, url.authority),
+            ("::1", 9000, "[::1]:9000")
+        );
+        assert_eq!(url.path, "/");
+    }
+
+    #[test]
+    fn bad_urls_say_what_is_wrong() {
+        let err = |url| parse_upstream_url(url).unwrap_err();
+        assert!(err("https://x.openai.azure.com").contains("https upstreams are not supported yet"));
+        assert!(err("ftp://x").contains("http://host[:port][/path]"));
+        assert!(err("127.0.0.1:80").contains("http://host[:port][/path]"));
+        assert!(err("http://").contains("host is missing"));
+        assert!(err("http://:80").contains("host is missing"));
+        assert!(err("http://h:0").contains("not a port"));
+        assert!(err("http://h:99999").contains("not a port"));
+        assert!(err("http://h:+80").contains("not a port"));
+        assert!(err("http://h:").contains("not a port"));
+        assert!(err("http://h/p?q=1").contains("query"));
+        assert!(err("http://a b").contains("spaces"));
+        assert!(err("http://::1/").contains("brackets"));
+        assert!(err("http://a%b/").contains("not a host name"));
+        assert!(err("http://[zz]/").contains("not an IPv6"));
+        let secret = err("http://user:hunter2@h/");
+        assert!(secret.contains("user information") && !secret.contains("hunter2"));
+    }
+
+    #[test]
     fn durations_take_a_whole_number_and_a_unit() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
@@ -876,49 +844,5 @@ mod tests {
         assert!(parse_duration("18446744073709551615h")
             .unwrap_err()
             .contains("too long"));
-    }
-
-    #[test]
-    fn http_urls_split_into_host_port_authority_and_path() {
-        let url = parse_http_url("http://127.0.0.1:18001").unwrap();
-        assert_eq!(
-            url,
-            HttpUrl {
-                host: "127.0.0.1",
-                port: 18001,
-                authority: "127.0.0.1:18001",
-                base_path: ""
-            }
-        );
-        let url = parse_http_url("HTTP://example.com/base/v1/").unwrap();
-        assert_eq!((url.host, url.port), ("example.com", 80));
-        assert_eq!((url.authority, url.base_path), ("example.com", "/base/v1"));
-        let url = parse_http_url("http://[::1]:9000/").unwrap();
-        assert_eq!(
-            (url.host, url.port, url.authority),
-            ("::1", 9000, "[::1]:9000")
-        );
-        assert_eq!(url.base_path, "");
-    }
-
-    #[test]
-    fn bad_urls_say_what_is_wrong() {
-        let err = |url| parse_http_url(url).unwrap_err();
-        assert!(err("https://x.openai.azure.com").contains("https upstreams are not supported yet"));
-        assert!(err("ftp://x").contains("http://host[:port][/path]"));
-        assert!(err("127.0.0.1:80").contains("http://host[:port][/path]"));
-        assert!(err("http://").contains("host is missing"));
-        assert!(err("http://:80").contains("host is missing"));
-        assert!(err("http://h:0").contains("not a port"));
-        assert!(err("http://h:99999").contains("not a port"));
-        assert!(err("http://h:+80").contains("not a port"));
-        assert!(err("http://h:").contains("not a port"));
-        assert!(err("http://h/p?q=1").contains("query"));
-        assert!(err("http://a b").contains("spaces"));
-        assert!(err("http://::1/").contains("brackets"));
-        assert!(err("http://a%b/").contains("not a host name"));
-        assert!(err("http://[zz]/").contains("not an IPv6"));
-        let secret = err("http://user:hunter2@h/");
-        assert!(secret.contains("user information") && !secret.contains("hunter2"));
     }
 }

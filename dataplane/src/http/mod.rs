@@ -15,6 +15,7 @@
 mod chunked;
 mod request;
 mod response;
+pub mod url;
 
 use std::ops::Range;
 
