@@ -124,8 +124,6 @@ pub struct Admission {
     pub tokens: Option<(u64, u64)>,
     /// One entry per decision, for the trace header.
     pub trace: Vec<String>,
-    /// The reservation held on token limits.
-    pub reserved_tokens: u64,
 }
 
 #[derive(Debug)]
@@ -158,10 +156,7 @@ pub enum Outcome {
 /// Admits the request by every limit that applies, or refuses it by the first that does
 /// not (429 for a rate, 403 for a quota), giving back what earlier limits granted.
 pub fn admit(worker: &WorkerLimits, ask: &Ask<'_>) -> Result<Admission, GatewayError> {
-    let mut admission = Admission {
-        reserved_tokens: ask.tokens,
-        ..Admission::default()
-    };
+    let mut admission = Admission::default();
     let product_limits = ask.caller.map_or(&[][..], |(_, p)| p.limits.as_slice());
     let server_limits = ask.access.client_ip_limits.as_slice();
     if product_limits.is_empty() && ask.deployment_limits.is_empty() && server_limits.is_empty() {
