@@ -236,3 +236,176 @@ fn client_key_is_not_forwarded_upstream() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// What is authorized is what is forwarded: the backend's `model` is decided by the deployment
+// Sluice authorized, never passed through from the client when it names another.
+
+const KEY_CHEAP: &str = "test-key-cheap-only-product";
+const AZURE: &str = "/openai/deployments/cheap/chat/completions?api-version=2024-10-21";
+
+/// Deployments `cheap` (an openai-kind backend with no `model` setting) and `expensive`
+/// (another), `pinned` (an openai backend whose `model` is set) and `az` (an azure backend
+/// whose deployment is `az-cheap`); product `cheap` allows all but `expensive`.
+fn model_config(cheap: &Upstream, expensive: &Upstream) -> String {
+    let (c, e) = (cheap.url(), expensive.url());
+    let mut body = format!(
+        r#"
+[[backend]]
+name = "cheap-up"
+kind = "openai"
+url = "{c}"
+
+[[backend]]
+name = "pinned-up"
+kind = "openai"
+url = "{c}"
+model = "gpt-4o-mini-2024-07-18"
+
+[[backend]]
+name = "az-up"
+kind = "azure"
+url = "{c}"
+deployment = "az-cheap"
+
+[[backend]]
+name = "expensive-up"
+kind = "openai"
+url = "{e}"
+
+[[deployment]]
+name = "cheap"
+backends = [{{ backend = "cheap-up" }}]
+
+[[deployment]]
+name = "pinned"
+backends = [{{ backend = "pinned-up" }}]
+
+[[deployment]]
+name = "az"
+backends = [{{ backend = "az-up" }}]
+
+[[deployment]]
+name = "expensive"
+backends = [{{ backend = "expensive-up" }}]
+"#
+    );
+    body.push_str(&product(
+        "cheap",
+        r#"deployments = ["cheap", "pinned", "az"]"#,
+    ));
+    body.push_str(&subscription("cheap-team", "cheap", &[KEY_CHEAP]));
+    body
+}
+
+fn post_raw(s: &Sluice, target: &str, body: &str) -> Response {
+    s.request(
+        "POST",
+        target,
+        &[("Content-Type", "application/json"), ("api-key", KEY_CHEAP)],
+        body.as_bytes(),
+    )
+}
+
+#[test]
+fn the_body_cannot_name_another_deployment_than_the_one_authorized() {
+    let cheap = Upstream::json(upstream_chat_answer("x"));
+    let expensive = Upstream::json(upstream_chat_answer("x"));
+    let s = Launch::new(&model_config(&cheap, &expensive)).start();
+    let msgs = r#""messages":[{"role":"user","content":"hi"}]"#;
+    let azure =
+        |dep: &str| format!("/openai/deployments/{dep}/chat/completions?api-version=2024-10-21");
+    for (target, body, want) in [
+        // The issue's case: the path authorizes `cheap`, the body names `expensive`.
+        (
+            AZURE.to_owned(),
+            format!(r#"{{"model":"expensive",{msgs}}}"#),
+            "cheap",
+        ),
+        // No model in the body: the deployment's name is added for the openai backend.
+        (AZURE.to_owned(), format!(r#"{{{msgs}}}"#), "cheap"),
+        // A key spelled with escapes is the same key to the backend.
+        (
+            AZURE.to_owned(),
+            format!(r#"{{"mod\u0065l":"expensive",{msgs}}}"#),
+            "cheap",
+        ),
+        // A model of another type.
+        (
+            AZURE.to_owned(),
+            format!(r#"{{"model":["expensive"],{msgs}}}"#),
+            "cheap",
+        ),
+        // The backend's own model setting wins over both names.
+        (
+            azure("pinned"),
+            format!(r#"{{"model":"expensive",{msgs}}}"#),
+            "gpt-4o-mini-2024-07-18",
+        ),
+        (
+            "/v1/chat/completions".to_owned(),
+            format!(r#"{{"model":"pinned",{msgs}}}"#),
+            "gpt-4o-mini-2024-07-18",
+        ),
+        // An azure backend: its deployment is in the path, and the body says the same.
+        (
+            azure("az"),
+            format!(r#"{{"model":"expensive",{msgs}}}"#),
+            "az-cheap",
+        ),
+    ] {
+        let before = cheap.request_count();
+        let resp = post_raw(&s, &target, &body);
+        assert_eq!(resp.status, 200, "{target} {body}: {}", resp.text());
+        let got = cheap.requests();
+        assert_eq!(got.len(), before + 1);
+        let last = got.last().unwrap();
+        assert_eq!(last.json()["model"], want, "{target} {body}");
+        // Exactly one model member went upstream.
+        let text = String::from_utf8_lossy(&last.body).into_owned();
+        assert_eq!(
+            text.matches(r#""model""#).count() + text.matches(r#""mod\u0065l""#).count(),
+            1,
+            "{text}"
+        );
+    }
+    // The messages arrive byte for byte around the pinned model.
+    let last = cheap.requests().pop().unwrap();
+    assert!(String::from_utf8_lossy(&last.body).contains(msgs));
+    // The azure backend's request went to its own deployment path.
+    assert!(last
+        .head
+        .target()
+        .starts_with("/openai/deployments/az-cheap/chat/completions"));
+    // The body route to `expensive` itself is refused by the product.
+    let resp = post_raw(
+        &s,
+        "/v1/chat/completions",
+        &format!(r#"{{"model":"expensive",{msgs}}}"#),
+    );
+    assert_openai_error(&resp, 403, Some("deployment_not_allowed"));
+    assert_eq!(expensive.request_count(), 0, "nothing reached `expensive`");
+}
+
+#[test]
+fn a_body_naming_model_twice_is_refused() {
+    let cheap = Upstream::json(upstream_chat_answer("x"));
+    let expensive = Upstream::json(upstream_chat_answer("x"));
+    let s = Launch::new(&model_config(&cheap, &expensive)).start();
+    let msgs = r#""messages":[{"role":"user","content":"hi"}]"#;
+    for body in [
+        format!(r#"{{"model":"cheap","model":"expensive",{msgs}}}"#),
+        format!(r#"{{"model":"expensive","model":"cheap",{msgs}}}"#),
+        format!(r#"{{"model":"cheap","mod\u0065l":"expensive",{msgs}}}"#),
+    ] {
+        for target in [AZURE, "/v1/chat/completions"] {
+            let resp = post_raw(&s, target, &body);
+            assert_openai_error(&resp, 400, None);
+            assert_eq!(resp.json()["error"]["param"], "model", "{target} {body}");
+        }
+    }
+    // A body that is not a JSON object is refused by Sluice, not guessed at.
+    let resp = post_raw(&s, AZURE, r#"{"model":"expensive" "x":1}"#);
+    assert_openai_error(&resp, 400, None);
+    assert_eq!(cheap.request_count() + expensive.request_count(), 0);
+}

@@ -444,3 +444,189 @@ fn default_max_tokens_is_reserved_when_the_request_sets_none() {
          {reserved_with}: expected ~400 more"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// An answer whose usage is unknown is never free: the reservation stands. And Sluice reads the
+// request the backend reads: repeated or mistyped decision fields are refused.
+
+/// A deployment served by the mock that never asks for the usage chunk.
+const MOCK_NO_STREAM_USAGE: &str = r#"
+[[backend]]
+name = "mock-a"
+kind = "mock"
+completion_tokens = 16
+
+[[deployment]]
+name = "gpt-4o"
+backends = [{ backend = "mock-a" }]
+tokens = { estimator = "heuristic", stream_usage = false }
+"#;
+
+/// A streamed chat whose client did not ask for usage, and whose deployment does not ask for
+/// it either: the stream ends with no usage, so it is charged its whole reservation (two
+/// identical streams A, B: remaining(A) − remaining(B) = the reservation, i.e. A charged
+/// what B reserved), never zero.
+#[test]
+fn a_stream_without_usage_keeps_its_reservation() {
+    let s = Launch::new(&body_with(MOCK_NO_STREAM_USAGE, &quota_limits(BIG_QUOTA))).start();
+    let body = chat_with(json!({"stream": true}));
+    let (ha, chunks) = stream_chat(&s, KEY_A, &body);
+    assert_no_usage_chunk(&chunks);
+    settle();
+    let (hb, _) = stream_chat(&s, KEY_A, &body);
+    let reserved = BIG_QUOTA - head_remaining_tokens(&ha);
+    assert!(
+        reserved > 100,
+        "the reservation covers max_tokens 100: {reserved}"
+    );
+    assert_eq!(
+        head_remaining_tokens(&ha) - head_remaining_tokens(&hb),
+        reserved,
+        "A's unknown usage must be charged its reservation"
+    );
+    assert!(
+        s.wait_log(
+            "answer carried no usage: charged the estimate",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        s.log()
+    );
+}
+
+/// Thirty ~100-token streams against 1,000 tokens a minute (burst 1,000): with the answers'
+/// usage unknown, each costs its reservation, so about ten pass and the rest are refused.
+#[test]
+fn streams_without_usage_cannot_pass_a_token_rate_for_free() {
+    let limits = r#"limits = [{ unit = "tokens", rate = 1000, per = "minute" }]"#;
+    let s = Launch::new(&body_with(MOCK_NO_STREAM_USAGE, limits)).start();
+    let body = chat_with(json!({"stream": true, "max_tokens": 90}));
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let (mut ok, mut limited) = (0, 0);
+    for _ in 0..30 {
+        let mut c = s.connect();
+        c.send(&request_bytes(
+            "POST",
+            "/v1/chat/completions",
+            &[("Content-Type", "application/json"), ("api-key", KEY_A)],
+            &bytes,
+        ));
+        let resp = c.read_response();
+        match resp.status {
+            200 => ok += 1,
+            429 => {
+                assert_rate_limited(&resp);
+                limited += 1;
+            }
+            other => panic!("unexpected {other}: {}", resp.text()),
+        }
+        settle();
+    }
+    assert!((8..=12).contains(&ok), "{ok} passed, {limited} limited");
+    assert_eq!(ok + limited, 30);
+}
+
+/// A JSON answer from a backend that reports no usage is charged its reservation too.
+#[test]
+fn a_json_answer_without_usage_keeps_its_reservation() {
+    let mut answer = upstream_chat_answer("upstream-model");
+    answer.as_object_mut().unwrap().remove("usage");
+    let up = Upstream::json(answer);
+    let s = start_scripted(&up, &quota_limits(BIG_QUOTA));
+    let ra = remaining_tokens(&chat1(&s, KEY_A));
+    let rb = remaining_tokens(&chat1(&s, KEY_A));
+    assert_eq!(
+        ra - rb,
+        BIG_QUOTA - ra,
+        "A was charged its whole reservation"
+    );
+}
+
+/// An answer that is not a success costs nothing (the backend refused the work): after two
+/// 400s, team A has as much left as team B, which sent one request.
+#[test]
+fn a_refused_answer_costs_nothing() {
+    let refusals = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(2));
+    let left = refusals.clone();
+    let up = Upstream::start(move |_, s: &mut TcpStream| {
+        use std::sync::atomic::Ordering::SeqCst;
+        if left
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            let body = br#"{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}"#;
+            respond(s, 400, &[("content-type", "application/json")], body);
+        } else {
+            let bytes = serde_json::to_vec(&upstream_chat_answer("m")).unwrap();
+            respond(s, 200, &[("content-type", "application/json")], &bytes);
+        }
+        After::KeepAlive
+    });
+    let s = start_scripted(&up, &quota_limits(BIG_QUOTA));
+    for _ in 0..2 {
+        assert_eq!(chat1(&s, KEY_A).status, 400);
+    }
+    let ra = remaining_tokens(&chat1(&s, KEY_A));
+    let rb = remaining_tokens(&chat1(&s, KEY_B));
+    assert_eq!(ra, rb, "the refused answers cost team A nothing");
+}
+
+/// The bodies of the issue's evasions, and every other shape of a request Sluice and a
+/// backend could read differently: refused with 400 naming the field, before any backend.
+#[test]
+fn repeated_or_mistyped_decision_fields_are_refused_before_the_backend() {
+    let up = scripted_chat_upstream();
+    let s = start_scripted(&up, &quota_limits(BIG_QUOTA));
+    let messages = r#""messages":[{"role":"user","content":"hi"}]"#;
+    for (fields, param) in [
+        (
+            r#""stream":true,"stream_options":{"include_usage":true},"stream_options":{"include_usage":false}"#,
+            "stream_options",
+        ),
+        (
+            r#""stream":true,"stream_options":{"include_usage":true,"include_usage":false}"#,
+            "stream_options.include_usage",
+        ),
+        (r#""stream":false,"stream":true"#, "stream"),
+        (r#""max_tokens":1,"max_tokens":100000"#, "max_tokens"),
+        (r#""max_tokens":"5000""#, "max_tokens"),
+        (r#""max_completion_tokens":-5"#, "max_completion_tokens"),
+        (r#""n":"4""#, "n"),
+        (r#""stream":"true""#, "stream"),
+        (
+            r#""stream":true,"stream_options":"include_usage""#,
+            "stream_options",
+        ),
+    ] {
+        let body = format!(r#"{{"model":"gpt-4o",{messages},{fields}}}"#);
+        let resp = s.request(
+            "POST",
+            "/v1/chat/completions",
+            &[("Content-Type", "application/json"), ("api-key", KEY_A)],
+            body.as_bytes(),
+        );
+        assert_openai_error(&resp, 400, None);
+        assert_eq!(
+            resp.json()["error"]["param"],
+            param,
+            "{body}: {}",
+            resp.text()
+        );
+    }
+    assert_eq!(
+        up.request_count(),
+        0,
+        "no refused request reached the backend"
+    );
+    // The same fields, well-formed (integral numbers, nulls), pass.
+    let body = format!(
+        r#"{{"model":"gpt-4o",{messages},"max_tokens":100.0,"n":null,"stream":false,"stream_options":null}}"#
+    );
+    let resp = s.request(
+        "POST",
+        "/v1/chat/completions",
+        &[("Content-Type", "application/json"), ("api-key", KEY_A)],
+        body.as_bytes(),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+}

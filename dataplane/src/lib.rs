@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod json_edit;
 pub mod limit;
 pub mod mock;
 pub mod policy;

@@ -15,17 +15,20 @@ use monoio::net::TcpStream;
 
 use super::io::{read_more, read_more_within};
 use super::local;
-use super::usage_tap::UsageTap;
+use super::usage_tap::{Charge, UsageTap};
 use super::worker::{RequestId, View, Worker};
 use crate::error::GatewayError;
 use crate::http::{parse_request, BodyFraming, ChunkedDecoder, Parse, RequestHead, ResponseHead};
+use crate::json_edit::{self, EditError};
 use crate::policy::admission::{admit, settle, Admission, Ask, Outcome};
 use crate::policy::identity::{authorize, authorize_operation};
 use crate::route::{route, DeploymentRef, Operation, RouteError};
 use crate::snapshot::access::{
     Estimator as EstimatorChoice, LimitUnit, TokenSettings, TokenizerFamily,
 };
-use crate::tokens::estimate::{family_for_model, reservation, Estimator, Family, RequestFacts};
+use crate::tokens::estimate::{
+    family_for_model, reservation, Estimator, FactsError, Family, RequestFacts,
+};
 use crate::tokens::usage::inject_include_usage;
 
 /// Whether the connection goes on after a request.
@@ -271,8 +274,17 @@ impl Client {
             });
         let mut inject_usage = false;
         let tokens = if counts_tokens {
-            let facts = RequestFacts::parse(op, &self.body)
-                .unwrap_or_else(|_| RequestFacts::unreadable(op, self.body.len()));
+            let facts = match RequestFacts::parse(op, &self.body) {
+                Ok(facts) => facts,
+                Err(FactsError::NotJson(_)) => RequestFacts::unreadable(op, self.body.len()),
+                // Sluice and the backend must read the same request: refused before either
+                // decides anything on it.
+                Err(FactsError::Refused(refusal)) => {
+                    let err =
+                        GatewayError::invalid_request(refusal.to_string(), Some(refusal.param));
+                    return self.respond_error(rid, &err, close).await;
+                }
+            };
             let estimator = estimator_for(&dep.tokens, facts.model.as_deref().unwrap_or(&dep.name));
             let prompt = estimator.estimate_prompt(&facts);
             inject_usage = dep.tokens.stream_usage && facts.needs_usage_injection();
@@ -322,19 +334,19 @@ impl Client {
         }
         self.usage = UsageTap::new(admission.counts_tokens(), drop_injected);
         let next = self.proxy(worker, view, op, dep, &rid, close).await;
-        let used = match self.usage.take_result() {
-            Some(usage) => Some(usage.total_tokens),
-            // A stream cut short keeps its estimate; an answer that was not a success used
-            // nothing.
-            None if self.usage.truncated() => {
+        let used = match self.usage.charge() {
+            Charge::Usage(usage) => Some(usage.total_tokens),
+            Charge::Nothing => Some(0),
+            // The reservation stands: an answer whose usage is unknown is never free.
+            Charge::Estimate(why) => {
                 tracing::info!(
                     request_id = %String::from_utf8_lossy(rid.as_bytes()),
                     deployment = %dep.name,
-                    "answer cut short before its usage: charged the estimate"
+                    "{}: charged the estimate",
+                    why.as_str()
                 );
                 None
             }
-            None => Some(0),
         };
         settle(&worker.limits, &mut admission, Outcome::Used(used));
         self.extra.clear();
@@ -384,20 +396,31 @@ impl Client {
         if let Some(r) = range {
             return Ok(String::from_utf8_lossy(&self.buf[r]));
         }
-        #[derive(serde::Deserialize)]
-        struct ModelField<'a> {
-            #[serde(borrow, default)]
-            model: Option<std::borrow::Cow<'a, str>>,
-        }
-        match serde_json::from_slice::<ModelField<'_>>(&self.body) {
-            Ok(ModelField { model: Some(m) }) if !m.is_empty() => Ok(m),
-            Ok(_) => Err(GatewayError::invalid_request(
-                "You must provide a model parameter.",
-                Some("model"),
-            )),
-            Err(_) => Err(GatewayError::invalid_request(
+        let unparsable = || {
+            GatewayError::invalid_request(
                 "We could not parse the JSON body of your request. The body must be a JSON object.",
                 None,
+            )
+        };
+        let top = json_edit::skip_ws(&self.body, 0);
+        let span = match json_edit::member(&self.body, top, b"model") {
+            Ok(span) => span,
+            Err(EditError::Duplicate) => {
+                return Err(GatewayError::invalid_request(
+                    "The request body gives `model` more than once.",
+                    Some("model"),
+                ))
+            }
+            Err(EditError::Malformed) => return Err(unparsable()),
+        };
+        let model = span.and_then(|span| {
+            serde_json::from_slice::<std::borrow::Cow<'_, str>>(&self.body[span]).ok()
+        });
+        match model {
+            Some(m) if !m.is_empty() => Ok(m),
+            _ => Err(GatewayError::invalid_request(
+                "You must provide a model parameter.",
+                Some("model"),
             )),
         }
     }

@@ -19,6 +19,7 @@ use crate::clock::now_millis;
 use crate::error::GatewayError;
 use crate::health::DEFAULT_COOL_DOWN;
 use crate::http::{connection_lists, is_hop_by_hop, parse_response, HeaderSpan, Parse};
+use crate::json_edit::{set_string_member, EditError};
 use crate::route::Operation;
 use crate::snapshot::{BackendKind, Deployment, HttpUpstream, Secret, Timeouts};
 
@@ -46,7 +47,19 @@ struct HttpTarget<'a> {
     upstream: &'a HttpUpstream,
     style: Style<'a>,
     credential: Option<(&'static [u8], &'static [u8], &'a Secret)>,
-    model: Option<&'a str>,
+    model: ModelPin<'a>,
+}
+
+/// The `model` the backend gets, decided by the deployment Sluice authorized — never the
+/// client's when it names another (a product allowing deployment `cheap` must not reach
+/// `expensive` through the body).
+struct ModelPin<'a> {
+    /// The backend's `model` setting, else (OpenAI-style backends) the deployment's name;
+    /// for Azure backends their deployment's name.
+    model: &'a str,
+    /// Add `model` when the body has none (OpenAI-style paths route by it; Azure deployment
+    /// paths do not need it).
+    insert: bool,
 }
 
 enum Style<'a> {
@@ -126,7 +139,11 @@ impl Client {
                         api_version: &a.api_version,
                     },
                     credential: a.api_key.as_ref().map(|k| (&b"api-key"[..], &b""[..], k)),
-                    model: (op == Operation::Responses).then_some(a.deployment.as_str()),
+                    model: ModelPin {
+                        model: &a.deployment,
+                        // Azure's /openai/v1/responses names the deployment in the body.
+                        insert: op == Operation::Responses,
+                    },
                 },
                 BackendKind::OpenAi(o) => HttpTarget {
                     upstream: &o.upstream,
@@ -135,7 +152,10 @@ impl Client {
                         .api_key
                         .as_ref()
                         .map(|k| (&b"authorization"[..], &b"Bearer "[..], k)),
-                    model: o.model.as_deref(),
+                    model: ModelPin {
+                        model: o.model.as_deref().unwrap_or(&dep.name),
+                        insert: true,
+                    },
                 },
             };
             if let Err(err) = self.build_upstream_request(&target, op, rid) {
@@ -260,21 +280,25 @@ impl Client {
         // Writing into a Vec cannot fail.
         let _ = write!(req, "{}", self.peer.ip());
         req.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
-        match t.model {
-            Some(model) if op != Operation::Models => {
-                let body = rewrite_model(&self.body, model)?;
-                local::content_length(req, body.len() as u64);
-                req.extend_from_slice(b"\r\n");
-                req.extend_from_slice(&body);
-            }
-            _ => {
-                if op != Operation::Models {
-                    local::content_length(req, self.body.len() as u64);
-                }
-                req.extend_from_slice(b"\r\n");
-                req.extend_from_slice(&self.body);
-            }
+        if op == Operation::Models {
+            req.extend_from_slice(b"\r\n");
+            return Ok(());
         }
+        let pinned = set_string_member(&self.body, "model", t.model.model, t.model.insert)
+            .map_err(|e| match e {
+                EditError::Duplicate => GatewayError::invalid_request(
+                    "The request body gives `model` more than once.",
+                    Some("model"),
+                ),
+                EditError::Malformed => GatewayError::invalid_request(
+                    "We could not parse the JSON body of your request. The body must be a JSON object.",
+                    None,
+                ),
+            })?;
+        let body = pinned.as_deref().unwrap_or(&self.body);
+        local::content_length(req, body.len() as u64);
+        req.extend_from_slice(b"\r\n");
+        req.extend_from_slice(body);
         Ok(())
     }
 
@@ -410,21 +434,4 @@ pub(super) fn has_connection_header(buf: &[u8], headers: &[HeaderSpan]) -> bool 
 
 fn is_retryable(status: u16) -> bool {
     matches!(status, 429 | 500 | 502 | 503 | 504)
-}
-
-/// The body with its top-level `model` replaced.
-fn rewrite_model(body: &[u8], model: &str) -> Result<Vec<u8>, GatewayError> {
-    let invalid = || {
-        GatewayError::invalid_request(
-            "We could not parse the JSON body of your request. The body must be a JSON object.",
-            None,
-        )
-    };
-    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|_| invalid())?;
-    let object = value.as_object_mut().ok_or_else(invalid)?;
-    object.insert(
-        "model".to_owned(),
-        serde_json::Value::String(model.to_owned()),
-    );
-    serde_json::to_vec(&value).map_err(|_| invalid())
 }

@@ -3,6 +3,10 @@
 //! event, never buffered whole). When Sluice itself asked the backend for usage
 //! (`stream_options.include_usage`), the usage-only chunk is dropped here before the client
 //! sees it.
+//!
+//! What the request is charged comes out as a [`Charge`]: the usage when the answer carried
+//! it, nothing when it was not a success, and otherwise — a success whose usage is unknown —
+//! the reservation stands (never zero: an answer without usage must not be free).
 
 use crate::tokens::usage::{usage_from_json, SseScanner, Usage};
 
@@ -32,13 +36,42 @@ pub enum UsageTap {
         /// Whether events are filtered (the output differs from the input).
         filtering: bool,
     },
-    /// Done: the usage found (if any) and whether the stream ended early.
-    Done {
-        /// The usage read from the answer.
-        usage: Option<Usage>,
-        /// An SSE stream ended without its last event.
-        truncated: bool,
-    },
+    /// Done: what the request is charged.
+    Done(Charge),
+}
+
+/// What a request is charged once its answer is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charge {
+    /// The answer's usage.
+    Usage(Usage),
+    /// Nothing: the answer was not a success (or none came and no request byte left).
+    Nothing,
+    /// The reservation stands: a success whose usage is not known, for this reason.
+    Estimate(Unknown),
+}
+
+/// Why a successful answer's usage is not known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unknown {
+    /// The answer (a stream, or a body) ended before its end.
+    CutShort,
+    /// The answer ended cleanly without a usage (a backend that does not report it, a
+    /// stream whose client and backend did not agree to send it, an encoded body).
+    Missing,
+    /// The JSON answer was larger than Sluice captures.
+    TooLarge,
+}
+
+impl Unknown {
+    /// A short reason for the log line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unknown::CutShort => "answer cut short before its usage",
+            Unknown::Missing => "answer carried no usage",
+            Unknown::TooLarge => "answer too large to read its usage",
+        }
+    }
 }
 
 impl UsageTap {
@@ -57,10 +90,7 @@ impl UsageTap {
             return;
         };
         *self = if !(200..300).contains(&status) {
-            UsageTap::Done {
-                usage: None,
-                truncated: false,
-            }
+            UsageTap::Done(Charge::Nothing)
         } else if event_stream {
             UsageTap::Sse {
                 scanner: Box::new(SseScanner::new(drop_injected)),
@@ -117,41 +147,33 @@ impl UsageTap {
     /// The body ended: reads the usage. A filtering tap may append the last held bytes.
     pub fn finish(&mut self, filtered: &mut Vec<u8>) {
         let done = match self {
-            UsageTap::Json { body, overflow } => UsageTap::Done {
-                usage: if *overflow {
-                    None
-                } else {
-                    usage_from_json(body)
-                },
-                truncated: *overflow,
-            },
+            UsageTap::Json { overflow: true, .. } => {
+                UsageTap::Done(Charge::Estimate(Unknown::TooLarge))
+            }
+            UsageTap::Json { body, .. } => UsageTap::Done(match usage_from_json(body) {
+                Some(usage) => Charge::Usage(usage),
+                None => Charge::Estimate(Unknown::Missing),
+            }),
             UsageTap::Sse { scanner, .. } => {
                 let outcome = scanner.finish(filtered);
-                UsageTap::Done {
-                    usage: outcome.usage,
-                    truncated: outcome.truncated,
-                }
+                UsageTap::Done(match outcome.usage {
+                    Some(usage) => Charge::Usage(usage),
+                    None if outcome.truncated => Charge::Estimate(Unknown::CutShort),
+                    None => Charge::Estimate(Unknown::Missing),
+                })
             }
             _ => return,
         };
         *self = done;
     }
 
-    /// The usage read, once finished.
-    pub fn take_result(&mut self) -> Option<Usage> {
+    /// What the request is charged. A successful answer still being read (the relay broke
+    /// off mid-body) is cut short; a tap that never saw an answer head charges nothing.
+    pub fn charge(&self) -> Charge {
         match self {
-            UsageTap::Done { usage, .. } => usage.take(),
-            _ => None,
-        }
-    }
-
-    /// Whether the answer ended before its usage could be read (or was never finished):
-    /// the reservation's estimate stands.
-    pub fn truncated(&self) -> bool {
-        match self {
-            UsageTap::Done { truncated, .. } => *truncated,
-            UsageTap::Json { .. } | UsageTap::Sse { .. } => true,
-            UsageTap::Off | UsageTap::Pending { .. } => false,
+            UsageTap::Done(charge) => *charge,
+            UsageTap::Json { .. } | UsageTap::Sse { .. } => Charge::Estimate(Unknown::CutShort),
+            UsageTap::Off | UsageTap::Pending { .. } => Charge::Nothing,
         }
     }
 }

@@ -18,7 +18,8 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde::Deserialize;
 use tiktoken_rs::CoreBPE;
 
-use super::lenient::{Lenient, LenientStr};
+use super::lenient::LenientStr;
+use super::strict::{refuse, Kind, Reason, Refusal, Refused, StreamOptionsSeed, Strict};
 use crate::route::Operation;
 
 /// Tokens OpenAI adds per chat message (the `<|start|>role…<|end|>` framing, role included).
@@ -28,9 +29,10 @@ pub const TOKENS_REPLY_PRIMING: u32 = 3;
 
 /// The facts of one request body that admission needs, read once.
 ///
-/// Strings borrow from the body unless they hold JSON escapes. Fields of an unexpected type
-/// are read as absent rather than failing the parse: the backend will refuse such a request
-/// anyway, and until then it is charged like any other.
+/// Strings borrow from the body unless they hold JSON escapes. The fields Sluice decides on
+/// (`model`, `stream`, `stream_options`, the caps, `n`, `best_of`) are read strictly (see
+/// [`super::strict`]): a wrong type or a repeated key is a [`FactsError::Refused`]. The
+/// prompt's text is read as found: what it holds is only ever an estimate.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RequestFacts<'a> {
     /// `model`, when the body names one (OpenAI style; Azure names the deployment in the path).
@@ -65,11 +67,18 @@ pub struct Prompt<'a> {
     pub token_ids: u64,
 }
 
-/// A body that is not a JSON object: no facts could be read. The caller charges the
-/// fallback ([`RequestFacts::unreadable`]) and lets the backend refuse it.
+/// Why no facts could be read from a body.
 #[derive(Debug, thiserror::Error)]
-#[error("request body is not a JSON object: {0}")]
-pub struct FactsError(#[from] serde_json::Error);
+pub enum FactsError {
+    /// The body is not a JSON object: the caller charges the fallback
+    /// ([`RequestFacts::unreadable`]) and lets the backend refuse it.
+    #[error("request body is not a JSON object: {0}")]
+    NotJson(#[from] serde_json::Error),
+    /// A field Sluice decides on is repeated or of a type whose meaning is in doubt: the
+    /// request must be refused (400), since the backend might read it otherwise.
+    #[error("{0}")]
+    Refused(Refusal),
+}
 
 impl<'a> RequestFacts<'a> {
     /// Reads `body` as a request of `operation`. Only the fields the operation defines are
@@ -77,11 +86,22 @@ impl<'a> RequestFacts<'a> {
     /// embeddings: `input`; responses: `input`, `instructions`, `tools`); every other field is
     /// skipped without being built.
     pub fn parse(operation: Operation, body: &'a [u8]) -> Result<Self, FactsError> {
+        let refused = Refused::new(None);
         let mut de = serde_json::Deserializer::from_slice(body);
-        let mut facts = de.deserialize_map(FactsVisitor { operation })?;
-        de.end()?;
-        facts.operation = Some(operation);
-        Ok(facts)
+        let parsed = de
+            .deserialize_map(FactsVisitor {
+                operation,
+                refused: &refused,
+            })
+            .and_then(|facts| de.end().map(|()| facts));
+        match (parsed, refused.get()) {
+            (_, Some(refusal)) => Err(FactsError::Refused(refusal)),
+            (Ok(mut facts), None) => {
+                facts.operation = Some(operation);
+                Ok(facts)
+            }
+            (Err(e), None) => Err(FactsError::NotJson(e)),
+        }
     }
 
     /// The facts charged for a body that [`RequestFacts::parse`] refused: its whole length
@@ -318,12 +338,13 @@ fn bpe_segment(bpe: &CoreBPE, segment: &str) -> u64 {
 }
 
 /// Reads the top-level object of a request body.
-struct FactsVisitor {
+struct FactsVisitor<'c> {
     operation: Operation,
+    refused: &'c Refused,
 }
 
 /// The top-level fields admission reads; everything else is skipped.
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Copy)]
 #[serde(field_identifier, rename_all = "snake_case")]
 enum Field {
     Model,
@@ -345,7 +366,31 @@ enum Field {
     Other,
 }
 
-impl<'de> Visitor<'de> for FactsVisitor {
+impl Field {
+    /// The field's name in the API, for refusals.
+    fn param(self) -> &'static str {
+        match self {
+            Field::Model => "model",
+            Field::Stream => "stream",
+            Field::StreamOptions => "stream_options",
+            Field::MaxTokens => "max_tokens",
+            Field::MaxCompletionTokens => "max_completion_tokens",
+            Field::MaxOutputTokens => "max_output_tokens",
+            Field::N => "n",
+            Field::BestOf => "best_of",
+            Field::Messages => "messages",
+            Field::Prompt => "prompt",
+            Field::Suffix => "suffix",
+            Field::Input => "input",
+            Field::Instructions => "instructions",
+            Field::Tools => "tools",
+            Field::Functions => "functions",
+            Field::Other => "",
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for FactsVisitor<'_> {
     type Value = RequestFacts<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -358,22 +403,47 @@ impl<'de> Visitor<'de> for FactsVisitor {
         let mut facts = RequestFacts::default();
         let (mut max_tokens, mut max_completion, mut max_output) = (None, None, None);
         let (mut n, mut best_of) = (None, None);
+        // Every field read here, once each (bit = the variant's index).
+        let mut seen = 0u32;
+        let refused = self.refused;
         while let Some(field) = map.next_key::<Field>()? {
+            if !matches!(field, Field::Other) {
+                let bit = 1u32 << (field as u32);
+                if seen & bit != 0 {
+                    let refusal = Refusal {
+                        param: field.param(),
+                        reason: Reason::Duplicate,
+                    };
+                    return Err(refuse(refused, refusal));
+                }
+                seen |= bit;
+            }
+            let strict = |kind| Strict {
+                kind,
+                param: field.param(),
+                refused,
+            };
             match (field, op) {
-                (Field::Model, _) => facts.model = map.next_value::<LenientStr<'de>>()?.0,
+                (Field::Model, _) => {
+                    facts.model = map.next_value_seed(strict(Kind::Str))?.into_str()
+                }
                 (Field::Stream, _) => {
-                    facts.stream = map.next_value::<Lenient<bool>>()?.0 == Some(true)
+                    facts.stream = map.next_value_seed(strict(Kind::Bool))?.as_bool()
                 }
                 (Field::StreamOptions, _) => {
-                    facts.include_usage = map.next_value::<StreamOptions>()?.include_usage
+                    facts.include_usage = map.next_value_seed(StreamOptionsSeed { refused })?
                 }
-                (Field::MaxTokens, _) => max_tokens = map.next_value::<Lenient<u64>>()?.0,
+                (Field::MaxTokens, _) => {
+                    max_tokens = map.next_value_seed(strict(Kind::Count))?.count()
+                }
                 (Field::MaxCompletionTokens, _) => {
-                    max_completion = map.next_value::<Lenient<u64>>()?.0
+                    max_completion = map.next_value_seed(strict(Kind::Count))?.count()
                 }
-                (Field::MaxOutputTokens, _) => max_output = map.next_value::<Lenient<u64>>()?.0,
-                (Field::N, _) => n = map.next_value::<Lenient<u64>>()?.0,
-                (Field::BestOf, _) => best_of = map.next_value::<Lenient<u64>>()?.0,
+                (Field::MaxOutputTokens, _) => {
+                    max_output = map.next_value_seed(strict(Kind::Count))?.count()
+                }
+                (Field::N, _) => n = map.next_value_seed(strict(Kind::Count))?.count(),
+                (Field::BestOf, _) => best_of = map.next_value_seed(strict(Kind::Count))?.count(),
                 (Field::Messages, Chat) => map.next_value_seed(MessagesSeed(&mut facts.prompt))?,
                 (Field::Prompt | Field::Suffix, Completions)
                 | (Field::Input, Embeddings | Responses)
@@ -592,58 +662,6 @@ impl<'de> Visitor<'de> for MessagesSeed<'_, 'de> {
 
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
         Ok(())
-    }
-}
-
-/// `stream_options`: only `include_usage` matters; anything but an object reads as absent.
-#[derive(Default)]
-struct StreamOptions {
-    include_usage: bool,
-}
-
-impl<'de> Deserialize<'de> for StreamOptions {
-    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = StreamOptions;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("stream_options")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StreamOptions, A::Error> {
-                let mut out = StreamOptions::default();
-                while let Some(key) = map.next_key::<LenientStr<'de>>()? {
-                    if key.0.as_deref() == Some("include_usage") {
-                        out.include_usage = map.next_value::<Lenient<bool>>()?.0 == Some(true);
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(out)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StreamOptions, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(StreamOptions::default())
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<StreamOptions, E> {
-                Ok(StreamOptions::default())
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<StreamOptions, E> {
-                Ok(StreamOptions::default())
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<StreamOptions, E> {
-                Ok(StreamOptions::default())
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<StreamOptions, E> {
-                Ok(StreamOptions::default())
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<StreamOptions, E> {
-                Ok(StreamOptions::default())
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<StreamOptions, E> {
-                Ok(StreamOptions::default())
-            }
-        }
-        de.deserialize_any(V)
     }
 }
 

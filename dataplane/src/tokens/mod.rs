@@ -16,6 +16,7 @@
 
 pub mod estimate;
 mod lenient;
+pub mod strict;
 pub mod usage;
 
 pub use estimate::{family_for_model, reservation, Estimator, Family, RequestFacts};

@@ -9,11 +9,11 @@
 //! in the body or in the `response.completed` event's `response`; [`Usage`] maps them.
 
 use std::fmt;
-use std::ops::Range;
 
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::lenient::{skip_map, skip_seq, Lenient, LenientStr};
+use crate::json_edit::{member, skip_ws, splice};
 
 mod sse;
 
@@ -45,8 +45,7 @@ pub fn usage_from_json(body: &[u8]) -> Option<Usage> {
 /// `None` when nothing needs changing: not a JSON object, not `stream: true`, neither
 /// `messages` nor `prompt` (Responses streams always end with their usage; other APIs do
 /// not stream), or `include_usage` already true. Also `None`, leaving the body alone, when
-/// the body is ambiguous (a `stream_options` or `include_usage` key given twice, or spelled
-/// with escapes).
+/// the body is ambiguous (a `stream_options` or `include_usage` key given twice).
 pub fn inject_include_usage(body: &[u8]) -> Option<Vec<u8>> {
     let probe: InjectProbe = serde_json::from_slice(body).ok()?;
     if !probe.stream || !probe.chat_or_completions || probe.include_usage {
@@ -58,7 +57,7 @@ pub fn inject_include_usage(body: &[u8]) -> Option<Vec<u8>> {
     }
     const MEMBER: &[u8] = br#""stream_options":{"include_usage":true}"#;
     let mut out = Vec::with_capacity(body.len() + MEMBER.len() + 1);
-    match member(body, top, b"stream_options")? {
+    match member(body, top, b"stream_options").ok()? {
         None => {
             // `stream: true` is a member, so the object is not empty: a comma follows.
             out.extend_from_slice(&body[..=top]);
@@ -67,7 +66,7 @@ pub fn inject_include_usage(body: &[u8]) -> Option<Vec<u8>> {
             out.extend_from_slice(&body[top + 1..]);
         }
         Some(span) if body.get(span.start) == Some(&b'{') => {
-            match member(body, span.start, b"include_usage")? {
+            match member(body, span.start, b"include_usage").ok()? {
                 Some(value) => splice(&mut out, body, value, b"true"),
                 None => {
                     let first = skip_ws(body, span.start + 1);
@@ -86,13 +85,6 @@ pub fn inject_include_usage(body: &[u8]) -> Option<Vec<u8>> {
         Some(span) => splice(&mut out, body, span, br#"{"include_usage":true}"#),
     }
     Some(out)
-}
-
-/// `body` with `range` replaced by `with`, into `out`.
-fn splice(out: &mut Vec<u8>, body: &[u8], range: Range<usize>, with: &[u8]) {
-    out.extend_from_slice(&body[..range.start]);
-    out.extend_from_slice(with);
-    out.extend_from_slice(&body[range.end..]);
 }
 
 /// What [`inject_include_usage`] needs to decide.
@@ -395,105 +387,6 @@ impl<'de> Deserialize<'de> for SeqLen {
             }
         }
         de.deserialize_any(V)
-    }
-}
-
-// A byte-level walk over a JSON object already known to be valid (serde read it first), to
-// find where a member's value lies so it can be replaced in place. Every index is checked:
-// on bytes that are not valid JSON it gives up (`None`) rather than panic.
-
-/// The value span of member `key` of the object starting at `obj` (its `{`): `Some(None)`
-/// when absent, `None` when the key appears twice or any key there has escapes.
-fn member(b: &[u8], obj: usize, key: &[u8]) -> Option<Option<Range<usize>>> {
-    let mut i = skip_ws(b, obj + 1);
-    let mut found = None;
-    if b.get(i) == Some(&b'}') {
-        return Some(None);
-    }
-    loop {
-        let key_end = skip_string(b, i)?;
-        let raw = b.get(i + 1..key_end - 1)?;
-        if raw.contains(&b'\\') {
-            return None;
-        }
-        i = skip_ws(b, key_end);
-        if b.get(i) != Some(&b':') {
-            return None;
-        }
-        let start = skip_ws(b, i + 1);
-        let end = skip_value(b, start)?;
-        if raw == key {
-            if found.is_some() {
-                return None;
-            }
-            found = Some(start..end);
-        }
-        i = skip_ws(b, end);
-        match b.get(i) {
-            Some(b',') => i = skip_ws(b, i + 1),
-            Some(b'}') => return Some(found),
-            _ => return None,
-        }
-    }
-}
-
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-        i += 1;
-    }
-    i
-}
-
-/// The index after the string starting at `i` (its `"`).
-fn skip_string(b: &[u8], i: usize) -> Option<usize> {
-    if b.get(i) != Some(&b'"') {
-        return None;
-    }
-    let mut j = i + 1;
-    loop {
-        let at = j + memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
-        if b[at] == b'"' {
-            return Some(at + 1);
-        }
-        j = at + 2;
-    }
-}
-
-/// The index after the value starting at `i`.
-fn skip_value(b: &[u8], i: usize) -> Option<usize> {
-    match *b.get(i)? {
-        b'"' => skip_string(b, i),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut j = i;
-            loop {
-                match *b.get(j)? {
-                    b'"' => {
-                        j = skip_string(b, j)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(j + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                j += 1;
-            }
-        }
-        _ => {
-            let mut j = i;
-            while let Some(c) = b.get(j) {
-                if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
-                    break;
-                }
-                j += 1;
-            }
-            (j > i).then_some(j)
-        }
     }
 }
 

@@ -1,6 +1,7 @@
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::tokens::strict::Refusal;
 
 const CHAT_REQUEST: &[u8] = include_bytes!("../fixtures/chat_request.json");
 const CHAT_REQUEST_STREAM: &[u8] = include_bytes!("../fixtures/chat_request_stream.json");
@@ -226,23 +227,100 @@ fn fields_of_another_api_are_not_prompt_text() {
     assert_eq!(facts.prompt.messages, 0);
 }
 
+fn refusal(body: &[u8]) -> Refusal {
+    match RequestFacts::parse(Operation::ChatCompletions, body) {
+        Err(FactsError::Refused(r)) => r,
+        other => panic!("{}: {other:?}", String::from_utf8_lossy(body)),
+    }
+}
+
 #[test]
-fn mistyped_fields_read_as_absent() {
-    let body = br#"{"messages":"nope","max_tokens":"100","n":-2,"stream":"true",
-        "stream_options":[1],"model":7}"#;
-    let facts = chat(body);
+fn mistyped_decision_fields_are_refused_naming_the_field() {
+    use crate::tokens::strict::Reason::Type;
+    for (body, param) in [
+        (&br#"{"max_tokens":"100"}"#[..], "max_tokens"),
+        (br#"{"max_tokens":1.5}"#, "max_tokens"),
+        (br#"{"max_tokens":-1}"#, "max_tokens"),
+        (br#"{"max_completion_tokens":[1]}"#, "max_completion_tokens"),
+        (br#"{"max_output_tokens":true}"#, "max_output_tokens"),
+        (br#"{"n":-2}"#, "n"),
+        (br#"{"n":"2"}"#, "n"),
+        (br#"{"best_of":{}}"#, "best_of"),
+        (br#"{"stream":"true"}"#, "stream"),
+        (br#"{"stream":1}"#, "stream"),
+        (br#"{"stream_options":[1]}"#, "stream_options"),
+        (br#"{"stream_options":"yes"}"#, "stream_options"),
+        (
+            br#"{"stream_options":{"include_usage":"false"}}"#,
+            "stream_options.include_usage",
+        ),
+        (br#"{"model":7}"#, "model"),
+        (br#"{"model":["a"]}"#, "model"),
+    ] {
+        let r = refusal(body);
+        assert_eq!(r.param, param, "{}", String::from_utf8_lossy(body));
+        assert!(matches!(r.reason, Type(_)), "{r:?}");
+        assert!(r.to_string().contains(param), "{r}");
+    }
+}
+
+#[test]
+fn repeated_keys_are_refused_in_every_spelling() {
+    use crate::tokens::strict::Reason::Duplicate;
+    for (body, param) in [
+        (&br#"{"stream":true,"stream":false}"#[..], "stream"),
+        (br#"{"stream_options":{"include_usage":true},"stream_options":{"include_usage":false}}"#, "stream_options"),
+        (br#"{"stream_options":{"include_usage":true,"include_usage":false}}"#, "stream_options.include_usage"),
+        (br#"{"model":"a","model":"b"}"#, "model"),
+        (br#"{"max_tokens":1,"max_tokens":100000}"#, "max_tokens"),
+        (br#"{"max_completion_tokens":1,"max_completion_tokens":2}"#, "max_completion_tokens"),
+        (br#"{"n":1,"n":50}"#, "n"),
+        (br#"{"messages":[],"messages":[{"content":"long"}]}"#, "messages"),
+        // Escapes spell the same key to every JSON parser.
+        (br#"{"stream":false,"str\u0065am":true}"#, "stream"),
+        (br#"{"max_tokens":1,"max\u005ftokens":9}"#, "max_tokens"),
+    ] {
+        let r = refusal(body);
+        assert_eq!((r.param, r.reason), (param, Duplicate), "{}", String::from_utf8_lossy(body));
+    }
+    // Keys Sluice does not read may repeat: the backend decides what they mean.
+    assert!(RequestFacts::parse(Operation::ChatCompletions, br#"{"user":"a","user":"b"}"#).is_ok());
+}
+
+#[test]
+fn decision_fields_take_null_and_integral_numbers() {
+    let facts =
+        chat(br#"{"max_tokens":null,"n":null,"stream":null,"stream_options":null,"model":null}"#);
     assert_eq!(facts.max_tokens, None);
     assert_eq!(facts.n, 1);
     assert!(!facts.stream && !facts.include_usage);
     assert_eq!(facts.model, None);
-    assert_eq!(facts.prompt.messages, 0);
-    let facts = chat(br#"{"max_tokens":1.5,"n":0,"messages":[{"content":{"x":[1]}}]}"#);
-    assert_eq!(facts.max_tokens, None);
-    assert_eq!(facts.n, 1);
+    let facts = chat(
+        br#"{"max_tokens":100.0,"n":2e0,"stream":true,"stream_options":{"include_usage":null}}"#,
+    );
+    assert_eq!(facts.max_tokens, Some(100));
+    assert_eq!(facts.n, 2);
+    assert!(facts.stream && !facts.include_usage);
+    let facts =
+        chat(br#"{"max_tokens":1e3,"stream_options":{"include_usage":true,"other":[1,1]}}"#);
+    assert_eq!(facts.max_tokens, Some(1000));
+    assert!(facts.include_usage);
+}
 
-    assert!(RequestFacts::parse(Operation::ChatCompletions, b"").is_err());
-    assert!(RequestFacts::parse(Operation::ChatCompletions, b"[1,2]").is_err());
-    assert!(RequestFacts::parse(Operation::ChatCompletions, b"{\"a\":1} x").is_err());
+#[test]
+fn mistyped_prompt_fields_read_as_absent() {
+    let facts = chat(br#"{"messages":"nope","n":0,"prompt":7}"#);
+    assert_eq!(facts.n, 1);
+    assert_eq!(facts.prompt.messages, 0);
+    let facts = chat(br#"{"messages":[{"content":{"x":[1]}}]}"#);
+    assert_eq!(facts.prompt.messages, 1);
+
+    for body in [&b""[..], b"[1,2]", b"{\"a\":1} x", b"{\"a\":"] {
+        assert!(matches!(
+            RequestFacts::parse(Operation::ChatCompletions, body),
+            Err(FactsError::NotJson(_))
+        ));
+    }
     let fallback = RequestFacts::unreadable(Operation::ChatCompletions, 401);
     assert_eq!(Estimator::Heuristic.estimate_prompt(&fallback), 101);
     assert_eq!(reservation(&fallback, 101, 1000), 1101);

@@ -452,8 +452,13 @@ fn inject_sets_include_usage_keeping_everything_else() {
     // Ambiguous bodies are left alone.
     let dup = br#"{"stream":true,"messages":[],"stream_options":{},"stream_options":null}"#;
     assert_eq!(inject_include_usage(dup), None);
+    // A key spelled with escapes is the key the backend reads: it is the one set.
     let esc = br#"{"stream":true,"messages":[],"stream\u005foptions":{"include_usage":false}}"#;
-    assert_eq!(inject_include_usage(esc), None);
+    let out = inject_include_usage(esc).unwrap();
+    assert_eq!(
+        out,
+        br#"{"stream":true,"messages":[],"stream\u005foptions":{"include_usage":true}}"#
+    );
 }
 
 /// xorshift64*: a reproducible stream of pseudo-random numbers without a dependency.
