@@ -1,12 +1,14 @@
 //! Token accounting (`sluice::tokens`): the prompt estimate per KiB of prompt (BPE o200k and
 //! cl100k, the byte heuristic) and reading a request's facts; the usage of a JSON answer;
-//! the SSE usage scan per event.
+//! the SSE usage scan per event; pinning the body's `model` to the authorized deployment.
 //!
 //! Baselines: for the estimate, `tiktoken-rs` counting the same text in one call (Sluice
 //! cuts it at clean split points to keep BPE linear, so the gap is that walk); for usage,
 //! `serde_json::Value` built from the whole body, then `["usage"]`; for the SSE scan, a naive
 //! scanner that needs the whole stream, splits it on blank lines and builds a `Value` of
-//! every event, and a plain copy of the stream (the floor: a relay copies the bytes anyway).
+//! every event, and a plain copy of the stream (the floor: a relay copies the bytes anyway);
+//! for the model pin, replacing `model` in a `serde_json::Value` of the body and writing it
+//! back (what Sluice did before it edited bytes in place).
 
 #![allow(
     missing_docs,
@@ -17,6 +19,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde_json::Value;
+use sluice::json_edit::set_string_member;
 use sluice::route::Operation;
 use sluice::tokens::{
     reservation, usage_from_json, Estimator, Family, RequestFacts, SseScanner, Usage,
@@ -179,5 +182,32 @@ fn sse_scan(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, estimate, usage_json, sse_scan);
+/// `model` replaced through a whole `serde_json::Value` of the body.
+fn naive_pin(body: &[u8], model: &str) -> Option<Vec<u8>> {
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    v.as_object_mut()?
+        .insert("model".to_owned(), Value::String(model.to_owned()));
+    serde_json::to_vec(&v).ok()
+}
+
+fn pin_model(c: &mut Criterion) {
+    for kib in [1usize, 16] {
+        let body = chat_request_with(&prose_kib().repeat(kib));
+        assert_eq!(set_string_member(&body, "model", "gpt-4o", true), Ok(None));
+        let mut group = c.benchmark_group(format!("tokens/pin_model_{kib}KiB"));
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function("same_model", |b| {
+            b.iter(|| set_string_member(black_box(&body), "model", "gpt-4o", true))
+        });
+        group.bench_function("other_model", |b| {
+            b.iter(|| set_string_member(black_box(&body), "model", "gpt-4o-mini", true))
+        });
+        group.bench_function("serde_value", |b| {
+            b.iter(|| naive_pin(black_box(&body), "gpt-4o-mini"))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, estimate, usage_json, sse_scan, pin_model);
 criterion_main!(benches);
