@@ -1,0 +1,209 @@
+//! Whole-process tests that one upstream exchange never leaks into another: a pooled
+//! upstream connection is reused only when it is provably clean (late bytes after an answer,
+//! or a close while idle, discard it), under both I/O drivers.
+//!
+//! Backends are scripted over std TcpListener on 127.0.0.1 and write exactly the bytes named.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::Write;
+use std::thread;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+
+/// How long a scripted backend waits after its answer before it misbehaves.
+const LATE: Duration = Duration::from_millis(300);
+/// How long a test waits for that misbehaviour to have reached Sluice's socket.
+const AFTER_LATE: Duration = Duration::from_millis(700);
+
+/// The unsolicited extra response of the security report.
+const POISONED: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nPOISONED";
+
+/// A chat request whose only message is `marker`, so the backend can name it in its answer.
+fn marked(marker: &str) -> Value {
+    json!({"model": "chat", "messages": [{"role": "user", "content": marker}]})
+}
+
+/// The marker a scripted backend received.
+fn marker_of(rec: &Recorded) -> String {
+    rec.json()["messages"][0]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A complete keep-alive answer naming `marker` (Content-Length framed).
+fn answer_naming(marker: &str) -> Vec<u8> {
+    let body = serde_json::to_vec(&json!({
+        "id": "chatcmpl-iso", "object": "chat.completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": marker},
+                     "finish_reason": "stop"}],
+    }))
+    .unwrap();
+    let mut out = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Sends `marker` on a new client connection and asserts the answer is its own: status 200,
+/// the backend's answer naming this marker and no other, nothing of the poisoned response.
+fn assert_own_answer(s: &Sluice, marker: &str, others: &[&str]) {
+    let resp = s.post_json("/v1/chat/completions", &marked(marker));
+    let text = resp.text();
+    assert_eq!(resp.status, 200, "{marker}: {text}");
+    assert!(!text.contains("POISONED"), "{marker} got: {text}");
+    let v = resp.json();
+    assert_eq!(
+        v["choices"][0]["message"]["content"], marker,
+        "{marker} got another request's answer: {text}"
+    );
+    for other in others {
+        assert!(
+            !text.contains(other),
+            "{marker} got {other}'s answer: {text}"
+        );
+    }
+}
+
+fn launch(up: &Upstream, driver: &str) -> Sluice {
+    Launch::new(&openai_backend_body(&up.url(), "chat"))
+        .driver(driver)
+        .start()
+}
+
+// ---------------------------------------------------------------------------------------------
+// A pooled connection is reused only when clean
+
+/// The report's case: a 200 with a Content-Length body, then 300 ms later a second,
+/// unsolicited response on the same connection. Neither the next client nor the one after
+/// it may see it (or each other's answers): every answer's connection is discarded.
+fn late_second_response_reaches_no_client(driver: &str) {
+    let up = Upstream::start(|rec, s| {
+        let _ = s.write_all(&answer_naming(&marker_of(rec)));
+        let _ = s.flush();
+        thread::sleep(LATE);
+        let _ = s.write_all(POISONED);
+        After::KeepAlive
+    });
+    let s = launch(&up, driver);
+    let markers = ["req-one", "req-two", "req-three"];
+    for (i, marker) in markers.iter().enumerate() {
+        let others: Vec<&str> = markers.iter().copied().filter(|m| m != marker).collect();
+        assert_own_answer(&s, marker, &others);
+        if i + 1 < markers.len() {
+            thread::sleep(AFTER_LATE);
+        }
+    }
+    assert_eq!(up.request_count(), 3);
+    assert_eq!(
+        up.connections(),
+        3,
+        "a connection with a late response on it was reused"
+    );
+}
+
+#[test]
+fn late_second_response_reaches_no_client_io_uring() {
+    late_second_response_reaches_no_client("io-uring");
+}
+
+#[test]
+fn late_second_response_reaches_no_client_epoll() {
+    late_second_response_reaches_no_client("epoll");
+}
+
+/// The same after answers without a body (204, 304, a 200 with Content-Length 0): the first
+/// request gets the empty answer, then the late response follows; the next two clients get
+/// their own answers.
+fn late_response_after_an_empty_answer(driver: &str) {
+    for empty in [
+        &b"HTTP/1.1 204 No Content\r\n\r\n"[..],
+        b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    ] {
+        let up = Upstream::start(move |rec, s| {
+            let marker = marker_of(rec);
+            if marker == "empty-one" {
+                let _ = s.write_all(empty);
+                let _ = s.flush();
+                thread::sleep(LATE);
+                let _ = s.write_all(POISONED);
+            } else {
+                let _ = s.write_all(&answer_naming(&marker));
+            }
+            After::KeepAlive
+        });
+        let s = launch(&up, driver);
+        let status: u16 = String::from_utf8_lossy(&empty[9..12]).parse().unwrap();
+        let resp = s.post_json("/v1/chat/completions", &marked("empty-one"));
+        assert_eq!(resp.status, status, "{}", resp.text());
+        assert!(resp.body.is_empty(), "{}", resp.text());
+        thread::sleep(AFTER_LATE);
+        assert_own_answer(&s, "second", &["empty-one"]);
+        assert_own_answer(&s, "third", &["second"]);
+        assert_eq!(up.request_count(), 3, "status {status}");
+        // The empty answer's connection was discarded; the next one was clean and reused.
+        assert_eq!(up.connections(), 2, "status {status}");
+    }
+}
+
+#[test]
+fn late_response_after_an_empty_answer_io_uring() {
+    late_response_after_an_empty_answer("io-uring");
+}
+
+#[test]
+fn late_response_after_an_empty_answer_epoll() {
+    late_response_after_an_empty_answer("epoll");
+}
+
+/// A backend that closes an idle keep-alive connection (its own idle timeout) 300 ms after
+/// answering: the next request goes out on a new connection and succeeds, not a 502.
+fn late_close_of_an_idle_connection_is_not_the_clients_problem(driver: &str) {
+    let up = Upstream::start(|rec, s| {
+        let _ = s.write_all(&answer_naming(&marker_of(rec)));
+        let _ = s.flush();
+        thread::sleep(LATE);
+        After::Close
+    });
+    let s = launch(&up, driver);
+    assert_own_answer(&s, "before-close", &[]);
+    thread::sleep(AFTER_LATE);
+    assert_own_answer(&s, "after-close", &["before-close"]);
+    assert_eq!(up.request_count(), 2);
+    assert_eq!(up.connections(), 2);
+}
+
+#[test]
+fn late_close_of_an_idle_connection_is_not_the_clients_problem_io_uring() {
+    late_close_of_an_idle_connection_is_not_the_clients_problem("io-uring");
+}
+
+#[test]
+fn late_close_of_an_idle_connection_is_not_the_clients_problem_epoll() {
+    late_close_of_an_idle_connection_is_not_the_clients_problem("epoll");
+}
+
+/// A clean keep-alive answer's connection is still reused (the check discards only dirty
+/// ones), on both drivers.
+#[test]
+fn clean_connections_are_still_reused() {
+    for driver in ["io-uring", "epoll"] {
+        let up = Upstream::start(|rec, s| {
+            let _ = s.write_all(&answer_naming(&marker_of(rec)));
+            After::KeepAlive
+        });
+        let s = launch(&up, driver);
+        for marker in ["a", "b", "c", "d"] {
+            assert_own_answer(&s, marker, &[]);
+        }
+        assert_eq!(up.connections(), 1, "{driver}");
+    }
+}
