@@ -1,13 +1,19 @@
-//! Whole-process tests that one upstream exchange never leaks into another: a pooled
-//! upstream connection is reused only when it is provably clean (late bytes after an answer,
-//! or a close while idle, discard it), under both I/O drivers.
+//! Whole-process tests that one upstream exchange never leaks into another and that a
+//! request is never run twice:
+//!
+//! - a pooled upstream connection is reused only when it is provably clean (late bytes after
+//!   an answer, or a close while idle, discard it), under both I/O drivers;
+//! - a request whose bytes went out is never sent again (no resend on a new connection, no
+//!   failover to another backend): the client gets a 502.
 //!
 //! Backends are scripted over std TcpListener on 127.0.0.1 and write exactly the bytes named.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
+use std::collections::HashMap;
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -206,4 +212,120 @@ fn clean_connections_are_still_reused() {
         }
         assert_eq!(up.connections(), 1, "{driver}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A request that went out is never sent again
+
+/// Two backends in priority order, both scripted alike: on each connection, answer the
+/// first `answered` requests, then read the next one in full and close without answering.
+/// Returns the backends (primary first) and the Sluice in front of them.
+fn read_then_close_backends(answered: usize) -> (Upstream, Upstream, Sluice) {
+    let script = move || {
+        let seen: Arc<Mutex<HashMap<usize, usize>>> = Arc::default();
+        Upstream::start(move |rec, s| {
+            let n = {
+                let mut seen = seen.lock().unwrap();
+                let n = seen.entry(rec.conn).or_default();
+                *n += 1;
+                *n
+            };
+            if n > answered {
+                return After::Close;
+            }
+            let _ = s.write_all(&answer_naming(&marker_of(rec)));
+            After::KeepAlive
+        })
+    };
+    let (primary, fallback) = (script(), script());
+    let body = format!(
+        r#"
+[[backend]]
+name = "primary"
+kind = "openai"
+url = "{}"
+
+[[backend]]
+name = "fallback"
+kind = "openai"
+url = "{}"
+
+[[deployment]]
+name = "chat"
+backends = [{{ backend = "primary" }}, {{ backend = "fallback", priority = 1 }}]
+"#,
+        primary.url(),
+        fallback.url()
+    );
+    let s = Launch::new(&body).start();
+    (primary, fallback, s)
+}
+
+/// How many times `up` received a request carrying `marker`, over all its connections.
+fn times_seen(up: &Upstream, marker: &str) -> usize {
+    up.requests()
+        .iter()
+        .filter(|r| marker_of(r) == marker)
+        .count()
+}
+
+/// The report's case: a POST on a pooled keep-alive connection is read in full by the
+/// backend, which then closes without answering. The POST ran once; it must not run again
+/// on a new connection or on the fallback backend.
+#[test]
+fn a_post_read_then_dropped_on_a_pooled_connection_is_not_resent() {
+    let (primary, fallback, s) = read_then_close_backends(1);
+    assert_own_answer(&s, "warm-up", &[]);
+    let resp = s.post_json("/v1/chat/completions", &marked("paid-call"));
+    assert_openai_error(&resp, 502, Some("upstream_protocol_error"));
+    assert_eq!(times_seen(&primary, "paid-call"), 1, "the POST was resent");
+    assert_eq!(
+        fallback.request_count(),
+        0,
+        "the POST failed over after it was sent"
+    );
+    assert_eq!(primary.connections(), 1, "a second connection was opened");
+}
+
+/// The same on a new connection: the backend reads the POST and closes. No resend, no
+/// failover; a 502.
+#[test]
+fn a_post_read_then_dropped_on_a_new_connection_is_not_resent() {
+    let (primary, fallback, s) = read_then_close_backends(0);
+    let resp = s.post_json("/v1/chat/completions", &marked("paid-call"));
+    assert_openai_error(&resp, 502, Some("upstream_protocol_error"));
+    assert_eq!(times_seen(&primary, "paid-call"), 1);
+    assert_eq!(fallback.request_count(), 0);
+    assert_eq!(primary.connections(), 1);
+}
+
+/// A refused connection is still failed over: nothing of the request left Sluice.
+#[test]
+fn a_refused_connection_still_fails_over() {
+    let fallback = Upstream::start(|rec, s| {
+        let _ = s.write_all(&answer_naming(&marker_of(rec)));
+        After::KeepAlive
+    });
+    let body = format!(
+        r#"
+[[backend]]
+name = "down"
+kind = "openai"
+url = "http://127.0.0.1:{}"
+
+[[backend]]
+name = "fallback"
+kind = "openai"
+url = "{}"
+
+[[deployment]]
+name = "chat"
+backends = [{{ backend = "down" }}, {{ backend = "fallback", priority = 1 }}]
+"#,
+        closed_port(),
+        fallback.url()
+    );
+    let s = Launch::new(&body).start();
+    assert_own_answer(&s, "via-fallback", &[]);
+    assert_eq!(times_seen(&fallback, "via-fallback"), 1);
 }
