@@ -1,10 +1,13 @@
 //! Whole-process tests that one upstream exchange never leaks into another and that a
-//! request is never run twice:
+//! backend's answer reaches the client only as faithfully as Sluice can pass it on:
 //!
 //! - a pooled upstream connection is reused only when it is provably clean (late bytes after
 //!   an answer, or a close while idle, discard it), under both I/O drivers;
 //! - a request whose bytes went out is never sent again (no resend on a new connection, no
-//!   failover to another backend): the client gets a 502.
+//!   failover to another backend): the client gets a 502;
+//! - an answer Sluice cannot pass on faithfully (a transfer coding besides `chunked`, a 101,
+//!   chunked framing that breaks, a Content-Length body that ends early) is a 502 before the
+//!   head, or a connection closed without a clean end after it.
 //!
 //! Backends are scripted over std TcpListener on 127.0.0.1 and write exactly the bytes named.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -12,7 +15,8 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -328,4 +332,270 @@ backends = [{{ backend = "down" }}, {{ backend = "fallback", priority = 1 }}]
     let s = Launch::new(&body).start();
     assert_own_answer(&s, "via-fallback", &[]);
     assert_eq!(times_seen(&fallback, "via-fallback"), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Answers Sluice cannot pass on faithfully
+
+/// Raw answers, each refused before its head reaches the client, by deployment name.
+const UNFAITHFUL_HEADS: &[(&str, &[u8])] = &[
+    // The report's case: gzip under chunked, a gzip member as the chunk.
+    (
+        "gzip-chunked",
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+          a\r\n\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\r\n0\r\n\r\n",
+    ),
+    (
+        "chunked-twice",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n5\r\nUPSTR\r\n0\r\n\r\n",
+    ),
+    (
+        "chunked-twice-fields",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nUPSTR\r\n0\r\n\r\n",
+    ),
+    (
+        "identity",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nUPSTREAM",
+    ),
+    (
+        "deflate",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: deflate\r\n\r\nUPSTREAM",
+    ),
+    (
+        "http10-chunked",
+        b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nUPSTR\r\n0\r\n\r\n",
+    ),
+    (
+        "switching-protocols",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\
+          UPSTREAM",
+    ),
+    // Nine interim answers: past the limit of eight, a backend stalling with 1xx.
+    (
+        "too-many-interim",
+        b"HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\n\
+          HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\n\
+          HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\n\
+          HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\n\
+          HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nUPSTREAM",
+    ),
+    // Chunked framing that is invalid within the bytes that came with the head: nothing
+    // reached the client yet, so it still gets a 502.
+    (
+        "chunked-broken-at-once",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nUPSTR\r\nzz\r\n0\r\n\r\n",
+    ),
+    (
+        "length-and-chunked",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nUPSTR\r\n0\r\n\r\n",
+    ),
+];
+
+/// One deployment and backend per case, all on `url`, so a cool-down after one case's 502
+/// does not touch the next.
+fn per_case_body(url: &str, cases: &[&str]) -> String {
+    let mut body = String::new();
+    for name in cases {
+        body.push_str(&format!(
+            "[[backend]]\nname = \"b-{name}\"\nkind = \"openai\"\nurl = \"{url}\"\n\n\
+             [[deployment]]\nname = \"{name}\"\nbackends = [{{ backend = \"b-{name}\" }}]\n\n"
+        ));
+    }
+    body
+}
+
+/// The backend's model (the deployment name: openai backends without `model` keep it).
+fn model_of(rec: &Recorded) -> String {
+    rec.json()["model"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn unfaithful_framing_is_a_502_with_nothing_of_the_backends_bytes() {
+    let up = Upstream::start(|rec, s| {
+        let model = model_of(rec);
+        if let Some((_, raw)) = UNFAITHFUL_HEADS.iter().find(|(n, _)| *n == model) {
+            let _ = s.write_all(raw);
+        }
+        After::Close
+    });
+    let names: Vec<&str> = UNFAITHFUL_HEADS.iter().map(|(n, _)| *n).collect();
+    let s = Launch::new(&per_case_body(&up.url(), &names)).start();
+    for name in &names {
+        let mut c = s.connect();
+        let resp = c.post_json(
+            "/v1/chat/completions",
+            &json!({"model": name, "messages": [{"role": "user", "content": "hi"}]}),
+        );
+        assert_openai_error(&resp, 502, Some("upstream_protocol_error"));
+        assert_request_id(&resp);
+        assert!(
+            !resp.body.windows(2).any(|w| w == b"\x1f\x8b")
+                && !resp.text().contains("UPSTR")
+                && resp
+                    .header("transfer-encoding")
+                    .is_none_or(|v| v == "chunked")
+                && resp.header("upgrade").is_none(),
+            "{name}: {:?} {}",
+            resp.head,
+            resp.text()
+        );
+        // Sluice's own 502 is well framed: the client connection carries on.
+        assert_eq!(
+            c.request("GET", "/v1/models", &[], b"").status,
+            200,
+            "{name}"
+        );
+    }
+    assert_eq!(up.request_count(), names.len(), "no case was resent");
+}
+
+/// Interim answers other than 101 are skipped, and the final answer is relayed whole.
+#[test]
+fn interim_answers_are_skipped() {
+    let up = Upstream::start(|rec, s| {
+        let _ = s.write_all(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n\
+              HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n",
+        );
+        let _ = s.write_all(&answer_naming(&marker_of(rec)));
+        After::KeepAlive
+    });
+    let s = launch(&up, "io-uring");
+    assert_own_answer(&s, "after-interim", &[]);
+    assert_own_answer(&s, "again", &[]);
+    assert_eq!(up.connections(), 1);
+}
+
+/// Reads everything the client connection still yields until it closes: the bytes, and
+/// whether it ended with a reset (`true`) or a FIN (`false`).
+fn read_to_close(stream: &mut TcpStream) -> (Vec<u8>, bool) {
+    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (all, false),
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return (all, true),
+            Err(e) => panic!(
+                "reading until close: {e} after {:?}",
+                String::from_utf8_lossy(&all)
+            ),
+        }
+    }
+}
+
+/// A chunked answer whose framing breaks after its first chunk: the head and first chunk,
+/// then (written later, after Sluice relayed those) the broken rest.
+const BROKEN_CHUNKED: (&[u8], &[u8]) = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n\
+      5\r\nhello\r\n",
+    b"zz\r\nnot a chunk\r\n0\r\n\r\n",
+);
+
+/// Writes [`BROKEN_CHUNKED`] in its two parts, 200 ms apart.
+fn write_broken_chunked(s: &mut TcpStream) {
+    let _ = s.write_all(BROKEN_CHUNKED.0);
+    let _ = s.flush();
+    thread::sleep(Duration::from_millis(200));
+    let _ = s.write_all(BROKEN_CHUNKED.1);
+}
+
+/// A Content-Length answer cut short: 100 bytes announced, 10 sent, then the backend closes.
+const SHORT_LENGTH: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n0123456789";
+
+/// An HTTP/1.1 client of an answer that breaks off after its head: it gets what came, then a
+/// close — never a last chunk, never padding up to the Content-Length.
+#[test]
+fn a_body_that_breaks_off_ends_without_a_clean_end() {
+    let up = Upstream::start(|rec, s| {
+        if model_of(rec) == "broken-chunked" {
+            write_broken_chunked(s);
+        } else {
+            let _ = s.write_all(SHORT_LENGTH);
+        }
+        After::Close
+    });
+    let s = Launch::new(&per_case_body(
+        &up.url(),
+        &["broken-chunked", "short-length"],
+    ))
+    .start();
+    let request = |name: &str| {
+        let body = serde_json::to_vec(&json!({"model": name, "messages": []})).unwrap();
+        request_bytes(
+            "POST",
+            "/v1/chat/completions",
+            &[("Content-Type", "application/json")],
+            &body,
+        )
+    };
+
+    let mut c = s.connect();
+    c.send(&request("broken-chunked"));
+    let head = c.read_head();
+    assert_eq!(head.status(), 200);
+    assert_eq!(
+        head.header("transfer-encoding"),
+        Some("chunked"),
+        "{head:?}"
+    );
+    let mut rest = c.wire.buffered().to_vec();
+    rest.extend(read_to_close(c.wire.stream()).0);
+    assert_eq!(
+        rest,
+        b"5\r\nhello\r\n",
+        "{:?}",
+        String::from_utf8_lossy(&rest)
+    );
+
+    let mut c = s.connect();
+    c.send(&request("short-length"));
+    let head = c.read_head();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.header("content-length"), Some("100"), "{head:?}");
+    let mut rest = c.wire.buffered().to_vec();
+    rest.extend(read_to_close(c.wire.stream()).0);
+    assert_eq!(rest, b"0123456789", "{:?}", String::from_utf8_lossy(&rest));
+}
+
+/// An HTTP/1.0 client's body is close-delimited, so a FIN would make a broken answer look
+/// whole: it gets a reset instead.
+#[test]
+fn a_broken_body_to_an_http10_client_ends_in_a_reset() {
+    let up = Upstream::start(|_, s| {
+        write_broken_chunked(s);
+        After::Close
+    });
+    let s = launch(&up, "io-uring");
+    let body = serde_json::to_vec(&marked("old-client")).unwrap();
+    let mut raw = format!(
+        "POST /v1/chat/completions HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&body);
+    let mut c = s.connect();
+    c.send(&raw);
+    let head = c.read_head();
+    assert_eq!(head.status(), 200);
+    assert!(head.header("content-length").is_none(), "{head:?}");
+    let mut rest = c.wire.buffered().to_vec();
+    let (more, reset) = read_to_close(c.wire.stream());
+    rest.extend(more);
+    assert!(
+        reset,
+        "ended with a FIN after {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    // What arrived before the reset, if the reset did not discard it.
+    assert!(
+        b"hello".starts_with(&rest),
+        "{:?}",
+        String::from_utf8_lossy(&rest)
+    );
 }

@@ -26,6 +26,8 @@ use crate::snapshot::{BackendKind, Deployment, HttpUpstream, Secret, Timeouts};
 
 /// Largest upstream response head accepted.
 const MAX_UPSTREAM_HEAD: usize = 64 * 1024;
+/// Interim (1xx) answers skipped before a final one; more is a misbehaving backend.
+const MAX_INTERIM: u32 = 8;
 /// The 502 message when the connection broke while the request was being written.
 const BROKEN_WRITE: &str =
     "Bad gateway: the connection to the backend broke while the request was being sent.";
@@ -359,16 +361,31 @@ impl Client {
         result
     }
 
+    /// Reads until a final (non-1xx) response head is parsed in `self.ubuf`, skipping interim
+    /// answers (100 Continue, 102 Processing, 103 Early Hints; at most [`MAX_INTERIM`]).
+    /// A `101 Switching Protocols` is invalid: Sluice never asks for an upgrade, so what
+    /// follows it is not HTTP it could relay (RFC 9110 §15.2.2).
     async fn read_response_head(
         &mut self,
         stream: &mut TcpStream,
         t: &Timeouts,
     ) -> Result<(), ReadHead> {
+        let mut interim = 0;
         loop {
             if !self.ubuf.is_empty() {
                 match parse_response(&self.ubuf, false, MAX_UPSTREAM_HEAD, &mut self.resp) {
+                    Ok(Parse::Complete) if self.resp.status == 101 => {
+                        return Err(ReadHead::Invalid(
+                            "Bad gateway: the backend switched protocols, which was not asked for.",
+                        ))
+                    }
                     Ok(Parse::Complete) if (100..200).contains(&self.resp.status) => {
-                        // Interim answers (100 Continue, 103 Early Hints) are not relayed.
+                        interim += 1;
+                        if interim > MAX_INTERIM {
+                            return Err(ReadHead::Invalid(
+                                "Bad gateway: the backend sent too many interim responses.",
+                            ));
+                        }
                         self.ubuf.drain(..self.resp.head_len);
                         continue;
                     }
@@ -387,7 +404,7 @@ impl Client {
                 Ok((Ok(n), buf)) if n > 0 => self.ubuf = buf,
                 Ok((_, buf)) => {
                     self.ubuf = buf;
-                    return Err(if was_empty {
+                    return Err(if was_empty && interim == 0 {
                         ReadHead::Closed
                     } else {
                         ReadHead::Invalid(

@@ -1,5 +1,5 @@
 //! Small I/O helpers over monoio's owned-buffer API, and the socket's descriptor for the
-//! few plain syscalls monoio does not offer (a non-blocking peek).
+//! few plain syscalls monoio does not offer (a non-blocking peek, an abortive close).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -41,7 +41,7 @@ pub async fn read_more_within<S: AsyncReadRent>(
 
 /// The descriptor of `stream`, borrowed for as long as `stream` is: monoio's `TcpStream`
 /// implements `AsRawFd` but not `AsFd`. Only for syscalls that touch no monoio state
-/// (`recv` with `MSG_PEEK | MSG_DONTWAIT`), never to read, write or close.
+/// (`recv` with `MSG_PEEK | MSG_DONTWAIT`, `setsockopt`), never to read, write or close.
 pub fn fd_of(stream: &TcpStream) -> BorrowedFd<'_> {
     // SAFETY: the descriptor is owned by `stream` and stays open until `stream` is dropped
     // or closed, which the returned borrow's lifetime (tied to `&stream`) rules out while it
@@ -50,4 +50,13 @@ pub fn fd_of(stream: &TcpStream) -> BorrowedFd<'_> {
     unsafe {
         BorrowedFd::borrow_raw(stream.as_raw_fd())
     }
+}
+
+/// Makes the next close of `stream` abortive (`SO_LINGER` 0: a reset, not a FIN). For an
+/// answer whose end the client can only learn from the close (an HTTP/1.0 client's
+/// close-delimited body) when the answer broke off: a FIN would pass the truncated body off
+/// as complete, a reset tells the client it is not. Best effort: an error is ignored (the
+/// connection closes normally then).
+pub fn abort_on_close(stream: &TcpStream) {
+    let _ = rustix::net::sockopt::set_socket_linger(fd_of(stream), Some(Duration::ZERO));
 }
