@@ -27,7 +27,7 @@ use support::*;
 /// How long a scripted backend waits after its answer before it misbehaves.
 const LATE: Duration = Duration::from_millis(300);
 /// How long a test waits for that misbehaviour to have reached Sluice's socket.
-const AFTER_LATE: Duration = Duration::from_millis(700);
+const AFTER_LATE: Duration = Duration::from_millis(1000);
 
 /// The unsolicited extra response of the security report.
 const POISONED: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nPOISONED";
