@@ -178,9 +178,9 @@ fn apply_header_semantics(
 ) -> Result<(), ResponseError> {
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding = false;
-    // Whether the last transfer coding seen so far is chunked, and how often chunked occurs.
-    let mut last_is_chunked = false;
-    let mut chunked_count = 0u32;
+    // Transfer codings named over all Transfer-Encoding fields, and whether each is chunked.
+    let mut codings = 0u32;
+    let mut all_chunked = true;
     let mut close = false;
     let mut keep_alive_token = false;
 
@@ -208,8 +208,8 @@ fn apply_header_semantics(
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encoding = true;
             for coding in list_items(value) {
-                last_is_chunked = coding.eq_ignore_ascii_case(b"chunked");
-                chunked_count += u32::from(last_is_chunked);
+                codings = codings.saturating_add(1);
+                all_chunked &= coding.eq_ignore_ascii_case(b"chunked");
             }
         } else if name.eq_ignore_ascii_case(b"connection") {
             close |= list_contains(value, b"close");
@@ -223,9 +223,14 @@ fn apply_header_semantics(
                 "both Content-Length and Transfer-Encoding sent",
             ));
         }
-        if !last_is_chunked || chunked_count != 1 {
+        // Only `chunked` alone can be passed on faithfully: Sluice de-chunks and re-frames
+        // the body, and has nowhere to carry another coding (`gzip, chunked` would reach the
+        // client as raw gzip with no Content-Encoding). `identity` was removed from the
+        // registry (RFC 9112 §7), `chunked` twice is invalid (§7.1), and the HTTP/1.0 case
+        // is below.
+        if codings != 1 || !all_chunked {
             return Err(ResponseError::Malformed(
-                "Transfer-Encoding does not end in a single chunked",
+                "Transfer-Encoding other than a single chunked",
             ));
         }
         if out.minor_version == 0 {
@@ -338,7 +343,10 @@ mod tests {
         let head = complete(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(head.framing, ResponseFraming::Chunked);
         assert!(head.keep_alive);
-        let head = complete(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n");
+        let head = complete(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n");
+        assert_eq!(head.framing, ResponseFraming::Chunked);
+        // Empty list elements are ignored (RFC 9110 §5.6.1).
+        let head = complete(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: , chunked ,\r\n\r\n");
         assert_eq!(head.framing, ResponseFraming::Chunked);
         let head = complete(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n");
         assert_eq!(head.framing, ResponseFraming::Close);
@@ -391,12 +399,30 @@ mod tests {
                 "{value:?}"
             );
         }
-        for value in ["gzip", "chunked, gzip", "chunked, chunked", ""] {
+        for value in [
+            "gzip",
+            "chunked, gzip",
+            "chunked, chunked",
+            "",
+            "gzip, chunked",
+            "GZIP, Chunked",
+            "deflate, chunked",
+            "identity",
+            "identity, chunked",
+            "chunked;q=1",
+            "x-custom, chunked",
+        ] {
             let buf = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {value}\r\n\r\n");
             assert!(malformed(buf.as_bytes()).contains("chunked"), "{value:?}");
         }
         let two =
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n";
+        assert!(malformed(two).contains("chunked"));
+        let two =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(malformed(two).contains("chunked"));
+        let two =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert!(malformed(two).contains("chunked"));
         assert!(
             malformed(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")

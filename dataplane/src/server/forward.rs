@@ -1,6 +1,7 @@
 //! Forwarding to a backend: pick candidates from the pool, rewrite the request for the chosen
 //! backend, send it on a pooled (or new) connection, fail over on refused connections and on
-//! 429/5xx answers while the client has seen nothing, and stream the answer back — each read
+//! 429/5xx answers while the client has seen nothing — but never send a request again once
+//! any byte of it went out (`Client::send`) — and stream the answer back — each read
 //! from the backend is written to the client before the next read, so SSE events arrive as
 //! they are produced and a slow client slows the backend read (back-pressure).
 
@@ -8,7 +9,8 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use monoio::io::AsyncWriteRentExt;
+use monoio::buf::IoBuf;
+use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 
 use super::conn::{Client, Next};
@@ -25,6 +27,11 @@ use crate::snapshot::{BackendKind, Deployment, HttpUpstream, Secret, Timeouts};
 
 /// Largest upstream response head accepted.
 const MAX_UPSTREAM_HEAD: usize = 64 * 1024;
+/// Interim (1xx) answers skipped before a final one; more is a misbehaving backend.
+const MAX_INTERIM: u32 = 8;
+/// The 502 message when the connection broke while the request was being written.
+const BROKEN_WRITE: &str =
+    "Bad gateway: the connection to the backend broke while the request was being sent.";
 /// Cool-down after a 5xx that names no retry time.
 const SERVER_ERROR_COOL_DOWN: Duration = Duration::from_secs(2);
 
@@ -72,11 +79,15 @@ enum Style<'a> {
 
 /// Why an upstream exchange failed before the answer's head arrived.
 enum SendError {
-    /// Could not connect or write: the request never reached the backend.
+    /// Could not connect, or a new connection refused the request's first write with
+    /// nothing accepted: no byte of the request left Sluice, so another backend may take it.
     Connect,
     /// No first byte within the timeout.
     Timeout,
-    /// The backend answered with something that is not HTTP.
+    /// Some or all of the request may have reached the backend, which then broke the
+    /// connection, closed it without answering or answered with something Sluice cannot pass
+    /// on faithfully. Never resent, to this backend or another: the backend may have acted
+    /// on it (a paid completion would run twice).
     Protocol(&'static str),
 }
 
@@ -303,54 +314,102 @@ impl Client {
     }
 
     /// Sends `self.req` and reads the answer's head into `self.ubuf` / `self.resp`.
-    /// A pooled connection that turns out stale is replaced by a new one once.
+    ///
+    /// A request is sent at most once. The only retry is on a pooled connection whose very
+    /// first write fails with no byte accepted (the backend had closed it, a race the pool's
+    /// check before reuse cannot close entirely): that request is sent again on a new
+    /// connection to the same backend. Once any byte was accepted — a broken write, the
+    /// connection closed or reset before the answer, an answer that is not valid HTTP — the
+    /// exchange ends in [`SendError::Protocol`] (502), never in a resend.
     async fn send(
         &mut self,
         worker: &Worker,
         addr: SocketAddr,
         t: &Timeouts,
     ) -> Result<TcpStream, SendError> {
-        let mut pooled = worker.pools.take(addr);
-        loop {
-            let reused = pooled.is_some();
-            let mut stream = match pooled.take() {
-                Some(s) => s,
-                None => connect(addr, t).await?,
-            };
-            let req = std::mem::take(&mut self.req);
-            let (res, req) = stream.write_all(req).await;
-            self.req = req;
-            if res.is_err() {
-                if reused {
-                    continue;
+        let mut stream = match worker.pools.take(addr) {
+            Some(mut pooled) => match self.write_request(&mut pooled).await {
+                Ok(()) => pooled,
+                Err(Written::Nothing) => {
+                    tracing::debug!(%addr, "pooled upstream connection refused the request; sending it on a new one");
+                    self.connect_and_write(addr, t).await?
                 }
-                return Err(SendError::Connect);
-            }
-            self.ubuf.clear();
-            match self.read_response_head(&mut stream, t).await {
-                Ok(()) => return Ok(stream),
-                Err(ReadHead::Closed) if reused => continue,
-                Err(ReadHead::Closed) => {
-                    return Err(SendError::Protocol(
-                        "Bad gateway: the backend closed the connection without answering.",
-                    ))
-                }
-                Err(ReadHead::Timeout) => return Err(SendError::Timeout),
-                Err(ReadHead::Invalid(m)) => return Err(SendError::Protocol(m)),
-            }
+                Err(Written::Some) => return Err(SendError::Protocol(BROKEN_WRITE)),
+            },
+            None => self.connect_and_write(addr, t).await?,
+        };
+        self.ubuf.clear();
+        match self.read_response_head(&mut stream, t).await {
+            Ok(()) => Ok(stream),
+            Err(ReadHead::Closed) => Err(SendError::Protocol(
+                "Bad gateway: the backend closed the connection without answering.",
+            )),
+            Err(ReadHead::Timeout) => Err(SendError::Timeout),
+            Err(ReadHead::Invalid(m)) => Err(SendError::Protocol(m)),
         }
     }
 
+    /// Connects to `addr` and writes `self.req`; a failure before any byte was accepted is a
+    /// [`SendError::Connect`] (the backend never saw the request).
+    async fn connect_and_write(
+        &mut self,
+        addr: SocketAddr,
+        t: &Timeouts,
+    ) -> Result<TcpStream, SendError> {
+        let mut stream = connect(addr, t).await?;
+        match self.write_request(&mut stream).await {
+            Ok(()) => Ok(stream),
+            Err(Written::Nothing) => Err(SendError::Connect),
+            Err(Written::Some) => Err(SendError::Protocol(BROKEN_WRITE)),
+        }
+    }
+
+    /// Writes all of `self.req` to `stream`, counting what the socket accepts so a failure
+    /// tells whether any of the request may have left (monoio's `write_all` does not say).
+    async fn write_request(&mut self, stream: &mut TcpStream) -> Result<(), Written> {
+        let mut req = std::mem::take(&mut self.req);
+        let mut written = 0;
+        let result = loop {
+            if written == req.len() {
+                break Ok(());
+            }
+            let (res, slice) = stream.write(req.slice(written..)).await;
+            req = slice.into_inner();
+            match res {
+                Ok(n) if n > 0 => written += n,
+                _ if written == 0 => break Err(Written::Nothing),
+                _ => break Err(Written::Some),
+            }
+        };
+        self.req = req;
+        result
+    }
+
+    /// Reads until a final (non-1xx) response head is parsed in `self.ubuf`, skipping interim
+    /// answers (100 Continue, 102 Processing, 103 Early Hints; at most [`MAX_INTERIM`]).
+    /// A `101 Switching Protocols` is invalid: Sluice never asks for an upgrade, so what
+    /// follows it is not HTTP it could relay (RFC 9110 §15.2.2).
     async fn read_response_head(
         &mut self,
         stream: &mut TcpStream,
         t: &Timeouts,
     ) -> Result<(), ReadHead> {
+        let mut interim = 0;
         loop {
             if !self.ubuf.is_empty() {
                 match parse_response(&self.ubuf, false, MAX_UPSTREAM_HEAD, &mut self.resp) {
+                    Ok(Parse::Complete) if self.resp.status == 101 => {
+                        return Err(ReadHead::Invalid(
+                            "Bad gateway: the backend switched protocols, which was not asked for.",
+                        ))
+                    }
                     Ok(Parse::Complete) if (100..200).contains(&self.resp.status) => {
-                        // Interim answers (100 Continue, 103 Early Hints) are not relayed.
+                        interim += 1;
+                        if interim > MAX_INTERIM {
+                            return Err(ReadHead::Invalid(
+                                "Bad gateway: the backend sent too many interim responses.",
+                            ));
+                        }
                         self.ubuf.drain(..self.resp.head_len);
                         continue;
                     }
@@ -369,7 +428,7 @@ impl Client {
                 Ok((Ok(n), buf)) if n > 0 => self.ubuf = buf,
                 Ok((_, buf)) => {
                     self.ubuf = buf;
-                    return Err(if was_empty {
+                    return Err(if was_empty && interim == 0 {
                         ReadHead::Closed
                     } else {
                         ReadHead::Invalid(
@@ -408,7 +467,16 @@ impl Client {
     }
 }
 
+/// How much of a request a failed write let out.
+enum Written {
+    /// Nothing: the first write failed.
+    Nothing,
+    /// Part or all of it: the backend may have it.
+    Some,
+}
+
 enum ReadHead {
+    /// The connection ended (or was reset) before any byte of an answer.
     Closed,
     Timeout,
     Invalid(&'static str),

@@ -1,10 +1,13 @@
-//! Small I/O helpers over monoio's owned-buffer API.
+//! Small I/O helpers over monoio's owned-buffer API, and the socket's descriptor for the
+//! few plain syscalls monoio does not offer (a non-blocking peek, an abortive close).
 
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
 use monoio::buf::IoBufMut;
 use monoio::io::AsyncReadRent;
+use monoio::net::TcpStream;
 
 /// Least spare room a read is given; the buffer grows by doubling when less is left.
 const MIN_READ_SPACE: usize = 4 * 1024;
@@ -34,4 +37,26 @@ pub async fn read_more_within<S: AsyncReadRent>(
     monoio::time::timeout(limit, read_more(stream, buf))
         .await
         .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))
+}
+
+/// The descriptor of `stream`, borrowed for as long as `stream` is: monoio's `TcpStream`
+/// implements `AsRawFd` but not `AsFd`. Only for syscalls that touch no monoio state
+/// (`recv` with `MSG_PEEK | MSG_DONTWAIT`, `setsockopt`), never to read, write or close.
+pub fn fd_of(stream: &TcpStream) -> BorrowedFd<'_> {
+    // SAFETY: the descriptor is owned by `stream` and stays open until `stream` is dropped
+    // or closed, which the returned borrow's lifetime (tied to `&stream`) rules out while it
+    // lives.
+    #[allow(unsafe_code)]
+    unsafe {
+        BorrowedFd::borrow_raw(stream.as_raw_fd())
+    }
+}
+
+/// Makes the next close of `stream` abortive (`SO_LINGER` 0: a reset, not a FIN). For an
+/// answer whose end the client can only learn from the close (an HTTP/1.0 client's
+/// close-delimited body) when the answer broke off: a FIN would pass the truncated body off
+/// as complete, a reset tells the client it is not. Best effort: an error is ignored (the
+/// connection closes normally then).
+pub fn abort_on_close(stream: &TcpStream) {
+    let _ = rustix::net::sockopt::set_socket_linger(fd_of(stream), Some(Duration::ZERO));
 }

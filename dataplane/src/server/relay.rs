@@ -10,10 +10,11 @@ use monoio::net::TcpStream;
 
 use super::conn::{Client, Next};
 use super::forward::has_connection_header;
-use super::io::read_more_within;
+use super::io::{abort_on_close, read_more_within};
 use super::local;
 use super::usage_tap::UsageTap;
 use super::worker::{RequestId, Worker};
+use crate::error::GatewayError;
 use crate::http::{
     connection_lists, is_hop_by_hop, write_chunk, ChunkedDecoder, ResponseFraming, LAST_CHUNK,
 };
@@ -21,7 +22,16 @@ use crate::snapshot::Timeouts;
 
 impl Client {
     /// Streams the answer whose head is in `self.resp` to the client, then pools the
-    /// upstream connection when the exchange ended cleanly.
+    /// upstream connection when the exchange ended cleanly: the answer ended exactly at its
+    /// message boundary, nothing beyond it was read, and it allows keep-alive.
+    ///
+    /// A chunked body whose framing is invalid within what arrived with the head is a 502
+    /// (`upstream_protocol_error`), the client having seen nothing of it. An answer that
+    /// breaks off later (the backend closes or resets before a Content-Length body is
+    /// complete, its chunked framing turns invalid, a read times out) is never padded or
+    /// ended cleanly: the client's connection closes without the rest of the body, without
+    /// a last chunk, and — when the client's body is close-delimited (an HTTP/1.0 client)
+    /// — with a reset instead of a FIN, so no client takes a truncated answer as whole.
     pub(super) async fn relay(
         &mut self,
         worker: &Worker,
@@ -40,10 +50,9 @@ impl Client {
         self.usage.start(self.resp.status, event_stream);
         let rechunked = self.usage.filters() && matches!(framing, ResponseFraming::Length(_));
         // An HTTP/1.0 client gets an unframed body as close-delimited.
-        let close = close
-            || (!chunked_ok
-                && (rechunked
-                    || matches!(framing, ResponseFraming::Chunked | ResponseFraming::Close)));
+        let close_delimited = !chunked_ok
+            && (rechunked || matches!(framing, ResponseFraming::Chunked | ResponseFraming::Close));
+        let close = close || close_delimited;
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         self.write_response_head(&mut out, rid, close, chunked_ok);
@@ -63,7 +72,20 @@ impl Client {
                     Next::KeepAlive
                 }
             }
-            Err(Broken) => Next::Close,
+            Err(Broken::Unsent) => {
+                tracing::warn!("backend sent an invalid chunked body; nothing of it was relayed");
+                let err = GatewayError::upstream_protocol(
+                    "Bad gateway: the backend sent an invalid chunked body.",
+                );
+                self.respond_error(*rid, &err, close).await
+            }
+            Err(Broken::Midway) => {
+                // A body only a close can end would look complete after a FIN.
+                if close_delimited {
+                    abort_on_close(&self.stream);
+                }
+                Next::Close
+            }
         }
     }
 
@@ -103,7 +125,7 @@ impl Client {
                     let buf = std::mem::take(&mut self.ubuf);
                     let (res, buf) = self.stream.write_all(buf).await;
                     self.ubuf = buf;
-                    res.map_err(|_| Broken)?;
+                    res.map_err(|_| Broken::Midway)?;
                 }
                 Ok(clean)
             }
@@ -144,11 +166,20 @@ impl Client {
             ResponseFraming::Chunked => {
                 let mut decoder = ChunkedDecoder::new(u64::MAX);
                 let mut pos = body_start;
+                // Until the first flush the head is still in `out`: invalid framing found
+                // then can still be answered with a 502 instead of a broken 200.
+                let mut flushed = false;
                 loop {
                     self.scratch.clear();
                     let step = decoder
                         .decode(&self.ubuf[pos..], &mut self.scratch)
-                        .map_err(|_| Broken)?;
+                        .map_err(|_| {
+                            if flushed {
+                                Broken::Midway
+                            } else {
+                                Broken::Unsent
+                            }
+                        })?;
                     pos += step.consumed;
                     emit(
                         &mut self.usage,
@@ -162,6 +193,7 @@ impl Client {
                     }
                     if !out.is_empty() {
                         self.flush(out).await?;
+                        flushed = true;
                     }
                     if step.done {
                         return Ok(pos == self.ubuf.len());
@@ -217,7 +249,7 @@ impl Client {
         let (res, mut buf) = self.stream.write_all(buf).await;
         buf.clear();
         *out = buf;
-        res.map(drop).map_err(|_| Broken)
+        res.map(drop).map_err(|_| Broken::Midway)
     }
 
     /// Reads more of the answer into `self.ubuf` within `stream_idle`; the end of the
@@ -228,7 +260,7 @@ impl Client {
         t: &Timeouts,
     ) -> Result<usize, Broken> {
         match self.read_upstream_or_end(upstream, t).await? {
-            0 => Err(Broken),
+            0 => Err(Broken::Midway),
             n => Ok(n),
         }
     }
@@ -243,10 +275,10 @@ impl Client {
         match read_more_within(upstream, buf, t.stream_idle).await {
             Ok((res, buf)) => {
                 self.ubuf = buf;
-                res.map_err(|_| Broken)
+                res.map_err(|_| Broken::Midway)
             }
             // Timed out: the buffer went with the cancelled read; a fresh one replaces it.
-            Err(_) => Err(Broken),
+            Err(_) => Err(Broken::Midway),
         }
     }
 
@@ -296,8 +328,14 @@ impl Client {
     }
 }
 
-/// A relay that cannot go on: the client or the upstream failed mid-body.
-struct Broken;
+/// A relay that cannot go on: the client or the upstream failed.
+enum Broken {
+    /// The answer's framing broke before any byte of it reached the client: the client can
+    /// still get Sluice's own 502.
+    Unsent,
+    /// The client has seen part of the answer: its connection must close.
+    Midway,
+}
 
 /// Appends body bytes to `out` as one chunk (HTTP/1.1 client) or raw (HTTP/1.0, close
 /// delimited). Nothing for empty data: an empty chunk would end the body.
