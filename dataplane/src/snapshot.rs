@@ -71,6 +71,12 @@ pub struct HttpLimits {
     pub max_headers: usize,
     /// Largest request body. Default 32 MiB; over it → 413.
     pub max_body: u64,
+    /// Least average rate a request body must arrive at, in bytes per second, counted from
+    /// the end of its head once [`Timeouts::body_rate_grace`] has passed: the body's deadline
+    /// is `grace + received / min_body_rate` after the head (Apache mod_reqtimeout's
+    /// `MinRate`), never later than [`Timeouts::body_read`]. Below it → 408 and close.
+    /// Default 1024; 0 turns the rate check off (`body_read` still bounds the body).
+    pub min_body_rate: u64,
 }
 
 impl Default for HttpLimits {
@@ -80,6 +86,7 @@ impl Default for HttpLimits {
             max_head: 64 * 1024,
             max_headers: 100,
             max_body: 32 * 1024 * 1024,
+            min_body_rate: 1024,
         }
     }
 }
@@ -87,10 +94,21 @@ impl Default for HttpLimits {
 /// Timeouts on the client and upstream sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
-    /// From a request's first byte to the end of its head. Default 10 s; over it → 408.
+    /// From a request's first byte to the end of its head; for the first request of a
+    /// connection, from the accept (a new connection that sends nothing is not kept for the
+    /// whole `keepalive_idle`). Total, not per read. Default 10 s; over it → 408.
     pub head_read: Duration,
-    /// How long an idle keep-alive client connection is kept. Default 75 s.
+    /// How long an idle keep-alive client connection is kept between requests. Default 75 s.
     pub keepalive_idle: Duration,
+    /// From the end of a request's head to the end of its body (Content-Length or chunked,
+    /// after any `100 Continue`). Total, not per read: a client that trickles bytes does not
+    /// restart it. Default 30 s; over it → 408 and close. Raise it for large uploads over
+    /// slow links.
+    pub body_read: Duration,
+    /// How long after the head a body may arrive slower than
+    /// [`HttpLimits::min_body_rate`] (the time a client gets before the rate counts).
+    /// Default 5 s.
+    pub body_rate_grace: Duration,
     /// Connecting to a backend. Default 5 s.
     pub upstream_connect: Duration,
     /// From the request sent upstream to the first byte of its answer. Default 120 s.
@@ -104,6 +122,8 @@ impl Default for Timeouts {
         Self {
             head_read: Duration::from_secs(10),
             keepalive_idle: Duration::from_secs(75),
+            body_read: Duration::from_secs(30),
+            body_rate_grace: Duration::from_secs(5),
             upstream_connect: Duration::from_secs(5),
             upstream_first_byte: Duration::from_secs(120),
             stream_idle: Duration::from_secs(300),

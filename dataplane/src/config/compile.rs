@@ -232,6 +232,11 @@ fn compile_server(section: &ServerSection, report: &mut Reporter<'_>) -> ServerS
         }
     };
 
+    let min_body_rate = limits
+        .min_body_rate
+        .as_ref()
+        .map_or(limit_defaults.min_body_rate, |v| *v.get_ref());
+
     let t = &section.timeouts;
     let td = Timeouts::default();
     let timeouts = Timeouts {
@@ -246,6 +251,18 @@ fn compile_server(section: &ServerSection, report: &mut Reporter<'_>) -> ServerS
             &t.keepalive_idle,
             "server.timeouts.keepalive_idle",
             td.keepalive_idle,
+        ),
+        body_read: timeout(
+            report,
+            &t.body_read,
+            "server.timeouts.body_read",
+            td.body_read,
+        ),
+        body_rate_grace: timeout(
+            report,
+            &t.body_rate_grace,
+            "server.timeouts.body_rate_grace",
+            td.body_rate_grace,
         ),
         upstream_connect: timeout(
             report,
@@ -276,6 +293,7 @@ fn compile_server(section: &ServerSection, report: &mut Reporter<'_>) -> ServerS
             max_head,
             max_headers,
             max_body,
+            min_body_rate,
         },
         timeouts,
         shutdown_grace: timeout(

@@ -313,10 +313,13 @@ max_request_line = 4096
 max_head = 32768
 max_headers = 64
 max_body = 1048576
+min_body_rate = 4096
 
 [server.timeouts]
 head_read = "5s"
 keepalive_idle = "1m"
+body_read = "1m"
+body_rate_grace = "2s"
 upstream_connect = "500ms"
 upstream_first_byte = "2m"
 stream_idle = "1h"
@@ -374,10 +377,13 @@ backends = [{ backend = "mock-a" }]
                     max_head: 32768,
                     max_headers: 64,
                     max_body: 1_048_576,
+                    min_body_rate: 4096,
                 },
                 timeouts: Timeouts {
                     head_read: Duration::from_secs(5),
                     keepalive_idle: Duration::from_secs(60),
+                    body_read: Duration::from_secs(60),
+                    body_rate_grace: Duration::from_secs(2),
                     upstream_connect: Duration::from_millis(500),
                     upstream_first_byte: Duration::from_secs(120),
                     stream_idle: Duration::from_secs(3600),
@@ -752,6 +758,24 @@ backends = [{ backend = "m" }, { backend = "a" }, { backend = "o" }]
             &with_server("[server.timeouts]\nhead_read = \"0s\""),
             "sluice.toml:2:13: server.timeouts.head_read: must be longer than 0",
         );
+        assert_error(
+            &with_server("[server.timeouts]\nbody_read = \"0s\""),
+            "sluice.toml:2:13: server.timeouts.body_read: must be longer than 0",
+        );
+        assert_error(
+            &with_server("[server.timeouts]\nbody_rate_grace = \"soon\""),
+            "sluice.toml:2:19: server.timeouts.body_rate_grace: invalid duration `soon`: expected a whole number and a unit (ms, s, m or h), e.g. \"500ms\", \"10s\", \"5m\"",
+        );
+        // 0 turns the rate check off; the defaults are 30 s, 5 s and 1024 B/s.
+        let off = compile(&with_server("[server.limits]\nmin_body_rate = 0")).unwrap();
+        assert_eq!(off.server.limits.min_body_rate, 0);
+        let defaults = compile(&with_server("")).unwrap();
+        assert_eq!(defaults.server.timeouts.body_read, Duration::from_secs(30));
+        assert_eq!(
+            defaults.server.timeouts.body_rate_grace,
+            Duration::from_secs(5)
+        );
+        assert_eq!(defaults.server.limits.min_body_rate, 1024);
         assert_error(
             &with_server("[server]\nshutdown_grace = \"30 seconds\""),
             "sluice.toml:2:18: server.shutdown_grace: invalid duration `30 seconds`: expected a whole number and a unit (ms, s, m or h), e.g. \"500ms\", \"10s\", \"5m\"",

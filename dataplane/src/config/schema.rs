@@ -55,6 +55,7 @@ pub(crate) struct LimitsSection {
     pub max_head: Option<Spanned<usize>>,
     pub max_headers: Option<Spanned<usize>>,
     pub max_body: Option<Spanned<u64>>,
+    pub min_body_rate: Option<Spanned<u64>>,
 }
 
 /// `[server.timeouts]`: durations as strings such as `"10s"`.
@@ -66,6 +67,8 @@ pub(crate) struct TimeoutsSection {
     pub upstream_connect: Option<Spanned<String>>,
     pub upstream_first_byte: Option<Spanned<String>>,
     pub stream_idle: Option<Spanned<String>>,
+    pub body_read: Option<Spanned<String>>,
+    pub body_rate_grace: Option<Spanned<String>>,
 }
 
 /// One `[[backend]]`, with the fields of every kind.

@@ -394,6 +394,7 @@ mod tests {
             max_head: 160,
             max_headers: 4,
             max_body: 20,
+            ..HttpLimits::default()
         };
         let default = HttpLimits::default();
 

@@ -2,6 +2,12 @@
 //! server's per-client-IP limits — and, after the answer, settlement of token reservations
 //! with the real usage.
 //!
+//! Two moments decide: [`gate_client_ip`] takes the requests-unit client-IP limits as soon as
+//! a request's head is parsed (so refused requests — unknown paths, bad credentials — count
+//! too), and [`admit`] takes every other limit once the request is routed, authenticated and
+//! its body read. What the gate takes is never given back; what `admit` takes is held until
+//! [`settle`].
+//!
 //! Limit state lives in two process-wide tables ([`SharedLimits`]: GCRA buckets and quota
 //! counters) that survive config reloads: a limit keeps its state while its label, unit,
 //! scope and window stay the same (its [`LimitId`] is a hash of them). Each worker decides
@@ -146,21 +152,116 @@ impl Admission {
 /// How a request ended, for [`settle`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Refused before it was sent (by a later limit): everything it took goes back.
+    /// Refused before it was sent (by a later limit): everything [`admit`] took goes back.
+    /// The client-IP gate's units are not held, so they stay counted.
     Refused,
     /// Answered: token reservations become these tokens (`None`: unknown, so the estimate
     /// stands — a stream cut short). Requests limits keep their unit.
     Used(Option<u64>),
 }
 
+/// What [`gate_client_ip`] decided for a request at its head, before anything else about it
+/// was known; [`admit`] folds it into the request's [`Admission`] (its headers and trace).
+/// It holds nothing: a requests unit taken at the gate is never given back.
+#[derive(Debug, Default)]
+pub struct IpGate {
+    /// The tightest requests limit there: (limit, remaining).
+    requests: Option<(u64, u64)>,
+    /// (limit index, remaining, shadow would-deny) of each decision, for the trace.
+    decided: Vec<(usize, u64, bool)>,
+}
+
+/// Decides the requests-unit `[server] client_ip_limits` (rates and quotas) for a request
+/// from `client_ip`, right after its head is parsed: before routing, authentication and the
+/// body, so every request counts — a 404, a wrong key, a refused method — as the IP limit is
+/// what stands in the way of credential guessing. Over a rate → 429 `rate_limit_exceeded`
+/// (with its retry time), over a quota → 403 `quota_exceeded`. What it takes is never given
+/// back, whatever happens to the request afterwards: a refused attempt counts.
+///
+/// Tokens-unit client-IP limits cannot be decided before the body (the reservation is
+/// estimated from it): [`admit`] decides them with the request's other limits.
+pub fn gate_client_ip(
+    worker: &WorkerLimits,
+    access: &Access,
+    ids: &[LimitId],
+    client_ip: IpAddr,
+) -> Result<IpGate, GatewayError> {
+    let mut gate = IpGate::default();
+    let mut gated = access
+        .client_ip_limits
+        .iter()
+        .filter_map(|&i| Some((i, access.limits.get(i)?, *ids.get(i)?)))
+        .filter(|(_, l, _)| l.unit == LimitUnit::Requests)
+        .peekable();
+    if gated.peek().is_none() {
+        // No clock read when nothing is gated.
+        return Ok(gate);
+    }
+    let clock = SystemClock;
+    let (now, unix) = (clock.now_nanos(), clock.unix_secs());
+    for (index, limit, id) in gated {
+        let key = LimitKey {
+            limit: id,
+            scope: ScopeValue::Ip(client_ip),
+        };
+        let Some((decision, _)) = decide(worker, limit, key, 1, now, unix) else {
+            continue;
+        };
+        match decision {
+            Decision::Allow {
+                limit: size,
+                remaining,
+                would_deny,
+                ..
+            } => {
+                if let Some(reason) = would_deny {
+                    tracing::warn!(limit = %limit.label, ?reason, "shadow limit would have refused this request");
+                }
+                if gate.requests.is_none_or(|(_, r)| remaining < r) {
+                    gate.requests = Some((size, remaining));
+                }
+                gate.decided.push((index, remaining, would_deny.is_some()));
+            }
+            Decision::Deny(denial) => return Err(refusal(limit, &denial)),
+        }
+    }
+    Ok(gate)
+}
+
 /// Admits the request by every limit that applies, or refuses it by the first that does
 /// not (429 for a rate, 403 for a quota), giving back what earlier limits granted.
-pub fn admit(worker: &WorkerLimits, ask: &Ask<'_>) -> Result<Admission, GatewayError> {
-    let mut admission = Admission::default();
+///
+/// Requests-unit client-IP limits were decided at the head by [`gate_client_ip`]; `gate` is
+/// what it decided, counted into the answer's `x-ratelimit-*` state and the trace, and never
+/// given back here (a request refused at admission still counts against its address).
+pub fn admit(
+    worker: &WorkerLimits,
+    ask: &Ask<'_>,
+    gate: IpGate,
+) -> Result<Admission, GatewayError> {
+    let mut admission = Admission {
+        requests: gate.requests,
+        ..Admission::default()
+    };
     let product_limits = ask.caller.map_or(&[][..], |(_, p)| p.limits.as_slice());
-    let server_limits = ask.access.client_ip_limits.as_slice();
-    if product_limits.is_empty() && ask.deployment_limits.is_empty() && server_limits.is_empty() {
-        // Nothing limits this request: no clock read, nothing held.
+    let is_tokens = |&&i: &&usize| {
+        ask.access
+            .limits
+            .get(i)
+            .is_some_and(|l| l.unit == LimitUnit::Tokens)
+    };
+    let mut server_limits = ask
+        .access
+        .client_ip_limits
+        .iter()
+        .filter(is_tokens)
+        .peekable();
+    if product_limits.is_empty()
+        && ask.deployment_limits.is_empty()
+        && server_limits.peek().is_none()
+    {
+        // Nothing more limits this request: no clock read, nothing held.
+        gate_trace(&mut admission, ask, &gate);
         return Ok(admission);
     }
     let clock = SystemClock;
@@ -181,58 +282,8 @@ pub fn admit(worker: &WorkerLimits, ask: &Ask<'_>) -> Result<Admission, GatewayE
             LimitUnit::Requests => 1,
             LimitUnit::Tokens => ask.tokens,
         };
-        let (decision, held) = match limit.window {
-            LimitWindow::Rate { rate, per, burst } => {
-                let spec = RateSpec::per(rate, per.duration()).with_burst(burst);
-                let decided = worker.rates.with(
-                    &key,
-                    now,
-                    unix,
-                    || GcraBucket::new(spec),
-                    |bucket| LocalLease::new(bucket, LeaseConfig::for_spec(&spec, worker.workers)),
-                    |bucket, lease| lease.try_acquire(bucket, now, cost),
-                );
-                (
-                    decided,
-                    Held {
-                        key,
-                        tokens: limit.unit == LimitUnit::Tokens,
-                        quota: None,
-                        rate: Some(spec),
-                        reserved: cost,
-                        reserved_at_unix: unix,
-                    },
-                )
-            }
-            LimitWindow::Quota { quota, per } => {
-                let spec = QuotaSpec {
-                    limit: quota,
-                    window: window_of(per),
-                };
-                let decided = worker.quotas.with(
-                    &key,
-                    now,
-                    unix,
-                    || QuotaCounter::new(spec),
-                    |_| (),
-                    |counter, ()| counter.try_acquire(unix, cost),
-                );
-                (
-                    decided,
-                    Held {
-                        key,
-                        tokens: limit.unit == LimitUnit::Tokens,
-                        quota: Some(spec),
-                        rate: None,
-                        reserved: cost,
-                        reserved_at_unix: unix,
-                    },
-                )
-            }
-        };
-        let decision = match decided_or_open(decision, limit) {
-            Some(d) => d.shadowed(limit.shadow),
-            None => continue,
+        let Some((decision, held)) = decide(worker, limit, key, cost, now, unix) else {
+            continue;
         };
         match decision {
             Decision::Allow {
@@ -245,14 +296,9 @@ pub fn admit(worker: &WorkerLimits, ask: &Ask<'_>) -> Result<Admission, GatewayE
                     tracing::warn!(limit = %limit.label, ?reason, "shadow limit would have refused this request");
                 }
                 if ask.trace {
-                    let verdict = if would_deny.is_some() {
-                        "shadow-deny"
-                    } else {
-                        "allow"
-                    };
                     admission
                         .trace
-                        .push(format!("{} {verdict} remaining={remaining}", limit.label));
+                        .push(trace_line(limit, remaining, would_deny.is_some()));
                 }
                 let slot = match limit.unit {
                     LimitUnit::Requests => &mut admission.requests,
@@ -265,26 +311,111 @@ pub fn admit(worker: &WorkerLimits, ask: &Ask<'_>) -> Result<Admission, GatewayE
             }
             Decision::Deny(denial) => {
                 settle(worker, &mut admission, Outcome::Refused);
-                return Err(match denial.reason {
-                    DenyReason::Rate => GatewayError::rate_limited(
-                        unit_name(limit.unit),
-                        denial.retry_after,
-                        &limit.label,
-                    ),
-                    DenyReason::Quota => {
-                        GatewayError::quota_exceeded(denial.retry_after, &limit.label)
-                    }
-                    DenyReason::TooLarge => match limit.window {
-                        LimitWindow::Quota { .. } => {
-                            GatewayError::too_large_for_quota(&limit.label)
-                        }
-                        LimitWindow::Rate { .. } => GatewayError::too_large_for_limit(&limit.label),
-                    },
-                });
+                return Err(refusal(limit, &denial));
             }
         }
     }
+    gate_trace(&mut admission, ask, &gate);
     Ok(admission)
+}
+
+/// Takes `cost` from one limit's bucket or counter at `now`: the decision (its shadow mode
+/// applied) and what the request then holds; `None` when the limiter table is unavailable
+/// (fail open, logged).
+fn decide(
+    worker: &WorkerLimits,
+    limit: &Limit,
+    key: LimitKey,
+    cost: u64,
+    now: u64,
+    unix: u64,
+) -> Option<(Decision, Held)> {
+    let tokens = limit.unit == LimitUnit::Tokens;
+    let (decided, held) = match limit.window {
+        LimitWindow::Rate { rate, per, burst } => {
+            let spec = RateSpec::per(rate, per.duration()).with_burst(burst);
+            let decided = worker.rates.with(
+                &key,
+                now,
+                unix,
+                || GcraBucket::new(spec),
+                |bucket| LocalLease::new(bucket, LeaseConfig::for_spec(&spec, worker.workers)),
+                |bucket, lease| lease.try_acquire(bucket, now, cost),
+            );
+            (
+                decided,
+                Held {
+                    key,
+                    tokens,
+                    quota: None,
+                    rate: Some(spec),
+                    reserved: cost,
+                    reserved_at_unix: unix,
+                },
+            )
+        }
+        LimitWindow::Quota { quota, per } => {
+            let spec = QuotaSpec {
+                limit: quota,
+                window: window_of(per),
+            };
+            let decided = worker.quotas.with(
+                &key,
+                now,
+                unix,
+                || QuotaCounter::new(spec),
+                |_| (),
+                |counter, ()| counter.try_acquire(unix, cost),
+            );
+            (
+                decided,
+                Held {
+                    key,
+                    tokens,
+                    quota: Some(spec),
+                    rate: None,
+                    reserved: cost,
+                    reserved_at_unix: unix,
+                },
+            )
+        }
+    };
+    let decision = decided_or_open(decided, limit)?.shadowed(limit.shadow);
+    Some((decision, held))
+}
+
+/// The answer to a request `limit` refused.
+fn refusal(limit: &Limit, denial: &crate::limit::Denial) -> GatewayError {
+    match denial.reason {
+        DenyReason::Rate => {
+            GatewayError::rate_limited(unit_name(limit.unit), denial.retry_after, &limit.label)
+        }
+        DenyReason::Quota => GatewayError::quota_exceeded(denial.retry_after, &limit.label),
+        DenyReason::TooLarge => match limit.window {
+            LimitWindow::Quota { .. } => GatewayError::too_large_for_quota(&limit.label),
+            LimitWindow::Rate { .. } => GatewayError::too_large_for_limit(&limit.label),
+        },
+    }
+}
+
+/// One trace entry: the limit's label, its verdict and what remains.
+fn trace_line(limit: &Limit, remaining: u64, would_deny: bool) -> String {
+    let verdict = if would_deny { "shadow-deny" } else { "allow" };
+    format!("{} {verdict} remaining={remaining}", limit.label)
+}
+
+/// Appends the gate's decisions to the trace (after the others: server limits come last).
+fn gate_trace(admission: &mut Admission, ask: &Ask<'_>, gate: &IpGate) {
+    if !ask.trace {
+        return;
+    }
+    for &(index, remaining, would_deny) in &gate.decided {
+        if let Some(limit) = ask.access.limits.get(index) {
+            admission
+                .trace
+                .push(trace_line(limit, remaining, would_deny));
+        }
+    }
 }
 
 /// Settles what `admission` holds once the request's fate is known.

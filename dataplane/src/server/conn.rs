@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+use super::body_deadline::BodyDeadline;
 use super::io::{read_more, read_more_within};
 use super::local;
 use super::usage_tap::{Charge, UsageTap};
@@ -20,7 +21,7 @@ use super::worker::{RequestId, View, Worker};
 use crate::error::GatewayError;
 use crate::http::{parse_request, BodyFraming, ChunkedDecoder, Parse, RequestHead, ResponseHead};
 use crate::json_edit::{self, EditError};
-use crate::policy::admission::{admit, settle, Admission, Ask, Outcome};
+use crate::policy::admission::{admit, gate_client_ip, settle, Admission, Ask, Outcome};
 use crate::policy::identity::{authorize, authorize_operation};
 use crate::route::{route, DeploymentRef, Operation, RouteError};
 use crate::snapshot::access::{
@@ -76,6 +77,9 @@ pub(super) struct Client {
     /// The connection ends after an error answer: drain what the client is still sending
     /// before closing, so the kernel does not reset the connection under the answer.
     linger: bool,
+    /// No request has been read on this connection yet: its first head is due `head_read`
+    /// after the accept, not after `keepalive_idle`.
+    fresh: bool,
 }
 
 /// Serves one client connection until it closes, errs, idles out or the worker shuts down.
@@ -96,6 +100,7 @@ pub(super) async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAd
         scratch: Vec::new(),
         candidates: Vec::new(),
         linger: false,
+        fresh: true,
         extra: Vec::new(),
         trace: None,
         usage: UsageTap::Off,
@@ -126,17 +131,27 @@ impl Client {
             self.overflow.clear();
         }
         self.consumed = 0;
+        self.fresh = false;
     }
 
     async fn one_request(&mut self, worker: &Worker, view: &View) -> Next {
         let server = &view.snapshot.server;
         let (limits, timeouts) = (server.limits, server.timeouts);
 
-        // Wait for the next request, racing the idle timeout and shutdown.
+        // Wait for the next request, racing the idle timeout and shutdown. A new connection's
+        // head_read runs from the accept, so one that sends nothing is not kept for the whole
+        // keepalive_idle; later heads get head_read from their first byte.
+        let mut head_due = None;
         if self.buf.is_empty() {
+            let idle = if self.fresh {
+                head_due = Some(Instant::now() + timeouts.head_read);
+                timeouts.head_read.min(timeouts.keepalive_idle)
+            } else {
+                timeouts.keepalive_idle
+            };
             let buf = std::mem::take(&mut self.buf);
             let read = monoio::select! {
-                r = monoio::time::timeout(timeouts.keepalive_idle, read_more(&mut self.stream, buf)) => Some(r),
+                r = monoio::time::timeout(idle, read_more(&mut self.stream, buf)) => Some(r),
                 _ = worker.shutdown.wait() => None,
             };
             match read {
@@ -145,8 +160,8 @@ impl Client {
             }
         }
 
-        // Read the head within head_read.
-        let deadline = Instant::now() + timeouts.head_read;
+        // Read the head within head_read (in total: reads do not restart it).
+        let deadline = head_due.unwrap_or_else(|| Instant::now() + timeouts.head_read);
         loop {
             match parse_request(&self.buf, &limits, &mut self.head) {
                 Ok(Parse::Complete) => break,
@@ -185,8 +200,23 @@ impl Client {
         let close =
             !self.head.keep_alive || self.head.minor_version == 0 || worker.shutdown.is_fired();
 
-        // Route before reading the body, so a refused `Expect: 100-continue` request never
-        // has to send it.
+        let access = &view.snapshot.access;
+
+        // The client-IP gate comes first: every request counts against its address, whatever
+        // becomes of it (an unknown path, a wrong key), since that limit is what slows down
+        // credential guessing.
+        let gate = match gate_client_ip(
+            &worker.limits,
+            access,
+            &view.snapshot.runtime.limit_ids,
+            self.peer.ip(),
+        ) {
+            Ok(gate) => gate,
+            Err(err) => return self.refuse(rid, &err, close).await,
+        };
+
+        // Route and authenticate before reading the body: a refused request's body is never
+        // read (nor asked for with `100 Continue`).
         let routed = match route(self.head.method(&self.buf), self.head.target(&self.buf)) {
             Ok(r) => Ok((r.operation, self.deployment_range(r.deployment))),
             Err(e) => Err(match e {
@@ -198,24 +228,18 @@ impl Client {
                 ),
             }),
         };
-        let has_body = !matches!(self.head.body, BodyFraming::None);
-        if let Err(err) = &routed {
-            if has_body && self.head.expect_continue && self.buf.len() == self.head.head_len {
-                return self.respond_error(rid, err, true).await;
-            }
-        }
-
-        // Authenticate before reading the body: a refused caller's body is not read (the
-        // connection closes after the answer when one is on its way).
-        let access = &view.snapshot.access;
+        let (op, deployment) = match routed {
+            Ok(r) => r,
+            Err(err) => return self.refuse(rid, &err, close).await,
+        };
         let caller = match &view.snapshot.runtime.identity {
-            Some(identity) if routed.is_ok() => {
+            Some(identity) => {
                 match identity.authenticate(access, &self.head, &self.buf, unix_now()) {
                     Ok(caller) => Some(caller),
-                    Err(err) => return self.respond_error(rid, &err, close || has_body).await,
+                    Err(err) => return self.refuse(rid, &err, close).await,
                 }
             }
-            _ => None,
+            None => None,
         };
 
         if let Err(err) = self.read_body(&limits, &timeouts).await {
@@ -225,10 +249,6 @@ impl Client {
             };
         }
 
-        let (op, deployment) = match routed {
-            Ok(r) => r,
-            Err(err) => return self.respond_error(rid, &err, close).await,
-        };
         if op == Operation::Models {
             // The list names what the caller's product allows.
             let product = match &caller {
@@ -303,7 +323,7 @@ impl Client {
             tokens,
             trace,
         };
-        let mut admission = match admit(&worker.limits, &ask) {
+        let mut admission = match admit(&worker.limits, &ask, gate) {
             Ok(a) => a,
             Err(err) => return self.respond_error(rid, &err, close).await,
         };
@@ -427,6 +447,12 @@ impl Client {
 
     /// Reads the request body into `self.body`. `Err(Some(e))`: answer `e` and close;
     /// `Err(None)`: the client went away.
+    ///
+    /// The whole body is due `timeouts.body_read` after the head, and sooner when it arrives
+    /// slower on average than `limits.min_body_rate` once `timeouts.body_rate_grace` has
+    /// passed ([`BodyDeadline`]); each read waits only what is left, so a trickling client
+    /// cannot stretch it. Past it → 408 and close. The clock is read only when a read must
+    /// wait (not for a body that came with its head).
     async fn read_body(
         &mut self,
         limits: &crate::snapshot::HttpLimits,
@@ -435,11 +461,7 @@ impl Client {
         self.body.clear();
         let head_len = self.head.head_len;
         let framing = match self.head.body {
-            BodyFraming::None => {
-                self.consumed = head_len;
-                return Ok(());
-            }
-            BodyFraming::Length(0) => {
+            BodyFraming::None | BodyFraming::Length(0) => {
                 self.consumed = head_len;
                 return Ok(());
             }
@@ -453,11 +475,20 @@ impl Client {
             self.out = out;
             res.map_err(|_| None)?;
         }
-        let body_timeout = || {
-            GatewayError::bad_framing(
-                408,
-                "Request timeout: the request body did not arrive in time.",
-            )
+        let mut due: Option<BodyDeadline> = None;
+        // How long the next read may wait, with `received` bytes of the body arrived.
+        let mut allowance = |received: usize| {
+            let now = Instant::now();
+            due.get_or_insert_with(|| {
+                BodyDeadline::new(
+                    now,
+                    timeouts.body_read,
+                    timeouts.body_rate_grace,
+                    limits.min_body_rate,
+                )
+            })
+            .left(now, received as u64)
+            .ok_or_else(|| Some(body_timeout()))
         };
         match framing {
             BodyFraming::Length(n) => {
@@ -473,8 +504,9 @@ impl Client {
                 self.body.extend_from_slice(&self.buf[head_len..]);
                 self.consumed = self.buf.len();
                 while self.body.len() < n {
+                    let left = allowance(self.body.len())?;
                     let body = std::mem::take(&mut self.body);
-                    match read_more_within(&mut self.stream, body, timeouts.head_read).await {
+                    match read_more_within(&mut self.stream, body, left).await {
                         Ok((Ok(k), body)) if k > 0 => self.body = body,
                         Ok(_) => return Err(None),
                         Err(_) => return Err(Some(body_timeout())),
@@ -489,6 +521,8 @@ impl Client {
             _ => {
                 let mut decoder = ChunkedDecoder::new(limits.max_body);
                 let mut pos = head_len;
+                // Raw bytes of the body received (chunk framing included).
+                let mut received = self.buf.len() - head_len;
                 loop {
                     match decoder.decode(&self.buf[pos..], &mut self.body) {
                         Ok(d) => {
@@ -506,15 +540,38 @@ impl Client {
                     // Keep the head, drop the raw chunk bytes already decoded.
                     self.buf.drain(head_len..pos);
                     pos = head_len;
+                    let left = allowance(received)?;
                     let buf = std::mem::take(&mut self.buf);
-                    match read_more_within(&mut self.stream, buf, timeouts.head_read).await {
-                        Ok((Ok(k), buf)) if k > 0 => self.buf = buf,
+                    match read_more_within(&mut self.stream, buf, left).await {
+                        Ok((Ok(k), buf)) if k > 0 => {
+                            received += k;
+                            self.buf = buf;
+                        }
                         Ok(_) => return Err(None),
                         Err(_) => return Err(Some(body_timeout())),
                     }
                 }
             }
         }
+    }
+
+    /// Answers a request refused before its body was read. A body already wholly in the
+    /// buffer (Content-Length) is stepped over and the connection goes on; one still on its
+    /// way is never read: the answer carries `connection: close` and the connection ends
+    /// with the bounded lingering close, so a 404 or 401 never waits for a body.
+    async fn refuse(&mut self, rid: RequestId, err: &GatewayError, close: bool) -> Next {
+        let end = match self.head.body {
+            BodyFraming::None => Some(self.head.head_len),
+            BodyFraming::Length(n) => usize::try_from(n)
+                .ok()
+                .and_then(|n| self.head.head_len.checked_add(n))
+                .filter(|&end| end <= self.buf.len()),
+            BodyFraming::Chunked => None,
+        };
+        if let Some(end) = end {
+            self.consumed = end;
+        }
+        self.respond_error(rid, err, close || end.is_none()).await
     }
 
     /// Answers `err` in the OpenAI shape.
@@ -563,6 +620,14 @@ impl Client {
             Next::KeepAlive
         }
     }
+}
+
+/// The answer to a body that missed its deadline (408, and the connection closes).
+fn body_timeout() -> GatewayError {
+    GatewayError::bad_framing(
+        408,
+        "Request timeout: the request body did not arrive in time.",
+    )
 }
 
 /// Seconds since the Unix epoch (for JWT expiry).

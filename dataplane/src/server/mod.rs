@@ -5,6 +5,7 @@
 //! swapped pointer with a generation counter (workers re-read it only when the generation
 //! moves), and the shutdown flag.
 
+mod body_deadline;
 mod conn;
 mod forward;
 mod io;
