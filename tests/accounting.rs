@@ -630,3 +630,28 @@ fn repeated_or_mistyped_decision_fields_are_refused_before_the_backend() {
     );
     assert_eq!(resp.status, 200, "{}", resp.text());
 }
+
+/// A request the backend read and then dropped without answering (a 502, never resent) may
+/// have run there: its usage is unknown, so team A is charged its reservation for it.
+#[test]
+fn a_request_sent_but_never_answered_keeps_its_reservation() {
+    let drops = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(1));
+    let left = drops.clone();
+    let up = Upstream::start(move |_, s: &mut TcpStream| {
+        use std::sync::atomic::Ordering::SeqCst;
+        if left.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return After::Close;
+        }
+        let bytes = serde_json::to_vec(&upstream_chat_answer("m")).unwrap();
+        respond(s, 200, &[("content-type", "application/json")], &bytes);
+        After::KeepAlive
+    });
+    let s = start_scripted(&up, &quota_limits(BIG_QUOTA));
+    let dropped = chat1(&s, KEY_A);
+    assert_openai_error(&dropped, 502, None);
+    let ra = remaining_tokens(&chat1(&s, KEY_A));
+    let rb = remaining_tokens(&chat1(&s, KEY_B));
+    let reservation = BIG_QUOTA - rb;
+    assert_eq!(rb - ra, reservation, "the unanswered request cost its reservation");
+    assert_eq!(up.request_count(), 3, "the dropped request was not resent");
+}

@@ -203,10 +203,12 @@ impl Client {
                     last_error = GatewayError::upstream_unavailable();
                 }
                 Err(SendError::Timeout) => {
+                    self.usage.no_answer();
                     last_error = GatewayError::upstream_timeout();
                     break;
                 }
                 Err(SendError::Protocol(message)) => {
+                    self.usage.no_answer();
                     tracing::warn!(backend = %backend.name, message, "backend answered with invalid HTTP");
                     backend
                         .health

@@ -61,6 +61,9 @@ pub enum Unknown {
     Missing,
     /// The JSON answer was larger than Sluice captures.
     TooLarge,
+    /// The request reached the backend, but no answer Sluice could relay came back (the
+    /// connection broke, closed or timed out first): the backend may have done the work.
+    NoAnswer,
 }
 
 impl Unknown {
@@ -70,6 +73,7 @@ impl Unknown {
             Unknown::CutShort => "answer cut short before its usage",
             Unknown::Missing => "answer carried no usage",
             Unknown::TooLarge => "answer too large to read its usage",
+            Unknown::NoAnswer => "request sent but no answer came back",
         }
     }
 }
@@ -165,6 +169,14 @@ impl UsageTap {
             _ => return,
         };
         *self = done;
+    }
+
+    /// The request went to a backend, which gave no answer Sluice could relay: its usage is
+    /// unknown, so the reservation stands.
+    pub fn no_answer(&mut self) {
+        if let UsageTap::Pending { .. } = self {
+            *self = UsageTap::Done(Charge::Estimate(Unknown::NoAnswer));
+        }
     }
 
     /// What the request is charged. A successful answer still being read (the relay broke
