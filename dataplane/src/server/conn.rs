@@ -118,6 +118,10 @@ pub(super) async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAd
     }
 }
 
+/// Most of a declared Content-Length reserved before its bytes arrive; the body grows past
+/// it as they do.
+const BODY_RESERVE_CAP: usize = 256 * 1024;
+
 /// How long and how much a lingering close reads before giving up.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
@@ -500,7 +504,9 @@ impl Client {
                     self.consumed = head_len + n;
                     return Ok(());
                 }
-                self.body.reserve(n);
+                // What the client declared, up to a cap: memory follows the bytes that
+                // arrive, not a promise (a thousand slow 32 MiB bodies must not reserve 32 GiB).
+                self.body.reserve(n.min(BODY_RESERVE_CAP));
                 self.body.extend_from_slice(&self.buf[head_len..]);
                 self.consumed = self.buf.len();
                 while self.body.len() < n {
