@@ -639,7 +639,10 @@ fn a_request_sent_but_never_answered_keeps_its_reservation() {
     let left = drops.clone();
     let up = Upstream::start(move |_, s: &mut TcpStream| {
         use std::sync::atomic::Ordering::SeqCst;
-        if left.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
+        if left
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
             return After::Close;
         }
         let bytes = serde_json::to_vec(&upstream_chat_answer("m")).unwrap();
@@ -652,6 +655,10 @@ fn a_request_sent_but_never_answered_keeps_its_reservation() {
     let ra = remaining_tokens(&chat1(&s, KEY_A));
     let rb = remaining_tokens(&chat1(&s, KEY_B));
     let reservation = BIG_QUOTA - rb;
-    assert_eq!(rb - ra, reservation, "the unanswered request cost its reservation");
+    assert_eq!(
+        rb - ra,
+        reservation,
+        "the unanswered request cost its reservation"
+    );
     assert_eq!(up.request_count(), 3, "the dropped request was not resent");
 }

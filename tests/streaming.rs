@@ -353,3 +353,60 @@ fn client_gone_mid_stream_leaves_the_upstream_pool_clean() {
         );
     }
 }
+
+/// A client that stops reading is cut off after `server.timeouts.send` (like nginx's
+/// `send_timeout`), instead of holding its worker's task and upstream connection forever: the
+/// upstream streams as fast as it can for up to 60 s, the client reads nothing for 3 s, then
+/// what Sluice had left in the socket ends in a close, never in an endless stream.
+#[test]
+fn a_client_that_stops_reading_is_cut_off_after_send() {
+    let up = Upstream::start(|_, s: &mut TcpStream| {
+        let _ = s.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+        );
+        let event = sse_chunk(&"x".repeat(16 * 1024));
+        let t0 = std::time::Instant::now();
+        // Until Sluice lets go of the connection (or a minute, bounding the test).
+        while t0.elapsed() < Duration::from_secs(60) && write_chunk(s, event.as_bytes()).is_ok() {}
+        After::Close
+    });
+    let s = Launch::new(&openai_backend_body(&up.url(), "chat"))
+        .server("[server.timeouts]\nsend = \"1s\"")
+        .start();
+    let mut c = s.connect();
+    let bytes = serde_json::to_vec(&chat_body(Some("chat"), true)).unwrap();
+    c.send(&request_bytes(
+        "POST",
+        "/v1/chat/completions",
+        &[("Content-Type", "application/json")],
+        &bytes,
+    ));
+    std::thread::sleep(Duration::from_secs(3));
+    c.set_read_timeout(Duration::from_secs(2));
+    let t0 = std::time::Instant::now();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let ended = loop {
+        if t0.elapsed() > Duration::from_secs(10) {
+            break false;
+        }
+        match std::io::Read::read(c.raw(), &mut buf) {
+            Ok(0) => break true,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            // Silence with the connection open is not an end either.
+            Err(_) => break false,
+        }
+    };
+    assert!(
+        ended,
+        "not closed after {total} bytes: the stalled client was not cut off"
+    );
+    assert!(
+        total > 0,
+        "the answer had started before the client stalled"
+    );
+    // The gateway still serves.
+    let resp = s.post_json("/v1/models", &serde_json::json!({}));
+    assert!(resp.status < 500, "{}", resp.text());
+}

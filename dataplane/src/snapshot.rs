@@ -115,6 +115,10 @@ pub struct Timeouts {
     pub upstream_first_byte: Duration,
     /// Longest silence while streaming an answer (between reads). Default 300 s.
     pub stream_idle: Duration,
+    /// Longest a single write to the client may take (like nginx's `send_timeout`): a client
+    /// that stops reading is cut off after it, freeing the upstream connection it holds.
+    /// Default 60 s.
+    pub send: Duration,
 }
 
 impl Default for Timeouts {
@@ -127,6 +131,7 @@ impl Default for Timeouts {
             upstream_connect: Duration::from_secs(5),
             upstream_first_byte: Duration::from_secs(120),
             stream_idle: Duration::from_secs(300),
+            send: Duration::from_secs(60),
         }
     }
 }

@@ -753,6 +753,11 @@ impl Client {
         }
     }
 
+    /// The socket itself, for reads that bypass the response parser (nothing buffered yet).
+    pub fn raw(&mut self) -> &mut TcpStream {
+        self.wire.stream()
+    }
+
     /// Sets the read timeout.
     pub fn set_read_timeout(&mut self, t: Duration) {
         self.wire

@@ -282,6 +282,7 @@ fn compile_server(section: &ServerSection, report: &mut Reporter<'_>) -> ServerS
             "server.timeouts.stream_idle",
             td.stream_idle,
         ),
+        send: timeout(report, &t.send, "server.timeouts.send", td.send),
     };
 
     ServerSettings {

@@ -323,6 +323,7 @@ body_rate_grace = "2s"
 upstream_connect = "500ms"
 upstream_first_byte = "2m"
 stream_idle = "1h"
+send = "15s"
 
 [[backend]]
 name = "mock-a"
@@ -387,6 +388,7 @@ backends = [{ backend = "mock-a" }]
                     upstream_connect: Duration::from_millis(500),
                     upstream_first_byte: Duration::from_secs(120),
                     stream_idle: Duration::from_secs(3600),
+                    send: Duration::from_secs(15),
                 },
                 shutdown_grace: Duration::from_secs(45),
             }

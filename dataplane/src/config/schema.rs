@@ -67,6 +67,7 @@ pub(crate) struct TimeoutsSection {
     pub upstream_connect: Option<Spanned<String>>,
     pub upstream_first_byte: Option<Spanned<String>>,
     pub stream_idle: Option<Spanned<String>>,
+    pub send: Option<Spanned<String>>,
     pub body_read: Option<Spanned<String>>,
     pub body_rate_grace: Option<Spanned<String>>,
 }

@@ -10,11 +10,11 @@ use std::ops::Range;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 
 use super::body_deadline::BodyDeadline;
-use super::io::{read_more, read_more_within};
+use super::io::{read_more, read_more_within, write_all_within};
 use super::local;
 use super::usage_tap::{Charge, UsageTap};
 use super::worker::{RequestId, View, Worker};
@@ -77,6 +77,9 @@ pub(super) struct Client {
     /// The connection ends after an error answer: drain what the client is still sending
     /// before closing, so the kernel does not reset the connection under the answer.
     linger: bool,
+    /// How long one write to this client may take (`server.timeouts.send` of the snapshot
+    /// the current request runs on).
+    pub(super) send_timeout: Duration,
     /// No request has been read on this connection yet: its first head is due `head_read`
     /// after the accept, not after `keepalive_idle`.
     fresh: bool,
@@ -101,6 +104,7 @@ pub(super) async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAd
         candidates: Vec::new(),
         linger: false,
         fresh: true,
+        send_timeout: crate::snapshot::Timeouts::default().send,
         extra: Vec::new(),
         trace: None,
         usage: UsageTap::Off,
@@ -141,6 +145,7 @@ impl Client {
     async fn one_request(&mut self, worker: &Worker, view: &View) -> Next {
         let server = &view.snapshot.server;
         let (limits, timeouts) = (server.limits, server.timeouts);
+        self.send_timeout = timeouts.send;
 
         // Wait for the next request, racing the idle timeout and shutdown. A new connection's
         // head_read runs from the accept, so one that sends nothing is not kept for the whole
@@ -475,7 +480,7 @@ impl Client {
             let mut out = std::mem::take(&mut self.out);
             out.clear();
             out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-            let (res, out) = self.stream.write_all(out).await;
+            let (res, out) = self.write_client(out).await;
             self.out = out;
             res.map_err(|_| None)?;
         }
@@ -616,9 +621,15 @@ impl Client {
         }
     }
 
+    /// Writes all of `buf` to the client within the send timeout (a client that stopped
+    /// reading fails the write, and its connection then closes).
+    pub(super) async fn write_client(&mut self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+        write_all_within(&mut self.stream, buf, self.send_timeout).await
+    }
+
     /// Writes `out` to the client and keeps it for reuse.
     pub(super) async fn write_out(&mut self, out: Vec<u8>, close: bool) -> Next {
-        let (res, out) = self.stream.write_all(out).await;
+        let (res, out) = self.write_client(out).await;
         self.out = out;
         if res.is_err() || close {
             Next::Close

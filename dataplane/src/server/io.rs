@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
 use monoio::buf::IoBufMut;
-use monoio::io::AsyncReadRent;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 /// Least spare room a read is given; the buffer grows by doubling when less is left.
@@ -37,6 +37,20 @@ pub async fn read_more_within<S: AsyncReadRent>(
     monoio::time::timeout(limit, read_more(stream, buf))
         .await
         .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))
+}
+
+/// Writes all of `buf` to `stream` within `limit`: `Err(TimedOut)` when the peer did not take
+/// it in time (a client that stopped reading). The buffer comes back either way (a new,
+/// empty one after a timeout: the cancelled write kept the old one).
+pub async fn write_all_within<S: AsyncWriteRent>(
+    stream: &mut S,
+    buf: Vec<u8>,
+    limit: Duration,
+) -> (io::Result<()>, Vec<u8>) {
+    match monoio::time::timeout(limit, stream.write_all(buf)).await {
+        Ok((res, buf)) => (res.map(drop), buf),
+        Err(_) => (Err(io::Error::from(io::ErrorKind::TimedOut)), Vec::new()),
+    }
 }
 
 /// The descriptor of `stream`, borrowed for as long as `stream` is: monoio's `TcpStream`

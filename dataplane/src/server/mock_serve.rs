@@ -1,8 +1,6 @@
 //! Serving a request from the built-in mock backend: [`crate::mock`] builds the answer, this
 //! writes it, sleeping for the configured latency and streaming pace.
 
-use monoio::io::AsyncWriteRentExt;
-
 use super::conn::{Client, Next};
 use super::local::{common_headers, json_response, status_line};
 use super::relay::frame;
@@ -63,7 +61,7 @@ impl Client {
         loop {
             let pause = events.pause_before_next();
             if !pause.is_zero() {
-                let (res, mut back) = self.stream.write_all(out).await;
+                let (res, mut back) = self.write_client(out).await;
                 back.clear();
                 out = back;
                 if res.is_err() {

@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 
-use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use super::conn::{Client, Next};
@@ -123,7 +122,7 @@ impl Client {
                     self.ubuf.truncate(k as usize);
                     // The bytes go to the client straight from the read buffer.
                     let buf = std::mem::take(&mut self.ubuf);
-                    let (res, buf) = self.stream.write_all(buf).await;
+                    let (res, buf) = self.write_client(buf).await;
                     self.ubuf = buf;
                     res.map_err(|_| Broken::Midway)?;
                 }
@@ -246,7 +245,7 @@ impl Client {
     /// Writes `out` to the client and leaves it empty for reuse.
     async fn flush(&mut self, out: &mut Vec<u8>) -> Result<(), Broken> {
         let buf = std::mem::take(out);
-        let (res, mut buf) = self.stream.write_all(buf).await;
+        let (res, mut buf) = self.write_client(buf).await;
         buf.clear();
         *out = buf;
         res.map(drop).map_err(|_| Broken::Midway)
