@@ -76,6 +76,59 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
     HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
+/// Whether every byte of the field name `name` is an ASCII letter, digit or `-`: the spelling
+/// of every registered field name (RFC 9110 §16.3.1), and the only spelling no backend folds
+/// into another name. Names with `_` or another token character (`.`, `~`, `!`, …) are rare;
+/// [`folds_to`] tells which of them read as a name the gateway treats specially. Costs one
+/// comparison per byte, so it is cheap enough to run on every forwarded header.
+pub fn is_plain_name(name: &[u8]) -> bool {
+    name.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Whether the field name `name` reads as `target` (lowercase letters, digits and `-`) once
+/// folded the way backends fold names: ASCII case ignored, and every byte that is not a
+/// letter or digit read as `-`.
+///
+/// CGI-style servers (PHP, WSGI, Rack, nginx's FastCGI and uWSGI parameters) map `-` to `_`
+/// when they build `HTTP_*` variables, so `Transfer_Encoding` and `Transfer-Encoding` become
+/// one variable; some frameworks fold `.` and other punctuation the same way. Reading every
+/// separator as `-` covers all of them at once. Names that differ by dropping a separator
+/// (`TransferEncoding`) are not folded: no mainstream server merges those.
+pub fn folds_to(name: &[u8], target: &[u8]) -> bool {
+    name.len() == target.len() && name.iter().zip(target).all(|(&n, &t)| fold(n) == t)
+}
+
+/// Whether `name`, folded as [`folds_to`] describes, reads as a header that frames a message
+/// or belongs to one connection: `transfer-encoding`, `content-length`, `connection`,
+/// `keep-alive`, `te`, `trailer`, `upgrade`, or any `proxy-*` (RFC 9110 §7.6.1, RFC 9112 §6).
+/// A gateway never passes such a name on under any spelling: a recipient that folds it would
+/// see a second framing or connection header the gateway did not (request smuggling).
+pub fn folds_to_framing(name: &[u8]) -> bool {
+    const FRAMING: [&[u8]; 7] = [
+        b"transfer-encoding",
+        b"content-length",
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"upgrade",
+    ];
+    const PROXY: &[u8] = b"proxy-";
+    FRAMING.iter().any(|f| folds_to(name, f))
+        || name
+            .get(..PROXY.len())
+            .is_some_and(|prefix| folds_to(prefix, PROXY))
+}
+
+/// A name byte as backends fold it: ASCII lowercase, any separator read as `-`.
+fn fold(b: u8) -> u8 {
+    if b.is_ascii_alphanumeric() {
+        b.to_ascii_lowercase()
+    } else {
+        b'-'
+    }
+}
+
 /// True when a `Connection` header among `headers` (ranges into `buf`) names `name` as one
 /// of its comma-separated tokens (case-insensitive), so that field must be stripped too.
 pub fn connection_lists(buf: &[u8], headers: &[HeaderSpan], name: &[u8]) -> bool {
@@ -176,6 +229,87 @@ mod tests {
             "authorization",
         ] {
             assert!(!is_hop_by_hop(name.as_bytes()), "{name}");
+        }
+    }
+
+    #[test]
+    fn plain_names_are_letters_digits_and_hyphens() {
+        for name in [
+            "Content-Type",
+            "x-ratelimit-remaining-requests",
+            "TE",
+            "a1-B2",
+            "",
+        ] {
+            assert!(is_plain_name(name.as_bytes()), "{name}");
+        }
+        for name in [
+            "X_Custom",
+            "x.custom",
+            "x~y",
+            "a!",
+            "Content-Length_",
+            "_",
+            "x y",
+        ] {
+            assert!(!is_plain_name(name.as_bytes()), "{name}");
+        }
+    }
+
+    #[test]
+    fn names_fold_case_and_every_separator() {
+        for name in [
+            "Transfer_Encoding",
+            "TRANSFER.ENCODING",
+            "transfer~encoding",
+            "Transfer-Encoding",
+            "transfer!encoding",
+        ] {
+            assert!(folds_to(name.as_bytes(), b"transfer-encoding"), "{name}");
+        }
+        for name in [
+            "TransferEncoding",
+            "Transfer__Encoding",
+            "Transfer_Encodings",
+            "Transfer_Encodin",
+            "",
+        ] {
+            assert!(!folds_to(name.as_bytes(), b"transfer-encoding"), "{name}");
+        }
+        assert!(folds_to(b"API_KEY", b"api-key"));
+        assert!(folds_to(b"x_request_id", b"x-request-id"));
+    }
+
+    #[test]
+    fn framing_names_under_any_spelling() {
+        for name in [
+            "Transfer_Encoding",
+            "Content_Length",
+            "content.length",
+            "Connection",
+            "Keep_Alive",
+            "TE",
+            "Trailer",
+            "Upgrade",
+            "Proxy_Connection",
+            "proxy_authorization",
+            "Proxy-Anything",
+            "proxy.x",
+        ] {
+            assert!(folds_to_framing(name.as_bytes()), "{name}");
+        }
+        // `T_E` and `Up_grade` add a separator rather than replace one.
+        for name in [
+            "T_E",
+            "Up_grade",
+            "proxy",
+            "proxyx",
+            "X_Custom",
+            "content-type",
+            "hosts",
+            "",
+        ] {
+            assert!(!folds_to_framing(name.as_bytes()), "{name}");
         }
     }
 
