@@ -58,6 +58,31 @@ pub struct ServerSettings {
     pub timeouts: Timeouts,
     /// How long a graceful shutdown waits for requests in flight. Default 30 s.
     pub shutdown_grace: Duration,
+    /// What to do with request header names that contain `_`. Default
+    /// [`HeadersWithUnderscores::DropHeader`].
+    pub headers_with_underscores: HeadersWithUnderscores,
+}
+
+/// `[server] headers_with_underscores`: what happens to a request header whose name contains
+/// `_` (named after Envoy's `headers_with_underscores_action`; nginx drops them by default).
+///
+/// Backends that map `-` to `_` (CGI, PHP, WSGI, Rack) cannot tell `X_Foo` from `X-Foo`, so
+/// such a name can smuggle a second copy of a header past the gateway. Whatever the setting,
+/// a name that reads as a header Sluice frames, drops or sets (`Transfer_Encoding`,
+/// `Content.Length`, `API_KEY`, `x_request_id`, … — see
+/// [`crate::http::folds_to`]) is never forwarded; with `RejectRequest` it is refused too.
+/// Checked where a request is forwarded to an HTTP backend (the built-in mock forwards
+/// nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeadersWithUnderscores {
+    /// `"drop_header"` (default): the header is not forwarded; logged at debug.
+    #[default]
+    DropHeader,
+    /// `"reject_request"`: 400 in the OpenAI error shape naming the header; nothing is sent
+    /// to a backend.
+    RejectRequest,
+    /// `"allow"`: forwarded as sent (still never one that reads as a header Sluice manages).
+    Allow,
 }
 
 /// Size limits applied while reading a client's request.
@@ -144,6 +169,7 @@ impl Default for ServerSettings {
             limits: HttpLimits::default(),
             timeouts: Timeouts::default(),
             shutdown_grace: Duration::from_secs(30),
+            headers_with_underscores: HeadersWithUnderscores::DropHeader,
         }
     }
 }

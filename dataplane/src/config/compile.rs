@@ -23,8 +23,9 @@ use crate::health::BackendHealth;
 use crate::http::url::{parse_http_url, HttpUrl, UrlError, URL_FORM};
 use crate::mock::MockSettings;
 use crate::snapshot::{
-    AzureBackend, Backend, BackendKind, Deployment, HttpLimits, HttpUpstream, OpenAiBackend,
-    PoolMember, Secret, ServerSettings, Snapshot, Timeouts, TokenSettings,
+    AzureBackend, Backend, BackendKind, Deployment, HeadersWithUnderscores, HttpLimits,
+    HttpUpstream, OpenAiBackend, PoolMember, Secret, ServerSettings, Snapshot, Timeouts,
+    TokenSettings,
 };
 
 /// The `api-version` sent to Azure when the config names none.
@@ -303,6 +304,24 @@ fn compile_server(section: &ServerSection, report: &mut Reporter<'_>) -> ServerS
             "server.shutdown_grace",
             defaults.shutdown_grace,
         ),
+        headers_with_underscores: match &section.headers_with_underscores {
+            None => defaults.headers_with_underscores,
+            Some(v) => match v.get_ref().as_str() {
+                "drop_header" => HeadersWithUnderscores::DropHeader,
+                "reject_request" => HeadersWithUnderscores::RejectRequest,
+                "allow" => HeadersWithUnderscores::Allow,
+                other => {
+                    report.at(
+                        v.span(),
+                        "server.headers_with_underscores",
+                        format!(
+                            "`{other}` is not one of \"drop_header\", \"reject_request\", \"allow\""
+                        ),
+                    );
+                    defaults.headers_with_underscores
+                }
+            },
+        },
     }
 }
 

@@ -232,7 +232,8 @@ mod tests {
     use super::*;
     use crate::mock::MockSettings;
     use crate::snapshot::{
-        BackendKind, HttpLimits, HttpUpstream, PoolMember, ServerSettings, Timeouts,
+        BackendKind, HeadersWithUnderscores, HttpLimits, HttpUpstream, PoolMember, ServerSettings,
+        Timeouts,
     };
 
     const FILE: &str = "sluice.toml";
@@ -307,6 +308,7 @@ mod tests {
 listen = ["127.0.0.1:8080", "[::1]:9090"]
 workers = 3
 shutdown_grace = "45s"
+headers_with_underscores = "reject_request"
 
 [server.limits]
 max_request_line = 4096
@@ -391,6 +393,7 @@ backends = [{ backend = "mock-a" }]
                     send: Duration::from_secs(15),
                 },
                 shutdown_grace: Duration::from_secs(45),
+                headers_with_underscores: HeadersWithUnderscores::RejectRequest,
             }
         );
 
@@ -566,7 +569,7 @@ backends = [{ backend = "m" }, { backend = "a" }, { backend = "o" }]
         );
         assert_error(
             &format!("[server.limit]\nmax_body = 1\n{MOCK_DEPLOYMENT}"),
-            "sluice.toml:1:9: server.limit: unknown field `limit`, expected one of `listen`, `workers`, `shutdown_grace`, `limits`, `timeouts`, `trace_header`, `client_ip_limits`",
+            "sluice.toml:1:9: server.limit: unknown field `limit`, expected one of `listen`, `workers`, `shutdown_grace`, `limits`, `timeouts`, `trace_header`, `client_ip_limits`, `headers_with_underscores`",
         );
     }
 
@@ -778,6 +781,24 @@ backends = [{ backend = "m" }, { backend = "a" }, { backend = "o" }]
             Duration::from_secs(5)
         );
         assert_eq!(defaults.server.limits.min_body_rate, 1024);
+        assert_error(
+            &with_server("[server]\nheaders_with_underscores = \"drop\""),
+            "sluice.toml:2:28: server.headers_with_underscores: `drop` is not one of \"drop_header\", \"reject_request\", \"allow\"",
+        );
+        for (text, action) in [
+            ("drop_header", HeadersWithUnderscores::DropHeader),
+            ("reject_request", HeadersWithUnderscores::RejectRequest),
+            ("allow", HeadersWithUnderscores::Allow),
+        ] {
+            let config = with_server(&format!("[server]\nheaders_with_underscores = \"{text}\""));
+            let snapshot = compile(&config).unwrap();
+            assert_eq!(snapshot.server.headers_with_underscores, action);
+        }
+        let snapshot = compile(&with_server("")).unwrap();
+        assert_eq!(
+            snapshot.server.headers_with_underscores,
+            HeadersWithUnderscores::DropHeader
+        );
         assert_error(
             &with_server("[server]\nshutdown_grace = \"30 seconds\""),
             "sluice.toml:2:18: server.shutdown_grace: invalid duration `30 seconds`: expected a whole number and a unit (ms, s, m or h), e.g. \"500ms\", \"10s\", \"5m\"",

@@ -45,6 +45,7 @@ pub(crate) struct ServerSection {
     pub timeouts: TimeoutsSection,
     pub trace_header: Option<bool>,
     pub client_ip_limits: Option<SpannedList<LimitEntry>>,
+    pub headers_with_underscores: Option<Spanned<String>>,
 }
 
 /// `[server.limits]`.

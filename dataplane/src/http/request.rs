@@ -7,6 +7,10 @@
 //! [`RequestError`] carrying its status code and a message for the client. Size limits are
 //! enforced while the head is still partial, so a client cannot make the gateway buffer
 //! more than `max_head` bytes.
+//!
+//! The Host header and an absolute-form target's authority are checked against RFC 9112
+//! §3.2 and RFC 3986 §3.2.2 (see [`parse_request`]): a gateway and the servers behind it must
+//! not disagree on which host a request is for.
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -36,7 +40,9 @@ pub enum BodyFraming {
 pub struct RequestHead {
     /// The method, e.g. `POST`.
     pub method: Range<usize>,
-    /// The request target as sent (origin-form path and query, usually).
+    /// The request target's path and query: the target as sent when it is origin-form
+    /// (`/v1/models?x=1`) or `*`; for an absolute-form target (`http://host/v1/models`), the
+    /// part after its authority (empty when it has no path).
     pub target: Range<usize>,
     /// `0` for HTTP/1.0, `1` for HTTP/1.1.
     pub minor_version: u8,
@@ -52,7 +58,9 @@ pub struct RequestHead {
     /// The connection may serve another request after this one (HTTP/1.1 without
     /// `Connection: close`, or HTTP/1.0 with `Connection: keep-alive`).
     pub keep_alive: bool,
-    /// The Host header's value, if one was sent.
+    /// The host the request is for, validated (see [`parse_request`]): an absolute-form
+    /// target's authority, else the Host header's value; `None` for an HTTP/1.0 request
+    /// without either.
     pub host: Option<Range<usize>>,
 }
 
@@ -94,7 +102,7 @@ impl RequestHead {
         find_header(buf, &self.headers, name.as_bytes())
     }
 
-    /// The Host header's value, if one was sent.
+    /// The host the request is for (see [`RequestHead::host`](Self#structfield.host)).
     pub fn host<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
         self.host.as_ref().and_then(|r| buf.get(r.clone()))
     }
@@ -176,6 +184,23 @@ static HEAD_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
 /// `limits.max_head` is refused as soon as that is certain. Leading empty lines (CRLF) are
 /// skipped, as RFC 9112 §2.2 allows. Never panics; never allocates once `out.headers` has
 /// grown to the request's header count.
+///
+/// Host rules (RFC 9112 §3.2, 400 for each): an HTTP/1.1 request needs exactly one Host
+/// header, an HTTP/1.0 one at most one; its value must be `uri-host [ ":" port ]` (RFC 3986
+/// §3.2.2): a bracketed IPv6 or IPvFuture literal, or a reg-name (which covers IPv4) of
+/// unreserved characters, percent-encodings and sub-delims, with a port of digits up to
+/// 65535. Stricter than the grammar, on purpose: a comma is refused (a list of hosts, where
+/// recipients disagree on which element counts), as is an empty port after `:`, an empty
+/// host name and an empty Host value (RFC 9112 allows one only for a target without an
+/// authority; every target Sluice serves has one, taken from Host). IPv6 zone identifiers
+/// (RFC 6874) are refused.
+///
+/// Request targets (RFC 9112 §3.2): origin-form and `*` pass as sent. Absolute-form with an
+/// `http` or `https` scheme is accepted, as §3.2.2 requires of servers: its authority is
+/// validated like Host and wins over the Host header (which must still be present and
+/// valid), and [`RequestHead::target`](RequestHead#structfield.target) holds its path and
+/// query, so routing sees the same target either way. Authority-form and other schemes are
+/// refused with 400: Sluice is not a forward proxy.
 pub fn parse_request(
     buf: &[u8],
     limits: &HttpLimits,
@@ -336,6 +361,7 @@ fn apply_header_semantics(
             if host.is_some() {
                 return Err(RequestError::BadRequest("repeated Host header"));
             }
+            check_authority(value).map_err(HostFault::in_host_header)?;
             host = Some(h.value.clone());
         } else if name.eq_ignore_ascii_case(b"connection") {
             close |= list_contains(value, b"close");
@@ -369,7 +395,238 @@ fn apply_header_semantics(
     out.expect_continue &= out.minor_version >= 1;
     out.keep_alive = !close && (out.minor_version >= 1 || keep_alive_token);
     out.host = host;
+    apply_target_form(buf, out)
+}
+
+/// Reduces an absolute-form target to its path and query and makes its authority the
+/// request's host; refuses forms Sluice does not serve (see [`parse_request`]).
+fn apply_target_form(buf: &[u8], out: &mut RequestHead) -> Result<(), RequestError> {
+    let target = buf.get(out.target.clone()).unwrap_or_default();
+    if target.first() == Some(&b'/') || target == b"*" {
+        return Ok(());
+    }
+    let after_scheme = ["http://", "https://"].iter().find_map(|scheme| {
+        target
+            .get(..scheme.len())
+            .filter(|s| s.eq_ignore_ascii_case(scheme.as_bytes()))
+            .map(|_| scheme.len())
+    });
+    let Some(after_scheme) = after_scheme else {
+        return Err(RequestError::BadRequest(
+            "unsupported request target: send an origin-form path such as /v1/chat/completions",
+        ));
+    };
+    let rest = target.get(after_scheme..).unwrap_or_default();
+    let authority_len = memchr::memchr2(b'/', b'?', rest).unwrap_or(rest.len());
+    let authority = rest.get(..authority_len).unwrap_or_default();
+    check_authority(authority).map_err(HostFault::in_target)?;
+    let authority_start = out.target.start + after_scheme;
+    let path_start = authority_start + authority_len;
+    out.host = Some(authority_start..path_start);
+    out.target = path_start..out.target.end;
     Ok(())
+}
+
+/// Declares [`HostFault`] with one message per fault, for a Host header and for a target's
+/// authority.
+macro_rules! host_faults {
+    ($($fault:ident => $why:literal,)*) => {
+        /// Why a host (`uri-host [ ":" port ]`) was refused.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        enum HostFault {
+            $($fault,)*
+        }
+
+        impl HostFault {
+            fn in_host_header(self) -> RequestError {
+                match self {
+                    $(Self::$fault => RequestError::BadRequest(
+                        concat!("invalid Host header: ", $why),
+                    ),)*
+                }
+            }
+
+            fn in_target(self) -> RequestError {
+                match self {
+                    $(Self::$fault => RequestError::BadRequest(
+                        concat!("invalid host in the request target: ", $why),
+                    ),)*
+                }
+            }
+        }
+    };
+}
+
+host_faults! {
+    Empty => "empty value (every request to this gateway must name its host)",
+    Whitespace => "whitespace in the value",
+    List => "a comma-separated list (exactly one host is allowed)",
+    Delimiter => "user info, path, query or fragment (`@`, `/`, `\\`, `?` or `#`)",
+    Control => "control character in the value",
+    NonAscii => "non-ASCII byte in the value (use the punycode form)",
+    Bracket => "unbalanced or misplaced `[` / `]`",
+    IpLiteral => "malformed IP literal in brackets",
+    AfterLiteral => "only `:port` may follow an IP literal",
+    EmptyHost => "empty host name",
+    HostChar => "character not allowed in a host name",
+    Percent => "malformed percent-encoding",
+    EmptyPort => "empty port after `:`",
+    Port => "the port must be a number from 0 to 65535",
+}
+
+/// Checks `uri-host [ ":" port ]` (RFC 3986 §3.2.2–3.2.3, RFC 9112 §3.2) with the stricter
+/// rules [`parse_request`] lists. Runs on every request: what nearly every client sends (a
+/// name of plain reg-name bytes, maybe a port) passes in one table-driven pass; anything
+/// else takes the slower path that names the fault.
+fn check_authority(value: &[u8]) -> Result<(), HostFault> {
+    let name_len = value
+        .iter()
+        .position(|&b| !PLAIN_REG_NAME[usize::from(b)])
+        .unwrap_or(value.len());
+    if name_len > 0 {
+        match value.get(name_len..) {
+            Some([]) => return Ok(()),
+            Some([b':', port @ ..]) if is_port(port) => return Ok(()),
+            _ => {}
+        }
+    }
+    check_authority_slowly(value)
+}
+
+/// Bytes a reg-name may hold with no further check: unreserved and sub-delims except `,`
+/// (refused) and `%` (which starts a pct-encoding).
+static PLAIN_REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        table[b] = (is_unreserved(byte) || is_sub_delim(byte)) && byte != b',';
+        b += 1;
+    }
+    table
+};
+
+/// A port: one or more digits, at most 65535.
+fn is_port(digits: &[u8]) -> bool {
+    !digits.is_empty()
+        && digits
+            .iter()
+            .try_fold(0u32, |n, &d| {
+                let n = n * 10 + u32::from(d.wrapping_sub(b'0'));
+                (d.is_ascii_digit() && n <= 65535).then_some(n)
+            })
+            .is_some()
+}
+
+/// [`check_authority`] for the values its fast path does not accept: finds which fault it
+/// is, if any.
+fn check_authority_slowly(value: &[u8]) -> Result<(), HostFault> {
+    if value.is_empty() {
+        return Err(HostFault::Empty);
+    }
+    for &b in value {
+        match b {
+            b' ' | b'\t' => return Err(HostFault::Whitespace),
+            b',' => return Err(HostFault::List),
+            b'@' | b'/' | b'\\' | b'?' | b'#' => return Err(HostFault::Delimiter),
+            0..=0x1f | 0x7f => return Err(HostFault::Control),
+            0x80.. => return Err(HostFault::NonAscii),
+            _ => {}
+        }
+    }
+    let port = if let Some(literal) = value.strip_prefix(b"[") {
+        let close = memchr::memchr(b']', literal).ok_or(HostFault::Bracket)?;
+        let (literal, after) = literal.split_at(close);
+        check_ip_literal(literal)?;
+        match after.get(1..).unwrap_or_default() {
+            [] => None,
+            [b':', port @ ..] => Some(port),
+            [b'[' | b']', ..] => return Err(HostFault::Bracket),
+            _ => return Err(HostFault::AfterLiteral),
+        }
+    } else {
+        if memchr::memchr2(b'[', b']', value).is_some() {
+            return Err(HostFault::Bracket);
+        }
+        let (name, port) = match memchr::memchr(b':', value) {
+            Some(i) => {
+                let (name, colon_port) = value.split_at(i);
+                (name, colon_port.get(1..))
+            }
+            None => (value, None),
+        };
+        check_reg_name(name)?;
+        port
+    };
+    match port {
+        None => Ok(()),
+        Some([]) => Err(HostFault::EmptyPort),
+        Some(digits) if is_port(digits) => Ok(()),
+        Some(_) => Err(HostFault::Port),
+    }
+}
+
+/// `reg-name = *( unreserved / pct-encoded / sub-delims )`, not empty; commas were refused
+/// before. An IPv4 address is a reg-name as far as the grammar goes.
+fn check_reg_name(name: &[u8]) -> Result<(), HostFault> {
+    if name.is_empty() {
+        return Err(HostFault::EmptyHost);
+    }
+    let mut i = 0;
+    while let Some(&b) = name.get(i) {
+        if b == b'%' {
+            let hex = name.get(i + 1..i + 3).unwrap_or_default();
+            if hex.len() != 2 || !hex.iter().all(u8::is_ascii_hexdigit) {
+                return Err(HostFault::Percent);
+            }
+            i += 3;
+            continue;
+        }
+        if !(is_unreserved(b) || is_sub_delim(b)) {
+            return Err(HostFault::HostChar);
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// The inside of `[...]`: an IPv6 address (RFC 4291 text forms, as `std` parses them) or
+/// `IPvFuture = "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )`.
+fn check_ip_literal(literal: &[u8]) -> Result<(), HostFault> {
+    if let Some(future) = literal.strip_prefix(b"v").or(literal.strip_prefix(b"V")) {
+        let dot = memchr::memchr(b'.', future).ok_or(HostFault::IpLiteral)?;
+        let (version, rest) = future.split_at(dot);
+        let rest = rest.get(1..).unwrap_or_default();
+        let ok = !version.is_empty()
+            && version.iter().all(u8::is_ascii_hexdigit)
+            && !rest.is_empty()
+            && rest
+                .iter()
+                .all(|&b| is_unreserved(b) || is_sub_delim(b) || b == b':');
+        return if ok {
+            Ok(())
+        } else {
+            Err(HostFault::IpLiteral)
+        };
+    }
+    std::str::from_utf8(literal)
+        .ok()
+        .and_then(|text| text.parse::<std::net::Ipv6Addr>().ok())
+        .map(drop)
+        .ok_or(HostFault::IpLiteral)
+}
+
+/// RFC 3986 §2.3: `ALPHA / DIGIT / "-" / "." / "_" / "~"`.
+const fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// RFC 3986 §2.2 sub-delims: `! $ & ' ( ) * + , ; =`.
+const fn is_sub_delim(b: u8) -> bool {
+    matches!(
+        b,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+    )
 }
 
 #[cfg(test)]
@@ -684,6 +941,210 @@ mod tests {
         let head = complete(buf);
         assert_eq!(head.host, None);
         assert_eq!(head.minor_version, 0);
+    }
+
+    #[test]
+    fn valid_hosts() {
+        for host in [
+            "gw",
+            "gateway.example",
+            "gateway.example:443",
+            "gateway.example:0",
+            "gateway.example:65535",
+            "gateway.example:00080",
+            "GATEWAY.Example.",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "999.1.1.1",
+            "a-b_c~d.e",
+            "%41bc.example",
+            "x!$&'()*+;=y",
+            "[::1]",
+            "[::1]:8080",
+            "[2001:db8::8a2e:370:7334]",
+            "[::ffff:192.0.2.1]:80",
+            "[v1.fe80::a+en1]",
+            "[V7.a:b]",
+        ] {
+            assert_eq!(check_authority(host.as_bytes()), Ok(()), "{host}");
+        }
+    }
+
+    #[test]
+    fn invalid_hosts_say_why() {
+        use HostFault::*;
+        for (host, fault) in [
+            (&b""[..], Empty),
+            (b"a b", Whitespace),
+            (b"a\tb", Whitespace),
+            (b"a, b", List),
+            (b"a,b", List),
+            (b"[::1],b", List),
+            (b"user@gw", Delimiter),
+            (b"gw/path", Delimiter),
+            (b"gw\\x", Delimiter),
+            (b"gw?q", Delimiter),
+            (b"gw#f", Delimiter),
+            (b"g\x01w", Control),
+            (b"g\x7fw", Control),
+            (b"g\xc3\xa9w", NonAscii),
+            (b"[::1", Bracket),
+            (b"::1]", Bracket),
+            (b"a[b]", Bracket),
+            (b"[::1]]", Bracket),
+            (b"[::1][::2]", Bracket),
+            (b"[]", IpLiteral),
+            (b"[gw]", IpLiteral),
+            (b"[1.2.3.4]", IpLiteral),
+            (b"[::1::2]", IpLiteral),
+            (b"[fe80::1%25eth0]", IpLiteral),
+            (b"[v1]", IpLiteral),
+            (b"[v.x]", IpLiteral),
+            (b"[vg.x]", IpLiteral),
+            (b"[v1.]", IpLiteral),
+            (b"[v1.a\"b]", IpLiteral),
+            (b"[::1]x", AfterLiteral),
+            (b"[::1]8080", AfterLiteral),
+            (b":80", EmptyHost),
+            (b"g\"w", HostChar),
+            (b"g<w", HostChar),
+            (b"g{w}", HostChar),
+            (b"g|w", HostChar),
+            (b"g%4", Percent),
+            (b"g%zz", Percent),
+            (b"g%", Percent),
+            (b"gw:", EmptyPort),
+            (b"[::1]:", EmptyPort),
+            (b"gw:65536", Port),
+            (b"gw:99999", Port),
+            (b"gw:99999999999999999999999", Port),
+            (b"gw:-1", Port),
+            (b"gw:8o", Port),
+            (b"gw:80:81", Port),
+            (b"[::1]:x", Port),
+        ] {
+            assert_eq!(
+                check_authority(host),
+                Err(fault),
+                "{:?}",
+                String::from_utf8_lossy(host)
+            );
+        }
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_full_check() {
+        const ALPHABET: &[u8] = b"a0.-_~!$&'()*+;=,%4fF:[]v@/ \t\x7f\x80";
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        for _ in 0..50_000 {
+            let len = next(12);
+            let value: Vec<u8> = (0..len).map(|_| ALPHABET[next(ALPHABET.len())]).collect();
+            assert_eq!(
+                check_authority(&value),
+                check_authority_slowly(&value),
+                "{:?}",
+                String::from_utf8_lossy(&value)
+            );
+        }
+        for value in [
+            "gw",
+            "gw:1",
+            "gw:65535",
+            "gw:65536",
+            "gw:",
+            "a.b:08080",
+            "x,y",
+        ] {
+            assert_eq!(
+                check_authority(value.as_bytes()),
+                check_authority_slowly(value.as_bytes()),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_host_headers_are_400() {
+        for value in ["a b", "a, b", "a:99999", "[::1", "gw:", "user@gw", "gw/x"] {
+            let buf = format!("GET / HTTP/1.1\r\nHost: {value}\r\n\r\n");
+            assert!(
+                bad(buf.as_bytes()).starts_with("invalid Host header: "),
+                "{value:?}"
+            );
+        }
+        // An empty value (httparse drops the OWS around it) is refused on both versions.
+        assert!(bad(b"GET / HTTP/1.1\r\nHost:\r\n\r\n").contains("empty value"));
+        assert!(bad(b"GET / HTTP/1.1\r\nHost:  \r\n\r\n").contains("empty value"));
+        assert!(bad(b"GET / HTTP/1.0\r\nHost:\r\n\r\n").contains("empty value"));
+        assert!(bad(b"GET / HTTP/1.0\r\nHost: a b\r\n\r\n").contains("whitespace"));
+        // OWS around a valid value is not part of it.
+        let buf = b"GET / HTTP/1.1\r\nHost:  [::1]:8080 \t\r\n\r\n";
+        assert_eq!(complete(buf).host(buf), Some(b"[::1]:8080".as_slice()));
+    }
+
+    #[test]
+    fn absolute_form_targets_use_their_authority() {
+        let buf = b"POST http://gateway.example:8080/v1/chat/completions?x=1 HTTP/1.1\r\nHost: other\r\n\r\n";
+        let head = complete(buf);
+        assert_eq!(head.target(buf), "/v1/chat/completions?x=1");
+        assert_eq!(head.host(buf), Some(b"gateway.example:8080".as_slice()));
+        let buf = b"GET HTTPS://[::1]?q HTTP/1.1\r\nHost: x\r\n\r\n";
+        let head = complete(buf);
+        assert_eq!(head.target(buf), "?q");
+        assert_eq!(head.host(buf), Some(b"[::1]".as_slice()));
+        let buf = b"GET http://gw HTTP/1.1\r\nHost: gw\r\n\r\n";
+        let head = complete(buf);
+        assert_eq!(head.target(buf), "");
+        assert_eq!(head.host(buf), Some(b"gw".as_slice()));
+        // HTTP/1.0 needs no Host header beside one.
+        let buf = b"GET http://gw/v1/models HTTP/1.0\r\n\r\n";
+        assert_eq!(complete(buf).host(buf), Some(b"gw".as_slice()));
+
+        for target in [
+            "http://user@gw/v1/models",
+            "http:///v1/models",
+            "http://gw:99999/",
+            "http://[::1/",
+            "http://a,b/",
+            "http://gw:/v1/models",
+            "http://gw\\x/v1/models",
+        ] {
+            let buf = format!("GET {target} HTTP/1.1\r\nHost: gw\r\n\r\n");
+            assert!(
+                bad(buf.as_bytes()).starts_with("invalid host in the request target: "),
+                "{target}"
+            );
+        }
+        // The Host header is still required and validated.
+        assert!(bad(b"GET http://gw/ HTTP/1.1\r\n\r\n").contains("missing Host"));
+        assert!(
+            bad(b"GET http://gw/ HTTP/1.1\r\nHost: a b\r\n\r\n").starts_with("invalid Host header")
+        );
+    }
+
+    #[test]
+    fn other_target_forms_are_400() {
+        for target in [
+            "gw:443",
+            "v1/models",
+            "ftp://gw/v1/models",
+            "http:/gw/v1",
+            "httpx://gw/",
+        ] {
+            let buf = format!("GET {target} HTTP/1.1\r\nHost: gw\r\n\r\n");
+            assert!(
+                bad(buf.as_bytes()).starts_with("unsupported request target"),
+                "{target}"
+            );
+        }
+        let buf = b"OPTIONS * HTTP/1.1\r\nHost: gw\r\n\r\n";
+        assert_eq!(complete(buf).target(buf), "*");
     }
 
     #[test]

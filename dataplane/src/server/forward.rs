@@ -20,10 +20,15 @@ use super::worker::{RequestId, View, Worker};
 use crate::clock::now_millis;
 use crate::error::GatewayError;
 use crate::health::DEFAULT_COOL_DOWN;
-use crate::http::{connection_lists, is_hop_by_hop, parse_response, HeaderSpan, Parse};
+use crate::http::{
+    connection_lists, folds_to, folds_to_framing, is_hop_by_hop, is_plain_name, parse_response,
+    HeaderSpan, Parse,
+};
 use crate::json_edit::{set_string_member, EditError};
 use crate::route::Operation;
-use crate::snapshot::{BackendKind, Deployment, HttpUpstream, Secret, Timeouts};
+use crate::snapshot::{
+    BackendKind, Deployment, HeadersWithUnderscores, HttpUpstream, Secret, Timeouts,
+};
 
 /// Largest upstream response head accepted.
 const MAX_UPSTREAM_HEAD: usize = 64 * 1024;
@@ -169,7 +174,8 @@ impl Client {
                     },
                 },
             };
-            if let Err(err) = self.build_upstream_request(&target, op, rid) {
+            let underscores = snapshot.server.headers_with_underscores;
+            if let Err(err) = self.build_upstream_request(&target, op, rid, underscores) {
                 result = Some(self.respond_error(*rid, &err, close).await);
                 break;
             }
@@ -225,12 +231,15 @@ impl Client {
         }
     }
 
-    /// Writes the upstream request (head and body) into `self.req`.
+    /// Writes the upstream request (head and body) into `self.req`. A header name with `_`
+    /// or one that reads as a header Sluice manages is dropped or refused as `underscores`
+    /// says (see [`HeadersWithUnderscores`]).
     fn build_upstream_request(
         &mut self,
         t: &HttpTarget<'_>,
         op: Operation,
         rid: &RequestId,
+        underscores: HeadersWithUnderscores,
     ) -> Result<(), GatewayError> {
         let req = &mut self.req;
         req.clear();
@@ -274,6 +283,30 @@ impl Client {
                 || (lists && connection_lists(&self.buf, &self.head.headers, name))
             {
                 continue;
+            }
+            // Almost every name is letters, digits and `-`: one pass over it, and nothing
+            // more. Only other spellings are folded and compared with the managed names.
+            if !is_plain_name(name) {
+                let managed = folds_to_framing(name)
+                    || DROPPED_REQUEST_HEADERS
+                        .iter()
+                        .any(|d| folds_to(name, d.as_bytes()));
+                let underscore = memchr::memchr(b'_', name).is_some();
+                match underscores {
+                    HeadersWithUnderscores::RejectRequest if managed || underscore => {
+                        return Err(refused_header_name(name, managed));
+                    }
+                    HeadersWithUnderscores::Allow if !managed => {}
+                    _ if managed || underscore => {
+                        tracing::debug!(
+                            header = %String::from_utf8_lossy(name),
+                            managed,
+                            "request header not forwarded: its name is spelled with `_` or another separator"
+                        );
+                        continue;
+                    }
+                    _ => {}
+                }
             }
             local::header(req, name, value);
         }
@@ -500,6 +533,21 @@ pub(super) fn has_connection_header(buf: &[u8], headers: &[HeaderSpan]) -> bool 
     headers
         .iter()
         .any(|h| h.name(buf).eq_ignore_ascii_case(b"connection"))
+}
+
+/// The 400 for a request header name refused under `headers_with_underscores =
+/// "reject_request"`: `managed` when it reads as a header Sluice frames, drops or sets.
+fn refused_header_name(name: &[u8], managed: bool) -> GatewayError {
+    let name = String::from_utf8_lossy(name);
+    let why = if managed {
+        "reads as a header the gateway manages (framing, connection, host, credential or forwarding) once `_` and other separators are read as `-`"
+    } else {
+        "contains an underscore"
+    };
+    GatewayError::invalid_request(
+        format!("The request header `{name}` is not accepted: its name {why}. Send header names with `-` instead."),
+        None,
+    )
 }
 
 fn is_retryable(status: u16) -> bool {

@@ -15,7 +15,8 @@ use super::usage_tap::UsageTap;
 use super::worker::{RequestId, Worker};
 use crate::error::GatewayError;
 use crate::http::{
-    connection_lists, is_hop_by_hop, write_chunk, ChunkedDecoder, ResponseFraming, LAST_CHUNK,
+    connection_lists, folds_to, folds_to_framing, is_hop_by_hop, is_plain_name, write_chunk,
+    ChunkedDecoder, ResponseFraming, LAST_CHUNK,
 };
 use crate::snapshot::Timeouts;
 
@@ -281,8 +282,9 @@ impl Client {
         }
     }
 
-    /// The client's response head: the backend's status and headers less hop-by-hop ones,
-    /// Sluice's own framing, request id and connection headers.
+    /// The client's response head: the backend's status and headers less hop-by-hop ones
+    /// (under any spelling that folds to one, see [`folds_to_framing`]), Sluice's own
+    /// framing, request id and connection headers.
     fn write_response_head(
         &self,
         out: &mut Vec<u8>,
@@ -304,6 +306,15 @@ impl Client {
                 || name.eq_ignore_ascii_case(b"content-length")
                 || (lists && connection_lists(&self.ubuf, &r.headers, name))
             {
+                continue;
+            }
+            // A backend's `Transfer_Encoding` or `Content.Length` would be a second framing
+            // header to a client that folds separators; Sluice frames the answer alone.
+            if !is_plain_name(name) && (folds_to_framing(name) || folds_to(name, b"x-request-id")) {
+                tracing::debug!(
+                    header = %String::from_utf8_lossy(name),
+                    "response header not relayed: it reads as a framing, connection or request-id header"
+                );
                 continue;
             }
             if name.eq_ignore_ascii_case(b"x-request-id") {
