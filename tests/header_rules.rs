@@ -282,6 +282,44 @@ fn reject_request_answers_400_naming_the_header_and_sends_nothing() {
     assert_eq!(up.request_count(), 1);
 }
 
+/// `reject_request` refuses as soon as the head is read, whatever follows: before routing
+/// (an unknown path is 400, not 404), before credentials are checked (400, not 401), for a
+/// mock-served deployment as for a forwarded one, and without waiting for the body.
+#[test]
+fn reject_request_refuses_at_the_head_before_routing_and_credentials() {
+    let body = format!(
+        "{}\n[[product]]\nname = \"p\"\n\n[[subscription]]\nname = \"s\"\nproduct = \"p\"\nkeys = [\"{}\"]\n",
+        r#"
+[[backend]]
+name = "m"
+kind = "mock"
+
+[[deployment]]
+name = "gpt-4o"
+backends = [{ backend = "m" }]
+"#,
+        "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+    );
+    let s = Launch::new(&body)
+        .server("headers_with_underscores = \"reject_request\"")
+        .start();
+    for target in [CHAT_TARGET, "/nope"] {
+        let mut c = s.connect();
+        // A body announced but never sent: the answer must not wait for it.
+        c.send(
+            format!(
+                "POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\napi-key: wrong\r\n\
+                 X_Thing: 1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        c.set_read_timeout(std::time::Duration::from_secs(5));
+        let resp = c.read_response();
+        assert_openai_error(&resp, 400, None);
+        assert!(resp.text().contains("`X_Thing`"), "{}", resp.text());
+    }
+}
+
 /// A backend whose answers carry disguised framing headers: the first a Content-Length
 /// body with `Transfer_Encoding: chunked` and `Content_Length` beside it, the second a
 /// chunked body with `Content_Length` and `Content.Length`.

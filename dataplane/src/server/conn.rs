@@ -14,6 +14,7 @@ use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 
 use super::body_deadline::BodyDeadline;
+use super::forward::refused_header_name;
 use super::io::{read_more, read_more_within, write_all_within};
 use super::local;
 use super::usage_tap::{Charge, UsageTap};
@@ -27,6 +28,7 @@ use crate::route::{route, DeploymentRef, Operation, RouteError};
 use crate::snapshot::access::{
     Estimator as EstimatorChoice, LimitUnit, TokenSettings, TokenizerFamily,
 };
+use crate::snapshot::HeadersWithUnderscores;
 use crate::tokens::estimate::{
     family_for_model, reservation, Estimator, FactsError, Family, RequestFacts,
 };
@@ -223,6 +225,14 @@ impl Client {
             Ok(gate) => gate,
             Err(err) => return self.refuse(rid, &err, close).await,
         };
+
+        // Header names a backend could fold into framing or credentials, refused outright
+        // when so configured (else they are dropped when the request is forwarded).
+        if server.headers_with_underscores == HeadersWithUnderscores::RejectRequest {
+            if let Some(err) = refused_header_name(&self.buf, &self.head.headers) {
+                return self.refuse(rid, &err, close).await;
+            }
+        }
 
         // Route and authenticate before reading the body: a refused request's body is never
         // read (nor asked for with `100 Continue`).

@@ -286,26 +286,19 @@ impl Client {
             }
             // Almost every name is letters, digits and `-`: one pass over it, and nothing
             // more. Only other spellings are folded and compared with the managed names.
+            // (`reject_request` refused such names when the head arrived.)
             if !is_plain_name(name) {
-                let managed = folds_to_framing(name)
-                    || DROPPED_REQUEST_HEADERS
-                        .iter()
-                        .any(|d| folds_to(name, d.as_bytes()));
-                let underscore = memchr::memchr(b'_', name).is_some();
-                match underscores {
-                    HeadersWithUnderscores::RejectRequest if managed || underscore => {
-                        return Err(refused_header_name(name, managed));
-                    }
-                    HeadersWithUnderscores::Allow if !managed => {}
-                    _ if managed || underscore => {
+                match (spelling(name), underscores) {
+                    (Spelling::Other, _)
+                    | (Spelling::Underscore, HeadersWithUnderscores::Allow) => {}
+                    (spelling, _) => {
                         tracing::debug!(
                             header = %String::from_utf8_lossy(name),
-                            managed,
+                            managed = spelling == Spelling::Managed,
                             "request header not forwarded: its name is spelled with `_` or another separator"
                         );
                         continue;
                     }
-                    _ => {}
                 }
             }
             local::header(req, name, value);
@@ -535,9 +528,50 @@ pub(super) fn has_connection_header(buf: &[u8], headers: &[HeaderSpan]) -> bool 
         .any(|h| h.name(buf).eq_ignore_ascii_case(b"connection"))
 }
 
-/// The 400 for a request header name refused under `headers_with_underscores =
-/// "reject_request"`: `managed` when it reads as a header Sluice frames, drops or sets.
-fn refused_header_name(name: &[u8], managed: bool) -> GatewayError {
+/// What a header name that is not plain (letters, digits and `-` only) reads as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Spelling {
+    /// Once case is folded and `_` and other separators read as `-`, a header Sluice frames,
+    /// drops or sets (framing, hop-by-hop, host, credentials, forwarding): never forwarded.
+    Managed,
+    /// Another name with `_`: as `headers_with_underscores` says.
+    Underscore,
+    /// Another separator, reading as nothing Sluice manages: forwarded.
+    Other,
+}
+
+/// How the request header `name` (not plain) reads.
+pub(super) fn spelling(name: &[u8]) -> Spelling {
+    if folds_to_framing(name)
+        || DROPPED_REQUEST_HEADERS
+            .iter()
+            .any(|d| folds_to(name, d.as_bytes()))
+    {
+        Spelling::Managed
+    } else if memchr::memchr(b'_', name).is_some() {
+        Spelling::Underscore
+    } else {
+        Spelling::Other
+    }
+}
+
+/// The first request header name `headers_with_underscores = "reject_request"` refuses, as
+/// its 400: a name with `_`, or one reading as a header Sluice manages.
+pub(super) fn refused_header_name(buf: &[u8], headers: &[HeaderSpan]) -> Option<GatewayError> {
+    headers.iter().map(|h| h.name(buf)).find_map(|name| {
+        if is_plain_name(name) {
+            return None;
+        }
+        match spelling(name) {
+            Spelling::Other => None,
+            s => Some(refusal_of(name, s == Spelling::Managed)),
+        }
+    })
+}
+
+/// The 400 for a refused request header name: `managed` when it reads as a header Sluice
+/// frames, drops or sets.
+fn refusal_of(name: &[u8], managed: bool) -> GatewayError {
     let name = String::from_utf8_lossy(name);
     let why = if managed {
         "reads as a header the gateway manages (framing, connection, host, credential or forwarding) once `_` and other separators are read as `-`"
