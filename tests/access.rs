@@ -405,7 +405,15 @@ fn a_body_naming_model_twice_is_refused() {
         }
     }
     // A body that is not a JSON object is refused by Sluice, not guessed at.
-    let resp = post_raw(&s, AZURE, r#"{"model":"expensive" "x":1}"#);
-    assert_openai_error(&resp, 400, None);
+    for body in [
+        r#"{"model":"expensive" "x":1}"#,
+        // A second value after the object, which a backend might read instead.
+        r#"{"model":"cheap","messages":[]}{"model":"expensive"}"#,
+    ] {
+        for target in [AZURE, "/v1/chat/completions"] {
+            let resp = post_raw(&s, target, body);
+            assert_openai_error(&resp, 400, None);
+        }
+    }
     assert_eq!(cheap.request_count() + expensive.request_count(), 0);
 }

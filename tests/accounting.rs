@@ -662,3 +662,40 @@ fn a_request_sent_but_never_answered_keeps_its_reservation() {
     );
     assert_eq!(up.request_count(), 3, "the dropped request was not resent");
 }
+
+/// Bodies serde_json refuses but a lenient backend would read (NaN, a lone surrogate, a
+/// number out of range, a second JSON value) are refused when tokens are counted, not
+/// charged a guess and forwarded.
+#[test]
+fn bodies_sluice_cannot_read_are_refused_before_the_backend() {
+    let up = scripted_chat_upstream();
+    let s = start_scripted(&up, &quota_limits(BIG_QUOTA));
+    let messages = r#""messages":[{"role":"user","content":"hello"}]"#;
+    for body in [
+        format!(
+            r#"{{"model":"gpt-4o","temperature":NaN,{messages},"stream":true,"max_tokens":100000,"n":20}}"#
+        ),
+        format!(
+            r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"\ud800"}}],"max_tokens":100000}}"#
+        ),
+        format!(r#"{{"model":"gpt-4o",{messages},"max_tokens":1e400}}"#),
+        format!(r#"{{"model":"gpt-4o",{messages},"max_tokens":1}}{{"max_tokens":100000}}"#),
+        format!(
+            r#"{{"model":"gpt-4o","temperature":NaN,"stream":false,"stream":true,{messages}}}"#
+        ),
+    ] {
+        let resp = s.request(
+            "POST",
+            "/v1/chat/completions",
+            &[("Content-Type", "application/json"), ("api-key", KEY_A)],
+            body.as_bytes(),
+        );
+        assert_openai_error(&resp, 400, None);
+        assert!(
+            resp.text().contains("could not parse"),
+            "{body}: {}",
+            resp.text()
+        );
+    }
+    assert_eq!(up.request_count(), 0, "nothing reached the backend");
+}

@@ -30,21 +30,19 @@ pub enum EditError {
 /// nothing needs changing: the member already holds exactly that string, or it is absent
 /// and `insert` is false. An absent member is added first in the object when `insert`.
 ///
-/// Errors: [`EditError::Malformed`] when the body is not a JSON object (after optional
-/// whitespace), [`EditError::Duplicate`] when `key` appears twice at the top level.
+/// Errors: [`EditError::Malformed`] when the body is not one JSON object (optional
+/// whitespace around it, nothing else: a backend reading a second value after it would see
+/// another request), [`EditError::Duplicate`] when `key` appears twice at the top level.
 pub fn set_string_member(
     body: &[u8],
     key: &str,
     value: &str,
     insert: bool,
 ) -> Result<Option<Vec<u8>>, EditError> {
-    let top = skip_ws(body, 0);
-    if body.get(top) != Some(&b'{') {
-        return Err(EditError::Malformed);
-    }
+    let (top, found) = top_member(body, key.as_bytes())?;
     // A config string serialises infallibly; quoted and escaped as JSON wants.
     let quoted = serde_json::to_vec(value).map_err(|_| EditError::Malformed)?;
-    match member(body, top, key.as_bytes())? {
+    match found {
         Some(span) => {
             let current = &body[span.clone()];
             if current == quoted.as_slice()
@@ -82,9 +80,25 @@ pub(crate) fn splice(out: &mut Vec<u8>, body: &[u8], range: Range<usize>, with: 
     out.extend_from_slice(&body[range.end..]);
 }
 
+/// The body's top-level object (where its `{` is) and the value span of its member `key`,
+/// when the body is one JSON object with only whitespace around it.
+pub fn top_member(body: &[u8], key: &[u8]) -> Result<(usize, Option<Range<usize>>), EditError> {
+    let top = skip_ws(body, 0);
+    let (found, end) = walk(body, top, key)?;
+    if skip_ws(body, end) != body.len() {
+        return Err(EditError::Malformed);
+    }
+    Ok((top, found))
+}
+
 /// The value span of member `key` of the object starting at `obj` (its `{`): `Ok(None)`
 /// when absent. Keys with escapes are decoded before the comparison.
 pub(crate) fn member(b: &[u8], obj: usize, key: &[u8]) -> Result<Option<Range<usize>>, EditError> {
+    walk(b, obj, key).map(|(found, _)| found)
+}
+
+/// [`member`], and the index just after the object.
+fn walk(b: &[u8], obj: usize, key: &[u8]) -> Result<(Option<Range<usize>>, usize), EditError> {
     use EditError::{Duplicate, Malformed};
     if b.get(obj) != Some(&b'{') {
         return Err(Malformed);
@@ -92,7 +106,7 @@ pub(crate) fn member(b: &[u8], obj: usize, key: &[u8]) -> Result<Option<Range<us
     let mut i = skip_ws(b, obj + 1);
     let mut found = None;
     if b.get(i) == Some(&b'}') {
-        return Ok(None);
+        return Ok((None, i + 1));
     }
     loop {
         let key_end = skip_string(b, i).ok_or(Malformed)?;
@@ -119,7 +133,7 @@ pub(crate) fn member(b: &[u8], obj: usize, key: &[u8]) -> Result<Option<Range<us
         i = skip_ws(b, end);
         match b.get(i) {
             Some(b',') => i = skip_ws(b, i + 1),
-            Some(b'}') => return Ok(found),
+            Some(b'}') => return Ok((found, i + 1)),
             _ => return Err(Malformed),
         }
     }
@@ -281,6 +295,9 @@ mod tests {
             r#"{"a":]"#,
             r#"{"a":}}"#,
             r#"{"mod\"#,
+            // A second value after the object: a backend might read that one.
+            r#"{"model":"cheap"}{"model":"expensive"}"#,
+            r#"{"model":"cheap"} x"#,
         ] {
             assert_eq!(
                 set(body, "cheap", true),

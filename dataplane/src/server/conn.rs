@@ -315,7 +315,16 @@ impl Client {
         let tokens = if counts_tokens {
             let facts = match RequestFacts::parse(op, &self.body) {
                 Ok(facts) => facts,
-                Err(FactsError::NotJson(_)) => RequestFacts::unreadable(op, self.body.len()),
+                // A body Sluice cannot read is refused, not charged a guess and forwarded: a
+                // more lenient backend (NaN, lone surrogates, numbers out of range) would
+                // read caps and streams Sluice never saw.
+                Err(FactsError::NotJson(e)) => {
+                    let err = GatewayError::invalid_request(
+                        format!("We could not parse the JSON body of your request ({e}). The body must be a JSON object."),
+                        None,
+                    );
+                    return self.respond_error(rid, &err, close).await;
+                }
                 // Sluice and the backend must read the same request: refused before either
                 // decides anything on it.
                 Err(FactsError::Refused(refusal)) => {
@@ -441,9 +450,8 @@ impl Client {
                 None,
             )
         };
-        let top = json_edit::skip_ws(&self.body, 0);
-        let span = match json_edit::member(&self.body, top, b"model") {
-            Ok(span) => span,
+        let span = match json_edit::top_member(&self.body, b"model") {
+            Ok((_, span)) => span,
             Err(EditError::Duplicate) => {
                 return Err(GatewayError::invalid_request(
                     "The request body gives `model` more than once.",

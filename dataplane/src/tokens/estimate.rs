@@ -62,16 +62,16 @@ pub struct Prompt<'a> {
     pub pieces: Vec<Cow<'a, str>>,
     /// Chat messages (each costs [`TOKENS_PER_MESSAGE`] beyond its text).
     pub messages: u32,
-    /// Token ids sent already tokenised (`prompt` / `input` as integer arrays): exact. For
-    /// [`RequestFacts::unreadable`], the heuristic count of the whole body.
+    /// Token ids sent already tokenised (`prompt` / `input` as integer arrays): exact.
     pub token_ids: u64,
 }
 
 /// Why no facts could be read from a body.
 #[derive(Debug, thiserror::Error)]
 pub enum FactsError {
-    /// The body is not a JSON object: the caller charges the fallback
-    /// ([`RequestFacts::unreadable`]) and lets the backend refuse it.
+    /// The body is not a JSON object serde_json reads (RFC 8259: no `NaN`, no lone
+    /// surrogates, nothing after the object): the request must be refused (400), since a
+    /// more lenient backend would read what Sluice could not.
     #[error("request body is not a JSON object: {0}")]
     NotJson(#[from] serde_json::Error),
     /// A field Sluice decides on is repeated or of a type whose meaning is in doubt: the
@@ -101,20 +101,6 @@ impl<'a> RequestFacts<'a> {
                 Ok(facts)
             }
             (Err(e), None) => Err(FactsError::NotJson(e)),
-        }
-    }
-
-    /// The facts charged for a body that [`RequestFacts::parse`] refused: its whole length
-    /// counted as prompt text by the heuristic, no cap (so the configured default applies).
-    pub fn unreadable(operation: Operation, body_len: usize) -> RequestFacts<'static> {
-        RequestFacts {
-            n: 1,
-            operation: Some(operation),
-            prompt: Prompt {
-                token_ids: heuristic_bytes(body_len),
-                ..Prompt::default()
-            },
-            ..RequestFacts::default()
         }
     }
 
