@@ -675,9 +675,8 @@ fn bodies_sluice_cannot_read_are_refused_before_the_backend() {
         format!(
             r#"{{"model":"gpt-4o","temperature":NaN,{messages},"stream":true,"max_tokens":100000,"n":20}}"#
         ),
-        format!(
-            r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"\ud800"}}],"max_tokens":100000}}"#
-        ),
+        r#"{"model":"gpt-4o","messages":[{"role":"user","content":"\ud800"}],"max_tokens":100000}"#
+            .to_string(),
         format!(r#"{{"model":"gpt-4o",{messages},"max_tokens":1e400}}"#),
         format!(r#"{{"model":"gpt-4o",{messages},"max_tokens":1}}{{"max_tokens":100000}}"#),
         format!(
