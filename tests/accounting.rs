@@ -698,3 +698,47 @@ fn bodies_sluice_cannot_read_are_refused_before_the_backend() {
     }
     assert_eq!(up.request_count(), 0, "nothing reached the backend");
 }
+
+/// Refunds of refused answers land in the worker's lease while the shared bucket refills: the
+/// sum may pass the limit for a while, but `x-ratelimit-remaining-tokens` never says more
+/// than `x-ratelimit-limit-tokens`.
+#[test]
+fn remaining_tokens_never_reads_above_the_limit() {
+    let refusals = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(12));
+    let left = refusals.clone();
+    let up = Upstream::start(move |_, s: &mut TcpStream| {
+        use std::sync::atomic::Ordering::SeqCst;
+        if left
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            let body = br#"{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}"#;
+            respond(s, 400, &[("content-type", "application/json")], body);
+        } else {
+            let bytes = serde_json::to_vec(&upstream_chat_answer("m")).unwrap();
+            respond(s, 200, &[("content-type", "application/json")], &bytes);
+        }
+        After::KeepAlive
+    });
+    let deployments = format!(
+        "{}tokens = {{ estimator = \"heuristic\", default_max_tokens = 100 }}\n",
+        openai_backend_body(&up.url(), "gpt-4o")
+    );
+    // Per second, so the bucket refills behind the lease within the test.
+    let limits = r#"limits = [{ unit = "tokens", rate = 2000, per = "second" }]"#;
+    let s = Launch::new(&body_with(&deployments, limits))
+        .workers(1)
+        .start();
+    let body = chat_with(json!({"max_tokens": null}));
+    for i in 0..16 {
+        thread::sleep(Duration::from_millis(100));
+        let resp = chat_settled(&s, KEY_A, &body);
+        let limit = num_header(&resp, "x-ratelimit-limit-tokens");
+        let remaining = num_header(&resp, "x-ratelimit-remaining-tokens");
+        assert_eq!(limit, 2000);
+        assert!(
+            remaining <= limit,
+            "request {i}: remaining {remaining} > limit {limit}"
+        );
+    }
+}

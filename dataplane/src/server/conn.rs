@@ -697,7 +697,9 @@ fn rate_limit_headers(out: &mut Vec<u8>, admission: &Admission) {
         local::header(
             out,
             b"x-ratelimit-remaining-requests",
-            num.format(remaining).as_bytes(),
+            // A worker's lease can hold tokens while the shared bucket refills to full: the
+            // sum may pass the limit, but no client is told it has more than the limit.
+            num.format(remaining.min(limit)).as_bytes(),
         );
     }
     if let Some((limit, remaining)) = admission.tokens {
@@ -709,7 +711,9 @@ fn rate_limit_headers(out: &mut Vec<u8>, admission: &Admission) {
         local::header(
             out,
             b"x-ratelimit-remaining-tokens",
-            num.format(remaining).as_bytes(),
+            // A worker's lease can hold tokens while the shared bucket refills to full: the
+            // sum may pass the limit, but no client is told it has more than the limit.
+            num.format(remaining.min(limit)).as_bytes(),
         );
     }
 }
