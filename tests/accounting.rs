@@ -742,3 +742,35 @@ fn remaining_tokens_never_reads_above_the_limit() {
         );
     }
 }
+
+/// Usage is read from the answer's bytes, so while a token limit is to be settled the
+/// backend is asked for an uncoded answer (`accept-encoding: identity`, the client's own
+/// `Accept-Encoding` not forwarded); without a token limit the client's header goes as is.
+#[test]
+fn answers_whose_usage_is_read_are_asked_for_uncoded() {
+    let up = scripted_chat_upstream();
+    let s = start_scripted(&up, &quota_limits(BIG_QUOTA));
+    let resp = post_with(
+        &s,
+        "/v1/chat/completions",
+        &[("api-key", KEY_A), ("Accept-Encoding", "gzip, deflate, br")],
+        &chat_body(Some("gpt-4o"), false),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let got = up.requests().pop().unwrap();
+    assert_eq!(got.head.header_all("accept-encoding"), ["identity"]);
+
+    let free = Launch::new(&openai_backend_body(&up.url(), "gpt-4o")).start();
+    let resp = post_with(
+        &free,
+        "/v1/chat/completions",
+        &[("Accept-Encoding", "gzip, deflate, br")],
+        &chat_body(Some("gpt-4o"), false),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let got = up.requests().pop().unwrap();
+    assert_eq!(
+        got.head.header_all("accept-encoding"),
+        ["gzip, deflate, br"]
+    );
+}

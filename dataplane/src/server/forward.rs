@@ -270,11 +270,20 @@ impl Client {
         local::header(req, b"host", t.upstream.host_header.as_bytes());
         let mut forwarded_for: Option<&[u8]> = None;
         let lists = has_connection_header(&self.buf, &self.head.headers);
+        // Usage is read from the answer's bytes: a compressed answer would hide it (and the
+        // usage chunk Sluice asked for could not be dropped), so the answer must come as is.
+        let identity = self.usage.awaits_answer();
+        if identity {
+            local::header(req, b"accept-encoding", b"identity");
+        }
         for h in &self.head.headers {
             let name = &self.buf[h.name.clone()];
             let value = &self.buf[h.value.clone()];
             if name.eq_ignore_ascii_case(b"x-forwarded-for") {
                 forwarded_for = Some(value);
+            }
+            if identity && name.eq_ignore_ascii_case(b"accept-encoding") {
+                continue;
             }
             if is_hop_by_hop(name)
                 || DROPPED_REQUEST_HEADERS

@@ -108,6 +108,12 @@ impl UsageTap {
         };
     }
 
+    /// Whether the answer's usage will be read (a token limit is to be settled): the answer
+    /// must then come uncoded.
+    pub fn awaits_answer(&self) -> bool {
+        matches!(self, UsageTap::Pending { .. })
+    }
+
     /// Whether the body must go through [`UsageTap::feed`]'s output instead of as it came.
     pub fn filters(&self) -> bool {
         matches!(
