@@ -41,11 +41,12 @@ pub struct RequestFacts<'a> {
     pub stream: bool,
     /// `stream_options.include_usage: true`: the client asked for the usage chunk itself.
     pub include_usage: bool,
-    /// The completion's cap: `max_completion_tokens`, else `max_tokens` (chat); `max_tokens`
-    /// (completions); `max_output_tokens` (responses). `None` when absent.
+    /// The completion's cap: the larger of `max_completion_tokens` and `max_tokens` (chat:
+    /// either may be the one a backend honours); `max_tokens` (completions);
+    /// `max_output_tokens` (responses). `None` when absent.
     pub max_tokens: Option<u64>,
-    /// Completions asked for: `n` (chat), the larger of `n` and `best_of` (completions);
-    /// at least 1.
+    /// Completions asked for: `n` (chat); the larger of `n` and `best_of`, times the prompts
+    /// of a batch `prompt` (completions); at least 1.
     pub n: u32,
     /// The prompt's text, as found.
     pub prompt: Prompt<'a>,
@@ -389,6 +390,8 @@ impl<'de> Visitor<'de> for FactsVisitor<'_> {
         let mut facts = RequestFacts::default();
         let (mut max_tokens, mut max_completion, mut max_output) = (None, None, None);
         let (mut n, mut best_of) = (None, None);
+        // Completions prompts in the request (a batch answers each one).
+        let mut prompts = 1u32;
         // Every field read here, once each (bit = the variant's index).
         let mut seen = 0u32;
         let refused = self.refused;
@@ -431,7 +434,10 @@ impl<'de> Visitor<'de> for FactsVisitor<'_> {
                 (Field::N, _) => n = map.next_value_seed(strict(Kind::Count))?.count(),
                 (Field::BestOf, _) => best_of = map.next_value_seed(strict(Kind::Count))?.count(),
                 (Field::Messages, Chat) => map.next_value_seed(MessagesSeed(&mut facts.prompt))?,
-                (Field::Prompt | Field::Suffix, Completions)
+                (Field::Prompt, Completions) => {
+                    prompts = map.next_value_seed(CompletionPrompt(&mut facts.prompt))?
+                }
+                (Field::Suffix, Completions)
                 | (Field::Input, Embeddings | Responses)
                 | (Field::Instructions, Responses) => {
                     map.next_value_seed(Collect::new(&mut facts.prompt, Mode::Text))?
@@ -447,12 +453,16 @@ impl<'de> Visitor<'de> for FactsVisitor<'_> {
         let count = |x: Option<u64>| u32::try_from(x.unwrap_or(1)).unwrap_or(u32::MAX).max(1);
         match op {
             Chat => {
-                facts.max_tokens = max_completion.or(max_tokens);
+                // Both given: the larger, whichever one the backend honours.
+                facts.max_tokens = match (max_completion, max_tokens) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
                 facts.n = count(n);
             }
             Completions => {
                 facts.max_tokens = max_tokens;
-                facts.n = count(n).max(count(best_of));
+                facts.n = count(n).max(count(best_of)).saturating_mul(prompts.max(1));
             }
             Responses => {
                 facts.max_tokens = max_output;
@@ -586,6 +596,139 @@ impl<'de> Visitor<'de> for Collect<'_, 'de> {
             }
         }
         Ok(())
+    }
+}
+
+/// Completions `prompt`: collects its text and counts its prompts — a string or one array of
+/// token ids is one prompt; an array of strings or of token-id arrays is a batch, each
+/// element answered on its own (`n` completions each).
+struct CompletionPrompt<'p, 'a>(&'p mut Prompt<'a>);
+
+impl<'de> DeserializeSeed<'de> for CompletionPrompt<'_, 'de> {
+    type Value = u32;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<u32, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CompletionPrompt<'_, 'de> {
+    type Value = u32;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a prompt")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u32, A::Error> {
+        let (mut elements, mut integers) = (0u32, 0u32);
+        while let Some(integer) = seq.next_element_seed(PromptElement(&mut *self.0))? {
+            elements = elements.saturating_add(1);
+            integers = integers.saturating_add(u32::from(integer));
+        }
+        // An array of integers is one tokenised prompt, not a batch.
+        Ok(if elements > 0 && integers == elements {
+            1
+        } else {
+            elements.max(1)
+        })
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<u32, E> {
+        self.0.pieces.push(Cow::Borrowed(v));
+        Ok(1)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<u32, E> {
+        self.0.pieces.push(Cow::Owned(v.to_owned()));
+        Ok(1)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<u32, E> {
+        Ok(1)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<u32, E> {
+        Ok(1)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<u32, E> {
+        Ok(1)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<u32, E> {
+        Ok(1)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<u32, E> {
+        Ok(1)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<u32, A::Error> {
+        Collect::new(self.0, Mode::Text).visit_map(map).map(|()| 1)
+    }
+}
+
+/// One element of a completions `prompt` array, collected as prompt text; the value says
+/// whether it was an integer (a token id of a single tokenised prompt).
+struct PromptElement<'p, 'a>(&'p mut Prompt<'a>);
+
+impl<'de> DeserializeSeed<'de> for PromptElement<'_, 'de> {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<bool, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PromptElement<'_, 'de> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a prompt or a token id")
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<bool, E> {
+        Collect::new(self.0, Mode::Text).visit_u64(v).map(|()| true)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<bool, E> {
+        Collect::new(self.0, Mode::Text).visit_i64(v).map(|()| true)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<bool, E> {
+        Collect::new(self.0, Mode::Text)
+            .visit_borrowed_str(v)
+            .map(|()| false)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+        Collect::new(self.0, Mode::Text)
+            .visit_str(v)
+            .map(|()| false)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<bool, A::Error> {
+        Collect::new(self.0, Mode::Text)
+            .visit_seq(seq)
+            .map(|()| false)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<bool, A::Error> {
+        Collect::new(self.0, Mode::Text)
+            .visit_map(map)
+            .map(|()| false)
     }
 }
 

@@ -107,8 +107,8 @@ fn reservation_adds_the_completion_cap_times_n() {
         "max_completion_tokens":40}"#;
     let facts = chat(n3);
     assert_eq!(facts.n, 3);
-    assert_eq!(facts.max_tokens, Some(40), "max_completion_tokens wins");
-    assert_eq!(reservation(&facts, 10, 4096), 10 + 3 * 40);
+    assert_eq!(facts.max_tokens, Some(50), "both given: the larger");
+    assert_eq!(reservation(&facts, 10, 4096), 10 + 3 * 50);
     // n absent: default cap once.
     let facts = chat(br#"{"messages":[],"n":3}"#);
     assert_eq!(reservation(&facts, 10, 100), 310);
@@ -443,4 +443,49 @@ fn warm_builds_both_tables() {
     assert!(O200K.warm());
     assert!(CL100K.warm());
     assert!(Estimator::Heuristic.warm());
+}
+
+#[test]
+fn a_completions_batch_reserves_a_cap_per_prompt() {
+    fn completions(body: &[u8]) -> RequestFacts<'_> {
+        RequestFacts::parse(Operation::Completions, body).unwrap()
+    }
+    for (body, n) in [
+        (&br#"{"prompt":"one","max_tokens":100}"#[..], 1),
+        (br#"{"prompt":["a","b","c"],"max_tokens":100}"#, 3),
+        (br#"{"prompt":["a","b"],"n":2,"max_tokens":100}"#, 4),
+        (
+            br#"{"prompt":["a","b"],"best_of":3,"n":2,"max_tokens":100}"#,
+            6,
+        ),
+        // One tokenised prompt, and a batch of tokenised prompts (even of one token each).
+        (br#"{"prompt":[1,2,3],"max_tokens":100}"#, 1),
+        (br#"{"prompt":[[1],[2],[3],[4]],"max_tokens":100}"#, 4),
+        (br#"{"prompt":[[1,2],"b"],"max_tokens":100}"#, 2),
+    ] {
+        let facts = completions(body);
+        assert_eq!(facts.n, n, "{}", String::from_utf8_lossy(body));
+        assert_eq!(
+            reservation(&facts, 0, 1000),
+            100 * u64::from(n),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    // The batch's text is all counted.
+    let facts = completions(br#"{"prompt":["alpha","beta"],"suffix":"gamma"}"#);
+    assert_eq!(facts.prompt.pieces, ["alpha", "beta", "gamma"]);
+    let facts = completions(br#"{"prompt":[[1,2],[3]]}"#);
+    assert_eq!(facts.prompt.token_ids, 3);
+}
+
+#[test]
+fn chat_with_both_caps_reserves_the_larger() {
+    for body in [
+        &br#"{"max_completion_tokens":1,"max_tokens":100000}"#[..],
+        br#"{"max_tokens":100000,"max_completion_tokens":1}"#,
+        br#"{"max_tokens":1,"max_completion_tokens":100000}"#,
+    ] {
+        assert_eq!(chat(body).max_tokens, Some(100_000));
+    }
 }
