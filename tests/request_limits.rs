@@ -127,6 +127,41 @@ fn refused_routes_count_against_the_client_ip_limit() {
     assert_rate_limited(&post_with(&s, "/nope", &[], &chat));
 }
 
+/// Requests whose heads are refused before they are whole — an invalid Host, a bare LF, a
+/// head too large, a head too slow — count against their address too.
+#[test]
+fn malformed_heads_count_against_the_client_ip_limit() {
+    let s = Launch::new(MOCK_DEPLOYMENTS)
+        .server(
+            "client_ip_limits = [{ unit = \"requests\", rate = 4, per = \"minute\" }]\n\
+             [server.timeouts]\nhead_read = \"1s\"",
+        )
+        .start();
+    let big = format!(
+        "GET /v1/models HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "x".repeat(70_000)
+    );
+    for raw in [
+        &b"GET /v1/models HTTP/1.1\r\nHost: a, b\r\n\r\n"[..],
+        b"GET /v1/models HTTP/1.1\nHost: a\n\n",
+        big.as_bytes(),
+        // Never finished: a 408 after head_read.
+        b"GET /v1/models HTTP/1.1\r\nHost: a\r\n",
+    ] {
+        let mut c = s.connect();
+        c.set_read_timeout(Duration::from_secs(5));
+        let _ = c.try_send(raw);
+        let resp = c.read_response();
+        assert!(
+            matches!(resp.status, 400 | 408 | 431),
+            "{}: {}",
+            resp.status,
+            resp.text()
+        );
+    }
+    assert_rate_limited(&s.get("/v1/models"));
+}
+
 #[test]
 fn a_request_refused_by_the_client_ip_limit_is_not_waited_for() {
     let s = Launch::new(MOCK_DEPLOYMENTS)

@@ -178,6 +178,9 @@ impl Client {
                 Ok(Parse::Complete) => break,
                 Ok(Parse::Partial) => {}
                 Err(e) => {
+                    // A malformed head counts against its address too (its answer is this
+                    // error whatever the limit says).
+                    self.count_client_ip(worker, view);
                     let err = GatewayError::bad_framing(e.status(), e.message());
                     return self
                         .respond_error(worker.next_request_id(), &err, true)
@@ -190,6 +193,7 @@ impl Client {
                 Ok((Ok(n), buf)) if n > 0 => self.buf = buf,
                 Ok(_) => return Next::Close,
                 Err(_) => {
+                    self.count_client_ip(worker, view);
                     let err = GatewayError::bad_framing(
                         408,
                         "Request timeout: the request head did not arrive in time.",
@@ -582,6 +586,19 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Counts a request that ends before its head was whole (malformed, too large, too slow)
+    /// against the requests-unit client-IP limits, as every request is; its answer is already
+    /// decided (the error), so a refusal here changes nothing but the count.
+    fn count_client_ip(&self, worker: &Worker, view: &View) {
+        let snapshot = &view.snapshot;
+        let _ = gate_client_ip(
+            &worker.limits,
+            &snapshot.access,
+            &snapshot.runtime.limit_ids,
+            self.peer.ip(),
+        );
     }
 
     /// Answers a request refused before its body was read. A body already wholly in the
