@@ -129,6 +129,52 @@ fn late_second_response_reaches_no_client_epoll() {
     late_second_response_reaches_no_client("epoll");
 }
 
+/// The race the check before reuse cannot close: the backend's unsolicited response is
+/// still on its way when the next request takes the connection, and is read as that
+/// request's answer (HTTP/1.1 gives answers no request id). Once the backend is caught —
+/// here by the real answer arriving after it — it is distrusted and gets no pooled
+/// connection: every later request has a connection of its own and its own answer.
+#[test]
+fn a_backend_caught_sending_unsolicited_bytes_loses_connection_reuse() {
+    let up = Upstream::start(|rec, s| {
+        let _ = s.write_all(&answer_naming(&marker_of(rec)));
+        let _ = s.flush();
+        thread::sleep(Duration::from_millis(50));
+        let _ = s.write_all(POISONED);
+        After::KeepAlive
+    });
+    let s = Launch::new(&openai_backend_body(&up.url(), "chat"))
+        .workers(1)
+        .start();
+    assert_own_answer(&s, "first", &[]);
+    // Right away, before the late response lands: this one may be answered by it.
+    let raced = s.post_json("/v1/chat/completions", &marked("raced"));
+    assert!(
+        raced.status == 200 || raced.status == 502,
+        "{}",
+        raced.text()
+    );
+    // Once the real answer has landed behind it, the next request finds the backend out.
+    thread::sleep(Duration::from_millis(300));
+    assert_own_answer(&s, "detector", &["first", "raced"]);
+    // Back to back, each as fast as the last: without distrust each would take the previous
+    // one's connection before its late response lands.
+    for i in 0..8 {
+        let marker = format!("later-{i}");
+        assert_own_answer(&s, &marker, &["first", "raced", "detector"]);
+    }
+    assert!(
+        s.wait_log("not reusing its connections", Duration::from_secs(5)),
+        "{}",
+        s.log()
+    );
+    assert_eq!(
+        up.connections(),
+        up.request_count() - 1,
+        "after the first reuse, no connection of a distrusted backend is reused"
+    );
+}
+
 /// The same after answers without a body (204, 304, a 200 with Content-Length 0): the first
 /// request gets the empty answer, then the late response follows; the next two clients get
 /// their own answers.
@@ -159,8 +205,9 @@ fn late_response_after_an_empty_answer(driver: &str) {
         assert_own_answer(&s, "second", &["empty-one"]);
         assert_own_answer(&s, "third", &["second"]);
         assert_eq!(up.request_count(), 3, "status {status}");
-        // The empty answer's connection was discarded; the next one was clean and reused.
-        assert_eq!(up.connections(), 2, "status {status}");
+        // The empty answer's connection was discarded, and the backend that wrote a response
+        // nobody asked for gets no pooled connection any more: three connections.
+        assert_eq!(up.connections(), 3, "status {status}");
     }
 }
 

@@ -11,6 +11,13 @@
 //! (RFC 9112 §9.3 gives such bytes no owner) therefore never reaches the next client: its
 //! connection is closed instead.
 //!
+//! The check cannot see bytes still on their way: a backend that writes an unsolicited
+//! response just as its connection is taken again has it read as the next request's answer
+//! (HTTP/1.1 gives answers no request id). So a backend caught sending what it was not asked
+//! for — late bytes found before reuse, or bytes past an answer's end — is distrusted: this
+//! worker pools no connection to it for [`DISTRUST_FOR`], and every request goes on a new
+//! connection of its own, where nothing of another exchange can arrive.
+//!
 //! [`take`]: UpstreamPools::take
 
 use std::cell::RefCell;
@@ -30,6 +37,9 @@ const MAX_IDLE_PER_ADDR: usize = 64;
 /// idle keep-alive connections after 60 s or more).
 const MAX_IDLE_AGE: Duration = Duration::from_secs(50);
 
+/// How long a backend caught sending unsolicited bytes gets no pooled connections.
+pub const DISTRUST_FOR: Duration = Duration::from_secs(600);
+
 struct Idle {
     stream: TcpStream,
     since: Instant,
@@ -39,11 +49,14 @@ struct Idle {
 #[derive(Default)]
 pub struct UpstreamPools {
     idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+    /// Backends caught sending unsolicited bytes, and until when they get no pooling.
+    distrusted: RefCell<HashMap<SocketAddr, Instant>>,
 }
 
 impl UpstreamPools {
     /// Takes the most recently used idle connection to `addr` that is younger than 50 s and
-    /// still quiet (see [`is_quiet`]); every connection passed over on the way is closed.
+    /// still quiet (see [`idle_state`]); every connection passed over on the way is closed.
+    /// Late bytes on one distrust the backend ([`distrust`](Self::distrust)): `None` then.
     /// `None` when no such connection is left: the caller connects afresh.
     ///
     /// Costs one non-blocking `recv` syscall per connection examined (normally one).
@@ -52,17 +65,56 @@ impl UpstreamPools {
         let list = idle.get_mut(&addr)?;
         let now = Instant::now();
         while let Some(conn) = list.pop() {
-            if now.duration_since(conn.since) < MAX_IDLE_AGE && is_quiet(&conn.stream) {
-                return Some(conn.stream);
+            if now.duration_since(conn.since) >= MAX_IDLE_AGE {
+                continue;
             }
-            tracing::debug!(%addr, "idle upstream connection not clean; closing it");
+            match idle_state(&conn.stream) {
+                IdleState::Quiet => return Some(conn.stream),
+                IdleState::Closed => {
+                    tracing::debug!(%addr, "idle upstream connection closed by the backend");
+                }
+                IdleState::Unsolicited => {
+                    list.clear();
+                    drop(idle);
+                    self.distrust(addr);
+                    return None;
+                }
+            }
         }
         None
+    }
+
+    /// Marks `addr` as a backend that sent bytes nobody asked for: its idle connections are
+    /// closed and none is pooled for [`DISTRUST_FOR`].
+    pub fn distrust(&self, addr: SocketAddr) {
+        tracing::warn!(%addr, "backend sent bytes it was not asked for; not reusing its connections for 10 minutes");
+        if let Some(list) = self.idle.borrow_mut().get_mut(&addr) {
+            list.clear();
+        }
+        self.distrusted
+            .borrow_mut()
+            .insert(addr, Instant::now() + DISTRUST_FOR);
+    }
+
+    /// Whether `addr` is distrusted now (forgetting a distrust that has run out).
+    fn is_distrusted(&self, addr: SocketAddr) -> bool {
+        let mut distrusted = self.distrusted.borrow_mut();
+        match distrusted.get(&addr) {
+            Some(&until) if Instant::now() < until => true,
+            Some(_) => {
+                distrusted.remove(&addr);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Returns a connection whose last answer ended exactly at its message boundary with
     /// nothing read beyond it (the caller's promise; [`take`](Self::take) checks the rest).
     pub fn put(&self, addr: SocketAddr, stream: TcpStream) {
+        if !self.distrusted.borrow().is_empty() && self.is_distrusted(addr) {
+            return;
+        }
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(addr).or_default();
         if list.len() >= MAX_IDLE_PER_ADDR {
@@ -80,23 +132,35 @@ impl UpstreamPools {
     }
 }
 
-/// Whether an idle connection has nothing to say: a one-byte `recv(MSG_PEEK | MSG_DONTWAIT)`
-/// finds no data (`EAGAIN`). Data (late or unsolicited bytes), end of stream (the backend
-/// closed it) or any error (a reset) all mean it must not carry another request.
+/// What an idle connection has to say.
+enum IdleState {
+    /// Nothing: it may carry the next request.
+    Quiet,
+    /// The backend closed or reset it.
+    Closed,
+    /// Bytes arrived that no request asked for.
+    Unsolicited,
+}
+
+/// What an idle connection has to say, by a one-byte `recv(MSG_PEEK | MSG_DONTWAIT)`: no
+/// data (`EAGAIN`) is quiet; data (late or unsolicited bytes) is unsolicited; end of stream
+/// (the backend closed it) or any error (a reset) is closed. Only a quiet one may carry
+/// another request.
 ///
 /// The peek consumes nothing and does not block, whatever mode the socket is in, so it is
 /// the same on monoio's io_uring and epoll drivers; no operation is in flight on an idle
 /// connection, so it cannot race one.
-fn is_quiet(stream: &TcpStream) -> bool {
+fn idle_state(stream: &TcpStream) -> IdleState {
     let mut byte = [0u8; 1];
-    matches!(
-        rustix::net::recv(
-            fd_of(stream),
-            &mut byte,
-            RecvFlags::PEEK | RecvFlags::DONTWAIT
-        ),
-        Err(Errno::AGAIN)
-    )
+    match rustix::net::recv(
+        fd_of(stream),
+        &mut byte,
+        RecvFlags::PEEK | RecvFlags::DONTWAIT,
+    ) {
+        Err(Errno::AGAIN) => IdleState::Quiet,
+        Ok((n, _)) if n > 0 => IdleState::Unsolicited,
+        _ => IdleState::Closed,
+    }
 }
 
 #[cfg(test)]

@@ -65,6 +65,10 @@ impl Client {
             Ok(clean) => {
                 if clean && self.resp.keep_alive {
                     worker.pools.put(addr, upstream);
+                } else if !clean && framing != ResponseFraming::Close {
+                    // A framed answer followed by more bytes: the backend wrote what no
+                    // request asked for, which a reused connection would hand to the next.
+                    worker.pools.distrust(addr);
                 }
                 if close {
                     Next::Close
