@@ -199,11 +199,18 @@ mod tests {
     async fn late_bytes_discard_the_connection() {
         let pools = UpstreamPools::default();
         let (client, mut server, addr) = pair().await;
+        let (quiet, _keep, _) = pair().await;
+        pools.put(addr, quiet);
         pools.put(addr, client);
         server
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nPOISONED")
             .unwrap();
         settle();
+        // The backend is distrusted: not even its quiet connection is reused, and none is
+        // pooled from now on.
+        assert!(pools.take(addr).is_none());
+        let (again, _keep_again, _) = pair().await;
+        pools.put(addr, again);
         assert!(pools.take(addr).is_none());
     }
 
@@ -219,14 +226,14 @@ mod tests {
     }
 
     #[monoio::test_all]
-    async fn a_dirty_connection_gives_way_to_the_next_quiet_one() {
+    async fn a_closed_connection_gives_way_to_the_next_quiet_one() {
         let pools = UpstreamPools::default();
         let (quiet, _keep, addr) = pair().await;
-        // Both connections go to the same listener address key; the dirty one is newer.
-        let (dirty, mut dirty_server, _) = pair().await;
+        // Both connections go to the same listener address key; the closed one is newer.
+        let (closed, closed_server, _) = pair().await;
         pools.put(addr, quiet);
-        pools.put(addr, dirty);
-        dirty_server.write_all(b"x").unwrap();
+        pools.put(addr, closed);
+        closed_server.shutdown(Shutdown::Both).unwrap();
         settle();
         assert!(pools.take(addr).is_some(), "the older, quiet one");
         assert!(pools.take(addr).is_none());
