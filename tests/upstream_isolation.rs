@@ -12,6 +12,8 @@
 //! Backends are scripted over std TcpListener on 127.0.0.1 and write exactly the bytes named.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/access.rs"]
+mod access;
 mod support;
 
 use std::collections::HashMap;
@@ -173,6 +175,62 @@ fn a_backend_caught_sending_unsolicited_bytes_loses_connection_reuse() {
         up.request_count() - 1,
         "after the first reuse, no connection of a distrusted backend is reused"
     );
+}
+
+/// A backend that answers its first request twice, then every request once but 20 ms
+/// late, desynchronises its connection: each later request on it is answered with the
+/// previous one's answer for as long as requests follow faster than the backend answers (no
+/// check before reuse can see it). Upstream connections are never shared between tenants,
+/// so that chain stays within the subscription that met it: team B, interleaved back to
+/// back with team A on the same worker and backend, always gets its own answers.
+#[test]
+fn a_desynchronised_connection_never_crosses_tenants() {
+    let first = Arc::new(Mutex::new(true));
+    let up = Upstream::start(move |rec, s| {
+        let marker = marker_of(rec);
+        let twice = std::mem::replace(&mut *first.lock().unwrap(), false);
+        thread::sleep(Duration::from_millis(20));
+        let _ = s.write_all(&answer_naming(&marker));
+        if twice {
+            let _ = s.flush();
+            thread::sleep(Duration::from_millis(5));
+            let _ = s.write_all(&answer_naming("DUPLICATE"));
+        }
+        After::KeepAlive
+    });
+    let mut body = openai_backend_body(&up.url(), "chat");
+    body.push_str("\n[[product]]\nname = \"p\"\n");
+    for (team, key) in [
+        ("team-a", "key-team-a-0123456789"),
+        ("team-b", "key-team-b-0123456789"),
+    ] {
+        body.push_str(&format!(
+            "\n[[subscription]]\nname = \"{team}\"\nproduct = \"p\"\nkeys = [\"{}\"]\n",
+            access::key_hash(key)
+        ));
+    }
+    let s = Launch::new(&body).workers(1).start();
+    let ask = |key: &str, marker: &str| {
+        let bytes = serde_json::to_vec(&marked(marker)).unwrap();
+        s.request(
+            "POST",
+            "/v1/chat/completions",
+            &[("Content-Type", "application/json"), ("api-key", key)],
+            &bytes,
+        )
+    };
+    let answer = |resp: &Response| resp.json()["choices"][0]["message"]["content"].clone();
+    // Team A meets the duplicate; then both teams, back to back.
+    assert_eq!(answer(&ask("key-team-a-0123456789", "a-0")), "a-0");
+    for i in 1..12 {
+        let a = ask("key-team-a-0123456789", &format!("a-{i}"));
+        let text = a.text();
+        assert!(!text.contains("b-"), "team A got team B's answer: {text}");
+        let marker = format!("b-{i}");
+        let b = ask("key-team-b-0123456789", &marker);
+        assert_eq!(b.status, 200, "{}", b.text());
+        assert_eq!(answer(&b), marker.as_str(), "team B got: {}", b.text());
+    }
 }
 
 /// The same after answers without a body (204, 304, a 200 with Content-Length 0): the first

@@ -17,6 +17,7 @@ use super::body_deadline::BodyDeadline;
 use super::forward::refused_header_name;
 use super::io::{read_more, read_more_within, write_all_within};
 use super::local;
+use super::pool::Tenant;
 use super::usage_tap::{Charge, UsageTap};
 use super::worker::{RequestId, View, Worker};
 use crate::error::GatewayError;
@@ -79,6 +80,8 @@ pub(super) struct Client {
     /// The connection ends after an error answer: drain what the client is still sending
     /// before closing, so the kernel does not reset the connection under the answer.
     linger: bool,
+    /// Whose upstream connections the current request may use (see [`Tenant`]).
+    pub(super) tenant: Tenant,
     /// How long one write to this client may take (`server.timeouts.send` of the snapshot
     /// the current request runs on).
     pub(super) send_timeout: Duration,
@@ -106,6 +109,7 @@ pub(super) async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAd
         candidates: Vec::new(),
         linger: false,
         fresh: true,
+        tenant: Tenant::Address(peer.ip()),
         send_timeout: crate::snapshot::Timeouts::default().send,
         extra: Vec::new(),
         trace: None,
@@ -385,6 +389,13 @@ impl Client {
             }
         }
         self.usage = UsageTap::new(admission.counts_tokens(), drop_injected);
+        self.tenant = match caller
+            .as_ref()
+            .and_then(|c| access.subscriptions.get(c.subscription))
+        {
+            Some(subscription) => Tenant::subscription(&subscription.name),
+            None => Tenant::Address(self.peer.ip()),
+        };
         let next = self.proxy(worker, view, op, dep, &rid, close).await;
         let used = match self.usage.charge() {
             Charge::Usage(usage) => Some(usage.total_tokens),

@@ -364,7 +364,7 @@ impl Client {
         addr: SocketAddr,
         t: &Timeouts,
     ) -> Result<TcpStream, SendError> {
-        let mut stream = match worker.pools.take(addr) {
+        let mut stream = match worker.pools.take(addr, self.tenant) {
             Some(mut pooled) => match self.write_request(&mut pooled).await {
                 Ok(()) => pooled,
                 Err(Written::Nothing) => {

@@ -1,7 +1,10 @@
 //! Per-worker keep-alive pools of upstream connections, keyed by backend address.
 //!
 //! Owned by one worker (no atomics, no locks). Keyed by address rather than backend index
-//! so pooled connections survive a config reload that keeps the backend where it was.
+//! so pooled connections survive a config reload that keeps the backend where it was, and by
+//! [`Tenant`]: a connection only ever carries one tenant's requests (one subscription's, or
+//! without credentials one client address's), so whatever a backend does to a connection —
+//! even desynchronising it — cannot hand one tenant's answer to another.
 //!
 //! A connection is a shared channel between successive clients, possibly of different
 //! tenants, so reuse needs proof that it is clean. The relay puts a connection back only when
@@ -22,7 +25,8 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
@@ -37,6 +41,25 @@ const MAX_IDLE_PER_ADDR: usize = 64;
 /// idle keep-alive connections after 60 s or more).
 const MAX_IDLE_AGE: Duration = Duration::from_secs(50);
 
+/// Whose requests may share an upstream connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tenant {
+    /// An authenticated caller's subscription, by a hash of its name (stable across reloads,
+    /// which may renumber subscriptions).
+    Subscription(u64),
+    /// A caller without credentials (auth off), by its address.
+    Address(IpAddr),
+}
+
+impl Tenant {
+    /// The tenant of subscription `name`.
+    pub fn subscription(name: &str) -> Tenant {
+        let mut h = std::hash::DefaultHasher::new();
+        name.hash(&mut h);
+        Tenant::Subscription(h.finish())
+    }
+}
+
 /// How long a backend caught sending unsolicited bytes gets no pooled connections.
 pub const DISTRUST_FOR: Duration = Duration::from_secs(600);
 
@@ -48,7 +71,7 @@ struct Idle {
 /// One worker's upstream connection pools.
 #[derive(Default)]
 pub struct UpstreamPools {
-    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: RefCell<HashMap<(SocketAddr, Tenant), Vec<Idle>>>,
     /// Backends caught sending unsolicited bytes, and until when they get no pooling.
     distrusted: RefCell<HashMap<SocketAddr, Instant>>,
 }
@@ -60,9 +83,9 @@ impl UpstreamPools {
     /// `None` when no such connection is left: the caller connects afresh.
     ///
     /// Costs one non-blocking `recv` syscall per connection examined (normally one).
-    pub fn take(&self, addr: SocketAddr) -> Option<TcpStream> {
+    pub fn take(&self, addr: SocketAddr, tenant: Tenant) -> Option<TcpStream> {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(&(addr, tenant))?;
         let now = Instant::now();
         while let Some(conn) = list.pop() {
             if now.duration_since(conn.since) >= MAX_IDLE_AGE {
@@ -88,9 +111,7 @@ impl UpstreamPools {
     /// closed and none is pooled for [`DISTRUST_FOR`].
     pub fn distrust(&self, addr: SocketAddr) {
         tracing::warn!(%addr, "backend sent bytes it was not asked for; not reusing its connections for 10 minutes");
-        if let Some(list) = self.idle.borrow_mut().get_mut(&addr) {
-            list.clear();
-        }
+        self.idle.borrow_mut().retain(|(a, _), _| *a != addr);
         self.distrusted
             .borrow_mut()
             .insert(addr, Instant::now() + DISTRUST_FOR);
@@ -111,12 +132,12 @@ impl UpstreamPools {
 
     /// Returns a connection whose last answer ended exactly at its message boundary with
     /// nothing read beyond it (the caller's promise; [`take`](Self::take) checks the rest).
-    pub fn put(&self, addr: SocketAddr, stream: TcpStream) {
+    pub fn put(&self, addr: SocketAddr, tenant: Tenant, stream: TcpStream) {
         if !self.distrusted.borrow().is_empty() && self.is_distrusted(addr) {
             return;
         }
         let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(addr).or_default();
+        let list = idle.entry((addr, tenant)).or_default();
         if list.len() >= MAX_IDLE_PER_ADDR {
             list.remove(0);
         }
@@ -168,6 +189,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+
+    const T: Tenant = Tenant::Subscription(1);
     use std::io::Write as _;
     use std::net::{Shutdown, TcpListener};
 
@@ -189,10 +212,10 @@ mod tests {
     async fn a_quiet_connection_is_reused() {
         let pools = UpstreamPools::default();
         let (client, _server, addr) = pair().await;
-        pools.put(addr, client);
+        pools.put(addr, T, client);
         settle();
-        assert!(pools.take(addr).is_some());
-        assert!(pools.take(addr).is_none(), "taken once");
+        assert!(pools.take(addr, T).is_some());
+        assert!(pools.take(addr, T).is_none(), "taken once");
     }
 
     #[monoio::test_all]
@@ -200,29 +223,29 @@ mod tests {
         let pools = UpstreamPools::default();
         let (client, mut server, addr) = pair().await;
         let (quiet, _keep, _) = pair().await;
-        pools.put(addr, quiet);
-        pools.put(addr, client);
+        pools.put(addr, T, quiet);
+        pools.put(addr, T, client);
         server
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nPOISONED")
             .unwrap();
         settle();
         // The backend is distrusted: not even its quiet connection is reused, and none is
         // pooled from now on.
-        assert!(pools.take(addr).is_none());
+        assert!(pools.take(addr, T).is_none());
         let (again, _keep_again, _) = pair().await;
-        pools.put(addr, again);
-        assert!(pools.take(addr).is_none());
+        pools.put(addr, T, again);
+        assert!(pools.take(addr, T).is_none());
     }
 
     #[monoio::test_all]
     async fn end_of_stream_or_reset_discards_the_connection() {
         let pools = UpstreamPools::default();
         let (client, server, addr) = pair().await;
-        pools.put(addr, client);
+        pools.put(addr, T, client);
         server.shutdown(Shutdown::Both).unwrap();
         drop(server);
         settle();
-        assert!(pools.take(addr).is_none());
+        assert!(pools.take(addr, T).is_none());
     }
 
     #[monoio::test_all]
@@ -231,11 +254,23 @@ mod tests {
         let (quiet, _keep, addr) = pair().await;
         // Both connections go to the same listener address key; the closed one is newer.
         let (closed, closed_server, _) = pair().await;
-        pools.put(addr, quiet);
-        pools.put(addr, closed);
+        pools.put(addr, T, quiet);
+        pools.put(addr, T, closed);
         closed_server.shutdown(Shutdown::Both).unwrap();
         settle();
-        assert!(pools.take(addr).is_some(), "the older, quiet one");
-        assert!(pools.take(addr).is_none());
+        assert!(pools.take(addr, T).is_some(), "the older, quiet one");
+        assert!(pools.take(addr, T).is_none());
+    }
+
+    #[monoio::test_all]
+    async fn a_connection_is_reused_only_by_its_own_tenant() {
+        let pools = UpstreamPools::default();
+        let (client, _server, addr) = pair().await;
+        pools.put(addr, Tenant::subscription("team-a"), client);
+        assert!(pools.take(addr, Tenant::subscription("team-b")).is_none());
+        assert!(pools
+            .take(addr, Tenant::Address([127, 0, 0, 1].into()))
+            .is_none());
+        assert!(pools.take(addr, Tenant::subscription("team-a")).is_some());
     }
 }

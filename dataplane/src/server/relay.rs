@@ -64,7 +64,7 @@ impl Client {
         match relayed {
             Ok(clean) => {
                 if clean && self.resp.keep_alive {
-                    worker.pools.put(addr, upstream);
+                    worker.pools.put(addr, self.tenant, upstream);
                 } else if !clean && framing != ResponseFraming::Close {
                     // A framed answer followed by more bytes: the backend wrote what no
                     // request asked for, which a reused connection would hand to the next.
