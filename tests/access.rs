@@ -393,6 +393,17 @@ fn a_body_naming_model_twice_is_refused() {
     let expensive = Upstream::json(upstream_chat_answer("x"));
     let s = Launch::new(&model_config(&cheap, &expensive)).start();
     let msgs = r#""messages":[{"role":"user","content":"hi"}]"#;
+    // In another case too: Go's encoding/json reads `MODEL` as `model`.
+    for body in [
+        format!(r#"{{"model":"cheap","MODEL":"expensive",{msgs}}}"#),
+        format!(r#"{{"Model":"expensive",{msgs}}}"#),
+    ] {
+        for target in [AZURE, "/v1/chat/completions"] {
+            let resp = post_raw(&s, target, &body);
+            assert_openai_error(&resp, 400, None);
+            assert_eq!(resp.json()["error"]["param"], "model", "{target} {body}");
+        }
+    }
     for body in [
         format!(r#"{{"model":"cheap","model":"expensive",{msgs}}}"#),
         format!(r#"{{"model":"expensive","model":"cheap",{msgs}}}"#),

@@ -592,6 +592,9 @@ fn repeated_or_mistyped_decision_fields_are_refused_before_the_backend() {
         (r#""max_tokens":"5000""#, "max_tokens"),
         (r#""max_completion_tokens":-5"#, "max_completion_tokens"),
         (r#""n":"4""#, "n"),
+        // Go-based backends match keys without regard to case.
+        (r#""Max_Tokens":99999"#, "max_tokens"),
+        (r#""Stream":true"#, "stream"),
         (r#""stream":"true""#, "stream"),
         (
             r#""stream":true,"stream_options":"include_usage""#,
@@ -759,6 +762,27 @@ fn answers_whose_usage_is_read_are_asked_for_uncoded() {
     assert_eq!(resp.status, 200, "{}", resp.text());
     let got = up.requests().pop().unwrap();
     assert_eq!(got.head.header_all("accept-encoding"), ["identity"]);
+    // Nor under a spelling a backend folds into Accept-Encoding.
+    let resp = post_with(
+        &s,
+        "/v1/chat/completions",
+        &[
+            ("api-key", KEY_A),
+            ("Accept.Encoding", "gzip"),
+            ("ACCEPT~ENCODING", "br"),
+        ],
+        &chat_body(Some("gpt-4o"), false),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let got = up.requests().pop().unwrap();
+    assert_eq!(got.head.header_all("accept-encoding"), ["identity"]);
+    for spelling in ["accept.encoding", "accept~encoding"] {
+        assert!(
+            got.head.header(spelling).is_none(),
+            "{spelling}: {:?}",
+            got.head
+        );
+    }
 
     let free = Launch::new(&openai_backend_body(&up.url(), "gpt-4o")).start();
     let resp = post_with(

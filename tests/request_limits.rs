@@ -162,6 +162,26 @@ fn malformed_heads_count_against_the_client_ip_limit() {
     assert_rate_limited(&s.get("/v1/models"));
 }
 
+/// A head begun and then abandoned (the client closes its side) counts too.
+#[test]
+fn abandoned_heads_count_against_the_client_ip_limit() {
+    let s = Launch::new(MOCK_DEPLOYMENTS)
+        .server("client_ip_limits = [{ unit = \"requests\", rate = 3, per = \"minute\" }]")
+        .start();
+    for raw in [
+        &b"GET /v1/models HTTP/1.1\r\nHo"[..],
+        b"\r\n\r\n",
+        b"POST /v1/chat",
+    ] {
+        let mut c = s.connect();
+        c.set_read_timeout(Duration::from_secs(5));
+        let _ = c.try_send(raw);
+        c.raw().shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(c.closed_within(Duration::from_secs(5)), "{raw:?}");
+    }
+    assert_rate_limited(&s.get("/v1/models"));
+}
+
 #[test]
 fn a_request_refused_by_the_client_ip_limit_is_not_waited_for() {
     let s = Launch::new(MOCK_DEPLOYMENTS)

@@ -15,6 +15,8 @@
 
 use std::ops::Range;
 
+use crate::error::GatewayError;
+
 /// Why a body could not be edited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EditError {
@@ -24,6 +26,30 @@ pub enum EditError {
     /// The member is given more than once.
     #[error("duplicate key")]
     Duplicate,
+    /// The member is spelled in another case (`MODEL`): parsers that match keys without
+    /// regard to case (Go's `encoding/json`) would read it as the member, others would not.
+    #[error("key in another case")]
+    OtherCase,
+}
+
+impl EditError {
+    /// The 400 (`invalid_request_error`) for a body refused while reading member `key`.
+    pub fn into_gateway_error(self, key: &'static str) -> GatewayError {
+        match self {
+            EditError::Malformed => GatewayError::invalid_request(
+                "We could not parse the JSON body of your request. The body must be a JSON object.",
+                None,
+            ),
+            EditError::Duplicate => GatewayError::invalid_request(
+                format!("The request body gives `{key}` more than once."),
+                Some(key),
+            ),
+            EditError::OtherCase => GatewayError::invalid_request(
+                format!("The request body spells `{key}` in another case; send `{key}`."),
+                Some(key),
+            ),
+        }
+    }
 }
 
 /// `body` with its top-level member `key` set to the string `value`, or `Ok(None)` when
@@ -99,7 +125,7 @@ pub(crate) fn member(b: &[u8], obj: usize, key: &[u8]) -> Result<Option<Range<us
 
 /// [`member`], and the index just after the object.
 fn walk(b: &[u8], obj: usize, key: &[u8]) -> Result<(Option<Range<usize>>, usize), EditError> {
-    use EditError::{Duplicate, Malformed};
+    use EditError::{Duplicate, Malformed, OtherCase};
     if b.get(obj) != Some(&b'{') {
         return Err(Malformed);
     }
@@ -111,13 +137,20 @@ fn walk(b: &[u8], obj: usize, key: &[u8]) -> Result<(Option<Range<usize>>, usize
     loop {
         let key_end = skip_string(b, i).ok_or(Malformed)?;
         let raw = b.get(i + 1..key_end - 1).ok_or(Malformed)?;
-        let matches = if raw.contains(&b'\\') {
+        let (matches, other_case) = if raw.contains(&b'\\') {
             // Rare: decode the key as the backend's parser will.
             let decoded: String = serde_json::from_slice(&b[i..key_end]).map_err(|_| Malformed)?;
-            decoded.as_bytes() == key
+            let decoded = decoded.as_bytes();
+            (decoded == key, decoded.eq_ignore_ascii_case(key))
         } else {
-            raw == key
+            (
+                raw == key,
+                raw.len() == key.len() && raw.eq_ignore_ascii_case(key),
+            )
         };
+        if other_case && !matches {
+            return Err(OtherCase);
+        }
         i = skip_ws(b, key_end);
         if b.get(i) != Some(&b':') {
             return Err(Malformed);
@@ -278,6 +311,21 @@ mod tests {
             assert_eq!(
                 set(body, "cheap", true),
                 Err(EditError::Duplicate),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_in_another_case_is_refused() {
+        for body in [
+            r#"{"MODEL":"expensive"}"#,
+            r#"{"model":"cheap","Model":"expensive"}"#,
+            r#"{"mod\u0045l":"expensive"}"#,
+        ] {
+            assert_eq!(
+                set(body, "cheap", true),
+                Err(EditError::OtherCase),
                 "{body}"
             );
         }

@@ -22,7 +22,7 @@ use super::usage_tap::{Charge, UsageTap};
 use super::worker::{RequestId, View, Worker};
 use crate::error::GatewayError;
 use crate::http::{parse_request, BodyFraming, ChunkedDecoder, Parse, RequestHead, ResponseHead};
-use crate::json_edit::{self, EditError};
+use crate::json_edit;
 use crate::policy::admission::{admit, gate_client_ip, settle, Admission, Ask, Outcome};
 use crate::policy::identity::{authorize, authorize_operation};
 use crate::route::{route, DeploymentRef, Operation, RouteError};
@@ -195,7 +195,13 @@ impl Client {
             let buf = std::mem::take(&mut self.buf);
             match read_more_within(&mut self.stream, buf, left).await {
                 Ok((Ok(n), buf)) if n > 0 => self.buf = buf,
-                Ok(_) => return Next::Close,
+                Ok((_, buf)) => {
+                    // A head begun and abandoned is a request too.
+                    if !buf.is_empty() {
+                        self.count_client_ip(worker, view);
+                    }
+                    return Next::Close;
+                }
                 Err(_) => {
                     self.count_client_ip(worker, view);
                     let err = GatewayError::bad_framing(
@@ -459,22 +465,8 @@ impl Client {
         if let Some(r) = range {
             return Ok(String::from_utf8_lossy(&self.buf[r]));
         }
-        let unparsable = || {
-            GatewayError::invalid_request(
-                "We could not parse the JSON body of your request. The body must be a JSON object.",
-                None,
-            )
-        };
-        let span = match json_edit::top_member(&self.body, b"model") {
-            Ok((_, span)) => span,
-            Err(EditError::Duplicate) => {
-                return Err(GatewayError::invalid_request(
-                    "The request body gives `model` more than once.",
-                    Some("model"),
-                ))
-            }
-            Err(EditError::Malformed) => return Err(unparsable()),
-        };
+        let (_, span) = json_edit::top_member(&self.body, b"model")
+            .map_err(|e| e.into_gateway_error("model"))?;
         let model = span.and_then(|span| {
             serde_json::from_slice::<std::borrow::Cow<'_, str>>(&self.body[span]).ok()
         });

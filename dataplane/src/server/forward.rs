@@ -24,7 +24,7 @@ use crate::http::{
     connection_lists, folds_to, folds_to_framing, is_hop_by_hop, is_plain_name, parse_response,
     HeaderSpan, Parse,
 };
-use crate::json_edit::{set_string_member, EditError};
+use crate::json_edit::set_string_member;
 use crate::route::Operation;
 use crate::snapshot::{
     BackendKind, Deployment, HeadersWithUnderscores, HttpUpstream, Secret, Timeouts,
@@ -282,7 +282,11 @@ impl Client {
             if name.eq_ignore_ascii_case(b"x-forwarded-for") {
                 forwarded_for = Some(value);
             }
-            if identity && name.eq_ignore_ascii_case(b"accept-encoding") {
+            // Under any spelling a backend might fold into it (`Accept_Encoding`, `Accept.Encoding`).
+            if identity
+                && (name.eq_ignore_ascii_case(b"accept-encoding")
+                    || (!is_plain_name(name) && folds_to(name, b"accept-encoding")))
+            {
                 continue;
             }
             if is_hop_by_hop(name)
@@ -333,16 +337,7 @@ impl Client {
             return Ok(());
         }
         let pinned = set_string_member(&self.body, "model", t.model.model, t.model.insert)
-            .map_err(|e| match e {
-                EditError::Duplicate => GatewayError::invalid_request(
-                    "The request body gives `model` more than once.",
-                    Some("model"),
-                ),
-                EditError::Malformed => GatewayError::invalid_request(
-                    "We could not parse the JSON body of your request. The body must be a JSON object.",
-                    None,
-                ),
-            })?;
+            .map_err(|e| e.into_gateway_error("model"))?;
         let body = pinned.as_deref().unwrap_or(&self.body);
         local::content_length(req, body.len() as u64);
         req.extend_from_slice(b"\r\n");

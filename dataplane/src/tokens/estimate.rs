@@ -15,7 +15,6 @@ use std::str::FromStr;
 use std::sync::LazyLock;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
 use tiktoken_rs::CoreBPE;
 
 use super::lenient::LenientStr;
@@ -70,9 +69,11 @@ pub struct Prompt<'a> {
 /// Why no facts could be read from a body.
 #[derive(Debug, thiserror::Error)]
 pub enum FactsError {
-    /// The body is not a JSON object serde_json reads (RFC 8259: no `NaN`, no lone
-    /// surrogates, nothing after the object): the request must be refused (400), since a
-    /// more lenient backend would read what Sluice could not.
+    /// The body's structure, or a field Sluice reads (the decision fields, the prompt's
+    /// text), is not JSON serde_json accepts (RFC 8259: no `NaN`, no lone surrogates, no
+    /// number out of range, nothing after the object): the request must be refused (400),
+    /// since a more lenient backend would read what Sluice could not. Values of fields Sluice
+    /// skips are checked for structure only.
     #[error("request body is not a JSON object: {0}")]
     NotJson(#[from] serde_json::Error),
     /// A field Sluice decides on is repeated or of a type whose meaning is in doubt: the
@@ -260,15 +261,17 @@ impl Estimator {
 }
 
 /// Tokens admission reserves: the prompt plus the completion cap (`max_tokens`, or
-/// `default_max_tokens` when the request set none) times `n`. Embeddings produce no
+/// `default_max_tokens` when the request set none or 0) times `n`. Embeddings produce no
 /// completion: the prompt alone. `models` costs nothing.
 pub fn reservation(facts: &RequestFacts<'_>, prompt: u32, default_max_tokens: u32) -> u64 {
     match facts.operation {
         Some(Operation::Embeddings) => u64::from(prompt),
         Some(Operation::Models) => 0,
         _ => {
+            // A cap of 0 is no cap to some backends: the default is reserved then.
             let cap = facts
                 .max_tokens
+                .filter(|&m| m > 0)
                 .unwrap_or(u64::from(default_max_tokens))
                 .saturating_mul(u64::from(facts.n.max(1)));
             u64::from(prompt).saturating_add(cap)
@@ -331,8 +334,7 @@ struct FactsVisitor<'c> {
 }
 
 /// The top-level fields admission reads; everything else is skipped.
-#[derive(Deserialize, Clone, Copy)]
-#[serde(field_identifier, rename_all = "snake_case")]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Field {
     Model,
     Stream,
@@ -349,11 +351,39 @@ enum Field {
     Instructions,
     Tools,
     Functions,
-    #[serde(other)]
     Other,
 }
 
+/// Every field read, in the order of their bits in the duplicate check.
+const FIELDS: [Field; 15] = [
+    Field::Model,
+    Field::Stream,
+    Field::StreamOptions,
+    Field::MaxTokens,
+    Field::MaxCompletionTokens,
+    Field::MaxOutputTokens,
+    Field::N,
+    Field::BestOf,
+    Field::Messages,
+    Field::Prompt,
+    Field::Suffix,
+    Field::Input,
+    Field::Instructions,
+    Field::Tools,
+    Field::Functions,
+];
+
 impl Field {
+    /// The field a key names: `Ok(Other)` for keys Sluice does not read, `Err(field)` for a
+    /// field's name in another case.
+    fn from_key(key: &str) -> Result<Field, Field> {
+        match FIELDS.iter().find(|f| f.param().eq_ignore_ascii_case(key)) {
+            None => Ok(Field::Other),
+            Some(&f) if f.param() == key => Ok(f),
+            Some(&f) => Err(f),
+        }
+    }
+
     /// The field's name in the API, for refusals.
     fn param(self) -> &'static str {
         match self {
@@ -395,7 +425,17 @@ impl<'de> Visitor<'de> for FactsVisitor<'_> {
         // Every field read here, once each (bit = the variant's index).
         let mut seen = 0u32;
         let refused = self.refused;
-        while let Some(field) = map.next_key::<Field>()? {
+        while let Some(key) = map.next_key::<LenientStr<'de>>()? {
+            let field = match Field::from_key(key.0.as_deref().unwrap_or_default()) {
+                Ok(field) => field,
+                Err(field) => {
+                    let refusal = Refusal {
+                        param: field.param(),
+                        reason: Reason::OtherCase,
+                    };
+                    return Err(refuse(refused, refusal));
+                }
+            };
             if !matches!(field, Field::Other) {
                 let bit = 1u32 << (field as u32);
                 if seen & bit != 0 {

@@ -15,7 +15,8 @@
 //! | `max_tokens`, `max_completion_tokens`, `max_output_tokens`, `n`, `best_of` | a non-negative integer, also written as an integral number such as `100.0` or `1e3`; `null` (absent) |
 //!
 //! A key given twice is refused too: RFC 8259 §4 leaves the meaning of duplicate names to
-//! each parser, and parsers disagree on which one wins.
+//! each parser, and parsers disagree on which one wins. So is one of these keys spelled in
+//! another case (`MODEL`, `Max_Tokens`): some parsers match keys without regard to case.
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -39,6 +40,9 @@ pub struct Refusal {
 pub enum Reason {
     /// The key appears more than once in its object.
     Duplicate,
+    /// The key is spelled in another case (`Max_Tokens`): Go's `encoding/json`, which many
+    /// OpenAI-compatible servers use, matches keys without regard to case; others do not.
+    OtherCase,
     /// The value is not of an accepted type; the text names what is expected.
     Type(&'static str),
 }
@@ -50,6 +54,11 @@ impl fmt::Display for Refusal {
                 write!(f, "The request body gives `{}` more than once.", self.param)
             }
             Reason::Type(expected) => write!(f, "`{}` must be {expected}.", self.param),
+            Reason::OtherCase => write!(
+                f,
+                "The request body spells `{0}` in another case; send `{0}`.",
+                self.param
+            ),
         }
     }
 }

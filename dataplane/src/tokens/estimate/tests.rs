@@ -283,6 +283,21 @@ fn repeated_keys_are_refused_in_every_spelling() {
         let r = refusal(body);
         assert_eq!((r.param, r.reason), (param, Duplicate), "{}", String::from_utf8_lossy(body));
     }
+    // A field's name in another case: Go's encoding/json would read it as the field.
+    for (body, param) in [
+        (&br#"{"MODEL":"other"}"#[..], "model"),
+        (br#"{"max_tokens":1,"Max_Tokens":99999}"#, "max_tokens"),
+        (br#"{"Stream":true}"#, "stream"),
+        (br#"{"N":5}"#, "n"),
+    ] {
+        let r = refusal(body);
+        assert_eq!(
+            (r.param, r.reason),
+            (param, crate::tokens::strict::Reason::OtherCase),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
     // Keys Sluice does not read may repeat: the backend decides what they mean.
     assert!(RequestFacts::parse(Operation::ChatCompletions, br#"{"user":"a","user":"b"}"#).is_ok());
 }
@@ -477,6 +492,22 @@ fn a_completions_batch_reserves_a_cap_per_prompt() {
     assert_eq!(facts.prompt.pieces, ["alpha", "beta", "gamma"]);
     let facts = completions(br#"{"prompt":[[1,2],[3]]}"#);
     assert_eq!(facts.prompt.token_ids, 3);
+}
+
+#[test]
+fn a_cap_of_zero_reserves_the_default() {
+    for body in [
+        &br#"{"max_tokens":0}"#[..],
+        br#"{"max_tokens":0.0}"#,
+        br#"{"max_tokens":-0}"#,
+    ] {
+        assert_eq!(
+            reservation(&chat(body), 10, 1000),
+            1010,
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
 }
 
 #[test]
