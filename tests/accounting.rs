@@ -542,14 +542,12 @@ fn a_json_answer_without_usage_keeps_its_reservation() {
     );
 }
 
-/// An answer that is not a success costs nothing (the backend refused the work): after two
-/// 400s, team A has as much left as team B, which sent one request.
-#[test]
-fn a_refused_answer_costs_nothing() {
-    let refusals = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(2));
-    let left = refusals.clone();
-    let up = Upstream::start(move |_, s: &mut TcpStream| {
-        use std::sync::atomic::Ordering::SeqCst;
+/// A scripted upstream that answers its first `refusals` requests 400 (an OpenAI error), then
+/// every request 200 with a chat answer (usage 6).
+fn refusing_then_answering(refusals: usize) -> Upstream {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let left = AtomicUsize::new(refusals);
+    Upstream::start(move |_, s: &mut TcpStream| {
         if left
             .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
             .is_ok()
@@ -561,7 +559,14 @@ fn a_refused_answer_costs_nothing() {
             respond(s, 200, &[("content-type", "application/json")], &bytes);
         }
         After::KeepAlive
-    });
+    })
+}
+
+/// An answer that is not a success costs nothing (the backend refused the work): after two
+/// 400s, team A has as much left as team B, which sent one request.
+#[test]
+fn a_refused_answer_costs_nothing() {
+    let up = refusing_then_answering(2);
     let s = start_scripted(&up, &quota_limits(BIG_QUOTA));
     for _ in 0..2 {
         assert_eq!(chat1(&s, KEY_A).status, 400);
@@ -707,22 +712,7 @@ fn bodies_sluice_cannot_read_are_refused_before_the_backend() {
 /// than `x-ratelimit-limit-tokens`.
 #[test]
 fn remaining_tokens_never_reads_above_the_limit() {
-    let refusals = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(12));
-    let left = refusals.clone();
-    let up = Upstream::start(move |_, s: &mut TcpStream| {
-        use std::sync::atomic::Ordering::SeqCst;
-        if left
-            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            let body = br#"{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}"#;
-            respond(s, 400, &[("content-type", "application/json")], body);
-        } else {
-            let bytes = serde_json::to_vec(&upstream_chat_answer("m")).unwrap();
-            respond(s, 200, &[("content-type", "application/json")], &bytes);
-        }
-        After::KeepAlive
-    });
+    let up = refusing_then_answering(12);
     let deployments = format!(
         "{}tokens = {{ estimator = \"heuristic\", default_max_tokens = 100 }}\n",
         openai_backend_body(&up.url(), "gpt-4o")
