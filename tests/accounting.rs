@@ -788,3 +788,52 @@ fn answers_whose_usage_is_read_are_asked_for_uncoded() {
         ["gzip, deflate, br"]
     );
 }
+
+/// A backend's own `x-ratelimit-*` headers: where Sluice sets the same name (a token limit
+/// applied), Sluice's value is sent alone — one name is never sent twice (the openai SDK
+/// would read "149000, 98968"); the names Sluice does not set pass through once.
+#[test]
+fn rate_limit_headers_are_never_sent_twice() {
+    let answer = serde_json::to_vec(&upstream_chat_answer("m")).unwrap();
+    let up = Upstream::start(move |_, s: &mut TcpStream| {
+        respond(
+            s,
+            200,
+            &[
+                ("content-type", "application/json"),
+                ("x-ratelimit-remaining-tokens", "149000"),
+                ("X-RateLimit-Limit-Tokens", "150000"),
+                ("x-ratelimit-remaining-requests", "99"),
+            ],
+            &answer,
+        );
+        After::KeepAlive
+    });
+    let s = start_scripted(&up, &quota_limits(BIG_QUOTA));
+    let resp = chat1(&s, KEY_A);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let one = |name: &str| {
+        let all = resp.head.header_all(name);
+        assert_eq!(all.len(), 1, "{name}: {all:?}");
+        all[0].to_string()
+    };
+    assert_ne!(
+        one("x-ratelimit-remaining-tokens"),
+        "149000",
+        "Sluice's limit wins"
+    );
+    assert_eq!(one("x-ratelimit-limit-tokens"), BIG_QUOTA.to_string());
+    assert_eq!(
+        one("x-ratelimit-remaining-requests"),
+        "99",
+        "the backend's passes through"
+    );
+
+    // Without a limit, the backend's headers pass through, once each.
+    let free = Launch::new(&openai_backend_body(&up.url(), "gpt-4o")).start();
+    let resp = free.post_json("/v1/chat/completions", &chat_body(Some("gpt-4o"), false));
+    assert_eq!(
+        resp.head.header_all("x-ratelimit-remaining-tokens"),
+        ["149000"]
+    );
+}

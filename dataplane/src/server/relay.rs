@@ -304,12 +304,18 @@ impl Client {
         out.extend_from_slice(&self.ubuf[r.reason.clone()]);
         out.extend_from_slice(b"\r\n");
         let lists = has_connection_header(&self.ubuf, &r.headers);
+        let extra = self.extra_headers();
         for h in &r.headers {
             let name = &self.ubuf[h.name.clone()];
             if is_hop_by_hop(name)
                 || name.eq_ignore_ascii_case(b"content-length")
                 || (lists && connection_lists(&self.ubuf, &r.headers, name))
             {
+                continue;
+            }
+            // A header Sluice sets on this answer (its own `x-ratelimit-*` when a limit
+            // applied, the trace) wins over the backend's: one name is never sent twice.
+            if !extra.is_empty() && sets_header(&extra, name) {
                 continue;
             }
             // A backend's `Transfer_Encoding` or `Content.Length` would be a second framing
@@ -337,9 +343,19 @@ impl Client {
                 }
             }
         }
-        local::common_headers(out, rid, close, &self.extra_headers());
+        local::common_headers(out, rid, close, &extra);
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// Whether the header lines `extra` (`name: value\r\n` each) set a field named `name`
+/// (case-insensitive).
+fn sets_header(extra: &[u8], name: &[u8]) -> bool {
+    extra.split(|&b| b == b'\n').any(|line| {
+        line.len() > name.len()
+            && line[name.len()] == b':'
+            && line[..name.len()].eq_ignore_ascii_case(name)
+    })
 }
 
 /// A relay that cannot go on: the client or the upstream failed.
