@@ -837,3 +837,39 @@ fn rate_limit_headers_are_never_sent_twice() {
         ["149000"]
     );
 }
+
+/// Issue 8, item 2: one SSE event of about 1.06 MB (a long answer in one event), then the
+/// usage chunk Sluice asked for. The big event reaches the client whole and unread, the
+/// usage after it is read (charged exactly 5) and its chunk never reaches the client.
+#[test]
+fn a_huge_event_does_not_stop_the_usage_after_it_from_being_read() {
+    let up = Upstream::start(|r, s: &mut TcpStream| {
+        assert_eq!(r.json()["stream_options"]["include_usage"], json!(true));
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                    transfer-encoding: chunked\r\n\r\n";
+        let _ = s.write_all(head.as_bytes());
+        let _ = write_chunk(s, sse_chunk(&"long ".repeat(212_000)).as_bytes());
+        let usage = json!({
+            "id": "chatcmpl-stream", "object": "chat.completion.chunk", "created": 1,
+            "model": "upstream-model", "choices": [],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+        });
+        let _ = write_chunk(s, format!("data: {usage}\n\n").as_bytes());
+        let _ = write_chunk(s, b"data: [DONE]\n\n");
+        let _ = write_chunk(s, b"");
+        After::KeepAlive
+    });
+    let s = start_scripted(&up, &quota_limits(BIG_QUOTA));
+    let body = chat_with(json!({"stream": true}));
+    let (ha, chunks) = stream_chat(&s, KEY_A, &body);
+    assert_no_usage_chunk(&chunks);
+    assert_eq!(chunks.len(), 1);
+    assert!(chunks[0]["choices"][0]["delta"]["content"].as_str().unwrap().len() > 1_000_000);
+    settle();
+    let (hb, _) = stream_chat(&s, KEY_A, &body);
+    assert_eq!(
+        head_remaining_tokens(&ha) - head_remaining_tokens(&hb),
+        5,
+        "A was charged its real usage"
+    );
+}

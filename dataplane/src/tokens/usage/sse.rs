@@ -4,7 +4,9 @@
 //! Bytes arrive in pieces of any size. The scanner splits them into events (each ends at a
 //! blank line, LF or CRLF), decides for each complete event whether it goes to the client,
 //! and keeps back only the bytes of the one incomplete event at the end of a piece (bounded,
-//! [`DEFAULT_MAX_EVENT`]). An event is parsed as JSON only when a cheap byte search says it
+//! [`DEFAULT_MAX_EVENT`]). An event that outgrows the bound goes to the client unread as it
+//! arrives, and scanning resumes with the next event: a long answer in one event never stops
+//! the usage chunk after it from being read (and dropped, when Sluice asked for it). An event is parsed as JSON only when a cheap byte search says it
 //! may hold a usage object or end a Responses stream, so the common content chunk costs a
 //! few `memchr` calls.
 
@@ -47,9 +49,9 @@ pub struct EventView<'a> {
 /// An event that grew past the scanner's bound before it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SseError {
-    /// Scanning stopped: the held bytes and everything after pass through unread, and the
-    /// stream's usage is whatever was seen before.
-    #[error("an SSE event grew past {limit} bytes without ending; usage scanning stopped")]
+    /// The event being read outgrew the bound: it passes through unread to its end, and
+    /// scanning resumes with the next event.
+    #[error("an SSE event grew past {limit} bytes; it passes through unread")]
     EventTooLarge {
         /// The bound, [`SseScanner::with_max_event`].
         limit: usize,
@@ -116,7 +118,8 @@ pub struct SseScanner {
     line: Line,
     max_event: usize,
     drop_usage_only: bool,
-    passthrough: bool,
+    /// Inside an event that outgrew `max_event`: its bytes pass through unread to its end.
+    skipping: bool,
     usage: Option<Usage>,
     done: bool,
     events: u64,
@@ -133,7 +136,7 @@ impl SseScanner {
             line: Line::Empty,
             max_event: DEFAULT_MAX_EVENT,
             drop_usage_only,
-            passthrough: false,
+            skipping: false,
             usage: None,
             done: false,
             events: 0,
@@ -152,7 +155,8 @@ impl SseScanner {
     /// incomplete event at the end is held back until it completes.
     ///
     /// On [`SseError::EventTooLarge`] the held bytes and the rest of `input` are appended
-    /// too and the scanner passes everything through from then on.
+    /// too, and the event passes through unread until it ends; the events after it are
+    /// scanned again.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), SseError> {
         let drop = self.drop_usage_only;
         self.feed_with(input, out, |ev| {
@@ -186,7 +190,7 @@ impl SseScanner {
     /// dropped, appended to `out` (with `observe`, nothing is appended). Returns the
     /// stream's usage and whether it was cut short.
     pub fn finish(&mut self, out: &mut Vec<u8>) -> StreamOutcome {
-        if !self.carry.is_empty() && !self.passthrough {
+        if !self.carry.is_empty() {
             let carry = std::mem::take(&mut self.carry);
             let drop = self.drop_usage_only && self.holding;
             let verdict = self.on_event(&carry, &mut |ev| {
@@ -224,12 +228,6 @@ impl SseScanner {
         mut out: Option<&mut Vec<u8>>,
         decide: &mut dyn FnMut(&EventView<'_>) -> Verdict,
     ) -> Result<(), SseError> {
-        if self.passthrough {
-            if let Some(out) = out {
-                out.extend_from_slice(input);
-            }
-            return Ok(());
-        }
         // input[event_start..] is not yet part of a complete event; input[run_start..
         // event_start] holds complete events to forward, copied in one go.
         let mut event_start = 0;
@@ -243,7 +241,12 @@ impl SseScanner {
                 continue;
             }
             let end = nl + 1;
-            if self.carry.is_empty() {
+            if self.skipping {
+                // The end of an event too large to read: it went (goes) to the client with
+                // the run, unread; the next event is read again.
+                self.skipping = false;
+                self.events += 1;
+            } else if self.carry.is_empty() {
                 if self.on_event(&input[event_start..end], decide) == Verdict::Drop {
                     if let Some(out) = out.as_deref_mut() {
                         out.extend_from_slice(&input[run_start..event_start]);
@@ -265,6 +268,13 @@ impl SseScanner {
             event_start = end;
         }
         self.line = self.line.after(&input[line_start..]);
+        if self.skipping {
+            // Still inside the oversized event: everything so far goes through now.
+            if let Some(out) = out {
+                out.extend_from_slice(&input[run_start..]);
+            }
+            return Ok(());
+        }
         let rest = &input[event_start..];
         if let Some(out) = out.as_deref_mut() {
             out.extend_from_slice(&input[run_start..event_start]);
@@ -280,7 +290,7 @@ impl SseScanner {
                 out.extend_from_slice(rest);
             }
             self.carry = Vec::new();
-            self.passthrough = true;
+            self.skipping = true;
             return Err(SseError::EventTooLarge {
                 limit: self.max_event,
             });

@@ -261,7 +261,35 @@ fn feed_with_lets_the_caller_decide() {
 }
 
 #[test]
-fn an_event_past_the_bound_passes_through() {
+fn an_event_past_the_bound_passes_through_and_scanning_resumes() {
+    // One content event of 1.06 MB (a long answer in one event), then the usage-only chunk
+    // Sluice asked for, then [DONE]: the big event reaches the client unread, the usage is
+    // read and the usage chunk dropped — whatever the pieces.
+    let big = format!(
+        "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n",
+        "x".repeat(1_060_000)
+    );
+    let usage_chunk = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n";
+    let stream = format!("{big}{usage_chunk}data: [DONE]\n\n");
+    let want = format!("{big}data: [DONE]\n\n");
+    for piece in [1000, 4096, 65_536, 700_000, stream.len()] {
+        let mut scanner = SseScanner::new(true);
+        let mut out = Vec::new();
+        for chunk in stream.as_bytes().chunks(piece) {
+            let _ = scanner.feed(chunk, &mut out);
+        }
+        let outcome = scanner.finish(&mut out);
+        assert_eq!(outcome.usage, Some(usage(3, 2, 5)), "pieces of {piece}");
+        assert!(!outcome.truncated, "pieces of {piece}");
+        assert_eq!(out, want.as_bytes(), "pieces of {piece}");
+        // Observed, every byte goes on as it came and the usage is still read.
+        let mut scanner = SseScanner::new(false);
+        for chunk in stream.as_bytes().chunks(piece) {
+            let _ = scanner.observe(chunk);
+        }
+        assert_eq!(scanner.finish(&mut Vec::new()).usage, Some(usage(3, 2, 5)));
+    }
+    // A small bound: the event that outgrows it passes unread; the rest is scanned.
     let mut scanner = SseScanner::new(true).with_max_event(120);
     let mut out = Vec::new();
     let evs = events(SSE);
@@ -270,13 +298,13 @@ fn an_event_past_the_bound_passes_through() {
     let err = scanner.feed(&SSE[100..150], &mut out).unwrap_err();
     assert_eq!(err, SseError::EventTooLarge { limit: 120 });
     assert_eq!(out, &SSE[..150]);
-    // From then on everything passes, the usage chunk too, unread.
-    scanner.feed(&SSE[150..], &mut out).unwrap();
-    assert_eq!(out, SSE);
+    // Scanning resumed after it: the stream's end is seen.
+    let _ = scanner.feed(&SSE[150..], &mut out);
     let outcome = scanner.finish(&mut out);
-    assert_eq!(out, SSE);
-    assert_eq!(outcome.usage, None);
-    assert!(outcome.truncated);
+    assert!(
+        !outcome.truncated,
+        "the [DONE] after the big event was read"
+    );
     // Small events under the bound are fine.
     let mut scanner = SseScanner::new(false).with_max_event(evs[7].len());
     let mut out = Vec::new();
