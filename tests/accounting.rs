@@ -864,7 +864,13 @@ fn a_huge_event_does_not_stop_the_usage_after_it_from_being_read() {
     let (ha, chunks) = stream_chat(&s, KEY_A, &body);
     assert_no_usage_chunk(&chunks);
     assert_eq!(chunks.len(), 1);
-    assert!(chunks[0]["choices"][0]["delta"]["content"].as_str().unwrap().len() > 1_000_000);
+    assert!(
+        chunks[0]["choices"][0]["delta"]["content"]
+            .as_str()
+            .unwrap()
+            .len()
+            > 1_000_000
+    );
     settle();
     let (hb, _) = stream_chat(&s, KEY_A, &body);
     assert_eq!(
