@@ -100,7 +100,7 @@ pub enum RouteError {
 /// operations outside their deployments list (`responses.create()`, `models.list()`; see
 /// `_deployments_endpoints` in openai-python `lib/azure.py`). `/openai/deployments/{d}/responses`
 /// is what the same client sends when its `base_url` names a deployment; the path names
-/// the deployment unambiguously, so it is served. Not served (404), as on Azure:
+/// the deployment unambiguously, so it is served. Not served (404):
 /// `/openai/deployments/{d}/models` and resource-level `/openai/chat/completions`,
 /// `/openai/completions`, `/openai/embeddings` (the SDKs put those under a deployment).
 ///
