@@ -1,7 +1,9 @@
 //! Whole-process test with the official `openai` Python package: `OpenAI` and `AzureOpenAI`
 //! clients pointed at Sluice do chat, streaming chat (with and without usage) and embeddings
 //! against mock deployments (tests/sdk/openai_sdk.py), and meets a rate limit and retries
-//! after its 429 (tests/sdk/openai_sdk_retry.py).
+//! after its 429 (tests/sdk/openai_sdk_retry.py), and calls `responses.create()` and
+//! `models.list()` through every client shape, Azure resource-level and deployment paths
+//! included (tests/sdk/openai_sdk_routes.py).
 //!
 //! The interpreter is `$SLUICE_TEST_PYTHON`, else `.venv/bin/python` at the workspace root
 //! (`.ci/run` makes it). Without one that can import `openai` the test is skipped with a
@@ -126,6 +128,22 @@ fn openai_python_sdk_retries_after_a_429() {
     let out = run_script(&python, "openai_sdk_retry.py", &s, &[("SLUICE_KEY", key)]);
     assert!(
         out.contains("openai sdk retry checks passed"),
+        "stdout:\n{out}"
+    );
+}
+
+/// `AzureOpenAI` (endpoint, endpoint + deployment, deployment `base_url`) and `OpenAI` on
+/// `/openai/v1/` call `responses.create()` and `models.list()` on the paths they build
+/// (tests/sdk/openai_sdk_routes.py).
+#[test]
+fn openai_python_sdk_reaches_every_route_form() {
+    let Some(python) = interpreter_or_skip("openai_python_sdk_reaches_every_route_form") else {
+        return;
+    };
+    let s = Launch::new(MOCK_BODY).start();
+    let out = run_script(&python, "openai_sdk_routes.py", &s, &[]);
+    assert!(
+        out.contains("openai sdk route checks passed"),
         "stdout:\n{out}"
     );
 }

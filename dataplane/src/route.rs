@@ -14,7 +14,7 @@ pub enum Operation {
     Embeddings,
     /// `POST …/responses`
     Responses,
-    /// `GET /v1/models` (answered by the gateway from its own deployment list)
+    /// `GET …/models` (answered by the gateway from its own deployment list)
     Models,
 }
 
@@ -55,9 +55,10 @@ impl Operation {
 pub enum DeploymentRef<'a> {
     /// In the path: `/openai/deployments/{deployment}/…`.
     Path(&'a str),
-    /// In the JSON body's `model` field (OpenAI and Azure `/openai/v1/` paths).
+    /// In the JSON body's `model` field (OpenAI, Azure `/openai/v1/` and Azure
+    /// `/openai/responses` paths).
     BodyModel,
-    /// No deployment: the gateway answers (`GET /v1/models`).
+    /// No deployment: the gateway answers (`GET …/models`).
     None,
 }
 
@@ -77,39 +78,70 @@ pub enum RouteError {
     NotFound,
     /// The path exists but takes another method → 405.
     MethodNotAllowed(&'static str),
-    /// An Azure deployments path without `api-version` → 400.
+    /// An Azure path (deployment or resource level, not `/openai/v1/`) without a non-empty
+    /// `api-version` → 400.
     MissingApiVersion,
 }
 
 /// Matches `method` and `target` (path and query as sent) to a route.
+///
+/// The forms, for `{op}` one of `chat/completions`, `completions`, `embeddings`,
+/// `responses` (POST) or `models` (GET):
+///
+/// | form | deployment | `api-version` |
+/// | --- | --- | --- |
+/// | `/v1/{op}` (OpenAI) | body `model` | not needed |
+/// | `/openai/v1/{op}` (Azure v1 API) | body `model` | not needed |
+/// | `/openai/deployments/{d}/{op}`, `{op}` not `models` (Azure) | the path | required |
+/// | `/openai/responses`, `/openai/models` (Azure resource level) | body `model` / none | required |
+///
+/// `models` never names a deployment (the gateway answers it, [`DeploymentRef::None`]).
+/// The Azure resource-level forms are the ones the `AzureOpenAI` SDK clients send for
+/// operations outside their deployments list (`responses.create()`, `models.list()`; see
+/// `_deployments_endpoints` in openai-python `lib/azure.py`). `/openai/deployments/{d}/responses`
+/// is what the same client sends when its `base_url` names a deployment; the path names
+/// the deployment unambiguously, so it is served. Not served (404):
+/// `/openai/deployments/{d}/models` and resource-level `/openai/chat/completions`,
+/// `/openai/completions`, `/openai/embeddings` (the SDKs put those under a deployment).
+///
+/// The query is ignored except that Azure forms (not `/openai/v1/`) need a non-empty
+/// `api-version` parameter, as the Azure OpenAI data-plane REST API requires
+/// (`MissingApiVersion` → 400, checked before the method). One trailing `/` after the
+/// operation is accepted (`/v1/chat/completions/`): a lenient choice that is safe because
+/// the upstream path is rebuilt from the [`Operation`], never copied. Any other path is
+/// [`RouteError::NotFound`]; a known path with another method is
+/// [`RouteError::MethodNotAllowed`].
 pub fn route<'a>(method: &str, target: &'a str) -> Result<Route<'a>, RouteError> {
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
     };
-    let (operation, deployment) = if let Some(rest) = path.strip_prefix("/v1/") {
-        (
-            Operation::from_suffix(rest).ok_or(RouteError::NotFound)?,
-            DeploymentRef::BodyModel,
-        )
-    } else if let Some(rest) = path.strip_prefix("/openai/v1/") {
-        (
-            Operation::from_suffix(rest).ok_or(RouteError::NotFound)?,
-            DeploymentRef::BodyModel,
-        )
+    let path = path.strip_suffix('/').unwrap_or(path);
+    let op = |suffix: &str| Operation::from_suffix(suffix).ok_or(RouteError::NotFound);
+    let (operation, deployment, azure) = if let Some(rest) = path
+        .strip_prefix("/v1/")
+        .or_else(|| path.strip_prefix("/openai/v1/"))
+    {
+        (op(rest)?, DeploymentRef::BodyModel, false)
     } else if let Some(rest) = path.strip_prefix("/openai/deployments/") {
         let (name, suffix) = rest.split_once('/').ok_or(RouteError::NotFound)?;
-        let op = Operation::from_suffix(suffix).ok_or(RouteError::NotFound)?;
-        if name.is_empty() || op == Operation::Models || op == Operation::Responses {
+        let op = op(suffix)?;
+        if name.is_empty() || op == Operation::Models {
             return Err(RouteError::NotFound);
         }
-        if !has_api_version(query) {
-            return Err(RouteError::MissingApiVersion);
+        (op, DeploymentRef::Path(name), true)
+    } else if let Some(rest) = path.strip_prefix("/openai/") {
+        let op = op(rest)?;
+        if !matches!(op, Operation::Responses | Operation::Models) {
+            return Err(RouteError::NotFound);
         }
-        (op, DeploymentRef::Path(name))
+        (op, DeploymentRef::BodyModel, true)
     } else {
         return Err(RouteError::NotFound);
     };
+    if azure && !has_api_version(query) {
+        return Err(RouteError::MissingApiVersion);
+    }
     let deployment = match operation {
         Operation::Models => DeploymentRef::None,
         _ => deployment,
@@ -191,6 +223,81 @@ mod tests {
     }
 
     #[test]
+    fn every_form_of_every_operation_routes() {
+        use Operation::*;
+        const V: &str = "?api-version=2025-03-01-preview";
+        let ops = [ChatCompletions, Completions, Embeddings, Responses, Models];
+        for op in ops {
+            let body_or_none = if op == Models {
+                DeploymentRef::None
+            } else {
+                DeploymentRef::BodyModel
+            };
+            let s = op.path_suffix();
+            let mut forms = vec![
+                (format!("/v1/{s}"), body_or_none),
+                (format!("/openai/v1/{s}"), body_or_none),
+                (format!("/openai/v1/{s}{V}"), body_or_none),
+            ];
+            if op != Models {
+                forms.push((
+                    format!("/openai/deployments/dep-1/{s}{V}"),
+                    DeploymentRef::Path("dep-1"),
+                ));
+            }
+            if matches!(op, Responses | Models) {
+                forms.push((format!("/openai/{s}{V}"), body_or_none));
+            }
+            for (target, deployment) in forms {
+                let slashed = match target.split_once('?') {
+                    Some((p, q)) => format!("{p}/?{q}"),
+                    None => format!("{target}/"),
+                };
+                for t in [target.as_str(), slashed.as_str()] {
+                    let r = route(op.method(), t).unwrap_or_else(|e| panic!("{t}: {e:?}"));
+                    assert_eq!(r.operation, op, "{t}");
+                    assert_eq!(r.deployment, deployment, "{t}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn azure_resource_level_forms_need_api_version_and_v1_does_not() {
+        let r = route("POST", "/openai/responses?api-version=2025-03-01-preview").unwrap();
+        assert_eq!(r.operation, Operation::Responses);
+        assert_eq!(r.deployment, DeploymentRef::BodyModel);
+        let r = route("GET", "/openai/models?x=1&api-version=2024-10-21").unwrap();
+        assert_eq!(r.operation, Operation::Models);
+        assert_eq!(r.deployment, DeploymentRef::None);
+        for (method, target) in [
+            ("POST", "/openai/responses"),
+            ("POST", "/openai/responses?api-version="),
+            ("POST", "/openai/responses/"),
+            ("GET", "/openai/models"),
+            ("GET", "/openai/models?version=1"),
+            ("POST", "/openai/deployments/d/responses"),
+        ] {
+            assert_eq!(
+                route(method, target),
+                Err(RouteError::MissingApiVersion),
+                "{target}"
+            );
+        }
+        // The v1 API takes no api-version; one sent anyway is ignored.
+        assert!(route("POST", "/openai/v1/responses").is_ok());
+        assert!(route("GET", "/openai/v1/models?api-version=preview").is_ok());
+        assert_eq!(
+            route("POST", "/openai/models?api-version=1"),
+            Err(RouteError::MethodNotAllowed("GET"))
+        );
+        assert_eq!(
+            route("GET", "/openai/responses?api-version=1"),
+            Err(RouteError::MethodNotAllowed("POST"))
+        );
+    }
+
+    #[test]
     fn unknown_paths_are_not_found() {
         for path in [
             "/",
@@ -201,6 +308,19 @@ mod tests {
             "/openai/deployments/x?api-version=1",
             "/openai/deployments/x/models?api-version=1",
             "/v1/chat/completions/extra",
+            "/v1/chat/completions//",
+            "/v1//chat/completions",
+            "/openai/chat/completions?api-version=1",
+            "/openai/completions?api-version=1",
+            "/openai/embeddings?api-version=1",
+            "/openai/responses/resp_1?api-version=1",
+            "/openai/v1?api-version=1",
+            "/openai/v1/?api-version=1",
+            "/openai/deployments/x/?api-version=1",
+            "/openai/deployments/x/responses/input_items?api-version=1",
+            "/openai?api-version=1",
+            "/openai/?api-version=1",
+            "/openai/v1/deployments/x/chat/completions",
         ] {
             assert_eq!(route("POST", path), Err(RouteError::NotFound), "{path}");
         }
