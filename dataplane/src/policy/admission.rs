@@ -214,12 +214,8 @@ pub fn gate_client_ip(
                 would_deny,
                 ..
             } => {
-                if let Some(reason) = would_deny {
-                    tracing::warn!(limit = %limit.label, ?reason, "shadow limit would have refused this request");
-                }
-                if gate.requests.is_none_or(|(_, r)| remaining < r) {
-                    gate.requests = Some((size, remaining));
-                }
+                warn_if_shadowed(limit, would_deny);
+                keep_tightest(&mut gate.requests, size, remaining);
                 gate.decided.push((index, remaining, would_deny.is_some()));
             }
             Decision::Deny(denial) => return Err(refusal(limit, &denial)),
@@ -292,9 +288,7 @@ pub fn admit(
                 would_deny,
                 ..
             } => {
-                if let Some(reason) = would_deny {
-                    tracing::warn!(limit = %limit.label, ?reason, "shadow limit would have refused this request");
-                }
+                warn_if_shadowed(limit, would_deny);
                 if ask.trace {
                     admission
                         .trace
@@ -304,9 +298,7 @@ pub fn admit(
                     LimitUnit::Requests => &mut admission.requests,
                     LimitUnit::Tokens => &mut admission.tokens,
                 };
-                if slot.is_none_or(|(_, r)| remaining < r) {
-                    *slot = Some((size, remaining));
-                }
+                keep_tightest(slot, size, remaining);
                 admission.held.push(held);
             }
             Decision::Deny(denial) => {
@@ -317,6 +309,20 @@ pub fn admit(
     }
     gate_trace(&mut admission, ask, &gate);
     Ok(admission)
+}
+
+/// Logs what a shadow limit would have refused (it refused nothing).
+fn warn_if_shadowed<R: std::fmt::Debug>(limit: &Limit, would_deny: Option<R>) {
+    if let Some(reason) = would_deny {
+        tracing::warn!(limit = %limit.label, ?reason, "shadow limit would have refused this request");
+    }
+}
+
+/// Keeps in `slot` the (limit, remaining) of the tightest limit of a unit seen so far.
+fn keep_tightest(slot: &mut Option<(u64, u64)>, size: u64, remaining: u64) {
+    if slot.is_none_or(|(_, r)| remaining < r) {
+        *slot = Some((size, remaining));
+    }
 }
 
 /// Takes `cost` from one limit's bucket or counter at `now`: the decision (its shadow mode
