@@ -14,7 +14,7 @@ use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 
 use super::conn::{Client, Next};
-use super::io::read_more_within;
+use super::io::{read_more_watching, Stopped};
 use super::local;
 use super::worker::{RequestId, View, Worker};
 use crate::clock::now_millis;
@@ -94,6 +94,9 @@ enum SendError {
     /// on faithfully. Never resent, to this backend or another: the backend may have acted
     /// on it (a paid completion would run twice).
     Protocol(&'static str),
+    /// The client closed its connection while Sluice waited for the answer: the upstream
+    /// connection is closed (cancelling the request there), and nobody is answered.
+    ClientGone,
 }
 
 impl Client {
@@ -211,6 +214,16 @@ impl Client {
                 Err(SendError::Timeout) => {
                     self.usage.no_answer();
                     last_error = GatewayError::upstream_timeout();
+                    break;
+                }
+                Err(SendError::ClientGone) => {
+                    self.usage.client_gone();
+                    tracing::info!(
+                        request_id = %String::from_utf8_lossy(rid.as_bytes()),
+                        backend = %backend.name,
+                        "client went away while waiting for the backend; upstream request cancelled"
+                    );
+                    result = Some(Next::Close);
                     break;
                 }
                 Err(SendError::Protocol(message)) => {
@@ -378,6 +391,7 @@ impl Client {
             )),
             Err(ReadHead::Timeout) => Err(SendError::Timeout),
             Err(ReadHead::Invalid(m)) => Err(SendError::Protocol(m)),
+            Err(ReadHead::ClientGone) => Err(SendError::ClientGone),
         }
     }
 
@@ -456,7 +470,7 @@ impl Client {
             }
             let was_empty = self.ubuf.is_empty();
             let buf = std::mem::take(&mut self.ubuf);
-            match read_more_within(stream, buf, t.upstream_first_byte).await {
+            match read_more_watching(stream, buf, t.upstream_first_byte, &self.stream).await {
                 Ok((Ok(n), buf)) if n > 0 => self.ubuf = buf,
                 Ok((_, buf)) => {
                     self.ubuf = buf;
@@ -468,7 +482,8 @@ impl Client {
                         )
                     });
                 }
-                Err(_) => return Err(ReadHead::Timeout),
+                Err(Stopped::TimedOut) => return Err(ReadHead::Timeout),
+                Err(Stopped::ClientGone) => return Err(ReadHead::ClientGone),
             }
         }
     }
@@ -512,6 +527,8 @@ enum ReadHead {
     Closed,
     Timeout,
     Invalid(&'static str),
+    /// The client went away while Sluice waited for the answer.
+    ClientGone,
 }
 
 async fn connect(addr: SocketAddr, t: &Timeouts) -> Result<TcpStream, SendError> {

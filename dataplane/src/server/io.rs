@@ -1,6 +1,7 @@
 //! Small I/O helpers over monoio's owned-buffer API, and the socket's descriptor for the
 //! few plain syscalls monoio does not offer (a non-blocking peek, an abortive close).
 
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
@@ -8,6 +9,9 @@ use std::time::Duration;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use monoio::time::Instant;
+use rustix::io::Errno;
+use rustix::net::RecvFlags;
 
 /// Least spare room a read is given; the buffer grows by doubling when less is left.
 const MIN_READ_SPACE: usize = 4 * 1024;
@@ -37,6 +41,101 @@ pub async fn read_more_within<S: AsyncReadRent>(
     monoio::time::timeout(limit, read_more(stream, buf))
         .await
         .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))
+}
+
+/// How often the client is checked while Sluice waits on its backend (see [`read_more_watching`]).
+pub const HANGUP_CHECK: Duration = Duration::from_millis(500);
+
+/// Why a [`read_more_watching`] ended without its read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Nothing arrived within the limit.
+    TimedOut,
+    /// The client closed or reset its connection meanwhile.
+    ClientGone,
+}
+
+/// `work` (a read from a backend, a wait standing for one) bounded by `limit`, giving up
+/// early when the client behind `client` goes away: every [`HANGUP_CHECK`] of waiting, the
+/// client's socket is peeked ([`peek_state`]), and an end of stream (its FIN) or an error (its
+/// reset) ends the wait with [`Stopped::ClientGone`]. Bytes from the client (a pipelined
+/// request) mean it is still there. As with nginx's default (`proxy_ignore_client_abort
+/// off`), a client that half-closes after its request counts as gone.
+///
+/// Costs what a plain timeout costs while the backend answers promptly (one timer), and one
+/// non-blocking `recv` per [`HANGUP_CHECK`] while it does not. `work` is dropped (cancelled)
+/// when the wait ends early: after a read from a backend, the caller closes that connection —
+/// which is how the backend learns the request was abandoned.
+pub async fn watching_client<F: Future>(
+    limit: Duration,
+    work: F,
+    client: &TcpStream,
+) -> Result<F::Output, Stopped> {
+    let deadline = Instant::now() + limit;
+    let mut work = std::pin::pin!(work);
+    loop {
+        let wake = deadline.min(Instant::now() + HANGUP_CHECK);
+        monoio::select! {
+            done = &mut work => return Ok(done),
+            _ = monoio::time::sleep_until(wake) => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(Stopped::TimedOut);
+        }
+        if peek_state(client) == PeerState::Closed {
+            return Err(Stopped::ClientGone);
+        }
+    }
+}
+
+/// [`read_more`] within `limit` unless the client goes first (see [`watching_client`]).
+pub async fn read_more_watching<S: AsyncReadRent>(
+    stream: &mut S,
+    buf: Vec<u8>,
+    limit: Duration,
+    client: &TcpStream,
+) -> Result<(io::Result<usize>, Vec<u8>), Stopped> {
+    watching_client(limit, read_more(stream, buf), client).await
+}
+
+/// Sleeps for `pause` (a simulated backend's latency), ending early with
+/// [`Stopped::ClientGone`] when the client goes away (see [`watching_client`]).
+pub async fn sleep_watching(pause: Duration, client: &TcpStream) -> Result<(), Stopped> {
+    match watching_client(pause, std::future::pending::<()>(), client).await {
+        Err(Stopped::ClientGone) => Err(Stopped::ClientGone),
+        _ => Ok(()),
+    }
+}
+
+/// What the peer of a connection with no operation in flight on it has to say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    /// Nothing: no bytes waiting, the connection open.
+    Quiet,
+    /// Bytes are waiting to be read.
+    Data,
+    /// The peer closed its side (end of stream) or the connection failed (a reset).
+    Closed,
+}
+
+/// What `stream`'s peer has to say, by a one-byte `recv(MSG_PEEK | MSG_DONTWAIT)`: no data
+/// (`EAGAIN`) is quiet, data is data, end of stream or any other error is closed.
+///
+/// The peek consumes nothing and does not block whatever mode the socket is in, so it is the
+/// same on monoio's io_uring and epoll drivers. It must not race a read of the same socket
+/// (none is in flight on an idle pooled connection, nor on a client's while Sluice waits on
+/// its backend).
+pub fn peek_state(stream: &TcpStream) -> PeerState {
+    let mut byte = [0u8; 1];
+    match rustix::net::recv(
+        fd_of(stream),
+        &mut byte,
+        RecvFlags::PEEK | RecvFlags::DONTWAIT,
+    ) {
+        Err(Errno::AGAIN | Errno::INTR) => PeerState::Quiet,
+        Ok((n, _)) if n > 0 => PeerState::Data,
+        _ => PeerState::Closed,
+    }
 }
 
 /// Writes all of `buf` to `stream` within `limit`: `Err(TimedOut)` when the peer did not take

@@ -2,6 +2,7 @@
 //! writes it, sleeping for the configured latency and streaming pace.
 
 use super::conn::{Client, Next};
+use super::io::sleep_watching;
 use super::local::{common_headers, json_response, status_line};
 use super::relay::frame;
 use super::worker::RequestId;
@@ -30,8 +31,12 @@ impl Client {
                 (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
             });
         let reply = mock::reply(settings, op, &self.body, created, seed);
-        if !settings.latency.is_zero() {
-            monoio::time::sleep(settings.latency).await;
+        if !settings.latency.is_zero()
+            && sleep_watching(settings.latency, &self.stream)
+                .await
+                .is_err()
+        {
+            return self.mock_client_gone(rid);
         }
         let mut out = std::mem::take(&mut self.out);
         out.clear();
@@ -68,7 +73,10 @@ impl Client {
                     self.out = out;
                     return Next::Close;
                 }
-                monoio::time::sleep(pause).await;
+                if sleep_watching(pause, &self.stream).await.is_err() {
+                    self.out = out;
+                    return self.mock_client_gone(rid);
+                }
             }
             event.clear();
             if !events.next_event(&mut event) {
@@ -90,5 +98,16 @@ impl Client {
             out.extend_from_slice(LAST_CHUNK);
         }
         self.write_out(out, close).await
+    }
+
+    /// The client left while the mock "worked" (its latency or a streaming pause): settled
+    /// like a real backend's abandoned request.
+    fn mock_client_gone(&mut self, rid: &RequestId) -> Next {
+        self.usage.client_gone();
+        tracing::info!(
+            request_id = %String::from_utf8_lossy(rid.as_bytes()),
+            "client went away while waiting for the mock backend"
+        );
+        Next::Close
     }
 }

@@ -30,10 +30,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
-use rustix::io::Errno;
-use rustix::net::RecvFlags;
 
-use super::io::fd_of;
+use super::io::{peek_state, PeerState};
 
 /// Idle connections kept per backend address.
 const MAX_IDLE_PER_ADDR: usize = 64;
@@ -78,7 +76,7 @@ pub struct UpstreamPools {
 
 impl UpstreamPools {
     /// Takes the most recently used idle connection to `addr` that is younger than 50 s and
-    /// still quiet (see [`idle_state`]); every connection passed over on the way is closed.
+    /// still quiet (see [`peek_state`]); every connection passed over on the way is closed.
     /// Late bytes on one distrust the backend ([`distrust`](Self::distrust)): `None` then.
     /// `None` when no such connection is left: the caller connects afresh.
     ///
@@ -91,12 +89,14 @@ impl UpstreamPools {
             if now.duration_since(conn.since) >= MAX_IDLE_AGE {
                 continue;
             }
-            match idle_state(&conn.stream) {
-                IdleState::Quiet => return Some(conn.stream),
-                IdleState::Closed => {
+            // No operation is in flight on an idle connection, so the peek races nothing.
+            match peek_state(&conn.stream) {
+                PeerState::Quiet => return Some(conn.stream),
+                PeerState::Closed => {
                     tracing::debug!(%addr, "idle upstream connection closed by the backend");
                 }
-                IdleState::Unsolicited => {
+                // Late or unsolicited bytes: no request asked for them.
+                PeerState::Data => {
                     list.clear();
                     drop(idle);
                     self.distrust(addr);
@@ -150,37 +150,6 @@ impl UpstreamPools {
     /// Closes every idle connection (at shutdown).
     pub fn clear(&self) {
         self.idle.borrow_mut().clear();
-    }
-}
-
-/// What an idle connection has to say.
-enum IdleState {
-    /// Nothing: it may carry the next request.
-    Quiet,
-    /// The backend closed or reset it.
-    Closed,
-    /// Bytes arrived that no request asked for.
-    Unsolicited,
-}
-
-/// What an idle connection has to say, by a one-byte `recv(MSG_PEEK | MSG_DONTWAIT)`: no
-/// data (`EAGAIN`) is quiet; data (late or unsolicited bytes) is unsolicited; end of stream
-/// (the backend closed it) or any error (a reset) is closed. Only a quiet one may carry
-/// another request.
-///
-/// The peek consumes nothing and does not block, whatever mode the socket is in, so it is
-/// the same on monoio's io_uring and epoll drivers; no operation is in flight on an idle
-/// connection, so it cannot race one.
-fn idle_state(stream: &TcpStream) -> IdleState {
-    let mut byte = [0u8; 1];
-    match rustix::net::recv(
-        fd_of(stream),
-        &mut byte,
-        RecvFlags::PEEK | RecvFlags::DONTWAIT,
-    ) {
-        Err(Errno::AGAIN) => IdleState::Quiet,
-        Ok((n, _)) if n > 0 => IdleState::Unsolicited,
-        _ => IdleState::Closed,
     }
 }
 

@@ -9,7 +9,7 @@ use monoio::net::TcpStream;
 
 use super::conn::{Client, Next};
 use super::forward::has_connection_header;
-use super::io::{abort_on_close, read_more_within};
+use super::io::{abort_on_close, read_more_watching, Stopped};
 use super::local;
 use super::usage_tap::UsageTap;
 use super::worker::{RequestId, Worker};
@@ -269,20 +269,26 @@ impl Client {
         }
     }
 
-    /// Reads more of the answer into `self.ubuf` within `stream_idle`; 0 at its end.
+    /// Reads more of the answer into `self.ubuf` within `stream_idle`; 0 at its end. A client
+    /// that goes away meanwhile ends the relay (see [`read_more_watching`]).
     async fn read_upstream_or_end(
         &mut self,
         upstream: &mut TcpStream,
         t: &Timeouts,
     ) -> Result<usize, Broken> {
         let buf = std::mem::take(&mut self.ubuf);
-        match read_more_within(upstream, buf, t.stream_idle).await {
+        match read_more_watching(upstream, buf, t.stream_idle, &self.stream).await {
             Ok((res, buf)) => {
                 self.ubuf = buf;
                 res.map_err(|_| Broken::Midway)
             }
-            // Timed out: the buffer went with the cancelled read; a fresh one replaces it.
-            Err(_) => Err(Broken::Midway),
+            // The buffer went with the cancelled read; a fresh one replaces it.
+            Err(Stopped::TimedOut) => Err(Broken::Midway),
+            Err(Stopped::ClientGone) => {
+                self.usage.client_gone();
+                tracing::info!("client went away mid-answer; upstream request cancelled");
+                Err(Broken::Midway)
+            }
         }
     }
 

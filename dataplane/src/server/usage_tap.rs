@@ -64,6 +64,9 @@ pub enum Unknown {
     /// The request reached the backend, but no answer Sluice could relay came back (the
     /// connection broke, closed or timed out first): the backend may have done the work.
     NoAnswer,
+    /// The client went away before the answer was whole; Sluice closed the upstream
+    /// connection, cancelling the request there.
+    ClientGone,
 }
 
 impl Unknown {
@@ -74,6 +77,7 @@ impl Unknown {
             Unknown::Missing => "answer carried no usage",
             Unknown::TooLarge => "answer too large to read its usage",
             Unknown::NoAnswer => "request sent but no answer came back",
+            Unknown::ClientGone => "client went away before the answer ended",
         }
     }
 }
@@ -182,6 +186,23 @@ impl UsageTap {
     pub fn no_answer(&mut self) {
         if let UsageTap::Pending { .. } = self {
             *self = UsageTap::Done(Charge::Estimate(Unknown::NoAnswer));
+        }
+    }
+
+    /// The client went away before the answer was whole, and the upstream request was
+    /// cancelled: a usage already read stands (the backend did that work); otherwise the
+    /// reservation stands ([`Unknown::ClientGone`]). An answer that was not a success still
+    /// costs nothing.
+    pub fn client_gone(&mut self) {
+        if self.reads() {
+            // What the scanner still held back is for nobody now.
+            self.finish(&mut Vec::new());
+        }
+        match self {
+            UsageTap::Pending { .. } | UsageTap::Done(Charge::Estimate(_)) => {
+                *self = UsageTap::Done(Charge::Estimate(Unknown::ClientGone));
+            }
+            _ => {}
         }
     }
 
