@@ -6,7 +6,10 @@
 //! and months, so they need the calendar, not an uptime).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::time::{clock_getres, clock_gettime, ClockId};
 
 /// A source of the current time. Implementations must be monotonic in `now_nanos`.
 pub trait Clock {
@@ -36,7 +39,9 @@ impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
 
 /// The real clock: `CLOCK_MONOTONIC_COARSE` and `CLOCK_REALTIME_COARSE`.
 ///
-/// The coarse clocks are read from the vDSO without a timer read (a few ns, against ~25 ns
+/// Read through libc (`nix`), whose `clock_gettime` finds the vDSO the way valgrind expects
+/// (rustix's own vDSO lookup kills the process under valgrind). The coarse clocks are read
+/// from the vDSO without a timer read (a few ns, against ~25 ns
 /// for `Instant::now()` on a VM here) and advance once per kernel tick: their resolution is
 /// 1–4 ms (`clock_getres`, see [`SystemClock::resolution`]). A limiter reads time in those
 /// steps; that changes when tokens appear, never how many, so the admission bounds hold.
@@ -46,9 +51,17 @@ pub struct SystemClock;
 impl SystemClock {
     /// The monotonic clock's resolution (one kernel tick on Linux).
     pub fn resolution() -> Duration {
-        let ts = rustix::time::clock_getres(rustix::time::ClockId::MonotonicCoarse);
-        timespec_duration(ts.tv_sec, ts.tv_nsec)
+        clock_getres(ClockId::CLOCK_MONOTONIC_COARSE).map_or(Duration::from_millis(1), |ts| {
+            timespec_duration(ts.tv_sec(), ts.tv_nsec())
+        })
     }
+}
+
+/// Nanoseconds on `Instant`'s clock since its first read in this process.
+fn fallback_nanos() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn timespec_duration(secs: i64, nanos: i64) -> Duration {
@@ -59,11 +72,15 @@ fn timespec_duration(secs: i64, nanos: i64) -> Duration {
 
 impl Clock for SystemClock {
     fn now_nanos(&self) -> u64 {
-        let ts = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
-        u64::try_from(ts.tv_sec)
-            .unwrap_or(0)
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
+        match clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE) {
+            Ok(ts) => u64::try_from(ts.tv_sec())
+                .unwrap_or(0)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(u64::try_from(ts.tv_nsec()).unwrap_or(0)),
+            // Only a kernel without the coarse clock (before 2.6.32) refuses it, and then
+            // every call does: the process keeps to one clock either way.
+            Err(_) => fallback_nanos(),
+        }
     }
 
     fn unix_secs(&self) -> u64 {
