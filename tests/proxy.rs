@@ -48,6 +48,29 @@ fn assert_chat_completion(resp: &Response, model: &str) {
     );
 }
 
+/// A listen port 0 is bound once by the kernel's choice and shared by every worker: 64
+/// connections to the port the ready file gave reach both workers (the request id names its
+/// worker in hex digits 8–11).
+#[test]
+fn port_zero_is_one_port_for_every_worker() {
+    let s = Launch::new(MOCK_BODY).workers(2).start();
+    assert_ne!(s.port, 0);
+    let mut workers = std::collections::BTreeSet::new();
+    for _ in 0..64 {
+        let resp = s.get("/v1/models");
+        assert_eq!(resp.status, 200);
+        let id = resp
+            .head
+            .header("x-request-id")
+            .expect("request id")
+            .to_string();
+        workers.insert(id[8..12].to_string());
+    }
+    let want: std::collections::BTreeSet<String> =
+        ["0000", "0001"].iter().map(|w| w.to_string()).collect();
+    assert_eq!(workers, want, "both workers accept on the one port");
+}
+
 #[test]
 fn startup_line_names_workers_and_listener() {
     let s = Launch::new(MOCK_BODY).workers(2).start();

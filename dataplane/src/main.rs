@@ -1,12 +1,13 @@
 //! `sluice`: the data plane gateway. Runs from one TOML config file (see the README's config
 //! reference), reloads it on SIGHUP and on change, and drains gracefully on SIGTERM/SIGINT.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -31,6 +32,11 @@ struct Cli {
     /// I/O driver: io_uring (falling back to epoll where refused), or force one.
     #[arg(long, value_enum, default_value = "auto")]
     driver: DriverChoice,
+    /// Once every worker listens, write the listen addresses here, one `IP:PORT` per line
+    /// (a port 0 in the config resolved to the one bound). Written whole (a temporary file
+    /// renamed), so a reader never sees part of it.
+    #[arg(long, value_name = "FILE")]
+    ready_file: Option<PathBuf>,
 }
 
 /// Tools besides running the gateway.
@@ -97,8 +103,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let shared = Shared::new(loaded);
     // Register signal handlers before the workers start, so an early signal is not lost.
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
-    let running = server::start(shared.clone(), listen.clone(), workers, cli.driver)?;
-    let listen_list: Vec<String> = listen.iter().map(ToString::to_string).collect();
+    let running = server::start(shared.clone(), listen, workers, cli.driver)?;
+    let listen_list: Vec<String> = running.listen.iter().map(ToString::to_string).collect();
+    if let Some(path) = &cli.ready_file {
+        write_ready_file(path, &listen_list)
+            .with_context(|| format!("cannot write the ready file {}", path.display()))?;
+    }
     tracing::info!(
         "sluice started workers={} driver={} listen={} config={}",
         running.workers,
@@ -132,4 +142,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         tracing::warn!("sluice stopped with workers still busy after the grace period");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `addrs` to `path`, one per line, through a temporary file renamed into place.
+fn write_ready_file(path: &Path, addrs: &[String]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let mut text = addrs.join("\n");
+    text.push('\n');
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }

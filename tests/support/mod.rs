@@ -63,15 +63,18 @@ impl Drop for TempDir {
 // ---------------------------------------------------------------------------------------------
 // Ports
 
-/// A loopback port that was free a moment ago (bound to :0, read, released).
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr").port()
-}
-
-/// A loopback port nothing listens on: connecting to it is refused.
+/// A loopback port nothing listens on, and nothing can: connecting to it is refused. The
+/// port stays bound (not listening) by a socket held until this test process exits, so no
+/// parallel test — and no `SO_REUSEPORT` listener — can take it meanwhile.
 pub fn closed_port() -> u16 {
-    free_port()
+    use rustix::net::{bind, getsockname, socket, AddressFamily, SocketAddrAny, SocketType};
+    static HELD: Mutex<Vec<std::os::fd::OwnedFd>> = Mutex::new(Vec::new());
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
+    bind(&fd, &SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind 127.0.0.1:0");
+    let local: SocketAddrAny = getsockname(&fd).expect("getsockname");
+    let port = SocketAddr::try_from(local).expect("an IP address").port();
+    HELD.lock().expect("lock").push(fd);
+    port
 }
 
 /// Polls `cond` every 20 ms until it holds or `within` passes; returns whether it held.
@@ -155,39 +158,33 @@ impl Launch {
         self
     }
 
-    /// Writes the config, starts the process and waits (≤ 10 s) until it accepts. A port
-    /// taken between choosing and binding it is retried with another.
+    /// Writes the config (listening on 127.0.0.1 port 0), starts the process and waits
+    /// (≤ 10 s) until it has written its ready file, which gives the port it bound.
     pub fn start(self) -> Sluice {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut sluice = self.spawn();
-            match sluice.wait_ready(Duration::from_secs(10)) {
-                Ok(()) => return sluice,
-                Err(e) if attempt < 3 && e.contains("in use") => {
-                    eprintln!("port {} was taken, retrying: {e}", sluice.port);
-                }
-                Err(e) => panic!("{e}"),
-            }
+        let mut sluice = self.spawn();
+        if let Err(e) = sluice.wait_ready(Duration::from_secs(10)) {
+            panic!("{e}");
         }
+        sluice
     }
 
     fn spawn(&self) -> Sluice {
         let dir = TempDir::new("sluice");
-        let port = free_port();
         let config_path = dir.path().join("sluice.toml");
         let log_path = dir.path().join("stderr.log");
-        fs::write(
-            &config_path,
-            config_text(port, &self.server_extra, &self.body),
-        )
-        .expect("write config");
+        let ready_path = dir.path().join("ready");
+        // Port 0: the kernel picks a free port when Sluice binds, so no other process can be
+        // handed the same one; Sluice says which in its ready file.
+        fs::write(&config_path, config_text(0, &self.server_extra, &self.body))
+            .expect("write config");
         let log = fs::File::create(&log_path).expect("create log file");
         let out = dir.path().join("stdout.log");
         let out = fs::File::create(out).expect("create stdout file");
         let mut cmd = Command::new(sluice_bin());
         cmd.arg("--config")
             .arg(&config_path)
+            .arg("--ready-file")
+            .arg(&ready_path)
             .arg("--workers")
             .arg(self.workers.to_string())
             .env("RUST_LOG", "info")
@@ -202,10 +199,11 @@ impl Launch {
         }
         let child = cmd.spawn().expect("spawn sluice");
         Sluice {
-            port,
+            port: 0,
             child: Some(child),
             config_path,
             log_path,
+            ready_path,
             server_extra: self.server_extra.clone(),
             _dir: dir,
         }
@@ -214,43 +212,47 @@ impl Launch {
 
 /// A running `sluice` child process; killed and reaped on drop.
 pub struct Sluice {
-    /// The port it listens on (127.0.0.1).
+    /// The port it listens on (127.0.0.1), as its ready file said.
     pub port: u16,
     child: Option<Child>,
     /// Its config file.
     pub config_path: PathBuf,
     /// Its captured stderr.
     pub log_path: PathBuf,
+    /// Where it writes its listen addresses once ready (`--ready-file`).
+    ready_path: PathBuf,
     server_extra: String,
     _dir: TempDir,
 }
 
 impl Sluice {
-    /// Waits until the process has logged its startup line and accepts connections.
+    /// Waits until the process has written its ready file (every worker listens), and
+    /// takes its port from it.
     fn wait_ready(&mut self, within: Duration) -> Result<(), String> {
         let deadline = Instant::now() + within;
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         loop {
             if let Some(status) = self.try_exit_status() {
                 return Err(format!(
-                    "sluice exited before accepting ({status}); stderr:\n{}",
+                    "sluice exited before it was ready ({status}); stderr:\n{}",
                     self.log()
                 ));
             }
-            // The startup line comes after every listener is bound, so a connection that
-            // succeeds after it reaches this process, not a stranger on a reused port.
-            if self.log().contains("sluice started")
-                && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-            {
+            if let Ok(text) = fs::read_to_string(&self.ready_path) {
+                let addr: SocketAddr = text
+                    .lines()
+                    .next()
+                    .and_then(|line| line.parse().ok())
+                    .ok_or_else(|| format!("unreadable ready file: {text:?}"))?;
+                self.port = addr.port();
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "sluice did not accept on {addr} within {within:?}; stderr:\n{}",
+                    "sluice was not ready within {within:?}; stderr:\n{}",
                     self.log()
                 ));
             }
-            thread::sleep(Duration::from_millis(20));
+            thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -269,14 +271,15 @@ impl Sluice {
         wait_until(within, || self.log().contains(needle))
     }
 
-    /// Rewrites the config file with a new body (same port and server settings).
+    /// Rewrites the config file with a new body (same listen address — port 0, as started —
+    /// and server settings).
     pub fn rewrite_config(&self, body: &str) {
-        self.write_raw_config(&config_text(self.port, &self.server_extra, body));
+        self.write_raw_config(&self.config_for(body));
     }
 
     /// The config text this process would get for `body`.
     pub fn config_for(&self, body: &str) -> String {
-        config_text(self.port, &self.server_extra, body)
+        config_text(0, &self.server_extra, body)
     }
 
     /// Writes `text` as the config file, as is.

@@ -117,6 +117,8 @@ pub struct Running {
     pub driver: &'static str,
     /// Worker count.
     pub workers: usize,
+    /// The addresses every worker listens on (the config's, with a port 0 resolved).
+    pub listen: Vec<SocketAddr>,
 }
 
 impl Running {
@@ -136,7 +138,8 @@ impl Running {
 }
 
 /// Starts `workers` worker threads on `listen`; returns once every worker has bound its
-/// listeners, or the first error.
+/// listeners, or the first error. A port 0 is bound by the first worker (the kernel picks a
+/// free port) and the others join it there ([`Running::listen`] says where).
 pub fn start(
     shared: Arc<Shared>,
     listen: Vec<SocketAddr>,
@@ -145,23 +148,31 @@ pub fn start(
 ) -> anyhow::Result<Running> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(workers);
-    for id in 0..workers {
-        let shared = shared.clone();
-        let listen = listen.clone();
-        let ready_tx = ready_tx.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("sluice-worker-{id}"))
-            .spawn(move || worker::run_thread(id, workers, shared, listen, driver, ready_tx))?;
-        handles.push(handle);
-    }
-    drop(ready_tx);
     let mut used = "io_uring";
-    for _ in 0..workers {
+    let mut bound = listen;
+    for id in 0..workers {
+        let spawned = {
+            let shared = shared.clone();
+            let listen = bound.clone();
+            let ready_tx = ready_tx.clone();
+            std::thread::Builder::new()
+                .name(format!("sluice-worker-{id}"))
+                .spawn(move || worker::run_thread(id, workers, shared, listen, driver, ready_tx))
+        };
+        match spawned {
+            Ok(handle) => handles.push(handle),
+            Err(e) => {
+                shared.begin_shutdown();
+                return Err(e.into());
+            }
+        }
+        // One at a time: the first worker's addresses (ports resolved) are the others'.
         match ready_rx.recv() {
-            Ok(Ok(driver)) => {
+            Ok(Ok((driver, addrs))) => {
                 if driver != "io_uring" {
                     used = driver;
                 }
+                bound = addrs;
             }
             Ok(Err(message)) => {
                 shared.begin_shutdown();
@@ -177,5 +188,6 @@ pub fn start(
         handles,
         driver: used,
         workers,
+        listen: bound,
     })
 }

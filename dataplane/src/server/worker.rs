@@ -21,15 +21,19 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
 /// Ticks between sweeps of idle limiter keys (about a minute).
 const SWEEP_EVERY: u64 = 600;
 
+/// What a worker reports once its listeners are bound: the driver's name and the addresses
+/// it bound (a port 0 resolved to the one the kernel chose), or why it could not start.
+pub(super) type Ready = Result<(&'static str, Vec<SocketAddr>), String>;
+
 /// Builds the worker's runtime and runs it until shutdown. Reports on `ready` once its
-/// listeners are bound (the driver's name) or why it could not start.
+/// listeners are bound, or why it could not start.
 pub(super) fn run_thread(
     id: usize,
     workers: usize,
     shared: Arc<Shared>,
     listen: Vec<SocketAddr>,
     driver: DriverChoice,
-    ready: mpsc::Sender<Result<&'static str, String>>,
+    ready: mpsc::Sender<Ready>,
 ) {
     if driver != DriverChoice::Epoll {
         let runtime = crate::runtime::uring_runtime();
@@ -63,23 +67,27 @@ async fn run(
     shared: Arc<Shared>,
     listen: Vec<SocketAddr>,
     driver: &'static str,
-    ready: mpsc::Sender<Result<&'static str, String>>,
+    ready: mpsc::Sender<Ready>,
 ) {
     let opts = ListenerOpts::new()
         .reuse_port(true)
         .reuse_addr(true)
         .backlog(4096);
     let mut listeners = Vec::with_capacity(listen.len());
+    let mut bound = Vec::with_capacity(listen.len());
     for addr in &listen {
-        match TcpListener::bind_with_config(addr, &opts) {
-            Ok(l) => listeners.push(l),
+        match TcpListener::bind_with_config(addr, &opts).and_then(|l| Ok((l.local_addr()?, l))) {
+            Ok((local, l)) => {
+                bound.push(local);
+                listeners.push(l);
+            }
             Err(e) => {
                 let _ = ready.send(Err(format!("cannot listen on {addr}: {e}")));
                 return;
             }
         }
     }
-    let _ = ready.send(Ok(driver));
+    let _ = ready.send(Ok((driver, bound)));
     drop(ready);
 
     let worker = Rc::new(Worker::new(id, workers, shared));
