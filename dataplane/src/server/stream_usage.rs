@@ -87,3 +87,133 @@ impl Client {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::usage_tap::{Charge, UsageTap};
+    use crate::tokens::estimate::Estimator;
+
+    const STREAM: &[u8] =
+        b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"abcdefgh\"}}]}\n\n\
+data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"abc\"}}]}\n\n";
+
+    fn counting_tap() -> UsageTap {
+        let mut tap = UsageTap::new(true);
+        tap.attempt(false, Some(Estimator::Heuristic));
+        tap.start(200, true);
+        tap
+    }
+
+    #[test]
+    fn a_whole_stream_without_usage_is_counted_across_pieces() {
+        let mut tap = counting_tap();
+        let mut out = Vec::new();
+        // Split mid-event: the count does not depend on how the bytes arrive.
+        let (a, b) = STREAM.split_at(30);
+        tap.feed(a, &mut out);
+        tap.feed(b, &mut out);
+        tap.feed(b"data: [DONE]\n\n", &mut out);
+        assert!(out.is_empty(), "an observing tap passes bytes as they came");
+        tap.finish(&mut out);
+        assert_eq!(
+            tap.charge(),
+            Charge::Counted {
+                completion: 2 + 1,
+                whole: true
+            }
+        );
+    }
+
+    #[test]
+    fn a_stream_cut_short_is_counted_as_not_whole() {
+        let mut tap = counting_tap();
+        let mut out = Vec::new();
+        tap.feed(STREAM, &mut out);
+        assert_eq!(
+            tap.charge(),
+            Charge::Counted {
+                completion: 3,
+                whole: false
+            },
+            "the relay broke off mid-body"
+        );
+        tap.finish(&mut out);
+        assert_eq!(
+            tap.charge(),
+            Charge::Counted {
+                completion: 3,
+                whole: false
+            },
+            "the body ended without [DONE]"
+        );
+    }
+
+    #[test]
+    fn reported_usage_wins_over_the_count() {
+        let mut tap = counting_tap();
+        let mut out = Vec::new();
+        tap.feed(STREAM, &mut out);
+        tap.feed(
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\ndata: [DONE]\n\n",
+            &mut out,
+        );
+        tap.finish(&mut out);
+        assert!(matches!(tap.charge(), Charge::Usage(u) if u.total_tokens == 3));
+    }
+
+    #[test]
+    fn a_stream_expected_to_carry_usage_is_not_counted() {
+        let mut tap = UsageTap::new(true);
+        tap.attempt(true, None);
+        tap.start(200, true);
+        assert!(tap.filters(), "the injected usage chunk is dropped");
+        let mut out = Vec::new();
+        tap.feed(STREAM, &mut out);
+        tap.feed(b"data: [DONE]\n\n", &mut out);
+        tap.finish(&mut out);
+        assert!(matches!(tap.charge(), Charge::Estimate(_)));
+    }
+
+    #[test]
+    fn the_last_attempt_before_the_answer_decides() {
+        let mut tap = UsageTap::new(true);
+        tap.attempt(true, None);
+        tap.attempt(false, Some(Estimator::Heuristic));
+        tap.start(200, true);
+        assert!(!tap.filters());
+        tap.attempt(true, None);
+        assert!(!tap.filters(), "past the head, attempts change nothing");
+        let mut out = Vec::new();
+        tap.feed(STREAM, &mut out);
+        tap.feed(b"data: [DONE]\n\n", &mut out);
+        tap.finish(&mut out);
+        assert!(matches!(tap.charge(), Charge::Counted { whole: true, .. }));
+        let mut off = UsageTap::new(false);
+        off.attempt(true, Some(Estimator::Heuristic));
+        off.start(200, true);
+        assert_eq!(off.charge(), Charge::Nothing);
+    }
+
+    #[test]
+    fn an_oversized_event_is_counted_by_its_bytes() {
+        let mut tap = counting_tap();
+        let mut out = Vec::new();
+        let big = format!(
+            "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n",
+            "a".repeat(2 << 20)
+        );
+        // Arriving in pieces, it outgrows what the scanner holds and passes unread.
+        for piece in big.as_bytes().chunks(64 << 10) {
+            tap.feed(piece, &mut out);
+        }
+        tap.feed(STREAM, &mut out);
+        tap.feed(b"data: [DONE]\n\n", &mut out);
+        tap.finish(&mut out);
+        let Charge::Counted { completion, whole } = tap.charge() else {
+            panic!("{:?}", tap.charge());
+        };
+        assert!(whole);
+        // The big event unread, by its bytes (a token per 4), plus the two read ones.
+        assert_eq!(completion, (big.len() as u64).div_ceil(4) + 3);
+    }
+}
