@@ -81,8 +81,10 @@ pub enum Charge {
 pub enum Unknown {
     /// The answer (a stream, or a body) ended before its end.
     CutShort,
-    /// The answer ended cleanly without a usage (a backend that does not report it, a
-    /// stream whose client and backend did not agree to send it, an encoded body).
+    /// The answer ended cleanly without a usage: a JSON body without one, or a stream that
+    /// was expected to carry it (Sluice or the client asked a backend that accepts
+    /// `stream_options`) and did not. Streams not expected to carry it are counted
+    /// ([`Charge::Counted`]).
     Missing,
     /// The JSON answer was larger than Sluice captures.
     TooLarge,
