@@ -446,8 +446,9 @@ fn default_max_tokens_is_reserved_when_the_request_sets_none() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// An answer whose usage is unknown is never free: the reservation stands. And Sluice reads the
-// request the backend reads: repeated or mistyped decision fields are refused.
+// An answer whose usage is unknown is never free: the reservation stands (a stream without
+// usage is counted). And Sluice reads the request the backend reads: repeated or mistyped
+// decision fields are refused.
 
 /// A deployment served by the mock that never asks for the usage chunk.
 const MOCK_NO_STREAM_USAGE: &str = r#"
@@ -462,12 +463,24 @@ backends = [{ backend = "mock-a" }]
 tokens = { estimator = "heuristic", stream_usage = false }
 "#;
 
+/// The completion tokens Sluice counts for `chunks` with the heuristic estimator: a token
+/// per 4 bytes (rounded up) of each delta's content.
+fn heuristic_count(chunks: &[Value]) -> i64 {
+    chunks
+        .iter()
+        .flat_map(|c| c["choices"].as_array().cloned().unwrap_or_default())
+        .filter_map(|choice| choice["delta"]["content"].as_str().map(str::len))
+        .map(|len| len.div_ceil(4) as i64)
+        .sum()
+}
+
 /// A streamed chat whose client did not ask for usage, and whose deployment does not ask for
-/// it either: the stream ends with no usage, so it is charged its whole reservation (two
-/// identical streams A, B: remaining(A) − remaining(B) = the reservation, i.e. A charged
-/// what B reserved), never zero.
+/// it either: the stream ends with no usage, so Sluice counts its completion as it passes and
+/// charges the prompt estimate plus that count (two identical streams A, B: remaining(A) −
+/// remaining(B) = what A was charged; A's reservation less its max_tokens of 100 is the prompt
+/// estimate), never zero.
 #[test]
-fn a_stream_without_usage_keeps_its_reservation() {
+fn a_stream_without_usage_is_charged_its_prompt_estimate_plus_its_counted_completion() {
     let s = Launch::new(&body_with(MOCK_NO_STREAM_USAGE, &quota_limits(BIG_QUOTA))).start();
     let body = chat_with(json!({"stream": true}));
     let (ha, chunks) = stream_chat(&s, KEY_A, &body);
@@ -475,18 +488,20 @@ fn a_stream_without_usage_keeps_its_reservation() {
     settle();
     let (hb, _) = stream_chat(&s, KEY_A, &body);
     let reserved = BIG_QUOTA - head_remaining_tokens(&ha);
+    let prompt = reserved - 100;
+    let counted = heuristic_count(&chunks);
     assert!(
-        reserved > 100,
-        "the reservation covers max_tokens 100: {reserved}"
+        prompt > 0 && counted > 0,
+        "prompt {prompt}, counted {counted}"
     );
     assert_eq!(
         head_remaining_tokens(&ha) - head_remaining_tokens(&hb),
-        reserved,
-        "A's unknown usage must be charged its reservation"
+        prompt + counted,
+        "A must be charged its prompt estimate plus its counted completion"
     );
     assert!(
         s.wait_log(
-            "answer carried no usage: charged the estimate",
+            "stream carried no usage: charged the prompt estimate plus the completion counted by Sluice",
             Duration::from_secs(5)
         ),
         "{}",
@@ -494,16 +509,22 @@ fn a_stream_without_usage_keeps_its_reservation() {
     );
 }
 
-/// Thirty ~100-token streams against 1,000 tokens a minute (burst 1,000): with the answers'
-/// usage unknown, each costs its reservation, so about ten pass and the rest are refused.
+/// Thirty streams without usage against 1,000 tokens a minute (burst 1,000): each is charged
+/// its prompt estimate plus its counted completion, so about (1,000 − one reservation) / that
+/// charge + 1 pass and the rest are refused — never all of them for free.
 #[test]
 fn streams_without_usage_cannot_pass_a_token_rate_for_free() {
     let limits = r#"limits = [{ unit = "tokens", rate = 1000, per = "minute" }]"#;
     let s = Launch::new(&body_with(MOCK_NO_STREAM_USAGE, limits)).start();
     let body = chat_with(json!({"stream": true, "max_tokens": 90}));
+    let (first, chunks) = stream_chat(&s, KEY_A, &body);
+    settle();
+    let reservation = 1000 - head_remaining_tokens(&first);
+    let charge = reservation - 90 + heuristic_count(&chunks);
+    let expected = (1000 - reservation) / charge + 1;
     let bytes = serde_json::to_vec(&body).unwrap();
-    let (mut ok, mut limited) = (0, 0);
-    for _ in 0..30 {
+    let (mut ok, mut limited) = (1, 0);
+    for _ in 1..30 {
         let mut c = s.connect();
         c.send(&request_bytes(
             "POST",
@@ -522,7 +543,11 @@ fn streams_without_usage_cannot_pass_a_token_rate_for_free() {
         }
         settle();
     }
-    assert!((8..=12).contains(&ok), "{ok} passed, {limited} limited");
+    assert!(
+        (expected - 2..=expected + 2).contains(&ok),
+        "{ok} passed, {limited} limited; each charged {charge} of reservation {reservation}: ~{expected} expected"
+    );
+    assert!(limited > 0);
     assert_eq!(ok + limited, 30);
 }
 

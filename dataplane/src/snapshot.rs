@@ -197,6 +197,19 @@ pub enum BackendKind {
     OpenAi(OpenAiBackend),
 }
 
+impl BackendKind {
+    /// Whether Sluice may add `stream_options.include_usage` to a streamed chat or
+    /// completions request for this backend: as configured for HTTP backends; always for
+    /// the built-in mock, which implements it.
+    pub fn accepts_stream_options(&self) -> bool {
+        match self {
+            BackendKind::Mock(_) => true,
+            BackendKind::Azure(a) => a.accepts_stream_options,
+            BackendKind::OpenAi(o) => o.accepts_stream_options,
+        }
+    }
+}
+
 /// Where an HTTP backend lives, resolved at compile time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUpstream {
@@ -221,6 +234,9 @@ pub struct AzureBackend {
     pub api_version: String,
     /// The `api-key` to send, read from the environment variable named in config.
     pub api_key: Option<Secret>,
+    /// Whether it accepts `stream_options` (config `stream_options`; `auto` decides by
+    /// `api_version`, [`crate::tokens::stream_options::azure_accepts_stream_options`]).
+    pub accepts_stream_options: bool,
 }
 
 /// An `openai`-kind backend.
@@ -232,6 +248,8 @@ pub struct OpenAiBackend {
     pub model: Option<String>,
     /// The bearer token to send, read from the environment variable named in config.
     pub api_key: Option<Secret>,
+    /// Whether it accepts `stream_options` (config `stream_options`; `auto`: yes).
+    pub accepts_stream_options: bool,
 }
 
 /// A credential. Its `Debug` and `Display` never show the value.

@@ -27,6 +27,7 @@ use crate::snapshot::{
     HttpUpstream, OpenAiBackend, PoolMember, Secret, ServerSettings, Snapshot, Timeouts,
     TokenSettings,
 };
+use crate::tokens::stream_options::{azure_accepts_stream_options, StreamOptions};
 
 /// The `api-version` sent to Azure when the config names none.
 pub const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
@@ -383,8 +384,14 @@ const MOCK_FIELDS: &[&str] = &[
     "model",
     "embedding_dimensions",
 ];
-const AZURE_FIELDS: &[&str] = &["url", "deployment", "api_version", "api_key_env"];
-const OPENAI_FIELDS: &[&str] = &["url", "model", "api_key_env"];
+const AZURE_FIELDS: &[&str] = &[
+    "url",
+    "deployment",
+    "api_version",
+    "api_key_env",
+    "stream_options",
+];
+const OPENAI_FIELDS: &[&str] = &["url", "model", "api_key_env", "stream_options"];
 
 /// The kind-specific fields a backend set, with the span of each value.
 fn present_fields(b: &BackendSection) -> Vec<(&'static str, Range<usize>)> {
@@ -401,6 +408,7 @@ fn present_fields(b: &BackendSection) -> Vec<(&'static str, Range<usize>)> {
         ("api_key_env", span(&b.api_key_env)),
         ("deployment", span(&b.deployment)),
         ("api_version", span(&b.api_version)),
+        ("stream_options", span(&b.stream_options)),
     ]
     .into_iter()
     .filter_map(|(name, span)| span.map(|s| (name, s)))
@@ -546,11 +554,16 @@ fn compile_azure(
         }
     };
     let api_key = api_key(b, field, report, env);
+    let stream_options = stream_options(b, field, report);
+    let api_version = api_version?;
+    let accepts_stream_options =
+        stream_options?.accepts(azure_accepts_stream_options(&api_version));
     Some(AzureBackend {
         upstream: upstream?,
         deployment: deployment?,
-        api_version: api_version?,
+        api_version,
         api_key: api_key?,
+        accepts_stream_options,
     })
 }
 
@@ -570,11 +583,32 @@ fn compile_openai(
         }
     };
     let api_key = api_key(b, field, report, env);
+    let stream_options = stream_options(b, field, report);
     Some(OpenAiBackend {
         upstream: upstream?,
         model: model?,
         api_key: api_key?,
+        // OpenAI's API has taken `stream_options` since May 2024.
+        accepts_stream_options: stream_options?.accepts(true),
     })
+}
+
+/// A backend's `stream_options` setting (default `auto`); `None` after an error.
+fn stream_options(
+    b: &BackendSection,
+    field: &str,
+    report: &mut Reporter<'_>,
+) -> Option<StreamOptions> {
+    let Some(v) = &b.stream_options else {
+        return Some(StreamOptions::Auto);
+    };
+    match v.get_ref().parse() {
+        Ok(setting) => Some(setting),
+        Err(e) => {
+            report.at(v.span(), format!("{field}.stream_options"), e.to_string());
+            None
+        }
+    }
 }
 
 /// The secret named by `api_key_env`: `Some(None)` when none is configured, `None` after an

@@ -426,6 +426,10 @@ backends = [{ backend = "mock-a" }]
         );
         assert_eq!(azure.deployment, "gpt-4o-prod");
         assert_eq!(azure.api_version, "2024-06-01");
+        assert!(
+            !azure.accepts_stream_options,
+            "api-version 2024-06-01 refuses stream_options"
+        );
         assert_eq!(
             azure.api_key.as_ref().map(|k| k.expose()),
             Some("key-one-secret")
@@ -526,10 +530,15 @@ backends = [{ backend = "m" }, { backend = "a" }, { backend = "o" }]
         };
         assert_eq!(azure.api_version, "2024-10-21");
         assert!(azure.api_key.is_none());
+        assert!(
+            azure.accepts_stream_options,
+            "the default api-version takes it"
+        );
         let BackendKind::OpenAi(openai) = &snapshot.backends[2].kind else {
             panic!("not openai");
         };
         assert!(openai.model.is_none() && openai.api_key.is_none());
+        assert!(openai.accepts_stream_options);
         assert!(snapshot.deployments["d"]
             .pool
             .iter()
@@ -559,7 +568,7 @@ backends = [{ backend = "m" }, { backend = "a" }, { backend = "o" }]
         let text = MOCK_DEPLOYMENT.replace("kind = \"mock\"", "kind = \"mock\"\nlatencyy = \"1s\"");
         assert_error(
             &text,
-            "sluice.toml:4:1: backend[0].latencyy: unknown field `latencyy`, expected one of `name`, `kind`, `latency`, `completion_tokens`, `tokens_per_second`, `embedding_dimensions`, `model`, `url`, `api_key_env`, `deployment`, `api_version`",
+            "sluice.toml:4:1: backend[0].latencyy: unknown field `latencyy`, expected one of `name`, `kind`, `latency`, `completion_tokens`, `tokens_per_second`, `embedding_dimensions`, `model`, `url`, `api_key_env`, `stream_options`, `deployment`, `api_version`",
         );
         let text =
             MOCK_DEPLOYMENT.replace("{ backend = \"m\" }", "{ backend = \"m\", wieght = 2 }");
@@ -655,14 +664,14 @@ backends = [{ backend = "m" }, { backend = "a" }, { backend = "o" }]
                 "kind = \"mock\"",
                 "kind = \"azure\"\nurl = \"http://127.0.0.1:1\"\ndeployment = \"x\"\nlatency = \"1s\"",
             ),
-            "sluice.toml:6:11: backend[0].latency: `latency` does not apply to an azure backend (azure backends take: url, deployment, api_version, api_key_env)",
+            "sluice.toml:6:11: backend[0].latency: `latency` does not apply to an azure backend (azure backends take: url, deployment, api_version, api_key_env, stream_options)",
         );
         assert_error(
             &MOCK_DEPLOYMENT.replace(
                 "kind = \"mock\"",
                 "kind = \"openai\"\nurl = \"http://127.0.0.1:1\"\ndeployment = \"x\"",
             ),
-            "sluice.toml:5:14: backend[0].deployment: `deployment` does not apply to an openai backend (openai backends take: url, model, api_key_env)",
+            "sluice.toml:5:14: backend[0].deployment: `deployment` does not apply to an openai backend (openai backends take: url, model, api_key_env, stream_options)",
         );
         assert_error(
             &MOCK_DEPLOYMENT.replace("kind = \"mock\"", "kind = \"bedrock\""),
@@ -840,7 +849,7 @@ backends = [{ backend = "a", weight = 0 }, { backend = "b" }]
                 "sluice.toml:7:1: backend[0].deployment: missing: an azure backend needs `deployment`, the deployment name on that resource",
                 "sluice.toml:10:7: backend[0].url: https upstreams are not supported yet: use an http:// URL (TLS to upstreams is a later issue)",
                 "sluice.toml:11:15: backend[0].api_key_env: environment variable `MISSING` is not set",
-                "sluice.toml:12:11: backend[0].latency: `latency` does not apply to an azure backend (azure backends take: url, deployment, api_version, api_key_env)",
+                "sluice.toml:12:11: backend[0].latency: `latency` does not apply to an azure backend (azure backends take: url, deployment, api_version, api_key_env, stream_options)",
                 "sluice.toml:15:8: backend[1].name: duplicate backend name `a` (first defined on line 8)",
                 "sluice.toml:20:39: deployment[0].backends[0].weight: must be 1 or more (remove the entry to stop using a backend)",
                 "sluice.toml:20:56: deployment[0].backends[1].backend: unknown backend `b`",
@@ -999,5 +1008,58 @@ backends = [{ backend = "m" }, { backend = "a" }]
         assert!(errors
             .to_string()
             .starts_with("/nonexistent/sluice.toml:1:1: (file): cannot read the config file:"));
+    }
+
+    /// `stream_options` per backend: `auto` by kind and api-version, overrides both ways on
+    /// azure and openai backends, a located error for a bad value or a mock backend.
+    #[test]
+    fn stream_options_resolves_per_backend() {
+        let backend = |kind_lines: &str, setting: Option<&str>| {
+            let setting = setting.map_or(String::new(), |v| format!("stream_options = \"{v}\"\n"));
+            format!(
+                "[[backend]]\nname = \"b\"\n{kind_lines}{setting}\n[[deployment]]\nname = \"d\"\nbackends = [{{ backend = \"b\" }}]\n"
+            )
+        };
+        let accepts = |text: &str| match &compile(text).unwrap().backends[0].kind {
+            BackendKind::Azure(a) => a.accepts_stream_options,
+            BackendKind::OpenAi(o) => o.accepts_stream_options,
+            other => panic!("not http: {other:?}"),
+        };
+        let azure = |version: &str| {
+            format!("kind = \"azure\"\nurl = \"http://127.0.0.1:1\"\ndeployment = \"x\"\napi_version = \"{version}\"\n")
+        };
+        let openai = "kind = \"openai\"\nurl = \"http://127.0.0.1:1\"\n";
+        assert!(!accepts(&backend(&azure("2024-06-01"), None)));
+        assert!(!accepts(&backend(&azure("2024-06-01"), Some("auto"))));
+        assert!(accepts(&backend(&azure("2024-06-01"), Some("supported"))));
+        assert!(!accepts(&backend(&azure("2024-08-01-preview"), None)));
+        assert!(accepts(&backend(&azure("2024-09-01-preview"), None)));
+        assert!(accepts(&backend(&azure("2024-10-21"), None)));
+        assert!(!accepts(&backend(
+            &azure("2024-10-21"),
+            Some("unsupported")
+        )));
+        assert!(!accepts(&backend(&azure("latest"), None)));
+        assert!(accepts(&backend(openai, None)));
+        assert!(!accepts(&backend(openai, Some("unsupported"))));
+        assert!(accepts(&backend(openai, Some("supported"))));
+
+        assert_error(
+            &backend(openai, Some("yes")),
+            "sluice.toml:5:18: backend[0].stream_options: unknown stream_options `yes`: expected \"auto\", \"supported\" or \"unsupported\"",
+        );
+        assert_error(
+            &backend(&azure("2024-06-01"), Some("Supported")),
+            "sluice.toml:7:18: backend[0].stream_options: unknown stream_options `Supported`: expected \"auto\", \"supported\" or \"unsupported\"",
+        );
+        assert_error(
+            &backend("kind = \"mock\"\n", Some("supported")),
+            "sluice.toml:4:18: backend[0].stream_options: `stream_options` does not apply to a mock backend (mock backends take: latency, completion_tokens, tokens_per_second, model, embedding_dimensions)",
+        );
+        assert_eq!(
+            errors(&backend(openai, Some("1"))).len(),
+            1,
+            "one error for a bad value"
+        );
     }
 }

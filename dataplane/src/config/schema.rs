@@ -89,6 +89,7 @@ pub(crate) struct BackendSection {
     // azure and openai
     pub url: Option<Spanned<String>>,
     pub api_key_env: Option<Spanned<String>>,
+    pub stream_options: Option<Spanned<String>>,
     // azure
     pub deployment: Option<Spanned<String>>,
     pub api_version: Option<Spanned<String>>,

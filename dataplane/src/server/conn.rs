@@ -18,6 +18,7 @@ use super::forward::refused_header_name;
 use super::io::{read_more, read_more_within, write_all_within};
 use super::local;
 use super::pool::Tenant;
+use super::stream_usage::StreamPlan;
 use super::usage_tap::{Charge, UsageTap};
 use super::worker::{RequestId, View, Worker};
 use crate::error::GatewayError;
@@ -33,7 +34,6 @@ use crate::snapshot::HeadersWithUnderscores;
 use crate::tokens::estimate::{
     family_for_model, reservation, Estimator, FactsError, Family, RequestFacts,
 };
-use crate::tokens::usage::inject_include_usage;
 
 /// Whether the connection goes on after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +77,12 @@ pub(super) struct Client {
     pub(super) usage: UsageTap,
     /// What the usage tap lets through when it filters, reused.
     pub(super) filtered: Vec<u8>,
+    /// How the current request's stream is accounted (a streamed chat or completions
+    /// request under a token limit), resolved per attempt ([`Client::plan_attempt`]).
+    pub(super) stream_plan: Option<StreamPlan>,
+    /// The current request's body with `stream_options.include_usage` added, built on the
+    /// first attempt that sends it.
+    pub(super) injected: Option<Vec<u8>>,
     /// The connection ends after an error answer: drain what the client is still sending
     /// before closing, so the kernel does not reset the connection under the answer.
     linger: bool,
@@ -115,6 +121,8 @@ pub(super) async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAd
         trace: None,
         usage: UsageTap::Off,
         filtered: Vec::new(),
+        stream_plan: None,
+        injected: None,
     };
     loop {
         let view = worker.view();
@@ -325,7 +333,9 @@ impl Client {
                     .get(i)
                     .is_some_and(|l| l.unit == LimitUnit::Tokens)
             });
-        let mut inject_usage = false;
+        let mut stream_plan = None;
+        // The prompt's estimate, for a stream charged its counted completion.
+        let mut prompt = 0;
         let tokens = if counts_tokens {
             let facts = match RequestFacts::parse(op, &self.body) {
                 Ok(facts) => facts,
@@ -348,8 +358,8 @@ impl Client {
                 }
             };
             let estimator = estimator_for(&dep.tokens, facts.model.as_deref().unwrap_or(&dep.name));
-            let prompt = estimator.estimate_prompt(&facts);
-            inject_usage = dep.tokens.stream_usage && facts.needs_usage_injection();
+            prompt = estimator.estimate_prompt(&facts);
+            stream_plan = StreamPlan::for_request(&facts, dep.tokens.stream_usage, estimator);
             reservation(&facts, prompt, dep.tokens.default_max_tokens)
         } else {
             0
@@ -387,14 +397,9 @@ impl Client {
             }
             t
         });
-        let mut drop_injected = false;
-        if inject_usage {
-            if let Some(body) = inject_include_usage(&self.body) {
-                self.body = body;
-                drop_injected = true;
-            }
-        }
-        self.usage = UsageTap::new(admission.counts_tokens(), drop_injected);
+        // Usage is read (and asked for) only when a token limit holds a reservation.
+        self.stream_plan = stream_plan.filter(|_| admission.counts_tokens());
+        self.usage = UsageTap::new(admission.counts_tokens());
         self.tenant = match caller
             .as_ref()
             .and_then(|c| access.subscriptions.get(c.subscription))
@@ -416,11 +421,29 @@ impl Client {
                 );
                 None
             }
+            Charge::Counted { completion, whole } => {
+                let counted = u64::from(prompt).saturating_add(completion);
+                // A stream cut short may have produced more than was counted: never less
+                // than its reservation then.
+                let used = if whole { counted } else { counted.max(tokens) };
+                tracing::info!(
+                    request_id = %String::from_utf8_lossy(rid.as_bytes()),
+                    deployment = %dep.name,
+                    prompt_estimate = prompt,
+                    completion_counted = completion,
+                    charged = used,
+                    "{}: charged the prompt estimate plus the completion counted by Sluice (usage not reported by the backend)",
+                    if whole { "stream carried no usage" } else { "stream without usage cut short" }
+                );
+                Some(used)
+            }
         };
         settle(&worker.limits, &mut admission, Outcome::Used(used));
         self.extra.clear();
         self.trace = None;
         self.usage = UsageTap::Off;
+        self.stream_plan = None;
+        self.injected = None;
         next
     }
 

@@ -146,9 +146,11 @@ impl Client {
                 trace.push_str(&backend.name);
             }
             let more = i + 1 < candidates.len();
+            // Each attempt decides for its own backend; the relayed one's answer is read.
+            let injected = self.plan_attempt(backend.kind.accepts_stream_options());
             let target = match &backend.kind {
                 BackendKind::Mock(settings) => {
-                    result = Some(self.serve_mock(settings, op, rid, close).await);
+                    result = Some(self.serve_mock(settings, op, rid, close, injected).await);
                     break;
                 }
                 BackendKind::Azure(a) => HttpTarget {
@@ -178,7 +180,7 @@ impl Client {
                 },
             };
             let underscores = snapshot.server.headers_with_underscores;
-            if let Err(err) = self.build_upstream_request(&target, op, rid, underscores) {
+            if let Err(err) = self.build_upstream_request(&target, op, rid, underscores, injected) {
                 result = Some(self.respond_error(*rid, &err, close).await);
                 break;
             }
@@ -246,13 +248,15 @@ impl Client {
 
     /// Writes the upstream request (head and body) into `self.req`. A header name with `_`
     /// or one that reads as a header Sluice manages is dropped or refused as `underscores`
-    /// says (see [`HeadersWithUnderscores`]).
+    /// says (see [`HeadersWithUnderscores`]). `injected`: the body sent is the one with
+    /// `stream_options.include_usage` added ([`Client::plan_attempt`]).
     fn build_upstream_request(
         &mut self,
         t: &HttpTarget<'_>,
         op: Operation,
         rid: &RequestId,
         underscores: HeadersWithUnderscores,
+        injected: bool,
     ) -> Result<(), GatewayError> {
         let req = &mut self.req;
         req.clear();
@@ -349,9 +353,13 @@ impl Client {
             req.extend_from_slice(b"\r\n");
             return Ok(());
         }
-        let pinned = set_string_member(&self.body, "model", t.model.model, t.model.insert)
+        let body = match (&self.injected, injected) {
+            (Some(with_usage), true) => with_usage,
+            _ => &self.body,
+        };
+        let pinned = set_string_member(body, "model", t.model.model, t.model.insert)
             .map_err(|e| e.into_gateway_error("model"))?;
-        let body = pinned.as_deref().unwrap_or(&self.body);
+        let body = pinned.as_deref().unwrap_or(body);
         local::content_length(req, body.len() as u64);
         req.extend_from_slice(b"\r\n");
         req.extend_from_slice(body);

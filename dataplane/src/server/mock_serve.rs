@@ -11,13 +11,15 @@ use crate::mock::{self, MockReply, MockSettings};
 use crate::route::Operation;
 
 impl Client {
-    /// Answers the current request from the mock backend `settings`.
+    /// Answers the current request from the mock backend `settings`; `injected`: with the
+    /// body Sluice added `stream_options.include_usage` to.
     pub(super) async fn serve_mock(
         &mut self,
         settings: &MockSettings,
         op: Operation,
         rid: &RequestId,
         close: bool,
+        injected: bool,
     ) -> Next {
         let chunked_ok = self.head.minor_version >= 1;
         let created = std::time::SystemTime::now()
@@ -30,7 +32,7 @@ impl Client {
             .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
                 (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
             });
-        let reply = mock::reply(settings, op, &self.body, created, seed);
+        let reply = mock::reply(settings, op, self.attempt_body(injected), created, seed);
         if !settings.latency.is_zero()
             && sleep_watching(settings.latency, &self.stream)
                 .await

@@ -14,6 +14,7 @@ mod mock_serve;
 mod pool;
 mod relay;
 mod shutdown;
+mod stream_usage;
 mod usage_tap;
 mod worker;
 

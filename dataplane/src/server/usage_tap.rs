@@ -6,9 +6,13 @@
 //!
 //! What the request is charged comes out as a [`Charge`]: the usage when the answer carried
 //! it, nothing when it was not a success, and otherwise — a success whose usage is unknown —
-//! the reservation stands (never zero: an answer without usage must not be free).
+//! the reservation stands (never zero: an answer without usage must not be free). A stream
+//! known not to carry its usage (Sluice could not ask the chosen backend for it, and the
+//! client did not) is counted as it passes instead ([`UsageTap::attempt`], [`Charge::Counted`]).
 
-use crate::tokens::usage::{usage_from_json, SseScanner, Usage};
+use crate::tokens::completion_count::CompletionCount;
+use crate::tokens::estimate::Estimator;
+use crate::tokens::usage::{event_data, usage_from_json, SseScanner, Usage};
 
 /// Largest JSON answer whose usage is read; a bigger one keeps its estimate.
 const MAX_JSON_CAPTURE: usize = 8 * 1024 * 1024;
@@ -19,8 +23,11 @@ pub enum UsageTap {
     Off,
     /// Waiting for the answer's head.
     Pending {
-        /// Sluice injected `include_usage`: drop the usage-only chunk.
+        /// Sluice injected `include_usage` into this attempt: drop the usage-only chunk.
         drop_injected: bool,
+        /// This attempt's stream will carry no usage: count its completion with this
+        /// estimator ([`UsageTap::attempt`]).
+        count: Option<Estimator>,
     },
     /// Capturing a JSON answer.
     Json {
@@ -36,6 +43,13 @@ pub enum UsageTap {
         /// Whether events are filtered (the output differs from the input).
         filtering: bool,
     },
+    /// Counting an SSE answer that will carry no usage (its usage still wins if it comes).
+    Counting {
+        /// The scanner, observing (nothing is dropped: nothing was injected).
+        scanner: Box<SseScanner>,
+        /// The completion's tokens so far.
+        count: CompletionCount,
+    },
     /// Done: what the request is charged.
     Done(Charge),
 }
@@ -49,6 +63,17 @@ pub enum Charge {
     Nothing,
     /// The reservation stands: a success whose usage is not known, for this reason.
     Estimate(Unknown),
+    /// A stream that carried no usage, its completion counted by Sluice as it passed: the
+    /// charge is the prompt estimate plus `completion`, an estimate and not the backend's
+    /// report. `whole`: the stream ended with its last event (`[DONE]`); a stream cut short
+    /// is charged at least its reservation (what was counted may be less than what the
+    /// backend produced).
+    Counted {
+        /// Completion tokens counted.
+        completion: u64,
+        /// The stream ended whole.
+        whole: bool,
+    },
 }
 
 /// Why a successful answer's usage is not known.
@@ -56,8 +81,10 @@ pub enum Charge {
 pub enum Unknown {
     /// The answer (a stream, or a body) ended before its end.
     CutShort,
-    /// The answer ended cleanly without a usage (a backend that does not report it, a
-    /// stream whose client and backend did not agree to send it, an encoded body).
+    /// The answer ended cleanly without a usage: a JSON body without one, or a stream that
+    /// was expected to carry it (Sluice or the client asked a backend that accepts
+    /// `stream_options`) and did not. Streams not expected to carry it are counted
+    /// ([`Charge::Counted`]).
     Missing,
     /// The JSON answer was larger than Sluice captures.
     TooLarge,
@@ -84,21 +111,47 @@ impl Unknown {
 
 impl UsageTap {
     /// A tap for a request: off unless a token limit must be settled.
-    pub fn new(counts_tokens: bool, drop_injected: bool) -> Self {
+    pub fn new(counts_tokens: bool) -> Self {
         if counts_tokens {
-            UsageTap::Pending { drop_injected }
+            UsageTap::Pending {
+                drop_injected: false,
+                count: None,
+            }
         } else {
             UsageTap::Off
         }
     }
 
+    /// Before each upstream attempt: whether Sluice injected `include_usage` into the body
+    /// this attempt sends (its usage-only chunk is then dropped), and, when the stream will
+    /// carry no usage, the estimator to count its completion with. The attempt whose
+    /// answer is relayed is the one that counts. Nothing changes on a tap that is off or
+    /// past its answer's head.
+    pub fn attempt(&mut self, drop_injected: bool, count: Option<Estimator>) {
+        if let UsageTap::Pending { .. } = self {
+            *self = UsageTap::Pending {
+                drop_injected,
+                count,
+            };
+        }
+    }
+
     /// The answer's head is known: successful answers are read, others used nothing.
     pub fn start(&mut self, status: u16, event_stream: bool) {
-        let UsageTap::Pending { drop_injected } = *self else {
+        let UsageTap::Pending {
+            drop_injected,
+            count,
+        } = *self
+        else {
             return;
         };
         *self = if !(200..300).contains(&status) {
             UsageTap::Done(Charge::Nothing)
+        } else if let (true, Some(estimator)) = (event_stream, count) {
+            UsageTap::Counting {
+                scanner: Box::new(SseScanner::new(false)),
+                count: CompletionCount::new(estimator),
+            }
         } else if event_stream {
             UsageTap::Sse {
                 scanner: Box::new(SseScanner::new(drop_injected)),
@@ -131,7 +184,10 @@ impl UsageTap {
 
     /// Whether anything is read from the body.
     pub fn reads(&self) -> bool {
-        matches!(self, UsageTap::Json { .. } | UsageTap::Sse { .. })
+        matches!(
+            self,
+            UsageTap::Json { .. } | UsageTap::Sse { .. } | UsageTap::Counting { .. }
+        )
     }
 
     /// Reads a piece of the body. When [`UsageTap::filters`], what the client must get is
@@ -154,6 +210,15 @@ impl UsageTap {
                     scanner.observe(data)
                 };
             }
+            UsageTap::Counting { scanner, count } => {
+                // Past its event size bound the scanner passes the rest through unread; its
+                // bytes are counted at the end.
+                let _ = scanner.observe_with(data, |ev| {
+                    if ev.usage.is_none() && !ev.done {
+                        count.on_event_data(&event_data(ev.bytes));
+                    }
+                });
+            }
             _ => {}
         }
     }
@@ -174,6 +239,18 @@ impl UsageTap {
                     Some(usage) => Charge::Usage(usage),
                     None if outcome.truncated => Charge::Estimate(Unknown::CutShort),
                     None => Charge::Estimate(Unknown::Missing),
+                })
+            }
+            UsageTap::Counting { scanner, count } => {
+                let outcome = scanner.finish_with(|ev| {
+                    if ev.usage.is_none() && !ev.done {
+                        count.on_event_data(&event_data(ev.bytes));
+                    }
+                });
+                UsageTap::Done(match outcome.usage {
+                    // Reported usage wins over the count, even on a stream cut after it.
+                    Some(usage) => Charge::Usage(usage),
+                    None => counted(scanner, count, !outcome.truncated),
                 })
             }
             _ => return,
@@ -212,7 +289,22 @@ impl UsageTap {
         match self {
             UsageTap::Done(charge) => *charge,
             UsageTap::Json { .. } | UsageTap::Sse { .. } => Charge::Estimate(Unknown::CutShort),
+            UsageTap::Counting { scanner, count } => match scanner.usage() {
+                Some(usage) => Charge::Usage(usage),
+                None => counted(scanner, count, false),
+            },
             UsageTap::Off | UsageTap::Pending { .. } => Charge::Nothing,
         }
+    }
+}
+
+/// The charge of a counted stream: what was counted, plus the unread bytes of events too
+/// large to hold, by the byte heuristic.
+fn counted(scanner: &SseScanner, count: &CompletionCount, whole: bool) -> Charge {
+    let mut count = *count;
+    count.on_unread(scanner.unread_bytes());
+    Charge::Counted {
+        completion: count.tokens(),
+        whole,
     }
 }

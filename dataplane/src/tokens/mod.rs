@@ -8,14 +8,19 @@
 //! - [`usage`] reads the real usage from a JSON answer, scans a streamed (SSE) answer for
 //!   its usage chunk as the bytes pass through ([`usage::SseScanner`]), and asks the backend
 //!   for that chunk when the client did not ([`usage::inject_include_usage`]).
+//! - [`stream_options`] decides per backend whether that request field is accepted (by kind
+//!   and Azure `api-version`); where it is not, [`completion_count`] counts a stream's
+//!   completion text as it passes instead.
 //!
 //! Both are pure: no I/O, no clock, nothing of monoio. The server wires them into the
 //! request path (DESIGN.md "Request path", steps 5, 7, 10 and 11).
 //!
 //! The fixtures in `fixtures/` are copies of `shared/fixtures/openai/` for the unit tests.
 
+pub mod completion_count;
 pub mod estimate;
 mod lenient;
+pub mod stream_options;
 pub mod strict;
 pub mod usage;
 

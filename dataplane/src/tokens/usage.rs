@@ -17,7 +17,9 @@ use crate::json_edit::{member, skip_ws, splice};
 
 mod sse;
 
-pub use sse::{EventView, SseError, SseScanner, StreamOutcome, Verdict, DEFAULT_MAX_EVENT};
+pub use sse::{
+    event_data, EventView, SseError, SseScanner, StreamOutcome, Verdict, DEFAULT_MAX_EVENT,
+};
 
 /// Tokens an answer used, as the backend reported them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

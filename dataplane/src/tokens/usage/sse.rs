@@ -120,6 +120,8 @@ pub struct SseScanner {
     drop_usage_only: bool,
     /// Inside an event that outgrew `max_event`: its bytes pass through unread to its end.
     skipping: bool,
+    /// Bytes of events that outgrew `max_event` and passed unread.
+    unread: u64,
     usage: Option<Usage>,
     done: bool,
     events: u64,
@@ -137,6 +139,7 @@ impl SseScanner {
             max_event: DEFAULT_MAX_EVENT,
             drop_usage_only,
             skipping: false,
+            unread: 0,
             usage: None,
             done: false,
             events: 0,
@@ -184,6 +187,41 @@ impl SseScanner {
     pub fn observe(&mut self, input: &[u8]) -> Result<(), SseError> {
         self.holding = false;
         self.scan(input, None, &mut |_| Verdict::Forward)
+    }
+
+    /// [`SseScanner::observe`], also showing each complete event to `on_event` (as it is
+    /// read: its bytes, usage and end). Events too large to hold are not shown; their bytes
+    /// are counted in [`SseScanner::unread_bytes`].
+    pub fn observe_with(
+        &mut self,
+        input: &[u8],
+        mut on_event: impl FnMut(&EventView<'_>),
+    ) -> Result<(), SseError> {
+        self.holding = false;
+        self.scan(input, None, &mut |ev| {
+            on_event(ev);
+            Verdict::Forward
+        })
+    }
+
+    /// [`SseScanner::finish`] for an observed stream, showing a last event that had no
+    /// blank line after it to `on_event` too.
+    pub fn finish_with(&mut self, mut on_event: impl FnMut(&EventView<'_>)) -> StreamOutcome {
+        let mut none = Vec::new();
+        if !self.carry.is_empty() && !self.holding {
+            let carry = std::mem::take(&mut self.carry);
+            self.on_event(&carry, &mut |ev| {
+                on_event(ev);
+                Verdict::Forward
+            });
+        }
+        self.finish(&mut none)
+    }
+
+    /// Bytes of events that outgrew the bound and went through unread (their text is not
+    /// seen by an `observe_with` caller).
+    pub fn unread_bytes(&self) -> u64 {
+        self.unread
     }
 
     /// The body ended. A held incomplete event is read as the last event and, unless
@@ -245,6 +283,7 @@ impl SseScanner {
                 // The end of an event too large to read: it went (goes) to the client with
                 // the run, unread; the next event is read again.
                 self.skipping = false;
+                self.unread += (end - event_start) as u64;
                 self.events += 1;
             } else if self.carry.is_empty() {
                 if self.on_event(&input[event_start..end], decide) == Verdict::Drop {
@@ -270,6 +309,7 @@ impl SseScanner {
         self.line = self.line.after(&input[line_start..]);
         if self.skipping {
             // Still inside the oversized event: everything so far goes through now.
+            self.unread += (input.len() - event_start) as u64;
             if let Some(out) = out {
                 out.extend_from_slice(&input[run_start..]);
             }
@@ -289,6 +329,7 @@ impl SseScanner {
                 }
                 out.extend_from_slice(rest);
             }
+            self.unread += (self.carry.len() + rest.len()) as u64;
             self.carry = Vec::new();
             self.skipping = true;
             return Err(SseError::EventTooLarge {
@@ -375,6 +416,11 @@ fn has_usage_object(data: &[u8]) -> bool {
         from = i.max(from + at + 1);
     }
     false
+}
+
+/// An event's data: its `data:` lines' values joined by LF (borrowed when there is one).
+pub fn event_data(event: &[u8]) -> Cow<'_, [u8]> {
+    fields(event).1
 }
 
 /// An event's `event:` name and its data (the `data:` lines' values joined by LF; borrowed
