@@ -41,20 +41,13 @@ fn start_quota(quota: i64) -> Sluice {
     Launch::new(&body_with(MOCK_DEPLOYMENTS, &quota_limits(quota))).start()
 }
 
-/// Lets the gateway finish its book-keeping of a request whose answer the client has read
-/// to the end (the reconciliation may run just after the last byte is written).
-fn settle() {
-    thread::sleep(Duration::from_millis(30));
-}
-
-/// `chat_as`, then [`settle`].
+/// `chat_as` on a connection closed after the answer, once Sluice has booked its charge
+/// ([`post_settled`]).
 fn chat_settled(s: &Sluice, key: &str, body: &Value) -> Response {
-    let resp = chat_as(s, key, body);
-    settle();
-    resp
+    post_settled(s, "/v1/chat/completions", &[("api-key", key)], body)
 }
 
-/// The plain chat (max_tokens 100), then [`settle`].
+/// The plain chat (max_tokens 100), settled.
 fn chat1(s: &Sluice, key: &str) -> Response {
     chat_settled(s, key, &chat_body(Some("gpt-4o"), false))
 }
@@ -69,14 +62,19 @@ fn chat_with(extra: Value) -> Value {
 }
 
 /// A streamed chat as `key`: its head, its JSON chunks (before `[DONE]`, which it must end
-/// with).
+/// with); returns once Sluice has booked its charge and closed the connection
+/// ([`wait_settled`]).
 fn stream_chat(s: &Sluice, key: &str, body: &Value) -> (Head, Vec<Value>) {
     let mut c = s.connect();
     let bytes = serde_json::to_vec(body).unwrap();
     let (head, mut sse) = c.stream(
         "POST",
         "/v1/chat/completions",
-        &[("Content-Type", "application/json"), ("api-key", key)],
+        &[
+            ("Content-Type", "application/json"),
+            ("api-key", key),
+            ("Connection", "close"),
+        ],
         &bytes,
     );
     assert_eq!(head.status(), 200, "{head:?}");
@@ -86,6 +84,7 @@ fn stream_chat(s: &Sluice, key: &str, body: &Value) -> (Head, Vec<Value>) {
         "{head:?}"
     );
     let events = sse.collect_rest();
+    wait_settled(&mut c);
     let mut datas: Vec<&str> = events.iter().filter_map(|e| event_data(e)).collect();
     assert_eq!(
         datas.pop(),
@@ -189,7 +188,6 @@ fn streaming_chat_with_usage_requested_is_charged_its_usage() {
     let mut body = chat_body(Some("gpt-4o"), true);
     body["stream_options"] = json!({"include_usage": true});
     let (ha, ca) = stream_chat(&s, KEY_A, &body);
-    settle();
     let (hb, cb) = stream_chat(&s, KEY_A, &body);
     let last = ca.last().unwrap();
     assert_eq!(last["choices"], json!([]), "usage chunk last: {last}");
@@ -213,7 +211,6 @@ fn streaming_chat_without_usage_requested_is_charged_exactly_and_sees_no_usage()
     let usage = usage_total(&plain.json());
     let body = chat_body(Some("gpt-4o"), true);
     let (ha, ca) = stream_chat(&s, KEY_A, &body);
-    settle();
     let (hb, cb) = stream_chat(&s, KEY_A, &body);
     assert_no_usage_chunk(&ca);
     assert_no_usage_chunk(&cb);
@@ -233,8 +230,7 @@ fn streaming_chat_without_usage_requested_is_charged_exactly_and_sees_no_usage()
 fn embeddings_are_charged_their_usage() {
     let s = start_quota(BIG_QUOTA);
     let target = "/v1/embeddings";
-    let a = post_with(&s, target, &[("api-key", KEY_A)], &embeddings_body());
-    settle();
+    let a = post_settled(&s, target, &[("api-key", KEY_A)], &embeddings_body());
     let ra = remaining_tokens(&a);
     let b = post_with(&s, target, &[("api-key", KEY_A)], &embeddings_body());
     let rb = remaining_tokens(&b);
@@ -310,9 +306,7 @@ fn scripted_upstream_usage_is_what_is_charged() {
     let mut asked = chat_body(Some("gpt-4o"), true);
     asked["stream_options"] = json!({"include_usage": true});
     let (h1, c1) = stream_chat(&s, KEY_A, &asked);
-    settle();
     let (h2, _) = stream_chat(&s, KEY_A, &asked);
-    settle();
     assert_eq!(
         usage_total(c1.last().unwrap()),
         UP_USAGE,
@@ -326,7 +320,6 @@ fn scripted_upstream_usage_is_what_is_charged() {
 
     let unasked = chat_body(Some("gpt-4o"), true);
     let (h3, c3) = stream_chat(&s, KEY_A, &unasked);
-    settle();
     let (h4, c4) = stream_chat(&s, KEY_A, &unasked);
     assert_no_usage_chunk(&c3);
     assert_no_usage_chunk(&c4);
@@ -485,7 +478,6 @@ fn a_stream_without_usage_is_charged_its_prompt_estimate_plus_its_counted_comple
     let body = chat_with(json!({"stream": true}));
     let (ha, chunks) = stream_chat(&s, KEY_A, &body);
     assert_no_usage_chunk(&chunks);
-    settle();
     let (hb, _) = stream_chat(&s, KEY_A, &body);
     let reserved = BIG_QUOTA - head_remaining_tokens(&ha);
     let prompt = reserved - 100;
@@ -518,7 +510,6 @@ fn streams_without_usage_cannot_pass_a_token_rate_for_free() {
     let s = Launch::new(&body_with(MOCK_NO_STREAM_USAGE, limits)).start();
     let body = chat_with(json!({"stream": true, "max_tokens": 90}));
     let (first, chunks) = stream_chat(&s, KEY_A, &body);
-    settle();
     let reservation = 1000 - head_remaining_tokens(&first);
     let charge = reservation - 90 + heuristic_count(&chunks);
     let expected = (1000 - reservation) / charge + 1;
@@ -529,10 +520,15 @@ fn streams_without_usage_cannot_pass_a_token_rate_for_free() {
         c.send(&request_bytes(
             "POST",
             "/v1/chat/completions",
-            &[("Content-Type", "application/json"), ("api-key", KEY_A)],
+            &[
+                ("Content-Type", "application/json"),
+                ("api-key", KEY_A),
+                ("Connection", "close"),
+            ],
             &bytes,
         ));
         let resp = c.read_response();
+        wait_settled(&mut c);
         match resp.status {
             200 => ok += 1,
             429 => {
@@ -541,7 +537,6 @@ fn streams_without_usage_cannot_pass_a_token_rate_for_free() {
             }
             other => panic!("unexpected {other}: {}", resp.text()),
         }
-        settle();
     }
     assert!(
         (expected - 2..=expected + 2).contains(&ok),
@@ -896,7 +891,6 @@ fn a_huge_event_does_not_stop_the_usage_after_it_from_being_read() {
             .len()
             > 1_000_000
     );
-    settle();
     let (hb, _) = stream_chat(&s, KEY_A, &body);
     assert_eq!(
         head_remaining_tokens(&ha) - head_remaining_tokens(&hb),

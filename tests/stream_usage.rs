@@ -19,7 +19,6 @@ mod support;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::thread;
 use std::time::Duration;
 
 use access::*;
@@ -187,14 +186,19 @@ impl Streamed {
     }
 }
 
-/// Sends a streamed chat; asserts 200 and an SSE answer ending with `[DONE]`.
+/// Sends a streamed chat; asserts 200 and an SSE answer ending with `[DONE]`. Returns once
+/// Sluice has booked its charge and closed the connection ([`wait_settled`]).
 fn stream(s: &Sluice, body: &Value) -> Streamed {
     let mut c = s.connect();
     let bytes = serde_json::to_vec(body).unwrap();
     let (head, mut sse) = c.stream(
         "POST",
         "/v1/chat/completions",
-        &[("Content-Type", "application/json"), ("api-key", KEY)],
+        &[
+            ("Content-Type", "application/json"),
+            ("api-key", KEY),
+            ("Connection", "close"),
+        ],
         &bytes,
     );
     assert_eq!(head.status(), 200, "{head:?}");
@@ -208,8 +212,7 @@ fn stream(s: &Sluice, body: &Value) -> Streamed {
         Some("[DONE]"),
         "{events:?}"
     );
-    // Let the gateway settle before the next request reads the quota.
-    thread::sleep(Duration::from_millis(30));
+    wait_settled(&mut c);
     Streamed { head, datas }
 }
 
@@ -665,11 +668,11 @@ fn a_counted_stream_cut_short_is_charged_at_least_its_reservation() {
         let first = sse.next_event().unwrap();
         assert!(first.contains("chat.completion.chunk"), "{first}");
         drop(sse);
+        // Sluice books the charge before it closes the connection.
         assert!(
             c.closed_within(Duration::from_secs(5)),
             "the answer was cut short: the client connection closes"
         );
-        thread::sleep(Duration::from_millis(30));
         head.header("x-ratelimit-remaining-tokens")
             .unwrap()
             .parse()
@@ -731,13 +734,17 @@ fn responses_streams_are_unaffected() {
         let (head, mut sse) = c.stream(
             "POST",
             "/v1/responses",
-            &[("Content-Type", "application/json"), ("api-key", KEY)],
+            &[
+                ("Content-Type", "application/json"),
+                ("api-key", KEY),
+                ("Connection", "close"),
+            ],
             &bytes,
         );
         assert_eq!(head.status(), 200, "{head:?}");
         let events = sse.collect_rest();
         assert_eq!(events.len(), 2, "{events:?}");
-        thread::sleep(Duration::from_millis(30));
+        wait_settled(&mut c);
         remaining.push(
             head.header("x-ratelimit-remaining-tokens")
                 .unwrap()

@@ -71,6 +71,38 @@ pub fn post_with(s: &Sluice, target: &str, headers: &[(&str, &str)], body: &Valu
     s.request("POST", target, &all, &bytes)
 }
 
+/// `post_with` on a connection closed after the answer (`Connection: close`), returning
+/// once Sluice has closed it. Sluice books a request's charge (settles its limits) before it
+/// closes the connection, so the next request sees this one's real cost: an observable event
+/// to wait for, instead of a pause.
+pub fn post_settled(s: &Sluice, target: &str, headers: &[(&str, &str)], body: &Value) -> Response {
+    let bytes = serde_json::to_vec(body).expect("json");
+    let mut all = vec![
+        ("Content-Type", "application/json"),
+        ("Connection", "close"),
+    ];
+    all.extend_from_slice(headers);
+    let mut c = s.connect();
+    let resp = c.request("POST", target, &all, &bytes);
+    wait_settled(&mut c);
+    resp
+}
+
+/// Waits (≤ 10 s) for Sluice to close `c` after an answer to a `Connection: close` request,
+/// with nothing more sent: from then on the request's charge is booked.
+pub fn wait_settled(c: &mut Client) {
+    c.set_read_timeout(std::time::Duration::from_secs(10));
+    let mut rest = Vec::new();
+    match std::io::Read::read_to_end(c.raw(), &mut rest) {
+        Ok(_) => assert!(
+            rest.is_empty(),
+            "bytes after the answer: {:?}",
+            String::from_utf8_lossy(&rest)
+        ),
+        Err(e) => panic!("Sluice did not close the connection after its answer: {e}"),
+    }
+}
+
 /// `POST /v1/chat/completions` with `api-key: key`.
 pub fn chat_as(s: &Sluice, key: &str, body: &Value) -> Response {
     post_with(s, "/v1/chat/completions", &[("api-key", key)], body)
