@@ -109,51 +109,185 @@ impl Load {
 
 const PAD_TO: usize = 2048;
 
+/// How many times `needle` appears in the log so far.
+fn log_count(s: &Sluice, needle: &str) -> usize {
+    s.log().matches(needle).count()
+}
+
+/// Writes `text` as the config file and waits (≤ 10 s) for the reload it causes: one more
+/// `config reloaded` line than before.
+fn reload_to(s: &Sluice, text: &str) {
+    let before = log_count(s, "config reloaded");
+    s.write_raw_config(text);
+    assert!(
+        wait_until(Duration::from_secs(10), || log_count(s, "config reloaded")
+            > before),
+        "the file change was not reloaded; log:\n{}",
+        s.log()
+    );
+}
+
+/// A deployment `pool` over the scripted upstreams named in `members`, and a mock `alpha`
+/// (the load's) and `slow` (completion tokens and pace given) deployment.
+fn pool_config(members: &[(&str, &Upstream)], slow_tokens: u32) -> String {
+    let mut out = format!(
+        "[[backend]]\nname = \"mock-a\"\nkind = \"mock\"\ncompletion_tokens = 4\n\n\
+         [[backend]]\nname = \"mock-slow\"\nkind = \"mock\"\ncompletion_tokens = {slow_tokens}\n\
+         tokens_per_second = 10\n\n\
+         [[deployment]]\nname = \"alpha\"\nbackends = [{{ backend = \"mock-a\" }}]\n\n\
+         [[deployment]]\nname = \"slow\"\nbackends = [{{ backend = \"mock-slow\" }}]\n\n"
+    );
+    let mut refs = Vec::new();
+    for (name, up) in members {
+        out.push_str(&format!(
+            "[[backend]]\nname = \"{name}\"\nkind = \"openai\"\nurl = \"{}\"\n\n",
+            up.url()
+        ));
+        refs.push(format!("{{ backend = \"{name}\" }}"));
+    }
+    out.push_str(&format!(
+        "[[deployment]]\nname = \"pool\"\nbackends = [{}]\n",
+        refs.join(", ")
+    ));
+    out
+}
+
+/// Eight clients sending back to back while the config is swapped four times — a pool's
+/// members replaced twice, the `slow` deployment changed — get every answer (no failure, no
+/// reset); after each swap the pool's requests reach only its new members; a stream begun
+/// before the first swap runs through all of them and ends on the config it started with
+/// (30 completion tokens, not the 5 of the later configs).
 #[test]
-fn reload_under_load_adds_a_deployment_refuses_a_bad_file_and_obeys_sighup() {
+fn reload_under_load_fails_no_request_and_a_stream_finishes_on_its_config() {
+    let ups: Vec<Upstream> = ["a", "b", "c"]
+        .iter()
+        .map(|m| Upstream::json(upstream_chat_answer(m)))
+        .collect();
+    let (a, b, c) = (&ups[0], &ups[1], &ups[2]);
+    let s = Launch::new(&pool_config(&[("a", a), ("b", b)], 30))
+        .workers(2)
+        .start();
+    let loads: Vec<Load> = (0..8)
+        .map(|_| start_load(s.port, "alpha", Duration::from_secs(60)))
+        .collect();
+
+    // A stream of 30 tokens at 10 a second: about 3 s, across every swap below.
+    let mut streamer = s.connect();
+    let mut asked = chat_body(Some("slow"), true);
+    asked["stream_options"] = serde_json::json!({"include_usage": true});
+    let bytes = serde_json::to_vec(&asked).unwrap();
+    let (head, mut sse) = streamer.stream(
+        "POST",
+        "/v1/chat/completions",
+        &[("Content-Type", "application/json")],
+        &bytes,
+    );
+    assert_eq!(head.status(), 200);
+    assert!(sse.next_event().is_some());
+
+    let pool_answers = |s: &Sluice| {
+        for _ in 0..10 {
+            let resp = s.post_json("/v1/chat/completions", &chat_body(Some("pool"), false));
+            assert_eq!(resp.status, 200, "{}", resp.text());
+        }
+    };
+    pool_answers(&s);
+    assert!(a.request_count() > 0 && b.request_count() > 0);
+
+    reload_to(&s, &s.config_for(&pool_config(&[("b", b), ("c", c)], 5)));
+    let (a0, b0, c0) = (a.request_count(), b.request_count(), c.request_count());
+    pool_answers(&s);
+    assert_eq!(a.request_count(), a0, "a removed member got requests");
+    assert!(b.request_count() > b0 && c.request_count() > c0);
+
+    reload_to(&s, &s.config_for(&pool_config(&[("c", c)], 5)));
+    let (b1, c1) = (b.request_count(), c.request_count());
+    pool_answers(&s);
+    assert_eq!(b.request_count(), b1, "a removed member got requests");
+    assert_eq!(c.request_count(), c1 + 10);
+
+    // Back and forth once more while the stream still runs.
+    reload_to(&s, &s.config_for(&pool_config(&[("a", a), ("c", c)], 5)));
+    reload_to(&s, &s.config_for(&pool_config(&[("c", c)], 5)));
+
+    let rest = sse.collect_rest();
+    assert_eq!(rest.last().and_then(|e| event_data(e)), Some("[DONE]"));
+    let usage = rest
+        .iter()
+        .filter_map(|e| event_data(e))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .find(|v| !v["usage"].is_null())
+        .expect("the usage chunk");
+    assert_eq!(
+        usage["usage"]["completion_tokens"], 30,
+        "the stream finished on the config it started with"
+    );
+    let new = s.post_json("/v1/chat/completions", &{
+        let mut b = chat_body(Some("slow"), false);
+        b["max_tokens"] = serde_json::json!(100);
+        b
+    });
+    assert_eq!(
+        new.json()["usage"]["completion_tokens"],
+        5,
+        "new requests see the new config"
+    );
+
+    let mut ok = 0;
+    let mut failures = Vec::new();
+    for load in loads {
+        let (n, f) = load.finish();
+        ok += n;
+        failures.extend(f);
+    }
+    assert!(ok > 0, "the load got nothing through");
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during reloads: {:?}",
+        failures.len(),
+        ok + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+}
+
+/// A file that does not compile is refused with a log line naming its error — this file's
+/// (a field named only in it), not an earlier refusal — and the last good config serves on.
+#[test]
+fn a_refused_reload_names_its_own_error_and_the_old_config_serves() {
+    let s = Launch::new(&mock_deployments(&["alpha"])).start();
+    for bad_key in ["no_such_key_first", "no_such_key_second"] {
+        s.rewrite_config(&format!(
+            "[[backend]]\nname = \"mock-a\"\nkind = \"mock\"\n{bad_key} = 1\n\n\
+             [[deployment]]\nname = \"gone\"\nbackends = [{{ backend = \"mock-a\" }}]\n"
+        ));
+        assert!(
+            wait_until(Duration::from_secs(10), || s
+                .log()
+                .lines()
+                .skip_while(|l| !l.contains("config reload refused"))
+                .any(|l| l.contains(bad_key))),
+            "no refusal naming {bad_key}; log:\n{}",
+            s.log()
+        );
+        assert!(serves(&s, "alpha"), "the last good config serves on");
+        assert!(!serves(&s, "gone"));
+    }
+    assert_eq!(log_count(&s, "config reload refused"), 2, "{}", s.log());
+    assert_eq!(log_count(&s, "config reloaded"), 0, "{}", s.log());
+}
+
+/// SIGHUP reloads: the new file has the old one's size, inode and modification time, so the
+/// file poll cannot tell it changed; only the signal brings `gamma` in, and the reload's log
+/// line says SIGHUP did it.
+#[test]
+fn sighup_reloads_a_change_the_file_poll_cannot_see() {
     let s = Launch::new(&mock_deployments(&["alpha"]))
         .workers(2)
         .start();
-    s.write_raw_config(&padded(
-        &s.config_for(&mock_deployments(&["alpha"])),
-        PAD_TO,
-    ));
-    let load = start_load(s.port, "alpha", Duration::from_secs(40));
-    assert!(!serves(&s, "beta"));
-
-    // 1. A file change adds a deployment.
-    s.write_raw_config(&padded(
-        &s.config_for(&mock_deployments(&["alpha", "beta"])),
-        PAD_TO,
-    ));
-    assert!(
-        wait_until(Duration::from_secs(10), || serves(&s, "beta")),
-        "new deployment not served within 10 s of the file change; log:\n{}",
-        s.log()
+    reload_to(
+        &s,
+        &padded(&s.config_for(&mock_deployments(&["alpha", "beta"])), PAD_TO),
     );
-
-    // 2. A bad file is refused; the old routes keep working.
-    s.write_raw_config(&s.config_for(
-        "[[backend]]\nname = \"mock-a\"\nkind = \"mock\"\nno_such_key = 1\n\n\
-         [[deployment]]\nname = \"alpha\"\nbackends = [{ backend = \"mock-a\" }]\n",
-    ));
-    assert!(
-        s.wait_log("config reload refused", Duration::from_secs(10)),
-        "no 'config reload refused' line; log:\n{}",
-        s.log()
-    );
-    assert!(serves(&s, "alpha"));
-    assert!(
-        serves(&s, "beta"),
-        "bad file must leave the last good config serving"
-    );
-
-    // 3. SIGHUP reloads. Write a file of the same size and mtime as the last good one, so a
-    //    poll of size and mtime does not see it (a poll of the content would, and that is fine).
-    let good = padded(&s.config_for(&mock_deployments(&["alpha", "beta"])), PAD_TO);
-    s.write_raw_config(&good);
-    // Let the poll see this file (same deployments as now, so nothing changes).
-    thread::sleep(Duration::from_millis(2500));
     let mtime = fs::metadata(&s.config_path).unwrap().modified().unwrap();
     let gamma = padded(
         &s.config_for(&mock_deployments(&["alpha", "beta", "gamma"])),
@@ -169,27 +303,70 @@ fn reload_under_load_adds_a_deployment_refuses_a_bad_file_and_obeys_sighup() {
         (&f).write_all(gamma.as_bytes()).unwrap();
         f.set_modified(mtime).unwrap();
     }
-    thread::sleep(Duration::from_millis(2500));
-    if serves(&s, "gamma") {
-        eprintln!("note: the file poll saw a same-size, same-mtime change; SIGHUP not isolated");
-    }
+    let by_signal = "config reloaded reason=\"SIGHUP\"";
+    assert_eq!(log_count(&s, by_signal), 0);
     s.signal("HUP");
     assert!(
-        wait_until(Duration::from_secs(5), || serves(&s, "gamma")),
+        wait_until(Duration::from_secs(5), || log_count(&s, by_signal) == 1),
         "SIGHUP did not reload; log:\n{}",
         s.log()
     );
-    assert!(serves(&s, "alpha") && serves(&s, "beta"));
+    assert!(serves(&s, "gamma") && serves(&s, "alpha") && serves(&s, "beta"));
+}
 
-    let (ok, failures) = load.finish();
-    assert!(ok > 0, "the load thread got nothing through");
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed during reloads: {:?}",
-        failures.len(),
-        ok + failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+/// A reload that changes `listen` or `workers` keeps the running ones (with a warning):
+/// the old port serves, by both workers still.
+#[test]
+fn reload_keeps_the_listen_addresses_and_worker_count() {
+    let s = Launch::new(&mock_deployments(&["alpha"]))
+        .workers(2)
+        .start();
+    let before = log_count(&s, "config reloaded");
+    s.write_raw_config(&format!(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\nworkers = 1\n\n{}",
+        mock_deployments(&["alpha", "beta"])
+    ));
+    assert!(wait_until(Duration::from_secs(10), || log_count(
+        &s,
+        "config reloaded"
+    ) > before));
+    assert!(s
+        .log()
+        .contains("listen addresses and worker count change only on restart"));
+    assert!(serves(&s, "beta"), "the rest of the file is in force");
+    let mut workers = std::collections::BTreeSet::new();
+    for _ in 0..64 {
+        let resp = s.get("/v1/models");
+        assert_eq!(resp.status, 200);
+        let id = resp.head.header("x-request-id").unwrap().to_string();
+        workers.insert(id[8..12].to_string());
+    }
+    assert_eq!(workers.len(), 2, "both workers still serve: {workers:?}");
+}
+
+#[path = "support/access.rs"]
+mod access;
+
+/// A key rotation is picked up by a reload: the new key is let in, the old one refused.
+#[test]
+fn a_reload_rotates_subscription_keys() {
+    const OLD: &str = "test-key-reload-old";
+    const NEW: &str = "test-key-reload-new";
+    let config = |key: &str| {
+        format!(
+            "{}{}{}",
+            mock_deployments(&["alpha"]),
+            access::product("p", ""),
+            access::subscription("team", "p", &[key])
+        )
+    };
+    let s = Launch::new(&config(OLD)).start();
+    let chat = |key: &str| access::chat_as(&s, key, &chat_body(Some("alpha"), false)).status;
+    assert_eq!(chat(OLD), 200);
+    assert_eq!(chat(NEW), 401);
+    reload_to(&s, &s.config_for(&config(NEW)));
+    assert_eq!(chat(NEW), 200);
+    assert_eq!(chat(OLD), 401);
 }
 
 #[test]
@@ -217,23 +394,17 @@ fn sigterm_lets_a_streaming_request_finish_then_exits_0() {
     let t0 = Instant::now();
     s.signal("TERM");
 
-    // New requests are no longer served once the signal has landed.
-    thread::sleep(Duration::from_millis(300));
-    let late = std::net::TcpStream::connect(("127.0.0.1", port))
-        .ok()
-        .map(|stream| {
-            stream
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .unwrap();
-            let mut late = Client {
-                wire: Wire::new(stream),
-            };
-            late.try_send(&request_bytes("GET", "/v1/models", &[], b""))
-                .and_then(|()| late.try_read_response())
-        });
-    if let Some(Ok(r)) = &late {
-        assert_ne!(r.status, 200, "a request after SIGTERM was served");
-    }
+    // Once the signal has landed the listeners close: new connections are refused while
+    // the stream in flight goes on.
+    assert!(
+        wait_until(Duration::from_secs(5), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_err()),
+        "still accepting connections after SIGTERM; log:\n{}",
+        s.log()
+    );
 
     let rest = sse.collect_rest();
     let stream_done = t0.elapsed();
