@@ -36,20 +36,47 @@ fn send_chats(s: &Sluice, n: usize) {
     }
 }
 
+/// nginx's smooth weighted round robin (ngx_http_upstream_get_peer), as a reference: each
+/// pick adds every member's weight to its current weight, takes the first highest, and
+/// takes the total back from it.
+fn smooth_wrr(weights: &[(char, i64)], picks: usize) -> String {
+    let total: i64 = weights.iter().map(|w| w.1).sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut out = String::new();
+    for _ in 0..picks {
+        let mut best = 0;
+        for (i, (_, w)) in weights.iter().enumerate() {
+            current[i] += w;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        out.push(weights[best].0);
+    }
+    out
+}
+
+/// One worker, one connection: the order of the backends that answer is exactly smooth
+/// weighted round robin's (a, a, b, a for 3:1 — never three of `a` and then `b`), and the
+/// split of 400 is exactly 300:100.
 #[test]
 fn weighted_round_robin_splits_3_to_1() {
     let a = Upstream::json(upstream_chat_answer("a"));
     let b = Upstream::json(upstream_chat_answer("b"));
     let body = two_backend_body(&a.url(), &b.url(), ", weight = 3", ", weight = 1");
     let s = Launch::new(&body).workers(1).start();
-    send_chats(&s, 400);
-    let (na, nb) = (a.request_count(), b.request_count());
-    assert_eq!(na + nb, 400);
-    // ±2% of 400.
-    assert!(
-        na.abs_diff(300) <= 8 && nb.abs_diff(100) <= 8,
-        "split {na}:{nb}, want 300:100"
-    );
+    let mut c = s.connect();
+    let order: String = (0..400)
+        .map(|i| {
+            let resp = c.post_json("/v1/chat/completions", &chat_body(Some("chat"), false));
+            assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
+            let model = resp.json()["model"].as_str().unwrap().to_string();
+            model.chars().next().unwrap()
+        })
+        .collect();
+    assert_eq!(order, smooth_wrr(&[('a', 3), ('b', 1)], 400));
+    assert_eq!((a.request_count(), b.request_count()), (300, 100));
 }
 
 #[test]

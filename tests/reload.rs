@@ -391,7 +391,6 @@ fn sigterm_lets_a_streaming_request_finish_then_exits_0() {
     let first = sse.next_event().expect("first event");
     assert!(first.starts_with("data:"), "{first}");
 
-    let t0 = Instant::now();
     s.signal("TERM");
 
     // Once the signal has landed the listeners close: new connections are refused while
@@ -406,8 +405,8 @@ fn sigterm_lets_a_streaming_request_finish_then_exits_0() {
         s.log()
     );
 
+    // The stream goes on to its end ([DONE] and the last chunk: a whole answer).
     let rest = sse.collect_rest();
-    let stream_done = t0.elapsed();
     assert_eq!(
         rest.last().and_then(|e| event_data(e)),
         Some("[DONE]"),
@@ -424,10 +423,6 @@ fn sigterm_lets_a_streaming_request_finish_then_exits_0() {
         .wait_exit(Duration::from_secs(12))
         .unwrap_or_else(|| panic!("still running 12 s after SIGTERM; log:\n{}", s.log()));
     assert!(status.success(), "exit status {status}; log:\n{}", s.log());
-    assert!(
-        t0.elapsed() + Duration::from_millis(50) >= stream_done,
-        "exited before the stream finished"
-    );
 }
 
 #[test]
@@ -437,14 +432,17 @@ fn sigterm_closes_idle_keep_alive_connections_and_exits_promptly() {
         .start();
     let mut idle = s.connect();
     assert_eq!(idle.request("GET", "/v1/models", &[], b"").status, 200);
-    let t0 = Instant::now();
     s.signal("TERM");
+    // Closed by Sluice well inside the 20 s grace (a process that waited for it would only
+    // close it by exiting, after 20 s).
+    assert!(
+        idle.closed_within(Duration::from_secs(5)),
+        "the idle connection was kept open after SIGTERM"
+    );
     let status = s
         .wait_exit(Duration::from_secs(5))
         .unwrap_or_else(|| panic!("an idle keep-alive connection held the process past 5 s"));
     assert!(status.success(), "exit status {status}");
-    assert!(t0.elapsed() < Duration::from_secs(5));
-    assert!(idle.closed_within(Duration::from_secs(1)));
 }
 
 #[test]
