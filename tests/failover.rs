@@ -1,0 +1,503 @@
+//! Whole-process tests of failover (README "How a request is forwarded", item 3): a 429 or a
+//! 500/502/503/504 answer while another candidate remains cools that backend down for every
+//! worker — for its `retry-after-ms` / `retry-after`, else 5 s (429) or 2 s (5xx) — and the
+//! request goes to the next candidate; the client never sees a byte of the failed attempt;
+//! the last candidate's answer, a 429 included, reaches the client as the backend sent it.
+//!
+//! Every deployment here lists its backends with priorities 0, 1, 2, … so the order of the
+//! candidates is fixed: a backend that is out of its cool-down is always tried first, and
+//! which backend served is read from the answer's `model` (each scripted backend names
+//! itself) and from the backends' request counts.
+//!
+//! Cool-downs need real time; they are kept short with `retry-after-ms` where the case
+//! allows. A probe answered before `cool-down start + cool − MARGIN` was decided inside the
+//! cool-down (Sluice decides before it answers, and starts the cool-down after the test
+//! sent the failing request), so it must not reach the cooled backend; the backend must be
+//! tried again within `cool + SLACK`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::Write as _;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Slack below a cool-down's end inside which a probe is not judged (clock reads, scheduling).
+const MARGIN: Duration = Duration::from_millis(50);
+/// How long after a cool-down's end the cooled backend must have been tried again.
+const SLACK: Duration = Duration::from_millis(1500);
+/// Pause between probes.
+const PROBE_GAP: Duration = Duration::from_millis(40);
+
+/// A failing answer: status, headers and a content-length body.
+#[derive(Clone)]
+struct Refusal {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Refusal {
+    fn new(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Refusal {
+        Refusal {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: body.to_vec(),
+        }
+    }
+
+    fn write(&self, s: &mut TcpStream) {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        respond(s, self.status, &headers, &self.body);
+    }
+}
+
+/// The bytes of the successful chat answer of backend `name`.
+fn answer_of(name: &str) -> Vec<u8> {
+    serde_json::to_vec(&upstream_chat_answer(name)).unwrap()
+}
+
+/// A backend answering its first `fails` requests with `refusal` and every later one 200
+/// with a chat answer whose `model` is `name`.
+fn flaky(name: &str, fails: usize, refusal: Refusal) -> Upstream {
+    let seen = AtomicUsize::new(0);
+    let answer = answer_of(name);
+    Upstream::start(move |_, s| {
+        if seen.fetch_add(1, Ordering::SeqCst) < fails {
+            refusal.write(s);
+        } else {
+            respond(s, 200, &[("content-type", "application/json")], &answer);
+        }
+        After::KeepAlive
+    })
+}
+
+/// A healthy backend whose answers name `name`.
+fn healthy(name: &str) -> Upstream {
+    Upstream::json(upstream_chat_answer(name))
+}
+
+/// Deployment `chat` over `openai` backends `b0`, `b1`, … at `urls`, with priorities 0, 1, …
+fn pool(urls: &[String]) -> String {
+    let mut body = String::new();
+    let mut members = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        body.push_str(&format!(
+            "\n[[backend]]\nname = \"b{i}\"\nkind = \"openai\"\nurl = \"{url}\"\n"
+        ));
+        members.push(format!("{{ backend = \"b{i}\", priority = {i} }}"));
+    }
+    body.push_str(&format!(
+        "\n[[deployment]]\nname = \"chat\"\nbackends = [{}]\n",
+        members.join(", ")
+    ));
+    body
+}
+
+/// A chat request to deployment `chat` on `c`.
+fn chat_on(c: &mut Client) -> Response {
+    c.post_json("/v1/chat/completions", &chat_body(Some("chat"), false))
+}
+
+/// The backend that served a successful answer (its `model`).
+fn served_by(resp: &Response) -> String {
+    assert_eq!(resp.status, 200, "body: {}", resp.text());
+    resp.json()["model"]
+        .as_str()
+        .unwrap_or_else(|| panic!("answer without model: {}", resp.text()))
+        .to_string()
+}
+
+/// One request on a fresh connection: when it was sent, when answered, who served it.
+struct Probe {
+    answered: Instant,
+    by: String,
+}
+
+fn probe(s: &Sluice) -> Probe {
+    let resp = chat_on(&mut s.connect());
+    let answered = Instant::now();
+    Probe {
+        answered,
+        by: served_by(&resp),
+    }
+}
+
+/// Backend `a` (priority 0) answers its first request with `refusal`, then 200; backend `b`
+/// always 200. Checks that the first request fails over to `b`, that `a` is asked nothing
+/// while its cool-down (`cool`) lasts, and that it is tried — and serves — again once it ends.
+fn check_cool_down(refusal: Refusal, cool: Duration) {
+    let a = flaky("a", 1, refusal);
+    let b = healthy("b");
+    let s = Launch::new(&pool(&[a.url(), b.url()])).start();
+    let start = Instant::now();
+    assert_eq!(served_by(&chat_on(&mut s.connect())), "b", "failover to b");
+    assert_eq!((a.request_count(), b.request_count()), (1, 1));
+    let quiet_until = start + cool - MARGIN;
+    let deadline = start + cool + SLACK;
+    let mut quiet_probes = 0;
+    loop {
+        let p = probe(&s);
+        if p.by == "a" {
+            assert!(
+                p.answered >= quiet_until,
+                "a was tried again {:?} after the failover, inside its {cool:?} cool-down",
+                p.answered - start
+            );
+            break;
+        }
+        assert_eq!(p.by, "b");
+        if p.answered < quiet_until {
+            quiet_probes += 1;
+            assert_eq!(a.request_count(), 1, "a was asked during its cool-down");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a was not tried again within {:?} of a {cool:?} cool-down",
+            cool + SLACK
+        );
+        thread::sleep(PROBE_GAP);
+    }
+    assert!(
+        quiet_probes >= 3,
+        "only {quiet_probes} probes inside the cool-down: nothing was shown"
+    );
+    assert_eq!(
+        a.request_count(),
+        2,
+        "a served exactly once after its cool-down"
+    );
+}
+
+#[test]
+fn a_429_with_retry_after_ms_fails_over_and_cools_for_that_long() {
+    check_cool_down(
+        Refusal::new(429, &[("retry-after-ms", "1500")], b"{\"error\":\"busy\"}"),
+        Duration::from_millis(1500),
+    );
+}
+
+#[test]
+fn a_429_with_retry_after_in_seconds_cools_for_that_many_seconds() {
+    check_cool_down(
+        Refusal::new(429, &[("retry-after", "1")], b"{\"error\":\"busy\"}"),
+        Duration::from_secs(1),
+    );
+}
+
+#[test]
+fn retry_after_ms_wins_over_retry_after() {
+    check_cool_down(
+        Refusal::new(
+            429,
+            &[("retry-after", "4"), ("retry-after-ms", "800")],
+            b"{\"error\":\"busy\"}",
+        ),
+        Duration::from_millis(800),
+    );
+}
+
+#[test]
+fn a_429_without_retry_headers_cools_for_5_s() {
+    check_cool_down(
+        Refusal::new(429, &[], b"{\"error\":\"busy\"}"),
+        Duration::from_secs(5),
+    );
+}
+
+#[test]
+fn each_5xx_fails_over_and_cools_for_2_s() {
+    // One deployment per status, side by side, so the 2 s waits overlap.
+    thread::scope(|scope| {
+        for status in [500, 502, 503, 504] {
+            scope.spawn(move || {
+                check_cool_down(
+                    Refusal::new(status, &[("content-type", "text/plain")], b"backend failed"),
+                    Duration::from_secs(2),
+                );
+            });
+        }
+    });
+}
+
+#[test]
+fn a_503_with_retry_after_ms_cools_for_that_long() {
+    check_cool_down(
+        Refusal::new(503, &[("retry-after-ms", "700")], b"overloaded"),
+        Duration::from_millis(700),
+    );
+}
+
+#[test]
+fn the_cool_down_is_seen_by_every_worker() {
+    let cool = Duration::from_millis(3000);
+    let a = flaky(
+        "a",
+        1,
+        Refusal::new(429, &[("retry-after-ms", "3000")], b"{\"error\":\"busy\"}"),
+    );
+    let b = healthy("b");
+    let s = Launch::new(&pool(&[a.url(), b.url()])).workers(2).start();
+    let start = Instant::now();
+    assert_eq!(served_by(&chat_on(&mut s.connect())), "b", "failover to b");
+    // One request per new connection, one at a time: the kernel spreads the connections over
+    // both workers (the chance that 24 land on one is 2⁻²³), and a worker with its own view
+    // of backend health would send its first one to `a`.
+    let quiet_until = start + cool - MARGIN;
+    let mut quiet_probes = 0;
+    for i in 0..24 {
+        let p = probe(&s);
+        if p.answered >= quiet_until {
+            break;
+        }
+        assert_eq!(
+            p.by,
+            "b",
+            "probe {i}, {:?} into the cool-down",
+            p.answered - start
+        );
+        quiet_probes += 1;
+    }
+    assert_eq!(quiet_probes, 24, "the probes outlasted the cool-down");
+    assert_eq!(
+        a.request_count(),
+        1,
+        "a worker asked a during its cool-down"
+    );
+    // Each worker keeps its own upstream connections, and the probes never overlap: a second
+    // connection to b means a second worker served.
+    assert!(
+        b.connections() >= 2,
+        "only one worker served ({} connection to b)",
+        b.connections()
+    );
+    // Once the cool-down ends, every worker sends to a again (priority 0).
+    let back = wait_until(cool + SLACK, || probe(&s).by == "a");
+    assert!(back, "a not tried again after its cool-down");
+    for i in 0..16 {
+        assert_eq!(probe(&s).by, "a", "probe {i} after the cool-down");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nothing of a failed attempt reaches the client
+
+/// A marker in every header and body byte run of a failed attempt.
+const LEAK: &str = "LEAKED-FROM-FAILED-ATTEMPT";
+
+/// Writes one failing answer on a backend connection.
+type Shape = dyn Fn(&mut TcpStream) -> After + Send + Sync;
+
+/// The shapes a failing answer can take on the wire.
+fn failing_shapes() -> Vec<(&'static str, Box<Shape>)> {
+    let head = |status: u16, framing: &str| {
+        format!(
+            "HTTP/1.1 {status} Failed\r\ncontent-type: text/plain\r\nx-leak: {LEAK}\r\n\
+             x-ratelimit-remaining-requests: 4242\r\nset-cookie: leak={LEAK}\r\n{framing}\r\n"
+        )
+    };
+    vec![
+        (
+            "503 with a content-length body",
+            Box::new(move |s: &mut TcpStream| {
+                let body = format!("{LEAK} body");
+                let mut out = head(503, &format!("content-length: {}\r\n", body.len()));
+                out.push_str(&body);
+                s.write_all(out.as_bytes()).unwrap();
+                After::KeepAlive
+            }),
+        ),
+        (
+            "500 with a chunked body",
+            Box::new(move |s: &mut TcpStream| {
+                s.write_all(head(500, "transfer-encoding: chunked\r\n").as_bytes())
+                    .unwrap();
+                write_chunk(s, format!("{LEAK} first chunk").as_bytes()).unwrap();
+                write_chunk(s, format!("{LEAK} second chunk").as_bytes()).unwrap();
+                write_chunk(s, b"").unwrap();
+                After::KeepAlive
+            }),
+        ),
+        (
+            "502 with a close-delimited body",
+            Box::new(move |s: &mut TcpStream| {
+                let mut out = head(502, "");
+                out.push_str(&format!("{LEAK} until close"));
+                s.write_all(out.as_bytes()).unwrap();
+                After::Close
+            }),
+        ),
+        (
+            "429 whose body stalls after its head",
+            Box::new(move |s: &mut TcpStream| {
+                let mut out = head(429, "content-length: 100000\r\n");
+                out.push_str(LEAK);
+                s.write_all(out.as_bytes()).unwrap();
+                s.flush().unwrap();
+                // Sluice must not wait for the rest; it is never sent.
+                thread::sleep(Duration::from_secs(2));
+                After::Close
+            }),
+        ),
+        (
+            "504 with a body larger than any read buffer",
+            Box::new(move |s: &mut TcpStream| {
+                let body = LEAK.repeat(8 * 1024);
+                let mut out = head(504, &format!("content-length: {}\r\n", body.len()));
+                out.push_str(&body);
+                let _ = s.write_all(out.as_bytes());
+                After::KeepAlive
+            }),
+        ),
+    ]
+}
+
+/// Asserts no header name or value and no body byte run of `resp` carries the marker.
+fn assert_clean(resp: &Response, what: &str) {
+    for (k, v) in &resp.head.headers {
+        assert!(
+            !k.eq_ignore_ascii_case("x-leak")
+                && !k.eq_ignore_ascii_case("set-cookie")
+                && !v.contains(LEAK)
+                && v != "4242",
+            "{what}: a header of the failed attempt reached the client: {k}: {v}"
+        );
+    }
+    assert!(
+        !resp.text().contains(LEAK),
+        "{what}: body bytes of the failed attempt reached the client: {}",
+        resp.text()
+    );
+}
+
+#[test]
+fn the_client_never_sees_a_byte_of_a_failed_attempt() {
+    for (what, shape) in failing_shapes() {
+        let a = Upstream::start(move |_, s| shape(s));
+        let b = healthy("b");
+        let s = Launch::new(&pool(&[a.url(), b.url()])).start();
+        let mut c = s.connect();
+        let first = chat_on(&mut c);
+        assert_eq!(served_by(&first), "b", "{what}: failover to b");
+        assert_eq!(
+            first.body,
+            answer_of("b"),
+            "{what}: b's answer, byte for byte"
+        );
+        assert_clean(&first, what);
+        assert_eq!(a.request_count(), 1, "{what}: a asked once");
+        // The same connection carries a second exchange cleanly: nothing of the failed
+        // attempt was left on it either (a leftover would be read as this answer's head).
+        let second = chat_on(&mut c);
+        assert_eq!(served_by(&second), "b", "{what}: second request");
+        assert_eq!(second.body, answer_of("b"), "{what}: second answer");
+        assert_clean(&second, what);
+        assert_eq!(b.request_count(), 2, "{what}: b served both");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The last candidate's answer is the client's
+
+#[test]
+fn the_last_candidate_s_429_reaches_the_client_with_its_body_and_headers() {
+    let a = flaky(
+        "a",
+        usize::MAX,
+        Refusal::new(500, &[("x-from", "a")], b"A-FAILED"),
+    );
+    let b = flaky(
+        "b",
+        usize::MAX,
+        Refusal::new(
+            503,
+            &[("x-from", "b"), ("retry-after-ms", "100")],
+            b"B-FAILED",
+        ),
+    );
+    let c_body =
+        br#"{"error":{"message":"c is busy","type":"requests","param":null,"code":"429"}}"#;
+    let c = flaky(
+        "c",
+        usize::MAX,
+        Refusal::new(
+            429,
+            &[
+                ("content-type", "application/json"),
+                ("x-from", "c"),
+                ("retry-after-ms", "4321"),
+                ("retry-after", "5"),
+            ],
+            c_body,
+        ),
+    );
+    let s = Launch::new(&pool(&[a.url(), b.url(), c.url()])).start();
+    let resp = chat_on(&mut s.connect());
+    assert_eq!(resp.status, 429, "body: {}", resp.text());
+    assert_eq!(resp.body, c_body, "c's body, byte for byte");
+    assert_eq!(resp.header("x-from"), Some("c"));
+    assert_eq!(resp.header("retry-after-ms"), Some("4321"));
+    assert_eq!(resp.header("retry-after"), Some("5"));
+    assert_eq!(
+        resp.header("content-type"),
+        Some("application/json"),
+        "c's content type"
+    );
+    assert_eq!(
+        resp.head.header_all("x-from").len(),
+        1,
+        "{:?}",
+        resp.head.headers
+    );
+    assert_request_id(&resp);
+    assert_eq!(
+        (a.request_count(), b.request_count(), c.request_count()),
+        (1, 1, 1),
+        "each candidate asked once, in order"
+    );
+}
+
+#[test]
+fn a_lone_backend_s_429_and_5xx_reach_the_client_every_time() {
+    // The only candidate is never skipped: each request reaches it and gets its answer.
+    let lone = flaky(
+        "lone",
+        usize::MAX,
+        Refusal::new(
+            429,
+            &[("retry-after-ms", "60000"), ("x-from", "lone")],
+            b"LONE-BUSY",
+        ),
+    );
+    let s = Launch::new(&pool(&[lone.url()])).start();
+    let mut c = s.connect();
+    for i in 0..3 {
+        let resp = chat_on(&mut c);
+        assert_eq!(resp.status, 429, "request {i}: {}", resp.text());
+        assert_eq!(resp.body, b"LONE-BUSY", "request {i}");
+        assert_eq!(resp.header("x-from"), Some("lone"), "request {i}");
+        assert_eq!(resp.header("retry-after-ms"), Some("60000"), "request {i}");
+    }
+    assert_eq!(lone.request_count(), 3);
+
+    let lone = flaky("lone", usize::MAX, Refusal::new(502, &[], b"LONE-DOWN"));
+    let s = Launch::new(&pool(&[lone.url()])).start();
+    let mut c = s.connect();
+    for i in 0..3 {
+        let resp = chat_on(&mut c);
+        assert_eq!(resp.status, 502, "request {i}: {}", resp.text());
+        assert_eq!(resp.body, b"LONE-DOWN", "request {i}");
+    }
+    assert_eq!(lone.request_count(), 3);
+}
