@@ -898,3 +898,134 @@ fn a_huge_event_does_not_stop_the_usage_after_it_from_being_read() {
         "A was charged its real usage"
     );
 }
+
+/// Texts on which the two vocabularies disagree, so the family used shows in the count.
+const MULTILINGUAL: [&str; 2] = [
+    "Réponds brièvement : qu'est-ce qu'un seau à jetons ?",
+    "トークンバケットを一文で説明してください。",
+];
+
+/// A chat to `model` whose messages are [`MULTILINGUAL`], `max_tokens` 100.
+fn multilingual_chat(model: &str, stream: bool) -> Value {
+    json!({
+        "model": model,
+        "stream": stream,
+        "max_tokens": 100,
+        "messages": [
+            {"role": "system", "content": MULTILINGUAL[0]},
+            {"role": "user", "content": MULTILINGUAL[1]}
+        ]
+    })
+}
+
+/// What the default estimator must reserve for [`multilingual_chat`] with `bpe`: each
+/// message's text counted with OpenAI's tables (tiktoken-rs, as `tiktoken` gives), 4 tokens
+/// per message, 3 to prime the reply, and `max_tokens`.
+fn bpe_reservation(bpe: &tiktoken_rs::CoreBPE) -> i64 {
+    let text: usize = MULTILINGUAL
+        .iter()
+        .map(|t| bpe.encode_with_special_tokens(t).len())
+        .sum();
+    text as i64 + 2 * 4 + 3 + 100
+}
+
+/// With no `tokens` settings a deployment counts prompts with the BPE tables of its model's
+/// family — o200k for `gpt-4o`, cl100k for `gpt-4` — and a streamed request reserves what
+/// the same request unstreamed does: asserted as the reservation itself (the quota less the
+/// answer's `remaining`), not as a difference that would cancel it.
+#[test]
+fn the_default_bpe_estimator_counts_with_the_model_s_family() {
+    let o200k = bpe_reservation(&tiktoken_rs::o200k_base().unwrap());
+    let cl100k = bpe_reservation(&tiktoken_rs::cl100k_base().unwrap());
+    assert_ne!(o200k, cl100k, "the texts must tell the families apart");
+    let deployments = r#"
+[[backend]]
+name = "mock-a"
+kind = "mock"
+
+[[deployment]]
+name = "gpt-4o"
+backends = [{ backend = "mock-a" }]
+
+[[deployment]]
+name = "gpt-4"
+backends = [{ backend = "mock-a" }]
+"#;
+    // A subscription of its own for each request, so each sees a fresh quota: the quota
+    // less the answer's `remaining` is that request's reservation alone.
+    let keys = ["k-4o", "k-4o-stream", "k-4", "k-4-stream"].map(|k| format!("test-key-bpe-{k}"));
+    let mut body = String::from(deployments);
+    body.push_str(&product("p", &quota_limits(BIG_QUOTA)));
+    for (i, key) in keys.iter().enumerate() {
+        body.push_str(&subscription(&format!("team-{i}"), "p", &[key.as_str()]));
+    }
+    let s = Launch::new(&body).start();
+    let cases = [
+        ("gpt-4o", false, o200k),
+        ("gpt-4o", true, o200k),
+        ("gpt-4", false, cl100k),
+        ("gpt-4", true, cl100k),
+    ];
+    for ((model, stream, want), key) in cases.into_iter().zip(&keys) {
+        let body = multilingual_chat(model, stream);
+        let remaining = if stream {
+            head_remaining_tokens(&stream_chat(&s, key, &body).0)
+        } else {
+            remaining_tokens(&chat_settled(&s, key, &body))
+        };
+        assert_eq!(
+            BIG_QUOTA - remaining,
+            want,
+            "{model} (stream: {stream}): the reservation counts with the model's family"
+        );
+    }
+}
+
+/// A streamed request reserves exactly what the same request unstreamed reserves: with a
+/// quota untouched before it, the quota less the stream's `remaining` is the prompt
+/// estimate (bytes / 4 per piece, the heuristic) plus `max_tokens` — never 0.
+#[test]
+fn a_streamed_request_reserves_its_prompt_and_max_tokens() {
+    let s = start_quota(BIG_QUOTA);
+    let plain = chat_settled(&s, KEY_A, &chat_body(Some("gpt-4o"), false));
+    let reserved_plain = BIG_QUOTA - remaining_tokens(&plain);
+    let (head, _) = stream_chat(&s, KEY_B, &chat_body(Some("gpt-4o"), true));
+    let reserved_stream = BIG_QUOTA - head_remaining_tokens(&head);
+    assert_eq!(reserved_stream, reserved_plain);
+    // chat_body: two messages, max_tokens 100; the heuristic counts each content by 4 bytes.
+    let texts = [
+        "You are a concise assistant.",
+        "Explain a token bucket in one sentence.",
+    ];
+    let prompt: i64 = texts
+        .iter()
+        .map(|t| t.len().div_ceil(4) as i64)
+        .sum::<i64>()
+        + 2 * 4
+        + 3;
+    assert_eq!(reserved_stream, prompt + 100);
+}
+
+/// Usage far above the reservation is charged in full: the quota goes into debt, and the
+/// debt refuses the next request however small, before any backend sees it.
+#[test]
+fn usage_above_the_reservation_leaves_a_debt_that_blocks() {
+    let up = Upstream::start(|_, s: &mut TcpStream| {
+        let mut answer = upstream_chat_answer("m");
+        answer["usage"] =
+            json!({"prompt_tokens": 2000, "completion_tokens": 3000, "total_tokens": 5000});
+        let bytes = serde_json::to_vec(&answer).unwrap();
+        respond(s, 200, &[("content-type", "application/json")], &bytes);
+        After::KeepAlive
+    });
+    let s = start_scripted(&up, &quota_limits(3000));
+    let first = chat_settled(&s, KEY_A, &chat_body(Some("gpt-4o"), false));
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert!(remaining_tokens(&first) > 2500, "the reservation was small");
+    let small = chat_with(json!({"max_tokens": 1}));
+    let refused = chat_settled(&s, KEY_A, &small);
+    assert_openai_error(&refused, 403, None);
+    assert_eq!(up.request_count(), 1, "the debt refused before the backend");
+    // The other subscription has its own quota.
+    assert_eq!(chat_settled(&s, KEY_B, &small).status, 200);
+}
