@@ -529,3 +529,51 @@ fn absolute_form_targets_are_routed_by_their_path_and_checked_like_host() {
         "invalid Host header",
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Request ids and forwarding headers
+
+/// `x-forwarded-for` reaching the backend is the client's list (every header line of it, in
+/// order, empty lines adding nothing; RFC 9110 §5.3) with the client's address appended; `x-forwarded-proto` is Sluice's `http`, once,
+/// whatever the client sent.
+#[test]
+fn forwarding_headers_are_appended_and_set() {
+    let up = recording_backend();
+    let s = gateway(&up, "");
+    let mut c = s.connect();
+    for (sent, want) in [
+        (&[][..], "127.0.0.1"),
+        (&["203.0.113.7"][..], "203.0.113.7, 127.0.0.1"),
+        (
+            &["203.0.113.7, 198.51.100.1"][..],
+            "203.0.113.7, 198.51.100.1, 127.0.0.1",
+        ),
+        (
+            &["203.0.113.7", "198.51.100.1"][..],
+            "203.0.113.7, 198.51.100.1, 127.0.0.1",
+        ),
+        (&["", "203.0.113.7"][..], "203.0.113.7, 127.0.0.1"),
+    ] {
+        let mut headers = vec![
+            ("Content-Type", "application/json"),
+            ("X-Forwarded-Proto", "https"),
+        ];
+        headers.extend(sent.iter().map(|v| ("X-Forwarded-For", *v)));
+        let before = up.request_count();
+        let resp = c.request("POST", CHAT_TARGET, &headers, &chat_json());
+        assert_eq!(resp.status, 200, "{sent:?}: {}", resp.text());
+        let recs = up.requests();
+        assert_eq!(recs.len(), before + 1);
+        let head = &recs[before].head;
+        assert_eq!(
+            head.header_all("x-forwarded-for"),
+            vec![want],
+            "{sent:?}: {head:?}"
+        );
+        assert_eq!(
+            head.header_all("x-forwarded-proto"),
+            vec!["http"],
+            "{sent:?}: {head:?}"
+        );
+    }
+}
