@@ -533,6 +533,118 @@ fn absolute_form_targets_are_routed_by_their_path_and_checked_like_host() {
 // ---------------------------------------------------------------------------------------------
 // Request ids and forwarding headers
 
+/// A backend answering a chat completion with its own `x-request-id`.
+fn backend_with_its_own_id() -> Upstream {
+    let answer = serde_json::to_vec(&upstream_chat_answer("upstream-model")).unwrap();
+    Upstream::start(move |_, s| {
+        respond(
+            s,
+            200,
+            &[
+                ("content-type", "application/json"),
+                ("x-request-id", "backend-id-42"),
+            ],
+            &answer,
+        );
+        After::KeepAlive
+    })
+}
+
+/// Whether `id` has the shape of an id Sluice makes: 24 lowercase hex digits.
+fn is_generated_id(id: &str) -> bool {
+    id.len() == 24
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A client's well-formed `x-request-id` (1–64 of `[A-Za-z0-9._-]`) is the request's id: the
+/// client gets it back and the backend receives it, once; the backend's own id comes back as
+/// `x-upstream-request-id`. Gateway-made answers (a 404) echo it too.
+#[test]
+fn a_well_formed_client_request_id_is_echoed_and_forwarded() {
+    let up = backend_with_its_own_id();
+    let s = gateway(&up, "");
+    let longest = "a".repeat(64);
+    let mut c = s.connect();
+    for id in ["abc-123_X.y", "7", longest.as_str()] {
+        let before = up.request_count();
+        let resp = c.request(
+            "POST",
+            CHAT_TARGET,
+            &[("Content-Type", "application/json"), ("X-Request-Id", id)],
+            &chat_json(),
+        );
+        assert_eq!(resp.status, 200, "{id}: {}", resp.text());
+        assert_eq!(resp.head.header_all("x-request-id"), vec![id], "{id}");
+        assert_eq!(
+            resp.head.header_all("x-upstream-request-id"),
+            vec!["backend-id-42"],
+            "{id}: {:?}",
+            resp.head.headers
+        );
+        let recs = up.requests();
+        assert_eq!(recs.len(), before + 1);
+        let head = &recs[before].head;
+        assert_eq!(head.header_all("x-request-id"), vec![id], "{head:?}");
+    }
+    // A gateway-made error echoes it too.
+    let resp = c.request(
+        "POST",
+        "/nope",
+        &[
+            ("Content-Type", "application/json"),
+            ("x-request-id", "err-1"),
+        ],
+        &chat_json(),
+    );
+    assert_openai_error(&resp, 404, None);
+    assert_eq!(resp.head.header_all("x-request-id"), vec!["err-1"]);
+}
+
+/// A malformed client id (empty, too long, a character outside `[A-Za-z0-9._-]`) is replaced
+/// by one Sluice makes, which the backend receives too; the client's never goes anywhere.
+#[test]
+fn a_malformed_client_request_id_is_replaced() {
+    let up = backend_with_its_own_id();
+    let s = gateway(&up, "");
+    let too_long = "a".repeat(65);
+    let mut c = s.connect();
+    for id in [
+        "",
+        too_long.as_str(),
+        "has space",
+        "slash/in/it",
+        "semi;colon",
+        "quote\"d",
+        "caf\u{e9}",
+    ] {
+        let before = up.request_count();
+        let resp = c.request(
+            "POST",
+            CHAT_TARGET,
+            &[("Content-Type", "application/json"), ("X-Request-Id", id)],
+            &chat_json(),
+        );
+        assert_eq!(resp.status, 200, "{id:?}: {}", resp.text());
+        let ids = resp.head.header_all("x-request-id");
+        assert_eq!(ids.len(), 1, "{id:?}: {:?}", resp.head.headers);
+        assert!(
+            is_generated_id(ids[0]),
+            "{id:?} answered with id {:?}",
+            ids[0]
+        );
+        let recs = up.requests();
+        assert_eq!(recs.len(), before + 1);
+        assert_eq!(
+            recs[before].head.header_all("x-request-id"),
+            ids,
+            "{id:?}: the backend got another id than the client"
+        );
+        assert_eq!(resp.header("x-upstream-request-id"), Some("backend-id-42"));
+    }
+}
+
 /// `x-forwarded-for` reaching the backend is the client's list (every header line of it, in
 /// order, empty lines adding nothing; RFC 9110 §5.3) with the client's address appended; `x-forwarded-proto` is Sluice's `http`, once,
 /// whatever the client sent.
