@@ -412,12 +412,15 @@ fn disguised_framing_headers_from_the_backend_never_reach_the_client() {
 // ---------------------------------------------------------------------------------------------
 // Host and request targets
 
-/// Sends `raw` on a fresh connection; asserts a 400 in the OpenAI shape whose message
-/// contains `needle`, and a closed connection. Returns the message.
+/// Sends `raw` on a fresh connection with a well-formed request behind it in the same write;
+/// asserts a 400 in the OpenAI shape whose message contains `needle`, then the close with
+/// nothing more (the second request is never answered). Returns the message.
 fn assert_400(s: &Sluice, raw: &[u8], needle: &str) -> String {
     let what = String::from_utf8_lossy(raw.split(|b| *b == b'\n').nth(1).unwrap_or(raw));
+    let mut bytes = raw.to_vec();
+    bytes.extend_from_slice(&request_bytes("GET", "/v1/models", &[], b""));
     let mut c = s.connect();
-    c.send(raw);
+    c.send(&bytes);
     let resp = c
         .try_read_response()
         .unwrap_or_else(|e| panic!("{what}: no response ({e})"));
