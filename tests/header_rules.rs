@@ -412,12 +412,15 @@ fn disguised_framing_headers_from_the_backend_never_reach_the_client() {
 // ---------------------------------------------------------------------------------------------
 // Host and request targets
 
-/// Sends `raw` on a fresh connection; asserts a 400 in the OpenAI shape whose message
-/// contains `needle`, and a closed connection. Returns the message.
+/// Sends `raw` on a fresh connection with a well-formed request behind it in the same write;
+/// asserts a 400 in the OpenAI shape whose message contains `needle`, then the close with
+/// nothing more (the second request is never answered). Returns the message.
 fn assert_400(s: &Sluice, raw: &[u8], needle: &str) -> String {
     let what = String::from_utf8_lossy(raw.split(|b| *b == b'\n').nth(1).unwrap_or(raw));
+    let mut bytes = raw.to_vec();
+    bytes.extend_from_slice(&request_bytes("GET", "/v1/models", &[], b""));
     let mut c = s.connect();
-    c.send(raw);
+    c.send(&bytes);
     let resp = c
         .try_read_response()
         .unwrap_or_else(|e| panic!("{what}: no response ({e})"));
@@ -528,4 +531,164 @@ fn absolute_form_targets_are_routed_by_their_path_and_checked_like_host() {
         &chat_with_host("http://gw/v1/chat/completions", "a b"),
         "invalid Host header",
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request ids and forwarding headers
+
+/// A backend answering a chat completion with its own `x-request-id`.
+fn backend_with_its_own_id() -> Upstream {
+    let answer = serde_json::to_vec(&upstream_chat_answer("upstream-model")).unwrap();
+    Upstream::start(move |_, s| {
+        respond(
+            s,
+            200,
+            &[
+                ("content-type", "application/json"),
+                ("x-request-id", "backend-id-42"),
+            ],
+            &answer,
+        );
+        After::KeepAlive
+    })
+}
+
+/// Whether `id` has the shape of an id Sluice makes: 24 lowercase hex digits.
+fn is_generated_id(id: &str) -> bool {
+    id.len() == 24
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A client's well-formed `x-request-id` (1–64 of `[A-Za-z0-9._-]`) is the request's id: the
+/// client gets it back and the backend receives it, once; the backend's own id comes back as
+/// `x-upstream-request-id`. Gateway-made answers (a 404) echo it too.
+#[test]
+fn a_well_formed_client_request_id_is_echoed_and_forwarded() {
+    let up = backend_with_its_own_id();
+    let s = gateway(&up, "");
+    let longest = "a".repeat(64);
+    let mut c = s.connect();
+    for id in ["abc-123_X.y", "7", longest.as_str()] {
+        let before = up.request_count();
+        let resp = c.request(
+            "POST",
+            CHAT_TARGET,
+            &[("Content-Type", "application/json"), ("X-Request-Id", id)],
+            &chat_json(),
+        );
+        assert_eq!(resp.status, 200, "{id}: {}", resp.text());
+        assert_eq!(resp.head.header_all("x-request-id"), vec![id], "{id}");
+        assert_eq!(
+            resp.head.header_all("x-upstream-request-id"),
+            vec!["backend-id-42"],
+            "{id}: {:?}",
+            resp.head.headers
+        );
+        let recs = up.requests();
+        assert_eq!(recs.len(), before + 1);
+        let head = &recs[before].head;
+        assert_eq!(head.header_all("x-request-id"), vec![id], "{head:?}");
+    }
+    // A gateway-made error echoes it too.
+    let resp = c.request(
+        "POST",
+        "/nope",
+        &[
+            ("Content-Type", "application/json"),
+            ("x-request-id", "err-1"),
+        ],
+        &chat_json(),
+    );
+    assert_openai_error(&resp, 404, None);
+    assert_eq!(resp.head.header_all("x-request-id"), vec!["err-1"]);
+}
+
+/// A malformed client id (empty, too long, a character outside `[A-Za-z0-9._-]`) is replaced
+/// by one Sluice makes, which the backend receives too; the client's never goes anywhere.
+#[test]
+fn a_malformed_client_request_id_is_replaced() {
+    let up = backend_with_its_own_id();
+    let s = gateway(&up, "");
+    let too_long = "a".repeat(65);
+    let mut c = s.connect();
+    for id in [
+        "",
+        too_long.as_str(),
+        "has space",
+        "slash/in/it",
+        "semi;colon",
+        "quote\"d",
+        "caf\u{e9}",
+    ] {
+        let before = up.request_count();
+        let resp = c.request(
+            "POST",
+            CHAT_TARGET,
+            &[("Content-Type", "application/json"), ("X-Request-Id", id)],
+            &chat_json(),
+        );
+        assert_eq!(resp.status, 200, "{id:?}: {}", resp.text());
+        let ids = resp.head.header_all("x-request-id");
+        assert_eq!(ids.len(), 1, "{id:?}: {:?}", resp.head.headers);
+        assert!(
+            is_generated_id(ids[0]),
+            "{id:?} answered with id {:?}",
+            ids[0]
+        );
+        let recs = up.requests();
+        assert_eq!(recs.len(), before + 1);
+        assert_eq!(
+            recs[before].head.header_all("x-request-id"),
+            ids,
+            "{id:?}: the backend got another id than the client"
+        );
+        assert_eq!(resp.header("x-upstream-request-id"), Some("backend-id-42"));
+    }
+}
+
+/// `x-forwarded-for` reaching the backend is the client's list (every header line of it, in
+/// order, empty lines adding nothing; RFC 9110 §5.3) with the client's address appended; `x-forwarded-proto` is Sluice's `http`, once,
+/// whatever the client sent.
+#[test]
+fn forwarding_headers_are_appended_and_set() {
+    let up = recording_backend();
+    let s = gateway(&up, "");
+    let mut c = s.connect();
+    for (sent, want) in [
+        (&[][..], "127.0.0.1"),
+        (&["203.0.113.7"][..], "203.0.113.7, 127.0.0.1"),
+        (
+            &["203.0.113.7, 198.51.100.1"][..],
+            "203.0.113.7, 198.51.100.1, 127.0.0.1",
+        ),
+        (
+            &["203.0.113.7", "198.51.100.1"][..],
+            "203.0.113.7, 198.51.100.1, 127.0.0.1",
+        ),
+        (&["", "203.0.113.7"][..], "203.0.113.7, 127.0.0.1"),
+    ] {
+        let mut headers = vec![
+            ("Content-Type", "application/json"),
+            ("X-Forwarded-Proto", "https"),
+        ];
+        headers.extend(sent.iter().map(|v| ("X-Forwarded-For", *v)));
+        let before = up.request_count();
+        let resp = c.request("POST", CHAT_TARGET, &headers, &chat_json());
+        assert_eq!(resp.status, 200, "{sent:?}: {}", resp.text());
+        let recs = up.requests();
+        assert_eq!(recs.len(), before + 1);
+        let head = &recs[before].head;
+        assert_eq!(
+            head.header_all("x-forwarded-for"),
+            vec![want],
+            "{sent:?}: {head:?}"
+        );
+        assert_eq!(
+            head.header_all("x-forwarded-proto"),
+            vec!["http"],
+            "{sent:?}: {head:?}"
+        );
+    }
 }

@@ -107,9 +107,11 @@ fn chat_with_token(s: &Sluice, token: &str, model: &str) -> Response {
     )
 }
 
+/// A JWT refusal: 401 in the OpenAI shape with code `invalid_token` (never
+/// `invalid_api_key`, which is for subscription keys).
 fn assert_401(resp: &Response, what: &str) {
     assert_eq!(resp.status, 401, "{what}: body {}", resp.text());
-    assert_openai_error(resp, 401, None);
+    assert_openai_error(resp, 401, Some("invalid_token"));
 }
 
 #[test]
@@ -242,8 +244,18 @@ fn bad_signatures_are_401() {
         "flipped signature",
     );
 
-    // Garbage shaped like a token.
-    assert_401(&chat_with_token(&s, "a.b.c", "gpt-4o"), "garbage token");
+    // Garbage with a token's header prefix and three parts: a token, refused as one.
+    assert_401(
+        &chat_with_token(&s, "eyJhbGciOi.b.c", "gpt-4o"),
+        "garbage token",
+    );
+    // Three parts without a JSON header are not a token's shape: the value is read as a
+    // subscription key, and refused as one.
+    assert_openai_error(
+        &chat_with_token(&s, "a.b.c", "gpt-4o"),
+        401,
+        Some("invalid_api_key"),
+    );
 }
 
 #[test]
@@ -253,8 +265,8 @@ fn token_for_no_subscription_is_refused() {
     claims["appid"] = json!("99999999-0000-0000-0000-000000000000");
     let token = sign(&hs_header(), &claims, SECRET.as_bytes());
     let resp = chat_with_token(&s, &token, "gpt-4o");
-    // Not authenticated as any subscription: 401 (RFC 9110 §15.5.2), not 403.
-    assert_openai_error(&resp, 401, Some("invalid_token"));
+    // A token that is valid but names no subscription is no credential for this gateway.
+    assert_401(&resp, "a valid token whose appid maps to no subscription");
 }
 
 #[test]
@@ -310,4 +322,102 @@ keys = [{{ kid = "hs", algorithms = ["HS256"], secret_env = "{SECRET_ENV}" }}]
     assert_eq!(resp.status, 200, "no oid: {}", resp.text());
     let resp = chat_with_token(&s, &valid_token(), "gpt-4o");
     assert_eq!(resp.status, 200, "no oid again: {}", resp.text());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every algorithm the config accepts, with tokens signed by OpenSSL
+
+/// Tokens signed by the `openssl` CLI (tests/data/jwt/make_tokens.py), not by Sluice's crates:
+/// lines of `ALG CASE TOKEN`, CASE one of `valid` (exp 2100), `expired`, `wrong_aud`.
+const OPENSSL_TOKENS: &str = include_str!("data/jwt/tokens.txt");
+const OPENSSL_APP: &str = "22222222-3333-4444-5555-666666666666";
+
+fn openssl_token(alg: &str, case: &str) -> &'static str {
+    OPENSSL_TOKENS
+        .lines()
+        .find_map(|line| {
+            let mut parts = line.split(' ');
+            (parts.next() == Some(alg) && parts.next() == Some(case))
+                .then(|| parts.next())
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("no {alg} {case} token in tokens.txt"))
+}
+
+/// A gateway trusting the OpenSSL test keys for all nine algorithms: three HMAC secrets (in
+/// environment variables), the RSA key (PEM) for RS256/384/512 and PS256, P-256 and P-384
+/// keys (PEM) for ES256 and ES384.
+fn start_all_algorithms() -> Sluice {
+    let data = workspace_root().join("tests/data/jwt");
+    let pem = |name: &str| data.join(name).display().to_string();
+    let mut body = String::from(MOCK_DEPLOYMENTS);
+    body.push_str(&product("open", ""));
+    body.push_str(&format!(
+        "\n[[subscription]]\nname = \"openssl-app\"\nproduct = \"open\"\n\
+         jwt_claim_values = [\"{OPENSSL_APP}\"]\n"
+    ));
+    body.push_str(&format!(
+        r#"
+[[jwt]]
+name = "openssl"
+issuer = "{ISSUER}"
+audiences = ["{AUDIENCE}"]
+subscription_claim = "appid"
+keys = [
+  {{ algorithms = ["HS256"], secret_env = "SLUICE_TEST_HS256" }},
+  {{ algorithms = ["HS384"], secret_env = "SLUICE_TEST_HS384" }},
+  {{ algorithms = ["HS512"], secret_env = "SLUICE_TEST_HS512" }},
+  {{ kid = "rsa", algorithms = ["RS256", "RS384", "RS512", "PS256"], public_key_file = "{}" }},
+  {{ kid = "ec256", algorithms = ["ES256"], public_key_file = "{}" }},
+  {{ kid = "ec384", algorithms = ["ES384"], public_key_file = "{}" }},
+]
+"#,
+        pem("rsa_public.pem"),
+        pem("es256_public.pem"),
+        pem("es384_public.pem"),
+    ));
+    Launch::new(&body)
+        .env(
+            "SLUICE_TEST_HS256",
+            "hs256-secret-of-at-least-32-bytes-long!",
+        )
+        .env(
+            "SLUICE_TEST_HS384",
+            "hs384-secret-of-at-least-48-bytes-long-for-sha-384!!",
+        )
+        .env(
+            "SLUICE_TEST_HS512",
+            "hs512-secret-of-at-least-64-bytes-long-for-sha-512, so it is long.",
+        )
+        .start()
+}
+
+/// Each of HS256/384/512, RS256/384/512, PS256, ES256/384 passes the gateway with a token
+/// OpenSSL signed; the same algorithm's expired, wrong-audience and re-signed tokens are 401
+/// `invalid_token`.
+#[test]
+fn every_configurable_algorithm_validates_an_openssl_token() {
+    let s = start_all_algorithms();
+    for alg in [
+        "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "ES256", "ES384",
+    ] {
+        let resp = chat_with_token(&s, openssl_token(alg, "valid"), "gpt-4o");
+        assert_eq!(resp.status, 200, "{alg}: {}", resp.text());
+        assert_eq!(resp.json()["object"], "chat.completion", "{alg}");
+        for case in ["expired", "wrong_aud"] {
+            assert_401(
+                &chat_with_token(&s, openssl_token(alg, case), "gpt-4o"),
+                &format!("{alg} {case}"),
+            );
+        }
+        let valid = openssl_token(alg, "valid");
+        let (message, sig) = valid.rsplit_once('.').unwrap();
+        let mut sig: Vec<char> = sig.chars().collect();
+        sig[5] = if sig[5] == 'A' { 'B' } else { 'A' };
+        let forged = format!("{message}.{}", sig.into_iter().collect::<String>());
+        assert_401(
+            &chat_with_token(&s, &forged, "gpt-4o"),
+            &format!("{alg} changed signature"),
+        );
+    }
 }

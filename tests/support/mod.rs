@@ -859,13 +859,19 @@ impl Client {
         )
     }
 
-    /// Whether the server closes the connection (EOF or reset) within `within`, reading and
-    /// discarding anything it still sends.
+    /// Whether the server closes the connection (EOF or reset) within `within` *without
+    /// sending anything more*: `true` at EOF or a reset, `false` when `within` passes with
+    /// the connection open and silent. Any byte — one already buffered by an earlier read or
+    /// one that arrives before the close — panics naming the bytes, so "answered once, then
+    /// closed" cannot pass when a second answer (a smuggled request's, say) slips out first,
+    /// and "still open" cannot pass on a connection that is talking.
     pub fn closed_within(&mut self, within: Duration) -> bool {
+        assert!(
+            self.wire.buf.is_empty(),
+            "bytes were buffered when the connection should have had nothing more: {:?}",
+            String::from_utf8_lossy(&self.wire.buf)
+        );
         let deadline = Instant::now() + within;
-        if !self.wire.buf.is_empty() {
-            self.wire.buf.clear();
-        }
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -875,7 +881,10 @@ impl Client {
             let mut tmp = [0u8; 4096];
             match self.wire.stream().read(&mut tmp) {
                 Ok(0) => return true,
-                Ok(_) => continue,
+                Ok(n) => panic!(
+                    "{n} bytes arrived where only the close was due: {:?}",
+                    String::from_utf8_lossy(&tmp[..n])
+                ),
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -884,7 +893,15 @@ impl Client {
                 {
                     return true
                 }
-                Err(_) => return false,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => panic!("reading for the close: {e}"),
             }
         }
     }

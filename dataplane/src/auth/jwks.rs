@@ -3,8 +3,9 @@
 //!
 //! A [`VerifyKey`] is one public key (or HMAC secret) with its type and the algorithms it
 //! is pinned to. The type decides which algorithms can ever be used with it — an RSA key
-//! only RS256, a P-256 key only ES256, a secret only HS256 — so a token cannot pick how its
-//! key is interpreted (the classic HS256-with-the-RSA-public-key confusion).
+//! only RS256/384/512 and PS256, a P-256 key only ES256, a P-384 key only ES384, a secret
+//! only the HS* its length allows — so a token cannot pick how its key is interpreted (the
+//! classic HS256-with-the-RSA-public-key confusion).
 //!
 //! A [`JwksCache`] holds the last key set fetched from an `http://` URL behind an
 //! [`ArcSwap`]: the request path loads it without a lock, and a [`JwksRefresher`] side
@@ -44,24 +45,40 @@ pub const MIN_RSA_BITS: usize = 2048;
 /// The shortest HMAC secret accepted, in bytes (RFC 7518 §3.2: at least the hash size).
 pub const MIN_HMAC_SECRET: usize = 32;
 
-/// What kind of key material a [`VerifyKey`] is; each kind fits exactly one algorithm.
+/// What kind of key material a [`VerifyKey`] is; each kind fits its own algorithms only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
-    /// An HMAC secret (HS256).
+    /// An HMAC secret (HS256, HS384, HS512: each only with a secret at least as long as its
+    /// hash, RFC 7518 §3.2).
     Hmac,
-    /// An RSA public key (RS256).
+    /// An RSA public key (RS256, RS384, RS512, PS256).
     Rsa,
     /// A NIST P-256 public key (ES256).
     EcP256,
+    /// A NIST P-384 public key (ES384).
+    EcP384,
 }
 
 impl KeyKind {
-    /// The algorithm this kind of key verifies.
-    pub fn algorithm(self) -> JwtAlg {
+    /// The algorithms a key set (JWKS) or a public key can carry: every one but HS*.
+    pub const PUBLIC_ALGS: AlgSet = AlgSet::of_const(&[
+        JwtAlg::RS256,
+        JwtAlg::RS384,
+        JwtAlg::RS512,
+        JwtAlg::PS256,
+        JwtAlg::ES256,
+        JwtAlg::ES384,
+    ]);
+
+    /// The algorithms this kind of key verifies.
+    pub fn algorithms(self) -> AlgSet {
         match self {
-            Self::Hmac => JwtAlg::HS256,
-            Self::Rsa => JwtAlg::RS256,
-            Self::EcP256 => JwtAlg::ES256,
+            Self::Hmac => AlgSet::from_algs(&[JwtAlg::HS256, JwtAlg::HS384, JwtAlg::HS512]),
+            Self::Rsa => {
+                AlgSet::from_algs(&[JwtAlg::RS256, JwtAlg::RS384, JwtAlg::RS512, JwtAlg::PS256])
+            }
+            Self::EcP256 => AlgSet::of(JwtAlg::ES256),
+            Self::EcP384 => AlgSet::of(JwtAlg::ES384),
         }
     }
 }
@@ -91,15 +108,32 @@ impl std::fmt::Debug for VerifyKey {
 }
 
 impl VerifyKey {
-    /// An HMAC secret, pinned to `algs` (which must include HS256).
+    /// An HMAC secret, pinned to `algs` (some of HS256/384/512). A secret shorter than an
+    /// algorithm's hash (32, 48, 64 bytes; RFC 7518 §3.2) never verifies that algorithm:
+    /// HS384 and HS512 are dropped from the pin for a shorter secret, and a secret under
+    /// 32 bytes, or one left with no algorithm, is refused.
     pub fn hmac(kid: Option<String>, secret: &[u8], algs: AlgSet) -> Result<Self, JwksError> {
         if secret.len() < MIN_HMAC_SECRET {
             return Err(JwksError::WeakKey("an HMAC secret needs at least 32 bytes"));
         }
-        Self::pinned(kid, KeyKind::Hmac, DecodingKey::from_secret(secret), algs)
+        let long_enough = [(JwtAlg::HS384, 48), (JwtAlg::HS512, 64)]
+            .into_iter()
+            .filter(|&(_, min)| secret.len() < min)
+            .fold(algs, |algs, (alg, _)| algs.without(alg));
+        if long_enough.is_empty() && !algs.intersect(KeyKind::Hmac.algorithms()).is_empty() {
+            return Err(JwksError::WeakKey(
+                "an HMAC secret needs at least 48 bytes for HS384 and 64 for HS512",
+            ));
+        }
+        Self::pinned(
+            kid,
+            KeyKind::Hmac,
+            DecodingKey::from_secret(secret),
+            long_enough,
+        )
     }
 
-    /// A public key from PEM: SPKI (`BEGIN PUBLIC KEY`, RSA or P-256) or PKCS#1
+    /// A public key from PEM: SPKI (`BEGIN PUBLIC KEY`, RSA, P-256 or P-384) or PKCS#1
     /// (`BEGIN RSA PUBLIC KEY`).
     pub fn from_pem(kid: Option<String>, pem: &[u8], algs: AlgSet) -> Result<Self, JwksError> {
         use p256::pkcs8::DecodePublicKey as _;
@@ -114,12 +148,21 @@ impl VerifyKey {
             let e = rsa.e().to_bytes_be();
             return Self::rsa(kid, &n, &e, algs);
         }
-        let ec = p256::PublicKey::from_public_key_pem(text)
-            .map_err(|_| JwksError::BadKey("PEM holds no RSA or P-256 public key"))?;
-        let point = p256::EncodedPoint::from(ec);
+        if let Ok(ec) = p256::PublicKey::from_public_key_pem(text) {
+            let point = p256::EncodedPoint::from(ec);
+            return Self::pinned(
+                kid,
+                KeyKind::EcP256,
+                DecodingKey::from_ec_der(point.as_bytes()),
+                algs,
+            );
+        }
+        let ec = p384::PublicKey::from_public_key_pem(text)
+            .map_err(|_| JwksError::BadKey("PEM holds no RSA, P-256 or P-384 public key"))?;
+        let point = p384::EncodedPoint::from(ec);
         Self::pinned(
             kid,
-            KeyKind::EcP256,
+            KeyKind::EcP384,
             DecodingKey::from_ec_der(point.as_bytes()),
             algs,
         )
@@ -144,17 +187,34 @@ impl VerifyKey {
         )
     }
 
-    fn ec(kid: Option<String>, x: &[u8], y: &[u8], algs: AlgSet) -> Result<Self, JwksError> {
-        if x.len() != 32 || y.len() != 32 {
-            return Err(JwksError::BadKey("a P-256 coordinate is 32 bytes"));
+    /// An EC public key from its JWK coordinates: 32 bytes each for P-256, 48 for P-384.
+    fn ec(
+        kid: Option<String>,
+        kind: KeyKind,
+        x: &[u8],
+        y: &[u8],
+        algs: AlgSet,
+    ) -> Result<Self, JwksError> {
+        let size = match kind {
+            KeyKind::EcP256 => 32,
+            KeyKind::EcP384 => 48,
+            KeyKind::Hmac | KeyKind::Rsa => return Err(JwksError::BadKey("not an EC key")),
+        };
+        if x.len() != size || y.len() != size {
+            return Err(JwksError::BadKey("an EC coordinate has the wrong length"));
         }
-        let mut point = Vec::with_capacity(65);
+        let mut point = Vec::with_capacity(1 + 2 * size);
         point.push(0x04);
         point.extend_from_slice(x);
         point.extend_from_slice(y);
-        p256::PublicKey::from_sec1_bytes(&point)
-            .map_err(|_| JwksError::BadKey("not a point on P-256"))?;
-        Self::pinned(kid, KeyKind::EcP256, DecodingKey::from_ec_der(&point), algs)
+        let on_curve = match kind {
+            KeyKind::EcP256 => p256::PublicKey::from_sec1_bytes(&point).is_ok(),
+            _ => p384::PublicKey::from_sec1_bytes(&point).is_ok(),
+        };
+        if !on_curve {
+            return Err(JwksError::BadKey("not a point on the curve"));
+        }
+        Self::pinned(kid, kind, DecodingKey::from_ec_der(&point), algs)
     }
 
     fn pinned(
@@ -163,7 +223,7 @@ impl VerifyKey {
         key: DecodingKey,
         algs: AlgSet,
     ) -> Result<Self, JwksError> {
-        let algs = algs.intersect(AlgSet::of(kind.algorithm()));
+        let algs = algs.intersect(kind.algorithms());
         if algs.is_empty() {
             return Err(JwksError::AlgorithmMismatch(kind));
         }
@@ -236,8 +296,8 @@ struct RawJwks {
     keys: Vec<serde_json::Value>,
 }
 
-/// Parses a JWKS document into keys pinned to `algs`. RSA (`n`/`e`) and P-256 (`x`/`y`)
-/// keys are kept; keys for encryption (`use` other than `sig`), symmetric (`oct`) keys,
+/// Parses a JWKS document into keys pinned to `algs`. RSA (`n`/`e`), P-256 and P-384
+/// (`x`/`y`) keys are kept; keys for encryption (`use` other than `sig`), symmetric (`oct`) keys,
 /// other curves, keys whose `alg` is not among the pinned ones and malformed keys are
 /// skipped. A set with no usable key is an error (so a cache keeps its previous keys).
 pub fn parse_jwks(document: &[u8], algs: AlgSet) -> Result<Vec<VerifyKey>, JwksError> {
@@ -267,7 +327,14 @@ fn jwk_to_key(jwk: RawJwk, algs: AlgSet) -> Option<VerifyKey> {
     let b64 = |s: Option<String>| URL_SAFE_NO_PAD.decode(s?.trim_end_matches('=')).ok();
     match (jwk.kty.as_deref()?, jwk.crv.as_deref()) {
         ("RSA", _) => VerifyKey::rsa(jwk.kid, &b64(jwk.n)?, &b64(jwk.e)?, algs).ok(),
-        ("EC", Some("P-256")) => VerifyKey::ec(jwk.kid, &b64(jwk.x)?, &b64(jwk.y)?, algs).ok(),
+        ("EC", Some(crv @ ("P-256" | "P-384"))) => {
+            let kind = if crv == "P-256" {
+                KeyKind::EcP256
+            } else {
+                KeyKind::EcP384
+            };
+            VerifyKey::ec(jwk.kid, kind, &b64(jwk.x)?, &b64(jwk.y)?, algs).ok()
+        }
         _ => None,
     }
 }

@@ -8,8 +8,8 @@
 //! lock and no I/O, in an order that keeps the expensive and dangerous steps last:
 //!
 //! 1. size: a token over [`MAX_TOKEN_BYTES`] (16 KiB) is refused before it is even decoded;
-//! 2. header: `alg` must be HS256, RS256 or ES256 exactly — `none` in any casing is refused
-//!    by name — and `jwk`, `jku`, `x5u`, `x5c` (keys or key locations chosen by the token
+//! 2. header: `alg` must be one of HS256/384/512, RS256/384/512, PS256, ES256, ES384 exactly
+//!    — `none` in any casing is refused by name — and `jwk`, `jku`, `x5u`, `x5c` (keys or key locations chosen by the token
 //!    itself) and `crit` (extensions we do not implement) are refused;
 //! 3. issuer: the (not yet trusted) `iss` picks the issuer's settings; an unknown or missing
 //!    issuer is refused, and so is an `alg` none of that issuer's keys is pinned to;
@@ -34,7 +34,9 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::jwks::{parse_jwks, JwksCache, JwksError, JwksRefresher, JwksSettings, VerifyKey};
+use super::jwks::{
+    parse_jwks, JwksCache, JwksError, JwksRefresher, JwksSettings, KeyKind, VerifyKey,
+};
 use super::keys::SubscriptionId;
 
 /// The largest token accepted, in bytes (APIM's limit too). Checked before any decoding.
@@ -47,57 +49,87 @@ pub const DEFAULT_LEEWAY_SECS: u64 = 60;
 /// `kid`); bounds the crypto one request can cost.
 pub const MAX_KEYS_TRIED: usize = 4;
 
-/// A signature algorithm Sluice verifies.
+/// A signature algorithm Sluice verifies (RFC 7518 §3.1): every name the config reference
+/// accepts for `algorithms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JwtAlg {
-    /// HMAC with SHA-256, with a shared secret.
+    /// HMAC with SHA-256, with a shared secret of at least 32 bytes.
     HS256,
+    /// HMAC with SHA-384, with a shared secret of at least 48 bytes.
+    HS384,
+    /// HMAC with SHA-512, with a shared secret of at least 64 bytes.
+    HS512,
     /// RSASSA-PKCS1-v1_5 with SHA-256, with an RSA public key.
     RS256,
+    /// RSASSA-PKCS1-v1_5 with SHA-384, with an RSA public key.
+    RS384,
+    /// RSASSA-PKCS1-v1_5 with SHA-512, with an RSA public key.
+    RS512,
+    /// RSASSA-PSS with SHA-256 and MGF1 with SHA-256, with an RSA public key.
+    PS256,
     /// ECDSA on P-256 with SHA-256, with an EC public key.
     ES256,
+    /// ECDSA on P-384 with SHA-384, with an EC public key.
+    ES384,
 }
 
 impl JwtAlg {
+    /// Every algorithm.
+    pub const ALL: [JwtAlg; 9] = [
+        Self::HS256,
+        Self::HS384,
+        Self::HS512,
+        Self::RS256,
+        Self::RS384,
+        Self::RS512,
+        Self::PS256,
+        Self::ES256,
+        Self::ES384,
+    ];
+
     /// The algorithm named exactly `name` (JOSE names are case-sensitive).
     pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "HS256" => Some(Self::HS256),
-            "RS256" => Some(Self::RS256),
-            "ES256" => Some(Self::ES256),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|a| a.name() == name)
     }
 
     /// The JOSE name.
     pub fn name(self) -> &'static str {
         match self {
             Self::HS256 => "HS256",
+            Self::HS384 => "HS384",
+            Self::HS512 => "HS512",
             Self::RS256 => "RS256",
+            Self::RS384 => "RS384",
+            Self::RS512 => "RS512",
+            Self::PS256 => "PS256",
             Self::ES256 => "ES256",
+            Self::ES384 => "ES384",
         }
     }
 
-    fn bit(self) -> u8 {
-        match self {
-            Self::HS256 => 1,
-            Self::RS256 => 2,
-            Self::ES256 => 4,
-        }
+    fn bit(self) -> u16 {
+        1 << (self as u16)
     }
 
     fn to_jsonwebtoken(self) -> jsonwebtoken::Algorithm {
+        use jsonwebtoken::Algorithm as A;
         match self {
-            Self::HS256 => jsonwebtoken::Algorithm::HS256,
-            Self::RS256 => jsonwebtoken::Algorithm::RS256,
-            Self::ES256 => jsonwebtoken::Algorithm::ES256,
+            Self::HS256 => A::HS256,
+            Self::HS384 => A::HS384,
+            Self::HS512 => A::HS512,
+            Self::RS256 => A::RS256,
+            Self::RS384 => A::RS384,
+            Self::RS512 => A::RS512,
+            Self::PS256 => A::PS256,
+            Self::ES256 => A::ES256,
+            Self::ES384 => A::ES384,
         }
     }
 }
 
 /// A set of [`JwtAlg`]s (a key's pin, an issuer's union of pins).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct AlgSet(u8);
+pub struct AlgSet(u16);
 
 impl AlgSet {
     /// The set holding only `alg`.
@@ -107,7 +139,23 @@ impl AlgSet {
 
     /// The set of these algorithms.
     pub fn from_algs(algs: &[JwtAlg]) -> Self {
-        Self(algs.iter().fold(0, |acc, a| acc | a.bit()))
+        Self::of_const(algs)
+    }
+
+    /// The set of these algorithms, in a constant.
+    pub const fn of_const(algs: &[JwtAlg]) -> Self {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < algs.len() {
+            bits |= 1 << (algs[i] as u16);
+            i += 1;
+        }
+        Self(bits)
+    }
+
+    /// The set without `alg`.
+    pub fn without(self, alg: JwtAlg) -> Self {
+        Self(self.0 & !alg.bit())
     }
 
     /// Whether `alg` is in the set.
@@ -135,11 +183,11 @@ impl AlgSet {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JwtKeySource {
     /// An HMAC secret read from this environment variable when the config is compiled (at
-    /// least 32 bytes, taken as the variable's bytes).
+    /// least 32 bytes, and 48 / 64 for HS384 / HS512; taken as the variable's bytes).
     SecretEnv(String),
     /// An HMAC secret given directly (tests, or a caller that resolved it itself).
     Secret(Vec<u8>),
-    /// A PEM public key file (RSA or P-256; SPKI or PKCS#1).
+    /// A PEM public key file (RSA, P-256 or P-384; SPKI, or PKCS#1 for RSA).
     PemFile(PathBuf),
     /// PEM text given directly.
     Pem(Vec<u8>),
@@ -157,8 +205,9 @@ pub struct JwtKeyConfig {
     /// The key's id, matched against the token's `kid`. Only for single keys (secret, PEM);
     /// a JWKS carries its own. Without one, the key is tried for any token.
     pub kid: Option<String>,
-    /// The algorithms this key may verify. Must fit the key's kind (HS256 for a secret,
-    /// RS256 for RSA, ES256 for P-256); a JWKS's keys each take the ones fitting them.
+    /// The algorithms this key may verify. Must fit the key's kind (HS256/384/512 for a
+    /// secret long enough for each, RS256/384/512 and PS256 for RSA, ES256 for P-256, ES384
+    /// for P-384); a JWKS's keys each take the ones fitting them.
     pub algorithms: Vec<JwtAlg>,
     /// Where the key comes from.
     pub source: JwtKeySource,
@@ -801,8 +850,8 @@ fn compile_issuer(config: JwtIssuerConfig) -> Result<Issuer, JwtConfigError> {
                 keys.extend(parse_jwks(document, pin).map_err(key_error)?);
             }
             JwtKeySource::JwksUrl(url) => {
-                // A key set only ever yields RSA and P-256 keys (symmetric ones are skipped).
-                let pin = pin.intersect(AlgSet::from_algs(&[JwtAlg::RS256, JwtAlg::ES256]));
+                // A key set only ever yields RSA and EC keys (symmetric ones are skipped).
+                let pin = pin.intersect(KeyKind::PUBLIC_ALGS);
                 if pin.is_empty() {
                     return Err(key_error(JwksError::NoUsableKeys(0)));
                 }

@@ -15,7 +15,7 @@ use crate::auth::keys::{
 use crate::error::GatewayError;
 use crate::http::RequestHead;
 use crate::route::Operation;
-use crate::snapshot::access::{Access, JwtKeySource, LimitScope, Product};
+use crate::snapshot::access::{Access, JwtAlgorithm, JwtKeySource, LimitScope, Product};
 
 /// The caller, once authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,8 +45,7 @@ pub struct Identity {
 
 impl Identity {
     /// Builds the key table and JWT validator of `access`. Fails on what the config
-    /// compiler cannot see: key material that does not parse, an algorithm the validator
-    /// does not implement.
+    /// compiler cannot see: key material that does not parse.
     pub fn build(access: &Access) -> Result<Self, String> {
         let entries = access.keys.iter().map(|(digest, entry)| KeyEntry {
             hash: *digest.as_bytes(),
@@ -179,6 +178,22 @@ fn invalid_key() -> GatewayError {
     )
 }
 
+/// The validator's algorithm for a configured one: every name the config accepts is
+/// verified.
+fn runtime_alg(alg: JwtAlgorithm) -> JwtAlg {
+    match alg {
+        JwtAlgorithm::HS256 => JwtAlg::HS256,
+        JwtAlgorithm::HS384 => JwtAlg::HS384,
+        JwtAlgorithm::HS512 => JwtAlg::HS512,
+        JwtAlgorithm::RS256 => JwtAlg::RS256,
+        JwtAlgorithm::RS384 => JwtAlg::RS384,
+        JwtAlgorithm::RS512 => JwtAlg::RS512,
+        JwtAlgorithm::PS256 => JwtAlg::PS256,
+        JwtAlgorithm::ES256 => JwtAlg::ES256,
+        JwtAlgorithm::ES384 => JwtAlg::ES384,
+    }
+}
+
 fn issuer_config(
     access: &Access,
     j: &crate::snapshot::access::JwtIssuer,
@@ -214,17 +229,7 @@ fn issuer_config(
         default: None,
     });
     for key in &j.keys {
-        let mut algorithms = Vec::with_capacity(key.algorithms.len());
-        for alg in &key.algorithms {
-            let runtime = JwtAlg::from_name(alg.name()).ok_or_else(|| {
-                format!(
-                    "jwt {}: algorithm {} is not supported yet (HS256, RS256 and ES256 are)",
-                    j.name,
-                    alg.name()
-                )
-            })?;
-            algorithms.push(runtime);
-        }
+        let algorithms = key.algorithms.iter().map(|&a| runtime_alg(a)).collect();
         let source = match &key.source {
             JwtKeySource::PublicKeyPem { pem, .. } => {
                 RuntimeKeySource::Pem(pem.as_bytes().to_vec())

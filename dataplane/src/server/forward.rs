@@ -285,7 +285,7 @@ impl Client {
         }
         req.extend_from_slice(b" HTTP/1.1\r\n");
         local::header(req, b"host", t.upstream.host_header.as_bytes());
-        let mut forwarded_for: Option<&[u8]> = None;
+        let mut forwarded_for = false;
         let lists = has_connection_header(&self.buf, &self.head.headers);
         // Usage is read from the answer's bytes: a compressed answer would hide it (and the
         // usage chunk Sluice asked for could not be dropped), so the answer must come as is.
@@ -297,7 +297,7 @@ impl Client {
             let name = &self.buf[h.name.clone()];
             let value = &self.buf[h.value.clone()];
             if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-                forwarded_for = Some(value);
+                forwarded_for = true;
             }
             // Under any spelling a backend might fold into it (`Accept_Encoding`, `Accept.Encoding`).
             if identity
@@ -341,10 +341,19 @@ impl Client {
             req.extend_from_slice(b"\r\n");
         }
         local::header(req, b"x-request-id", rid.as_bytes());
+        // The client's list, every line of it in order (RFC 9110 §5.3: repeated lines are one
+        // comma-separated list), then the client's address. Empty lines add nothing.
         req.extend_from_slice(b"x-forwarded-for: ");
-        if let Some(prior) = forwarded_for {
-            req.extend_from_slice(prior);
-            req.extend_from_slice(b", ");
+        if forwarded_for {
+            for h in &self.head.headers {
+                let value = &self.buf[h.value.clone()];
+                if self.buf[h.name.clone()].eq_ignore_ascii_case(b"x-forwarded-for")
+                    && !value.is_empty()
+                {
+                    req.extend_from_slice(value);
+                    req.extend_from_slice(b", ");
+                }
+            }
         }
         // Writing into a Vec cannot fail.
         let _ = write!(req, "{}", self.peer.ip());

@@ -631,6 +631,9 @@ fn each_key_has_one_source_and_pinned_algorithms() {
         (jwt_key("public_key_file = \"keys/entra.pem\""), "sluice.toml:14:9: jwt[0].keys[0].algorithms: missing: pin the algorithms this key may verify, e.g. algorithms = [\"RS256\"]"),
         (jwt_key("algorithms = [], public_key_file = \"keys/entra.pem\""), "sluice.toml:14:24: jwt[0].keys[0].algorithms: list at least one algorithm"),
         (jwt_key("algorithms = [\"RS257\"], public_key_file = \"keys/entra.pem\""), "sluice.toml:14:25: jwt[0].keys[0].algorithms[0]: unknown algorithm `RS257`: expected one of HS256, HS384, HS512, RS256, RS384, RS512, ES256, ES384, PS256"),
+        // RFC 7515 A.4's ES512 and RFC 7520's PS384 are not verified, so not accepted either.
+        (jwt_key("algorithms = [\"ES512\"], public_key_file = \"keys/entra.pem\""), "sluice.toml:14:25: jwt[0].keys[0].algorithms[0]: unknown algorithm `ES512`: expected one of HS256, HS384, HS512, RS256, RS384, RS512, ES256, ES384, PS256"),
+        (jwt_key("algorithms = [\"PS384\"], public_key_file = \"keys/entra.pem\""), "sluice.toml:14:25: jwt[0].keys[0].algorithms[0]: unknown algorithm `PS384`: expected one of HS256, HS384, HS512, RS256, RS384, RS512, ES256, ES384, PS256"),
         (jwt_key("algorithms = [\"None\"], public_key_file = \"keys/entra.pem\""), "sluice.toml:14:25: jwt[0].keys[0].algorithms[0]: unsigned tokens (`none`) are never accepted"),
         (jwt_key("algorithms = [\"RS256\", \"RS256\"], public_key_file = \"keys/entra.pem\""), "sluice.toml:14:34: jwt[0].keys[0].algorithms[1]: `RS256` is listed twice"),
         (jwt_key("algorithms = [\"RS256\", \"ES256\"], public_key_file = \"keys/entra.pem\""), "sluice.toml:14:34: jwt[0].keys[0].algorithms[1]: one PEM key is either RSA (RS256, RS384, RS512, PS256) or one EC curve (ES256 or ES384): declare another key for the other"),
