@@ -1,6 +1,7 @@
-//! Reading an answer's token usage on its way to the client, for token limits: the `usage`
-//! of a JSON answer (captured, bounded), or of an SSE stream's usage chunk (scanned event by
-//! event, never buffered whole). When Sluice itself asked the backend for usage
+//! Reading an answer's token usage on its way to the client, for token limits: the top-level
+//! `usage` of a JSON answer (scanned as the bytes pass, only the `usage` value kept), or of an
+//! SSE stream's usage chunk (scanned event by event, never buffered whole). Answers of any
+//! size are read in bounded memory. When Sluice itself asked the backend for usage
 //! (`stream_options.include_usage`), the usage-only chunk is dropped here before the client
 //! sees it.
 //!
@@ -8,10 +9,7 @@
 //! it, nothing when it was not a success, and otherwise — a success whose usage is unknown —
 //! the reservation stands (never zero: an answer without usage must not be free).
 
-use crate::tokens::usage::{usage_from_json, SseScanner, Usage};
-
-/// Largest JSON answer whose usage is read; a bigger one keeps its estimate.
-const MAX_JSON_CAPTURE: usize = 8 * 1024 * 1024;
+use crate::tokens::usage::{JsonUsageScanner, SseScanner, Usage};
 
 /// Where usage reading stands for the current request.
 pub enum UsageTap {
@@ -22,13 +20,8 @@ pub enum UsageTap {
         /// Sluice injected `include_usage`: drop the usage-only chunk.
         drop_injected: bool,
     },
-    /// Capturing a JSON answer.
-    Json {
-        /// The body so far (dropped past [`MAX_JSON_CAPTURE`]).
-        body: Vec<u8>,
-        /// Whether the body outgrew the capture.
-        overflow: bool,
-    },
+    /// Scanning a JSON answer for its top-level `usage`.
+    Json(Box<JsonUsageScanner>),
     /// Scanning an SSE answer.
     Sse {
         /// The scanner (filtering when `drop_injected`).
@@ -56,11 +49,10 @@ pub enum Charge {
 pub enum Unknown {
     /// The answer (a stream, or a body) ended before its end.
     CutShort,
-    /// The answer ended cleanly without a usage (a backend that does not report it, a
-    /// stream whose client and backend did not agree to send it, an encoded body).
+    /// The answer ended cleanly without a usage Sluice could read (a backend that does not
+    /// report it, a stream whose client and backend did not agree to send it, a JSON body
+    /// that is not one object or gives `usage` twice: see `JsonUsageScanner`).
     Missing,
-    /// The JSON answer was larger than Sluice captures.
-    TooLarge,
     /// The request reached the backend, but no answer Sluice could relay came back (the
     /// connection broke, closed or timed out first): the backend may have done the work.
     NoAnswer,
@@ -72,7 +64,6 @@ impl Unknown {
         match self {
             Unknown::CutShort => "answer cut short before its usage",
             Unknown::Missing => "answer carried no usage",
-            Unknown::TooLarge => "answer too large to read its usage",
             Unknown::NoAnswer => "request sent but no answer came back",
         }
     }
@@ -101,10 +92,7 @@ impl UsageTap {
                 filtering: drop_injected,
             }
         } else {
-            UsageTap::Json {
-                body: Vec::new(),
-                overflow: false,
-            }
+            UsageTap::Json(Box::default())
         };
     }
 
@@ -127,21 +115,14 @@ impl UsageTap {
 
     /// Whether anything is read from the body.
     pub fn reads(&self) -> bool {
-        matches!(self, UsageTap::Json { .. } | UsageTap::Sse { .. })
+        matches!(self, UsageTap::Json(_) | UsageTap::Sse { .. })
     }
 
     /// Reads a piece of the body. When [`UsageTap::filters`], what the client must get is
     /// appended to `filtered`; otherwise the piece goes to the client as it is.
     pub fn feed(&mut self, data: &[u8], filtered: &mut Vec<u8>) {
         match self {
-            UsageTap::Json { body, overflow } if !*overflow => {
-                if body.len() + data.len() > MAX_JSON_CAPTURE {
-                    *overflow = true;
-                    body.clear();
-                } else {
-                    body.extend_from_slice(data);
-                }
-            }
+            UsageTap::Json(scanner) => scanner.feed(data),
             UsageTap::Sse { scanner, filtering } => {
                 // Past its event size bound the scanner passes the rest through unread.
                 let _ = if *filtering {
@@ -157,10 +138,7 @@ impl UsageTap {
     /// The body ended: reads the usage. A filtering tap may append the last held bytes.
     pub fn finish(&mut self, filtered: &mut Vec<u8>) {
         let done = match self {
-            UsageTap::Json { overflow: true, .. } => {
-                UsageTap::Done(Charge::Estimate(Unknown::TooLarge))
-            }
-            UsageTap::Json { body, .. } => UsageTap::Done(match usage_from_json(body) {
+            UsageTap::Json(scanner) => UsageTap::Done(match scanner.finish() {
                 Some(usage) => Charge::Usage(usage),
                 None => Charge::Estimate(Unknown::Missing),
             }),
@@ -190,7 +168,7 @@ impl UsageTap {
     pub fn charge(&self) -> Charge {
         match self {
             UsageTap::Done(charge) => *charge,
-            UsageTap::Json { .. } | UsageTap::Sse { .. } => Charge::Estimate(Unknown::CutShort),
+            UsageTap::Json(_) | UsageTap::Sse { .. } => Charge::Estimate(Unknown::CutShort),
             UsageTap::Off | UsageTap::Pending { .. } => Charge::Nothing,
         }
     }
