@@ -1,7 +1,8 @@
 //! Reading an answer's token usage on its way to the client, for token limits: the top-level
 //! `usage` of a JSON answer (scanned as the bytes pass, only the `usage` value kept), or of an
 //! SSE stream's usage chunk (scanned event by event, never buffered whole). Answers of any
-//! size are read in bounded memory. When Sluice itself asked the backend for usage
+//! size are read in bounded memory. An answer the backend content-coded is read decoded
+//! (the relay decodes it, see `content_coding`). When Sluice itself asked the backend for usage
 //! (`stream_options.include_usage`), the usage-only chunk is dropped here before the client
 //! sees it.
 //!
@@ -53,6 +54,9 @@ pub enum Unknown {
     /// report it, a stream whose client and backend did not agree to send it, a JSON body
     /// that is not one object or gives `usage` twice: see `JsonUsageScanner`).
     Missing,
+    /// The backend content-coded the answer with a coding Sluice does not decode (`zstd`,
+    /// `compress`, an unknown one): it passed through unread.
+    Undecodable,
     /// The request reached the backend, but no answer Sluice could relay came back (the
     /// connection broke, closed or timed out first): the backend may have done the work.
     NoAnswer,
@@ -64,6 +68,7 @@ impl Unknown {
         match self {
             Unknown::CutShort => "answer cut short before its usage",
             Unknown::Missing => "answer carried no usage",
+            Unknown::Undecodable => "answer in a content coding Sluice does not decode",
             Unknown::NoAnswer => "request sent but no answer came back",
         }
     }
@@ -96,8 +101,8 @@ impl UsageTap {
         };
     }
 
-    /// Whether the answer's usage will be read (a token limit is to be settled): the answer
-    /// must then come uncoded.
+    /// Whether the answer's usage will be read (a token limit is to be settled): Sluice then
+    /// asks the backend for `identity`, and decodes an answer coded anyway.
     pub fn awaits_answer(&self) -> bool {
         matches!(self, UsageTap::Pending { .. })
     }
@@ -153,6 +158,14 @@ impl UsageTap {
             _ => return,
         };
         *self = done;
+    }
+
+    /// The answer comes in a content coding Sluice does not decode: it passes through
+    /// unread, and a successful one keeps its reservation.
+    pub fn undecodable(&mut self) {
+        if let UsageTap::Json(_) | UsageTap::Sse { .. } = self {
+            *self = UsageTap::Done(Charge::Estimate(Unknown::Undecodable));
+        }
     }
 
     /// The request went to a backend, which gave no answer Sluice could relay: its usage is
