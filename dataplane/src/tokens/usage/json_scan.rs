@@ -75,7 +75,7 @@ enum State {
 /// Feed every piece with [`JsonUsageScanner::feed`], then [`JsonUsageScanner::finish`]
 /// gives the usage, or `None` when the body had none or it is not known (see the module
 /// docs for each case). Memory: the `usage` value's bytes (at most [`MAX_USAGE_VALUE`]) and
-/// at most 32 bytes of the current top-level key.
+/// a 32-byte buffer for the current top-level key.
 #[derive(Debug)]
 pub struct JsonUsageScanner {
     state: State,
@@ -83,9 +83,11 @@ pub struct JsonUsageScanner {
     depth: usize,
     /// Bit `d` set: the container at depth `d + 1` is an object (else an array).
     objects: u128,
-    /// Raw bytes (quotes included) of the top-level key being read; `None` past
-    /// [`MAX_KEY`] or when the string is not a top-level key.
-    key: Option<Vec<u8>>,
+    /// Raw bytes (quotes included) of the top-level key being read, `key[..key_len]`.
+    key: [u8; MAX_KEY],
+    key_len: usize,
+    /// A top-level key is being read and may still be `usage` (not past [`MAX_KEY`]).
+    key_live: bool,
     /// The last top-level key was `usage`: the next value is captured.
     usage_next: bool,
     /// The top-level `usage` value is being captured.
@@ -113,7 +115,9 @@ impl JsonUsageScanner {
             state: State::Start,
             depth: 0,
             objects: 0,
-            key: None,
+            key: [0; MAX_KEY],
+            key_len: 0,
+            key_live: false,
             usage_next: false,
             capturing: false,
             captured: Vec::new(),
@@ -191,15 +195,24 @@ impl JsonUsageScanner {
                     }
                 }
                 State::Number => {
-                    if matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
-                        i += 1;
-                        continue;
+                    // The rest of the number in one pass; the byte after it is read again.
+                    i += data[i..]
+                        .iter()
+                        .position(|&b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                        .unwrap_or(data.len() - i);
+                    if i < data.len() {
+                        self.value_done(data, i, &mut cap_from);
                     }
-                    // The number ended just before this byte, which is read again.
-                    self.value_done(data, i, &mut cap_from);
                     continue;
                 }
-                _ if is_ws(b) => {}
+                _ if is_ws(b) => {
+                    // A run of indentation in one pass.
+                    i += data[i..]
+                        .iter()
+                        .position(|&b| !is_ws(b))
+                        .unwrap_or(data.len() - i);
+                    continue;
+                }
                 State::Start => {
                     self.state = if b == b'{' {
                         self.open(true)
@@ -209,11 +222,9 @@ impl JsonUsageScanner {
                 }
                 State::KeyOrEnd | State::Key => match b {
                     b'"' => {
-                        self.key = (self.depth == 1).then(|| {
-                            let mut key = Vec::with_capacity(MAX_KEY);
-                            key.push(b'"');
-                            key
-                        });
+                        self.key_live = self.depth == 1;
+                        self.key[0] = b'"';
+                        self.key_len = 1;
                         self.state = State::Str { key: true };
                     }
                     b'}' if self.state == State::KeyOrEnd => self.close(data, i, &mut cap_from),
@@ -349,11 +360,13 @@ impl JsonUsageScanner {
 
     /// Keeps bytes of a top-level key while it can still be `usage`.
     fn key_bytes(&mut self, bytes: &[u8]) {
-        if let Some(key) = &mut self.key {
-            if key.len() + bytes.len() > MAX_KEY {
-                self.key = None;
+        if self.key_live {
+            let end = self.key_len + bytes.len();
+            if end > MAX_KEY {
+                self.key_live = false;
             } else {
-                key.extend_from_slice(bytes);
+                self.key[self.key_len..end].copy_from_slice(bytes);
+                self.key_len = end;
             }
         }
     }
@@ -361,10 +374,12 @@ impl JsonUsageScanner {
     /// A key ended (its closing quote is in `self.key`): a top-level `usage` makes the
     /// next value captured.
     fn key_done(&mut self) {
-        if let Some(key) = self.key.take() {
+        if self.key_live {
+            self.key_live = false;
+            let key = &self.key[..self.key_len];
             self.usage_next = key == br#""usage""#
                 || (key.contains(&b'\\')
-                    && serde_json::from_slice::<String>(&key).is_ok_and(|k| k == "usage"));
+                    && serde_json::from_slice::<String>(key).is_ok_and(|k| k == "usage"));
         }
     }
 }
