@@ -389,6 +389,16 @@ fn a_coded_body_that_does_not_decode_before_any_byte_is_a_502() {
     let up = coded_upstream();
     let s = start_limited(&up);
     let body = chat_body(Some("gpt-4o"), false);
+    // The backend did the work: the 502 keeps the request's reservation.
+    let first = ask(&s, &[], &body);
+    let reserved = first_reservation(&first);
+    settle();
+    let a = ask(&s, &[("x-coding", "garbage")], &body);
+    assert_openai_error(&a, 502, Some("upstream_protocol_error"));
+    settle();
+    let b = ask(&s, &[], &body);
+    let charged = BIG_QUOTA - USAGE - reserved - remaining_tokens(&b);
+    assert_eq!(charged, reserved, "the estimate stands");
     for (as_if, _) in CODINGS {
         for framing in ["length", "chunked"] {
             let a = ask(

@@ -48,7 +48,8 @@ pub enum Charge {
 /// Why a successful answer's usage is not known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unknown {
-    /// The answer (a stream, or a body) ended before its end.
+    /// The answer (a stream, or a body) ended before its end, or its content coding broke
+    /// (a 502 when no byte of it was relayed).
     CutShort,
     /// The answer ended cleanly without a usage Sluice could read (a backend that does not
     /// report it, a stream whose client and backend did not agree to send it, a JSON body
