@@ -305,6 +305,7 @@ impl Client {
     /// The client's response head: the backend's status and headers less hop-by-hop ones
     /// (under any spelling that folds to one, see [`folds_to_framing`]), Sluice's own
     /// framing, request id and connection headers.
+    ///
     /// `decoded`: the body goes out decoded, so the backend's `Content-Encoding` is left
     /// out and the body re-framed.
     fn write_response_head(
