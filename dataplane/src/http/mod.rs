@@ -13,6 +13,7 @@
 //! [`ResponseError`] (the gateway answers 502).
 
 mod chunked;
+pub mod content_coding;
 mod request;
 mod response;
 pub mod url;

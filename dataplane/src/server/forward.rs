@@ -287,8 +287,8 @@ impl Client {
         local::header(req, b"host", t.upstream.host_header.as_bytes());
         let mut forwarded_for = false;
         let lists = has_connection_header(&self.buf, &self.head.headers);
-        // Usage is read from the answer's bytes: a compressed answer would hide it (and the
-        // usage chunk Sluice asked for could not be dropped), so the answer must come as is.
+        // Usage is read from the answer's bytes: the backend is asked for them uncoded (an
+        // answer coded anyway is decoded on the way, relay/decoded.rs).
         let identity = self.usage.awaits_answer();
         if identity {
             local::header(req, b"accept-encoding", b"identity");

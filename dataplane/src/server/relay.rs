@@ -1,7 +1,9 @@
 //! Relaying a backend's answer to the client: the response head re-serialised (hop-by-hop
 //! headers dropped, Sluice's framing and request id added), then the body read by read —
 //! each read from the backend is written to the client before the next, so SSE events are
-//! never held back and a slow client slows the backend read (back-pressure).
+//! never held back and a slow client slows the backend read (back-pressure). An answer
+//! whose usage is read and that the backend content-coded anyway is decoded on the way
+//! ([`decoded`]).
 
 use std::net::SocketAddr;
 
@@ -19,6 +21,8 @@ use crate::http::{
     ChunkedDecoder, ResponseFraming, LAST_CHUNK,
 };
 use crate::snapshot::Timeouts;
+
+mod decoded;
 
 impl Client {
     /// Streams the answer whose head is in `self.resp` to the client, then pools the
@@ -47,18 +51,32 @@ impl Client {
             .resp
             .header(&self.ubuf, "content-type")
             .is_some_and(|v| v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream"));
+        let asked_identity = self.usage.awaits_answer();
         self.usage.start(self.resp.status, event_stream);
-        let rechunked = self.usage.filters() && matches!(framing, ResponseFraming::Length(_));
+        let mut decoder = if asked_identity {
+            self.answer_decoder()
+        } else {
+            None
+        };
+        let rechunked = decoder.is_some()
+            || (self.usage.filters() && matches!(framing, ResponseFraming::Length(_)));
         // An HTTP/1.0 client gets an unframed body as close-delimited.
         let close_delimited = !chunked_ok
             && (rechunked || matches!(framing, ResponseFraming::Chunked | ResponseFraming::Close));
         let close = close || close_delimited;
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        self.write_response_head(&mut out, rid, close, chunked_ok);
-        let relayed = self
-            .relay_body(&mut upstream, &mut out, chunked_ok, t)
-            .await;
+        self.write_response_head(&mut out, rid, close, chunked_ok, decoder.is_some());
+        let relayed = match &mut decoder {
+            Some(decoder) => {
+                self.relay_decoded(&mut upstream, &mut out, decoder, chunked_ok, t)
+                    .await
+            }
+            None => {
+                self.relay_body(&mut upstream, &mut out, chunked_ok, t)
+                    .await
+            }
+        };
         out.clear();
         self.out = out;
         match relayed {
@@ -76,11 +94,9 @@ impl Client {
                     Next::KeepAlive
                 }
             }
-            Err(Broken::Unsent) => {
-                tracing::warn!("backend sent an invalid chunked body; nothing of it was relayed");
-                let err = GatewayError::upstream_protocol(
-                    "Bad gateway: the backend sent an invalid chunked body.",
-                );
+            Err(Broken::Unsent(message)) => {
+                tracing::warn!("{message} Nothing of it was relayed.");
+                let err = GatewayError::upstream_protocol(message);
                 self.respond_error(*rid, &err, close).await
             }
             Err(Broken::Midway) => {
@@ -181,7 +197,7 @@ impl Client {
                             if flushed {
                                 Broken::Midway
                             } else {
-                                Broken::Unsent
+                                Broken::Unsent(INVALID_CHUNKED)
                             }
                         })?;
                     pos += step.consumed;
@@ -295,12 +311,16 @@ impl Client {
     /// The client's response head: the backend's status and headers less hop-by-hop ones
     /// (under any spelling that folds to one, see [`folds_to_framing`]), Sluice's own
     /// framing, request id and connection headers.
+    ///
+    /// `decoded`: the body goes out decoded, so the backend's `Content-Encoding` is left
+    /// out and the body re-framed.
     fn write_response_head(
         &self,
         out: &mut Vec<u8>,
         rid: &RequestId,
         close: bool,
         chunked_ok: bool,
+        decoded: bool,
     ) {
         let r = &self.resp;
         out.extend_from_slice(b"HTTP/1.1 ");
@@ -316,6 +336,7 @@ impl Client {
             if is_hop_by_hop(name)
                 || name.eq_ignore_ascii_case(b"content-length")
                 || (lists && connection_lists(&self.ubuf, &r.headers, name))
+                || (decoded && name.eq_ignore_ascii_case(b"content-encoding"))
             {
                 continue;
             }
@@ -341,8 +362,10 @@ impl Client {
         }
         match r.framing {
             ResponseFraming::None => {}
-            // A filtering usage tap changes the body's length: re-chunked then.
-            ResponseFraming::Length(n) if !self.usage.filters() => local::content_length(out, n),
+            // A filtering usage tap or decoding changes the body's length: re-chunked then.
+            ResponseFraming::Length(n) if !self.usage.filters() && !decoded => {
+                local::content_length(out, n)
+            }
             ResponseFraming::Length(_) | ResponseFraming::Chunked | ResponseFraming::Close => {
                 if chunked_ok {
                     out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -364,11 +387,14 @@ fn sets_header(extra: &[u8], name: &[u8]) -> bool {
     })
 }
 
+/// The 502 message for an answer whose chunked framing is invalid.
+const INVALID_CHUNKED: &str = "Bad gateway: the backend sent an invalid chunked body.";
+
 /// A relay that cannot go on: the client or the upstream failed.
 enum Broken {
-    /// The answer's framing broke before any byte of it reached the client: the client can
-    /// still get Sluice's own 502.
-    Unsent,
+    /// The answer's framing (or coding) broke before any byte of it reached the client: the
+    /// client can still get Sluice's own 502, with this message.
+    Unsent(&'static str),
     /// The client has seen part of the answer: its connection must close.
     Midway,
 }

@@ -1,6 +1,8 @@
-//! Reading an answer's token usage on its way to the client, for token limits: the `usage`
-//! of a JSON answer (captured, bounded), or of an SSE stream's usage chunk (scanned event by
-//! event, never buffered whole). When Sluice itself asked the backend for usage
+//! Reading an answer's token usage on its way to the client, for token limits: the top-level
+//! `usage` of a JSON answer (scanned as the bytes pass, only the `usage` value kept), or of an
+//! SSE stream's usage chunk (scanned event by event, never buffered whole). Answers of any
+//! size are read in bounded memory. An answer the backend content-coded is read decoded
+//! (the relay decodes it, see `content_coding`). When Sluice itself asked the backend for usage
 //! (`stream_options.include_usage`), the usage-only chunk is dropped here before the client
 //! sees it.
 //!
@@ -12,10 +14,7 @@
 
 use crate::tokens::completion_count::CompletionCount;
 use crate::tokens::estimate::Estimator;
-use crate::tokens::usage::{event_data, usage_from_json, SseScanner, Usage};
-
-/// Largest JSON answer whose usage is read; a bigger one keeps its estimate.
-const MAX_JSON_CAPTURE: usize = 8 * 1024 * 1024;
+use crate::tokens::usage::{event_data, JsonUsageScanner, SseScanner, Usage};
 
 /// Where usage reading stands for the current request.
 pub enum UsageTap {
@@ -29,13 +28,8 @@ pub enum UsageTap {
         /// estimator ([`UsageTap::attempt`]).
         count: Option<Estimator>,
     },
-    /// Capturing a JSON answer.
-    Json {
-        /// The body so far (dropped past [`MAX_JSON_CAPTURE`]).
-        body: Vec<u8>,
-        /// Whether the body outgrew the capture.
-        overflow: bool,
-    },
+    /// Scanning a JSON answer for its top-level `usage`.
+    Json(Box<JsonUsageScanner>),
     /// Scanning an SSE answer.
     Sse {
         /// The scanner (filtering when `drop_injected`).
@@ -79,15 +73,18 @@ pub enum Charge {
 /// Why a successful answer's usage is not known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unknown {
-    /// The answer (a stream, or a body) ended before its end.
+    /// The answer (a stream, or a body) ended before its end, or its content coding broke
+    /// (a 502 when no byte of it was relayed).
     CutShort,
-    /// The answer ended cleanly without a usage: a JSON body without one, or a stream that
-    /// was expected to carry it (Sluice or the client asked a backend that accepts
-    /// `stream_options`) and did not. Streams not expected to carry it are counted
+    /// The answer ended cleanly without a usage Sluice could read: a JSON body without one
+    /// (or that is not one object, or gives `usage` twice: see `JsonUsageScanner`), or a
+    /// stream that was expected to carry it (Sluice or the client asked a backend that
+    /// accepts `stream_options`) and did not. Streams not expected to carry it are counted
     /// ([`Charge::Counted`]).
     Missing,
-    /// The JSON answer was larger than Sluice captures.
-    TooLarge,
+    /// The backend content-coded the answer with a coding Sluice does not decode (`zstd`,
+    /// `compress`, an unknown one): it passed through unread.
+    Undecodable,
     /// The request reached the backend, but no answer Sluice could relay came back (the
     /// connection broke, closed or timed out first): the backend may have done the work.
     NoAnswer,
@@ -102,7 +99,7 @@ impl Unknown {
         match self {
             Unknown::CutShort => "answer cut short before its usage",
             Unknown::Missing => "answer carried no usage",
-            Unknown::TooLarge => "answer too large to read its usage",
+            Unknown::Undecodable => "answer in a content coding Sluice does not decode",
             Unknown::NoAnswer => "request sent but no answer came back",
             Unknown::ClientGone => "client went away before the answer ended",
         }
@@ -158,15 +155,12 @@ impl UsageTap {
                 filtering: drop_injected,
             }
         } else {
-            UsageTap::Json {
-                body: Vec::new(),
-                overflow: false,
-            }
+            UsageTap::Json(Box::default())
         };
     }
 
-    /// Whether the answer's usage will be read (a token limit is to be settled): the answer
-    /// must then come uncoded.
+    /// Whether the answer's usage will be read (a token limit is to be settled): Sluice then
+    /// asks the backend for `identity`, and decodes an answer coded anyway.
     pub fn awaits_answer(&self) -> bool {
         matches!(self, UsageTap::Pending { .. })
     }
@@ -186,7 +180,7 @@ impl UsageTap {
     pub fn reads(&self) -> bool {
         matches!(
             self,
-            UsageTap::Json { .. } | UsageTap::Sse { .. } | UsageTap::Counting { .. }
+            UsageTap::Json(_) | UsageTap::Sse { .. } | UsageTap::Counting { .. }
         )
     }
 
@@ -194,14 +188,7 @@ impl UsageTap {
     /// appended to `filtered`; otherwise the piece goes to the client as it is.
     pub fn feed(&mut self, data: &[u8], filtered: &mut Vec<u8>) {
         match self {
-            UsageTap::Json { body, overflow } if !*overflow => {
-                if body.len() + data.len() > MAX_JSON_CAPTURE {
-                    *overflow = true;
-                    body.clear();
-                } else {
-                    body.extend_from_slice(data);
-                }
-            }
+            UsageTap::Json(scanner) => scanner.feed(data),
             UsageTap::Sse { scanner, filtering } => {
                 // Past its event size bound the scanner passes the rest through unread.
                 let _ = if *filtering {
@@ -226,10 +213,7 @@ impl UsageTap {
     /// The body ended: reads the usage. A filtering tap may append the last held bytes.
     pub fn finish(&mut self, filtered: &mut Vec<u8>) {
         let done = match self {
-            UsageTap::Json { overflow: true, .. } => {
-                UsageTap::Done(Charge::Estimate(Unknown::TooLarge))
-            }
-            UsageTap::Json { body, .. } => UsageTap::Done(match usage_from_json(body) {
+            UsageTap::Json(scanner) => UsageTap::Done(match scanner.finish() {
                 Some(usage) => Charge::Usage(usage),
                 None => Charge::Estimate(Unknown::Missing),
             }),
@@ -256,6 +240,14 @@ impl UsageTap {
             _ => return,
         };
         *self = done;
+    }
+
+    /// The answer comes in a content coding Sluice does not decode: it passes through
+    /// unread, and a successful one keeps its reservation.
+    pub fn undecodable(&mut self) {
+        if let UsageTap::Json(_) | UsageTap::Sse { .. } | UsageTap::Counting { .. } = self {
+            *self = UsageTap::Done(Charge::Estimate(Unknown::Undecodable));
+        }
     }
 
     /// The request went to a backend, which gave no answer Sluice could relay: its usage is
@@ -288,7 +280,7 @@ impl UsageTap {
     pub fn charge(&self) -> Charge {
         match self {
             UsageTap::Done(charge) => *charge,
-            UsageTap::Json { .. } | UsageTap::Sse { .. } => Charge::Estimate(Unknown::CutShort),
+            UsageTap::Json(_) | UsageTap::Sse { .. } => Charge::Estimate(Unknown::CutShort),
             UsageTap::Counting { scanner, count } => match scanner.usage() {
                 Some(usage) => Charge::Usage(usage),
                 None => counted(scanner, count, false),

@@ -1,5 +1,5 @@
-//! What a request really cost, from the answer: [`usage_from_json`] for a JSON body,
-//! [`SseScanner`] for a streamed one, and [`inject_include_usage`] to make a stream carry its
+//! What a request really cost, from the answer: [`JsonUsageScanner`] for a JSON body
+//! ([`usage_from_json`] when it is whole), [`SseScanner`] for a streamed one, and [`inject_include_usage`] to make a stream carry its
 //! usage when the client did not ask for it.
 //!
 //! Chat and completions answers carry `usage: {prompt_tokens, completion_tokens,
@@ -15,8 +15,10 @@ use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAcces
 use super::lenient::{skip_map, skip_seq, Lenient, LenientStr};
 use crate::json_edit::{member, skip_ws, splice};
 
+mod json_scan;
 mod sse;
 
+pub use json_scan::{JsonUsageScanner, MAX_DEPTH, MAX_USAGE_VALUE};
 pub use sse::{
     event_data, EventView, SseError, SseScanner, StreamOutcome, Verdict, DEFAULT_MAX_EVENT,
 };
@@ -32,11 +34,14 @@ pub struct Usage {
     pub total_tokens: u64,
 }
 
-/// The top-level `usage` of a JSON answer body (chat, completions, embeddings, responses),
-/// or `None` when the body has none, it is `null`, or the body is not a JSON object. Every
-/// other field is skipped without being built.
+/// The top-level `usage` of a whole JSON answer body (chat, completions, embeddings,
+/// responses), or `None` when the body has none, it is `null`, it is not known (given twice,
+/// too long) or the body is not a JSON object. The same reading as a [`JsonUsageScanner`]
+/// fed the body in pieces.
 pub fn usage_from_json(body: &[u8]) -> Option<Usage> {
-    parse_probe(body, false).ok()?.usage
+    let mut scanner = JsonUsageScanner::new();
+    scanner.feed(body);
+    scanner.finish()
 }
 
 /// A request body with `stream_options.include_usage` set to true, for a streamed chat or
@@ -179,10 +184,10 @@ impl<'de> Deserialize<'de> for IncludeUsage {
     }
 }
 
-/// What an answer body or an SSE event's data says about usage.
+/// What an SSE event's data says about usage.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct Probe {
-    /// The top-level `usage`, or (in an event) `response.usage`.
+    /// The top-level `usage`, or `response.usage`.
     pub(crate) usage: Option<Usage>,
     /// How many `choices` the top level has, when it has an array of them.
     pub(crate) choices: Option<u64>,
@@ -191,18 +196,16 @@ pub(crate) struct Probe {
     pub(crate) terminal: bool,
 }
 
-/// Reads `data` (a JSON object) for its [`Probe`]; `event` also looks at `choices`, `type`
-/// and `response.usage`.
-pub(crate) fn parse_probe(data: &[u8], event: bool) -> Result<Probe, serde_json::Error> {
+/// Reads an SSE event's `data` (a JSON object) for its [`Probe`]: `usage`, `choices`,
+/// `type` and `response.usage`.
+pub(crate) fn parse_probe(data: &[u8]) -> Result<Probe, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(data);
-    let probe = de.deserialize_map(ProbeVisitor { event })?;
+    let probe = de.deserialize_map(ProbeVisitor)?;
     de.end()?;
     Ok(probe)
 }
 
-struct ProbeVisitor {
-    event: bool,
-}
+struct ProbeVisitor;
 
 impl<'de> Visitor<'de> for ProbeVisitor {
     type Value = Probe;
@@ -215,17 +218,17 @@ impl<'de> Visitor<'de> for ProbeVisitor {
         let mut probe = Probe::default();
         let mut nested = None;
         while let Some(key) = map.next_key::<LenientStr<'de>>()? {
-            match (key.0.as_deref(), self.event) {
-                (Some("usage"), _) => probe.usage = map.next_value::<UsageField>()?.0,
-                (Some("choices"), true) => probe.choices = map.next_value::<SeqLen>()?.0,
-                (Some("type"), true) => {
+            match key.0.as_deref() {
+                Some("usage") => probe.usage = map.next_value::<UsageField>()?.0,
+                Some("choices") => probe.choices = map.next_value::<SeqLen>()?.0,
+                Some("type") => {
                     let kind = map.next_value::<LenientStr<'de>>()?.0;
                     probe.terminal = matches!(
                         kind.as_deref(),
                         Some("response.completed" | "response.incomplete" | "response.failed")
                     );
                 }
-                (Some("response"), true) => nested = map.next_value::<NestedUsage>()?.0,
+                Some("response") => nested = map.next_value::<NestedUsage>()?.0,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }

@@ -385,7 +385,7 @@ fn inspect(bytes: &[u8]) -> EventView<'_> {
     // its data must parse: a terminal event cut short does not end the stream.
     let maybe_terminal = terminal_name || (name.is_none() && RESPONSE_TYPE.find(data).is_some());
     if has_usage_object(data) || maybe_terminal {
-        if let Ok(probe) = parse_probe(data, true) {
+        if let Ok(probe) = parse_probe(data) {
             view.usage = probe.usage;
             view.usage_only = probe.usage.is_some() && probe.choices == Some(0);
             view.done = probe.terminal || terminal_name;

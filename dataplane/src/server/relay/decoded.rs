@@ -1,0 +1,204 @@
+//! Relaying an answer that must be read (a token limit is settled from its usage) but that
+//! the backend content-coded although Sluice asked for `identity`: the body is de-framed,
+//! decoded piece by piece ([`ContentDecoder`], at most
+//! [`PIECE`](crate::http::content_coding::PIECE) bytes a step), each piece
+//! read by the usage tap and written to the client before more is decoded — so neither a
+//! long answer nor a decompression bomb grows Sluice's memory, and a slow client still slows
+//! the backend read.
+//!
+//! The client gets the decoded body: no `Content-Encoding`, no `Content-Length`, chunked
+//! for an HTTP/1.1 client and close-delimited for HTTP/1.0. Identity is acceptable to any
+//! client (RFC 9110 §12.5.3), and it is what Sluice asked the backend for.
+//!
+//! A coded body that does not decode (corrupt, truncated, bytes after its end) is the
+//! backend's fault: before any byte of the body reached the client, the client gets a 502
+//! `upstream_protocol_error`; after, its connection closes without a clean end, like any
+//! broken relay, and the usage tap charges the estimate. A coding Sluice cannot decode
+//! (`zstd`, `compress`, unknown) passes through untouched and unread: the estimate stands.
+
+use monoio::net::TcpStream;
+
+use super::{emit, Broken, INVALID_CHUNKED};
+use crate::http::content_coding::{Codings, ContentDecoder, DecodeError};
+use crate::http::{ChunkedDecoder, ResponseFraming};
+use crate::server::conn::Client;
+use crate::snapshot::Timeouts;
+
+/// The 502 message for a coded body that does not decode.
+const UNDECODABLE_BODY: &str =
+    "Bad gateway: the backend sent a content-coded body that does not decode.";
+
+impl Client {
+    /// The decoder for the answer whose head is in `self.resp`, when its body must be read
+    /// and is coded with codings Sluice decodes. A coding it does not decode leaves the
+    /// body as it came, and a successful answer's usage unknown (logged once here).
+    pub(super) fn answer_decoder(&mut self) -> Option<ContentDecoder> {
+        if self.resp.framing == ResponseFraming::None {
+            return None;
+        }
+        let values = self
+            .resp
+            .headers
+            .iter()
+            .filter(|h| h.name(&self.ubuf).eq_ignore_ascii_case(b"content-encoding"))
+            .map(|h| h.value(&self.ubuf));
+        match Codings::parse(values) {
+            Codings::Identity => None,
+            Codings::Decodable(codings) => Some(ContentDecoder::new(&codings)),
+            Codings::Unsupported(coding) => {
+                if self.usage.reads() {
+                    tracing::warn!(
+                        coding = %coding,
+                        "backend answered in a content coding Sluice does not decode although asked for identity; relayed as it came, its usage unread"
+                    );
+                    self.usage.undecodable();
+                }
+                None
+            }
+        }
+    }
+
+    /// Relays the coded body after the head in `out`, decoded: like `relay_body`,
+    /// `Ok(true)` when the upstream connection is left exactly at the end of the answer.
+    /// The head is held back until the first decoded byte (or the end), so that a body
+    /// that does not decode before then is still a 502.
+    pub(super) async fn relay_decoded(
+        &mut self,
+        upstream: &mut TcpStream,
+        out: &mut Vec<u8>,
+        decoder: &mut ContentDecoder,
+        framed: bool,
+        t: &Timeouts,
+    ) -> Result<bool, Broken> {
+        let body_start = self.resp.head_len;
+        let mut flushed = false;
+        let clean = match self.resp.framing {
+            ResponseFraming::Chunked => {
+                let mut chunks = ChunkedDecoder::new(u64::MAX);
+                let mut pos = body_start;
+                loop {
+                    let mut coded = std::mem::take(&mut self.scratch);
+                    coded.clear();
+                    let step = match chunks.decode(&self.ubuf[pos..], &mut coded) {
+                        Ok(step) => step,
+                        Err(_) => {
+                            self.scratch = coded;
+                            return Err(if flushed {
+                                Broken::Midway
+                            } else {
+                                Broken::Unsent(INVALID_CHUNKED)
+                            });
+                        }
+                    };
+                    let passed = self.pass(decoder, &coded, out, framed, &mut flushed).await;
+                    self.scratch = coded;
+                    passed?;
+                    pos += step.consumed;
+                    if step.done {
+                        break pos == self.ubuf.len();
+                    }
+                    self.ubuf.drain(..pos);
+                    pos = 0;
+                    self.read_upstream(upstream, t).await?;
+                }
+            }
+            ResponseFraming::Close => {
+                self.pass_read(decoder, body_start, usize::MAX, out, framed, &mut flushed)
+                    .await?;
+                loop {
+                    self.ubuf.clear();
+                    match self.read_upstream_or_end(upstream, t).await? {
+                        0 => break,
+                        n => {
+                            self.pass_read(decoder, 0, n, out, framed, &mut flushed)
+                                .await?
+                        }
+                    }
+                }
+                false
+            }
+            ResponseFraming::Length(n) => {
+                let have = (self.ubuf.len() - body_start) as u64;
+                let mut clean = have <= n;
+                let first = have.min(n) as usize;
+                self.pass_read(decoder, body_start, first, out, framed, &mut flushed)
+                    .await?;
+                let mut remaining = n - first as u64;
+                while remaining > 0 {
+                    self.ubuf.clear();
+                    let k = (self.read_upstream(upstream, t).await? as u64).min(remaining);
+                    clean &= self.ubuf.len() as u64 == k;
+                    remaining -= k;
+                    self.pass_read(decoder, 0, k as usize, out, framed, &mut flushed)
+                        .await?;
+                }
+                clean
+            }
+            // `answer_decoder` gives no decoder for a bodiless answer: nothing to decode.
+            ResponseFraming::None => self.ubuf.len() == body_start,
+        };
+        decoder
+            .finish()
+            .map_err(|error| undecodable(error, flushed))?;
+        self.finish_tap(out, framed);
+        self.flush(out).await?;
+        Ok(clean)
+    }
+
+    /// [`Client::pass`] for up to `len` bytes of `self.ubuf` from `start`.
+    async fn pass_read(
+        &mut self,
+        decoder: &mut ContentDecoder,
+        start: usize,
+        len: usize,
+        out: &mut Vec<u8>,
+        framed: bool,
+        flushed: &mut bool,
+    ) -> Result<(), Broken> {
+        let read = std::mem::take(&mut self.ubuf);
+        let end = start.saturating_add(len).min(read.len());
+        let passed = self
+            .pass(decoder, &read[start..end], out, framed, flushed)
+            .await;
+        self.ubuf = read;
+        passed
+    }
+
+    /// Decodes `coded`, handing each decoded piece through the usage tap to the client
+    /// before decoding more. `flushed` turns true once a body byte was written.
+    async fn pass(
+        &mut self,
+        decoder: &mut ContentDecoder,
+        coded: &[u8],
+        out: &mut Vec<u8>,
+        framed: bool,
+        flushed: &mut bool,
+    ) -> Result<(), Broken> {
+        let mut pos = 0;
+        loop {
+            let (taken, piece) = decoder
+                .decode(&coded[pos..])
+                .map_err(|error| undecodable(error, *flushed))?;
+            pos += taken;
+            if piece.is_empty() {
+                return Ok(());
+            }
+            let before = out.len();
+            emit(&mut self.usage, &mut self.filtered, out, piece, framed);
+            if out.len() > before {
+                self.flush(out).await?;
+                *flushed = true;
+            }
+        }
+    }
+}
+
+/// What a coded body that does not decode breaks: the 502 when no byte of it was relayed.
+fn undecodable(error: DecodeError, flushed: bool) -> Broken {
+    tracing::warn!(%error, relayed = flushed, "backend sent a content-coded body that does not decode");
+    if flushed {
+        Broken::Midway
+    } else {
+        Broken::Unsent(UNDECODABLE_BODY)
+    }
+}
