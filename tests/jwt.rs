@@ -72,6 +72,11 @@ fn valid_token() -> String {
 /// The `jwt-app` subscription (product `narrow`: gpt-4o only, 2 requests a minute) is
 /// reached by tokens whose `appid` is APP; `team-a` (a key) has product `open`.
 fn start() -> Sluice {
+    start_with("")
+}
+
+/// [`start`] with more lines in the `[[jwt]]` table.
+fn start_with(jwt_extra: &str) -> Sluice {
     let mut body = String::from(MOCK_DEPLOYMENTS);
     body.push_str(&product(
         "narrow",
@@ -92,9 +97,36 @@ issuer = "{ISSUER}"
 audiences = ["{AUDIENCE}"]
 subscription_claim = "appid"
 keys = [{{ kid = "hs", algorithms = ["HS256"], secret_env = "{SECRET_ENV}" }}]
+{jwt_extra}
 "#
     ));
     Launch::new(&body).env(SECRET_ENV, SECRET).start()
+}
+
+/// `require` reaches the validator: with "nbf" added, a token without `nbf` is refused;
+/// with "iss" left out (one issuer), a token without `iss` is let in.
+#[test]
+fn the_config_s_require_list_is_enforced() {
+    let mut no_nbf = good_claims();
+    no_nbf.as_object_mut().unwrap().remove("nbf");
+    let no_nbf = sign(&hs_header(), &no_nbf, SECRET.as_bytes());
+    let mut no_iss = good_claims();
+    no_iss.as_object_mut().unwrap().remove("iss");
+    let no_iss = sign(&hs_header(), &no_iss, SECRET.as_bytes());
+
+    let s = start();
+    assert_eq!(chat_with_token(&s, &no_nbf, "gpt-4o").status, 200);
+    assert_401(
+        &chat_with_token(&s, &no_iss, "gpt-4o"),
+        "iss required by default",
+    );
+
+    let s = start_with(r#"require = ["exp", "aud", "iss", "nbf"]"#);
+    assert_401(&chat_with_token(&s, &no_nbf, "gpt-4o"), "nbf required");
+    assert_eq!(chat_with_token(&s, &valid_token(), "gpt-4o").status, 200);
+
+    let s = start_with(r#"require = ["exp", "aud"]"#);
+    assert_eq!(chat_with_token(&s, &no_iss, "gpt-4o").status, 200);
 }
 
 fn chat_with_token(s: &Sluice, token: &str, model: &str) -> Response {

@@ -249,6 +249,13 @@ pub struct JwtIssuerConfig {
     pub require_expiration: bool,
     /// Refuse tokens without `aud`. Default `true` (then `audiences` must not be empty).
     pub require_audience: bool,
+    /// Refuse tokens without `nbf` (RFC 7519 §4.1.5). Default `false`: an `nbf` given is
+    /// always checked, its absence allowed.
+    pub require_not_before: bool,
+    /// Refuse tokens without `iss`. Default `true`. `iss` picks the issuer's settings, so a
+    /// token without one is read against this issuer only when it is the one issuer
+    /// configured and this is `false`.
+    pub require_issuer: bool,
     /// Claims that must hold given values.
     pub required_claims: Vec<RequiredClaim>,
     /// The claim naming the subscription; `None`: tokens carry no subscription (the route's
@@ -263,7 +270,8 @@ pub struct JwtIssuerConfig {
 
 impl JwtIssuerConfig {
     /// Settings for `issuer` with the defaults: no audiences or keys yet, leeway 60 s,
-    /// `exp` and `aud` required, no required claims, no subscription claim.
+    /// `exp`, `aud` and `iss` required (`nbf` checked when given), no required claims, no
+    /// subscription claim.
     pub fn new(issuer: impl Into<String>) -> Self {
         Self {
             issuer: issuer.into(),
@@ -272,6 +280,8 @@ impl JwtIssuerConfig {
             leeway_secs: DEFAULT_LEEWAY_SECS,
             require_expiration: true,
             require_audience: true,
+            require_not_before: false,
+            require_issuer: true,
             required_claims: Vec::new(),
             subscription: None,
             jwks: JwksSettings::default(),
@@ -377,6 +387,9 @@ pub enum JwtError {
     /// Before `nbf` minus leeway.
     #[error("token not yet valid")]
     NotYetValid,
+    /// No `nbf` claim, and it is required.
+    #[error("no not-before time")]
+    MissingNotBefore,
     /// No `aud` claim, and it is required.
     #[error("no audience")]
     MissingAudience,
@@ -417,6 +430,7 @@ impl JwtError {
             Self::MissingExpiration => "missing_exp",
             Self::Expired => "expired",
             Self::NotYetValid => "not_yet_valid",
+            Self::MissingNotBefore => "missing_nbf",
             Self::MissingAudience => "missing_aud",
             Self::WrongAudience => "wrong_aud",
             Self::InvalidClaim(_) => "invalid_claim",
@@ -535,17 +549,21 @@ impl JwtValidator {
         let header = parse_header(header_b64)?;
         let claims = decode_claims(claims_b64)?;
 
-        let iss = match claims.get("iss") {
-            None => return Err(JwtError::MissingIssuer),
-            Some(Value::String(s)) => s.as_str(),
+        let (index, issuer) = match claims.get("iss") {
+            // Without `iss` there is nothing to pick an issuer by: only a lone issuer that
+            // does not require it reads the token.
+            None => match self.issuers.as_slice() {
+                [only] if !only.config.require_issuer => (0, only),
+                _ => return Err(JwtError::MissingIssuer),
+            },
+            Some(Value::String(iss)) => self
+                .issuers
+                .iter()
+                .enumerate()
+                .find(|(_, i)| i.config.issuer == *iss)
+                .ok_or(JwtError::UnknownIssuer)?,
             Some(_) => return Err(JwtError::InvalidClaim("iss")),
         };
-        let (index, issuer) = self
-            .issuers
-            .iter()
-            .enumerate()
-            .find(|(_, i)| i.config.issuer == iss)
-            .ok_or(JwtError::UnknownIssuer)?;
         if !issuer.algs.contains(header.alg) {
             return Err(JwtError::AlgorithmNotAllowed);
         }
@@ -634,10 +652,10 @@ impl Issuer {
             Some(exp) if now >= exp.saturating_add(leeway) => return Err(JwtError::Expired),
             _ => {}
         }
-        if let Some(nbf) = numeric_date(claims, "nbf")? {
-            if now.saturating_add(leeway) < nbf {
-                return Err(JwtError::NotYetValid);
-            }
+        match numeric_date(claims, "nbf")? {
+            None if config.require_not_before => return Err(JwtError::MissingNotBefore),
+            Some(nbf) if now.saturating_add(leeway) < nbf => return Err(JwtError::NotYetValid),
+            _ => {}
         }
         match claims.get("aud") {
             None if config.require_audience => return Err(JwtError::MissingAudience),

@@ -205,6 +205,8 @@ fn issuer_config(
     config.leeway_secs = j.leeway.as_secs();
     config.require_expiration = j.require.exp;
     config.require_audience = j.require.aud;
+    config.require_not_before = j.require.nbf;
+    config.require_issuer = j.require.iss;
     config.required_claims = j
         .required_claims
         .iter()

@@ -202,6 +202,54 @@ fn not_before_in_the_future() {
     assert_eq!(v.validate(&bad, NOW), Err(JwtError::InvalidClaim("nbf")));
 }
 
+/// `require = [..., "nbf"]`: a token without `nbf` is refused; without the setting it
+/// passes (an `nbf` given is checked either way).
+#[test]
+fn nbf_is_required_only_when_asked() {
+    let no_nbf = hs(&claims(""));
+    assert!(validator().validate(&no_nbf, NOW).is_ok());
+    let strict = JwtValidator::new(vec![JwtIssuerConfig {
+        require_not_before: true,
+        ..issuer(vec![hs_key()])
+    }])
+    .unwrap();
+    assert_eq!(
+        strict.validate(&no_nbf, NOW),
+        Err(JwtError::MissingNotBefore)
+    );
+    let with_nbf = hs(&claims(&format!(r#""nbf":{}"#, NOW - 10)));
+    assert!(strict.validate(&with_nbf, NOW).is_ok());
+    let early = hs(&claims(&format!(r#""nbf":{}"#, NOW + 120)));
+    assert_eq!(strict.validate(&early, NOW), Err(JwtError::NotYetValid));
+}
+
+/// Leaving `iss` out of `require`: a lone issuer reads tokens without `iss`; with several
+/// issuers (nothing to pick one by) or when it is required, they are refused.
+#[test]
+fn iss_may_be_left_out_only_for_a_lone_issuer() {
+    let exp = NOW + 600;
+    let no_iss = hs(&format!(r#"{{"aud":"{AUD}","exp":{exp}}}"#));
+    let lax = |iss: &str| JwtIssuerConfig {
+        require_issuer: false,
+        audiences: vec![AUD.into()],
+        keys: vec![hs_key()],
+        ..JwtIssuerConfig::new(iss)
+    };
+    let lone = JwtValidator::new(vec![lax(ISS)]).unwrap();
+    assert_eq!(lone.validate(&no_iss, NOW).unwrap().issuer, 0);
+    // A token naming another issuer is still refused.
+    let wrong = hs(&format!(
+        r#"{{"iss":"https://evil.test/","aud":"{AUD}","exp":{exp}}}"#
+    ));
+    assert_eq!(lone.validate(&wrong, NOW), Err(JwtError::UnknownIssuer));
+    let two = JwtValidator::new(vec![lax(ISS), lax("https://other.test/")]).unwrap();
+    assert_eq!(two.validate(&no_iss, NOW), Err(JwtError::MissingIssuer));
+    assert_eq!(
+        validator().validate(&no_iss, NOW),
+        Err(JwtError::MissingIssuer)
+    );
+}
+
 #[test]
 fn exp_is_required_by_default() {
     let no_exp = hs(&format!(r#"{{"iss":"{ISS}","aud":"{AUD}"}}"#));
