@@ -280,3 +280,79 @@ backends = [{ backend = "slow-mock" }]
         "the hang-up was noticed during the latency"
     );
 }
+
+/// A stream whose usage chunk has passed when the client leaves (the backend then pauses
+/// before `[DONE]`): the usage read stands — the backend did that work — not the
+/// reservation.
+#[test]
+fn a_usage_already_read_stands_when_the_client_leaves() {
+    let (tx, seen) = channel();
+    let seen_tx = Mutex::new(tx);
+    let up = Upstream::start(move |r, s: &mut TcpStream| {
+        let mut answer = upstream_chat_answer("m");
+        answer["usage"] = json!({"prompt_tokens": 1, "completion_tokens": FULL_USAGE - 1, "total_tokens": FULL_USAGE});
+        if !r.head.has("x-test-slow") {
+            let bytes = serde_json::to_vec(&answer).unwrap();
+            respond(s, 200, &[("content-type", "application/json")], &bytes);
+            return After::KeepAlive;
+        }
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                    transfer-encoding: chunked\r\n\r\n";
+        let _ = s.write_all(head.as_bytes());
+        let _ = write_chunk(s, sse_chunk("Hello").as_bytes());
+        let usage = json!({
+            "id": "chatcmpl-stream", "object": "chat.completion.chunk", "created": 1,
+            "model": "m", "choices": [],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+        });
+        let _ = write_chunk(s, format!("data: {usage}\n\n").as_bytes());
+        let start = Instant::now();
+        let closed = waits_for_close(s, BACKEND_DELAY).then(|| start.elapsed());
+        seen_tx.lock().unwrap().send(closed).unwrap();
+        After::Close
+    });
+    let s = start(&up, "io-uring");
+    let mut c = s.connect();
+    c.send(&chat_request(KEY_A, true, true));
+    let head = c.read_head();
+    assert_eq!(head.status(), 200);
+    thread::sleep(CLIENT_PATIENCE);
+    drop(c);
+    assert!(
+        wait_seen(&seen).is_some(),
+        "the upstream stream was cancelled"
+    );
+    // Booked before the upstream connection closed; the answer's log line is not an
+    // estimate, so wait for the next request to find it settled instead.
+    let (cost, reservation) = cost_of_abandoned(&s);
+    assert_ne!(cost, reservation, "not the reservation");
+    assert_eq!(cost, 7, "the usage the stream reported");
+}
+
+/// A client that leaves during one of the mock's streaming pauses is noticed then, not when
+/// the stream would have ended.
+#[test]
+fn a_client_that_leaves_during_a_mock_stream_pause_is_noticed() {
+    let body = r#"
+[[backend]]
+name = "slow-mock"
+kind = "mock"
+completion_tokens = 100
+tokens_per_second = 1
+
+[[deployment]]
+name = "gpt-4o"
+backends = [{ backend = "slow-mock" }]
+"#;
+    let s = Launch::new(body).start();
+    let mut c = s.connect();
+    c.send(&chat_request("unused", true, false));
+    let head = c.read_head();
+    assert_eq!(head.status(), 200);
+    thread::sleep(CLIENT_PATIENCE);
+    drop(c);
+    assert!(
+        s.wait_log("client went away", Duration::from_secs(4)),
+        "the hang-up was noticed during the pause (the stream runs 100 s)"
+    );
+}

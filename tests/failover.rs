@@ -501,3 +501,112 @@ fn a_lone_backend_s_429_and_5xx_reach_the_client_every_time() {
     }
     assert_eq!(lone.request_count(), 3);
 }
+
+/// Probes until `a` serves again: none of them may reach it before `quiet_until`, at least
+/// three must fall before it, and it must serve again by `deadline`.
+fn wait_for_return(s: &Sluice, start: Instant, cool: Duration, a_seen: impl Fn() -> usize) {
+    let quiet_until = start + cool - MARGIN;
+    let deadline = start + cool + SLACK;
+    let before = a_seen();
+    let mut quiet_probes = 0;
+    loop {
+        let p = probe(s);
+        if p.by == "a" {
+            assert!(
+                p.answered >= quiet_until,
+                "a was tried again {:?} after its failure, inside its {cool:?} cool-down",
+                p.answered - start
+            );
+            break;
+        }
+        assert_eq!(p.by, "b");
+        if p.answered < quiet_until {
+            quiet_probes += 1;
+            assert_eq!(a_seen(), before, "a was asked during its cool-down");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a was not tried again within {:?}",
+            cool + SLACK
+        );
+        thread::sleep(PROBE_GAP);
+    }
+    assert!(
+        quiet_probes >= 3,
+        "only {quiet_probes} probes inside the cool-down"
+    );
+}
+
+/// A refused connection fails over and cools that backend down for the default 5 s: a
+/// listener opened on its port right after the failure gets no connection until then, and
+/// serves once the cool-down ends.
+#[test]
+fn a_refused_connection_cools_the_backend_for_5_s() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let b = healthy("b");
+    let s = Launch::new(&pool(&[format!("http://127.0.0.1:{port}"), b.url()])).start();
+    let start = Instant::now();
+    assert_eq!(served_by(&chat_on(&mut s.connect())), "b", "failover to b");
+    // Now the port answers: a backend `a` there.
+    let listener =
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("the released port is still free");
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut wire = Wire::new(stream.try_clone().unwrap());
+            let mut writer = stream;
+            while let Ok(Some(head)) = wire.read_head() {
+                if wire.read_body(head.request_framing()).is_err() {
+                    break;
+                }
+                respond(
+                    &mut writer,
+                    200,
+                    &[("content-type", "application/json")],
+                    &answer_of("a"),
+                );
+            }
+        }
+    });
+    wait_for_return(&s, start, Duration::from_secs(5), || {
+        accepted.load(Ordering::SeqCst)
+    });
+}
+
+/// A backend that takes the request and closes without answering is a 502 with no failover
+/// and no resend, and cools down for 2 s: meanwhile requests go to the next backend, after
+/// it the first serves again.
+#[test]
+fn a_backend_that_closes_without_answering_cools_for_2_s_without_failover() {
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&calls);
+    let a = Upstream::start(move |_, s: &mut TcpStream| {
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            return After::Close;
+        }
+        respond(
+            s,
+            200,
+            &[("content-type", "application/json")],
+            &answer_of("a"),
+        );
+        After::KeepAlive
+    });
+    let b = healthy("b");
+    let s = Launch::new(&pool(&[a.url(), b.url()])).start();
+    let start = Instant::now();
+    let resp = chat_on(&mut s.connect());
+    assert_openai_error(&resp, 502, None);
+    assert_eq!(
+        (a.request_count(), b.request_count()),
+        (1, 0),
+        "no resend, no failover"
+    );
+    wait_for_return(&s, start, Duration::from_secs(2), || a.request_count());
+}

@@ -475,3 +475,16 @@ fn sigterm_does_not_wait_past_shutdown_grace() {
         t0.elapsed()
     );
 }
+
+/// SIGINT shuts down like SIGTERM: the listeners close and the process exits 0.
+#[test]
+fn sigint_shuts_down_gracefully() {
+    let mut s = Launch::new(&mock_deployments(&["alpha"])).start();
+    assert!(serves(&s, "alpha"));
+    s.signal("INT");
+    let status = s
+        .wait_exit(Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("still running 5 s after SIGINT; log:\n{}", s.log()));
+    assert!(status.success(), "exit status {status}");
+    assert!(s.log().contains("shutting down"), "{}", s.log());
+}
