@@ -71,6 +71,41 @@ fn port_zero_is_one_port_for_every_worker() {
     assert_eq!(workers, want, "both workers accept on the one port");
 }
 
+/// Several listen addresses: the ready file names each (one line each, every one bound by
+/// the kernel's choice), the startup line too, and each serves from every worker.
+#[test]
+fn every_listen_address_is_in_the_ready_file_and_serves() {
+    let s = Launch::new(MOCK_BODY).listeners(3).workers(2).start();
+    assert_eq!(s.ports.len(), 3);
+    let distinct: std::collections::BTreeSet<u16> = s.ports.iter().copied().collect();
+    assert_eq!(distinct.len(), 3, "{:?}", s.ports);
+    let log = s.log();
+    let line = log.lines().find(|l| l.contains("sluice started")).unwrap();
+    for port in &s.ports {
+        assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
+        let resp = Client::connect(*port).request("GET", "/v1/models", &[], b"");
+        assert_eq!(resp.status, 200);
+    }
+}
+
+/// Without `--workers`, `server.workers` decides; without either, one per available core.
+#[test]
+fn the_worker_count_comes_from_the_config_else_the_cores() {
+    let s = Launch::new(MOCK_BODY)
+        .server("workers = 3")
+        .workers_from_config()
+        .start();
+    assert!(s.log().contains("sluice started workers=3 "), "{}", s.log());
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let s = Launch::new(MOCK_BODY).workers_from_config().start();
+    assert!(
+        s.log()
+            .contains(&format!("sluice started workers={cores} ")),
+        "{}",
+        s.log()
+    );
+}
+
 #[test]
 fn startup_line_names_workers_and_listener() {
     let s = Launch::new(MOCK_BODY).workers(2).start();

@@ -107,10 +107,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
     let running = server::start(shared.clone(), listen, workers, cli.driver)?;
     let listen_list: Vec<String> = running.listen.iter().map(ToString::to_string).collect();
-    if let Some(path) = &cli.ready_file {
-        write_ready_file(path, &listen_list)
-            .with_context(|| format!("cannot write the ready file {}", path.display()))?;
-    }
     tracing::info!(
         "sluice started workers={} driver={} listen={} config={}",
         running.workers,
@@ -122,6 +118,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let reloader = Reloader::new(shared.clone(), config.clone());
     let stop_watch = Arc::new(AtomicBool::new(false));
     reloader.spawn_watcher(stop_watch.clone())?;
+    // Last: whoever waits for the file finds the startup line logged and reloads watched.
+    if let Some(path) = &cli.ready_file {
+        write_ready_file(path, &listen_list)
+            .with_context(|| format!("cannot write the ready file {}", path.display()))?;
+    }
     for signal in signals.forever() {
         if signal == SIGHUP {
             reloader.reload("SIGHUP");

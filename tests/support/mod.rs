@@ -110,12 +110,24 @@ pub fn workspace_root() -> PathBuf {
 /// A whole config file: `[server]` listening on `port` plus `server_extra` lines (which may
 /// open `[server.limits]` / `[server.timeouts]`), then `body` (backends and deployments).
 pub fn config_text(port: u16, server_extra: &str, body: &str) -> String {
-    format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n{server_extra}\n\n{body}\n")
+    config_listening(&[port], server_extra, body)
+}
+
+/// [`config_text`] listening on 127.0.0.1 at each of `ports`.
+fn config_listening(ports: &[u16], server_extra: &str, body: &str) -> String {
+    let listen: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    format!(
+        "[server]\nlisten = [{}]\n{server_extra}\n\n{body}\n",
+        listen.join(", ")
+    )
 }
 
 /// How to start a `sluice` process.
 pub struct Launch {
-    workers: usize,
+    /// `--workers`; `None`: the flag is left out (the config or the core count decides).
+    workers: Option<usize>,
+    /// How many `127.0.0.1:0` listen addresses.
+    listeners: usize,
     driver: Option<String>,
     server_extra: String,
     body: String,
@@ -126,7 +138,8 @@ impl Launch {
     /// A launch with `body` (backends and deployments), one worker, no extra server settings.
     pub fn new(body: &str) -> Launch {
         Launch {
-            workers: 1,
+            workers: Some(1),
+            listeners: 1,
             driver: None,
             server_extra: String::new(),
             body: body.to_string(),
@@ -136,7 +149,19 @@ impl Launch {
 
     /// `--workers N`.
     pub fn workers(mut self, n: usize) -> Launch {
-        self.workers = n;
+        self.workers = Some(n);
+        self
+    }
+
+    /// No `--workers` flag: `server.workers`, else one per core, decides.
+    pub fn workers_from_config(mut self) -> Launch {
+        self.workers = None;
+        self
+    }
+
+    /// Listen on `n` addresses (`127.0.0.1:0` each).
+    pub fn listeners(mut self, n: usize) -> Launch {
+        self.listeners = n;
         self
     }
 
@@ -175,8 +200,12 @@ impl Launch {
         let ready_path = dir.path().join("ready");
         // Port 0: the kernel picks a free port when Sluice binds, so no other process can be
         // handed the same one; Sluice says which in its ready file.
-        fs::write(&config_path, config_text(0, &self.server_extra, &self.body))
-            .expect("write config");
+        let ports = vec![0; self.listeners];
+        fs::write(
+            &config_path,
+            config_listening(&ports, &self.server_extra, &self.body),
+        )
+        .expect("write config");
         let log = fs::File::create(&log_path).expect("create log file");
         let out = dir.path().join("stdout.log");
         let out = fs::File::create(out).expect("create stdout file");
@@ -185,12 +214,13 @@ impl Launch {
             .arg(&config_path)
             .arg("--ready-file")
             .arg(&ready_path)
-            .arg("--workers")
-            .arg(self.workers.to_string())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(log));
+        if let Some(n) = self.workers {
+            cmd.arg("--workers").arg(n.to_string());
+        }
         if let Some(driver) = &self.driver {
             cmd.arg("--driver").arg(driver);
         }
@@ -200,6 +230,8 @@ impl Launch {
         let child = cmd.spawn().expect("spawn sluice");
         Sluice {
             port: 0,
+            ports: Vec::new(),
+            listeners: self.listeners,
             child: Some(child),
             config_path,
             log_path,
@@ -212,8 +244,12 @@ impl Launch {
 
 /// A running `sluice` child process; killed and reaped on drop.
 pub struct Sluice {
-    /// The port it listens on (127.0.0.1), as its ready file said.
+    /// The port it listens on (127.0.0.1), as its ready file said: the first listener's.
     pub port: u16,
+    /// Every listener's port, in the ready file's order.
+    pub ports: Vec<u16>,
+    /// How many listen addresses its config has.
+    listeners: usize,
     child: Option<Child>,
     /// Its config file.
     pub config_path: PathBuf,
@@ -238,12 +274,20 @@ impl Sluice {
                 ));
             }
             if let Ok(text) = fs::read_to_string(&self.ready_path) {
-                let addr: SocketAddr = text
+                let addrs: Vec<SocketAddr> = text
                     .lines()
-                    .next()
-                    .and_then(|line| line.parse().ok())
-                    .ok_or_else(|| format!("unreadable ready file: {text:?}"))?;
-                self.port = addr.port();
+                    .map(|line| line.parse())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("unreadable ready file {text:?}: {e}"))?;
+                if addrs.len() != self.listeners || !text.ends_with('\n') {
+                    return Err(format!(
+                        "the ready file has {} lines for {} listeners: {text:?}",
+                        addrs.len(),
+                        self.listeners
+                    ));
+                }
+                self.ports = addrs.iter().map(SocketAddr::port).collect();
+                self.port = self.ports[0];
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -279,7 +323,7 @@ impl Sluice {
 
     /// The config text this process would get for `body`.
     pub fn config_for(&self, body: &str) -> String {
-        config_text(0, &self.server_extra, body)
+        config_listening(&vec![0; self.listeners], &self.server_extra, body)
     }
 
     /// Writes `text` as the config file, as is.
