@@ -356,3 +356,28 @@ backends = [{ backend = "slow-mock" }]
         "the hang-up was noticed during the pause (the stream runs 100 s)"
     );
 }
+
+/// A client that sends more bytes after its request (the start of a pipelined one) and then
+/// closes is gone too: the unread bytes do not hide its FIN.
+#[test]
+fn bytes_sent_before_the_close_do_not_hide_it() {
+    for driver in ["io-uring", "epoll"] {
+        let (tx, seen) = channel();
+        let up = slow_backend(Slow::BeforeHead, tx);
+        let s = start(&up, driver);
+        let mut c = s.connect();
+        c.send(&chat_request(KEY_A, false, true));
+        thread::sleep(CLIENT_PATIENCE);
+        c.send(b"GET /v1/mo");
+        thread::sleep(Duration::from_millis(100));
+        drop(c);
+        let closed = wait_seen(&seen).unwrap_or_else(|| {
+            panic!("{driver}: the upstream request ran on to its answer after the client left")
+        });
+        assert!(
+            closed < BACKEND_DELAY - Duration::from_secs(2),
+            "{driver}: the upstream connection closed only after {closed:?}"
+        );
+        wait_booked(&s);
+    }
+}

@@ -10,6 +10,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::RecvFlags;
 
@@ -57,13 +58,13 @@ pub enum Stopped {
 
 /// `work` (a read from a backend, a wait standing for one) bounded by `limit`, giving up
 /// early when the client behind `client` goes away: every [`HANGUP_CHECK`] of waiting, the
-/// client's socket is peeked ([`peek_state`]), and an end of stream (its FIN) or an error (its
-/// reset) ends the wait with [`Stopped::ClientGone`]. Bytes from the client (a pipelined
-/// request) mean it is still there. As with nginx's default (`proxy_ignore_client_abort
-/// off`), a client that half-closes after its request counts as gone.
+/// client's socket is asked ([`client_gone`]), and its FIN or reset ends the wait with
+/// [`Stopped::ClientGone`] — even behind bytes it sent first and Sluice has not read (a
+/// pipelined request). As with nginx's default (`proxy_ignore_client_abort off`), a client
+/// that half-closes after its request counts as gone.
 ///
 /// Costs what a plain timeout costs while the backend answers promptly (one timer), and one
-/// non-blocking `recv` per [`HANGUP_CHECK`] while it does not. `work` is dropped (cancelled)
+/// non-blocking `poll` per [`HANGUP_CHECK`] while it does not. `work` is dropped (cancelled)
 /// when the wait ends early: after a read from a backend, the caller closes that connection —
 /// which is how the backend learns the request was abandoned.
 pub async fn watching_client<F: Future>(
@@ -82,7 +83,7 @@ pub async fn watching_client<F: Future>(
         if Instant::now() >= deadline {
             return Err(Stopped::TimedOut);
         }
-        if peek_state(client) == PeerState::Closed {
+        if client_gone(client) {
             return Err(Stopped::ClientGone);
         }
     }
@@ -107,6 +108,21 @@ pub async fn sleep_watching(pause: Duration, client: &TcpStream) -> Result<(), S
     }
 }
 
+/// Whether the client behind `stream` closed its side or the connection failed: a
+/// zero-timeout `poll` for `POLLRDHUP` (the peer's FIN, Linux), `POLLHUP` or `POLLERR`. Unlike
+/// a peek, unread bytes do not hide the FIN behind them. An error of `poll` itself is read
+/// as "still there".
+pub fn client_gone(stream: &TcpStream) -> bool {
+    let fd = fd_of(stream);
+    let mut fds = [PollFd::new(&fd, PollFlags::RDHUP)];
+    match poll(&mut fds, Some(&Timespec::default())) {
+        Ok(n) if n > 0 => fds[0]
+            .revents()
+            .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+        _ => false,
+    }
+}
+
 /// What the peer of a connection with no operation in flight on it has to say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerState {
@@ -123,8 +139,7 @@ pub enum PeerState {
 ///
 /// The peek consumes nothing and does not block whatever mode the socket is in, so it is the
 /// same on monoio's io_uring and epoll drivers. It must not race a read of the same socket
-/// (none is in flight on an idle pooled connection, nor on a client's while Sluice waits on
-/// its backend).
+/// (none is in flight on an idle pooled connection).
 pub fn peek_state(stream: &TcpStream) -> PeerState {
     let mut byte = [0u8; 1];
     match rustix::net::recv(
