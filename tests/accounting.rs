@@ -1029,3 +1029,44 @@ fn usage_above_the_reservation_leaves_a_debt_that_blocks() {
     // The other subscription has its own quota.
     assert_eq!(chat_settled(&s, KEY_B, &small).status, 200);
 }
+
+/// A usage Sluice cannot believe — a count past 100 million tokens, a count as a string —
+/// is not charged: the reservation stands, and the limit is not locked by it. Integral
+/// floats (`150.0`) are counts.
+#[test]
+fn an_absurd_or_unreadable_usage_keeps_the_reservation() {
+    for (usage, believed) in [
+        (
+            json!({"prompt_tokens": 18_446_744_073_709_551_615u64, "completion_tokens": 5}),
+            None,
+        ),
+        (
+            json!({"prompt_tokens": "100", "completion_tokens": 50, "total_tokens": 150}),
+            None,
+        ),
+        (
+            json!({"prompt_tokens": 100.0, "completion_tokens": 50, "total_tokens": 150.0}),
+            Some(150),
+        ),
+    ] {
+        let answer_usage = usage.clone();
+        let first = std::sync::atomic::AtomicBool::new(true);
+        let up = Upstream::start(move |_, s: &mut TcpStream| {
+            let mut answer = upstream_chat_answer("m");
+            if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                answer["usage"] = answer_usage.clone();
+            }
+            let bytes = serde_json::to_vec(&answer).unwrap();
+            respond(s, 200, &[("content-type", "application/json")], &bytes);
+            After::KeepAlive
+        });
+        let s = start_scripted(&up, &quota_limits(BIG_QUOTA));
+        let a = chat_settled(&s, KEY_A, &chat_body(Some("gpt-4o"), false));
+        assert_eq!(a.status, 200);
+        let ra = remaining_tokens(&chat_settled(&s, KEY_A, &chat_body(Some("gpt-4o"), false)));
+        let rb = remaining_tokens(&chat_settled(&s, KEY_B, &chat_body(Some("gpt-4o"), false)));
+        let reservation = BIG_QUOTA - rb;
+        let want = believed.unwrap_or(reservation);
+        assert_eq!(rb - ra, want, "{usage}: charged, reservation {reservation}");
+    }
+}

@@ -239,8 +239,75 @@ impl<'de> Visitor<'de> for ProbeVisitor {
     }
 }
 
-/// A `usage` object; `null` or any other shape reads as `None`.
+/// The largest token count a usage member is believed at: 100 million. No answer comes
+/// near it (context windows are a few million tokens, `n` at most 128); a backend reporting
+/// more is not believed, and the request keeps its reservation — one absurd answer must not
+/// lock a token limit for years.
+pub const MAX_REPORTED_TOKENS: u64 = 100_000_000;
+
+/// A `usage` object; `null` or any other shape reads as `None`. Its `prompt_tokens` /
+/// `input_tokens`, `completion_tokens` / `output_tokens` and `total_tokens` are read as the
+/// request side reads counts: non-negative integers, also written `100.0` or `1e2`; `null`
+/// is absent. A member of another type (a string, a fraction, a negative number), or a
+/// count over [`MAX_REPORTED_TOKENS`], makes the usage unknown (`None`). `total_tokens`
+/// below the sum of the other two is read as that sum.
 struct UsageField(Option<Usage>);
+
+/// One count of a `usage` object.
+enum TokenCount {
+    /// `null`.
+    Absent,
+    Count(u64),
+    /// Any other value.
+    Unreadable,
+}
+
+impl<'de> Deserialize<'de> for TokenCount {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        de.deserialize_any(TokenCountVisitor)
+    }
+}
+
+struct TokenCountVisitor;
+
+impl<'de> Visitor<'de> for TokenCountVisitor {
+    type Value = TokenCount;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a token count")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<TokenCount, E> {
+        Ok(TokenCount::Absent)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<TokenCount, E> {
+        Ok(TokenCount::Count(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<TokenCount, E> {
+        Ok(u64::try_from(v).map_or(TokenCount::Unreadable, TokenCount::Count))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<TokenCount, E> {
+        // `100.0` and `1e2` are integers to readers that convert (as the request side reads
+        // them); past u64 the count saturates, and is then not believed anyway.
+        Ok(if v.is_finite() && v >= 0.0 && v.fract() == 0.0 {
+            TokenCount::Count(v as u64)
+        } else {
+            TokenCount::Unreadable
+        })
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<TokenCount, E> {
+        Ok(TokenCount::Unreadable)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<TokenCount, E> {
+        Ok(TokenCount::Unreadable)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<TokenCount, A::Error> {
+        skip_seq(seq).map(|_| TokenCount::Unreadable)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TokenCount, A::Error> {
+        skip_map(map).map(|()| TokenCount::Unreadable)
+    }
+}
 
 impl<'de> Deserialize<'de> for UsageField {
     fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
@@ -259,6 +326,7 @@ impl<'de> Visitor<'de> for UsageVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UsageField, A::Error> {
         let (mut prompt, mut completion, mut total) = (None, None, None);
+        let mut unreadable = false;
         while let Some(key) = map.next_key::<LenientStr<'de>>()? {
             let slot = match key.0.as_deref() {
                 Some("prompt_tokens" | "input_tokens") => &mut prompt,
@@ -269,18 +337,29 @@ impl<'de> Visitor<'de> for UsageVisitor {
                     continue;
                 }
             };
-            let value = map.next_value::<Lenient<u64>>()?.0;
-            *slot = value.or(*slot);
+            match map.next_value::<TokenCount>()? {
+                TokenCount::Absent => {}
+                TokenCount::Count(n) => *slot = Some(n),
+                TokenCount::Unreadable => unreadable = true,
+            }
         }
-        if prompt.is_none() && completion.is_none() && total.is_none() {
+        let counts = [prompt, completion, total];
+        // A member Sluice cannot read, or a count no answer reaches, makes the whole usage
+        // unknown: the reservation stands rather than a part of the usage or an absurd one.
+        if unreadable
+            || counts.iter().all(Option::is_none)
+            || counts.iter().flatten().any(|&n| n > MAX_REPORTED_TOKENS)
+        {
             return Ok(UsageField(None));
         }
         let prompt_tokens = prompt.unwrap_or(0);
         let completion_tokens = completion.unwrap_or(0);
+        let parts = prompt_tokens.saturating_add(completion_tokens);
         Ok(UsageField(Some(Usage {
             prompt_tokens,
             completion_tokens,
-            total_tokens: total.unwrap_or(prompt_tokens.saturating_add(completion_tokens)),
+            // A total below its parts is not believed over them.
+            total_tokens: total.map_or(parts, |t| t.max(parts)),
         })))
     }
 

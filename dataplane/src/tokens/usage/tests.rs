@@ -95,9 +95,50 @@ fn no_usage_reads_as_none() {
             String::from_utf8_lossy(body)
         );
     }
-    // Mistyped counts inside a usage object read as absent.
-    let odd = br#"{"usage":{"prompt_tokens":"3","completion_tokens":-1,"total_tokens":9}}"#;
-    assert_eq!(usage_from_json(odd), Some(usage(0, 0, 9)));
+}
+
+/// Counts are read as the request side reads them: integers, also `100.0` and `1e2`;
+/// `null` is absent. Any other type, a fraction, a negative number or a count past
+/// MAX_REPORTED_TOKENS makes the whole usage unknown (never a part of it read as the whole);
+/// a total below its parts reads as their sum.
+#[test]
+fn usage_counts_are_read_strictly() {
+    let read = |u: &str| usage_from_json(format!(r#"{{"usage":{u}}}"#).as_bytes());
+    assert_eq!(
+        read(r#"{"prompt_tokens":100.0,"completion_tokens":50,"total_tokens":150.0}"#),
+        Some(usage(100, 50, 150))
+    );
+    assert_eq!(
+        read(r#"{"prompt_tokens":1e2,"completion_tokens":5E1,"total_tokens":null}"#),
+        Some(usage(100, 50, 150))
+    );
+    assert_eq!(
+        read(r#"{"input_tokens":7,"output_tokens":3}"#),
+        Some(usage(7, 3, 10))
+    );
+    assert_eq!(
+        read(r#"{"prompt_tokens":100,"completion_tokens":50,"total_tokens":0}"#),
+        Some(usage(100, 50, 150)),
+        "a total below its parts"
+    );
+    for unknown in [
+        r#"{"prompt_tokens":"100","completion_tokens":50,"total_tokens":150}"#,
+        r#"{"prompt_tokens":100,"completion_tokens":-1,"total_tokens":150}"#,
+        r#"{"prompt_tokens":100,"completion_tokens":50,"total_tokens":150.5}"#,
+        r#"{"prompt_tokens":true,"completion_tokens":50}"#,
+        r#"{"prompt_tokens":[1],"completion_tokens":50}"#,
+        r#"{"prompt_tokens":{"n":1},"completion_tokens":50}"#,
+        r#"{"prompt_tokens":18446744073709551615,"completion_tokens":5}"#,
+        r#"{"prompt_tokens":1,"completion_tokens":1,"total_tokens":100000001}"#,
+        r#"{"prompt_tokens":1e300,"completion_tokens":5}"#,
+    ] {
+        assert_eq!(read(unknown), None, "{unknown}");
+    }
+    assert_eq!(
+        read(r#"{"prompt_tokens":100000000,"completion_tokens":0}"#),
+        Some(usage(100_000_000, 0, 100_000_000)),
+        "the bound itself is believed"
+    );
 }
 
 #[test]
