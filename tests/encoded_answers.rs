@@ -14,7 +14,6 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::thread;
 use std::time::Duration;
 
 use access::*;
@@ -223,24 +222,18 @@ fn start_limited(up: &Upstream) -> Sluice {
     Launch::new(&body).start()
 }
 
-/// Lets the gateway settle a request whose answer the client read to its end.
-fn settle() {
-    thread::sleep(Duration::from_millis(30));
-}
-
-/// POSTs `body` to the chat route with the key, an SDK's `Accept-Encoding` and `headers`.
+/// POSTs `body` to the chat route with the key, an SDK's `Accept-Encoding` and `headers`;
+/// returns once Sluice has booked the request's charge ([`post_settled`]).
 fn ask(s: &Sluice, headers: &[(&str, &str)], body: &Value) -> Response {
     let mut all = vec![("api-key", KEY), ("Accept-Encoding", "gzip, deflate, br")];
     all.extend_from_slice(headers);
-    post_with(s, "/v1/chat/completions", &all, body)
+    post_settled(s, "/v1/chat/completions", &all, body)
 }
 
 /// What a request made with `headers` and `body` was charged: the drop in remaining tokens
 /// from it to the same body answered plainly (which reserves the same estimate).
 fn charged(s: &Sluice, a: &Response, body: &Value) -> i64 {
-    settle();
     let b = ask(s, &[("x-coding", "plain")], body);
-    settle();
     remaining_tokens(a) - remaining_tokens(&b)
 }
 
@@ -363,7 +356,6 @@ fn big_answers_and_bombs_are_read_whole_in_bounded_memory() {
     let body = chat_body(Some("gpt-4o"), false);
     let warm = ask(&s, &[], &body);
     assert_eq!(warm.status, 200);
-    settle();
     let before = peak_rss_kib(s.pid());
     let want = json_answer(&"a".repeat(SIZE));
     for coding in ["plain", "gzip", "br"] {
@@ -392,10 +384,8 @@ fn a_coded_body_that_does_not_decode_before_any_byte_is_a_502() {
     // The backend did the work: the 502 keeps the request's reservation.
     let first = ask(&s, &[], &body);
     let reserved = first_reservation(&first);
-    settle();
     let a = ask(&s, &[("x-coding", "garbage")], &body);
     assert_openai_error(&a, 502, Some("upstream_protocol_error"));
-    settle();
     let b = ask(&s, &[], &body);
     let charged = BIG_QUOTA - USAGE - reserved - remaining_tokens(&b);
     assert_eq!(charged, reserved, "the estimate stands");
@@ -452,7 +442,6 @@ fn a_coded_body_that_breaks_midway_ends_the_connection_and_keeps_the_estimate() 
         c.wire.read_body(Framing::Chunked).is_err(),
         "a body whose coding broke must not end cleanly"
     );
-    settle();
     let b = ask(&s, &[], &body);
     let charged = BIG_QUOTA - reserved - remaining_tokens(&b);
     assert_eq!(charged, reserved, "the estimate stands");
@@ -505,6 +494,36 @@ fn coded_error_answers_are_decoded_too() {
     assert_eq!(a.status, 400);
     assert!(a.header("content-encoding").is_none(), "{:?}", a.head);
     assert_eq!(a.body, json_answer("aa"));
+}
+
+/// An empty body is empty whatever its coding says: a 429 with `content-encoding: gzip`
+/// and `content-length: 0` (or an empty chunked body) reaches the client as that 429 with
+/// its `Retry-After`, not as Sluice's 502.
+#[test]
+fn an_empty_coded_body_is_empty() {
+    for framing in ["content-length: 0\r\n", "transfer-encoding: chunked\r\n"] {
+        let up = Upstream::start(move |_, s: &mut TcpStream| {
+            let body = if framing.starts_with("transfer") {
+                "0\r\n\r\n"
+            } else {
+                ""
+            };
+            let _ = s.write_all(
+                format!(
+                    "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
+                     content-encoding: gzip\r\nretry-after: 7\r\n{framing}\r\n{body}"
+                )
+                .as_bytes(),
+            );
+            After::KeepAlive
+        });
+        let s = start_limited(&up);
+        let resp = ask(&s, &[], &chat_body(Some("gpt-4o"), false));
+        assert_eq!(resp.status, 429, "{framing}: {}", resp.text());
+        assert_eq!(resp.header("retry-after"), Some("7"));
+        assert!(resp.body.is_empty());
+        assert!(resp.header("content-encoding").is_none());
+    }
 }
 
 /// Without a token limit Sluice reads nothing: the client's `Accept-Encoding` reaches the

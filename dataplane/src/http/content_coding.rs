@@ -130,6 +130,8 @@ pub struct ContentDecoder {
     /// `pipes[i]` holds what `stages[i]` decoded and the next stage has not read; the last
     /// one is the output piece.
     pipes: Vec<Pipe>,
+    /// Some coded byte arrived: an empty body is empty whatever its coding says.
+    started: bool,
 }
 
 impl ContentDecoder {
@@ -138,7 +140,11 @@ impl ContentDecoder {
     pub fn new(applied: &[Coding]) -> Self {
         let stages: Vec<Stage> = applied.iter().rev().map(|&c| Stage::new(c)).collect();
         let pipes = stages.iter().map(|_| Pipe::new()).collect();
-        ContentDecoder { stages, pipes }
+        ContentDecoder {
+            stages,
+            pipes,
+            started: false,
+        }
     }
 
     /// Decodes from `input`: returns how many of its bytes were taken and the next piece of
@@ -149,6 +155,7 @@ impl ContentDecoder {
     /// # Errors
     /// [`DecodeError::Corrupt`] or [`DecodeError::Trailing`] as soon as the bytes show it.
     pub fn decode(&mut self, input: &[u8]) -> Result<(usize, &[u8]), DecodeError> {
+        self.started |= !input.is_empty();
         let last = self.stages.len() - 1;
         self.pipes[last].clear();
         let mut taken = 0;
@@ -187,11 +194,16 @@ impl ContentDecoder {
         Ok((taken, piece))
     }
 
-    /// The body ended: every coded stream must have ended with it.
+    /// The body ended: every coded stream must have ended with it — unless the body was
+    /// empty, which decodes to nothing (as curl and httpx read an empty `gzip` body, e.g.
+    /// of a 429 with `Content-Length: 0`).
     ///
     /// # Errors
     /// [`DecodeError::Truncated`] for the first stream that did not end.
     pub fn finish(&self) -> Result<(), DecodeError> {
+        if !self.started {
+            return Ok(());
+        }
         match self.stages.iter().find(|s| !s.ended()) {
             Some(stage) => Err(DecodeError::Truncated(stage.coding())),
             None => Ok(()),
