@@ -692,3 +692,46 @@ fn forwarding_headers_are_appended_and_set() {
         );
     }
 }
+
+/// Names Sluice sets on answers are its own: a backend (or a chained gateway) sending two
+/// `x-request-id`s, its own `x-upstream-request-id` or an `x-sluice-trace` gets one
+/// `x-upstream-request-id` through (its first id) and no trace the client did not ask for.
+#[test]
+fn response_names_sluice_sets_are_never_sent_twice_or_forged() {
+    let up = Upstream::start(|_, s: &mut std::net::TcpStream| {
+        respond(
+            s,
+            200,
+            &[
+                ("content-type", "application/json"),
+                ("x-request-id", "up1"),
+                ("x-request-id", "up2"),
+                ("x-upstream-request-id", "up3"),
+                ("X-Upstream_Request-Id", "up4"),
+                ("x-sluice-trace", "forged"),
+            ],
+            &serde_json::to_vec(&upstream_chat_answer("m")).unwrap(),
+        );
+        After::KeepAlive
+    });
+    let s = gateway(&up, "");
+    let resp = s.request(
+        "POST",
+        CHAT_TARGET,
+        &[("Content-Type", "application/json")],
+        &chat_json(),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.head.header_all("x-upstream-request-id"), vec!["up1"]);
+    assert_eq!(resp.head.header_all("x-request-id").len(), 1);
+    assert!(
+        resp.head.header_all("x-sluice-trace").is_empty(),
+        "{:?}",
+        resp.head.headers
+    );
+    assert!(!resp
+        .head
+        .headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("x-upstream_request-id")));
+}

@@ -331,6 +331,10 @@ impl Client {
         out.extend_from_slice(b"\r\n");
         let lists = has_connection_header(&self.ubuf, &r.headers);
         let extra = self.extra_headers();
+        // Response header names Sluice sets itself, whatever the answer: the request id
+        // (the backend's goes out as `x-upstream-request-id`), that slot, and the trace.
+        const SETS: [&[u8]; 3] = [b"x-request-id", b"x-upstream-request-id", b"x-sluice-trace"];
+        let mut upstream_id = false;
         for h in &r.headers {
             let name = &self.ubuf[h.name.clone()];
             if is_hop_by_hop(name)
@@ -347,7 +351,9 @@ impl Client {
             }
             // A backend's `Transfer_Encoding` or `Content.Length` would be a second framing
             // header to a client that folds separators; Sluice frames the answer alone.
-            if !is_plain_name(name) && (folds_to_framing(name) || folds_to(name, b"x-request-id")) {
+            if !is_plain_name(name)
+                && (folds_to_framing(name) || SETS.iter().any(|&set| folds_to(name, set)))
+            {
                 tracing::debug!(
                     header = %String::from_utf8_lossy(name),
                     "response header not relayed: it reads as a framing, connection or request-id header"
@@ -355,7 +361,15 @@ impl Client {
                 continue;
             }
             if name.eq_ignore_ascii_case(b"x-request-id") {
-                local::header(out, b"x-upstream-request-id", &self.ubuf[h.value.clone()]);
+                // The backend's first id, once: a chained gateway may send more.
+                if !upstream_id {
+                    upstream_id = true;
+                    local::header(out, b"x-upstream-request-id", &self.ubuf[h.value.clone()]);
+                }
+                continue;
+            }
+            // Names only Sluice sets: the backend's own id slot and the trace.
+            if SETS[1..].iter().any(|set| name.eq_ignore_ascii_case(set)) {
                 continue;
             }
             local::header(out, name, &self.ubuf[h.value.clone()]);
