@@ -202,7 +202,7 @@ impl UsageTap {
                 // bytes are counted at the end.
                 let _ = scanner.observe_with(data, |ev| {
                     if ev.usage.is_none() && !ev.done {
-                        count.on_event_data(&event_data(ev.bytes));
+                        count.on_event_data(&event_data(ev.lines));
                     }
                 });
             }
@@ -228,7 +228,7 @@ impl UsageTap {
             UsageTap::Counting { scanner, count } => {
                 let outcome = scanner.finish_with(|ev| {
                     if ev.usage.is_none() && !ev.done {
-                        count.on_event_data(&event_data(ev.bytes));
+                        count.on_event_data(&event_data(ev.lines));
                     }
                 });
                 UsageTap::Done(match outcome.usage {
