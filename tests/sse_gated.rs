@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use access::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use support::*;
 
 const KEY: &str = "test-key-sse-gated";
@@ -35,9 +35,17 @@ enum Wire {
     Close,
 }
 
-/// The events the backend streams: one per word, the finish chunk, the usage chunk when
+/// The events the backend streams, each line ended by `end` (LF, CRLF or a lone CR: the
+/// SSE spec allows all three): one per word, the finish chunk, the usage chunk when
 /// `stream_options.include_usage` was asked for, `[DONE]`.
-fn events(include_usage: bool) -> Vec<String> {
+fn events(include_usage: bool, end: &str) -> Vec<String> {
+    lf_events(include_usage)
+        .into_iter()
+        .map(|e| e.replace('\n', end))
+        .collect()
+}
+
+fn lf_events(include_usage: bool) -> Vec<String> {
     let mut out: Vec<String> = WORDS.iter().map(|w| sse_chunk(w)).collect();
     let finish = json!({
         "id": "chatcmpl-stream", "object": "chat.completion.chunk", "created": 1,
@@ -57,14 +65,15 @@ fn events(include_usage: bool) -> Vec<String> {
     out
 }
 
-/// A backend streaming [`events`] framed as `wire`, each word's event written (byte by byte
-/// when `bytewise`) and then held until the test says the client has it.
-fn gated_backend(wire: Wire, bytewise: bool, gate: Receiver<()>) -> Upstream {
+/// A backend streaming [`events`] with line ends `end`, framed as `wire`, each word's event
+/// written (byte by byte when `bytewise`) and then held until the test says the client has
+/// it.
+fn gated_backend(wire: Wire, bytewise: bool, end: &'static str, gate: Receiver<()>) -> Upstream {
     let gate = Mutex::new(gate);
     Upstream::start(move |r, s: &mut TcpStream| {
         let _ = s.set_nodelay(true);
         let asked = r.json()["stream_options"]["include_usage"] == json!(true);
-        let events = events(asked);
+        let events = events(asked, end);
         let framing = match wire {
             Wire::Chunked => "transfer-encoding: chunked\r\n".to_string(),
             Wire::Length => format!("content-length: {}\r\n", events.concat().len()),
@@ -126,10 +135,11 @@ fn start(up: &Upstream) -> Sluice {
     Launch::new(&body).start()
 }
 
-/// One gated stream: every word's event reaches the client while the backend holds the
-/// next; the usage chunk Sluice asked for never does; the stream ends with `[DONE]`.
+/// One gated stream with line ends `end`: every word's event reaches the client, byte for
+/// byte as the backend sent it, while the backend holds the next; the usage chunk Sluice
+/// asked for never does; the stream ends with the finish chunk and `[DONE]`, exactly.
 /// Returns the answer's `x-ratelimit-remaining-tokens`.
-fn one_stream(s: &Sluice, gate: &Sender<()>, wire: Wire) -> i64 {
+fn one_stream(s: &Sluice, gate: &Sender<()>, wire: Wire, end: &str) -> i64 {
     let mut c = s.connect();
     c.set_read_timeout(Duration::from_secs(5));
     let body = serde_json::to_vec(&chat_body(Some("gpt-4o"), true)).unwrap();
@@ -143,7 +153,7 @@ fn one_stream(s: &Sluice, gate: &Sender<()>, wire: Wire) -> i64 {
         ],
         &body,
     );
-    assert_eq!(head.status(), 200, "{wire:?}: {head:?}");
+    assert_eq!(head.status(), 200, "{wire:?} {end:?}: {head:?}");
     if wire != Wire::Chunked {
         assert_eq!(
             head.header("transfer-encoding"),
@@ -152,23 +162,29 @@ fn one_stream(s: &Sluice, gate: &Sender<()>, wire: Wire) -> i64 {
         );
         assert!(head.header("content-length").is_none());
     }
-    for word in WORDS {
+    let sent = events(false, end);
+    let blank = end.repeat(2);
+    for (word, want) in WORDS.iter().zip(&sent) {
         let event = sse
-            .next_event()
-            .unwrap_or_else(|| panic!("{wire:?}: no event for {word:?}: held back"));
-        let v: Value = serde_json::from_str(event_data(&event).unwrap()).unwrap();
-        assert_eq!(v["choices"][0]["delta"]["content"], word, "{wire:?}");
+            .next_raw(blank.as_bytes())
+            .unwrap_or_else(|| panic!("{wire:?} {end:?}: no event for {word:?}: held back"));
+        assert_eq!(
+            String::from_utf8(event).unwrap(),
+            *want,
+            "{wire:?} {end:?}: byte for byte"
+        );
         gate.send(()).unwrap();
     }
-    let rest = sse.collect_rest();
-    let datas: Vec<&str> = rest.iter().filter_map(|e| event_data(e)).collect();
+    let mut rest = Vec::new();
+    while let Some(bytes) = sse.next_raw(blank.as_bytes()) {
+        rest.extend(bytes);
+        assert!(rest.len() < 1 << 20, "endless event stream");
+    }
     assert_eq!(
-        datas.len(),
-        2,
-        "{wire:?}: the finish chunk and [DONE] only: {rest:?}"
+        String::from_utf8(rest).unwrap(),
+        sent[WORDS.len()..].concat(),
+        "{wire:?} {end:?}: the finish chunk and [DONE] only"
     );
-    assert!(datas[0].contains("\"finish_reason\":\"stop\""), "{rest:?}");
-    assert_eq!(datas[1], "[DONE]");
     wait_settled(&mut c);
     head.header("x-ratelimit-remaining-tokens")
         .unwrap()
@@ -179,16 +195,16 @@ fn one_stream(s: &Sluice, gate: &Sender<()>, wire: Wire) -> i64 {
 /// Two identical gated streams: each event passes on its own, the usage chunk is dropped,
 /// and the first stream is charged exactly its reported usage (the difference of the two
 /// answers' `remaining`, whose reservations are equal).
-fn gated_streams(wire: Wire, bytewise: bool) {
+fn gated_streams(wire: Wire, bytewise: bool, end: &'static str) {
     let (gate, rx) = channel();
-    let up = gated_backend(wire, bytewise, rx);
+    let up = gated_backend(wire, bytewise, end, rx);
     let s = start(&up);
-    let first = one_stream(&s, &gate, wire);
-    let second = one_stream(&s, &gate, wire);
+    let first = one_stream(&s, &gate, wire, end);
+    let second = one_stream(&s, &gate, wire, end);
     assert_eq!(
         first - second,
         USAGE,
-        "{wire:?}: charged the reported usage"
+        "{wire:?} {end:?}: charged the reported usage"
     );
     for r in up.requests() {
         assert_eq!(
@@ -201,17 +217,17 @@ fn gated_streams(wire: Wire, bytewise: bool) {
 
 #[test]
 fn a_chunked_stream_passes_event_by_event_with_the_usage_filter_on() {
-    gated_streams(Wire::Chunked, false);
+    gated_streams(Wire::Chunked, false, "\n");
 }
 
 #[test]
 fn a_content_length_stream_is_rechunked_event_by_event_with_the_usage_filter_on() {
-    gated_streams(Wire::Length, false);
+    gated_streams(Wire::Length, false, "\n");
 }
 
 #[test]
 fn a_close_delimited_stream_is_rechunked_event_by_event_with_the_usage_filter_on() {
-    gated_streams(Wire::Close, false);
+    gated_streams(Wire::Close, false, "\n");
 }
 
 /// Every event split across many upstream reads on purpose: the backend writes it a byte
@@ -219,6 +235,17 @@ fn a_close_delimited_stream_is_rechunked_event_by_event_with_the_usage_filter_on
 #[test]
 fn events_written_byte_by_byte_pass_event_by_event_on_every_framing() {
     for wire in [Wire::Chunked, Wire::Length, Wire::Close] {
-        gated_streams(wire, true);
+        gated_streams(wire, true, "\n");
+    }
+}
+
+/// Lines ended by a lone CR (or CRLF, its CR and LF arriving in separate reads): each event
+/// still passes as soon as its blank line is whole, byte for byte, and the usage chunk is
+/// dropped and charged exactly — nothing waits for an LF that never comes.
+#[test]
+fn cr_and_crlf_streams_pass_event_by_event_with_the_usage_filter_on() {
+    for end in ["\r", "\r\n"] {
+        gated_streams(Wire::Chunked, false, end);
+        gated_streams(Wire::Close, true, end);
     }
 }

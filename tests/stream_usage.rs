@@ -226,8 +226,9 @@ fn charge_of(s: &Sluice, body: &Value, cap: i64) -> (i64, i64, Streamed) {
     (prompt, a.remaining() - b.remaining(), a)
 }
 
-/// The tokens Sluice counts for `chunks`: every choice's content, refusal, tool-call name
-/// and arguments, function_call name and arguments, completions text, each piece apart.
+/// The tokens Sluice counts for `chunks`: every choice's content, refusal, reasoning
+/// (`reasoning_content`, `reasoning`), audio transcript, tool-call name and arguments,
+/// function_call name and arguments, completions text, each piece apart.
 fn counted(chunks: &[Value]) -> i64 {
     let mut pieces: Vec<String> = Vec::new();
     for c in chunks {
@@ -236,10 +237,13 @@ fn counted(chunks: &[Value]) -> i64 {
                 pieces.push(t.into());
             }
             let d = &choice["delta"];
-            for key in ["content", "refusal"] {
+            for key in ["content", "refusal", "reasoning_content", "reasoning"] {
                 if let Some(t) = d[key].as_str() {
                     pieces.push(t.into());
                 }
+            }
+            if let Some(t) = d["audio"]["transcript"].as_str() {
+                pieces.push(t.into());
             }
             let mut functions: Vec<&Value> = vec![&d["function_call"]];
             for call in d["tool_calls"].as_array().into_iter().flatten() {
@@ -615,6 +619,98 @@ fn every_choice_of_n_2_is_counted() {
             + BPE.count_text("Second answer, a little longer than the first.")) as i64
     );
     assert_eq!(charge, prompt + completion);
+}
+
+/// Reasoning streamed beside the answer (`reasoning_content`: vLLM, DeepSeek-R1;
+/// `reasoning`: OpenRouter) and an audio answer's transcript are counted, for every
+/// choice; an audio answer's base64 data is not text and is not counted.
+#[test]
+fn reasoning_and_audio_transcripts_are_counted() {
+    let long = ["Let me think this through, step by step."; 60].concat();
+    let events = vec![
+        chunk(json!([
+            delta(0, json!({"role": "assistant", "reasoning_content": long})),
+            delta(1, json!({"role": "assistant", "reasoning": long}))
+        ])),
+        chunk(json!([
+            delta(0, json!({"content": "OK."})),
+            delta(
+                1,
+                json!({"audio": {"id": "audio_1", "transcript": long, "data": "UklGRiQAAABXQVZFZm10IBAAAAABAAEA".repeat(50)}})
+            )
+        ])),
+        chunk(json!([finish(0), finish(1)])),
+    ];
+    let up = backend(Script {
+        events,
+        refuse_first: 0,
+    });
+    let s = start(&azure("old", &up.url(), OLD, ""), &["old"], "");
+    let (prompt, charge, a) = charge_of(&s, &stream_body(json!({"n": 2})), 200);
+    let by_hand = 3 * BPE.count_text(&long) as i64 + BPE.count_text("OK.") as i64;
+    assert_eq!(counted(&a.chunks()), by_hand);
+    assert!(by_hand > 3 * 400, "{by_hand}");
+    assert_eq!(charge, prompt + by_hand);
+}
+
+/// A stream nobody asked for usage (an old api-version: Sluice could not ask, and the
+/// client did not) that volunteers one anyway: the usage only ever raises the charge. All
+/// zeros beside content and a tiny usage-only chunk are charged the count; a usage above
+/// the count is charged as reported.
+#[test]
+fn usage_nobody_asked_for_never_lowers_the_count() {
+    let long = ["A long answer that costs real tokens. "; 50].concat();
+    let usage =
+        |total: i64| json!({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": total});
+    let mut zeros = chunk(json!([delta(0, json!({"content": long}))]));
+    zeros["usage"] = json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0});
+    let mut tiny = chunk(json!([]));
+    tiny["usage"] = usage(2);
+    let mut big = chunk(json!([]));
+    big["usage"] = usage(UP_USAGE);
+    let cases = [
+        (
+            "zeros beside content",
+            vec![zeros.clone(), chunk(json!([finish(0)]))],
+            None,
+        ),
+        (
+            "a tiny usage-only chunk",
+            vec![
+                chunk(json!([delta(0, json!({"content": long}))])),
+                chunk(json!([finish(0)])),
+                tiny,
+            ],
+            None,
+        ),
+        (
+            "a usage above the count",
+            vec![zeros, chunk(json!([finish(0)])), big],
+            Some(UP_USAGE),
+        ),
+    ];
+    for (name, events, want) in cases {
+        let up = backend(Script {
+            events,
+            refuse_first: 0,
+        });
+        let s = start(&azure("old", &up.url(), OLD, ""), &["old"], "");
+        let (prompt, charge, a) = charge_of(&s, &stream_body(json!({})), 100);
+        let count = counted(&a.chunks());
+        assert_eq!(count, BPE.count_text(&long) as i64, "{name}");
+        assert_eq!(charge, want.unwrap_or(prompt + count), "{name}");
+        assert!(
+            up.requests().iter().all(|r| !has_stream_options(r)),
+            "{name}"
+        );
+        assert!(
+            s.wait_log(
+                "stream not asked for usage carried one",
+                Duration::from_secs(5)
+            ),
+            "{name}"
+        );
+    }
 }
 
 /// A deployment with `tokens.stream_usage = false` never asks, even a backend that would

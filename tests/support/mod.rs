@@ -985,6 +985,25 @@ impl Sse<'_> {
         }
     }
 
+    /// The body's next bytes up to and including the first `end` (an event's line end
+    /// twice: `b"\r\r"`, `b"\r\n\r\n"`, `b"\n\n"`), exactly as they came — no CR is
+    /// dropped, unlike [`Sse::next_event`] (do not mix the two on one body). At the end of
+    /// the body, what is left (if anything).
+    pub fn next_raw(&mut self, end: &[u8]) -> Option<Vec<u8>> {
+        loop {
+            if let Some(at) = find(&self.pending, end) {
+                return Some(self.pending.drain(..at + end.len()).collect());
+            }
+            match self.body.next_piece(&mut self.client.wire) {
+                Ok(Some(piece)) => self.pending.extend(piece),
+                Ok(None) => {
+                    return (!self.pending.is_empty()).then(|| std::mem::take(&mut self.pending))
+                }
+                Err(e) => panic!("reading an event stream: {e}"),
+            }
+        }
+    }
+
     /// Every remaining event.
     pub fn collect_rest(&mut self) -> Vec<String> {
         let mut out = Vec::new();

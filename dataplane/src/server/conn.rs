@@ -19,7 +19,7 @@ use super::io::{read_more, read_more_within, write_all_within};
 use super::local;
 use super::pool::Tenant;
 use super::stream_usage::StreamPlan;
-use super::usage_tap::{Charge, UsageTap};
+use super::usage_tap::{Charge, Counted, UsageTap};
 use super::worker::{RequestId, View, Worker};
 use crate::error::GatewayError;
 use crate::http::{parse_request, BodyFraming, ChunkedDecoder, Parse, RequestHead, ResponseHead};
@@ -421,19 +421,26 @@ impl Client {
                 );
                 None
             }
-            Charge::Counted { completion, whole } => {
-                let counted = u64::from(prompt).saturating_add(completion);
-                // A stream cut short may have produced more than was counted: never less
-                // than its reservation then.
-                let used = if whole { counted } else { counted.max(tokens) };
+            Charge::Counted(counted) => {
+                let used = counted.tokens(u64::from(prompt), tokens);
+                let Counted {
+                    completion,
+                    whole,
+                    reported,
+                } = counted;
                 tracing::info!(
                     request_id = %String::from_utf8_lossy(rid.as_bytes()),
                     deployment = %dep.name,
                     prompt_estimate = prompt,
                     completion_counted = completion,
+                    reported_total = reported.map(|u| u.total_tokens),
                     charged = used,
-                    "{}: charged the prompt estimate plus the completion counted by Sluice (usage not reported by the backend)",
-                    if whole { "stream carried no usage" } else { "stream without usage cut short" }
+                    "{}",
+                    match (reported, whole) {
+                        (Some(_), _) => "stream not asked for usage carried one: charged the larger of it and the prompt estimate plus the completion counted by Sluice",
+                        (None, true) => "stream carried no usage: charged the prompt estimate plus the completion counted by Sluice (usage not reported by the backend)",
+                        (None, false) => "stream without usage cut short: charged the prompt estimate plus the completion counted by Sluice (usage not reported by the backend)",
+                    }
                 );
                 Some(used)
             }

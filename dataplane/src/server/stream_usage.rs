@@ -90,8 +90,9 @@ impl Client {
 
 #[cfg(test)]
 mod tests {
-    use super::super::usage_tap::{Charge, UsageTap};
+    use super::super::usage_tap::{Charge, Counted, UsageTap};
     use crate::tokens::estimate::Estimator;
+    use crate::tokens::Usage;
 
     const STREAM: &[u8] =
         b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"abcdefgh\"}}]}\n\n\
@@ -117,10 +118,11 @@ data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"abc\"}}]}\n\n";
         tap.finish(&mut out);
         assert_eq!(
             tap.charge(),
-            Charge::Counted {
+            Charge::Counted(Counted {
                 completion: 2 + 1,
-                whole: true
-            }
+                whole: true,
+                reported: None
+            })
         );
     }
 
@@ -131,34 +133,130 @@ data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"abc\"}}]}\n\n";
         tap.feed(STREAM, &mut out);
         assert_eq!(
             tap.charge(),
-            Charge::Counted {
+            Charge::Counted(Counted {
                 completion: 3,
-                whole: false
-            },
+                whole: false,
+                reported: None
+            }),
             "the relay broke off mid-body"
         );
         tap.finish(&mut out);
         assert_eq!(
             tap.charge(),
-            Charge::Counted {
+            Charge::Counted(Counted {
                 completion: 3,
-                whole: false
-            },
+                whole: false,
+                reported: None
+            }),
             "the body ended without [DONE]"
         );
     }
 
-    #[test]
-    fn reported_usage_wins_over_the_count() {
+    fn usage(prompt: u64, completion: u64, total: u64) -> Usage {
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: total,
+        }
+    }
+
+    /// What a counting tap charges for `pieces` (then the body's end unless `cut`).
+    fn counted_charge(pieces: &[&[u8]], cut: bool) -> Counted {
         let mut tap = counting_tap();
+        let mut out = Vec::new();
+        for piece in pieces {
+            tap.feed(piece, &mut out);
+        }
+        if !cut {
+            tap.finish(&mut out);
+        }
+        match tap.charge() {
+            Charge::Counted(counted) => counted,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn usage_nobody_asked_for_only_raises_the_charge() {
+        const TINY: &[u8] = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}\n\n";
+        const BIG: &[u8] = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":400,\"completion_tokens\":100,\"total_tokens\":500}}\n\n";
+        // Zeros beside content: the content is counted all the same.
+        const ZERO_WITH_CONTENT: &[u8] = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"abcdefghijkl\"}}],\"usage\":{\"prompt_tokens\":0,\"completion_tokens\":0,\"total_tokens\":0}}\n\n";
+        const DONE: &[u8] = b"data: [DONE]\n\n";
+        let (prompt, reservation) = (10, 1000);
+
+        let tiny = counted_charge(&[STREAM, TINY, DONE], false);
+        assert_eq!(
+            tiny,
+            Counted {
+                completion: 3,
+                whole: true,
+                reported: Some(usage(1, 1, 2))
+            }
+        );
+        assert_eq!(tiny.tokens(prompt, reservation), 10 + 3, "the count, not 2");
+
+        let big = counted_charge(&[STREAM, BIG, DONE], false);
+        assert_eq!(
+            big.tokens(prompt, reservation),
+            500,
+            "a larger report stands"
+        );
+
+        let zero = counted_charge(&[ZERO_WITH_CONTENT, DONE], false);
+        assert_eq!((zero.completion, zero.reported), (3, Some(usage(0, 0, 0))));
+        assert_eq!(zero.tokens(prompt, reservation), 10 + 3, "never 0");
+
+        // Cut short after a report: the larger of the two, not the reservation (the
+        // backend said it was done); cut short without one: at least the reservation.
+        let cut = counted_charge(&[STREAM, TINY], true);
+        assert!(!cut.whole);
+        assert_eq!(cut.tokens(prompt, reservation), 13);
+        let cut = counted_charge(&[STREAM, BIG], true);
+        assert_eq!(cut.tokens(prompt, reservation), 500);
+        let cut = counted_charge(&[STREAM], true);
+        assert_eq!(cut.tokens(prompt, reservation), 1000);
+    }
+
+    #[test]
+    fn a_stream_asked_for_usage_is_charged_its_report_even_when_small() {
+        let mut tap = UsageTap::new(true);
+        tap.attempt(true, None);
+        tap.start(200, true);
         let mut out = Vec::new();
         tap.feed(STREAM, &mut out);
         tap.feed(
-            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\ndata: [DONE]\n\n",
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":0,\"completion_tokens\":0,\"total_tokens\":0}}\n\ndata: [DONE]\n\n",
             &mut out,
         );
         tap.finish(&mut out);
-        assert!(matches!(tap.charge(), Charge::Usage(u) if u.total_tokens == 3));
+        assert_eq!(tap.charge(), Charge::Usage(usage(0, 0, 0)));
+    }
+
+    #[test]
+    fn counting_reads_every_line_end_at_every_split() {
+        for end in ["\n", "\r\n", "\r"] {
+            let stream = [
+                "\u{feff}data: {\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"abcdefgh\"}}]}",
+                "",
+                "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"abc\"}}]}",
+                "",
+                "data: [DONE]",
+                "",
+                "",
+            ]
+            .join(end);
+            let bytes = stream.as_bytes();
+            for k in 0..=bytes.len() {
+                let got = counted_charge(&[&bytes[..k], &bytes[k..]], false);
+                let want = Counted {
+                    completion: 2 + 1,
+                    whole: true,
+                    reported: None,
+                };
+                assert_eq!(got, want, "{end:?} split at {k}");
+            }
+        }
     }
 
     #[test]
@@ -187,7 +285,10 @@ data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"abc\"}}]}\n\n";
         tap.feed(STREAM, &mut out);
         tap.feed(b"data: [DONE]\n\n", &mut out);
         tap.finish(&mut out);
-        assert!(matches!(tap.charge(), Charge::Counted { whole: true, .. }));
+        assert!(matches!(
+            tap.charge(),
+            Charge::Counted(Counted { whole: true, .. })
+        ));
         let mut off = UsageTap::new(false);
         off.attempt(true, Some(Estimator::Heuristic));
         off.start(200, true);
@@ -209,7 +310,10 @@ data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"abc\"}}]}\n\n";
         tap.feed(STREAM, &mut out);
         tap.feed(b"data: [DONE]\n\n", &mut out);
         tap.finish(&mut out);
-        let Charge::Counted { completion, whole } = tap.charge() else {
+        let Charge::Counted(Counted {
+            completion, whole, ..
+        }) = tap.charge()
+        else {
             panic!("{:?}", tap.charge());
         };
         assert!(whole);

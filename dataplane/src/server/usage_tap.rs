@@ -10,7 +10,9 @@
 //! it, nothing when it was not a success, and otherwise — a success whose usage is unknown —
 //! the reservation stands (never zero: an answer without usage must not be free). A stream
 //! known not to carry its usage (Sluice could not ask the chosen backend for it, and the
-//! client did not) is counted as it passes instead ([`UsageTap::attempt`], [`Charge::Counted`]).
+//! client did not) is counted as it passes instead ([`UsageTap::attempt`], [`Charge::Counted`]);
+//! a usage such a stream volunteers anyway is only trusted upward: the larger of it and the
+//! count is charged.
 
 use crate::tokens::completion_count::CompletionCount;
 use crate::tokens::estimate::Estimator;
@@ -37,7 +39,8 @@ pub enum UsageTap {
         /// Whether events are filtered (the output differs from the input).
         filtering: bool,
     },
-    /// Counting an SSE answer that will carry no usage (its usage still wins if it comes).
+    /// Counting an SSE answer that will carry no usage (a usage it carries anyway is kept
+    /// for [`Counted::reported`]).
     Counting {
         /// The scanner, observing (nothing is dropped: nothing was injected).
         scanner: Box<SseScanner>,
@@ -57,17 +60,42 @@ pub enum Charge {
     Nothing,
     /// The reservation stands: a success whose usage is not known, for this reason.
     Estimate(Unknown),
-    /// A stream that carried no usage, its completion counted by Sluice as it passed: the
-    /// charge is the prompt estimate plus `completion`, an estimate and not the backend's
-    /// report. `whole`: the stream ended with its last event (`[DONE]`); a stream cut short
-    /// is charged at least its reservation (what was counted may be less than what the
-    /// backend produced).
-    Counted {
-        /// Completion tokens counted.
-        completion: u64,
-        /// The stream ended whole.
-        whole: bool,
-    },
+    /// A stream not expected to carry usage (nobody asked the backend for it), its
+    /// completion counted by Sluice as it passed: see [`Counted::tokens`].
+    Counted(Counted),
+}
+
+/// What Sluice counted of a stream nobody asked the backend to report usage on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counted {
+    /// Completion tokens counted (with the deployment's estimator, per event).
+    pub completion: u64,
+    /// The stream ended with its last event (`[DONE]`).
+    pub whole: bool,
+    /// The last usage the stream carried although nobody asked for it.
+    pub reported: Option<Usage>,
+}
+
+impl Counted {
+    /// The tokens to charge, given the request's prompt estimate and its reservation: the
+    /// prompt estimate plus the completion counted — an estimate, not the backend's report.
+    /// A stream cut short is charged at least its reservation (what was counted may be less
+    /// than what the backend produced).
+    ///
+    /// A usage the stream volunteered unasked makes the charge the larger of its
+    /// `total_tokens` and the counted sum, cut short or not: nobody asked the backend for
+    /// it, so it is not known to be the backend's accounting of this answer (it may be
+    /// zeros, a per-chunk figure, or a lie) — it may raise the charge but never lower it
+    /// below what Sluice saw pass. Streams that were asked for usage are charged their
+    /// report ([`Charge::Usage`]).
+    pub fn tokens(&self, prompt: u64, reservation: u64) -> u64 {
+        let counted = prompt.saturating_add(self.completion);
+        match self.reported {
+            Some(usage) => counted.max(usage.total_tokens),
+            None if self.whole => counted,
+            None => counted.max(reservation),
+        }
+    }
 }
 
 /// Why a successful answer's usage is not known.
@@ -201,8 +229,10 @@ impl UsageTap {
                 // Past its event size bound the scanner passes the rest through unread; its
                 // bytes are counted at the end.
                 let _ = scanner.observe_with(data, |ev| {
-                    if ev.usage.is_none() && !ev.done {
-                        count.on_event_data(&event_data(ev.bytes));
+                    // A chunk carrying usage is counted too: only its choices' text counts,
+                    // and a usage beside content must not make that content free.
+                    if !ev.done {
+                        count.on_event_data(&event_data(ev.lines));
                     }
                 });
             }
@@ -227,15 +257,11 @@ impl UsageTap {
             }
             UsageTap::Counting { scanner, count } => {
                 let outcome = scanner.finish_with(|ev| {
-                    if ev.usage.is_none() && !ev.done {
-                        count.on_event_data(&event_data(ev.bytes));
+                    if !ev.done {
+                        count.on_event_data(&event_data(ev.lines));
                     }
                 });
-                UsageTap::Done(match outcome.usage {
-                    // Reported usage wins over the count, even on a stream cut after it.
-                    Some(usage) => Charge::Usage(usage),
-                    None => counted(scanner, count, !outcome.truncated),
-                })
+                UsageTap::Done(counted(scanner, count, !outcome.truncated))
             }
             _ => return,
         };
@@ -281,22 +307,20 @@ impl UsageTap {
         match self {
             UsageTap::Done(charge) => *charge,
             UsageTap::Json(_) | UsageTap::Sse { .. } => Charge::Estimate(Unknown::CutShort),
-            UsageTap::Counting { scanner, count } => match scanner.usage() {
-                Some(usage) => Charge::Usage(usage),
-                None => counted(scanner, count, false),
-            },
+            UsageTap::Counting { scanner, count } => counted(scanner, count, false),
             UsageTap::Off | UsageTap::Pending { .. } => Charge::Nothing,
         }
     }
 }
 
 /// The charge of a counted stream: what was counted, plus the unread bytes of events too
-/// large to hold, by the byte heuristic.
+/// large to hold, by the byte heuristic, and the usage it carried unasked.
 fn counted(scanner: &SseScanner, count: &CompletionCount, whole: bool) -> Charge {
     let mut count = *count;
     count.on_unread(scanner.unread_bytes());
-    Charge::Counted {
+    Charge::Counted(Counted {
         completion: count.tokens(),
         whole,
-    }
+        reported: scanner.usage(),
+    })
 }

@@ -6,8 +6,12 @@
 //! Each chat or completions chunk's text is counted as it arrives (per delta, never the
 //! stream buffered whole), for every choice (`n > 1`): chat `choices[].delta.content`,
 //! `.refusal`, `.tool_calls[].function.name` and `.arguments`, the legacy
-//! `.function_call.name` and `.arguments`; completions `choices[].text`. Every other field
-//! is skipped without being built. Counting per delta can differ from counting the joined
+//! `.function_call.name` and `.arguments`, the reasoning text some backends stream beside
+//! the answer (`.reasoning_content`: vLLM, DeepSeek; `.reasoning`: OpenRouter and others),
+//! and the transcript of an audio answer (`.audio.transcript`); completions
+//! `choices[].text`. Every other field is skipped without being built (an audio answer's
+//! base64 `data` too: its tokens are audio tokens, which no text tokenizer counts). The
+//! Responses API is not counted here: its streams always end with their usage. Counting per delta can differ from counting the joined
 //! text by a token at a delta boundary now and then; it is an estimate either way.
 
 use std::fmt;
@@ -78,6 +82,8 @@ enum Shape {
     ToolCall,
     /// A tool call's `function`, or the legacy `function_call`.
     Function,
+    /// A delta's `audio`.
+    Audio,
     /// A string that is completion text.
     Text,
 }
@@ -89,7 +95,11 @@ impl Shape {
             (Shape::Top, "choices") => Some(Shape::Choices),
             (Shape::Choice, "delta") => Some(Shape::Delta),
             (Shape::Choice, "text") => Some(Shape::Text),
-            (Shape::Delta, "content" | "refusal") => Some(Shape::Text),
+            (Shape::Delta, "content" | "refusal" | "reasoning_content" | "reasoning") => {
+                Some(Shape::Text)
+            }
+            (Shape::Delta, "audio") => Some(Shape::Audio),
+            (Shape::Audio, "transcript") => Some(Shape::Text),
             (Shape::Delta, "tool_calls") => Some(Shape::ToolCalls),
             (Shape::Delta, "function_call") => Some(Shape::Function),
             (Shape::ToolCall, "function") => Some(Shape::Function),
@@ -255,6 +265,43 @@ mod tests {
             "",
         ];
         assert_eq!(count(H, &events), 0);
+    }
+
+    #[test]
+    fn reasoning_and_audio_transcripts_are_counted_for_every_choice() {
+        let events = [
+            // vLLM / DeepSeek-R1: the reasoning streams before the answer.
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","reasoning_content":"abcdefgh"}},{"index":1,"delta":{"reasoning_content":"abcd"}}]}"#,
+            // OpenRouter-style.
+            r#"{"choices":[{"index":0,"delta":{"reasoning":"abcde"}},{"index":1,"delta":{"reasoning":"a","content":"abcd"}}]}"#,
+            // An audio answer: its transcript is text; its base64 audio is not.
+            r#"{"choices":[{"index":0,"delta":{"audio":{"id":"audio_1","transcript":"abcdefghi","data":"UklGRiQAAABXQVZFZm10IBAAAAABAAEA"}}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"audio":{"data":"UklGRiQAAABXQVZF","expires_at":1}}}]}"#,
+            // Odd shapes of these fields add nothing and break nothing.
+            r#"{"choices":[{"delta":{"reasoning":{"effort":"high"},"audio":"abcd","reasoning_content":null}}]}"#,
+        ];
+        // 8 → 2, 4 → 1; 5 → 2, 1 → 1, 4 → 1; 9 → 3.
+        assert_eq!(count(H, &events), 2 + 1 + 2 + 1 + 1 + 3);
+    }
+
+    #[test]
+    fn a_long_reasoning_is_counted_like_a_long_answer() {
+        let words = vec!["reasoning"; 2000].join(" ");
+        let est = Estimator::Bpe(Family::O200k);
+        let answer = count(
+            est,
+            &[&format!(
+                r#"{{"choices":[{{"delta":{{"content":"{words}"}}}}]}}"#
+            )],
+        );
+        for field in ["reasoning_content", "reasoning"] {
+            let event = format!(r#"{{"choices":[{{"delta":{{"{field}":"{words}"}}}}]}}"#);
+            assert_eq!(count(est, &[&event]), answer, "{field}");
+        }
+        let audio =
+            format!(r#"{{"choices":[{{"delta":{{"audio":{{"transcript":"{words}"}}}}}}]}}"#);
+        assert_eq!(count(est, &[&audio]), answer);
+        assert!(answer >= 2000);
     }
 
     #[test]

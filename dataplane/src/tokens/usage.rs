@@ -191,6 +191,10 @@ pub(crate) struct Probe {
     pub(crate) usage: Option<Usage>,
     /// How many `choices` the top level has, when it has an array of them.
     pub(crate) choices: Option<u64>,
+    /// A usage-only chunk: a top-level `usage` object (not `response.usage`) and no choice
+    /// (`choices` empty, or not an array: absent, `null`). What `include_usage` adds is
+    /// `choices: []`; some backends leave the key out.
+    pub(crate) usage_only: bool,
     /// The top-level `type` is a terminal Responses event (`response.completed`,
     /// `response.incomplete`, `response.failed`).
     pub(crate) terminal: bool,
@@ -234,6 +238,7 @@ impl<'de> Visitor<'de> for ProbeVisitor {
                 }
             }
         }
+        probe.usage_only = probe.usage.is_some() && probe.choices.unwrap_or(0) == 0;
         probe.usage = probe.usage.or(nested);
         Ok(probe)
     }

@@ -1,14 +1,18 @@
 //! [`SseScanner`]: reads a streamed answer (`text/event-stream`) as it passes through, event
 //! by event, for its usage and its end, without holding the stream back.
 //!
-//! Bytes arrive in pieces of any size. The scanner splits them into events (each ends at a
-//! blank line, LF or CRLF), decides for each complete event whether it goes to the client,
-//! and keeps back only the bytes of the one incomplete event at the end of a piece (bounded,
-//! [`DEFAULT_MAX_EVENT`]). An event that outgrows the bound goes to the client unread as it
-//! arrives, and scanning resumes with the next event: a long answer in one event never stops
-//! the usage chunk after it from being read (and dropped, when Sluice asked for it). An event is parsed as JSON only when a cheap byte search says it
-//! may hold a usage object or end a Responses stream, so the common content chunk costs a
-//! few `memchr` calls.
+//! Bytes arrive in pieces of any size. The scanner splits them into lines and events the way
+//! the SSE spec does (WHATWG HTML § 9.2.6, "Interpreting an event stream"): a line ends at
+//! CRLF, LF or a lone CR, an event ends at a blank line, and a UTF-8 byte-order mark at the
+//! very start of the stream is ignored. It decides for each complete event whether it goes
+//! to the client, and keeps back only the bytes of the one incomplete event at the end of a
+//! piece (bounded, [`DEFAULT_MAX_EVENT`]). An event that outgrows the bound goes to the client
+//! unread as it arrives, and scanning resumes with the next event: a long answer in one event
+//! never stops the usage chunk after it from being read (and dropped, when Sluice asked for
+//! it). An event is parsed as JSON only when a cheap byte search says it may hold a usage
+//! object (the key spelled `"usage"`: an escaped key such as `"us\u0061ge"` is not looked
+//! for in a stream) or end a Responses stream, so the common content chunk costs a few
+//! `memchr` calls.
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -34,12 +38,18 @@ pub enum Verdict {
 /// One complete event, as [`SseScanner::feed_with`] shows it to the caller's decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventView<'a> {
-    /// The event's bytes, its terminating blank line included.
+    /// The event's bytes as they go to the client, its terminating blank line included
+    /// (the LF of a blank line's CRLF end goes with the event too, even when it arrives in
+    /// the next piece; it is then not in `bytes`).
     pub bytes: &'a [u8],
+    /// The bytes read as SSE lines: `bytes` without the stream's leading byte-order mark
+    /// (only the first event can have one). Give these to [`event_data`].
+    pub lines: &'a [u8],
     /// The usage it carries: a chunk's `usage` object, or a Responses event's
     /// `response.usage`.
     pub usage: Option<Usage>,
-    /// A usage-only chunk: `usage` set and `choices: []` (what `include_usage` adds).
+    /// A usage-only chunk: a top-level `usage` object and no choice in it (`choices: []`
+    /// as `include_usage` adds it, or no `choices` array at all).
     pub usage_only: bool,
     /// The stream's last event: `data: [DONE]`, or `response.completed` /
     /// `response.incomplete` / `response.failed`.
@@ -83,23 +93,14 @@ impl StreamOutcome {
 /// Where the scanner is within the current line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Line {
-    /// At its start (nothing since the last LF).
+    /// At its start (nothing since the last line end).
     Empty,
-    /// After a lone CR.
-    Cr,
     /// After other bytes.
     Text,
 }
 
-impl Line {
-    fn after(self, bytes: &[u8]) -> Line {
-        match (self, bytes) {
-            (state, []) => state,
-            (Line::Empty, b"\r") => Line::Cr,
-            _ => Line::Text,
-        }
-    }
-}
+/// The UTF-8 byte-order mark a stream may begin with (ignored by SSE parsers).
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// An incremental scanner of one SSE answer body (the decoded body: no chunked framing).
 ///
@@ -116,6 +117,14 @@ pub struct SseScanner {
     /// Whether `carry` is still to be forwarded (fed, not observed).
     holding: bool,
     line: Line,
+    /// The last byte scanned was a CR (a line end): an LF first in the next piece belongs
+    /// to that line end.
+    after_cr: bool,
+    /// That CR also ended an event, which went this way: the LF goes the same way.
+    cr_event: Option<Verdict>,
+    /// How many bytes of a leading [`BOM`] the stream began with so far; `BOM.len()` once
+    /// settled either way.
+    bom: usize,
     max_event: usize,
     drop_usage_only: bool,
     /// Inside an event that outgrew `max_event`: its bytes pass through unread to its end.
@@ -136,6 +145,9 @@ impl SseScanner {
             carry: Vec::new(),
             holding: false,
             line: Line::Empty,
+            after_cr: false,
+            cr_event: None,
+            bom: 0,
             max_event: DEFAULT_MAX_EVENT,
             drop_usage_only,
             skipping: false,
@@ -154,8 +166,9 @@ impl SseScanner {
     }
 
     /// Scans the next piece of the body and appends to `out` the bytes the client should
-    /// get now: every complete event but the dropped usage-only chunks, byte for byte; an
-    /// incomplete event at the end is held back until it completes.
+    /// get now: every complete event but the dropped usage-only chunks, byte for byte (a
+    /// byte-order mark the stream began with stays, even when its first event is dropped);
+    /// an incomplete event at the end is held back until it completes.
     ///
     /// On [`SseError::EventTooLarge`] the held bytes and the rest of `input` are appended
     /// too, and the event passes through unread until it ends; the events after it are
@@ -238,8 +251,11 @@ impl SseScanner {
                     Verdict::Forward
                 }
             });
-            if verdict == Verdict::Forward && self.holding {
-                out.extend_from_slice(&carry);
+            if self.holding {
+                out.extend_from_slice(match verdict {
+                    Verdict::Forward => &carry,
+                    Verdict::Drop => self.kept_of_dropped(&carry),
+                });
             }
         }
         StreamOutcome {
@@ -266,47 +282,88 @@ impl SseScanner {
         mut out: Option<&mut Vec<u8>>,
         decide: &mut dyn FnMut(&EventView<'_>) -> Verdict,
     ) -> Result<(), SseError> {
+        if input.is_empty() {
+            return Ok(());
+        }
         // input[event_start..] is not yet part of a complete event; input[run_start..
         // event_start] holds complete events to forward, copied in one go.
         let mut event_start = 0;
         let mut run_start = 0;
         let mut line_start = 0;
-        for nl in memchr::memchr_iter(b'\n', input) {
-            let blank = self.line.after(&input[line_start..nl]) != Line::Text;
+        if std::mem::take(&mut self.after_cr) && input[0] == b'\n' {
+            // The LF of a CRLF split between pieces: the line ended at the CR. When that
+            // ended an event too, the LF goes the event's way.
+            line_start = 1;
+            if let Some(verdict) = self.cr_event {
+                event_start = 1;
+                if verdict == Verdict::Drop {
+                    run_start = 1;
+                }
+            }
+        }
+        self.cr_event = None;
+        line_start = line_start.max(self.skip_bom(input));
+        for at in memchr::memchr2_iter(b'\r', b'\n', input) {
+            if at < line_start {
+                // The LF of a CRLF, taken with its CR (or the one split off above).
+                continue;
+            }
+            let lone_cr = input[at] == b'\r' && input.get(at + 1) != Some(&b'\n');
+            let end = if input[at] == b'\r' && !lone_cr {
+                at + 2
+            } else {
+                at + 1
+            };
+            let blank = at == line_start && self.line == Line::Empty;
             self.line = Line::Empty;
-            line_start = nl + 1;
+            line_start = end;
             if !blank {
                 continue;
             }
-            let end = nl + 1;
-            if self.skipping {
+            let verdict = if self.skipping {
                 // The end of an event too large to read: it went (goes) to the client with
                 // the run, unread; the next event is read again.
                 self.skipping = false;
                 self.unread += (end - event_start) as u64;
                 self.events += 1;
+                Verdict::Forward
             } else if self.carry.is_empty() {
-                if self.on_event(&input[event_start..end], decide) == Verdict::Drop {
+                let event = &input[event_start..end];
+                let verdict = self.on_event(event, decide);
+                if verdict == Verdict::Drop {
                     if let Some(out) = out.as_deref_mut() {
                         out.extend_from_slice(&input[run_start..event_start]);
+                        out.extend_from_slice(self.kept_of_dropped(event));
                     }
                     run_start = end;
                 }
+                verdict
             } else {
                 // The event began in an earlier piece (so event_start is 0).
                 let mut event = std::mem::take(&mut self.carry);
                 event.extend_from_slice(&input[..end]);
                 let verdict = self.on_event(&event, decide);
-                if let (Verdict::Forward, Some(out)) = (verdict, out.as_deref_mut()) {
-                    out.extend_from_slice(&event);
+                if let Some(out) = out.as_deref_mut() {
+                    out.extend_from_slice(match verdict {
+                        Verdict::Forward => &event,
+                        Verdict::Drop => self.kept_of_dropped(&event),
+                    });
                 }
                 event.clear();
                 self.carry = event;
                 run_start = end;
+                verdict
+            };
+            if lone_cr && end == input.len() {
+                // An LF may still follow, in the next piece.
+                self.cr_event = Some(verdict);
             }
             event_start = end;
         }
-        self.line = self.line.after(&input[line_start..]);
+        if line_start < input.len() {
+            self.line = Line::Text;
+        }
+        self.after_cr = input[input.len() - 1] == b'\r';
         if self.skipping {
             // Still inside the oversized event: everything so far goes through now.
             self.unread += (input.len() - event_start) as u64;
@@ -340,14 +397,53 @@ impl SseScanner {
         Ok(())
     }
 
+    /// Where `input` starts after the part of a leading [`BOM`] it holds (0 once the
+    /// stream's first bytes are settled). Bytes that began a BOM but did not finish one are
+    /// text of the first line after all.
+    fn skip_bom(&mut self, input: &[u8]) -> usize {
+        let mut i = 0;
+        while self.bom < BOM.len() {
+            match input.get(i) {
+                None => return i,
+                Some(&b) if b == BOM[self.bom] => {
+                    self.bom += 1;
+                    i += 1;
+                }
+                Some(_) => {
+                    if self.bom > i {
+                        self.line = Line::Text;
+                    }
+                    self.bom = BOM.len();
+                    return 0;
+                }
+            }
+        }
+        i
+    }
+
+    /// What of an event just dropped still goes to the client: the stream's byte-order
+    /// mark, when the event was the stream's first (the mark belongs to the stream).
+    fn kept_of_dropped(&self, event: &[u8]) -> &'static [u8] {
+        if self.events == 1 && event.starts_with(BOM) {
+            BOM
+        } else {
+            b""
+        }
+    }
+
     /// Reads one complete event, records its usage and end, and asks for its verdict.
     fn on_event(
         &mut self,
         bytes: &[u8],
         decide: &mut dyn FnMut(&EventView<'_>) -> Verdict,
     ) -> Verdict {
+        let lines = match self.events {
+            // Only the stream's first bytes can be its byte-order mark.
+            0 => bytes.strip_prefix(BOM).unwrap_or(bytes),
+            _ => bytes,
+        };
         self.events += 1;
-        let view = inspect(bytes);
+        let view = inspect(bytes, lines);
         if view.usage.is_some() {
             self.usage = view.usage;
         }
@@ -363,15 +459,16 @@ impl SseScanner {
 static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
 static RESPONSE_TYPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"response."));
 
-/// What one complete event says.
-fn inspect(bytes: &[u8]) -> EventView<'_> {
+/// What one complete event says (`lines`: its bytes as read, see [`EventView::lines`]).
+fn inspect<'a>(bytes: &'a [u8], lines: &'a [u8]) -> EventView<'a> {
     let mut view = EventView {
         bytes,
+        lines,
         usage: None,
         usage_only: false,
         done: false,
     };
-    let (name, data) = fields(bytes);
+    let (name, data) = fields(lines);
     let data = data.as_ref();
     if data.trim_ascii() == b"[DONE]" {
         view.done = true;
@@ -387,7 +484,7 @@ fn inspect(bytes: &[u8]) -> EventView<'_> {
     if has_usage_object(data) || maybe_terminal {
         if let Ok(probe) = parse_probe(data) {
             view.usage = probe.usage;
-            view.usage_only = probe.usage.is_some() && probe.choices == Some(0);
+            view.usage_only = probe.usage_only;
             view.done = probe.terminal || terminal_name;
         }
     }
@@ -419,26 +516,34 @@ fn has_usage_object(data: &[u8]) -> bool {
 }
 
 /// An event's data: its `data:` lines' values joined by LF (borrowed when there is one).
+/// `event` is the event's lines ([`EventView::lines`]); a line ends at CRLF, LF or CR.
 pub fn event_data(event: &[u8]) -> Cow<'_, [u8]> {
     fields(event).1
 }
 
 /// An event's `event:` name and its data (the `data:` lines' values joined by LF; borrowed
-/// when there is one line).
+/// when there is one line). As the SSE spec reads a line: a line without a colon is a field
+/// with an empty value, one starting with a colon is a comment, and one space after the
+/// colon is not part of the value.
 fn fields(event: &[u8]) -> (Option<&[u8]>, Cow<'_, [u8]>) {
     let mut name = None;
     let mut data: Cow<'_, [u8]> = Cow::Borrowed(&[]);
     let mut lines = 0;
-    let mut start = 0;
-    let ends = memchr::memchr_iter(b'\n', event).chain(std::iter::once(event.len()));
-    for end in ends {
-        let line = &event[start..end];
-        start = (end + 1).min(event.len());
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = memchr::memchr(b':', line) else {
-            continue;
+    let mut rest = event;
+    while !rest.is_empty() {
+        let line = match memchr::memchr2(b'\r', b'\n', rest) {
+            Some(at) => {
+                let crlf = rest[at] == b'\r' && rest.get(at + 1) == Some(&b'\n');
+                let line = &rest[..at];
+                rest = &rest[at + 1 + usize::from(crlf)..];
+                line
+            }
+            None => std::mem::take(&mut rest),
         };
-        let (field, value) = (&line[..colon], &line[colon + 1..]);
+        let (field, value) = match memchr::memchr(b':', line) {
+            Some(colon) => (&line[..colon], &line[colon + 1..]),
+            None => (line, &[][..]),
+        };
         let value = value.strip_prefix(b" ").unwrap_or(value);
         match field {
             b"data" => {
@@ -456,4 +561,232 @@ fn fields(event: &[u8]) -> (Option<&[u8]>, Cow<'_, [u8]>) {
         }
     }
     (name, data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTENT: &str = r#"data: {"id":"c","choices":[{"index":0,"delta":{"content":"hello"}}]}"#;
+    const USAGE_ONLY: &str = r#"data: {"id":"c","choices":[],"usage":{"prompt_tokens":100,"completion_tokens":50,"total_tokens":150}}"#;
+    const USED: Usage = Usage {
+        prompt_tokens: 100,
+        completion_tokens: 50,
+        total_tokens: 150,
+    };
+
+    /// A stream's events, each a list of lines, with each line ended by `end`.
+    fn stream(events: &[&[&str]], end: &str) -> Vec<Vec<u8>> {
+        events
+            .iter()
+            .map(|lines| {
+                let mut ev = String::new();
+                for line in lines.iter() {
+                    ev.push_str(line);
+                    ev.push_str(end);
+                }
+                ev.push_str(end);
+                ev.into_bytes()
+            })
+            .collect()
+    }
+
+    /// Feeds `pieces`; returns what the client got, each piece's share, and the outcome.
+    fn feed_all(drop: bool, pieces: &[&[u8]]) -> (Vec<u8>, Vec<Vec<u8>>, StreamOutcome) {
+        let mut scanner = SseScanner::new(drop);
+        let mut out = Vec::new();
+        let mut shares = Vec::new();
+        for piece in pieces {
+            let before = out.len();
+            scanner.feed(piece, &mut out).unwrap();
+            shares.push(out[before..].to_vec());
+        }
+        let outcome = scanner.finish(&mut out);
+        (out, shares, outcome)
+    }
+
+    /// The events observed (their bytes as read, usage, usage-only, end) and the outcome.
+    fn observe_all(pieces: &[&[u8]]) -> (Vec<(Vec<u8>, bool, bool)>, StreamOutcome) {
+        let mut scanner = SseScanner::new(false);
+        let mut seen = Vec::new();
+        for piece in pieces {
+            scanner
+                .observe_with(piece, |ev| {
+                    seen.push((event_data(ev.lines).into_owned(), ev.usage_only, ev.done));
+                })
+                .unwrap();
+        }
+        let outcome = scanner.finish_with(|ev| {
+            seen.push((event_data(ev.lines).into_owned(), ev.usage_only, ev.done));
+        });
+        (seen, outcome)
+    }
+
+    /// Every line end the SSE spec allows, and a stream mixing them event by event.
+    fn every_line_end() -> Vec<(&'static str, Vec<Vec<u8>>)> {
+        let events: &[&[&str]] = &[
+            &[CONTENT],
+            &["event: x", ": a comment", CONTENT],
+            &[USAGE_ONLY],
+            &["data: [DONE]"],
+        ];
+        let mut all: Vec<_> = [("LF", "\n"), ("CRLF", "\r\n"), ("CR", "\r")]
+            .into_iter()
+            .map(|(name, end)| (name, stream(events, end)))
+            .collect();
+        let mixed = events
+            .iter()
+            .zip(["\r", "\r\n", "\r", "\n"])
+            .map(|(ev, end)| stream(&[ev], end).remove(0))
+            .collect();
+        all.push(("mixed", mixed));
+        all
+    }
+
+    #[test]
+    fn every_line_end_is_gated_event_by_event_at_every_split() {
+        for (name, events) in every_line_end() {
+            let whole = events.concat();
+            let want: Vec<u8> = [&events[0][..], &events[1], &events[3]].concat();
+            // Fed an event a piece, each event comes out as its piece arrives: nothing is
+            // held back waiting for a line end of another kind.
+            let pieces: Vec<&[u8]> = events.iter().map(|e| &e[..]).collect();
+            let (out, shares, outcome) = feed_all(true, &pieces);
+            assert_eq!(
+                shares,
+                [&events[0][..], &events[1], b"", &events[3]],
+                "{name}"
+            );
+            assert_eq!(out, want, "{name}");
+            assert_eq!((outcome.usage, outcome.dropped), (Some(USED), 1), "{name}");
+            // Every two-way and three-way split: the same bytes out, the same reading.
+            for i in 0..=whole.len() {
+                for j in i..=whole.len() {
+                    let pieces = [&whole[..i], &whole[i..j], &whole[j..]];
+                    let (out, _, outcome) = feed_all(true, &pieces);
+                    assert_eq!(out, want, "{name}: split at {i}, {j}");
+                    assert_eq!(outcome.usage, Some(USED), "{name}: {i}, {j}");
+                    assert_eq!(outcome.events, 4, "{name}: {i}, {j}");
+                    assert_eq!(outcome.dropped, 1, "{name}: {i}, {j}");
+                    assert!(!outcome.truncated, "{name}: {i}, {j}");
+                    let (out, _, _) = feed_all(false, &pieces);
+                    assert_eq!(out, whole, "{name}: nothing dropped, {i}, {j}");
+                }
+            }
+            let bytes: Vec<&[u8]> = whole.chunks(1).collect();
+            assert_eq!(feed_all(true, &bytes).0, want, "{name}: byte by byte");
+            let (seen, outcome) = observe_all(&bytes);
+            let data: Vec<_> = seen.iter().map(|(d, ..)| d.clone()).collect();
+            assert_eq!(
+                data,
+                [
+                    &CONTENT.as_bytes()[6..],
+                    &CONTENT.as_bytes()[6..],
+                    &USAGE_ONLY.as_bytes()[6..],
+                    b"[DONE]"
+                ],
+                "{name}"
+            );
+            assert_eq!(outcome.usage, Some(USED), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_crlf_split_after_its_cr_goes_with_its_event() {
+        let usage = format!("{USAGE_ONLY}\r\n\r\n");
+        let done = "data: [DONE]\r\n\r\n";
+        // The usage chunk's blank line ends in a piece that stops before its LF: the event
+        // is decided at once, and the LF arriving next is dropped with it.
+        let (cut, lf) = usage.as_bytes().split_at(usage.len() - 1);
+        let (out, shares, _) = feed_all(true, &[cut, lf, done.as_bytes()]);
+        assert_eq!(shares, [&b""[..], b"", done.as_bytes()]);
+        assert_eq!(out, done.as_bytes());
+        // A forwarded event's LF follows it.
+        let content = format!("{CONTENT}\r\n\r\n");
+        let (cut, lf) = content.as_bytes().split_at(content.len() - 1);
+        let (_, shares, _) = feed_all(true, &[cut, lf]);
+        assert_eq!(shares, [cut, lf]);
+        // An LF after a CR that ended only a line is part of the event being read.
+        let lines = format!("{CONTENT}\r\ndata: x\r\n\r\n");
+        let at = CONTENT.len() + 1;
+        let (_, shares, _) = feed_all(true, &[&lines.as_bytes()[..at], &lines.as_bytes()[at..]]);
+        assert_eq!(shares, [&b""[..], lines.as_bytes()]);
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_ignored_for_reading_only() {
+        let stream = format!("\u{feff}{USAGE_ONLY}\n\n{CONTENT}\n\ndata: [DONE]\n\n");
+        let bytes = stream.as_bytes();
+        let want = [&bytes[..3], &bytes[3 + USAGE_ONLY.len() + 2..]].concat();
+        for k in 0..=bytes.len() {
+            let (out, _, outcome) = feed_all(true, &[&bytes[..k], &bytes[k..]]);
+            assert_eq!(out, want, "split at {k}: the mark still goes to the client");
+            assert_eq!(outcome.usage, Some(USED), "split at {k}");
+            assert_eq!(outcome.dropped, 1, "split at {k}");
+        }
+        let (seen, _) = observe_all(&[bytes]);
+        assert!(
+            seen[0].1,
+            "the first event read without the mark is usage-only"
+        );
+        // A mark and then a blank line: the line is blank (one event of nothing, then the
+        // content); only the first event is read without a mark.
+        let stream = format!("\u{feff}\n{CONTENT}\n\n\u{feff}{USAGE_ONLY}\n\n");
+        for k in 0..=stream.len() {
+            let (s, _) = stream.as_bytes().split_at(k);
+            let (seen, outcome) = observe_all(&[s, &stream.as_bytes()[k..]]);
+            assert_eq!(outcome.events, 3, "split at {k}");
+            assert_eq!(seen[1].0, &CONTENT.as_bytes()[6..], "split at {k}");
+            assert_eq!(outcome.usage, None, "a mark later on is not skipped");
+        }
+        // Bytes that only begin a mark are text of the first line.
+        for stream in [&b"\xef\xbb\n\n"[..], b"\xef\n\n", b"\xef\xbb\xbe\n\n"] {
+            for k in 0..=stream.len() {
+                let (_, outcome) = observe_all(&[&stream[..k], &stream[k..]]);
+                assert_eq!(outcome.events, 1, "{stream:?} split at {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn usage_only_chunks_are_known_by_having_no_choice() {
+        let usage = r#""usage":{"prompt_tokens":100,"completion_tokens":50,"total_tokens":150}"#;
+        let shapes = [
+            (format!(r#"{{"id":"c",{usage}}}"#), true),
+            (format!(r#"{{"id":"c","choices":null,{usage}}}"#), true),
+            (format!(r#"{{{usage},"choices":[]}}"#), true),
+            (
+                format!(r#"{{"choices":[{{"index":0,"delta":{{"content":"x"}}}}],{usage}}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"type":"response.completed","response":{{{usage}}}}}"#),
+                false,
+            ),
+        ];
+        for (data, usage_only) in shapes {
+            let event = format!("data: {data}\n\n");
+            let (seen, outcome) = observe_all(&[event.as_bytes()]);
+            assert_eq!(seen[0].1, usage_only, "{data}");
+            assert_eq!(outcome.usage, Some(USED), "{data}");
+            let (out, _, _) = feed_all(true, &[event.as_bytes()]);
+            assert_eq!(out.is_empty(), usage_only, "{data}");
+        }
+    }
+
+    #[test]
+    fn fields_are_read_as_the_spec_reads_them() {
+        // A line without a colon is a field with an empty value; a comment is skipped; one
+        // space after the colon is dropped, a second is kept.
+        assert_eq!(
+            &*event_data(b"data\r: c\rdata:x\r\ndata:  y\nid: 1\n\n"),
+            b"\nx\n y"
+        );
+        assert_eq!(&*event_data(b"data: [DONE]\r\r"), b"[DONE]");
+        let (name, data) = fields(b"event: response.completed\rdata: {}\r\r");
+        assert_eq!(
+            (name, &*data),
+            (Some(&b"response.completed"[..]), &b"{}"[..])
+        );
+    }
 }
