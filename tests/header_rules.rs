@@ -735,3 +735,27 @@ fn response_names_sluice_sets_are_never_sent_twice_or_forged() {
         .iter()
         .any(|(n, _)| n.eq_ignore_ascii_case("x-upstream_request-id")));
 }
+
+/// The headers asking for Sluice's trace are Sluice's: a gateway behind it (APIM) never sees
+/// `Ocp-Apim-Trace` or `x-sluice-trace`.
+#[test]
+fn trace_requests_are_not_forwarded() {
+    let up = Upstream::json(upstream_chat_answer("m"));
+    let s = gateway(&up, "");
+    let resp = s.request(
+        "POST",
+        CHAT_TARGET,
+        &[
+            ("Content-Type", "application/json"),
+            ("Ocp-Apim-Trace", "true"),
+            ("x-sluice-trace", "true"),
+        ],
+        &chat_json(),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let head = &up.requests()[0].head;
+    assert!(
+        !head.has("ocp-apim-trace") && !head.has("x-sluice-trace"),
+        "{head:?}"
+    );
+}

@@ -410,3 +410,18 @@ fn large_request_body_reaches_the_mock() {
     assert_chat_completion(&resp, "gpt-4o");
     assert!(resp.json()["usage"]["prompt_tokens"].as_u64().unwrap() > 10_000);
 }
+
+/// The body's `model` is the deployment's on the built-in mock too: a client naming another
+/// model on an Azure deployment path is answered as that deployment.
+#[test]
+fn the_mock_answers_as_the_authorized_deployment() {
+    let s = Launch::new(MOCK_BODY).start();
+    let mut body = chat_body(Some("whatever-model"), false);
+    body["max_tokens"] = serde_json::json!(5);
+    let resp = s.post_json(
+        "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+        &body,
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["model"], "gpt-4o");
+}

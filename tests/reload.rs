@@ -487,4 +487,8 @@ fn sigint_shuts_down_gracefully() {
         .unwrap_or_else(|| panic!("still running 5 s after SIGINT; log:\n{}", s.log()));
     assert!(status.success(), "exit status {status}");
     assert!(s.log().contains("shutting down"), "{}", s.log());
+    assert!(
+        !s.ready_path.exists(),
+        "the ready file is removed at shutdown"
+    );
 }

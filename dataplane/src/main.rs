@@ -34,7 +34,7 @@ struct Cli {
     driver: DriverChoice,
     /// Once every worker listens, write the listen addresses here, one `IP:PORT` per line
     /// (a port 0 in the config resolved to the one bound). Written whole (a temporary file
-    /// renamed), so a reader never sees part of it.
+    /// renamed), so a reader never sees part of it; removed at shutdown.
     #[arg(long, value_name = "FILE")]
     ready_file: Option<PathBuf>,
 }
@@ -139,6 +139,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     shared.begin_shutdown();
     // Workers stop on their own at the grace deadline; the margin covers their last writes.
     let finished = running.join(Instant::now() + grace + Duration::from_secs(2));
+    // No longer listening: a script waiting for the file must not find a stale one.
+    if let Some(path) = &cli.ready_file {
+        let _ = std::fs::remove_file(path);
+    }
     if finished {
         tracing::info!("sluice stopped");
     } else {

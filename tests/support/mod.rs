@@ -256,7 +256,7 @@ pub struct Sluice {
     /// Its captured stderr.
     pub log_path: PathBuf,
     /// Where it writes its listen addresses once ready (`--ready-file`).
-    ready_path: PathBuf,
+    pub ready_path: PathBuf,
     server_extra: String,
     _dir: TempDir,
 }

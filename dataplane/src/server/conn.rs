@@ -439,7 +439,7 @@ impl Client {
                     match (reported, whole) {
                         (Some(_), _) => "stream not asked for usage carried one: charged the larger of it and the prompt estimate plus the completion counted by Sluice",
                         (None, true) => "stream carried no usage: charged the prompt estimate plus the completion counted by Sluice (usage not reported by the backend)",
-                        (None, false) => "stream without usage cut short: charged the prompt estimate plus the completion counted by Sluice (usage not reported by the backend)",
+                        (None, false) => "stream without usage cut short: charged the larger of its reservation and the prompt estimate plus the completion counted by Sluice",
                     }
                 );
                 Some(used)

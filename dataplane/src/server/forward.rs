@@ -52,6 +52,9 @@ const DROPPED_REQUEST_HEADERS: &[&str] = &[
     "x-request-id",
     "x-forwarded-for",
     "x-forwarded-proto",
+    // Asks for Sluice's trace; a gateway behind (APIM) must not take it as asked of it.
+    "ocp-apim-trace",
+    "x-sluice-trace",
 ];
 
 /// How to reach and authenticate to one HTTP backend.
@@ -150,7 +153,10 @@ impl Client {
             let injected = self.plan_attempt(backend.kind.accepts_stream_options());
             let target = match &backend.kind {
                 BackendKind::Mock(settings) => {
-                    result = Some(self.serve_mock(settings, op, rid, close, injected).await);
+                    result = Some(
+                        self.serve_mock(settings, &dep.name, op, rid, close, injected)
+                            .await,
+                    );
                     break;
                 }
                 BackendKind::Azure(a) => HttpTarget {
@@ -195,7 +201,13 @@ impl Client {
                             SERVER_ERROR_COOL_DOWN
                         });
                         backend.health.cool_down(now_millis(), cool);
-                        tracing::debug!(backend = %backend.name, status, "backend refused; trying the next one");
+                        tracing::info!(
+                            request_id = %String::from_utf8_lossy(rid.as_bytes()),
+                            backend = %backend.name,
+                            status,
+                            cool_down_ms = cool.as_millis() as u64,
+                            "backend refused the request; cooling it down and trying the next one"
+                        );
                         drop(upstream);
                         continue;
                     }
@@ -215,6 +227,11 @@ impl Client {
                 }
                 Err(SendError::Timeout) => {
                     self.usage.no_answer();
+                    tracing::warn!(
+                        request_id = %String::from_utf8_lossy(rid.as_bytes()),
+                        backend = %backend.name,
+                        "backend sent no answer within upstream_first_byte; 504"
+                    );
                     last_error = GatewayError::upstream_timeout();
                     break;
                 }

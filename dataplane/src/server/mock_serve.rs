@@ -7,15 +7,19 @@ use super::local::{common_headers, json_response, status_line};
 use super::relay::frame;
 use super::worker::RequestId;
 use crate::http::LAST_CHUNK;
+use crate::json_edit::set_string_member;
 use crate::mock::{self, MockReply, MockSettings};
 use crate::route::Operation;
 
 impl Client {
     /// Answers the current request from the mock backend `settings`; `injected`: with the
-    /// body Sluice added `stream_options.include_usage` to.
+    /// body Sluice added `stream_options.include_usage` to. A body naming another `model`
+    /// than `deployment` (the one the caller was authorized for) is answered as the
+    /// deployment, as a real backend would be sent it (see `build_upstream_request`).
     pub(super) async fn serve_mock(
         &mut self,
         settings: &MockSettings,
+        deployment: &str,
         op: Operation,
         rid: &RequestId,
         close: bool,
@@ -32,7 +36,21 @@ impl Client {
             .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
                 (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
             });
-        let reply = mock::reply(settings, op, self.attempt_body(injected), created, seed);
+        let body = self.attempt_body(injected);
+        let pinned = match set_string_member(body, "model", deployment, false) {
+            Ok(pinned) => pinned,
+            Err(e) => {
+                let err = e.into_gateway_error("model");
+                return self.respond_error(*rid, &err, close).await;
+            }
+        };
+        let reply = mock::reply(
+            settings,
+            op,
+            pinned.as_deref().unwrap_or(body),
+            created,
+            seed,
+        );
         if !settings.latency.is_zero()
             && sleep_watching(settings.latency, &self.stream)
                 .await
