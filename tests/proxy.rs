@@ -425,3 +425,77 @@ fn the_mock_answers_as_the_authorized_deployment() {
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(resp.json()["model"], "gpt-4o");
 }
+
+/// The README's quick start, as a process: examples/quickstart.toml (on port 0 instead of
+/// 8080) serves the README's requests with the demo key — chat OpenAI and Azure style, a
+/// stream, embeddings and the deployment list — and refuses a request without it.
+#[test]
+fn the_quick_start_serves_the_readme_requests() {
+    let text = std::fs::read_to_string(workspace_root().join("examples/quickstart.toml")).unwrap();
+    let text = text.replace(
+        "listen = [\"127.0.0.1:8080\"]",
+        "listen = [\"127.0.0.1:0\"]",
+    );
+    assert!(
+        text.contains("127.0.0.1:0"),
+        "the example's listen line moved"
+    );
+    let s = Launch::file(&text).workers_from_config().start();
+    let key = [
+        ("Content-Type", "application/json"),
+        ("api-key", "sluice-demo-key"),
+    ];
+    let hello = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]});
+    let chat = post_json_with(&s, "/v1/chat/completions", &key, &hello);
+    assert_eq!(chat.status, 200, "{}", chat.text());
+    assert_eq!(chat.json()["object"], "chat.completion");
+    assert!(
+        chat.header("x-ratelimit-remaining-tokens").is_some(),
+        "{:?}",
+        chat.head
+    );
+    let azure = post_json_with(
+        &s,
+        "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+        &key,
+        &serde_json::json!({"messages": [{"role": "user", "content": "Hello"}]}),
+    );
+    assert_eq!(azure.status, 200, "{}", azure.text());
+    let embeddings = post_json_with(
+        &s,
+        "/v1/embeddings",
+        &key,
+        &serde_json::json!({"model": "text-embedding-3-small", "input": "The food was delicious"}),
+    );
+    assert_eq!(embeddings.status, 200, "{}", embeddings.text());
+    let mut c = s.connect();
+    let mut streamed = hello.clone();
+    streamed["stream"] = serde_json::json!(true);
+    let (head, mut sse) = c.stream(
+        "POST",
+        "/v1/chat/completions",
+        &key,
+        &serde_json::to_vec(&streamed).unwrap(),
+    );
+    assert_eq!(head.status(), 200);
+    let events = sse.collect_rest();
+    assert_eq!(events.last().and_then(|e| event_data(e)), Some("[DONE]"));
+    let models = s.request("GET", "/v1/models", &[("api-key", "sluice-demo-key")], b"");
+    assert_eq!(models.status, 200);
+    let refused = post_json_with(
+        &s,
+        "/v1/chat/completions",
+        &[("Content-Type", "application/json")],
+        &hello,
+    );
+    assert_eq!(refused.status, 401, "without the key: {}", refused.text());
+}
+
+fn post_json_with(
+    s: &Sluice,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &serde_json::Value,
+) -> Response {
+    s.request("POST", target, headers, &serde_json::to_vec(body).unwrap())
+}

@@ -128,6 +128,8 @@ pub struct Launch {
     workers: Option<usize>,
     /// How many `127.0.0.1:0` listen addresses.
     listeners: usize,
+    /// A whole config file to run as it is (see [`Launch::file`]).
+    file: Option<String>,
     driver: Option<String>,
     server_extra: String,
     body: String,
@@ -140,6 +142,7 @@ impl Launch {
         Launch {
             workers: Some(1),
             listeners: 1,
+            file: None,
             driver: None,
             server_extra: String::new(),
             body: body.to_string(),
@@ -157,6 +160,14 @@ impl Launch {
     pub fn workers_from_config(mut self) -> Launch {
         self.workers = None;
         self
+    }
+
+    /// Runs this whole config file (its `[server] listen` must be one `127.0.0.1:0`).
+    pub fn file(text: &str) -> Launch {
+        Launch {
+            file: Some(text.to_string()),
+            ..Launch::new("")
+        }
     }
 
     /// Listen on `n` addresses (`127.0.0.1:0` each).
@@ -201,11 +212,11 @@ impl Launch {
         // Port 0: the kernel picks a free port when Sluice binds, so no other process can be
         // handed the same one; Sluice says which in its ready file.
         let ports = vec![0; self.listeners];
-        fs::write(
-            &config_path,
-            config_listening(&ports, &self.server_extra, &self.body),
-        )
-        .expect("write config");
+        let text = match &self.file {
+            Some(text) => text.clone(),
+            None => config_listening(&ports, &self.server_extra, &self.body),
+        };
+        fs::write(&config_path, text).expect("write config");
         let log = fs::File::create(&log_path).expect("create log file");
         let out = dir.path().join("stdout.log");
         let out = fs::File::create(out).expect("create stdout file");

@@ -512,6 +512,53 @@ backends = [{ backend = "m" }, { backend = "a" }, { backend = "o" }]
 "#;
         let snapshot = compile(text).unwrap();
         assert_eq!(snapshot.server, ServerSettings::default());
+        // The defaults themselves, as the README's config reference states them.
+        let server = &snapshot.server;
+        assert_eq!(
+            server.listen,
+            vec![SocketAddr::from(([127, 0, 0, 1], 8080))]
+        );
+        assert_eq!(server.workers, None);
+        assert_eq!(server.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(
+            server.headers_with_underscores,
+            HeadersWithUnderscores::DropHeader
+        );
+        let l = &server.limits;
+        assert_eq!(
+            (
+                l.max_request_line,
+                l.max_head,
+                l.max_headers,
+                l.max_body,
+                l.min_body_rate
+            ),
+            (8192, 65536, 100, 32 * 1024 * 1024, 1024)
+        );
+        let t = &server.timeouts;
+        let secs = Duration::from_secs;
+        assert_eq!(
+            [
+                t.head_read,
+                t.keepalive_idle,
+                t.body_read,
+                t.body_rate_grace,
+                t.upstream_connect,
+                t.upstream_first_byte,
+                t.stream_idle,
+                t.send
+            ],
+            [
+                secs(10),
+                secs(75),
+                secs(30),
+                secs(5),
+                secs(5),
+                secs(120),
+                secs(300),
+                secs(60)
+            ]
+        );
         let BackendKind::Mock(mock) = &snapshot.backends[0].kind else {
             panic!("not a mock");
         };
