@@ -148,6 +148,16 @@ fn wait_booked(s: &Sluice) {
     );
 }
 
+/// Asserts the backend saw its connection close well before it would have answered: the
+/// upstream request was cancelled (`what` says what ran on otherwise).
+fn assert_cancelled_early(seen: &Receiver<Option<Duration>>, driver: &str, what: &str) {
+    let closed = wait_seen(seen).unwrap_or_else(|| panic!("{driver}: {what}"));
+    assert!(
+        closed < BACKEND_DELAY - Duration::from_secs(2),
+        "{driver}: the upstream connection closed only after {closed:?}"
+    );
+}
+
 fn wait_seen(seen: &Receiver<Option<Duration>>) -> Option<Duration> {
     seen.recv_timeout(BACKEND_DELAY + Duration::from_secs(5))
         .expect("the backend reported on the abandoned request")
@@ -166,12 +176,10 @@ fn a_client_that_leaves_before_the_answer_cancels_the_upstream_request() {
         c.send(&chat_request(KEY_A, false, true));
         thread::sleep(CLIENT_PATIENCE);
         drop(c);
-        let closed = wait_seen(&seen).unwrap_or_else(|| {
-            panic!("{driver}: the upstream request ran on to its answer after the client left")
-        });
-        assert!(
-            closed < BACKEND_DELAY - Duration::from_secs(2),
-            "{driver}: the upstream connection closed only after {closed:?}"
+        assert_cancelled_early(
+            &seen,
+            driver,
+            "the upstream request ran on to its answer after the client left",
         );
         wait_booked(&s);
         let (cost, reservation) = cost_of_abandoned(&s);
@@ -198,12 +206,10 @@ fn a_client_that_leaves_mid_stream_cancels_the_upstream_request() {
         thread::sleep(CLIENT_PATIENCE);
         // The first event is still unread: this close is a reset.
         drop(c);
-        let closed = wait_seen(&seen).unwrap_or_else(|| {
-            panic!("{driver}: the upstream stream ran on after the client left")
-        });
-        assert!(
-            closed < BACKEND_DELAY - Duration::from_secs(2),
-            "{driver}: the upstream connection closed only after {closed:?}"
+        assert_cancelled_early(
+            &seen,
+            driver,
+            "the upstream stream ran on after the client left",
         );
         wait_booked(&s);
         let (cost, reservation) = cost_of_abandoned(&s);
@@ -371,12 +377,10 @@ fn bytes_sent_before_the_close_do_not_hide_it() {
         c.send(b"GET /v1/mo");
         thread::sleep(Duration::from_millis(100));
         drop(c);
-        let closed = wait_seen(&seen).unwrap_or_else(|| {
-            panic!("{driver}: the upstream request ran on to its answer after the client left")
-        });
-        assert!(
-            closed < BACKEND_DELAY - Duration::from_secs(2),
-            "{driver}: the upstream connection closed only after {closed:?}"
+        assert_cancelled_early(
+            &seen,
+            driver,
+            "the upstream request ran on to its answer after the client left",
         );
         wait_booked(&s);
     }

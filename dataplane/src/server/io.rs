@@ -1,5 +1,7 @@
-//! Small I/O helpers over monoio's owned-buffer API, and the socket's descriptor for the
-//! few plain syscalls monoio does not offer (a non-blocking peek, an abortive close).
+//! Small I/O helpers over monoio's owned-buffer API: reads bounded by a deadline (and by the
+//! client staying, [`watching_client`]), and the socket's descriptor for the few plain
+//! syscalls monoio does not offer (a non-blocking peek, a zero-timeout poll, an abortive
+//! close).
 
 use std::future::Future;
 use std::io;
