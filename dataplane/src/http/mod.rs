@@ -57,6 +57,15 @@ pub enum Parse {
     Partial,
 }
 
+/// Appends one header line, `{name}: {value}\r\n` (RFC 9112 §5: no validation here; callers
+/// write names and values they produced or already parsed).
+pub fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Whether `name` is a hop-by-hop header field, which a proxy must not forward
 /// (compared case-insensitively): `connection`, `keep-alive`, `proxy-connection`, `te`,
 /// `trailer`, `transfer-encoding`, `upgrade`, `proxy-authenticate`, `proxy-authorization`.

@@ -182,6 +182,7 @@ pub struct IpGate {
 /// estimated from it): [`admit`] decides them with the request's other limits.
 pub fn gate_client_ip(
     worker: &WorkerLimits,
+    clock: &dyn Clock,
     access: &Access,
     ids: &[LimitId],
     client_ip: IpAddr,
@@ -197,7 +198,6 @@ pub fn gate_client_ip(
         // No clock read when nothing is gated.
         return Ok(gate);
     }
-    let clock = SystemClock;
     let (now, unix) = (clock.now_nanos(), clock.unix_secs());
     for (index, limit, id) in gated {
         let key = LimitKey {
@@ -232,6 +232,7 @@ pub fn gate_client_ip(
 /// given back here (a request refused at admission still counts against its address).
 pub fn admit(
     worker: &WorkerLimits,
+    clock: &dyn Clock,
     ask: &Ask<'_>,
     gate: IpGate,
 ) -> Result<Admission, GatewayError> {
@@ -260,7 +261,6 @@ pub fn admit(
         gate_trace(&mut admission, ask, &gate);
         return Ok(admission);
     }
-    let clock = SystemClock;
     let (now, unix) = (clock.now_nanos(), clock.unix_secs());
     for &index in product_limits
         .iter()
@@ -302,7 +302,7 @@ pub fn admit(
                 admission.held.push(held);
             }
             Decision::Deny(denial) => {
-                settle(worker, &mut admission, Outcome::Refused);
+                settle(worker, clock, &mut admission, Outcome::Refused);
                 return Err(refusal(limit, &denial));
             }
         }
@@ -425,8 +425,12 @@ fn gate_trace(admission: &mut Admission, ask: &Ask<'_>, gate: &IpGate) {
 }
 
 /// Settles what `admission` holds once the request's fate is known.
-pub fn settle(worker: &WorkerLimits, admission: &mut Admission, outcome: Outcome) {
-    let clock = SystemClock;
+pub fn settle(
+    worker: &WorkerLimits,
+    clock: &dyn Clock,
+    admission: &mut Admission,
+    outcome: Outcome,
+) {
     let (now, unix) = (clock.now_nanos(), clock.unix_secs());
     for held in admission.held.drain(..) {
         let actual = match outcome {

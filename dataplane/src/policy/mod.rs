@@ -1,10 +1,22 @@
-//! Request policies that need more than routing: who is calling ([`identity`]) and how much
-//! they may ([`admission`]). Each is built once per config snapshot ([`AccessRuntime`]) and
-//! consulted by the server at its step of the request path (DESIGN.md: authenticate,
-//! authorize, limit, account).
+//! The request pipeline: one context per request ([`context`]), the phases and the policy
+//! interface ([`phase`]), and the policies, one module each — [`admit`] (the client-IP gate,
+//! admission and settlement by the limits), [`authenticate`] (keys, JWTs, products),
+//! [`trace`] (the trace header) and [`usage`] (reading the answer's token usage) — assembled
+//! in [`pipeline`]. The decisions they take are pure functions of the snapshot, the context
+//! and the time: [`identity`] (who is calling) and [`admission`] (how much they may).
+//!
+//! The runtime side of a snapshot's access config ([`AccessRuntime`]) is built once per
+//! config and read by every worker.
 
 pub mod admission;
+pub mod admit;
+pub mod authenticate;
+pub mod context;
 pub mod identity;
+pub mod phase;
+pub mod pipeline;
+pub mod trace;
+pub mod usage;
 
 use crate::limit::LimitId;
 use crate::snapshot::Snapshot;

@@ -17,23 +17,16 @@ use super::body_deadline::BodyDeadline;
 use super::forward::refused_header_name;
 use super::io::{read_more, read_more_within, write_all_within};
 use super::local;
-use super::pool::Tenant;
-use super::stream_usage::StreamPlan;
-use super::usage_tap::{Charge, Counted, UsageTap};
-use super::worker::{RequestId, View, Worker};
-use crate::error::GatewayError;
+use super::worker::{View, Worker};
+use crate::error::{Fault, GatewayError};
 use crate::http::{parse_request, BodyFraming, ChunkedDecoder, Parse, RequestHead, ResponseHead};
 use crate::json_edit;
-use crate::policy::admission::{admit, gate_client_ip, settle, Admission, Ask, Outcome};
-use crate::policy::identity::{authorize, authorize_operation};
+use crate::limit::SystemClock;
+use crate::policy::admission::gate_client_ip;
+use crate::policy::context::{Attempt, End, RequestCtx, RequestId};
+use crate::policy::phase::{Env, Pipeline, Policy, Request};
 use crate::route::{route, DeploymentRef, Operation, RouteError};
-use crate::snapshot::access::{
-    Estimator as EstimatorChoice, LimitUnit, TokenSettings, TokenizerFamily,
-};
 use crate::snapshot::HeadersWithUnderscores;
-use crate::tokens::estimate::{
-    family_for_model, reservation, Estimator, FactsError, Family, RequestFacts,
-};
 
 /// Whether the connection goes on after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,25 +62,19 @@ pub(super) struct Client {
     pub(super) scratch: Vec<u8>,
     /// Selection candidates, reused.
     pub(super) candidates: Vec<usize>,
-    /// Header lines every answer to the current request carries (x-ratelimit-*).
-    pub(super) extra: Vec<u8>,
-    /// The trace of the current request, when the client asked and may have it.
-    pub(super) trace: Option<String>,
-    /// Reads the answer's token usage, when a token limit must be settled.
-    pub(super) usage: UsageTap,
     /// What the usage tap lets through when it filters, reused.
     pub(super) filtered: Vec<u8>,
-    /// How the current request's stream is accounted (a streamed chat or completions
-    /// request under a token limit), resolved per attempt ([`Client::plan_attempt`]).
-    pub(super) stream_plan: Option<StreamPlan>,
-    /// The current request's body with `stream_options.include_usage` added, built on the
-    /// first attempt that sends it.
-    pub(super) injected: Option<Vec<u8>>,
+    /// The attempts buffer of the request contexts, reused.
+    attempts: Vec<Attempt>,
+    /// The answer-header buffer of the request contexts, reused.
+    answer_headers: Vec<u8>,
+    /// Bytes written to the client for the current request.
+    sent: u64,
+    /// When the first byte of the current request's answer went out.
+    first_out: Option<Instant>,
     /// The connection ends after an error answer: drain what the client is still sending
     /// before closing, so the kernel does not reset the connection under the answer.
     linger: bool,
-    /// Whose upstream connections the current request may use (see [`Tenant`]).
-    pub(super) tenant: Tenant,
     /// How long one write to this client may take (`server.timeouts.send` of the snapshot
     /// the current request runs on).
     pub(super) send_timeout: Duration,
@@ -96,8 +83,14 @@ pub(super) struct Client {
     fresh: bool,
 }
 
-/// Serves one client connection until it closes, errs, idles out or the worker shuts down.
-pub(super) async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
+/// Serves one client connection until it closes, errs, idles out or the worker shuts down,
+/// each request through `policies`.
+pub(super) async fn serve<P: Policy>(
+    worker: &Rc<Worker>,
+    policies: &P,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
     let _ = stream.set_nodelay(true);
     let mut client = Client {
         stream,
@@ -115,18 +108,16 @@ pub(super) async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAd
         candidates: Vec::new(),
         linger: false,
         fresh: true,
-        tenant: Tenant::Address(peer.ip()),
         send_timeout: crate::snapshot::Timeouts::default().send,
-        extra: Vec::new(),
-        trace: None,
-        usage: UsageTap::Off,
         filtered: Vec::new(),
-        stream_plan: None,
-        injected: None,
+        attempts: Vec::new(),
+        answer_headers: Vec::new(),
+        sent: 0,
+        first_out: None,
     };
     loop {
         let view = worker.view();
-        if client.one_request(worker, &view).await == Next::Close {
+        if client.one_request(worker, policies, &view).await == Next::Close {
             break;
         }
         client.finish_request();
@@ -156,7 +147,7 @@ impl Client {
         self.fresh = false;
     }
 
-    async fn one_request(&mut self, worker: &Worker, view: &View) -> Next {
+    async fn one_request<P: Policy>(&mut self, worker: &Worker, policies: &P, view: &View) -> Next {
         let server = &view.snapshot.server;
         let (limits, timeouts) = (server.limits, server.timeouts);
         self.send_timeout = timeouts.send;
@@ -223,258 +214,136 @@ impl Client {
             }
         }
 
+        // The head is parsed: from here on the request has a context, and `on_complete` runs
+        // once whatever becomes of it.
         let rid = self
             .head
             .header(&self.buf, "x-request-id")
             .and_then(RequestId::from_client)
             .unwrap_or_else(|| worker.next_request_id());
+        let mut ctx = RequestCtx::new(
+            rid,
+            self.peer.ip(),
+            Instant::now(),
+            std::mem::take(&mut self.attempts),
+            std::mem::take(&mut self.answer_headers),
+        );
+        let pipeline = Pipeline {
+            policies,
+            env: Env {
+                snapshot: &view.snapshot.snapshot,
+                runtime: &view.snapshot.runtime,
+                limits: &worker.limits,
+                clock: &SystemClock,
+            },
+        };
+        (self.sent, self.first_out) = (0, None);
+        let next = self.exchange(worker, view, &pipeline, &mut ctx).await;
+        ctx.bytes_out = self.sent;
+        ctx.timings.first_byte_out = self.first_out;
+        pipeline.on_complete(&mut ctx);
+        (self.attempts, self.answer_headers) = ctx.into_buffers();
+        next
+    }
+
+    /// Takes a request whose head is parsed through the pipeline's phases to its answer.
+    async fn exchange<'v, P: Policy>(
+        &mut self,
+        worker: &Worker,
+        view: &'v View,
+        pipeline: &Pipeline<'v, P>,
+        ctx: &mut RequestCtx<'v>,
+    ) -> Next {
+        let server = &view.snapshot.server;
         // HTTP/1.0 clients get one request per connection: keeping them alive would need a
         // `connection: keep-alive` answer and close-delimited streams, for a legacy protocol.
         let close =
             !self.head.keep_alive || self.head.minor_version == 0 || worker.shutdown.is_fired();
 
-        let access = &view.snapshot.access;
-
-        // The client-IP gate comes first: every request counts against its address, whatever
-        // becomes of it (an unknown path, a wrong key), since that limit is what slows down
-        // credential guessing.
-        let gate = match gate_client_ip(
-            &worker.limits,
-            access,
-            &view.snapshot.runtime.limit_ids,
-            self.peer.ip(),
-        ) {
-            Ok(gate) => gate,
-            Err(err) => return self.refuse(rid, &err, close).await,
-        };
-
         // Header names a backend could fold into framing or credentials, refused outright
-        // when so configured (else they are dropped when the request is forwarded).
-        if server.headers_with_underscores == HeadersWithUnderscores::RejectRequest {
-            if let Some(err) = refused_header_name(&self.buf, &self.head.headers) {
-                return self.refuse(rid, &err, close).await;
-            }
-        }
-
-        // Route and authenticate before reading the body: a refused request's body is never
-        // read (nor asked for with `100 Continue`).
-        let routed = match route(self.head.method(&self.buf), self.head.target(&self.buf)) {
-            Ok(r) => Ok((r.operation, self.deployment_range(r.deployment))),
-            Err(e) => Err(match e {
-                RouteError::NotFound => GatewayError::not_found(),
-                RouteError::MethodNotAllowed(m) => GatewayError::method_not_allowed(m),
-                RouteError::MissingApiVersion => GatewayError::invalid_request(
-                    "Missing required query parameter: api-version.",
-                    Some("api-version"),
-                ),
-            }),
-        };
-        let (op, deployment) = match routed {
-            Ok(r) => r,
-            Err(err) => return self.refuse(rid, &err, close).await,
-        };
-        let caller = match &view.snapshot.runtime.identity {
-            Some(identity) => {
-                match identity.authenticate(access, &self.head, &self.buf, unix_now()) {
-                    Ok(caller) => Some(caller),
-                    Err(err) => return self.refuse(rid, &err, close).await,
+        // when so configured (else they are dropped when the request is forwarded); then the
+        // route. Either refusal is answered after `on_request` (the client-IP gate counts
+        // every request, whatever becomes of it) and before anything reads the body: a
+        // refused request's body is never read (nor asked for with `100 Continue`).
+        let mut deployment = None;
+        let refused_name = (server.headers_with_underscores
+            == HeadersWithUnderscores::RejectRequest)
+            .then(|| refused_header_name(&self.buf, &self.head.headers))
+            .flatten();
+        let refused = match refused_name {
+            Some(err) => Some(err),
+            None => match route(self.head.method(&self.buf), self.head.target(&self.buf)) {
+                Ok(r) => {
+                    ctx.operation = Some(r.operation);
+                    deployment = self.deployment_range(r.deployment);
+                    None
                 }
+                Err(e) => Some(match e {
+                    RouteError::NotFound => GatewayError::not_found(),
+                    RouteError::MethodNotAllowed(m) => GatewayError::method_not_allowed(m),
+                    RouteError::MissingApiVersion => GatewayError::invalid_request(
+                        "Missing required query parameter: api-version.",
+                        Some("api-version"),
+                    ),
+                }),
+            },
+        };
+        let flow = pipeline.on_request(ctx, &self.request());
+        let op = match (flow.into_error().or(refused), ctx.operation) {
+            (None, Some(op)) => op,
+            (err, _) => {
+                let err = err.unwrap_or_else(GatewayError::not_found);
+                return self.refuse(ctx, &err, close).await;
             }
-            None => None,
         };
 
-        if let Err(err) = self.read_body(&limits, &timeouts).await {
-            return match err {
-                Some(err) => self.respond_error(rid, &err, true).await,
-                None => Next::Close,
+        match self.read_body(&server.limits, &server.timeouts).await {
+            Ok(raw) => ctx.bytes_in = (self.head.head_len + raw) as u64,
+            Err(Some(err)) => return self.answer_error(ctx, &err, true).await,
+            Err(None) => {
+                ctx.end = End::ClientGone;
+                return Next::Close;
+            }
+        }
+        // The 100 Continue is not the answer.
+        (self.sent, self.first_out) = (0, None);
+
+        if op != Operation::Models {
+            let name = match self.deployment_name(deployment) {
+                Ok(name) => name,
+                Err(err) => return self.answer_error(ctx, &err, close).await,
             };
+            let Some(dep) = view.snapshot.deployments.get(&*name) else {
+                let err = GatewayError::deployment_not_found(&name);
+                return self.answer_error(ctx, &err, close).await;
+            };
+            ctx.deployment = Some(dep);
+        }
+        if let Some(err) = pipeline.on_request_body(ctx, &self.request()).into_error() {
+            return self.answer_error(ctx, &err, close).await;
         }
 
-        if op == Operation::Models {
+        let Some(dep) = ctx.deployment else {
             // The list names what the caller's product allows.
-            let product = match &caller {
-                Some(c) => match authorize_operation(access, c, op) {
-                    Ok(p) => Some(p),
-                    Err(err) => return self.respond_error(rid, &err, close).await,
-                },
-                None => None,
-            };
+            let product = ctx.product;
             let mut out = std::mem::take(&mut self.out);
             out.clear();
             let allowed = |name: &str| product.is_none_or(|p| p.deployments.contains(name));
-            local::models_response(&mut out, &view.snapshot, allowed, &rid, close);
+            local::models_response(&mut out, &view.snapshot, allowed, &ctx.id, close);
+            ctx.status = Some(200);
             return self.write_out(out, close).await;
-        }
-        let name = match self.deployment_name(deployment) {
-            Ok(name) => name,
-            Err(err) => return self.respond_error(rid, &err, close).await,
         };
-        let Some(dep) = view.snapshot.deployments.get(&*name) else {
-            let err = GatewayError::deployment_not_found(&name);
-            return self.respond_error(rid, &err, close).await;
-        };
-        let product = match &caller {
-            Some(c) => match authorize(access, c, &dep.name, op) {
-                Ok(p) => Some(p),
-                Err(err) => return self.respond_error(rid, &err, close).await,
-            },
-            None => None,
-        };
-
-        // Limits: reserve the token estimate only when a token limit applies.
-        let product_limits = product.map_or(&[][..], |p| p.limits.as_slice());
-        let counts_tokens = product_limits
-            .iter()
-            .chain(&dep.limits)
-            .chain(&access.client_ip_limits)
-            .any(|&i| {
-                access
-                    .limits
-                    .get(i)
-                    .is_some_and(|l| l.unit == LimitUnit::Tokens)
-            });
-        let mut stream_plan = None;
-        // The prompt's estimate, for a stream charged its counted completion.
-        let mut prompt = 0;
-        let tokens = if counts_tokens {
-            let facts = match RequestFacts::parse(op, &self.body) {
-                Ok(facts) => facts,
-                // A body Sluice cannot read is refused, not charged a guess and forwarded: a
-                // more lenient backend (NaN, lone surrogates, numbers out of range) would
-                // read caps and streams Sluice never saw.
-                Err(FactsError::NotJson(e)) => {
-                    let err = GatewayError::invalid_request(
-                        format!("We could not parse the JSON body of your request ({e}). The body must be a JSON object."),
-                        None,
-                    );
-                    return self.respond_error(rid, &err, close).await;
-                }
-                // Sluice and the backend must read the same request: refused before either
-                // decides anything on it.
-                Err(FactsError::Refused(refusal)) => {
-                    let err =
-                        GatewayError::invalid_request(refusal.to_string(), Some(refusal.param));
-                    return self.respond_error(rid, &err, close).await;
-                }
-            };
-            let estimator = estimator_for(&dep.tokens, facts.model.as_deref().unwrap_or(&dep.name));
-            prompt = estimator.estimate_prompt(&facts);
-            stream_plan = StreamPlan::for_request(&facts, dep.tokens.stream_usage, estimator);
-            reservation(&facts, prompt, dep.tokens.default_max_tokens)
-        } else {
-            0
-        };
-        let trace = access.trace_header && product.is_some_and(|p| p.trace) && self.wants_trace();
-        let ask = Ask {
-            access,
-            ids: &view.snapshot.runtime.limit_ids,
-            caller: caller.as_ref().zip(product),
-            deployment: &dep.name,
-            deployment_limits: &dep.limits,
-            client_ip: self.peer.ip(),
-            tokens,
-            trace,
-        };
-        let mut admission = match admit(&worker.limits, &ask, gate) {
-            Ok(a) => a,
-            Err(err) => return self.respond_error(rid, &err, close).await,
-        };
-        self.extra.clear();
-        rate_limit_headers(&mut self.extra, &admission);
-        self.trace = trace.then(|| {
-            let subscription = caller
-                .as_ref()
-                .and_then(|c| access.subscriptions.get(c.subscription))
-                .map_or("-", |s| s.name.as_str());
-            let mut t = format!(
-                "route={} deployment={}; subscription={subscription}",
-                op.path_suffix(),
-                dep.name
-            );
-            for line in &admission.trace {
-                t.push_str("; limit ");
-                t.push_str(line);
-            }
-            t
-        });
-        // Usage is read (and asked for) only when a token limit holds a reservation.
-        self.stream_plan = stream_plan.filter(|_| admission.counts_tokens());
-        self.usage = UsageTap::new(admission.counts_tokens());
-        self.tenant = match caller
-            .as_ref()
-            .and_then(|c| access.subscriptions.get(c.subscription))
-        {
-            Some(subscription) => Tenant::subscription(&subscription.name),
-            None => Tenant::Address(self.peer.ip()),
-        };
-        let next = self.proxy(worker, view, op, dep, &rid, close).await;
-        let used = match self.usage.charge() {
-            Charge::Usage(usage) => Some(usage.total_tokens),
-            Charge::Nothing => Some(0),
-            // The reservation stands: an answer whose usage is unknown is never free.
-            Charge::Estimate(why) => {
-                tracing::info!(
-                    request_id = %String::from_utf8_lossy(rid.as_bytes()),
-                    deployment = %dep.name,
-                    "{}: charged the estimate",
-                    why.as_str()
-                );
-                None
-            }
-            Charge::Counted(counted) => {
-                let used = counted.tokens(u64::from(prompt), tokens);
-                let Counted {
-                    completion,
-                    whole,
-                    reported,
-                } = counted;
-                tracing::info!(
-                    request_id = %String::from_utf8_lossy(rid.as_bytes()),
-                    deployment = %dep.name,
-                    prompt_estimate = prompt,
-                    completion_counted = completion,
-                    reported_total = reported.map(|u| u.total_tokens),
-                    charged = used,
-                    "{}",
-                    match (reported, whole) {
-                        (Some(_), _) => "stream not asked for usage carried one: charged the larger of it and the prompt estimate plus the completion counted by Sluice",
-                        (None, true) => "stream carried no usage: charged the prompt estimate plus the completion counted by Sluice (usage not reported by the backend)",
-                        (None, false) => "stream without usage cut short: charged the larger of its reservation and the prompt estimate plus the completion counted by Sluice",
-                    }
-                );
-                Some(used)
-            }
-        };
-        settle(&worker.limits, &mut admission, Outcome::Used(used));
-        self.extra.clear();
-        self.trace = None;
-        self.usage = UsageTap::Off;
-        self.stream_plan = None;
-        self.injected = None;
-        next
+        self.proxy(worker, view, pipeline, ctx, op, dep, close)
+            .await
     }
 
-    /// The extra header lines of the current answer: rate-limit state, and the trace (with
-    /// the backend that served, once chosen).
-    pub(super) fn extra_headers(&self) -> std::borrow::Cow<'_, [u8]> {
-        match &self.trace {
-            None => std::borrow::Cow::Borrowed(&self.extra),
-            Some(trace) => {
-                let mut all = self.extra.clone();
-                local::header(&mut all, b"x-sluice-trace", trace.as_bytes());
-                std::borrow::Cow::Owned(all)
-            }
+    /// The request as the phases see it.
+    fn request(&self) -> Request<'_> {
+        Request {
+            head: &self.head,
+            buf: &self.buf,
+            body: &self.body,
         }
-    }
-
-    /// Whether the client asked for the trace header (`Ocp-Apim-Trace: true` or
-    /// `x-sluice-trace: true`).
-    fn wants_trace(&self) -> bool {
-        ["ocp-apim-trace", "x-sluice-trace"].iter().any(|h| {
-            self.head
-                .header(&self.buf, h)
-                .is_some_and(|v| v.eq_ignore_ascii_case(b"true"))
-        })
     }
 
     /// Where the deployment name is: a range of `buf` (Azure path) or the body's `model`.
@@ -521,13 +390,13 @@ impl Client {
         &mut self,
         limits: &crate::snapshot::HttpLimits,
         timeouts: &crate::snapshot::Timeouts,
-    ) -> Result<(), Option<GatewayError>> {
+    ) -> Result<usize, Option<GatewayError>> {
         self.body.clear();
         let head_len = self.head.head_len;
         let framing = match self.head.body {
             BodyFraming::None | BodyFraming::Length(0) => {
                 self.consumed = head_len;
-                return Ok(());
+                return Ok(0);
             }
             f => f,
         };
@@ -562,7 +431,7 @@ impl Client {
                     self.body
                         .extend_from_slice(&self.buf[head_len..head_len + n]);
                     self.consumed = head_len + n;
-                    return Ok(());
+                    return Ok(n);
                 }
                 // What the client declared, up to a cap: memory follows the bytes that
                 // arrive, not a promise (a thousand slow 32 MiB bodies must not reserve 32 GiB).
@@ -582,7 +451,7 @@ impl Client {
                     self.overflow.extend_from_slice(&self.body[n..]);
                     self.body.truncate(n);
                 }
-                Ok(())
+                Ok(n)
             }
             _ => {
                 let mut decoder = ChunkedDecoder::new(limits.max_body);
@@ -595,7 +464,7 @@ impl Client {
                             pos += d.consumed;
                             if d.done {
                                 self.consumed = pos;
-                                return Ok(());
+                                return Ok(received - (self.buf.len() - pos));
                             }
                         }
                         Err(e) => {
@@ -628,6 +497,7 @@ impl Client {
         let snapshot = &view.snapshot;
         let _ = gate_client_ip(
             &worker.limits,
+            &SystemClock,
             &snapshot.access,
             &snapshot.runtime.limit_ids,
             self.peer.ip(),
@@ -638,7 +508,7 @@ impl Client {
     /// buffer (Content-Length) is stepped over and the connection goes on; one still on its
     /// way is never read: the answer carries `connection: close` and the connection ends
     /// with the bounded lingering close, so a 404 or 401 never waits for a body.
-    async fn refuse(&mut self, rid: RequestId, err: &GatewayError, close: bool) -> Next {
+    async fn refuse(&mut self, ctx: &mut RequestCtx<'_>, err: &GatewayError, close: bool) -> Next {
         let end = match self.head.body {
             BodyFraming::None => Some(self.head.head_len),
             BodyFraming::Length(n) => usize::try_from(n)
@@ -649,8 +519,22 @@ impl Client {
         };
         if let Some(end) = end {
             self.consumed = end;
+            ctx.bytes_in = end as u64;
         }
-        self.respond_error(rid, err, close || end.is_none()).await
+        self.answer_error(ctx, err, close || end.is_none()).await
+    }
+
+    /// Answers `err` to the request of `ctx`, recording it there.
+    pub(super) async fn answer_error(
+        &mut self,
+        ctx: &mut RequestCtx<'_>,
+        err: &GatewayError,
+        close: bool,
+    ) -> Next {
+        ctx.record_error(err);
+        ctx.status = Some(err.status);
+        log_error(ctx, err);
+        self.respond_error(ctx.id, err, close).await
     }
 
     /// Answers `err` in the OpenAI shape.
@@ -692,7 +576,15 @@ impl Client {
     /// Writes all of `buf` to the client within the send timeout (a client that stopped
     /// reading fails the write, and its connection then closes).
     pub(super) async fn write_client(&mut self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
-        write_all_within(&mut self.stream, buf, self.send_timeout).await
+        if self.first_out.is_none() && !buf.is_empty() {
+            self.first_out = Some(Instant::now());
+        }
+        let len = buf.len() as u64;
+        let (res, buf) = write_all_within(&mut self.stream, buf, self.send_timeout).await;
+        if res.is_ok() {
+            self.sent += len;
+        }
+        (res, buf)
     }
 
     /// Writes `out` to the client and keeps it for reuse.
@@ -715,55 +607,24 @@ fn body_timeout() -> GatewayError {
     )
 }
 
-/// Seconds since the Unix epoch (for JWT expiry).
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// The estimator a deployment's token settings ask for: BPE of the configured family, or of
-/// the one its model name implies, or the byte heuristic.
-fn estimator_for(settings: &TokenSettings, model: &str) -> Estimator {
-    match settings.estimator {
-        EstimatorChoice::Heuristic => Estimator::Heuristic,
-        EstimatorChoice::Bpe => Estimator::Bpe(match settings.family {
-            Some(TokenizerFamily::O200k) => Family::O200k,
-            Some(TokenizerFamily::Cl100k) => Family::Cl100k,
-            None => family_for_model(model, Family::O200k),
-        }),
-    }
-}
-
-/// The `x-ratelimit-*` lines for the tightest requests and tokens limits that applied.
-fn rate_limit_headers(out: &mut Vec<u8>, admission: &Admission) {
-    let mut num = itoa::Buffer::new();
-    if let Some((limit, remaining)) = admission.requests {
-        local::header(
-            out,
-            b"x-ratelimit-limit-requests",
-            num.format(limit).as_bytes(),
-        );
-        local::header(
-            out,
-            b"x-ratelimit-remaining-requests",
-            // A worker's lease can hold tokens while the shared bucket refills to full: the
-            // sum may pass the limit, but no client is told it has more than the limit.
-            num.format(remaining.min(limit)).as_bytes(),
-        );
-    }
-    if let Some((limit, remaining)) = admission.tokens {
-        local::header(
-            out,
-            b"x-ratelimit-limit-tokens",
-            num.format(limit).as_bytes(),
-        );
-        local::header(
-            out,
-            b"x-ratelimit-remaining-tokens",
-            // A worker's lease can hold tokens while the shared bucket refills to full: the
-            // sum may pass the limit, but no client is told it has more than the limit.
-            num.format(remaining.min(limit)).as_bytes(),
-        );
+/// Logs an error answer by its kind and whose fault it is: client faults at debug (a client
+/// can produce them at will), upstream and gateway faults at warn.
+fn log_error(ctx: &RequestCtx<'_>, err: &GatewayError) {
+    match err.fault {
+        Fault::Client => tracing::debug!(
+            request_id = %ctx.id,
+            status = err.status,
+            kind = err.kind,
+            code = err.code,
+            "request refused"
+        ),
+        Fault::Upstream | Fault::Gateway => tracing::warn!(
+            request_id = %ctx.id,
+            status = err.status,
+            kind = err.kind,
+            code = err.code,
+            fault = ?err.fault,
+            "request failed"
+        ),
     }
 }

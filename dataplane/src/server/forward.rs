@@ -7,7 +7,7 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::buf::IoBuf;
 use monoio::io::AsyncWriteRent;
@@ -16,7 +16,8 @@ use monoio::net::TcpStream;
 use super::conn::{Client, Next};
 use super::io::{read_more_watching, Stopped};
 use super::local;
-use super::worker::{RequestId, View, Worker};
+use super::pool::Tenant;
+use super::worker::{View, Worker};
 use crate::clock::now_millis;
 use crate::error::GatewayError;
 use crate::health::DEFAULT_COOL_DOWN;
@@ -25,6 +26,8 @@ use crate::http::{
     HeaderSpan, Parse,
 };
 use crate::json_edit::set_string_member;
+use crate::policy::context::{Attempt, AttemptOutcome, End, RequestCtx};
+use crate::policy::phase::{Pipeline, Policy, UpstreamRequest};
 use crate::route::Operation;
 use crate::snapshot::{
     BackendKind, Deployment, HeadersWithUnderscores, HttpUpstream, Secret, Timeouts,
@@ -103,14 +106,18 @@ enum SendError {
 }
 
 impl Client {
-    /// Forwards the current request to `dep`'s pool and streams the answer back.
-    pub(super) async fn proxy(
+    /// Forwards the current request to `dep`'s pool and streams the answer back. Each
+    /// candidate selection offers is one attempt in `ctx.attempts`, prepared by the
+    /// pipeline's `on_upstream_request`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn proxy<'v, P: Policy>(
         &mut self,
         worker: &Worker,
-        view: &View,
+        view: &'v View,
+        pipeline: &Pipeline<'v, P>,
+        ctx: &mut RequestCtx<'v>,
         op: Operation,
-        dep: &Deployment,
-        rid: &RequestId,
+        dep: &'v Deployment,
         close: bool,
     ) -> Next {
         let snapshot = &view.snapshot;
@@ -133,6 +140,15 @@ impl Client {
                 &mut candidates,
             );
         }
+        // Whose upstream connections the request may use (see [`Tenant`]).
+        let tenant = match ctx
+            .caller
+            .as_ref()
+            .and_then(|c| snapshot.access.subscriptions.get(c.subscription))
+        {
+            Some(subscription) => Tenant::subscription(&subscription.name),
+            None => Tenant::Address(self.peer.ip()),
+        };
         let mut last_error = GatewayError::upstream_unavailable();
         let timeouts = snapshot.server.timeouts;
         let mut result = None;
@@ -140,21 +156,31 @@ impl Client {
             let Some(backend) = snapshot.backends.get(id) else {
                 continue;
             };
-            if let Some(trace) = &mut self.trace {
-                // The backend named last is the one that served (fallbacks replace it).
-                if let Some(at) = trace.find("; backend=") {
-                    trace.truncate(at);
-                }
-                trace.push_str("; backend=");
-                trace.push_str(&backend.name);
-            }
             let more = i + 1 < candidates.len();
-            // Each attempt decides for its own backend; the relayed one's answer is read.
-            let injected = self.plan_attempt(backend.kind.accepts_stream_options());
+            let started = Instant::now();
+            ctx.attempts.push(Attempt {
+                backend: id,
+                status: None,
+                outcome: AttemptOutcome::Pending,
+                duration: Duration::ZERO,
+            });
+            let upstream_req = UpstreamRequest {
+                backend: id,
+                accepts_stream_options: backend.kind.accepts_stream_options(),
+                started,
+                body: &self.body,
+            };
+            if let Some(err) = pipeline
+                .on_upstream_request(ctx, &upstream_req)
+                .into_error()
+            {
+                result = Some(self.answer_error(ctx, &err, close).await);
+                break;
+            }
             let target = match &backend.kind {
                 BackendKind::Mock(settings) => {
                     result = Some(
-                        self.serve_mock(settings, &dep.name, op, rid, close, injected)
+                        self.serve_mock(pipeline, ctx, id, settings, &dep.name, op, close)
                             .await,
                     );
                     break;
@@ -186,15 +212,22 @@ impl Client {
                 },
             };
             let underscores = snapshot.server.headers_with_underscores;
-            if let Err(err) = self.build_upstream_request(&target, op, rid, underscores, injected) {
-                result = Some(self.respond_error(*rid, &err, close).await);
+            if let Err(err) = self.build_upstream_request(ctx, &target, op, underscores) {
+                result = Some(self.answer_error(ctx, &err, close).await);
                 break;
             }
             let addr = target.upstream.addr;
-            match self.send(worker, addr, &timeouts).await {
+            let sent = self.send(worker, addr, tenant, &timeouts).await;
+            let end_attempt = |ctx: &mut RequestCtx<'_>, outcome, status| {
+                if let Some(a) = ctx.attempts.last_mut() {
+                    (a.outcome, a.status, a.duration) = (outcome, status, started.elapsed());
+                }
+            };
+            match sent {
                 Ok(upstream) => {
                     let status = self.resp_status();
                     if more && is_retryable(status) {
+                        end_attempt(ctx, AttemptOutcome::FailedOver, Some(status));
                         let cool = self.retry_after().unwrap_or(if status == 429 {
                             DEFAULT_COOL_DOWN
                         } else {
@@ -202,7 +235,7 @@ impl Client {
                         });
                         backend.health.cool_down(now_millis(), cool);
                         tracing::info!(
-                            request_id = %String::from_utf8_lossy(rid.as_bytes()),
+                            request_id = %ctx.id,
                             backend = %backend.name,
                             status,
                             cool_down_ms = cool.as_millis() as u64,
@@ -211,24 +244,29 @@ impl Client {
                         drop(upstream);
                         continue;
                     }
+                    end_attempt(ctx, AttemptOutcome::Answered, Some(status));
+                    ctx.timings.upstream_first_byte = Some(Instant::now());
                     if status < 500 && status != 429 {
                         backend.health.record_success();
                     }
                     result = Some(
-                        self.relay(worker, upstream, addr, rid, close, &timeouts)
-                            .await,
+                        self.relay(
+                            worker, pipeline, ctx, upstream, addr, tenant, close, &timeouts,
+                        )
+                        .await,
                     );
                     break;
                 }
                 Err(SendError::Connect) => {
+                    end_attempt(ctx, AttemptOutcome::ConnectFailed, None);
                     tracing::warn!(backend = %backend.name, addr = %addr, "backend unreachable; cooling it down");
                     backend.health.cool_down(now_millis(), DEFAULT_COOL_DOWN);
                     last_error = GatewayError::upstream_unavailable();
                 }
                 Err(SendError::Timeout) => {
-                    self.usage.no_answer();
+                    end_attempt(ctx, AttemptOutcome::TimedOut, None);
                     tracing::warn!(
-                        request_id = %String::from_utf8_lossy(rid.as_bytes()),
+                        request_id = %ctx.id,
                         backend = %backend.name,
                         "backend sent no answer within upstream_first_byte; 504"
                     );
@@ -236,9 +274,10 @@ impl Client {
                     break;
                 }
                 Err(SendError::ClientGone) => {
-                    self.usage.client_gone();
+                    end_attempt(ctx, AttemptOutcome::ClientGone, None);
+                    ctx.end = End::ClientGone;
                     tracing::info!(
-                        request_id = %String::from_utf8_lossy(rid.as_bytes()),
+                        request_id = %ctx.id,
                         backend = %backend.name,
                         "client went away while waiting for the backend; upstream request cancelled"
                     );
@@ -246,7 +285,7 @@ impl Client {
                     break;
                 }
                 Err(SendError::Protocol(message)) => {
-                    self.usage.no_answer();
+                    end_attempt(ctx, AttemptOutcome::NoAnswer, None);
                     tracing::warn!(backend = %backend.name, message, "backend answered with invalid HTTP");
                     backend
                         .health
@@ -259,21 +298,20 @@ impl Client {
         self.candidates = candidates;
         match result {
             Some(next) => next,
-            None => self.respond_error(*rid, &last_error, close).await,
+            None => self.answer_error(ctx, &last_error, close).await,
         }
     }
 
     /// Writes the upstream request (head and body) into `self.req`. A header name with `_`
     /// or one that reads as a header Sluice manages is dropped or refused as `underscores`
     /// says (see [`HeadersWithUnderscores`]). `injected`: the body sent is the one with
-    /// `stream_options.include_usage` added ([`Client::plan_attempt`]).
+    /// `stream_options.include_usage` added when `ctx.upstream` says so.
     fn build_upstream_request(
         &mut self,
+        ctx: &RequestCtx<'_>,
         t: &HttpTarget<'_>,
         op: Operation,
-        rid: &RequestId,
         underscores: HeadersWithUnderscores,
-        injected: bool,
     ) -> Result<(), GatewayError> {
         let req = &mut self.req;
         req.clear();
@@ -306,7 +344,7 @@ impl Client {
         let lists = has_connection_header(&self.buf, &self.head.headers);
         // Usage is read from the answer's bytes: the backend is asked for them uncoded (an
         // answer coded anyway is decoded on the way, relay/decoded.rs).
-        let identity = self.usage.awaits_answer();
+        let identity = ctx.upstream.identity_encoding;
         if identity {
             local::header(req, b"accept-encoding", b"identity");
         }
@@ -357,7 +395,7 @@ impl Client {
             req.extend_from_slice(secret.expose().as_bytes());
             req.extend_from_slice(b"\r\n");
         }
-        local::header(req, b"x-request-id", rid.as_bytes());
+        local::header(req, b"x-request-id", ctx.id.as_bytes());
         // The client's list, every line of it in order (RFC 9110 §5.3: repeated lines are one
         // comma-separated list), then the client's address. Empty lines add nothing.
         req.extend_from_slice(b"x-forwarded-for: ");
@@ -379,10 +417,7 @@ impl Client {
             req.extend_from_slice(b"\r\n");
             return Ok(());
         }
-        let body = match (&self.injected, injected) {
-            (Some(with_usage), true) => with_usage,
-            _ => &self.body,
-        };
+        let body = ctx.attempt_body(&self.body);
         let pinned = set_string_member(body, "model", t.model.model, t.model.insert)
             .map_err(|e| e.into_gateway_error("model"))?;
         let body = pinned.as_deref().unwrap_or(body);
@@ -404,9 +439,10 @@ impl Client {
         &mut self,
         worker: &Worker,
         addr: SocketAddr,
+        tenant: Tenant,
         t: &Timeouts,
     ) -> Result<TcpStream, SendError> {
-        let mut stream = match worker.pools.take(addr, self.tenant) {
+        let mut stream = match worker.pools.take(addr, tenant) {
             Some(mut pooled) => match self.write_request(&mut pooled).await {
                 Ok(()) => pooled,
                 Err(Written::Nothing) => {

@@ -1,8 +1,8 @@
 //! Answers the gateway writes itself: response heads, OpenAI-shaped errors and the models
 //! list.
 
-use super::worker::RequestId;
 use crate::error::{write_json_string, GatewayError};
+use crate::policy::context::RequestId;
 use crate::snapshot::Snapshot;
 
 /// Appends `HTTP/1.1 {status} {reason}\r\n`.
@@ -19,13 +19,7 @@ pub fn status_line(out: &mut Vec<u8>, status: u16) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Appends one header line.
-pub fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
+pub use crate::http::write_header as header;
 
 /// Appends a `content-length` header.
 pub fn content_length(out: &mut Vec<u8>, len: u64) {

@@ -5,43 +5,49 @@ use super::conn::{Client, Next};
 use super::io::sleep_watching;
 use super::local::{common_headers, json_response, status_line};
 use super::relay::frame;
-use super::worker::RequestId;
-use crate::http::LAST_CHUNK;
 use crate::json_edit::set_string_member;
 use crate::mock::{self, MockReply, MockSettings};
+use crate::policy::context::{AttemptOutcome, End, RequestCtx};
+use crate::policy::phase::{BodyCoding, Chunk, Pipeline, Policy, Response};
+use crate::policy::trace::answer_headers;
 use crate::route::Operation;
+use crate::snapshot::BackendId;
 
 impl Client {
-    /// Answers the current request from the mock backend `settings`; `injected`: with the
-    /// body Sluice added `stream_options.include_usage` to. A body naming another `model`
+    /// Answers the current request from the mock backend `settings` (backend `id`), through
+    /// the same response phases as an HTTP backend's answer. A body naming another `model`
     /// than `deployment` (the one the caller was authorized for) is answered as the
     /// deployment, as a real backend would be sent it (see `build_upstream_request`).
-    pub(super) async fn serve_mock(
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn serve_mock<'s, P: Policy>(
         &mut self,
+        pipeline: &Pipeline<'s, P>,
+        ctx: &mut RequestCtx<'s>,
+        id: BackendId,
         settings: &MockSettings,
         deployment: &str,
         op: Operation,
-        rid: &RequestId,
         close: bool,
-        injected: bool,
     ) -> Next {
+        let started = std::time::Instant::now();
         let chunked_ok = self.head.minor_version >= 1;
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         // FNV-1a of the request id: unique per request, so the mock's ids are too.
-        let seed = rid
+        let seed = ctx
+            .id
             .as_bytes()
             .iter()
             .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
                 (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
             });
-        let body = self.attempt_body(injected);
+        let body = ctx.attempt_body(&self.body);
         let pinned = match set_string_member(body, "model", deployment, false) {
             Ok(pinned) => pinned,
             Err(e) => {
                 let err = e.into_gateway_error("model");
-                return self.respond_error(*rid, &err, close).await;
+                return self.answer_error(ctx, &err, close).await;
             }
         };
         let reply = mock::reply(
@@ -56,16 +62,36 @@ impl Client {
                 .await
                 .is_err()
         {
-            return self.mock_client_gone(rid);
+            return mock_client_gone(ctx);
         }
+        let (status, event_stream) = match &reply {
+            MockReply::Json { status, .. } => (*status, false),
+            MockReply::Stream(_) => (200, true),
+        };
+        if let Some(a) = ctx.attempts.last_mut() {
+            (a.outcome, a.status, a.duration) =
+                (AttemptOutcome::Answered, Some(status), started.elapsed());
+        }
+        let head = Response {
+            status,
+            event_stream,
+            coding: BodyCoding::Identity,
+            backend: Some(id),
+        };
+        if let Some(err) = pipeline.on_response_head(ctx, &head).into_error() {
+            return self.answer_error(ctx, &err, close).await;
+        }
+        ctx.status = Some(status);
+        let snapshot = pipeline.env.snapshot;
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         let mut events = match reply {
             MockReply::Json { status, body } => {
-                self.usage.start(status, false);
-                self.usage.feed(&body, &mut self.filtered);
-                self.usage.finish(&mut self.filtered);
-                json_response(&mut out, status, &body, rid, close, &self.extra_headers());
+                let through =
+                    pipeline.on_body_chunk(ctx, &body, true, &mut self.filtered) == Chunk::Replaced;
+                let data = if through { &self.filtered } else { &body };
+                let headers = answer_headers(ctx, snapshot);
+                json_response(&mut out, status, data, &ctx.id, close, &headers);
                 return self.write_out(out, close).await;
             }
             MockReply::Stream(events) => events,
@@ -77,9 +103,8 @@ impl Client {
         if chunked_ok {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
-        common_headers(&mut out, rid, close, &self.extra_headers());
+        common_headers(&mut out, &ctx.id, close, &answer_headers(ctx, snapshot));
         out.extend_from_slice(b"\r\n");
-        self.usage.start(200, true);
         // Events due together go out in one write; before each paced pause what is pending
         // is flushed, so the client sees every event when the mock "produces" it.
         let mut event = Vec::with_capacity(512);
@@ -91,43 +116,41 @@ impl Client {
                 out = back;
                 if res.is_err() {
                     self.out = out;
+                    ctx.end = End::Truncated;
                     return Next::Close;
                 }
                 if sleep_watching(pause, &self.stream).await.is_err() {
                     self.out = out;
-                    return self.mock_client_gone(rid);
+                    return mock_client_gone(ctx);
                 }
             }
             event.clear();
             if !events.next_event(&mut event) {
                 break;
             }
-            self.filtered.clear();
-            self.usage.feed(&event, &mut self.filtered);
-            let data = if self.usage.filters() {
-                &self.filtered
+            if pipeline.on_body_chunk(ctx, &event, false, &mut self.filtered) == Chunk::Replaced {
+                frame(&mut out, &self.filtered, chunked_ok);
             } else {
-                &event
-            };
-            frame(&mut out, data, chunked_ok);
+                frame(&mut out, &event, chunked_ok);
+            }
         }
-        self.filtered.clear();
-        self.usage.finish(&mut self.filtered);
-        frame(&mut out, &self.filtered, chunked_ok);
-        if chunked_ok {
-            out.extend_from_slice(LAST_CHUNK);
-        }
+        self.finish_body(pipeline, ctx, &mut out, chunked_ok);
         self.write_out(out, close).await
     }
+}
 
-    /// The client left while the mock "worked" (its latency or a streaming pause): settled
-    /// like a real backend's abandoned request.
-    fn mock_client_gone(&mut self, rid: &RequestId) -> Next {
-        self.usage.client_gone();
-        tracing::info!(
-            request_id = %String::from_utf8_lossy(rid.as_bytes()),
-            "client went away while waiting for the mock backend"
-        );
-        Next::Close
+/// The client left while the mock "worked" (its latency or a streaming pause): settled like
+/// a real backend's abandoned request.
+fn mock_client_gone(ctx: &mut RequestCtx<'_>) -> Next {
+    ctx.end = End::ClientGone;
+    if let Some(a) = ctx.attempts.last_mut() {
+        if a.outcome == AttemptOutcome::Pending {
+            a.outcome = AttemptOutcome::ClientGone;
+        }
     }
+    tracing::info!(
+        request_id = %ctx.id,
+        "client went away while waiting for the mock backend"
+    );
+    Next::Close
 }

@@ -14,8 +14,6 @@ mod mock_serve;
 mod pool;
 mod relay;
 mod shutdown;
-mod stream_usage;
-mod usage_tap;
 mod worker;
 
 use std::net::SocketAddr;
@@ -27,6 +25,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use crate::policy::admission::SharedLimits;
+use crate::policy::phase::Policy;
 use crate::policy::AccessRuntime;
 use crate::snapshot::Snapshot;
 
@@ -147,6 +146,29 @@ pub fn start(
     workers: usize,
     driver: DriverChoice,
 ) -> anyhow::Result<Running> {
+    start_with(
+        shared,
+        listen,
+        workers,
+        driver,
+        crate::policy::pipeline::standard,
+    )
+}
+
+/// [`start`] with another pipeline: each worker thread builds its own instance of it with
+/// `pipeline` (policies are not shared between threads, so they need not be `Send`).
+pub fn start_with<P, F>(
+    shared: Arc<Shared>,
+    listen: Vec<SocketAddr>,
+    workers: usize,
+    driver: DriverChoice,
+    pipeline: F,
+) -> anyhow::Result<Running>
+where
+    P: Policy + 'static,
+    F: Fn() -> P + Send + Sync + 'static,
+{
+    let pipeline = Arc::new(pipeline);
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(workers);
     let mut used = "io_uring";
@@ -156,9 +178,12 @@ pub fn start(
             let shared = shared.clone();
             let listen = bound.clone();
             let ready_tx = ready_tx.clone();
+            let pipeline = pipeline.clone();
             std::thread::Builder::new()
                 .name(format!("sluice-worker-{id}"))
-                .spawn(move || worker::run_thread(id, workers, shared, listen, driver, ready_tx))
+                .spawn(move || {
+                    worker::run_thread(id, workers, shared, listen, driver, pipeline(), ready_tx)
+                })
         };
         match spawned {
             Ok(handle) => handles.push(handle),

@@ -13,14 +13,17 @@ use super::conn::{Client, Next};
 use super::forward::has_connection_header;
 use super::io::{abort_on_close, read_more_watching, Stopped};
 use super::local;
-use super::usage_tap::UsageTap;
-use super::worker::{RequestId, Worker};
+use super::pool::Tenant;
+use super::worker::Worker;
 use crate::error::GatewayError;
 use crate::http::{
     connection_lists, folds_to, folds_to_framing, is_hop_by_hop, is_plain_name, write_chunk,
     ChunkedDecoder, ResponseFraming, LAST_CHUNK,
 };
-use crate::snapshot::Timeouts;
+use crate::policy::context::{End, RequestCtx};
+use crate::policy::phase::{Chunk, Pipeline, Policy, Response};
+use crate::policy::trace::answer_headers;
+use crate::snapshot::{Snapshot, Timeouts};
 
 mod decoded;
 
@@ -36,12 +39,15 @@ impl Client {
     /// ended cleanly: the client's connection closes without the rest of the body, without
     /// a last chunk, and — when the client's body is close-delimited (an HTTP/1.0 client)
     /// — with a reset instead of a FIN, so no client takes a truncated answer as whole.
-    pub(super) async fn relay(
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn relay<'s, P: Policy>(
         &mut self,
         worker: &Worker,
+        pipeline: &Pipeline<'s, P>,
+        ctx: &mut RequestCtx<'s>,
         mut upstream: TcpStream,
         addr: SocketAddr,
-        rid: &RequestId,
+        tenant: Tenant,
         close: bool,
         t: &Timeouts,
     ) -> Next {
@@ -51,29 +57,50 @@ impl Client {
             .resp
             .header(&self.ubuf, "content-type")
             .is_some_and(|v| v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream"));
-        let asked_identity = self.usage.awaits_answer();
-        self.usage.start(self.resp.status, event_stream);
-        let mut decoder = if asked_identity {
-            self.answer_decoder()
-        } else {
-            None
+        // An answer coded although Sluice asked for `identity` is decoded on the way.
+        let (mut decoder, coding) = self.answer_coding(ctx.upstream.identity_encoding);
+        let head = Response {
+            status: self.resp.status,
+            event_stream,
+            coding,
+            backend: ctx.served_by(),
         };
+        if let Some(err) = pipeline.on_response_head(ctx, &head).into_error() {
+            return self.answer_error(ctx, &err, close).await;
+        }
         let rechunked = decoder.is_some()
-            || (self.usage.filters() && matches!(framing, ResponseFraming::Length(_)));
+            || (ctx.body.rewrite && matches!(framing, ResponseFraming::Length(_)));
         // An HTTP/1.0 client gets an unframed body as close-delimited.
         let close_delimited = !chunked_ok
             && (rechunked || matches!(framing, ResponseFraming::Chunked | ResponseFraming::Close));
         let close = close || close_delimited;
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        self.write_response_head(&mut out, rid, close, chunked_ok, decoder.is_some());
+        let decoded = decoder.is_some();
+        self.write_response_head(
+            &mut out,
+            ctx,
+            pipeline.env.snapshot,
+            close,
+            chunked_ok,
+            decoded,
+        );
+        ctx.status = Some(self.resp.status);
         let relayed = match &mut decoder {
             Some(decoder) => {
-                self.relay_decoded(&mut upstream, &mut out, decoder, chunked_ok, t)
-                    .await
+                self.relay_decoded(
+                    pipeline,
+                    ctx,
+                    &mut upstream,
+                    &mut out,
+                    decoder,
+                    chunked_ok,
+                    t,
+                )
+                .await
             }
             None => {
-                self.relay_body(&mut upstream, &mut out, chunked_ok, t)
+                self.relay_body(pipeline, ctx, &mut upstream, &mut out, chunked_ok, t)
                     .await
             }
         };
@@ -82,7 +109,7 @@ impl Client {
         match relayed {
             Ok(clean) => {
                 if clean && self.resp.keep_alive {
-                    worker.pools.put(addr, self.tenant, upstream);
+                    worker.pools.put(addr, tenant, upstream);
                 } else if !clean && framing != ResponseFraming::Close {
                     // A framed answer followed by more bytes: the backend wrote what no
                     // request asked for, which a reused connection would hand to the next.
@@ -95,11 +122,14 @@ impl Client {
                 }
             }
             Err(Broken::Unsent(message)) => {
-                tracing::warn!("{message} Nothing of it was relayed.");
+                tracing::warn!(request_id = %ctx.id, "{message} Nothing of it was relayed.");
                 let err = GatewayError::upstream_protocol(message);
-                self.respond_error(*rid, &err, close).await
+                self.answer_error(ctx, &err, close).await
             }
             Err(Broken::Midway) => {
+                if ctx.end != End::ClientGone {
+                    ctx.end = End::Truncated;
+                }
                 // A body only a close can end would look complete after a FIN.
                 if close_delimited {
                     abort_on_close(&self.stream);
@@ -113,8 +143,10 @@ impl Client {
     /// left exactly at the end of the answer (so it may be reused); `Err` when either side
     /// failed mid-body (the client connection must close: its framing is broken). Every
     /// piece goes through the usage tap when a token limit is to be settled.
-    async fn relay_body(
+    async fn relay_body<'s, P: Policy>(
         &mut self,
+        pipeline: &Pipeline<'s, P>,
+        ctx: &mut RequestCtx<'s>,
         upstream: &mut TcpStream,
         out: &mut Vec<u8>,
         chunked_ok: bool,
@@ -124,11 +156,12 @@ impl Client {
         match self.resp.framing {
             ResponseFraming::None => {
                 let clean = self.ubuf.len() == body_start;
-                self.usage.finish(&mut self.filtered);
+                // No body: its end is all the body phase sees (nothing goes out for it).
+                pipeline.on_body_chunk(ctx, &[], true, &mut self.filtered);
                 self.flush(out).await?;
                 Ok(clean)
             }
-            ResponseFraming::Length(n) if !self.usage.reads() => {
+            ResponseFraming::Length(n) if !ctx.body.read => {
                 let have = (self.ubuf.len() - body_start) as u64;
                 let mut clean = have <= n;
                 let first = have.min(n) as usize;
@@ -137,7 +170,7 @@ impl Client {
                 let mut remaining = n - first as u64;
                 while remaining > 0 {
                     self.ubuf.clear();
-                    let k = (self.read_upstream(upstream, t).await? as u64).min(remaining);
+                    let k = (self.read_upstream(ctx, upstream, t).await? as u64).min(remaining);
                     clean &= self.ubuf.len() as u64 == k;
                     remaining -= k;
                     self.ubuf.truncate(k as usize);
@@ -150,13 +183,15 @@ impl Client {
                 Ok(clean)
             }
             ResponseFraming::Length(n) => {
-                // Read on the way: copied through the tap; re-chunked when it filters.
-                let framed = self.usage.filters() && chunked_ok;
+                // Read on the way: copied through the body phase; re-chunked when a policy
+                // may rewrite it.
+                let framed = ctx.body.rewrite && chunked_ok;
                 let have = (self.ubuf.len() - body_start) as u64;
                 let mut clean = have <= n;
                 let first = have.min(n) as usize;
                 emit(
-                    &mut self.usage,
+                    pipeline,
+                    ctx,
                     &mut self.filtered,
                     out,
                     &self.ubuf[body_start..body_start + first],
@@ -168,18 +203,19 @@ impl Client {
                         self.flush(out).await?;
                     }
                     self.ubuf.clear();
-                    let k = (self.read_upstream(upstream, t).await? as u64).min(remaining);
+                    let k = (self.read_upstream(ctx, upstream, t).await? as u64).min(remaining);
                     clean &= self.ubuf.len() as u64 == k;
                     remaining -= k;
                     emit(
-                        &mut self.usage,
+                        pipeline,
+                        ctx,
                         &mut self.filtered,
                         out,
                         &self.ubuf[..k as usize],
                         framed,
                     );
                 }
-                self.finish_tap(out, framed);
+                self.finish_body(pipeline, ctx, out, framed);
                 self.flush(out).await?;
                 Ok(clean)
             }
@@ -202,14 +238,15 @@ impl Client {
                         })?;
                     pos += step.consumed;
                     emit(
-                        &mut self.usage,
+                        pipeline,
+                        ctx,
                         &mut self.filtered,
                         out,
                         &self.scratch,
                         chunked_ok,
                     );
                     if step.done {
-                        self.finish_tap(out, chunked_ok);
+                        self.finish_body(pipeline, ctx, out, chunked_ok);
                     }
                     if !out.is_empty() {
                         self.flush(out).await?;
@@ -220,12 +257,13 @@ impl Client {
                     }
                     self.ubuf.drain(..pos);
                     pos = 0;
-                    self.read_upstream(upstream, t).await?;
+                    self.read_upstream(ctx, upstream, t).await?;
                 }
             }
             ResponseFraming::Close => {
                 emit(
-                    &mut self.usage,
+                    pipeline,
+                    ctx,
                     &mut self.filtered,
                     out,
                     &self.ubuf[body_start..],
@@ -234,10 +272,11 @@ impl Client {
                 loop {
                     self.flush(out).await?;
                     self.ubuf.clear();
-                    match self.read_upstream_or_end(upstream, t).await? {
+                    match self.read_upstream_or_end(ctx, upstream, t).await? {
                         0 => break,
                         _ => emit(
-                            &mut self.usage,
+                            pipeline,
+                            ctx,
                             &mut self.filtered,
                             out,
                             &self.ubuf,
@@ -245,19 +284,25 @@ impl Client {
                         ),
                     }
                 }
-                self.finish_tap(out, chunked_ok);
+                self.finish_body(pipeline, ctx, out, chunked_ok);
                 self.flush(out).await?;
                 Ok(false)
             }
         }
     }
 
-    /// The body ended: the tap reads its usage (a filtering tap may release held bytes),
+    /// The body ended: the body phase sees its end (a policy may release bytes it held),
     /// then the last chunk when the client's body is chunked.
-    fn finish_tap(&mut self, out: &mut Vec<u8>, framed: bool) {
-        self.filtered.clear();
-        self.usage.finish(&mut self.filtered);
-        frame(out, &self.filtered, framed);
+    pub(super) fn finish_body<'s, P: Policy>(
+        &mut self,
+        pipeline: &Pipeline<'s, P>,
+        ctx: &mut RequestCtx<'s>,
+        out: &mut Vec<u8>,
+        framed: bool,
+    ) {
+        if pipeline.on_body_chunk(ctx, &[], true, &mut self.filtered) == Chunk::Replaced {
+            frame(out, &self.filtered, framed);
+        }
         if framed {
             out.extend_from_slice(LAST_CHUNK);
         }
@@ -276,10 +321,11 @@ impl Client {
     /// stream is an error here (the answer is framed and not finished).
     async fn read_upstream(
         &mut self,
+        ctx: &mut RequestCtx<'_>,
         upstream: &mut TcpStream,
         t: &Timeouts,
     ) -> Result<usize, Broken> {
-        match self.read_upstream_or_end(upstream, t).await? {
+        match self.read_upstream_or_end(ctx, upstream, t).await? {
             0 => Err(Broken::Midway),
             n => Ok(n),
         }
@@ -289,6 +335,7 @@ impl Client {
     /// that goes away meanwhile ends the relay (see [`read_more_watching`]).
     async fn read_upstream_or_end(
         &mut self,
+        ctx: &mut RequestCtx<'_>,
         upstream: &mut TcpStream,
         t: &Timeouts,
     ) -> Result<usize, Broken> {
@@ -301,8 +348,8 @@ impl Client {
             // The buffer went with the cancelled read; a fresh one replaces it.
             Err(Stopped::TimedOut) => Err(Broken::Midway),
             Err(Stopped::ClientGone) => {
-                self.usage.client_gone();
-                tracing::info!("client went away mid-answer; upstream request cancelled");
+                ctx.end = End::ClientGone;
+                tracing::info!(request_id = %ctx.id, "client went away mid-answer; upstream request cancelled");
                 Err(Broken::Midway)
             }
         }
@@ -317,7 +364,8 @@ impl Client {
     fn write_response_head(
         &self,
         out: &mut Vec<u8>,
-        rid: &RequestId,
+        ctx: &RequestCtx<'_>,
+        snapshot: &Snapshot,
         close: bool,
         chunked_ok: bool,
         decoded: bool,
@@ -330,7 +378,7 @@ impl Client {
         out.extend_from_slice(&self.ubuf[r.reason.clone()]);
         out.extend_from_slice(b"\r\n");
         let lists = has_connection_header(&self.ubuf, &r.headers);
-        let extra = self.extra_headers();
+        let extra = answer_headers(ctx, snapshot);
         // Response header names Sluice sets itself, whatever the answer: the request id
         // (the backend's goes out as `x-upstream-request-id`), that slot, and the trace.
         const SETS: [&[u8]; 3] = [b"x-request-id", b"x-upstream-request-id", b"x-sluice-trace"];
@@ -377,7 +425,7 @@ impl Client {
         match r.framing {
             ResponseFraming::None => {}
             // A filtering usage tap or decoding changes the body's length: re-chunked then.
-            ResponseFraming::Length(n) if !self.usage.filters() && !decoded => {
+            ResponseFraming::Length(n) if !ctx.body.rewrite && !decoded => {
                 local::content_length(out, n)
             }
             ResponseFraming::Length(_) | ResponseFraming::Chunked | ResponseFraming::Close => {
@@ -386,7 +434,7 @@ impl Client {
                 }
             }
         }
-        local::common_headers(out, rid, close, &extra);
+        local::common_headers(out, &ctx.id, close, &extra);
         out.extend_from_slice(b"\r\n");
     }
 }
@@ -413,28 +461,25 @@ enum Broken {
     Midway,
 }
 
-/// Appends body bytes to `out` as one chunk (HTTP/1.1 client) or raw (HTTP/1.0, close
-/// delimited). Nothing for empty data: an empty chunk would end the body.
-/// Appends a piece of the body to `out` through the usage tap: what the tap lets through
-/// when it filters, the piece itself otherwise.
-fn emit(
-    usage: &mut UsageTap,
+/// Appends a piece of the body to `out` through the body phase: what the policies let
+/// through when one rewrites it, the piece itself otherwise.
+fn emit<'s, P: Policy>(
+    pipeline: &Pipeline<'s, P>,
+    ctx: &mut RequestCtx<'s>,
     filtered: &mut Vec<u8>,
     out: &mut Vec<u8>,
     data: &[u8],
     framed: bool,
 ) {
-    if usage.reads() {
-        filtered.clear();
-        usage.feed(data, filtered);
-        if usage.filters() {
-            frame(out, filtered, framed);
-            return;
-        }
+    if pipeline.on_body_chunk(ctx, data, false, filtered) == Chunk::Replaced {
+        frame(out, filtered, framed);
+    } else {
+        frame(out, data, framed);
     }
-    frame(out, data, framed);
 }
 
+/// Appends body bytes to `out` as one chunk (HTTP/1.1 client) or raw (HTTP/1.0, close
+/// delimited). Nothing for empty data: an empty chunk would end the body.
 pub(super) fn frame(out: &mut Vec<u8>, data: &[u8], chunked_ok: bool) {
     if chunked_ok {
         write_chunk(out, data);

@@ -15,6 +15,8 @@ use super::shutdown::ShutdownSignal;
 use super::{conn, DriverChoice, Loaded, Shared};
 use crate::balance::Balancer;
 use crate::policy::admission::WorkerLimits;
+use crate::policy::context::RequestId;
+use crate::policy::phase::Policy;
 
 /// How often a worker looks at the process-wide shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
@@ -27,19 +29,23 @@ pub(super) type Ready = Result<(&'static str, Vec<SocketAddr>), String>;
 
 /// Builds the worker's runtime and runs it until shutdown. Reports on `ready` once its
 /// listeners are bound, or why it could not start.
-pub(super) fn run_thread(
+pub(super) fn run_thread<P: Policy + 'static>(
     id: usize,
     workers: usize,
     shared: Arc<Shared>,
     listen: Vec<SocketAddr>,
     driver: DriverChoice,
+    policies: P,
     ready: mpsc::Sender<Ready>,
 ) {
+    let policies = Rc::new(policies);
     if driver != DriverChoice::Epoll {
         let runtime = crate::runtime::uring_runtime();
         match runtime {
             Ok(mut rt) => {
-                rt.block_on(run(id, workers, shared, listen, "io_uring", ready));
+                rt.block_on(run(
+                    id, workers, shared, listen, "io_uring", policies, ready,
+                ));
                 return;
             }
             Err(e) if driver == DriverChoice::Auto => {
@@ -52,7 +58,7 @@ pub(super) fn run_thread(
         }
     }
     match crate::runtime::epoll_runtime() {
-        Ok(mut rt) => rt.block_on(run(id, workers, shared, listen, "epoll", ready)),
+        Ok(mut rt) => rt.block_on(run(id, workers, shared, listen, "epoll", policies, ready)),
         Err(e) => {
             let _ = ready.send(Err(format!(
                 "worker {id}: cannot start the epoll driver: {e}"
@@ -61,12 +67,13 @@ pub(super) fn run_thread(
     }
 }
 
-async fn run(
+async fn run<P: Policy + 'static>(
     id: usize,
     workers: usize,
     shared: Arc<Shared>,
     listen: Vec<SocketAddr>,
     driver: &'static str,
+    policies: Rc<P>,
     ready: mpsc::Sender<Ready>,
 ) {
     let opts = ListenerOpts::new()
@@ -94,7 +101,7 @@ async fn run(
     monoio::spawn(watch_shutdown(worker.clone()));
     let accepts: Vec<_> = listeners
         .into_iter()
-        .map(|l| monoio::spawn(accept_loop(worker.clone(), l)))
+        .map(|l| monoio::spawn(accept_loop(worker.clone(), policies.clone(), l)))
         .collect();
     for task in accepts {
         task.await;
@@ -130,7 +137,11 @@ async fn watch_shutdown(worker: Rc<Worker>) {
     worker.shutdown.fire();
 }
 
-async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+async fn accept_loop<P: Policy + 'static>(
+    worker: Rc<Worker>,
+    policies: Rc<P>,
+    listener: TcpListener,
+) {
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => Some(r),
@@ -143,8 +154,9 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
                     .open_connections
                     .set(worker.open_connections.get() + 1);
                 let w = worker.clone();
+                let policies = policies.clone();
                 monoio::spawn(async move {
-                    conn::serve(&w, stream, peer).await;
+                    conn::serve(&w, &*policies, stream, peer).await;
                     w.open_connections.set(w.open_connections.get() - 1);
                 });
             }
@@ -234,56 +246,10 @@ impl Worker {
     pub fn next_request_id(&self) -> RequestId {
         let seq = self.request_seq.get().wrapping_add(1);
         self.request_seq.set(seq);
-        let mut id = RequestId {
-            bytes: [0; 64],
-            len: 24,
-        };
-        write_hex(&mut id.bytes[0..8], u64::from(self.id_prefix));
-        write_hex(&mut id.bytes[8..12], self.id as u64);
-        write_hex(&mut id.bytes[12..24], seq);
-        id
-    }
-}
-
-fn write_hex(out: &mut [u8], mut value: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for slot in out.iter_mut().rev() {
-        *slot = HEX[(value & 0xf) as usize];
-        value >>= 4;
-    }
-}
-
-/// A request id, either generated or taken from a well-formed client `x-request-id`.
-#[derive(Clone, Copy)]
-pub struct RequestId {
-    bytes: [u8; 64],
-    len: usize,
-}
-
-impl RequestId {
-    /// Longest client-supplied id that is kept.
-    pub const MAX_LEN: usize = 64;
-
-    /// Takes a client's id when it is 1–64 characters of `[A-Za-z0-9._-]`.
-    pub fn from_client(value: &[u8]) -> Option<Self> {
-        let ok = !value.is_empty()
-            && value.len() <= Self::MAX_LEN
-            && value
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if !ok {
-            return None;
-        }
-        let mut bytes = [0; 64];
-        bytes[..value.len()].copy_from_slice(value);
-        Some(Self {
-            bytes,
-            len: value.len(),
-        })
-    }
-
-    /// The id's text.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
+        RequestId::hex(&[
+            (u64::from(self.id_prefix), 8),
+            (self.id as u64, 4),
+            (seq, 12),
+        ])
     }
 }

@@ -21,6 +21,8 @@ use monoio::net::TcpStream;
 use super::{emit, Broken, INVALID_CHUNKED};
 use crate::http::content_coding::{Codings, ContentDecoder, DecodeError};
 use crate::http::{ChunkedDecoder, ResponseFraming};
+use crate::policy::context::RequestCtx;
+use crate::policy::phase::{BodyCoding, Pipeline, Policy};
 use crate::server::conn::Client;
 use crate::snapshot::Timeouts;
 
@@ -29,12 +31,13 @@ const UNDECODABLE_BODY: &str =
     "Bad gateway: the backend sent a content-coded body that does not decode.";
 
 impl Client {
-    /// The decoder for the answer whose head is in `self.resp`, when its body must be read
-    /// and is coded with codings Sluice decodes. A coding it does not decode leaves the
-    /// body as it came, and a successful answer's usage unknown (logged once here).
-    pub(super) fn answer_decoder(&mut self) -> Option<ContentDecoder> {
+    /// How the body of the answer whose head is in `self.resp` reaches the body phase: with
+    /// the decoder when `decode` (Sluice asked for `identity`, a policy reads the body) and
+    /// it is coded with codings Sluice decodes; otherwise as it came — [`BodyCoding::Opaque`]
+    /// when it is coded at all.
+    pub(super) fn answer_coding(&self, decode: bool) -> (Option<ContentDecoder>, BodyCoding) {
         if self.resp.framing == ResponseFraming::None {
-            return None;
+            return (None, BodyCoding::Identity);
         }
         let values = self
             .resp
@@ -43,18 +46,11 @@ impl Client {
             .filter(|h| h.name(&self.ubuf).eq_ignore_ascii_case(b"content-encoding"))
             .map(|h| h.value(&self.ubuf));
         match Codings::parse(values) {
-            Codings::Identity => None,
-            Codings::Decodable(codings) => Some(ContentDecoder::new(&codings)),
-            Codings::Unsupported(coding) => {
-                if self.usage.reads() {
-                    tracing::warn!(
-                        coding = %coding,
-                        "backend answered in a content coding Sluice does not decode although asked for identity; relayed as it came, its usage unread"
-                    );
-                    self.usage.undecodable();
-                }
-                None
+            Codings::Identity => (None, BodyCoding::Identity),
+            Codings::Decodable(codings) if decode => {
+                (Some(ContentDecoder::new(&codings)), BodyCoding::Identity)
             }
+            Codings::Decodable(_) | Codings::Unsupported(_) => (None, BodyCoding::Opaque),
         }
     }
 
@@ -62,8 +58,11 @@ impl Client {
     /// `Ok(true)` when the upstream connection is left exactly at the end of the answer.
     /// The head is held back until the first decoded byte (or the end), so that a body
     /// that does not decode before then is still a 502.
-    pub(super) async fn relay_decoded(
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn relay_decoded<'s, P: Policy>(
         &mut self,
+        pipeline: &Pipeline<'s, P>,
+        ctx: &mut RequestCtx<'s>,
         upstream: &mut TcpStream,
         out: &mut Vec<u8>,
         decoder: &mut ContentDecoder,
@@ -90,7 +89,9 @@ impl Client {
                             });
                         }
                     };
-                    let passed = self.pass(decoder, &coded, out, framed, &mut flushed).await;
+                    let passed = self
+                        .pass(pipeline, ctx, decoder, &coded, out, framed, &mut flushed)
+                        .await;
                     self.scratch = coded;
                     passed?;
                     pos += step.consumed;
@@ -99,18 +100,27 @@ impl Client {
                     }
                     self.ubuf.drain(..pos);
                     pos = 0;
-                    self.read_upstream(upstream, t).await?;
+                    self.read_upstream(ctx, upstream, t).await?;
                 }
             }
             ResponseFraming::Close => {
-                self.pass_read(decoder, body_start, usize::MAX, out, framed, &mut flushed)
-                    .await?;
+                self.pass_read(
+                    pipeline,
+                    ctx,
+                    decoder,
+                    body_start,
+                    usize::MAX,
+                    out,
+                    framed,
+                    &mut flushed,
+                )
+                .await?;
                 loop {
                     self.ubuf.clear();
-                    match self.read_upstream_or_end(upstream, t).await? {
+                    match self.read_upstream_or_end(ctx, upstream, t).await? {
                         0 => break,
                         n => {
-                            self.pass_read(decoder, 0, n, out, framed, &mut flushed)
+                            self.pass_read(pipeline, ctx, decoder, 0, n, out, framed, &mut flushed)
                                 .await?
                         }
                     }
@@ -121,33 +131,54 @@ impl Client {
                 let have = (self.ubuf.len() - body_start) as u64;
                 let mut clean = have <= n;
                 let first = have.min(n) as usize;
-                self.pass_read(decoder, body_start, first, out, framed, &mut flushed)
-                    .await?;
+                self.pass_read(
+                    pipeline,
+                    ctx,
+                    decoder,
+                    body_start,
+                    first,
+                    out,
+                    framed,
+                    &mut flushed,
+                )
+                .await?;
                 let mut remaining = n - first as u64;
                 while remaining > 0 {
                     self.ubuf.clear();
-                    let k = (self.read_upstream(upstream, t).await? as u64).min(remaining);
+                    let k = (self.read_upstream(ctx, upstream, t).await? as u64).min(remaining);
                     clean &= self.ubuf.len() as u64 == k;
                     remaining -= k;
-                    self.pass_read(decoder, 0, k as usize, out, framed, &mut flushed)
-                        .await?;
+                    self.pass_read(
+                        pipeline,
+                        ctx,
+                        decoder,
+                        0,
+                        k as usize,
+                        out,
+                        framed,
+                        &mut flushed,
+                    )
+                    .await?;
                 }
                 clean
             }
-            // `answer_decoder` gives no decoder for a bodiless answer: nothing to decode.
+            // `answer_coding` gives no decoder for a bodiless answer: nothing to decode.
             ResponseFraming::None => self.ubuf.len() == body_start,
         };
         decoder
             .finish()
             .map_err(|error| undecodable(error, flushed))?;
-        self.finish_tap(out, framed);
+        self.finish_body(pipeline, ctx, out, framed);
         self.flush(out).await?;
         Ok(clean)
     }
 
     /// [`Client::pass`] for up to `len` bytes of `self.ubuf` from `start`.
-    async fn pass_read(
+    #[allow(clippy::too_many_arguments)]
+    async fn pass_read<'s, P: Policy>(
         &mut self,
+        pipeline: &Pipeline<'s, P>,
+        ctx: &mut RequestCtx<'s>,
         decoder: &mut ContentDecoder,
         start: usize,
         len: usize,
@@ -158,16 +189,27 @@ impl Client {
         let read = std::mem::take(&mut self.ubuf);
         let end = start.saturating_add(len).min(read.len());
         let passed = self
-            .pass(decoder, &read[start..end], out, framed, flushed)
+            .pass(
+                pipeline,
+                ctx,
+                decoder,
+                &read[start..end],
+                out,
+                framed,
+                flushed,
+            )
             .await;
         self.ubuf = read;
         passed
     }
 
-    /// Decodes `coded`, handing each decoded piece through the usage tap to the client
+    /// Decodes `coded`, handing each decoded piece through the body phase to the client
     /// before decoding more. `flushed` turns true once a body byte was written.
-    async fn pass(
+    #[allow(clippy::too_many_arguments)]
+    async fn pass<'s, P: Policy>(
         &mut self,
+        pipeline: &Pipeline<'s, P>,
+        ctx: &mut RequestCtx<'s>,
         decoder: &mut ContentDecoder,
         coded: &[u8],
         out: &mut Vec<u8>,
@@ -184,7 +226,7 @@ impl Client {
                 return Ok(());
             }
             let before = out.len();
-            emit(&mut self.usage, &mut self.filtered, out, piece, framed);
+            emit(pipeline, ctx, &mut self.filtered, out, piece, framed);
             if out.len() > before {
                 self.flush(out).await?;
                 *flushed = true;

@@ -4,18 +4,18 @@
 //! counts the completion as it passes instead.
 //!
 //! At admission [`StreamPlan::for_request`] records what the request allows; before each
-//! attempt [`Client::plan_attempt`] resolves it against the candidate backend — a compare of
-//! two bools — and tells the usage tap. The body with the field added is built once per
+//! attempt [`plan_attempt`] resolves it against the candidate backend — a compare of two
+//! bools — and tells the usage tap. The body with the field added is built once per
 //! request, on the first attempt that uses it; the client's own `stream_options` are never
 //! touched (what is forwarded is what was authorized).
 
-use super::conn::Client;
+use crate::policy::context::RequestCtx;
 use crate::tokens::estimate::{Estimator, RequestFacts};
 use crate::tokens::usage::inject_include_usage;
 
 /// What a streamed chat or completions request under a token limit allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct StreamPlan {
+pub struct StreamPlan {
     /// Sluice may ask the backend for the usage chunk: the deployment's
     /// `tokens.stream_usage` is on and the client did not ask itself.
     inject: bool,
@@ -28,7 +28,7 @@ pub(super) struct StreamPlan {
 impl StreamPlan {
     /// The plan of a request whose token usage must be settled; `None` for everything but a
     /// streamed chat or completions request (Responses streams always end with their usage).
-    pub(super) fn for_request(
+    pub fn for_request(
         facts: &RequestFacts<'_>,
         stream_usage: bool,
         estimator: Estimator,
@@ -45,52 +45,45 @@ impl StreamPlan {
     }
 }
 
-impl Client {
-    /// Decides the next attempt against a backend that does (or does not) accept
-    /// `stream_options`, and readies the usage tap: returns whether the attempt sends the
-    /// body with `include_usage` added ([`Client::attempt_body`]).
-    ///
-    /// The stream is expected to carry usage when the field goes to a backend that accepts
-    /// it (added by Sluice, or the client's own); otherwise its completion is counted. A
-    /// backend declared as accepting it that still sends no usage keeps the reservation
-    /// (declare it `stream_options = "unsupported"` to have it counted).
-    pub(super) fn plan_attempt(&mut self, accepts_stream_options: bool) -> bool {
-        let Some(plan) = self.stream_plan else {
-            return false;
-        };
-        let mut inject = plan.inject && accepts_stream_options;
-        if inject && self.injected.is_none() {
-            match inject_include_usage(&self.body) {
-                Some(body) => self.injected = Some(body),
-                None => {
-                    // Nothing to add after all (an ambiguous body is left alone): counted.
-                    self.stream_plan = Some(StreamPlan {
-                        inject: false,
-                        ..plan
-                    });
-                    inject = false;
-                }
+/// Decides the next attempt against a backend that does (or does not) accept
+/// `stream_options`, and readies the usage tap: returns whether the attempt sends the body
+/// with `include_usage` added (built from `client_body` into `ctx.injected_body` on first use).
+///
+/// The stream is expected to carry usage when the field goes to a backend that accepts it
+/// (added by Sluice, or the client's own); otherwise its completion is counted. A backend
+/// declared as accepting it that still sends no usage keeps the reservation (declare it
+/// `stream_options = "unsupported"` to have it counted).
+pub fn plan_attempt(
+    ctx: &mut RequestCtx<'_>,
+    client_body: &[u8],
+    accepts_stream_options: bool,
+) -> bool {
+    let Some(plan) = ctx.stream_plan else {
+        return false;
+    };
+    let mut inject = plan.inject && accepts_stream_options;
+    if inject && ctx.injected_body.is_none() {
+        match inject_include_usage(client_body) {
+            Some(body) => ctx.injected_body = Some(body),
+            None => {
+                // Nothing to add after all (an ambiguous body is left alone): counted.
+                ctx.stream_plan = Some(StreamPlan {
+                    inject: false,
+                    ..plan
+                });
+                inject = false;
             }
         }
-        let carries_usage = inject || (plan.client_asked && accepts_stream_options);
-        self.usage
-            .attempt(inject, (!carries_usage).then_some(plan.estimator));
-        inject
     }
-
-    /// The body an attempt sends: with `include_usage` added when [`Client::plan_attempt`]
-    /// said so, else the client's.
-    pub(super) fn attempt_body(&self, injected: bool) -> &[u8] {
-        match (&self.injected, injected) {
-            (Some(body), true) => body,
-            _ => &self.body,
-        }
-    }
+    let carries_usage = inject || (plan.client_asked && accepts_stream_options);
+    ctx.usage
+        .attempt(inject, (!carries_usage).then_some(plan.estimator));
+    inject
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::usage_tap::{Charge, Counted, UsageTap};
+    use super::super::tap::{Charge, Counted, UsageTap};
     use crate::tokens::estimate::Estimator;
     use crate::tokens::Usage;
 

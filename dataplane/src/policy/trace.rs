@@ -1,0 +1,98 @@
+//! The trace as a policy (DESIGN.md step 12): a client that sends `Ocp-Apim-Trace: true` or
+//! `x-sluice-trace: true` with a key whose product allows tracing (`trace = true`, and
+//! `[access] trace_header` on) gets an `x-sluice-trace` header on the answer, a compact
+//! account of what each step decided. The trace is typed while the request runs and
+//! rendered once, from the context, when the answer's head is written:
+//!
+//! `route={operation} deployment={name}; subscription={name}; limit {label} allow
+//! remaining={n}; …; backend={name}` — one `limit` entry per limit that applied (its verdict
+//! `allow` or `shadow-deny`), and the backend last tried (the one that served, when one did).
+
+use std::borrow::Cow;
+
+use super::context::RequestCtx;
+use super::phase::{Env, Flow, Policy, Request};
+use crate::snapshot::Snapshot;
+
+/// What the trace of one request says, beyond what the context already holds.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Trace {
+    /// One entry per limit decision: `{label} {verdict} remaining={n}`.
+    pub limits: Vec<String>,
+}
+
+/// Turns the trace on for requests that ask for it and may have it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TraceHeader;
+
+impl Policy for TraceHeader {
+    fn on_request_body<'s>(
+        &self,
+        env: &Env<'s>,
+        ctx: &mut RequestCtx<'s>,
+        req: &Request<'_>,
+    ) -> Flow {
+        let allowed = env.snapshot.access.trace_header
+            && ctx.deployment.is_some()
+            && ctx.product.is_some_and(|p| p.trace);
+        if allowed && wants_trace(req) {
+            ctx.trace = Some(Trace::default());
+        }
+        Flow::Continue
+    }
+}
+
+/// Whether the client asked for the trace header (`Ocp-Apim-Trace: true` or
+/// `x-sluice-trace: true`).
+fn wants_trace(req: &Request<'_>) -> bool {
+    ["ocp-apim-trace", "x-sluice-trace"].iter().any(|h| {
+        req.header(h)
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"true"))
+    })
+}
+
+/// The header lines Sluice adds to every answer of this request: the rate-limit state, then
+/// `x-sluice-trace` when the trace is on.
+pub fn answer_headers<'c>(ctx: &'c RequestCtx<'_>, snapshot: &Snapshot) -> Cow<'c, [u8]> {
+    let Some(trace) = &ctx.trace else {
+        return Cow::Borrowed(&ctx.response_headers);
+    };
+    let mut all = ctx.response_headers.clone();
+    all.extend_from_slice(b"x-sluice-trace: ");
+    render(&mut all, trace, ctx, snapshot);
+    all.extend_from_slice(b"\r\n");
+    Cow::Owned(all)
+}
+
+/// Renders the trace of `ctx` into `out` (one header value).
+fn render(out: &mut Vec<u8>, trace: &Trace, ctx: &RequestCtx<'_>, snapshot: &Snapshot) {
+    let route = ctx.operation.map_or("-", |op| op.path_suffix());
+    let deployment = ctx.deployment.map_or("-", |d| d.name.as_str());
+    let subscription = ctx
+        .caller
+        .as_ref()
+        .and_then(|c| snapshot.access.subscriptions.get(c.subscription))
+        .map_or("-", |s| s.name.as_str());
+    for part in [
+        "route=",
+        route,
+        " deployment=",
+        deployment,
+        "; subscription=",
+        subscription,
+    ] {
+        out.extend_from_slice(part.as_bytes());
+    }
+    for line in &trace.limits {
+        out.extend_from_slice(b"; limit ");
+        out.extend_from_slice(line.as_bytes());
+    }
+    if let Some(backend) = ctx
+        .attempts
+        .last()
+        .and_then(|a| snapshot.backends.get(a.backend))
+    {
+        out.extend_from_slice(b"; backend=");
+        out.extend_from_slice(backend.name.as_bytes());
+    }
+}
