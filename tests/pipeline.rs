@@ -1,0 +1,276 @@
+//! The request pipeline seen from a policy: a recording policy installed in front of the
+//! standard pipeline (`server::start_with`, real workers on 127.0.0.1, a real socket) sees
+//! every phase in order — and `on_complete` exactly once — for a plain answer, a stream, a
+//! request refused at its head and one whose backend cannot be reached.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sluice::policy::context::{AttemptOutcome, End, RequestCtx};
+use sluice::policy::phase::{Chunk, Env, Flow, Policy, Request, Response, UpstreamRequest};
+use sluice::policy::pipeline;
+use sluice::server::{self, DriverChoice, Loaded, Shared};
+
+/// Writes one line per phase into a log the test reads.
+#[derive(Clone, Default)]
+struct Recording(Arc<Mutex<Vec<String>>>);
+
+impl Recording {
+    fn push(&self, line: String) {
+        self.0.lock().unwrap().push(line);
+    }
+
+    /// The lines so far, runs of body chunks folded into one `body_chunk`.
+    fn take(&self) -> Vec<String> {
+        let mut lines: Vec<String> = Vec::new();
+        for line in self.0.lock().unwrap().drain(..) {
+            if line == "body_chunk" && lines.last().is_some_and(|l| l == "body_chunk") {
+                continue;
+            }
+            lines.push(line);
+        }
+        lines
+    }
+}
+
+impl Policy for Recording {
+    fn on_request<'s>(&self, _: &Env<'s>, ctx: &mut RequestCtx<'s>, _: &Request<'_>) -> Flow {
+        self.push(format!("request {:?}", ctx.operation.map(|o| o.path_suffix())));
+        Flow::Continue
+    }
+
+    fn on_request_body<'s>(&self, _: &Env<'s>, ctx: &mut RequestCtx<'s>, req: &Request<'_>) -> Flow {
+        let deployment = ctx.deployment.map(|d| d.name.clone());
+        self.push(format!("request_body {} {deployment:?}", req.body.len()));
+        Flow::Continue
+    }
+
+    fn on_upstream_request<'s>(
+        &self,
+        env: &Env<'s>,
+        _: &mut RequestCtx<'s>,
+        req: &UpstreamRequest<'_>,
+    ) -> Flow {
+        let name = &env.snapshot.backends[req.backend].name;
+        self.push(format!("upstream_request {name}"));
+        Flow::Continue
+    }
+
+    fn on_response_head<'s>(&self, _: &Env<'s>, ctx: &mut RequestCtx<'s>, resp: &Response) -> Flow {
+        self.push(format!(
+            "response_head {} stream={}",
+            resp.status, resp.event_stream
+        ));
+        ctx.body.read = true;
+        Flow::Continue
+    }
+
+    fn on_body_chunk<'s>(
+        &self,
+        _: &Env<'s>,
+        _: &mut RequestCtx<'s>,
+        data: &[u8],
+        end_of_stream: bool,
+        _: &mut Vec<u8>,
+    ) -> Chunk {
+        if end_of_stream {
+            self.push("body_end".into());
+        } else if !data.is_empty() {
+            self.push("body_chunk".into());
+        }
+        Chunk::Pass
+    }
+
+    fn on_complete<'s>(&self, _: &Env<'s>, ctx: &mut RequestCtx<'s>) {
+        let attempts: Vec<String> = ctx
+            .attempts
+            .iter()
+            .map(|a| format!("{:?}/{:?}", a.outcome, a.status))
+            .collect();
+        self.push(format!(
+            "complete status={:?} error={:?} end={:?} attempts={attempts:?} out={}",
+            ctx.status,
+            ctx.error.map(|e| e.kind),
+            ctx.end,
+            ctx.bytes_out > 0
+        ));
+        assert!(ctx.timings.complete.is_some());
+        if ctx.status.is_some() {
+            assert!(ctx.timings.first_byte_out.is_some());
+        }
+        // Outcomes the test's requests cannot produce.
+        assert!(ctx
+            .attempts
+            .iter()
+            .all(|a| a.outcome != AttemptOutcome::Pending));
+        assert_ne!(ctx.end, End::ClientGone);
+    }
+}
+
+const KEY: &str = "pipeline-test-key-0123456789";
+
+/// A mock deployment and one whose only backend refuses connections, behind a key.
+fn config(dir: &std::path::Path, closed: SocketAddr) -> PathBuf {
+    let hash = {
+        use std::fmt::Write as _;
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(KEY.as_bytes());
+        digest.iter().fold(String::from("sha256:"), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    };
+    let text = format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+
+[[backend]]
+name = "mock"
+kind = "mock"
+completion_tokens = 3
+
+[[backend]]
+name = "gone"
+kind = "openai"
+url = "http://{closed}"
+
+[[deployment]]
+name = "gpt-4o-mini"
+backends = [{{ backend = "mock" }}]
+
+[[deployment]]
+name = "unreachable"
+backends = [{{ backend = "gone" }}]
+
+[[product]]
+name = "all"
+
+[[subscription]]
+name = "team"
+product = "all"
+keys = ["{hash}"]
+"#
+    );
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Sends one request on a new connection and reads the answer to its end (the server
+/// closes: `connection: close`); returns the status.
+fn exchange(addr: SocketAddr, key: &str, path: &str, body: &str) -> u16 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nhost: x\r\napi-key: {key}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    text.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// Waits until the log holds a `complete` line (the request's `on_complete` runs after its
+/// answer was written, so it can trail the client's read by a moment).
+fn settled(log: &Recording) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = log.0.lock().unwrap().clone();
+        if lines.iter().any(|l| l.starts_with("complete")) || Instant::now() > deadline {
+            return log.take();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_recording_policy_sees_every_phase_in_order() {
+    let dir = std::env::temp_dir().join(format!("sluice-pipeline-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A port nothing listens on: bound, then released.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let path = config(&dir, closed);
+    let snapshot = sluice::config::load(&path, None).expect("config");
+    let shared = Shared::new(Loaded::new(snapshot).expect("runtime"));
+    let log = Recording::default();
+    let recording = log.clone();
+    let listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let running = server::start_with(shared.clone(), listen, 1, DriverChoice::Auto, move || {
+        (recording.clone(), pipeline::standard())
+    })
+    .expect("start");
+    let addr = running.listen[0];
+    let chat = "/v1/chat/completions";
+
+    let plain = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    assert_eq!(exchange(addr, KEY, chat, plain), 200);
+    assert_eq!(
+        settled(&log),
+        [
+            "request Some(\"chat/completions\")",
+            &format!("request_body {} Some(\"gpt-4o-mini\")", plain.len()),
+            "upstream_request mock",
+            "response_head 200 stream=false",
+            "body_end",
+            "complete status=Some(200) error=None end=Complete attempts=[\"Answered/Some(200)\"] out=true",
+        ]
+    );
+
+    let streamed =
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    assert_eq!(exchange(addr, KEY, chat, streamed), 200);
+    assert_eq!(
+        settled(&log),
+        [
+            "request Some(\"chat/completions\")",
+            &format!("request_body {} Some(\"gpt-4o-mini\")", streamed.len()),
+            "upstream_request mock",
+            "response_head 200 stream=true",
+            "body_chunk",
+            "body_end",
+            "complete status=Some(200) error=None end=Complete attempts=[\"Answered/Some(200)\"] out=true",
+        ]
+    );
+
+    assert_eq!(exchange(addr, "not-a-key", chat, plain), 401);
+    assert_eq!(
+        settled(&log),
+        [
+            "request Some(\"chat/completions\")",
+            "complete status=Some(401) error=Some(\"invalid_request_error\") end=Complete attempts=[] out=true",
+        ]
+    );
+
+    let unreachable = r#"{"model":"unreachable","messages":[{"role":"user","content":"hi"}]}"#;
+    assert_eq!(exchange(addr, KEY, chat, unreachable), 502);
+    let lines = settled(&log);
+    assert_eq!(
+        lines[..3],
+        [
+            "request Some(\"chat/completions\")".to_string(),
+            format!("request_body {} Some(\"unreachable\")", unreachable.len()),
+            "upstream_request gone".to_string(),
+        ]
+    );
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(
+        lines[3].starts_with("complete status=Some(502) error=Some(")
+            && lines[3].contains("attempts=[\"ConnectFailed/None\"]"),
+        "{lines:?}"
+    );
+
+    shared.begin_shutdown();
+    assert!(running.join(Instant::now() + Duration::from_secs(10)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
