@@ -39,11 +39,19 @@ impl Recording {
 
 impl Policy for Recording {
     fn on_request<'s>(&self, _: &Env<'s>, ctx: &mut RequestCtx<'s>, _: &Request<'_>) -> Flow {
-        self.push(format!("request {:?}", ctx.operation.map(|o| o.path_suffix())));
+        self.push(format!(
+            "request {:?}",
+            ctx.operation.map(|o| o.path_suffix())
+        ));
         Flow::Continue
     }
 
-    fn on_request_body<'s>(&self, _: &Env<'s>, ctx: &mut RequestCtx<'s>, req: &Request<'_>) -> Flow {
+    fn on_request_body<'s>(
+        &self,
+        _: &Env<'s>,
+        ctx: &mut RequestCtx<'s>,
+        req: &Request<'_>,
+    ) -> Flow {
         let deployment = ctx.deployment.map(|d| d.name.clone());
         self.push(format!("request_body {} {deployment:?}", req.body.len()));
         Flow::Continue

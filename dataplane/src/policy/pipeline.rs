@@ -20,3 +20,6 @@ pub fn standard() -> Standard {
         (Authenticate, (TraceHeader, (Admit, UsageAccounting))),
     )
 }
+
+#[cfg(test)]
+mod tests;
