@@ -102,7 +102,7 @@ impl Policy for Recording {
         self.push(format!(
             "complete status={:?} error={:?} end={:?} attempts={attempts:?} out={}",
             ctx.status,
-            ctx.error.map(|e| e.kind),
+            ctx.error,
             ctx.end,
             ctx.bytes_out > 0
         ));
@@ -256,7 +256,7 @@ fn a_recording_policy_sees_every_phase_in_order() {
         settled(&log),
         [
             "request Some(\"chat/completions\")",
-            "complete status=Some(401) error=Some(\"invalid_request_error\") end=Complete attempts=[] out=true",
+            "complete status=Some(401) error=Some(InvalidApiKey) end=Complete attempts=[] out=true",
         ]
     );
 
@@ -273,7 +273,7 @@ fn a_recording_policy_sees_every_phase_in_order() {
     );
     assert_eq!(lines.len(), 4, "{lines:?}");
     assert!(
-        lines[3].starts_with("complete status=Some(502) error=Some(")
+        lines[3].starts_with("complete status=Some(502) error=Some(UpstreamUnavailable)")
             && lines[3].contains("attempts=[\"ConnectFailed/None\"]"),
         "{lines:?}"
     );

@@ -393,9 +393,11 @@ fn decide(
 /// The answer to a request `limit` refused.
 fn refusal(limit: &Limit, denial: &crate::limit::Denial) -> GatewayError {
     match denial.reason {
-        DenyReason::Rate => {
-            GatewayError::rate_limited(unit_name(limit.unit), denial.retry_after, &limit.label)
-        }
+        DenyReason::Rate => GatewayError::rate_limited(
+            limit.unit == LimitUnit::Tokens,
+            denial.retry_after,
+            &limit.label,
+        ),
         DenyReason::Quota => GatewayError::quota_exceeded(denial.retry_after, &limit.label),
         DenyReason::TooLarge => match limit.window {
             LimitWindow::Quota { .. } => GatewayError::too_large_for_quota(&limit.label),
@@ -503,12 +505,5 @@ fn window_of(per: QuotaPeriod) -> QuotaWindow {
         QuotaPeriod::Hour => QuotaWindow::Hour,
         QuotaPeriod::Day => QuotaWindow::Day,
         QuotaPeriod::Month => QuotaWindow::Month,
-    }
-}
-
-fn unit_name(unit: LimitUnit) -> &'static str {
-    match unit {
-        LimitUnit::Requests => "requests",
-        LimitUnit::Tokens => "tokens",
     }
 }

@@ -14,7 +14,7 @@ use super::admission::{Admission, IpGate};
 use super::identity::Caller;
 use super::trace::Trace;
 use super::usage::{StreamPlan, UsageTap};
-use crate::error::{Fault, GatewayError};
+use crate::error::ErrorKind;
 use crate::route::Operation;
 use crate::snapshot::access::Product;
 use crate::snapshot::{BackendId, Deployment};
@@ -126,8 +126,8 @@ pub struct RequestCtx<'s> {
     pub attempts: Vec<Attempt>,
     /// The status Sluice sent the client (`None`: no answer head went out).
     pub status: Option<u16>,
-    /// The error Sluice answered (or ended the request) with, if any.
-    pub error: Option<ErrorRecord>,
+    /// The error Sluice answered the request with, if any.
+    pub error: Option<ErrorKind>,
     /// How the request ended.
     pub end: End,
     /// Request bytes read from the client (head and framed body).
@@ -214,31 +214,6 @@ pub enum End {
     ClientGone,
 }
 
-/// The error a request was answered with, as recorded (the message is not kept: it may
-/// name what the client sent).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ErrorRecord {
-    /// The HTTP status.
-    pub status: u16,
-    /// Whose fault.
-    pub fault: Fault,
-    /// The OpenAI `error.type`.
-    pub kind: &'static str,
-    /// The OpenAI `error.code`.
-    pub code: Option<&'static str>,
-}
-
-impl From<&GatewayError> for ErrorRecord {
-    fn from(err: &GatewayError) -> Self {
-        Self {
-            status: err.status,
-            fault: err.fault,
-            kind: err.kind,
-            code: err.code,
-        }
-    }
-}
-
 /// When the stages of a request happened (monotonic).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timings {
@@ -292,11 +267,6 @@ impl<'s> RequestCtx<'s> {
                 complete: None,
             },
         }
-    }
-
-    /// Records that `err` is the answer (or, for a request that got none, what ended it).
-    pub fn record_error(&mut self, err: &GatewayError) {
-        self.error = Some(ErrorRecord::from(err));
     }
 
     /// The backend that served, when an answer came from one.

@@ -12,7 +12,7 @@ use crate::auth::jwt::{
 use crate::auth::keys::{
     extract_credential, query_has_key, KeyCheck, KeyEntry, KeyTable, SubscriptionId,
 };
-use crate::error::GatewayError;
+use crate::error::{ErrorKind, GatewayError};
 use crate::http::RequestHead;
 use crate::route::Operation;
 use crate::snapshot::access::{Access, JwtAlgorithm, JwtKeySource, LimitScope, Product};
@@ -88,8 +88,8 @@ impl Identity {
         now_unix: u64,
     ) -> Result<Caller, GatewayError> {
         if query_has_key(head.target(buf)) {
-            return Err(GatewayError::unauthorized(
-                "key_in_query",
+            return Err(GatewayError::new(
+                ErrorKind::KeyInQuery,
                 "Keys are not accepted in the query string (they end up in logs); send the key as the api-key header, Ocp-Apim-Subscription-Key or Authorization: Bearer.",
             ));
         }
@@ -103,14 +103,14 @@ impl Identity {
             let token = std::str::from_utf8(credential.value).map_err(|_| invalid_key())?;
             let principal = jwt.validate(token, now_unix).map_err(|e| {
                 tracing::debug!(reason = e.name(), "JWT refused");
-                GatewayError::unauthorized(
-                    "invalid_token",
+                GatewayError::new(
+                    ErrorKind::InvalidToken,
                     "Access denied: the bearer token is not valid for this gateway.",
                 )
             })?;
             let subscription = principal.subscription.ok_or_else(|| {
-                GatewayError::unauthorized(
-                    "invalid_token",
+                GatewayError::new(
+                    ErrorKind::InvalidToken,
                     "Access denied: the bearer token maps to no subscription.",
                 )
             })?;
@@ -142,8 +142,8 @@ pub fn authorize<'a>(
 ) -> Result<&'a Product, GatewayError> {
     let product = authorize_operation(access, caller, op)?;
     if !product.deployments.contains(deployment) {
-        return Err(GatewayError::forbidden(
-            "deployment_not_allowed",
+        return Err(GatewayError::new(
+            ErrorKind::DeploymentNotAllowed,
             "Your subscription's product does not allow this deployment.",
         ));
     }
@@ -163,8 +163,8 @@ pub fn authorize_operation<'a>(
         .and_then(|s| access.products.get(s.product))
         .ok_or_else(invalid_key)?;
     if !product.operations.contains(op) {
-        return Err(GatewayError::forbidden(
-            "operation_not_allowed",
+        return Err(GatewayError::new(
+            ErrorKind::OperationNotAllowed,
             "Your subscription's product does not allow this operation.",
         ));
     }
@@ -172,8 +172,8 @@ pub fn authorize_operation<'a>(
 }
 
 fn invalid_key() -> GatewayError {
-    GatewayError::unauthorized(
-        "invalid_api_key",
+    GatewayError::new(
+        ErrorKind::InvalidApiKey,
         "Access denied due to a missing or invalid subscription key. Send a valid key as the api-key header, Ocp-Apim-Subscription-Key or Authorization: Bearer.",
     )
 }

@@ -25,7 +25,7 @@ use crate::limit::SystemClock;
 use crate::policy::admission::gate_client_ip;
 use crate::policy::context::{Attempt, End, RequestCtx, RequestId};
 use crate::policy::phase::{Env, Pipeline, Policy, Request};
-use crate::route::{route, DeploymentRef, Operation, RouteError};
+use crate::route::{route, DeploymentRef, Operation};
 use crate::snapshot::HeadersWithUnderscores;
 
 /// Whether the connection goes on after a request.
@@ -184,7 +184,7 @@ impl Client {
                     // A malformed head counts against its address too (its answer is this
                     // error whatever the limit says).
                     self.count_client_ip(worker, view);
-                    let err = GatewayError::bad_framing(e.status(), e.message());
+                    let err = GatewayError::from(e);
                     return self
                         .respond_error(worker.next_request_id(), &err, true)
                         .await;
@@ -203,8 +203,7 @@ impl Client {
                 }
                 Err(_) => {
                     self.count_client_ip(worker, view);
-                    let err = GatewayError::bad_framing(
-                        408,
+                    let err = GatewayError::request_timeout(
                         "Request timeout: the request head did not arrive in time.",
                     );
                     return self
@@ -278,14 +277,7 @@ impl Client {
                     deployment = self.deployment_range(r.deployment);
                     None
                 }
-                Err(e) => Some(match e {
-                    RouteError::NotFound => GatewayError::not_found(),
-                    RouteError::MethodNotAllowed(m) => GatewayError::method_not_allowed(m),
-                    RouteError::MissingApiVersion => GatewayError::invalid_request(
-                        "Missing required query parameter: api-version.",
-                        Some("api-version"),
-                    ),
-                }),
+                Err(e) => Some(GatewayError::from(e)),
             },
         };
         let flow = pipeline.on_request(ctx, &self.request());
@@ -468,8 +460,7 @@ impl Client {
                             }
                         }
                         Err(e) => {
-                            let status = e.status();
-                            return Err(Some(GatewayError::bad_framing(status, e.message())));
+                            return Err(Some(GatewayError::from(e)));
                         }
                     }
                     // Keep the head, drop the raw chunk bytes already decoded.
@@ -531,8 +522,8 @@ impl Client {
         err: &GatewayError,
         close: bool,
     ) -> Next {
-        ctx.record_error(err);
-        ctx.status = Some(err.status);
+        ctx.error = Some(err.kind);
+        ctx.status = Some(err.status());
         log_error(ctx, err);
         self.respond_error(ctx.id, err, close).await
     }
@@ -547,8 +538,8 @@ impl Client {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         local::error_response(&mut out, err, &rid, close);
-        self.linger |= close || err.close;
-        self.write_out(out, close || err.close).await
+        self.linger |= close || err.closes();
+        self.write_out(out, close || err.closes()).await
     }
 
     /// Half-closes, then reads and discards what the client still sends (bounded in time and
@@ -601,29 +592,25 @@ impl Client {
 
 /// The answer to a body that missed its deadline (408, and the connection closes).
 fn body_timeout() -> GatewayError {
-    GatewayError::bad_framing(
-        408,
-        "Request timeout: the request body did not arrive in time.",
-    )
+    GatewayError::request_timeout("Request timeout: the request body did not arrive in time.")
 }
 
 /// Logs an error answer by its kind and whose fault it is: client faults at debug (a client
 /// can produce them at will), upstream and gateway faults at warn.
 fn log_error(ctx: &RequestCtx<'_>, err: &GatewayError) {
-    match err.fault {
+    let kind = err.kind;
+    match kind.fault() {
         Fault::Client => tracing::debug!(
             request_id = %ctx.id,
-            status = err.status,
-            kind = err.kind,
-            code = err.code,
+            status = kind.status(),
+            ?kind,
             "request refused"
         ),
-        Fault::Upstream | Fault::Gateway => tracing::warn!(
+        fault @ (Fault::Upstream | Fault::Gateway) => tracing::warn!(
             request_id = %ctx.id,
-            status = err.status,
-            kind = err.kind,
-            code = err.code,
-            fault = ?err.fault,
+            status = kind.status(),
+            ?kind,
+            ?fault,
             "request failed"
         ),
     }

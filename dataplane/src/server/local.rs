@@ -72,7 +72,7 @@ pub fn error_response(out: &mut Vec<u8>, err: &GatewayError, rid: &RequestId, cl
         );
         header(&mut extra, b"retry-after-ms", num.format(ms).as_bytes());
     }
-    json_response(out, err.status, &body, rid, close || err.close, &extra);
+    json_response(out, err.status(), &body, rid, close || err.closes(), &extra);
 }
 
 /// Appends the `GET /v1/models` answer: the deployments this gateway serves that

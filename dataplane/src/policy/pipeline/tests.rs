@@ -117,7 +117,7 @@ fn a_per_second_rate_refills_after_retry_after_on_the_clock() {
         "{headers}"
     );
     let refused = decide(&pipeline, &snapshot).expect_err("over the burst");
-    assert_eq!(refused.status, 429);
+    assert_eq!(refused.status(), 429);
     let wait = refused.retry_after.expect("retry after");
     assert!(
         wait > Duration::ZERO && wait <= Duration::from_millis(200),
@@ -125,7 +125,7 @@ fn a_per_second_rate_refills_after_retry_after_on_the_clock() {
     );
     // Not yet: a moment before the retry time.
     clock.advance(wait - Duration::from_millis(1));
-    assert_eq!(decide(&pipeline, &snapshot).unwrap_err().status, 429);
+    assert_eq!(decide(&pipeline, &snapshot).unwrap_err().status(), 429);
     clock.advance(Duration::from_millis(1));
     assert!(
         decide(&pipeline, &snapshot).is_ok(),
@@ -171,12 +171,12 @@ fn a_wrong_key_is_refused_at_the_head_and_counts_nothing() {
         body: &[],
     };
     match pipeline.on_request(&mut ctx, &req) {
-        Flow::Respond(err) => assert_eq!(err.status, 401),
+        Flow::Respond(err) => assert_eq!(err.status(), 401),
         Flow::Continue => panic!("a wrong key passed"),
     }
     pipeline.on_complete(&mut ctx);
     assert!(ctx.admission.is_none());
     // The subscription's one request a minute is still there.
     assert!(decide(&pipeline, &snapshot).is_ok());
-    assert_eq!(decide(&pipeline, &snapshot).unwrap_err().status, 429);
+    assert_eq!(decide(&pipeline, &snapshot).unwrap_err().status(), 429);
 }
