@@ -128,8 +128,19 @@ pub struct Admission {
     pub requests: Option<(u64, u64)>,
     /// The tightest tokens limit: (limit, remaining).
     pub tokens: Option<(u64, u64)>,
-    /// One entry per decision, for the trace header.
-    pub trace: Vec<String>,
+    /// One entry per decision, for the trace header (when [`Ask::trace`]).
+    pub trace: Vec<LimitDecision>,
+}
+
+/// One limit's decision on an admitted request, as the trace shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitDecision {
+    /// The limit (an index into [`Access::limits`]).
+    pub limit: usize,
+    /// What the limit has left after this request.
+    pub remaining: u64,
+    /// A shadow limit that would have refused the request (it refused nothing).
+    pub shadow_deny: bool,
 }
 
 #[derive(Debug)]
@@ -290,9 +301,11 @@ pub fn admit(
             } => {
                 warn_if_shadowed(limit, would_deny);
                 if ask.trace {
-                    admission
-                        .trace
-                        .push(trace_line(limit, remaining, would_deny.is_some()));
+                    admission.trace.push(LimitDecision {
+                        limit: index,
+                        remaining,
+                        shadow_deny: would_deny.is_some(),
+                    });
                 }
                 let slot = match limit.unit {
                     LimitUnit::Requests => &mut admission.requests,
@@ -406,23 +419,17 @@ fn refusal(limit: &Limit, denial: &crate::limit::Denial) -> GatewayError {
     }
 }
 
-/// One trace entry: the limit's label, its verdict and what remains.
-fn trace_line(limit: &Limit, remaining: u64, would_deny: bool) -> String {
-    let verdict = if would_deny { "shadow-deny" } else { "allow" };
-    format!("{} {verdict} remaining={remaining}", limit.label)
-}
-
 /// Appends the gate's decisions to the trace (after the others: server limits come last).
 fn gate_trace(admission: &mut Admission, ask: &Ask<'_>, gate: &IpGate) {
     if !ask.trace {
         return;
     }
-    for &(index, remaining, would_deny) in &gate.decided {
-        if let Some(limit) = ask.access.limits.get(index) {
-            admission
-                .trace
-                .push(trace_line(limit, remaining, would_deny));
-        }
+    for &(limit, remaining, shadow_deny) in &gate.decided {
+        admission.trace.push(LimitDecision {
+            limit,
+            remaining,
+            shadow_deny,
+        });
     }
 }
 

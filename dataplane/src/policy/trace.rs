@@ -10,6 +10,7 @@
 
 use std::borrow::Cow;
 
+use super::admission::LimitDecision;
 use super::context::RequestCtx;
 use super::phase::{Env, Flow, Policy, Request};
 use crate::snapshot::Snapshot;
@@ -17,8 +18,8 @@ use crate::snapshot::Snapshot;
 /// What the trace of one request says, beyond what the context already holds.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Trace {
-    /// One entry per limit decision: `{label} {verdict} remaining={n}`.
-    pub limits: Vec<String>,
+    /// Each limit's decision, in the order they were taken (the client-IP gate's last).
+    pub limits: Vec<LimitDecision>,
 }
 
 /// Turns the trace on for requests that ask for it and may have it.
@@ -83,9 +84,19 @@ fn render(out: &mut Vec<u8>, trace: &Trace, ctx: &RequestCtx<'_>, snapshot: &Sna
     ] {
         out.extend_from_slice(part.as_bytes());
     }
-    for line in &trace.limits {
+    let mut num = itoa::Buffer::new();
+    for decision in &trace.limits {
+        let Some(limit) = snapshot.access.limits.get(decision.limit) else {
+            continue;
+        };
         out.extend_from_slice(b"; limit ");
-        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(limit.label.as_bytes());
+        out.extend_from_slice(if decision.shadow_deny {
+            b" shadow-deny remaining="
+        } else {
+            b" allow remaining="
+        });
+        out.extend_from_slice(num.format(decision.remaining).as_bytes());
     }
     if let Some(backend) = ctx
         .attempts
