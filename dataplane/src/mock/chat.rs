@@ -4,10 +4,9 @@
 use serde::Serialize;
 
 use super::request::{self, Item, MockError, TextTally};
-use super::stream::{MockStream, StreamKind};
 use super::{
-    completion_budget, token, write_json, Finish, MockReply, MockSettings, Seq, Usage, Words,
-    SYSTEM_FINGERPRINT,
+    completion_budget, token, write_json, Finish, MockSettings, Planned, Seq, StreamKind, Usage,
+    Words, SYSTEM_FINGERPRINT,
 };
 
 /// Most choices one answer carries (OpenAI's own limit on `n`).
@@ -75,7 +74,7 @@ pub(super) fn reply_chat(
     body: &[u8],
     created: u64,
     id_seed: u64,
-) -> Result<MockReply, MockError> {
+) -> Result<Planned, MockError> {
     let body = request::parse(body)?;
     let messages = request::required_array(&body, "messages")?;
     let mut tally = TextTally::default();
@@ -94,10 +93,7 @@ pub(super) fn reply_chat(
         &["max_tokens", "max_completion_tokens"],
     )?;
     if stream {
-        return Ok(MockReply::Stream(MockStream::new(
-            StreamKind::Chat(plan),
-            settings.tokens_per_second,
-        )));
+        return Ok(Planned::Stream(StreamKind::Chat(plan)));
     }
     #[derive(Serialize)]
     struct Completion<'a, C> {
@@ -153,7 +149,7 @@ pub(super) fn reply_completion(
     body: &[u8],
     created: u64,
     id_seed: u64,
-) -> Result<MockReply, MockError> {
+) -> Result<Planned, MockError> {
     let body = request::parse(body)?;
     let prompt = request::required(&body, "prompt")?;
     let mut tally = TextTally::default();
@@ -175,10 +171,7 @@ pub(super) fn reply_completion(
         &["max_tokens"],
     )?;
     if stream {
-        return Ok(MockReply::Stream(MockStream::new(
-            StreamKind::Completion(plan),
-            settings.tokens_per_second,
-        )));
+        return Ok(Planned::Stream(StreamKind::Completion(plan)));
     }
     #[derive(Serialize)]
     struct Completion<'a, C> {
@@ -210,12 +203,12 @@ pub(super) fn reply_completion(
     Ok(json_reply(&answer, plan.tokens, plan.choices))
 }
 
-fn json_reply<T: Serialize>(answer: &T, tokens: u32, choices: u32) -> MockReply {
+fn json_reply<T: Serialize>(answer: &T, tokens: u32, choices: u32) -> Planned {
     // About seven bytes a word, plus the envelope of each choice and the answer.
     let size = 400 + choices as usize * (160 + tokens as usize * 7);
     let mut body = Vec::with_capacity(size);
     write_json(&mut body, answer);
-    MockReply::Json { status: 200, body }
+    Planned::Json { status: 200, body }
 }
 
 /// One choice of a `text_completion` answer or chunk.

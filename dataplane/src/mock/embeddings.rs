@@ -10,13 +10,13 @@ use std::fmt;
 use serde::{Serialize, Serializer};
 
 use super::request::{self, Item, MockError, TextTally};
-use super::{write_json, MockReply, MockSettings, Seq};
+use super::{write_json, MockSettings, Planned, Seq};
 
 /// The longest vector a request may ask for; OpenAI's largest model gives 3072.
 const MAX_DIMENSIONS: u64 = 65_536;
 
 /// Answers `POST …/embeddings`.
-pub(super) fn reply(settings: &MockSettings, body: &[u8]) -> Result<MockReply, MockError> {
+pub(super) fn reply(settings: &MockSettings, body: &[u8]) -> Result<Planned, MockError> {
     let body = request::parse(body)?;
     let input = request::required(&body, "input")?;
     let mut seeds = Vec::new();
@@ -102,7 +102,7 @@ pub(super) fn reply(settings: &MockSettings, body: &[u8]) -> Result<MockReply, M
     let per = if base64 { dims * 6 } else { dims * 11 };
     let mut out = Vec::with_capacity(200 + seeds.len() * (60 + per));
     write_json(&mut out, &list);
-    Ok(MockReply::Json {
+    Ok(Planned::Json {
         status: 200,
         body: out,
     })

@@ -74,6 +74,33 @@ pub enum MockReply {
     Stream(MockStream),
 }
 
+/// Which API the stream speaks.
+#[derive(Debug, Clone)]
+enum StreamKind {
+    /// `chat.completion.chunk` events, then `data: [DONE]`.
+    Chat(chat::Plan),
+    /// `text_completion` events, then `data: [DONE]`.
+    Completion(chat::Plan),
+    /// Typed Responses events (`event: response.created` … `response.completed`); like
+    /// OpenAI, no `[DONE]`.
+    Responses(responses::ResponsesPlan),
+}
+
+/// What an operation's module answers: a whole body, or the plan of a stream that
+/// [`reply`] paces as a [`MockStream`] (so the operation modules know nothing of pacing).
+#[derive(Debug)]
+enum Planned {
+    /// A whole JSON body with its status.
+    Json {
+        /// HTTP status.
+        status: u16,
+        /// The body.
+        body: Vec<u8>,
+    },
+    /// A stream of this kind.
+    Stream(StreamKind),
+}
+
 /// Answers one request `body` for `op`.
 ///
 /// `ChatCompletions`, `Completions`, `Embeddings` and `Responses` are answered as OpenAI
@@ -98,10 +125,16 @@ pub fn reply(
                 .to_owned(),
         )),
     };
-    answer.unwrap_or_else(|err| MockReply::Json {
-        status: err.status,
-        body: err.to_body(),
-    })
+    match answer {
+        Ok(Planned::Json { status, body }) => MockReply::Json { status, body },
+        Ok(Planned::Stream(kind)) => {
+            MockReply::Stream(MockStream::new(kind, settings.tokens_per_second))
+        }
+        Err(err) => MockReply::Json {
+            status: err.status,
+            body: err.to_body(),
+        },
+    }
 }
 
 /// The system fingerprint every chat and completion answer reports.

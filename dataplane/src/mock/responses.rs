@@ -5,8 +5,9 @@
 use serde::Serialize;
 
 use super::request::{self, MockError, TextTally};
-use super::stream::{MockStream, StreamKind};
-use super::{completion_budget, token, write_json, Finish, MockReply, MockSettings, Words};
+use super::{
+    completion_budget, token, write_json, Finish, MockSettings, Planned, StreamKind, Words,
+};
 
 /// Events of a Responses stream besides the text deltas: created, in_progress,
 /// output_item.added, content_part.added, output_text.done, content_part.done,
@@ -32,7 +33,7 @@ pub(super) fn reply(
     body: &[u8],
     created: u64,
     id_seed: u64,
-) -> Result<MockReply, MockError> {
+) -> Result<Planned, MockError> {
     let body = request::parse(body)?;
     let mut tally = TextTally::default();
     match request::required(&body, "input")? {
@@ -84,16 +85,13 @@ pub(super) fn reply(
         max_output_tokens,
     };
     if stream {
-        return Ok(MockReply::Stream(MockStream::new(
-            StreamKind::Responses(plan),
-            settings.tokens_per_second,
-        )));
+        return Ok(Planned::Stream(StreamKind::Responses(plan)));
     }
     let part = [plan.text_part(plan.tokens)];
     let item = [plan.item(&part, true)];
     let mut out = Vec::with_capacity(1200 + plan.tokens as usize * 7);
     write_json(&mut out, &plan.response(&item, true));
-    Ok(MockReply::Json {
+    Ok(Planned::Json {
         status: 200,
         body: out,
     })

@@ -4,21 +4,9 @@
 
 use std::time::Duration;
 
-use super::chat::{self, ChunkEvent, Plan};
-use super::responses::{self, ResponseEvent, ResponsesPlan};
-use super::token_interval;
-
-/// Which API the stream speaks.
-#[derive(Debug, Clone)]
-pub(super) enum StreamKind {
-    /// `chat.completion.chunk` events, then `data: [DONE]`.
-    Chat(Plan),
-    /// `text_completion` events, then `data: [DONE]`.
-    Completion(Plan),
-    /// Typed Responses events (`event: response.created` … `response.completed`); like
-    /// OpenAI, no `[DONE]`.
-    Responses(ResponsesPlan),
-}
+use super::chat::{self, ChunkEvent};
+use super::responses::{self, ResponseEvent};
+use super::{token_interval, StreamKind};
 
 /// What the event at some position is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
