@@ -20,7 +20,7 @@ use crate::health::BackendHealth;
 
 pub mod access;
 
-pub use access::{Access, LimitId, TokenSettings};
+pub use access::{Access, LimitIndex, TokenSettings};
 
 /// Index of a backend in [`Snapshot::backends`].
 pub type BackendId = usize;
@@ -283,7 +283,7 @@ pub struct Deployment {
     pub pool: Vec<PoolMember>,
     /// Its own limits (ids in [`Access::limits`]), in file order; they apply to every
     /// request to it, whoever sends it.
-    pub limits: Vec<LimitId>,
+    pub limits: Vec<LimitIndex>,
     /// How its tokens are estimated and accounted.
     pub tokens: TokenSettings,
 }

@@ -20,8 +20,8 @@ use super::schema::{
 use crate::http::url::{parse_http_url, UrlError};
 use crate::snapshot::access::{
     Access, DeploymentSet, Estimator, JwtAlgorithm, JwtIssuer, JwtKey, JwtKeySource, JwtRequire,
-    KeyDigest, KeyEntry, Limit, LimitOwner, LimitScope, LimitUnit, LimitWindow, OperationSet,
-    Product, QuotaPeriod, RatePeriod, RequiredClaim, Subscription, TokenizerFamily,
+    KeyDigest, KeyEntry, Limit, LimitIndex, LimitOwner, LimitScope, LimitUnit, LimitWindow,
+    OperationSet, Product, QuotaPeriod, RatePeriod, RequiredClaim, Subscription, TokenizerFamily,
     DEFAULT_JWKS_REFRESH, DEFAULT_JWT_LEEWAY,
 };
 use crate::snapshot::{Deployment, Secret, TokenSettings};
@@ -205,7 +205,7 @@ pub(crate) fn compile_access(
     }
 }
 
-/// The limits compiled so far; a limit's id is its index here.
+/// The limits compiled so far; a limit's [`Limit::index`] is its position here.
 struct LimitTable {
     limits: Vec<Limit>,
     /// Whether the file has a `[[jwt]]` (a `claim:` scope needs one).
@@ -213,7 +213,8 @@ struct LimitTable {
 }
 
 impl LimitTable {
-    /// Compiles one `limits` list, adding the good entries; returns their ids.
+    /// Compiles one `limits` list, adding the good entries; returns their indexes. `label`
+    /// names the owner (`product:standard`); each limit's name must be unique in the list.
     fn compile(
         &mut self,
         list: &Option<SpannedList<LimitEntry>>,
@@ -221,28 +222,59 @@ impl LimitTable {
         owner: &LimitOwner,
         label: &str,
         report: &mut Reporter<'_>,
-    ) -> Vec<crate::snapshot::LimitId> {
+    ) -> Vec<LimitIndex> {
         let Some(list) = list else {
             return Vec::new();
         };
-        let mut ids = Vec::with_capacity(list.get_ref().len());
+        let mut indexes = Vec::with_capacity(list.get_ref().len());
+        // Name → line of the entry that took it.
+        let mut names: HashMap<String, usize> = HashMap::new();
         for (j, entry) in list.get_ref().iter().enumerate() {
             let field = format!("{field}[{j}]");
-            if let Some((scope, unit, window)) = self.compile_one(entry, &field, owner, report) {
-                let id = self.limits.len();
-                self.limits.push(Limit {
-                    id,
-                    label: format!("{label}#{j}"),
-                    owner: owner.clone(),
-                    scope,
-                    unit,
-                    window,
-                    shadow: entry.get_ref().shadow.unwrap_or(false),
-                });
-                ids.push(id);
+            let Some((scope, unit, window)) = self.compile_one(entry, &field, owner, report) else {
+                continue;
+            };
+            let e = entry.get_ref();
+            let name = match &e.name {
+                Some(name) => {
+                    if !check_not_empty(report, name, &format!("{field}.name")) {
+                        continue;
+                    }
+                    name.get_ref().clone()
+                }
+                None => default_limit_name(&scope, unit, window),
+            };
+            let line = line_of(report, e.name.as_ref().unwrap_or(&e.unit));
+            if let Some(&first) = names.get(&name) {
+                let (span, at) = match &e.name {
+                    Some(n) => (n.span(), format!("{field}.name")),
+                    None => (entry.span(), field.clone()),
+                };
+                report.at(
+                    span,
+                    at,
+                    format!(
+                        "limit name `{name}` is already taken in this list (line {first}): give each limit its own `name`"
+                    ),
+                );
+                continue;
             }
+            names.insert(name.clone(), line);
+            let index = self.limits.len();
+            self.limits.push(Limit {
+                index,
+                id: limit_state_id(label, &name, &scope, unit, &window),
+                name,
+                label: format!("{label}#{j}"),
+                owner: owner.clone(),
+                scope,
+                unit,
+                window,
+                shadow: e.shadow.unwrap_or(false),
+            });
+            indexes.push(index);
         }
-        ids
+        indexes
     }
 
     fn compile_one(
@@ -461,6 +493,68 @@ fn window(
             })
         }
     }
+}
+
+/// A limit's name when the config gives none: `UNIT:SCOPE:AMOUNT/PER`, e.g.
+/// `requests:subscription:600/minute` or `tokens:claim:oid:5000000/month` — what it counts,
+/// never where it sits in its list, so inserting a limit renames no other.
+pub(crate) fn default_limit_name(
+    scope: &LimitScope,
+    unit: LimitUnit,
+    window: LimitWindow,
+) -> String {
+    let unit = match unit {
+        LimitUnit::Requests => "requests",
+        LimitUnit::Tokens => "tokens",
+    };
+    let scope = match scope {
+        LimitScope::Subscription => "subscription",
+        LimitScope::SubscriptionDeployment => "subscription_deployment",
+        LimitScope::Deployment => "deployment",
+        LimitScope::ClientIp => "client_ip",
+        LimitScope::Claim(claim) => return format!("{unit}:claim:{claim}:{}", amount(window)),
+    };
+    format!("{unit}:{scope}:{}", amount(window))
+}
+
+/// `AMOUNT/PER` of a window.
+fn amount(window: LimitWindow) -> String {
+    match window {
+        LimitWindow::Rate { rate, per, .. } => {
+            let per = match per {
+                RatePeriod::Second => "second",
+                RatePeriod::Minute => "minute",
+            };
+            format!("{rate}/{per}")
+        }
+        LimitWindow::Quota { quota, per } => {
+            let per = match per {
+                QuotaPeriod::Hour => "hour",
+                QuotaPeriod::Day => "day",
+                QuotaPeriod::Month => "month",
+            };
+            format!("{quota}/{per}")
+        }
+    }
+}
+
+/// The limiter-state key of a limit: a hash of its owner, its name and what defines its state
+/// (unit, scope, window with its burst), so it does not depend on the limit's position in
+/// the file. Within one process (std's `DefaultHasher` is fixed for a build), the same limit
+/// always gets the same id; the state it keys is process-local.
+pub(crate) fn limit_state_id(
+    owner: &str,
+    name: &str,
+    scope: &LimitScope,
+    unit: LimitUnit,
+    window: &LimitWindow,
+) -> crate::limit::LimitId {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    (owner, name, scope, unit, window).hash(&mut h);
+    // The tables key by 32 bits: fold the hash rather than drop its upper half.
+    let folded = h.finish();
+    crate::limit::LimitId((folded ^ (folded >> 32)) as u32)
 }
 
 fn compile_product(

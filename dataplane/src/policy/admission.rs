@@ -9,8 +9,8 @@
 //! [`settle`].
 //!
 //! Limit state lives in two process-wide tables ([`SharedLimits`]: GCRA buckets and quota
-//! counters) that survive config reloads: a limit keeps its state while its label, unit,
-//! scope and window stay the same (its [`LimitId`] is a hash of them). Each worker decides
+//! counters) that survive config reloads: a limit keeps its state while its owner, name,
+//! unit, scope and window stay the same (its [`LimitId`], [`Limit::id`], is a hash of them). Each worker decides
 //! through its own cache and per-core leases ([`WorkerLimits`]), so a warm decision takes no
 //! lock and, for rates, usually no atomic.
 
@@ -85,19 +85,12 @@ impl WorkerLimits {
     }
 }
 
-/// Stable ids for a snapshot's limits: a hash of what defines each limit's state, so an
-/// unchanged limit finds its buckets again after a reload and a changed one starts afresh.
+/// The limiter-state ids of a snapshot's limits, in [`Access::limits`] order (as [`Ask::ids`]
+/// takes them). Each is [`Limit::id`], fixed when the config was compiled from the limit's
+/// owner, name, unit, scope and window — never its position — so an unchanged limit finds
+/// its buckets again after a reload, even one that inserted limits before it.
 pub fn limit_ids(access: &Access) -> Vec<LimitId> {
-    access
-        .limits
-        .iter()
-        .map(|l| {
-            let mut h = std::hash::DefaultHasher::new();
-            l.label.hash(&mut h);
-            format!("{:?}|{:?}|{:?}", l.unit, l.scope, l.window).hash(&mut h);
-            LimitId(h.finish() as u32)
-        })
-        .collect()
+    access.limits.iter().map(|l| l.id).collect()
 }
 
 /// What applies to one request.

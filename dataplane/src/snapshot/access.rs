@@ -4,7 +4,7 @@
 //!
 //! Plain immutable data, like the rest of the [`Snapshot`](super::Snapshot): the key table
 //! holds decoded SHA-256 digests, every limit sits once in [`Access::limits`] under a
-//! [`LimitId`], and key material (PEM text, JWKS documents, HMAC secrets) was read when the
+//! [`LimitIndex`], and key material (PEM text, JWKS documents, HMAC secrets) was read when the
 //! config was compiled, so a reload picks up new files. Building limiters and validators from
 //! it, and carrying limiter state across reloads, is the server's business.
 
@@ -20,8 +20,9 @@ use crate::route::Operation;
 pub type ProductId = usize;
 /// Index of a subscription in [`Access::subscriptions`].
 pub type SubscriptionId = usize;
-/// Index of a limit in [`Access::limits`]; stable within one snapshot.
-pub type LimitId = usize;
+/// Index of a limit in [`Access::limits`]; valid within one snapshot only (the limiter's
+/// state is keyed by [`Limit::id`], which survives reloads).
+pub type LimitIndex = usize;
 
 /// Everything about identity and limits. Default: no products, subscriptions or issuers, so
 /// auth is off; trace header honoured.
@@ -38,11 +39,11 @@ pub struct Access {
     pub claim_values: HashMap<String, SubscriptionId>,
     /// Every `[[jwt]]`, in file order.
     pub jwt: Vec<JwtIssuer>,
-    /// Every limit in the file, indexed by [`LimitId`]: products' (in product order), then
+    /// Every limit in the file, indexed by [`LimitIndex`]: products' (in product order), then
     /// deployments', then the server's client-IP limits.
     pub limits: Vec<Limit>,
     /// `[server] client_ip_limits`: apply to every request, authenticated or not.
-    pub client_ip_limits: Vec<LimitId>,
+    pub client_ip_limits: Vec<LimitIndex>,
     /// `[server] trace_header`: whether `Ocp-Apim-Trace: true` / `x-sluice-trace: true` get a
     /// trace header back (for subscriptions whose product has `trace = true`). Default true.
     pub trace_header: bool,
@@ -76,7 +77,7 @@ impl Access {
     }
 
     /// A limit by id.
-    pub fn limit(&self, id: LimitId) -> Option<&Limit> {
+    pub fn limit(&self, id: LimitIndex) -> Option<&Limit> {
         self.limits.get(id)
     }
 }
@@ -123,7 +124,7 @@ pub struct Product {
     /// Whether its subscriptions may ask for the trace header. Default false.
     pub trace: bool,
     /// Its limits, in file order.
-    pub limits: Vec<LimitId>,
+    pub limits: Vec<LimitIndex>,
 }
 
 /// The deployments a product allows.
@@ -248,10 +249,18 @@ pub struct Subscription {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limit {
     /// Its index in [`Access::limits`].
-    pub id: LimitId,
+    pub index: LimitIndex,
+    /// Its identity within its owner's `limits` list: the `name` written in the config, or
+    /// by default `UNIT:SCOPE:AMOUNT/PER` (e.g. `requests:subscription:600/minute`), which
+    /// does not depend on the limit's position. Unique within the list.
+    pub name: String,
+    /// The key of its state in the limiter tables: a hash of the owner, the name and what
+    /// defines the state (unit, scope, window). The same limit in the next snapshot — even
+    /// after other limits were inserted before it — gets the same id and finds its buckets
+    /// again; a changed amount, window or scope starts afresh.
+    pub id: crate::limit::LimitId,
     /// Where it was written, e.g. `product:standard#0` (the owner and the position in its
-    /// `limits` list): for logs and the trace header, and to recognise the same limit in
-    /// the next snapshot.
+    /// `limits` list): for logs, refusals and the trace header.
     pub label: String,
     /// Who declared it.
     pub owner: LimitOwner,
@@ -277,7 +286,7 @@ pub enum LimitOwner {
 }
 
 /// Whose requests share one counter of a limit (each limit has its own counters).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum LimitScope {
     /// One counter per subscription (products only; the default there).
     Subscription,
@@ -293,7 +302,7 @@ pub enum LimitScope {
 }
 
 /// What a limit counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LimitUnit {
     /// Requests.
     Requests,
@@ -302,7 +311,7 @@ pub enum LimitUnit {
 }
 
 /// A limit's amount and window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LimitWindow {
     /// A smooth rate: `rate` per `per`, at most `burst` at once (the bucket's size, also the
     /// largest single cost that can pass). Over any window of one `per`, at most
@@ -325,7 +334,7 @@ pub enum LimitWindow {
 }
 
 /// The period of a rate limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RatePeriod {
     /// One second.
     Second,
@@ -344,7 +353,7 @@ impl RatePeriod {
 }
 
 /// The calendar window of a quota (UTC).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QuotaPeriod {
     /// From hh:00:00 to the next hour.
     Hour,

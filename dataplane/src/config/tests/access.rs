@@ -151,8 +151,12 @@ fn a_full_access_config_compiles_into_the_expected_data() {
     assert!(!access.trace_header);
 
     let rate = |rate, per, burst| LimitWindow::Rate { rate, per, burst };
-    let limit = |id, label: &str, owner, scope, unit, window, shadow| Limit {
-        id,
+    // Names are the defaults (no `name` in FULL_ACCESS); ids are checked by
+    // `limit_ids_follow_names_not_positions`.
+    let limit = |index: usize, label: &str, owner, scope, unit, window, shadow| Limit {
+        index,
+        name: super::super::access::default_limit_name(&scope, unit, window),
+        id: access.limits[index].id,
         label: label.to_string(),
         owner,
         scope,
@@ -515,7 +519,7 @@ fn limits_are_checked() {
         (limit("unit = \"requests\", rate = 5, burst = 0, per = \"second\""), "sluice.toml:11:50: product[0].limits[0].burst: must be 1 or more"),
         (limit("unit = \"requests\", quota = 5, burst = 2, per = \"hour\""), "sluice.toml:11:51: product[0].limits[0].burst: `burst` applies only to a `rate`"),
         (limit("unit = \"requests\", rate = 5"), "sluice.toml:11:11: product[0].limits[0].per: missing field `per`"),
-        (limit("unit = \"requests\", rate = 5, per = \"second\", brust = 3"), "sluice.toml:11:58: product[0].limits[0].brust: unknown field `brust`, expected one of `unit`, `rate`, `quota`, `per`, `burst`, `scope`, `shadow`"),
+        (limit("unit = \"requests\", rate = 5, per = \"second\", brust = 3"), "sluice.toml:11:58: product[0].limits[0].brust: unknown field `brust`, expected one of `unit`, `rate`, `quota`, `per`, `burst`, `scope`, `shadow`, `name`"),
     ]);
 }
 
@@ -778,5 +782,67 @@ pub(super) fn assert_demo_access(snapshot: &Snapshot, trace: bool) {
             subscription: 0,
             revoked: false
         })
+    );
+}
+
+/// Inserting a limit before others (or reordering a list) keeps every other limit's name and
+/// state id; changing what defines a limit's state, or its owner, gives it a new id; a
+/// `name` given in the config is the name, and two limits of one list cannot share one.
+#[test]
+fn limit_ids_follow_names_not_positions() {
+    let file = |limits: &str| product(&format!("limits = [{limits}]\n"));
+    let ids = |limits: &str| -> Vec<(String, crate::limit::LimitId)> {
+        compile(&file(limits))
+            .unwrap()
+            .access
+            .limits
+            .iter()
+            .map(|l| (l.name.clone(), l.id))
+            .collect()
+    };
+    let rpm = "{ unit = \"requests\", rate = 60, per = \"minute\" }";
+    let tpm = "{ unit = \"tokens\", rate = 1000, per = \"minute\" }";
+    let rps = "{ unit = \"requests\", rate = 5, per = \"second\" }";
+    let before = ids(&format!("{rpm}, {tpm}"));
+    assert_eq!(before[0].0, "requests:subscription:60/minute");
+    assert_eq!(before[1].0, "tokens:subscription:1000/minute");
+    let after = ids(&format!("{rps}, {rpm}, {tpm}"));
+    assert_eq!(after.len(), 3);
+    assert_eq!(
+        &after[1..],
+        &before[..],
+        "inserting a limit moved the others' ids"
+    );
+    assert_ne!(after[0].1, before[0].1);
+    let reordered = ids(&format!("{tpm}, {rpm}"));
+    assert_eq!((&reordered[1], &reordered[0]), (&before[0], &before[1]));
+
+    // A new amount or burst is a new bucket; so is another owner.
+    let changed = ids("{ unit = \"requests\", rate = 60, per = \"minute\", burst = 10 }");
+    assert_eq!(changed[0].0, before[0].0);
+    assert_ne!(changed[0].1, before[0].1);
+    let other_owner = compile(&file(rpm).replace("name = \"p\"", "name = \"q\"")).unwrap();
+    assert_ne!(other_owner.access.limits[0].id, before[0].1);
+
+    // An explicit name is kept through a change of position and of amount's text.
+    let named = ids(r#"{ name = "rpm", unit = "requests", rate = 60, per = "minute" }"#);
+    assert_eq!(named[0].0, "rpm");
+    let named_after = ids(&format!(
+        "{rps}, {{ name = \"rpm\", unit = \"requests\", rate = 60, per = \"minute\" }}"
+    ));
+    assert_eq!(named_after[1], named[0]);
+
+    // Two limits of one list that would share a name are refused, each located.
+    assert_error(
+        &file(&format!("{rpm}, {{ unit = \"requests\", rate = 60, per = \"minute\", burst = 5 }}")),
+        "sluice.toml:11:61: product[0].limits[1]: limit name `requests:subscription:60/minute` is already taken in this list (line 11): give each limit its own `name`",
+    );
+    assert_error(
+        &file("{ name = \"a\", unit = \"requests\", rate = 1, per = \"second\" }, { name = \"a\", unit = \"tokens\", rate = 1, per = \"second\" }"),
+        "sluice.toml:11:81: product[0].limits[1].name: limit name `a` is already taken in this list (line 11): give each limit its own `name`",
+    );
+    assert_error(
+        &file("{ name = \"\", unit = \"requests\", rate = 1, per = \"second\" }"),
+        "sluice.toml:11:20: product[0].limits[0].name: must not be empty",
     );
 }
