@@ -434,6 +434,14 @@ impl JwksCache {
         self.algs
     }
 
+    /// Whether `other` fetches the same URL with the same pin and settings, so its keys can
+    /// stand for this one's (a reload that left the key source alone).
+    pub fn same_source(&self, other: &JwksCache) -> bool {
+        self.url.text == other.url.text
+            && self.algs == other.algs
+            && self.settings == other.settings
+    }
+
     /// Fetches and parses the JWKS now (blocking, bounded by the fetch timeout) and swaps it
     /// in; returns how many keys it holds. On any failure the previous keys stay.
     pub fn refresh(&self) -> Result<usize, JwksError> {

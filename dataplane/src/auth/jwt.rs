@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -74,7 +74,7 @@ pub enum JwtAlg {
 }
 
 impl JwtAlg {
-    /// Every algorithm.
+    /// Every algorithm, in the order the config reference lists them.
     pub const ALL: [JwtAlg; 9] = [
         Self::HS256,
         Self::HS384,
@@ -82,10 +82,31 @@ impl JwtAlg {
         Self::RS256,
         Self::RS384,
         Self::RS512,
-        Self::PS256,
         Self::ES256,
         Self::ES384,
+        Self::PS256,
     ];
+
+    /// Whether it is an HMAC algorithm (verified with a shared secret).
+    pub fn is_hmac(self) -> bool {
+        matches!(self, Self::HS256 | Self::HS384 | Self::HS512)
+    }
+
+    /// Whether it verifies with an RSA public key.
+    pub fn is_rsa(self) -> bool {
+        matches!(self, Self::RS256 | Self::RS384 | Self::RS512 | Self::PS256)
+    }
+
+    /// The shortest HMAC secret accepted, in bytes (the hash's output size, RFC 7518 §3.2);
+    /// 0 for the others.
+    pub fn min_secret_len(self) -> usize {
+        match self {
+            Self::HS256 => 32,
+            Self::HS384 => 48,
+            Self::HS512 => 64,
+            _ => 0,
+        }
+    }
 
     /// The algorithm named exactly `name` (JOSE names are case-sensitive).
     pub fn from_name(name: &str) -> Option<Self> {
@@ -458,9 +479,12 @@ pub struct Principal {
     pub expires_at: Option<u64>,
 }
 
-/// A JWKS URL source of an issuer: the shared cache.
+/// A JWKS URL source of an issuer: the shared cache and the thread keeping it fresh. Both
+/// are shared with the validators of later snapshots that configure the same URL the same way
+/// ([`JwtValidator::carry_over`]); the thread stops when the last of them is dropped.
 struct RemoteKeys {
     cache: Arc<JwksCache>,
+    refresher: Arc<OnceLock<JwksRefresher>>,
 }
 
 /// One issuer, compiled.
@@ -474,10 +498,10 @@ struct Issuer {
 }
 
 /// The compiled JWT settings of a snapshot. Share it behind an `Arc`; `validate` takes
-/// `&self` and never blocks. Dropping it stops its JWKS refreshers.
+/// `&self` and never blocks. Dropping it stops the JWKS refreshers no later validator took
+/// over.
 pub struct JwtValidator {
     issuers: Vec<Issuer>,
-    refreshers: Vec<JwksRefresher>,
 }
 
 impl std::fmt::Debug for JwtValidator {
@@ -506,17 +530,41 @@ impl JwtValidator {
             }
             issuers.push(compile_issuer(config)?);
         }
-        Ok(Self {
-            issuers,
-            refreshers: Vec::new(),
-        })
+        Ok(Self { issuers })
     }
 
-    /// Starts one side thread per JWKS URL; each fetches at once and then on schedule.
-    pub fn spawn_refreshers(&mut self) -> std::io::Result<()> {
-        let caches: Vec<Arc<JwksCache>> = self.jwks_caches().cloned().collect();
-        for cache in caches {
-            self.refreshers.push(JwksRefresher::spawn(cache)?);
+    /// Takes over from `previous` (the validator of the snapshot being replaced) the cache
+    /// and refresh thread of every JWKS URL both configure the same way (same URL, same
+    /// algorithm pin, same refresh settings), so a reload keeps the keys already fetched and
+    /// tokens they sign pass at once, with no refetch. A URL new or changed here starts
+    /// empty. Returns how many JWKS URLs were carried over.
+    pub fn carry_over(&mut self, previous: &JwtValidator) -> usize {
+        let mut carried = 0;
+        for remote in self.issuers.iter_mut().flat_map(|i| i.remote.iter_mut()) {
+            let old = previous
+                .issuers
+                .iter()
+                .flat_map(|i| i.remote.iter())
+                .find(|old| old.cache.same_source(&remote.cache));
+            if let Some(old) = old {
+                remote.cache = Arc::clone(&old.cache);
+                remote.refresher = Arc::clone(&old.refresher);
+                carried += 1;
+            }
+        }
+        carried
+    }
+
+    /// Starts a side thread for each JWKS URL that has none yet (one carried over keeps its
+    /// own); each fetches at once and then on schedule. Idempotent.
+    pub fn spawn_refreshers(&self) -> std::io::Result<()> {
+        for remote in self.issuers.iter().flat_map(|i| i.remote.iter()) {
+            if remote.refresher.get().is_none() {
+                let refresher = JwksRefresher::spawn(Arc::clone(&remote.cache))?;
+                // Only one caller runs this per validator (start-up or a reload), so the
+                // slot is still empty; were it not, the spare thread stops as it drops.
+                let _ = remote.refresher.set(refresher);
+            }
         }
         Ok(())
     }
@@ -876,6 +924,7 @@ fn compile_issuer(config: JwtIssuerConfig) -> Result<Issuer, JwtConfigError> {
                 let cache = JwksCache::new(url, pin, config.jwks).map_err(key_error)?;
                 remote.push(RemoteKeys {
                     cache: Arc::new(cache),
+                    refresher: Arc::new(OnceLock::new()),
                 });
             }
         }

@@ -19,10 +19,10 @@ use super::schema::{
 };
 use crate::http::url::{parse_http_url, UrlError};
 use crate::snapshot::access::{
-    Access, DeploymentSet, Estimator, JwtAlgorithm, JwtIssuer, JwtKey, JwtKeySource, JwtRequire,
+    Access, DeploymentSet, Estimator, JwtAlg, JwtIssuer, JwtKey, JwtKeySource, JwtRequire,
     KeyDigest, KeyEntry, Limit, LimitIndex, LimitOwner, LimitScope, LimitUnit, LimitWindow,
-    OperationSet, Product, QuotaPeriod, RatePeriod, RequiredClaim, Subscription, TokenizerFamily,
-    DEFAULT_JWKS_REFRESH, DEFAULT_JWT_LEEWAY,
+    OperationSet, Product, QuotaPeriod, RatePeriod, RequiredClaim, Subscription, SubscriptionId,
+    TokenizerFamily, DEFAULT_JWKS_REFRESH, DEFAULT_JWT_LEEWAY,
 };
 use crate::snapshot::{Deployment, Secret, TokenSettings};
 
@@ -148,7 +148,15 @@ pub(crate) fn compile_access(
                 0
             }
         };
-        subscriptions.push(tables.compile(section, &field, i, product, report));
+        let Ok(id) = u32::try_from(i).map(SubscriptionId) else {
+            report.at(
+                s.name.span(),
+                format!("{field}.name"),
+                format!("too many subscriptions: at most {} per file", u32::MAX),
+            );
+            continue;
+        };
+        subscriptions.push(tables.compile(section, &field, id, product, report));
     }
 
     let mut issuers = Vec::with_capacity(file.jwt.len());
@@ -725,8 +733,8 @@ fn compile_tokens(t: &TokensSection, field: &str, report: &mut Reporter<'_>) -> 
 #[derive(Default)]
 struct KeyTable {
     entries: HashMap<KeyDigest, KeyEntry>,
-    /// Where each was first listed: line and subscription index.
-    first: HashMap<KeyDigest, (usize, usize)>,
+    /// Where each was first listed: line and subscription.
+    first: HashMap<KeyDigest, (usize, SubscriptionId)>,
 }
 
 /// Where subscriptions are being compiled: the names of all of them (for messages about
@@ -736,7 +744,7 @@ struct SubscriptionTables<'f> {
     has_jwt: bool,
     keys: KeyTable,
     /// Claim value → subscription and the line it was listed on.
-    claim_values: HashMap<String, (usize, usize)>,
+    claim_values: HashMap<String, (SubscriptionId, usize)>,
 }
 
 impl SubscriptionTables<'_> {
@@ -744,7 +752,7 @@ impl SubscriptionTables<'_> {
         &mut self,
         section: &Spanned<SubscriptionSection>,
         field: &str,
-        index: usize,
+        index: SubscriptionId,
         product: usize,
         report: &mut Reporter<'_>,
     ) -> Subscription {
@@ -773,7 +781,7 @@ impl SubscriptionTables<'_> {
                         format!(
                             "claim value `{}` already maps to subscription `{}` (line {line})",
                             item.get_ref(),
-                            self.names[owner]
+                            self.names[owner.0 as usize]
                         ),
                     );
                     continue;
@@ -811,7 +819,7 @@ impl SubscriptionTables<'_> {
         list: &Option<SpannedList<String>>,
         field: &str,
         name: &str,
-        index: usize,
+        index: SubscriptionId,
         revoked: bool,
         report: &mut Reporter<'_>,
     ) -> Vec<KeyDigest> {
@@ -834,7 +842,7 @@ impl SubscriptionTables<'_> {
                     field,
                     format!(
                         "this key hash is already listed on line {line} (subscription `{}`)",
-                        self.names[owner]
+                        self.names[owner.0 as usize]
                     ),
                 );
                 continue;
@@ -1215,12 +1223,49 @@ fn compile_jwt_key(
             }
         }
     };
+    let algorithms = algorithms?;
+    if fine {
+        if let Err(message) = verify_key(kid.as_deref(), &algorithms, &source) {
+            report.at(value.span(), value_field, format!("`{text}`: {message}"));
+            return None;
+        }
+    }
     Some(JwtKey {
         kid,
-        algorithms: algorithms?,
+        algorithms,
         source,
     })
     .filter(|_| fine)
+}
+
+/// Builds the key the way the JWT validator will (PEM and JWKS parsed, key sizes and kinds
+/// checked against the pinned algorithms, a JWKS URL parsed), so a key that cannot verify
+/// anything is a located config error here rather than a failure when the runtime is built.
+fn verify_key(
+    kid: Option<&str>,
+    algorithms: &[JwtAlg],
+    source: &JwtKeySource,
+) -> Result<(), String> {
+    use crate::auth::jwks::{parse_jwks, JwksCache, JwksSettings, KeyKind, VerifyKey};
+    use crate::auth::jwt::AlgSet;
+    let pin = AlgSet::from_algs(algorithms);
+    let kid = kid.map(str::to_string);
+    let checked = match source {
+        JwtKeySource::PublicKeyPem { pem, .. } => {
+            VerifyKey::from_pem(kid, pem.as_bytes(), pin).map(drop)
+        }
+        JwtKeySource::Secret { secret, .. } => {
+            VerifyKey::hmac(kid, secret.expose().as_bytes(), pin).map(drop)
+        }
+        JwtKeySource::JwksFile { json, .. } => parse_jwks(json.as_bytes(), pin).map(drop),
+        JwtKeySource::JwksUrl { url, .. } => JwksCache::new(
+            url,
+            pin.intersect(KeyKind::PUBLIC_ALGS),
+            JwksSettings::default(),
+        )
+        .map(drop),
+    };
+    checked.map_err(|e| e.to_string())
 }
 
 /// The key's `algorithms`, each known, listed once and fitting the key's source: HS* with a
@@ -1230,7 +1275,7 @@ fn algorithms(
     field: &str,
     kind: &str,
     report: &mut Reporter<'_>,
-) -> Option<Vec<JwtAlgorithm>> {
+) -> Option<Vec<JwtAlg>> {
     let field = format!("{field}.algorithms");
     let Some(list) = &entry.get_ref().algorithms else {
         report.at(
@@ -1245,17 +1290,17 @@ fn algorithms(
         return None;
     }
     let mut fine = true;
-    let mut algs: Vec<JwtAlgorithm> = Vec::new();
+    let mut algs: Vec<JwtAlg> = Vec::new();
     for (k, item) in list.get_ref().iter().enumerate() {
         let item_field = format!("{field}[{k}]");
         let name = item.get_ref();
-        let Some(alg) = JwtAlgorithm::from_name(name) else {
+        let Some(alg) = JwtAlg::from_name(name) else {
             let message = if name.eq_ignore_ascii_case("none") {
                 "unsigned tokens (`none`) are never accepted".to_string()
             } else {
                 format!(
                     "unknown algorithm `{name}`: expected one of {}",
-                    JwtAlgorithm::ALL.map(JwtAlgorithm::name).join(", ")
+                    JwtAlg::ALL.map(JwtAlg::name).join(", ")
                 )
             };
             report.at(item.span(), item_field, message);

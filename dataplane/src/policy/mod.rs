@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod identity;
 
+use crate::config::ConfigErrors;
 use crate::limit::LimitId;
 use crate::snapshot::Snapshot;
 
@@ -13,16 +14,28 @@ use crate::snapshot::Snapshot;
 pub struct AccessRuntime {
     /// Keys and JWT validation; `None` when auth is off (no subscription, no issuer).
     pub identity: Option<identity::Identity>,
-    /// Stable ids of the snapshot's limits (see [`admission::limit_ids`]).
+    /// The snapshot's limit ids in [`crate::snapshot::Access::limits`] order (see
+    /// [`admission::limit_ids`]), as [`admission::Ask::ids`] takes them.
     pub limit_ids: Vec<LimitId>,
 }
 
 impl AccessRuntime {
-    /// Builds the runtime for `snapshot`; an error refuses the config (at start or reload).
-    pub fn build(snapshot: &Snapshot) -> Result<Self, String> {
+    /// Builds the runtime for `snapshot`, carrying over from `previous` (the running
+    /// config's runtime, on a reload) the JWKS key sets and refresh threads of unchanged
+    /// JWKS URLs. Starts no thread ([`start`](Self::start) does), so `sluice --check` can
+    /// build and throw it away. An error refuses the config, located like any config error.
+    pub fn build(
+        snapshot: &Snapshot,
+        previous: Option<&AccessRuntime>,
+    ) -> Result<Self, ConfigErrors> {
         let access = &snapshot.access;
         let identity = if access.auth_enabled() {
-            Some(identity::Identity::build(access)?)
+            let previous = previous.and_then(|p| p.identity.as_ref());
+            Some(identity::Identity::build(
+                access,
+                &snapshot.source,
+                previous,
+            )?)
         } else {
             None
         };
@@ -31,6 +44,14 @@ impl AccessRuntime {
             identity,
             limit_ids: admission::limit_ids(access),
         })
+    }
+
+    /// Starts the side threads the runtime needs (JWKS refreshers not carried over).
+    pub fn start(&self) -> std::io::Result<()> {
+        match &self.identity {
+            Some(identity) => identity.start(),
+            None => Ok(()),
+        }
     }
 }
 

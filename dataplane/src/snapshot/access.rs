@@ -14,12 +14,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::Secret;
+pub use crate::auth::jwt::JwtAlg;
 use crate::route::Operation;
 
 /// Index of a product in [`Access::products`].
 pub type ProductId = usize;
-/// Index of a subscription in [`Access::subscriptions`].
-pub type SubscriptionId = usize;
+/// A subscription: its index in [`Access::subscriptions`], as the key table and JWT
+/// validator store it (32 bits; the config compiler refuses a file with more subscriptions).
+pub use crate::auth::keys::SubscriptionId;
 /// Index of a limit in [`Access::limits`]; valid within one snapshot only (the limiter's
 /// state is keyed by [`Limit::id`], which survives reloads).
 pub type LimitIndex = usize;
@@ -30,7 +32,7 @@ pub type LimitIndex = usize;
 pub struct Access {
     /// Every `[[product]]`, in file order, indexed by [`ProductId`].
     pub products: Vec<Product>,
-    /// Every `[[subscription]]`, in file order, indexed by [`SubscriptionId`].
+    /// Every `[[subscription]]`, in file order, indexed by [`SubscriptionId`]'s number.
     pub subscriptions: Vec<Subscription>,
     /// Every key hash of every subscription (live and revoked) → whose it is.
     pub keys: HashMap<KeyDigest, KeyEntry>,
@@ -476,7 +478,7 @@ pub struct JwtKey {
     pub kid: Option<String>,
     /// The algorithms this key may verify (not empty; HS* exactly when the source is a
     /// secret), in file order.
-    pub algorithms: Vec<JwtAlgorithm>,
+    pub algorithms: Vec<JwtAlg>,
     /// Where the key material is.
     pub source: JwtKeySource,
 }
@@ -518,89 +520,3 @@ pub enum JwtKeySource {
 pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(600);
 /// The `exp`/`nbf` leeway by default.
 pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(60);
-
-/// A JWS signature algorithm a key may be pinned to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[allow(clippy::upper_case_acronyms)]
-pub enum JwtAlgorithm {
-    /// HMAC SHA-256.
-    HS256,
-    /// HMAC SHA-384.
-    HS384,
-    /// HMAC SHA-512.
-    HS512,
-    /// RSASSA-PKCS1-v1_5 SHA-256.
-    RS256,
-    /// RSASSA-PKCS1-v1_5 SHA-384.
-    RS384,
-    /// RSASSA-PKCS1-v1_5 SHA-512.
-    RS512,
-    /// ECDSA P-256 SHA-256.
-    ES256,
-    /// ECDSA P-384 SHA-384.
-    ES384,
-    /// RSASSA-PSS SHA-256.
-    PS256,
-}
-
-impl JwtAlgorithm {
-    /// Every algorithm, in the order the config reference lists them.
-    pub const ALL: [JwtAlgorithm; 9] = [
-        JwtAlgorithm::HS256,
-        JwtAlgorithm::HS384,
-        JwtAlgorithm::HS512,
-        JwtAlgorithm::RS256,
-        JwtAlgorithm::RS384,
-        JwtAlgorithm::RS512,
-        JwtAlgorithm::ES256,
-        JwtAlgorithm::ES384,
-        JwtAlgorithm::PS256,
-    ];
-
-    /// The JOSE name, e.g. `RS256`.
-    pub fn name(self) -> &'static str {
-        match self {
-            JwtAlgorithm::HS256 => "HS256",
-            JwtAlgorithm::HS384 => "HS384",
-            JwtAlgorithm::HS512 => "HS512",
-            JwtAlgorithm::RS256 => "RS256",
-            JwtAlgorithm::RS384 => "RS384",
-            JwtAlgorithm::RS512 => "RS512",
-            JwtAlgorithm::ES256 => "ES256",
-            JwtAlgorithm::ES384 => "ES384",
-            JwtAlgorithm::PS256 => "PS256",
-        }
-    }
-
-    /// The algorithm named exactly `name` (JOSE names are case-sensitive).
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|a| a.name() == name)
-    }
-
-    /// Whether it is an HMAC algorithm (verified with a shared secret).
-    pub fn is_hmac(self) -> bool {
-        matches!(
-            self,
-            JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512
-        )
-    }
-
-    /// Whether it verifies with an RSA public key.
-    pub fn is_rsa(self) -> bool {
-        matches!(
-            self,
-            JwtAlgorithm::RS256 | JwtAlgorithm::RS384 | JwtAlgorithm::RS512 | JwtAlgorithm::PS256
-        )
-    }
-
-    /// The shortest HMAC secret accepted, in bytes (the hash's output size, RFC 7518 §3.2);
-    /// 0 for the others.
-    pub fn min_secret_len(self) -> usize {
-        match self {
-            JwtAlgorithm::HS256 => 32,
-            JwtAlgorithm::HS384 => 48,
-            JwtAlgorithm::HS512 => 64,
-            _ => 0,
-        }
-    }
-}

@@ -4,9 +4,9 @@
 use super::*;
 use crate::route::Operation;
 use crate::snapshot::access::{
-    DeploymentSet, Estimator, JwtAlgorithm, JwtIssuer, JwtKey, JwtKeySource, JwtRequire, KeyDigest,
+    DeploymentSet, Estimator, JwtAlg, JwtIssuer, JwtKey, JwtKeySource, JwtRequire, KeyDigest,
     KeyEntry, Limit, LimitOwner, LimitScope, LimitUnit, LimitWindow, OperationSet, Product,
-    QuotaPeriod, RatePeriod, RequiredClaim, Subscription, TokenizerFamily,
+    QuotaPeriod, RatePeriod, RequiredClaim, Subscription, SubscriptionId, TokenizerFamily,
 };
 use crate::snapshot::{Secret, TokenSettings};
 
@@ -311,14 +311,14 @@ fn a_full_access_config_compiles_into_the_expected_data() {
     assert_eq!(
         access.key(&demo),
         Some(KeyEntry {
-            subscription: 0,
+            subscription: SubscriptionId(0),
             revoked: false
         })
     );
     assert_eq!(
         access.key(&other),
         Some(KeyEntry {
-            subscription: 0,
+            subscription: SubscriptionId(0),
             revoked: true
         })
     );
@@ -326,9 +326,9 @@ fn a_full_access_config_compiles_into_the_expected_data() {
     assert_eq!(access.claim_values.len(), 2);
     assert_eq!(
         access.claim_values["11111111-2222-3333-4444-555555555555"],
-        0
+        SubscriptionId(0)
     );
-    assert_eq!(access.claim_values["app-b"], 1);
+    assert_eq!(access.claim_values["app-b"], SubscriptionId(1));
 
     let secret = || Secret::new("an-hmac-secret-of-32-bytes-or-so!".to_string());
     assert_eq!(
@@ -360,7 +360,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                 keys: vec![
                     JwtKey {
                         kid: Some("k1".to_string()),
-                        algorithms: vec![JwtAlgorithm::RS256, JwtAlgorithm::PS256],
+                        algorithms: vec![JwtAlg::RS256, JwtAlg::PS256],
                         source: JwtKeySource::PublicKeyPem {
                             path: PathBuf::from("keys/entra.pem"),
                             pem: PEM.to_string()
@@ -368,7 +368,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                     },
                     JwtKey {
                         kid: Some("hs".to_string()),
-                        algorithms: vec![JwtAlgorithm::HS256],
+                        algorithms: vec![JwtAlg::HS256],
                         source: JwtKeySource::Secret {
                             env: "JWT_HS_SECRET".to_string(),
                             secret: secret()
@@ -376,7 +376,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                     },
                     JwtKey {
                         kid: None,
-                        algorithms: vec![JwtAlgorithm::RS256, JwtAlgorithm::ES256],
+                        algorithms: vec![JwtAlg::RS256, JwtAlg::ES256],
                         source: JwtKeySource::JwksFile {
                             path: PathBuf::from("keys/jwks.json"),
                             json: JWKS.to_string()
@@ -384,7 +384,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                     },
                     JwtKey {
                         kid: None,
-                        algorithms: vec![JwtAlgorithm::RS256],
+                        algorithms: vec![JwtAlg::RS256],
                         source: JwtKeySource::JwksUrl {
                             url: "http://127.0.0.1:9999/keys".to_string(),
                             refresh: Duration::from_secs(3600)
@@ -407,7 +407,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                 required_claims: vec![],
                 keys: vec![JwtKey {
                     kid: None,
-                    algorithms: vec![JwtAlgorithm::HS256],
+                    algorithms: vec![JwtAlg::HS256],
                     source: JwtKeySource::Secret {
                         env: "JWT_HS_SECRET".to_string(),
                         secret: secret()
@@ -779,7 +779,7 @@ pub(super) fn assert_demo_access(snapshot: &Snapshot, trace: bool) {
     assert_eq!(
         access.key(&demo),
         Some(KeyEntry {
-            subscription: 0,
+            subscription: SubscriptionId(0),
             revoked: false
         })
     );
@@ -845,4 +845,25 @@ fn limit_ids_follow_names_not_positions() {
         &file("{ name = \"\", unit = \"requests\", rate = 1, per = \"second\" }"),
         "sluice.toml:11:20: product[0].limits[0].name: must not be empty",
     );
+}
+
+/// Key material the validator could not use is a config error at the key's value (file,
+/// line, field), found when the config is compiled — not a bare string when the runtime is
+/// built — so `--check`, a reload and a control-plane NACK all name it.
+#[test]
+fn unusable_key_material_is_a_located_config_error() {
+    assert_errors(&[
+        (
+            jwt_key("algorithms = [\"RS256\"], public_key_file = \"keys/garbled.pem\""),
+            "sluice.toml:14:53: jwt[0].keys[0].public_key_file: `keys/garbled.pem`: bad key: PEM holds no RSA, P-256 or P-384 public key",
+        ),
+        (
+            jwt_key("algorithms = [\"ES256\"], public_key_file = \"keys/entra.pem\""),
+            "sluice.toml:14:53: jwt[0].keys[0].public_key_file: `keys/entra.pem`: no pinned algorithm fits a Rsa key",
+        ),
+        (
+            jwt_key("algorithms = [\"RS256\"], jwks_file = \"keys/weak.json\""),
+            "sluice.toml:14:47: jwt[0].keys[0].jwks_file: `keys/weak.json`: the JWKS has no usable signing key (1 skipped)",
+        ),
+    ]);
 }
