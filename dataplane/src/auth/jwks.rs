@@ -36,7 +36,7 @@ use jsonwebtoken::DecodingKey;
 use crate::http::url::{parse_http_url, UrlError};
 use serde::Deserialize;
 
-use super::jwt::{AlgSet, JwtAlg};
+use super::alg::{AlgSet, JwtAlg};
 use crate::http::{parse_response, ChunkedDecoder, Parse, ResponseFraming, ResponseHead};
 
 /// The shortest RSA modulus accepted, in bits (NIST: 2048 from 2011).

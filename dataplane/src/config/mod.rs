@@ -10,8 +10,12 @@
 //! snapshot so backend health carries over.
 
 mod access;
+mod check;
 mod compile;
 mod error;
+mod jwt;
+mod limits;
+mod products;
 mod schema;
 
 use std::ops::Range;
@@ -59,7 +63,7 @@ pub fn load_str(
         text,
         env,
         &compile::system_resolve,
-        &access::system_read,
+        &check::system_read,
         previous,
     )
 }
@@ -68,9 +72,9 @@ pub fn load_str(
 pub(crate) fn load_str_with(
     path: &Path,
     text: &str,
-    env: compile::EnvLookup<'_>,
+    env: check::EnvLookup<'_>,
     resolve: compile::Resolve<'_>,
-    read: access::ReadFile<'_>,
+    read: check::ReadFile<'_>,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, ConfigErrors> {
     let mut report = Reporter::new(path, text);

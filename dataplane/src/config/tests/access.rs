@@ -155,7 +155,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
     // `limit_ids_follow_names_not_positions`.
     let limit = |index: usize, label: &str, owner, scope, unit, window, shadow| Limit {
         index,
-        name: super::super::access::default_limit_name(&scope, unit, window),
+        name: super::super::limits::default_limit_name(&scope, unit, window),
         id: access.limits[index].id,
         label: label.to_string(),
         owner,
@@ -423,7 +423,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
 }
 
 fn parse_digest(text: &str) -> KeyDigest {
-    super::super::access::parse_key_hash(text).unwrap()
+    super::super::products::parse_key_hash(text).unwrap()
 }
 
 #[test]
