@@ -15,7 +15,9 @@ use super::jwt::compile_jwt;
 use super::limits::LimitTable;
 use super::products::{compile_product, KeyTable, SubscriptionTables};
 use super::schema::{ConfigFile, TokensSection};
-use crate::snapshot::access::{Access, Estimator, LimitOwner, SubscriptionId, TokenizerFamily};
+use crate::snapshot::access::{
+    Access, Estimator, EstimatorChoice, Family, LimitOwner, SubscriptionId,
+};
 use crate::snapshot::{Deployment, TokenSettings};
 
 /// Checks the access sections of `file`, fills in each deployment's `limits` and `tokens`
@@ -199,25 +201,26 @@ pub(crate) fn compile_access(
 
 fn compile_tokens(t: &TokensSection, field: &str, report: &mut Reporter<'_>) -> TokenSettings {
     let defaults = TokenSettings::default();
-    let estimator = match &t.estimator {
-        None => defaults.estimator,
+    // `None`: BPE (the default), family from `family` or the model.
+    let heuristic = match &t.estimator {
+        None => false,
         Some(v) => match v.get_ref().as_str() {
-            "bpe" => Estimator::Bpe,
-            "heuristic" => Estimator::Heuristic,
+            "bpe" => false,
+            "heuristic" => true,
             other => {
                 report.at(
                     v.span(),
                     format!("{field}.estimator"),
                     format!("unknown estimator `{other}`: expected \"bpe\" or \"heuristic\""),
                 );
-                defaults.estimator
+                false
             }
         },
     };
     let family = match &t.family {
         None => None,
         Some(v) => {
-            if estimator == Estimator::Heuristic {
+            if heuristic {
                 report.at(
                     v.span(),
                     format!("{field}.family"),
@@ -225,8 +228,8 @@ fn compile_tokens(t: &TokensSection, field: &str, report: &mut Reporter<'_>) -> 
                 );
             }
             match v.get_ref().as_str() {
-                "o200k" => Some(TokenizerFamily::O200k),
-                "cl100k" => Some(TokenizerFamily::Cl100k),
+                "o200k" => Some(Family::O200k),
+                "cl100k" => Some(Family::Cl100k),
                 other => {
                     report.at(
                         v.span(),
@@ -240,9 +243,13 @@ fn compile_tokens(t: &TokensSection, field: &str, report: &mut Reporter<'_>) -> 
             }
         }
     };
+    let estimator = match (heuristic, family) {
+        (true, _) => EstimatorChoice::Fixed(Estimator::Heuristic),
+        (false, Some(family)) => EstimatorChoice::Fixed(Estimator::Bpe(family)),
+        (false, None) => EstimatorChoice::BpeByModel,
+    };
     TokenSettings {
         estimator,
-        family,
         default_max_tokens: t
             .default_max_tokens
             .as_ref()

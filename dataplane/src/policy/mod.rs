@@ -56,10 +56,10 @@ impl AccessRuntime {
 }
 
 /// Builds the BPE tables the token limits will use now, not on the first request (o200k
-/// takes ~0.4 s and 46 MiB once per process). Nothing when no token limit exists.
+/// takes ~0.4 s and 46 MiB once per process). Nothing when no token limit exists. A
+/// deployment estimating by the request's model warms the family of its own name.
 fn warm_tokenizers(snapshot: &Snapshot) {
-    use crate::snapshot::access::{Estimator as Choice, LimitUnit, TokenizerFamily};
-    use crate::tokens::estimate::{family_for_model, Estimator, Family};
+    use crate::snapshot::access::LimitUnit;
     if !snapshot
         .access
         .limits
@@ -69,14 +69,10 @@ fn warm_tokenizers(snapshot: &Snapshot) {
         return;
     }
     for deployment in snapshot.deployments.values() {
-        if deployment.tokens.estimator != Choice::Bpe {
-            continue;
-        }
-        let family = match deployment.tokens.family {
-            Some(TokenizerFamily::O200k) => Family::O200k,
-            Some(TokenizerFamily::Cl100k) => Family::Cl100k,
-            None => family_for_model(&deployment.name, Family::O200k),
-        };
-        Estimator::Bpe(family).warm();
+        deployment
+            .tokens
+            .estimator
+            .for_model(&deployment.name)
+            .warm();
     }
 }

@@ -27,13 +27,9 @@ use crate::json_edit;
 use crate::policy::admission::{admit, gate_client_ip, settle, Admission, Ask, Outcome};
 use crate::policy::identity::{authorize, authorize_operation};
 use crate::route::{route, DeploymentRef, Operation, RouteError};
-use crate::snapshot::access::{
-    Estimator as EstimatorChoice, LimitUnit, TokenSettings, TokenizerFamily,
-};
+use crate::snapshot::access::LimitUnit;
 use crate::snapshot::HeadersWithUnderscores;
-use crate::tokens::estimate::{
-    family_for_model, reservation, Estimator, FactsError, Family, RequestFacts,
-};
+use crate::tokens::estimate::{reservation, FactsError, RequestFacts};
 
 /// Whether the connection goes on after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,7 +353,10 @@ impl Client {
                     return self.respond_error(rid, &err, close).await;
                 }
             };
-            let estimator = estimator_for(&dep.tokens, facts.model.as_deref().unwrap_or(&dep.name));
+            let estimator = dep
+                .tokens
+                .estimator
+                .for_model(facts.model.as_deref().unwrap_or(&dep.name));
             prompt = estimator.estimate_prompt(&facts);
             stream_plan = StreamPlan::for_request(&facts, dep.tokens.stream_usage, estimator);
             reservation(&facts, prompt, dep.tokens.default_max_tokens)
@@ -720,19 +719,6 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// The estimator a deployment's token settings ask for: BPE of the configured family, or of
-/// the one its model name implies, or the byte heuristic.
-fn estimator_for(settings: &TokenSettings, model: &str) -> Estimator {
-    match settings.estimator {
-        EstimatorChoice::Heuristic => Estimator::Heuristic,
-        EstimatorChoice::Bpe => Estimator::Bpe(match settings.family {
-            Some(TokenizerFamily::O200k) => Family::O200k,
-            Some(TokenizerFamily::Cl100k) => Family::Cl100k,
-            None => family_for_model(model, Family::O200k),
-        }),
-    }
 }
 
 /// The `x-ratelimit-*` lines for the tightest requests and tokens limits that applied.

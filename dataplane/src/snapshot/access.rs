@@ -16,6 +16,7 @@ use std::time::Duration;
 use super::Secret;
 pub use crate::auth::jwt::JwtAlg;
 use crate::route::Operation;
+pub use crate::tokens::estimate::{Estimator, EstimatorChoice, Family};
 
 /// Index of a product in [`Access::products`].
 pub type ProductId = usize;
@@ -368,10 +369,9 @@ pub enum QuotaPeriod {
 /// A deployment's token accounting (`tokens = { … }` on a `[[deployment]]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenSettings {
-    /// How prompt tokens are estimated at admission. Default [`Estimator::Bpe`].
-    pub estimator: Estimator,
-    /// The BPE vocabulary; `None` (the default): inferred from the model name.
-    pub family: Option<TokenizerFamily>,
+    /// How prompt tokens are estimated at admission (`estimator`, `family`). Default
+    /// [`EstimatorChoice::BpeByModel`]: BPE in the family of the request's model.
+    pub estimator: EstimatorChoice,
     /// Completion tokens reserved when a request sets no `max_tokens` /
     /// `max_completion_tokens`. Default [`DEFAULT_MAX_TOKENS`].
     pub default_max_tokens: u32,
@@ -386,30 +386,11 @@ pub const DEFAULT_MAX_TOKENS: u32 = 1024;
 impl Default for TokenSettings {
     fn default() -> Self {
         Self {
-            estimator: Estimator::Bpe,
-            family: None,
+            estimator: EstimatorChoice::default(),
             default_max_tokens: DEFAULT_MAX_TOKENS,
             stream_usage: true,
         }
     }
-}
-
-/// How prompt tokens are estimated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Estimator {
-    /// The model family's real BPE tokenizer.
-    Bpe,
-    /// About four characters per token: cheaper, rougher.
-    Heuristic,
-}
-
-/// A BPE vocabulary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenizerFamily {
-    /// `o200k_base` (gpt-4o, gpt-4.1, o-series).
-    O200k,
-    /// `cl100k_base` (gpt-4, gpt-3.5, text-embedding-*).
-    Cl100k,
 }
 
 /// A `[[jwt]]`: one trusted token issuer.

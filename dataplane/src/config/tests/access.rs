@@ -4,9 +4,9 @@
 use super::*;
 use crate::route::Operation;
 use crate::snapshot::access::{
-    DeploymentSet, Estimator, JwtAlg, JwtIssuer, JwtKey, JwtKeySource, JwtRequire, KeyDigest,
-    KeyEntry, Limit, LimitOwner, LimitScope, LimitUnit, LimitWindow, OperationSet, Product,
-    QuotaPeriod, RatePeriod, RequiredClaim, Subscription, SubscriptionId, TokenizerFamily,
+    DeploymentSet, Estimator, EstimatorChoice, Family, JwtAlg, JwtIssuer, JwtKey, JwtKeySource,
+    JwtRequire, KeyDigest, KeyEntry, Limit, LimitOwner, LimitScope, LimitUnit, LimitWindow,
+    OperationSet, Product, QuotaPeriod, RatePeriod, RequiredClaim, Subscription, SubscriptionId,
 };
 use crate::snapshot::{Secret, TokenSettings};
 
@@ -242,8 +242,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
     assert_eq!(
         snapshot.deployments["gpt-4o"].tokens,
         TokenSettings {
-            estimator: Estimator::Bpe,
-            family: Some(TokenizerFamily::O200k),
+            estimator: EstimatorChoice::Fixed(Estimator::Bpe(Family::O200k)),
             default_max_tokens: 512,
             stream_usage: false,
         }
@@ -251,8 +250,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
     assert_eq!(
         snapshot.deployments["embed"].tokens,
         TokenSettings {
-            estimator: Estimator::Heuristic,
-            family: None,
+            estimator: EstimatorChoice::Fixed(Estimator::Heuristic),
             default_max_tokens: 1024,
             stream_usage: true,
         }
@@ -698,8 +696,7 @@ fn token_settings_are_checked() {
     assert_eq!(
         snapshot.deployments["e"].tokens,
         TokenSettings {
-            estimator: Estimator::Bpe,
-            family: Some(TokenizerFamily::Cl100k),
+            estimator: EstimatorChoice::Fixed(Estimator::Bpe(Family::Cl100k)),
             default_max_tokens: 0,
             stream_usage: true,
         }
@@ -866,4 +863,26 @@ fn unusable_key_material_is_a_located_config_error() {
             "sluice.toml:14:47: jwt[0].keys[0].jwks_file: `keys/weak.json`: the JWKS has no usable signing key (1 skipped)",
         ),
     ]);
+}
+
+/// A deployment's estimator choice is the tokens module's own type: without a `family` the
+/// request's model picks the BPE family (o200k when unknown); a `family` or the heuristic
+/// holds whatever the model.
+#[test]
+fn the_estimator_choice_picks_per_model_only_without_a_family() {
+    let by_model = TokenSettings::default().estimator;
+    assert_eq!(by_model, EstimatorChoice::BpeByModel);
+    assert_eq!(
+        by_model.for_model("gpt-4-0613"),
+        Estimator::Bpe(Family::Cl100k)
+    );
+    assert_eq!(
+        by_model.for_model("gpt-4o-mini"),
+        Estimator::Bpe(Family::O200k)
+    );
+    assert_eq!(by_model.for_model("llama-3"), Estimator::Bpe(Family::O200k));
+    let pinned = EstimatorChoice::Fixed(Estimator::Bpe(Family::Cl100k));
+    assert_eq!(pinned.for_model("gpt-4o"), Estimator::Bpe(Family::Cl100k));
+    let heuristic = EstimatorChoice::Fixed(Estimator::Heuristic);
+    assert_eq!(heuristic.for_model("gpt-4o"), Estimator::Heuristic);
 }
