@@ -3,6 +3,7 @@
 //! into [`Limit`]s, each with its stable name and limiter-state id.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use toml::Spanned;
 
@@ -10,7 +11,8 @@ use super::check::{check_not_empty, line_of};
 use super::error::Reporter;
 use super::schema::{LimitEntry, SpannedList};
 use crate::snapshot::access::{
-    Limit, LimitIndex, LimitOwner, LimitScope, LimitUnit, LimitWindow, QuotaPeriod, RatePeriod,
+    Limit, LimitIndex, LimitOwner, LimitScope, LimitUnit, LimitWindow, QuotaSpec, QuotaWindow,
+    RateSpec,
 };
 
 /// The limits compiled so far; a limit's [`Limit::index`] is its position here.
@@ -208,11 +210,11 @@ fn window(
     let e = entry.get_ref();
     let per = e.per.get_ref().as_str();
     let (rate_period, quota_period) = match per {
-        "second" => (Some(RatePeriod::Second), None),
-        "minute" => (Some(RatePeriod::Minute), None),
-        "hour" => (None, Some(QuotaPeriod::Hour)),
-        "day" => (None, Some(QuotaPeriod::Day)),
-        "month" => (None, Some(QuotaPeriod::Month)),
+        "second" => (Some(Duration::from_secs(1)), None),
+        "minute" => (Some(Duration::from_secs(60)), None),
+        "hour" => (None, Some(QuotaWindow::Hour)),
+        "day" => (None, Some(QuotaWindow::Day)),
+        "month" => (None, Some(QuotaWindow::Month)),
         other => {
             report.at(
                 e.per.span(),
@@ -268,11 +270,9 @@ fn window(
                 }
             };
             let per = rate_period?;
-            fine.then_some(LimitWindow::Rate {
-                rate: *rate.get_ref(),
-                per,
-                burst,
-            })
+            fine.then_some(LimitWindow::Rate(
+                RateSpec::per(*rate.get_ref(), per).with_burst(burst),
+            ))
         }
         (None, Some(quota)) => {
             let mut fine = at_least_one(report, quota, "quota");
@@ -295,10 +295,10 @@ fn window(
                 );
             }
             let per = quota_period?;
-            fine.then_some(LimitWindow::Quota {
-                quota: *quota.get_ref(),
-                per,
-            })
+            fine.then_some(LimitWindow::Quota(QuotaSpec {
+                limit: *quota.get_ref(),
+                window: per,
+            }))
         }
     }
 }
@@ -328,20 +328,21 @@ pub(crate) fn default_limit_name(
 /// `AMOUNT/PER` of a window.
 fn amount(window: LimitWindow) -> String {
     match window {
-        LimitWindow::Rate { rate, per, .. } => {
-            let per = match per {
-                RatePeriod::Second => "second",
-                RatePeriod::Minute => "minute",
+        LimitWindow::Rate(spec) => {
+            let per = if spec.period == Duration::from_secs(1) {
+                "second"
+            } else {
+                "minute"
             };
-            format!("{rate}/{per}")
+            format!("{}/{per}", spec.limit)
         }
-        LimitWindow::Quota { quota, per } => {
-            let per = match per {
-                QuotaPeriod::Hour => "hour",
-                QuotaPeriod::Day => "day",
-                QuotaPeriod::Month => "month",
+        LimitWindow::Quota(spec) => {
+            let per = match spec.window {
+                QuotaWindow::Hour => "hour",
+                QuotaWindow::Day => "day",
+                QuotaWindow::Month => "month",
             };
-            format!("{quota}/{per}")
+            format!("{}/{per}", spec.limit)
         }
     }
 }
@@ -359,7 +360,18 @@ pub(crate) fn limit_state_id(
 ) -> crate::limit::LimitId {
     use std::hash::{Hash, Hasher};
     let mut h = std::hash::DefaultHasher::new();
-    (owner, name, scope, unit, window).hash(&mut h);
+    (owner, name, scope, unit).hash(&mut h);
+    match window {
+        LimitWindow::Rate(spec) => (0u8, spec.limit, spec.period, spec.burst).hash(&mut h),
+        LimitWindow::Quota(spec) => {
+            let per: u8 = match spec.window {
+                QuotaWindow::Hour => 1,
+                QuotaWindow::Day => 2,
+                QuotaWindow::Month => 3,
+            };
+            (1u8, spec.limit, per).hash(&mut h);
+        }
+    }
     // The tables key by 32 bits: fold the hash rather than drop its upper half.
     let folded = h.finish();
     crate::limit::LimitId((folded ^ (folded >> 32)) as u32)

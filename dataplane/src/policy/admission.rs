@@ -23,12 +23,9 @@ use super::identity::Caller;
 use crate::error::GatewayError;
 use crate::limit::{
     Clock, Decision, DenyReason, GcraBucket, LeaseConfig, LimitId, LimitKey, LimiterTable,
-    LocalLease, LocalTable, QuotaCounter, QuotaSpec, QuotaWindow, RateSpec, ScopeValue,
-    SystemClock,
+    LocalLease, LocalTable, QuotaCounter, QuotaSpec, RateSpec, ScopeValue, SystemClock,
 };
-use crate::snapshot::access::{
-    Access, Limit, LimitScope, LimitUnit, LimitWindow, Product, QuotaPeriod,
-};
+use crate::snapshot::access::{Access, Limit, LimitScope, LimitUnit, LimitWindow, Product};
 
 /// Most keys (limit × scope value) each table keeps; idle ones at rest are evicted first.
 const TABLE_CAPACITY: usize = 1 << 20;
@@ -331,8 +328,7 @@ fn decide(
 ) -> Option<(Decision, Held)> {
     let tokens = limit.unit == LimitUnit::Tokens;
     let (decided, held) = match limit.window {
-        LimitWindow::Rate { rate, per, burst } => {
-            let spec = RateSpec::per(rate, per.duration()).with_burst(burst);
+        LimitWindow::Rate(spec) => {
             let decided = worker.rates.with(
                 &key,
                 now,
@@ -353,11 +349,7 @@ fn decide(
                 },
             )
         }
-        LimitWindow::Quota { quota, per } => {
-            let spec = QuotaSpec {
-                limit: quota,
-                window: window_of(per),
-            };
+        LimitWindow::Quota(spec) => {
             let decided = worker.quotas.with(
                 &key,
                 now,
@@ -391,8 +383,8 @@ fn refusal(limit: &Limit, denial: &crate::limit::Denial) -> GatewayError {
         }
         DenyReason::Quota => GatewayError::quota_exceeded(denial.retry_after, &limit.label),
         DenyReason::TooLarge => match limit.window {
-            LimitWindow::Quota { .. } => GatewayError::too_large_for_quota(&limit.label),
-            LimitWindow::Rate { .. } => GatewayError::too_large_for_limit(&limit.label),
+            LimitWindow::Quota(_) => GatewayError::too_large_for_quota(&limit.label),
+            LimitWindow::Rate(_) => GatewayError::too_large_for_limit(&limit.label),
         },
     }
 }
@@ -484,14 +476,6 @@ fn decided_or_open<E: std::fmt::Debug>(
             tracing::warn!(limit = %limit.label, error = ?e, "limiter table unavailable; request admitted without this limit");
             None
         }
-    }
-}
-
-fn window_of(per: QuotaPeriod) -> QuotaWindow {
-    match per {
-        QuotaPeriod::Hour => QuotaWindow::Hour,
-        QuotaPeriod::Day => QuotaWindow::Day,
-        QuotaPeriod::Month => QuotaWindow::Month,
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use super::Secret;
 pub use crate::auth::jwt::JwtAlg;
+pub use crate::limit::{QuotaSpec, QuotaWindow, RateSpec};
 use crate::route::Operation;
 pub use crate::tokens::estimate::{Estimator, EstimatorChoice, Family};
 
@@ -313,57 +314,15 @@ pub enum LimitUnit {
     Tokens,
 }
 
-/// A limit's amount and window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A limit's amount and window, in the limiter's own terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitWindow {
-    /// A smooth rate: `rate` per `per`, at most `burst` at once (the bucket's size, also the
-    /// largest single cost that can pass). Over any window of one `per`, at most
-    /// `rate + burst` are admitted. `burst` defaults to `rate`.
-    Rate {
-        /// Units per period (≥ 1).
-        rate: u64,
-        /// The period.
-        per: RatePeriod,
-        /// The bucket's size (≥ 1).
-        burst: u64,
-    },
-    /// A fixed calendar window (UTC): at most `quota` per `per`, reset at its start.
-    Quota {
-        /// Units per window (≥ 1).
-        quota: u64,
-        /// The window.
-        per: QuotaPeriod,
-    },
-}
-
-/// The period of a rate limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RatePeriod {
-    /// One second.
-    Second,
-    /// One minute.
-    Minute,
-}
-
-impl RatePeriod {
-    /// The period's length.
-    pub fn duration(self) -> Duration {
-        match self {
-            RatePeriod::Second => Duration::from_secs(1),
-            RatePeriod::Minute => Duration::from_secs(60),
-        }
-    }
-}
-
-/// The calendar window of a quota (UTC).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum QuotaPeriod {
-    /// From hh:00:00 to the next hour.
-    Hour,
-    /// From midnight to midnight.
-    Day,
-    /// From the 1st at midnight to the 1st of the next month.
-    Month,
+    /// A smooth rate (`rate` per `"second"` or `"minute"`, `burst` defaulting to `rate`):
+    /// over any window of one period, at most `limit + burst` are admitted.
+    Rate(RateSpec),
+    /// A fixed calendar window (UTC; `quota` per `"hour"`, `"day"` or `"month"`), reset at
+    /// its start.
+    Quota(QuotaSpec),
 }
 
 /// A deployment's token accounting (`tokens = { … }` on a `[[deployment]]`).

@@ -6,9 +6,14 @@ use crate::route::Operation;
 use crate::snapshot::access::{
     DeploymentSet, Estimator, EstimatorChoice, Family, JwtAlg, JwtIssuer, JwtKey, JwtKeySource,
     JwtRequire, KeyDigest, KeyEntry, Limit, LimitOwner, LimitScope, LimitUnit, LimitWindow,
-    OperationSet, Product, QuotaPeriod, RatePeriod, RequiredClaim, Subscription, SubscriptionId,
+    OperationSet, Product, QuotaSpec, QuotaWindow, RateSpec, RequiredClaim, Subscription,
+    SubscriptionId,
 };
 use crate::snapshot::{Secret, TokenSettings};
+
+/// The periods of `per = "second"` and `per = "minute"`.
+const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
+const MINUTE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `printf %s sluice-demo-key | sha256sum`, as the examples use it.
 const DEMO_KEY_HASH: &str =
@@ -150,7 +155,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
     assert!(access.auth_enabled());
     assert!(!access.trace_header);
 
-    let rate = |rate, per, burst| LimitWindow::Rate { rate, per, burst };
+    let rate = |rate, per, burst| LimitWindow::Rate(RateSpec::per(rate, per).with_burst(burst));
     // Names are the defaults (no `name` in FULL_ACCESS); ids are checked by
     // `limit_ids_follow_names_not_positions`.
     let limit = |index: usize, label: &str, owner, scope, unit, window, shadow| Limit {
@@ -173,7 +178,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                 LimitOwner::Product(0),
                 LimitScope::Subscription,
                 LimitUnit::Requests,
-                rate(600, RatePeriod::Minute, 60),
+                rate(600, MINUTE, 60),
                 false
             ),
             limit(
@@ -182,7 +187,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                 LimitOwner::Product(0),
                 LimitScope::SubscriptionDeployment,
                 LimitUnit::Tokens,
-                rate(100_000, RatePeriod::Minute, 100_000),
+                rate(100_000, MINUTE, 100_000),
                 false
             ),
             limit(
@@ -191,10 +196,10 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                 LimitOwner::Product(0),
                 LimitScope::Subscription,
                 LimitUnit::Tokens,
-                LimitWindow::Quota {
-                    quota: 5_000_000,
-                    per: QuotaPeriod::Month
-                },
+                LimitWindow::Quota(QuotaSpec {
+                    limit: 5_000_000,
+                    window: QuotaWindow::Month
+                }),
                 true
             ),
             limit(
@@ -203,7 +208,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                 LimitOwner::Product(0),
                 LimitScope::Claim("oid".to_string()),
                 LimitUnit::Requests,
-                rate(10, RatePeriod::Second, 10),
+                rate(10, SECOND, 10),
                 false
             ),
             limit(
@@ -212,7 +217,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                 LimitOwner::Deployment("gpt-4o".to_string()),
                 LimitScope::Deployment,
                 LimitUnit::Tokens,
-                rate(450_000, RatePeriod::Minute, 450_000),
+                rate(450_000, MINUTE, 450_000),
                 false
             ),
             limit(
@@ -221,7 +226,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                 LimitOwner::Server,
                 LimitScope::ClientIp,
                 LimitUnit::Requests,
-                rate(100, RatePeriod::Second, 100),
+                rate(100, SECOND, 100),
                 false
             ),
         ]
@@ -452,11 +457,7 @@ fn without_subscriptions_or_issuers_auth_is_off() {
     assert_eq!(snapshot.access.limits[0].scope, LimitScope::Subscription);
     assert_eq!(
         snapshot.access.limits[0].window,
-        LimitWindow::Rate {
-            rate: 5,
-            per: RatePeriod::Second,
-            burst: 5
-        }
+        LimitWindow::Rate(RateSpec::per(5, SECOND).with_burst(5))
     );
     let deployment_limit = deployment("limits = [{ unit = \"tokens\", quota = 9, per = \"day\" }]");
     let snapshot = compile(&deployment_limit).unwrap();
