@@ -13,8 +13,9 @@ use super::check::{check_not_empty, line_of, EnvLookup, ReadFile};
 use super::error::Reporter;
 use super::jwt::compile_jwt;
 use super::limits::LimitTable;
-use super::products::{compile_product, KeyTable, SubscriptionTables};
+use super::products::{compile_product, KeyHashes, SubscriptionTables};
 use super::schema::{ConfigFile, TokensSection};
+use crate::auth::keys::KeyTable;
 use crate::snapshot::access::{
     Access, Estimator, EstimatorChoice, Family, LimitOwner, SubscriptionId,
 };
@@ -101,7 +102,7 @@ pub(crate) fn compile_access(
             .map(|s| s.get_ref().name.get_ref().as_str())
             .collect(),
         has_jwt,
-        keys: KeyTable::default(),
+        keys: KeyHashes::default(),
         claim_values: HashMap::new(),
     };
     let mut subscriptions = Vec::with_capacity(file.subscription.len());
@@ -183,10 +184,15 @@ pub(crate) fn compile_access(
         issuers.push(compile_jwt(section, &field, source, report, env, read));
     }
 
+    // Duplicate hashes were reported above and left out, so the table always builds.
+    let keys = KeyTable::new(tables.keys.entries).unwrap_or_else(|e| {
+        report.at(0..0, "subscription", e.to_string());
+        KeyTable::default()
+    });
     Access {
         products,
         subscriptions,
-        keys: tables.keys.entries,
+        keys,
         claim_values: tables
             .claim_values
             .into_iter()

@@ -10,10 +10,9 @@ use super::check::{check_not_empty, line_of};
 use super::error::Reporter;
 use super::limits::LimitTable;
 use super::schema::{ProductSection, SpannedList, SubscriptionSection};
-use crate::auth::keys::KeyHashError;
+use crate::auth::keys::{KeyEntry, KeyHashError};
 use crate::snapshot::access::{
-    DeploymentSet, KeyDigest, KeyEntry, LimitOwner, OperationSet, Product, Subscription,
-    SubscriptionId,
+    DeploymentSet, KeyDigest, LimitOwner, OperationSet, Product, Subscription, SubscriptionId,
 };
 
 pub(super) fn compile_product(
@@ -126,10 +125,11 @@ pub(super) fn compile_product(
     }
 }
 
-/// Every key hash seen so far, for duplicates across subscriptions.
+/// Every key hash seen so far, for duplicates across subscriptions; `entries` become the
+/// snapshot's [`crate::auth::keys::KeyTable`].
 #[derive(Default)]
-pub(super) struct KeyTable {
-    pub(super) entries: HashMap<KeyDigest, KeyEntry>,
+pub(super) struct KeyHashes {
+    pub(super) entries: Vec<KeyEntry>,
     /// Where each was first listed: line and subscription.
     first: HashMap<KeyDigest, (usize, SubscriptionId)>,
 }
@@ -139,7 +139,7 @@ pub(super) struct KeyTable {
 pub(super) struct SubscriptionTables<'f> {
     pub(super) names: Vec<&'f str>,
     pub(super) has_jwt: bool,
-    pub(super) keys: KeyTable,
+    pub(super) keys: KeyHashes,
     /// Claim value → subscription and the line it was listed on.
     pub(super) claim_values: HashMap<String, (SubscriptionId, usize)>,
 }
@@ -247,13 +247,11 @@ impl SubscriptionTables<'_> {
             self.keys
                 .first
                 .insert(digest, (line_of(report, item), index));
-            self.keys.entries.insert(
-                digest,
-                KeyEntry {
-                    subscription: index,
-                    revoked,
-                },
-            );
+            self.keys.entries.push(KeyEntry {
+                hash: digest.0,
+                subscription: index,
+                revoked,
+            });
             digests.push(digest);
         }
         digests

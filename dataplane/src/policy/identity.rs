@@ -11,7 +11,7 @@ use crate::auth::jwt::{
     JwtIssuerConfig, JwtKeyConfig, JwtKeySource as RuntimeKeySource, JwtValidator,
     RequiredClaim as RuntimeRequiredClaim, SubscriptionMapping,
 };
-use crate::auth::keys::{extract_credential, query_has_key, KeyCheck, KeyEntry, KeyTable};
+use crate::auth::keys::{extract_credential, query_has_key, KeyCheck};
 use crate::config::{ConfigError, ConfigErrors};
 use crate::error::GatewayError;
 use crate::http::RequestHead;
@@ -40,19 +40,19 @@ impl Caller {
 
 /// The runtime side of access control for one snapshot.
 pub struct Identity {
-    keys: KeyTable,
     jwt: Option<JwtValidator>,
 }
 
 impl Identity {
-    /// Builds the key table and JWT validator of `access` (compiled from `source`), taking
+    /// Builds the JWT validator of `access` (compiled from `source`; the key table is the
+    /// snapshot's own, [`Access::keys`]), taking
     /// over from `previous` — the identity of the snapshot being replaced — the JWKS caches
     /// and refresh threads of JWKS URLs configured the same way (see
     /// [`JwtValidator::carry_over`]). Starts no thread: [`start`](Self::start) does.
     ///
     /// The config compiler has already parsed every key with the same code, so this fails
     /// only if the two disagree; the error is then a [`ConfigErrors`] naming the `[[jwt]]`
-    /// or `[[subscription]]` tables, like any other config error.
+    /// tables, like any other config error.
     pub fn build(
         access: &Access,
         source: &Path,
@@ -67,12 +67,6 @@ impl Identity {
                 message,
             }])
         };
-        let entries = access.keys.iter().map(|(digest, entry)| KeyEntry {
-            hash: *digest.as_bytes(),
-            subscription: entry.subscription,
-            revoked: entry.revoked,
-        });
-        let keys = KeyTable::new(entries).map_err(|e| refuse("subscription", e.to_string()))?;
         // The claims `claim:` limit scopes count by; every issuer reports them.
         let mut scope_claims: Vec<String> = Vec::new();
         for limit in &access.limits {
@@ -101,7 +95,7 @@ impl Identity {
             }
             Some(validator)
         };
-        Ok(Self { keys, jwt })
+        Ok(Self { jwt })
     }
 
     /// Starts the side threads this identity needs: a refresher for each JWKS URL not
@@ -153,7 +147,7 @@ impl Identity {
                 claims: principal.claims,
             });
         }
-        match self.keys.lookup(credential.value) {
+        match access.keys.lookup(credential.value) {
             KeyCheck::Valid(id) if (id.0 as usize) < access.subscriptions.len() => Ok(Caller {
                 subscription: id.0 as usize,
                 claims: Vec::new(),

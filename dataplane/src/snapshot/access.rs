@@ -2,11 +2,15 @@
 //! `[[product]]`, `[[subscription]]`, `[[jwt]]`, the `limits` of products and deployments and
 //! `[server] client_ip_limits`.
 //!
-//! Plain immutable data, like the rest of the [`Snapshot`](super::Snapshot): the key table
-//! holds decoded SHA-256 digests, every limit sits once in [`Access::limits`] under a
-//! [`LimitIndex`], and key material (PEM text, JWKS documents, HMAC secrets) was read when the
-//! config was compiled, so a reload picks up new files. Building limiters and validators from
-//! it, and carrying limiter state across reloads, is the server's business.
+//! Immutable once compiled, like the rest of the [`Snapshot`](super::Snapshot), and held in
+//! the leaf modules' own types where one exists: the key table is
+//! [`crate::auth::keys::KeyTable`], ids are [`SubscriptionId`] and
+//! [`crate::limit::LimitId`], limit windows are [`RateSpec`] / [`QuotaSpec`], algorithms are
+//! [`JwtAlg`], a deployment's estimator is [`EstimatorChoice`]. Every limit sits once in
+//! [`Access::limits`] under a [`LimitIndex`]; key material (PEM text, JWKS documents, HMAC
+//! secrets) was read and parsed when the config was compiled, so a reload picks up new files.
+//! The JWT validator (with its JWKS caches) is built from it by
+//! [`crate::policy::AccessRuntime::build`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -15,6 +19,7 @@ use std::time::Duration;
 
 use super::Secret;
 pub use crate::auth::jwt::JwtAlg;
+use crate::auth::keys::{KeyCheck, KeyTable};
 pub use crate::limit::{QuotaSpec, QuotaWindow, RateSpec};
 use crate::route::Operation;
 pub use crate::tokens::estimate::{Estimator, EstimatorChoice, Family};
@@ -37,7 +42,7 @@ pub struct Access {
     /// Every `[[subscription]]`, in file order, indexed by [`SubscriptionId`]'s number.
     pub subscriptions: Vec<Subscription>,
     /// Every key hash of every subscription (live and revoked) → whose it is.
-    pub keys: HashMap<KeyDigest, KeyEntry>,
+    pub keys: KeyTable,
     /// Every `jwt_claim_values` entry → its subscription. A token's value of its issuer's
     /// [`JwtIssuer::subscription_claim`] is looked up here.
     pub claim_values: HashMap<String, SubscriptionId>,
@@ -58,7 +63,7 @@ impl Default for Access {
         Self {
             products: Vec::new(),
             subscriptions: Vec::new(),
-            keys: HashMap::new(),
+            keys: KeyTable::default(),
             claim_values: HashMap::new(),
             jwt: Vec::new(),
             limits: Vec::new(),
@@ -77,7 +82,17 @@ impl Access {
 
     /// The subscription a key hash belongs to, live or revoked.
     pub fn key(&self, digest: &KeyDigest) -> Option<KeyEntry> {
-        self.keys.get(digest).copied()
+        match self.keys.lookup_digest(&digest.0) {
+            KeyCheck::Valid(subscription) => Some(KeyEntry {
+                subscription,
+                revoked: false,
+            }),
+            KeyCheck::Revoked(subscription) => Some(KeyEntry {
+                subscription,
+                revoked: true,
+            }),
+            KeyCheck::Unknown => None,
+        }
     }
 
     /// A limit by id.
@@ -90,13 +105,6 @@ impl Access {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyDigest(pub [u8; 32]);
 
-impl KeyDigest {
-    /// The 32 digest bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
-
 impl fmt::Debug for KeyDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("sha256:")?;
@@ -107,7 +115,7 @@ impl fmt::Debug for KeyDigest {
     }
 }
 
-/// Where a key hash leads.
+/// Where a key hash leads ([`Access::key`]'s answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyEntry {
     /// The subscription listing it.
