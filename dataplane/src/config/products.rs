@@ -178,7 +178,7 @@ impl SubscriptionTables<'_> {
                         format!(
                             "claim value `{}` already maps to subscription `{}` (line {line})",
                             item.get_ref(),
-                            self.names[owner.0 as usize]
+                            self.names[owner.index()]
                         ),
                     );
                     continue;
@@ -239,7 +239,7 @@ impl SubscriptionTables<'_> {
                     field,
                     format!(
                         "this key hash is already listed on line {line} (subscription `{}`)",
-                        self.names[owner.0 as usize]
+                        self.names[owner.index()]
                     ),
                 );
                 continue;

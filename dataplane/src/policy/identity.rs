@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::auth::jwt::{
     JwtIssuerConfig, JwtKeyConfig, JwtKeySource as RuntimeKeySource, JwtValidator,
-    RequiredClaim as RuntimeRequiredClaim, SubscriptionMapping,
+    SubscriptionMapping,
 };
 use crate::auth::keys::{extract_credential, query_has_key, KeyCheck};
 use crate::config::{ConfigError, ConfigErrors};
@@ -143,13 +143,13 @@ impl Identity {
                 )
             })?;
             return Ok(Caller {
-                subscription: subscription.0 as usize,
+                subscription: subscription.index(),
                 claims: principal.claims,
             });
         }
         match access.keys.lookup(credential.value) {
-            KeyCheck::Valid(id) if (id.0 as usize) < access.subscriptions.len() => Ok(Caller {
-                subscription: id.0 as usize,
+            KeyCheck::Valid(id) if id.index() < access.subscriptions.len() => Ok(Caller {
+                subscription: id.index(),
                 claims: Vec::new(),
             }),
             KeyCheck::Revoked(id) => {
@@ -219,14 +219,7 @@ fn issuer_config(
     config.require_audience = j.require.aud;
     config.require_not_before = j.require.nbf;
     config.require_issuer = j.require.iss;
-    config.required_claims = j
-        .required_claims
-        .iter()
-        .map(|c| RuntimeRequiredClaim {
-            name: c.name.clone(),
-            values: c.values.clone(),
-        })
-        .collect();
+    config.required_claims = j.required_claims.clone();
     let values = access
         .claim_values
         .iter()

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::Secret;
-pub use crate::auth::jwt::JwtAlg;
+pub use crate::auth::jwt::{JwtAlg, RequiredClaim};
 use crate::auth::keys::{KeyCheck, KeyTable};
 pub use crate::limit::{QuotaSpec, QuotaWindow, RateSpec};
 use crate::route::Operation;
@@ -406,16 +406,6 @@ impl Default for JwtRequire {
             nbf: false,
         }
     }
-}
-
-/// A claim that must be present and hold one of `values` (for an array claim such as
-/// `roles`, any element). No values: present with any value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequiredClaim {
-    /// The claim's name.
-    pub name: String,
-    /// The values allowed.
-    pub values: Vec<String>,
 }
 
 /// One key (or key set) of an issuer.
