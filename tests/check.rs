@@ -176,3 +176,28 @@ fn without_a_subcommand_config_is_required() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
 }
+
+/// `--check` compiles and builds the config (every key parsed) but starts nothing: a
+/// `jwks_url` key is not fetched. The JWKS endpoint here is a listener that would see the
+/// fetch as a connection; after the check exits it has seen none.
+#[test]
+fn check_starts_no_jwks_fetch() {
+    let dir = TempDir::new("check");
+    let path = dir.path().join("jwks.toml");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/keys", listener.local_addr().unwrap());
+    let body = format!(
+        "{MOCK_BODY}\n[[product]]\nname = \"p\"\n\n[[subscription]]\nname = \"s\"\nproduct = \"p\"\n\
+         jwt_claim_values = [\"app\"]\n\n[[jwt]]\nname = \"remote\"\nissuer = \"https://issuer.test\"\n\
+         audiences = [\"api://sluice\"]\nsubscription_claim = \"appid\"\n\
+         keys = [{{ jwks_url = \"{url}\", algorithms = [\"RS256\"] }}]\n"
+    );
+    fs::write(&path, config_text(0, "workers = 1", &body)).unwrap();
+    let (code, stdout, stderr) = run_check(&path, &[]);
+    assert_eq!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    listener.set_nonblocking(true).unwrap();
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("--check connected to the JWKS endpoint: {other:?}"),
+    }
+}

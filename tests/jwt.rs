@@ -453,3 +453,89 @@ fn every_configurable_algorithm_validates_an_openssl_token() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// JWKS URL keys across a config reload
+
+/// A JWKS endpoint on 127.0.0.1 that answers exactly one fetch (the OpenSSL RSA test key,
+/// kid `rsa`) and then goes away: its listener is closed, so any later fetch is refused.
+/// Returns the URL and the number of fetches answered (read after the thread ended).
+fn one_shot_jwks_server() -> (String, std::thread::JoinHandle<usize>) {
+    use std::io::{Read, Write};
+    let jwks = std::fs::read(workspace_root().join("tests/data/jwt/rsa_jwks.json")).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/keys", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).unwrap() == 0 {
+                break;
+            }
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"GET /keys "), "{head:?}");
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            jwks.len()
+        );
+        stream.write_all(answer.as_bytes()).unwrap();
+        stream.write_all(&jwks).unwrap();
+        // The listener drops here: from now on a fetch finds the port closed.
+        1
+    });
+    (url, handle)
+}
+
+/// A reload keeps the JWKS keys already fetched for an unchanged `jwks_url`: a token they
+/// sign passes right after the reload, with no refetch. The endpoint answered once and is
+/// gone, so a reload that started the key set afresh would refuse the token (401, no keys
+/// yet) until a fetch that can never succeed.
+#[test]
+fn jwks_keys_survive_a_reload_without_a_refetch() {
+    let (url, server) = one_shot_jwks_server();
+    let body = |extra: &str| {
+        format!(
+            "{MOCK_DEPLOYMENTS}{}\n[[subscription]]\nname = \"openssl-app\"\nproduct = \"open\"\n\
+             jwt_claim_values = [\"{OPENSSL_APP}\"]\n\n[[jwt]]\nname = \"remote\"\n\
+             issuer = \"{ISSUER}\"\naudiences = [\"{AUDIENCE}\"]\nsubscription_claim = \"appid\"\n\
+             keys = [{{ jwks_url = \"{url}\", algorithms = [\"RS256\"] }}]\n{extra}",
+            product("open", "")
+        )
+    };
+    let s = Launch::new(&body("")).start();
+    let token = openssl_token("RS256", "valid");
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || chat_with_token(
+            &s, token, "gpt-4o"
+        )
+        .status
+            == 200),
+        "the token never passed; log:\n{}",
+        s.log()
+    );
+    assert_eq!(
+        server.join().unwrap(),
+        1,
+        "one fetch, then the endpoint is gone"
+    );
+
+    // An unrelated change: another product.
+    let reloads = s.log().matches("config reloaded").count();
+    s.rewrite_config(&body(&product("spare", "")));
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || s
+            .log()
+            .matches("config reloaded")
+            .count()
+            > reloads),
+        "not reloaded; log:\n{}",
+        s.log()
+    );
+    let resp = chat_with_token(&s, token, "gpt-4o");
+    assert_eq!(resp.status, 200, "after the reload: {}", resp.text());
+}

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use sluice::policy::context::{AttemptOutcome, End, RequestCtx};
 use sluice::policy::phase::{Chunk, Env, Flow, Policy, Request, Response, UpstreamRequest};
 use sluice::policy::pipeline;
-use sluice::server::{self, DriverChoice, Loaded, Shared};
+use sluice::server::{self, DriverChoice};
 
 /// Writes one line per phase into a log the test reads.
 #[derive(Clone, Default)]
@@ -209,8 +209,7 @@ fn a_recording_policy_sees_every_phase_in_order() {
         .local_addr()
         .unwrap();
     let path = config(&dir, closed);
-    let snapshot = sluice::config::load(&path, None).expect("config");
-    let shared = Shared::new(Loaded::new(snapshot).expect("runtime"));
+    let shared = sluice::apply::start(&path).expect("config");
     let log = Recording::default();
     let recording = log.clone();
     let listen = vec!["127.0.0.1:0".parse().unwrap()];

@@ -492,3 +492,68 @@ fn sigint_shuts_down_gracefully() {
         "the ready file is removed at shutdown"
     );
 }
+
+/// A limit keeps its bucket through a reload that inserts another limit before it in the
+/// same list: its state is keyed by its name (here the default, `requests:subscription:
+/// 1/minute`), not its position. Before names, the moved limit started afresh and the third
+/// request passed.
+#[test]
+fn a_bucket_survives_a_reload_that_inserts_a_limit_before_it() {
+    const KEY: &str = "test-key-reload-limits";
+    let rpm = r#"{ unit = "requests", rate = 1, per = "minute" }"#;
+    let tpm = r#"{ unit = "tokens", rate = 1000000, per = "minute" }"#;
+    let config = |limits: &str| {
+        format!(
+            "{}{}{}",
+            mock_deployments(&["alpha"]),
+            access::product("p", &format!("limits = [{limits}]")),
+            access::subscription("team", "p", &[KEY])
+        )
+    };
+    let s = Launch::new(&config(rpm)).start();
+    let chat = || access::chat_as(&s, KEY, &chat_body(Some("alpha"), false));
+    assert_eq!(chat().status, 200);
+    let refused = chat();
+    assert_eq!(refused.status, 429, "{}", refused.text());
+
+    reload_to(&s, &s.config_for(&config(&format!("{tpm}, {rpm}"))));
+    let after = chat();
+    assert_eq!(
+        after.status,
+        429,
+        "the requests limit lost its bucket in the reload: {}",
+        after.text()
+    );
+    // The refusal names the limit at its new place in the list.
+    assert!(after.text().contains("product:p#1"), "{}", after.text());
+}
+
+/// A pool the reload left alone keeps its place in the smooth weighted round robin: with two
+/// equal members and one worker, the request after a reload goes to the member whose turn it
+/// is, not back to the first (where a fresh rotation would start). A changed pool starts over.
+#[test]
+fn an_unchanged_pool_keeps_its_rotation_across_a_reload() {
+    let a = Upstream::json(upstream_chat_answer("a"));
+    let b = Upstream::json(upstream_chat_answer("b"));
+    let body = pool_config(&[("a", &a), ("b", &b)], 4);
+    let s = Launch::new(&body).workers(1).start();
+    let chat = || s.post_json("/v1/chat/completions", &chat_body(Some("pool"), false));
+    assert_eq!(chat().status, 200);
+    assert_eq!((a.request_count(), b.request_count()), (1, 0));
+
+    // An unrelated change: another deployment.
+    reload_to(
+        &s,
+        &s.config_for(&format!(
+            "{body}\n[[deployment]]\nname = \"extra\"\nbackends = [{{ backend = \"mock-a\" }}]\n"
+        )),
+    );
+    assert_eq!(chat().status, 200);
+    assert_eq!(
+        (a.request_count(), b.request_count()),
+        (1, 1),
+        "the rotation restarted after the reload"
+    );
+    assert_eq!(chat().status, 200);
+    assert_eq!((a.request_count(), b.request_count()), (2, 1));
+}

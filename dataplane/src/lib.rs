@@ -8,6 +8,7 @@
 //! JWTs). [`server`] wires them together on
 //! monoio workers, one per core.
 
+pub mod apply;
 pub mod auth;
 pub mod balance;
 pub mod clock;

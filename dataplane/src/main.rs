@@ -11,8 +11,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+use sluice::apply::{self, ApplyError};
 use sluice::reload::Reloader;
-use sluice::server::{self, DriverChoice, Loaded, Shared};
+use sluice::server::{self, DriverChoice};
 
 /// Sluice: one fast endpoint in front of your Azure OpenAI and OpenAI-compatible deployments.
 #[derive(Parser, Debug)]
@@ -77,32 +78,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = cli
         .config
         .ok_or_else(|| anyhow::anyhow!("--config FILE is required"))?;
-    let snapshot = match sluice::config::load(&config, None) {
-        Ok(s) => s,
-        Err(errors) => {
+    if cli.check {
+        // Compiled and built (every key parsed), but nothing started: no JWKS fetch, no
+        // worker.
+        return Ok(match apply::prepare(&config, None) {
+            Ok(_) => {
+                println!("config OK: {}", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::FAILURE
+            }
+        });
+    }
+    let shared = match apply::start(&config) {
+        Ok(shared) => shared,
+        Err(ApplyError::Config(errors)) => {
             eprintln!("{errors}");
             return Ok(ExitCode::FAILURE);
         }
+        Err(e) => return Err(e.into()),
     };
-    // Key material and limit scopes are checked when the runtime is built from the config.
-    let loaded = match Loaded::new(snapshot) {
-        Ok(l) => l,
-        Err(error) => {
-            eprintln!("{}: {error}", config.display());
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    if cli.check {
-        println!("config OK: {}", config.display());
-        return Ok(ExitCode::SUCCESS);
-    }
+    let loaded = shared.snapshot();
     let workers = cli
         .workers
         .or(loaded.server.workers)
         .filter(|&n| n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let listen = loaded.server.listen.clone();
-    let shared = Shared::new(loaded);
+    drop(loaded);
     // Register signal handlers before the workers start, so an early signal is not lost.
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
     let running = server::start(shared.clone(), listen, workers, cli.driver)?;

@@ -1,5 +1,5 @@
-//! Config reload: on SIGHUP and when the config file changes (polled), read and compile the
-//! file again and swap the new snapshot in whole. Requests in flight finish on the snapshot
+//! Config reload: on SIGHUP and when the config file changes (polled), put the file in force
+//! again with [`crate::apply::apply`] (compile, carry over, swap). Requests in flight finish on the snapshot
 //! they started with; a file that does not compile is refused with a log line and the old
 //! snapshot keeps serving.
 
@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config;
-use crate::server::{Loaded, Shared};
+use crate::apply;
+use crate::server::Shared;
 
 /// How often the config file's metadata is looked at.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -47,32 +47,15 @@ impl Reloader {
         Arc::new(Self { shared, path, last })
     }
 
-    /// Reads, compiles and swaps in the file now. Returns whether the new config is in force.
+    /// Applies the file now. Returns whether the new config is in force.
     pub fn reload(&self, reason: &str) -> bool {
         let mut last = match self.last.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
         *last = stamp(&self.path);
-        let current = self.shared.snapshot();
-        let loaded = config::load(&self.path, Some(&current.snapshot))
-            .map_err(|errors| errors.to_string())
-            .and_then(Loaded::new);
-        match loaded {
-            Ok(next) => {
-                if next.server.listen != current.server.listen
-                    || next.server.workers != current.server.workers
-                {
-                    tracing::warn!(
-                        "config reload: listen addresses and worker count change only on restart; keeping the running ones"
-                    );
-                }
-                let deployments = next.deployments.len();
-                let backends = next.backends.len();
-                self.shared.swap(next);
-                tracing::info!(reason, deployments, backends, file = %self.path.display(), "config reloaded");
-                true
-            }
+        match apply::apply(&self.shared, &self.path, reason) {
+            Ok(()) => true,
             Err(errors) => {
                 tracing::error!(reason, file = %self.path.display(), "config reload refused; keeping the running config:\n{errors}");
                 false

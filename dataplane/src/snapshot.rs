@@ -4,8 +4,8 @@
 //! Everything the request path needs is precomputed here (resolved addresses, rewritten
 //! header values, pool tables), so a request never parses or allocates config. A reload builds
 //! a new snapshot and swaps it whole; requests in flight keep the one they started with.
-//! State that must outlive a swap (backend health) is carried over on purpose by
-//! [`crate::config::compile`] when a backend keeps its name and address.
+//! State that must outlive a swap is carried over on purpose (see [`crate::apply`]): backend
+//! health by [`crate::config::load`] when a backend keeps its name, kind and target.
 //!
 //! Identity and limits (products, subscriptions, JWT issuers, limits) are in [`access`].
 
@@ -20,7 +20,7 @@ use crate::health::BackendHealth;
 
 pub mod access;
 
-pub use access::{Access, LimitId, TokenSettings};
+pub use access::{Access, LimitIndex, TokenSettings};
 
 /// Index of a backend in [`Snapshot::backends`].
 pub type BackendId = usize;
@@ -283,7 +283,7 @@ pub struct Deployment {
     pub pool: Vec<PoolMember>,
     /// Its own limits (ids in [`Access::limits`]), in file order; they apply to every
     /// request to it, whoever sends it.
-    pub limits: Vec<LimitId>,
+    pub limits: Vec<LimitIndex>,
     /// How its tokens are estimated and accounted.
     pub tokens: TokenSettings,
 }

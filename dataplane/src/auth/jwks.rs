@@ -36,7 +36,7 @@ use jsonwebtoken::DecodingKey;
 use crate::http::url::{parse_http_url, UrlError};
 use serde::Deserialize;
 
-use super::jwt::{AlgSet, JwtAlg};
+use super::alg::{AlgSet, JwtAlg};
 use crate::http::{parse_response, ChunkedDecoder, Parse, ResponseFraming, ResponseHead};
 
 /// The shortest RSA modulus accepted, in bits (NIST: 2048 from 2011).
@@ -432,6 +432,14 @@ impl JwksCache {
     /// The algorithms this set's keys are pinned to.
     pub fn algs(&self) -> AlgSet {
         self.algs
+    }
+
+    /// Whether `other` fetches the same URL with the same pin and settings, so its keys can
+    /// stand for this one's (a reload that left the key source alone).
+    pub fn same_source(&self, other: &JwksCache) -> bool {
+        self.url.text == other.url.text
+            && self.algs == other.algs
+            && self.settings == other.settings
     }
 
     /// Fetches and parses the JWKS now (blocking, bounded by the fetch timeout) and swaps it

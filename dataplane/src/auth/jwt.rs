@@ -27,13 +27,14 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+pub use super::alg::{AlgSet, JwtAlg};
 use super::jwks::{
     parse_jwks, JwksCache, JwksError, JwksRefresher, JwksSettings, KeyKind, VerifyKey,
 };
@@ -48,136 +49,6 @@ pub const DEFAULT_LEEWAY_SECS: u64 = 60;
 /// At most this many keys are tried for one token (several keys can fit a token without a
 /// `kid`); bounds the crypto one request can cost.
 pub const MAX_KEYS_TRIED: usize = 4;
-
-/// A signature algorithm Sluice verifies (RFC 7518 §3.1): every name the config reference
-/// accepts for `algorithms`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum JwtAlg {
-    /// HMAC with SHA-256, with a shared secret of at least 32 bytes.
-    HS256,
-    /// HMAC with SHA-384, with a shared secret of at least 48 bytes.
-    HS384,
-    /// HMAC with SHA-512, with a shared secret of at least 64 bytes.
-    HS512,
-    /// RSASSA-PKCS1-v1_5 with SHA-256, with an RSA public key.
-    RS256,
-    /// RSASSA-PKCS1-v1_5 with SHA-384, with an RSA public key.
-    RS384,
-    /// RSASSA-PKCS1-v1_5 with SHA-512, with an RSA public key.
-    RS512,
-    /// RSASSA-PSS with SHA-256 and MGF1 with SHA-256, with an RSA public key.
-    PS256,
-    /// ECDSA on P-256 with SHA-256, with an EC public key.
-    ES256,
-    /// ECDSA on P-384 with SHA-384, with an EC public key.
-    ES384,
-}
-
-impl JwtAlg {
-    /// Every algorithm.
-    pub const ALL: [JwtAlg; 9] = [
-        Self::HS256,
-        Self::HS384,
-        Self::HS512,
-        Self::RS256,
-        Self::RS384,
-        Self::RS512,
-        Self::PS256,
-        Self::ES256,
-        Self::ES384,
-    ];
-
-    /// The algorithm named exactly `name` (JOSE names are case-sensitive).
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|a| a.name() == name)
-    }
-
-    /// The JOSE name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::HS256 => "HS256",
-            Self::HS384 => "HS384",
-            Self::HS512 => "HS512",
-            Self::RS256 => "RS256",
-            Self::RS384 => "RS384",
-            Self::RS512 => "RS512",
-            Self::PS256 => "PS256",
-            Self::ES256 => "ES256",
-            Self::ES384 => "ES384",
-        }
-    }
-
-    fn bit(self) -> u16 {
-        1 << (self as u16)
-    }
-
-    fn to_jsonwebtoken(self) -> jsonwebtoken::Algorithm {
-        use jsonwebtoken::Algorithm as A;
-        match self {
-            Self::HS256 => A::HS256,
-            Self::HS384 => A::HS384,
-            Self::HS512 => A::HS512,
-            Self::RS256 => A::RS256,
-            Self::RS384 => A::RS384,
-            Self::RS512 => A::RS512,
-            Self::PS256 => A::PS256,
-            Self::ES256 => A::ES256,
-            Self::ES384 => A::ES384,
-        }
-    }
-}
-
-/// A set of [`JwtAlg`]s (a key's pin, an issuer's union of pins).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct AlgSet(u16);
-
-impl AlgSet {
-    /// The set holding only `alg`.
-    pub fn of(alg: JwtAlg) -> Self {
-        Self(alg.bit())
-    }
-
-    /// The set of these algorithms.
-    pub fn from_algs(algs: &[JwtAlg]) -> Self {
-        Self::of_const(algs)
-    }
-
-    /// The set of these algorithms, in a constant.
-    pub const fn of_const(algs: &[JwtAlg]) -> Self {
-        let mut bits = 0;
-        let mut i = 0;
-        while i < algs.len() {
-            bits |= 1 << (algs[i] as u16);
-            i += 1;
-        }
-        Self(bits)
-    }
-
-    /// The set without `alg`.
-    pub fn without(self, alg: JwtAlg) -> Self {
-        Self(self.0 & !alg.bit())
-    }
-
-    /// Whether `alg` is in the set.
-    pub fn contains(self, alg: JwtAlg) -> bool {
-        self.0 & alg.bit() != 0
-    }
-
-    /// Whether the set is empty.
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
-    /// The algorithms in both sets.
-    pub fn intersect(self, other: Self) -> Self {
-        Self(self.0 & other.0)
-    }
-
-    /// The algorithms in either set.
-    pub fn union(self, other: Self) -> Self {
-        Self(self.0 | other.0)
-    }
-}
 
 /// Where a key comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -458,9 +329,12 @@ pub struct Principal {
     pub expires_at: Option<u64>,
 }
 
-/// A JWKS URL source of an issuer: the shared cache.
+/// A JWKS URL source of an issuer: the shared cache and the thread keeping it fresh. Both
+/// are shared with the validators of later snapshots that configure the same URL the same way
+/// ([`JwtValidator::carry_over`]); the thread stops when the last of them is dropped.
 struct RemoteKeys {
     cache: Arc<JwksCache>,
+    refresher: Arc<OnceLock<JwksRefresher>>,
 }
 
 /// One issuer, compiled.
@@ -474,10 +348,10 @@ struct Issuer {
 }
 
 /// The compiled JWT settings of a snapshot. Share it behind an `Arc`; `validate` takes
-/// `&self` and never blocks. Dropping it stops its JWKS refreshers.
+/// `&self` and never blocks. Dropping it stops the JWKS refreshers no later validator took
+/// over.
 pub struct JwtValidator {
     issuers: Vec<Issuer>,
-    refreshers: Vec<JwksRefresher>,
 }
 
 impl std::fmt::Debug for JwtValidator {
@@ -506,17 +380,41 @@ impl JwtValidator {
             }
             issuers.push(compile_issuer(config)?);
         }
-        Ok(Self {
-            issuers,
-            refreshers: Vec::new(),
-        })
+        Ok(Self { issuers })
     }
 
-    /// Starts one side thread per JWKS URL; each fetches at once and then on schedule.
-    pub fn spawn_refreshers(&mut self) -> std::io::Result<()> {
-        let caches: Vec<Arc<JwksCache>> = self.jwks_caches().cloned().collect();
-        for cache in caches {
-            self.refreshers.push(JwksRefresher::spawn(cache)?);
+    /// Takes over from `previous` (the validator of the snapshot being replaced) the cache
+    /// and refresh thread of every JWKS URL both configure the same way (same URL, same
+    /// algorithm pin, same refresh settings), so a reload keeps the keys already fetched and
+    /// tokens they sign pass at once, with no refetch. A URL new or changed here starts
+    /// empty. Returns how many JWKS URLs were carried over.
+    pub fn carry_over(&mut self, previous: &JwtValidator) -> usize {
+        let mut carried = 0;
+        for remote in self.issuers.iter_mut().flat_map(|i| i.remote.iter_mut()) {
+            let old = previous
+                .issuers
+                .iter()
+                .flat_map(|i| i.remote.iter())
+                .find(|old| old.cache.same_source(&remote.cache));
+            if let Some(old) = old {
+                remote.cache = Arc::clone(&old.cache);
+                remote.refresher = Arc::clone(&old.refresher);
+                carried += 1;
+            }
+        }
+        carried
+    }
+
+    /// Starts a side thread for each JWKS URL that has none yet (one carried over keeps its
+    /// own); each fetches at once and then on schedule. Idempotent.
+    pub fn spawn_refreshers(&self) -> std::io::Result<()> {
+        for remote in self.issuers.iter().flat_map(|i| i.remote.iter()) {
+            if remote.refresher.get().is_none() {
+                let refresher = JwksRefresher::spawn(Arc::clone(&remote.cache))?;
+                // Only one caller runs this per validator (start-up or a reload), so the
+                // slot is still empty; were it not, the spare thread stops as it drops.
+                let _ = remote.refresher.set(refresher);
+            }
         }
         Ok(())
     }
@@ -876,6 +774,7 @@ fn compile_issuer(config: JwtIssuerConfig) -> Result<Issuer, JwtConfigError> {
                 let cache = JwksCache::new(url, pin, config.jwks).map_err(key_error)?;
                 remote.push(RemoteKeys {
                     cache: Arc::new(cache),
+                    refresher: Arc::new(OnceLock::new()),
                 });
             }
         }

@@ -25,6 +25,15 @@ use crate::http::RequestHead;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubscriptionId(pub u32);
 
+impl SubscriptionId {
+    /// Its index in the snapshot's subscription list. (`u32` into `usize` loses nothing on
+    /// the 32- and 64-bit targets Sluice builds for; the config compiler refused any index
+    /// that does not fit a `u32`.)
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
 /// One configured key: its SHA-256 digest and the subscription it belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyEntry {

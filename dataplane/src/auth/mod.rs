@@ -11,6 +11,7 @@
 //! parsed, algorithms pinned) and then only read: no lock, no I/O and no blocking on the
 //! request path. Time is a parameter (`now_unix`), so tests choose it.
 
+pub mod alg;
 pub mod jwks;
 pub mod jwt;
 pub mod keygen;

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::access::{compile_access, ReadFile};
+use super::access::compile_access;
+use super::check::{check_not_empty, line_of, parse_duration, EnvLookup, ReadFile};
 use super::error::Reporter;
 use super::schema::{BackendSection, ConfigFile, DeploymentSection, ServerSection};
 use crate::health::BackendHealth;
@@ -38,8 +39,6 @@ pub const DEFAULT_MOCK_COMPLETION_TOKENS: u32 = 16;
 /// Length of a mock embedding vector by default.
 pub const DEFAULT_MOCK_EMBEDDING_DIMENSIONS: usize = 8;
 
-/// Looks up an environment variable (`std::env::var` in production, a map in tests).
-pub(crate) type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 /// Resolves a host and port to the address to connect to, or says why it cannot.
 pub(crate) type Resolve<'a> = &'a dyn Fn(&str, u16) -> Result<SocketAddr, String>;
 
@@ -347,33 +346,6 @@ fn timeout(
             default
         }
     }
-}
-
-/// Parses `"500ms"`, `"10s"`, `"5m"` or `"1h"`: a whole number and a unit.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let invalid = || {
-        format!(
-            "invalid duration `{text}`: expected a whole number and a unit (ms, s, m or h), e.g. \"500ms\", \"10s\", \"5m\""
-        )
-    };
-    let digits_end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(digits_end);
-    if digits.is_empty() {
-        return Err(invalid());
-    }
-    let n: u64 = digits.parse().map_err(|_| invalid())?;
-    let millis_per_unit: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(invalid()),
-    };
-    n.checked_mul(millis_per_unit)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("duration `{text}` is too long"))
 }
 
 /// Which fields each kind takes, besides `name` and `kind`.
@@ -825,24 +797,6 @@ fn article(kind: &str) -> &'static str {
     } else {
         "a"
     }
-}
-
-/// Reports an empty string; returns whether the value is usable.
-pub(crate) fn check_not_empty(
-    report: &mut Reporter<'_>,
-    value: &Spanned<String>,
-    field: &str,
-) -> bool {
-    if value.get_ref().is_empty() {
-        report.at(value.span(), field, "must not be empty");
-        false
-    } else {
-        true
-    }
-}
-
-pub(crate) fn line_of<T>(report: &Reporter<'_>, value: &Spanned<T>) -> usize {
-    report.line_column(value.span().start).0
 }
 
 #[cfg(test)]

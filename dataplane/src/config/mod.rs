@@ -10,8 +10,12 @@
 //! snapshot so backend health carries over.
 
 mod access;
+mod check;
 mod compile;
 mod error;
+mod jwt;
+mod limits;
+mod products;
 mod schema;
 
 use std::ops::Range;
@@ -59,7 +63,7 @@ pub fn load_str(
         text,
         env,
         &compile::system_resolve,
-        &access::system_read,
+        &check::system_read,
         previous,
     )
 }
@@ -68,9 +72,9 @@ pub fn load_str(
 pub(crate) fn load_str_with(
     path: &Path,
     text: &str,
-    env: compile::EnvLookup<'_>,
+    env: check::EnvLookup<'_>,
     resolve: compile::Resolve<'_>,
-    read: access::ReadFile<'_>,
+    read: check::ReadFile<'_>,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, ConfigErrors> {
     let mut report = Reporter::new(path, text);
@@ -250,8 +254,10 @@ mod tests {
         }
     }
 
-    const PEM: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n";
-    const JWKS: &str = r#"{"keys":[{"kty":"RSA","kid":"a","n":"sXch","e":"AQAB"}]}"#;
+    /// Real keys (the compiler parses them as the validator will): the RSA test key, as PEM
+    /// and as a JWKS.
+    const PEM: &str = include_str!("../auth/testdata/rsa_public.pem");
+    const JWKS: &str = include_str!("../../../tests/data/jwt/rsa_jwks.json");
 
     /// Key files as if on disk next to `sluice.toml`.
     fn read(path: &Path) -> Result<String, String> {
@@ -262,6 +268,12 @@ mod tests {
                 Ok("-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----\n".to_string())
             }
             Some("keys/bad.json") => Ok(r#"{"keys": 3}"#.to_string()),
+            Some("keys/garbled.pem") => {
+                Ok("-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n".to_string())
+            }
+            Some("keys/weak.json") => {
+                Ok(r#"{"keys":[{"kty":"RSA","kid":"a","n":"sXch","e":"AQAB"}]}"#.to_string())
+            }
             _ => Err("No such file or directory (os error 2)".to_string()),
         }
     }

@@ -126,6 +126,7 @@ pub(crate) struct LimitEntry {
     pub burst: Option<Spanned<u64>>,
     pub scope: Option<Spanned<String>>,
     pub shadow: Option<bool>,
+    pub name: Option<Spanned<String>>,
 }
 
 /// One `[[product]]`.

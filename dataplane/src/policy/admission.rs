@@ -9,8 +9,8 @@
 //! [`settle`].
 //!
 //! Limit state lives in two process-wide tables ([`SharedLimits`]: GCRA buckets and quota
-//! counters) that survive config reloads: a limit keeps its state while its label, unit,
-//! scope and window stay the same (its [`LimitId`] is a hash of them). Each worker decides
+//! counters) that survive config reloads: a limit keeps its state while its owner, name,
+//! unit, scope and window stay the same (its [`LimitId`], [`Limit::id`], is a hash of them). Each worker decides
 //! through its own cache and per-core leases ([`WorkerLimits`]), so a warm decision takes no
 //! lock and, for rates, usually no atomic.
 
@@ -23,12 +23,9 @@ use super::identity::Caller;
 use crate::error::GatewayError;
 use crate::limit::{
     Clock, Decision, DenyReason, GcraBucket, LeaseConfig, LimitId, LimitKey, LimiterTable,
-    LocalLease, LocalTable, QuotaCounter, QuotaSpec, QuotaWindow, RateSpec, ScopeValue,
-    SystemClock,
+    LocalLease, LocalTable, QuotaCounter, QuotaSpec, RateSpec, ScopeValue, SystemClock,
 };
-use crate::snapshot::access::{
-    Access, Limit, LimitScope, LimitUnit, LimitWindow, Product, QuotaPeriod,
-};
+use crate::snapshot::access::{Access, Limit, LimitScope, LimitUnit, LimitWindow, Product};
 
 /// Most keys (limit × scope value) each table keeps; idle ones at rest are evicted first.
 const TABLE_CAPACITY: usize = 1 << 20;
@@ -85,19 +82,12 @@ impl WorkerLimits {
     }
 }
 
-/// Stable ids for a snapshot's limits: a hash of what defines each limit's state, so an
-/// unchanged limit finds its buckets again after a reload and a changed one starts afresh.
+/// The limiter-state ids of a snapshot's limits, in [`Access::limits`] order (as [`Ask::ids`]
+/// takes them). Each is [`Limit::id`], fixed when the config was compiled from the limit's
+/// owner, name, unit, scope and window — never its position — so an unchanged limit finds
+/// its buckets again after a reload, even one that inserted limits before it.
 pub fn limit_ids(access: &Access) -> Vec<LimitId> {
-    access
-        .limits
-        .iter()
-        .map(|l| {
-            let mut h = std::hash::DefaultHasher::new();
-            l.label.hash(&mut h);
-            format!("{:?}|{:?}|{:?}", l.unit, l.scope, l.window).hash(&mut h);
-            LimitId(h.finish() as u32)
-        })
-        .collect()
+    access.limits.iter().map(|l| l.id).collect()
 }
 
 /// What applies to one request.
@@ -351,8 +341,7 @@ fn decide(
 ) -> Option<(Decision, Held)> {
     let tokens = limit.unit == LimitUnit::Tokens;
     let (decided, held) = match limit.window {
-        LimitWindow::Rate { rate, per, burst } => {
-            let spec = RateSpec::per(rate, per.duration()).with_burst(burst);
+        LimitWindow::Rate(spec) => {
             let decided = worker.rates.with(
                 &key,
                 now,
@@ -373,11 +362,7 @@ fn decide(
                 },
             )
         }
-        LimitWindow::Quota { quota, per } => {
-            let spec = QuotaSpec {
-                limit: quota,
-                window: window_of(per),
-            };
+        LimitWindow::Quota(spec) => {
             let decided = worker.quotas.with(
                 &key,
                 now,
@@ -413,8 +398,8 @@ fn refusal(limit: &Limit, denial: &crate::limit::Denial) -> GatewayError {
         ),
         DenyReason::Quota => GatewayError::quota_exceeded(denial.retry_after, &limit.label),
         DenyReason::TooLarge => match limit.window {
-            LimitWindow::Quota { .. } => GatewayError::too_large_for_quota(&limit.label),
-            LimitWindow::Rate { .. } => GatewayError::too_large_for_limit(&limit.label),
+            LimitWindow::Quota(_) => GatewayError::too_large_for_quota(&limit.label),
+            LimitWindow::Rate(_) => GatewayError::too_large_for_limit(&limit.label),
         },
     }
 }
@@ -504,13 +489,5 @@ fn decided_or_open<E: std::fmt::Debug>(
             tracing::warn!(limit = %limit.label, error = ?e, "limiter table unavailable; request admitted without this limit");
             None
         }
-    }
-}
-
-fn window_of(per: QuotaPeriod) -> QuotaWindow {
-    match per {
-        QuotaPeriod::Hour => QuotaWindow::Hour,
-        QuotaPeriod::Day => QuotaWindow::Day,
-        QuotaPeriod::Month => QuotaWindow::Month,
     }
 }

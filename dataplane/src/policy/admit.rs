@@ -10,12 +10,8 @@ use super::phase::{Env, Flow, Policy, Request};
 use super::usage::{Charge, Counted, StreamPlan};
 use crate::error::GatewayError;
 use crate::http::write_header as header;
-use crate::snapshot::access::{
-    Estimator as EstimatorChoice, LimitUnit, TokenSettings, TokenizerFamily,
-};
-use crate::tokens::estimate::{
-    family_for_model, reservation, Estimator, FactsError, Family, RequestFacts,
-};
+use crate::snapshot::access::LimitUnit;
+use crate::tokens::estimate::{reservation, FactsError, RequestFacts};
 
 /// Takes the requests-unit client-IP limits at the head: before routing, authentication and
 /// the body, so every request counts — a 404, a wrong key — as that limit is what slows down
@@ -73,7 +69,10 @@ impl Policy for Admit {
                 Ok(facts) => facts,
                 Err(e) => return Flow::Respond(unreadable(e)),
             };
-            let estimator = estimator_for(&dep.tokens, facts.model.as_deref().unwrap_or(&dep.name));
+            let estimator = dep
+                .tokens
+                .estimator
+                .for_model(facts.model.as_deref().unwrap_or(&dep.name));
             let prompt = estimator.estimate_prompt(&facts);
             ctx.stream_plan = StreamPlan::for_request(&facts, dep.tokens.stream_usage, estimator);
             ctx.tokens = Some(TokenEstimate {
@@ -171,19 +170,6 @@ fn charged(ctx: &RequestCtx<'_>) -> Option<u64> {
             );
             Some(used)
         }
-    }
-}
-
-/// The estimator a deployment's token settings ask for: BPE of the configured family, or of
-/// the one its model name implies, or the byte heuristic.
-fn estimator_for(settings: &TokenSettings, model: &str) -> Estimator {
-    match settings.estimator {
-        EstimatorChoice::Heuristic => Estimator::Heuristic,
-        EstimatorChoice::Bpe => Estimator::Bpe(match settings.family {
-            Some(TokenizerFamily::O200k) => Family::O200k,
-            Some(TokenizerFamily::Cl100k) => Family::Cl100k,
-            None => family_for_model(model, Family::O200k),
-        }),
     }
 }
 

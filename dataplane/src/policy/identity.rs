@@ -5,17 +5,18 @@
 //! Built once per config snapshot from [`crate::snapshot::access::Access`]; read by every
 //! worker without a lock (the key table is immutable, the JWKS caches are swapped whole).
 
+use std::path::Path;
+
 use crate::auth::jwt::{
-    JwtAlg, JwtIssuerConfig, JwtKeyConfig, JwtKeySource as RuntimeKeySource, JwtValidator,
-    RequiredClaim as RuntimeRequiredClaim, SubscriptionMapping,
+    JwtIssuerConfig, JwtKeyConfig, JwtKeySource as RuntimeKeySource, JwtValidator,
+    SubscriptionMapping,
 };
-use crate::auth::keys::{
-    extract_credential, query_has_key, KeyCheck, KeyEntry, KeyTable, SubscriptionId,
-};
+use crate::auth::keys::{extract_credential, query_has_key, KeyCheck};
+use crate::config::{ConfigError, ConfigErrors};
 use crate::error::{ErrorKind, GatewayError};
 use crate::http::RequestHead;
 use crate::route::Operation;
-use crate::snapshot::access::{Access, JwtAlgorithm, JwtKeySource, LimitScope, Product};
+use crate::snapshot::access::{Access, JwtKeySource, LimitScope, Product};
 
 /// The caller, once authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,20 +40,33 @@ impl Caller {
 
 /// The runtime side of access control for one snapshot.
 pub struct Identity {
-    keys: KeyTable,
     jwt: Option<JwtValidator>,
 }
 
 impl Identity {
-    /// Builds the key table and JWT validator of `access`. Fails on what the config
-    /// compiler cannot see: key material that does not parse.
-    pub fn build(access: &Access) -> Result<Self, String> {
-        let entries = access.keys.iter().map(|(digest, entry)| KeyEntry {
-            hash: *digest.as_bytes(),
-            subscription: SubscriptionId(u32::try_from(entry.subscription).unwrap_or(u32::MAX)),
-            revoked: entry.revoked,
-        });
-        let keys = KeyTable::new(entries).map_err(|e| e.to_string())?;
+    /// Builds the JWT validator of `access` (compiled from `source`; the key table is the
+    /// snapshot's own, [`Access::keys`]), taking
+    /// over from `previous` — the identity of the snapshot being replaced — the JWKS caches
+    /// and refresh threads of JWKS URLs configured the same way (see
+    /// [`JwtValidator::carry_over`]). Starts no thread: [`start`](Self::start) does.
+    ///
+    /// The config compiler has already parsed every key with the same code, so this fails
+    /// only if the two disagree; the error is then a [`ConfigErrors`] naming the `[[jwt]]`
+    /// tables, like any other config error.
+    pub fn build(
+        access: &Access,
+        source: &Path,
+        previous: Option<&Identity>,
+    ) -> Result<Self, ConfigErrors> {
+        let refuse = |field: &str, message: String| {
+            ConfigErrors(vec![ConfigError {
+                file: source.to_path_buf(),
+                line: 1,
+                column: 1,
+                field: field.to_string(),
+                message,
+            }])
+        };
         // The claims `claim:` limit scopes count by; every issuer reports them.
         let mut scope_claims: Vec<String> = Vec::new();
         for limit in &access.limits {
@@ -69,14 +83,28 @@ impl Identity {
                 .jwt
                 .iter()
                 .map(|j| issuer_config(access, j, &scope_claims))
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut validator = JwtValidator::new(configs).map_err(|e| e.to_string())?;
-            validator
-                .spawn_refreshers()
-                .map_err(|e| format!("starting the JWKS refresh threads: {e}"))?;
+                .collect();
+            let mut validator =
+                JwtValidator::new(configs).map_err(|e| refuse("jwt", e.to_string()))?;
+            if let Some(old) = previous.and_then(|p| p.jwt.as_ref()) {
+                let carried = validator.carry_over(old);
+                tracing::debug!(
+                    carried,
+                    "JWKS key sets carried over from the running config"
+                );
+            }
             Some(validator)
         };
-        Ok(Self { keys, jwt })
+        Ok(Self { jwt })
+    }
+
+    /// Starts the side threads this identity needs: a refresher for each JWKS URL not
+    /// carried over with its thread. Not called by `sluice --check`.
+    pub fn start(&self) -> std::io::Result<()> {
+        match &self.jwt {
+            Some(jwt) => jwt.spawn_refreshers(),
+            None => Ok(()),
+        }
     }
 
     /// Authenticates a request (auth is on): its key or token → the subscription.
@@ -115,13 +143,13 @@ impl Identity {
                 )
             })?;
             return Ok(Caller {
-                subscription: subscription.0 as usize,
+                subscription: subscription.index(),
                 claims: principal.claims,
             });
         }
-        match self.keys.lookup(credential.value) {
-            KeyCheck::Valid(id) if (id.0 as usize) < access.subscriptions.len() => Ok(Caller {
-                subscription: id.0 as usize,
+        match access.keys.lookup(credential.value) {
+            KeyCheck::Valid(id) if id.index() < access.subscriptions.len() => Ok(Caller {
+                subscription: id.index(),
                 claims: Vec::new(),
             }),
             KeyCheck::Revoked(id) => {
@@ -178,27 +206,11 @@ fn invalid_key() -> GatewayError {
     )
 }
 
-/// The validator's algorithm for a configured one: every name the config accepts is
-/// verified.
-fn runtime_alg(alg: JwtAlgorithm) -> JwtAlg {
-    match alg {
-        JwtAlgorithm::HS256 => JwtAlg::HS256,
-        JwtAlgorithm::HS384 => JwtAlg::HS384,
-        JwtAlgorithm::HS512 => JwtAlg::HS512,
-        JwtAlgorithm::RS256 => JwtAlg::RS256,
-        JwtAlgorithm::RS384 => JwtAlg::RS384,
-        JwtAlgorithm::RS512 => JwtAlg::RS512,
-        JwtAlgorithm::PS256 => JwtAlg::PS256,
-        JwtAlgorithm::ES256 => JwtAlg::ES256,
-        JwtAlgorithm::ES384 => JwtAlg::ES384,
-    }
-}
-
 fn issuer_config(
     access: &Access,
     j: &crate::snapshot::access::JwtIssuer,
     scope_claims: &[String],
-) -> Result<JwtIssuerConfig, String> {
+) -> JwtIssuerConfig {
     let mut config = JwtIssuerConfig::new(j.issuer.clone());
     config.scope_claims = scope_claims.to_vec();
     config.audiences = j.audiences.clone();
@@ -207,23 +219,11 @@ fn issuer_config(
     config.require_audience = j.require.aud;
     config.require_not_before = j.require.nbf;
     config.require_issuer = j.require.iss;
-    config.required_claims = j
-        .required_claims
-        .iter()
-        .map(|c| RuntimeRequiredClaim {
-            name: c.name.clone(),
-            values: c.values.clone(),
-        })
-        .collect();
+    config.required_claims = j.required_claims.clone();
     let values = access
         .claim_values
         .iter()
-        .map(|(value, &sub)| {
-            (
-                value.clone(),
-                SubscriptionId(u32::try_from(sub).unwrap_or(u32::MAX)),
-            )
-        })
+        .map(|(value, &sub)| (value.clone(), sub))
         .collect();
     config.subscription = Some(SubscriptionMapping {
         claim: j.subscription_claim.clone(),
@@ -231,7 +231,7 @@ fn issuer_config(
         default: None,
     });
     for key in &j.keys {
-        let algorithms = key.algorithms.iter().map(|&a| runtime_alg(a)).collect();
+        let algorithms = key.algorithms.clone();
         let source = match &key.source {
             JwtKeySource::PublicKeyPem { pem, .. } => {
                 RuntimeKeySource::Pem(pem.as_bytes().to_vec())
@@ -251,5 +251,5 @@ fn issuer_config(
             source,
         });
     }
-    Ok(config)
+    config
 }

@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod trace;
 pub mod usage;
 
+use crate::config::ConfigErrors;
 use crate::limit::LimitId;
 use crate::snapshot::Snapshot;
 
@@ -25,16 +26,28 @@ use crate::snapshot::Snapshot;
 pub struct AccessRuntime {
     /// Keys and JWT validation; `None` when auth is off (no subscription, no issuer).
     pub identity: Option<identity::Identity>,
-    /// Stable ids of the snapshot's limits (see [`admission::limit_ids`]).
+    /// The snapshot's limit ids in [`crate::snapshot::Access::limits`] order (see
+    /// [`admission::limit_ids`]), as [`admission::Ask::ids`] takes them.
     pub limit_ids: Vec<LimitId>,
 }
 
 impl AccessRuntime {
-    /// Builds the runtime for `snapshot`; an error refuses the config (at start or reload).
-    pub fn build(snapshot: &Snapshot) -> Result<Self, String> {
+    /// Builds the runtime for `snapshot`, carrying over from `previous` (the running
+    /// config's runtime, on a reload) the JWKS key sets and refresh threads of unchanged
+    /// JWKS URLs. Starts no thread ([`start`](Self::start) does), so `sluice --check` can
+    /// build and throw it away. An error refuses the config, located like any config error.
+    pub fn build(
+        snapshot: &Snapshot,
+        previous: Option<&AccessRuntime>,
+    ) -> Result<Self, ConfigErrors> {
         let access = &snapshot.access;
         let identity = if access.auth_enabled() {
-            Some(identity::Identity::build(access)?)
+            let previous = previous.and_then(|p| p.identity.as_ref());
+            Some(identity::Identity::build(
+                access,
+                &snapshot.source,
+                previous,
+            )?)
         } else {
             None
         };
@@ -44,13 +57,21 @@ impl AccessRuntime {
             limit_ids: admission::limit_ids(access),
         })
     }
+
+    /// Starts the side threads the runtime needs (JWKS refreshers not carried over).
+    pub fn start(&self) -> std::io::Result<()> {
+        match &self.identity {
+            Some(identity) => identity.start(),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Builds the BPE tables the token limits will use now, not on the first request (o200k
-/// takes ~0.4 s and 46 MiB once per process). Nothing when no token limit exists.
+/// takes ~0.4 s and 46 MiB once per process). Nothing when no token limit exists. A
+/// deployment estimating by the request's model warms the family of its own name.
 fn warm_tokenizers(snapshot: &Snapshot) {
-    use crate::snapshot::access::{Estimator as Choice, LimitUnit, TokenizerFamily};
-    use crate::tokens::estimate::{family_for_model, Estimator, Family};
+    use crate::snapshot::access::LimitUnit;
     if !snapshot
         .access
         .limits
@@ -60,14 +81,10 @@ fn warm_tokenizers(snapshot: &Snapshot) {
         return;
     }
     for deployment in snapshot.deployments.values() {
-        if deployment.tokens.estimator != Choice::Bpe {
-            continue;
-        }
-        let family = match deployment.tokens.family {
-            Some(TokenizerFamily::O200k) => Family::O200k,
-            Some(TokenizerFamily::Cl100k) => Family::Cl100k,
-            None => family_for_model(&deployment.name, Family::O200k),
-        };
-        Estimator::Bpe(family).warm();
+        deployment
+            .tokens
+            .estimator
+            .for_model(&deployment.name)
+            .warm();
     }
 }

@@ -41,20 +41,13 @@ pub enum DriverChoice {
 }
 
 /// A compiled config and the runtime built from it (key table, JWT validator, limit ids),
-/// swapped in together so a request never sees one without the other.
+/// swapped in together so a request never sees one without the other. Built and put in
+/// force by [`crate::apply`].
 pub struct Loaded {
     /// The compiled config.
     pub snapshot: Snapshot,
     /// Its access-control runtime.
     pub runtime: AccessRuntime,
-}
-
-impl Loaded {
-    /// Builds the runtime of `snapshot`; an error refuses the config.
-    pub fn new(snapshot: Snapshot) -> Result<Self, String> {
-        let runtime = AccessRuntime::build(&snapshot)?;
-        Ok(Self { snapshot, runtime })
-    }
 }
 
 impl std::ops::Deref for Loaded {

@@ -196,11 +196,33 @@ pub struct View {
 }
 
 impl View {
-    fn new(snapshot: Arc<Loaded>) -> Self {
+    /// The view of `snapshot`; a deployment whose pool is unchanged from `previous` (the
+    /// same backends by name, with the same weights and priorities, in the same order) keeps
+    /// its smooth-WRR cursor, so a reload does not restart its rotation.
+    fn new(snapshot: Arc<Loaded>, previous: Option<&View>) -> Self {
+        let members = |loaded: &Loaded, pool: &[crate::snapshot::PoolMember]| {
+            pool.iter()
+                .map(|m| {
+                    let name = loaded.backends.get(m.backend).map(|b| b.name.clone());
+                    (name, m.weight, m.priority)
+                })
+                .collect::<Vec<_>>()
+        };
         let balancers = snapshot
             .deployments
             .iter()
-            .map(|(name, d)| (name.clone(), Balancer::new(&d.pool)))
+            .map(|(name, d)| {
+                let carried = previous.and_then(|p| {
+                    let old = p.snapshot.deployments.get(name)?;
+                    (members(&p.snapshot, &old.pool) == members(&snapshot, &d.pool))
+                        .then(|| p.balancers.borrow().get(name).cloned())
+                        .flatten()
+                });
+                (
+                    name.clone(),
+                    carried.unwrap_or_else(|| Balancer::new(&d.pool)),
+                )
+            })
             .collect();
         Self {
             snapshot,
@@ -212,7 +234,7 @@ impl View {
 impl Worker {
     fn new(id: usize, workers: usize, shared: Arc<Shared>) -> Self {
         let generation = shared.generation();
-        let view = Rc::new(View::new(shared.snapshot()));
+        let view = Rc::new(View::new(shared.snapshot(), None));
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -237,7 +259,8 @@ impl Worker {
         let generation = self.shared.generation();
         let mut cached = self.view.borrow_mut();
         if cached.0 != generation {
-            *cached = (generation, Rc::new(View::new(self.shared.snapshot())));
+            let next = View::new(self.shared.snapshot(), Some(&cached.1));
+            *cached = (generation, Rc::new(next));
         }
         cached.1.clone()
     }

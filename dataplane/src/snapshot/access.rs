@@ -2,11 +2,15 @@
 //! `[[product]]`, `[[subscription]]`, `[[jwt]]`, the `limits` of products and deployments and
 //! `[server] client_ip_limits`.
 //!
-//! Plain immutable data, like the rest of the [`Snapshot`](super::Snapshot): the key table
-//! holds decoded SHA-256 digests, every limit sits once in [`Access::limits`] under a
-//! [`LimitId`], and key material (PEM text, JWKS documents, HMAC secrets) was read when the
-//! config was compiled, so a reload picks up new files. Building limiters and validators from
-//! it, and carrying limiter state across reloads, is the server's business.
+//! Immutable once compiled, like the rest of the [`Snapshot`](super::Snapshot), and held in
+//! the leaf modules' own types where one exists: the key table is
+//! [`crate::auth::keys::KeyTable`], ids are [`SubscriptionId`] and
+//! [`crate::limit::LimitId`], limit windows are [`RateSpec`] / [`QuotaSpec`], algorithms are
+//! [`JwtAlg`], a deployment's estimator is [`EstimatorChoice`]. Every limit sits once in
+//! [`Access::limits`] under a [`LimitIndex`]; key material (PEM text, JWKS documents, HMAC
+//! secrets) was read and parsed when the config was compiled, so a reload picks up new files.
+//! The JWT validator (with its JWKS caches) is built from it by
+//! [`crate::policy::AccessRuntime::build`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,14 +18,20 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::Secret;
+pub use crate::auth::jwt::{JwtAlg, RequiredClaim};
+use crate::auth::keys::{KeyCheck, KeyTable};
+pub use crate::limit::{QuotaSpec, QuotaWindow, RateSpec};
 use crate::route::Operation;
+pub use crate::tokens::estimate::{Estimator, EstimatorChoice, Family};
 
 /// Index of a product in [`Access::products`].
 pub type ProductId = usize;
-/// Index of a subscription in [`Access::subscriptions`].
-pub type SubscriptionId = usize;
-/// Index of a limit in [`Access::limits`]; stable within one snapshot.
-pub type LimitId = usize;
+/// A subscription: its index in [`Access::subscriptions`], as the key table and JWT
+/// validator store it (32 bits; the config compiler refuses a file with more subscriptions).
+pub use crate::auth::keys::SubscriptionId;
+/// Index of a limit in [`Access::limits`]; valid within one snapshot only (the limiter's
+/// state is keyed by [`Limit::id`], which survives reloads).
+pub type LimitIndex = usize;
 
 /// Everything about identity and limits. Default: no products, subscriptions or issuers, so
 /// auth is off; trace header honoured.
@@ -29,20 +39,20 @@ pub type LimitId = usize;
 pub struct Access {
     /// Every `[[product]]`, in file order, indexed by [`ProductId`].
     pub products: Vec<Product>,
-    /// Every `[[subscription]]`, in file order, indexed by [`SubscriptionId`].
+    /// Every `[[subscription]]`, in file order, indexed by [`SubscriptionId`]'s number.
     pub subscriptions: Vec<Subscription>,
     /// Every key hash of every subscription (live and revoked) → whose it is.
-    pub keys: HashMap<KeyDigest, KeyEntry>,
+    pub keys: KeyTable,
     /// Every `jwt_claim_values` entry → its subscription. A token's value of its issuer's
     /// [`JwtIssuer::subscription_claim`] is looked up here.
     pub claim_values: HashMap<String, SubscriptionId>,
     /// Every `[[jwt]]`, in file order.
     pub jwt: Vec<JwtIssuer>,
-    /// Every limit in the file, indexed by [`LimitId`]: products' (in product order), then
+    /// Every limit in the file, indexed by [`LimitIndex`]: products' (in product order), then
     /// deployments', then the server's client-IP limits.
     pub limits: Vec<Limit>,
     /// `[server] client_ip_limits`: apply to every request, authenticated or not.
-    pub client_ip_limits: Vec<LimitId>,
+    pub client_ip_limits: Vec<LimitIndex>,
     /// `[server] trace_header`: whether `Ocp-Apim-Trace: true` / `x-sluice-trace: true` get a
     /// trace header back (for subscriptions whose product has `trace = true`). Default true.
     pub trace_header: bool,
@@ -53,7 +63,7 @@ impl Default for Access {
         Self {
             products: Vec::new(),
             subscriptions: Vec::new(),
-            keys: HashMap::new(),
+            keys: KeyTable::default(),
             claim_values: HashMap::new(),
             jwt: Vec::new(),
             limits: Vec::new(),
@@ -72,11 +82,21 @@ impl Access {
 
     /// The subscription a key hash belongs to, live or revoked.
     pub fn key(&self, digest: &KeyDigest) -> Option<KeyEntry> {
-        self.keys.get(digest).copied()
+        match self.keys.lookup_digest(&digest.0) {
+            KeyCheck::Valid(subscription) => Some(KeyEntry {
+                subscription,
+                revoked: false,
+            }),
+            KeyCheck::Revoked(subscription) => Some(KeyEntry {
+                subscription,
+                revoked: true,
+            }),
+            KeyCheck::Unknown => None,
+        }
     }
 
     /// A limit by id.
-    pub fn limit(&self, id: LimitId) -> Option<&Limit> {
+    pub fn limit(&self, id: LimitIndex) -> Option<&Limit> {
         self.limits.get(id)
     }
 }
@@ -84,13 +104,6 @@ impl Access {
 /// A SHA-256 digest of a subscription key (`sha256:<64 hex>` in the config).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyDigest(pub [u8; 32]);
-
-impl KeyDigest {
-    /// The 32 digest bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
 
 impl fmt::Debug for KeyDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -102,7 +115,7 @@ impl fmt::Debug for KeyDigest {
     }
 }
 
-/// Where a key hash leads.
+/// Where a key hash leads ([`Access::key`]'s answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyEntry {
     /// The subscription listing it.
@@ -123,7 +136,7 @@ pub struct Product {
     /// Whether its subscriptions may ask for the trace header. Default false.
     pub trace: bool,
     /// Its limits, in file order.
-    pub limits: Vec<LimitId>,
+    pub limits: Vec<LimitIndex>,
 }
 
 /// The deployments a product allows.
@@ -248,10 +261,18 @@ pub struct Subscription {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limit {
     /// Its index in [`Access::limits`].
-    pub id: LimitId,
+    pub index: LimitIndex,
+    /// Its identity within its owner's `limits` list: the `name` written in the config, or
+    /// by default `UNIT:SCOPE:AMOUNT/PER` (e.g. `requests:subscription:600/minute`), which
+    /// does not depend on the limit's position. Unique within the list.
+    pub name: String,
+    /// The key of its state in the limiter tables: a hash of the owner, the name and what
+    /// defines the state (unit, scope, window). The same limit in the next snapshot — even
+    /// after other limits were inserted before it — gets the same id and finds its buckets
+    /// again; a changed amount, window or scope starts afresh.
+    pub id: crate::limit::LimitId,
     /// Where it was written, e.g. `product:standard#0` (the owner and the position in its
-    /// `limits` list): for logs and the trace header, and to recognise the same limit in
-    /// the next snapshot.
+    /// `limits` list): for logs, refusals and the trace header.
     pub label: String,
     /// Who declared it.
     pub owner: LimitOwner,
@@ -277,7 +298,7 @@ pub enum LimitOwner {
 }
 
 /// Whose requests share one counter of a limit (each limit has its own counters).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum LimitScope {
     /// One counter per subscription (products only; the default there).
     Subscription,
@@ -293,7 +314,7 @@ pub enum LimitScope {
 }
 
 /// What a limit counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LimitUnit {
     /// Requests.
     Requests,
@@ -301,66 +322,23 @@ pub enum LimitUnit {
     Tokens,
 }
 
-/// A limit's amount and window.
+/// A limit's amount and window, in the limiter's own terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitWindow {
-    /// A smooth rate: `rate` per `per`, at most `burst` at once (the bucket's size, also the
-    /// largest single cost that can pass). Over any window of one `per`, at most
-    /// `rate + burst` are admitted. `burst` defaults to `rate`.
-    Rate {
-        /// Units per period (≥ 1).
-        rate: u64,
-        /// The period.
-        per: RatePeriod,
-        /// The bucket's size (≥ 1).
-        burst: u64,
-    },
-    /// A fixed calendar window (UTC): at most `quota` per `per`, reset at its start.
-    Quota {
-        /// Units per window (≥ 1).
-        quota: u64,
-        /// The window.
-        per: QuotaPeriod,
-    },
-}
-
-/// The period of a rate limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RatePeriod {
-    /// One second.
-    Second,
-    /// One minute.
-    Minute,
-}
-
-impl RatePeriod {
-    /// The period's length.
-    pub fn duration(self) -> Duration {
-        match self {
-            RatePeriod::Second => Duration::from_secs(1),
-            RatePeriod::Minute => Duration::from_secs(60),
-        }
-    }
-}
-
-/// The calendar window of a quota (UTC).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuotaPeriod {
-    /// From hh:00:00 to the next hour.
-    Hour,
-    /// From midnight to midnight.
-    Day,
-    /// From the 1st at midnight to the 1st of the next month.
-    Month,
+    /// A smooth rate (`rate` per `"second"` or `"minute"`, `burst` defaulting to `rate`):
+    /// over any window of one period, at most `limit + burst` are admitted.
+    Rate(RateSpec),
+    /// A fixed calendar window (UTC; `quota` per `"hour"`, `"day"` or `"month"`), reset at
+    /// its start.
+    Quota(QuotaSpec),
 }
 
 /// A deployment's token accounting (`tokens = { … }` on a `[[deployment]]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenSettings {
-    /// How prompt tokens are estimated at admission. Default [`Estimator::Bpe`].
-    pub estimator: Estimator,
-    /// The BPE vocabulary; `None` (the default): inferred from the model name.
-    pub family: Option<TokenizerFamily>,
+    /// How prompt tokens are estimated at admission (`estimator`, `family`). Default
+    /// [`EstimatorChoice::BpeByModel`]: BPE in the family of the request's model.
+    pub estimator: EstimatorChoice,
     /// Completion tokens reserved when a request sets no `max_tokens` /
     /// `max_completion_tokens`. Default [`DEFAULT_MAX_TOKENS`].
     pub default_max_tokens: u32,
@@ -375,30 +353,11 @@ pub const DEFAULT_MAX_TOKENS: u32 = 1024;
 impl Default for TokenSettings {
     fn default() -> Self {
         Self {
-            estimator: Estimator::Bpe,
-            family: None,
+            estimator: EstimatorChoice::default(),
             default_max_tokens: DEFAULT_MAX_TOKENS,
             stream_usage: true,
         }
     }
-}
-
-/// How prompt tokens are estimated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Estimator {
-    /// The model family's real BPE tokenizer.
-    Bpe,
-    /// About four characters per token: cheaper, rougher.
-    Heuristic,
-}
-
-/// A BPE vocabulary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenizerFamily {
-    /// `o200k_base` (gpt-4o, gpt-4.1, o-series).
-    O200k,
-    /// `cl100k_base` (gpt-4, gpt-3.5, text-embedding-*).
-    Cl100k,
 }
 
 /// A `[[jwt]]`: one trusted token issuer.
@@ -449,16 +408,6 @@ impl Default for JwtRequire {
     }
 }
 
-/// A claim that must be present and hold one of `values` (for an array claim such as
-/// `roles`, any element). No values: present with any value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequiredClaim {
-    /// The claim's name.
-    pub name: String,
-    /// The values allowed.
-    pub values: Vec<String>,
-}
-
 /// One key (or key set) of an issuer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwtKey {
@@ -467,7 +416,7 @@ pub struct JwtKey {
     pub kid: Option<String>,
     /// The algorithms this key may verify (not empty; HS* exactly when the source is a
     /// secret), in file order.
-    pub algorithms: Vec<JwtAlgorithm>,
+    pub algorithms: Vec<JwtAlg>,
     /// Where the key material is.
     pub source: JwtKeySource,
 }
@@ -509,89 +458,3 @@ pub enum JwtKeySource {
 pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(600);
 /// The `exp`/`nbf` leeway by default.
 pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(60);
-
-/// A JWS signature algorithm a key may be pinned to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[allow(clippy::upper_case_acronyms)]
-pub enum JwtAlgorithm {
-    /// HMAC SHA-256.
-    HS256,
-    /// HMAC SHA-384.
-    HS384,
-    /// HMAC SHA-512.
-    HS512,
-    /// RSASSA-PKCS1-v1_5 SHA-256.
-    RS256,
-    /// RSASSA-PKCS1-v1_5 SHA-384.
-    RS384,
-    /// RSASSA-PKCS1-v1_5 SHA-512.
-    RS512,
-    /// ECDSA P-256 SHA-256.
-    ES256,
-    /// ECDSA P-384 SHA-384.
-    ES384,
-    /// RSASSA-PSS SHA-256.
-    PS256,
-}
-
-impl JwtAlgorithm {
-    /// Every algorithm, in the order the config reference lists them.
-    pub const ALL: [JwtAlgorithm; 9] = [
-        JwtAlgorithm::HS256,
-        JwtAlgorithm::HS384,
-        JwtAlgorithm::HS512,
-        JwtAlgorithm::RS256,
-        JwtAlgorithm::RS384,
-        JwtAlgorithm::RS512,
-        JwtAlgorithm::ES256,
-        JwtAlgorithm::ES384,
-        JwtAlgorithm::PS256,
-    ];
-
-    /// The JOSE name, e.g. `RS256`.
-    pub fn name(self) -> &'static str {
-        match self {
-            JwtAlgorithm::HS256 => "HS256",
-            JwtAlgorithm::HS384 => "HS384",
-            JwtAlgorithm::HS512 => "HS512",
-            JwtAlgorithm::RS256 => "RS256",
-            JwtAlgorithm::RS384 => "RS384",
-            JwtAlgorithm::RS512 => "RS512",
-            JwtAlgorithm::ES256 => "ES256",
-            JwtAlgorithm::ES384 => "ES384",
-            JwtAlgorithm::PS256 => "PS256",
-        }
-    }
-
-    /// The algorithm named exactly `name` (JOSE names are case-sensitive).
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|a| a.name() == name)
-    }
-
-    /// Whether it is an HMAC algorithm (verified with a shared secret).
-    pub fn is_hmac(self) -> bool {
-        matches!(
-            self,
-            JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512
-        )
-    }
-
-    /// Whether it verifies with an RSA public key.
-    pub fn is_rsa(self) -> bool {
-        matches!(
-            self,
-            JwtAlgorithm::RS256 | JwtAlgorithm::RS384 | JwtAlgorithm::RS512 | JwtAlgorithm::PS256
-        )
-    }
-
-    /// The shortest HMAC secret accepted, in bytes (the hash's output size, RFC 7518 §3.2);
-    /// 0 for the others.
-    pub fn min_secret_len(self) -> usize {
-        match self {
-            JwtAlgorithm::HS256 => 32,
-            JwtAlgorithm::HS384 => 48,
-            JwtAlgorithm::HS512 => 64,
-            _ => 0,
-        }
-    }
-}

@@ -260,6 +260,31 @@ impl Estimator {
     }
 }
 
+/// A deployment's configured estimator (`tokens.estimator` and `tokens.family` in the
+/// config): one [`Estimator`] for every request, or BPE in the family of each request's
+/// model. Compiled once with the config; [`for_model`](Self::for_model) picks per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum EstimatorChoice {
+    /// This estimator for every request: `estimator = "heuristic"`, or `"bpe"` with a
+    /// `family`.
+    Fixed(Estimator),
+    /// BPE in the family [`family_for_model`] gives the request's `model` (o200k when it
+    /// names no known family). The default.
+    #[default]
+    BpeByModel,
+}
+
+impl EstimatorChoice {
+    /// The estimator for a request whose model is `model` (the body's `model`, else the
+    /// deployment's name).
+    pub fn for_model(self, model: &str) -> Estimator {
+        match self {
+            EstimatorChoice::Fixed(estimator) => estimator,
+            EstimatorChoice::BpeByModel => Estimator::Bpe(family_for_model(model, Family::O200k)),
+        }
+    }
+}
+
 /// Tokens admission reserves: the prompt plus the completion cap (`max_tokens`, or
 /// `default_max_tokens` when the request set none or 0) times `n`. Embeddings produce no
 /// completion: the prompt alone. `models` costs nothing.

@@ -718,7 +718,7 @@ fn rs_kid(kid: &str) -> String {
 #[test]
 fn unknown_kid_triggers_one_rate_limited_refetch() {
     let server = JwksServer::start(jwks(&[rsa_jwk("k1")]));
-    let mut v = remote_validator(&server.url, JwksSettings::default());
+    let v = remote_validator(&server.url, JwksSettings::default());
     let cache = v.jwks_caches().next().unwrap().clone();
     assert_eq!(
         v.validate(&rs_kid("k1"), NOW),
@@ -1037,4 +1037,54 @@ fn short_hmac_secrets_do_not_verify_longer_hashes() {
     assert!(v.validate(openssl_token("HS384", "valid"), NOW).is_ok());
     let hs512 = openssl_token("HS512", "valid");
     assert_eq!(v.validate(hs512, NOW), Err(JwtError::AlgorithmNotAllowed));
+}
+
+/// A validator built for the next snapshot takes over the JWKS cache and refresh thread of
+/// an unchanged URL: its tokens pass at once with no new fetch, and the thread outlives the
+/// old validator. A URL configured differently (another pin) starts empty.
+#[test]
+fn carry_over_keeps_fetched_keys_and_the_refresher_of_an_unchanged_url() {
+    let server = JwksServer::start(jwks(&[rsa_jwk("k1")]));
+    let old = remote_validator(&server.url, JwksSettings::default());
+    old.spawn_refreshers().unwrap();
+    let cache = old.jwks_caches().next().unwrap().clone();
+    assert!(wait_for(|| cache.fetch_count() == 1), "first fetch");
+
+    let mut next = remote_validator(&server.url, JwksSettings::default());
+    assert_eq!(
+        next.validate(&rs_kid("k1"), NOW),
+        Err(JwtError::KeysUnavailable),
+        "a fresh validator starts empty"
+    );
+    assert_eq!(next.carry_over(&old), 1);
+    assert!(Arc::ptr_eq(next.jwks_caches().next().unwrap(), &cache));
+    assert!(next.validate(&rs_kid("k1"), NOW).is_ok());
+    // Its refresher is the old one's: starting refreshers starts no second thread.
+    next.spawn_refreshers().unwrap();
+    drop(old);
+    // The thread still runs for `next`: an unknown kid makes it refetch.
+    server.set_body(jwks(&[rsa_jwk("k1"), rsa_jwk("k2")]));
+    assert_eq!(next.validate(&rs_kid("k2"), NOW), Err(JwtError::UnknownKid));
+    assert!(
+        wait_for(|| cache.fetch_count() == 2),
+        "refetch after the old validator dropped"
+    );
+    assert_eq!(server.hits(), 2, "one thread, not two");
+    assert!(next.validate(&rs_kid("k2"), NOW).is_ok());
+
+    // Another pin is another source: nothing carried.
+    let mut other = JwtValidator::new(vec![JwtIssuerConfig {
+        jwks: JwksSettings::default(),
+        ..issuer(vec![JwtKeyConfig {
+            kid: None,
+            algorithms: vec![JwtAlg::RS256],
+            source: JwtKeySource::JwksUrl(server.url.clone()),
+        }])
+    }])
+    .unwrap();
+    assert_eq!(other.carry_over(&next), 0);
+    assert_eq!(
+        other.validate(&rs_kid("k1"), NOW),
+        Err(JwtError::KeysUnavailable)
+    );
 }

@@ -4,11 +4,16 @@
 use super::*;
 use crate::route::Operation;
 use crate::snapshot::access::{
-    DeploymentSet, Estimator, JwtAlgorithm, JwtIssuer, JwtKey, JwtKeySource, JwtRequire, KeyDigest,
-    KeyEntry, Limit, LimitOwner, LimitScope, LimitUnit, LimitWindow, OperationSet, Product,
-    QuotaPeriod, RatePeriod, RequiredClaim, Subscription, TokenizerFamily,
+    DeploymentSet, Estimator, EstimatorChoice, Family, JwtAlg, JwtIssuer, JwtKey, JwtKeySource,
+    JwtRequire, KeyDigest, KeyEntry, Limit, LimitOwner, LimitScope, LimitUnit, LimitWindow,
+    OperationSet, Product, QuotaSpec, QuotaWindow, RateSpec, RequiredClaim, Subscription,
+    SubscriptionId,
 };
 use crate::snapshot::{Secret, TokenSettings};
+
+/// The periods of `per = "second"` and `per = "minute"`.
+const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
+const MINUTE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `printf %s sluice-demo-key | sha256sum`, as the examples use it.
 const DEMO_KEY_HASH: &str =
@@ -150,9 +155,13 @@ fn a_full_access_config_compiles_into_the_expected_data() {
     assert!(access.auth_enabled());
     assert!(!access.trace_header);
 
-    let rate = |rate, per, burst| LimitWindow::Rate { rate, per, burst };
-    let limit = |id, label: &str, owner, scope, unit, window, shadow| Limit {
-        id,
+    let rate = |rate, per, burst| LimitWindow::Rate(RateSpec::per(rate, per).with_burst(burst));
+    // Names are the defaults (no `name` in FULL_ACCESS); ids are checked by
+    // `limit_ids_follow_names_not_positions`.
+    let limit = |index: usize, label: &str, owner, scope, unit, window, shadow| Limit {
+        index,
+        name: super::super::limits::default_limit_name(&scope, unit, window),
+        id: access.limits[index].id,
         label: label.to_string(),
         owner,
         scope,
@@ -169,7 +178,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                 LimitOwner::Product(0),
                 LimitScope::Subscription,
                 LimitUnit::Requests,
-                rate(600, RatePeriod::Minute, 60),
+                rate(600, MINUTE, 60),
                 false
             ),
             limit(
@@ -178,7 +187,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                 LimitOwner::Product(0),
                 LimitScope::SubscriptionDeployment,
                 LimitUnit::Tokens,
-                rate(100_000, RatePeriod::Minute, 100_000),
+                rate(100_000, MINUTE, 100_000),
                 false
             ),
             limit(
@@ -187,10 +196,10 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                 LimitOwner::Product(0),
                 LimitScope::Subscription,
                 LimitUnit::Tokens,
-                LimitWindow::Quota {
-                    quota: 5_000_000,
-                    per: QuotaPeriod::Month
-                },
+                LimitWindow::Quota(QuotaSpec {
+                    limit: 5_000_000,
+                    window: QuotaWindow::Month
+                }),
                 true
             ),
             limit(
@@ -199,7 +208,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                 LimitOwner::Product(0),
                 LimitScope::Claim("oid".to_string()),
                 LimitUnit::Requests,
-                rate(10, RatePeriod::Second, 10),
+                rate(10, SECOND, 10),
                 false
             ),
             limit(
@@ -208,7 +217,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                 LimitOwner::Deployment("gpt-4o".to_string()),
                 LimitScope::Deployment,
                 LimitUnit::Tokens,
-                rate(450_000, RatePeriod::Minute, 450_000),
+                rate(450_000, MINUTE, 450_000),
                 false
             ),
             limit(
@@ -217,7 +226,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                 LimitOwner::Server,
                 LimitScope::ClientIp,
                 LimitUnit::Requests,
-                rate(100, RatePeriod::Second, 100),
+                rate(100, SECOND, 100),
                 false
             ),
         ]
@@ -238,8 +247,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
     assert_eq!(
         snapshot.deployments["gpt-4o"].tokens,
         TokenSettings {
-            estimator: Estimator::Bpe,
-            family: Some(TokenizerFamily::O200k),
+            estimator: EstimatorChoice::Fixed(Estimator::Bpe(Family::O200k)),
             default_max_tokens: 512,
             stream_usage: false,
         }
@@ -247,8 +255,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
     assert_eq!(
         snapshot.deployments["embed"].tokens,
         TokenSettings {
-            estimator: Estimator::Heuristic,
-            family: None,
+            estimator: EstimatorChoice::Fixed(Estimator::Heuristic),
             default_max_tokens: 1024,
             stream_usage: true,
         }
@@ -307,14 +314,14 @@ fn a_full_access_config_compiles_into_the_expected_data() {
     assert_eq!(
         access.key(&demo),
         Some(KeyEntry {
-            subscription: 0,
+            subscription: SubscriptionId(0),
             revoked: false
         })
     );
     assert_eq!(
         access.key(&other),
         Some(KeyEntry {
-            subscription: 0,
+            subscription: SubscriptionId(0),
             revoked: true
         })
     );
@@ -322,9 +329,9 @@ fn a_full_access_config_compiles_into_the_expected_data() {
     assert_eq!(access.claim_values.len(), 2);
     assert_eq!(
         access.claim_values["11111111-2222-3333-4444-555555555555"],
-        0
+        SubscriptionId(0)
     );
-    assert_eq!(access.claim_values["app-b"], 1);
+    assert_eq!(access.claim_values["app-b"], SubscriptionId(1));
 
     let secret = || Secret::new("an-hmac-secret-of-32-bytes-or-so!".to_string());
     assert_eq!(
@@ -356,7 +363,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                 keys: vec![
                     JwtKey {
                         kid: Some("k1".to_string()),
-                        algorithms: vec![JwtAlgorithm::RS256, JwtAlgorithm::PS256],
+                        algorithms: vec![JwtAlg::RS256, JwtAlg::PS256],
                         source: JwtKeySource::PublicKeyPem {
                             path: PathBuf::from("keys/entra.pem"),
                             pem: PEM.to_string()
@@ -364,7 +371,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                     },
                     JwtKey {
                         kid: Some("hs".to_string()),
-                        algorithms: vec![JwtAlgorithm::HS256],
+                        algorithms: vec![JwtAlg::HS256],
                         source: JwtKeySource::Secret {
                             env: "JWT_HS_SECRET".to_string(),
                             secret: secret()
@@ -372,7 +379,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                     },
                     JwtKey {
                         kid: None,
-                        algorithms: vec![JwtAlgorithm::RS256, JwtAlgorithm::ES256],
+                        algorithms: vec![JwtAlg::RS256, JwtAlg::ES256],
                         source: JwtKeySource::JwksFile {
                             path: PathBuf::from("keys/jwks.json"),
                             json: JWKS.to_string()
@@ -380,7 +387,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                     },
                     JwtKey {
                         kid: None,
-                        algorithms: vec![JwtAlgorithm::RS256],
+                        algorithms: vec![JwtAlg::RS256],
                         source: JwtKeySource::JwksUrl {
                             url: "http://127.0.0.1:9999/keys".to_string(),
                             refresh: Duration::from_secs(3600)
@@ -403,7 +410,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                 required_claims: vec![],
                 keys: vec![JwtKey {
                     kid: None,
-                    algorithms: vec![JwtAlgorithm::HS256],
+                    algorithms: vec![JwtAlg::HS256],
                     source: JwtKeySource::Secret {
                         env: "JWT_HS_SECRET".to_string(),
                         secret: secret()
@@ -419,7 +426,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
 }
 
 fn parse_digest(text: &str) -> KeyDigest {
-    super::super::access::parse_key_hash(text).unwrap()
+    super::super::products::parse_key_hash(text).unwrap()
 }
 
 #[test]
@@ -450,11 +457,7 @@ fn without_subscriptions_or_issuers_auth_is_off() {
     assert_eq!(snapshot.access.limits[0].scope, LimitScope::Subscription);
     assert_eq!(
         snapshot.access.limits[0].window,
-        LimitWindow::Rate {
-            rate: 5,
-            per: RatePeriod::Second,
-            burst: 5
-        }
+        LimitWindow::Rate(RateSpec::per(5, SECOND).with_burst(5))
     );
     let deployment_limit = deployment("limits = [{ unit = \"tokens\", quota = 9, per = \"day\" }]");
     let snapshot = compile(&deployment_limit).unwrap();
@@ -515,7 +518,7 @@ fn limits_are_checked() {
         (limit("unit = \"requests\", rate = 5, burst = 0, per = \"second\""), "sluice.toml:11:50: product[0].limits[0].burst: must be 1 or more"),
         (limit("unit = \"requests\", quota = 5, burst = 2, per = \"hour\""), "sluice.toml:11:51: product[0].limits[0].burst: `burst` applies only to a `rate`"),
         (limit("unit = \"requests\", rate = 5"), "sluice.toml:11:11: product[0].limits[0].per: missing field `per`"),
-        (limit("unit = \"requests\", rate = 5, per = \"second\", brust = 3"), "sluice.toml:11:58: product[0].limits[0].brust: unknown field `brust`, expected one of `unit`, `rate`, `quota`, `per`, `burst`, `scope`, `shadow`"),
+        (limit("unit = \"requests\", rate = 5, per = \"second\", brust = 3"), "sluice.toml:11:58: product[0].limits[0].brust: unknown field `brust`, expected one of `unit`, `rate`, `quota`, `per`, `burst`, `scope`, `shadow`, `name`"),
     ]);
 }
 
@@ -694,8 +697,7 @@ fn token_settings_are_checked() {
     assert_eq!(
         snapshot.deployments["e"].tokens,
         TokenSettings {
-            estimator: Estimator::Bpe,
-            family: Some(TokenizerFamily::Cl100k),
+            estimator: EstimatorChoice::Fixed(Estimator::Bpe(Family::Cl100k)),
             default_max_tokens: 0,
             stream_usage: true,
         }
@@ -775,8 +777,113 @@ pub(super) fn assert_demo_access(snapshot: &Snapshot, trace: bool) {
     assert_eq!(
         access.key(&demo),
         Some(KeyEntry {
-            subscription: 0,
+            subscription: SubscriptionId(0),
             revoked: false
         })
     );
+}
+
+/// Inserting a limit before others (or reordering a list) keeps every other limit's name and
+/// state id; changing what defines a limit's state, or its owner, gives it a new id; a
+/// `name` given in the config is the name, and two limits of one list cannot share one.
+#[test]
+fn limit_ids_follow_names_not_positions() {
+    let file = |limits: &str| product(&format!("limits = [{limits}]\n"));
+    let ids = |limits: &str| -> Vec<(String, crate::limit::LimitId)> {
+        compile(&file(limits))
+            .unwrap()
+            .access
+            .limits
+            .iter()
+            .map(|l| (l.name.clone(), l.id))
+            .collect()
+    };
+    let rpm = "{ unit = \"requests\", rate = 60, per = \"minute\" }";
+    let tpm = "{ unit = \"tokens\", rate = 1000, per = \"minute\" }";
+    let rps = "{ unit = \"requests\", rate = 5, per = \"second\" }";
+    let before = ids(&format!("{rpm}, {tpm}"));
+    assert_eq!(before[0].0, "requests:subscription:60/minute");
+    assert_eq!(before[1].0, "tokens:subscription:1000/minute");
+    let after = ids(&format!("{rps}, {rpm}, {tpm}"));
+    assert_eq!(after.len(), 3);
+    assert_eq!(
+        &after[1..],
+        &before[..],
+        "inserting a limit moved the others' ids"
+    );
+    assert_ne!(after[0].1, before[0].1);
+    let reordered = ids(&format!("{tpm}, {rpm}"));
+    assert_eq!((&reordered[1], &reordered[0]), (&before[0], &before[1]));
+
+    // A new amount or burst is a new bucket; so is another owner.
+    let changed = ids("{ unit = \"requests\", rate = 60, per = \"minute\", burst = 10 }");
+    assert_eq!(changed[0].0, before[0].0);
+    assert_ne!(changed[0].1, before[0].1);
+    let other_owner = compile(&file(rpm).replace("name = \"p\"", "name = \"q\"")).unwrap();
+    assert_ne!(other_owner.access.limits[0].id, before[0].1);
+
+    // An explicit name is kept through a change of position and of amount's text.
+    let named = ids(r#"{ name = "rpm", unit = "requests", rate = 60, per = "minute" }"#);
+    assert_eq!(named[0].0, "rpm");
+    let named_after = ids(&format!(
+        "{rps}, {{ name = \"rpm\", unit = \"requests\", rate = 60, per = \"minute\" }}"
+    ));
+    assert_eq!(named_after[1], named[0]);
+
+    // Two limits of one list that would share a name are refused, each located.
+    assert_error(
+        &file(&format!("{rpm}, {{ unit = \"requests\", rate = 60, per = \"minute\", burst = 5 }}")),
+        "sluice.toml:11:61: product[0].limits[1]: limit name `requests:subscription:60/minute` is already taken in this list (line 11): give each limit its own `name`",
+    );
+    assert_error(
+        &file("{ name = \"a\", unit = \"requests\", rate = 1, per = \"second\" }, { name = \"a\", unit = \"tokens\", rate = 1, per = \"second\" }"),
+        "sluice.toml:11:81: product[0].limits[1].name: limit name `a` is already taken in this list (line 11): give each limit its own `name`",
+    );
+    assert_error(
+        &file("{ name = \"\", unit = \"requests\", rate = 1, per = \"second\" }"),
+        "sluice.toml:11:20: product[0].limits[0].name: must not be empty",
+    );
+}
+
+/// Key material the validator could not use is a config error at the key's value (file,
+/// line, field), found when the config is compiled — not a bare string when the runtime is
+/// built — so `--check`, a reload and a control-plane NACK all name it.
+#[test]
+fn unusable_key_material_is_a_located_config_error() {
+    assert_errors(&[
+        (
+            jwt_key("algorithms = [\"RS256\"], public_key_file = \"keys/garbled.pem\""),
+            "sluice.toml:14:53: jwt[0].keys[0].public_key_file: `keys/garbled.pem`: bad key: PEM holds no RSA, P-256 or P-384 public key",
+        ),
+        (
+            jwt_key("algorithms = [\"ES256\"], public_key_file = \"keys/entra.pem\""),
+            "sluice.toml:14:53: jwt[0].keys[0].public_key_file: `keys/entra.pem`: no pinned algorithm fits a Rsa key",
+        ),
+        (
+            jwt_key("algorithms = [\"RS256\"], jwks_file = \"keys/weak.json\""),
+            "sluice.toml:14:47: jwt[0].keys[0].jwks_file: `keys/weak.json`: the JWKS has no usable signing key (1 skipped)",
+        ),
+    ]);
+}
+
+/// A deployment's estimator choice is the tokens module's own type: without a `family` the
+/// request's model picks the BPE family (o200k when unknown); a `family` or the heuristic
+/// holds whatever the model.
+#[test]
+fn the_estimator_choice_picks_per_model_only_without_a_family() {
+    let by_model = TokenSettings::default().estimator;
+    assert_eq!(by_model, EstimatorChoice::BpeByModel);
+    assert_eq!(
+        by_model.for_model("gpt-4-0613"),
+        Estimator::Bpe(Family::Cl100k)
+    );
+    assert_eq!(
+        by_model.for_model("gpt-4o-mini"),
+        Estimator::Bpe(Family::O200k)
+    );
+    assert_eq!(by_model.for_model("llama-3"), Estimator::Bpe(Family::O200k));
+    let pinned = EstimatorChoice::Fixed(Estimator::Bpe(Family::Cl100k));
+    assert_eq!(pinned.for_model("gpt-4o"), Estimator::Bpe(Family::Cl100k));
+    let heuristic = EstimatorChoice::Fixed(Estimator::Heuristic);
+    assert_eq!(heuristic.for_model("gpt-4o"), Estimator::Heuristic);
 }

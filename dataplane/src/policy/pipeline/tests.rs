@@ -96,7 +96,7 @@ fn decide(
 #[test]
 fn a_per_second_rate_refills_after_retry_after_on_the_clock() {
     let snapshot = snapshot(r#"{ unit = "requests", rate = 5, per = "second", burst = 1 }"#);
-    let runtime = AccessRuntime::build(&snapshot).expect("runtime");
+    let runtime = AccessRuntime::build(&snapshot, None).expect("runtime");
     let shared = SharedLimits::default();
     let limits = WorkerLimits::new(&shared, 1);
     let clock = FakeClock::new(1_700_000_000);
@@ -137,7 +137,7 @@ fn a_per_second_rate_refills_after_retry_after_on_the_clock() {
 #[test]
 fn a_wrong_key_is_refused_at_the_head_and_counts_nothing() {
     let snapshot = snapshot(r#"{ unit = "requests", rate = 1, per = "minute" }"#);
-    let runtime = AccessRuntime::build(&snapshot).expect("runtime");
+    let runtime = AccessRuntime::build(&snapshot, None).expect("runtime");
     let shared = SharedLimits::default();
     let limits = WorkerLimits::new(&shared, 1);
     let clock = FakeClock::new(1_700_000_000);

@@ -1,0 +1,84 @@
+//! One way to put a config in force — at start-up, on a file reload (SIGHUP or the file
+//! poll) and, later, from the control-plane agent: compile, build the runtime with deliberate
+//! carry-over from the running config, start its side threads, swap, log one line.
+//!
+//! What a new config takes over from the running one, and where that is decided:
+//! - limiter state (buckets, quota counts): nothing to do — it lives in
+//!   [`crate::policy::admission::SharedLimits`] for the life of the process, keyed by each
+//!   limit's [`crate::snapshot::access::Limit::id`], which stays the same while the limit's
+//!   owner, name and definition do;
+//! - backend health (cool-downs): [`crate::config::load`] hands a backend that keeps its
+//!   name, kind and target the running one's [`crate::health::BackendHealth`];
+//! - smooth weighted round-robin cursors: per worker, kept for every deployment whose pool
+//!   is unchanged (the worker compares pools when it picks up the new snapshot);
+//! - JWKS key sets and their refresh threads: [`AccessRuntime::build`] takes over the cache
+//!   and thread of every JWKS URL configured the same way, so tokens signed by keys already
+//!   fetched keep passing with no refetch; only new or changed URLs start a thread.
+//!
+//! Requests in flight finish on the config they started with. A config that does not
+//! compile or build changes nothing: the running one keeps serving.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{self, ConfigErrors};
+use crate::policy::AccessRuntime;
+use crate::server::{Loaded, Shared};
+
+/// Why a config was not put in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The config is wrong: every problem, each with its file, line and field (what a
+    /// control-plane node NACKs with).
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// A side thread (a JWKS refresher) could not be started: the machine, not the config.
+    #[error("cannot start a side thread: {0}")]
+    Start(#[from] std::io::Error),
+}
+
+/// Compiles the file at `path` and builds its runtime, carrying over from `running` (the
+/// config in force; `None` at start-up) what did not change. Starts no thread and serves
+/// nothing: `sluice --check` stops here.
+pub fn prepare(path: &Path, running: Option<&Loaded>) -> Result<Loaded, ConfigErrors> {
+    let snapshot = config::load(path, running.map(|r| &r.snapshot))?;
+    let runtime = AccessRuntime::build(&snapshot, running.map(|r| &r.runtime))?;
+    Ok(Loaded { snapshot, runtime })
+}
+
+/// Start-up: prepares the file with nothing to carry over, starts its side threads and
+/// returns the shared state serving it (workers start on it next).
+pub fn start(path: &Path) -> Result<Arc<Shared>, ApplyError> {
+    let loaded = prepare(path, None)?;
+    loaded.runtime.start()?;
+    tracing::info!(
+        deployments = loaded.deployments.len(),
+        backends = loaded.backends.len(),
+        file = %path.display(),
+        "config loaded"
+    );
+    Ok(Shared::new(loaded))
+}
+
+/// A config change: prepares the file at `path` with carry-over from the config `shared`
+/// serves, starts the side threads it adds, swaps it in for requests that start from now
+/// on and logs one `config reloaded` line with `reason`. On an error nothing changed.
+///
+/// Listen addresses and the worker count are fixed at start-up: a change to them is logged
+/// and takes effect on restart.
+pub fn apply(shared: &Shared, path: &Path, reason: &str) -> Result<(), ApplyError> {
+    let current = shared.snapshot();
+    let next = prepare(path, Some(&current))?;
+    next.runtime.start()?;
+    if next.server.listen != current.server.listen || next.server.workers != current.server.workers
+    {
+        tracing::warn!(
+            "config reload: listen addresses and worker count change only on restart; keeping the running ones"
+        );
+    }
+    let deployments = next.deployments.len();
+    let backends = next.backends.len();
+    shared.swap(next);
+    tracing::info!(reason, deployments, backends, file = %path.display(), "config reloaded");
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! What every part of the compiler shares: the injected environment and file reader, and the
+//! small checks and parsers used by more than one section (non-empty strings, durations, the
+//! line a value sits on). A leaf: it imports no other compiler module.
+
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::error::Reporter;
+
+/// Looks up an environment variable (`std::env::var` in production, a map in tests).
+pub(crate) type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Reads a key file (already resolved against the config file's folder), or says why not.
+pub(crate) type ReadFile<'a> = &'a dyn Fn(&Path) -> Result<String, String>;
+
+/// Reads with `std::fs`.
+pub(crate) fn system_read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| e.to_string())
+}
+
+/// Parses `"500ms"`, `"10s"`, `"5m"` or `"1h"`: a whole number and a unit.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid = || {
+        format!(
+            "invalid duration `{text}`: expected a whole number and a unit (ms, s, m or h), e.g. \"500ms\", \"10s\", \"5m\""
+        )
+    };
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(digits_end);
+    if digits.is_empty() {
+        return Err(invalid());
+    }
+    let n: u64 = digits.parse().map_err(|_| invalid())?;
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(invalid()),
+    };
+    n.checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("duration `{text}` is too long"))
+}
+
+/// Reports an empty string; returns whether the value is usable.
+pub(crate) fn check_not_empty(
+    report: &mut Reporter<'_>,
+    value: &Spanned<String>,
+    field: &str,
+) -> bool {
+    if value.get_ref().is_empty() {
+        report.at(value.span(), field, "must not be empty");
+        false
+    } else {
+        true
+    }
+}
+
+pub(crate) fn line_of<T>(report: &Reporter<'_>, value: &Spanned<T>) -> usize {
+    report.line_column(value.span().start).0
+}
