@@ -3,14 +3,11 @@
 //! mode, client-IP limits and the trace header.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/access.rs"]
-mod access;
 mod support;
 
 use std::thread;
 use std::time::{Duration, Instant};
 
-use access::*;
 use support::*;
 
 const KEY_A: &str = "test-key-limits-team-a";
