@@ -3,11 +3,8 @@
 //! string, and products that do not allow a deployment or an operation.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/access.rs"]
-mod access;
 mod support;
 
-use access::*;
 use serde_json::json;
 use support::*;
 

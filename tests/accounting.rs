@@ -6,8 +6,6 @@
 //! reservation equals A's. The estimate itself is never hard-coded; only differences are.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/access.rs"]
-mod access;
 mod support;
 
 use std::io::Write;
@@ -15,7 +13,6 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
 
-use access::*;
 use serde_json::{json, Value};
 use support::*;
 

@@ -4,8 +4,6 @@
 //! as truncated: its reservation stands, never the full usage of an answer nobody received.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/access.rs"]
-mod access;
 mod support;
 
 use std::io::{Read, Write};
@@ -15,7 +13,6 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use access::*;
 use serde_json::{json, Value};
 use support::*;
 

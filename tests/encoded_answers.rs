@@ -8,15 +8,12 @@
 //! body reserve the same estimate, so `remaining(A) − remaining(B)` is what A was charged.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/access.rs"]
-mod access;
 mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use access::*;
 use flate2::write::{DeflateEncoder, GzEncoder, ZlibEncoder};
 use flate2::Compression;
 use serde_json::{json, Value};

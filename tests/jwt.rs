@@ -4,13 +4,10 @@
 //! `alg: none`, tampered and wrongly signed tokens get 401.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/access.rs"]
-mod access;
 mod support;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use access::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};

@@ -16,15 +16,12 @@
 //! `x-sluice-trace` header, which names every limit's remaining after each admission.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/access.rs"]
-mod access;
 mod support;
 
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use access::*;
 use serde_json::Value;
 use sluice::limit::{LeaseConfig, RateSpec};
 use support::*;

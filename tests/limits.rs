@@ -3,13 +3,10 @@
 //! mode, client-IP limits and the trace header.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/access.rs"]
-mod access;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use access::*;
 use support::*;
 
 const KEY_A: &str = "test-key-limits-team-a";

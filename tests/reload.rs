@@ -344,9 +344,6 @@ fn reload_keeps_the_listen_addresses_and_worker_count() {
     assert_eq!(workers.len(), 2, "both workers still serve: {workers:?}");
 }
 
-#[path = "support/access.rs"]
-mod access;
-
 /// A key rotation is picked up by a reload: the new key is let in, the old one refused.
 #[test]
 fn a_reload_rotates_subscription_keys() {
@@ -356,12 +353,12 @@ fn a_reload_rotates_subscription_keys() {
         format!(
             "{}{}{}",
             mock_deployments(&["alpha"]),
-            access::product("p", ""),
-            access::subscription("team", "p", &[key])
+            product("p", ""),
+            subscription("team", "p", &[key])
         )
     };
     let s = Launch::new(&config(OLD)).start();
-    let chat = |key: &str| access::chat_as(&s, key, &chat_body(Some("alpha"), false)).status;
+    let chat = |key: &str| chat_as(&s, key, &chat_body(Some("alpha"), false)).status;
     assert_eq!(chat(OLD), 200);
     assert_eq!(chat(NEW), 401);
     reload_to(&s, &s.config_for(&config(NEW)));

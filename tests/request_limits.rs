@@ -7,8 +7,6 @@
 //! Timeouts are configured short so the file runs in a few seconds.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/access.rs"]
-mod access;
 mod support;
 
 use std::io::Write;
@@ -18,7 +16,6 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use access::*;
 use support::*;
 
 const KEY: &str = "test-key-request-limits";

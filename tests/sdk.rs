@@ -11,8 +11,6 @@
 //! fails when `SLUICE_REQUIRE_SDK=1`, which `.ci/run` sets.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/access.rs"]
-mod access;
 mod support;
 
 use std::io::Write;
@@ -124,7 +122,7 @@ fn openai_python_sdk_retries_after_a_429() {
         "{MOCK_BODY}\n[[product]]\nname = \"tiny\"\n\
          limits = [{{ unit = \"requests\", rate = 1, per = \"second\", burst = 1 }}]\n\n\
          [[subscription]]\nname = \"sdk\"\nproduct = \"tiny\"\nkeys = [\"{}\"]\n",
-        access::key_hash(key)
+        key_hash(key)
     );
     let s = Launch::new(&body).start();
     let out = run_script(&python, "openai_sdk_retry.py", &s, &[("SLUICE_KEY", key)]);

@@ -6,8 +6,6 @@
 //! close-delimited answer, reads split mid-event) stalls the stream and fails the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/access.rs"]
-mod access;
 mod support;
 
 use std::io::Write;
@@ -16,7 +14,6 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use access::*;
 use serde_json::json;
 use support::*;
 

@@ -13,15 +13,12 @@
 //! `n`; completion counts are computed here with the same o200k tokenizer, per delta.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/access.rs"]
-mod access;
 mod support;
 
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use access::*;
 use serde_json::{json, Value};
 use sluice::tokens::{Estimator, Family};
 use support::*;

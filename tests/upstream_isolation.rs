@@ -12,8 +12,6 @@
 //! Backends are scripted over std TcpListener on 127.0.0.1 and write exactly the bytes named.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/access.rs"]
-mod access;
 mod support;
 
 use std::collections::HashMap;
@@ -206,7 +204,7 @@ fn a_desynchronised_connection_never_crosses_tenants() {
     ] {
         body.push_str(&format!(
             "\n[[subscription]]\nname = \"{team}\"\nproduct = \"p\"\nkeys = [\"{}\"]\n",
-            access::key_hash(key)
+            key_hash(key)
         ));
     }
     let s = Launch::new(&body).workers(1).start();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use sluice::http::ChunkedDecoder;
-use sluice::server::DriverChoice;
+use sluice::runtime::DriverChoice;
 use sluice_bench::mock_server::{spawn, Dist, MockConfig, MockHandle, MockStats};
 use sluice_bench::{chunked, sse_events, CHAT_REQUEST, CHAT_REQUEST_STREAM};
 

@@ -7,6 +7,8 @@ use std::rc::Rc;
 use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use sluice::runtime::DriverChoice;
+
 use super::conn::{Conn, Exchange};
 use super::record::{Failure, Outcome, Progress, Recorder};
 use super::schedule::{OpenSlots, Plan, ThreadSchedule, Tickets, Turn};
@@ -68,20 +70,16 @@ pub fn run_thread(
         shared.barrier.wait();
         return Err(e);
     }
-    let uring = sluice::runtime::uring_runtime();
-    match uring {
-        Ok(mut rt) => return Ok(rt.block_on(thread_main(shared, index, connections))),
-        Err(e) => eprintln!("sluice-bench load: io_uring refused ({e}); thread {index} on epoll"),
-    }
-    match sluice::runtime::epoll_runtime() {
-        Ok(mut rt) => Ok(rt.block_on(thread_main(shared, index, connections))),
-        Err(e) => {
-            shared.barrier.wait();
-            Err(anyhow::anyhow!(
-                "thread {index}: cannot start a runtime: {e}"
-            ))
-        }
-    }
+    let on_fallback = |e: &std::io::Error| {
+        eprintln!("sluice-bench load: io_uring refused ({e}); thread {index} on epoll");
+    };
+    let task_shared = Arc::clone(&shared);
+    let task = |_| thread_main(task_shared, index, connections);
+    sluice::runtime::block_on(DriverChoice::Auto, on_fallback, task).map_err(|e| {
+        // The other threads wait for this one at the start line.
+        shared.barrier.wait();
+        anyhow::anyhow!("thread {index}: cannot start a runtime: {e}")
+    })
 }
 
 fn pin(cpus: &[usize], index: usize) -> anyhow::Result<()> {

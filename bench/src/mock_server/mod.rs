@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use nix::sys::signal::{SigSet, Signal};
-use sluice::server::DriverChoice;
+use sluice::runtime::DriverChoice;
 
 pub use dist::{parse_duration, Dist};
 pub use stats::MockStats;
@@ -267,7 +267,7 @@ pub fn spawn(cfg: MockConfig) -> anyhow::Result<MockHandle> {
         shared: shared.clone(),
         threads: Vec::with_capacity(threads),
         addrs: cfg.listen.clone(),
-        driver: "io_uring",
+        driver: sluice::runtime::IO_URING,
     };
     for index in 0..threads {
         let (tx, rx) = mpsc::channel();
@@ -284,7 +284,7 @@ pub fn spawn(cfg: MockConfig) -> anyhow::Result<MockHandle> {
             Err(_) => anyhow::bail!("mock worker {index} stopped before it was ready"),
         };
         handle.addrs = addrs;
-        if driver != "io_uring" {
+        if driver != sluice::runtime::IO_URING {
             handle.driver = driver;
         }
     }

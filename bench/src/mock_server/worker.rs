@@ -10,7 +10,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use sluice::mock::MockSettings;
-use sluice::server::DriverChoice;
+use sluice::runtime::DriverChoice;
 
 use super::answer::Canned;
 use super::dist::{Dist, Rng};
@@ -117,29 +117,12 @@ pub fn run_thread(
         addrs,
         ready,
     };
-    if driver != DriverChoice::Epoll {
-        let runtime = sluice::runtime::uring_runtime();
-        match runtime {
-            Ok(mut rt) => {
-                rt.block_on(serve(start, "io_uring"));
-                return;
-            }
-            Err(e) if driver == DriverChoice::IoUring => {
-                let _ = start
-                    .ready
-                    .send(Err(format!("worker {index}: io_uring refused: {e}")));
-                return;
-            }
-            Err(_) => {}
-        }
-    }
-    match sluice::runtime::epoll_runtime() {
-        Ok(mut rt) => rt.block_on(serve(start, "epoll")),
-        Err(e) => {
-            let _ = start.ready.send(Err(format!(
-                "worker {index}: cannot start the epoll driver: {e}"
-            )));
-        }
+    // The task owns `start` (and its `ready`), so a runtime that cannot be built is
+    // reported through a second handle. An `auto` fallback to epoll is silent: the handle's
+    // `driver()` says which one runs.
+    let report = start.ready.clone();
+    if let Err(e) = sluice::runtime::block_on(driver, |_| {}, |name| serve(start, name)) {
+        let _ = report.send(Err(format!("worker {index}: {e}")));
     }
 }
 

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::DecodingKey;
+use jsonwebtoken::{DecodingKey, DecodingKeyKind};
 
 use crate::http::url::{parse_http_url, UrlError};
 use serde::Deserialize;
@@ -135,37 +135,64 @@ impl VerifyKey {
 
     /// A public key from PEM: SPKI (`BEGIN PUBLIC KEY`, RSA, P-256 or P-384) or PKCS#1
     /// (`BEGIN RSA PUBLIC KEY`).
+    ///
+    /// The PEM armor and the key's ASN.1 structure are read by `jsonwebtoken` (its `use_pem`
+    /// feature: [`DecodingKey::from_rsa_pem`], [`DecodingKey::from_ec_pem`]); this adds what
+    /// it leaves out: only public keys are accepted (`jsonwebtoken` also takes private keys
+    /// and certificates, which would load here as keys that never verify or a key whose
+    /// certificate nobody checks), the RSA modulus must be valid and at least
+    /// [`MIN_RSA_BITS`] long (as for JWKS keys), and an EC point must lie on P-256 or P-384,
+    /// which also tells the curve (by the point, not the SPKI's curve OID: a point valid on
+    /// P-256 is a P-256 key whatever the file claims).
+    ///
+    /// # Errors
+    /// [`JwksError::BadKey`] saying what the PEM holds instead (not PEM, a private key, a
+    /// certificate, another key type or curve, a malformed key); [`JwksError::WeakKey`] for
+    /// an RSA key under 2048 bits; [`JwksError::AlgorithmMismatch`] when none of `algs`
+    /// fits the key.
     pub fn from_pem(kid: Option<String>, pem: &[u8], algs: AlgSet) -> Result<Self, JwksError> {
-        use p256::pkcs8::DecodePublicKey as _;
         use rsa::pkcs1::DecodeRsaPublicKey as _;
         use rsa::traits::PublicKeyParts as _;
 
-        let text = std::str::from_utf8(pem).map_err(|_| JwksError::BadKey("PEM is not text"))?;
-        let rsa = rsa::RsaPublicKey::from_public_key_pem(text)
-            .or_else(|_| rsa::RsaPublicKey::from_pkcs1_pem(text));
-        if let Ok(rsa) = rsa {
-            let n = rsa.n().to_bytes_be();
-            let e = rsa.e().to_bytes_be();
-            return Self::rsa(kid, &n, &e, algs);
+        let block = pem::parse(pem)
+            .map_err(|_| JwksError::BadKey("not PEM (no well-formed -----BEGIN ...----- block)"))?;
+        match block.tag() {
+            "PUBLIC KEY" | "RSA PUBLIC KEY" => {}
+            tag if tag.ends_with("PRIVATE KEY") => {
+                return Err(JwksError::BadKey(
+                    "PEM holds a private key: give the public key only",
+                ))
+            }
+            "CERTIFICATE" => {
+                return Err(JwksError::BadKey(
+                    "PEM holds a certificate: give its public key",
+                ))
+            }
+            _ => return Err(JwksError::BadKey("PEM holds no public key")),
         }
-        if let Ok(ec) = p256::PublicKey::from_public_key_pem(text) {
-            let point = p256::EncodedPoint::from(ec);
-            return Self::pinned(
-                kid,
-                KeyKind::EcP256,
-                DecodingKey::from_ec_der(point.as_bytes()),
-                algs,
-            );
+        let unsupported = || JwksError::BadKey("PEM holds no RSA, P-256 or P-384 public key");
+        if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+            // `jsonwebtoken` unwraps SPKI to the PKCS#1 `RSAPublicKey` it holds.
+            let DecodingKeyKind::SecretOrDer(der) = key.kind() else {
+                return Err(unsupported());
+            };
+            let rsa = rsa::RsaPublicKey::from_pkcs1_der(der)
+                .map_err(|_| JwksError::BadKey("invalid RSA public key"))?;
+            return Self::rsa(kid, &rsa.n().to_bytes_be(), &rsa.e().to_bytes_be(), algs);
         }
-        let ec = p384::PublicKey::from_public_key_pem(text)
-            .map_err(|_| JwksError::BadKey("PEM holds no RSA, P-256 or P-384 public key"))?;
-        let point = p384::EncodedPoint::from(ec);
-        Self::pinned(
-            kid,
-            KeyKind::EcP384,
-            DecodingKey::from_ec_der(point.as_bytes()),
-            algs,
-        )
+        let key = DecodingKey::from_ec_pem(pem).map_err(|_| unsupported())?;
+        // `jsonwebtoken` unwraps SPKI to the SEC1-encoded point.
+        let DecodingKeyKind::SecretOrDer(point) = key.kind() else {
+            return Err(unsupported());
+        };
+        let kind = if p256::PublicKey::from_sec1_bytes(point).is_ok() {
+            KeyKind::EcP256
+        } else if p384::PublicKey::from_sec1_bytes(point).is_ok() {
+            KeyKind::EcP384
+        } else {
+            return Err(unsupported());
+        };
+        Self::pinned(kid, kind, key, algs)
     }
 
     fn rsa(kid: Option<String>, n: &[u8], e: &[u8], algs: AlgSet) -> Result<Self, JwksError> {

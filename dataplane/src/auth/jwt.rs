@@ -205,6 +205,16 @@ pub enum JwtConfigError {
         /// What is wrong with it.
         error: JwksError,
     },
+    /// A key read from a file (PEM or JWKS) could not be used.
+    #[error("issuer {issuer:?}: {path}: {error}")]
+    KeyFile {
+        /// The issuer.
+        issuer: String,
+        /// The file.
+        path: String,
+        /// What is wrong with its key.
+        error: JwksError,
+    },
 }
 
 /// Why a token was refused. All are 401 for the client; the name is for logs and traces.
@@ -720,6 +730,14 @@ fn compile_issuer(config: JwtIssuerConfig) -> Result<Issuer, JwtConfigError> {
         issuer: name.clone(),
         error,
     };
+    let file_key_error = |path: &PathBuf| {
+        let (issuer, path) = (name.clone(), path.display().to_string());
+        move |error| JwtConfigError::KeyFile {
+            issuer,
+            path,
+            error,
+        }
+    };
     let read = |path: &PathBuf| {
         std::fs::read(path).map_err(|error| JwtConfigError::Read {
             issuer: name.clone(),
@@ -754,13 +772,14 @@ fn compile_issuer(config: JwtIssuerConfig) -> Result<Issuer, JwtConfigError> {
                 keys.push(VerifyKey::hmac(kid, secret, pin).map_err(key_error)?);
             }
             JwtKeySource::PemFile(path) => {
-                keys.push(VerifyKey::from_pem(kid, &read(path)?, pin).map_err(key_error)?);
+                let key = VerifyKey::from_pem(kid, &read(path)?, pin);
+                keys.push(key.map_err(file_key_error(path))?);
             }
             JwtKeySource::Pem(pem) => {
                 keys.push(VerifyKey::from_pem(kid, pem, pin).map_err(key_error)?);
             }
             JwtKeySource::JwksFile(path) => {
-                keys.extend(parse_jwks(&read(path)?, pin).map_err(key_error)?);
+                keys.extend(parse_jwks(&read(path)?, pin).map_err(file_key_error(path))?);
             }
             JwtKeySource::Jwks(document) => {
                 keys.extend(parse_jwks(document, pin).map_err(key_error)?);

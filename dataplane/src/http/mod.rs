@@ -466,7 +466,7 @@ mod tests {
 
         fn byte(&mut self) -> u8 {
             const INTERESTING: &[u8] = b"\r\n\0 \t:;,=-+0159aAfFgz\x7f\x80\xff";
-            if self.next() % 2 == 0 {
+            if self.next().is_multiple_of(2) {
                 INTERESTING[self.below(INTERESTING.len())]
             } else {
                 self.next() as u8

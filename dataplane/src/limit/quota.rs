@@ -202,7 +202,8 @@ mod tests {
 
     /// Unix seconds of a UTC date and time, by an independent route (day counting).
     fn at(year: u64, month: u64, day: u64, hour: u64, min: u64, sec: u64) -> u64 {
-        let leap = |y: u64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        let leap =
+            |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
         let mut days = (1970..year)
             .map(|y| if leap(y) { 366 } else { 365 })
             .sum::<u64>();

@@ -96,6 +96,103 @@ fn pem_keys_of_each_kind() {
     assert!(!format!("{rsa:?}").contains("SecretOrDer"));
 }
 
+/// The OpenSSL-made P-384 public key (SPKI) of the whole-process JWT tests.
+const ES384_PUBLIC_PEM: &[u8] = include_bytes!("../../../../tests/data/jwt/es384_public.pem");
+/// The OpenSSL-made RSA private key (PKCS#8) of the whole-process JWT tests.
+const RSA_PRIVATE_PEM: &[u8] = include_bytes!("../../../../tests/data/jwt/rsa_private.pem");
+/// A 1024-bit RSA public key (`openssl genpkey ... rsa_keygen_bits:1024 | openssl pkey -pubout`).
+const RSA_1024_PUBLIC_PEM: &[u8] = b"-----BEGIN PUBLIC KEY-----
+MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQCqT4PxJBf6h8aLZhOTjFoQJQs3
+AOcFn/hQHC1IBV3A/3ZkRrd+QRVQlw/7vk+xFuLAEbG/XmCSdx5TiC5nh0Cua7jH
+UivqT1tGMnfLro3i1wqRBQTZbpUw4pH3HBOO67wmuRewDveDBoNXD7jj5cYNRTg4
+4zlHZJYmXqYfKMCKwwIDAQAB
+-----END PUBLIC KEY-----
+";
+/// A secp256k1 public key: an EC key, but not on a curve JWT's ES256/ES384 use.
+const SECP256K1_PUBLIC_PEM: &[u8] = b"-----BEGIN PUBLIC KEY-----
+MFYwEAYHKoZIzj0CAQYFK4EEAAoDQgAEKFgAaJ6a8j0Ak3T6NYuKbiYZKNePVRHD
+jb9WH9G8o2SlAj+r9H3lvtSQy/x4KvfZVEq5a1fAy/NMee4RvzuIqA==
+-----END PUBLIC KEY-----
+";
+/// An Ed25519 public key: SPKI, but neither RSA nor EC.
+const ED25519_PUBLIC_PEM: &[u8] = b"-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEAVLhYwtsbjo2nDEnx5K6gUkXDLRnDGGJcZzlaucrVXl0=
+-----END PUBLIC KEY-----
+";
+
+/// The same DER under another PEM label.
+fn relabel(pem: &[u8], label: &str) -> Vec<u8> {
+    let block = pem::parse(pem).unwrap();
+    pem::encode(&pem::Pem::new(label, block.contents())).into_bytes()
+}
+
+#[test]
+fn pem_reads_spki_and_pkcs1_rsa_and_both_curves() {
+    use rsa::pkcs1::EncodeRsaPublicKey as _;
+    use rsa::pkcs8::DecodePublicKey as _;
+    let all = AlgSet::from_algs(&[JwtAlg::RS256, JwtAlg::ES256, JwtAlg::ES384]);
+    let spki = rsa::RsaPublicKey::from_public_key_pem(std::str::from_utf8(RSA_PUBLIC_PEM).unwrap())
+        .unwrap();
+    let pkcs1 = spki.to_pkcs1_pem(Default::default()).unwrap();
+    assert!(pkcs1.starts_with("-----BEGIN RSA PUBLIC KEY-----"));
+    let from_pkcs1 = VerifyKey::from_pem(None, pkcs1.as_bytes(), all).unwrap();
+    assert_eq!(
+        (from_pkcs1.kind, from_pkcs1.algs),
+        (KeyKind::Rsa, AlgSet::of(JwtAlg::RS256))
+    );
+    let p384 = VerifyKey::from_pem(None, ES384_PUBLIC_PEM, all).unwrap();
+    assert_eq!(
+        (p384.kind, p384.algs),
+        (KeyKind::EcP384, AlgSet::of(JwtAlg::ES384))
+    );
+    // A key read from PKCS#1 verifies what its private key signed.
+    let token = sign(
+        r#"{"alg":"RS256","typ":"JWT"}"#,
+        r#"{"sub":"x"}"#,
+        jsonwebtoken::Algorithm::RS256,
+        &rsa_signer(),
+    );
+    let (message, signature) = token.rsplit_once('.').unwrap();
+    let verified = jsonwebtoken::crypto::verify(
+        signature,
+        message.as_bytes(),
+        &from_pkcs1.key,
+        jsonwebtoken::Algorithm::RS256,
+    );
+    assert!(matches!(verified, Ok(true)), "{verified:?}");
+}
+
+#[test]
+fn pem_refuses_all_but_a_usable_public_key_and_says_what_it_got() {
+    let all = AlgSet::from_algs(&[JwtAlg::RS256, JwtAlg::ES256, JwtAlg::ES384]);
+    let bad = |pem: &[u8]| match VerifyKey::from_pem(None, pem, all) {
+        Err(JwksError::BadKey(message)) => message,
+        other => panic!("expected BadKey, got {other:?}"),
+    };
+    assert!(bad(b"not pem at all").contains("not PEM"));
+    assert!(
+        bad(b"-----BEGIN PUBLIC KEY-----\n!!!\n-----END PUBLIC KEY-----\n").contains("not PEM")
+    );
+    // Private keys, under each label they come with.
+    assert!(bad(RSA_PRIVATE_PEM).contains("private key"));
+    let ec_private = pem::encode(&pem::Pem::new("PRIVATE KEY", EC_PRIVATE_DER));
+    assert!(bad(ec_private.as_bytes()).contains("private key"));
+    assert!(bad(&relabel(RSA_PRIVATE_PEM, "RSA PRIVATE KEY")).contains("private key"));
+    assert!(bad(&relabel(RSA_PRIVATE_PEM, "EC PRIVATE KEY")).contains("private key"));
+    // A certificate (here only its label; jsonwebtoken would take the key out of a real one).
+    assert!(bad(&relabel(RSA_PUBLIC_PEM, "CERTIFICATE")).contains("certificate"));
+    assert!(bad(&relabel(RSA_PUBLIC_PEM, "SOMETHING ELSE")).contains("no public key"));
+    // Public keys Sluice cannot use.
+    assert!(bad(SECP256K1_PUBLIC_PEM).contains("no RSA, P-256 or P-384"));
+    assert!(bad(ED25519_PUBLIC_PEM).contains("no RSA, P-256 or P-384"));
+    // A PKCS#1 label over SPKI bytes: the structure is not an RSAPublicKey.
+    assert!(bad(&relabel(RSA_PUBLIC_PEM, "RSA PUBLIC KEY")).contains("invalid RSA"));
+    assert!(matches!(
+        VerifyKey::from_pem(None, RSA_1024_PUBLIC_PEM, all),
+        Err(JwksError::WeakKey(_))
+    ));
+}
+
 #[test]
 fn urls_are_parsed_and_https_is_refused_for_now() {
     let u = HttpUrl::parse("http://idp.example:8080/keys?x=1").unwrap();

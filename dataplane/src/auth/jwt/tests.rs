@@ -149,6 +149,48 @@ fn keys_load_from_pem_and_jwks_files() {
     assert_eq!(v.validate(&es_other, NOW), Err(JwtError::UnknownKid));
 }
 
+/// A key file whose key cannot be used is named in the error, beside the issuer and why.
+#[test]
+fn an_unusable_key_file_is_named_in_the_error() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/auth/testdata");
+    let private = std::env::temp_dir().join(format!("sluice-private-{}.pem", std::process::id()));
+    let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", EC_PRIVATE_DER));
+    std::fs::write(&private, pem).unwrap();
+    let rsa_pem = dir.join("rsa_public.pem");
+    let not_jwks = dir.join("ec_public.pem");
+    let cases = [
+        (
+            JwtAlg::ES256,
+            &private,
+            JwtKeySource::PemFile(private.clone()),
+            "private key",
+        ),
+        (
+            JwtAlg::ES256,
+            &rsa_pem,
+            JwtKeySource::PemFile(rsa_pem.clone()),
+            "no pinned",
+        ),
+        (
+            JwtAlg::RS256,
+            &not_jwks,
+            JwtKeySource::JwksFile(not_jwks.clone()),
+            "not a JWKS",
+        ),
+    ];
+    for (alg, path, source, why) in cases {
+        let path = path.display().to_string();
+        let error = JwtValidator::new(vec![issuer(vec![key(None, alg, source)])]).unwrap_err();
+        assert!(
+            matches!(&error, JwtConfigError::KeyFile { path: p, .. } if *p == path),
+            "{error:?}"
+        );
+        let text = error.to_string();
+        assert!(text.contains(&path) && text.contains(why), "{text}");
+    }
+    std::fs::remove_file(&private).unwrap();
+}
+
 #[test]
 fn secret_from_the_environment() {
     let var = "SLUICE_TEST_JWT_SECRET_AUTH";
