@@ -503,12 +503,12 @@ fn a_bucket_survives_a_reload_that_inserts_a_limit_before_it() {
         format!(
             "{}{}{}",
             mock_deployments(&["alpha"]),
-            access::product("p", &format!("limits = [{limits}]")),
-            access::subscription("team", "p", &[KEY])
+            product("p", &format!("limits = [{limits}]")),
+            subscription("team", "p", &[KEY])
         )
     };
     let s = Launch::new(&config(rpm)).start();
-    let chat = || access::chat_as(&s, KEY, &chat_body(Some("alpha"), false));
+    let chat = || chat_as(&s, KEY, &chat_body(Some("alpha"), false));
     assert_eq!(chat().status, 200);
     let refused = chat();
     assert_eq!(refused.status, 429, "{}", refused.text());

@@ -23,10 +23,6 @@ pub mod policy;
 pub mod reload;
 pub mod route;
 pub mod runtime;
-// With rust-version 1.90 clippy flags `x % n == 0` (`u*::is_multiple_of` is stable since
-// 1.87) once in server/worker.rs. server/ is being reshaped on another branch, which carries
-// that one-line change; drop this allow when both have landed.
-#[allow(clippy::manual_is_multiple_of)]
 pub mod server;
 pub mod snapshot;
 pub mod tokens;

@@ -2,10 +2,8 @@
 //! they never change (the 429 and 5xx faults, the models list). API answers themselves come
 //! from `sluice::mock::reply`; error bodies use the gateway's `GatewayError` shape.
 
-use std::borrow::Cow;
-
 use serde::Serialize;
-use sluice::error::{Fault, GatewayError};
+use sluice::error::GatewayError;
 
 use super::MockConfig;
 
@@ -83,7 +81,7 @@ pub fn json(out: &mut Vec<u8>, status: u16, extra: &[u8], body: &[u8], close: bo
 pub fn error(out: &mut Vec<u8>, err: &GatewayError, close: bool) {
     let mut body = Vec::with_capacity(192);
     err.write_body(&mut body);
-    json(out, err.status, b"", &body, close);
+    json(out, err.status(), b"", &body, close);
 }
 
 /// The answers rendered once per worker.
@@ -149,20 +147,16 @@ impl Canned {
                 message: &message,
             },
         });
-        let server_error = GatewayError {
-            status: cfg.status_5xx,
-            fault: Fault::Upstream,
-            kind: "server_error",
-            code: None,
-            param: None,
-            message: Cow::Borrowed(
-                "The server had an error while processing your request. Sorry about that!",
-            ),
-            close: false,
-            retry_after: None,
-        };
-        let mut server_error_body = Vec::new();
-        server_error.write_body(&mut server_error_body);
+        // OpenAI's own 5xx body (its status is the configured one, not one of Sluice's).
+        let server_error_body = serde_json::to_vec(&serde_json::json!({
+            "error": {
+                "message": "The server had an error while processing your request. Sorry about that!",
+                "type": "server_error",
+                "param": null,
+                "code": null,
+            }
+        }))
+        .unwrap_or_default();
         let models_body = to_json(&ModelList {
             object: "list",
             data: [Model {

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
-use sluice::error::GatewayError;
+use sluice::error::{ErrorKind, GatewayError};
 use sluice::http::{
     parse_request, write_chunk, BodyFraming, ChunkedDecoder, Parse, RequestHead, LAST_CHUNK,
 };
 use sluice::mock::{reply, MockReply};
-use sluice::route::{route, Operation, RouteError};
+use sluice::route::{route, Operation};
 use sluice::snapshot::HttpLimits;
 
 use super::answer;
@@ -91,7 +91,7 @@ impl Conn {
                     continue;
                 }
                 Err(e) => {
-                    let err = GatewayError::bad_framing(e.status(), e.message());
+                    let err = GatewayError::from(e);
                     w.counters.request();
                     self.refuse(w, &err).await;
                     return;
@@ -137,16 +137,9 @@ impl Conn {
         let op = match route(method, target) {
             Ok(r) => r.operation,
             Err(e) => {
-                let err = match e {
-                    RouteError::NotFound => GatewayError::not_found(),
-                    RouteError::MethodNotAllowed(m) => GatewayError::method_not_allowed(m),
-                    RouteError::MissingApiVersion => GatewayError::invalid_request(
-                        "Missing required query parameter: api-version.",
-                        Some("api-version"),
-                    ),
-                };
+                let err = GatewayError::from(e);
                 answer::error(&mut self.out, &err, close);
-                w.counters.answered(err.status);
+                w.counters.answered(err.status());
                 return true;
             }
         };
@@ -282,7 +275,7 @@ impl Conn {
     /// Answers a request that cannot be read (bad framing) and ends the connection.
     async fn refuse(&mut self, w: &Worker, err: &GatewayError) {
         answer::error(&mut self.out, err, true);
-        w.counters.answered(err.status);
+        w.counters.answered(err.status());
         self.flush().await;
     }
 
@@ -308,8 +301,8 @@ impl Conn {
                 let n = usize::try_from(n)
                     .ok()
                     .filter(|&n| n as u64 <= limits.max_body)
-                    .ok_or(BodyError::Refuse(GatewayError::bad_framing(
-                        413,
+                    .ok_or(BodyError::Refuse(GatewayError::new(
+                        ErrorKind::PayloadTooLarge,
                         "Request body too large.",
                     )))?;
                 while self.buf.len() - self.start < head_len + n {
@@ -333,12 +326,7 @@ impl Conn {
                                 return Ok(pos);
                             }
                         }
-                        Err(e) => {
-                            return Err(BodyError::Refuse(GatewayError::bad_framing(
-                                e.status(),
-                                e.message(),
-                            )))
-                        }
+                        Err(e) => return Err(BodyError::Refuse(GatewayError::from(e))),
                     }
                     if !self.flush().await || !self.read().await {
                         return Err(BodyError::Gone);

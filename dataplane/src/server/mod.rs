@@ -29,16 +29,7 @@ use crate::policy::phase::Policy;
 use crate::policy::AccessRuntime;
 use crate::snapshot::Snapshot;
 
-/// Which io driver workers use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DriverChoice {
-    /// io_uring with cooperative task running, falling back to epoll where refused.
-    Auto,
-    /// io_uring only; fail where refused.
-    IoUring,
-    /// epoll only.
-    Epoll,
-}
+pub use crate::runtime::DriverChoice;
 
 /// A compiled config and the runtime built from it (key table, JWT validator, limit ids),
 /// swapped in together so a request never sees one without the other. Built and put in

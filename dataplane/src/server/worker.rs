@@ -39,31 +39,13 @@ pub(super) fn run_thread<P: Policy + 'static>(
     ready: mpsc::Sender<Ready>,
 ) {
     let policies = Rc::new(policies);
-    if driver != DriverChoice::Epoll {
-        let runtime = crate::runtime::uring_runtime();
-        match runtime {
-            Ok(mut rt) => {
-                rt.block_on(run(
-                    id, workers, shared, listen, "io_uring", policies, ready,
-                ));
-                return;
-            }
-            Err(e) if driver == DriverChoice::Auto => {
-                tracing::warn!(worker = id, error = %e, "io_uring refused; falling back to the epoll driver");
-            }
-            Err(e) => {
-                let _ = ready.send(Err(format!("worker {id}: io_uring refused: {e}")));
-                return;
-            }
-        }
-    }
-    match crate::runtime::epoll_runtime() {
-        Ok(mut rt) => rt.block_on(run(id, workers, shared, listen, "epoll", policies, ready)),
-        Err(e) => {
-            let _ = ready.send(Err(format!(
-                "worker {id}: cannot start the epoll driver: {e}"
-            )));
-        }
+    let report = ready.clone();
+    if let Err(e) = crate::runtime::block_on(
+        driver,
+        |e| tracing::warn!(worker = id, error = %e, "io_uring refused; falling back to the epoll driver"),
+        |name| run(id, workers, shared, listen, name, policies, ready),
+    ) {
+        let _ = report.send(Err(format!("worker {id}: {e}")));
     }
 }
 
@@ -130,7 +112,7 @@ async fn watch_shutdown(worker: Rc<Worker>) {
         monoio::time::sleep(SHUTDOWN_POLL).await;
         worker.limits.tick();
         ticks += 1;
-        if worker.id == 0 && ticks % SWEEP_EVERY == 0 {
+        if worker.id == 0 && ticks.is_multiple_of(SWEEP_EVERY) {
             worker.shared.limits.sweep();
         }
     }
