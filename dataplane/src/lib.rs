@@ -8,11 +8,13 @@
 //! JWTs). [`server`] wires them together on
 //! monoio workers, one per core.
 
+pub mod answers;
 pub mod apply;
 pub mod auth;
 pub mod balance;
 pub mod clock;
 pub mod config;
+pub mod downstream;
 pub mod error;
 pub mod health;
 pub mod http;
@@ -25,4 +27,6 @@ pub mod route;
 pub mod runtime;
 pub mod server;
 pub mod snapshot;
+pub mod socket;
 pub mod tokens;
+pub mod upstream;

@@ -1,6 +1,8 @@
-//! One client connection: read a request head within its limits, read the body, route it,
-//! and hand it to the mock, the models list or the upstream forwarder; repeat while the
-//! connection is kept alive (pipelined requests are served in order from the same buffer).
+//! One client connection: read a request head within its limits, give the request its
+//! context, run it through the pipeline's request phases (reading the body between them),
+//! and answer it — the models list here, everything else through the upstream leg
+//! ([`crate::upstream`]); repeat while the connection is kept alive (pipelined requests are
+//! served in order from the same buffer).
 //!
 //! Buffers live for the whole connection and are reused, so a request in steady state does
 //! not allocate.
@@ -14,12 +16,11 @@ use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 
 use super::body_deadline::BodyDeadline;
-use super::forward::refused_header_name;
-use super::io::{read_more, read_more_within, write_all_within};
-use super::local;
 use super::worker::{View, Worker};
-use crate::error::{Fault, GatewayError};
-use crate::http::{parse_request, BodyFraming, ChunkedDecoder, Parse, RequestHead, ResponseHead};
+use crate::answers;
+use crate::downstream::{Downstream, Next};
+use crate::error::GatewayError;
+use crate::http::{parse_request, BodyFraming, ChunkedDecoder, Parse};
 use crate::json_edit;
 use crate::limit::SystemClock;
 use crate::policy::admission::gate_client_ip;
@@ -27,57 +28,24 @@ use crate::policy::context::{Attempt, End, RequestCtx, RequestId};
 use crate::policy::phase::{Env, Pipeline, Policy, Request};
 use crate::route::{route, DeploymentRef, Operation};
 use crate::snapshot::HeadersWithUnderscores;
+use crate::socket::{read_more, read_more_within};
+use crate::upstream::{refused_header_name, Exchange, Leg};
 
-/// Whether the connection goes on after a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Next {
-    KeepAlive,
-    Close,
-}
-
-/// A client connection and its reusable buffers.
+/// A client connection: its side of each exchange, the upstream leg's buffers, and what the
+/// connection itself keeps between requests.
 pub(super) struct Client {
-    pub(super) stream: TcpStream,
-    pub(super) peer: SocketAddr,
-    /// Bytes read from the client: the current head at `[..head.head_len]`, then whatever
-    /// followed it (body bytes, pipelined requests).
-    pub(super) buf: Vec<u8>,
-    /// The current request's decoded body.
-    pub(super) body: Vec<u8>,
-    /// The current request's parsed head (ranges into `buf`).
-    pub(super) head: RequestHead,
-    /// Bytes of `buf` the current request used (head and raw body).
+    /// The client's socket, its current request and the writes that answer it.
+    down: Downstream,
+    /// The upstream leg's buffers.
+    leg: Leg,
+    /// Bytes of `down.buf` the current request used (head and raw body).
     consumed: usize,
     /// Bytes read past the body while reading it (the next pipelined request).
     overflow: Vec<u8>,
-    /// What goes to the client next.
-    pub(super) out: Vec<u8>,
-    /// The upstream request being sent.
-    pub(super) req: Vec<u8>,
-    /// Bytes read from the upstream.
-    pub(super) ubuf: Vec<u8>,
-    /// The upstream answer's parsed head (ranges into `ubuf`).
-    pub(super) resp: ResponseHead,
-    /// Decoded chunk data on its way to the client.
-    pub(super) scratch: Vec<u8>,
-    /// Selection candidates, reused.
-    pub(super) candidates: Vec<usize>,
-    /// What the usage tap lets through when it filters, reused.
-    pub(super) filtered: Vec<u8>,
     /// The attempts buffer of the request contexts, reused.
     attempts: Vec<Attempt>,
     /// The answer-header buffer of the request contexts, reused.
     answer_headers: Vec<u8>,
-    /// Bytes written to the client for the current request.
-    sent: u64,
-    /// When the first byte of the current request's answer went out.
-    first_out: Option<Instant>,
-    /// The connection ends after an error answer: drain what the client is still sending
-    /// before closing, so the kernel does not reset the connection under the answer.
-    linger: bool,
-    /// How long one write to this client may take (`server.timeouts.send` of the snapshot
-    /// the current request runs on).
-    pub(super) send_timeout: Duration,
     /// No request has been read on this connection yet: its first head is due `head_read`
     /// after the accept, not after `keepalive_idle`.
     fresh: bool,
@@ -93,27 +61,13 @@ pub(super) async fn serve<P: Policy>(
 ) {
     let _ = stream.set_nodelay(true);
     let mut client = Client {
-        stream,
-        peer,
-        buf: Vec::with_capacity(8 * 1024),
-        body: Vec::new(),
-        head: RequestHead::new(),
+        down: Downstream::new(stream, peer, crate::snapshot::Timeouts::default().send),
+        leg: Leg::default(),
         consumed: 0,
         overflow: Vec::new(),
-        out: Vec::with_capacity(4 * 1024),
-        req: Vec::new(),
-        ubuf: Vec::new(),
-        resp: ResponseHead::new(),
-        scratch: Vec::new(),
-        candidates: Vec::new(),
-        linger: false,
-        fresh: true,
-        send_timeout: crate::snapshot::Timeouts::default().send,
-        filtered: Vec::new(),
         attempts: Vec::new(),
         answer_headers: Vec::new(),
-        sent: 0,
-        first_out: None,
+        fresh: true,
     };
     loop {
         let view = worker.view();
@@ -122,7 +76,7 @@ pub(super) async fn serve<P: Policy>(
         }
         client.finish_request();
     }
-    if client.linger {
+    if client.down.linger {
         client.lingering_close().await;
     }
 }
@@ -138,9 +92,11 @@ const LINGER_BYTES: usize = 1024 * 1024;
 impl Client {
     /// Drops the finished request's bytes, keeping what follows (a pipelined request).
     fn finish_request(&mut self) {
-        self.buf.drain(..self.consumed.min(self.buf.len()));
+        self.down
+            .buf
+            .drain(..self.consumed.min(self.down.buf.len()));
         if !self.overflow.is_empty() {
-            self.buf.extend_from_slice(&self.overflow);
+            self.down.buf.extend_from_slice(&self.overflow);
             self.overflow.clear();
         }
         self.consumed = 0;
@@ -150,26 +106,26 @@ impl Client {
     async fn one_request<P: Policy>(&mut self, worker: &Worker, policies: &P, view: &View) -> Next {
         let server = &view.snapshot.server;
         let (limits, timeouts) = (server.limits, server.timeouts);
-        self.send_timeout = timeouts.send;
+        self.down.send_timeout = timeouts.send;
 
         // Wait for the next request, racing the idle timeout and shutdown. A new connection's
         // head_read runs from the accept, so one that sends nothing is not kept for the whole
         // keepalive_idle; later heads get head_read from their first byte.
         let mut head_due = None;
-        if self.buf.is_empty() {
+        if self.down.buf.is_empty() {
             let idle = if self.fresh {
                 head_due = Some(Instant::now() + timeouts.head_read);
                 timeouts.head_read.min(timeouts.keepalive_idle)
             } else {
                 timeouts.keepalive_idle
             };
-            let buf = std::mem::take(&mut self.buf);
+            let buf = std::mem::take(&mut self.down.buf);
             let read = monoio::select! {
-                r = monoio::time::timeout(idle, read_more(&mut self.stream, buf)) => Some(r),
+                r = monoio::time::timeout(idle, read_more(&mut self.down.stream, buf)) => Some(r),
                 _ = worker.shutdown.wait() => None,
             };
             match read {
-                Some(Ok((Ok(n), buf))) if n > 0 => self.buf = buf,
+                Some(Ok((Ok(n), buf))) if n > 0 => self.down.buf = buf,
                 _ => return Next::Close,
             }
         }
@@ -177,7 +133,7 @@ impl Client {
         // Read the head within head_read (in total: reads do not restart it).
         let deadline = head_due.unwrap_or_else(|| Instant::now() + timeouts.head_read);
         loop {
-            match parse_request(&self.buf, &limits, &mut self.head) {
+            match parse_request(&self.down.buf, &limits, &mut self.down.head) {
                 Ok(Parse::Complete) => break,
                 Ok(Parse::Partial) => {}
                 Err(e) => {
@@ -186,14 +142,15 @@ impl Client {
                     self.count_client_ip(worker, view);
                     let err = GatewayError::from(e);
                     return self
+                        .down
                         .respond_error(worker.next_request_id(), &err, true)
                         .await;
                 }
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            let buf = std::mem::take(&mut self.buf);
-            match read_more_within(&mut self.stream, buf, left).await {
-                Ok((Ok(n), buf)) if n > 0 => self.buf = buf,
+            let buf = std::mem::take(&mut self.down.buf);
+            match read_more_within(&mut self.down.stream, buf, left).await {
+                Ok((Ok(n), buf)) if n > 0 => self.down.buf = buf,
                 Ok((_, buf)) => {
                     // A head begun and abandoned is a request too.
                     if !buf.is_empty() {
@@ -207,6 +164,7 @@ impl Client {
                         "Request timeout: the request head did not arrive in time.",
                     );
                     return self
+                        .down
                         .respond_error(worker.next_request_id(), &err, true)
                         .await;
                 }
@@ -216,13 +174,14 @@ impl Client {
         // The head is parsed: from here on the request has a context, and `on_complete` runs
         // once whatever becomes of it.
         let rid = self
+            .down
             .head
-            .header(&self.buf, "x-request-id")
+            .header(&self.down.buf, "x-request-id")
             .and_then(RequestId::from_client)
             .unwrap_or_else(|| worker.next_request_id());
         let mut ctx = RequestCtx::new(
             rid,
-            self.peer.ip(),
+            self.down.peer.ip(),
             Instant::now(),
             std::mem::take(&mut self.attempts),
             std::mem::take(&mut self.answer_headers),
@@ -236,10 +195,10 @@ impl Client {
                 clock: &SystemClock,
             },
         };
-        (self.sent, self.first_out) = (0, None);
+        (self.down.sent, self.down.first_out) = (0, None);
         let next = self.exchange(worker, view, &pipeline, &mut ctx).await;
-        ctx.bytes_out = self.sent;
-        ctx.timings.first_byte_out = self.first_out;
+        ctx.bytes_out = self.down.sent;
+        ctx.timings.first_byte_out = self.down.first_out;
         pipeline.on_complete(&mut ctx);
         (self.attempts, self.answer_headers) = ctx.into_buffers();
         next
@@ -256,8 +215,9 @@ impl Client {
         let server = &view.snapshot.server;
         // HTTP/1.0 clients get one request per connection: keeping them alive would need a
         // `connection: keep-alive` answer and close-delimited streams, for a legacy protocol.
-        let close =
-            !self.head.keep_alive || self.head.minor_version == 0 || worker.shutdown.is_fired();
+        let close = !self.down.head.keep_alive
+            || self.down.head.minor_version == 0
+            || worker.shutdown.is_fired();
 
         // Header names a backend could fold into framing or credentials, refused outright
         // when so configured (else they are dropped when the request is forwarded); then the
@@ -267,11 +227,14 @@ impl Client {
         let mut deployment = None;
         let refused_name = (server.headers_with_underscores
             == HeadersWithUnderscores::RejectRequest)
-            .then(|| refused_header_name(&self.buf, &self.head.headers))
+            .then(|| refused_header_name(&self.down.buf, &self.down.head.headers))
             .flatten();
         let refused = match refused_name {
             Some(err) => Some(err),
-            None => match route(self.head.method(&self.buf), self.head.target(&self.buf)) {
+            None => match route(
+                self.down.head.method(&self.down.buf),
+                self.down.head.target(&self.down.buf),
+            ) {
                 Ok(r) => {
                     ctx.operation = Some(r.operation);
                     deployment = self.deployment_range(r.deployment);
@@ -290,51 +253,63 @@ impl Client {
         };
 
         match self.read_body(&server.limits, &server.timeouts).await {
-            Ok(raw) => ctx.bytes_in = (self.head.head_len + raw) as u64,
-            Err(Some(err)) => return self.answer_error(ctx, &err, true).await,
+            Ok(raw) => ctx.bytes_in = (self.down.head.head_len + raw) as u64,
+            Err(Some(err)) => return self.down.answer_error(ctx, &err, true).await,
             Err(None) => {
                 ctx.end = End::ClientGone;
                 return Next::Close;
             }
         }
         // The 100 Continue is not the answer.
-        (self.sent, self.first_out) = (0, None);
+        (self.down.sent, self.down.first_out) = (0, None);
 
         if op != Operation::Models {
             let name = match self.deployment_name(deployment) {
                 Ok(name) => name,
-                Err(err) => return self.answer_error(ctx, &err, close).await,
+                Err(err) => return self.down.answer_error(ctx, &err, close).await,
             };
             let Some(dep) = view.snapshot.deployments.get(&*name) else {
                 let err = GatewayError::deployment_not_found(&name);
-                return self.answer_error(ctx, &err, close).await;
+                return self.down.answer_error(ctx, &err, close).await;
             };
             ctx.deployment = Some(dep);
         }
         if let Some(err) = pipeline.on_request_body(ctx, &self.request()).into_error() {
-            return self.answer_error(ctx, &err, close).await;
+            return self.down.answer_error(ctx, &err, close).await;
         }
 
         let Some(dep) = ctx.deployment else {
             // The list names what the caller's product allows.
             let product = ctx.product;
-            let mut out = std::mem::take(&mut self.out);
+            let mut out = std::mem::take(&mut self.down.out);
             out.clear();
             let allowed = |name: &str| product.is_none_or(|p| p.deployments.contains(name));
-            local::models_response(&mut out, &view.snapshot, allowed, &ctx.id, close);
+            answers::models_response(&mut out, &view.snapshot, allowed, &ctx.id, close);
             ctx.status = Some(200);
-            return self.write_out(out, close).await;
+            return self.down.write_out(out, close).await;
         };
-        self.proxy(worker, view, pipeline, ctx, op, dep, close)
-            .await
+        Exchange {
+            leg: &mut self.leg,
+            down: &mut self.down,
+        }
+        .proxy(
+            &worker.pools,
+            &view.balancers,
+            pipeline,
+            ctx,
+            op,
+            dep,
+            close,
+        )
+        .await
     }
 
     /// The request as the phases see it.
     fn request(&self) -> Request<'_> {
         Request {
-            head: &self.head,
-            buf: &self.buf,
-            body: &self.body,
+            head: &self.down.head,
+            buf: &self.down.buf,
+            body: &self.down.body,
         }
     }
 
@@ -342,7 +317,7 @@ impl Client {
     fn deployment_range(&self, d: DeploymentRef<'_>) -> Option<Range<usize>> {
         match d {
             DeploymentRef::Path(name) => {
-                let start = name.as_ptr() as usize - self.buf.as_ptr() as usize;
+                let start = name.as_ptr() as usize - self.down.buf.as_ptr() as usize;
                 Some(start..start + name.len())
             }
             DeploymentRef::BodyModel | DeploymentRef::None => None,
@@ -354,12 +329,12 @@ impl Client {
         range: Option<Range<usize>>,
     ) -> Result<std::borrow::Cow<'_, str>, GatewayError> {
         if let Some(r) = range {
-            return Ok(String::from_utf8_lossy(&self.buf[r]));
+            return Ok(String::from_utf8_lossy(&self.down.buf[r]));
         }
-        let (_, span) = json_edit::top_member(&self.body, b"model")
+        let (_, span) = json_edit::top_member(&self.down.body, b"model")
             .map_err(|e| e.into_gateway_error("model"))?;
         let model = span.and_then(|span| {
-            serde_json::from_slice::<std::borrow::Cow<'_, str>>(&self.body[span]).ok()
+            serde_json::from_slice::<std::borrow::Cow<'_, str>>(&self.down.body[span]).ok()
         });
         match model {
             Some(m) if !m.is_empty() => Ok(m),
@@ -370,7 +345,7 @@ impl Client {
         }
     }
 
-    /// Reads the request body into `self.body`. `Err(Some(e))`: answer `e` and close;
+    /// Reads the request body into `self.down.body`. `Err(Some(e))`: answer `e` and close;
     /// `Err(None)`: the client went away.
     ///
     /// The whole body is due `timeouts.body_read` after the head, and sooner when it arrives
@@ -383,21 +358,21 @@ impl Client {
         limits: &crate::snapshot::HttpLimits,
         timeouts: &crate::snapshot::Timeouts,
     ) -> Result<usize, Option<GatewayError>> {
-        self.body.clear();
-        let head_len = self.head.head_len;
-        let framing = match self.head.body {
+        self.down.body.clear();
+        let head_len = self.down.head.head_len;
+        let framing = match self.down.head.body {
             BodyFraming::None | BodyFraming::Length(0) => {
                 self.consumed = head_len;
                 return Ok(0);
             }
             f => f,
         };
-        if self.head.expect_continue && self.buf.len() == head_len {
-            let mut out = std::mem::take(&mut self.out);
+        if self.down.head.expect_continue && self.down.buf.len() == head_len {
+            let mut out = std::mem::take(&mut self.down.out);
             out.clear();
             out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-            let (res, out) = self.write_client(out).await;
-            self.out = out;
+            let (res, out) = self.down.write_client(out).await;
+            self.down.out = out;
             res.map_err(|_| None)?;
         }
         let mut due: Option<BodyDeadline> = None;
@@ -418,30 +393,31 @@ impl Client {
         match framing {
             BodyFraming::Length(n) => {
                 let n = usize::try_from(n).map_err(|_| None)?;
-                let avail = self.buf.len() - head_len;
+                let avail = self.down.buf.len() - head_len;
                 if avail >= n {
-                    self.body
-                        .extend_from_slice(&self.buf[head_len..head_len + n]);
+                    self.down
+                        .body
+                        .extend_from_slice(&self.down.buf[head_len..head_len + n]);
                     self.consumed = head_len + n;
                     return Ok(n);
                 }
                 // What the client declared, up to a cap: memory follows the bytes that
                 // arrive, not a promise (a thousand slow 32 MiB bodies must not reserve 32 GiB).
-                self.body.reserve(n.min(BODY_RESERVE_CAP));
-                self.body.extend_from_slice(&self.buf[head_len..]);
-                self.consumed = self.buf.len();
-                while self.body.len() < n {
-                    let left = allowance(self.body.len())?;
-                    let body = std::mem::take(&mut self.body);
-                    match read_more_within(&mut self.stream, body, left).await {
-                        Ok((Ok(k), body)) if k > 0 => self.body = body,
+                self.down.body.reserve(n.min(BODY_RESERVE_CAP));
+                self.down.body.extend_from_slice(&self.down.buf[head_len..]);
+                self.consumed = self.down.buf.len();
+                while self.down.body.len() < n {
+                    let left = allowance(self.down.body.len())?;
+                    let body = std::mem::take(&mut self.down.body);
+                    match read_more_within(&mut self.down.stream, body, left).await {
+                        Ok((Ok(k), body)) if k > 0 => self.down.body = body,
                         Ok(_) => return Err(None),
                         Err(_) => return Err(Some(body_timeout())),
                     }
                 }
-                if self.body.len() > n {
-                    self.overflow.extend_from_slice(&self.body[n..]);
-                    self.body.truncate(n);
+                if self.down.body.len() > n {
+                    self.overflow.extend_from_slice(&self.down.body[n..]);
+                    self.down.body.truncate(n);
                 }
                 Ok(n)
             }
@@ -449,14 +425,14 @@ impl Client {
                 let mut decoder = ChunkedDecoder::new(limits.max_body);
                 let mut pos = head_len;
                 // Raw bytes of the body received (chunk framing included).
-                let mut received = self.buf.len() - head_len;
+                let mut received = self.down.buf.len() - head_len;
                 loop {
-                    match decoder.decode(&self.buf[pos..], &mut self.body) {
+                    match decoder.decode(&self.down.buf[pos..], &mut self.down.body) {
                         Ok(d) => {
                             pos += d.consumed;
                             if d.done {
                                 self.consumed = pos;
-                                return Ok(received - (self.buf.len() - pos));
+                                return Ok(received - (self.down.buf.len() - pos));
                             }
                         }
                         Err(e) => {
@@ -464,14 +440,14 @@ impl Client {
                         }
                     }
                     // Keep the head, drop the raw chunk bytes already decoded.
-                    self.buf.drain(head_len..pos);
+                    self.down.buf.drain(head_len..pos);
                     pos = head_len;
                     let left = allowance(received)?;
-                    let buf = std::mem::take(&mut self.buf);
-                    match read_more_within(&mut self.stream, buf, left).await {
+                    let buf = std::mem::take(&mut self.down.buf);
+                    match read_more_within(&mut self.down.stream, buf, left).await {
                         Ok((Ok(k), buf)) if k > 0 => {
                             received += k;
-                            self.buf = buf;
+                            self.down.buf = buf;
                         }
                         Ok(_) => return Err(None),
                         Err(_) => return Err(Some(body_timeout())),
@@ -491,7 +467,7 @@ impl Client {
             &SystemClock,
             &snapshot.access,
             &snapshot.runtime.limit_ids,
-            self.peer.ip(),
+            self.down.peer.ip(),
         );
     }
 
@@ -500,61 +476,36 @@ impl Client {
     /// way is never read: the answer carries `connection: close` and the connection ends
     /// with the bounded lingering close, so a 404 or 401 never waits for a body.
     async fn refuse(&mut self, ctx: &mut RequestCtx<'_>, err: &GatewayError, close: bool) -> Next {
-        let end = match self.head.body {
-            BodyFraming::None => Some(self.head.head_len),
+        let end = match self.down.head.body {
+            BodyFraming::None => Some(self.down.head.head_len),
             BodyFraming::Length(n) => usize::try_from(n)
                 .ok()
-                .and_then(|n| self.head.head_len.checked_add(n))
-                .filter(|&end| end <= self.buf.len()),
+                .and_then(|n| self.down.head.head_len.checked_add(n))
+                .filter(|&end| end <= self.down.buf.len()),
             BodyFraming::Chunked => None,
         };
         if let Some(end) = end {
             self.consumed = end;
             ctx.bytes_in = end as u64;
         }
-        self.answer_error(ctx, err, close || end.is_none()).await
-    }
-
-    /// Answers `err` to the request of `ctx`, recording it there.
-    pub(super) async fn answer_error(
-        &mut self,
-        ctx: &mut RequestCtx<'_>,
-        err: &GatewayError,
-        close: bool,
-    ) -> Next {
-        ctx.error = Some(err.kind);
-        ctx.status = Some(err.status());
-        log_error(ctx, err);
-        self.respond_error(ctx.id, err, close).await
-    }
-
-    /// Answers `err` in the OpenAI shape.
-    pub(super) async fn respond_error(
-        &mut self,
-        rid: RequestId,
-        err: &GatewayError,
-        close: bool,
-    ) -> Next {
-        let mut out = std::mem::take(&mut self.out);
-        out.clear();
-        local::error_response(&mut out, err, &rid, close);
-        self.linger |= close || err.closes();
-        self.write_out(out, close || err.closes()).await
+        self.down
+            .answer_error(ctx, err, close || end.is_none())
+            .await
     }
 
     /// Half-closes, then reads and discards what the client still sends (bounded in time and
     /// bytes), so the error answer is not lost to a reset.
     async fn lingering_close(&mut self) {
-        if self.stream.shutdown().await.is_err() {
+        if self.down.stream.shutdown().await.is_err() {
             return;
         }
         let deadline = Instant::now() + LINGER_TIME;
         let mut drained = 0;
-        let mut buf = std::mem::take(&mut self.buf);
+        let mut buf = std::mem::take(&mut self.down.buf);
         while drained < LINGER_BYTES {
             buf.clear();
             let left = deadline.saturating_duration_since(Instant::now());
-            match read_more_within(&mut self.stream, buf, left).await {
+            match read_more_within(&mut self.down.stream, buf, left).await {
                 Ok((Ok(n), b)) if n > 0 => {
                     drained += n;
                     buf = b;
@@ -563,55 +514,9 @@ impl Client {
             }
         }
     }
-
-    /// Writes all of `buf` to the client within the send timeout (a client that stopped
-    /// reading fails the write, and its connection then closes).
-    pub(super) async fn write_client(&mut self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
-        if self.first_out.is_none() && !buf.is_empty() {
-            self.first_out = Some(Instant::now());
-        }
-        let len = buf.len() as u64;
-        let (res, buf) = write_all_within(&mut self.stream, buf, self.send_timeout).await;
-        if res.is_ok() {
-            self.sent += len;
-        }
-        (res, buf)
-    }
-
-    /// Writes `out` to the client and keeps it for reuse.
-    pub(super) async fn write_out(&mut self, out: Vec<u8>, close: bool) -> Next {
-        let (res, out) = self.write_client(out).await;
-        self.out = out;
-        if res.is_err() || close {
-            Next::Close
-        } else {
-            Next::KeepAlive
-        }
-    }
 }
 
 /// The answer to a body that missed its deadline (408, and the connection closes).
 fn body_timeout() -> GatewayError {
     GatewayError::request_timeout("Request timeout: the request body did not arrive in time.")
-}
-
-/// Logs an error answer by its kind and whose fault it is: client faults at debug (a client
-/// can produce them at will), upstream and gateway faults at warn.
-fn log_error(ctx: &RequestCtx<'_>, err: &GatewayError) {
-    let kind = err.kind;
-    match kind.fault() {
-        Fault::Client => tracing::debug!(
-            request_id = %ctx.id,
-            status = kind.status(),
-            ?kind,
-            "request refused"
-        ),
-        fault @ (Fault::Upstream | Fault::Gateway) => tracing::warn!(
-            request_id = %ctx.id,
-            status = kind.status(),
-            ?kind,
-            ?fault,
-            "request failed"
-        ),
-    }
 }

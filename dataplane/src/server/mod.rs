@@ -7,12 +7,6 @@
 
 mod body_deadline;
 mod conn;
-mod forward;
-mod io;
-mod local;
-mod mock_serve;
-mod pool;
-mod relay;
 mod shutdown;
 mod worker;
 

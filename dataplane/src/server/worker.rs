@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use monoio::net::{ListenerOpts, TcpListener};
 
-use super::pool::UpstreamPools;
 use super::shutdown::ShutdownSignal;
 use super::{conn, DriverChoice, Loaded, Shared};
 use crate::balance::Balancer;
 use crate::policy::admission::WorkerLimits;
 use crate::policy::context::RequestId;
 use crate::policy::phase::Policy;
+use crate::upstream::UpstreamPools;
 
 /// How often a worker looks at the process-wide shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(100);

@@ -23,28 +23,32 @@ use crate::http::content_coding::{Codings, ContentDecoder, DecodeError};
 use crate::http::{ChunkedDecoder, ResponseFraming};
 use crate::policy::context::RequestCtx;
 use crate::policy::phase::{BodyCoding, Pipeline, Policy};
-use crate::server::conn::Client;
 use crate::snapshot::Timeouts;
+use crate::upstream::Exchange;
 
 /// The 502 message for a coded body that does not decode.
 const UNDECODABLE_BODY: &str =
     "Bad gateway: the backend sent a content-coded body that does not decode.";
 
-impl Client {
-    /// How the body of the answer whose head is in `self.resp` reaches the body phase: with
+impl Exchange<'_> {
+    /// How the body of the answer whose head is in `self.leg.resp` reaches the body phase: with
     /// the decoder when `decode` (Sluice asked for `identity`, a policy reads the body) and
     /// it is coded with codings Sluice decodes; otherwise as it came — [`BodyCoding::Opaque`]
     /// when it is coded at all.
     pub(super) fn answer_coding(&self, decode: bool) -> (Option<ContentDecoder>, BodyCoding) {
-        if self.resp.framing == ResponseFraming::None {
+        if self.leg.resp.framing == ResponseFraming::None {
             return (None, BodyCoding::Identity);
         }
         let values = self
+            .leg
             .resp
             .headers
             .iter()
-            .filter(|h| h.name(&self.ubuf).eq_ignore_ascii_case(b"content-encoding"))
-            .map(|h| h.value(&self.ubuf));
+            .filter(|h| {
+                h.name(&self.leg.ubuf)
+                    .eq_ignore_ascii_case(b"content-encoding")
+            })
+            .map(|h| h.value(&self.leg.ubuf));
         match Codings::parse(values) {
             Codings::Identity => (None, BodyCoding::Identity),
             Codings::Decodable(codings) if decode => {
@@ -69,19 +73,19 @@ impl Client {
         framed: bool,
         t: &Timeouts,
     ) -> Result<bool, Broken> {
-        let body_start = self.resp.head_len;
+        let body_start = self.leg.resp.head_len;
         let mut flushed = false;
-        let clean = match self.resp.framing {
+        let clean = match self.leg.resp.framing {
             ResponseFraming::Chunked => {
                 let mut chunks = ChunkedDecoder::new(u64::MAX);
                 let mut pos = body_start;
                 loop {
-                    let mut coded = std::mem::take(&mut self.scratch);
+                    let mut coded = std::mem::take(&mut self.leg.scratch);
                     coded.clear();
-                    let step = match chunks.decode(&self.ubuf[pos..], &mut coded) {
+                    let step = match chunks.decode(&self.leg.ubuf[pos..], &mut coded) {
                         Ok(step) => step,
                         Err(_) => {
-                            self.scratch = coded;
+                            self.leg.scratch = coded;
                             return Err(if flushed {
                                 Broken::Midway
                             } else {
@@ -92,13 +96,13 @@ impl Client {
                     let passed = self
                         .pass(pipeline, ctx, decoder, &coded, out, framed, &mut flushed)
                         .await;
-                    self.scratch = coded;
+                    self.leg.scratch = coded;
                     passed?;
                     pos += step.consumed;
                     if step.done {
-                        break pos == self.ubuf.len();
+                        break pos == self.leg.ubuf.len();
                     }
-                    self.ubuf.drain(..pos);
+                    self.leg.ubuf.drain(..pos);
                     pos = 0;
                     self.read_upstream(ctx, upstream, t).await?;
                 }
@@ -116,7 +120,7 @@ impl Client {
                 )
                 .await?;
                 loop {
-                    self.ubuf.clear();
+                    self.leg.ubuf.clear();
                     match self.read_upstream_or_end(ctx, upstream, t).await? {
                         0 => break,
                         n => {
@@ -128,7 +132,7 @@ impl Client {
                 false
             }
             ResponseFraming::Length(n) => {
-                let have = (self.ubuf.len() - body_start) as u64;
+                let have = (self.leg.ubuf.len() - body_start) as u64;
                 let mut clean = have <= n;
                 let first = have.min(n) as usize;
                 self.pass_read(
@@ -144,9 +148,9 @@ impl Client {
                 .await?;
                 let mut remaining = n - first as u64;
                 while remaining > 0 {
-                    self.ubuf.clear();
+                    self.leg.ubuf.clear();
                     let k = (self.read_upstream(ctx, upstream, t).await? as u64).min(remaining);
-                    clean &= self.ubuf.len() as u64 == k;
+                    clean &= self.leg.ubuf.len() as u64 == k;
                     remaining -= k;
                     self.pass_read(
                         pipeline,
@@ -163,7 +167,7 @@ impl Client {
                 clean
             }
             // `answer_coding` gives no decoder for a bodiless answer: nothing to decode.
-            ResponseFraming::None => self.ubuf.len() == body_start,
+            ResponseFraming::None => self.leg.ubuf.len() == body_start,
         };
         decoder
             .finish()
@@ -173,7 +177,7 @@ impl Client {
         Ok(clean)
     }
 
-    /// [`Client::pass`] for up to `len` bytes of `self.ubuf` from `start`.
+    /// [`Exchange::pass`] for up to `len` bytes of `self.leg.ubuf` from `start`.
     #[allow(clippy::too_many_arguments)]
     async fn pass_read<'s, P: Policy>(
         &mut self,
@@ -186,7 +190,7 @@ impl Client {
         framed: bool,
         flushed: &mut bool,
     ) -> Result<(), Broken> {
-        let read = std::mem::take(&mut self.ubuf);
+        let read = std::mem::take(&mut self.leg.ubuf);
         let end = start.saturating_add(len).min(read.len());
         let passed = self
             .pass(
@@ -199,7 +203,7 @@ impl Client {
                 flushed,
             )
             .await;
-        self.ubuf = read;
+        self.leg.ubuf = read;
         passed
     }
 
@@ -226,7 +230,7 @@ impl Client {
                 return Ok(());
             }
             let before = out.len();
-            emit(pipeline, ctx, &mut self.filtered, out, piece, framed);
+            emit(pipeline, ctx, &mut self.leg.filtered, out, piece, framed);
             if out.len() > before {
                 self.flush(out).await?;
                 *flushed = true;

@@ -1,10 +1,10 @@
 //! Serving a request from the built-in mock backend: [`crate::mock`] builds the answer, this
 //! writes it, sleeping for the configured latency and streaming pace.
 
-use super::conn::{Client, Next};
-use super::io::sleep_watching;
-use super::local::{common_headers, json_response, status_line};
 use super::relay::frame;
+use super::Exchange;
+use crate::answers::{common_headers, json_response, status_line};
+use crate::downstream::Next;
 use crate::json_edit::set_string_member;
 use crate::mock::{self, MockReply, MockSettings};
 use crate::policy::context::{AttemptOutcome, End, RequestCtx};
@@ -12,8 +12,9 @@ use crate::policy::phase::{BodyCoding, Chunk, Pipeline, Policy, Response};
 use crate::policy::trace::answer_headers;
 use crate::route::Operation;
 use crate::snapshot::BackendId;
+use crate::socket::sleep_watching;
 
-impl Client {
+impl Exchange<'_> {
     /// Answers the current request from the mock backend `settings` (backend `id`), through
     /// the same response phases as an HTTP backend's answer. A body naming another `model`
     /// than `deployment` (the one the caller was authorized for) is answered as the
@@ -30,7 +31,7 @@ impl Client {
         close: bool,
     ) -> Next {
         let started = std::time::Instant::now();
-        let chunked_ok = self.head.minor_version >= 1;
+        let chunked_ok = self.down.head.minor_version >= 1;
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -42,12 +43,12 @@ impl Client {
             .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
                 (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
             });
-        let body = ctx.attempt_body(&self.body);
+        let body = ctx.attempt_body(&self.down.body);
         let pinned = match set_string_member(body, "model", deployment, false) {
             Ok(pinned) => pinned,
             Err(e) => {
                 let err = e.into_gateway_error("model");
-                return self.answer_error(ctx, &err, close).await;
+                return self.down.answer_error(ctx, &err, close).await;
             }
         };
         let reply = mock::reply(
@@ -58,7 +59,7 @@ impl Client {
             seed,
         );
         if !settings.latency.is_zero()
-            && sleep_watching(settings.latency, &self.stream)
+            && sleep_watching(settings.latency, &self.down.stream)
                 .await
                 .is_err()
         {
@@ -79,20 +80,20 @@ impl Client {
             backend: Some(id),
         };
         if let Some(err) = pipeline.on_response_head(ctx, &head).into_error() {
-            return self.answer_error(ctx, &err, close).await;
+            return self.down.answer_error(ctx, &err, close).await;
         }
         ctx.status = Some(status);
         let snapshot = pipeline.env.snapshot;
-        let mut out = std::mem::take(&mut self.out);
+        let mut out = std::mem::take(&mut self.down.out);
         out.clear();
         let mut events = match reply {
             MockReply::Json { status, body } => {
-                let through =
-                    pipeline.on_body_chunk(ctx, &body, true, &mut self.filtered) == Chunk::Replaced;
-                let data = if through { &self.filtered } else { &body };
+                let through = pipeline.on_body_chunk(ctx, &body, true, &mut self.leg.filtered)
+                    == Chunk::Replaced;
+                let data = if through { &self.leg.filtered } else { &body };
                 let headers = answer_headers(ctx, snapshot);
                 json_response(&mut out, status, data, &ctx.id, close, &headers);
-                return self.write_out(out, close).await;
+                return self.down.write_out(out, close).await;
             }
             MockReply::Stream(events) => events,
         };
@@ -111,16 +112,16 @@ impl Client {
         loop {
             let pause = events.pause_before_next();
             if !pause.is_zero() {
-                let (res, mut back) = self.write_client(out).await;
+                let (res, mut back) = self.down.write_client(out).await;
                 back.clear();
                 out = back;
                 if res.is_err() {
-                    self.out = out;
+                    self.down.out = out;
                     ctx.end = End::Truncated;
                     return Next::Close;
                 }
-                if sleep_watching(pause, &self.stream).await.is_err() {
-                    self.out = out;
+                if sleep_watching(pause, &self.down.stream).await.is_err() {
+                    self.down.out = out;
                     return mock_client_gone(ctx);
                 }
             }
@@ -128,14 +129,15 @@ impl Client {
             if !events.next_event(&mut event) {
                 break;
             }
-            if pipeline.on_body_chunk(ctx, &event, false, &mut self.filtered) == Chunk::Replaced {
-                frame(&mut out, &self.filtered, chunked_ok);
+            if pipeline.on_body_chunk(ctx, &event, false, &mut self.leg.filtered) == Chunk::Replaced
+            {
+                frame(&mut out, &self.leg.filtered, chunked_ok);
             } else {
                 frame(&mut out, &event, chunked_ok);
             }
         }
         self.finish_body(pipeline, ctx, &mut out, chunked_ok);
-        self.write_out(out, close).await
+        self.down.write_out(out, close).await
     }
 }
 

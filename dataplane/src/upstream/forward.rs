@@ -1,10 +1,12 @@
 //! Forwarding to a backend: pick candidates from the pool, rewrite the request for the chosen
 //! backend, send it on a pooled (or new) connection, fail over on refused connections and on
 //! 429/5xx answers while the client has seen nothing — but never send a request again once
-//! any byte of it went out (`Client::send`) — and stream the answer back — each read
+//! any byte of it went out (`Exchange::send`) — and stream the answer back — each read
 //! from the backend is written to the client before the next read, so SSE events arrive as
 //! they are produced and a slow client slows the backend read (back-pressure).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -13,12 +15,13 @@ use monoio::buf::IoBuf;
 use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 
-use super::conn::{Client, Next};
-use super::io::{read_more_watching, Stopped};
-use super::local;
 use super::pool::Tenant;
-use super::worker::{View, Worker};
+use super::pool::UpstreamPools;
+use super::Exchange;
+use crate::answers;
+use crate::balance::Balancer;
 use crate::clock::now_millis;
+use crate::downstream::Next;
 use crate::error::GatewayError;
 use crate::health::DEFAULT_COOL_DOWN;
 use crate::http::{
@@ -32,6 +35,7 @@ use crate::route::Operation;
 use crate::snapshot::{
     BackendKind, Deployment, HeadersWithUnderscores, HttpUpstream, Secret, Timeouts,
 };
+use crate::socket::{read_more_watching, Stopped};
 
 /// Largest upstream response head accepted.
 const MAX_UPSTREAM_HEAD: usize = 64 * 1024;
@@ -105,25 +109,25 @@ enum SendError {
     ClientGone,
 }
 
-impl Client {
+impl Exchange<'_> {
     /// Forwards the current request to `dep`'s pool and streams the answer back. Each
     /// candidate selection offers is one attempt in `ctx.attempts`, prepared by the
     /// pipeline's `on_upstream_request`.
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn proxy<'v, P: Policy>(
+    pub async fn proxy<'v, P: Policy>(
         &mut self,
-        worker: &Worker,
-        view: &'v View,
+        pools: &UpstreamPools,
+        balancers: &RefCell<HashMap<String, Balancer>>,
         pipeline: &Pipeline<'v, P>,
         ctx: &mut RequestCtx<'v>,
         op: Operation,
         dep: &'v Deployment,
         close: bool,
     ) -> Next {
-        let snapshot = &view.snapshot;
+        let snapshot = pipeline.env.snapshot;
         let now = now_millis();
-        let mut candidates = std::mem::take(&mut self.candidates);
-        if let Some(balancer) = view.balancers.borrow_mut().get_mut(&dep.name) {
+        let mut candidates = std::mem::take(&mut self.leg.candidates);
+        if let Some(balancer) = balancers.borrow_mut().get_mut(&dep.name) {
             balancer.select(
                 |id| {
                     snapshot
@@ -147,7 +151,7 @@ impl Client {
             .and_then(|c| snapshot.access.subscriptions.get(c.subscription))
         {
             Some(subscription) => Tenant::subscription(&subscription.name),
-            None => Tenant::Address(self.peer.ip()),
+            None => Tenant::Address(self.down.peer.ip()),
         };
         let mut last_error = GatewayError::upstream_unavailable();
         let timeouts = snapshot.server.timeouts;
@@ -168,13 +172,13 @@ impl Client {
                 backend: id,
                 accepts_stream_options: backend.kind.accepts_stream_options(),
                 started,
-                body: &self.body,
+                body: &self.down.body,
             };
             if let Some(err) = pipeline
                 .on_upstream_request(ctx, &upstream_req)
                 .into_error()
             {
-                result = Some(self.answer_error(ctx, &err, close).await);
+                result = Some(self.down.answer_error(ctx, &err, close).await);
                 break;
             }
             let target = match &backend.kind {
@@ -213,11 +217,11 @@ impl Client {
             };
             let underscores = snapshot.server.headers_with_underscores;
             if let Err(err) = self.build_upstream_request(ctx, &target, op, underscores) {
-                result = Some(self.answer_error(ctx, &err, close).await);
+                result = Some(self.down.answer_error(ctx, &err, close).await);
                 break;
             }
             let addr = target.upstream.addr;
-            let sent = self.send(worker, addr, tenant, &timeouts).await;
+            let sent = self.send(pools, addr, tenant, &timeouts).await;
             let end_attempt = |ctx: &mut RequestCtx<'_>, outcome, status| {
                 if let Some(a) = ctx.attempts.last_mut() {
                     (a.outcome, a.status, a.duration) = (outcome, status, started.elapsed());
@@ -251,7 +255,7 @@ impl Client {
                     }
                     result = Some(
                         self.relay(
-                            worker, pipeline, ctx, upstream, addr, tenant, close, &timeouts,
+                            pools, pipeline, ctx, upstream, addr, tenant, close, &timeouts,
                         )
                         .await,
                     );
@@ -295,14 +299,14 @@ impl Client {
                 }
             }
         }
-        self.candidates = candidates;
+        self.leg.candidates = candidates;
         match result {
             Some(next) => next,
-            None => self.answer_error(ctx, &last_error, close).await,
+            None => self.down.answer_error(ctx, &last_error, close).await,
         }
     }
 
-    /// Writes the upstream request (head and body) into `self.req`. A header name with `_`
+    /// Writes the upstream request (head and body) into `self.leg.req`. A header name with `_`
     /// or one that reads as a header Sluice manages is dropped or refused as `underscores`
     /// says (see [`HeadersWithUnderscores`]). `injected`: the body sent is the one with
     /// `stream_options.include_usage` added when `ctx.upstream` says so.
@@ -313,7 +317,7 @@ impl Client {
         op: Operation,
         underscores: HeadersWithUnderscores,
     ) -> Result<(), GatewayError> {
-        let req = &mut self.req;
+        let req = &mut self.leg.req;
         req.clear();
         req.extend_from_slice(op.method().as_bytes());
         req.push(b' ');
@@ -339,18 +343,18 @@ impl Client {
             }
         }
         req.extend_from_slice(b" HTTP/1.1\r\n");
-        local::header(req, b"host", t.upstream.host_header.as_bytes());
+        answers::header(req, b"host", t.upstream.host_header.as_bytes());
         let mut forwarded_for = false;
-        let lists = has_connection_header(&self.buf, &self.head.headers);
+        let lists = has_connection_header(&self.down.buf, &self.down.head.headers);
         // Usage is read from the answer's bytes: the backend is asked for them uncoded (an
         // answer coded anyway is decoded on the way, relay/decoded.rs).
         let identity = ctx.upstream.identity_encoding;
         if identity {
-            local::header(req, b"accept-encoding", b"identity");
+            answers::header(req, b"accept-encoding", b"identity");
         }
-        for h in &self.head.headers {
-            let name = &self.buf[h.name.clone()];
-            let value = &self.buf[h.value.clone()];
+        for h in &self.down.head.headers {
+            let name = &self.down.buf[h.name.clone()];
+            let value = &self.down.buf[h.value.clone()];
             if name.eq_ignore_ascii_case(b"x-forwarded-for") {
                 forwarded_for = true;
             }
@@ -365,7 +369,7 @@ impl Client {
                 || DROPPED_REQUEST_HEADERS
                     .iter()
                     .any(|d| name.eq_ignore_ascii_case(d.as_bytes()))
-                || (lists && connection_lists(&self.buf, &self.head.headers, name))
+                || (lists && connection_lists(&self.down.buf, &self.down.head.headers, name))
             {
                 continue;
             }
@@ -386,7 +390,7 @@ impl Client {
                     }
                 }
             }
-            local::header(req, name, value);
+            answers::header(req, name, value);
         }
         if let Some((name, prefix, secret)) = t.credential {
             req.extend_from_slice(name);
@@ -395,14 +399,14 @@ impl Client {
             req.extend_from_slice(secret.expose().as_bytes());
             req.extend_from_slice(b"\r\n");
         }
-        local::header(req, b"x-request-id", ctx.id.as_bytes());
+        answers::header(req, b"x-request-id", ctx.id.as_bytes());
         // The client's list, every line of it in order (RFC 9110 §5.3: repeated lines are one
         // comma-separated list), then the client's address. Empty lines add nothing.
         req.extend_from_slice(b"x-forwarded-for: ");
         if forwarded_for {
-            for h in &self.head.headers {
-                let value = &self.buf[h.value.clone()];
-                if self.buf[h.name.clone()].eq_ignore_ascii_case(b"x-forwarded-for")
+            for h in &self.down.head.headers {
+                let value = &self.down.buf[h.value.clone()];
+                if self.down.buf[h.name.clone()].eq_ignore_ascii_case(b"x-forwarded-for")
                     && !value.is_empty()
                 {
                     req.extend_from_slice(value);
@@ -411,23 +415,23 @@ impl Client {
             }
         }
         // Writing into a Vec cannot fail.
-        let _ = write!(req, "{}", self.peer.ip());
+        let _ = write!(req, "{}", self.down.peer.ip());
         req.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
         if op == Operation::Models {
             req.extend_from_slice(b"\r\n");
             return Ok(());
         }
-        let body = ctx.attempt_body(&self.body);
+        let body = ctx.attempt_body(&self.down.body);
         let pinned = set_string_member(body, "model", t.model.model, t.model.insert)
             .map_err(|e| e.into_gateway_error("model"))?;
         let body = pinned.as_deref().unwrap_or(body);
-        local::content_length(req, body.len() as u64);
+        answers::content_length(req, body.len() as u64);
         req.extend_from_slice(b"\r\n");
         req.extend_from_slice(body);
         Ok(())
     }
 
-    /// Sends `self.req` and reads the answer's head into `self.ubuf` / `self.resp`.
+    /// Sends `self.leg.req` and reads the answer's head into `self.leg.ubuf` / `self.leg.resp`.
     ///
     /// A request is sent at most once. The only retry is on a pooled connection whose very
     /// first write fails with no byte accepted (the backend had closed it, a race the pool's
@@ -437,12 +441,12 @@ impl Client {
     /// exchange ends in [`SendError::Protocol`] (502), never in a resend.
     async fn send(
         &mut self,
-        worker: &Worker,
+        pools: &UpstreamPools,
         addr: SocketAddr,
         tenant: Tenant,
         t: &Timeouts,
     ) -> Result<TcpStream, SendError> {
-        let mut stream = match worker.pools.take(addr, tenant) {
+        let mut stream = match pools.take(addr, tenant) {
             Some(mut pooled) => match self.write_request(&mut pooled).await {
                 Ok(()) => pooled,
                 Err(Written::Nothing) => {
@@ -453,7 +457,7 @@ impl Client {
             },
             None => self.connect_and_write(addr, t).await?,
         };
-        self.ubuf.clear();
+        self.leg.ubuf.clear();
         match self.read_response_head(&mut stream, t).await {
             Ok(()) => Ok(stream),
             Err(ReadHead::Closed) => Err(SendError::Protocol(
@@ -465,7 +469,7 @@ impl Client {
         }
     }
 
-    /// Connects to `addr` and writes `self.req`; a failure before any byte was accepted is a
+    /// Connects to `addr` and writes `self.leg.req`; a failure before any byte was accepted is a
     /// [`SendError::Connect`] (the backend never saw the request).
     async fn connect_and_write(
         &mut self,
@@ -480,10 +484,10 @@ impl Client {
         }
     }
 
-    /// Writes all of `self.req` to `stream`, counting what the socket accepts so a failure
+    /// Writes all of `self.leg.req` to `stream`, counting what the socket accepts so a failure
     /// tells whether any of the request may have left (monoio's `write_all` does not say).
     async fn write_request(&mut self, stream: &mut TcpStream) -> Result<(), Written> {
-        let mut req = std::mem::take(&mut self.req);
+        let mut req = std::mem::take(&mut self.leg.req);
         let mut written = 0;
         let result = loop {
             if written == req.len() {
@@ -497,11 +501,11 @@ impl Client {
                 _ => break Err(Written::Some),
             }
         };
-        self.req = req;
+        self.leg.req = req;
         result
     }
 
-    /// Reads until a final (non-1xx) response head is parsed in `self.ubuf`, skipping interim
+    /// Reads until a final (non-1xx) response head is parsed in `self.leg.ubuf`, skipping interim
     /// answers (100 Continue, 102 Processing, 103 Early Hints; at most [`MAX_INTERIM`]).
     /// A `101 Switching Protocols` is invalid: Sluice never asks for an upgrade, so what
     /// follows it is not HTTP it could relay (RFC 9110 §15.2.2).
@@ -512,21 +516,21 @@ impl Client {
     ) -> Result<(), ReadHead> {
         let mut interim = 0;
         loop {
-            if !self.ubuf.is_empty() {
-                match parse_response(&self.ubuf, false, MAX_UPSTREAM_HEAD, &mut self.resp) {
-                    Ok(Parse::Complete) if self.resp.status == 101 => {
+            if !self.leg.ubuf.is_empty() {
+                match parse_response(&self.leg.ubuf, false, MAX_UPSTREAM_HEAD, &mut self.leg.resp) {
+                    Ok(Parse::Complete) if self.leg.resp.status == 101 => {
                         return Err(ReadHead::Invalid(
                             "Bad gateway: the backend switched protocols, which was not asked for.",
                         ))
                     }
-                    Ok(Parse::Complete) if (100..200).contains(&self.resp.status) => {
+                    Ok(Parse::Complete) if (100..200).contains(&self.leg.resp.status) => {
                         interim += 1;
                         if interim > MAX_INTERIM {
                             return Err(ReadHead::Invalid(
                                 "Bad gateway: the backend sent too many interim responses.",
                             ));
                         }
-                        self.ubuf.drain(..self.resp.head_len);
+                        self.leg.ubuf.drain(..self.leg.resp.head_len);
                         continue;
                     }
                     Ok(Parse::Complete) => return Ok(()),
@@ -538,12 +542,12 @@ impl Client {
                     }
                 }
             }
-            let was_empty = self.ubuf.is_empty();
-            let buf = std::mem::take(&mut self.ubuf);
-            match read_more_watching(stream, buf, t.upstream_first_byte, &self.stream).await {
-                Ok((Ok(n), buf)) if n > 0 => self.ubuf = buf,
+            let was_empty = self.leg.ubuf.is_empty();
+            let buf = std::mem::take(&mut self.leg.ubuf);
+            match read_more_watching(stream, buf, t.upstream_first_byte, &self.down.stream).await {
+                Ok((Ok(n), buf)) if n > 0 => self.leg.ubuf = buf,
                 Ok((_, buf)) => {
-                    self.ubuf = buf;
+                    self.leg.ubuf = buf;
                     return Err(if was_empty && interim == 0 {
                         ReadHead::Closed
                     } else {
@@ -559,17 +563,17 @@ impl Client {
     }
 
     fn resp_status(&self) -> u16 {
-        self.resp.status
+        self.leg.resp.status
     }
 
     /// The cool-down a 429/503 answer asks for: `retry-after-ms`, else `retry-after` in
     /// seconds (HTTP dates are not honoured; the default applies).
     fn retry_after(&self) -> Option<Duration> {
         let header = |name: &str| {
-            self.resp.headers.iter().find_map(|h| {
-                self.ubuf[h.name.clone()]
+            self.leg.resp.headers.iter().find_map(|h| {
+                self.leg.ubuf[h.name.clone()]
                     .eq_ignore_ascii_case(name.as_bytes())
-                    .then(|| std::str::from_utf8(&self.ubuf[h.value.clone()]).ok())
+                    .then(|| std::str::from_utf8(&self.leg.ubuf[h.value.clone()]).ok())
                     .flatten()
             })
         };
@@ -648,7 +652,7 @@ pub(super) fn spelling(name: &[u8]) -> Spelling {
 
 /// The first request header name `headers_with_underscores = "reject_request"` refuses, as
 /// its 400: a name with `_`, or one reading as a header Sluice manages.
-pub(super) fn refused_header_name(buf: &[u8], headers: &[HeaderSpan]) -> Option<GatewayError> {
+pub fn refused_header_name(buf: &[u8], headers: &[HeaderSpan]) -> Option<GatewayError> {
     headers.iter().map(|h| h.name(buf)).find_map(|name| {
         if is_plain_name(name) {
             return None;

@@ -9,12 +9,12 @@ use std::net::SocketAddr;
 
 use monoio::net::TcpStream;
 
-use super::conn::{Client, Next};
 use super::forward::has_connection_header;
-use super::io::{abort_on_close, read_more_watching, Stopped};
-use super::local;
 use super::pool::Tenant;
-use super::worker::Worker;
+use super::pool::UpstreamPools;
+use super::Exchange;
+use crate::answers;
+use crate::downstream::Next;
 use crate::error::GatewayError;
 use crate::http::{
     connection_lists, folds_to, folds_to_framing, is_hop_by_hop, is_plain_name, write_chunk,
@@ -24,11 +24,12 @@ use crate::policy::context::{End, RequestCtx};
 use crate::policy::phase::{Chunk, Pipeline, Policy, Response};
 use crate::policy::trace::answer_headers;
 use crate::snapshot::{Snapshot, Timeouts};
+use crate::socket::{abort_on_close, read_more_watching, Stopped};
 
 mod decoded;
 
-impl Client {
-    /// Streams the answer whose head is in `self.resp` to the client, then pools the
+impl Exchange<'_> {
+    /// Streams the answer whose head is in `self.leg.resp` to the client, then pools the
     /// upstream connection when the exchange ended cleanly: the answer ended exactly at its
     /// message boundary, nothing beyond it was read, and it allows keep-alive.
     ///
@@ -42,7 +43,7 @@ impl Client {
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn relay<'s, P: Policy>(
         &mut self,
-        worker: &Worker,
+        pools: &UpstreamPools,
         pipeline: &Pipeline<'s, P>,
         ctx: &mut RequestCtx<'s>,
         mut upstream: TcpStream,
@@ -51,22 +52,23 @@ impl Client {
         close: bool,
         t: &Timeouts,
     ) -> Next {
-        let chunked_ok = self.head.minor_version >= 1;
-        let framing = self.resp.framing;
+        let chunked_ok = self.down.head.minor_version >= 1;
+        let framing = self.leg.resp.framing;
         let event_stream = self
+            .leg
             .resp
-            .header(&self.ubuf, "content-type")
+            .header(&self.leg.ubuf, "content-type")
             .is_some_and(|v| v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream"));
         // An answer coded although Sluice asked for `identity` is decoded on the way.
         let (mut decoder, coding) = self.answer_coding(ctx.upstream.identity_encoding);
         let head = Response {
-            status: self.resp.status,
+            status: self.leg.resp.status,
             event_stream,
             coding,
             backend: ctx.served_by(),
         };
         if let Some(err) = pipeline.on_response_head(ctx, &head).into_error() {
-            return self.answer_error(ctx, &err, close).await;
+            return self.down.answer_error(ctx, &err, close).await;
         }
         let rechunked = decoder.is_some()
             || (ctx.body.rewrite && matches!(framing, ResponseFraming::Length(_)));
@@ -74,7 +76,7 @@ impl Client {
         let close_delimited = !chunked_ok
             && (rechunked || matches!(framing, ResponseFraming::Chunked | ResponseFraming::Close));
         let close = close || close_delimited;
-        let mut out = std::mem::take(&mut self.out);
+        let mut out = std::mem::take(&mut self.down.out);
         out.clear();
         let decoded = decoder.is_some();
         self.write_response_head(
@@ -85,7 +87,7 @@ impl Client {
             chunked_ok,
             decoded,
         );
-        ctx.status = Some(self.resp.status);
+        ctx.status = Some(self.leg.resp.status);
         let relayed = match &mut decoder {
             Some(decoder) => {
                 self.relay_decoded(
@@ -105,15 +107,15 @@ impl Client {
             }
         };
         out.clear();
-        self.out = out;
+        self.down.out = out;
         match relayed {
             Ok(clean) => {
-                if clean && self.resp.keep_alive {
-                    worker.pools.put(addr, tenant, upstream);
+                if clean && self.leg.resp.keep_alive {
+                    pools.put(addr, tenant, upstream);
                 } else if !clean && framing != ResponseFraming::Close {
                     // A framed answer followed by more bytes: the backend wrote what no
                     // request asked for, which a reused connection would hand to the next.
-                    worker.pools.distrust(addr);
+                    pools.distrust(addr);
                 }
                 if close {
                     Next::Close
@@ -124,7 +126,7 @@ impl Client {
             Err(Broken::Unsent(message)) => {
                 tracing::warn!(request_id = %ctx.id, "{message} Nothing of it was relayed.");
                 let err = GatewayError::upstream_protocol(message);
-                self.answer_error(ctx, &err, close).await
+                self.down.answer_error(ctx, &err, close).await
             }
             Err(Broken::Midway) => {
                 if ctx.end != End::ClientGone {
@@ -132,7 +134,7 @@ impl Client {
                 }
                 // A body only a close can end would look complete after a FIN.
                 if close_delimited {
-                    abort_on_close(&self.stream);
+                    abort_on_close(&self.down.stream);
                 }
                 Next::Close
             }
@@ -152,32 +154,32 @@ impl Client {
         chunked_ok: bool,
         t: &Timeouts,
     ) -> Result<bool, Broken> {
-        let body_start = self.resp.head_len;
-        match self.resp.framing {
+        let body_start = self.leg.resp.head_len;
+        match self.leg.resp.framing {
             ResponseFraming::None => {
-                let clean = self.ubuf.len() == body_start;
+                let clean = self.leg.ubuf.len() == body_start;
                 // No body: its end is all the body phase sees (nothing goes out for it).
-                pipeline.on_body_chunk(ctx, &[], true, &mut self.filtered);
+                pipeline.on_body_chunk(ctx, &[], true, &mut self.leg.filtered);
                 self.flush(out).await?;
                 Ok(clean)
             }
             ResponseFraming::Length(n) if !ctx.body.read => {
-                let have = (self.ubuf.len() - body_start) as u64;
+                let have = (self.leg.ubuf.len() - body_start) as u64;
                 let mut clean = have <= n;
                 let first = have.min(n) as usize;
-                out.extend_from_slice(&self.ubuf[body_start..body_start + first]);
+                out.extend_from_slice(&self.leg.ubuf[body_start..body_start + first]);
                 self.flush(out).await?;
                 let mut remaining = n - first as u64;
                 while remaining > 0 {
-                    self.ubuf.clear();
+                    self.leg.ubuf.clear();
                     let k = (self.read_upstream(ctx, upstream, t).await? as u64).min(remaining);
-                    clean &= self.ubuf.len() as u64 == k;
+                    clean &= self.leg.ubuf.len() as u64 == k;
                     remaining -= k;
-                    self.ubuf.truncate(k as usize);
+                    self.leg.ubuf.truncate(k as usize);
                     // The bytes go to the client straight from the read buffer.
-                    let buf = std::mem::take(&mut self.ubuf);
-                    let (res, buf) = self.write_client(buf).await;
-                    self.ubuf = buf;
+                    let buf = std::mem::take(&mut self.leg.ubuf);
+                    let (res, buf) = self.down.write_client(buf).await;
+                    self.leg.ubuf = buf;
                     res.map_err(|_| Broken::Midway)?;
                 }
                 Ok(clean)
@@ -186,15 +188,15 @@ impl Client {
                 // Read on the way: copied through the body phase; re-chunked when a policy
                 // may rewrite it.
                 let framed = ctx.body.rewrite && chunked_ok;
-                let have = (self.ubuf.len() - body_start) as u64;
+                let have = (self.leg.ubuf.len() - body_start) as u64;
                 let mut clean = have <= n;
                 let first = have.min(n) as usize;
                 emit(
                     pipeline,
                     ctx,
-                    &mut self.filtered,
+                    &mut self.leg.filtered,
                     out,
-                    &self.ubuf[body_start..body_start + first],
+                    &self.leg.ubuf[body_start..body_start + first],
                     framed,
                 );
                 let mut remaining = n - first as u64;
@@ -202,16 +204,16 @@ impl Client {
                     if !out.is_empty() {
                         self.flush(out).await?;
                     }
-                    self.ubuf.clear();
+                    self.leg.ubuf.clear();
                     let k = (self.read_upstream(ctx, upstream, t).await? as u64).min(remaining);
-                    clean &= self.ubuf.len() as u64 == k;
+                    clean &= self.leg.ubuf.len() as u64 == k;
                     remaining -= k;
                     emit(
                         pipeline,
                         ctx,
-                        &mut self.filtered,
+                        &mut self.leg.filtered,
                         out,
-                        &self.ubuf[..k as usize],
+                        &self.leg.ubuf[..k as usize],
                         framed,
                     );
                 }
@@ -226,9 +228,9 @@ impl Client {
                 // then can still be answered with a 502 instead of a broken 200.
                 let mut flushed = false;
                 loop {
-                    self.scratch.clear();
+                    self.leg.scratch.clear();
                     let step = decoder
-                        .decode(&self.ubuf[pos..], &mut self.scratch)
+                        .decode(&self.leg.ubuf[pos..], &mut self.leg.scratch)
                         .map_err(|_| {
                             if flushed {
                                 Broken::Midway
@@ -240,9 +242,9 @@ impl Client {
                     emit(
                         pipeline,
                         ctx,
-                        &mut self.filtered,
+                        &mut self.leg.filtered,
                         out,
-                        &self.scratch,
+                        &self.leg.scratch,
                         chunked_ok,
                     );
                     if step.done {
@@ -253,9 +255,9 @@ impl Client {
                         flushed = true;
                     }
                     if step.done {
-                        return Ok(pos == self.ubuf.len());
+                        return Ok(pos == self.leg.ubuf.len());
                     }
-                    self.ubuf.drain(..pos);
+                    self.leg.ubuf.drain(..pos);
                     pos = 0;
                     self.read_upstream(ctx, upstream, t).await?;
                 }
@@ -264,22 +266,22 @@ impl Client {
                 emit(
                     pipeline,
                     ctx,
-                    &mut self.filtered,
+                    &mut self.leg.filtered,
                     out,
-                    &self.ubuf[body_start..],
+                    &self.leg.ubuf[body_start..],
                     chunked_ok,
                 );
                 loop {
                     self.flush(out).await?;
-                    self.ubuf.clear();
+                    self.leg.ubuf.clear();
                     match self.read_upstream_or_end(ctx, upstream, t).await? {
                         0 => break,
                         _ => emit(
                             pipeline,
                             ctx,
-                            &mut self.filtered,
+                            &mut self.leg.filtered,
                             out,
-                            &self.ubuf,
+                            &self.leg.ubuf,
                             chunked_ok,
                         ),
                     }
@@ -300,8 +302,8 @@ impl Client {
         out: &mut Vec<u8>,
         framed: bool,
     ) {
-        if pipeline.on_body_chunk(ctx, &[], true, &mut self.filtered) == Chunk::Replaced {
-            frame(out, &self.filtered, framed);
+        if pipeline.on_body_chunk(ctx, &[], true, &mut self.leg.filtered) == Chunk::Replaced {
+            frame(out, &self.leg.filtered, framed);
         }
         if framed {
             out.extend_from_slice(LAST_CHUNK);
@@ -311,13 +313,13 @@ impl Client {
     /// Writes `out` to the client and leaves it empty for reuse.
     async fn flush(&mut self, out: &mut Vec<u8>) -> Result<(), Broken> {
         let buf = std::mem::take(out);
-        let (res, mut buf) = self.write_client(buf).await;
+        let (res, mut buf) = self.down.write_client(buf).await;
         buf.clear();
         *out = buf;
         res.map(drop).map_err(|_| Broken::Midway)
     }
 
-    /// Reads more of the answer into `self.ubuf` within `stream_idle`; the end of the
+    /// Reads more of the answer into `self.leg.ubuf` within `stream_idle`; the end of the
     /// stream is an error here (the answer is framed and not finished).
     async fn read_upstream(
         &mut self,
@@ -331,7 +333,7 @@ impl Client {
         }
     }
 
-    /// Reads more of the answer into `self.ubuf` within `stream_idle`; 0 at its end. A client
+    /// Reads more of the answer into `self.leg.ubuf` within `stream_idle`; 0 at its end. A client
     /// that goes away meanwhile ends the relay (see [`read_more_watching`]).
     async fn read_upstream_or_end(
         &mut self,
@@ -339,10 +341,10 @@ impl Client {
         upstream: &mut TcpStream,
         t: &Timeouts,
     ) -> Result<usize, Broken> {
-        let buf = std::mem::take(&mut self.ubuf);
-        match read_more_watching(upstream, buf, t.stream_idle, &self.stream).await {
+        let buf = std::mem::take(&mut self.leg.ubuf);
+        match read_more_watching(upstream, buf, t.stream_idle, &self.down.stream).await {
             Ok((res, buf)) => {
-                self.ubuf = buf;
+                self.leg.ubuf = buf;
                 res.map_err(|_| Broken::Midway)
             }
             // The buffer went with the cancelled read; a fresh one replaces it.
@@ -370,24 +372,24 @@ impl Client {
         chunked_ok: bool,
         decoded: bool,
     ) {
-        let r = &self.resp;
+        let r = &self.leg.resp;
         out.extend_from_slice(b"HTTP/1.1 ");
         let mut num = itoa::Buffer::new();
         out.extend_from_slice(num.format(r.status).as_bytes());
         out.push(b' ');
-        out.extend_from_slice(&self.ubuf[r.reason.clone()]);
+        out.extend_from_slice(&self.leg.ubuf[r.reason.clone()]);
         out.extend_from_slice(b"\r\n");
-        let lists = has_connection_header(&self.ubuf, &r.headers);
+        let lists = has_connection_header(&self.leg.ubuf, &r.headers);
         let extra = answer_headers(ctx, snapshot);
         // Response header names Sluice sets itself, whatever the answer: the request id
         // (the backend's goes out as `x-upstream-request-id`), that slot, and the trace.
         const SETS: [&[u8]; 3] = [b"x-request-id", b"x-upstream-request-id", b"x-sluice-trace"];
         let mut upstream_id = false;
         for h in &r.headers {
-            let name = &self.ubuf[h.name.clone()];
+            let name = &self.leg.ubuf[h.name.clone()];
             if is_hop_by_hop(name)
                 || name.eq_ignore_ascii_case(b"content-length")
-                || (lists && connection_lists(&self.ubuf, &r.headers, name))
+                || (lists && connection_lists(&self.leg.ubuf, &r.headers, name))
                 || (decoded && name.eq_ignore_ascii_case(b"content-encoding"))
             {
                 continue;
@@ -412,7 +414,11 @@ impl Client {
                 // The backend's first id, once: a chained gateway may send more.
                 if !upstream_id {
                     upstream_id = true;
-                    local::header(out, b"x-upstream-request-id", &self.ubuf[h.value.clone()]);
+                    answers::header(
+                        out,
+                        b"x-upstream-request-id",
+                        &self.leg.ubuf[h.value.clone()],
+                    );
                 }
                 continue;
             }
@@ -420,13 +426,13 @@ impl Client {
             if SETS[1..].iter().any(|set| name.eq_ignore_ascii_case(set)) {
                 continue;
             }
-            local::header(out, name, &self.ubuf[h.value.clone()]);
+            answers::header(out, name, &self.leg.ubuf[h.value.clone()]);
         }
         match r.framing {
             ResponseFraming::None => {}
             // A filtering usage tap or decoding changes the body's length: re-chunked then.
             ResponseFraming::Length(n) if !ctx.body.rewrite && !decoded => {
-                local::content_length(out, n)
+                answers::content_length(out, n)
             }
             ResponseFraming::Length(_) | ResponseFraming::Chunked | ResponseFraming::Close => {
                 if chunked_ok {
@@ -434,7 +440,7 @@ impl Client {
                 }
             }
         }
-        local::common_headers(out, &ctx.id, close, &extra);
+        answers::common_headers(out, &ctx.id, close, &extra);
         out.extend_from_slice(b"\r\n");
     }
 }

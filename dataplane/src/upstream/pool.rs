@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use super::io::{peek_state, PeerState};
+use crate::socket::{peek_state, PeerState};
 
 /// Idle connections kept per backend address.
 const MAX_IDLE_PER_ADDR: usize = 64;
