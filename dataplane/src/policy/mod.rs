@@ -34,21 +34,37 @@ impl AccessRuntime {
     }
 }
 
-/// Builds the BPE tables the token limits will use now, not on the first request (o200k
-/// takes ~0.4 s and 46 MiB once per process). Nothing when no token limit exists.
+/// Loads now, not on the first request, the BPE tables of the families the token limits
+/// will count with (o200k takes ~80 ms and tens of MiB once per process): one family per
+/// deployment that has the BPE estimator and that some token limit can reach — a limit of
+/// its own, a client-IP limit, or one of a product allowed to call it. A deployment no token
+/// limit reaches is never estimated, so its family is not loaded; with no token limit at all,
+/// nothing is.
+///
+/// The family is the configured one, else the one the deployment's name implies. A request
+/// whose body names a model of another family (Azure routes by path, so the body's `model`
+/// is free) loads that family on its first use.
 fn warm_tokenizers(snapshot: &Snapshot) {
-    use crate::snapshot::access::{Estimator as Choice, LimitUnit, TokenizerFamily};
+    use crate::snapshot::access::{Estimator as Choice, LimitId, LimitUnit, TokenizerFamily};
     use crate::tokens::estimate::{family_for_model, Estimator, Family};
-    if !snapshot
-        .access
-        .limits
-        .iter()
-        .any(|l| l.unit == LimitUnit::Tokens)
-    {
-        return;
-    }
+    let access = &snapshot.access;
+    let counts_tokens = |ids: &[LimitId]| {
+        ids.iter()
+            .any(|&i| access.limit(i).is_some_and(|l| l.unit == LimitUnit::Tokens))
+    };
+    let everyone = counts_tokens(&access.client_ip_limits);
+    let mut families = Vec::with_capacity(2);
     for deployment in snapshot.deployments.values() {
         if deployment.tokens.estimator != Choice::Bpe {
+            continue;
+        }
+        let reached = everyone
+            || counts_tokens(&deployment.limits)
+            || access
+                .products
+                .iter()
+                .any(|p| p.deployments.contains(&deployment.name) && counts_tokens(&p.limits));
+        if !reached {
             continue;
         }
         let family = match deployment.tokens.family {
@@ -56,6 +72,13 @@ fn warm_tokenizers(snapshot: &Snapshot) {
             Some(TokenizerFamily::Cl100k) => Family::Cl100k,
             None => family_for_model(&deployment.name, Family::O200k),
         };
-        Estimator::Bpe(family).warm();
+        if !families.contains(&family) {
+            families.push(family);
+        }
+    }
+    for family in families {
+        if !Estimator::Bpe(family).warm() {
+            tracing::warn!(%family, "BPE tables failed to load; prompts are estimated by the byte heuristic");
+        }
     }
 }
