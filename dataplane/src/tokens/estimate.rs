@@ -226,7 +226,7 @@ pub enum Estimator {
     /// prose, low for code and CJK text.
     Heuristic,
     /// The family's BPE tables: the count OpenAI's `tiktoken` gives, in time linear in the
-    /// text's length (~15–30 µs per KiB of English prose on the bench machine).
+    /// text's length (~30–50 µs per KiB of English prose with o200k on the bench machine).
     Bpe(Family),
 }
 
