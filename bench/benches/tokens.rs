@@ -24,7 +24,9 @@ use sluice::route::Operation;
 use sluice::tokens::{
     reservation, usage_from_json, Estimator, Family, RequestFacts, SseScanner, Usage,
 };
-use sluice_bench::{chat_request_with, prose_kib, sse_events, CHAT_COMPLETION, CHAT_STREAM_SSE};
+use sluice_bench::{
+    chat_request_with, prose_kib, sse_events, CHAT_COMPLETION, CHAT_REQUEST, CHAT_STREAM_SSE,
+};
 
 const O200K: Estimator = Estimator::Bpe(Family::O200k);
 const CL100K: Estimator = Estimator::Bpe(Family::Cl100k);
@@ -33,12 +35,15 @@ fn estimate(c: &mut Criterion) {
     assert!(O200K.warm() && CL100K.warm(), "BPE tables failed to load");
     let o200k = tiktoken_rs::o200k_base_singleton();
     let cl100k = tiktoken_rs::cl100k_base_singleton();
-    for kib in [1usize, 16] {
+    let fast_o200k = bpe_openai::o200k_base();
+    let fast_cl100k = bpe_openai::cl100k_base();
+    for kib in [1usize, 4, 16] {
         let text = prose_kib().repeat(kib);
         let body = chat_request_with(&text);
         let facts = RequestFacts::parse(Operation::ChatCompletions, &body)
             .unwrap_or_else(|e| panic!("{e}"));
-        // Sluice's count is tiktoken's on the same text (plus the chat framing).
+        // Sluice's count is tiktoken's on the same text (plus the chat framing), and so is
+        // bpe-openai's.
         let framing = O200K.estimate_prompt(&facts) as usize
             - o200k.count_ordinary(&text)
             - o200k.count_ordinary("You are a concise assistant.");
@@ -46,6 +51,11 @@ fn estimate(c: &mut Criterion) {
         assert_eq!(
             CL100K.count_text(&text),
             cl100k.count_ordinary(&text) as u64
+        );
+        assert_eq!(fast_o200k.count(text.as_str()), o200k.count_ordinary(&text));
+        assert_eq!(
+            fast_cl100k.count(text.as_str()),
+            cl100k.count_ordinary(&text)
         );
 
         let mut group = c.benchmark_group(format!("tokens/estimate_{kib}KiB"));
@@ -63,6 +73,12 @@ fn estimate(c: &mut Criterion) {
         group.bench_function("tiktoken_cl100k_one_call", |b| {
             b.iter(|| cl100k.count_ordinary(black_box(&text)))
         });
+        group.bench_function("bpe_openai_o200k_one_call", |b| {
+            b.iter(|| fast_o200k.count(black_box(text.as_str())))
+        });
+        group.bench_function("bpe_openai_cl100k_one_call", |b| {
+            b.iter(|| fast_cl100k.count(black_box(text.as_str())))
+        });
         // Reading the body's facts (what admission does before any estimate).
         group.bench_with_input(BenchmarkId::new("parse_facts", kib), &body, |b, body| {
             b.iter(|| {
@@ -72,6 +88,35 @@ fn estimate(c: &mut Criterion) {
         });
         group.finish();
     }
+    // The small body `sluice-bench compare` sends (`chat_request.json`, two short messages).
+    let facts = RequestFacts::parse(Operation::ChatCompletions, CHAT_REQUEST)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut group = c.benchmark_group("tokens/estimate_small");
+    group.throughput(Throughput::Bytes(CHAT_REQUEST.len() as u64));
+    group.bench_function("bpe_o200k", |b| {
+        b.iter(|| black_box(O200K).estimate_prompt(&facts))
+    });
+    group.bench_function("tiktoken_o200k_per_piece", |b| {
+        b.iter(|| {
+            facts
+                .prompt
+                .pieces
+                .iter()
+                .map(|p| o200k.count_ordinary(black_box(p)))
+                .sum::<usize>()
+        })
+    });
+    group.bench_function("bpe_openai_o200k_per_piece", |b| {
+        b.iter(|| {
+            facts
+                .prompt
+                .pieces
+                .iter()
+                .map(|p| fast_o200k.count(black_box(p.as_ref())))
+                .sum::<usize>()
+        })
+    });
+    group.finish();
 }
 
 /// `usage` via a whole `serde_json::Value` of the body.

@@ -61,6 +61,21 @@ pub fn chat_request_with(text: &str) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
+/// A non-streaming chat completion request shaped like [`CHAT_REQUEST`] (the same system
+/// message, `max_tokens` and `temperature`) whose user message is `text`, as JSON: the large
+/// body of `sluice-bench compare --prompt-kib`.
+pub fn chat_request_prompt(text: &str) -> Vec<u8> {
+    let body = serde_json::json!({
+        "messages": [
+            {"role": "system", "content": "You are a concise assistant."},
+            {"role": "user", "content": text},
+        ],
+        "max_tokens": 100,
+        "temperature": 0.2,
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
 /// The head of `POST /v1/chat/completions` as the official Python SDK (openai 1.x over
 /// httpx) sends it: 17 header fields, in its order and case, `Content-Length` matching
 /// [`CHAT_REQUEST`]. Ends with the blank line; the body is not included.

@@ -8,6 +8,7 @@
 //! rounds and the frontier search, [`report`] folds rounds into summaries and goals and
 //! renders `report.md` / `results.json`, [`plot`] draws `latency.svg`.
 
+pub mod callgrind;
 pub mod plot;
 pub mod procs;
 pub mod report;
@@ -74,7 +75,17 @@ pub struct CompareArgs {
     /// Skip nginx even when installed.
     #[arg(long)]
     pub no_nginx: bool,
-    /// CI mode: one round of ~0.5 s phases and small counts; seconds in all.
+    /// The large body's prompt, in KiB of English prose (one user message): CPU per
+    /// request at peak (and instructions per request under callgrind) is measured with it
+    /// too, beside the small `chat_request.json`, so the prompt estimate's cost per size
+    /// shows. 0: the small body only.
+    #[arg(long, default_value_t = 4)]
+    pub prompt_kib: usize,
+    /// Requests counted per body under callgrind (after a warm-up of a quarter as many);
+    /// 0 skips callgrind. Skipped too when valgrind is not installed, and with `--quick`.
+    #[arg(long, default_value_t = 2_000)]
+    pub callgrind_requests: u64,
+    /// CI mode: one round of ~0.5 s phases and small counts, no callgrind; seconds in all.
     #[arg(long)]
     pub quick: bool,
     /// Also write the report to FILE (bench/RESULTS.md).
@@ -123,6 +134,8 @@ impl CompareArgs {
             stream_connections: 4,
             settle,
             load_cpus: self.load_cpus.clone(),
+            large_body: (self.prompt_kib > 0)
+                .then(|| crate::chat_request_prompt(&crate::prose_kib().repeat(self.prompt_kib))),
             perf: scenarios::find_on_path("perf"),
             out: out.to_path_buf(),
         }
@@ -325,6 +338,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         nginx: &nginx_path,
         cpus: &args.proxy_cpus,
         out: &out,
+        callgrind: None,
     };
     let mut targets = Vec::new();
     for kind in kinds {
@@ -345,6 +359,49 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let drivers: Vec<(TargetKind, String)> =
         targets.iter().map(|t| (t.kind, t.driver.clone())).collect();
     drop(targets);
+
+    // Instructions per request, one proxy at a time under callgrind, one worker.
+    let mut callgrind_notes = Vec::new();
+    let tools = callgrind::Tools::find();
+    let mut instructions = Vec::new();
+    match (&tools, args.quick || args.callgrind_requests == 0) {
+        (_, true) => callgrind_notes.push(
+            "Instructions per request were not measured (--quick or --callgrind-requests 0)."
+                .to_owned(),
+        ),
+        (None, false) => callgrind_notes.push(
+            "valgrind (callgrind) is not installed: instructions per request were not measured."
+                .to_owned(),
+        ),
+        (Some(tools), false) => {
+            let one_cpu: CpuList = args
+                .proxy_cpus
+                .cpus()
+                .first()
+                .map_or_else(|| "0".to_owned(), ToString::to_string)
+                .parse()?;
+            let cg_launch = Launch {
+                cpus: &one_cpu,
+                ..launch
+            };
+            let cg_plan = callgrind::CallgrindPlan {
+                tools,
+                warmup_requests: (args.callgrind_requests / 4).max(1),
+                requests: args.callgrind_requests,
+                bodies: (crate::CHAT_REQUEST, plan.large_body.as_deref()),
+                load_cpus: &args.load_cpus,
+            };
+            for (kind, _) in drivers.iter().filter(|(k, _)| k.is_proxy()) {
+                eprintln!("sluice-bench compare: {} under callgrind", kind.name());
+                match callgrind::measure(*kind, &up, &cg_launch, &cg_plan) {
+                    Ok(i) => instructions.push(i),
+                    Err(e) => {
+                        callgrind_notes.push(format!("callgrind of {} failed: {e:#}", kind.name()))
+                    }
+                }
+            }
+        }
+    }
     fast.stop();
     stream.stop();
 
@@ -361,17 +418,17 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     );
     let mut summaries = vec![direct.clone()];
     for (kind, driver) in drivers.iter().filter(|(k, _)| k.is_proxy()) {
-        summaries.push(report::summarize(
-            *kind,
-            driver,
-            cores,
-            &of(*kind),
-            Some(&direct),
-        ));
+        let mut summary = report::summarize(*kind, driver, cores, &of(*kind), Some(&direct));
+        if let Some(i) = instructions.iter().find(|i| i.target == kind.name()) {
+            summary.instr_per_req = i.per_request;
+            summary.instr_per_req_large = i.per_request_large;
+        }
+        summaries.push(summary);
     }
     let goals = report::evaluate_goals(&summaries);
     let mut all_notes = notes(&args, &plan, procs::available_cpus());
     all_notes.extend(report::measured_notes(&summaries));
+    all_notes.extend(callgrind_notes);
     let results = Results {
         meta,
         settings: Settings {
@@ -388,6 +445,12 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
             stream_connections: plan.stream_connections,
             stream_tokens_per_second: STREAM_TOKENS_PER_SECOND,
             stream_tokens: STREAM_TOKENS,
+            prompt_kib: args.prompt_kib,
+            callgrind_requests: if instructions.is_empty() {
+                0
+            } else {
+                args.callgrind_requests
+            },
         },
         targets: summaries,
         goals,

@@ -63,6 +63,12 @@ pub struct Settings {
     pub stream_tokens_per_second: f64,
     /// Tokens per streamed answer.
     pub stream_tokens: u32,
+    /// KiB of prompt in the large body (0: none measured).
+    #[serde(default)]
+    pub prompt_kib: usize,
+    /// Requests counted per body under callgrind (0: not measured).
+    #[serde(default)]
+    pub callgrind_requests: u64,
 }
 
 /// One target's figures: medians over rounds unless said otherwise. Latencies in µs,
@@ -100,8 +106,17 @@ pub struct TargetSummary {
     pub frontier_rps: Option<f64>,
     /// Proxy CPU µs per request at peak.
     pub cpu_us_per_req_max: Option<f64>,
+    /// The same with the large prompt's body.
+    #[serde(default)]
+    pub cpu_us_per_req_large: Option<f64>,
     /// Proxy CPU µs per request at the low rate.
     pub cpu_us_per_req_low: Option<f64>,
+    /// User-space instructions per request under callgrind (one worker), the small body.
+    #[serde(default)]
+    pub instr_per_req: Option<f64>,
+    /// The same with the large prompt's body.
+    #[serde(default)]
+    pub instr_per_req_large: Option<f64>,
     /// Streaming time to first token, p50.
     pub ttft_p50_us: Option<f64>,
     /// TTFT p50 minus direct's.
@@ -236,6 +251,9 @@ pub fn summarize(
             None
         },
         cpu_us_per_req_max: med(&|r| r.cpu_us_per_req_max),
+        cpu_us_per_req_large: med(&|r| r.cpu_us_per_req_large),
+        instr_per_req: None,
+        instr_per_req_large: None,
         cpu_us_per_req_low: med(&|r| r.cpu_us_per_req_low),
         ttft_p50_us,
         added_ttft_us: minus(ttft_p50_us, |d| d.ttft_p50_us),
@@ -398,6 +416,40 @@ pub fn evaluate_goals(targets: &[TargetSummary]) -> Vec<Goal> {
             },
         ),
     ];
+    // Issue 10's goals for the full chain.
+    goals.push(versus_nginx(
+        "Full chain peak req/s per core ≥ 1.0× nginx",
+        full,
+        nginx,
+        |t| t.max_rps_per_core,
+        1.0,
+        true,
+        "req/s/core",
+    ));
+    goals.push(own(
+        "Full chain RSS ≤ 16 MiB with one worker",
+        full,
+        |f| {
+            let hwm = f.rss_hwm_kb?;
+            (f.proxy_cores == 1).then(|| {
+                (
+                    format!("peak VmHWM {} KiB (bound 16384 KiB)", num(hwm as f64)),
+                    hwm <= 16 * 1024,
+                )
+            })
+        },
+    ));
+    if full.is_some_and(|f| f.instr_per_req.is_some()) {
+        goals.push(versus_nginx(
+            "Full chain user-space instructions/request (callgrind) ≤ 1.0× nginx",
+            full,
+            nginx,
+            |t| t.instr_per_req,
+            1.0,
+            false,
+            "instr/req",
+        ));
+    }
     for sluice in [pass, full] {
         goals.push(versus_nginx(
             "CPU per request at the low fixed rate ≤ nginx's",
@@ -690,6 +742,30 @@ pub fn render_markdown(r: &Results) -> String {
     row(&mut md, "proxy CPU µs/request at peak", &|t| {
         opt(t.cpu_us_per_req_max)
     });
+    if s.prompt_kib > 0 {
+        row(
+            &mut md,
+            &format!("proxy CPU µs/request at peak, {} KiB prompt", s.prompt_kib),
+            &|t| opt(t.cpu_us_per_req_large),
+        );
+    }
+    if s.callgrind_requests > 0 {
+        row(
+            &mut md,
+            "user-space instructions/request (callgrind, 1 worker)",
+            &|t| opt(t.instr_per_req),
+        );
+        if s.prompt_kib > 0 {
+            row(
+                &mut md,
+                &format!(
+                    "user-space instructions/request (callgrind), {} KiB prompt",
+                    s.prompt_kib
+                ),
+                &|t| opt(t.instr_per_req_large),
+            );
+        }
+    }
     row(
         &mut md,
         &format!("proxy CPU µs/request at {} req/s", num(s.low_rate)),
@@ -739,17 +815,17 @@ pub fn render_markdown(r: &Results) -> String {
     let direct = find(&r.targets, TargetKind::Direct);
     let nginx = find(&r.targets, TargetKind::Nginx);
     let _ = writeln!(md, "## Ratios\n");
-    let _ = writeln!(md, "| target | CPU/req at peak × nginx | CPU/req at low rate × nginx | req/s per core × nginx | added p50 × nginx | added p99 × nginx | added TTFT × nginx | peak req/s × direct | c=1 p50 × direct |");
+    let _ = writeln!(md, "| target | CPU/req at peak × nginx | CPU/req at low rate × nginx | req/s per core × nginx | added p50 × nginx | added p99 × nginx | added TTFT × nginx | peak req/s × direct | c=1 p50 × direct | instructions/req × nginx |");
     let _ = writeln!(
         md,
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for t in r.targets.iter().filter(|t| t.is_proxy) {
         let n = |f: fn(&TargetSummary) -> Option<f64>| ratio(f(t), nginx.and_then(f));
         let d = |f: fn(&TargetSummary) -> Option<f64>| ratio(f(t), direct.and_then(f));
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             t.name,
             n(|x| x.cpu_us_per_req_max),
             n(|x| x.cpu_us_per_req_low),
@@ -759,6 +835,7 @@ pub fn render_markdown(r: &Results) -> String {
             n(|x| x.added_ttft_us),
             d(|x| x.max_rps),
             d(|x| x.c1_p50_us),
+            n(|x| x.instr_per_req),
         );
     }
     let _ = writeln!(md);
@@ -886,6 +963,7 @@ mod tests {
             errors: 0,
             c1: pct(p50, p50 * 2),
             cpu_us_per_req_max: cpu,
+            cpu_us_per_req_large: cpu.map(|c| c * 1.5),
             cpu_us_per_req_low: cpu.map(|c| c * 2.0),
             low_rate_latency: pct(p50, p50 * 3),
             low_rate_curve: Vec::new(),
@@ -1020,6 +1098,56 @@ mod tests {
         });
         assert!(md.contains("**MISSED**"));
         assert!(md.contains("| sluice-passthrough | 0.67× |"));
+    }
+
+    #[test]
+    fn issue_10_goals_and_the_callgrind_and_large_prompt_rows() {
+        let mut targets = summaries(true);
+        // Without callgrind figures there is no instructions goal and no such row.
+        let goals = evaluate_goals(&targets);
+        assert!(!goals.iter().any(|g| g.goal.contains("instructions")));
+        for (t, instr) in targets
+            .iter_mut()
+            .skip(1)
+            .zip([900_000.0, 1_100_000.0, 1_000_000.0])
+        {
+            t.instr_per_req = Some(instr);
+            t.instr_per_req_large = Some(instr * 3.0);
+        }
+        let goals = evaluate_goals(&targets);
+        let find = |name: &str| goals.iter().find(|g| g.goal.starts_with(name)).unwrap();
+        // 1.1M vs nginx 1.0M: 1.10× > 1.0×.
+        let instr = find("Full chain user-space instructions");
+        assert_eq!(instr.status, Status::Missed);
+        assert!(
+            instr.measured.contains("(1.10× nginx)"),
+            "{}",
+            instr.measured
+        );
+        // 19k vs 15k req/s per core.
+        assert_eq!(find("Full chain peak req/s per core").status, Status::Met);
+        // The fixture's VmHWM is 12 500 KiB, one core.
+        assert_eq!(find("Full chain RSS ≤ 16 MiB").status, Status::Met);
+        let md = render_markdown(&Results {
+            settings: Settings {
+                prompt_kib: 4,
+                callgrind_requests: 2000,
+                ..Settings::default()
+            },
+            targets,
+            goals,
+            ..Results::default()
+        });
+        assert!(
+            md.contains("| proxy CPU µs/request at peak, 4 KiB prompt | – | 30.0 | 33.0 | 45.0 |"),
+            "{md}"
+        );
+        assert!(md.contains("| user-space instructions/request (callgrind, 1 worker) | – | 900000 | 1100000 | 1000000 |"), "{md}");
+        assert!(
+            md.contains("instructions/request (callgrind), 4 KiB prompt | – | 2700000 |"),
+            "{md}"
+        );
+        assert!(md.contains("| 1.10× |\n"), "{md}");
     }
 
     #[test]

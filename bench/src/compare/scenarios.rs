@@ -3,8 +3,8 @@
 //! them instead of landing on one.
 //!
 //! Phases of a round, in order: closed-loop peak (`--connections`, `--duration`, RSS sampled
-//! throughout); CPU per request at peak (exactly `--cpu-requests` requests, closed loop);
-//! latency at c=1; CPU per request and the latency curve at `--low-rate` (open loop); the
+//! throughout); CPU per request at peak (exactly `--cpu-requests` requests, closed loop), and
+//! again with the large prompt's body (`--prompt-kib`); latency at c=1; CPU per request and the latency curve at `--low-rate` (open loop); the
 //! open-loop frontier ([`search_frontier`]); streaming TTFT and event gaps against the paced
 //! mock; syscalls per request (last round only); RSS after an idle pause.
 
@@ -52,6 +52,8 @@ pub struct Plan {
     pub settle: Duration,
     /// CPUs the load runs on.
     pub load_cpus: CpuList,
+    /// The large prompt's request body, when CPU per request is measured with it too.
+    pub large_body: Option<Vec<u8>>,
     /// `perf` binary for syscall counts, when usable.
     pub perf: Option<PathBuf>,
     /// Output directory (perf files go there).
@@ -167,6 +169,9 @@ pub struct RoundResult {
     pub c1: Percentiles,
     /// Proxy CPU µs per request at peak.
     pub cpu_us_per_req_max: Option<f64>,
+    /// The same with the large prompt's body (absent in results from before it existed).
+    #[serde(default)]
+    pub cpu_us_per_req_large: Option<f64>,
     /// Proxy CPU µs per request at the low rate.
     pub cpu_us_per_req_low: Option<f64>,
     /// Latency at the low rate (open loop).
@@ -194,14 +199,22 @@ struct Shape {
     warmup: Duration,
     requests: Option<u64>,
     stream: bool,
+    /// Send the large prompt's body ([`Plan::large_body`]) instead of the small one.
+    large: bool,
 }
 
-/// The [`LoadConfig`] for one phase against `url`.
-fn load_config(url: String, label: String, shape: &Shape, cpus: &CpuList) -> LoadConfig {
-    let body = if shape.stream {
-        crate::CHAT_REQUEST_STREAM
-    } else {
-        crate::CHAT_REQUEST
+/// The [`LoadConfig`] for one phase against `url`; `large` is the large prompt's body.
+fn load_config(
+    url: String,
+    label: String,
+    shape: &Shape,
+    cpus: &CpuList,
+    large: Option<&[u8]>,
+) -> LoadConfig {
+    let body = match (shape.stream, shape.large.then_some(large).flatten()) {
+        (true, _) => crate::CHAT_REQUEST_STREAM,
+        (false, Some(large)) => large,
+        (false, None) => crate::CHAT_REQUEST,
     };
     LoadConfig {
         url,
@@ -276,7 +289,13 @@ impl Runner<'_> {
     fn load(&self, phase: &str, shape: &Shape) -> anyhow::Result<LoadReport> {
         let url = self.target.url(self.up, shape.deployment);
         let label = format!("{} {phase}", self.target.kind.name());
-        let cfg = load_config(url, label, shape, &self.plan.load_cpus);
+        let cfg = load_config(
+            url,
+            label,
+            shape,
+            &self.plan.load_cpus,
+            self.plan.large_body.as_deref(),
+        );
         load::run(&cfg).with_context(|| format!("load phase `{phase}`"))
     }
 
@@ -296,6 +315,7 @@ impl Runner<'_> {
             warmup: self.plan.warmup,
             requests: None,
             stream: false,
+            large: false,
         }
     }
 
@@ -376,6 +396,20 @@ impl Runner<'_> {
         if let Some(r) = &cpu_max {
             count(r);
         }
+        // The same with the large prompt.
+        let cpu_us_per_req_large = if is_proxy && plan.large_body.is_some() {
+            let shape = Shape {
+                warmup: Duration::ZERO,
+                requests: Some(plan.cpu_requests),
+                large: true,
+                ..self.closed(plan.connections)
+            };
+            let (report, cpu) = self.cpu_per_request("cpu at peak, large prompt", &shape)?;
+            count(&report);
+            cpu
+        } else {
+            None
+        };
 
         // c=1.
         let c1 = self.load("c=1", &self.closed(1))?;
@@ -451,6 +485,7 @@ impl Runner<'_> {
             errors,
             c1: c1.latency_us,
             cpu_us_per_req_max,
+            cpu_us_per_req_large,
             cpu_us_per_req_low,
             low_rate_latency: low.latency_us,
             low_rate_curve: low.latency_curve,

@@ -193,13 +193,19 @@ pub struct NginxFiles {
 }
 
 /// nginx as a plain reverse proxy with upstream keep-alive, `workers` worker processes (the
-/// master is pinned before it starts, so its workers inherit the proxy CPUs).
+/// master is pinned before it starts, so its workers inherit the proxy CPUs). With `workers`
+/// 0, `master_process off`: the one process serves (what callgrind measures).
 pub fn nginx_config(
     listen: SocketAddr,
     up: &Upstreams,
     workers: usize,
     files: &NginxFiles,
 ) -> String {
+    let (master, workers) = if workers == 0 {
+        ("off", 1)
+    } else {
+        ("on", workers)
+    };
     let temp = files.temp.display();
     let proxy = "proxy_http_version 1.1;\n            \
                  proxy_set_header Connection \"\";\n            \
@@ -207,7 +213,7 @@ pub fn nginx_config(
     format!(
         "# sluice-bench compare: nginx reverse proxy (generated)
 daemon off;
-master_process on;
+master_process {master};
 worker_processes {workers};
 pid {pid};
 error_log {error_log} warn;
@@ -298,6 +304,42 @@ pub struct Launch<'a> {
     pub cpus: &'a CpuList,
     /// Where configs and logs go.
     pub out: &'a Path,
+    /// Run the proxy under `valgrind` (first path) with callgrind writing to the second:
+    /// one process (nginx without a master), files named `…-callgrind`, and a longer wait
+    /// for it to listen.
+    pub callgrind: Option<(&'a Path, &'a Path)>,
+}
+
+impl Launch<'_> {
+    /// The command that runs `program`: itself, or callgrind around it.
+    fn command(&self, program: &Path) -> Command {
+        match self.callgrind {
+            None => Command::new(program),
+            Some((valgrind, out_file)) => {
+                let mut cmd = Command::new(valgrind);
+                cmd.arg("--tool=callgrind")
+                    .arg(format!("--callgrind-out-file={}", out_file.display()))
+                    .arg(program);
+                cmd
+            }
+        }
+    }
+
+    /// The name of `kind`'s files (config, log) for this launch.
+    fn file_stem(&self, kind: TargetKind) -> String {
+        match self.callgrind {
+            None => kind.name().to_owned(),
+            Some(_) => format!("{}-callgrind", kind.name()),
+        }
+    }
+
+    /// How long the proxy may take to listen (valgrind starts tens of times slower).
+    fn start_timeout(&self) -> Duration {
+        match self.callgrind {
+            None => Duration::from_secs(10),
+            Some(_) => Duration::from_secs(120),
+        }
+    }
 }
 
 impl Target {
@@ -305,6 +347,7 @@ impl Target {
     pub fn start(kind: TargetKind, up: &Upstreams, launch: &Launch<'_>) -> anyhow::Result<Target> {
         let workers = launch.cpus.count();
         let name = kind.name();
+        let stem = launch.file_stem(kind);
         match kind {
             TargetKind::Direct => Ok(Target {
                 kind,
@@ -320,16 +363,16 @@ impl Target {
                 } else {
                     sluice_full_chain_config(addr, up, workers)
                 };
-                let config = launch.out.join(format!("{name}.toml"));
+                let config = launch.out.join(format!("{stem}.toml"));
                 std::fs::write(&config, text)?;
-                let mut cmd = Command::new(launch.sluice);
+                let mut cmd = launch.command(launch.sluice);
                 cmd.arg("--config")
                     .arg(&config)
                     .env(KEY_ENV, "sluice-bench-key")
                     .env("RUST_LOG", "info");
-                let log = launch.out.join(format!("{name}.log"));
+                let log = launch.out.join(format!("{stem}.log"));
                 let mut proc = ChildProc::spawn_pinned(name, cmd, launch.cpus, &log)?;
-                wait_listening(&mut proc, addr)?;
+                wait_listening(&mut proc, addr, launch.start_timeout())?;
                 let driver = wait_for(Duration::from_secs(5), || parse_driver(&proc.log_text()))
                     .unwrap_or_else(|| "unknown".to_owned());
                 let pids = vec![proc.pid()];
@@ -344,31 +387,39 @@ impl Target {
             TargetKind::Nginx => {
                 let addr = free_addr()?;
                 let files = NginxFiles {
-                    pid: launch.out.join("nginx.pid"),
-                    error_log: launch.out.join("nginx-error.log"),
-                    temp: launch.out.join("nginx-temp"),
+                    pid: launch.out.join(format!("{stem}.pid")),
+                    error_log: launch.out.join(format!("{stem}-error.log")),
+                    temp: launch.out.join(format!("{stem}-temp")),
                 };
                 std::fs::create_dir_all(&files.temp)?;
-                let config = launch.out.join("nginx.conf");
-                std::fs::write(&config, nginx_config(addr, up, workers, &files))?;
-                let mut cmd = Command::new(launch.nginx);
+                let config = launch.out.join(format!("{stem}.conf"));
+                // Under callgrind: no master, the one process serves.
+                let processes = if launch.callgrind.is_some() {
+                    0
+                } else {
+                    workers
+                };
+                std::fs::write(&config, nginx_config(addr, up, processes, &files))?;
+                let mut cmd = launch.command(launch.nginx);
                 cmd.arg("-p")
                     .arg(launch.out)
                     .arg("-e")
                     .arg(&files.error_log)
                     .arg("-c")
                     .arg(&config);
-                let log = launch.out.join("nginx.log");
+                let log = launch.out.join(format!("{stem}.log"));
                 let mut proc = ChildProc::spawn_pinned(name, cmd, launch.cpus, &log)?;
-                wait_listening(&mut proc, addr)?;
+                wait_listening(&mut proc, addr, launch.start_timeout())?;
                 let master = proc.pid();
-                let workers_seen = wait_for(Duration::from_secs(5), || {
-                    let children = procs::children_of(master);
-                    (children.len() >= workers).then_some(children)
-                })
-                .context("nginx started no workers")?;
                 let mut pids = vec![master];
-                pids.extend(workers_seen);
+                if processes > 0 {
+                    let workers_seen = wait_for(Duration::from_secs(5), || {
+                        let children = procs::children_of(master);
+                        (children.len() >= workers).then_some(children)
+                    })
+                    .context("nginx started no workers")?;
+                    pids.extend(workers_seen);
+                }
                 Ok(Target {
                     kind,
                     addr,
@@ -406,8 +457,8 @@ fn wait_for<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> 
 }
 
 /// Waits until `addr` accepts a connection, failing early when the process exits.
-fn wait_listening(proc: &mut ChildProc, addr: SocketAddr) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+fn wait_listening(proc: &mut ChildProc, addr: SocketAddr, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         proc.check_alive()?;
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
@@ -415,7 +466,7 @@ fn wait_listening(proc: &mut ChildProc, addr: SocketAddr) -> anyhow::Result<()> 
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    bail!("nothing listening on {addr} after 10 s")
+    bail!("nothing listening on {addr} after {within:?}")
 }
 
 #[cfg(test)]
@@ -484,6 +535,19 @@ mod tests {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
         assert_eq!(text.matches('{').count(), text.matches('}').count());
+    }
+
+    #[test]
+    fn nginx_config_for_callgrind_has_no_master() {
+        let files = NginxFiles {
+            pid: "/tmp/o/nginx.pid".into(),
+            error_log: "/tmp/o/err.log".into(),
+            temp: "/tmp/o/t".into(),
+        };
+        let text = nginx_config("127.0.0.1:9000".parse().unwrap(), &upstreams(), 0, &files);
+        assert!(text.contains("master_process off;"), "{text}");
+        assert!(text.contains("worker_processes 1;"), "{text}");
+        assert!(text.contains("daemon off;"), "{text}");
     }
 
     /// nginx itself accepts the config (`nginx -t`), when it is installed.

@@ -67,24 +67,43 @@ impl AccessRuntime {
     }
 }
 
-/// Builds the BPE tables the token limits will use now, not on the first request (o200k
-/// takes ~0.4 s and 46 MiB once per process). Nothing when no token limit exists. A
-/// deployment estimating by the request's model warms the family of its own name.
+/// Loads now, not on the first request, the BPE tables of the families the token limits
+/// will count with (o200k takes ~80 ms and tens of MiB once per process): one family per
+/// deployment that has a BPE estimator and that some token limit can reach — a limit of its
+/// own, a client-IP limit, or one of a product allowed to call it. A deployment no token
+/// limit reaches is never estimated, so its family is not loaded; with no token limit at all,
+/// nothing is.
+///
+/// The family is the configured one, else the one the deployment's name implies. A request
+/// whose body names a model of another family (Azure routes by path, so the body's `model`
+/// is free) loads that family on its first use.
 fn warm_tokenizers(snapshot: &Snapshot) {
-    use crate::snapshot::access::LimitUnit;
-    if !snapshot
-        .access
-        .limits
-        .iter()
-        .any(|l| l.unit == LimitUnit::Tokens)
-    {
-        return;
-    }
+    use crate::snapshot::access::{LimitIndex, LimitUnit};
+    use crate::tokens::estimate::Estimator;
+    let access = &snapshot.access;
+    let counts_tokens = |ids: &[LimitIndex]| {
+        ids.iter()
+            .any(|&i| access.limit(i).is_some_and(|l| l.unit == LimitUnit::Tokens))
+    };
+    let everyone = counts_tokens(&access.client_ip_limits);
+    let mut families = Vec::with_capacity(2);
     for deployment in snapshot.deployments.values() {
-        deployment
-            .tokens
-            .estimator
-            .for_model(&deployment.name)
-            .warm();
+        let Estimator::Bpe(family) = deployment.tokens.estimator.for_model(&deployment.name) else {
+            continue;
+        };
+        let reached = everyone
+            || counts_tokens(&deployment.limits)
+            || access
+                .products
+                .iter()
+                .any(|p| p.deployments.contains(&deployment.name) && counts_tokens(&p.limits));
+        if reached && !families.contains(&family) {
+            families.push(family);
+        }
+    }
+    for family in families {
+        if !Estimator::Bpe(family).warm() {
+            tracing::warn!(%family, "BPE tables failed to load; prompts are estimated by the byte heuristic");
+        }
     }
 }

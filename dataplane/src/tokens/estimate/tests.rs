@@ -417,17 +417,47 @@ fn prose(bytes: usize) -> String {
     s
 }
 
+/// tiktoken's own count (the reference `tiktoken-rs` port of OpenAI's library).
+fn tiktoken(family: Family, text: &str) -> u64 {
+    let bpe = match family {
+        Family::O200k => tiktoken_rs::o200k_base_singleton(),
+        Family::Cl100k => tiktoken_rs::cl100k_base_singleton(),
+    };
+    bpe.count_ordinary(text) as u64
+}
+
 #[test]
-fn segmented_count_equals_whole_count() {
+fn counts_equal_tiktoken_on_fixtures_and_prose() {
+    let fixtures = [
+        include_str!("../fixtures/chat_request.json"),
+        include_str!("../fixtures/chat_request_stream.json"),
+        include_str!("../fixtures/chat_completion.json"),
+        include_str!("../fixtures/chat_stream_with_usage.sse"),
+        include_str!("../fixtures/embeddings_request.json"),
+        include_str!("../fixtures/embeddings_response.json"),
+    ];
     for family in [Family::O200k, Family::Cl100k] {
-        let Some(bpe) = family.bpe() else {
-            panic!("{family} tables failed to load")
-        };
+        let est = Estimator::Bpe(family);
+        for (i, text) in fixtures.iter().enumerate() {
+            assert_eq!(
+                est.count_text(text),
+                tiktoken(family, text),
+                "{family}, fixture {i}"
+            );
+            // And each prompt piece a request fixture yields, as admission counts them.
+            for op in [Operation::ChatCompletions, Operation::Embeddings] {
+                if let Ok(facts) = RequestFacts::parse(op, text.as_bytes()) {
+                    for piece in &facts.prompt.pieces {
+                        assert_eq!(est.count_text(piece), tiktoken(family, piece), "{piece:?}");
+                    }
+                }
+            }
+        }
         for len in [0, 1, 100, 1000, 5000, 20_000] {
             let text = prose(len);
             assert_eq!(
-                bpe_count(bpe, &text),
-                bpe.count_ordinary(&text) as u64,
+                est.count_text(&text),
+                tiktoken(family, &text),
                 "{family}, {len} bytes"
             );
         }
@@ -435,9 +465,36 @@ fn segmented_count_equals_whole_count() {
 }
 
 #[test]
+fn long_runs_count_exactly() {
+    // Runs without a space, where the old estimator cut the text every 256 bytes and so
+    // drifted from tiktoken by a token or two per cut; short enough for tiktoken's
+    // quadratic merge to finish quickly.
+    let runs = [
+        "a".repeat(3000),
+        "abc123".repeat(500),
+        "漢字かなカナ".repeat(200),
+        "=-".repeat(1500),
+        " ".repeat(3000),
+        "\n\t ".repeat(1000),
+        "https://example.invalid/".repeat(100),
+        "e\u{301}".repeat(500),
+    ];
+    for family in [Family::O200k, Family::Cl100k] {
+        for text in &runs {
+            assert_eq!(
+                Estimator::Bpe(family).count_text(text),
+                tiktoken(family, text),
+                "{family}, {:?}…",
+                text.chars().take(6).collect::<String>()
+            );
+        }
+    }
+}
+
+#[test]
 fn long_runs_without_spaces_stay_linear() {
-    // One pre-token of 200 KiB would take BPE many seconds; cut into runs it takes
-    // milliseconds. The bound here is loose for slow debug builds on busy machines.
+    // One pre-token of 200 KiB takes tiktoken's merge many seconds; the linear-time encoder
+    // takes milliseconds. The bound here is loose for slow debug builds on busy machines.
     let start = Instant::now();
     let letters = "a".repeat(200 * 1024);
     let n = O200K.count_text(&letters);
