@@ -69,10 +69,10 @@ impl Policy for Admit {
                 Ok(facts) => facts,
                 Err(e) => return Flow::Respond(unreadable(e)),
             };
-            let estimator = dep
-                .tokens
-                .estimator
-                .for_model(facts.model.as_deref().unwrap_or(&dep.name));
+            // The deployment's model, not the body's: the request that runs is pinned to the
+            // deployment's model, and a family a client names would load its tables (tens
+            // of MiB, up to ~80 ms) on the request path. Start-up warms exactly these.
+            let estimator = dep.tokens.estimator.for_model(&dep.name);
             let prompt = estimator.estimate_prompt(&facts);
             ctx.stream_plan = StreamPlan::for_request(&facts, dep.tokens.stream_usage, estimator);
             ctx.tokens = Some(TokenEstimate {

@@ -337,7 +337,8 @@ pub enum LimitWindow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenSettings {
     /// How prompt tokens are estimated at admission (`estimator`, `family`). Default
-    /// [`EstimatorChoice::BpeByModel`]: BPE in the family of the request's model.
+    /// [`EstimatorChoice::BpeByModel`]: BPE in the family the deployment's name implies (the
+    /// model every request to it runs on, whatever `model` the client's body names).
     pub estimator: EstimatorChoice,
     /// Completion tokens reserved when a request sets no `max_tokens` /
     /// `max_completion_tokens`. Default [`DEFAULT_MAX_TOKENS`].

@@ -19,6 +19,11 @@ use crate::snapshot::Snapshot;
 const KEY: &str = "pipeline-unit-test-key-0123";
 
 fn snapshot(limits: &str) -> Snapshot {
+    snapshot_for("gpt-4o-mini", limits)
+}
+
+/// One mock deployment named `deployment`, its product limited by `limits`, behind [`KEY`].
+fn snapshot_for(deployment: &str, limits: &str) -> Snapshot {
     use sha2::Digest as _;
     let hash: String = sha2::Sha256::digest(KEY.as_bytes())
         .iter()
@@ -31,7 +36,7 @@ name = "mock"
 kind = "mock"
 
 [[deployment]]
-name = "gpt-4o-mini"
+name = "{deployment}"
 backends = [{{ backend = "mock" }}]
 
 [[product]]
@@ -54,6 +59,20 @@ fn decide(
     snapshot: &Snapshot,
 ) -> Result<Vec<u8>, crate::error::GatewayError> {
     let body = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    run(pipeline, snapshot, "gpt-4o-mini", body).0
+}
+
+/// Runs a chat request with `body` for `deployment` through the head and body phases; the
+/// answer headers (or the refusal) and the token estimate the context held.
+fn run(
+    pipeline: &Pipeline<'_, Standard>,
+    snapshot: &Snapshot,
+    deployment: &str,
+    body: &[u8],
+) -> (
+    Result<Vec<u8>, crate::error::GatewayError>,
+    Option<crate::policy::context::TokenEstimate>,
+) {
     let buf = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\napi-key: {KEY}\r\ncontent-length: {}\r\n\r\n",
         body.len()
@@ -83,14 +102,14 @@ fn decide(
     };
     if outcome.is_ok() {
         req.body = body;
-        ctx.deployment = snapshot.deployments.get("gpt-4o-mini");
+        ctx.deployment = snapshot.deployments.get(deployment);
         if let Flow::Respond(err) = pipeline.on_request_body(&mut ctx, &req) {
             outcome = Err(err);
         }
     }
     let headers = ctx.response_headers.clone();
     pipeline.on_complete(&mut ctx);
-    outcome.map(|()| headers)
+    (outcome.map(|()| headers), ctx.tokens)
 }
 
 #[test]
@@ -179,4 +198,37 @@ fn a_wrong_key_is_refused_at_the_head_and_counts_nothing() {
     // The subscription's one request a minute is still there.
     assert!(decide(&pipeline, &snapshot).is_ok());
     assert_eq!(decide(&pipeline, &snapshot).unwrap_err().status(), 429);
+}
+
+#[test]
+fn the_estimate_uses_the_deployments_family_not_the_bodys_model() {
+    use crate::tokens::estimate::{Estimator, Family, RequestFacts};
+    // `gpt-4` is a cl100k model; the body names an o200k one, which is not what runs.
+    let snapshot = snapshot_for(
+        "gpt-4",
+        r#"{ unit = "tokens", rate = 100000, per = "minute" }"#,
+    );
+    let runtime = AccessRuntime::build(&snapshot, None).expect("runtime");
+    let shared = SharedLimits::default();
+    let limits = WorkerLimits::new(&shared, 1);
+    let clock = FakeClock::new(1_700_000_000);
+    let policies = standard();
+    let pipeline = Pipeline {
+        policies: &policies,
+        env: Env {
+            snapshot: &snapshot,
+            runtime: &runtime,
+            limits: &limits,
+            clock: &clock,
+        },
+    };
+    let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Привет, как дела? 東京タワー"}]}"#
+        .as_bytes();
+    let (answer, tokens) = run(&pipeline, &snapshot, "gpt-4", body);
+    assert!(answer.is_ok());
+    let facts = RequestFacts::parse(Operation::ChatCompletions, body).unwrap();
+    let cl100k = Estimator::Bpe(Family::Cl100k).estimate_prompt(&facts);
+    let o200k = Estimator::Bpe(Family::O200k).estimate_prompt(&facts);
+    assert_ne!(cl100k, o200k, "the prompt must tell the families apart");
+    assert_eq!(tokens.map(|t| t.prompt), Some(cl100k));
 }
