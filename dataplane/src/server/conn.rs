@@ -16,7 +16,7 @@ use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 
 use super::body_deadline::BodyDeadline;
-use super::worker::{View, Worker};
+use super::per_core::{View, Worker};
 use crate::answers;
 use crate::downstream::{Downstream, Next};
 use crate::error::GatewayError;

@@ -7,6 +7,7 @@
 
 mod body_deadline;
 mod conn;
+mod per_core;
 mod shutdown;
 mod worker;
 
