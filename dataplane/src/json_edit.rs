@@ -52,6 +52,23 @@ impl EditError {
     }
 }
 
+/// Where a body's top-level member lies, found by one walk ([`Member::find`]) and reused by
+/// every later reader and edit of the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Where the top-level object's `{` is.
+    pub top: usize,
+    /// The member's value span, when present.
+    pub value: Option<Range<usize>>,
+}
+
+impl Member {
+    /// Walks `body` once for its top-level member `key` (see [`top_member`]).
+    pub fn find(body: &[u8], key: &[u8]) -> Result<Self, EditError> {
+        top_member(body, key).map(|(top, value)| Member { top, value })
+    }
+}
+
 /// `body` with its top-level member `key` set to the string `value`, or `Ok(None)` when
 /// nothing needs changing: the member already holds exactly that string, or it is absent
 /// and `insert` is false. An absent member is added first in the object when `insert`.
@@ -65,7 +82,19 @@ pub fn set_string_member(
     value: &str,
     insert: bool,
 ) -> Result<Option<Vec<u8>>, EditError> {
-    let (top, found) = top_member(body, key.as_bytes())?;
+    let member = Member::find(body, key.as_bytes())?;
+    set_string_member_at(body, &member, key, value, insert)
+}
+
+/// [`set_string_member`] for a member already found in these very bytes.
+pub fn set_string_member_at(
+    body: &[u8],
+    member: &Member,
+    key: &str,
+    value: &str,
+    insert: bool,
+) -> Result<Option<Vec<u8>>, EditError> {
+    let (top, found) = (member.top, member.value.clone());
     // A config string serialises infallibly; quoted and escaped as JSON wants.
     let quoted = serde_json::to_vec(value).map_err(|_| EditError::Malformed)?;
     match found {

@@ -15,6 +15,7 @@ use super::identity::Caller;
 use super::trace::Trace;
 use super::usage::{StreamPlan, UsageTap};
 use crate::error::ErrorKind;
+use crate::json_edit::{EditError, Member};
 use crate::route::Operation;
 use crate::snapshot::access::Product;
 use crate::snapshot::{BackendId, Deployment};
@@ -101,6 +102,10 @@ pub struct RequestCtx<'s> {
     pub ip_gate: Option<IpGate>,
     /// What the limits hold for this request until it is settled.
     pub admission: Option<Admission>,
+    /// Where the client body's top-level `model` lies (one walk of the body, reused by the
+    /// route's deployment name and the model pin), or why the body cannot be read so; `None`
+    /// for a request without a body to forward.
+    pub model_member: Option<Result<Member, EditError>>,
     /// The prompt's token estimate and the whole reservation (estimate plus the completion
     /// cap), when a token limit applies.
     pub tokens: Option<TokenEstimate>,
@@ -246,6 +251,7 @@ impl<'s> RequestCtx<'s> {
             product: None,
             ip_gate: None,
             admission: None,
+            model_member: None,
             tokens: None,
             stream_plan: None,
             injected_body: None,

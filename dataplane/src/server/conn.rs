@@ -21,7 +21,7 @@ use crate::answers;
 use crate::downstream::{Downstream, Next};
 use crate::error::GatewayError;
 use crate::http::{parse_request, BodyFraming, ChunkedDecoder, Parse};
-use crate::json_edit;
+use crate::json_edit::{EditError, Member};
 use crate::limit::SystemClock;
 use crate::policy::admission::gate_client_ip;
 use crate::policy::context::{Attempt, End, RequestCtx, RequestId};
@@ -264,7 +264,10 @@ impl Client {
         (self.down.sent, self.down.first_out) = (0, None);
 
         if op != Operation::Models {
-            let name = match self.deployment_name(deployment) {
+            // The body's `model` is found once, for the route (OpenAI paths name the
+            // deployment there) and for the pin of the forwarded body.
+            ctx.model_member = Some(Member::find(&self.down.body, b"model"));
+            let name = match self.deployment_name(deployment, ctx.model_member.as_ref()) {
                 Ok(name) => name,
                 Err(err) => return self.down.answer_error(ctx, &err, close).await,
             };
@@ -324,15 +327,21 @@ impl Client {
         }
     }
 
+    /// The deployment's name: from the path (`range` of `buf`), else the body's `model`
+    /// (`member`, found in the body).
     fn deployment_name(
         &self,
         range: Option<Range<usize>>,
+        member: Option<&Result<Member, EditError>>,
     ) -> Result<std::borrow::Cow<'_, str>, GatewayError> {
         if let Some(r) = range {
             return Ok(String::from_utf8_lossy(&self.down.buf[r]));
         }
-        let (_, span) = json_edit::top_member(&self.down.body, b"model")
-            .map_err(|e| e.into_gateway_error("model"))?;
+        let span = match member {
+            Some(Ok(member)) => member.value.clone(),
+            Some(Err(e)) => return Err(e.into_gateway_error("model")),
+            None => None,
+        };
         let model = span.and_then(|span| {
             serde_json::from_slice::<std::borrow::Cow<'_, str>>(&self.down.body[span]).ok()
         });

@@ -58,6 +58,14 @@ pub fn inject_include_usage(body: &[u8]) -> Option<Vec<u8>> {
     if !probe.stream || !probe.chat_or_completions || probe.include_usage {
         return None;
     }
+    add_include_usage(body)
+}
+
+/// [`inject_include_usage`] for a body already read as a streamed chat or completions
+/// request without `include_usage` (the request's facts, `RequestFacts::needs_usage_injection`):
+/// the edit alone, without reading the body again. `None` when the body is not one JSON
+/// object or is ambiguous (a `stream_options` or `include_usage` key given twice).
+pub fn add_include_usage(body: &[u8]) -> Option<Vec<u8>> {
     let top = skip_ws(body, 0);
     if body.get(top) != Some(&b'{') {
         return None;

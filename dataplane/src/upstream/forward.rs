@@ -28,7 +28,7 @@ use crate::http::{
     connection_lists, folds_to, folds_to_framing, is_hop_by_hop, is_plain_name, parse_response,
     HeaderSpan, Parse,
 };
-use crate::json_edit::set_string_member;
+use crate::json_edit::{set_string_member, set_string_member_at};
 use crate::policy::context::{Attempt, AttemptOutcome, End, RequestCtx};
 use crate::policy::phase::{Pipeline, Policy, UpstreamRequest};
 use crate::route::Operation;
@@ -422,8 +422,7 @@ impl Exchange<'_> {
             return Ok(());
         }
         let body = ctx.attempt_body(&self.down.body);
-        let pinned = set_string_member(body, "model", t.model.model, t.model.insert)
-            .map_err(|e| e.into_gateway_error("model"))?;
+        let pinned = pin_model(ctx, body, t.model.model, t.model.insert)?;
         let body = pinned.as_deref().unwrap_or(body);
         answers::content_length(req, body.len() as u64);
         req.extend_from_slice(b"\r\n");
@@ -681,4 +680,23 @@ fn refusal_of(name: &[u8], managed: bool) -> GatewayError {
 
 fn is_retryable(status: u16) -> bool {
     matches!(status, 429 | 500 | 502 | 503 | 504)
+}
+
+/// `body` (the attempt's) with its `model` set to `model` (see [`set_string_member`]):
+/// from the member the connection found when `body` is the client's own, else found anew
+/// (the body with `include_usage` added has other offsets).
+pub(super) fn pin_model(
+    ctx: &RequestCtx<'_>,
+    body: &[u8],
+    model: &str,
+    insert: bool,
+) -> Result<Option<Vec<u8>>, GatewayError> {
+    let pinned = match &ctx.model_member {
+        Some(found) if !ctx.upstream.injected_body => found
+            .as_ref()
+            .map_err(|e| *e)
+            .and_then(|member| set_string_member_at(body, member, "model", model, insert)),
+        _ => set_string_member(body, "model", model, insert),
+    };
+    pinned.map_err(|e| e.into_gateway_error("model"))
 }

@@ -1,11 +1,11 @@
 //! Serving a request from the built-in mock backend: [`crate::mock`] builds the answer, this
 //! writes it, sleeping for the configured latency and streaming pace.
 
+use super::forward::pin_model;
 use super::relay::frame;
 use super::Exchange;
 use crate::answers::{common_headers, json_response, status_line};
 use crate::downstream::Next;
-use crate::json_edit::set_string_member;
 use crate::mock::{self, MockReply, MockSettings};
 use crate::policy::context::{AttemptOutcome, End, RequestCtx};
 use crate::policy::phase::{BodyCoding, Chunk, Pipeline, Policy, Response};
@@ -44,12 +44,9 @@ impl Exchange<'_> {
                 (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
             });
         let body = ctx.attempt_body(&self.down.body);
-        let pinned = match set_string_member(body, "model", deployment, false) {
+        let pinned = match pin_model(ctx, body, deployment, false) {
             Ok(pinned) => pinned,
-            Err(e) => {
-                let err = e.into_gateway_error("model");
-                return self.down.answer_error(ctx, &err, close).await;
-            }
+            Err(err) => return self.down.answer_error(ctx, &err, close).await,
         };
         let reply = mock::reply(
             settings,

@@ -11,7 +11,7 @@
 
 use crate::policy::context::RequestCtx;
 use crate::tokens::estimate::{Estimator, RequestFacts};
-use crate::tokens::usage::inject_include_usage;
+use crate::tokens::usage::add_include_usage;
 
 /// What a streamed chat or completions request under a token limit allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +63,7 @@ pub fn plan_attempt(
     };
     let mut inject = plan.inject && accepts_stream_options;
     if inject && ctx.injected_body.is_none() {
-        match inject_include_usage(client_body) {
+        match add_include_usage(client_body) {
             Some(body) => ctx.injected_body = Some(body),
             None => {
                 // Nothing to add after all (an ambiguous body is left alone): counted.
