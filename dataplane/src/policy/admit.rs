@@ -178,28 +178,26 @@ fn rate_limit_headers(out: &mut Vec<u8>, admission: &Admission) {
     let mut num = itoa::Buffer::new();
     // A worker's lease can hold tokens while the shared bucket refills to full: the sum may
     // pass the limit, but no client is told it has more than the limit.
-    if let Some((limit, remaining)) = admission.requests {
-        header(
-            out,
-            b"x-ratelimit-limit-requests",
-            num.format(limit).as_bytes(),
-        );
-        header(
-            out,
-            b"x-ratelimit-remaining-requests",
-            num.format(remaining.min(limit)).as_bytes(),
-        );
-    }
-    if let Some((limit, remaining)) = admission.tokens {
-        header(
-            out,
+    let units = [
+        (
+            &b"x-ratelimit-limit-requests"[..],
+            &b"x-ratelimit-remaining-requests"[..],
+            admission.requests,
+        ),
+        (
             b"x-ratelimit-limit-tokens",
-            num.format(limit).as_bytes(),
-        );
-        header(
-            out,
             b"x-ratelimit-remaining-tokens",
-            num.format(remaining.min(limit)).as_bytes(),
-        );
+            admission.tokens,
+        ),
+    ];
+    for (limit_name, remaining_name, tightest) in units {
+        if let Some((limit, remaining)) = tightest {
+            header(out, limit_name, num.format(limit).as_bytes());
+            header(
+                out,
+                remaining_name,
+                num.format(remaining.min(limit)).as_bytes(),
+            );
+        }
     }
 }

@@ -52,6 +52,26 @@ keys = ["sha256:{hash}"]
     crate::config::load_str(Path::new("test.toml"), &text, &|_| None, None).expect("config")
 }
 
+/// Runs `test` with the standard pipeline on `snapshot`: its runtime, a worker's limiter
+/// caches over fresh limit state, and a fake clock the test advances.
+fn with_pipeline(snapshot: &Snapshot, test: impl FnOnce(&Pipeline<'_, Standard>, &FakeClock)) {
+    let runtime = AccessRuntime::build(snapshot, None).expect("runtime");
+    let shared = SharedLimits::default();
+    let limits = WorkerLimits::new(&shared, 1);
+    let clock = FakeClock::new(1_700_000_000);
+    let policies = standard();
+    let pipeline = Pipeline {
+        policies: &policies,
+        env: Env {
+            snapshot,
+            runtime: &runtime,
+            limits: &limits,
+            clock: &clock,
+        },
+    };
+    test(&pipeline, &clock);
+}
+
 /// Runs a chat request for `gpt-4o-mini` through the head and body phases at the clock's
 /// time; the context is completed (as the server does) before it returns.
 fn decide(
@@ -115,89 +135,65 @@ fn run(
 #[test]
 fn a_per_second_rate_refills_after_retry_after_on_the_clock() {
     let snapshot = snapshot(r#"{ unit = "requests", rate = 5, per = "second", burst = 1 }"#);
-    let runtime = AccessRuntime::build(&snapshot, None).expect("runtime");
-    let shared = SharedLimits::default();
-    let limits = WorkerLimits::new(&shared, 1);
-    let clock = FakeClock::new(1_700_000_000);
-    let policies = standard();
-    let pipeline = Pipeline {
-        policies: &policies,
-        env: Env {
-            snapshot: &snapshot,
-            runtime: &runtime,
-            limits: &limits,
-            clock: &clock,
-        },
-    };
-    let headers = decide(&pipeline, &snapshot).expect("the first request");
-    let headers = String::from_utf8(headers).unwrap();
-    assert!(
-        headers.contains("x-ratelimit-limit-requests: 5\r\n"),
-        "{headers}"
-    );
-    let refused = decide(&pipeline, &snapshot).expect_err("over the burst");
-    assert_eq!(refused.status(), 429);
-    let wait = refused.retry_after.expect("retry after");
-    assert!(
-        wait > Duration::ZERO && wait <= Duration::from_millis(200),
-        "{wait:?}"
-    );
-    // Not yet: a moment before the retry time.
-    clock.advance(wait - Duration::from_millis(1));
-    assert_eq!(decide(&pipeline, &snapshot).unwrap_err().status(), 429);
-    clock.advance(Duration::from_millis(1));
-    assert!(
-        decide(&pipeline, &snapshot).is_ok(),
-        "admitted once retry-after has passed, at {} ns",
-        clock.now_nanos()
-    );
+    with_pipeline(&snapshot, |pipeline, clock| {
+        let headers = decide(pipeline, &snapshot).expect("the first request");
+        let headers = String::from_utf8(headers).unwrap();
+        assert!(
+            headers.contains("x-ratelimit-limit-requests: 5\r\n"),
+            "{headers}"
+        );
+        let refused = decide(pipeline, &snapshot).expect_err("over the burst");
+        assert_eq!(refused.status(), 429);
+        let wait = refused.retry_after.expect("retry after");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(200),
+            "{wait:?}"
+        );
+        // Not yet: a moment before the retry time.
+        clock.advance(wait - Duration::from_millis(1));
+        assert_eq!(decide(pipeline, &snapshot).unwrap_err().status(), 429);
+        clock.advance(Duration::from_millis(1));
+        assert!(
+            decide(pipeline, &snapshot).is_ok(),
+            "admitted once retry-after has passed, at {} ns",
+            clock.now_nanos()
+        );
+    });
 }
 
 #[test]
 fn a_wrong_key_is_refused_at_the_head_and_counts_nothing() {
     let snapshot = snapshot(r#"{ unit = "requests", rate = 1, per = "minute" }"#);
-    let runtime = AccessRuntime::build(&snapshot, None).expect("runtime");
-    let shared = SharedLimits::default();
-    let limits = WorkerLimits::new(&shared, 1);
-    let clock = FakeClock::new(1_700_000_000);
-    let policies = standard();
-    let pipeline = Pipeline {
-        policies: &policies,
-        env: Env {
-            snapshot: &snapshot,
-            runtime: &runtime,
-            limits: &limits,
-            clock: &clock,
-        },
-    };
-    let head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\napi-key: wrong\r\n\r\n";
-    let mut parsed = RequestHead::new();
-    assert!(matches!(
-        parse_request(head, &snapshot.server.limits, &mut parsed),
-        Ok(Parse::Complete)
-    ));
-    let mut ctx = RequestCtx::new(
-        RequestId::hex(&[(2, 4)]),
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        Instant::now(),
-        Vec::new(),
-        Vec::new(),
-    );
-    ctx.operation = Some(Operation::ChatCompletions);
-    let req = Request {
-        head: &parsed,
-        buf: head,
-        body: &[],
-    };
-    match pipeline.on_request(&mut ctx, &req) {
-        Flow::Respond(err) => assert_eq!(err.status(), 401),
-        Flow::Continue => panic!("a wrong key passed"),
-    }
-    pipeline.on_complete(&mut ctx);
-    assert!(ctx.admission.is_none());
-    // The subscription's one request a minute is still there.
-    assert!(decide(&pipeline, &snapshot).is_ok());
-    assert_eq!(decide(&pipeline, &snapshot).unwrap_err().status(), 429);
+    with_pipeline(&snapshot, |pipeline, _| {
+        let head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\napi-key: wrong\r\n\r\n";
+        let mut parsed = RequestHead::new();
+        assert!(matches!(
+            parse_request(head, &snapshot.server.limits, &mut parsed),
+            Ok(Parse::Complete)
+        ));
+        let mut ctx = RequestCtx::new(
+            RequestId::hex(&[(2, 4)]),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Instant::now(),
+            Vec::new(),
+            Vec::new(),
+        );
+        ctx.operation = Some(Operation::ChatCompletions);
+        let req = Request {
+            head: &parsed,
+            buf: head,
+            body: &[],
+        };
+        match pipeline.on_request(&mut ctx, &req) {
+            Flow::Respond(err) => assert_eq!(err.status(), 401),
+            Flow::Continue => panic!("a wrong key passed"),
+        }
+        pipeline.on_complete(&mut ctx);
+        assert!(ctx.admission.is_none());
+        // The subscription's one request a minute is still there.
+        assert!(decide(pipeline, &snapshot).is_ok());
+        assert_eq!(decide(pipeline, &snapshot).unwrap_err().status(), 429);
+    });
 }
 
 #[test]
@@ -208,27 +204,15 @@ fn the_estimate_uses_the_deployments_family_not_the_bodys_model() {
         "gpt-4",
         r#"{ unit = "tokens", rate = 100000, per = "minute" }"#,
     );
-    let runtime = AccessRuntime::build(&snapshot, None).expect("runtime");
-    let shared = SharedLimits::default();
-    let limits = WorkerLimits::new(&shared, 1);
-    let clock = FakeClock::new(1_700_000_000);
-    let policies = standard();
-    let pipeline = Pipeline {
-        policies: &policies,
-        env: Env {
-            snapshot: &snapshot,
-            runtime: &runtime,
-            limits: &limits,
-            clock: &clock,
-        },
-    };
-    let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Привет, как дела? 東京タワー"}]}"#
-        .as_bytes();
-    let (answer, tokens) = run(&pipeline, &snapshot, "gpt-4", body);
-    assert!(answer.is_ok());
-    let facts = RequestFacts::parse(Operation::ChatCompletions, body).unwrap();
-    let cl100k = Estimator::Bpe(Family::Cl100k).estimate_prompt(&facts);
-    let o200k = Estimator::Bpe(Family::O200k).estimate_prompt(&facts);
-    assert_ne!(cl100k, o200k, "the prompt must tell the families apart");
-    assert_eq!(tokens.map(|t| t.prompt), Some(cl100k));
+    with_pipeline(&snapshot, |pipeline, _| {
+        let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Привет, как дела? 東京タワー"}]}"#
+            .as_bytes();
+        let (answer, tokens) = run(pipeline, &snapshot, "gpt-4", body);
+        assert!(answer.is_ok());
+        let facts = RequestFacts::parse(Operation::ChatCompletions, body).unwrap();
+        let cl100k = Estimator::Bpe(Family::Cl100k).estimate_prompt(&facts);
+        let o200k = Estimator::Bpe(Family::O200k).estimate_prompt(&facts);
+        assert_ne!(cl100k, o200k, "the prompt must tell the families apart");
+        assert_eq!(tokens.map(|t| t.prompt), Some(cl100k));
+    });
 }
