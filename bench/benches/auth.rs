@@ -113,17 +113,17 @@ fn jwt_verify(c: &mut Criterion) {
             key(
                 "hs",
                 JwtAlg::HS256,
-                JwtKeySource::Secret(HS_SECRET.to_vec()),
+                JwtKeySource::secret(HS_SECRET.to_vec()),
             ),
             key(
                 "rs",
                 JwtAlg::RS256,
-                JwtKeySource::Pem(RSA_PUBLIC_PEM.to_vec()),
+                JwtKeySource::pem(RSA_PUBLIC_PEM.to_vec()),
             ),
             key(
                 "es",
                 JwtAlg::ES256,
-                JwtKeySource::Pem(EC_PUBLIC_PEM.to_vec()),
+                JwtKeySource::pem(EC_PUBLIC_PEM.to_vec()),
             ),
         ],
         ..JwtIssuerConfig::new(ISS)

@@ -12,7 +12,7 @@ static VALIDATOR: LazyLock<Option<JwtValidator>> = LazyLock::new(|| {
         keys: vec![JwtKeyConfig {
             kid: None,
             algorithms: vec![JwtAlg::HS256],
-            source: JwtKeySource::Secret(b"fuzzing-secret-of-at-least-32-bytes!".to_vec()),
+            source: JwtKeySource::secret(b"fuzzing-secret-of-at-least-32-bytes!".to_vec()),
         }],
         ..JwtIssuerConfig::new("https://issuer.example")
     };

@@ -28,6 +28,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -50,24 +51,115 @@ pub const DEFAULT_LEEWAY_SECS: u64 = 60;
 /// `kid`); bounds the crypto one request can cost.
 pub const MAX_KEYS_TRIED: usize = 4;
 
-/// Where a key comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a key comes from. The config compiler reads key files and secrets itself (through
+/// its injected reader and environment) and gives the material with where it came from
+/// ([`Secret`](Self::Secret), [`Pem`](Self::Pem), [`Jwks`](Self::Jwks),
+/// [`JwksUrl`](Self::JwksUrl)); the `*File` and [`SecretEnv`](Self::SecretEnv) forms are read
+/// by [`JwtValidator::new`] for callers without a config file.
+#[derive(Clone, PartialEq, Eq)]
 pub enum JwtKeySource {
-    /// An HMAC secret read from this environment variable when the config is compiled (at
+    /// An HMAC secret read from this environment variable by [`JwtValidator::new`] (at
     /// least 32 bytes, and 48 / 64 for HS384 / HS512; taken as the variable's bytes).
     SecretEnv(String),
-    /// An HMAC secret given directly (tests, or a caller that resolved it itself).
-    Secret(Vec<u8>),
-    /// A PEM public key file (RSA, P-256 or P-384; SPKI, or PKCS#1 for RSA).
+    /// An HMAC secret given directly. Never printed by `Debug`.
+    Secret {
+        /// The environment variable it was read from, if any (for messages).
+        env: Option<String>,
+        /// The secret's bytes.
+        secret: Vec<u8>,
+    },
+    /// A PEM public key file (RSA, P-256 or P-384; SPKI, or PKCS#1 for RSA), read by
+    /// [`JwtValidator::new`].
     PemFile(PathBuf),
     /// PEM text given directly.
-    Pem(Vec<u8>),
-    /// A JWKS file, read when the config is compiled.
+    Pem {
+        /// The file it was read from, if any (named in errors).
+        path: Option<PathBuf>,
+        /// The PEM text.
+        pem: Vec<u8>,
+    },
+    /// A JWKS file, read by [`JwtValidator::new`].
     JwksFile(PathBuf),
     /// A JWKS document given directly.
-    Jwks(Vec<u8>),
-    /// An `http://` JWKS URL, fetched and refreshed on a side thread.
-    JwksUrl(String),
+    Jwks {
+        /// The file it was read from, if any (named in errors).
+        path: Option<PathBuf>,
+        /// The document (a JSON object with a non-empty `keys` array).
+        json: Vec<u8>,
+    },
+    /// An `http://` JWKS URL, fetched and refreshed on a side thread. Each URL has its own
+    /// settings (`refresh` in the config is per `jwks_url` key), so two URLs of one issuer
+    /// are refetched each on its own schedule.
+    JwksUrl {
+        /// The URL.
+        url: String,
+        /// How often it is refetched, and the limits of a fetch.
+        settings: JwksSettings,
+    },
+}
+
+impl JwtKeySource {
+    /// An HMAC secret given directly, from no environment variable.
+    pub fn secret(secret: impl Into<Vec<u8>>) -> Self {
+        Self::Secret {
+            env: None,
+            secret: secret.into(),
+        }
+    }
+
+    /// PEM text given directly, from no file.
+    pub fn pem(pem: impl Into<Vec<u8>>) -> Self {
+        Self::Pem {
+            path: None,
+            pem: pem.into(),
+        }
+    }
+
+    /// A JWKS document given directly, from no file.
+    pub fn jwks(json: impl Into<Vec<u8>>) -> Self {
+        Self::Jwks {
+            path: None,
+            json: json.into(),
+        }
+    }
+
+    /// A JWKS URL with the default [`JwksSettings`] (refetched every 10 min).
+    pub fn jwks_url(url: impl Into<String>) -> Self {
+        Self::JwksUrl {
+            url: url.into(),
+            settings: JwksSettings::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for JwtKeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::SecretEnv(var) => f.debug_tuple("SecretEnv").field(var).finish(),
+            Self::Secret { env, .. } => f
+                .debug_struct("Secret")
+                .field("env", env)
+                .field("secret", &format_args!("****"))
+                .finish(),
+            Self::PemFile(path) => f.debug_tuple("PemFile").field(path).finish(),
+            Self::Pem { path, pem } => f
+                .debug_struct("Pem")
+                .field("path", path)
+                .field("pem", &String::from_utf8_lossy(pem))
+                .finish(),
+            Self::JwksFile(path) => f.debug_tuple("JwksFile").field(path).finish(),
+            Self::Jwks { path, json } => f
+                .debug_struct("Jwks")
+                .field("path", path)
+                .field("json", &String::from_utf8_lossy(json))
+                .finish(),
+            Self::JwksUrl { url, settings } => f
+                .debug_struct("JwksUrl")
+                .field("url", url)
+                .field("settings", settings)
+                .finish(),
+        }
+    }
 }
 
 /// One configured key (or key set) of an issuer.
@@ -99,23 +191,30 @@ pub struct RequiredClaim {
 pub struct SubscriptionMapping {
     /// The claim, e.g. `appid`, `azp` or `sub`. A token without it is refused.
     pub claim: String,
-    /// Claim value → subscription.
-    pub values: HashMap<String, SubscriptionId>,
+    /// Claim value → subscription. Shared: the config compiler gives every issuer the one
+    /// table of the file's `jwt_claim_values`.
+    pub values: Arc<HashMap<String, SubscriptionId>>,
     /// The subscription for values not in `values`; `None` refuses them.
     pub default: Option<SubscriptionId>,
 }
 
-/// One trusted issuer's settings.
+/// One trusted issuer's settings: what the config compiler makes of a `[[jwt]]` table, and
+/// what [`JwtValidator::new`] compiles.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwtIssuerConfig {
+    /// Its name in the config (for logs). [`new`](Self::new) uses the issuer.
+    pub name: String,
     /// The exact `iss` value.
     pub issuer: String,
     /// The accepted `aud` values (a token's `aud` must name at least one).
     pub audiences: Vec<String>,
-    /// Its keys; at least one.
+    /// Its keys, in config order; at least one.
     pub keys: Vec<JwtKeyConfig>,
-    /// Clock-skew allowance for `exp` and `nbf`. Default [`DEFAULT_LEEWAY_SECS`].
-    pub leeway_secs: u64,
+    /// Clock-skew allowance for `exp` and `nbf`. Default [`DEFAULT_LEEWAY_SECS`] seconds.
+    /// Token times are whole seconds; a fractional leeway is applied exactly (a token
+    /// expired at `exp` is refused once `now ≥ exp + leeway`, one not valid before `nbf`
+    /// passes once `now + leeway ≥ nbf`).
+    pub leeway: Duration,
     /// Refuse tokens without `exp`. Default `true`.
     pub require_expiration: bool,
     /// Refuse tokens without `aud`. Default `true` (then `audiences` must not be empty).
@@ -127,35 +226,34 @@ pub struct JwtIssuerConfig {
     /// token without one is read against this issuer only when it is the one issuer
     /// configured and this is `false`.
     pub require_issuer: bool,
-    /// Claims that must hold given values.
+    /// Claims that must hold given values, in config order.
     pub required_claims: Vec<RequiredClaim>,
     /// The claim naming the subscription; `None`: tokens carry no subscription (the route's
     /// or product's default applies, as the wiring decides).
     pub subscription: Option<SubscriptionMapping>,
-    /// Refresh settings of its JWKS URLs.
-    pub jwks: JwksSettings,
     /// Claims whose values a valid token reports in [`Principal::claims`] (for limits
     /// scoped by a claim). Default none.
     pub scope_claims: Vec<String>,
 }
 
 impl JwtIssuerConfig {
-    /// Settings for `issuer` with the defaults: no audiences or keys yet, leeway 60 s,
-    /// `exp`, `aud` and `iss` required (`nbf` checked when given), no required claims, no
-    /// subscription claim.
+    /// Settings for `issuer` (also its name) with the defaults: no audiences or keys yet,
+    /// leeway 60 s, `exp`, `aud` and `iss` required (`nbf` checked when given), no required
+    /// claims, no subscription claim.
     pub fn new(issuer: impl Into<String>) -> Self {
+        let issuer = issuer.into();
         Self {
-            issuer: issuer.into(),
+            name: issuer.clone(),
+            issuer,
             audiences: Vec::new(),
             keys: Vec::new(),
-            leeway_secs: DEFAULT_LEEWAY_SECS,
+            leeway: Duration::from_secs(DEFAULT_LEEWAY_SECS),
             require_expiration: true,
             require_audience: true,
             require_not_before: false,
             require_issuer: true,
             required_claims: Vec::new(),
             subscription: None,
-            jwks: JwksSettings::default(),
             scope_claims: Vec::new(),
         }
     }
@@ -553,16 +651,19 @@ impl Issuer {
         now: u64,
     ) -> Result<Principal, JwtError> {
         let config = &self.config;
-        let leeway = config.leeway_secs;
+        // `now`, `exp` and `nbf` are whole seconds, so `now ≥ exp + leeway` holds exactly
+        // when `now ≥ exp + ⌈leeway⌉`, and `now + leeway < nbf` when `now + ⌊leeway⌋ < nbf`.
+        let floor = config.leeway.as_secs();
+        let ceil = floor.saturating_add(u64::from(config.leeway.subsec_nanos() > 0));
         let exp = numeric_date(claims, "exp")?;
         match exp {
             None if config.require_expiration => return Err(JwtError::MissingExpiration),
-            Some(exp) if now >= exp.saturating_add(leeway) => return Err(JwtError::Expired),
+            Some(exp) if now >= exp.saturating_add(ceil) => return Err(JwtError::Expired),
             _ => {}
         }
         match numeric_date(claims, "nbf")? {
             None if config.require_not_before => return Err(JwtError::MissingNotBefore),
-            Some(nbf) if now.saturating_add(leeway) < nbf => return Err(JwtError::NotYetValid),
+            Some(nbf) if now.saturating_add(floor) < nbf => return Err(JwtError::NotYetValid),
             _ => {}
         }
         match claims.get("aud") {
@@ -754,7 +855,7 @@ fn compile_issuer(config: JwtIssuerConfig) -> Result<Issuer, JwtConfigError> {
         }
         let is_set = matches!(
             key.source,
-            JwtKeySource::JwksFile(_) | JwtKeySource::Jwks(_) | JwtKeySource::JwksUrl(_)
+            JwtKeySource::JwksFile(_) | JwtKeySource::Jwks { .. } | JwtKeySource::JwksUrl { .. }
         );
         if is_set && key.kid.is_some() {
             return Err(JwtConfigError::KidOnJwks(name.clone()));
@@ -768,29 +869,37 @@ fn compile_issuer(config: JwtIssuerConfig) -> Result<Issuer, JwtConfigError> {
                 })?;
                 keys.push(VerifyKey::hmac(kid, secret.as_bytes(), pin).map_err(key_error)?);
             }
-            JwtKeySource::Secret(secret) => {
+            JwtKeySource::Secret { secret, .. } => {
                 keys.push(VerifyKey::hmac(kid, secret, pin).map_err(key_error)?);
             }
             JwtKeySource::PemFile(path) => {
                 let key = VerifyKey::from_pem(kid, &read(path)?, pin);
                 keys.push(key.map_err(file_key_error(path))?);
             }
-            JwtKeySource::Pem(pem) => {
-                keys.push(VerifyKey::from_pem(kid, pem, pin).map_err(key_error)?);
+            JwtKeySource::Pem { path, pem } => {
+                let key = VerifyKey::from_pem(kid, pem, pin);
+                keys.push(match path {
+                    Some(path) => key.map_err(file_key_error(path))?,
+                    None => key.map_err(key_error)?,
+                });
             }
             JwtKeySource::JwksFile(path) => {
                 keys.extend(parse_jwks(&read(path)?, pin).map_err(file_key_error(path))?);
             }
-            JwtKeySource::Jwks(document) => {
-                keys.extend(parse_jwks(document, pin).map_err(key_error)?);
+            JwtKeySource::Jwks { path, json } => {
+                let set = parse_jwks(json, pin);
+                keys.extend(match path {
+                    Some(path) => set.map_err(file_key_error(path))?,
+                    None => set.map_err(key_error)?,
+                });
             }
-            JwtKeySource::JwksUrl(url) => {
+            JwtKeySource::JwksUrl { url, settings } => {
                 // A key set only ever yields RSA and EC keys (symmetric ones are skipped).
                 let pin = pin.intersect(KeyKind::PUBLIC_ALGS);
                 if pin.is_empty() {
                     return Err(key_error(JwksError::NoUsableKeys(0)));
                 }
-                let cache = JwksCache::new(url, pin, config.jwks).map_err(key_error)?;
+                let cache = JwksCache::new(url, pin, *settings).map_err(key_error)?;
                 remote.push(RemoteKeys {
                     cache: Arc::new(cache),
                     refresher: Arc::new(OnceLock::new()),

@@ -8,16 +8,17 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::check::{check_not_empty, line_of, EnvLookup, ReadFile};
 use super::error::Reporter;
-use super::jwt::compile_jwt;
+use super::jwt::{compile_jwt, IssuerCommon};
 use super::limits::LimitTable;
 use super::products::{compile_product, KeyHashes, SubscriptionTables};
 use super::schema::{ConfigFile, TokensSection};
 use crate::auth::keys::KeyTable;
 use crate::snapshot::access::{
-    Access, Estimator, EstimatorChoice, Family, LimitOwner, SubscriptionId,
+    Access, Estimator, EstimatorChoice, Family, LimitOwner, LimitScope, SubscriptionId,
 };
 use crate::snapshot::{Deployment, TokenSettings};
 
@@ -146,6 +147,26 @@ pub(crate) fn compile_access(
         subscriptions.push(tables.compile(section, &field, id, product, report));
     }
 
+    let claim_values: Arc<HashMap<String, SubscriptionId>> = Arc::new(
+        tables
+            .claim_values
+            .into_iter()
+            .map(|(value, (subscription, _))| (value, subscription))
+            .collect(),
+    );
+    // The claims `claim:` limit scopes count by, once each in limit order.
+    let mut scope_claims: Vec<String> = Vec::new();
+    for limit in &limits.limits {
+        if let LimitScope::Claim(name) = &limit.scope {
+            if !scope_claims.contains(name) {
+                scope_claims.push(name.clone());
+            }
+        }
+    }
+    let common = IssuerCommon {
+        claim_values: &claim_values,
+        scope_claims: &scope_claims,
+    };
     let mut issuers = Vec::with_capacity(file.jwt.len());
     let mut issuer_names: HashMap<&str, usize> = HashMap::new();
     let mut issuer_values: HashMap<&str, usize> = HashMap::new();
@@ -181,7 +202,9 @@ pub(crate) fn compile_access(
         } else {
             issuer_values.insert(j.issuer.get_ref(), i);
         }
-        issuers.push(compile_jwt(section, &field, source, report, env, read));
+        issuers.push(compile_jwt(
+            section, &field, source, report, env, read, &common,
+        ));
     }
 
     // Duplicate hashes were reported above and left out, so the table always builds.
@@ -193,11 +216,7 @@ pub(crate) fn compile_access(
         products,
         subscriptions,
         keys,
-        claim_values: tables
-            .claim_values
-            .into_iter()
-            .map(|(value, (subscription, _))| (value, subscription))
-            .collect(),
+        claim_values,
         jwt: issuers,
         limits: limits.limits,
         client_ip_limits,

@@ -2,10 +2,12 @@
 //! registered and custom claims) and its keys — a PEM public key file, an HMAC secret from the
 //! environment, a JWKS file or a JWKS URL — with pinned algorithms. Key material is read
 //! through the injected reader and parsed with the validator's own code, so a key it could not
-//! use is a located config error.
+//! use is a located config error. The result is the validator's own
+//! [`JwtIssuerConfig`]: the snapshot holds it and the runtime compiles it as it is.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use toml::Spanned;
@@ -13,12 +15,32 @@ use toml::Spanned;
 use super::check::{check_not_empty, line_of, parse_duration, EnvLookup, ReadFile};
 use super::error::Reporter;
 use super::schema::{JwtKeyEntry, JwtSection, SpannedList};
+use crate::auth::jwks::JwksSettings;
+use crate::auth::jwt::DEFAULT_LEEWAY_SECS;
 use crate::http::url::{parse_http_url, UrlError};
 use crate::snapshot::access::{
-    JwtAlg, JwtIssuer, JwtKey, JwtKeySource, JwtRequire, RequiredClaim, DEFAULT_JWKS_REFRESH,
-    DEFAULT_JWT_LEEWAY,
+    JwtAlg, JwtIssuerConfig, JwtKeyConfig, JwtKeySource, RequiredClaim, SubscriptionId,
+    SubscriptionMapping,
 };
-use crate::snapshot::Secret;
+
+/// What every issuer of a file shares: the claim-value table of the subscriptions'
+/// `jwt_claim_values`, and the claims `claim:` limit scopes count by (each issuer reports
+/// them in its principals).
+pub(super) struct IssuerCommon<'a> {
+    pub(super) claim_values: &'a Arc<HashMap<String, SubscriptionId>>,
+    pub(super) scope_claims: &'a [String],
+}
+
+/// Which registered claims a token must carry: `require` in a `[[jwt]]`.
+struct Require {
+    exp: bool,
+    aud: bool,
+    iss: bool,
+    nbf: bool,
+}
+
+/// The leeway when `leeway` is not given.
+const DEFAULT_LEEWAY: Duration = Duration::from_secs(DEFAULT_LEEWAY_SECS);
 
 pub(super) fn compile_jwt(
     section: &Spanned<JwtSection>,
@@ -27,7 +49,8 @@ pub(super) fn compile_jwt(
     report: &mut Reporter<'_>,
     env: EnvLookup<'_>,
     read: ReadFile<'_>,
-) -> JwtIssuer {
+    common: &IssuerCommon<'_>,
+) -> JwtIssuerConfig {
     let j = section.get_ref();
     check_not_empty(report, &j.issuer, &format!("{field}.issuer"));
     check_not_empty(
@@ -39,17 +62,23 @@ pub(super) fn compile_jwt(
     let audiences = non_empty_strings(&j.audiences, &format!("{field}.audiences"), report);
 
     let leeway = match &j.leeway {
-        None => DEFAULT_JWT_LEEWAY,
+        None => DEFAULT_LEEWAY,
         Some(v) => parse_duration(v.get_ref()).unwrap_or_else(|message| {
             report.at(v.span(), format!("{field}.leeway"), message);
-            DEFAULT_JWT_LEEWAY
+            DEFAULT_LEEWAY
         }),
     };
 
     let require = match &j.require {
-        None => JwtRequire::default(),
+        // The default: `exp`, `aud` and `iss`; `nbf` checked when present.
+        None => Require {
+            exp: true,
+            aud: true,
+            iss: true,
+            nbf: false,
+        },
         Some(list) => {
-            let mut require = JwtRequire {
+            let mut require = Require {
                 exp: false,
                 aud: false,
                 iss: false,
@@ -146,15 +175,23 @@ pub(super) fn compile_jwt(
         }
     }
 
-    JwtIssuer {
+    JwtIssuerConfig {
         name: j.name.get_ref().clone(),
         issuer: j.issuer.get_ref().clone(),
         audiences,
-        subscription_claim: j.subscription_claim.get_ref().clone(),
-        leeway,
-        require,
-        required_claims: required_claims.into_iter().map(|(_, c)| c).collect(),
         keys,
+        leeway,
+        require_expiration: require.exp,
+        require_audience: require.aud,
+        require_not_before: require.nbf,
+        require_issuer: require.iss,
+        required_claims: required_claims.into_iter().map(|(_, c)| c).collect(),
+        subscription: Some(SubscriptionMapping {
+            claim: j.subscription_claim.get_ref().clone(),
+            values: Arc::clone(common.claim_values),
+            default: None,
+        }),
+        scope_claims: common.scope_claims.to_vec(),
     }
 }
 
@@ -185,7 +222,7 @@ fn compile_jwt_key(
     report: &mut Reporter<'_>,
     env: EnvLookup<'_>,
     read: ReadFile<'_>,
-) -> Option<JwtKey> {
+) -> Option<JwtKeyConfig> {
     let e = entry.get_ref();
     let present: Vec<(&str, &Spanned<String>)> = [
         ("public_key_file", &e.public_key_file),
@@ -243,8 +280,9 @@ fn compile_jwt_key(
         None => None,
     };
 
+    let default_refresh = JwksSettings::default().refresh_every;
     let refresh = match &e.refresh {
-        None => DEFAULT_JWKS_REFRESH,
+        None => default_refresh,
         Some(v) if kind != "jwks_url" => {
             report.at(
                 v.span(),
@@ -252,7 +290,7 @@ fn compile_jwt_key(
                 "`refresh` applies only to a `jwks_url` key",
             );
             fine = false;
-            DEFAULT_JWKS_REFRESH
+            default_refresh
         }
         Some(v) => match parse_duration(v.get_ref()) {
             Ok(d) if d < Duration::from_secs(1) => {
@@ -264,7 +302,7 @@ fn compile_jwt_key(
             Err(message) => {
                 report.at(v.span(), format!("{field}.refresh"), message);
                 fine = false;
-                DEFAULT_JWKS_REFRESH
+                default_refresh
             }
         },
     };
@@ -282,7 +320,10 @@ fn compile_jwt_key(
                 report.at(value.span(), value_field, format!("`{text}` {message}"));
                 return None;
             }
-            JwtKeySource::PublicKeyPem { path, pem }
+            JwtKeySource::Pem {
+                path: Some(path),
+                pem: pem.into_bytes(),
+            }
         }
         "jwks_file" => {
             let path = resolve_path(source, text);
@@ -291,7 +332,10 @@ fn compile_jwt_key(
                 report.at(value.span(), value_field, format!("`{text}` {message}"));
                 return None;
             }
-            JwtKeySource::JwksFile { path, json }
+            JwtKeySource::Jwks {
+                path: Some(path),
+                json: json.into_bytes(),
+            }
         }
         "jwks_url" => {
             let checked = match parse_http_url(text) {
@@ -303,9 +347,13 @@ fn compile_jwt_key(
                 report.at(value.span(), value_field, message);
                 return None;
             }
+            // Each URL its own schedule: `refresh` is written on the key.
             JwtKeySource::JwksUrl {
                 url: text.clone(),
-                refresh,
+                settings: JwksSettings {
+                    refresh_every: refresh,
+                    ..JwksSettings::default()
+                },
             }
         }
         _ => {
@@ -348,8 +396,8 @@ fn compile_jwt_key(
                 }
             }
             JwtKeySource::Secret {
-                env: text.clone(),
-                secret: Secret::new(secret),
+                env: Some(text.clone()),
+                secret: secret.into_bytes(),
             }
         }
     };
@@ -360,7 +408,7 @@ fn compile_jwt_key(
             return None;
         }
     }
-    Some(JwtKey {
+    Some(JwtKeyConfig {
         kid,
         algorithms,
         source,
@@ -376,24 +424,19 @@ fn verify_key(
     algorithms: &[JwtAlg],
     source: &JwtKeySource,
 ) -> Result<(), String> {
-    use crate::auth::jwks::{parse_jwks, JwksCache, JwksSettings, KeyKind, VerifyKey};
+    use crate::auth::jwks::{parse_jwks, JwksCache, KeyKind, VerifyKey};
     use crate::auth::jwt::AlgSet;
     let pin = AlgSet::from_algs(algorithms);
     let kid = kid.map(str::to_string);
     let checked = match source {
-        JwtKeySource::PublicKeyPem { pem, .. } => {
-            VerifyKey::from_pem(kid, pem.as_bytes(), pin).map(drop)
+        JwtKeySource::Pem { pem, .. } => VerifyKey::from_pem(kid, pem, pin).map(drop),
+        JwtKeySource::Secret { secret, .. } => VerifyKey::hmac(kid, secret, pin).map(drop),
+        JwtKeySource::Jwks { json, .. } => parse_jwks(json, pin).map(drop),
+        JwtKeySource::JwksUrl { url, settings } => {
+            JwksCache::new(url, pin.intersect(KeyKind::PUBLIC_ALGS), *settings).map(drop)
         }
-        JwtKeySource::Secret { secret, .. } => {
-            VerifyKey::hmac(kid, secret.expose().as_bytes(), pin).map(drop)
-        }
-        JwtKeySource::JwksFile { json, .. } => parse_jwks(json.as_bytes(), pin).map(drop),
-        JwtKeySource::JwksUrl { url, .. } => JwksCache::new(
-            url,
-            pin.intersect(KeyKind::PUBLIC_ALGS),
-            JwksSettings::default(),
-        )
-        .map(drop),
+        // The compiler reads files and variables itself and never gives these.
+        JwtKeySource::SecretEnv(_) | JwtKeySource::PemFile(_) | JwtKeySource::JwksFile(_) => Ok(()),
     };
     checked.map_err(|e| e.to_string())
 }

@@ -7,16 +7,13 @@
 
 use std::path::Path;
 
-use crate::auth::jwt::{
-    JwtIssuerConfig, JwtKeyConfig, JwtKeySource as RuntimeKeySource, JwtValidator,
-    SubscriptionMapping,
-};
+use crate::auth::jwt::JwtValidator;
 use crate::auth::keys::{extract_credential, query_has_key, KeyCheck};
 use crate::config::{ConfigError, ConfigErrors};
 use crate::error::{ErrorKind, GatewayError};
 use crate::http::RequestHead;
 use crate::route::Operation;
-use crate::snapshot::access::{Access, JwtKeySource, LimitScope, Product};
+use crate::snapshot::access::{Access, Product};
 
 /// The caller, once authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,8 +41,8 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Builds the JWT validator of `access` (compiled from `source`; the key table is the
-    /// snapshot's own, [`Access::keys`]), taking
+    /// Builds the JWT validator of `access` from its issuers as compiled ([`Access::jwt`],
+    /// from `source`; the key table is the snapshot's own, [`Access::keys`]), taking
     /// over from `previous` — the identity of the snapshot being replaced — the JWKS caches
     /// and refresh threads of JWKS URLs configured the same way (see
     /// [`JwtValidator::carry_over`]). Starts no thread: [`start`](Self::start) does.
@@ -67,25 +64,11 @@ impl Identity {
                 message,
             }])
         };
-        // The claims `claim:` limit scopes count by; every issuer reports them.
-        let mut scope_claims: Vec<String> = Vec::new();
-        for limit in &access.limits {
-            if let LimitScope::Claim(name) = &limit.scope {
-                if !scope_claims.contains(name) {
-                    scope_claims.push(name.clone());
-                }
-            }
-        }
         let jwt = if access.jwt.is_empty() {
             None
         } else {
-            let configs = access
-                .jwt
-                .iter()
-                .map(|j| issuer_config(access, j, &scope_claims))
-                .collect();
             let mut validator =
-                JwtValidator::new(configs).map_err(|e| refuse("jwt", e.to_string()))?;
+                JwtValidator::new(access.jwt.clone()).map_err(|e| refuse("jwt", e.to_string()))?;
             if let Some(old) = previous.and_then(|p| p.jwt.as_ref()) {
                 let carried = validator.carry_over(old);
                 tracing::debug!(
@@ -206,50 +189,77 @@ fn invalid_key() -> GatewayError {
     )
 }
 
-fn issuer_config(
-    access: &Access,
-    j: &crate::snapshot::access::JwtIssuer,
-    scope_claims: &[String],
-) -> JwtIssuerConfig {
-    let mut config = JwtIssuerConfig::new(j.issuer.clone());
-    config.scope_claims = scope_claims.to_vec();
-    config.audiences = j.audiences.clone();
-    config.leeway_secs = j.leeway.as_secs();
-    config.require_expiration = j.require.exp;
-    config.require_audience = j.require.aud;
-    config.require_not_before = j.require.nbf;
-    config.require_issuer = j.require.iss;
-    config.required_claims = j.required_claims.clone();
-    let values = access
-        .claim_values
-        .iter()
-        .map(|(value, &sub)| (value.clone(), sub))
-        .collect();
-    config.subscription = Some(SubscriptionMapping {
-        claim: j.subscription_claim.clone(),
-        values,
-        default: None,
-    });
-    for key in &j.keys {
-        let algorithms = key.algorithms.clone();
-        let source = match &key.source {
-            JwtKeySource::PublicKeyPem { pem, .. } => {
-                RuntimeKeySource::Pem(pem.as_bytes().to_vec())
-            }
-            JwtKeySource::Secret { secret, .. } => {
-                RuntimeKeySource::Secret(secret.expose().as_bytes().to_vec())
-            }
-            JwtKeySource::JwksFile { json, .. } => RuntimeKeySource::Jwks(json.as_bytes().to_vec()),
-            JwtKeySource::JwksUrl { url, refresh } => {
-                config.jwks.refresh_every = *refresh;
-                RuntimeKeySource::JwksUrl(url.clone())
-            }
-        };
-        config.keys.push(JwtKeyConfig {
-            kid: key.kid.clone(),
-            algorithms,
-            source,
-        });
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::Identity;
+    use crate::auth::testkeys::{jwks, rsa_jwk, wait_for, JwksServer};
+
+    /// `refresh` is written on each `jwks_url` key, so each URL is refetched on its own
+    /// schedule: a 1 s URL listed before a 1 h one of the same issuer is refetched within
+    /// seconds, and the 1 h one is not (neither takes the other's `refresh`).
+    #[test]
+    fn each_jwks_url_is_refetched_on_its_own_refresh() {
+        let fast = JwksServer::start(jwks(&[rsa_jwk("fast")]));
+        let slow = JwksServer::start(jwks(&[rsa_jwk("slow")]));
+        let text = format!(
+            "[[backend]]\nname = \"m\"\nkind = \"mock\"\n\n[[deployment]]\nname = \"d\"\n\
+             backends = [{{ backend = \"m\" }}]\n\n[[jwt]]\nname = \"remote\"\n\
+             issuer = \"https://issuer.test\"\naudiences = [\"api://sluice\"]\n\
+             subscription_claim = \"appid\"\nkeys = [\n\
+             {{ jwks_url = \"{}\", algorithms = [\"RS256\"], refresh = \"1s\" }},\n\
+             {{ jwks_url = \"{}\", algorithms = [\"RS256\"], refresh = \"1h\" }},\n]\n",
+            fast.url, slow.url
+        );
+        let snapshot =
+            crate::config::load_str(Path::new("sluice.toml"), &text, &|_| None, None).unwrap();
+        let identity = Identity::build(&snapshot.access, &snapshot.source, None).unwrap();
+        identity.start().unwrap();
+        assert!(
+            wait_for(|| slow.hits() == 1),
+            "the 1 h URL is fetched at start"
+        );
+        assert!(
+            wait_for(|| fast.hits() >= 2),
+            "the 1 s URL is refetched after a second, not an hour: {} fetches",
+            fast.hits()
+        );
+        assert_eq!(slow.hits(), 1, "the 1 h URL keeps its own schedule");
     }
-    config
+
+    /// A reload that changes one `jwks_url`'s `refresh` starts that URL afresh and keeps
+    /// the fetched key set of every other URL of the issuer, whichever of them changed.
+    #[test]
+    fn a_changed_refresh_restarts_only_its_own_url() {
+        let text = |first: &str, second: &str| {
+            format!(
+                "[[backend]]\nname = \"m\"\nkind = \"mock\"\n\n[[deployment]]\nname = \"d\"\n\
+                 backends = [{{ backend = \"m\" }}]\n\n[[jwt]]\nname = \"remote\"\n\
+                 issuer = \"https://issuer.test\"\naudiences = [\"api://sluice\"]\n\
+                 subscription_claim = \"appid\"\nkeys = [\n\
+                 {{ jwks_url = \"http://127.0.0.1:1/a\", algorithms = [\"RS256\"], refresh = \"{first}\" }},\n\
+                 {{ jwks_url = \"http://127.0.0.1:1/b\", algorithms = [\"RS256\"], refresh = \"{second}\" }},\n]\n"
+            )
+        };
+        let build = |text: &str, previous: Option<&Identity>| {
+            let snapshot =
+                crate::config::load_str(Path::new("sluice.toml"), text, &|_| None, None).unwrap();
+            Identity::build(&snapshot.access, &snapshot.source, previous).unwrap()
+        };
+        let caches = |identity: &Identity| -> Vec<_> {
+            let jwt = identity.jwt.as_ref().unwrap();
+            jwt.jwks_caches().cloned().collect()
+        };
+        let old = build(&text("1h", "1h"), None);
+        for (first, second, kept) in [("2h", "1h", [false, true]), ("1h", "2h", [true, false])] {
+            let next = build(&text(first, second), Some(&old));
+            let kept_now: Vec<bool> = caches(&old)
+                .iter()
+                .zip(caches(&next).iter())
+                .map(|(o, n)| std::sync::Arc::ptr_eq(o, n))
+                .collect();
+            assert_eq!(kept_now, kept, "refresh {first} and {second}");
+        }
+    }
 }

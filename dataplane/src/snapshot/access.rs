@@ -6,7 +6,8 @@
 //! the leaf modules' own types where one exists: the key table is
 //! [`crate::auth::keys::KeyTable`], ids are [`SubscriptionId`] and
 //! [`crate::limit::LimitId`], limit windows are [`RateSpec`] / [`QuotaSpec`], algorithms are
-//! [`JwtAlg`], a deployment's estimator is [`EstimatorChoice`]. Every limit sits once in
+//! [`JwtAlg`], a deployment's estimator is [`EstimatorChoice`], a `[[jwt]]` is the
+//! validator's own [`JwtIssuerConfig`]. Every limit sits once in
 //! [`Access::limits`] under a [`LimitIndex`]; key material (PEM text, JWKS documents, HMAC
 //! secrets) was read and parsed when the config was compiled, so a reload picks up new files.
 //! The JWT validator (with its JWKS caches) is built from it by
@@ -14,11 +15,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
 
-use super::Secret;
-pub use crate::auth::jwt::{JwtAlg, RequiredClaim};
+pub use crate::auth::jwks::JwksSettings;
+pub use crate::auth::jwt::{
+    JwtAlg, JwtIssuerConfig, JwtKeyConfig, JwtKeySource, RequiredClaim, SubscriptionMapping,
+};
 use crate::auth::keys::{KeyCheck, KeyTable};
 pub use crate::limit::{QuotaSpec, QuotaWindow, RateSpec};
 use crate::route::Operation;
@@ -43,11 +45,14 @@ pub struct Access {
     pub subscriptions: Vec<Subscription>,
     /// Every key hash of every subscription (live and revoked) → whose it is.
     pub keys: KeyTable,
-    /// Every `jwt_claim_values` entry → its subscription. A token's value of its issuer's
-    /// [`JwtIssuer::subscription_claim`] is looked up here.
-    pub claim_values: HashMap<String, SubscriptionId>,
-    /// Every `[[jwt]]`, in file order.
-    pub jwt: Vec<JwtIssuer>,
+    /// Every `jwt_claim_values` entry → its subscription. The one table every issuer's
+    /// [`SubscriptionMapping::values`] shares: a token's value of its issuer's
+    /// `subscription_claim` is looked up here.
+    pub claim_values: Arc<HashMap<String, SubscriptionId>>,
+    /// Every `[[jwt]]`, in file order, as the JWT validator takes it: keys read and checked,
+    /// the subscription mapped by `subscription_claim` through [`Access::claim_values`], and
+    /// every claim a `claim:` limit scope counts by in `scope_claims`.
+    pub jwt: Vec<JwtIssuerConfig>,
     /// Every limit in the file, indexed by [`LimitIndex`]: products' (in product order), then
     /// deployments', then the server's client-IP limits.
     pub limits: Vec<Limit>,
@@ -64,7 +69,7 @@ impl Default for Access {
             products: Vec::new(),
             subscriptions: Vec::new(),
             keys: KeyTable::default(),
-            claim_values: HashMap::new(),
+            claim_values: Arc::default(),
             jwt: Vec::new(),
             limits: Vec::new(),
             client_ip_limits: Vec::new(),
@@ -360,102 +365,3 @@ impl Default for TokenSettings {
         }
     }
 }
-
-/// A `[[jwt]]`: one trusted token issuer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JwtIssuer {
-    /// Its name in the config.
-    pub name: String,
-    /// The exact `iss` value expected.
-    pub issuer: String,
-    /// Accepted `aud` values (a token's `aud` must name one). Not empty when `aud` is
-    /// required.
-    pub audiences: Vec<String>,
-    /// The claim whose value picks the subscription, looked up in
-    /// [`Access::claim_values`].
-    pub subscription_claim: String,
-    /// Clock-skew allowance for `exp` and `nbf`. Default 60 s.
-    pub leeway: Duration,
-    /// Which registered claims a token must carry.
-    pub require: JwtRequire,
-    /// Claims that must hold one of the given values, in file order.
-    pub required_claims: Vec<RequiredClaim>,
-    /// Its keys (at least one), in file order.
-    pub keys: Vec<JwtKey>,
-}
-
-/// Registered claims a token must carry. `exp` and `nbf` are checked whenever present;
-/// `aud` and `iss`, when present, must match even if not required.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JwtRequire {
-    /// `exp`. Default true.
-    pub exp: bool,
-    /// `aud`. Default true.
-    pub aud: bool,
-    /// `iss`. Default true.
-    pub iss: bool,
-    /// `nbf`. Default false.
-    pub nbf: bool,
-}
-
-impl Default for JwtRequire {
-    fn default() -> Self {
-        Self {
-            exp: true,
-            aud: true,
-            iss: true,
-            nbf: false,
-        }
-    }
-}
-
-/// One key (or key set) of an issuer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JwtKey {
-    /// Matched against the token's `kid`; single keys only (a JWKS carries its own). `None`:
-    /// tried for any token.
-    pub kid: Option<String>,
-    /// The algorithms this key may verify (not empty; HS* exactly when the source is a
-    /// secret), in file order.
-    pub algorithms: Vec<JwtAlg>,
-    /// Where the key material is.
-    pub source: JwtKeySource,
-}
-
-/// Key material, read when the config was compiled (except a URL's).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JwtKeySource {
-    /// `public_key_file`: a PEM public key (RSA or EC).
-    PublicKeyPem {
-        /// The file, resolved against the config file's folder.
-        path: PathBuf,
-        /// Its text.
-        pem: String,
-    },
-    /// `secret_env`: an HMAC secret (the variable's bytes).
-    Secret {
-        /// The environment variable's name.
-        env: String,
-        /// Its value.
-        secret: Secret,
-    },
-    /// `jwks_file`: a JWKS document.
-    JwksFile {
-        /// The file, resolved against the config file's folder.
-        path: PathBuf,
-        /// Its text (a JSON object with a non-empty `keys` array).
-        json: String,
-    },
-    /// `jwks_url`: a JWKS fetched over plain HTTP off the request path.
-    JwksUrl {
-        /// The `http://` URL.
-        url: String,
-        /// How often to refetch it. Default 10 min.
-        refresh: Duration,
-    },
-}
-
-/// How often a `jwks_url` is refetched by default.
-pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(600);
-/// The `exp`/`nbf` leeway by default.
-pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(60);

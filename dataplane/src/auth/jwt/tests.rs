@@ -43,7 +43,7 @@ fn hs_key() -> JwtKeyConfig {
     key(
         None,
         JwtAlg::HS256,
-        JwtKeySource::Secret(HS_SECRET.to_vec()),
+        JwtKeySource::secret(HS_SECRET.to_vec()),
     )
 }
 
@@ -51,7 +51,7 @@ fn rs_key(kid: Option<&str>) -> JwtKeyConfig {
     key(
         kid,
         JwtAlg::RS256,
-        JwtKeySource::Pem(RSA_PUBLIC_PEM.to_vec()),
+        JwtKeySource::pem(RSA_PUBLIC_PEM.to_vec()),
     )
 }
 
@@ -59,7 +59,7 @@ fn es_key() -> JwtKeyConfig {
     key(
         None,
         JwtAlg::ES256,
-        JwtKeySource::Pem(EC_PUBLIC_PEM.to_vec()),
+        JwtKeySource::pem(EC_PUBLIC_PEM.to_vec()),
     )
 }
 
@@ -224,12 +224,78 @@ fn expiry_within_and_beyond_leeway() {
     assert_eq!(v.validate(&token, exp + 3600), Err(JwtError::Expired));
 
     let strict = JwtValidator::new(vec![JwtIssuerConfig {
-        leeway_secs: 0,
+        leeway: std::time::Duration::ZERO,
         ..issuer(vec![hs_key()])
     }])
     .unwrap();
     assert_eq!(strict.validate(&token, exp), Err(JwtError::Expired));
     assert!(strict.validate(&token, exp - 1).is_ok());
+}
+
+/// Token times are whole seconds; a fractional leeway is applied exactly, neither cut to
+/// the second below (which would refuse a token it allows) nor stretched for `nbf`.
+#[test]
+fn a_fractional_leeway_is_applied_exactly() {
+    let v = JwtValidator::new(vec![JwtIssuerConfig {
+        leeway: std::time::Duration::from_millis(1500),
+        ..issuer(vec![hs_key()])
+    }])
+    .unwrap();
+    let exp = NOW + 600;
+    let token = hs(&claims(""));
+    assert!(
+        v.validate(&token, exp + 1).is_ok(),
+        "exp + 1 s < exp + 1.5 s"
+    );
+    assert_eq!(v.validate(&token, exp + 2), Err(JwtError::Expired));
+    let nbf = hs(&claims(&format!(r#""nbf":{}"#, NOW + 2)));
+    assert!(v.validate(&nbf, NOW + 1).is_ok(), "now + 1.5 s ≥ nbf - 1 s");
+    assert_eq!(v.validate(&nbf, NOW), Err(JwtError::NotYetValid));
+}
+
+/// An HMAC secret never appears in debug output (the snapshot holding it is logged).
+#[test]
+fn a_secret_is_not_printed() {
+    let source = JwtKeySource::Secret {
+        env: Some("JWT_SECRET".into()),
+        secret: HS_SECRET.to_vec(),
+    };
+    let debug = format!("{:?}", key(None, JwtAlg::HS256, source));
+    let bytes = format!("{:?}", HS_SECRET.to_vec());
+    let text = String::from_utf8_lossy(HS_SECRET).into_owned();
+    assert!(debug.contains("JWT_SECRET"), "{debug}");
+    assert!(!debug.contains(&bytes) && !debug.contains(&text), "{debug}");
+}
+
+/// PEM text or a JWKS read from a file by the caller (the config compiler) is named by its
+/// file in the error, like a file the validator reads itself.
+#[test]
+fn key_material_from_a_named_file_names_it_in_the_error() {
+    let path = std::path::PathBuf::from("/etc/sluice/keys/bad.pem");
+    for source in [
+        JwtKeySource::Pem {
+            path: Some(path.clone()),
+            pem: b"not a pem".to_vec(),
+        },
+        JwtKeySource::Jwks {
+            path: Some(path.clone()),
+            json: b"{}".to_vec(),
+        },
+    ] {
+        let error =
+            JwtValidator::new(vec![issuer(vec![key(None, JwtAlg::RS256, source)])]).unwrap_err();
+        assert!(
+            matches!(&error, JwtConfigError::KeyFile { path: p, .. } if *p == path.display().to_string()),
+            "{error:?}"
+        );
+    }
+    let unnamed = JwtValidator::new(vec![issuer(vec![key(
+        None,
+        JwtAlg::RS256,
+        JwtKeySource::pem(b"not a pem".to_vec()),
+    )])])
+    .unwrap_err();
+    assert!(matches!(unnamed, JwtConfigError::Key { .. }), "{unnamed:?}");
 }
 
 #[test]
@@ -451,7 +517,7 @@ fn hs256_signed_with_the_rsa_public_key_is_refused() {
     let pinned_wrong = JwtValidator::new(vec![issuer(vec![key(
         None,
         JwtAlg::HS256,
-        JwtKeySource::Pem(RSA_PUBLIC_PEM.to_vec()),
+        JwtKeySource::pem(RSA_PUBLIC_PEM.to_vec()),
     )])]);
     assert!(matches!(
         pinned_wrong,
@@ -632,10 +698,10 @@ fn required_claim_values() {
 fn a_claim_maps_to_the_subscription() {
     let mapping = SubscriptionMapping {
         claim: "appid".into(),
-        values: HashMap::from([
+        values: Arc::new(HashMap::from([
             ("app-one".to_owned(), SubscriptionId(1)),
             ("app-two".to_owned(), SubscriptionId(2)),
-        ]),
+        ])),
         default: None,
     };
     let v = JwtValidator::new(vec![JwtIssuerConfig {
@@ -687,7 +753,7 @@ fn config_mistakes_are_refused() {
     let weak = JwtValidator::new(vec![issuer(vec![key(
         None,
         JwtAlg::HS256,
-        JwtKeySource::Secret(b"short".to_vec()),
+        JwtKeySource::secret(b"short".to_vec()),
     )])]);
     assert!(matches!(
         weak,
@@ -704,7 +770,7 @@ fn config_mistakes_are_refused() {
     let https = JwtValidator::new(vec![issuer(vec![key(
         None,
         JwtAlg::RS256,
-        JwtKeySource::JwksUrl("https://login.example.test/keys".into()),
+        JwtKeySource::jwks_url("https://login.example.test/keys"),
     )])]);
     assert!(matches!(
         https,
@@ -716,13 +782,13 @@ fn config_mistakes_are_refused() {
     let kid_on_set = JwtValidator::new(vec![issuer(vec![key(
         Some("k"),
         JwtAlg::RS256,
-        JwtKeySource::JwksUrl("http://127.0.0.1:1/keys".into()),
+        JwtKeySource::jwks_url("http://127.0.0.1:1/keys"),
     )])]);
     assert!(matches!(kid_on_set, Err(JwtConfigError::KidOnJwks(_))));
     let hs_from_jwks = JwtValidator::new(vec![issuer(vec![key(
         None,
         JwtAlg::HS256,
-        JwtKeySource::JwksUrl("http://127.0.0.1:1/keys".into()),
+        JwtKeySource::jwks_url("http://127.0.0.1:1/keys"),
     )])]);
     assert!(hs_from_jwks.is_err());
 }
@@ -737,14 +803,14 @@ fn error_names_are_stable() {
 // --- JWKS over HTTP -------------------------------------------------------------------
 
 fn remote_validator(url: &str, settings: JwksSettings) -> JwtValidator {
-    JwtValidator::new(vec![JwtIssuerConfig {
-        jwks: settings,
-        ..issuer(vec![JwtKeyConfig {
-            kid: None,
-            algorithms: vec![JwtAlg::RS256, JwtAlg::ES256],
-            source: JwtKeySource::JwksUrl(url.into()),
-        }])
-    }])
+    JwtValidator::new(vec![issuer(vec![JwtKeyConfig {
+        kid: None,
+        algorithms: vec![JwtAlg::RS256, JwtAlg::ES256],
+        source: JwtKeySource::JwksUrl {
+            url: url.into(),
+            settings,
+        },
+    }])])
     .unwrap()
 }
 
@@ -877,7 +943,7 @@ fn rfc7515_appendix_a_vectors_verify() {
             vec![key(
                 None,
                 JwtAlg::HS256,
-                JwtKeySource::Secret(secret.clone()),
+                JwtKeySource::secret(secret.clone()),
             )],
             RFC7515_A1,
         ),
@@ -886,7 +952,7 @@ fn rfc7515_appendix_a_vectors_verify() {
             vec![key(
                 None,
                 JwtAlg::RS256,
-                JwtKeySource::Jwks(jwks.clone().into_bytes()),
+                JwtKeySource::jwks(jwks.clone().into_bytes()),
             )],
             RFC7515_A2,
         ),
@@ -895,7 +961,7 @@ fn rfc7515_appendix_a_vectors_verify() {
             vec![key(
                 None,
                 JwtAlg::ES256,
-                JwtKeySource::Jwks(jwks.clone().into_bytes()),
+                JwtKeySource::jwks(jwks.clone().into_bytes()),
             )],
             RFC7515_A3,
         ),
@@ -916,7 +982,7 @@ fn rfc7515_appendix_a_vectors_verify() {
     }
     // A.4 is ES512 (P-521), which Sluice does not verify (nor does its config accept it):
     // its header and payload with a stand-in signature are refused at the header.
-    let v = rfc_validator(vec![key(None, JwtAlg::HS256, JwtKeySource::Secret(secret))]);
+    let v = rfc_validator(vec![key(None, JwtAlg::HS256, JwtKeySource::secret(secret))]);
     assert_eq!(
         v.validate(
             "eyJhbGciOiJFUzUxMiJ9.UGF5bG9hZA.AdwMgeerwtHoh",
@@ -987,9 +1053,9 @@ fn tokens_signed_by_openssl_verify_for_every_algorithm() {
     };
     let pem_or_jwks = |kid: &str, pem: &[u8], alg: JwtAlg, from_jwks: bool| {
         if from_jwks {
-            key(None, alg, JwtKeySource::Jwks(rsa_jwks.clone().into_bytes()))
+            key(None, alg, JwtKeySource::jwks(rsa_jwks.clone().into_bytes()))
         } else {
-            key(Some(kid), alg, JwtKeySource::Pem(pem.to_vec()))
+            key(Some(kid), alg, JwtKeySource::pem(pem.to_vec()))
         }
     };
     for name in [
@@ -998,7 +1064,7 @@ fn tokens_signed_by_openssl_verify_for_every_algorithm() {
         let alg = JwtAlg::from_name(name).unwrap();
         for from_jwks in [false, true] {
             let k = match name {
-                "HS256" | "HS384" | "HS512" => key(None, alg, JwtKeySource::Secret(secret(name))),
+                "HS256" | "HS384" | "HS512" => key(None, alg, JwtKeySource::secret(secret(name))),
                 "ES256" if from_jwks => continue,
                 "ES256" => pem_or_jwks("ec256", OPENSSL_ES256_PEM, alg, false),
                 "ES384" => pem_or_jwks("ec384", OPENSSL_ES384_PEM, alg, from_jwks),
@@ -1043,7 +1109,7 @@ fn rsa_algorithms_are_not_interchangeable() {
     config.keys = vec![key(
         Some("rsa"),
         JwtAlg::RS256,
-        JwtKeySource::Pem(OPENSSL_RSA_PEM.to_vec()),
+        JwtKeySource::pem(OPENSSL_RSA_PEM.to_vec()),
     )];
     let v = JwtValidator::new(vec![config]).unwrap();
     assert_eq!(
@@ -1070,7 +1136,7 @@ fn short_hmac_secrets_do_not_verify_longer_hashes() {
         c.keys = vec![JwtKeyConfig {
             kid: None,
             algorithms: algs,
-            source: JwtKeySource::Secret(secret.clone()),
+            source: JwtKeySource::secret(secret.clone()),
         }];
         c
     };
@@ -1115,14 +1181,11 @@ fn carry_over_keeps_fetched_keys_and_the_refresher_of_an_unchanged_url() {
     assert!(next.validate(&rs_kid("k2"), NOW).is_ok());
 
     // Another pin is another source: nothing carried.
-    let mut other = JwtValidator::new(vec![JwtIssuerConfig {
-        jwks: JwksSettings::default(),
-        ..issuer(vec![JwtKeyConfig {
-            kid: None,
-            algorithms: vec![JwtAlg::RS256],
-            source: JwtKeySource::JwksUrl(server.url.clone()),
-        }])
-    }])
+    let mut other = JwtValidator::new(vec![issuer(vec![JwtKeyConfig {
+        kid: None,
+        algorithms: vec![JwtAlg::RS256],
+        source: JwtKeySource::jwks_url(server.url.clone()),
+    }])])
     .unwrap();
     assert_eq!(other.carry_over(&next), 0);
     assert_eq!(

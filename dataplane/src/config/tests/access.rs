@@ -4,12 +4,12 @@
 use super::*;
 use crate::route::Operation;
 use crate::snapshot::access::{
-    DeploymentSet, Estimator, EstimatorChoice, Family, JwtAlg, JwtIssuer, JwtKey, JwtKeySource,
-    JwtRequire, KeyDigest, KeyEntry, Limit, LimitOwner, LimitScope, LimitUnit, LimitWindow,
-    OperationSet, Product, QuotaSpec, QuotaWindow, RateSpec, RequiredClaim, Subscription,
-    SubscriptionId,
+    DeploymentSet, Estimator, EstimatorChoice, Family, JwksSettings, JwtAlg, JwtIssuerConfig,
+    JwtKeyConfig, JwtKeySource, KeyDigest, KeyEntry, Limit, LimitOwner, LimitScope, LimitUnit,
+    LimitWindow, OperationSet, Product, QuotaSpec, QuotaWindow, RateSpec, RequiredClaim,
+    Subscription, SubscriptionId, SubscriptionMapping,
 };
-use crate::snapshot::{Secret, TokenSettings};
+use crate::snapshot::TokenSettings;
 
 /// The periods of `per = "second"` and `per = "minute"`.
 const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
@@ -333,22 +333,37 @@ fn a_full_access_config_compiles_into_the_expected_data() {
     );
     assert_eq!(access.claim_values["app-b"], SubscriptionId(1));
 
-    let secret = || Secret::new("an-hmac-secret-of-32-bytes-or-so!".to_string());
+    let secret = || JwtKeySource::Secret {
+        env: Some("JWT_HS_SECRET".to_string()),
+        secret: b"an-hmac-secret-of-32-bytes-or-so!".to_vec(),
+    };
+    // Every issuer maps its subscription claim through the file's one claim-value table
+    // and reports the claims `claim:` limits count by.
+    let mapping = |claim: &str| {
+        Some(SubscriptionMapping {
+            claim: claim.to_string(),
+            values: access.claim_values.clone(),
+            default: None,
+        })
+    };
+    assert!(std::sync::Arc::ptr_eq(
+        &access.claim_values,
+        &access.jwt[1].subscription.as_ref().unwrap().values
+    ));
     assert_eq!(
         access.jwt,
         [
-            JwtIssuer {
+            JwtIssuerConfig {
                 name: "entra".to_string(),
                 issuer: "https://login.microsoftonline.com/TENANT/v2.0".to_string(),
                 audiences: vec!["api://sluice".to_string()],
-                subscription_claim: "appid".to_string(),
+                subscription: mapping("appid"),
+                scope_claims: vec!["oid".to_string()],
                 leeway: Duration::from_secs(30),
-                require: JwtRequire {
-                    exp: true,
-                    aud: true,
-                    iss: true,
-                    nbf: true
-                },
+                require_expiration: true,
+                require_audience: true,
+                require_issuer: true,
+                require_not_before: true,
                 // In file order, not the map's.
                 required_claims: vec![
                     RequiredClaim {
@@ -361,60 +376,56 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                     },
                 ],
                 keys: vec![
-                    JwtKey {
+                    JwtKeyConfig {
                         kid: Some("k1".to_string()),
                         algorithms: vec![JwtAlg::RS256, JwtAlg::PS256],
-                        source: JwtKeySource::PublicKeyPem {
-                            path: PathBuf::from("keys/entra.pem"),
-                            pem: PEM.to_string()
+                        source: JwtKeySource::Pem {
+                            path: Some(PathBuf::from("keys/entra.pem")),
+                            pem: PEM.as_bytes().to_vec()
                         },
                     },
-                    JwtKey {
+                    JwtKeyConfig {
                         kid: Some("hs".to_string()),
                         algorithms: vec![JwtAlg::HS256],
-                        source: JwtKeySource::Secret {
-                            env: "JWT_HS_SECRET".to_string(),
-                            secret: secret()
-                        },
+                        source: secret(),
                     },
-                    JwtKey {
+                    JwtKeyConfig {
                         kid: None,
                         algorithms: vec![JwtAlg::RS256, JwtAlg::ES256],
-                        source: JwtKeySource::JwksFile {
-                            path: PathBuf::from("keys/jwks.json"),
-                            json: JWKS.to_string()
+                        source: JwtKeySource::Jwks {
+                            path: Some(PathBuf::from("keys/jwks.json")),
+                            json: JWKS.as_bytes().to_vec()
                         },
                     },
-                    JwtKey {
+                    JwtKeyConfig {
                         kid: None,
                         algorithms: vec![JwtAlg::RS256],
                         source: JwtKeySource::JwksUrl {
                             url: "http://127.0.0.1:9999/keys".to_string(),
-                            refresh: Duration::from_secs(3600)
+                            settings: JwksSettings {
+                                refresh_every: Duration::from_secs(3600),
+                                ..JwksSettings::default()
+                            }
                         },
                     },
                 ],
             },
-            JwtIssuer {
+            JwtIssuerConfig {
                 name: "local".to_string(),
                 issuer: "sluice-test".to_string(),
                 audiences: vec![],
-                subscription_claim: "sub".to_string(),
+                subscription: mapping("sub"),
+                scope_claims: vec!["oid".to_string()],
                 leeway: Duration::from_secs(60),
-                require: JwtRequire {
-                    exp: true,
-                    aud: false,
-                    iss: false,
-                    nbf: false
-                },
+                require_expiration: true,
+                require_audience: false,
+                require_issuer: false,
+                require_not_before: false,
                 required_claims: vec![],
-                keys: vec![JwtKey {
+                keys: vec![JwtKeyConfig {
                     kid: None,
                     algorithms: vec![JwtAlg::HS256],
-                    source: JwtKeySource::Secret {
-                        env: "JWT_HS_SECRET".to_string(),
-                        secret: secret()
-                    },
+                    source: secret(),
                 }],
             },
         ]
@@ -445,12 +456,21 @@ fn without_subscriptions_or_issuers_auth_is_off() {
     let issuer = jwt(URL_KEY);
     assert!(compile(&issuer).unwrap().access.auth_enabled());
     let default = &compile(&issuer).unwrap().access.jwt[0];
-    assert_eq!(default.require, JwtRequire::default());
+    // The default `require`: exp, aud and iss; nbf only checked when present.
+    assert_eq!(
+        (
+            default.require_expiration,
+            default.require_audience,
+            default.require_issuer,
+            default.require_not_before
+        ),
+        (true, true, true, false)
+    );
     assert_eq!(default.leeway, Duration::from_secs(60));
-    let JwtKeySource::JwksUrl { refresh, .. } = &default.keys[0].source else {
+    let JwtKeySource::JwksUrl { settings, .. } = &default.keys[0].source else {
         panic!("not a url: {:?}", default.keys[0]);
     };
-    assert_eq!(*refresh, Duration::from_secs(600));
+    assert_eq!(settings.refresh_every, Duration::from_secs(600));
     // Without `scope`, a product's limit is per subscription, a deployment's for the whole
     // deployment, and rate limits may spend a whole period at once.
     let snapshot = compile(&products).unwrap();
@@ -485,8 +505,11 @@ fn key_files_are_read_relative_to_the_config_file() {
     )
     .unwrap();
     assert_eq!(*seen.borrow(), [PathBuf::from("/etc/sluice/entra.pem")]);
-    let JwtKeySource::PublicKeyPem { path, .. } = &snapshot.access.jwt[0].keys[0].source else {
-        panic!("not a PEM key");
+    let JwtKeySource::Pem {
+        path: Some(path), ..
+    } = &snapshot.access.jwt[0].keys[0].source
+    else {
+        panic!("not a PEM key from a file");
     };
     assert_eq!(path, Path::new("/etc/sluice/entra.pem"));
     // An absolute path stays as it is.
