@@ -1,7 +1,8 @@
 //! The request pipeline seen from a policy: a recording policy installed in front of the
 //! standard pipeline (`server::start_with`, real workers on 127.0.0.1, a real socket) sees
 //! every phase in order — and `on_complete` exactly once — for a plain answer, a stream, a
-//! request refused at its head and one whose backend cannot be reached.
+//! request refused at its head, one whose backend cannot be reached and one refused before
+//! its attempt went out.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
@@ -275,6 +276,21 @@ fn a_recording_policy_sees_every_phase_in_order() {
         lines[3].starts_with("complete status=Some(502) error=Some(UpstreamUnavailable)")
             && lines[3].contains("attempts=[\"ConnectFailed/None\"]"),
         "{lines:?}"
+    );
+
+    // A body whose `model` is given twice cannot be pinned: refused before the mock is
+    // reached, so the attempt the pipeline prepared is not one.
+    let azure = "/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21";
+    let twice = r#"{"model":"a","model":"b","messages":[{"role":"user","content":"hi"}]}"#;
+    assert_eq!(exchange(addr, KEY, azure, twice), 400);
+    assert_eq!(
+        settled(&log),
+        [
+            "request Some(\"chat/completions\")",
+            &format!("request_body {} Some(\"gpt-4o-mini\")", twice.len()),
+            "upstream_request mock",
+            "complete status=Some(400) error=Some(InvalidRequest) end=Complete attempts=[] out=true",
+        ]
     );
 
     shared.begin_shutdown();

@@ -126,8 +126,9 @@ pub struct RequestCtx<'s> {
     pub upstream: UpstreamAsk,
     /// What the pipeline asks of the answer's body (set by `on_response_head`).
     pub body: BodyAccess,
-    /// Each upstream attempt, in order; the last one is the one answered from when
-    /// [`Attempt::status`] is set and the request did not fail before.
+    /// Each upstream attempt, in order (one whose request could not be built, or that a
+    /// policy refused, is not one); the last is the one answered from when its outcome is
+    /// [`AttemptOutcome::Answered`].
     pub attempts: Vec<Attempt>,
     /// The status Sluice sent the client (`None`: no answer head went out).
     pub status: Option<u16>,

@@ -178,6 +178,8 @@ impl Exchange<'_> {
                 .on_upstream_request(ctx, &upstream_req)
                 .into_error()
             {
+                // Refused before anything went out: no attempt was made.
+                ctx.attempts.pop();
                 result = Some(self.down.answer_error(ctx, &err, close).await);
                 break;
             }
@@ -217,6 +219,7 @@ impl Exchange<'_> {
             };
             let underscores = snapshot.server.headers_with_underscores;
             if let Err(err) = self.build_upstream_request(ctx, &target, op, underscores) {
+                ctx.attempts.pop();
                 result = Some(self.down.answer_error(ctx, &err, close).await);
                 break;
             }

@@ -46,7 +46,11 @@ impl Exchange<'_> {
         let body = ctx.attempt_body(&self.down.body);
         let pinned = match pin_model(ctx, body, deployment, false) {
             Ok(pinned) => pinned,
-            Err(err) => return self.down.answer_error(ctx, &err, close).await,
+            Err(err) => {
+                // The body cannot be pinned: nothing reaches the mock.
+                ctx.attempts.pop();
+                return self.down.answer_error(ctx, &err, close).await;
+            }
         };
         let reply = mock::reply(
             settings,
