@@ -157,6 +157,8 @@ backends = [{{ backend = "gone" }}]
 
 [[product]]
 name = "all"
+trace = true
+limits = [{{ unit = "requests", rate = 1000, per = "minute" }}]
 
 [[subscription]]
 name = "team"
@@ -172,19 +174,29 @@ keys = ["{hash}"]
 /// Sends one request on a new connection and reads the answer to its end (the server
 /// closes: `connection: close`); returns the status.
 fn exchange(addr: SocketAddr, key: &str, path: &str, body: &str) -> u16 {
+    let text = exchange_traced(addr, key, path, body, false);
+    text.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// [`exchange`], asking for the trace when `trace`; returns the whole answer.
+fn exchange_traced(addr: SocketAddr, key: &str, path: &str, body: &str, trace: bool) -> String {
+    let ask = if trace {
+        "x-sluice-trace: true\r\n"
+    } else {
+        ""
+    };
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
         "POST {path} HTTP/1.1\r\nhost: x\r\napi-key: {key}\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+         {ask}content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
     let mut answer = Vec::new();
     s.read_to_end(&mut answer).unwrap();
-    let text = String::from_utf8_lossy(&answer);
-    text.split(' ').nth(1).unwrap().parse().unwrap()
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// Waits until the log holds a `complete` line (the request's `on_complete` runs after its
@@ -277,6 +289,21 @@ fn a_recording_policy_sees_every_phase_in_order() {
             && lines[3].contains("attempts=[\"ConnectFailed/None\"]"),
         "{lines:?}"
     );
+
+    // An admitted request's error answer carries its rate-limit state and the trace naming
+    // the backend that failed.
+    let failed = exchange_traced(addr, KEY, chat, unreachable, true).to_ascii_lowercase();
+    assert!(failed.starts_with("http/1.1 502"), "{failed}");
+    assert!(
+        failed.contains("x-ratelimit-limit-requests: 1000\r\n"),
+        "{failed}"
+    );
+    assert!(
+        failed.contains("x-sluice-trace: route=chat/completions deployment=unreachable; subscription=team; limit ")
+            && failed.contains("; backend=gone\r\n"),
+        "{failed}"
+    );
+    let _ = settled(&log);
 
     // A body whose `model` is given twice cannot be pinned: refused before the mock is
     // reached, so the attempt the pipeline prepared is not one.

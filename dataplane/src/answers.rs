@@ -56,10 +56,19 @@ pub fn json_response(
 }
 
 /// Appends a complete error answer in the OpenAI shape.
-pub fn error_response(out: &mut Vec<u8>, err: &GatewayError, rid: &RequestId, close: bool) {
+///
+/// `answer_headers`: the lines Sluice adds to every answer of the request (its rate-limit
+/// state and trace, once it was admitted), before `retry-after` when the error has one.
+pub fn error_response(
+    out: &mut Vec<u8>,
+    err: &GatewayError,
+    rid: &RequestId,
+    close: bool,
+    answer_headers: &[u8],
+) {
     let mut body = Vec::with_capacity(160);
     err.write_body(&mut body);
-    let mut extra = Vec::new();
+    let mut extra = answer_headers.to_vec();
     if let Some(wait) = err.retry_after {
         // Retry-After in whole seconds, rounded up (at least 1); retry-after-ms exactly, as
         // Azure OpenAI sends both and the SDKs prefer the latter.

@@ -12,6 +12,7 @@ use crate::answers;
 use crate::error::{Fault, GatewayError};
 use crate::http::RequestHead;
 use crate::policy::context::{RequestCtx, RequestId};
+use crate::policy::trace::answer_headers;
 use crate::socket::write_all_within;
 
 /// Whether the connection goes on after a request.
@@ -79,14 +80,29 @@ impl Downstream {
         ctx.error = Some(err.kind);
         ctx.status = Some(err.status());
         log_error(ctx, err);
-        self.respond_error(ctx.id, err, close).await
+        // What an admitted request's answers carry (its x-ratelimit-* state, the trace with
+        // the backend last tried) goes on its error answer too.
+        let headers = answer_headers(ctx);
+        self.write_error(ctx.id, err, close, &headers).await
     }
 
-    /// Answers `err` in the OpenAI shape.
+    /// Answers `err` in the OpenAI shape, for a request that has no context (its head did
+    /// not parse).
     pub async fn respond_error(&mut self, rid: RequestId, err: &GatewayError, close: bool) -> Next {
+        self.write_error(rid, err, close, &[]).await
+    }
+
+    /// Writes the error answer, with `headers` (whole `name: value` lines) added.
+    async fn write_error(
+        &mut self,
+        rid: RequestId,
+        err: &GatewayError,
+        close: bool,
+        headers: &[u8],
+    ) -> Next {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        answers::error_response(&mut out, err, &rid, close);
+        answers::error_response(&mut out, err, &rid, close, headers);
         self.linger |= close || err.closes();
         self.write_out(out, close || err.closes()).await
     }

@@ -217,7 +217,8 @@ pub fn gate_client_ip(
             } => {
                 warn_if_shadowed(limit, would_deny);
                 keep_tightest(&mut gate.requests, size, remaining);
-                gate.decided.push((index, remaining, would_deny.is_some()));
+                gate.decided
+                    .push((index, remaining.min(size), would_deny.is_some()));
             }
             Decision::Deny(denial) => return Err(refusal(limit, &denial)),
         }
@@ -293,7 +294,9 @@ pub fn admit(
                 if ask.trace {
                     admission.trace.push(LimitDecision {
                         limit: index,
-                        remaining,
+                        // A lease may hold tokens while the bucket refills to full: no
+                        // client is told it has more than the limit.
+                        remaining: remaining.min(size),
                         shadow_deny: would_deny.is_some(),
                     });
                 }

@@ -54,13 +54,13 @@ fn wants_trace(req: &Request<'_>) -> bool {
 
 /// The header lines Sluice adds to every answer of this request: the rate-limit state, then
 /// `x-sluice-trace` when the trace is on.
-pub fn answer_headers<'c>(ctx: &'c RequestCtx<'_>, snapshot: &Snapshot) -> Cow<'c, [u8]> {
+pub fn answer_headers<'c>(ctx: &'c RequestCtx<'_>) -> Cow<'c, [u8]> {
     let Some(trace) = &ctx.trace else {
         return Cow::Borrowed(&ctx.response_headers);
     };
     let mut all = ctx.response_headers.clone();
     all.extend_from_slice(b"x-sluice-trace: ");
-    render(&mut all, trace, ctx, snapshot);
+    render(&mut all, trace, ctx, ctx.snapshot);
     all.extend_from_slice(b"\r\n");
     Cow::Owned(all)
 }

@@ -180,6 +180,7 @@ impl Client {
             .and_then(RequestId::from_client)
             .unwrap_or_else(|| worker.next_request_id());
         let mut ctx = RequestCtx::new(
+            &view.snapshot.snapshot,
             rid,
             self.down.peer.ip(),
             Instant::now(),

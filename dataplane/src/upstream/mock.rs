@@ -84,7 +84,6 @@ impl Exchange<'_> {
             return self.down.answer_error(ctx, &err, close).await;
         }
         ctx.status = Some(status);
-        let snapshot = pipeline.env.snapshot;
         let mut out = std::mem::take(&mut self.down.out);
         out.clear();
         let mut events = match reply {
@@ -92,7 +91,7 @@ impl Exchange<'_> {
                 let through = pipeline.on_body_chunk(ctx, &body, true, &mut self.leg.filtered)
                     == Chunk::Replaced;
                 let data = if through { &self.leg.filtered } else { &body };
-                let headers = answer_headers(ctx, snapshot);
+                let headers = answer_headers(ctx);
                 json_response(&mut out, status, data, &ctx.id, close, &headers);
                 return self.down.write_out(out, close).await;
             }
@@ -105,7 +104,7 @@ impl Exchange<'_> {
         if chunked_ok {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
-        common_headers(&mut out, &ctx.id, close, &answer_headers(ctx, snapshot));
+        common_headers(&mut out, &ctx.id, close, &answer_headers(ctx));
         out.extend_from_slice(b"\r\n");
         // Events due together go out in one write; before each paced pause what is pending
         // is flushed, so the client sees every event when the mock "produces" it.

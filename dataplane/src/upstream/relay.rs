@@ -23,7 +23,7 @@ use crate::http::{
 use crate::policy::context::{End, RequestCtx};
 use crate::policy::phase::{Chunk, Pipeline, Policy, Response};
 use crate::policy::trace::answer_headers;
-use crate::snapshot::{Snapshot, Timeouts};
+use crate::snapshot::Timeouts;
 use crate::socket::{abort_on_close, read_more_watching, Stopped};
 
 mod decoded;
@@ -79,14 +79,7 @@ impl Exchange<'_> {
         let mut out = std::mem::take(&mut self.down.out);
         out.clear();
         let decoded = decoder.is_some();
-        self.write_response_head(
-            &mut out,
-            ctx,
-            pipeline.env.snapshot,
-            close,
-            chunked_ok,
-            decoded,
-        );
+        self.write_response_head(&mut out, ctx, close, chunked_ok, decoded);
         ctx.status = Some(self.leg.resp.status);
         let relayed = match &mut decoder {
             Some(decoder) => {
@@ -367,7 +360,6 @@ impl Exchange<'_> {
         &self,
         out: &mut Vec<u8>,
         ctx: &RequestCtx<'_>,
-        snapshot: &Snapshot,
         close: bool,
         chunked_ok: bool,
         decoded: bool,
@@ -380,7 +372,7 @@ impl Exchange<'_> {
         out.extend_from_slice(&self.leg.ubuf[r.reason.clone()]);
         out.extend_from_slice(b"\r\n");
         let lists = has_connection_header(&self.leg.ubuf, &r.headers);
-        let extra = answer_headers(ctx, snapshot);
+        let extra = answer_headers(ctx);
         // Response header names Sluice sets itself, whatever the answer: the request id
         // (the backend's goes out as `x-upstream-request-id`), that slot, and the trace.
         const SETS: [&[u8]; 3] = [b"x-request-id", b"x-upstream-request-id", b"x-sluice-trace"];

@@ -104,6 +104,7 @@ fn run(
         Ok(Parse::Complete)
     ));
     let mut ctx = RequestCtx::new(
+        snapshot,
         RequestId::hex(&[(1, 4)]),
         IpAddr::V4(Ipv4Addr::LOCALHOST),
         Instant::now(),
@@ -172,6 +173,7 @@ fn a_wrong_key_is_refused_at_the_head_and_counts_nothing() {
             Ok(Parse::Complete)
         ));
         let mut ctx = RequestCtx::new(
+            &snapshot,
             RequestId::hex(&[(2, 4)]),
             IpAddr::V4(Ipv4Addr::LOCALHOST),
             Instant::now(),
