@@ -387,6 +387,21 @@ fn bad_chunk_data_framing_is_rejected() {
     lf.extend_from_slice(&body);
     lf.extend_from_slice(b"\r\n0\r\n\r\n");
     assert_rejected_400(&g, "bare LF after a chunk size", &raw_request(headers, &lf));
+    // A trailer line that is not a field line (RFC 9112 §7.1.2): no colon, or folded.
+    for (what, trailer) in [
+        (
+            "trailer line without a colon",
+            &b"x-a: b\r\nbad trailer\r\n"[..],
+        ),
+        ("folded trailer line", b"x-a: b\r\n folded\r\n"),
+    ] {
+        let mut junk = format!("{:x}\r\n", body.len()).into_bytes();
+        junk.extend_from_slice(&body);
+        junk.extend_from_slice(b"\r\n0\r\n");
+        junk.extend_from_slice(trailer);
+        junk.extend_from_slice(b"\r\n");
+        assert_rejected_400(&g, what, &raw_request(headers, &junk));
+    }
     g.assert_backend_reachable();
 }
 

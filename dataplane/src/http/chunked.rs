@@ -56,13 +56,17 @@ pub enum ChunkError {
     /// The trailer section (trailer field lines with their CRLFs) is over 8 KiB → 431.
     #[error("chunked trailer section too large")]
     TrailerTooLarge,
+    /// A trailer line is not a field line (`name: value`, the name a token, no leading
+    /// whitespace: obs-fold is refused as in a head), RFC 9112 §7.1.2 and §5 → 400.
+    #[error("bad trailer field line")]
+    BadTrailer,
 }
 
 impl ChunkError {
     /// The status code to answer a client with: 400, 400, 413 or 431.
     pub fn status(&self) -> u16 {
         match self {
-            Self::BadChunkSize | Self::BadLineEnding => 400,
+            Self::BadChunkSize | Self::BadLineEnding | Self::BadTrailer => 400,
             Self::TooLarge => 413,
             Self::TrailerTooLarge => 431,
         }
@@ -75,6 +79,7 @@ impl ChunkError {
             Self::BadLineEnding => "a line in the chunked body does not end in CRLF",
             Self::TooLarge => "the request body is larger than the gateway accepts",
             Self::TrailerTooLarge => "the chunked body's trailer section is too large",
+            Self::BadTrailer => "a trailer line of the chunked body is not a header field line",
         }
     }
 }
@@ -104,7 +109,9 @@ enum State {
     DataLf,
     /// At the start of a trailer line, or the final empty line.
     TrailerStart,
-    /// Inside a trailer field line, up to its CR.
+    /// Inside a trailer field line's name, up to its `:`.
+    TrailerName,
+    /// Inside a trailer field line's value, up to its CR.
     TrailerLine,
     /// Expecting the LF that ends a trailer line.
     TrailerLf,
@@ -268,11 +275,21 @@ impl ChunkedDecoder {
             State::TrailerStart => match b {
                 b'\r' => self.state = State::FinalLf,
                 b'\n' => return Err(ChunkError::BadLineEnding),
-                _ => {
+                _ if is_tchar(b) => {
                     self.add_trailer_bytes(1)?;
-                    self.state = State::TrailerLine;
+                    self.state = State::TrailerName;
                 }
+                // Whitespace (obs-fold), `:` or a control byte: not a field line.
+                _ => return Err(ChunkError::BadTrailer),
             },
+            State::TrailerName => {
+                self.add_trailer_bytes(1)?;
+                match b {
+                    b':' => self.state = State::TrailerLine,
+                    _ if is_tchar(b) => {}
+                    _ => return Err(ChunkError::BadTrailer),
+                }
+            }
             State::TrailerLine => {
                 let rest = input.get(i..).unwrap_or_default();
                 let end = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
@@ -313,6 +330,11 @@ impl ChunkedDecoder {
         }
         Ok(())
     }
+}
+
+/// A `tchar` of a field name (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -467,6 +489,16 @@ mod tests {
             (b"0\r\nA: b\n\r\n", ChunkError::BadLineEnding),
             (b"0\r\nA: b\r\r\n", ChunkError::BadLineEnding),
             (b"0\r\n\rx", ChunkError::BadLineEnding),
+            // Trailer lines are field lines: a name (a token), `:`, a value.
+            (b"0\r\nbad trailer\r\n\r\n", ChunkError::BadTrailer),
+            (
+                b"0\r\nx-a: b\r\nno colon here\r\n\r\n",
+                ChunkError::BadTrailer,
+            ),
+            (b"0\r\nx-a: b\r\n folded\r\n\r\n", ChunkError::BadTrailer),
+            (b"0\r\n: value\r\n\r\n", ChunkError::BadTrailer),
+            (b"0\r\nx a: b\r\n\r\n", ChunkError::BadTrailer),
+            (b"0\r\nx-a\r\n\r\n", ChunkError::BadTrailer),
             (b"5;ext\nhello\r\n", ChunkError::BadLineEnding),
             (b"\r\nhello\r\n", ChunkError::BadChunkSize),
             (b";x\r\n", ChunkError::BadChunkSize),
