@@ -3,23 +3,21 @@
 //! [`reservation`] adds the completion's cap, as Azure OpenAI does at admission.
 //!
 //! Counting uses the model family's real BPE tables ([`Family`]: `o200k_base` or
-//! `cl100k_base`, embedded by `bpe-openai`, loaded once per process on first use or by
-//! [`Estimator::warm`]) or a byte heuristic (a token per 4 bytes) that costs nothing. The BPE
-//! count is exactly OpenAI's `tiktoken` count of the same text, in time linear in its length
-//! whatever the text (`bpe-openai`'s backtracking encoder; tiktoken's own merge is quadratic
-//! in a pre-token's length). Either
+//! `cl100k_base`, OpenAI's published files embedded and decoded once per process on first use
+//! or by [`Estimator::warm`]; see [`super::bpe`]) or a byte heuristic (a token per 4 bytes)
+//! that costs nothing. The BPE count is exactly OpenAI's `tiktoken` count of the same text,
+//! in time O(n log n) in its length whatever the text (tiktoken's own merge is quadratic in a
+//! pre-token's length). Either
 //! is an estimate: images, audio and tool schemas are approximated or ignored, and the
 //! answer's usage settles the account afterwards.
 
 use std::borrow::Cow;
 use std::fmt;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::str::FromStr;
-use std::sync::LazyLock;
 
-use bpe_openai::Tokenizer;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use super::bpe::Bpe;
 use super::lenient::LenientStr;
 use super::strict::{refuse, Kind, Reason, Refusal, Refused, StreamOptionsSeed, Strict};
 use crate::route::Operation;
@@ -139,24 +137,6 @@ impl Family {
             Family::Cl100k => "cl100k_base",
         }
     }
-
-    /// The tables, loaded on first use (release build: o200k ~80 ms and ~35 MiB of heap,
-    /// cl100k ~30 ms and ~17 MiB, plus the embedded bytes read once) and shared by every
-    /// thread after. `None` only if the embedded tables failed to load (`bpe-openai` panics
-    /// then; the panic is caught here, once, rather than on every request).
-    fn tokenizer(self) -> Option<&'static Tokenizer> {
-        fn load(f: fn() -> &'static Tokenizer) -> Option<&'static Tokenizer> {
-            catch_unwind(f).ok()
-        }
-        static O200K: LazyLock<Option<&'static Tokenizer>> =
-            LazyLock::new(|| load(bpe_openai::o200k_base));
-        static CL100K: LazyLock<Option<&'static Tokenizer>> =
-            LazyLock::new(|| load(bpe_openai::cl100k_base));
-        match self {
-            Family::O200k => *O200K,
-            Family::Cl100k => *CL100K,
-        }
-    }
 }
 
 impl fmt::Display for Family {
@@ -226,7 +206,7 @@ pub enum Estimator {
     /// prose, low for code and CJK text.
     Heuristic,
     /// The family's BPE tables: the count OpenAI's `tiktoken` gives, in time linear in the
-    /// text's length (~30–50 µs per KiB of English prose with o200k on the bench machine).
+    /// text's length (~9 µs per KiB of English prose with o200k on the bench machine).
     Bpe(Family),
 }
 
@@ -237,7 +217,7 @@ impl Estimator {
     pub fn warm(self) -> bool {
         match self {
             Estimator::Heuristic => true,
-            Estimator::Bpe(family) => family.tokenizer().is_some(),
+            Estimator::Bpe(family) => Bpe::of(family).is_some(),
         }
     }
 
@@ -262,8 +242,8 @@ impl Estimator {
     pub fn count_text(self, text: &str) -> u64 {
         match self {
             Estimator::Heuristic => heuristic_bytes(text.len()),
-            Estimator::Bpe(family) => match family.tokenizer() {
-                Some(tokenizer) => bpe_count(tokenizer, text),
+            Estimator::Bpe(family) => match Bpe::of(family) {
+                Some(bpe) => bpe.count(text),
                 None => heuristic_bytes(text.len()),
             },
         }
@@ -317,20 +297,6 @@ pub fn reservation(facts: &RequestFacts<'_>, prompt: u32, default_max_tokens: u3
 /// A token per 4 bytes, rounded up.
 fn heuristic_bytes(len: usize) -> u64 {
     (len as u64).div_ceil(4)
-}
-
-/// Counts `text` with `tokenizer`: its pre-tokeniser (tiktoken's split regex, run as a
-/// linear-time automaton), then each piece's BPE count without building the tokens. Exact for
-/// any text, and linear in its length: no cutting of long runs is needed.
-///
-/// `bpe-openai` asserts an invariant of its look-ahead patterns while splitting; should that
-/// ever fail, the text is counted by the heuristic rather than taking the worker down.
-fn bpe_count(tokenizer: &Tokenizer, text: &str) -> u64 {
-    if text.is_empty() {
-        return 0;
-    }
-    catch_unwind(AssertUnwindSafe(|| tokenizer.count(text) as u64))
-        .unwrap_or_else(|_| heuristic_bytes(text.len()))
 }
 
 /// Reads the top-level object of a request body.

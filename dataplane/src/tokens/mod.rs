@@ -17,6 +17,7 @@
 //!
 //! The fixtures in `fixtures/` are copies of `shared/fixtures/openai/` for the unit tests.
 
+pub mod bpe;
 pub mod completion_count;
 pub mod estimate;
 mod lenient;
