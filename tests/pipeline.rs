@@ -2,7 +2,8 @@
 //! standard pipeline (`server::start_with`, real workers on 127.0.0.1, a real socket) sees
 //! every phase in order — and `on_complete` exactly once — for a plain answer, a stream, a
 //! request refused at its head, one whose backend cannot be reached and one refused before
-//! its attempt went out.
+//! its attempt went out; and the header it adds at the head is on every one of their answers
+//! (and on the `/v1/models` list).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
@@ -38,12 +39,16 @@ impl Recording {
     }
 }
 
+/// The header the recording policy adds to every answer.
+const RECORDED: &str = "x-recorded: yes\r\n";
+
 impl Policy for Recording {
     fn on_request<'s>(&self, _: &Env<'s>, ctx: &mut RequestCtx<'s>, _: &Request<'_>) -> Flow {
         self.push(format!(
             "request {:?}",
             ctx.operation.map(|o| o.path_suffix())
         ));
+        ctx.response_headers.extend_from_slice(RECORDED.as_bytes());
         Flow::Continue
     }
 
@@ -172,10 +177,27 @@ keys = ["{hash}"]
 }
 
 /// Sends one request on a new connection and reads the answer to its end (the server
-/// closes: `connection: close`); returns the status.
+/// closes: `connection: close`); checks the recording policy's header is on it; returns the
+/// status.
 fn exchange(addr: SocketAddr, key: &str, path: &str, body: &str) -> u16 {
     let text = exchange_traced(addr, key, path, body, false);
+    let head = &text[..text.find("\r\n\r\n").unwrap()];
+    assert!(head.contains(RECORDED.trim_end()), "{head}");
     text.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// `GET path` on a new connection; returns the whole answer.
+fn get(addr: SocketAddr, key: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\napi-key: {key}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// [`exchange`], asking for the trace when `trace`; returns the whole answer.
@@ -317,6 +339,19 @@ fn a_recording_policy_sees_every_phase_in_order() {
             &format!("request_body {} Some(\"gpt-4o-mini\")", twice.len()),
             "upstream_request mock",
             "complete status=Some(400) error=Some(InvalidRequest) end=Complete attempts=[] out=true",
+        ]
+    );
+
+    // The deployments list is an answer of the pipeline too.
+    let models = get(addr, KEY, "/v1/models");
+    assert!(models.starts_with("HTTP/1.1 200"), "{models}");
+    assert!(models.contains(RECORDED), "{models}");
+    assert_eq!(
+        settled(&log),
+        [
+            "request Some(\"models\")",
+            "request_body 0 None",
+            "complete status=Some(200) error=None end=Complete attempts=[] out=true",
         ]
     );
 

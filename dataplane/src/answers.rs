@@ -85,13 +85,15 @@ pub fn error_response(
 }
 
 /// Appends the `GET /v1/models` answer: the deployments this gateway serves that
-/// `allowed` lets the caller see (its product's).
+/// `allowed` lets the caller see (its product's), with `answer_headers` (whole
+/// `name: value\r\n` lines the pipeline's policies add to every answer, trace included).
 pub fn models_response(
     out: &mut Vec<u8>,
     snapshot: &Snapshot,
     allowed: impl Fn(&str) -> bool,
     rid: &RequestId,
     close: bool,
+    answer_headers: &[u8],
 ) {
     let mut body = Vec::with_capacity(64 + 80 * snapshot.deployment_order.len());
     body.extend_from_slice(b"{\"object\":\"list\",\"data\":[");
@@ -109,5 +111,5 @@ pub fn models_response(
         body.extend_from_slice(b",\"object\":\"model\",\"created\":0,\"owned_by\":\"sluice\"}");
     }
     body.extend_from_slice(b"]}");
-    json_response(out, 200, &body, rid, close, &[]);
+    json_response(out, 200, &body, rid, close, answer_headers);
 }

@@ -47,7 +47,8 @@ impl LimitTable {
             let e = entry.get_ref();
             let name = match &e.name {
                 Some(name) => {
-                    if !check_not_empty(report, name, &format!("{field}.name")) {
+                    let at = format!("{field}.name");
+                    if !check_not_empty(report, name, &at) || !check_limit_name(report, name, &at) {
                         continue;
                     }
                     name.get_ref().clone()
@@ -71,11 +72,16 @@ impl LimitTable {
             }
             names.insert(name.clone(), line);
             let index = self.limits.len();
+            // A given name labels the limit; else its place in the list does.
+            let limit_label = match &e.name {
+                Some(_) => format!("{label}/{name}"),
+                None => format!("{label}#{j}"),
+            };
             self.limits.push(Limit {
                 index,
                 id: limit_state_id(label, &name, &scope, unit, &window),
                 name,
-                label: format!("{label}#{j}"),
+                label: limit_label,
                 owner: owner.clone(),
                 scope,
                 unit,
@@ -259,7 +265,10 @@ fn window(
                 report.at(
                     e.per.span(),
                     format!("{field}.per"),
-                    format!("a `rate` is per \"second\" or \"minute\"; for a {per} use `quota`"),
+                    format!(
+                        "a `rate` is per \"second\" or \"minute\"; for {} {per} use `quota`",
+                        if per.starts_with('h') { "an" } else { "a" }
+                    ),
                 );
             }
             let burst = match &e.burst {
@@ -301,6 +310,25 @@ fn window(
             }))
         }
     }
+}
+
+/// A limit's `name` must be at most 64 of `A-Z a-z 0-9 - _ . : /`: it labels the limit in
+/// refusals and the `x-sluice-trace` header, so nothing that could end or split a header
+/// field (RFC 9110 §5.5) gets in.
+fn check_limit_name(report: &mut Reporter<'_>, name: &Spanned<String>, field: &str) -> bool {
+    let text = name.get_ref();
+    let ok = text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b));
+    if !ok {
+        report.at(
+            name.span(),
+            field,
+            format!("limit name {text:?}: use at most 64 of A-Z a-z 0-9 - _ . : /"),
+        );
+    }
+    ok
 }
 
 /// A limit's name when the config gives none: `UNIT:SCOPE:AMOUNT/PER`, e.g.

@@ -1,5 +1,7 @@
 //! The pipeline every worker runs: the policies in request order. Adding a policy is one
-//! module in `policy/` and one entry here (response phases run in the reverse order).
+//! module in `policy/` (a `Default` struct implementing [`super::phase::Policy`]) and one
+//! entry in [`Standard`]; response phases and `on_complete` run in the reverse order, so a
+//! policy that records the outcome (audit, metrics) goes first, and sees the usage settled.
 
 use super::admit::{Admit, ClientIpGate};
 use super::authenticate::Authenticate;
@@ -13,12 +15,9 @@ pub type Standard = (
     (Authenticate, (TraceHeader, (Admit, UsageAccounting))),
 );
 
-/// A worker's instance of the standard pipeline.
+/// A worker's instance of the standard pipeline: each policy's `Default`.
 pub fn standard() -> Standard {
-    (
-        ClientIpGate,
-        (Authenticate, (TraceHeader, (Admit, UsageAccounting))),
-    )
+    Standard::default()
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ use crate::limit::SystemClock;
 use crate::policy::admission::gate_client_ip;
 use crate::policy::context::{Attempt, End, RequestCtx, RequestId};
 use crate::policy::phase::{Env, Pipeline, Policy, Request};
+use crate::policy::trace::answer_headers;
 use crate::route::{route, DeploymentRef, Operation};
 use crate::snapshot::HeadersWithUnderscores;
 use crate::socket::{read_more, read_more_within};
@@ -288,7 +289,8 @@ impl Client {
             let mut out = std::mem::take(&mut self.down.out);
             out.clear();
             let allowed = |name: &str| product.is_none_or(|p| p.deployments.contains(name));
-            answers::models_response(&mut out, &view.snapshot, allowed, &ctx.id, close);
+            let headers = answer_headers(ctx);
+            answers::models_response(&mut out, &view.snapshot, allowed, &ctx.id, close, &headers);
             ctx.status = Some(200);
             return self.down.write_out(out, close).await;
         };

@@ -533,6 +533,7 @@ fn limits_are_checked() {
         (limit("unit = \"requests\", rate = 10, quota = 5, per = \"minute\""), "sluice.toml:11:51: product[0].limits[0].quota: give either `rate` (per second or minute) or `quota` (per hour, day or month), not both"),
         (limit("unit = \"requests\", per = \"minute\""), "sluice.toml:11:11: product[0].limits[0].rate: missing: a limit needs `rate` (per second or minute) or `quota` (per hour, day or month)"),
         (limit("unit = \"tokens\", rate = 10, per = \"month\""), "sluice.toml:11:47: product[0].limits[0].per: a `rate` is per \"second\" or \"minute\"; for a month use `quota`"),
+        (limit("unit = \"tokens\", rate = 10, per = \"hour\""), "sluice.toml:11:47: product[0].limits[0].per: a `rate` is per \"second\" or \"minute\"; for an hour use `quota`"),
         (limit("unit = \"tokens\", quota = 10, per = \"second\""), "sluice.toml:11:48: product[0].limits[0].per: a `quota` is per \"hour\", \"day\" or \"month\"; for a second use `rate`"),
         (limit("unit = \"tokens\", rate = 10, per = \"week\""), "sluice.toml:11:47: product[0].limits[0].per: unknown period `week`: expected \"second\" or \"minute\" (with `rate`), \"hour\", \"day\" or \"month\" (with `quota`)"),
         (limit("unit = \"bytes\", rate = 10, per = \"second\""), "sluice.toml:11:20: product[0].limits[0].unit: unknown unit `bytes`: expected \"requests\" or \"tokens\""),
@@ -866,6 +867,28 @@ fn limit_ids_follow_names_not_positions() {
         &file("{ name = \"\", unit = \"requests\", rate = 1, per = \"second\" }"),
         "sluice.toml:11:20: product[0].limits[0].name: must not be empty",
     );
+    // A name labels the limit in headers: nothing that could split one gets in.
+    assert_error(
+        &file("{ name = \"a\\r\\nx-evil: 1\", unit = \"requests\", rate = 1, per = \"second\" }"),
+        "sluice.toml:11:20: product[0].limits[0].name: limit name \"a\\r\\nx-evil: 1\": use at most 64 of A-Z a-z 0-9 - _ . : /",
+    );
+}
+
+/// A limit with a `name` is labelled by it in refusals and the trace (`product:p/rpm`); one
+/// without, by its place in its list (`product:p#1`).
+#[test]
+fn limits_are_labelled_by_their_name_else_their_place() {
+    let snapshot = compile(&product(
+        "limits = [{ unit = \"tokens\", rate = 1000, per = \"minute\" }, { name = \"daily-cap\", unit = \"requests\", quota = 10, per = \"day\" }]\n",
+    ))
+    .unwrap();
+    let labels: Vec<&str> = snapshot
+        .access
+        .limits
+        .iter()
+        .map(|l| l.label.as_str())
+        .collect();
+    assert_eq!(labels, ["product:p#0", "product:p/daily-cap"]);
 }
 
 /// Key material the validator could not use is a config error at the key's value (file,
