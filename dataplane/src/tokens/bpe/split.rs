@@ -146,17 +146,24 @@ struct Text<'t>(&'t str);
 
 impl Text<'_> {
     /// The character at `i` and where the next one starts, or `None` at the end.
-    #[inline]
+    #[inline(always)]
     fn at(self, i: usize) -> Option<(Class, usize)> {
         let b = *self.0.as_bytes().get(i)?;
         if b < 0x80 {
             return Some((Class(ASCII[b as usize]), i + 1));
         }
+        self.at_wide(i)
+    }
+
+    /// [`at`](Self::at) for a character past ASCII.
+    #[inline(never)]
+    fn at_wide(self, i: usize) -> Option<(Class, usize)> {
         let c = self.0.get(i..)?.chars().next()?;
         Some((Class::of(c), i + c.len_utf8()))
     }
 
     /// Where the run of characters of `class` starting at `i` ends (`i` if there is none).
+    #[inline(always)]
     fn run(self, mut i: usize, class: impl Fn(Class) -> bool) -> usize {
         while let Some((c, next)) = self.at(i) {
             if !class(c) {
