@@ -74,23 +74,19 @@ fn render(out: &mut Vec<u8>, trace: &Trace, ctx: &RequestCtx<'_>, snapshot: &Sna
         .as_ref()
         .and_then(|c| snapshot.access.subscriptions.get(c.subscription))
         .map_or("-", |s| s.name.as_str());
-    for part in [
-        "route=",
-        route,
-        " deployment=",
-        deployment,
-        "; subscription=",
-        subscription,
-    ] {
-        out.extend_from_slice(part.as_bytes());
-    }
+    out.extend_from_slice(b"route=");
+    out.extend_from_slice(route.as_bytes());
+    out.extend_from_slice(b" deployment=");
+    push_name(out, deployment);
+    out.extend_from_slice(b"; subscription=");
+    push_name(out, subscription);
     let mut num = itoa::Buffer::new();
     for decision in &trace.limits {
         let Some(limit) = snapshot.access.limits.get(decision.limit) else {
             continue;
         };
         out.extend_from_slice(b"; limit ");
-        out.extend_from_slice(limit.label.as_bytes());
+        push_name(out, &limit.label);
         out.extend_from_slice(if decision.shadow_deny {
             b" shadow-deny remaining="
         } else {
@@ -104,6 +100,42 @@ fn render(out: &mut Vec<u8>, trace: &Trace, ctx: &RequestCtx<'_>, snapshot: &Sna
         .and_then(|a| snapshot.backends.get(a.backend))
     {
         out.extend_from_slice(b"; backend=");
-        out.extend_from_slice(backend.name.as_bytes());
+        push_name(out, &backend.name);
+    }
+}
+
+/// Writes a configured name into the trace: visible ASCII as it is, every other byte (space,
+/// controls such as CR and LF, non-ASCII) and the trace's own `;` and `%` as `%XX`. Names
+/// come from the config, which may hold anything; a header value may not (RFC 9110 §5.5),
+/// and one name must not read as two parts of the trace.
+fn push_name(out: &mut Vec<u8>, name: &str) {
+    for &b in name.as_bytes() {
+        if b.is_ascii_graphic() && b != b';' && b != b'%' {
+            out.push(b);
+        } else {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_name;
+
+    #[test]
+    fn names_cannot_break_the_header_or_the_trace() {
+        let pushed = |name: &str| {
+            let mut out = Vec::new();
+            push_name(&mut out, name);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(pushed("product:p/daily-cap#0"), "product:p/daily-cap#0");
+        assert_eq!(pushed("p\r\nx-evil: 1"), "p%0D%0Ax-evil:%201");
+        assert_eq!(
+            pushed("a; limit x allow remaining=9"),
+            "a%3B%20limit%20x%20allow%20remaining=9"
+        );
+        assert_eq!(pushed("équipe 100%"), "%C3%A9quipe%20100%25");
     }
 }

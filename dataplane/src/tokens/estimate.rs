@@ -17,7 +17,7 @@ use std::str::FromStr;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::bpe::Bpe;
+use super::bpe::{self, Bpe, Budget};
 use super::lenient::LenientStr;
 use super::strict::{refuse, Kind, Reason, Refusal, Refused, StreamOptionsSeed, Strict};
 use crate::route::Operation;
@@ -223,12 +223,14 @@ impl Estimator {
 
     /// The prompt's tokens: its text pieces counted, token ids as given, and for chat
     /// [`TOKENS_PER_MESSAGE`] per message plus [`TOKENS_REPLY_PRIMING`]. Saturates at
-    /// `u32::MAX`.
+    /// `u32::MAX`. BPE counts exactly up to one [`Budget`] per request, the rest by the
+    /// heuristic.
     pub fn estimate_prompt(self, facts: &RequestFacts<'_>) -> u32 {
         let prompt = &facts.prompt;
+        let mut budget = Budget::per_request();
         let mut total = prompt.token_ids;
         for piece in &prompt.pieces {
-            total = total.saturating_add(self.count_text(piece));
+            total = total.saturating_add(self.count_within(piece, &mut budget));
         }
         if prompt.messages > 0 {
             total = total
@@ -238,13 +240,18 @@ impl Estimator {
         u32::try_from(total).unwrap_or(u32::MAX)
     }
 
-    /// Tokens in one piece of text.
+    /// Tokens in one piece of text (BPE: exact up to a whole [`Budget`]).
     pub fn count_text(self, text: &str) -> u64 {
+        self.count_within(text, &mut Budget::per_request())
+    }
+
+    /// Tokens in `text`, BPE spending `budget`.
+    fn count_within(self, text: &str, budget: &mut Budget) -> u64 {
         match self {
-            Estimator::Heuristic => heuristic_bytes(text.len()),
+            Estimator::Heuristic => bpe::heuristic(text.len()),
             Estimator::Bpe(family) => match Bpe::of(family) {
-                Some(bpe) => bpe.count(text),
-                None => heuristic_bytes(text.len()),
+                Some(tables) => tables.count(text, budget),
+                None => bpe::heuristic(text.len()),
             },
         }
     }
@@ -292,11 +299,6 @@ pub fn reservation(facts: &RequestFacts<'_>, prompt: u32, default_max_tokens: u3
             u64::from(prompt).saturating_add(cap)
         }
     }
-}
-
-/// A token per 4 bytes, rounded up.
-fn heuristic_bytes(len: usize) -> u64 {
-    (len as u64).div_ceil(4)
 }
 
 /// Reads the top-level object of a request body.

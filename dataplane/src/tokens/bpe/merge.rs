@@ -12,7 +12,7 @@ use std::collections::BinaryHeap;
 use super::vocab::{Rank, Vocab};
 
 /// Up to this many bytes, the quadratic loop on the stack is the faster one.
-const SHORT: usize = 64;
+pub const SHORT: usize = 64;
 
 /// The number of tokens `piece` encodes to. Every single byte must be a token of `vocab`
 /// (true of every OpenAI vocabulary; checked when one is loaded).

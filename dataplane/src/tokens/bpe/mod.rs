@@ -40,12 +40,54 @@ impl Bpe {
         }
     }
 
-    /// The number of tokens tiktoken encodes `text` to (special tokens counted as text).
-    pub fn count(&self, text: &str) -> u64 {
-        split::pieces(self.pattern, text)
-            .map(|piece| merge::count(&self.vocab, piece.as_bytes()) as u64)
-            .sum()
+    /// The number of tokens tiktoken encodes `text` to (special tokens counted as text),
+    /// exactly while `budget` lasts (see [`Budget`]); what is left when it runs out is
+    /// counted by [`heuristic`] (a token per 4 bytes).
+    pub fn count(&self, text: &str, budget: &mut Budget) -> u64 {
+        let mut total = 0u64;
+        let mut done = 0;
+        for piece in split::pieces(self.pattern, text) {
+            let cost = if piece.len() <= merge::SHORT {
+                piece.len()
+            } else {
+                piece.len().saturating_mul(Budget::LONG_PIECE_WEIGHT)
+            };
+            if cost > budget.0 {
+                budget.0 = 0;
+                return total + heuristic(text.len() - done);
+            }
+            budget.0 -= cost;
+            total += merge::count(&self.vocab, piece.as_bytes()) as u64;
+            done += piece.len();
+        }
+        total
     }
+}
+
+/// How much text one request's estimate counts exactly: 1 MiB of prompt (~250k tokens of
+/// prose, past most models' context windows), each byte of a pre-token longer than 64 bytes
+/// weighing 16 (its merge keeps a heap: ~50× the cost of a byte of prose). Past it the text
+/// is counted by [`heuristic`], so a hostile prompt — megabytes without a space — costs a
+/// worker tens of milliseconds at most, not seconds; the answer's usage settles the account
+/// either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget(usize);
+
+impl Budget {
+    /// Bytes of text counted exactly per request.
+    pub const BYTES: usize = 1 << 20;
+    /// What a byte of a long pre-token weighs against [`BYTES`](Self::BYTES).
+    pub const LONG_PIECE_WEIGHT: usize = 16;
+
+    /// A whole budget for one request.
+    pub fn per_request() -> Self {
+        Budget(Self::BYTES)
+    }
+}
+
+/// A token per 4 bytes, rounded up: the count when no tables are used.
+pub fn heuristic(len: usize) -> u64 {
+    (len as u64).div_ceil(4)
 }
 
 fn load(family: Family) -> Option<Bpe> {

@@ -2,7 +2,7 @@
 //! is the real regex run by `fancy-regex`): random texts built from the characters each
 //! branch of the split regexes turns on.
 
-use super::Bpe;
+use super::{Bpe, Budget};
 use crate::tokens::Family;
 
 /// Characters that steer the split: ASCII of every class, the contraction letters (and `ſ`,
@@ -54,7 +54,7 @@ fn counts_equal_tiktoken_on_random_text() {
             let len = rng.below(40);
             let text: String = (0..len).map(|_| chosen[rng.below(chosen.len())]).collect();
             assert_eq!(
-                bpe.count(&text) as usize,
+                bpe.count(&text, &mut Budget::per_request()) as usize,
                 tiktoken(family, &text),
                 "{family} {text:?}"
             );
@@ -81,7 +81,7 @@ fn counts_equal_tiktoken_on_long_pieces() {
                 .map(|_| alphabet[rng.below(alphabet.len())] as char)
                 .collect();
             assert_eq!(
-                bpe.count(&text) as usize,
+                bpe.count(&text, &mut Budget::per_request()) as usize,
                 tiktoken(family, &text),
                 "{family} {text:?}"
             );
@@ -112,7 +112,7 @@ fn contractions_fold_case_as_the_regex_does() {
         let bpe = Bpe::of(family).expect("tables load");
         for text in texts {
             assert_eq!(
-                bpe.count(text) as usize,
+                bpe.count(text, &mut Budget::per_request()) as usize,
                 tiktoken(family, text),
                 "{family} {text:?}"
             );
@@ -160,4 +160,34 @@ fn pieces_equal_the_regex_split() {
             assert_eq!(got, expected, "{family} {text:?}");
         }
     }
+}
+
+#[test]
+fn past_the_budget_text_is_counted_by_the_heuristic() {
+    let bpe = Bpe::of(Family::O200k).expect("tables load");
+    // Within the budget: exact, and the budget shrinks by the bytes (a long piece by 16×).
+    let mut budget = Budget::per_request();
+    assert_eq!(bpe.count("hello world", &mut budget), 2);
+    assert_eq!(budget, Budget(Budget::BYTES - 11));
+    let word = "a".repeat(100);
+    let exact = tiktoken(Family::O200k, &word) as u64;
+    assert_eq!(bpe.count(&word, &mut budget), exact);
+    assert_eq!(
+        budget,
+        Budget(Budget::BYTES - 11 - 100 * Budget::LONG_PIECE_WEIGHT)
+    );
+    // A piece that costs more than is left, and everything after it, by the heuristic.
+    let mut small = Budget(5);
+    assert_eq!(
+        bpe.count("hi there friend", &mut small),
+        1 + (13u64).div_ceil(4)
+    );
+    assert_eq!(small, Budget(0));
+    // A hostile megabyte-scale word: one piece far past the budget, never merged.
+    let mut whole = Budget::per_request();
+    let giant = "q".repeat(Budget::BYTES / 8);
+    assert_eq!(
+        bpe.count(&giant, &mut whole),
+        (giant.len() as u64).div_ceil(4)
+    );
 }
