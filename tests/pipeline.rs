@@ -127,16 +127,21 @@ impl Policy for Recording {
 
 const KEY: &str = "pipeline-test-key-0123456789";
 
-/// A mock deployment and one whose only backend refuses connections, behind a key.
-fn config(dir: &std::path::Path, closed: SocketAddr) -> PathBuf {
-    let hash = {
+/// `sha256:<hex>` of [`KEY`], as the config names it.
+fn key_hash() -> String {
+    {
         use std::fmt::Write as _;
         let digest = <sha2::Sha256 as sha2::Digest>::digest(KEY.as_bytes());
         digest.iter().fold(String::from("sha256:"), |mut s, b| {
             let _ = write!(s, "{b:02x}");
             s
         })
-    };
+    }
+}
+
+/// A mock deployment and one whose only backend refuses connections, behind a key.
+fn config(dir: &std::path::Path, closed: SocketAddr) -> PathBuf {
+    let hash = key_hash();
     let text = format!(
         r#"
 [server]
@@ -357,5 +362,108 @@ fn a_recording_policy_sees_every_phase_in_order() {
 
     shared.begin_shutdown();
     assert!(running.join(Instant::now() + Duration::from_secs(10)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The end of the shutdown grace cuts what is still in flight, and every request it cuts
+/// still completes once: one still waiting for its backend is answered 503 `shutting_down`
+/// (its attempt `Cut`), a stream under way is truncated.
+#[test]
+fn requests_cut_by_the_end_of_the_grace_still_complete() {
+    let dir = std::env::temp_dir().join(format!("sluice-pipeline-cut-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+shutdown_grace = "300ms"
+
+[[backend]]
+name = "slow"
+kind = "mock"
+latency = "60s"
+
+[[backend]]
+name = "trickle"
+kind = "mock"
+completion_tokens = 1000
+tokens_per_second = 5
+
+[[deployment]]
+name = "waiting"
+backends = [{{ backend = "slow" }}]
+
+[[deployment]]
+name = "streaming"
+backends = [{{ backend = "trickle" }}]
+
+[[product]]
+name = "all"
+limits = [{{ unit = "tokens", rate = 1000000, per = "minute" }}]
+
+[[subscription]]
+name = "team"
+product = "all"
+keys = ["{}"]
+"#,
+        key_hash()
+    );
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, text).unwrap();
+    let shared = sluice::apply::start(&path).expect("config");
+    let log = Recording::default();
+    let recording = log.clone();
+    let listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let running = server::start_with(shared.clone(), listen, 1, DriverChoice::Auto, move || {
+        (recording.clone(), pipeline::standard())
+    })
+    .expect("start");
+    let addr = running.listen[0];
+    let chat = "/v1/chat/completions";
+
+    let waiting = std::thread::spawn(move || {
+        let body = r#"{"model":"waiting","messages":[{"role":"user","content":"hi"}]}"#;
+        exchange_traced(addr, KEY, chat, body, false)
+    });
+    let streaming = std::thread::spawn(move || {
+        let body =
+            r#"{"model":"streaming","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+        exchange_traced(addr, KEY, chat, body, false)
+    });
+    // Both under way: one waiting for its backend, one streaming.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = log.0.lock().unwrap().clone();
+        let waiting_sent = lines.iter().any(|l| l == "upstream_request slow");
+        let streaming_began = lines.iter().any(|l| l == "body_chunk");
+        if (waiting_sent && streaming_began) || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    shared.begin_shutdown();
+    assert!(running.join(Instant::now() + Duration::from_secs(10)));
+
+    let waited = waiting.join().unwrap();
+    assert!(waited.starts_with("HTTP/1.1 503"), "{waited}");
+    assert!(waited.contains("\"code\":\"shutting_down\""), "{waited}");
+    assert!(waited.contains(RECORDED), "{waited}");
+    let streamed = streaming.join().unwrap();
+    assert!(streamed.starts_with("HTTP/1.1 200"), "{streamed}");
+    assert!(!streamed.contains("[DONE]"), "{streamed}");
+
+    let mut completes: Vec<String> = log
+        .take()
+        .into_iter()
+        .filter(|l| l.starts_with("complete"))
+        .collect();
+    completes.sort();
+    assert_eq!(
+        completes,
+        [
+            "complete status=Some(200) error=None end=Truncated attempts=[\"Answered/Some(200)\"] out=true",
+            "complete status=Some(503) error=Some(ShuttingDown) end=Complete attempts=[\"Cut/None\"] out=true",
+        ]
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

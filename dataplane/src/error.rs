@@ -69,6 +69,9 @@ pub enum ErrorKind {
     UpstreamProtocol,
     /// A backend did not start answering in time (504 `upstream_timeout`).
     UpstreamTimeout,
+    /// The gateway's shutdown grace ended before the request was answered (503
+    /// `shutting_down`; the connection closes). Its bytes may have reached a backend.
+    ShuttingDown,
 }
 
 impl ErrorKind {
@@ -87,6 +90,7 @@ impl ErrorKind {
             RequestsRateLimited | TokensRateLimited | TooLargeForLimit => 429,
             HeadersTooLarge => 431,
             UpstreamUnavailable | UpstreamProtocol => 502,
+            ShuttingDown => 503,
             UpstreamTimeout => 504,
         }
     }
@@ -98,7 +102,9 @@ impl ErrorKind {
             RequestsRateLimited => "requests",
             TokensRateLimited | TooLargeForLimit => "tokens",
             QuotaExceeded | TooLargeForQuota => "insufficient_quota",
-            UpstreamUnavailable | UpstreamProtocol | UpstreamTimeout => "server_error",
+            UpstreamUnavailable | UpstreamProtocol | UpstreamTimeout | ShuttingDown => {
+                "server_error"
+            }
             _ => "invalid_request_error",
         }
     }
@@ -122,6 +128,7 @@ impl ErrorKind {
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamProtocol => "upstream_protocol_error",
             UpstreamTimeout => "upstream_timeout",
+            ShuttingDown => "shutting_down",
         })
     }
 
@@ -130,6 +137,7 @@ impl ErrorKind {
         use ErrorKind::*;
         match self {
             UpstreamUnavailable | UpstreamProtocol | UpstreamTimeout => Fault::Upstream,
+            ShuttingDown => Fault::Gateway,
             _ => Fault::Client,
         }
     }
@@ -148,6 +156,7 @@ impl ErrorKind {
                 | UpstreamUnavailable
                 | UpstreamProtocol
                 | UpstreamTimeout
+                | ShuttingDown
         )
     }
 
@@ -157,7 +166,12 @@ impl ErrorKind {
         use ErrorKind::*;
         matches!(
             self,
-            MalformedRequest | RequestTimeout | PayloadTooLarge | UriTooLong | HeadersTooLarge
+            MalformedRequest
+                | RequestTimeout
+                | PayloadTooLarge
+                | UriTooLong
+                | HeadersTooLarge
+                | ShuttingDown
         )
     }
 

@@ -208,6 +208,9 @@ pub enum AttemptOutcome {
     NoAnswer,
     /// The client went away while the backend worked; the upstream request was cancelled.
     ClientGone,
+    /// The gateway's shutdown grace ended while the backend worked; the upstream request
+    /// was cancelled.
+    Cut,
 }
 
 /// How a request ended, as far as the client is concerned.

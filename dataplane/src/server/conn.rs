@@ -19,12 +19,12 @@ use super::body_deadline::BodyDeadline;
 use super::per_core::{View, Worker};
 use crate::answers;
 use crate::downstream::{Downstream, Next};
-use crate::error::GatewayError;
+use crate::error::{ErrorKind, GatewayError};
 use crate::http::{parse_request, BodyFraming, ChunkedDecoder, Parse};
 use crate::json_edit::{EditError, Member};
 use crate::limit::SystemClock;
 use crate::policy::admission::gate_client_ip;
-use crate::policy::context::{Attempt, End, RequestCtx, RequestId};
+use crate::policy::context::{Attempt, AttemptOutcome, End, RequestCtx, RequestId};
 use crate::policy::phase::{Env, Pipeline, Policy, Request};
 use crate::policy::trace::answer_headers;
 use crate::route::{route, DeploymentRef, Operation};
@@ -89,6 +89,8 @@ const BODY_RESERVE_CAP: usize = 256 * 1024;
 /// How long and how much a lingering close reads before giving up.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
+/// How long the 503 of a request cut by the end of the shutdown grace may take to write.
+const CUT_ANSWER_WITHIN: Duration = Duration::from_millis(300);
 
 impl Client {
     /// Drops the finished request's bytes, keeping what follows (a pipelined request).
@@ -198,7 +200,41 @@ impl Client {
             },
         };
         (self.down.sent, self.down.first_out) = (0, None);
-        let next = self.exchange(worker, view, &pipeline, &mut ctx).await;
+        // The shutdown grace ending cuts the request wherever it is; it still completes.
+        let exchanged = monoio::select! {
+            next = self.exchange(worker, view, &pipeline, &mut ctx) => Some(next),
+            _ = worker.grace_over.wait() => None,
+        };
+        if exchanged.is_none() {
+            for attempt in &mut ctx.attempts {
+                if attempt.outcome == AttemptOutcome::Pending {
+                    attempt.outcome = AttemptOutcome::Cut;
+                }
+            }
+        }
+        let next = match exchanged {
+            Some(next) => next,
+            // Nothing went out yet: the client gets a 503 rather than a bare close.
+            None if self.down.sent == 0 => {
+                let err = GatewayError::new(
+                    ErrorKind::ShuttingDown,
+                    "The gateway shut down before this request was answered; it may have reached a backend.",
+                );
+                // Bounded: a client that does not read must not hold the worker's last second.
+                let answer = self.down.answer_error(&mut ctx, &err, true);
+                if monoio::time::timeout(CUT_ANSWER_WITHIN, answer)
+                    .await
+                    .is_err()
+                {
+                    ctx.end = End::ClientGone;
+                }
+                Next::Close
+            }
+            None => {
+                ctx.end = End::Truncated;
+                Next::Close
+            }
+        };
         ctx.bytes_out = self.down.sent;
         ctx.timings.first_byte_out = self.down.first_out;
         pipeline.on_complete(&mut ctx);

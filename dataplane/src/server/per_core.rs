@@ -26,6 +26,9 @@ pub struct Worker {
     pub pools: UpstreamPools,
     /// Fired when the process begins shutting down.
     pub shutdown: ShutdownSignal,
+    /// Fired when the shutdown grace is over: requests still in flight are cut (and their
+    /// `on_complete` runs).
+    pub grace_over: ShutdownSignal,
     /// This worker's caches and leases in front of the node's limit state.
     pub limits: WorkerLimits,
     /// Connections open on this worker.
@@ -95,6 +98,7 @@ impl Worker {
             view: RefCell::new((generation, view)),
             pools: UpstreamPools::default(),
             shutdown: ShutdownSignal::default(),
+            grace_over: ShutdownSignal::default(),
             open_connections: Cell::new(0),
             request_seq: Cell::new(0),
             id_prefix,

@@ -17,6 +17,9 @@ use crate::policy::phase::Policy;
 const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
 /// Ticks between sweeps of idle limiter keys (about a minute).
 const SWEEP_EVERY: u64 = 600;
+/// How long connections cut at the end of the shutdown grace get to finish their request's
+/// `on_complete` before the worker's runtime ends.
+const CUT_WAIT: Duration = Duration::from_secs(1);
 
 /// What a worker reports once its listeners are bound: the driver's name and the addresses
 /// it bound (a port 0 resolved to the one the kernel chose), or why it could not start.
@@ -94,6 +97,13 @@ async fn run<P: Policy + 'static>(
             open = worker.open_connections.get(),
             "grace period over; closing connections"
         );
+        // Each connection cuts its request and runs its `on_complete` (settlement, records)
+        // at its next poll; give them a moment to do so before the runtime drops them.
+        worker.grace_over.fire();
+        let cut_by = Instant::now() + CUT_WAIT;
+        while worker.open_connections.get() > 0 && Instant::now() < cut_by {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     worker.pools.clear();
 }
