@@ -28,5 +28,6 @@ pub mod runtime;
 pub mod server;
 pub mod snapshot;
 pub mod socket;
+pub mod tls;
 pub mod tokens;
 pub mod upstream;
