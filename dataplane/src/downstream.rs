@@ -6,14 +6,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use monoio::net::TcpStream;
-
 use crate::answers;
 use crate::error::{Fault, GatewayError};
 use crate::http::RequestHead;
 use crate::policy::context::{RequestCtx, RequestId};
 use crate::policy::trace::answer_headers;
-use crate::socket::write_all_within;
+use crate::socket::{write_all_within, ClientStream};
 
 /// Whether the connection goes on after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,8 +26,8 @@ pub enum Next {
 /// it. Buffers live for the whole connection, so a request in steady state does not
 /// allocate.
 pub struct Downstream {
-    /// The client's socket.
-    pub stream: TcpStream,
+    /// The client's connection (plain or TLS).
+    pub stream: ClientStream,
     /// The client's address.
     pub peer: SocketAddr,
     /// Bytes read from the client: the current head at `[..head.head_len]`, then whatever
@@ -55,7 +53,7 @@ pub struct Downstream {
 
 impl Downstream {
     /// A connection just accepted from `peer`.
-    pub fn new(stream: TcpStream, peer: SocketAddr, send_timeout: Duration) -> Self {
+    pub fn new(stream: ClientStream, peer: SocketAddr, send_timeout: Duration) -> Self {
         Self {
             stream,
             peer,

@@ -33,8 +33,8 @@ struct Cli {
     /// I/O driver: io_uring (falling back to epoll where refused), or force one.
     #[arg(long, value_enum, default_value = "auto")]
     driver: DriverChoice,
-    /// Once every worker listens, write the listen addresses here, one `IP:PORT` per line
-    /// (a port 0 in the config resolved to the one bound). Written whole (a temporary file
+    /// Once every worker listens, write the listen addresses here, one `IP:PORT` per line,
+    /// `listen` then `tls_listen` (a port 0 in the config resolved to the one bound). Written whole (a temporary file
     /// renamed), so a reader never sees part of it; removed at shutdown.
     #[arg(long, value_name = "FILE")]
     ready_file: Option<PathBuf>,
@@ -106,19 +106,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .or(loaded.server.workers)
         .filter(|&n| n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let listen = loaded.server.listen.clone();
+    let listen = server::Listeners {
+        plain: loaded.server.listen.clone(),
+        tls: loaded.server.tls_listen.clone(),
+    };
     drop(loaded);
     // Register signal handlers before the workers start, so an early signal is not lost.
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
     let running = server::start(shared.clone(), listen, workers, cli.driver)?;
-    let listen_list: Vec<String> = running.listen.iter().map(ToString::to_string).collect();
+    let plain: Vec<String> = running.listen.iter().map(ToString::to_string).collect();
+    let tls: Vec<String> = running.tls_listen.iter().map(ToString::to_string).collect();
     tracing::info!(
-        "sluice started workers={} driver={} listen={} config={}",
+        "sluice started workers={} driver={} listen={} tls_listen={} config={}",
         running.workers,
         running.driver,
-        listen_list.join(","),
+        plain.join(","),
+        tls.join(","),
         config.display()
     );
+    // The ready file: plain listeners, then TLS ones, in config order.
+    let listen_list: Vec<String> = plain.into_iter().chain(tls).collect();
 
     let reloader = Reloader::new(shared.clone(), config.clone());
     let stop_watch = Arc::new(AtomicBool::new(false));

@@ -48,8 +48,12 @@ pub struct Snapshot {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerSettings {
     /// Addresses to listen on; each worker binds its own SO_REUSEPORT socket on each.
-    /// Default `["127.0.0.1:8080"]`.
+    /// Default `["127.0.0.1:8080"]`, or none when `tls_listen` is given.
     pub listen: Vec<SocketAddr>,
+    /// HTTPS listeners (`tls_listen`), bound like `listen`. Default none.
+    pub tls_listen: Vec<SocketAddr>,
+    /// `[server.tls]`, compiled: set exactly when `tls_listen` is not empty.
+    pub tls: Option<Arc<crate::tls::server::ServerTls>>,
     /// Worker threads; `None` means one per available core. `--workers` overrides it.
     pub workers: Option<usize>,
     /// Size limits on what clients send.
@@ -165,6 +169,8 @@ impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            tls_listen: Vec::new(),
+            tls: None,
             workers: None,
             limits: HttpLimits::default(),
             timeouts: Timeouts::default(),

@@ -1,17 +1,19 @@
 //! Small I/O helpers over monoio's owned-buffer API: reads bounded by a deadline (and by the
 //! client staying, [`watching_client`]), and the socket's descriptor for the few plain
 //! syscalls monoio does not offer (a non-blocking peek, a zero-timeout poll, an abortive
-//! close).
+//! close); and [`ClientStream`], a client's connection in plain TCP or TLS.
 
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
 
-use monoio::buf::IoBufMut;
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
+use monoio::BufResult;
+use monoio_rustls::ServerTlsStream;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::RecvFlags;
@@ -72,7 +74,7 @@ pub enum Stopped {
 pub async fn watching_client<F: Future>(
     limit: Duration,
     work: F,
-    client: &TcpStream,
+    client: &impl AsRawFd,
 ) -> Result<F::Output, Stopped> {
     let deadline = Instant::now() + limit;
     let mut work = std::pin::pin!(work);
@@ -96,14 +98,14 @@ pub async fn read_more_watching<S: AsyncReadRent>(
     stream: &mut S,
     buf: Vec<u8>,
     limit: Duration,
-    client: &TcpStream,
+    client: &impl AsRawFd,
 ) -> Result<(io::Result<usize>, Vec<u8>), Stopped> {
     watching_client(limit, read_more(stream, buf), client).await
 }
 
 /// Sleeps for `pause` (a simulated backend's latency), ending early with
 /// [`Stopped::ClientGone`] when the client goes away (see [`watching_client`]).
-pub async fn sleep_watching(pause: Duration, client: &TcpStream) -> Result<(), Stopped> {
+pub async fn sleep_watching(pause: Duration, client: &impl AsRawFd) -> Result<(), Stopped> {
     match watching_client(pause, std::future::pending::<()>(), client).await {
         Err(Stopped::ClientGone) => Err(Stopped::ClientGone),
         _ => Ok(()),
@@ -114,7 +116,7 @@ pub async fn sleep_watching(pause: Duration, client: &TcpStream) -> Result<(), S
 /// zero-timeout `poll` for `POLLRDHUP` (the peer's FIN, Linux), `POLLHUP` or `POLLERR`. Unlike
 /// a peek, unread bytes do not hide the FIN behind them. An error of `poll` itself is read
 /// as "still there".
-pub fn client_gone(stream: &TcpStream) -> bool {
+pub fn client_gone(stream: &impl AsRawFd) -> bool {
     let fd = fd_of(stream);
     let mut fds = [PollFd::new(&fd, PollFlags::RDHUP)];
     match poll(&mut fds, Some(&Timespec::default())) {
@@ -142,7 +144,7 @@ pub enum PeerState {
 /// The peek consumes nothing and does not block whatever mode the socket is in, so it is the
 /// same on monoio's io_uring and epoll drivers. It must not race a read of the same socket
 /// (none is in flight on an idle pooled connection).
-pub fn peek_state(stream: &TcpStream) -> PeerState {
+pub fn peek_state(stream: &impl AsRawFd) -> PeerState {
     let mut byte = [0u8; 1];
     match rustix::net::recv(
         fd_of(stream),
@@ -172,10 +174,12 @@ pub async fn write_all_within<S: AsyncWriteRent>(
 /// The descriptor of `stream`, borrowed for as long as `stream` is: monoio's `TcpStream`
 /// implements `AsRawFd` but not `AsFd`. Only for syscalls that touch no monoio state
 /// (`recv` with `MSG_PEEK | MSG_DONTWAIT`, `setsockopt`), never to read, write or close.
-pub fn fd_of(stream: &TcpStream) -> BorrowedFd<'_> {
-    // SAFETY: the descriptor is owned by `stream` and stays open until `stream` is dropped
-    // or closed, which the returned borrow's lifetime (tied to `&stream`) rules out while it
-    // lives.
+/// `stream` must own the descriptor it names (a `TcpStream`, or a [`ClientStream`] over
+/// one).
+pub fn fd_of<S: AsRawFd>(stream: &S) -> BorrowedFd<'_> {
+    // SAFETY: the descriptor is owned by `stream` (or by the TCP stream it wraps) and stays
+    // open until `stream` is dropped or closed, which the returned borrow's lifetime (tied
+    // to `&stream`) rules out while it lives.
     #[allow(unsafe_code)]
     unsafe {
         BorrowedFd::borrow_raw(stream.as_raw_fd())
@@ -187,6 +191,76 @@ pub fn fd_of(stream: &TcpStream) -> BorrowedFd<'_> {
 /// close-delimited body) when the answer broke off: a FIN would pass the truncated body off
 /// as complete, a reset tells the client it is not. Best effort: an error is ignored (the
 /// connection closes normally then).
-pub fn abort_on_close(stream: &TcpStream) {
+pub fn abort_on_close(stream: &impl AsRawFd) {
     let _ = rustix::net::sockopt::set_socket_linger(fd_of(stream), Some(Duration::ZERO));
+}
+
+/// A client's connection: plain TCP, or TLS over TCP (a `tls_listen` address). Reads and
+/// writes go through TLS when there is one; the descriptor ([`AsRawFd`]) is always the TCP
+/// socket's, for the peeks and polls that watch the connection itself.
+pub enum ClientStream {
+    /// Plain HTTP/1.1.
+    Plain(TcpStream),
+    /// HTTP/1.1 over TLS; `fd` is the wrapped socket's descriptor.
+    Tls {
+        /// The TLS session over the socket.
+        stream: Box<ServerTlsStream<TcpStream>>,
+        /// The socket's descriptor, read before it was wrapped.
+        fd: RawFd,
+    },
+}
+
+impl AsRawFd for ClientStream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            ClientStream::Plain(s) => s.as_raw_fd(),
+            ClientStream::Tls { fd, .. } => *fd,
+        }
+    }
+}
+
+impl AsyncReadRent for ClientStream {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            ClientStream::Plain(s) => s.read(buf).await,
+            ClientStream::Tls { stream, .. } => stream.read(buf).await,
+        }
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            ClientStream::Plain(s) => s.readv(buf).await,
+            ClientStream::Tls { stream, .. } => stream.readv(buf).await,
+        }
+    }
+}
+
+impl AsyncWriteRent for ClientStream {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            ClientStream::Plain(s) => s.write(buf).await,
+            ClientStream::Tls { stream, .. } => stream.write(buf).await,
+        }
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            ClientStream::Plain(s) => s.writev(buf).await,
+            ClientStream::Tls { stream, .. } => stream.writev(buf).await,
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            ClientStream::Plain(s) => s.flush().await,
+            ClientStream::Tls { stream, .. } => stream.flush().await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            ClientStream::Plain(s) => s.shutdown().await,
+            ClientStream::Tls { stream, .. } => stream.shutdown().await,
+        }
+    }
 }

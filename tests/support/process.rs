@@ -104,15 +104,22 @@ impl Launch {
     /// Writes the config (listening on 127.0.0.1 port 0), starts the process and waits
     /// (≤ 10 s) until it has written its ready file, which gives the port it bound.
     pub fn start(self) -> Sluice {
-        let mut sluice = self.spawn();
+        self.start_after(|_| {})
+    }
+
+    /// [`start`](Self::start), once `files` has written what the config names (certificates,
+    /// keys) into the config file's folder.
+    pub fn start_after(self, files: impl FnOnce(&Path)) -> Sluice {
+        let mut sluice = self.spawn(files);
         if let Err(e) = sluice.wait_ready(Duration::from_secs(10)) {
             panic!("{e}");
         }
         sluice
     }
 
-    fn spawn(&self) -> Sluice {
+    fn spawn(&self, files: impl FnOnce(&Path)) -> Sluice {
         let dir = TempDir::new("sluice");
+        files(dir.path());
         let config_path = dir.path().join("sluice.toml");
         let log_path = dir.path().join("stderr.log");
         let ready_path = dir.path().join("ready");

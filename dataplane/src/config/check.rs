@@ -2,7 +2,7 @@
 //! small checks and parsers used by more than one section (non-empty strings, durations, the
 //! line a value sits on). A leaf: it imports no other compiler module.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
@@ -63,4 +63,30 @@ pub(crate) fn check_not_empty(
 
 pub(crate) fn line_of<T>(report: &Reporter<'_>, value: &Spanned<T>) -> usize {
     report.line_column(value.span().start).0
+}
+
+/// A path written in the config, relative to the config file's folder.
+pub(crate) fn resolve_path(config: &Path, written: &str) -> PathBuf {
+    config.parent().unwrap_or(Path::new("")).join(written)
+}
+
+/// Reads a file the config names (`value`, at `field`); a located error if it cannot.
+pub(crate) fn read_config_file(
+    path: &Path,
+    value: &Spanned<String>,
+    field: &str,
+    report: &mut Reporter<'_>,
+    read: ReadFile<'_>,
+) -> Option<String> {
+    match read(path) {
+        Ok(text) => Some(text),
+        Err(e) => {
+            report.at(
+                value.span(),
+                field,
+                format!("cannot read `{}`: {e}", value.get_ref()),
+            );
+            None
+        }
+    }
 }

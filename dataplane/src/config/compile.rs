@@ -63,7 +63,20 @@ pub(crate) fn compile(
     read: ReadFile<'_>,
     previous: Option<&Snapshot>,
 ) -> Option<Snapshot> {
-    let server = compile_server(&file.server, report);
+    let mut server = compile_server(&file.server, report);
+    let (tls_listen, tls) = super::tls::compile(
+        source,
+        file.server.tls_listen.as_ref(),
+        file.server.tls.as_ref(),
+        report,
+        read,
+    );
+    if file.server.listen.is_none() && !tls_listen.is_empty() {
+        // HTTPS only: the plain default listener is not added beside it.
+        server.listen.clear();
+    }
+    server.tls_listen = tls_listen;
+    server.tls = tls.map(Arc::new);
 
     let mut backend_ids: HashMap<&str, usize> = HashMap::new();
     let mut kinds = Vec::with_capacity(file.backend.len());
@@ -288,6 +301,8 @@ fn compile_server(section: &ServerSection, report: &mut Reporter<'_>) -> ServerS
 
     ServerSettings {
         listen,
+        tls_listen: Vec::new(),
+        tls: None,
         // 0 means "one per core", like leaving it out.
         workers: section.workers.filter(|&n| n > 0),
         limits: HttpLimits {

@@ -6,13 +6,15 @@
 //! [`JwtIssuerConfig`]: the snapshot holds it and the runtime compiles it as it is.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use toml::Spanned;
 
-use super::check::{check_not_empty, line_of, parse_duration, EnvLookup, ReadFile};
+use super::check::{
+    check_not_empty, line_of, parse_duration, read_config_file, resolve_path, EnvLookup, ReadFile,
+};
 use super::error::Reporter;
 use super::schema::{JwtKeyEntry, JwtSection, SpannedList};
 use crate::auth::jwks::JwksSettings;
@@ -315,7 +317,7 @@ fn compile_jwt_key(
     let source = match kind {
         "public_key_file" => {
             let path = resolve_path(source, text);
-            let pem = read_key_file(&path, value, &value_field, report, read)?;
+            let pem = read_config_file(&path, value, &value_field, report, read)?;
             if let Err(message) = check_pem(&pem) {
                 report.at(value.span(), value_field, format!("`{text}` {message}"));
                 return None;
@@ -327,7 +329,7 @@ fn compile_jwt_key(
         }
         "jwks_file" => {
             let path = resolve_path(source, text);
-            let json = read_key_file(&path, value, &value_field, report, read)?;
+            let json = read_config_file(&path, value, &value_field, report, read)?;
             if let Err(message) = check_jwks(&json) {
                 report.at(value.span(), value_field, format!("`{text}` {message}"));
                 return None;
@@ -516,30 +518,6 @@ fn algorithms(
 }
 
 /// A key file's path: relative paths are relative to the config file's folder.
-fn resolve_path(config: &Path, written: &str) -> PathBuf {
-    config.parent().unwrap_or(Path::new("")).join(written)
-}
-
-fn read_key_file(
-    path: &Path,
-    value: &Spanned<String>,
-    field: &str,
-    report: &mut Reporter<'_>,
-    read: ReadFile<'_>,
-) -> Option<String> {
-    match read(path) {
-        Ok(text) => Some(text),
-        Err(e) => {
-            report.at(
-                value.span(),
-                field,
-                format!("cannot read `{}`: {e}", value.get_ref()),
-            );
-            None
-        }
-    }
-}
-
 /// Checks that PEM text holds a public key and nothing private. (The key itself is parsed
 /// when the validator is built.)
 fn check_pem(pem: &str) -> Result<(), &'static str> {

@@ -17,6 +17,7 @@ mod jwt;
 mod limits;
 mod products;
 mod schema;
+mod tls;
 
 use std::ops::Range;
 use std::path::Path;
@@ -227,6 +228,7 @@ mod toml_path {
 #[cfg(test)]
 mod tests {
     mod access;
+    mod tls;
 
     use std::net::SocketAddr;
     use std::path::PathBuf;
@@ -386,6 +388,8 @@ backends = [{ backend = "mock-a" }]
                     "127.0.0.1:8080".parse().unwrap(),
                     "[::1]:9090".parse().unwrap()
                 ],
+                tls_listen: Vec::new(),
+                tls: None,
                 workers: Some(3),
                 limits: HttpLimits {
                     max_request_line: 4096,
@@ -637,7 +641,7 @@ backends = [{ backend = "m" }, { backend = "a" }, { backend = "o" }]
         );
         assert_error(
             &format!("[server.limit]\nmax_body = 1\n{MOCK_DEPLOYMENT}"),
-            "sluice.toml:1:9: server.limit: unknown field `limit`, expected one of `listen`, `workers`, `shutdown_grace`, `limits`, `timeouts`, `trace_header`, `client_ip_limits`, `headers_with_underscores`",
+            "sluice.toml:1:9: server.limit: unknown field `limit`, expected one of `listen`, `tls_listen`, `tls`, `workers`, `shutdown_grace`, `limits`, `timeouts`, `trace_header`, `client_ip_limits`, `headers_with_underscores`",
         );
     }
 

@@ -37,6 +37,8 @@ pub(crate) struct ConfigFile {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ServerSection {
     pub listen: Option<Spanned<Vec<Spanned<String>>>>,
+    pub tls_listen: Option<SpannedList<String>>,
+    pub tls: Option<Spanned<TlsSection>>,
     pub workers: Option<usize>,
     pub shutdown_grace: Option<Spanned<String>>,
     #[serde(default)]
@@ -46,6 +48,27 @@ pub(crate) struct ServerSection {
     pub trace_header: Option<bool>,
     pub client_ip_limits: Option<SpannedList<LimitEntry>>,
     pub headers_with_underscores: Option<Spanned<String>>,
+}
+
+/// `[server.tls]`: the listeners' certificates and client authentication.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsSection {
+    pub cert_file: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
+    pub client_ca_file: Option<Spanned<String>>,
+    pub handshake_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub sni: Vec<Spanned<SniEntry>>,
+}
+
+/// One `[[server.tls.sni]]`: another certificate, chosen by the server name a client asks for.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SniEntry {
+    pub server_name: Spanned<String>,
+    pub cert_file: Spanned<String>,
+    pub key_file: Spanned<String>,
 }
 
 /// `[server.limits]`.

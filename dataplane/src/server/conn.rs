@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,7 @@ use crate::policy::phase::{Env, Pipeline, Policy, Request};
 use crate::policy::trace::answer_headers;
 use crate::route::{route, DeploymentRef, Operation};
 use crate::snapshot::HeadersWithUnderscores;
-use crate::socket::{read_more, read_more_within};
+use crate::socket::{read_more, read_more_within, ClientStream};
 use crate::upstream::{refused_header_name, Exchange, Leg};
 
 /// A client connection: its side of each exchange, the upstream leg's buffers, and what the
@@ -59,8 +60,17 @@ pub(super) async fn serve<P: Policy>(
     policies: &P,
     stream: TcpStream,
     peer: SocketAddr,
+    tls: bool,
 ) {
     let _ = stream.set_nodelay(true);
+    let stream = if tls {
+        match handshake(worker, stream, peer).await {
+            Some(stream) => stream,
+            None => return,
+        }
+    } else {
+        ClientStream::Plain(stream)
+    };
     let mut client = Client {
         down: Downstream::new(stream, peer, crate::snapshot::Timeouts::default().send),
         leg: Leg::default(),
@@ -79,6 +89,41 @@ pub(super) async fn serve<P: Policy>(
     }
     if client.down.linger {
         client.lingering_close().await;
+    }
+}
+
+/// The TLS handshake of a connection accepted on a `tls_listen` address, with the
+/// certificates of the config in force now and within its `handshake_timeout`. A failed,
+/// refused or stalled handshake closes the connection, is counted
+/// ([`Worker::tls_handshake_failures`]) and logged at debug: plaintext, garbage and port
+/// scans are the client's business, and cost one small read and a close.
+async fn handshake(worker: &Worker, stream: TcpStream, peer: SocketAddr) -> Option<ClientStream> {
+    let view = worker.view();
+    let Some(tls) = view.snapshot.server.tls.clone() else {
+        tracing::warn!(%peer, "TLS connection on a listener the config in force has no [server.tls] for; closing");
+        return None;
+    };
+    drop(view);
+    let fd = stream.as_raw_fd();
+    let failed = |reason: &dyn std::fmt::Display| {
+        worker
+            .tls_handshake_failures
+            .set(worker.tls_handshake_failures.get() + 1);
+        tracing::debug!(%peer, reason = %reason, "TLS handshake failed");
+    };
+    match monoio::time::timeout(tls.handshake_timeout, tls.acceptor().accept(stream)).await {
+        Ok(Ok(stream)) => Some(ClientStream::Tls {
+            stream: Box::new(stream),
+            fd,
+        }),
+        Ok(Err(e)) => {
+            failed(&e);
+            None
+        }
+        Err(_) => {
+            failed(&"timed out");
+            None
+        }
     }
 }
 

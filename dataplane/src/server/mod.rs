@@ -89,6 +89,25 @@ impl Shared {
     }
 }
 
+/// Where the workers listen: plain HTTP and HTTPS addresses (`listen`, `tls_listen`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listeners {
+    /// Plain HTTP/1.1.
+    pub plain: Vec<SocketAddr>,
+    /// HTTP/1.1 over TLS, with the snapshot's `[server.tls]`.
+    pub tls: Vec<SocketAddr>,
+}
+
+impl From<Vec<SocketAddr>> for Listeners {
+    /// Plain listeners only.
+    fn from(plain: Vec<SocketAddr>) -> Self {
+        Self {
+            plain,
+            tls: Vec::new(),
+        }
+    }
+}
+
 /// Running workers.
 pub struct Running {
     handles: Vec<JoinHandle<()>>,
@@ -96,8 +115,10 @@ pub struct Running {
     pub driver: &'static str,
     /// Worker count.
     pub workers: usize,
-    /// The addresses every worker listens on (the config's, with a port 0 resolved).
+    /// The plain addresses every worker listens on (the config's, with a port 0 resolved).
     pub listen: Vec<SocketAddr>,
+    /// The TLS addresses every worker listens on, likewise.
+    pub tls_listen: Vec<SocketAddr>,
 }
 
 impl Running {
@@ -121,7 +142,7 @@ impl Running {
 /// free port) and the others join it there ([`Running::listen`] says where).
 pub fn start(
     shared: Arc<Shared>,
-    listen: Vec<SocketAddr>,
+    listen: impl Into<Listeners>,
     workers: usize,
     driver: DriverChoice,
 ) -> anyhow::Result<Running> {
@@ -138,7 +159,7 @@ pub fn start(
 /// `pipeline` (policies are not shared between threads, so they need not be `Send`).
 pub fn start_with<P, F>(
     shared: Arc<Shared>,
-    listen: Vec<SocketAddr>,
+    listen: impl Into<Listeners>,
     workers: usize,
     driver: DriverChoice,
     pipeline: F,
@@ -151,7 +172,7 @@ where
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(workers);
     let mut used = "io_uring";
-    let mut bound = listen;
+    let mut bound: Listeners = listen.into();
     for id in 0..workers {
         let spawned = {
             let shared = shared.clone();
@@ -193,6 +214,7 @@ where
         handles,
         driver: used,
         workers,
-        listen: bound,
+        listen: bound.plain,
+        tls_listen: bound.tls,
     })
 }

@@ -33,6 +33,8 @@ pub struct Worker {
     pub limits: WorkerLimits,
     /// Connections open on this worker.
     pub(super) open_connections: Cell<usize>,
+    /// TLS handshakes that failed, were refused or timed out on this worker.
+    pub tls_handshake_failures: Cell<u64>,
     request_seq: Cell<u64>,
     id_prefix: u32,
 }
@@ -100,6 +102,7 @@ impl Worker {
             shutdown: ShutdownSignal::default(),
             grace_over: ShutdownSignal::default(),
             open_connections: Cell::new(0),
+            tls_handshake_failures: Cell::new(0),
             request_seq: Cell::new(0),
             id_prefix,
         }

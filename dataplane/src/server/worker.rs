@@ -2,7 +2,6 @@
 //! listeners, its accept loop and its periodic upkeep (the state its connections share is
 //! [`super::per_core`]).
 
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -10,7 +9,7 @@ use std::time::{Duration, Instant};
 use monoio::net::{ListenerOpts, TcpListener};
 
 use super::per_core::Worker;
-use super::{conn, DriverChoice, Shared};
+use super::{conn, DriverChoice, Listeners, Shared};
 use crate::policy::phase::Policy;
 
 /// How often a worker looks at the process-wide shutdown flag.
@@ -23,7 +22,7 @@ const CUT_WAIT: Duration = Duration::from_secs(1);
 
 /// What a worker reports once its listeners are bound: the driver's name and the addresses
 /// it bound (a port 0 resolved to the one the kernel chose), or why it could not start.
-pub(super) type Ready = Result<(&'static str, Vec<SocketAddr>), String>;
+pub(super) type Ready = Result<(&'static str, Listeners), String>;
 
 /// Builds the worker's runtime and runs it until shutdown. Reports on `ready` once its
 /// listeners are bound, or why it could not start.
@@ -31,7 +30,7 @@ pub(super) fn run_thread<P: Policy + 'static>(
     id: usize,
     workers: usize,
     shared: Arc<Shared>,
-    listen: Vec<SocketAddr>,
+    listen: Listeners,
     driver: DriverChoice,
     policies: P,
     ready: mpsc::Sender<Ready>,
@@ -51,7 +50,7 @@ async fn run<P: Policy + 'static>(
     id: usize,
     workers: usize,
     shared: Arc<Shared>,
-    listen: Vec<SocketAddr>,
+    listen: Listeners,
     driver: &'static str,
     policies: Rc<P>,
     ready: mpsc::Sender<Ready>,
@@ -60,13 +59,18 @@ async fn run<P: Policy + 'static>(
         .reuse_port(true)
         .reuse_addr(true)
         .backlog(4096);
-    let mut listeners = Vec::with_capacity(listen.len());
-    let mut bound = Vec::with_capacity(listen.len());
-    for addr in &listen {
+    let mut listeners = Vec::with_capacity(listen.plain.len() + listen.tls.len());
+    let mut bound = Listeners::default();
+    let all = listen.plain.iter().map(|a| (a, false));
+    for (addr, tls) in all.chain(listen.tls.iter().map(|a| (a, true))) {
         match TcpListener::bind_with_config(addr, &opts).and_then(|l| Ok((l.local_addr()?, l))) {
             Ok((local, l)) => {
-                bound.push(local);
-                listeners.push(l);
+                if tls {
+                    bound.tls.push(local);
+                } else {
+                    bound.plain.push(local);
+                }
+                listeners.push((l, tls));
             }
             Err(e) => {
                 let _ = ready.send(Err(format!("cannot listen on {addr}: {e}")));
@@ -81,7 +85,7 @@ async fn run<P: Policy + 'static>(
     monoio::spawn(watch_shutdown(worker.clone()));
     let accepts: Vec<_> = listeners
         .into_iter()
-        .map(|l| monoio::spawn(accept_loop(worker.clone(), policies.clone(), l)))
+        .map(|(l, tls)| monoio::spawn(accept_loop(worker.clone(), policies.clone(), l, tls)))
         .collect();
     for task in accepts {
         task.await;
@@ -128,6 +132,7 @@ async fn accept_loop<P: Policy + 'static>(
     worker: Rc<Worker>,
     policies: Rc<P>,
     listener: TcpListener,
+    tls: bool,
 ) {
     loop {
         let accepted = monoio::select! {
@@ -143,7 +148,7 @@ async fn accept_loop<P: Policy + 'static>(
                 let w = worker.clone();
                 let policies = policies.clone();
                 monoio::spawn(async move {
-                    conn::serve(&w, &*policies, stream, peer).await;
+                    conn::serve(&w, &*policies, stream, peer, tls).await;
                     w.open_connections.set(w.open_connections.get() - 1);
                 });
             }

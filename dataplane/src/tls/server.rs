@@ -1,0 +1,173 @@
+//! The listeners' TLS: one `rustls::ServerConfig` per config snapshot, built from
+//! `[server.tls]`.
+//!
+//! TLS 1.3 and 1.2, ALPN `http/1.1` only (a client offering only `h2` is refused in the
+//! handshake, RFC 7301 §3.2), the default certificate or one chosen by the client's server
+//! name ([`SniResolver`]), and with `client_ca_file` client certificates required and
+//! verified against that CA (RFC 8446 §4.3.2). A reload builds a new config: handshakes that
+//! start after it use the new certificates; connections already open keep theirs.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::DnsName;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+
+use super::pem;
+
+/// The crypto every TLS config of Sluice uses: rustls' `ring` provider.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Why a certificate and key pair cannot serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PairError {
+    /// The certificate file (a sentence after the file's name).
+    Cert(String),
+    /// The key file, or the key against the certificate.
+    Key(String),
+}
+
+/// A certificate chain (leaf first) and its private key, from PEM text, checked to belong
+/// together.
+///
+/// # Errors
+/// [`PairError::Cert`] for a file that holds no usable certificate; [`PairError::Key`] for
+/// no usable key, a key type rustls cannot sign with, or a key that is not the
+/// certificate's.
+pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, PairError> {
+    let chain = pem::certificates(cert_pem).map_err(PairError::Cert)?;
+    let key = pem::private_key(key_pem).map_err(PairError::Key)?;
+    CertifiedKey::from_der(chain, key, &provider()).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => {
+            PairError::Key("is not the private key of the certificate in cert_file".to_string())
+        }
+        other => PairError::Key(format!("cannot sign with this key: {other}")),
+    })
+}
+
+/// Checks a `server_name` of `[[server.tls.sni]]`: a DNS name (RFC 6066 §3 sends host
+/// names only, never addresses). Returns it lowercased, as the resolver compares.
+///
+/// # Errors
+/// A sentence naming what is wrong.
+pub fn sni_name(name: &str) -> Result<String, String> {
+    match DnsName::try_from(name) {
+        Ok(dns) => Ok(dns.to_lowercase_owned().as_ref().to_string()),
+        Err(_) => Err(format!(
+            "`{name}` is not a DNS name (SNI carries host names, e.g. \"api.example.com\")"
+        )),
+    }
+}
+
+/// Picks the certificate for a handshake: the one whose `server_name` is the name the client
+/// asked for (ASCII case ignored), else the default. A client that sends no name gets the
+/// default.
+pub struct SniResolver {
+    default: Arc<CertifiedKey>,
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("names", &self.by_name.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let chosen = hello
+            .server_name()
+            .and_then(|name| self.by_name.get(&name.to_ascii_lowercase()));
+        Some(chosen.unwrap_or(&self.default).clone())
+    }
+}
+
+/// The compiled `[server.tls]`: what every TLS listener of a snapshot accepts with.
+pub struct ServerTls {
+    config: Arc<ServerConfig>,
+    /// How long a handshake may take before the connection is dropped. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Whether clients must present a certificate from `client_ca_file`.
+    pub client_auth: bool,
+    /// Identifies the inputs (files' bytes, names, timeout): two configs built from the same
+    /// compare equal, so a reload that did not touch TLS reads as no change.
+    inputs: [u8; 32],
+}
+
+impl ServerTls {
+    /// Builds the listeners' config.
+    ///
+    /// `default` serves clients that ask for no name or one no `sni` entry has; `sni` pairs
+    /// lowercased server names with their certificates; `client_roots`, when given, makes a
+    /// client certificate from them mandatory.
+    ///
+    /// # Errors
+    /// A client CA set rustls cannot build a verifier from (a sentence).
+    pub fn new(
+        default: CertifiedKey,
+        sni: Vec<(String, CertifiedKey)>,
+        client_roots: Option<RootCertStore>,
+        handshake_timeout: Duration,
+        inputs: [u8; 32],
+    ) -> Result<Self, String> {
+        let provider = provider();
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| e.to_string())?;
+        let client_auth = client_roots.is_some();
+        let builder = match client_roots {
+            Some(roots) => {
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .map_err(|e| format!("cannot verify clients against it: {e}"))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let resolver = SniResolver {
+            default: Arc::new(default),
+            by_name: sni
+                .into_iter()
+                .map(|(name, key)| (name, Arc::new(key)))
+                .collect(),
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(resolver));
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            config: Arc::new(config),
+            handshake_timeout,
+            client_auth,
+            inputs,
+        })
+    }
+
+    /// The acceptor for one connection's handshake.
+    pub fn acceptor(&self) -> monoio_rustls::TlsAcceptor {
+        monoio_rustls::TlsAcceptor::from(self.config.clone())
+    }
+}
+
+impl PartialEq for ServerTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.inputs == other.inputs
+    }
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("client_auth", &self.client_auth)
+            .finish_non_exhaustive()
+    }
+}
