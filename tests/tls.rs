@@ -23,6 +23,11 @@ const KEY: &str = "tls-test-key-0123456789";
 /// A config with a plain and a TLS listener (ports 0), the mock, a key, and `tls_extra`
 /// lines appended to `[server.tls]`; certificates `gw.pem`/`gw.key` beside it.
 fn config(tls_extra: &str) -> String {
+    config_with_product(tls_extra, "")
+}
+
+/// [`config`] with `product_extra` lines in the key's product.
+fn config_with_product(tls_extra: &str, product_extra: &str) -> String {
     format!(
         r#"
 [server]
@@ -37,7 +42,7 @@ key_file = "gw.key"
 {}
 {}
 "#,
-        product("all", ""),
+        product("all", product_extra),
         subscription("team", "all", &[KEY])
     )
 }
@@ -123,7 +128,10 @@ fn client_certificates_are_required_with_client_ca_file() {
     let clients = TestCa::new("Client CA");
     let foreign = TestCa::new("Foreign CA");
     let gw = ca.server(&["gw.test"]);
-    let sluice = start(&config("client_ca_file = \"clients.pem\""), |dir| {
+    // One request a minute per client certificate, and the trace.
+    let per_cert = "trace = true\nlimits = [{ unit = \"requests\", rate = 1, per = \"minute\", scope = \"client_cert\" }]";
+    let text = config_with_product("client_ca_file = \"clients.pem\"", per_cert);
+    let sluice = start(&text, |dir| {
         gw.write(dir, "gw");
         std::fs::write(dir.join("clients.pem"), &clients.pem).unwrap();
     });

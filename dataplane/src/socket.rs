@@ -207,7 +207,20 @@ pub enum ClientStream {
         stream: Box<ServerTlsStream<TcpStream>>,
         /// The socket's descriptor, read before it was wrapped.
         fd: RawFd,
+        /// The subject (RFC 4514) of the client certificate the handshake verified, with
+        /// `client_ca_file`.
+        client_cert: Option<std::sync::Arc<str>>,
     },
+}
+
+impl ClientStream {
+    /// The verified client certificate's subject, if the client presented one over TLS.
+    pub fn client_cert(&self) -> Option<&std::sync::Arc<str>> {
+        match self {
+            ClientStream::Tls { client_cert, .. } => client_cert.as_ref(),
+            ClientStream::Plain(_) => None,
+        }
+    }
 }
 
 impl AsRawFd for ClientStream {

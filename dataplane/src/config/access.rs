@@ -33,9 +33,15 @@ pub(crate) fn compile_access(
     read: ReadFile<'_>,
 ) -> Access {
     let has_jwt = !file.jwt.is_empty();
+    let has_client_certs = file
+        .server
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.get_ref().client_ca_file.is_some());
     let mut limits = LimitTable {
         limits: Vec::new(),
         has_jwt,
+        has_client_certs,
     };
 
     let deployment_names: Vec<&str> = file

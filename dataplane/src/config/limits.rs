@@ -20,6 +20,8 @@ pub(super) struct LimitTable {
     pub(super) limits: Vec<Limit>,
     /// Whether the file has a `[[jwt]]` (a `claim:` scope needs one).
     pub(super) has_jwt: bool,
+    /// Whether TLS listeners verify client certificates (a `client_cert` scope needs it).
+    pub(super) has_client_certs: bool,
 }
 
 impl LimitTable {
@@ -128,12 +130,12 @@ impl LimitTable {
         let (default, allowed, whose) = match owner {
             LimitOwner::Product(_) => (
                 LimitScope::Subscription,
-                "\"subscription\", \"subscription_deployment\" or \"claim:<name>\"",
+                "\"subscription\", \"subscription_deployment\", \"claim:<name>\" or \"client_cert\"",
                 "a product's limits",
             ),
             LimitOwner::Deployment(_) => (
                 LimitScope::Deployment,
-                "\"deployment\", \"subscription_deployment\" or \"claim:<name>\"",
+                "\"deployment\", \"subscription_deployment\", \"claim:<name>\" or \"client_cert\"",
                 "a deployment's limits",
             ),
             LimitOwner::Server => (LimitScope::ClientIp, "\"client_ip\"", "client_ip_limits"),
@@ -148,6 +150,7 @@ impl LimitTable {
             "subscription_deployment" => LimitScope::SubscriptionDeployment,
             "deployment" => LimitScope::Deployment,
             "client_ip" => LimitScope::ClientIp,
+            "client_cert" => LimitScope::ClientCert,
             _ => match text.strip_prefix("claim:") {
                 Some("") => {
                     report.at(
@@ -174,10 +177,14 @@ impl LimitTable {
                 LimitScope::Subscription
                     | LimitScope::SubscriptionDeployment
                     | LimitScope::Claim(_)
+                    | LimitScope::ClientCert
             ),
             LimitOwner::Deployment(_) => matches!(
                 scope,
-                LimitScope::Deployment | LimitScope::SubscriptionDeployment | LimitScope::Claim(_)
+                LimitScope::Deployment
+                    | LimitScope::SubscriptionDeployment
+                    | LimitScope::Claim(_)
+                    | LimitScope::ClientCert
             ),
             LimitOwner::Server => scope == LimitScope::ClientIp,
         };
@@ -199,6 +206,14 @@ impl LimitTable {
                 value.span(),
                 field,
                 "a `claim:` scope counts JWT claim values, but no [[jwt]] is configured",
+            );
+            return None;
+        }
+        if scope == LimitScope::ClientCert && !self.has_client_certs {
+            report.at(
+                value.span(),
+                field,
+                "a `client_cert` scope counts verified client certificates, but no [server.tls] client_ca_file asks for them",
             );
             return None;
         }
@@ -348,6 +363,7 @@ pub(crate) fn default_limit_name(
         LimitScope::SubscriptionDeployment => "subscription_deployment",
         LimitScope::Deployment => "deployment",
         LimitScope::ClientIp => "client_ip",
+        LimitScope::ClientCert => "client_cert",
         LimitScope::Claim(claim) => return format!("{unit}:claim:{claim}:{}", amount(window)),
     };
     format!("{unit}:{scope}:{}", amount(window))

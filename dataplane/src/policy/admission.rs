@@ -104,6 +104,8 @@ pub struct Ask<'a> {
     pub deployment_limits: &'a [usize],
     /// The client's address.
     pub client_ip: IpAddr,
+    /// The verified client certificate's subject, over TLS with client certificates.
+    pub client_cert: Option<&'a Arc<str>>,
     /// The token reservation (estimate of prompt plus completion).
     pub tokens: u64,
     /// Record a line per decision for the trace header.
@@ -477,6 +479,7 @@ fn scope_value(limit: &Limit, ask: &Ask<'_>) -> Option<ScopeValue> {
             ScopeValue::Text(Arc::from(caller.claim(name)?))
         }
         LimitScope::ClientIp => ScopeValue::Ip(ask.client_ip),
+        LimitScope::ClientCert => ScopeValue::Text(ask.client_cert?.clone()),
     })
 }
 

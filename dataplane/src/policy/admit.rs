@@ -87,6 +87,7 @@ impl Policy for Admit {
             deployment: &dep.name,
             deployment_limits: &dep.limits,
             client_ip: ctx.client_ip,
+            client_cert: ctx.client_cert.as_ref(),
             tokens: ctx.tokens.map_or(0, |t| t.reservation),
             trace: ctx.trace.is_some(),
         };

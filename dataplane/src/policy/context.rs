@@ -92,6 +92,9 @@ pub struct RequestCtx<'s> {
     pub id: RequestId,
     /// The client's address.
     pub client_ip: IpAddr,
+    /// The subject (RFC 4514) of the client certificate the connection's TLS handshake
+    /// verified (`[server.tls] client_ca_file`); `None` on plain connections.
+    pub client_cert: Option<std::sync::Arc<str>>,
     /// What the path and method name (set once routed; `None` for a path Sluice does not
     /// serve).
     pub operation: Option<Operation>,
@@ -254,6 +257,7 @@ impl<'s> RequestCtx<'s> {
             snapshot,
             id,
             client_ip,
+            client_cert: None,
             operation: None,
             deployment: None,
             caller: None,

@@ -80,6 +80,10 @@ fn render(out: &mut Vec<u8>, trace: &Trace, ctx: &RequestCtx<'_>, snapshot: &Sna
     push_name(out, deployment);
     out.extend_from_slice(b"; subscription=");
     push_name(out, subscription);
+    if let Some(subject) = &ctx.client_cert {
+        out.extend_from_slice(b"; client_cert=");
+        push_name(out, subject);
+    }
     let mut num = itoa::Buffer::new();
     for decision in &trace.limits {
         let Some(limit) = snapshot.access.limits.get(decision.limit) else {

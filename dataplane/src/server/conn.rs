@@ -111,10 +111,12 @@ async fn handshake(worker: &Worker, stream: TcpStream, peer: SocketAddr) -> Opti
             .set(worker.tls_handshake_failures.get() + 1);
         tracing::debug!(%peer, reason = %reason, "TLS handshake failed");
     };
-    match monoio::time::timeout(tls.handshake_timeout, tls.acceptor().accept(stream)).await {
+    let (acceptor, subject) = tls.acceptor();
+    match monoio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => Some(ClientStream::Tls {
             stream: Box::new(stream),
             fd,
+            client_cert: subject.and_then(|s| s.lock().ok().and_then(|mut s| s.take())),
         }),
         Ok(Err(e)) => {
             failed(&e);
@@ -235,6 +237,7 @@ impl Client {
             std::mem::take(&mut self.attempts),
             std::mem::take(&mut self.answer_headers),
         );
+        ctx.client_cert = self.down.stream.client_cert().cloned();
         let pipeline = Pipeline {
             policies,
             env: Env {

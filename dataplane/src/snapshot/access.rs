@@ -316,6 +316,9 @@ pub enum LimitScope {
     Claim(String),
     /// One counter per client IP address (`[server] client_ip_limits` only).
     ClientIp,
+    /// One counter per verified client certificate subject (`[server.tls]
+    /// client_ca_file`); requests without one (plain listeners) are not counted.
+    ClientCert,
 }
 
 /// What a limit counts.

@@ -9,14 +9,18 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::DnsName;
+use rustls::pki_types::{CertificateDer, DnsName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
 
 use super::pem;
 
@@ -91,9 +95,90 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// The subject of the client certificate a handshake verified, once it has.
+pub type VerifiedSubject = Arc<Mutex<Option<Arc<str>>>>;
+
+/// The client-certificate verifier of one connection: `WebPkiClientVerifier`'s verdict,
+/// and on success the certificate's subject kept for the connection (rustls' verifiers see
+/// no connection, so each mTLS handshake gets its own).
+#[derive(Debug)]
+struct RecordingVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    subject: VerifiedSubject,
+}
+
+impl ClientCertVerifier for RecordingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if let Ok(mut slot) = self.subject.lock() {
+            *slot = Some(subject_of(end_entity).into());
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A certificate's subject as RFC 4514 text (`CN=app-1,O=Contoso`); a certificate the
+/// verifier accepted always parses, but should one not, its SHA-256 fingerprint stands in.
+pub fn subject_of(cert: &CertificateDer<'_>) -> String {
+    match x509_parser::parse_x509_certificate(cert.as_ref()) {
+        Ok((_, parsed)) => parsed.subject().to_string(),
+        Err(_) => {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(cert.as_ref());
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            format!("sha256:{hex}")
+        }
+    }
+}
+
 /// The compiled `[server.tls]`: what every TLS listener of a snapshot accepts with.
 pub struct ServerTls {
     config: Arc<ServerConfig>,
+    /// The client-certificate verifier, when `client_ca_file` is set.
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// The certificates, by server name.
+    resolver: Arc<SniResolver>,
     /// How long a handshake may take before the connection is dropped. Default 10 s.
     pub handshake_timeout: Duration,
     /// Whether clients must present a certificate from `client_ca_file`.
@@ -119,42 +204,78 @@ impl ServerTls {
         handshake_timeout: Duration,
         inputs: [u8; 32],
     ) -> Result<Self, String> {
-        let provider = provider();
-        let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| e.to_string())?;
         let client_auth = client_roots.is_some();
-        let builder = match client_roots {
-            Some(roots) => {
-                let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                        .build()
-                        .map_err(|e| format!("cannot verify clients against it: {e}"))?;
-                builder.with_client_cert_verifier(verifier)
-            }
-            None => builder.with_no_client_auth(),
+        let client_verifier = match client_roots {
+            Some(roots) => Some(
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                    .build()
+                    .map_err(|e| format!("cannot verify clients against it: {e}"))?,
+            ),
+            None => None,
         };
-        let resolver = SniResolver {
+        let resolver = Arc::new(SniResolver {
             default: Arc::new(default),
             by_name: sni
                 .into_iter()
                 .map(|(name, key)| (name, Arc::new(key)))
                 .collect(),
-        };
-        let mut config = builder.with_cert_resolver(Arc::new(resolver));
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        });
+        let config = server_config(client_verifier.clone(), resolver.clone())?;
         Ok(Self {
             config: Arc::new(config),
+            client_verifier,
+            resolver,
             handshake_timeout,
             client_auth,
             inputs,
         })
     }
 
-    /// The acceptor for one connection's handshake.
-    pub fn acceptor(&self) -> monoio_rustls::TlsAcceptor {
-        monoio_rustls::TlsAcceptor::from(self.config.clone())
+    /// The acceptor for one connection's handshake, and with client certificates the slot
+    /// where its verified subject will be: the shared config without them; with them, a
+    /// config of its own whose verifier records into this connection's slot (sharing the
+    /// certificates and the session cache).
+    pub fn acceptor(&self) -> (monoio_rustls::TlsAcceptor, Option<VerifiedSubject>) {
+        let Some(inner) = &self.client_verifier else {
+            return (monoio_rustls::TlsAcceptor::from(self.config.clone()), None);
+        };
+        let subject = VerifiedSubject::default();
+        let recording = Arc::new(RecordingVerifier {
+            inner: inner.clone(),
+            subject: subject.clone(),
+        });
+        match server_config(Some(recording), self.resolver.clone()) {
+            Ok(mut config) => {
+                config.session_storage = self.config.session_storage.clone();
+                config.ticketer = self.config.ticketer.clone();
+                (
+                    monoio_rustls::TlsAcceptor::from(Arc::new(config)),
+                    Some(subject),
+                )
+            }
+            // Built from the same parts in `new` already, so this does not happen; the
+            // shared config still verifies the client, only its subject is not kept.
+            Err(_) => (monoio_rustls::TlsAcceptor::from(self.config.clone()), None),
+        }
     }
+}
+
+/// A listeners' config: TLS 1.3 and 1.2, `verifier` (or no client authentication), the
+/// certificates of `resolver`, ALPN `http/1.1`.
+fn server_config(
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+    resolver: Arc<SniResolver>,
+) -> Result<ServerConfig, String> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?;
+    let builder = match verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 impl PartialEq for ServerTls {

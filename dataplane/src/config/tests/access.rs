@@ -554,13 +554,13 @@ fn limit_scopes_fit_where_the_limit_is() {
         ))
     };
     assert_errors(&[
-        (scoped("team"), "sluice.toml:11:66: product[0].limits[0].scope: unknown scope `team`: expected \"subscription\", \"subscription_deployment\" or \"claim:<name>\""),
-        (scoped("deployment"), "sluice.toml:11:66: product[0].limits[0].scope: scope `deployment` does not apply to a product's limits (they take \"subscription\", \"subscription_deployment\" or \"claim:<name>\")"),
-        (scoped("client_ip"), "sluice.toml:11:66: product[0].limits[0].scope: scope `client_ip` does not apply to a product's limits (they take \"subscription\", \"subscription_deployment\" or \"claim:<name>\")"),
+        (scoped("team"), "sluice.toml:11:66: product[0].limits[0].scope: unknown scope `team`: expected \"subscription\", \"subscription_deployment\", \"claim:<name>\" or \"client_cert\""),
+        (scoped("deployment"), "sluice.toml:11:66: product[0].limits[0].scope: scope `deployment` does not apply to a product's limits (they take \"subscription\", \"subscription_deployment\", \"claim:<name>\" or \"client_cert\")"),
+        (scoped("client_ip"), "sluice.toml:11:66: product[0].limits[0].scope: scope `client_ip` does not apply to a product's limits (they take \"subscription\", \"subscription_deployment\", \"claim:<name>\" or \"client_cert\")"),
         (scoped("claim:"), "sluice.toml:11:66: product[0].limits[0].scope: `claim:` needs a claim name, e.g. \"claim:oid\""),
         (scoped("claim:oid"), "sluice.toml:11:66: product[0].limits[0].scope: a `claim:` scope counts JWT claim values, but no [[jwt]] is configured"),
-        (deployment("limits = [{ unit = \"tokens\", rate = 5, per = \"second\", scope = \"subscription\" }]"), "sluice.toml:12:64: deployment[1].limits[0].scope: scope `subscription` does not apply to a deployment's limits (they take \"deployment\", \"subscription_deployment\" or \"claim:<name>\")"),
-        (deployment("limits = [{ unit = \"tokens\", rate = 5, per = \"second\", scope = \"client_ip\" }]"), "sluice.toml:12:64: deployment[1].limits[0].scope: scope `client_ip` does not apply to a deployment's limits (they take \"deployment\", \"subscription_deployment\" or \"claim:<name>\")"),
+        (deployment("limits = [{ unit = \"tokens\", rate = 5, per = \"second\", scope = \"subscription\" }]"), "sluice.toml:12:64: deployment[1].limits[0].scope: scope `subscription` does not apply to a deployment's limits (they take \"deployment\", \"subscription_deployment\", \"claim:<name>\" or \"client_cert\")"),
+        (deployment("limits = [{ unit = \"tokens\", rate = 5, per = \"second\", scope = \"client_ip\" }]"), "sluice.toml:12:64: deployment[1].limits[0].scope: scope `client_ip` does not apply to a deployment's limits (they take \"deployment\", \"subscription_deployment\", \"claim:<name>\" or \"client_cert\")"),
         (with("[server]\nclient_ip_limits = [{ unit = \"requests\", rate = 5, per = \"second\", scope = \"subscription\" }]"), "sluice.toml:10:76: server.client_ip_limits[0].scope: scope `subscription` does not apply to client_ip_limits (they take \"client_ip\")"),
     ]);
     // With an issuer, a claim scope is fine on products and deployments.

@@ -129,6 +129,10 @@ fn tls_errors_are_located() {
             "[server]\ntls_listen = [\"localhost:8443\"]\n\n[server.tls]\ncert_file = \"gw.pem\"\nkey_file = \"gw.key\"\n".to_string(),
             "/etc/sluice/sluice.toml:2:15: server.tls_listen[0]: `localhost:8443` is not an IP address and port, e.g. \"127.0.0.1:8443\"",
         ),
+        (
+            tls("cert_file = \"gw.pem\"\nkey_file = \"gw.key\"\n\n[[product]]\nname = \"p\"\nlimits = [{ unit = \"requests\", rate = 1, per = \"minute\", scope = \"client_cert\" }]\n"),
+            "/etc/sluice/sluice.toml:10:66: product[0].limits[0].scope: a `client_cert` scope counts verified client certificates, but no [server.tls] client_ca_file asks for them",
+        ),
     ];
     let files = files();
     let mut wrong = Vec::new();
