@@ -3,7 +3,8 @@
 //! against mock deployments (tests/sdk/openai_sdk.py), and meets a rate limit and retries
 //! after its 429 (tests/sdk/openai_sdk_retry.py), and calls `responses.create()` and
 //! `models.list()` through every client shape, Azure resource-level and deployment paths
-//! included (tests/sdk/openai_sdk_routes.py).
+//! included (tests/sdk/openai_sdk_routes.py); and the first script again over HTTPS, the
+//! clients trusting a test CA.
 //!
 //! The interpreter is `$SLUICE_TEST_PYTHON`, else `.venv/bin/python` at the workspace root
 //! (`.ci/run` makes it). Without one that can import `openai` each test prints `SKIPPED …`
@@ -107,7 +108,42 @@ fn openai_python_sdk_against_sluice() {
     };
     let s = Launch::new(MOCK_BODY).workers(2).start();
     let out = run_script(&python, "openai_sdk.py", &s, &[]);
-    assert!(out.contains("openai sdk checks passed"), "stdout:\n{out}");
+    assert!(
+        out.contains("openai sdk checks passed (http)"),
+        "stdout:\n{out}"
+    );
+}
+
+/// The same checks over HTTPS: Sluice's TLS listener with a certificate for `localhost`
+/// from a test CA, the `OpenAI` and `AzureOpenAI` clients trusting that CA (and not the
+/// system roots) through their `httpx` client.
+#[test]
+fn openai_python_sdk_over_https() {
+    let Some(python) = interpreter_or_skip("openai_python_sdk_over_https") else {
+        return;
+    };
+    let ca = support::tls_client::TestCa::new("Sluice SDK test CA");
+    let gw = ca.server(&["localhost"]);
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\n\n\
+         [server.tls]\ncert_file = \"gw.pem\"\nkey_file = \"gw.key\"\n{MOCK_BODY}"
+    );
+    let s = Launch::file(&text).listeners(2).start_after(|dir| {
+        gw.write(dir, "gw");
+        std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
+    });
+    let dir = s.config_path.parent().unwrap();
+    let base = format!("https://localhost:{}", s.ports[1]);
+    let ca_path = dir.join("ca.pem");
+    let env = [
+        ("SLUICE_BASE", base.as_str()),
+        ("SLUICE_CA", ca_path.to_str().unwrap()),
+    ];
+    let out = run_script(&python, "openai_sdk.py", &s, &env);
+    assert!(
+        out.contains("openai sdk checks passed (https)"),
+        "stdout:\n{out}"
+    );
 }
 
 /// A subscription limited to 1 request a second (burst 1): the SDK's second call gets a 429

@@ -1,17 +1,19 @@
 """Drives a running Sluice with the official `openai` Python package.
 
-Run by tests/sdk.rs with SLUICE_PORT set; Sluice serves the mock deployments `gpt-4o`
-(16 completion tokens) and `text-embedding-3-small` (8 dimensions). Exits non-zero with a
-message on the first failed check.
+Run by tests/sdk.rs with SLUICE_PORT set (or SLUICE_BASE, e.g. `https://localhost:8443`,
+with SLUICE_CA naming the CA file that signed Sluice's certificate); Sluice serves the mock
+deployments `gpt-4o` (16 completion tokens) and `text-embedding-3-small` (8 dimensions).
+Exits non-zero with a message on the first failed check.
 """
 
 import os
+import ssl
 import sys
 
-from openai import AzureOpenAI, OpenAI
+from openai import AzureOpenAI, DefaultHttpxClient, OpenAI
 
-PORT = os.environ["SLUICE_PORT"]
-BASE = f"http://127.0.0.1:{PORT}"
+BASE = os.environ.get("SLUICE_BASE") or f"http://127.0.0.1:{os.environ['SLUICE_PORT']}"
+CA = os.environ.get("SLUICE_CA")
 COMPLETION_TOKENS = 16
 DIMENSIONS = 8
 MESSAGES = [
@@ -85,13 +87,21 @@ def embeddings(client, label):
 
 
 def main():
-    oai = OpenAI(base_url=f"{BASE}/v1", api_key="sluice-demo-key", max_retries=0, timeout=20)
+    # Over HTTPS the clients trust the test CA (and nothing else) through their HTTP client.
+    http = {}
+    if CA:
+        trust = ssl.create_default_context(cafile=CA)
+        http = {"http_client": DefaultHttpxClient(verify=trust, timeout=20)}
+    oai = OpenAI(
+        base_url=f"{BASE}/v1", api_key="sluice-demo-key", max_retries=0, timeout=20, **http
+    )
     azure = AzureOpenAI(
         azure_endpoint=BASE,
         api_version="2024-10-21",
         api_key="sluice-demo-key",
         max_retries=0,
         timeout=20,
+        **http,
     )
     ids = [m.id for m in oai.models.list()]
     check(ids == ["gpt-4o", "text-embedding-3-small"], f"models: {ids!r}")
@@ -100,7 +110,7 @@ def main():
         stream(client, label, include_usage=True)
         stream(client, label, include_usage=False)
         embeddings(client, label)
-    print("openai sdk checks passed")
+    print(f"openai sdk checks passed ({BASE.split(':')[0]})")
 
 
 if __name__ == "__main__":
