@@ -83,6 +83,18 @@ fn chat_and_streaming_chat_over_tls_on_one_connection() {
         text.contains("chat.completion.chunk") && text.trim_end().ends_with("data: [DONE]"),
         "{text}"
     );
+    // `connection: close`: the answer, then close_notify before the TCP close.
+    client
+        .send(
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: gw.test\r\napi-key: {KEY}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{CHAT}",
+                CHAT.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(client.read_response().unwrap().status, 200);
+    assert!(client.closed_cleanly().expect("close_notify, not a cut"));
     // The same key on the plain listener: both serve the same config.
     let over_plain = sluice.request(
         "POST",

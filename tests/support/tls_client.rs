@@ -218,6 +218,14 @@ impl TlsClient {
         self.read_response()
     }
 
+    /// Reads on after the last answer: `Ok(true)` for a clean end (the server's
+    /// close_notify, then EOF), `Ok(false)` for more bytes, an error for a cut (EOF without
+    /// close_notify reads as `UnexpectedEof`).
+    pub fn closed_cleanly(&mut self) -> io::Result<bool> {
+        let mut byte = [0u8; 1];
+        Ok(self.stream.read(&mut byte)? == 0)
+    }
+
     fn fill(&mut self) -> io::Result<()> {
         let mut chunk = [0u8; 16 * 1024];
         let n = self.stream.read(&mut chunk)?;

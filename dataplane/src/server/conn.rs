@@ -89,6 +89,11 @@ pub(super) async fn serve<P: Policy>(
     }
     if client.down.linger {
         client.lingering_close().await;
+    } else if matches!(client.down.stream, ClientStream::Tls { .. }) {
+        // TLS ends with close_notify (RFC 8446 §6.1), so the client can tell the end of the
+        // connection from a cut; bounded like any write.
+        let _ =
+            monoio::time::timeout(client.down.send_timeout, client.down.stream.shutdown()).await;
     }
 }
 
