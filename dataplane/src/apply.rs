@@ -64,16 +64,18 @@ pub fn start(path: &Path) -> Result<Arc<Shared>, ApplyError> {
 /// serves, starts the side threads it adds, swaps it in for requests that start from now
 /// on and logs one `config reloaded` line with `reason`. On an error nothing changed.
 ///
-/// Listen addresses and the worker count are fixed at start-up: a change to them is logged
+/// Listen addresses (plain and TLS) and the worker count are fixed at start-up: a change to them is logged
 /// and takes effect on restart.
 pub fn apply(shared: &Shared, path: &Path, reason: &str) -> Result<(), ApplyError> {
     let current = shared.snapshot();
     let next = prepare(path, Some(&current))?;
     next.runtime.start()?;
-    if next.server.listen != current.server.listen || next.server.workers != current.server.workers
+    if next.server.listen != current.server.listen
+        || next.server.tls_listen != current.server.tls_listen
+        || next.server.workers != current.server.workers
     {
         tracing::warn!(
-            "config reload: listen addresses and worker count change only on restart; keeping the running ones"
+            "config reload: listen addresses (listen, tls_listen) and worker count change only on restart; keeping the running ones (a TLS listener without [server.tls] in the new config closes its connections)"
         );
     }
     let deployments = next.deployments.len();
