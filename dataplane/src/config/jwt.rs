@@ -17,7 +17,7 @@ use super::error::Reporter;
 use super::schema::{JwtKeyEntry, JwtSection, SpannedList};
 use crate::auth::jwks::JwksSettings;
 use crate::auth::jwt::DEFAULT_LEEWAY_SECS;
-use crate::http::url::{parse_http_url, UrlError};
+use crate::http::url::parse_http_url;
 use crate::snapshot::access::{
     JwtAlg, JwtIssuerConfig, JwtKeyConfig, JwtKeySource, RequiredClaim, SubscriptionId,
     SubscriptionMapping,
@@ -338,12 +338,7 @@ fn compile_jwt_key(
             }
         }
         "jwks_url" => {
-            let checked = match parse_http_url(text) {
-                Ok(_) => Ok(()),
-                Err(UrlError::Https) => Err("https JWKS URLs are not supported yet: use an http:// URL (TLS is a later issue)".to_string()),
-                Err(UrlError::Form(message)) => Err(message),
-            };
-            if let Err(message) = checked {
+            if let Err(message) = parse_http_url(text) {
                 report.at(value.span(), value_field, message);
                 return None;
             }
@@ -516,11 +511,11 @@ fn algorithms(
 }
 
 /// A key file's path: relative paths are relative to the config file's folder.
-fn resolve_path(config: &Path, written: &str) -> PathBuf {
+pub(super) fn resolve_path(config: &Path, written: &str) -> PathBuf {
     config.parent().unwrap_or(Path::new("")).join(written)
 }
 
-fn read_key_file(
+pub(super) fn read_key_file(
     path: &Path,
     value: &Spanned<String>,
     field: &str,

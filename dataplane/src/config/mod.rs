@@ -227,6 +227,7 @@ mod toml_path {
 #[cfg(test)]
 mod tests {
     mod access;
+    mod tls;
 
     use std::net::SocketAddr;
     use std::path::PathBuf;
@@ -434,6 +435,7 @@ backends = [{ backend = "mock-a" }]
                 addr: "10.0.0.1:18001".parse().unwrap(),
                 host_header: "aoai.example:18001".to_string(),
                 base_path: String::new(),
+                tls: None,
             }
         );
         assert_eq!(azure.deployment, "gpt-4o-prod");
@@ -456,6 +458,7 @@ backends = [{ backend = "mock-a" }]
                 addr: "127.0.0.1:80".parse().unwrap(),
                 host_header: "127.0.0.1".to_string(),
                 base_path: "/proxy/openai".to_string(),
+                tls: None,
             }
         );
         assert_eq!(openai.model.as_deref(), Some("gpt-4o-2024-08-06"));
@@ -627,7 +630,7 @@ backends = [{ backend = "m" }, { backend = "a" }, { backend = "o" }]
         let text = MOCK_DEPLOYMENT.replace("kind = \"mock\"", "kind = \"mock\"\nlatencyy = \"1s\"");
         assert_error(
             &text,
-            "sluice.toml:4:1: backend[0].latencyy: unknown field `latencyy`, expected one of `name`, `kind`, `latency`, `completion_tokens`, `tokens_per_second`, `embedding_dimensions`, `model`, `url`, `api_key_env`, `stream_options`, `deployment`, `api_version`",
+            "sluice.toml:4:1: backend[0].latencyy: unknown field `latencyy`, expected one of `name`, `kind`, `latency`, `completion_tokens`, `tokens_per_second`, `embedding_dimensions`, `model`, `url`, `api_key_env`, `stream_options`, `ca_file`, `server_name`, `insecure_skip_verify`, `deployment`, `api_version`",
         );
         let text =
             MOCK_DEPLOYMENT.replace("{ backend = \"m\" }", "{ backend = \"m\", wieght = 2 }");
@@ -723,14 +726,14 @@ backends = [{ backend = "m" }, { backend = "a" }, { backend = "o" }]
                 "kind = \"mock\"",
                 "kind = \"azure\"\nurl = \"http://127.0.0.1:1\"\ndeployment = \"x\"\nlatency = \"1s\"",
             ),
-            "sluice.toml:6:11: backend[0].latency: `latency` does not apply to an azure backend (azure backends take: url, deployment, api_version, api_key_env, stream_options)",
+            "sluice.toml:6:11: backend[0].latency: `latency` does not apply to an azure backend (azure backends take: url, deployment, api_version, api_key_env, stream_options, ca_file, server_name, insecure_skip_verify)",
         );
         assert_error(
             &MOCK_DEPLOYMENT.replace(
                 "kind = \"mock\"",
                 "kind = \"openai\"\nurl = \"http://127.0.0.1:1\"\ndeployment = \"x\"",
             ),
-            "sluice.toml:5:14: backend[0].deployment: `deployment` does not apply to an openai backend (openai backends take: url, model, api_key_env, stream_options)",
+            "sluice.toml:5:14: backend[0].deployment: `deployment` does not apply to an openai backend (openai backends take: url, model, api_key_env, stream_options, ca_file, server_name, insecure_skip_verify)",
         );
         assert_error(
             &MOCK_DEPLOYMENT.replace("kind = \"mock\"", "kind = \"bedrock\""),
@@ -762,18 +765,14 @@ backends = [{ backend = "m" }, { backend = "a" }, { backend = "o" }]
     }
 
     #[test]
-    fn urls_must_be_plain_http_and_resolve() {
-        assert_error(
-            &openai_with_url("https://api.openai.com"),
-            "sluice.toml:4:7: backend[0].url: https upstreams are not supported yet: use an http:// URL (TLS to upstreams is a later issue)",
-        );
+    fn urls_must_be_http_or_https_and_resolve() {
         assert_error(
             &openai_with_url("127.0.0.1:9000"),
-            "sluice.toml:4:7: backend[0].url: expected a URL of the form http://host[:port][/path]",
+            "sluice.toml:4:7: backend[0].url: expected a URL of the form http[s]://host[:port][/path]",
         );
         assert_error(
             &openai_with_url("http://127.0.0.1:http"),
-            "sluice.toml:4:7: backend[0].url: expected a URL of the form http://host[:port][/path]: `http` is not a port (1-65535)",
+            "sluice.toml:4:7: backend[0].url: expected a URL of the form http[s]://host[:port][/path]: `http` is not a port (1-65535)",
         );
         assert_error(
             &openai_with_url("http://nowhere.invalid:9000"),
@@ -888,7 +887,7 @@ max_headers = 1000
 [[backend]]
 name = "a"
 kind = "azure"
-url = "https://aoai.example"
+url = "ftp://aoai.example"
 api_key_env = "MISSING"
 latency = "1s"
 
@@ -906,9 +905,9 @@ backends = [{ backend = "a", weight = 0 }, { backend = "b" }]
                 "sluice.toml:2:11: server.listen[0]: `nope` is not an IP address and port, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"",
                 "sluice.toml:5:15: server.limits.max_headers: must be between 1 and 256, not 1000",
                 "sluice.toml:7:1: backend[0].deployment: missing: an azure backend needs `deployment`, the deployment name on that resource",
-                "sluice.toml:10:7: backend[0].url: https upstreams are not supported yet: use an http:// URL (TLS to upstreams is a later issue)",
+                "sluice.toml:10:7: backend[0].url: expected a URL of the form http[s]://host[:port][/path]",
                 "sluice.toml:11:15: backend[0].api_key_env: environment variable `MISSING` is not set",
-                "sluice.toml:12:11: backend[0].latency: `latency` does not apply to an azure backend (azure backends take: url, deployment, api_version, api_key_env, stream_options)",
+                "sluice.toml:12:11: backend[0].latency: `latency` does not apply to an azure backend (azure backends take: url, deployment, api_version, api_key_env, stream_options, ca_file, server_name, insecure_skip_verify)",
                 "sluice.toml:15:8: backend[1].name: duplicate backend name `a` (first defined on line 8)",
                 "sluice.toml:20:39: deployment[0].backends[0].weight: must be 1 or more (remove the entry to stop using a backend)",
                 "sluice.toml:20:56: deployment[0].backends[1].backend: unknown backend `b`",

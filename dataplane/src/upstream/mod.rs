@@ -14,6 +14,7 @@ mod forward;
 mod mock;
 mod pool;
 mod relay;
+mod stream;
 
 pub use forward::refused_header_name;
 pub use pool::{Tenant, UpstreamPools};
