@@ -10,6 +10,7 @@
 //!   (plain, with a key, settled, streamed as server-sent events);
 //! - [`checks`]: assertions on Sluice's answers (OpenAI error shape, rate-limit headers);
 //! - [`upstream`]: scripted backends on 127.0.0.1 and what they answer;
+//! - [`tls`]: a test CA and a scripted HTTPS backend that counts its handshakes;
 //! - [`fixtures`]: configs (mock deployments, products, subscriptions, key hashes),
 //!   request bodies, and temporary directories for config files.
 //!
@@ -21,6 +22,7 @@ pub mod checks;
 pub mod client;
 pub mod fixtures;
 pub mod process;
+pub mod tls;
 pub mod upstream;
 pub mod wire;
 
