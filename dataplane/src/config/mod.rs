@@ -1018,9 +1018,21 @@ backends = [{ backend = "m" }, { backend = "a" }]
     }
 
     #[test]
-    fn the_pool_example_compiles_with_its_keys_set() {
+    fn the_pool_example_compiles_with_its_resources_and_keys_set() {
         let (path, text) = example("pool.toml");
-        let snapshot = load_str(&path, &text, &env, None).unwrap();
+        // As shipped, the placeholders stop it with a located error on each URL.
+        let unfilled = load_str_with(&path, &text, &env, &resolve, &read, None).unwrap_err();
+        assert_eq!(unfilled.0.len(), 2, "{unfilled}");
+        assert!(unfilled
+            .to_string()
+            .contains("`<resource-1>.openai.azure.com` is not a host name or IP address"));
+        let text = text
+            .replace("<resource-1>", "aoai")
+            .replace("<resource-2>", "aoai-moved");
+        // The two resources as the test resolver's two made-up hosts.
+        let resolve_example =
+            |host: &str, port: u16| resolve(&host.replace(".openai.azure.com", ".example"), port);
+        let snapshot = load_str_with(&path, &text, &env, &resolve_example, &read, None).unwrap();
         assert_eq!(snapshot.deployment_order, ["gpt-4o"]);
         let ports: Vec<_> = snapshot.deployments["gpt-4o"]
             .pool
@@ -1035,13 +1047,24 @@ backends = [{ backend = "m" }, { backend = "a" }]
                     ("gpt-4o", "2024-10-21")
                 );
                 assert!(azure.api_key.is_some());
-                azure.upstream.addr.port()
+                // TLS to the resource's own name, checked against the public roots.
+                let tls = azure.upstream.tls.as_ref().unwrap();
+                assert_eq!(tls.trust, crate::tls::client::Trust::WebPki);
+                assert_eq!(tls.server_name.to_str(), azure.upstream.host_header);
+                azure.upstream.addr
             })
             .collect();
-        assert_eq!(ports, [18001, 18002]);
+        assert_eq!(
+            ports,
+            [
+                "10.0.0.1:443".parse::<SocketAddr>().unwrap(),
+                "10.0.0.2:443".parse().unwrap()
+            ]
+        );
         access::assert_demo_access(&snapshot, false);
         // Without the keys it names both variables.
-        let errors = load_str(&path, &text, &|_| None, None).unwrap_err();
+        let errors =
+            load_str_with(&path, &text, &|_| None, &resolve_example, &read, None).unwrap_err();
         assert_eq!(errors.0.len(), 2);
         assert!(errors.to_string().contains("`AOAI_KEY_2` is not set"));
     }
