@@ -130,7 +130,7 @@ fn openai_python_sdk_over_https() {
     );
     let s = Launch::file(&text).listeners(2).start_after(|dir| {
         gw.write(dir, "gw");
-        std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
     });
     let dir = s.config_path.parent().unwrap();
     let base = format!("https://localhost:{}", s.ports[1]);

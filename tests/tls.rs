@@ -145,7 +145,7 @@ fn client_certificates_are_required_with_client_ca_file() {
     let text = config_with_product("client_ca_file = \"clients.pem\"", per_cert);
     let sluice = start(&text, |dir| {
         gw.write(dir, "gw");
-        std::fs::write(dir.join("clients.pem"), &clients.pem).unwrap();
+        std::fs::write(dir.join("clients.pem"), clients.pem()).unwrap();
     });
     let port = sluice.ports[1];
 

@@ -227,6 +227,9 @@ pub struct HttpUpstream {
     pub host_header: String,
     /// A path prefix from the URL, without a trailing `/` (usually empty).
     pub base_path: String,
+    /// For an `https://` URL: how to speak TLS to it (config `ca_file`, `server_name`,
+    /// `insecure_skip_verify`); `None` for `http://`.
+    pub tls: Option<crate::tls::client::UpstreamTls>,
 }
 
 /// An `azure`-kind backend.

@@ -10,8 +10,9 @@
 //!   (plain, with a key, settled, streamed as server-sent events);
 //! - [`checks`]: assertions on Sluice's answers (OpenAI error shape, rate-limit headers);
 //! - [`upstream`]: scripted backends on 127.0.0.1 and what they answer;
-//! - [`tls_client`]: a test PKI (rcgen) and a rustls client for the TLS listeners (not in
-//!   the glob: `use support::tls_client::…`);
+//! - [`tls`]: a test CA and a scripted HTTPS backend that counts its handshakes;
+//! - [`tls_client`]: server and client certificates from that CA written as files, and a
+//!   rustls client for Sluice's TLS listeners (not in the glob: `use support::tls_client::…`);
 //! - [`fixtures`]: configs (mock deployments, products, subscriptions, key hashes),
 //!   request bodies, and temporary directories for config files.
 //!
@@ -23,6 +24,7 @@ pub mod checks;
 pub mod client;
 pub mod fixtures;
 pub mod process;
+pub mod tls;
 pub mod tls_client;
 pub mod upstream;
 pub mod wire;

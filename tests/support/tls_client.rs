@@ -1,6 +1,6 @@
-//! TLS for the whole-process tests: a test PKI generated in place (rcgen: a CA, server and
-//! client certificates, written as PEM files) and a blocking rustls client speaking HTTP/1.1
-//! to Sluice's TLS listeners.
+//! TLS for the whole-process tests, client side: server and client certificates from a
+//! [`TestCa`] (written as PEM files) and a blocking rustls client speaking HTTP/1.1 to
+//! Sluice's TLS listeners.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -8,20 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
-};
+use rcgen::{CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
-/// A certificate authority made for one test.
-pub struct TestCa {
-    issuer: Issuer<'static, KeyPair>,
-    /// The CA certificate, PEM.
-    pub pem: String,
-    der: CertificateDer<'static>,
-}
+pub use super::tls::TestCa;
 
 /// A certificate and its key, PEM and DER.
 pub struct Issued {
@@ -35,24 +26,7 @@ pub struct Issued {
 }
 
 impl TestCa {
-    /// A new CA named `name`.
-    pub fn new(name: &str) -> TestCa {
-        let key = KeyPair::generate().expect("CA key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, name);
-        params.distinguished_name = dn;
-        let cert = params.self_signed(&key).expect("CA certificate");
-        TestCa {
-            pem: cert.pem(),
-            der: cert.der().clone(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A server certificate for `names` (DNS names), signed by this CA.
+    /// A server certificate for `names` (DNS names), signed by this CA, as files need it.
     pub fn server(&self, names: &[&str]) -> Issued {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
@@ -61,7 +35,7 @@ impl TestCa {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, names[0]);
         params.distinguished_name = dn;
-        self.issue(params)
+        self.sign(params)
     }
 
     /// A client certificate whose subject's common name is `name`, signed by this CA.
@@ -71,10 +45,10 @@ impl TestCa {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, name);
         params.distinguished_name = dn;
-        self.issue(params)
+        self.sign(params)
     }
 
-    fn issue(&self, params: CertificateParams) -> Issued {
+    fn sign(&self, params: CertificateParams) -> Issued {
         let key = KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign");
         Issued {
@@ -88,7 +62,7 @@ impl TestCa {
     /// A trust store holding this CA.
     pub fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
-        roots.add(self.der.clone()).expect("CA as root");
+        roots.add(self.issuer.der().clone()).expect("CA as root");
         roots
     }
 }

@@ -7,7 +7,7 @@
 //! only the HS* its length allows — so a token cannot pick how its key is interpreted (the
 //! classic HS256-with-the-RSA-public-key confusion).
 //!
-//! A [`JwksCache`] holds the last key set fetched from an `http://` URL behind an
+//! A [`JwksCache`] holds the last key set fetched from an `http://` or `https://` URL behind an
 //! [`ArcSwap`]: the request path loads it without a lock, and a [`JwksRefresher`] side
 //! thread replaces it whole. The thread refetches periodically (default every 10 min), retries
 //! sooner after a failure (default 30 s), and keeps the last good keys through an outage —
@@ -18,8 +18,9 @@
 //! the issuer. That request is refused (401) at once rather than held: a worker thread must
 //! never wait on the network. Its client's retry, typically a second later, finds the new key.
 //!
-//! Only `http://` URLs for now: `https://` comes with the TLS issue (rustls client), and
-//! [`JwksCache::new`] refuses it with that reason. Use a JWKS file meanwhile.
+//! `https://` URLs are fetched over rustls (`StreamOwned`, blocking like the rest of the
+//! fetch), the certificate checked against the Mozilla roots (`webpki-roots`) for the URL's
+//! host, TLS 1.3 or 1.2.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -33,7 +34,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{DecodingKey, DecodingKeyKind};
 
-use crate::http::url::{parse_http_url, UrlError};
+use crate::http::url::parse_http_url;
+use crate::tls::client::{client_config, TlsFailure, Trust};
+use rustls::pki_types::ServerName;
 use serde::Deserialize;
 
 use super::alg::{AlgSet, JwtAlg};
@@ -266,14 +269,12 @@ impl VerifyKey {
 /// Why keys could not be loaded or fetched.
 #[derive(Debug, thiserror::Error)]
 pub enum JwksError {
-    /// The JWKS URL is not `http://host[:port]/path`.
+    /// The JWKS URL is not `http[s]://host[:port]/path`.
     #[error("bad JWKS URL: {0}")]
     Url(String),
-    /// An `https://` JWKS URL: not yet supported.
-    #[error(
-        "https JWKS URLs need TLS, which comes with the TLS issue; use http:// or a JWKS file"
-    )]
-    Https,
+    /// The TLS handshake with an `https://` JWKS endpoint failed, for this reason.
+    #[error("JWKS fetch failed (tls: {0})")]
+    Tls(TlsFailure),
     /// Connecting, sending or receiving failed (including timeouts).
     #[error("JWKS fetch failed: {0}")]
     Io(#[from] std::io::Error),
@@ -434,7 +435,7 @@ impl std::fmt::Debug for JwksCache {
 }
 
 impl JwksCache {
-    /// A cache for the JWKS at `url` (`http://` only), its keys pinned to `algs`. Empty until
+    /// A cache for the JWKS at `url` (`http://` or `https://`), its keys pinned to `algs`. Empty until
     /// the first successful [`refresh`](Self::refresh).
     pub fn new(url: &str, algs: AlgSet, settings: JwksSettings) -> Result<Self, JwksError> {
         Ok(Self {
@@ -598,14 +599,24 @@ struct HttpUrl {
     path: String,
     /// `host[:port]` as written, for the `Host` header.
     authority: String,
+    /// For `https://`: the client config (webpki roots) and the name to check.
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
 }
 
 impl HttpUrl {
     fn parse(url: &str) -> Result<Self, JwksError> {
-        let parsed = parse_http_url(url).map_err(|e| match e {
-            UrlError::Https => JwksError::Https,
-            UrlError::Form(message) => JwksError::Url(message),
-        })?;
+        let parsed = parse_http_url(url).map_err(JwksError::Url)?;
+        let tls = if parsed.tls {
+            let name = ServerName::try_from(parsed.host.to_owned()).map_err(|_| {
+                JwksError::Url(format!("`{}` is not a DNS name or IP address", parsed.host))
+            })?;
+            Some((
+                client_config(&Trust::WebPki, true).map_err(JwksError::Url)?,
+                name,
+            ))
+        } else {
+            None
+        };
         let path = if parsed.path.is_empty() {
             "/"
         } else {
@@ -620,6 +631,7 @@ impl HttpUrl {
                 None => path.to_owned(),
             },
             authority: parsed.authority.to_owned(),
+            tls,
         })
     }
 
@@ -643,13 +655,38 @@ fn http_get(url: &HttpUrl, settings: &JwksSettings) -> Result<Vec<u8>, JwksError
             Err(e) => last_error = Some(e),
         }
     }
-    let mut stream = match (stream, last_error) {
+    let stream = match (stream, last_error) {
         (Some(s), _) => s,
         (None, Some(e)) => return Err(e.into()),
         (None, None) => return Err(JwksError::Url("host has no address".to_owned())),
     };
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
+    match &url.tls {
+        None => get_over(stream, url, settings, deadline),
+        Some((config, name)) => {
+            let conn = rustls::ClientConnection::new(Arc::clone(config), name.clone())
+                .map_err(|e| JwksError::Tls(TlsFailure::of(&e)))?;
+            let tls = rustls::StreamOwned::new(conn, stream);
+            get_over(tls, url, settings, deadline).map_err(|e| match e {
+                JwksError::Io(io) if io.get_ref().is_some_and(|i| i.is::<rustls::Error>()) => {
+                    JwksError::Tls(TlsFailure::of_io(&io))
+                }
+                other => other,
+            })
+        }
+    }
+}
+
+/// The GET of [`http_get`] over a connected `stream` (plain or TLS). On TLS, an end of
+/// stream without `close_notify` ends the answer like a FIN (many servers close that way
+/// after `Connection: close`); a cut-short framed body is still caught by its framing.
+fn get_over<S: Read + Write>(
+    mut stream: S,
+    url: &HttpUrl,
+    settings: &JwksSettings,
+    deadline: Instant,
+) -> Result<Vec<u8>, JwksError> {
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: sluice\r\nConnection: close\r\n\r\n",
         url.path,
@@ -663,7 +700,10 @@ fn http_get(url: &HttpUrl, settings: &JwksSettings) -> Result<Vec<u8>, JwksError
         if Instant::now() >= deadline {
             return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
         }
-        let n = stream.read(&mut chunk)?;
+        let n = match stream.read(&mut chunk) {
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            other => other?,
+        };
         if n == 0 {
             break;
         }

@@ -21,14 +21,17 @@ use super::check::{check_not_empty, line_of, parse_duration, EnvLookup, ReadFile
 use super::error::Reporter;
 use super::schema::{BackendSection, ConfigFile, DeploymentSection, ServerSection};
 use crate::health::BackendHealth;
-use crate::http::url::{parse_http_url, HttpUrl, UrlError, URL_FORM};
+use crate::http::url::{parse_http_url, HttpUrl, URL_FORM};
 use crate::mock::MockSettings;
 use crate::snapshot::{
     AzureBackend, Backend, BackendKind, Deployment, HeadersWithUnderscores, HttpLimits,
     HttpUpstream, OpenAiBackend, PoolMember, Secret, ServerSettings, Snapshot, Timeouts,
     TokenSettings,
 };
+use crate::tls::client::{client_config, Trust, UpstreamTls};
 use crate::tokens::stream_options::{azure_accepts_stream_options, StreamOptions};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 
 /// The `api-version` sent to Azure when the config names none.
 pub const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
@@ -77,6 +80,11 @@ pub(crate) fn compile(
     }
     server.tls_listen = tls_listen;
     server.tls = tls.map(Arc::new);
+    let mut tls = TlsInputs {
+        source,
+        read,
+        configs: TlsConfigs::carried_from(previous),
+    };
 
     let mut backend_ids: HashMap<&str, usize> = HashMap::new();
     let mut kinds = Vec::with_capacity(file.backend.len());
@@ -97,7 +105,9 @@ pub(crate) fn compile(
         } else {
             backend_ids.insert(name.get_ref(), i);
         }
-        kinds.push(compile_backend(section, &field, report, env, resolve));
+        kinds.push(compile_backend(
+            section, &field, report, env, resolve, &mut tls,
+        ));
     }
 
     let mut deployments = compile_deployments(&file.deployment, &backend_ids, report);
@@ -123,6 +133,7 @@ pub(crate) fn compile(
         // A backend without a compiled kind always reports an error; this is unreachable.
         return None;
     }
+    warn_insecure(&backends);
     let deployment_order = deployments.iter().map(|d| d.name.clone()).collect();
     let deployments = deployments
         .into_iter()
@@ -165,7 +176,73 @@ fn same_target(a: &BackendKind, b: &BackendKind) -> bool {
 }
 
 fn same_upstream(a: &HttpUpstream, b: &HttpUpstream) -> bool {
-    a.url == b.url && a.addr == b.addr
+    a.url == b.url && a.addr == b.addr && a.tls == b.tls
+}
+
+/// Logs, at every load, each backend whose certificate is not checked.
+fn warn_insecure(backends: &[Backend]) {
+    for backend in backends {
+        let upstream = match &backend.kind {
+            BackendKind::Azure(a) => &a.upstream,
+            BackendKind::OpenAi(o) => &o.upstream,
+            BackendKind::Mock(_) => continue,
+        };
+        if upstream
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.trust == Trust::Insecure)
+        {
+            tracing::warn!(
+                backend = %backend.name,
+                "INSECURE: insecure_skip_verify = true: the TLS certificate of backend `{}` is NOT verified; anyone on the network path can impersonate it and read its traffic, API keys included",
+                backend.name
+            );
+        }
+    }
+}
+
+/// What compiling an `https://` upstream needs besides its section: where `ca_file`s are
+/// read from, and the client configs built so far.
+struct TlsInputs<'a> {
+    /// The config file (`ca_file` is relative to its folder).
+    source: &'a Path,
+    read: ReadFile<'a>,
+    configs: TlsConfigs,
+}
+
+/// One rustls client config per distinct [`Trust`]: backends that trust the same CAs share
+/// one (and its session cache), and a config whose trust a reload left alone is carried
+/// over from the previous snapshot, so its cached sessions still resume.
+struct TlsConfigs(Vec<(Trust, Arc<ClientConfig>)>);
+
+impl TlsConfigs {
+    /// The configs of `previous`'s TLS upstreams.
+    fn carried_from(previous: Option<&Snapshot>) -> Self {
+        let mut configs: Vec<(Trust, Arc<ClientConfig>)> = Vec::new();
+        for backend in previous.map_or(&[][..], |p| &p.backends) {
+            let tls = match &backend.kind {
+                BackendKind::Azure(a) => &a.upstream.tls,
+                BackendKind::OpenAi(o) => &o.upstream.tls,
+                BackendKind::Mock(_) => &None,
+            };
+            if let Some(tls) = tls {
+                if !configs.iter().any(|(trust, _)| *trust == tls.trust) {
+                    configs.push((tls.trust.clone(), Arc::clone(&tls.config)));
+                }
+            }
+        }
+        TlsConfigs(configs)
+    }
+
+    /// The config for `trust`, built when none is there yet.
+    fn get(&mut self, trust: &Trust) -> Result<Arc<ClientConfig>, String> {
+        if let Some((_, config)) = self.0.iter().find(|(t, _)| t == trust) {
+            return Ok(Arc::clone(config));
+        }
+        let config = client_config(trust, true)?;
+        self.0.push((trust.clone(), Arc::clone(&config)));
+        Ok(config)
+    }
 }
 
 fn compile_server(section: &ServerSection, report: &mut Reporter<'_>) -> ServerSettings {
@@ -377,8 +454,21 @@ const AZURE_FIELDS: &[&str] = &[
     "api_version",
     "api_key_env",
     "stream_options",
+    "ca_file",
+    "server_name",
+    "insecure_skip_verify",
 ];
-const OPENAI_FIELDS: &[&str] = &["url", "model", "api_key_env", "stream_options"];
+const OPENAI_FIELDS: &[&str] = &[
+    "url",
+    "model",
+    "api_key_env",
+    "stream_options",
+    "ca_file",
+    "server_name",
+    "insecure_skip_verify",
+];
+/// The fields that only mean something on an `https://` URL.
+const TLS_FIELDS: &[&str] = &["ca_file", "server_name", "insecure_skip_verify"];
 
 /// The kind-specific fields a backend set, with the span of each value.
 fn present_fields(b: &BackendSection) -> Vec<(&'static str, Range<usize>)> {
@@ -396,6 +486,9 @@ fn present_fields(b: &BackendSection) -> Vec<(&'static str, Range<usize>)> {
         ("deployment", span(&b.deployment)),
         ("api_version", span(&b.api_version)),
         ("stream_options", span(&b.stream_options)),
+        ("ca_file", span(&b.ca_file)),
+        ("server_name", span(&b.server_name)),
+        ("insecure_skip_verify", span(&b.insecure_skip_verify)),
     ]
     .into_iter()
     .filter_map(|(name, span)| span.map(|s| (name, s)))
@@ -408,6 +501,7 @@ fn compile_backend(
     report: &mut Reporter<'_>,
     env: EnvLookup<'_>,
     resolve: Resolve<'_>,
+    tls: &mut TlsInputs<'_>,
 ) -> Option<BackendKind> {
     let b = section.get_ref();
     let kind = b.kind.get_ref().as_str();
@@ -444,8 +538,8 @@ fn compile_backend(
 
     let compiled = match kind {
         "mock" => compile_mock(b, field, report).map(BackendKind::Mock),
-        "azure" => compile_azure(section, field, report, env, resolve).map(BackendKind::Azure),
-        _ => compile_openai(section, field, report, env, resolve).map(BackendKind::OpenAi),
+        "azure" => compile_azure(section, field, report, env, resolve, tls).map(BackendKind::Azure),
+        _ => compile_openai(section, field, report, env, resolve, tls).map(BackendKind::OpenAi),
     };
     compiled.filter(|_| fine)
 }
@@ -518,9 +612,10 @@ fn compile_azure(
     report: &mut Reporter<'_>,
     env: EnvLookup<'_>,
     resolve: Resolve<'_>,
+    tls: &mut TlsInputs<'_>,
 ) -> Option<AzureBackend> {
     let b = section.get_ref();
-    let upstream = compile_upstream(section, field, report, resolve);
+    let upstream = compile_upstream(section, field, report, resolve, tls);
     let deployment = match &b.deployment {
         None => {
             report.at(
@@ -560,9 +655,10 @@ fn compile_openai(
     report: &mut Reporter<'_>,
     env: EnvLookup<'_>,
     resolve: Resolve<'_>,
+    tls: &mut TlsInputs<'_>,
 ) -> Option<OpenAiBackend> {
     let b = section.get_ref();
-    let upstream = compile_upstream(section, field, report, resolve);
+    let upstream = compile_upstream(section, field, report, resolve, tls);
     let model = match &b.model {
         None => Some(None),
         Some(v) => {
@@ -636,11 +732,12 @@ fn api_key(
 
 fn compile_upstream(
     section: &Spanned<BackendSection>,
-    field: &str,
+    backend_field: &str,
     report: &mut Reporter<'_>,
     resolve: Resolve<'_>,
+    tls_inputs: &mut TlsInputs<'_>,
 ) -> Option<HttpUpstream> {
-    let field = format!("{field}.url");
+    let field = format!("{backend_field}.url");
     let kind = section.get_ref().kind.get_ref();
     let Some(url) = &section.get_ref().url else {
         report.at(
@@ -660,30 +757,140 @@ fn compile_upstream(
             return None;
         }
     };
-    match resolve(parsed.host, parsed.port) {
-        Ok(addr) => Some(HttpUpstream {
-            url: url.get_ref().clone(),
-            addr,
-            host_header: parsed.authority.to_string(),
-            base_path: parsed.path.trim_end_matches('/').to_string(),
-        }),
+    let tls = if parsed.tls {
+        compile_tls(section, backend_field, &parsed, report, tls_inputs).map(Some)
+    } else {
+        for (name, span) in present_fields(section.get_ref()) {
+            if TLS_FIELDS.contains(&name) {
+                report.at(
+                    span,
+                    format!("{backend_field}.{name}"),
+                    format!("`{name}` applies to https:// URLs only, and this backend's `url` is http://"),
+                );
+            }
+        }
+        Some(None)
+    };
+    let addr = match resolve(parsed.host, parsed.port) {
+        Ok(addr) => Some(addr),
         Err(message) => {
             report.at(url.span(), field, message);
             None
         }
-    }
+    };
+    Some(HttpUpstream {
+        url: url.get_ref().clone(),
+        addr: addr?,
+        host_header: parsed.authority.to_string(),
+        base_path: parsed.path.trim_end_matches('/').to_string(),
+        tls: tls?,
+    })
 }
 
-/// Parses an upstream URL (`http://host[:port][/path]`, no query): Sluice appends the API
+/// The TLS settings of an `https://` upstream: `ca_file` (PEM CA certificates, relative to
+/// the config file's folder; default the Mozilla roots), `server_name` (SNI and the name the
+/// certificate must be for; default the URL's host), `insecure_skip_verify` (default
+/// false; refused together with `ca_file`, which it would silently void). `None` after an
+/// error.
+fn compile_tls(
+    section: &Spanned<BackendSection>,
+    field: &str,
+    parsed: &HttpUrl<'_>,
+    report: &mut Reporter<'_>,
+    inputs: &mut TlsInputs<'_>,
+) -> Option<UpstreamTls> {
+    let b = section.get_ref();
+    let server_name = match &b.server_name {
+        None => match ServerName::try_from(parsed.host.to_string()) {
+            Ok(name) => Some(name),
+            Err(_) => {
+                report.at(
+                    b.url.as_ref().map_or(section.span(), Spanned::span),
+                    format!("{field}.url"),
+                    format!(
+                        "`{}` cannot be checked against a certificate (not a DNS name or IP address): set `server_name`",
+                        parsed.host
+                    ),
+                );
+                None
+            }
+        },
+        Some(v) => {
+            let name_field = format!("{field}.server_name");
+            if check_not_empty(report, v, &name_field) {
+                match ServerName::try_from(v.get_ref().clone()) {
+                    Ok(name) => Some(name),
+                    Err(_) => {
+                        report.at(
+                            v.span(),
+                            name_field,
+                            format!("`{}` is not a DNS name or IP address", v.get_ref()),
+                        );
+                        None
+                    }
+                }
+            } else {
+                None
+            }
+        }
+    };
+    let insecure = b.insecure_skip_verify.as_ref().filter(|v| *v.get_ref());
+    let trust = match (&b.ca_file, insecure) {
+        (Some(_), Some(v)) => {
+            report.at(
+                v.span(),
+                format!("{field}.insecure_skip_verify"),
+                "`insecure_skip_verify = true` would ignore `ca_file`: set one or the other",
+            );
+            None
+        }
+        (None, Some(_)) => Some(Trust::Insecure),
+        (None, None) => Some(Trust::WebPki),
+        (Some(v), None) => {
+            let ca_field = format!("{field}.ca_file");
+            if check_not_empty(report, v, &ca_field) {
+                let path = super::check::resolve_path(inputs.source, v.get_ref());
+                super::check::read_config_file(&path, v, &ca_field, report, inputs.read).and_then(
+                    |pem| {
+                        let checked = crate::tls::pem::roots(pem.as_bytes())
+                            .and_then(|_| crate::tls::pem::certificates(pem.as_bytes()));
+                        match checked {
+                            Ok(cas) => Some(Trust::Cas(cas)),
+                            Err(message) => {
+                                report.at(
+                                    v.span(),
+                                    ca_field,
+                                    format!("`{}` {message}", v.get_ref()),
+                                );
+                                None
+                            }
+                        }
+                    },
+                )
+            } else {
+                None
+            }
+        }
+    };
+    let trust = trust?;
+    let config = match inputs.configs.get(&trust) {
+        Ok(config) => config,
+        Err(message) => {
+            report.at(section.span(), format!("{field}.url"), message);
+            return None;
+        }
+    };
+    Some(UpstreamTls::new(config, server_name?, trust))
+}
+
+/// Parses an upstream URL (`http[s]://host[:port][/path]`, no query): Sluice appends the API
 /// path and its own query. Messages never repeat the URL, which could carry credentials.
 pub(crate) fn parse_upstream_url(url: &str) -> Result<HttpUrl<'_>, String> {
     match parse_http_url(url) {
-        Err(UrlError::Https) => Err(
-            "https upstreams are not supported yet: use an http:// URL (TLS to upstreams is a later issue)"
-                .to_string(),
-        ),
-        Err(UrlError::Form(message)) => Err(message),
-        Ok(parsed) if parsed.query.is_some() => Err(format!("{URL_FORM}, without a query or fragment")),
+        Err(message) => Err(message),
+        Ok(parsed) if parsed.query.is_some() => {
+            Err(format!("{URL_FORM}, without a query or fragment"))
+        }
         Ok(parsed) => Ok(parsed),
     }
 }
@@ -824,6 +1031,7 @@ mod tests {
         assert_eq!(
             url,
             HttpUrl {
+                tls: false,
                 host: "127.0.0.1",
                 port: 18001,
                 authority: "127.0.0.1:18001",
@@ -845,9 +1053,8 @@ mod tests {
     #[test]
     fn bad_urls_say_what_is_wrong() {
         let err = |url| parse_upstream_url(url).unwrap_err();
-        assert!(err("https://x.openai.azure.com").contains("https upstreams are not supported yet"));
-        assert!(err("ftp://x").contains("http://host[:port][/path]"));
-        assert!(err("127.0.0.1:80").contains("http://host[:port][/path]"));
+        assert!(err("ftp://x").contains("http[s]://host[:port][/path]"));
+        assert!(err("127.0.0.1:80").contains("http[s]://host[:port][/path]"));
         assert!(err("http://").contains("host is missing"));
         assert!(err("http://:80").contains("host is missing"));
         assert!(err("http://h:0").contains("not a port"));

@@ -19,7 +19,7 @@ use super::error::Reporter;
 use super::schema::{JwtKeyEntry, JwtSection, SpannedList};
 use crate::auth::jwks::JwksSettings;
 use crate::auth::jwt::DEFAULT_LEEWAY_SECS;
-use crate::http::url::{parse_http_url, UrlError};
+use crate::http::url::parse_http_url;
 use crate::snapshot::access::{
     JwtAlg, JwtIssuerConfig, JwtKeyConfig, JwtKeySource, RequiredClaim, SubscriptionId,
     SubscriptionMapping,
@@ -340,12 +340,7 @@ fn compile_jwt_key(
             }
         }
         "jwks_url" => {
-            let checked = match parse_http_url(text) {
-                Ok(_) => Ok(()),
-                Err(UrlError::Https) => Err("https JWKS URLs are not supported yet: use an http:// URL (TLS is a later issue)".to_string()),
-                Err(UrlError::Form(message)) => Err(message),
-            };
-            if let Err(message) = checked {
+            if let Err(message) = parse_http_url(text) {
                 report.at(value.span(), value_field, message);
                 return None;
             }
@@ -517,7 +512,6 @@ fn algorithms(
     fine.then_some(algs)
 }
 
-/// A key file's path: relative paths are relative to the config file's folder.
 /// Checks that PEM text holds a public key and nothing private. (The key itself is parsed
 /// when the validator is built.)
 fn check_pem(pem: &str) -> Result<(), &'static str> {

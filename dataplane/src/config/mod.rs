@@ -228,7 +228,8 @@ mod toml_path {
 #[cfg(test)]
 mod tests {
     mod access;
-    mod tls;
+    mod backend_tls;
+    mod tls_listen;
 
     use std::net::SocketAddr;
     use std::path::PathBuf;
@@ -438,6 +439,7 @@ backends = [{ backend = "mock-a" }]
                 addr: "10.0.0.1:18001".parse().unwrap(),
                 host_header: "aoai.example:18001".to_string(),
                 base_path: String::new(),
+                tls: None,
             }
         );
         assert_eq!(azure.deployment, "gpt-4o-prod");
@@ -460,6 +462,7 @@ backends = [{ backend = "mock-a" }]
                 addr: "127.0.0.1:80".parse().unwrap(),
                 host_header: "127.0.0.1".to_string(),
                 base_path: "/proxy/openai".to_string(),
+                tls: None,
             }
         );
         assert_eq!(openai.model.as_deref(), Some("gpt-4o-2024-08-06"));
@@ -631,7 +634,7 @@ backends = [{ backend = "m" }, { backend = "a" }, { backend = "o" }]
         let text = MOCK_DEPLOYMENT.replace("kind = \"mock\"", "kind = \"mock\"\nlatencyy = \"1s\"");
         assert_error(
             &text,
-            "sluice.toml:4:1: backend[0].latencyy: unknown field `latencyy`, expected one of `name`, `kind`, `latency`, `completion_tokens`, `tokens_per_second`, `embedding_dimensions`, `model`, `url`, `api_key_env`, `stream_options`, `deployment`, `api_version`",
+            "sluice.toml:4:1: backend[0].latencyy: unknown field `latencyy`, expected one of `name`, `kind`, `latency`, `completion_tokens`, `tokens_per_second`, `embedding_dimensions`, `model`, `url`, `api_key_env`, `stream_options`, `ca_file`, `server_name`, `insecure_skip_verify`, `deployment`, `api_version`",
         );
         let text =
             MOCK_DEPLOYMENT.replace("{ backend = \"m\" }", "{ backend = \"m\", wieght = 2 }");
@@ -727,14 +730,14 @@ backends = [{ backend = "m" }, { backend = "a" }, { backend = "o" }]
                 "kind = \"mock\"",
                 "kind = \"azure\"\nurl = \"http://127.0.0.1:1\"\ndeployment = \"x\"\nlatency = \"1s\"",
             ),
-            "sluice.toml:6:11: backend[0].latency: `latency` does not apply to an azure backend (azure backends take: url, deployment, api_version, api_key_env, stream_options)",
+            "sluice.toml:6:11: backend[0].latency: `latency` does not apply to an azure backend (azure backends take: url, deployment, api_version, api_key_env, stream_options, ca_file, server_name, insecure_skip_verify)",
         );
         assert_error(
             &MOCK_DEPLOYMENT.replace(
                 "kind = \"mock\"",
                 "kind = \"openai\"\nurl = \"http://127.0.0.1:1\"\ndeployment = \"x\"",
             ),
-            "sluice.toml:5:14: backend[0].deployment: `deployment` does not apply to an openai backend (openai backends take: url, model, api_key_env, stream_options)",
+            "sluice.toml:5:14: backend[0].deployment: `deployment` does not apply to an openai backend (openai backends take: url, model, api_key_env, stream_options, ca_file, server_name, insecure_skip_verify)",
         );
         assert_error(
             &MOCK_DEPLOYMENT.replace("kind = \"mock\"", "kind = \"bedrock\""),
@@ -766,18 +769,14 @@ backends = [{ backend = "m" }, { backend = "a" }, { backend = "o" }]
     }
 
     #[test]
-    fn urls_must_be_plain_http_and_resolve() {
-        assert_error(
-            &openai_with_url("https://api.openai.com"),
-            "sluice.toml:4:7: backend[0].url: https upstreams are not supported yet: use an http:// URL (TLS to upstreams is a later issue)",
-        );
+    fn urls_must_be_http_or_https_and_resolve() {
         assert_error(
             &openai_with_url("127.0.0.1:9000"),
-            "sluice.toml:4:7: backend[0].url: expected a URL of the form http://host[:port][/path]",
+            "sluice.toml:4:7: backend[0].url: expected a URL of the form http[s]://host[:port][/path]",
         );
         assert_error(
             &openai_with_url("http://127.0.0.1:http"),
-            "sluice.toml:4:7: backend[0].url: expected a URL of the form http://host[:port][/path]: `http` is not a port (1-65535)",
+            "sluice.toml:4:7: backend[0].url: expected a URL of the form http[s]://host[:port][/path]: `http` is not a port (1-65535)",
         );
         assert_error(
             &openai_with_url("http://nowhere.invalid:9000"),
@@ -892,7 +891,7 @@ max_headers = 1000
 [[backend]]
 name = "a"
 kind = "azure"
-url = "https://aoai.example"
+url = "ftp://aoai.example"
 api_key_env = "MISSING"
 latency = "1s"
 
@@ -910,9 +909,9 @@ backends = [{ backend = "a", weight = 0 }, { backend = "b" }]
                 "sluice.toml:2:11: server.listen[0]: `nope` is not an IP address and port, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"",
                 "sluice.toml:5:15: server.limits.max_headers: must be between 1 and 256, not 1000",
                 "sluice.toml:7:1: backend[0].deployment: missing: an azure backend needs `deployment`, the deployment name on that resource",
-                "sluice.toml:10:7: backend[0].url: https upstreams are not supported yet: use an http:// URL (TLS to upstreams is a later issue)",
+                "sluice.toml:10:7: backend[0].url: expected a URL of the form http[s]://host[:port][/path]",
                 "sluice.toml:11:15: backend[0].api_key_env: environment variable `MISSING` is not set",
-                "sluice.toml:12:11: backend[0].latency: `latency` does not apply to an azure backend (azure backends take: url, deployment, api_version, api_key_env, stream_options)",
+                "sluice.toml:12:11: backend[0].latency: `latency` does not apply to an azure backend (azure backends take: url, deployment, api_version, api_key_env, stream_options, ca_file, server_name, insecure_skip_verify)",
                 "sluice.toml:15:8: backend[1].name: duplicate backend name `a` (first defined on line 8)",
                 "sluice.toml:20:39: deployment[0].backends[0].weight: must be 1 or more (remove the entry to stop using a backend)",
                 "sluice.toml:20:56: deployment[0].backends[1].backend: unknown backend `b`",
@@ -1023,9 +1022,21 @@ backends = [{ backend = "m" }, { backend = "a" }]
     }
 
     #[test]
-    fn the_pool_example_compiles_with_its_keys_set() {
+    fn the_pool_example_compiles_with_its_resources_and_keys_set() {
         let (path, text) = example("pool.toml");
-        let snapshot = load_str(&path, &text, &env, None).unwrap();
+        // As shipped, the placeholders stop it with a located error on each URL.
+        let unfilled = load_str_with(&path, &text, &env, &resolve, &read, None).unwrap_err();
+        assert_eq!(unfilled.0.len(), 2, "{unfilled}");
+        assert!(unfilled
+            .to_string()
+            .contains("`<resource-1>.openai.azure.com` is not a host name or IP address"));
+        let text = text
+            .replace("<resource-1>", "aoai")
+            .replace("<resource-2>", "aoai-moved");
+        // The two resources as the test resolver's two made-up hosts.
+        let resolve_example =
+            |host: &str, port: u16| resolve(&host.replace(".openai.azure.com", ".example"), port);
+        let snapshot = load_str_with(&path, &text, &env, &resolve_example, &read, None).unwrap();
         assert_eq!(snapshot.deployment_order, ["gpt-4o"]);
         let ports: Vec<_> = snapshot.deployments["gpt-4o"]
             .pool
@@ -1040,13 +1051,24 @@ backends = [{ backend = "m" }, { backend = "a" }]
                     ("gpt-4o", "2024-10-21")
                 );
                 assert!(azure.api_key.is_some());
-                azure.upstream.addr.port()
+                // TLS to the resource's own name, checked against the public roots.
+                let tls = azure.upstream.tls.as_ref().unwrap();
+                assert_eq!(tls.trust, crate::tls::client::Trust::WebPki);
+                assert_eq!(tls.server_name.to_str(), azure.upstream.host_header);
+                azure.upstream.addr
             })
             .collect();
-        assert_eq!(ports, [18001, 18002]);
+        assert_eq!(
+            ports,
+            [
+                "10.0.0.1:443".parse::<SocketAddr>().unwrap(),
+                "10.0.0.2:443".parse().unwrap()
+            ]
+        );
         access::assert_demo_access(&snapshot, false);
         // Without the keys it names both variables.
-        let errors = load_str(&path, &text, &|_| None, None).unwrap_err();
+        let errors =
+            load_str_with(&path, &text, &|_| None, &resolve_example, &read, None).unwrap_err();
         assert_eq!(errors.0.len(), 2);
         assert!(errors.to_string().contains("`AOAI_KEY_2` is not set"));
     }

@@ -113,6 +113,10 @@ pub(crate) struct BackendSection {
     pub url: Option<Spanned<String>>,
     pub api_key_env: Option<Spanned<String>>,
     pub stream_options: Option<Spanned<String>>,
+    // azure and openai, https:// URLs only
+    pub ca_file: Option<Spanned<String>>,
+    pub server_name: Option<Spanned<String>>,
+    pub insecure_skip_verify: Option<Spanned<bool>>,
     // azure
     pub deployment: Option<Spanned<String>>,
     pub api_version: Option<Spanned<String>>,

@@ -190,6 +190,9 @@ pub struct Attempt {
     pub outcome: AttemptOutcome,
     /// From the start of the attempt to the answer's head (or its failure).
     pub duration: Duration,
+    /// Why the TLS handshake failed, when that is how the attempt ended
+    /// ([`AttemptOutcome::ConnectFailed`] on an `https://` backend).
+    pub tls: Option<crate::tls::client::TlsFailure>,
 }
 
 /// How one upstream attempt ended.

@@ -6,7 +6,8 @@
 //!
 //! `route={operation} deployment={name}; subscription={name}; limit {label} allow
 //! remaining={n}; …; backend={name}` — one `limit` entry per limit that applied (its verdict
-//! `allow` or `shadow-deny`), and the backend last tried (the one that served, when one did).
+//! `allow` or `shadow-deny`), and the backend last tried (the one that served, when one did),
+//! with why its TLS handshake failed when it did: `backend=aoai-1 (tls: certificate expired)`.
 
 use std::borrow::Cow;
 
@@ -105,6 +106,11 @@ fn render(out: &mut Vec<u8>, trace: &Trace, ctx: &RequestCtx<'_>, snapshot: &Sna
     {
         out.extend_from_slice(b"; backend=");
         push_name(out, &backend.name);
+        if let Some(failure) = ctx.attempts.last().and_then(|a| a.tls) {
+            out.extend_from_slice(b" (tls: ");
+            out.extend_from_slice(failure.reason().as_bytes());
+            out.push(b')');
+        }
     }
 }
 

@@ -1,9 +1,12 @@
 //! TLS both ways, on rustls (the `ring` provider) over monoio (`monoio-rustls`).
 //!
+//! - [`client`] builds the rustls client configs for `https://` backends and JWKS URLs,
+//!   runs the handshake to a backend and names what failed.
 //! - [`pem`] reads certificate chains, private keys and CA bundles from PEM text, with errors
 //!   a config can locate.
 //! - [`server`] builds the listeners' config from `[server.tls]`: certificates by SNI,
 //!   client certificates (mTLS), ALPN `http/1.1`.
 
+pub mod client;
 pub mod pem;
 pub mod server;

@@ -8,7 +8,6 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBuf;
@@ -17,6 +16,7 @@ use monoio::net::TcpStream;
 
 use super::pool::Tenant;
 use super::pool::UpstreamPools;
+use super::stream::UpstreamStream;
 use super::Exchange;
 use crate::answers;
 use crate::balance::Balancer;
@@ -36,6 +36,7 @@ use crate::snapshot::{
     BackendKind, Deployment, HeadersWithUnderscores, HttpUpstream, Secret, Timeouts,
 };
 use crate::socket::{read_more_watching, Stopped};
+use crate::tls::client::{handshake, TlsFailure};
 
 /// Largest upstream response head accepted.
 const MAX_UPSTREAM_HEAD: usize = 64 * 1024;
@@ -94,9 +95,10 @@ enum Style<'a> {
 
 /// Why an upstream exchange failed before the answer's head arrived.
 enum SendError {
-    /// Could not connect, or a new connection refused the request's first write with
-    /// nothing accepted: no byte of the request left Sluice, so another backend may take it.
-    Connect,
+    /// Could not connect (TCP, or the TLS handshake: why, when it was that), or a new
+    /// connection refused the request's first write with nothing accepted: no byte of the
+    /// request left Sluice, so another backend may take it.
+    Connect(Option<TlsFailure>),
     /// No first byte within the timeout.
     Timeout,
     /// Some or all of the request may have reached the backend, which then broke the
@@ -167,6 +169,7 @@ impl Exchange<'_> {
                 status: None,
                 outcome: AttemptOutcome::Pending,
                 duration: Duration::ZERO,
+                tls: None,
             });
             let upstream_req = UpstreamRequest {
                 backend: id,
@@ -224,7 +227,8 @@ impl Exchange<'_> {
                 break;
             }
             let addr = target.upstream.addr;
-            let sent = self.send(pools, addr, tenant, &timeouts).await;
+            let channel = target.upstream.tls.as_ref().map(|tls| tls.pool_key);
+            let sent = self.send(pools, target.upstream, tenant, &timeouts).await;
             let end_attempt = |ctx: &mut RequestCtx<'_>, outcome, status| {
                 if let Some(a) = ctx.attempts.last_mut() {
                     (a.outcome, a.status, a.duration) = (outcome, status, started.elapsed());
@@ -258,17 +262,36 @@ impl Exchange<'_> {
                     }
                     result = Some(
                         self.relay(
-                            pools, pipeline, ctx, upstream, addr, tenant, close, &timeouts,
+                            pools, pipeline, ctx, upstream, addr, tenant, channel, close, &timeouts,
                         )
                         .await,
                     );
                     break;
                 }
-                Err(SendError::Connect) => {
+                Err(SendError::Connect(tls)) => {
                     end_attempt(ctx, AttemptOutcome::ConnectFailed, None);
-                    tracing::warn!(backend = %backend.name, addr = %addr, "backend unreachable; cooling it down");
                     backend.health.cool_down(now_millis(), DEFAULT_COOL_DOWN);
-                    last_error = GatewayError::upstream_unavailable();
+                    match tls {
+                        None => {
+                            tracing::warn!(backend = %backend.name, addr = %addr, "backend unreachable; cooling it down");
+                            last_error = GatewayError::upstream_unavailable();
+                        }
+                        Some(failure) => {
+                            if let Some(a) = ctx.attempts.last_mut() {
+                                a.tls = Some(failure);
+                            }
+                            tracing::warn!(
+                                backend = %backend.name,
+                                addr = %addr,
+                                tls = failure.reason(),
+                                "backend unreachable (tls: {failure}); cooling it down"
+                            );
+                            last_error = GatewayError::new(
+                                crate::error::ErrorKind::UpstreamUnavailable,
+                                failure.unavailable_message(),
+                            );
+                        }
+                    }
                 }
                 Err(SendError::Timeout) => {
                     end_attempt(ctx, AttemptOutcome::TimedOut, None);
@@ -444,20 +467,22 @@ impl Exchange<'_> {
     async fn send(
         &mut self,
         pools: &UpstreamPools,
-        addr: SocketAddr,
+        upstream: &HttpUpstream,
         tenant: Tenant,
         t: &Timeouts,
-    ) -> Result<TcpStream, SendError> {
-        let mut stream = match pools.take(addr, tenant) {
+    ) -> Result<UpstreamStream, SendError> {
+        let addr = upstream.addr;
+        let channel = upstream.tls.as_ref().map(|tls| tls.pool_key);
+        let mut stream = match pools.take(addr, tenant, channel) {
             Some(mut pooled) => match self.write_request(&mut pooled).await {
                 Ok(()) => pooled,
                 Err(Written::Nothing) => {
                     tracing::debug!(%addr, "pooled upstream connection refused the request; sending it on a new one");
-                    self.connect_and_write(addr, t).await?
+                    self.connect_and_write(upstream, t).await?
                 }
                 Err(Written::Some) => return Err(SendError::Protocol(BROKEN_WRITE)),
             },
-            None => self.connect_and_write(addr, t).await?,
+            None => self.connect_and_write(upstream, t).await?,
         };
         self.leg.ubuf.clear();
         match self.read_response_head(&mut stream, t).await {
@@ -471,24 +496,29 @@ impl Exchange<'_> {
         }
     }
 
-    /// Connects to `addr` and writes `self.leg.req`; a failure before any byte was accepted is a
-    /// [`SendError::Connect`] (the backend never saw the request).
+    /// Connects to `upstream` and writes `self.leg.req`; a failure before any byte was
+    /// accepted is a [`SendError::Connect`] (the backend never saw the request).
     async fn connect_and_write(
         &mut self,
-        addr: SocketAddr,
+        upstream: &HttpUpstream,
         t: &Timeouts,
-    ) -> Result<TcpStream, SendError> {
-        let mut stream = connect(addr, t).await?;
+    ) -> Result<UpstreamStream, SendError> {
+        let mut stream = connect(upstream, t).await?;
         match self.write_request(&mut stream).await {
             Ok(()) => Ok(stream),
-            Err(Written::Nothing) => Err(SendError::Connect),
+            Err(Written::Nothing) => Err(SendError::Connect(None)),
             Err(Written::Some) => Err(SendError::Protocol(BROKEN_WRITE)),
         }
     }
 
     /// Writes all of `self.leg.req` to `stream`, counting what the socket accepts so a failure
     /// tells whether any of the request may have left (monoio's `write_all` does not say).
-    async fn write_request(&mut self, stream: &mut TcpStream) -> Result<(), Written> {
+    ///
+    /// On TLS a write takes up to 64 KiB of the request (rustls' buffer), seals it and sends
+    /// the records; a failure of the first write may have sent some of those records but
+    /// never the whole request (it would have succeeded), so the backend cannot have acted
+    /// on it: it counts as nothing written, like a refused first write on plain TCP.
+    async fn write_request(&mut self, stream: &mut UpstreamStream) -> Result<(), Written> {
         let mut req = std::mem::take(&mut self.leg.req);
         let mut written = 0;
         let result = loop {
@@ -513,7 +543,7 @@ impl Exchange<'_> {
     /// follows it is not HTTP it could relay (RFC 9110 §15.2.2).
     async fn read_response_head(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut UpstreamStream,
         t: &Timeouts,
     ) -> Result<(), ReadHead> {
         let mut interim = 0;
@@ -607,13 +637,25 @@ enum ReadHead {
     ClientGone,
 }
 
-async fn connect(addr: SocketAddr, t: &Timeouts) -> Result<TcpStream, SendError> {
-    match monoio::time::timeout(t.upstream_connect, TcpStream::connect_addr(addr)).await {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            Ok(stream)
-        }
-        _ => Err(SendError::Connect),
+/// A new connection to `upstream`: TCP, then for `https://` the TLS handshake, both within
+/// one `timeouts.upstream_connect` (a handshake cut by it is [`TlsFailure::TimedOut`]).
+/// Nothing of the request is written before both succeed.
+async fn connect(upstream: &HttpUpstream, t: &Timeouts) -> Result<UpstreamStream, SendError> {
+    let deadline = monoio::time::Instant::now() + t.upstream_connect;
+    let tcp = match monoio::time::timeout_at(deadline, TcpStream::connect_addr(upstream.addr)).await
+    {
+        Ok(Ok(stream)) => stream,
+        _ => return Err(SendError::Connect(None)),
+    };
+    let _ = tcp.set_nodelay(true);
+    let Some(tls) = &upstream.tls else {
+        return Ok(UpstreamStream::Plain(tcp));
+    };
+    let fd = UpstreamStream::fd_of(&tcp);
+    match monoio::time::timeout_at(deadline, handshake(tcp, tls)).await {
+        Ok(Ok(stream)) => Ok(UpstreamStream::tls(stream, fd)),
+        Ok(Err(failure)) => Err(SendError::Connect(Some(failure))),
+        Err(_) => Err(SendError::Connect(Some(TlsFailure::TimedOut))),
     }
 }
 

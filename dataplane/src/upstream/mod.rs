@@ -3,7 +3,8 @@
 //! deployment in order (the choice, then the fallbacks), prepares each attempt through the
 //! pipeline's `on_upstream_request`, rewrites the request for that backend and sends it on a
 //! pooled or new connection ([`pool`]), failing over while the client has seen nothing and
-//! never resending a request whose bytes reached a backend; [`relay`] streams the answer
+//! never resending a request whose bytes reached a backend — over plain TCP or, for
+//! `https://` backends, TLS ([`stream`]); [`relay`] streams the answer
 //! back through `on_response_head` and `on_body_chunk`, decoding a content coding a policy
 //! cannot read; [`mock`] answers from the built-in mock backend through the same phases.
 //!
@@ -14,6 +15,7 @@ mod forward;
 mod mock;
 mod pool;
 mod relay;
+mod stream;
 
 pub use forward::refused_header_name;
 pub use pool::{Tenant, UpstreamPools};

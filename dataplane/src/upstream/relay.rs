@@ -7,11 +7,10 @@
 
 use std::net::SocketAddr;
 
-use monoio::net::TcpStream;
-
 use super::forward::has_connection_header;
-use super::pool::Tenant;
 use super::pool::UpstreamPools;
+use super::pool::{Channel, Tenant};
+use super::stream::UpstreamStream;
 use super::Exchange;
 use crate::answers;
 use crate::downstream::Next;
@@ -46,9 +45,10 @@ impl Exchange<'_> {
         pools: &UpstreamPools,
         pipeline: &Pipeline<'s, P>,
         ctx: &mut RequestCtx<'s>,
-        mut upstream: TcpStream,
+        mut upstream: UpstreamStream,
         addr: SocketAddr,
         tenant: Tenant,
+        channel: Channel,
         close: bool,
         t: &Timeouts,
     ) -> Next {
@@ -104,7 +104,7 @@ impl Exchange<'_> {
         match relayed {
             Ok(clean) => {
                 if clean && self.leg.resp.keep_alive {
-                    pools.put(addr, tenant, upstream);
+                    pools.put(addr, tenant, channel, upstream);
                 } else if !clean && framing != ResponseFraming::Close {
                     // A framed answer followed by more bytes: the backend wrote what no
                     // request asked for, which a reused connection would hand to the next.
@@ -142,7 +142,7 @@ impl Exchange<'_> {
         &mut self,
         pipeline: &Pipeline<'s, P>,
         ctx: &mut RequestCtx<'s>,
-        upstream: &mut TcpStream,
+        upstream: &mut UpstreamStream,
         out: &mut Vec<u8>,
         chunked_ok: bool,
         t: &Timeouts,
@@ -317,7 +317,7 @@ impl Exchange<'_> {
     async fn read_upstream(
         &mut self,
         ctx: &mut RequestCtx<'_>,
-        upstream: &mut TcpStream,
+        upstream: &mut UpstreamStream,
         t: &Timeouts,
     ) -> Result<usize, Broken> {
         match self.read_upstream_or_end(ctx, upstream, t).await? {
@@ -331,7 +331,7 @@ impl Exchange<'_> {
     async fn read_upstream_or_end(
         &mut self,
         ctx: &mut RequestCtx<'_>,
-        upstream: &mut TcpStream,
+        upstream: &mut UpstreamStream,
         t: &Timeouts,
     ) -> Result<usize, Broken> {
         let buf = std::mem::take(&mut self.leg.ubuf);

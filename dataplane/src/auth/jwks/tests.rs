@@ -194,7 +194,7 @@ fn pem_refuses_all_but_a_usable_public_key_and_says_what_it_got() {
 }
 
 #[test]
-fn urls_are_parsed_and_https_is_refused_for_now() {
+fn urls_are_parsed_https_included() {
     let u = HttpUrl::parse("http://idp.example:8080/keys?x=1").unwrap();
     assert_eq!(
         (u.host.as_str(), u.port, u.path.as_str()),
@@ -211,10 +211,11 @@ fn urls_are_parsed_and_https_is_refused_for_now() {
         (u.host.as_str(), u.host_header().as_str()),
         ("::1", "[::1]:9000")
     );
-    assert!(matches!(
-        HttpUrl::parse("https://idp.example/keys"),
-        Err(JwksError::Https)
-    ));
+    let u = HttpUrl::parse("https://idp.example/keys").unwrap();
+    assert_eq!(
+        (u.port, u.tls.as_ref().map(|t| t.1.to_str().into_owned())),
+        (443, Some("idp.example".to_string()))
+    );
     for bad in [
         "ftp://x/",
         "http://",
@@ -334,4 +335,84 @@ fn the_refresher_stops_when_dropped() {
     drop(refresher);
     // Its thread holds the other reference to the cache until it exits.
     assert!(wait_for(|| Arc::strong_count(&cache) == 1));
+}
+
+/// A CA, and an HTTPS server on 127.0.0.1 with a certificate from it that answers `body` to
+/// each of `connections` connections (`Connection: close`). Returns the URL and the CA.
+fn https_jwks_server(
+    body: String,
+    connections: usize,
+) -> (String, rustls::pki_types::CertificateDer<'static>) {
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+    )
+    .unwrap();
+    let config = Arc::new(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}/keys", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for _ in 0..connections {
+            let Ok((tcp, _)) = listener.accept() else {
+                return;
+            };
+            tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let conn = rustls::ServerConnection::new(Arc::clone(&config)).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            if req.is_empty() {
+                continue; // the client refused the certificate
+            }
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tls.write_all(answer.as_bytes());
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+    (url, ca.der().clone())
+}
+
+#[test]
+fn https_jwks_urls_are_fetched_over_verified_tls() {
+    let (url, ca) = https_jwks_server(jwks(&[rsa_jwk("k1")]), 2);
+    // The public roots do not know the test CA: refused, named, and nothing fetched.
+    let public = JwksCache::new(&url, rs_es(), JwksSettings::default()).unwrap();
+    assert!(
+        matches!(public.refresh(), Err(JwksError::Tls(TlsFailure::UnknownCa))),
+        "{:?}",
+        public.refresh().err()
+    );
+    assert!(public.keys().keys.is_empty());
+    // Trusting it, the same URL yields the keys.
+    let mut trusting = JwksCache::new(&url, rs_es(), JwksSettings::default()).unwrap();
+    let name = trusting.url.tls.as_ref().unwrap().1.clone();
+    trusting.url.tls = Some((client_config(&Trust::Cas(vec![ca]), true).unwrap(), name));
+    assert_eq!(trusting.refresh().unwrap(), 1);
+    assert!(trusting.keys().has_kid("k1"));
 }

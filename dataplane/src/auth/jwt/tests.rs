@@ -767,15 +767,15 @@ fn config_mistakes_are_refused() {
         ..hs_key()
     }])]);
     assert!(matches!(no_algs, Err(JwtConfigError::NoAlgorithms(_))));
-    let https = JwtValidator::new(vec![issuer(vec![key(
+    let not_http = JwtValidator::new(vec![issuer(vec![key(
         None,
         JwtAlg::RS256,
-        JwtKeySource::jwks_url("https://login.example.test/keys"),
+        JwtKeySource::jwks_url("ftp://login.example.test/keys"),
     )])]);
     assert!(matches!(
-        https,
+        not_http,
         Err(JwtConfigError::Key {
-            error: JwksError::Https,
+            error: JwksError::Url(_),
             ..
         })
     ));

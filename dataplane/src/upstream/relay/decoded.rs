@@ -16,14 +16,13 @@
 //! broken relay, and the usage tap charges the estimate. A coding Sluice cannot decode
 //! (`zstd`, `compress`, unknown) passes through untouched and unread: the estimate stands.
 
-use monoio::net::TcpStream;
-
 use super::{emit, Broken, INVALID_CHUNKED};
 use crate::http::content_coding::{Codings, ContentDecoder, DecodeError};
 use crate::http::{ChunkedDecoder, ResponseFraming};
 use crate::policy::context::RequestCtx;
 use crate::policy::phase::{BodyCoding, Pipeline, Policy};
 use crate::snapshot::Timeouts;
+use crate::upstream::stream::UpstreamStream;
 use crate::upstream::Exchange;
 
 /// The 502 message for a coded body that does not decode.
@@ -67,7 +66,7 @@ impl Exchange<'_> {
         &mut self,
         pipeline: &Pipeline<'s, P>,
         ctx: &mut RequestCtx<'s>,
-        upstream: &mut TcpStream,
+        upstream: &mut UpstreamStream,
         out: &mut Vec<u8>,
         decoder: &mut ContentDecoder,
         framed: bool,
