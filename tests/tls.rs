@@ -297,3 +297,47 @@ fn garbage_and_stalled_handshakes_do_not_stop_a_client() {
         200
     );
 }
+
+#[test]
+fn requests_over_tls_are_forwarded_as_https() {
+    let ca = TestCa::new("Sluice test CA");
+    let gw = ca.server(&["gw.test"]);
+    let backend = Upstream::json(upstream_chat_answer("gpt-4o"));
+    let text = format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+tls_listen = ["127.0.0.1:0"]
+
+[server.tls]
+cert_file = "gw.pem"
+key_file = "gw.key"
+{}
+"#,
+        openai_backend_body(&backend.url(), "gpt-4o")
+    );
+    let sluice = start(&text, |dir| gw.write(dir, "gw"));
+    let mut client = TlsClientConfig::trusting(&ca)
+        .connect(sluice.ports[1], "gw.test")
+        .unwrap();
+    assert_eq!(
+        client
+            .post("/v1/chat/completions", KEY, CHAT)
+            .unwrap()
+            .status,
+        200
+    );
+    let over_plain = sluice.request(
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        CHAT.as_bytes(),
+    );
+    assert_eq!(over_plain.status, 200);
+    let protos: Vec<String> = backend
+        .requests()
+        .iter()
+        .map(|r| r.head.header("x-forwarded-proto").unwrap_or("").to_string())
+        .collect();
+    assert_eq!(protos, ["https", "http"]);
+}

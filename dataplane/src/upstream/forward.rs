@@ -35,7 +35,7 @@ use crate::route::Operation;
 use crate::snapshot::{
     BackendKind, Deployment, HeadersWithUnderscores, HttpUpstream, Secret, Timeouts,
 };
-use crate::socket::{read_more_watching, Stopped};
+use crate::socket::{read_more_watching, ClientStream, Stopped};
 use crate::tls::client::{handshake, TlsFailure};
 
 /// Largest upstream response head accepted.
@@ -442,7 +442,12 @@ impl Exchange<'_> {
         }
         // Writing into a Vec cannot fail.
         let _ = write!(req, "{}", self.down.peer.ip());
-        req.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+        // The scheme the client used to reach Sluice (RFC 7239 §5.4's `proto`, as the de facto
+        // X-Forwarded-Proto carries it).
+        req.extend_from_slice(match self.down.stream {
+            ClientStream::Tls { .. } => b"\r\nx-forwarded-proto: https\r\n",
+            ClientStream::Plain(_) => b"\r\nx-forwarded-proto: http\r\n",
+        });
         if op == Operation::Models {
             req.extend_from_slice(b"\r\n");
             return Ok(());
