@@ -114,27 +114,53 @@ fn openai_python_sdk_against_sluice() {
     );
 }
 
-/// The same checks over HTTPS: Sluice's TLS listener with a certificate for `localhost`
-/// from a test CA, the `OpenAI` and `AzureOpenAI` clients trusting that CA (and not the
-/// system roots) through their `httpx` client.
+/// The same checks over HTTPS both ways: the `OpenAI` and `AzureOpenAI` clients, trusting a
+/// test CA (and not the system roots) through their HTTP client, call Sluice's TLS listener;
+/// that Sluice forwards to an `https://` backend — a second Sluice serving the mock on its
+/// own TLS listener — verified against the same CA (`ca_file`, `server_name`).
 #[test]
 fn openai_python_sdk_over_https() {
     let Some(python) = interpreter_or_skip("openai_python_sdk_over_https") else {
         return;
     };
     let ca = support::tls_client::TestCa::new("Sluice SDK test CA");
-    let gw = ca.server(&["localhost"]);
-    let text = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\n\n\
-         [server.tls]\ncert_file = \"gw.pem\"\nkey_file = \"gw.key\"\n{MOCK_BODY}"
-    );
-    let s = Launch::file(&text).listeners(2).start_after(|dir| {
-        gw.write(dir, "gw");
+    let tls = |extra: &str| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\n\n\
+             [server.tls]\ncert_file = \"gw.pem\"\nkey_file = \"gw.key\"\n{extra}"
+        )
+    };
+    let files = |dir: &std::path::Path| {
+        ca.server(&["localhost"]).write(dir, "gw");
         std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    });
-    let dir = s.config_path.parent().unwrap();
+    };
+    let backend = Launch::file(&tls(MOCK_BODY))
+        .listeners(2)
+        .start_after(files);
+    let front_body = format!(
+        r#"
+[[backend]]
+name = "tls-mock"
+kind = "openai"
+url = "https://127.0.0.1:{}"
+server_name = "localhost"
+ca_file = "ca.pem"
+
+[[deployment]]
+name = "gpt-4o"
+backends = [{{ backend = "tls-mock" }}]
+
+[[deployment]]
+name = "text-embedding-3-small"
+backends = [{{ backend = "tls-mock" }}]
+"#,
+        backend.ports[1]
+    );
+    let s = Launch::file(&tls(&front_body))
+        .listeners(2)
+        .start_after(files);
     let base = format!("https://localhost:{}", s.ports[1]);
-    let ca_path = dir.join("ca.pem");
+    let ca_path = s.config_path.parent().unwrap().join("ca.pem");
     let env = [
         ("SLUICE_BASE", base.as_str()),
         ("SLUICE_CA", ca_path.to_str().unwrap()),
@@ -143,6 +169,13 @@ fn openai_python_sdk_over_https() {
     assert!(
         out.contains("openai sdk checks passed (https)"),
         "stdout:\n{out}"
+    );
+    // Every answer came over the second TLS hop: the backend Sluice's mock answered them.
+    assert!(
+        !s.log().contains("tls:") && !backend.log().contains("TLS handshake failed"),
+        "{}\n{}",
+        s.log(),
+        backend.log()
     );
 }
 
