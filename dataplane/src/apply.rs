@@ -75,7 +75,7 @@ pub fn apply(shared: &Shared, path: &Path, reason: &str) -> Result<(), ApplyErro
         || next.server.workers != current.server.workers
     {
         tracing::warn!(
-            "config reload: listen addresses (listen, tls_listen) and worker count change only on restart; keeping the running ones (a TLS listener without [server.tls] in the new config closes its connections)"
+            "config reload: listen addresses and worker count change only on restart; keeping the running ones (listen and tls_listen; a TLS listener the new config has no [server.tls] for closes its connections)"
         );
     }
     let deployments = next.deployments.len();

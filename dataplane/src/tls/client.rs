@@ -18,6 +18,8 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore};
 
+use super::provider;
+
 /// ALPN offered to backends: HTTP/1.1 only (RFC 7301; the IANA id of RFC 9112).
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
 
@@ -74,11 +76,6 @@ impl UpstreamTls {
             pool_key: h.finish(),
         }
     }
-}
-
-/// The rustls provider Sluice uses everywhere (`ring`).
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// A client config for `trust`: TLS 1.3 and 1.2, ALPN `http/1.1` (`alpn` true; JWKS

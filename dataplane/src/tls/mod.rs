@@ -10,3 +10,12 @@
 pub mod client;
 pub mod pem;
 pub mod server;
+
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+
+/// The crypto every TLS config of Sluice uses, both ways: rustls' `ring` provider.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
