@@ -269,3 +269,46 @@ fn large_request_body_is_forwarded_intact() {
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(up.requests()[0].json(), body);
 }
+
+/// A second Sluice configured on the address a first one listens on refuses to start
+/// (workers bind with SO_REUSEPORT, which would otherwise let it take half the connections
+/// silently); the first keeps serving every connection.
+#[test]
+fn a_second_process_on_a_taken_address_refuses_to_start() {
+    let first = Launch::new(MOCK_BODY).start();
+    let dir = TempDir::new("second");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, config_text(first.port, "", MOCK_BODY)).unwrap();
+    let mut second = std::process::Command::new(sluice_bin())
+        .arg("--config")
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    let status = status.expect("the second process started and kept running");
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{}", first.port))
+            && stderr.contains("in use"),
+        "{stderr}"
+    );
+    for _ in 0..8 {
+        assert_eq!(first.get("/v1/models").status, 200);
+    }
+}

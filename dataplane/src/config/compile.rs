@@ -778,10 +778,23 @@ fn compile_upstream(
             None
         }
     };
+    // A `server_name` names the service the URL's address reaches: requests carry it as
+    // their Host too (RFC 9110 §7.2), with the port when it is not 443, so a name-routed
+    // front end (Azure, a virtual host) sees the name the certificate is for.
+    let host_header = match section
+        .get_ref()
+        .server_name
+        .as_ref()
+        .filter(|_| parsed.tls)
+    {
+        Some(name) if parsed.port == 443 => name.get_ref().clone(),
+        Some(name) => format!("{}:{}", name.get_ref(), parsed.port),
+        None => parsed.authority.to_string(),
+    };
     Some(HttpUpstream {
         url: url.get_ref().clone(),
         addr: addr?,
-        host_header: parsed.authority.to_string(),
+        host_header,
         base_path: parsed.path.trim_end_matches('/').to_string(),
         tls: tls?,
     })

@@ -137,6 +137,26 @@ impl Running {
     }
 }
 
+/// Refuses addresses another socket listens on already. Workers bind with `SO_REUSEPORT`
+/// (one listener per worker), which the kernel also grants to a second process of the same
+/// user on the same address — it would then take a share of the connections, silently. A
+/// plain bind (no `SO_REUSEPORT`) of each address first fails with "address in use" if
+/// anything listens there; it is closed at once. Port 0 is skipped (the kernel picks a free
+/// port).
+fn refuse_taken(listen: &Listeners) -> anyhow::Result<()> {
+    for addr in listen.plain.iter().chain(&listen.tls) {
+        if addr.port() == 0 {
+            continue;
+        }
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            anyhow::bail!(
+                "cannot listen on {addr}: {e} (is another Sluice or server running there?)"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Starts `workers` worker threads on `listen`; returns once every worker has bound its
 /// listeners, or the first error. A port 0 is bound by the first worker (the kernel picks a
 /// free port) and the others join it there ([`Running::listen`] says where).
@@ -169,10 +189,12 @@ where
     F: Fn() -> P + Send + Sync + 'static,
 {
     let pipeline = Arc::new(pipeline);
+    let bound: Listeners = listen.into();
+    refuse_taken(&bound)?;
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(workers);
     let mut used = "io_uring";
-    let mut bound: Listeners = listen.into();
+    let mut bound = bound;
     for id in 0..workers {
         let spawned = {
             let shared = shared.clone();

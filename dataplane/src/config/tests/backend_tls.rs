@@ -85,6 +85,23 @@ fn ca_file_is_read_beside_the_config_and_server_name_replaces_the_host() {
     let tls = tls_of(&snapshot, 0);
     assert!(matches!(&tls.trust, Trust::Cas(cas) if cas.len() == 1));
     assert_eq!(tls.server_name.to_str(), "aoai-1.internal");
+    // The name is the Host too, with the URL's port when it is not 443.
+    let host_of = |snapshot: &Snapshot| match &snapshot.backends[0].kind {
+        BackendKind::Azure(a) => a.upstream.host_header.clone(),
+        BackendKind::OpenAi(o) => o.upstream.host_header.clone(),
+        BackendKind::Mock(_) => unreachable!("an https backend"),
+    };
+    assert_eq!(host_of(&snapshot), "aoai-1.internal:8443");
+    let on_443 = text.replace("https://10.1.2.3:8443/base", "https://10.1.2.3/base");
+    assert_eq!(
+        host_of(&load_at("conf/sluice.toml", &on_443, None).unwrap()),
+        "aoai-1.internal"
+    );
+    let no_name = backend("https://10.1.2.3:8443/base", "ca_file = \"certs/ca.pem\"");
+    assert_eq!(
+        host_of(&load_at("conf/sluice.toml", &no_name, None).unwrap()),
+        "10.1.2.3:8443"
+    );
     // Beside the config file, not the working directory.
     let elsewhere = tls_errors(&text.replace("certs/ca.pem", "certs/none.pem"));
     assert_eq!(
