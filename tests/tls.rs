@@ -150,11 +150,42 @@ fn client_certificates_are_required_with_client_ca_file() {
     let port = sluice.ports[1];
 
     let good = clients.client("app-1");
-    let mut client = TlsClientConfig::with_client_cert(&ca, &good)
+    let app_1 = TlsClientConfig::with_client_cert(&ca, &good);
+    let mut client = app_1
         .connect(port, "gw.test")
         .expect("a certificate from the client CA is accepted");
+    let traced = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw.test\r\napi-key: {KEY}\r\nx-sluice-trace: true\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{CHAT}",
+        CHAT.len()
+    );
+    client.send(traced.as_bytes()).unwrap();
+    let first = client.read_response().unwrap();
+    assert_eq!(first.status, 200, "{}", first.text());
+    // The verified subject is the request's: in the trace (escaped as the trace escapes
+    // names), and the key of the `client_cert` limit (one a minute).
+    assert!(
+        first.head.contains("; client_cert=CN=app-1;"),
+        "{}",
+        first.head
+    );
     assert_eq!(
         client
+            .post("/v1/chat/completions", KEY, CHAT)
+            .unwrap()
+            .status,
+        429
+    );
+    // A new connection of the same client — which would resume its TLS session, and a
+    // resumed session skips the certificate — is still app-1's: counted, so refused.
+    let mut again = app_1.connect(port, "gw.test").unwrap();
+    let refused = again.post("/v1/chat/completions", KEY, CHAT).unwrap();
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    // Another certificate has its own count.
+    let mut other = TlsClientConfig::with_client_cert(&ca, &clients.client("app-2"))
+        .connect(port, "gw.test")
+        .unwrap();
+    assert_eq!(
+        other
             .post("/v1/chat/completions", KEY, CHAT)
             .unwrap()
             .status,

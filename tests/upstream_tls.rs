@@ -156,9 +156,10 @@ fn chat_and_streamed_chat_reach_an_https_backend_over_one_tls_connection() {
     let requests = up.requests();
     assert_eq!(requests.len(), 2);
     assert_eq!(requests[0].line, "POST /v1/chat/completions");
+    // `server_name` is the Host too (a name-routed front end sees the certificate's name).
     assert_eq!(
         requests[0].header("host"),
-        Some(format!("127.0.0.1:{}", up.port).as_str())
+        Some(format!("backend.test:{}", up.port).as_str())
     );
     // Both requests on one pooled TLS connection: one TCP connection, one handshake.
     assert_eq!((requests[0].conn, requests[1].conn), (0, 0));
@@ -306,9 +307,12 @@ fn a_good_backend_of_the_pool_takes_over_from_a_bad_certificate() {
     for ((fault, reason), up) in FAULTS.iter().zip(&bad) {
         let resp = ask(&mut c, fault);
         assert_eq!(resp.status, 200, "{fault}: {}", resp.text());
+        // The trace names the attempt that failed over, and why, before the one that served.
+        let failed_over = format!("; tried={fault} (tls: {reason})");
         assert!(
             resp.header("x-sluice-trace")
-                .is_some_and(|t| t.ends_with("backend=good")),
+                .is_some_and(|t| t.contains(&failed_over)
+                    && t.ends_with(&format!("{failed_over}; backend=good"))),
             "{fault}: {:?}",
             resp.header("x-sluice-trace")
         );

@@ -6,13 +6,15 @@
 //!
 //! `route={operation} deployment={name}; subscription={name}; limit {label} allow
 //! remaining={n}; …; backend={name}` — one `limit` entry per limit that applied (its verdict
-//! `allow` or `shadow-deny`), and the backend last tried (the one that served, when one did),
-//! with why its TLS handshake failed when it did: `backend=aoai-1 (tls: certificate expired)`.
+//! `allow` or `shadow-deny`), each backend tried and failed over before the last with why
+//! (`tried=aoai-2 (tls: certificate expired)`, `tried=aoai-3 (429)`, `tried=b (unreachable)`),
+//! and the backend last tried (the one that served, when one did), with why its TLS handshake
+//! failed when it did: `backend=aoai-1 (tls: certificate expired)`.
 
 use std::borrow::Cow;
 
 use super::admission::LimitDecision;
-use super::context::RequestCtx;
+use super::context::{AttemptOutcome, RequestCtx};
 use super::phase::{Env, Flow, Policy, Request};
 use crate::snapshot::Snapshot;
 
@@ -99,14 +101,34 @@ fn render(out: &mut Vec<u8>, trace: &Trace, ctx: &RequestCtx<'_>, snapshot: &Sna
         });
         out.extend_from_slice(num.format(decision.remaining).as_bytes());
     }
-    if let Some(backend) = ctx
-        .attempts
-        .last()
-        .and_then(|a| snapshot.backends.get(a.backend))
-    {
+    let Some((last, earlier)) = ctx.attempts.split_last() else {
+        return;
+    };
+    // Every attempt failed over before the last: which backend, and why.
+    for attempt in earlier {
+        let Some(backend) = snapshot.backends.get(attempt.backend) else {
+            continue;
+        };
+        out.extend_from_slice(b"; tried=");
+        push_name(out, &backend.name);
+        out.extend_from_slice(b" (");
+        match (attempt.tls, attempt.status) {
+            (Some(failure), _) => {
+                out.extend_from_slice(b"tls: ");
+                out.extend_from_slice(failure.reason().as_bytes());
+            }
+            (None, Some(status)) => out.extend_from_slice(num.format(status).as_bytes()),
+            (None, None) => out.extend_from_slice(match attempt.outcome {
+                AttemptOutcome::TimedOut => b"timed out",
+                _ => b"unreachable",
+            }),
+        }
+        out.push(b')');
+    }
+    if let Some(backend) = snapshot.backends.get(last.backend) {
         out.extend_from_slice(b"; backend=");
         push_name(out, &backend.name);
-        if let Some(failure) = ctx.attempts.last().and_then(|a| a.tls) {
+        if let Some(failure) = last.tls {
             out.extend_from_slice(b" (tls: ");
             out.extend_from_slice(failure.reason().as_bytes());
             out.push(b')');

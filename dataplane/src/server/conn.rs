@@ -124,7 +124,7 @@ async fn handshake(worker: &Worker, stream: TcpStream, peer: SocketAddr) -> Opti
             client_cert: subject.and_then(|s| s.lock().ok().and_then(|mut s| s.take())),
         }),
         Ok(Err(e)) => {
-            failed(&e);
+            failed(&crate::tls::handshake_error(&e));
             None
         }
         Err(_) => {

@@ -15,6 +15,19 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 
+/// What a failed handshake's error says: the TLS error rustls raised (`monoio-rustls` wraps
+/// it in an I/O error whose own text is only "io error"), else the I/O error (a reset, an
+/// early end of stream).
+pub fn handshake_error(e: &monoio_rustls::TlsError) -> String {
+    match e {
+        monoio_rustls::TlsError::Rustls(e) => e.to_string(),
+        monoio_rustls::TlsError::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .map_or_else(|| io.to_string(), ToString::to_string),
+    }
+}
+
 /// The crypto every TLS config of Sluice uses, both ways: rustls' `ring` provider.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

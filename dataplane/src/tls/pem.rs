@@ -2,7 +2,7 @@
 //! SEC1 or PKCS#1), a bundle of CA certificates. RFC 7468 text, read by `rustls-pki-types`.
 //! Each error is a sentence a config error can carry after the file's name.
 
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::RootCertStore;
 
@@ -13,7 +13,7 @@ use rustls::RootCertStore;
 pub fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("is not a PEM certificate file: {e}"))?;
+        .map_err(|e| format!("is not a PEM certificate file: {}", malformed(&e)))?;
     if certs.is_empty() {
         return Err("holds no certificate (expected -----BEGIN CERTIFICATE-----)".to_string());
     }
@@ -28,11 +28,26 @@ pub fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> 
 /// reads keys without a passphrase).
 pub fn private_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => {
+        pem::Error::NoItemsFound => {
             "holds no private key (expected PKCS#8 `PRIVATE KEY`, SEC1 `EC PRIVATE KEY` or PKCS#1 `RSA PRIVATE KEY`; encrypted keys are not read)".to_string()
         }
-        other => format!("is not a PEM private key: {other}"),
+        other => format!("is not a PEM private key: {}", malformed(&other)),
     })
+}
+
+/// What is wrong with malformed PEM, in words that quote nothing of the file: the parser's
+/// own messages carry the offending line's bytes, which for a key file is the key.
+fn malformed(e: &pem::Error) -> &'static str {
+    match e {
+        pem::Error::MissingSectionEnd { .. } => {
+            "a -----BEGIN block is never closed by its -----END line (were its line breaks lost?)"
+        }
+        pem::Error::IllegalSectionStart { .. } => "a -----BEGIN line is malformed",
+        pem::Error::Base64Decode(_) => "a block's contents are not base64",
+        pem::Error::SectionTooLarge => "a block is larger than 256 MB",
+        pem::Error::NoItemsFound => "no PEM block in it",
+        _ => "the file cannot be read as PEM",
+    }
 }
 
 /// A trust store of every certificate in `pem`.
@@ -75,5 +90,26 @@ mod tests {
             .unwrap_err();
         assert!(err.starts_with("holds no private key"), "{err}");
         assert!(certificates(b"not pem at all").is_err());
+    }
+
+    #[test]
+    fn malformed_files_are_described_without_quoting_them() {
+        let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        // A key whose line breaks were lost (copied through a secret store).
+        let lines: Vec<&str> = key.lines().collect();
+        let one_line = format!(
+            "{} {} {}\n",
+            lines[0],
+            lines[1..lines.len() - 1].join(""),
+            lines[lines.len() - 1]
+        );
+        let err = private_key(one_line.as_bytes()).unwrap_err();
+        assert!(err.contains("never closed"), "{err}");
+        assert!(!err.contains('['), "{err}");
+        let body = lines[1];
+        assert!(!err.contains(&body[..16]), "{err}");
+        let cut = &key[..key.len() / 2];
+        let err = private_key(cut.as_bytes()).unwrap_err();
+        assert!(err.contains("never closed") && !err.contains('['), "{err}");
     }
 }

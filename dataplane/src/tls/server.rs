@@ -228,7 +228,7 @@ impl ServerTls {
     /// The acceptor for one connection's handshake, and with client certificates the slot
     /// where its verified subject will be: the shared config without them; with them, a
     /// config of its own whose verifier records into this connection's slot (sharing the
-    /// certificates and the session cache).
+    /// certificates; no session resumption, see `server_config`).
     pub fn acceptor(&self) -> (monoio_rustls::TlsAcceptor, Option<VerifiedSubject>) {
         let Some(inner) = &self.client_verifier else {
             return (monoio_rustls::TlsAcceptor::from(self.config.clone()), None);
@@ -239,14 +239,10 @@ impl ServerTls {
             subject: subject.clone(),
         });
         match server_config(Some(recording), self.resolver.clone()) {
-            Ok(mut config) => {
-                config.session_storage = self.config.session_storage.clone();
-                config.ticketer = self.config.ticketer.clone();
-                (
-                    monoio_rustls::TlsAcceptor::from(Arc::new(config)),
-                    Some(subject),
-                )
-            }
+            Ok(config) => (
+                monoio_rustls::TlsAcceptor::from(Arc::new(config)),
+                Some(subject),
+            ),
             // Built from the same parts in `new` already, so this does not happen; the
             // shared config still verifies the client, only its subject is not kept.
             Err(_) => (monoio_rustls::TlsAcceptor::from(self.config.clone()), None),
@@ -263,12 +259,21 @@ fn server_config(
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?;
+    let client_auth = verifier.is_some();
     let builder = match verifier {
         Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if client_auth {
+        // A resumed session skips certificate verification, so its connection would not
+        // know its client's certificate (and `client_cert` limits would not count it):
+        // with client certificates every handshake is a full one (no session cache, no
+        // TLS 1.3 tickets).
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Ok(config)
 }
 
