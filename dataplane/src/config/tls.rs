@@ -12,7 +12,7 @@ use super::check::{parse_duration, read_config_file, resolve_path, ReadFile};
 use super::error::Reporter;
 use super::schema::{SpannedList, TlsSection};
 use crate::tls::pem;
-use crate::tls::server::{certified_key, sni_name, PairError, ServerTls};
+use crate::tls::server::{certificate_is_for, certified_key, sni_name, PairError, ServerTls};
 
 /// Default `[server.tls] handshake_timeout`.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -130,6 +130,20 @@ fn server_tls(
             read,
             &mut inputs,
         );
+        let key = match (&name, key) {
+            (Some(name), Some(key)) => match certificate_is_for(&key, name) {
+                Ok(()) => Some(key),
+                Err(message) => {
+                    report.at(
+                        e.cert_file.span(),
+                        format!("{field}.cert_file"),
+                        format!("`{}` {message}", e.cert_file.get_ref()),
+                    );
+                    None
+                }
+            },
+            (_, key) => key,
+        };
         match (name, key) {
             (Some(name), Some(key)) => {
                 seen.push(name.clone());

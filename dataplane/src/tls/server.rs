@@ -50,6 +50,20 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, Pa
     })
 }
 
+/// Whether `key`'s certificate is for `name` (a subject alternative name matching it, RFC
+/// 6125): an `[[server.tls.sni]]` certificate that is not would fail every client asking
+/// for that name.
+///
+/// # Errors
+/// A sentence saying it is not.
+pub fn certificate_is_for(key: &CertifiedKey, name: &str) -> Result<(), String> {
+    let not_for = || format!("is not a certificate for `{name}` (none of its names matches)");
+    let leaf = key.end_entity_cert().map_err(|_| not_for())?;
+    let parsed = rustls::server::ParsedCertificate::try_from(leaf).map_err(|_| not_for())?;
+    let server_name = rustls::pki_types::ServerName::try_from(name).map_err(|_| not_for())?;
+    rustls::client::verify_server_name(&parsed, &server_name).map_err(|_| not_for())
+}
+
 /// Checks a `server_name` of `[[server.tls.sni]]`: a DNS name (RFC 6066 §3 sends host
 /// names only, never addresses). Returns it lowercased, as the resolver compares.
 ///

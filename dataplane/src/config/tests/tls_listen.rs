@@ -126,6 +126,10 @@ fn tls_errors_are_located() {
             "/etc/sluice/sluice.toml:8:15: server.tls.sni[0].server_name: `10.0.0.1` is not a DNS name (SNI carries host names, e.g. \"api.example.com\")",
         ),
         (
+            tls("cert_file = \"gw.pem\"\nkey_file = \"gw.key\"\n[[server.tls.sni]]\nserver_name = \"third.test\"\ncert_file = \"other.pem\"\nkey_file = \"other.key\"\n"),
+            "/etc/sluice/sluice.toml:9:13: server.tls.sni[0].cert_file: `other.pem` is not a certificate for `third.test` (none of its names matches)",
+        ),
+        (
             "[server]\ntls_listen = [\"localhost:8443\"]\n\n[server.tls]\ncert_file = \"gw.pem\"\nkey_file = \"gw.key\"\n".to_string(),
             "/etc/sluice/sluice.toml:2:15: server.tls_listen[0]: `localhost:8443` is not an IP address and port, e.g. \"127.0.0.1:8443\"",
         ),
