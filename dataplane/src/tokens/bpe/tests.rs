@@ -34,6 +34,21 @@ impl Rng {
         self.0 ^= self.0 << 17;
         (self.0 % n as u64) as usize
     }
+
+    /// A text of fewer than `max_len` characters of [`ALPHABET`]: on even rounds from a few
+    /// kinds of character (each branch's edges), on odd ones from many (mixes).
+    fn text(&mut self, round: usize, max_len: usize) -> String {
+        let kinds = 2 + self.below(if round.is_multiple_of(2) {
+            4
+        } else {
+            ALPHABET.len() - 2
+        });
+        let chosen: Vec<&str> = (0..kinds)
+            .map(|_| ALPHABET[self.below(ALPHABET.len())])
+            .collect();
+        let len = self.below(max_len);
+        (0..len).map(|_| chosen[self.below(chosen.len())]).collect()
+    }
 }
 
 #[test]
@@ -42,17 +57,7 @@ fn counts_equal_tiktoken_on_random_text() {
     for family in [Family::O200k, Family::Cl100k] {
         let bpe = Bpe::of(family).expect("tables load");
         for round in 0..4000 {
-            // Short texts from a few characters hit each branch's edge; longer ones mix.
-            let kinds = 2 + rng.below(if round % 2 == 0 {
-                4
-            } else {
-                ALPHABET.len() - 2
-            });
-            let chosen: Vec<&str> = (0..kinds)
-                .map(|_| ALPHABET[rng.below(ALPHABET.len())])
-                .collect();
-            let len = rng.below(40);
-            let text: String = (0..len).map(|_| chosen[rng.below(chosen.len())]).collect();
+            let text = rng.text(round, 40);
             assert_eq!(
                 bpe.count(&text, &mut Budget::per_request()) as usize,
                 tiktoken(family, &text),
@@ -142,16 +147,7 @@ fn pieces_equal_the_regex_split() {
         let regex = reference_split(family);
         let pattern = Bpe::of(family).expect("tables load").pattern;
         for round in 0..6000 {
-            let kinds = 2 + rng.below(if round % 2 == 0 {
-                4
-            } else {
-                ALPHABET.len() - 2
-            });
-            let chosen: Vec<&str> = (0..kinds)
-                .map(|_| ALPHABET[rng.below(ALPHABET.len())])
-                .collect();
-            let len = rng.below(24);
-            let text: String = (0..len).map(|_| chosen[rng.below(chosen.len())]).collect();
+            let text = rng.text(round, 24);
             let expected: Vec<&str> = regex
                 .find_iter(&text)
                 .map(|m| m.expect("no backtrack limit").as_str())
