@@ -1,7 +1,7 @@
 //! `sluice-bench`: the load-testing suite. `mock` runs the mock OpenAI backend, `load` runs
 //! the load generator against any URL, `compare` runs the side-by-side scenarios (direct
-//! mock, Sluice passthrough, Sluice full chain, nginx) and writes the report, `certs` writes
-//! a test CA and a server certificate.
+//! mock, Sluice passthrough, Sluice full chain, nginx; with `--tls`, Sluice and nginx over
+//! TLS) and writes the report, `certs` writes a test CA and a server certificate.
 
 use std::process::ExitCode;
 
