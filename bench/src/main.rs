@@ -1,6 +1,7 @@
 //! `sluice-bench`: the load-testing suite. `mock` runs the mock OpenAI backend, `load` runs
 //! the load generator against any URL, `compare` runs the side-by-side scenarios (direct
-//! mock, Sluice passthrough, Sluice full chain, nginx) and writes the report.
+//! mock, Sluice passthrough, Sluice full chain, nginx; with `--tls`, Sluice and nginx over
+//! TLS) and writes the report, `certs` writes a test CA and a server certificate.
 
 use std::process::ExitCode;
 
@@ -24,6 +25,8 @@ enum Command {
     Load(sluice_bench::load::LoadArgs),
     /// Compare direct mock, Sluice passthrough, Sluice full chain and nginx; write a report.
     Compare(sluice_bench::compare::CompareArgs),
+    /// Write a test CA (ca.pem) and a server certificate it signed (gw.pem, gw.key).
+    Certs(sluice_bench::certs::CertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
         Command::Mock(args) => sluice_bench::mock_server::run(args),
         Command::Load(args) => sluice_bench::load::run_cli(args),
         Command::Compare(args) => sluice_bench::compare::run(args),
+        Command::Certs(args) => sluice_bench::certs::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

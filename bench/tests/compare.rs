@@ -91,3 +91,57 @@ fn quick_compare_writes_report_json_and_plot() {
         );
     }
 }
+
+/// `--tls`: Sluice over HTTPS with a certificate generated into `--out/tls/`, measured for
+/// keep-alive requests and new handshakes without a failed request.
+#[test]
+fn quick_compare_with_tls_measures_sluice_over_tls() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_sluice-bench"));
+    let sluice = bench
+        .parent()
+        .expect("target dir")
+        .join(format!("sluice{}", std::env::consts::EXE_SUFFIX));
+    assert!(sluice.is_file(), "{} is missing", sluice.display());
+    let out = TempDir::new();
+    let run = Command::new(&bench)
+        .args(["compare", "--quick", "--no-nginx", "--tls", "--out"])
+        .arg(&out.0)
+        .arg("--sluice")
+        .arg(&sluice)
+        .output()
+        .expect("run sluice-bench compare --tls");
+    assert!(
+        run.status.success(),
+        "compare --tls failed ({}):\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for file in ["ca.pem", "gw.pem", "gw.key"] {
+        assert!(out.0.join("tls").join(file).is_file(), "tls/{file} missing");
+    }
+    let config = std::fs::read_to_string(out.0.join("sluice-passthrough-tls.toml")).unwrap();
+    assert!(config.contains("tls_listen"), "{config}");
+
+    let json = std::fs::read_to_string(out.0.join("results.json")).expect("results.json");
+    let results: serde_json::Value = serde_json::from_str(&json).expect("results.json parses");
+    let tls = &results["tls"];
+    let targets = tls["targets"].as_array().expect("tls.targets");
+    assert_eq!(targets.len(), 1, "{tls}");
+    let sluice_tls = &targets[0];
+    assert_eq!(sluice_tls["name"], "sluice-tls");
+    assert_eq!(sluice_tls["errors"], 0, "{tls}");
+    for field in [
+        "keepalive_rps",
+        "cpu_us_per_req",
+        "handshakes_per_s",
+        "cpu_us_per_handshake",
+    ] {
+        assert!(
+            sluice_tls[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field} in {tls}"
+        );
+    }
+    let report = std::fs::read_to_string(out.0.join("report.md")).expect("report.md");
+    assert!(report.contains("## TLS (issue 11)"), "{report}");
+    assert!(report.contains("| sluice-tls |"), "{report}");
+}

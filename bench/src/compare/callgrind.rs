@@ -131,6 +131,7 @@ pub fn measure(
             label: format!("{} callgrind {phase}", kind.name()),
             progress: false,
             cpus: plan.load_cpus.cpus().to_vec(),
+            ..LoadConfig::default()
         };
         let report = load::run(&cfg).with_context(|| format!("callgrind {phase}"))?;
         if report.ok < report.requests || report.requests < requests {

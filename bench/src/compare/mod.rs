@@ -1,6 +1,6 @@
 //! `sluice-bench compare`: the mock direct, Sluice as a passthrough, Sluice with its full
 //! chain of policies and nginx, measured side by side in one run, and the goals
-//! checked against the figures.
+//! checked against the figures; with `--tls`, Sluice and nginx over TLS as well ([`tls`]).
 //!
 //! The mocks run in this process (pinned to `--mock-cpus`), each proxy as a child process
 //! pinned to `--proxy-cpus` ([`procs`]), the load in this process on `--load-cpus`. The
@@ -14,6 +14,7 @@ pub mod procs;
 pub mod report;
 pub mod scenarios;
 pub mod targets;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -85,6 +86,15 @@ pub struct CompareArgs {
     /// 0 skips callgrind. Skipped too when valgrind is not installed, and with `--quick`.
     #[arg(long, default_value_t = 2_000)]
     pub callgrind_requests: u64,
+    /// Also run the TLS scenario (after the plain rounds): Sluice's passthrough and nginx
+    /// listening for HTTPS with the same generated certificate; keep-alive requests/s, new
+    /// handshakes/s and CPU per request and per handshake (see `compare::tls`).
+    #[arg(long)]
+    pub tls: bool,
+    /// TLS scenario: new connections (a full handshake and one request each) over which CPU
+    /// per handshake is read.
+    #[arg(long, default_value_t = 5_000)]
+    pub tls_handshakes: u64,
     /// CI mode: one round of ~0.5 s phases and small counts, no callgrind; seconds in all.
     #[arg(long)]
     pub quick: bool,
@@ -138,6 +148,25 @@ impl CompareArgs {
                 .then(|| crate::chat_request_prompt(&crate::prose_kib().repeat(self.prompt_kib))),
             perf: scenarios::find_on_path("perf"),
             out: out.to_path_buf(),
+        }
+    }
+}
+
+impl CompareArgs {
+    /// The TLS scenario's plan: the plain plan's rounds, phases and connections.
+    fn tls_plan(&self, plan: &Plan) -> tls::TlsPlan {
+        tls::TlsPlan {
+            rounds: plan.rounds,
+            duration: plan.duration,
+            warmup: plan.warmup,
+            connections: plan.connections,
+            cpu_requests: plan.cpu_requests,
+            handshakes: if self.quick {
+                self.tls_handshakes.clamp(1, 300)
+            } else {
+                self.tls_handshakes.max(1)
+            },
+            load_cpus: plan.load_cpus.clone(),
         }
     }
 }
@@ -360,6 +389,18 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         targets.iter().map(|t| (t.kind, t.driver.clone())).collect();
     drop(targets);
 
+    // TLS: Sluice's passthrough and nginx over HTTPS, in their own interleaved rounds.
+    let tls_results = if args.tls {
+        let kinds: Vec<TargetKind> = drivers
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|k| matches!(k, TargetKind::SluicePassthrough | TargetKind::Nginx))
+            .collect();
+        Some(tls::run(&kinds, &up, &launch, &args.tls_plan(&plan)).context("the TLS scenario")?)
+    } else {
+        None
+    };
+
     // Instructions per request, one proxy at a time under callgrind, one worker.
     let mut callgrind_notes = Vec::new();
     let tools = callgrind::Tools::find();
@@ -456,6 +497,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         goals,
         notes: all_notes,
         rounds,
+        tls: tls_results,
     };
 
     write_outputs(&results, &out, args.update_results.as_deref())

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::scenarios::{RoundResult, FRONTIER_ERROR_SHARE, FRONTIER_P99_US};
 use super::targets::TargetKind;
+use super::tls::{self, TlsResults};
 
 /// Where and how the run was made.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -193,6 +194,9 @@ pub struct Results {
     pub notes: Vec<String>,
     /// Every round's raw results.
     pub rounds: Vec<RoundResult>,
+    /// The TLS scenario (`--tls`), when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsResults>,
 }
 
 /// The median of `values` (`None` when empty).
@@ -840,6 +844,10 @@ pub fn render_markdown(r: &Results) -> String {
     }
     let _ = writeln!(md);
 
+    if let Some(t) = &r.tls {
+        tls::render(&mut md, t);
+    }
+
     let _ = writeln!(md, "## Policies per target\n");
     for t in &r.targets {
         let list = if t.policies.is_empty() {
@@ -1177,6 +1185,32 @@ mod tests {
         let back: Results = serde_json::from_str(&text).unwrap();
         assert_eq!(back.targets.len(), 4);
         assert_eq!(back.goals.len(), r.goals.len());
+        // Without the TLS scenario: no `tls` key, no TLS section.
+        assert!(!text.contains("\"tls\""));
+        assert_eq!(back.tls, None);
+        assert!(!render_markdown(&back).contains("## TLS"));
+    }
+
+    #[test]
+    fn the_tls_scenario_is_in_the_json_and_the_report() {
+        let r = Results {
+            targets: summaries(true),
+            tls: Some(TlsResults {
+                cpu_requests: 100,
+                handshakes: 50,
+                certificate: "ECDSA P-256".to_owned(),
+                targets: vec![tls::summarize("sluice-tls", &[])],
+                rounds: Vec::new(),
+            }),
+            ..Results::default()
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        let back: Results = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.tls, r.tls);
+        let md = render_markdown(&back);
+        let tls_at = md.find("## TLS (issue 11)").unwrap();
+        assert!(tls_at < md.find("## Policies per target").unwrap(), "{md}");
+        assert!(md.contains("| sluice-tls | – | – | – | – | 0 |"), "{md}");
     }
 
     #[test]

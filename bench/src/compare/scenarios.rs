@@ -235,6 +235,7 @@ fn load_config(
         label,
         progress: false,
         cpus: cpus.cpus().to_vec(),
+        ..LoadConfig::default()
     }
 }
 

@@ -18,6 +18,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use super::procs::{self, ChildProc, CpuList};
+use crate::certs::CertFiles;
 
 /// The deployment answered by the fast (non-paced) mock.
 pub const DEPLOYMENT: &str = "bench";
@@ -143,6 +144,33 @@ pub fn sluice_passthrough_config(listen: SocketAddr, up: &Upstreams, workers: us
     out
 }
 
+/// The TLS scenario's Sluice: the passthrough of [`sluice_passthrough_config`] (the mock
+/// over plain HTTP, no auth, no limits), listening for HTTPS only on `listen` (no plain
+/// listener) with the certificate and key of `certs` (`[server.tls]`, Sluice's defaults
+/// otherwise: TLS 1.3 and 1.2, ALPN `http/1.1`).
+pub fn sluice_tls_config(
+    listen: SocketAddr,
+    up: &Upstreams,
+    workers: usize,
+    certs: &CertFiles,
+) -> String {
+    let mut out =
+        String::from("# sluice-bench compare: Sluice passthrough over TLS (generated)\n\n");
+    // No `listen`: with `tls_listen` alone Sluice opens no plain listener.
+    let _ = writeln!(out, "[server]");
+    let _ = writeln!(out, "tls_listen = [\"{listen}\"]");
+    let _ = writeln!(out, "workers = {workers}");
+    let _ = writeln!(out, "shutdown_grace = \"2s\"\n");
+    let _ = writeln!(out, "[server.tls]");
+    let _ = writeln!(out, "cert_file = \"{}\"", certs.cert.display());
+    let _ = writeln!(out, "key_file = \"{}\"\n", certs.key.display());
+    sluice_backend(&mut out, "mock", up.fast[0], DEPLOYMENT);
+    sluice_backend(&mut out, "mock-stream", up.stream[0], STREAM_DEPLOYMENT);
+    sluice_deployment(&mut out, DEPLOYMENT, &["mock"]);
+    sluice_deployment(&mut out, STREAM_DEPLOYMENT, &["mock-stream"]);
+    out
+}
+
 /// Sluice with every policy it has today (see [`FULL_CHAIN_POLICIES`]): each deployment is
 /// a weighted round-robin pool of two azure backends (the mock's two listeners). Add each
 /// new policy here as it lands.
@@ -201,6 +229,41 @@ pub fn nginx_config(
     workers: usize,
     files: &NginxFiles,
 ) -> String {
+    nginx_render(listen, up, workers, files, None)
+}
+
+/// The TLS scenario's nginx: [`nginx_config`] listening for HTTPS only (`listen … ssl`) with
+/// the certificate and key of `certs` (the same files Sluice serves), `ssl_protocols TLSv1.2
+/// TLSv1.3` as Sluice offers, client keep-alive as in the plain config; nginx's (OpenSSL's)
+/// defaults otherwise: cipher order, key exchange groups and session tickets, as for Sluice.
+pub fn nginx_tls_config(
+    listen: SocketAddr,
+    up: &Upstreams,
+    workers: usize,
+    files: &NginxFiles,
+    certs: &CertFiles,
+) -> String {
+    nginx_render(listen, up, workers, files, Some(certs))
+}
+
+fn nginx_render(
+    listen: SocketAddr,
+    up: &Upstreams,
+    workers: usize,
+    files: &NginxFiles,
+    certs: Option<&CertFiles>,
+) -> String {
+    let listen = match certs {
+        None => format!("listen {listen};"),
+        Some(c) => format!(
+            "listen {listen} ssl;\n        \
+             ssl_certificate {};\n        \
+             ssl_certificate_key {};\n        \
+             ssl_protocols TLSv1.2 TLSv1.3;",
+            c.cert.display(),
+            c.key.display()
+        ),
+    };
     let (master, workers) = if workers == 0 {
         ("off", 1)
     } else {
@@ -244,7 +307,7 @@ http {{
     }}
 
     server {{
-        listen {listen};
+        {listen}
         location /openai/deployments/{STREAM_DEPLOYMENT}/ {{
             proxy_pass http://mock_stream;
             {proxy}
@@ -345,9 +408,43 @@ impl Launch<'_> {
 impl Target {
     /// Starts `kind` in front of `up` and waits until it accepts connections.
     pub fn start(kind: TargetKind, up: &Upstreams, launch: &Launch<'_>) -> anyhow::Result<Target> {
+        Self::start_with(kind, up, launch, None)
+    }
+
+    /// Starts `kind` (the Sluice passthrough or nginx) listening for HTTPS only with
+    /// `certs` ([`sluice_tls_config`], [`nginx_tls_config`]); its files are named
+    /// `<kind>-tls.*`. `addr` is the TLS listener.
+    ///
+    /// # Errors
+    /// Another kind (only those two have a TLS form), or a proxy that does not start.
+    pub fn start_tls(
+        kind: TargetKind,
+        up: &Upstreams,
+        launch: &Launch<'_>,
+        certs: &CertFiles,
+    ) -> anyhow::Result<Target> {
+        match kind {
+            TargetKind::SluicePassthrough | TargetKind::Nginx => {
+                Self::start_with(kind, up, launch, Some(certs))
+            }
+            TargetKind::Direct | TargetKind::SluiceFullChain => {
+                bail!("{} has no TLS form", kind.name())
+            }
+        }
+    }
+
+    fn start_with(
+        kind: TargetKind,
+        up: &Upstreams,
+        launch: &Launch<'_>,
+        tls: Option<&CertFiles>,
+    ) -> anyhow::Result<Target> {
         let workers = launch.cpus.count();
         let name = kind.name();
-        let stem = launch.file_stem(kind);
+        let stem = match tls {
+            None => launch.file_stem(kind),
+            Some(_) => format!("{}-tls", launch.file_stem(kind)),
+        };
         match kind {
             TargetKind::Direct => Ok(Target {
                 kind,
@@ -358,10 +455,12 @@ impl Target {
             }),
             TargetKind::SluicePassthrough | TargetKind::SluiceFullChain => {
                 let addr = free_addr()?;
-                let text = if kind == TargetKind::SluicePassthrough {
-                    sluice_passthrough_config(addr, up, workers)
-                } else {
-                    sluice_full_chain_config(addr, up, workers)
+                let text = match (kind, tls) {
+                    (_, Some(certs)) => sluice_tls_config(addr, up, workers, certs),
+                    (TargetKind::SluicePassthrough, None) => {
+                        sluice_passthrough_config(addr, up, workers)
+                    }
+                    _ => sluice_full_chain_config(addr, up, workers),
                 };
                 let config = launch.out.join(format!("{stem}.toml"));
                 std::fs::write(&config, text)?;
@@ -399,7 +498,7 @@ impl Target {
                 } else {
                     workers
                 };
-                std::fs::write(&config, nginx_config(addr, up, processes, &files))?;
+                std::fs::write(&config, nginx_render(addr, up, processes, &files, tls))?;
                 let mut cmd = launch.command(launch.nginx);
                 cmd.arg("-p")
                     .arg(launch.out)
@@ -535,6 +634,147 @@ mod tests {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
         assert_eq!(text.matches('{').count(), text.matches('}').count());
+    }
+
+    /// Certificates in a fresh temporary directory (removed by the caller).
+    fn temp_certs(tag: &str) -> (PathBuf, CertFiles) {
+        let dir = std::env::temp_dir().join(format!("sluice-bench-{tag}-{}", std::process::id()));
+        let certs = crate::certs::write(&dir, "localhost").unwrap();
+        (dir, certs)
+    }
+
+    #[test]
+    fn sluice_tls_config_compiles_with_only_a_tls_listener() {
+        let (dir, certs) = temp_certs("sluice-tls-config");
+        let listen: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        let text = sluice_tls_config(listen, &upstreams(), 1, &certs);
+        compiles(&text);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!text.contains("\nlisten"), "{text}");
+        for needle in [
+            "tls_listen = [\"127.0.0.1:8443\"]",
+            "[server.tls]",
+            &format!("cert_file = \"{}\"", certs.cert.display()),
+            &format!("key_file = \"{}\"", certs.key.display()),
+            // The passthrough: plain HTTP to the mock, no access policies.
+            "url = \"http://127.0.0.1:18001\"",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        assert!(
+            !text.contains("[[subscription]]") && !text.contains("limits"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn nginx_tls_config_has_the_settings_that_matter() {
+        let files = NginxFiles {
+            pid: "/tmp/o/nginx.pid".into(),
+            error_log: "/tmp/o/err.log".into(),
+            temp: "/tmp/o/t".into(),
+        };
+        let certs = CertFiles {
+            ca: "/tmp/o/tls/ca.pem".into(),
+            cert: "/tmp/o/tls/gw.pem".into(),
+            key: "/tmp/o/tls/gw.key".into(),
+        };
+        let text = nginx_tls_config(
+            "127.0.0.1:9443".parse().unwrap(),
+            &upstreams(),
+            1,
+            &files,
+            &certs,
+        );
+        for needle in [
+            "listen 127.0.0.1:9443 ssl;",
+            "ssl_certificate /tmp/o/tls/gw.pem;",
+            "ssl_certificate_key /tmp/o/tls/gw.key;",
+            "ssl_protocols TLSv1.2 TLSv1.3;",
+            // Client keep-alive as in the plain config, upstream over plain HTTP.
+            "keepalive_requests 1000000;",
+            "keepalive_timeout 75s;",
+            "proxy_pass http://mock;",
+            "proxy_http_version 1.1;",
+            "worker_processes 1;",
+            "access_log off;",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        // HTTPS only: no plain listener beside it.
+        assert_eq!(text.matches("listen ").count(), 1, "{text}");
+        assert!(!text.contains("ca.pem"), "{text}");
+        assert_eq!(text.matches('{').count(), text.matches('}').count());
+        // The plain config has no TLS in it.
+        let plain = nginx_config("127.0.0.1:9000".parse().unwrap(), &upstreams(), 1, &files);
+        assert!(
+            plain.contains("listen 127.0.0.1:9000;") && !plain.contains("ssl"),
+            "{plain}"
+        );
+    }
+
+    /// nginx itself accepts the TLS config with real certificates (`nginx -t` loads them).
+    #[test]
+    fn nginx_accepts_the_tls_config() {
+        let Some(nginx) = crate::compare::scenarios::find_on_path("nginx") else {
+            eprintln!("nginx not installed; skipped");
+            return;
+        };
+        let (dir, certs) = temp_certs("nginx-tls-t");
+        std::fs::create_dir_all(dir.join("t")).unwrap();
+        let files = NginxFiles {
+            pid: dir.join("nginx.pid"),
+            error_log: dir.join("error.log"),
+            temp: dir.join("t"),
+        };
+        let conf = dir.join("nginx.conf");
+        let text = nginx_tls_config(
+            "127.0.0.1:9".parse().unwrap(),
+            &upstreams(),
+            1,
+            &files,
+            &certs,
+        );
+        std::fs::write(&conf, text).unwrap();
+        let out = Command::new(nginx)
+            .arg("-t")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(&files.error_log)
+            .arg("-c")
+            .arg(&conf)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn only_the_passthrough_and_nginx_start_over_tls() {
+        let certs = CertFiles {
+            ca: "ca.pem".into(),
+            cert: "gw.pem".into(),
+            key: "gw.key".into(),
+        };
+        let out = std::env::temp_dir();
+        let launch = Launch {
+            sluice: Path::new("/nonexistent/sluice"),
+            nginx: Path::new("/nonexistent/nginx"),
+            cpus: &"0".parse().unwrap(),
+            out: &out,
+            callgrind: None,
+        };
+        for kind in [TargetKind::Direct, TargetKind::SluiceFullChain] {
+            let err = Target::start_tls(kind, &upstreams(), &launch, &certs)
+                .err()
+                .unwrap();
+            assert!(err.to_string().contains("has no TLS form"), "{err}");
+        }
     }
 
     #[test]

@@ -11,9 +11,23 @@ use super::LoadConfig;
 /// `sluice-bench load` arguments; see [`LoadConfig`] for what each one does.
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadArgs {
-    /// Plain http:// URL to load.
+    /// http:// or https:// URL to load (https: TLS 1.3/1.2, SNI from the host).
     #[arg(long)]
     pub url: String,
+    /// Connect to this IP:PORT instead of resolving the URL's host (which still gives Host,
+    /// SNI and the certificate's name).
+    #[arg(long, value_name = "IP:PORT")]
+    pub connect_to: Option<std::net::SocketAddr>,
+    /// https: trust only the CA certificates in this PEM file (default: the Mozilla roots).
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+    /// https: resume TLS sessions across connections (default: every handshake is full).
+    #[arg(long)]
+    pub tls_resumption: bool,
+    /// Open a new connection for every request and close it after the answer (with https,
+    /// a handshake per request).
+    #[arg(long)]
+    pub new_connection_per_request: bool,
     /// Request method (default: GET without a body, POST with one).
     #[arg(long)]
     pub method: Option<String>,
@@ -85,6 +99,10 @@ impl LoadArgs {
             .collect::<anyhow::Result<_>>()?;
         Ok(LoadConfig {
             url: self.url,
+            connect_to: self.connect_to,
+            ca_file: self.ca_file,
+            tls_resumption: self.tls_resumption,
+            new_connection_per_request: self.new_connection_per_request,
             method: self.method,
             body,
             headers,

@@ -1,8 +1,11 @@
-//! One client connection: HTTP/1.1 keep-alive on monoio, one request at a time. Sends the
-//! pre-rendered request, reads the answer with `sluice::http::parse_response` and
+//! One client connection: HTTP/1.1 keep-alive on monoio, plain TCP or TLS (a [`Stream`]
+//! enum: the plain path pays one match per read or write, no boxing), one request at a time.
+//! Sends the pre-rendered request, reads the answer with `sluice::http::parse_response` and
 //! `ChunkedDecoder`, feeds the body to the SSE counter in `--stream` mode, and says how the
 //! exchange ended. A failed or non-reusable connection is dropped and re-opened on the next
-//! request. Buffers are kept between requests, so an exchange allocates nothing once warm.
+//! request; with `fresh_connections` every connection is dropped after its answer, so each
+//! request pays a connect (and a handshake). Buffers are kept between requests, so an
+//! exchange allocates nothing once warm (a TLS handshake allocates inside rustls).
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,10 +15,12 @@ use std::time::Instant;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use monoio_rustls::ClientTlsStream;
 use sluice::http::{parse_response, ChunkedDecoder, Parse, ResponseFraming, ResponseHead};
 
 use super::record::{Failure, Outcome};
 use super::sse::SseScanner;
+use super::tls::TlsClient;
 
 /// Longest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -33,12 +38,25 @@ pub struct Exchange {
     pub head_request: bool,
     /// Count SSE data events in answer bodies.
     pub stream: bool,
+    /// Shake hands over TLS after connecting (`https://`).
+    pub tls: Option<TlsClient>,
+    /// Close each connection after its answer: every request opens a new one.
+    pub fresh_connections: bool,
+}
+
+/// An open connection: plain TCP, or TLS over it.
+// One per connection, kept in place in its `Conn`: the plain variant's unused room costs
+// nothing on the request path, and boxing the TLS one would add an allocation per handshake.
+#[allow(clippy::large_enum_variant)]
+enum Stream {
+    Plain(TcpStream),
+    Tls(ClientTlsStream<TcpStream>),
 }
 
 /// One connection and its buffers.
 pub struct Conn {
     exchange: Exchange,
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
     /// This connection's copy of the request (monoio writes take the buffer and give it back).
     request: Vec<u8>,
     buf: Vec<u8>,
@@ -62,18 +80,29 @@ impl Conn {
         }
     }
 
-    /// Opens the connection, giving up at `deadline`.
+    /// Opens the connection and, for TLS, completes the handshake, giving up at `deadline`:
+    /// [`Failure::Connect`] when TCP could not connect, [`Failure::Tls`] when the handshake
+    /// failed or was not done by then.
     pub async fn connect(&mut self, deadline: Instant) -> Result<(), Failure> {
         let connect = TcpStream::connect_addr(self.exchange.addr);
-        match monoio::time::timeout_at(deadline.into(), connect).await {
-            Ok(Ok(stream)) => {
-                // Requests are single writes; Nagle would only delay them.
-                let _ = stream.set_nodelay(true);
-                self.stream = Some(stream);
-                Ok(())
+        let tcp = match monoio::time::timeout_at(deadline.into(), connect).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(_)) | Err(_) => return Err(Failure::Connect),
+        };
+        // Requests are single writes; Nagle would only delay them.
+        let _ = tcp.set_nodelay(true);
+        let stream = match &self.exchange.tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => {
+                let handshake = tls.connector.connect(tls.server_name.clone(), tcp);
+                match monoio::time::timeout_at(deadline.into(), handshake).await {
+                    Ok(Ok(tls)) => Stream::Tls(tls),
+                    Ok(Err(_)) | Err(_) => return Err(Failure::Tls),
+                }
             }
-            Ok(Err(_)) | Err(_) => Err(Failure::Connect),
-        }
+        };
+        self.stream = Some(stream);
+        Ok(())
     }
 
     /// Sends the request (opening the connection first if needed) and reads the whole
@@ -91,7 +120,7 @@ impl Conn {
         }
         match self.send_and_read(deadline, on_events).await {
             Ok((status, reusable)) => {
-                if !reusable {
+                if !reusable || self.exchange.fresh_connections {
                     self.stream = None;
                 }
                 Outcome::Answered(status)
@@ -215,7 +244,13 @@ impl Conn {
             return Err(Failure::Reset);
         };
         let request = std::mem::take(&mut self.request);
-        match monoio::time::timeout_at(deadline.into(), stream.write_all(request)).await {
+        let written = match stream {
+            Stream::Plain(s) => {
+                monoio::time::timeout_at(deadline.into(), s.write_all(request)).await
+            }
+            Stream::Tls(s) => monoio::time::timeout_at(deadline.into(), s.write_all(request)).await,
+        };
+        match written {
             Ok((res, request)) => {
                 self.request = request;
                 res.map(drop).map_err(classify)
@@ -239,8 +274,12 @@ impl Conn {
             buf.reserve(READ_SPACE.max(len));
         }
         let cap = buf.capacity();
-        let read = stream.read(buf.slice_mut(len..cap));
-        match monoio::time::timeout_at(deadline.into(), read).await {
+        let slice = buf.slice_mut(len..cap);
+        let read = match stream {
+            Stream::Plain(s) => monoio::time::timeout_at(deadline.into(), s.read(slice)).await,
+            Stream::Tls(s) => monoio::time::timeout_at(deadline.into(), s.read(slice)).await,
+        };
+        match read {
             Ok((res, slice)) => {
                 self.buf = slice.into_inner();
                 self.last_read = Instant::now();

@@ -1,4 +1,5 @@
-//! `sluice-bench load`: an HTTP/1.1 load generator for LLM API endpoints.
+//! `sluice-bench load`: an HTTP/1.1 load generator for LLM API endpoints, over plain TCP or
+//! TLS (`https://` URLs, [`tls`]).
 //!
 //! Open loop (`--rate`) sends request k at `start + k/rate` and measures its latency from
 //! that intended time, so a target that stalls is charged for the whole backlog it causes
@@ -10,8 +11,8 @@
 //! bodies are read as server-sent events for time to first token and gaps between events.
 //!
 //! The pieces: [`schedule`] (windows, slots, request tickets; pure), [`sse`] (event
-//! counting; pure), `target` (URL and request rendering), `conn` (one keep-alive
-//! connection), `worker` (threads and connection loops), `record` (per-thread counters),
+//! counting; pure), `target` (URL and request rendering), [`tls`] (the client's TLS
+//! config), `conn` (one keep-alive connection, plain or TLS), `worker` (threads and connection loops), `record` (per-thread counters),
 //! `progress` (the once-a-second line) and [`report`] (what a run returns).
 
 mod args;
@@ -22,8 +23,11 @@ pub mod report;
 pub mod schedule;
 pub mod sse;
 mod target;
+pub mod tls;
 mod worker;
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -36,14 +40,26 @@ use conn::Exchange;
 use record::{Progress, Recorder};
 use schedule::Tickets;
 use target::{render_request, Url};
+use tls::TlsClient;
 use worker::Shared;
 
 /// One load run. `Default` is the CLI's defaults against
 /// `http://127.0.0.1:8080/v1/chat/completions`, without progress output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadConfig {
-    /// Plain `http://` URL.
+    /// `http://` or `https://` URL.
     pub url: String,
+    /// Connect here instead of to the address the URL's host resolves to (the URL still
+    /// gives `Host`, SNI and the name the certificate must carry), as curl's `--connect-to`.
+    pub connect_to: Option<SocketAddr>,
+    /// `https://`: trust only the CA certificates in this PEM file; `None`: the Mozilla roots.
+    pub ca_file: Option<PathBuf>,
+    /// `https://`: resume TLS sessions (tickets, session IDs) across the run's connections;
+    /// off by default, so every handshake is a full one.
+    pub tls_resumption: bool,
+    /// Open a new connection for every request (closed after its answer; for `https://` a
+    /// new handshake each): connections per second instead of keep-alive requests.
+    pub new_connection_per_request: bool,
     /// Request method; `None`: GET without a body, POST with one.
     pub method: Option<String>,
     /// Request body (sent with `Content-Length`); empty for none.
@@ -78,6 +94,10 @@ impl Default for LoadConfig {
     fn default() -> Self {
         Self {
             url: "http://127.0.0.1:8080/v1/chat/completions".to_string(),
+            connect_to: None,
+            ca_file: None,
+            tls_resumption: false,
+            new_connection_per_request: false,
             method: None,
             body: Vec::new(),
             headers: Vec::new(),
@@ -111,7 +131,21 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
         bail!("--timeout must be positive");
     }
     let url = Url::parse(&cfg.url)?;
-    let addr = url.resolve()?;
+    let addr = match cfg.connect_to {
+        Some(addr) => addr,
+        None => url.resolve()?,
+    };
+    let tls = if url.tls {
+        Some(TlsClient::new(
+            &url.host,
+            cfg.ca_file.as_deref(),
+            cfg.tls_resumption,
+        )?)
+    } else if cfg.ca_file.is_some() || cfg.tls_resumption {
+        bail!("--ca-file and --tls-resumption need an https:// URL");
+    } else {
+        None
+    };
     let request = render_request(&url, cfg.method.as_deref(), &cfg.headers, &cfg.body)?;
     let threads = cfg.threads.min(cfg.connections);
     let head_request = cfg
@@ -125,6 +159,8 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
             request: request.into(),
             head_request,
             stream: cfg.stream,
+            tls,
+            fresh_connections: cfg.new_connection_per_request,
         },
         timeout: cfg.timeout,
         warmup: cfg.warmup,

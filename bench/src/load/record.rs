@@ -29,6 +29,8 @@ pub fn micros(d: Duration) -> u64 {
 pub enum Failure {
     /// The connection could not be opened.
     Connect,
+    /// The TLS handshake failed or did not finish in time.
+    Tls,
     /// No complete answer in time.
     Timeout,
     /// Reset, or closed before the answer was complete.
@@ -108,6 +110,7 @@ impl Recorder {
                 }
             }
             Outcome::Failed(Failure::Connect) => e.connect += 1,
+            Outcome::Failed(Failure::Tls) => e.tls += 1,
             Outcome::Failed(Failure::Timeout) => e.timeout += 1,
             Outcome::Failed(Failure::Reset) => e.reset += 1,
             Outcome::Failed(Failure::Protocol) => e.protocol += 1,
@@ -190,6 +193,7 @@ mod tests {
         let mut b = Recorder::new(false);
         for f in [
             Failure::Connect,
+            Failure::Tls,
             Failure::Timeout,
             Failure::Reset,
             Failure::Protocol,
@@ -197,9 +201,10 @@ mod tests {
             b.record(true, Outcome::Failed(f), ms, now + ms);
         }
         a.merge(&b);
-        assert_eq!((a.requests, a.ok, a.warmup), (9, 2, 1));
+        assert_eq!((a.requests, a.ok, a.warmup), (10, 2, 1));
         let expected = ErrorCounts {
             connect: 1,
+            tls: 1,
             timeout: 1,
             reset: 1,
             protocol: 1,
@@ -214,6 +219,6 @@ mod tests {
         let slot = Mutex::new(Progress::default());
         a.flush_progress(&slot);
         let p = slot.lock().unwrap();
-        assert_eq!((p.requests, p.errors, p.latency.len()), (9, 7, 5));
+        assert_eq!((p.requests, p.errors, p.latency.len()), (10, 8, 5));
     }
 }

@@ -21,6 +21,10 @@ pub enum Mode {
 pub struct ErrorCounts {
     /// The connection could not be opened (refused, unreachable, or not within the timeout).
     pub connect: u64,
+    /// The TLS handshake failed (certificate not trusted, name mismatch, alert) or did not
+    /// finish within the timeout (absent in reports from before TLS: 0).
+    #[serde(default)]
+    pub tls: u64,
     /// No complete answer within `--timeout` of sending.
     pub timeout: u64,
     /// The connection was reset or closed before the answer was complete.
@@ -39,6 +43,7 @@ impl ErrorCounts {
     /// All failed requests.
     pub fn total(&self) -> u64 {
         self.connect
+            + self.tls
             + self.timeout
             + self.reset
             + self.protocol
@@ -50,6 +55,7 @@ impl ErrorCounts {
     /// Adds `other`'s counts to these.
     pub fn add(&mut self, other: &Self) {
         self.connect += other.connect;
+        self.tls += other.tls;
         self.timeout += other.timeout;
         self.reset += other.reset;
         self.protocol += other.protocol;
@@ -242,8 +248,8 @@ impl fmt::Display for LoadReport {
         if e.total() > 0 {
             writeln!(
                 f,
-                "errors: connect {}, timeout {}, reset {}, protocol {}, 429 {}, 4xx {}, 5xx {}",
-                e.connect, e.timeout, e.reset, e.protocol, e.status_429, e.status_4xx, e.status_5xx
+                "errors: connect {}, tls {}, timeout {}, reset {}, protocol {}, 429 {}, 4xx {}, 5xx {}",
+                e.connect, e.tls, e.timeout, e.reset, e.protocol, e.status_429, e.status_4xx, e.status_5xx
             )?;
         }
         writeln!(

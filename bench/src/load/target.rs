@@ -5,25 +5,32 @@ use std::net::{SocketAddr, ToSocketAddrs};
 
 use anyhow::{bail, Context};
 
-/// A parsed `http://` URL: where to connect, what to put in `Host` and the request target.
+/// A parsed `http://` or `https://` URL: where to connect, what to put in `Host` and the
+/// request target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Url {
+    /// `https://`: TLS to the host (its name is the SNI and what the certificate must carry).
+    pub tls: bool,
     /// `host[:port]` as written, for the `Host` header.
     pub authority: String,
     /// The host alone (brackets removed from an IPv6 literal).
     pub host: String,
-    /// The port, 80 when absent.
+    /// The port; when absent 80, or 443 for `https://`.
     pub port: u16,
     /// Path and query, `/` when absent.
     pub target: String,
 }
 
 impl Url {
-    /// Parses a plain-HTTP URL; `https://` and user info are refused (the generator speaks
-    /// HTTP/1.1 over TCP only).
+    /// Parses an `http://` or `https://` URL (HTTP/1.1, over TLS for `https://`); other
+    /// schemes and user info are refused.
     pub fn parse(url: &str) -> anyhow::Result<Self> {
-        let Some(rest) = url.strip_prefix("http://") else {
-            bail!("only http:// URLs are supported: {url:?}");
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else {
+            bail!("only http:// and https:// URLs are supported: {url:?}");
         };
         let (authority, target) = match rest.find(['/', '?']) {
             Some(i) if rest.as_bytes()[i] == b'?' => (&rest[..i], format!("/{}", &rest[i..])),
@@ -46,12 +53,14 @@ impl Url {
         };
         let port = match port {
             Some(p) => p.parse().with_context(|| format!("bad port in {url:?}"))?,
+            None if tls => 443,
             None => 80,
         };
         if host.is_empty() {
             bail!("URL needs a host: {url:?}");
         }
         Ok(Self {
+            tls,
             authority: authority.to_string(),
             host: host.to_string(),
             port,
@@ -136,7 +145,12 @@ mod tests {
             ("::1", 9, "[::1]:9")
         );
         assert_eq!(Url::parse("http://h?q").unwrap().target, "/?q");
-        assert!(Url::parse("https://h/").is_err());
+        assert!(!u.tls);
+        let u = Url::parse("https://localhost:8443/v1/models").unwrap();
+        assert!(u.tls);
+        assert_eq!((u.host.as_str(), u.port), ("localhost", 8443));
+        assert_eq!(Url::parse("https://gw.example").unwrap().port, 443);
+        assert!(Url::parse("ftp://h/").is_err());
         assert!(Url::parse("http://:80/").is_err());
         assert!(Url::parse("http://h:x/").is_err());
     }

@@ -106,13 +106,17 @@ struct Thread {
 
 async fn thread_main(shared: Arc<Shared>, index: usize, connections: usize) -> Recorder {
     // Open every connection first, so the first measured requests do not pay for it. A
-    // connection that fails here is retried (and counted) by its first request.
+    // connection that fails here is retried (and counted) by its first request. With a new
+    // connection per request, none is opened early: every request pays its own.
     let deadline = Instant::now() + shared.timeout;
+    let fresh = shared.exchange.fresh_connections;
     let opening: Vec<_> = (0..connections)
         .map(|_| {
             let mut conn = Conn::new(shared.exchange.clone());
             monoio::spawn(async move {
-                let _ = conn.connect(deadline).await;
+                if !fresh {
+                    let _ = conn.connect(deadline).await;
+                }
                 conn
             })
         })
