@@ -105,7 +105,9 @@ pub(super) async fn serve<P: Policy>(
 async fn handshake(worker: &Worker, stream: TcpStream, peer: SocketAddr) -> Option<ClientStream> {
     let view = worker.view();
     let Some(tls) = view.snapshot.server.tls.clone() else {
-        tracing::warn!(%peer, "TLS connection on a listener the config in force has no [server.tls] for; closing");
+        // The reload that removed [server.tls] warned once; each connection is debug only,
+        // so clients cannot flood the log.
+        tracing::debug!(%peer, "TLS connection on a listener the config in force has no [server.tls] for; closing");
         return None;
     };
     drop(view);
