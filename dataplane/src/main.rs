@@ -34,10 +34,24 @@ struct Cli {
     #[arg(long, value_enum, default_value = "auto")]
     driver: DriverChoice,
     /// Once every worker listens, write the listen addresses here, one `IP:PORT` per line,
-    /// `listen` then `tls_listen` (a port 0 in the config resolved to the one bound). Written whole (a temporary file
-    /// renamed), so a reader never sees part of it; removed at shutdown.
+    /// `listen` then `tls_listen` (a port 0 in the config resolved to the one bound).
+    /// Written whole (a temporary file renamed), so a reader never sees part of it; removed
+    /// at shutdown.
     #[arg(long, value_name = "FILE")]
     ready_file: Option<PathBuf>,
+    /// The log's format on stderr: `text` (colours only on a terminal) or `json` (one
+    /// object per line, for log shippers).
+    #[arg(long, value_enum, default_value = "text", env = "SLUICE_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+/// How the process log is written (`--log-format`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Tools besides running the gateway.
@@ -48,16 +62,21 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        // One JSON object per line (timestamp, level, target, fields) for log shippers.
+        LogFormat::Json => logs.json().init(),
         // Colours only for a terminal: a log file or journald gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let cli = Cli::parse();
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
