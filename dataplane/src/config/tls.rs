@@ -12,7 +12,9 @@ use super::check::{parse_duration, read_config_file, resolve_path, ReadFile};
 use super::error::Reporter;
 use super::schema::{SpannedList, TlsSection};
 use crate::tls::pem;
-use crate::tls::server::{certificate_is_for, certified_key, sni_name, PairError, ServerTls};
+use crate::tls::server::{
+    certificate_is_for, certified_key, sni_name, validity_notice, PairError, ServerTls,
+};
 
 /// Default `[server.tls] handshake_timeout`.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -253,7 +255,17 @@ fn pair(
     inputs.update(cert_text.as_bytes());
     inputs.update(key_text.as_bytes());
     match certified_key(cert_text.as_bytes(), key_text.as_bytes()) {
-        Ok(pair) => Some(pair),
+        Ok(pair) => {
+            // Not an error (a rotation may be on its way), but said at every load and check.
+            if let Some(notice) = validity_notice(&pair, std::time::SystemTime::now()) {
+                tracing::warn!(
+                    field = %cert_field,
+                    "the TLS certificate in `{}` {notice}",
+                    cert.get_ref()
+                );
+            }
+            Some(pair)
+        }
         Err(PairError::Cert(message)) => {
             report.at(
                 cert.span(),

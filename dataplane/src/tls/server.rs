@@ -64,6 +64,40 @@ pub fn certificate_is_for(key: &CertifiedKey, name: &str) -> Result<(), String> 
     rustls::client::verify_server_name(&parsed, &server_name).map_err(|_| not_for())
 }
 
+/// How long before its end a serving certificate is reported as expiring: 14 days.
+pub const EXPIRY_NOTICE: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// What an operator should hear about `key`'s certificate's validity at `now`: expired, not
+/// yet valid, or expiring within [`EXPIRY_NOTICE`] (a sentence with the date, UTC);
+/// `None` when it is comfortably valid or cannot be read (rustls read it already).
+pub fn validity_notice(key: &CertifiedKey, now: std::time::SystemTime) -> Option<String> {
+    let leaf = key.end_entity_cert().ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let now = now.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    let now = i64::try_from(now).ok()?;
+    let validity = cert.validity();
+    let (from, to) = (
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    );
+    let date = |t: &x509_parser::time::ASN1Time| t.to_string();
+    if now >= to {
+        Some(format!(
+            "expired on {}: clients will refuse it",
+            date(&validity.not_after)
+        ))
+    } else if now < from {
+        Some(format!(
+            "is not valid until {}: clients will refuse it until then",
+            date(&validity.not_before)
+        ))
+    } else if to - now < EXPIRY_NOTICE.as_secs() as i64 {
+        Some(format!("expires on {}", date(&validity.not_after)))
+    } else {
+        None
+    }
+}
+
 /// Checks a `server_name` of `[[server.tls.sni]]`: a DNS name (RFC 6066 §3 sends host
 /// names only, never addresses). Returns it lowercased, as the resolver compares.
 ///
@@ -303,5 +337,38 @@ impl fmt::Debug for ServerTls {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("client_auth", &self.client_auth)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use super::*;
+
+    /// A self-signed certificate valid from `from` to `to` (seconds since the epoch), as a
+    /// pair.
+    fn valid(from: u64, to: u64) -> CertifiedKey {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["gw.test".to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(from);
+        params.not_after = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(to);
+        let cert = params.self_signed(&key).unwrap();
+        certified_key(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn serving_certificates_are_reported_expired_early_or_expiring() {
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let day = 24 * 3600;
+        let notice = |from, to| validity_notice(&valid(from, to), now);
+        assert_eq!(notice(secs - 365 * day, secs + 365 * day), None);
+        let expired = notice(1_577_836_800, 1_609_459_200).unwrap();
+        assert!(expired.starts_with("expired on ") && expired.contains("2021"), "{expired}");
+        let early = notice(secs + 30 * day, secs + 365 * day).unwrap();
+        assert!(early.starts_with("is not valid until "), "{early}");
+        let soon = notice(secs - day, secs + 3 * day).unwrap();
+        assert!(soon.starts_with("expires on "), "{soon}");
     }
 }
