@@ -365,7 +365,10 @@ mod tests {
         let notice = |from, to| validity_notice(&valid(from, to), now);
         assert_eq!(notice(secs - 365 * day, secs + 365 * day), None);
         let expired = notice(1_577_836_800, 1_609_459_200).unwrap();
-        assert!(expired.starts_with("expired on ") && expired.contains("2021"), "{expired}");
+        assert!(
+            expired.starts_with("expired on ") && expired.contains("2021"),
+            "{expired}"
+        );
         let early = notice(secs + 30 * day, secs + 365 * day).unwrap();
         assert!(early.starts_with("is not valid until "), "{early}");
         let soon = notice(secs - day, secs + 3 * day).unwrap();
