@@ -28,6 +28,19 @@ fn config(tls_extra: &str) -> String {
 
 /// [`config`] with `product_extra` lines in the key's product.
 fn config_with_product(tls_extra: &str, product_extra: &str) -> String {
+    listening(
+        tls_extra,
+        &format!(
+            "{MOCK_BODY}\n{}\n{}",
+            product("all", product_extra),
+            subscription("team", "all", &[KEY])
+        ),
+    )
+}
+
+/// The plain and TLS listeners (ports 0) with `gw.pem`/`gw.key` and `tls_extra` lines in
+/// `[server.tls]`, then `body`.
+fn listening(tls_extra: &str, body: &str) -> String {
     format!(
         r#"
 [server]
@@ -38,12 +51,8 @@ tls_listen = ["127.0.0.1:0"]
 cert_file = "gw.pem"
 key_file = "gw.key"
 {tls_extra}
-{MOCK_BODY}
-{}
-{}
-"#,
-        product("all", product_extra),
-        subscription("team", "all", &[KEY])
+{body}
+"#
     )
 }
 
@@ -334,19 +343,7 @@ fn requests_over_tls_are_forwarded_as_https() {
     let ca = TestCa::new("Sluice test CA");
     let gw = ca.server(&["gw.test"]);
     let backend = Upstream::json(upstream_chat_answer("gpt-4o"));
-    let text = format!(
-        r#"
-[server]
-listen = ["127.0.0.1:0"]
-tls_listen = ["127.0.0.1:0"]
-
-[server.tls]
-cert_file = "gw.pem"
-key_file = "gw.key"
-{}
-"#,
-        openai_backend_body(&backend.url(), "gpt-4o")
-    );
+    let text = listening("", &openai_backend_body(&backend.url(), "gpt-4o"));
     let sluice = start(&text, |dir| gw.write(dir, "gw"));
     let mut client = TlsClientConfig::trusting(&ca)
         .connect(sluice.ports[1], "gw.test")

@@ -713,6 +713,26 @@ mod tests {
         );
     }
 
+    /// Runs `nginx -t` on `conf` (prefix `dir`, then removed) and asserts nginx accepts it.
+    fn nginx_t(nginx: &Path, dir: &Path, files: &NginxFiles, conf: &Path) {
+        let out = Command::new(nginx)
+            .arg("-t")
+            .arg("-p")
+            .arg(dir)
+            .arg("-e")
+            .arg(&files.error_log)
+            .arg("-c")
+            .arg(conf)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// nginx itself accepts the TLS config with real certificates (`nginx -t` loads them).
     #[test]
     fn nginx_accepts_the_tls_config() {
@@ -736,22 +756,7 @@ mod tests {
             &certs,
         );
         std::fs::write(&conf, text).unwrap();
-        let out = Command::new(nginx)
-            .arg("-t")
-            .arg("-p")
-            .arg(&dir)
-            .arg("-e")
-            .arg(&files.error_log)
-            .arg("-c")
-            .arg(&conf)
-            .output()
-            .unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        nginx_t(&nginx, &dir, &files, &conf);
     }
 
     #[test]
@@ -810,22 +815,7 @@ mod tests {
             nginx_config("127.0.0.1:9".parse().unwrap(), &upstreams(), 1, &files),
         )
         .unwrap();
-        let out = Command::new(nginx)
-            .arg("-t")
-            .arg("-p")
-            .arg(&dir)
-            .arg("-e")
-            .arg(&files.error_log)
-            .arg("-c")
-            .arg(&conf)
-            .output()
-            .unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        nginx_t(&nginx, &dir, &files, &conf);
     }
 
     #[test]
