@@ -10,6 +10,7 @@
 
 pub mod answers;
 pub mod apply;
+pub mod audit;
 pub mod auth;
 pub mod balance;
 pub mod clock;
