@@ -11,6 +11,8 @@
 //!   name, kind and target the running one's [`crate::health::BackendHealth`];
 //! - smooth weighted round-robin cursors: per worker, kept for every deployment whose pool
 //!   is unchanged (the worker compares pools when it picks up the new snapshot);
+//! - the audit log: [`prepare`] keeps the running [`Recorder`] (queue, writer, open files)
+//!   when `[audit]` is unchanged; a changed one starts anew and the old drains;
 //! - JWKS key sets and their refresh threads: [`AccessRuntime::build`] takes over the cache
 //!   and thread of every JWKS URL configured the same way, so tokens signed by keys already
 //!   fetched keep passing with no refetch; only new or changed URLs start a thread.
@@ -21,6 +23,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::audit::Recorder;
 use crate::config::{self, ConfigErrors};
 use crate::policy::AccessRuntime;
 use crate::server::{Loaded, Shared};
@@ -35,6 +38,10 @@ pub enum ApplyError {
     /// A side thread (a JWKS refresher) could not be started: the machine, not the config.
     #[error("cannot start a side thread: {0}")]
     Start(#[from] std::io::Error),
+    /// The audit log could not be opened (a sink's file or database, named) or its threads
+    /// started.
+    #[error("cannot start the audit log: {0}")]
+    Audit(std::io::Error),
 }
 
 /// Compiles the file at `path` and builds its runtime, carrying over from `running` (the
@@ -43,14 +50,34 @@ pub enum ApplyError {
 pub fn prepare(path: &Path, running: Option<&Loaded>) -> Result<Loaded, ConfigErrors> {
     let snapshot = config::load(path, running.map(|r| &r.snapshot))?;
     let runtime = AccessRuntime::build(&snapshot, running.map(|r| &r.runtime))?;
-    Ok(Loaded { snapshot, runtime })
+    // The running audit log goes on when `[audit]` is unchanged; otherwise `start` opens a
+    // new one and the old drains when its last request completes.
+    let audit = running
+        .and_then(|r| r.audit.as_ref())
+        .filter(|a| snapshot.audit.as_ref() == Some(a.settings()))
+        .cloned();
+    Ok(Loaded {
+        snapshot,
+        runtime,
+        audit,
+    })
+}
+
+/// Starts what `loaded` needs that `prepare` does not start: the JWKS refreshers and the
+/// audit log (its files opened, its threads started), unless carried over.
+fn start_runtime(loaded: &mut Loaded) -> Result<(), ApplyError> {
+    loaded.runtime.start()?;
+    if let (Some(settings), None) = (&loaded.snapshot.audit, &loaded.audit) {
+        loaded.audit = Some(Recorder::start(settings).map_err(ApplyError::Audit)?);
+    }
+    Ok(())
 }
 
 /// Start-up: prepares the file with nothing to carry over, starts its side threads and
 /// returns the shared state serving it (workers start on it next).
 pub fn start(path: &Path) -> Result<Arc<Shared>, ApplyError> {
-    let loaded = prepare(path, None)?;
-    loaded.runtime.start()?;
+    let mut loaded = prepare(path, None)?;
+    start_runtime(&mut loaded)?;
     tracing::info!(
         deployments = loaded.deployments.len(),
         backends = loaded.backends.len(),
@@ -68,8 +95,8 @@ pub fn start(path: &Path) -> Result<Arc<Shared>, ApplyError> {
 /// and takes effect on restart.
 pub fn apply(shared: &Shared, path: &Path, reason: &str) -> Result<(), ApplyError> {
     let current = shared.snapshot();
-    let next = prepare(path, Some(&current))?;
-    next.runtime.start()?;
+    let mut next = prepare(path, Some(&current))?;
+    start_runtime(&mut next)?;
     if next.server.listen != current.server.listen
         || next.server.tls_listen != current.server.tls_listen
         || next.server.workers != current.server.workers

@@ -95,6 +95,37 @@ impl ErrorKind {
         }
     }
 
+    /// The kind's name in audit records and metrics: the variant in snake case
+    /// (`invalid_api_key`, `tokens_rate_limited`, `upstream_timeout`, …).
+    pub fn name(self) -> &'static str {
+        use ErrorKind::*;
+        match self {
+            MalformedRequest => "malformed_request",
+            RequestTimeout => "request_timeout",
+            PayloadTooLarge => "payload_too_large",
+            UriTooLong => "uri_too_long",
+            HeadersTooLarge => "headers_too_large",
+            InvalidRequest => "invalid_request",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            DeploymentNotFound => "deployment_not_found",
+            KeyInQuery => "key_in_query",
+            InvalidApiKey => "invalid_api_key",
+            InvalidToken => "invalid_token",
+            DeploymentNotAllowed => "deployment_not_allowed",
+            OperationNotAllowed => "operation_not_allowed",
+            RequestsRateLimited => "requests_rate_limited",
+            TokensRateLimited => "tokens_rate_limited",
+            TooLargeForLimit => "too_large_for_limit",
+            QuotaExceeded => "quota_exceeded",
+            TooLargeForQuota => "too_large_for_quota",
+            UpstreamUnavailable => "upstream_unavailable",
+            UpstreamProtocol => "upstream_protocol",
+            UpstreamTimeout => "upstream_timeout",
+            ShuttingDown => "shutting_down",
+        }
+    }
+
     /// The OpenAI `error.type`.
     pub fn openai_type(self) -> &'static str {
         use ErrorKind::*;

@@ -59,6 +59,31 @@ enum LogFormat {
 enum Command {
     /// Print a new random subscription key and the SHA-256 hash to put in the config file.
     Keygen,
+    /// Token usage from an audit database (`[[audit.sink]] kind = "sqlite"`), grouped.
+    Usage {
+        /// The audit database.
+        #[arg(long, value_name = "FILE")]
+        db: PathBuf,
+        /// Dimensions to group by, comma-separated: subscription, product, deployment,
+        /// backend, model, operation, status, node, api_version, day, hour.
+        #[arg(long, default_value = "subscription,deployment")]
+        by: String,
+        /// How far back: records of the last DURATION (e.g. `30m`, `24h`, `7d`).
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        since: Duration,
+        /// Output: an aligned table, or one JSON array of rows.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+/// How `sluice usage` prints (`-o`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    /// Aligned columns with a header line.
+    Table,
+    /// One JSON array of objects.
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -87,6 +112,15 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(Command::Usage {
+        db,
+        by,
+        since,
+        output,
+    }) = &cli.command
+    {
+        return usage(db, by, *since, *output);
+    }
     if let Some(Command::Keygen) = cli.command {
         let generated = sluice::auth::generate_key()
             .map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
@@ -170,6 +204,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     shared.begin_shutdown();
     // Workers stop on their own at the grace deadline; the margin covers their last writes.
     let finished = running.join(Instant::now() + grace + Duration::from_secs(2));
+    // Every request has completed (or been cut): its record is queued; write them all.
+    if let Some(audit) = shared.snapshot().audit.clone() {
+        if !audit.close(Instant::now() + Duration::from_secs(10)) {
+            tracing::warn!("audit log still writing after 10 s at shutdown; records may be lost");
+        }
+    }
     // No longer listening: a script waiting for the file must not find a stale one.
     if let Some(path) = &cli.ready_file {
         let _ = std::fs::remove_file(path);
@@ -178,6 +218,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         tracing::info!("sluice stopped");
     } else {
         tracing::warn!("sluice stopped with workers still busy after the grace period");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sluice usage`: exit 0 with the table or JSON; 2 for a bad `--by`; 1 when the database
+/// cannot be read.
+fn usage(db: &Path, by: &str, since: Duration, output: Output) -> anyhow::Result<ExitCode> {
+    use sluice::audit::usage;
+    let by = match usage::parse_by(by) {
+        Ok(by) => by,
+        Err(e) => {
+            eprintln!("sluice usage: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if !db.exists() {
+        eprintln!("sluice usage: {}: no such file", db.display());
+        return Ok(ExitCode::FAILURE);
+    }
+    let rows = match usage::query(db, &by, since) {
+        Ok(rows) => rows,
+        Err(e) => {
+            eprintln!("sluice usage: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    match output {
+        Output::Table => print!("{}", usage::table(&by, &rows)),
+        Output::Json => println!("{}", usage::json(&by, &rows)),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -41,6 +41,18 @@ impl Operation {
         })
     }
 
+    /// Its name in audit records, metrics and product config: `chat`, `completions`,
+    /// `embeddings`, `responses`, `models`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::ChatCompletions => "chat",
+            Operation::Completions => "completions",
+            Operation::Embeddings => "embeddings",
+            Operation::Responses => "responses",
+            Operation::Models => "models",
+        }
+    }
+
     /// The HTTP method the operation takes.
     pub fn method(self) -> &'static str {
         match self {
@@ -153,6 +165,16 @@ pub fn route<'a>(method: &str, target: &'a str) -> Result<Route<'a>, RouteError>
         operation,
         deployment,
     })
+}
+
+/// The value of the `api-version` query parameter of `target`, as sent (not decoded), if
+/// present and not empty.
+pub fn api_version(target: &str) -> Option<&str> {
+    let (_, query) = target.split_once('?')?;
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("api-version="))
+        .filter(|v| !v.is_empty())
 }
 
 fn has_api_version(query: Option<&str>) -> bool {

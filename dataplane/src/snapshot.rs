@@ -42,6 +42,8 @@ pub struct Snapshot {
     /// Products, subscriptions, JWT issuers and every limit. Auth is on when
     /// [`Access::auth_enabled`].
     pub access: Access,
+    /// `[audit]`: `None` when no sink is configured (nothing is recorded).
+    pub audit: Option<crate::audit::AuditSettings>,
 }
 
 /// `[server]`: listeners, workers, limits and timeouts.

@@ -47,6 +47,36 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("duration `{text}` is too long"))
 }
 
+/// Parses a size such as `"64MiB"`: a whole number and a unit — `B`, `KiB`, `MiB`, `GiB`
+/// (powers of 1024) or `KB`, `MB`, `GB` (powers of 1000).
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let invalid = || {
+        format!(
+            "invalid size `{text}`: expected a whole number and a unit (B, KiB, MiB, GiB, KB, MB or GB), e.g. \"100MiB\""
+        )
+    };
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(digits_end);
+    if digits.is_empty() {
+        return Err(invalid());
+    }
+    let n: u64 = digits.parse().map_err(|_| invalid())?;
+    let multiplier: u64 = match unit {
+        "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(invalid()),
+    };
+    n.checked_mul(multiplier)
+        .ok_or_else(|| format!("size `{text}` is too large"))
+}
+
 /// Reports an empty string; returns whether the value is usable.
 pub(crate) fn check_not_empty(
     report: &mut Reporter<'_>,

@@ -112,6 +112,7 @@ pub(crate) fn compile(
 
     let mut deployments = compile_deployments(&file.deployment, &backend_ids, report);
     let access = compile_access(source, file, &mut deployments, report, env, read);
+    let audit = super::audit::compile(file.audit.as_ref(), report);
 
     if !report.is_empty() {
         return None;
@@ -146,6 +147,7 @@ pub(crate) fn compile(
         deployments,
         deployment_order,
         access,
+        audit,
     })
 }
 

@@ -10,6 +10,7 @@
 //! snapshot so backend health carries over.
 
 mod access;
+mod audit;
 mod check;
 mod compile;
 mod error;

@@ -122,6 +122,7 @@ pub(super) fn compile_product(
         operations,
         trace: p.trace.unwrap_or(false),
         limits: limit_ids,
+        audit_content: super::audit::product_content(p.audit.as_ref(), &field, report),
     }
 }
 

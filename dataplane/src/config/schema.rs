@@ -30,6 +30,41 @@ pub(crate) struct ConfigFile {
     pub subscription: Vec<Spanned<SubscriptionSection>>,
     #[serde(default)]
     pub jwt: Vec<Spanned<JwtSection>>,
+    pub audit: Option<Spanned<AuditSection>>,
+}
+
+/// `[audit]`: the audit log.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditSection {
+    pub content: Option<Spanned<String>>,
+    pub truncate_chars: Option<Spanned<usize>>,
+    pub default_redactions: Option<bool>,
+    pub redact: Option<SpannedList<String>>,
+    pub queue: Option<Spanned<usize>>,
+    pub node: Option<Spanned<String>>,
+    #[serde(default)]
+    pub sink: Vec<Spanned<AuditSinkSection>>,
+}
+
+/// One `[[audit.sink]]`, with the fields of every kind.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditSinkSection {
+    pub kind: Spanned<String>,
+    pub path: Option<Spanned<String>>,
+    pub overflow: Option<Spanned<String>>,
+    pub rotate_size: Option<Spanned<String>>,
+    pub rotate_interval: Option<Spanned<String>>,
+    pub fsync_interval: Option<Spanned<String>>,
+}
+
+/// A product's `audit = { … }`: its content policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProductAuditSection {
+    pub content: Option<Spanned<String>>,
+    pub truncate_chars: Option<Spanned<usize>>,
 }
 
 /// `[server]`.
@@ -165,6 +200,7 @@ pub(crate) struct ProductSection {
     pub operations: Option<SpannedList<String>>,
     pub trace: Option<bool>,
     pub limits: Option<SpannedList<LimitEntry>>,
+    pub audit: Option<Spanned<ProductAuditSection>>,
 }
 
 /// One `[[subscription]]`.

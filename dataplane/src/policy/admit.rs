@@ -64,11 +64,17 @@ impl Policy for Admit {
                     .get(i)
                     .is_some_and(|l| l.unit == LimitUnit::Tokens)
             });
-        if counts_tokens {
-            let facts = match RequestFacts::parse(op, req.body) {
-                Ok(facts) => facts,
-                Err(e) => return Flow::Respond(unreadable(e)),
-            };
+        // The audit record wants the tokens too: estimated, and a stream's usage asked for.
+        // Without a token limit a body the estimate cannot read is forwarded as before (its
+        // record has the answer's usage, or none).
+        let facts = match (counts_tokens || env.audit.is_some())
+            .then(|| RequestFacts::parse(op, req.body))
+        {
+            Some(Ok(facts)) => Some(facts),
+            Some(Err(e)) if counts_tokens => return Flow::Respond(unreadable(e)),
+            _ => None,
+        };
+        if let Some(facts) = facts {
             // The deployment's model, not the body's: the request that runs is pinned to the
             // deployment's model, and a family a client names would load its tables (tens
             // of MiB, up to ~80 ms) on the request path. Start-up warms exactly these.

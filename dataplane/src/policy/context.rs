@@ -128,6 +128,8 @@ pub struct RequestCtx<'s> {
     pub response_headers: Vec<u8>,
     /// The trace the client asked for (and may have), rendered into `x-sluice-trace`.
     pub trace: Option<Trace>,
+    /// What the audit record gathers (when `[audit]` has a sink).
+    pub audit: Option<Box<super::audit::AuditCapture>>,
     /// What the pipeline asks of the upstream leg for the current attempt.
     pub upstream: UpstreamAsk,
     /// What the pipeline asks of the answer's body (set by `on_response_head`).
@@ -219,6 +221,23 @@ pub enum AttemptOutcome {
     Cut,
 }
 
+impl AttemptOutcome {
+    /// Its name in audit records: `pending`, `answered`, `failed_over`, `connect_failed`,
+    /// `timed_out`, `no_answer`, `client_gone`, `cut`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttemptOutcome::Pending => "pending",
+            AttemptOutcome::Answered => "answered",
+            AttemptOutcome::FailedOver => "failed_over",
+            AttemptOutcome::ConnectFailed => "connect_failed",
+            AttemptOutcome::TimedOut => "timed_out",
+            AttemptOutcome::NoAnswer => "no_answer",
+            AttemptOutcome::ClientGone => "client_gone",
+            AttemptOutcome::Cut => "cut",
+        }
+    }
+}
+
 /// How a request ended, as far as the client is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum End {
@@ -230,6 +249,17 @@ pub enum End {
     Truncated,
     /// The client went away before its answer was whole.
     ClientGone,
+}
+
+impl End {
+    /// Its name in audit records: `complete`, `truncated`, `client_gone`.
+    pub fn name(self) -> &'static str {
+        match self {
+            End::Complete => "complete",
+            End::Truncated => "truncated",
+            End::ClientGone => "client_gone",
+        }
+    }
 }
 
 /// When the stages of a request happened (monotonic).
@@ -274,6 +304,7 @@ impl<'s> RequestCtx<'s> {
             usage: UsageTap::Off,
             response_headers,
             trace: None,
+            audit: None,
             upstream: UpstreamAsk::default(),
             body: BodyAccess::default(),
             attempts,

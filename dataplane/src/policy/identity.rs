@@ -23,6 +23,11 @@ pub struct Caller {
     /// The claims (name, value) that `claim:` limit scopes count by, when the caller came
     /// with a token that carries them.
     pub claims: Vec<(String, String)>,
+    /// The token's `sub` claim (a JWT caller), for the audit record.
+    pub subject: Option<String>,
+    /// The value of the issuer's subscription claim (`appid`, `azp`, …: the calling
+    /// application), for the audit record.
+    pub app_id: Option<String>,
 }
 
 impl Caller {
@@ -128,12 +133,16 @@ impl Identity {
             return Ok(Caller {
                 subscription: subscription.index(),
                 claims: principal.claims,
+                subject: principal.subject,
+                app_id: principal.claim_value,
             });
         }
         match access.keys.lookup(credential.value) {
             KeyCheck::Valid(id) if id.index() < access.subscriptions.len() => Ok(Caller {
                 subscription: id.index(),
                 claims: Vec::new(),
+                subject: None,
+                app_id: None,
             }),
             KeyCheck::Revoked(id) => {
                 tracing::info!(subscription = id.0, "revoked key refused");

@@ -72,6 +72,10 @@ pub struct Env<'a> {
     pub limits: &'a WorkerLimits,
     /// The time (monotonic and wall clock).
     pub clock: &'a dyn Clock,
+    /// The audit log, when `[audit]` has a sink.
+    pub audit: Option<&'a crate::audit::Recorder>,
+    /// The worker's index.
+    pub worker: usize,
 }
 
 /// The client's request as the phases see it.

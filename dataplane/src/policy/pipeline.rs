@@ -4,15 +4,20 @@
 //! policy that records the outcome (audit, metrics) goes first, and sees the usage settled.
 
 use super::admit::{Admit, ClientIpGate};
+use super::audit::AuditRecord;
 use super::authenticate::Authenticate;
 use super::trace::TraceHeader;
 use super::usage::UsageAccounting;
 
-/// The standard pipeline: count the client's address, authenticate and authorize, decide the
-/// trace, admit by the limits (and settle), read the answer's usage.
+/// The standard pipeline: record the request (its `on_complete` last, seeing everything
+/// settled), count the client's address, authenticate and authorize, decide the trace,
+/// admit by the limits (and settle), read the answer's usage.
 pub type Standard = (
-    ClientIpGate,
-    (Authenticate, (TraceHeader, (Admit, UsageAccounting))),
+    AuditRecord,
+    (
+        ClientIpGate,
+        (Authenticate, (TraceHeader, (Admit, UsageAccounting))),
+    ),
 );
 
 /// A worker's instance of the standard pipeline: each policy's `Default`.

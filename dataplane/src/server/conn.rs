@@ -252,6 +252,8 @@ impl Client {
                 runtime: &view.snapshot.runtime,
                 limits: &worker.limits,
                 clock: &SystemClock,
+                audit: view.snapshot.audit.as_deref(),
+                worker: worker.id,
             },
         };
         (self.down.sent, self.down.first_out) = (0, None);

@@ -34,6 +34,8 @@ pub struct Loaded {
     pub snapshot: Snapshot,
     /// Its access-control runtime.
     pub runtime: AccessRuntime,
+    /// Its audit log (`[audit]` with a sink), started by [`crate::apply`].
+    pub audit: Option<Arc<crate::audit::Recorder>>,
 }
 
 impl std::ops::Deref for Loaded {

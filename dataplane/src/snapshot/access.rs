@@ -142,6 +142,8 @@ pub struct Product {
     pub trace: bool,
     /// Its limits, in file order.
     pub limits: Vec<LimitIndex>,
+    /// Its audit content policy (`audit = { content = … }`); `None`: `[audit] content`.
+    pub audit_content: Option<crate::audit::ContentMode>,
 }
 
 /// The deployments a product allows.

@@ -275,6 +275,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                     .with(Operation::Embeddings),
                 trace: true,
                 limits: vec![0, 1, 2, 3],
+                audit_content: None,
             },
             Product {
                 name: "open".to_string(),
@@ -282,6 +283,7 @@ fn a_full_access_config_compiles_into_the_expected_data() {
                 operations: OperationSet::all(),
                 trace: false,
                 limits: vec![],
+                audit_content: None,
             },
         ]
     );

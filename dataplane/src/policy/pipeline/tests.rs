@@ -67,6 +67,8 @@ fn with_pipeline(snapshot: &Snapshot, test: impl FnOnce(&Pipeline<'_, Standard>,
             runtime: &runtime,
             limits: &limits,
             clock: &clock,
+            audit: None,
+            worker: 0,
         },
     };
     test(&pipeline, &clock);

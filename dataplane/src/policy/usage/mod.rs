@@ -24,12 +24,14 @@ pub struct UsageAccounting;
 impl Policy for UsageAccounting {
     fn on_request_body<'s>(
         &self,
-        _env: &Env<'s>,
+        env: &Env<'s>,
         ctx: &mut RequestCtx<'s>,
         _req: &Request<'_>,
     ) -> Flow {
-        // Usage is read (and asked for) only when a token limit holds a reservation.
-        let counts = ctx.admission.as_ref().is_some_and(|a| a.counts_tokens());
+        // Usage is read (and asked for) when a token limit holds a reservation, and for the
+        // audit record.
+        let counts = ctx.admission.as_ref().is_some_and(|a| a.counts_tokens())
+            || (env.audit.is_some() && ctx.admission.is_some());
         if !counts {
             ctx.stream_plan = None;
         }

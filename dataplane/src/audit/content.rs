@@ -1,0 +1,1374 @@
+//! What of a request's and an answer's content an audit record keeps.
+//!
+//! Three steps, each a pure piece with no I/O:
+//!
+//! 1. **Capture**, on the worker thread while the answer passes: [`AnswerCapture`] reads
+//!    along the decoded body without holding it back. A JSON answer is copied (up to
+//!    [`MAX_ANSWER_BYTES`]); a `text/event-stream` answer is reassembled from its deltas into
+//!    the shape the non-streamed answer would have had, with every field bounded.
+//! 2. **Extract**, off the worker: [`request_content`] picks the request body's content keys,
+//!    [`response_content`] the answer's model and choices (or Responses output items).
+//! 3. **Policy**, off the worker: [`apply`] runs the [`Redactor`] over every text field and
+//!    then the product's [`ContentMode`] (full, truncate, hash, omit).
+//!
+//! Shapes follow the OpenAI API reference (chat completion object and chunk object,
+//! completions, embeddings, Responses API objects and streaming events); Azure OpenAI sends
+//! the same shapes with content-filter fields added, which are not content and are dropped.
+
+use std::borrow::Cow;
+
+use regex::{Regex, RegexBuilder};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::ContentMode;
+use crate::route::Operation;
+use crate::tokens::usage::{event_data, SseScanner, DEFAULT_MAX_EVENT};
+
+/// The most of one answer a capture keeps: 4 MiB of a JSON body's bytes, or 4 MiB of text
+/// (UTF-8 bytes, all fields together) reassembled from a stream. A stream keeps no more than
+/// the JSON answer would, however many choices, tool calls or output items it has.
+pub const MAX_ANSWER_BYTES: usize = 4 << 20;
+
+/// The largest SSE event a stream capture reads: 1 MiB (the usage scanner's bound, from
+/// which the capture takes its events). A larger event is skipped unread, never buffered
+/// further, and the capture is marked cut.
+pub const MAX_EVENT_BYTES: usize = DEFAULT_MAX_EVENT;
+
+/// The most choices (chat, completions) or output items (Responses) a stream capture keeps;
+/// more are ignored and the capture is marked cut.
+pub const MAX_CHOICES: usize = 128;
+
+/// The most tool calls per choice (or content parts per Responses message) a stream capture
+/// keeps; more are ignored and the capture is marked cut.
+pub const MAX_TOOL_CALLS: usize = 128;
+
+/// The `max_field_chars` a caller passes for [`ContentMode::Full`] and [`ContentMode::Hash`]:
+/// 1 Mi characters per text field.
+pub const FULL_FIELD_CHARS: usize = 1 << 20;
+
+/// How many characters past `max_field_chars` a stream capture keeps of each text field:
+/// 1024. [`apply`] redacts before it truncates, so the text just past the cut must be there
+/// for a secret that straddles it to be recognised whole (a key cut to its first characters
+/// matches no pattern and would be kept); with the slack a streamed field ends up exactly as
+/// the same field of a JSON answer, marked [`TRUNCATED_MARKER`] when over N. Secrets longer
+/// than the slack (long JWTs) straddling the cut may leave a prefix.
+pub const REDACTION_SLACK_CHARS: usize = 1024;
+
+/// What [`apply`] appends to a text field that [`ContentMode::Truncate`] cut: `…[truncated]`
+/// (U+2026 then `[truncated]`). In-band, so it survives any projection of the record: a
+/// KQL `has "…[truncated]"` or SQL `LIKE '%…[truncated]'` finds cut fields, and a field of
+/// exactly N characters is not marked.
+pub const TRUNCATED_MARKER: &str = "…[truncated]";
+
+/// What replaces each redaction match.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// The object keys whose values [`apply`] leaves untouched (no redaction, no policy), at any
+/// depth: they name structure, not content. Every other string leaf — in objects under any
+/// other key, in arrays, or the root itself — is a text field. Numbers, booleans and nulls
+/// are never changed (so an embeddings `input` given as token ids is kept as it is).
+pub const STRUCTURAL_KEYS: &[&str] = &[
+    "role",
+    "type",
+    "name",
+    "id",
+    "tool_call_id",
+    "finish_reason",
+    "index",
+    "object",
+    "model",
+    "call_id",
+    "status",
+];
+
+/// The longest model name a stream capture keeps (bytes); a longer `model` is not a model
+/// name and is ignored.
+const MAX_MODEL_BYTES: usize = 256;
+
+/// The bound of a structural field a stream capture keeps (role, tool call id and type,
+/// function name, finish reason, Responses call id and item type): 256 characters, past
+/// which the field is cut and the capture marked cut. Real values are a few dozen.
+const MAX_NAME_CHARS: usize = 256;
+
+// ------------------------------------------------------------------------------------------
+// Capture
+// ------------------------------------------------------------------------------------------
+
+/// Captures an answer's content on the worker thread as its bytes pass (never holding the
+/// stream back: [`AnswerCapture::feed`] only reads). Bounded memory whatever the answer's
+/// size: at most [`MAX_ANSWER_BYTES`] kept, plus one incomplete SSE event of at most
+/// [`MAX_EVENT_BYTES`].
+#[derive(Debug)]
+pub enum AnswerCapture {
+    /// A non-streamed answer: its JSON body's bytes.
+    Json(JsonCapture),
+    /// A `text/event-stream` answer, reassembled as it passes.
+    Stream(Box<StreamCapture>),
+}
+
+/// The bytes of a JSON answer body, up to [`MAX_ANSWER_BYTES`].
+#[derive(Debug, Default)]
+pub struct JsonCapture {
+    body: Vec<u8>,
+    cut: bool,
+}
+
+/// A streamed answer being reassembled from its SSE events.
+#[derive(Debug)]
+pub struct StreamCapture {
+    /// Splits the pieces into events (CRLF/LF/CR line ends, a leading BOM, events over
+    /// [`MAX_EVENT_BYTES`] skipped), the same reading the usage accounting does.
+    scanner: SseScanner,
+    /// `data: [DONE]` was seen: later events are ignored.
+    done: bool,
+    model: Option<String>,
+    limits: Limits,
+    parts: Reassembly,
+}
+
+/// The bounds every text field of one stream shares.
+#[derive(Debug)]
+struct Limits {
+    /// Characters (Unicode scalar values) per text field.
+    max_chars: usize,
+    /// UTF-8 bytes left for all fields together.
+    bytes_left: usize,
+    /// Something was not kept: a field outgrew a bound, a choice or tool call past the
+    /// count bounds, or an event too large to read.
+    cut: bool,
+}
+
+/// One text field being appended to, with its length in characters.
+#[derive(Debug, Default)]
+struct Text {
+    s: String,
+    chars: usize,
+}
+
+impl Text {
+    /// Appends as much of `piece` as the bounds let in (whole characters only).
+    fn push(&mut self, piece: &str, limits: &mut Limits) {
+        self.push_upto(piece, limits.max_chars, limits);
+    }
+
+    /// [`Text::push`] with `max_chars` for this field's bound.
+    fn push_upto(&mut self, piece: &str, max_chars: usize, limits: &mut Limits) {
+        if piece.is_empty() {
+            return;
+        }
+        let room = max_chars.saturating_sub(self.chars);
+        // A string's characters never outnumber its bytes, so a piece short enough in bytes
+        // fits whole.
+        let (end, chars) = if piece.len() <= room && piece.len() <= limits.bytes_left {
+            (piece.len(), piece.chars().count())
+        } else {
+            prefix(piece, room, limits.bytes_left)
+        };
+        if end < piece.len() {
+            limits.cut = true;
+        }
+        self.s.push_str(&piece[..end]);
+        self.chars += chars;
+        limits.bytes_left -= end;
+    }
+
+    /// Replaces a structural field (role, id, type, name, finish reason) with `value`,
+    /// bounded by [`MAX_NAME_CHARS`] rather than the content bound: [`apply`] leaves these
+    /// as they are, so a small truncate N must not cut `assistant` short.
+    fn set(&mut self, value: &str, limits: &mut Limits) {
+        limits.bytes_left += self.s.len();
+        self.s.clear();
+        self.chars = 0;
+        self.push_upto(value, MAX_NAME_CHARS, limits);
+    }
+}
+
+/// The byte length and character count of the longest prefix of `s` with at most
+/// `max_chars` characters and `max_bytes` bytes.
+fn prefix(s: &str, max_chars: usize, max_bytes: usize) -> (usize, usize) {
+    let mut chars = 0;
+    for (at, c) in s.char_indices() {
+        if chars == max_chars || at + c.len_utf8() > max_bytes {
+            return (at, chars);
+        }
+        chars += 1;
+    }
+    (s.len(), chars)
+}
+
+fn push_opt(field: &mut Option<Text>, piece: &str, limits: &mut Limits) {
+    field.get_or_insert_with(Text::default).push(piece, limits);
+}
+
+fn set_opt(field: &mut Option<Text>, value: &str, limits: &mut Limits) {
+    field.get_or_insert_with(Text::default).set(value, limits);
+}
+
+/// The entry of `list` keyed `key`, added when new and the list has room (else the capture
+/// is marked cut and `None` is returned).
+fn slot<'l, T>(
+    list: &'l mut Vec<T>,
+    key: u64,
+    key_of: impl Fn(&T) -> u64,
+    make: impl FnOnce() -> T,
+    cap: usize,
+    limits: &mut Limits,
+) -> Option<&'l mut T> {
+    match list.iter().position(|t| key_of(t) == key) {
+        Some(at) => list.get_mut(at),
+        None if list.len() < cap => {
+            list.push(make());
+            list.last_mut()
+        }
+        None => {
+            limits.cut = true;
+            None
+        }
+    }
+}
+
+/// What a stream has said so far, per operation.
+#[derive(Debug)]
+enum Reassembly {
+    Chat(Vec<ChoiceAcc>),
+    Completions(Vec<ChoiceAcc>),
+    Responses(Vec<ItemAcc>),
+}
+
+/// One choice of a chat or completions stream (`content` holds a completion's `text`).
+#[derive(Debug, Default)]
+struct ChoiceAcc {
+    index: u64,
+    role: Option<Text>,
+    content: Option<Text>,
+    refusal: Option<Text>,
+    tool_calls: Vec<ToolCallAcc>,
+    /// The deprecated `function_call` (functions API), still sent by older deployments.
+    function_call: Option<FunctionAcc>,
+    finish_reason: Option<Text>,
+}
+
+#[derive(Debug, Default)]
+struct ToolCallAcc {
+    index: u64,
+    id: Option<Text>,
+    kind: Option<Text>,
+    function: FunctionAcc,
+}
+
+#[derive(Debug, Default)]
+struct FunctionAcc {
+    name: Option<Text>,
+    arguments: Text,
+}
+
+/// One output item of a Responses stream.
+#[derive(Debug)]
+struct ItemAcc {
+    output_index: u64,
+    kind: ItemKind,
+}
+
+#[derive(Debug)]
+enum ItemKind {
+    Message {
+        role: Option<Text>,
+        parts: Vec<PartAcc>,
+    },
+    FunctionCall {
+        call_id: Option<Text>,
+        name: Option<Text>,
+        arguments: Text,
+    },
+    /// Any other item (reasoning, web_search_call, …): only its type is kept.
+    Other { kind: Text },
+}
+
+/// One content part of a Responses message: `output_text` or `refusal`.
+#[derive(Debug)]
+struct PartAcc {
+    content_index: u64,
+    refusal: bool,
+    text: Text,
+}
+
+// The per-event shapes, borrowed from the event's data (owned only where a string has
+// escapes). Unknown fields are skipped; a field of the wrong type fails the event, which is
+// then skipped whole.
+
+/// A chat completion chunk or a completions chunk.
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    choices: Option<Vec<ChunkChoice<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ChunkChoice<'a> {
+    #[serde(default)]
+    index: u64,
+    #[serde(borrow)]
+    delta: Option<Delta<'a>>,
+    /// Completions: the text piece.
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow)]
+    role: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    tool_calls: Option<Vec<ToolCallDelta<'a>>>,
+    #[serde(borrow)]
+    function_call: Option<FunctionDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallDelta<'a> {
+    #[serde(default)]
+    index: u64,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    function: Option<FunctionDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDelta<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+/// A Responses API streaming event.
+#[derive(Deserialize)]
+struct ResponsesEvent<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    output_index: u64,
+    #[serde(default)]
+    content_index: u64,
+    #[serde(borrow)]
+    delta: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    item: Option<ItemHead<'a>>,
+    #[serde(borrow)]
+    response: Option<ResponseHead<'a>>,
+}
+
+/// `response.output_item.added`'s item, as far as the capture needs it.
+#[derive(Deserialize)]
+struct ItemHead<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    role: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    call_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+/// The `response` object of `response.created` … `response.completed`: its model.
+#[derive(Deserialize)]
+struct ResponseHead<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+}
+
+impl AnswerCapture {
+    /// A capture for an answer to `operation` (`event_stream`: its content-type is
+    /// `text/event-stream`), or `None` when nothing of it is kept: embeddings (vectors are
+    /// not content) and operations without content (`/v1/models`).
+    ///
+    /// `max_field_chars` bounds each text field a stream reassembles (a choice's content,
+    /// refusal, a tool call's arguments, a completion's text, a Responses output text or
+    /// refusal): past it and [`REDACTION_SLACK_CHARS`] more, the field stops growing and the
+    /// capture is marked cut ([`apply`] then cuts it to N and marks it). Structural
+    /// fields (role, ids, names, finish reason) are bounded at 256 characters instead. Pass
+    /// the truncate N for [`ContentMode::Truncate`], [`FULL_FIELD_CHARS`] for `Full` and
+    /// `Hash`. A JSON body is kept as bytes (up to [`MAX_ANSWER_BYTES`]) and cut later by
+    /// [`apply`].
+    pub fn new(operation: Operation, event_stream: bool, max_field_chars: usize) -> Option<Self> {
+        let parts = match operation {
+            Operation::Embeddings | Operation::Models => return None,
+            _ if !event_stream => return Some(AnswerCapture::Json(JsonCapture::default())),
+            Operation::ChatCompletions => Reassembly::Chat(Vec::new()),
+            Operation::Completions => Reassembly::Completions(Vec::new()),
+            Operation::Responses => Reassembly::Responses(Vec::new()),
+        };
+        Some(AnswerCapture::Stream(Box::new(StreamCapture {
+            scanner: SseScanner::new(false).with_max_event(MAX_EVENT_BYTES),
+            done: false,
+            model: None,
+            limits: Limits {
+                max_chars: max_field_chars.saturating_add(REDACTION_SLACK_CHARS),
+                bytes_left: MAX_ANSWER_BYTES,
+                cut: false,
+            },
+            parts,
+        })))
+    }
+
+    /// Reads the next piece of the (decoded: no chunked framing, no content-encoding)
+    /// body, split anywhere (mid-event, mid-UTF-8 character, mid-CRLF).
+    pub fn feed(&mut self, data: &[u8]) {
+        match self {
+            AnswerCapture::Json(json) => {
+                let room = MAX_ANSWER_BYTES - json.body.len();
+                if data.len() > room {
+                    json.cut = true;
+                }
+                json.body.extend_from_slice(&data[..data.len().min(room)]);
+            }
+            AnswerCapture::Stream(stream) => stream.feed(data),
+        }
+    }
+
+    /// The body ended: what was captured. A stream's last event is read even without the
+    /// blank line that should end it.
+    pub fn finish(self) -> Answer {
+        match self {
+            AnswerCapture::Json(json) => Answer::Json {
+                body: json.body,
+                cut: json.cut,
+            },
+            AnswerCapture::Stream(stream) => stream.finish(),
+        }
+    }
+}
+
+impl StreamCapture {
+    fn feed(&mut self, data: &[u8]) {
+        if self.done {
+            return;
+        }
+        let StreamCapture {
+            scanner,
+            done,
+            model,
+            limits,
+            parts,
+        } = self;
+        let read = scanner.observe_with(data, |event| {
+            on_event(event.lines, done, model, limits, parts);
+        });
+        if read.is_err() {
+            // An event outgrew MAX_EVENT_BYTES: it passes unread.
+            limits.cut = true;
+        }
+    }
+
+    fn finish(mut self) -> Answer {
+        let StreamCapture {
+            scanner,
+            done,
+            model,
+            limits,
+            parts,
+        } = &mut self;
+        if !*done {
+            scanner.finish_with(|event| on_event(event.lines, done, model, limits, parts));
+        }
+        let cut = self.limits.cut || self.scanner.unread_bytes() > 0;
+        let content = match self.parts {
+            Reassembly::Chat(choices) => choices_value(choices, chat_choice),
+            Reassembly::Completions(choices) => choices_value(choices, completion_choice),
+            Reassembly::Responses(items) => responses_value(items),
+        };
+        Answer::Stream {
+            model: self.model,
+            content,
+            cut,
+        }
+    }
+}
+
+/// Reads one complete event (`lines`: its bytes as SSE lines) into the reassembly.
+fn on_event(
+    lines: &[u8],
+    done: &mut bool,
+    model: &mut Option<String>,
+    limits: &mut Limits,
+    parts: &mut Reassembly,
+) {
+    if *done {
+        return;
+    }
+    if lines.len() > MAX_EVENT_BYTES {
+        // The scanner holds at most MAX_EVENT_BYTES of an unfinished event, but one that
+        // ends in the piece after may still reach us whole: skipped all the same, so the
+        // outcome does not depend on where the pieces split.
+        limits.cut = true;
+        return;
+    }
+    let data = event_data(lines);
+    let data = data.as_ref();
+    if data.trim_ascii() == b"[DONE]" {
+        *done = true;
+        return;
+    }
+    if data.is_empty() {
+        return;
+    }
+    match parts {
+        Reassembly::Chat(choices) => {
+            if let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) {
+                on_chunk(chunk, model, limits, choices, chat_delta);
+            }
+        }
+        Reassembly::Completions(choices) => {
+            if let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) {
+                on_chunk(chunk, model, limits, choices, |acc, choice, limits| {
+                    if let Some(text) = &choice.text {
+                        push_opt(&mut acc.content, text, limits);
+                    }
+                });
+            }
+        }
+        Reassembly::Responses(items) => {
+            if let Ok(event) = serde_json::from_slice::<ResponsesEvent<'_>>(data) {
+                on_responses_event(event, model, limits, items);
+            }
+        }
+    }
+}
+
+fn on_chunk(
+    chunk: Chunk<'_>,
+    model: &mut Option<String>,
+    limits: &mut Limits,
+    choices: &mut Vec<ChoiceAcc>,
+    on_choice: impl Fn(&mut ChoiceAcc, &ChunkChoice<'_>, &mut Limits),
+) {
+    if model.is_none() {
+        if let Some(named) = chunk.model.as_deref() {
+            if !named.is_empty() && named.len() <= MAX_MODEL_BYTES {
+                *model = Some(named.to_owned());
+            }
+        }
+    }
+    for choice in chunk.choices.iter().flatten() {
+        let make = || ChoiceAcc {
+            index: choice.index,
+            ..ChoiceAcc::default()
+        };
+        let Some(acc) = slot(
+            choices,
+            choice.index,
+            |c| c.index,
+            make,
+            MAX_CHOICES,
+            limits,
+        ) else {
+            continue;
+        };
+        on_choice(acc, choice, limits);
+        if let Some(reason) = &choice.finish_reason {
+            set_opt(&mut acc.finish_reason, reason, limits);
+        }
+    }
+}
+
+fn chat_delta(acc: &mut ChoiceAcc, choice: &ChunkChoice<'_>, limits: &mut Limits) {
+    let Some(delta) = &choice.delta else {
+        return;
+    };
+    if let Some(role) = &delta.role {
+        set_opt(&mut acc.role, role, limits);
+    }
+    if let Some(content) = &delta.content {
+        push_opt(&mut acc.content, content, limits);
+    }
+    if let Some(refusal) = &delta.refusal {
+        push_opt(&mut acc.refusal, refusal, limits);
+    }
+    if let Some(function) = &delta.function_call {
+        let call = acc.function_call.get_or_insert_with(FunctionAcc::default);
+        function_delta(call, function, limits);
+    }
+    for call in delta.tool_calls.iter().flatten() {
+        let make = || ToolCallAcc {
+            index: call.index,
+            ..ToolCallAcc::default()
+        };
+        let Some(slot) = slot(
+            &mut acc.tool_calls,
+            call.index,
+            |c| c.index,
+            make,
+            MAX_TOOL_CALLS,
+            limits,
+        ) else {
+            continue;
+        };
+        if let Some(id) = &call.id {
+            set_opt(&mut slot.id, id, limits);
+        }
+        if let Some(kind) = &call.kind {
+            set_opt(&mut slot.kind, kind, limits);
+        }
+        if let Some(function) = &call.function {
+            function_delta(&mut slot.function, function, limits);
+        }
+    }
+}
+
+fn function_delta(acc: &mut FunctionAcc, delta: &FunctionDelta<'_>, limits: &mut Limits) {
+    if let Some(name) = &delta.name {
+        set_opt(&mut acc.name, name, limits);
+    }
+    if let Some(arguments) = &delta.arguments {
+        acc.arguments.push(arguments, limits);
+    }
+}
+
+fn on_responses_event(
+    event: ResponsesEvent<'_>,
+    model: &mut Option<String>,
+    limits: &mut Limits,
+    items: &mut Vec<ItemAcc>,
+) {
+    if let Some(named) = event.response.as_ref().and_then(|r| r.model.as_deref()) {
+        // Every lifecycle event repeats the response object; the last one (completed)
+        // has the final word.
+        if !named.is_empty() && named.len() <= MAX_MODEL_BYTES {
+            *model = Some(named.to_owned());
+        }
+    }
+    let output_index = event.output_index;
+    let key = |i: &ItemAcc| i.output_index;
+    match event.kind.as_ref() {
+        "response.output_item.added" => {
+            let Some(head) = &event.item else {
+                return;
+            };
+            let kind = match head.kind.as_deref() {
+                Some("message") => ItemKind::Message {
+                    role: None,
+                    parts: Vec::new(),
+                },
+                Some("function_call") => ItemKind::FunctionCall {
+                    call_id: None,
+                    name: None,
+                    arguments: Text::default(),
+                },
+                other => {
+                    let mut kind = Text::default();
+                    kind.set(other.unwrap_or(""), limits);
+                    ItemKind::Other { kind }
+                }
+            };
+            let make = || ItemAcc { output_index, kind };
+            let Some(item) = slot(items, output_index, key, make, MAX_CHOICES, limits) else {
+                return;
+            };
+            match &mut item.kind {
+                ItemKind::Message { role, .. } => {
+                    if let Some(r) = &head.role {
+                        set_opt(role, r, limits);
+                    }
+                }
+                ItemKind::FunctionCall {
+                    call_id,
+                    name,
+                    arguments,
+                } => {
+                    if let Some(id) = &head.call_id {
+                        set_opt(call_id, id, limits);
+                    }
+                    if let Some(n) = &head.name {
+                        set_opt(name, n, limits);
+                    }
+                    if let Some(a) = &head.arguments {
+                        arguments.push(a, limits);
+                    }
+                }
+                ItemKind::Other { .. } => {}
+            }
+        }
+        kind @ ("response.output_text.delta" | "response.refusal.delta") => {
+            let refusal = kind == "response.refusal.delta";
+            let Some(delta) = &event.delta else {
+                return;
+            };
+            let make = || ItemAcc {
+                output_index,
+                kind: ItemKind::Message {
+                    role: None,
+                    parts: Vec::new(),
+                },
+            };
+            let Some(item) = slot(items, output_index, key, make, MAX_CHOICES, limits) else {
+                return;
+            };
+            let ItemKind::Message { parts, .. } = &mut item.kind else {
+                return;
+            };
+            let content_index = event.content_index;
+            let make = || PartAcc {
+                content_index,
+                refusal,
+                text: Text::default(),
+            };
+            let part_key = |p: &PartAcc| p.content_index;
+            if let Some(part) = slot(parts, content_index, part_key, make, MAX_TOOL_CALLS, limits) {
+                part.text.push(delta, limits);
+            }
+        }
+        "response.function_call_arguments.delta" => {
+            let Some(delta) = &event.delta else {
+                return;
+            };
+            let make = || ItemAcc {
+                output_index,
+                kind: ItemKind::FunctionCall {
+                    call_id: None,
+                    name: None,
+                    arguments: Text::default(),
+                },
+            };
+            let Some(item) = slot(items, output_index, key, make, MAX_CHOICES, limits) else {
+                return;
+            };
+            if let ItemKind::FunctionCall { arguments, .. } = &mut item.kind {
+                arguments.push(delta, limits);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn opt_text(text: Option<Text>) -> Value {
+    text.map_or(Value::Null, |t| Value::String(t.s))
+}
+
+fn choices_value(mut choices: Vec<ChoiceAcc>, one: fn(ChoiceAcc) -> Value) -> Value {
+    choices.sort_by_key(|c| c.index);
+    let mut content = Map::new();
+    content.insert(
+        "choices".into(),
+        Value::Array(choices.into_iter().map(one).collect()),
+    );
+    Value::Object(content)
+}
+
+fn chat_choice(choice: ChoiceAcc) -> Value {
+    let mut message = Map::new();
+    message.insert("role".into(), opt_text(choice.role));
+    message.insert("content".into(), opt_text(choice.content));
+    if let Some(refusal) = choice.refusal {
+        message.insert("refusal".into(), Value::String(refusal.s));
+    }
+    let mut calls = choice.tool_calls;
+    if !calls.is_empty() {
+        calls.sort_by_key(|c| c.index);
+        let calls = calls
+            .into_iter()
+            .map(|c| tool_call_value(opt_text(c.id), opt_text(c.kind), function_value(c.function)))
+            .collect();
+        message.insert("tool_calls".into(), Value::Array(calls));
+    }
+    if let Some(function) = choice.function_call {
+        message.insert("function_call".into(), function_value(function));
+    }
+    choice_value(
+        choice.index,
+        opt_text(choice.finish_reason),
+        "message",
+        message.into(),
+    )
+}
+
+fn completion_choice(choice: ChoiceAcc) -> Value {
+    let text = opt_text(choice.content);
+    choice_value(choice.index, opt_text(choice.finish_reason), "text", text)
+}
+
+fn function_value(function: FunctionAcc) -> Value {
+    function_object(opt_text(function.name), Value::String(function.arguments.s))
+}
+
+fn function_object(name: Value, arguments: Value) -> Value {
+    let mut function = Map::new();
+    function.insert("name".into(), name);
+    function.insert("arguments".into(), arguments);
+    Value::Object(function)
+}
+
+fn tool_call_value(id: Value, kind: Value, function: Value) -> Value {
+    let mut call = Map::new();
+    call.insert("id".into(), id);
+    call.insert("type".into(), kind);
+    call.insert("function".into(), function);
+    Value::Object(call)
+}
+
+fn choice_value(index: u64, finish_reason: Value, key: &str, body: Value) -> Value {
+    let mut choice = Map::new();
+    choice.insert("index".into(), index.into());
+    choice.insert("finish_reason".into(), finish_reason);
+    choice.insert(key.into(), body);
+    Value::Object(choice)
+}
+
+fn responses_value(mut items: Vec<ItemAcc>) -> Value {
+    items.sort_by_key(|i| i.output_index);
+    let output = items
+        .into_iter()
+        .map(|item| match item.kind {
+            ItemKind::Message { role, mut parts } => {
+                parts.sort_by_key(|p| p.content_index);
+                let parts = parts
+                    .into_iter()
+                    .map(|p| part_value(p.refusal, p.text.s))
+                    .collect();
+                message_item(opt_text(role), parts)
+            }
+            ItemKind::FunctionCall {
+                call_id,
+                name,
+                arguments,
+            } => function_call_item(
+                opt_text(call_id),
+                opt_text(name),
+                Value::String(arguments.s),
+            ),
+            ItemKind::Other { kind } => other_item(Value::String(kind.s)),
+        })
+        .collect();
+    responses_content(output)
+}
+
+fn part_value(refusal: bool, text: String) -> Value {
+    let mut part = Map::new();
+    if refusal {
+        part.insert("type".into(), "refusal".into());
+        part.insert("refusal".into(), text.into());
+    } else {
+        part.insert("type".into(), "output_text".into());
+        part.insert("text".into(), text.into());
+    }
+    Value::Object(part)
+}
+
+fn message_item(role: Value, parts: Vec<Value>) -> Value {
+    let mut item = Map::new();
+    item.insert("type".into(), "message".into());
+    item.insert("role".into(), role);
+    item.insert("content".into(), Value::Array(parts));
+    Value::Object(item)
+}
+
+fn function_call_item(call_id: Value, name: Value, arguments: Value) -> Value {
+    let mut item = Map::new();
+    item.insert("type".into(), "function_call".into());
+    item.insert("call_id".into(), call_id);
+    item.insert("name".into(), name);
+    item.insert("arguments".into(), arguments);
+    Value::Object(item)
+}
+
+fn other_item(kind: Value) -> Value {
+    let mut item = Map::new();
+    item.insert("type".into(), kind);
+    Value::Object(item)
+}
+
+/// `{"output": output, "output_text": …}`, `output_text` being every `output_text` part of
+/// every message item, joined in order.
+fn responses_content(output: Vec<Value>) -> Value {
+    let mut text = String::new();
+    for item in &output {
+        if item.get("type").and_then(Value::as_str) != Some("message") {
+            continue;
+        }
+        for part in item
+            .get("content")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if part.get("type").and_then(Value::as_str) == Some("output_text") {
+                if let Some(t) = part.get("text").and_then(Value::as_str) {
+                    text.push_str(t);
+                }
+            }
+        }
+    }
+    let mut content = Map::new();
+    content.insert("output".into(), Value::Array(output));
+    content.insert("output_text".into(), Value::String(text));
+    Value::Object(content)
+}
+
+// ------------------------------------------------------------------------------------------
+// Extract
+// ------------------------------------------------------------------------------------------
+
+/// An answer's content as captured.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// A JSON body (non-streamed): its bytes, up to [`MAX_ANSWER_BYTES`] (`cut`: it was
+    /// longer and only the first 4 MiB were kept; parsed later, off the worker, by
+    /// [`response_content`]).
+    Json {
+        /// The body's first bytes.
+        body: Vec<u8>,
+        /// The body was longer than [`MAX_ANSWER_BYTES`].
+        cut: bool,
+    },
+    /// A stream, reassembled: the answer as the non-streamed JSON answer would have been
+    /// (the shape [`response_content`] gives), with the model the chunks named.
+    Stream {
+        /// The first non-empty `model` of a chat or completions chunk; the last non-empty
+        /// `response.model` of a Responses stream (`response.completed`'s).
+        model: Option<String>,
+        /// The reassembled content.
+        content: Value,
+        /// Something was not kept: a field outgrew `max_field_chars` and
+        /// [`REDACTION_SLACK_CHARS`], the
+        /// [`MAX_ANSWER_BYTES`] total, more than [`MAX_CHOICES`] choices or
+        /// [`MAX_TOOL_CALLS`] tool calls, or an event over [`MAX_EVENT_BYTES`] was skipped.
+        cut: bool,
+    },
+}
+
+/// The content a record keeps of a request body for `operation`, before the policy:
+/// chat: `{"messages": […]}`; completions: `{"prompt": …}`; embeddings: `{"input": …}`;
+/// responses: `{"instructions": …, "input": …}`. Keys absent (or `null`) in the body are
+/// omitted; their values are kept as sent (text parts, images, tool calls and all).
+/// `None` when the body is not a JSON object, has none of the keys, or the operation has no
+/// request content (`models`).
+pub fn request_content(operation: Operation, body: &[u8]) -> Option<Value> {
+    let keys: &[&str] = match operation {
+        Operation::ChatCompletions => &["messages"],
+        Operation::Completions => &["prompt"],
+        Operation::Embeddings => &["input"],
+        Operation::Responses => &["instructions", "input"],
+        Operation::Models => return None,
+    };
+    let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(body) else {
+        return None;
+    };
+    let mut content = Map::new();
+    for &key in keys {
+        match fields.remove(key) {
+            None | Some(Value::Null) => {}
+            Some(value) => {
+                content.insert(key.into(), value);
+            }
+        }
+    }
+    (!content.is_empty()).then_some(Value::Object(content))
+}
+
+/// The model an answer names and its content, from a captured answer, in these shapes
+/// (keys as in the OpenAI API objects; Azure's content-filter fields, logprobs, usage and
+/// ids are not content and are left out):
+///
+/// - chat: `{"choices": [{"index", "finish_reason", "message": {"role", "content",
+///   "refusal"?, "tool_calls"?: [{"id", "type", "function": {"name", "arguments"}}],
+///   "function_call"?: {"name", "arguments"}}}]}` (`refusal` when non-null, `tool_calls`
+///   when non-empty, `function_call` for the deprecated functions API);
+/// - completions: `{"choices": [{"index", "finish_reason", "text"}]}`;
+/// - responses: `{"output": [items], "output_text": "…"}`, the items in order: a message as
+///   `{"type": "message", "role", "content": [{"type": "output_text", "text"} |
+///   {"type": "refusal", "refusal"}]}`, a function call as `{"type": "function_call",
+///   "call_id", "name", "arguments"}`, any other item as `{"type"}` only (reasoning, search
+///   calls: their bulk is not the answer); `output_text` joins the `output_text` parts, as
+///   the SDKs' `output_text` property does, so a query can read the answer in one field.
+/// - embeddings and models: no content (the model only).
+///
+/// A JSON body carrying an OpenAI error (`{"error": {…}}`) gives `{"error": {…}}` as sent.
+/// A JSON body that does not parse, has another shape, or was cut gives
+/// `{"unparsed": true}` (with `"cut": true` when cut) rather than nothing, so the record
+/// says content existed. A stream's content is as reassembled, with `"cut": true` added
+/// when something was not kept (see [`Answer::Stream`]).
+pub fn response_content(operation: Operation, answer: Answer) -> (Option<String>, Option<Value>) {
+    match answer {
+        Answer::Stream {
+            model,
+            mut content,
+            cut,
+        } => {
+            if cut {
+                if let Value::Object(fields) = &mut content {
+                    fields.insert("cut".into(), Value::Bool(true));
+                }
+            }
+            (model, Some(content))
+        }
+        Answer::Json { cut: true, .. } => {
+            let mut unparsed = unparsed();
+            if let Value::Object(fields) = &mut unparsed {
+                fields.insert("cut".into(), Value::Bool(true));
+            }
+            (None, Some(unparsed))
+        }
+        Answer::Json { body, cut: false } => json_content(operation, &body),
+    }
+}
+
+fn unparsed() -> Value {
+    let mut fields = Map::new();
+    fields.insert("unparsed".into(), Value::Bool(true));
+    Value::Object(fields)
+}
+
+fn json_content(operation: Operation, body: &[u8]) -> (Option<String>, Option<Value>) {
+    let Ok(Value::Object(mut answer)) = serde_json::from_slice::<Value>(body) else {
+        return (None, Some(unparsed()));
+    };
+    let model = match answer.remove("model") {
+        Some(Value::String(m)) if !m.is_empty() => Some(m),
+        _ => None,
+    };
+    let content = match operation {
+        Operation::Embeddings | Operation::Models => return (model, None),
+        Operation::ChatCompletions => take_array(&mut answer, "choices").map(|choices| {
+            let choices = choices.into_iter().map(json_chat_choice).collect();
+            wrap("choices", Value::Array(choices))
+        }),
+        Operation::Completions => take_array(&mut answer, "choices").map(|choices| {
+            let choices = choices.into_iter().map(json_completion_choice).collect();
+            wrap("choices", Value::Array(choices))
+        }),
+        Operation::Responses => take_array(&mut answer, "output")
+            .map(|output| responses_content(output.into_iter().map(json_item).collect())),
+    };
+    let content = content.or_else(|| match answer.remove("error") {
+        Some(error @ Value::Object(_)) => Some(wrap("error", error)),
+        _ => None,
+    });
+    (model, Some(content.unwrap_or_else(unparsed)))
+}
+
+fn wrap(key: &str, value: Value) -> Value {
+    let mut fields = Map::new();
+    fields.insert(key.into(), value);
+    Value::Object(fields)
+}
+
+fn take_array(object: &mut Map<String, Value>, key: &str) -> Option<Vec<Value>> {
+    match object.remove(key) {
+        Some(Value::Array(items)) => Some(items),
+        _ => None,
+    }
+}
+
+fn take(object: &mut Map<String, Value>, key: &str) -> Value {
+    object.remove(key).unwrap_or(Value::Null)
+}
+
+fn json_chat_choice(choice: Value) -> Value {
+    let Value::Object(mut choice) = choice else {
+        return Value::Null;
+    };
+    let mut message = match choice.remove("message") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    let mut kept = Map::new();
+    kept.insert("role".into(), take(&mut message, "role"));
+    kept.insert("content".into(), take(&mut message, "content"));
+    match take(&mut message, "refusal") {
+        Value::Null => {}
+        refusal => {
+            kept.insert("refusal".into(), refusal);
+        }
+    }
+    if let Some(calls) = take_array(&mut message, "tool_calls").filter(|c| !c.is_empty()) {
+        let calls = calls
+            .into_iter()
+            .map(|call| {
+                let Value::Object(mut call) = call else {
+                    return Value::Null;
+                };
+                let function = json_function(take(&mut call, "function"));
+                tool_call_value(take(&mut call, "id"), take(&mut call, "type"), function)
+            })
+            .collect();
+        kept.insert("tool_calls".into(), Value::Array(calls));
+    }
+    if let Some(function @ Value::Object(_)) = message.remove("function_call") {
+        kept.insert("function_call".into(), json_function(function));
+    }
+    choice_value(
+        take(&mut choice, "index").as_u64().unwrap_or(0),
+        take(&mut choice, "finish_reason"),
+        "message",
+        Value::Object(kept),
+    )
+}
+
+fn json_function(function: Value) -> Value {
+    let Value::Object(mut function) = function else {
+        return Value::Null;
+    };
+    function_object(
+        take(&mut function, "name"),
+        take(&mut function, "arguments"),
+    )
+}
+
+fn json_completion_choice(choice: Value) -> Value {
+    let Value::Object(mut choice) = choice else {
+        return Value::Null;
+    };
+    choice_value(
+        take(&mut choice, "index").as_u64().unwrap_or(0),
+        take(&mut choice, "finish_reason"),
+        "text",
+        take(&mut choice, "text"),
+    )
+}
+
+fn json_item(item: Value) -> Value {
+    let Value::Object(mut item) = item else {
+        return Value::Null;
+    };
+    let kind = take(&mut item, "type");
+    match kind.as_str() {
+        Some("message") => {
+            let parts = take_array(&mut item, "content")
+                .unwrap_or_default()
+                .into_iter()
+                .map(|part| {
+                    let Value::Object(mut part) = part else {
+                        return Value::Null;
+                    };
+                    let kind = take(&mut part, "type");
+                    match kind.as_str() {
+                        Some("output_text") => text_part("output_text", "text", &mut part),
+                        Some("refusal") => text_part("refusal", "refusal", &mut part),
+                        // Another part type: only its type.
+                        _ => other_item(kind),
+                    }
+                })
+                .collect();
+            message_item(take(&mut item, "role"), parts)
+        }
+        Some("function_call") => function_call_item(
+            take(&mut item, "call_id"),
+            take(&mut item, "name"),
+            take(&mut item, "arguments"),
+        ),
+        _ => other_item(kind),
+    }
+}
+
+fn text_part(kind: &str, key: &str, part: &mut Map<String, Value>) -> Value {
+    let mut kept = Map::new();
+    kept.insert("type".into(), kind.into());
+    kept.insert(key.into(), take(part, key));
+    Value::Object(kept)
+}
+
+// ------------------------------------------------------------------------------------------
+// Policy
+// ------------------------------------------------------------------------------------------
+
+/// The default redaction patterns, as `(name, pattern)`; [`Redactor::new`] with
+/// `defaults` uses them all. Word boundaries are ASCII (`(?-u:\b)`), so a match cannot
+/// start or end inside a word and the regex stays on its fast DFA whatever the text.
+///
+/// - `openai_key`: `sk-` and at least 20 of `[A-Za-z0-9_-]`, starting a word: OpenAI keys
+///   (`sk-…`, `sk-proj-…`, `sk-svcacct-…`, `sk-admin-…`) and Sluice's own `sk-sluice-…` (43
+///   base64url characters after the prefix). `risk-…` or a short `sk-learn` does not match.
+/// - `azure_key`: exactly 32 hex digits as a whole word: an Azure OpenAI (Cognitive
+///   Services) key. It also hits any other 32-hex word (an MD5 digest, a dash-less UUID, a
+///   W3C trace id); acceptable because such values carry no meaning for a reader of a
+///   prompt, the cost of a false positive is ten characters of an audit record, and a
+///   missed key is a live credential in a log. 31 or 33 hex digits do not match.
+/// - `bearer`: `Bearer` (any case), spaces or tabs, then a token of at least 16
+///   characters of RFC 6750's `b64token` set (`A-Za-z0-9-._~+/`, trailing `=`): the
+///   `Authorization` header form. The word alone, or followed by a short word ("the bearer
+///   of bad news"), does not match.
+/// - `jwt`: a JWS compact serialization (RFC 7515 §7.1): `eyJ` (base64url of `{"`) then
+///   base64url, `.`, base64url, `.`, optional base64url (an unsigned token has an empty
+///   signature).
+/// - `email`: an e-mail address with a dotted domain ending in 2+ letters (`a.b@c.io`);
+///   `user@localhost` and `@handle` do not match.
+pub const DEFAULT_PATTERNS: &[(&str, &str)] = &[
+    ("openai_key", r"(?-u:\b)sk-[A-Za-z0-9_-]{20,}"),
+    ("azure_key", r"(?-u:\b)[0-9a-fA-F]{32}(?-u:\b)"),
+    (
+        "bearer",
+        r"(?i)(?-u:\b)bearer[ \t]+[A-Za-z0-9._~+/-]{16,}=*",
+    ),
+    (
+        "jwt",
+        r"(?-u:\b)eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*",
+    ),
+    (
+        "email",
+        r"(?-u:\b)[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?-u:\b)",
+    ),
+];
+
+/// The compiled size bound of one redaction pattern (the `regex` crate's `size_limit`):
+/// 1 MiB, a tenth of the crate's default, so an operator pattern such as `\w{1000}` that
+/// would compile to a huge program is refused at config compile.
+const PATTERN_SIZE_LIMIT: usize = 1 << 20;
+
+/// Redaction patterns: the defaults and the operator's own, each match replaced by
+/// [`REDACTED`] in every text field before the content policy. All patterns run as one
+/// alternation (one pass over a text); where matches overlap, the leftmost wins, then the
+/// earlier pattern (defaults before operator patterns). A match of no characters (a
+/// pattern like `x*`) replaces nothing.
+#[derive(Debug, Clone)]
+pub struct Redactor {
+    /// `None`: no patterns at all.
+    regex: Option<Regex>,
+}
+
+impl Redactor {
+    /// `defaults`: include [`DEFAULT_PATTERNS`]. `extra`: operator patterns (the `regex`
+    /// crate's syntax), already checked by [`Redactor::check`] (config compile calls it to
+    /// report a bad pattern at its line). Errors as `check` would.
+    pub fn new(defaults: bool, extra: &[String]) -> Result<Self, regex::Error> {
+        let defaults = DEFAULT_PATTERNS
+            .iter()
+            .filter(|_| defaults)
+            .map(|(_, pattern)| *pattern);
+        let patterns: Vec<&str> = defaults.chain(extra.iter().map(String::as_str)).collect();
+        if patterns.is_empty() {
+            return Ok(Redactor { regex: None });
+        }
+        for pattern in &patterns {
+            Self::check(pattern)?;
+        }
+        let alternation = patterns
+            .iter()
+            .map(|p| format!("(?:{p})"))
+            .collect::<Vec<_>>()
+            .join("|");
+        let regex = RegexBuilder::new(&alternation)
+            .size_limit(PATTERN_SIZE_LIMIT.saturating_mul(patterns.len()))
+            .build()?;
+        Ok(Redactor { regex: Some(regex) })
+    }
+
+    /// Checks one pattern: compiles it with the size bound [`Redactor::new`] uses (1 MiB
+    /// compiled). The error says what is wrong and where in the pattern.
+    pub fn check(pattern: &str) -> Result<(), regex::Error> {
+        RegexBuilder::new(pattern)
+            .size_limit(PATTERN_SIZE_LIMIT)
+            .build()
+            .map(drop)
+    }
+
+    /// `text` with every match replaced by [`REDACTED`] (borrowed when nothing matched).
+    pub fn redact<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        let Some(regex) = &self.regex else {
+            return Cow::Borrowed(text);
+        };
+        let mut out = String::new();
+        let mut last = 0;
+        for found in regex.find_iter(text).filter(|m| !m.is_empty()) {
+            out.push_str(&text[last..found.start()]);
+            out.push_str(REDACTED);
+            last = found.end();
+        }
+        if out.is_empty() {
+            return Cow::Borrowed(text);
+        }
+        out.push_str(&text[last..]);
+        Cow::Owned(out)
+    }
+}
+
+/// Applies redaction then `mode` to every text field of `content` in place. A text field
+/// is every string leaf not under a [`STRUCTURAL_KEYS`] key (`role`, `type`, `name`, `id`,
+/// `tool_call_id`, `finish_reason`, `index`, `object`, `model`, `call_id`, `status`; their
+/// values, whatever their type, are left as they are), at any depth.
+///
+/// - `Full`: the redacted text.
+/// - `Truncate(n)`: the redacted text; when longer than `n` characters (Unicode scalar
+///   values, not bytes), its first `n` characters followed by [`TRUNCATED_MARKER`].
+/// - `Hash`: `sha256:` and the lowercase hex SHA-256 of the redacted text's UTF-8 bytes.
+/// - `Omit`: callers do not call this (the worker keeps nothing); if they do, `content`
+///   becomes `null`.
+pub fn apply(content: &mut Value, mode: ContentMode, redactor: &Redactor) {
+    if mode == ContentMode::Omit {
+        *content = Value::Null;
+        return;
+    }
+    walk(content, &mut |text| {
+        let redacted = redactor.redact(text);
+        let policed = match mode {
+            ContentMode::Full | ContentMode::Omit => match redacted {
+                Cow::Borrowed(_) => return,
+                Cow::Owned(owned) => owned,
+            },
+            ContentMode::Truncate(n) => match redacted.char_indices().nth(n) {
+                Some((cut, _)) => {
+                    let mut short = String::with_capacity(cut + TRUNCATED_MARKER.len());
+                    short.push_str(&redacted[..cut]);
+                    short.push_str(TRUNCATED_MARKER);
+                    short
+                }
+                None => match redacted {
+                    Cow::Borrowed(_) => return,
+                    Cow::Owned(owned) => owned,
+                },
+            },
+            ContentMode::Hash => sha256_tag(redacted.as_bytes()),
+        };
+        *text = policed;
+    });
+}
+
+/// Calls `on_text` for every text field of `value` (see [`apply`]).
+fn walk(value: &mut Value, on_text: &mut dyn FnMut(&mut String)) {
+    match value {
+        Value::String(text) => on_text(text),
+        Value::Array(items) => {
+            for item in items {
+                walk(item, on_text);
+            }
+        }
+        Value::Object(fields) => {
+            for (key, field) in fields.iter_mut() {
+                if !STRUCTURAL_KEYS.contains(&key.as_str()) {
+                    walk(field, on_text);
+                }
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+/// `sha256:` and the lowercase hex digest of `bytes`.
+fn sha256_tag(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::digest(bytes);
+    let mut tag = String::with_capacity(7 + 2 * digest.len());
+    tag.push_str("sha256:");
+    for byte in digest {
+        tag.push(char::from(HEX[usize::from(byte >> 4)]));
+        tag.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    tag
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,985 @@
+use serde_json::json;
+
+use super::*;
+
+const CHAT_STREAM: &str = include_str!("fixtures/chat_stream_with_usage.sse");
+const CHAT_COMPLETION: &str = include_str!("fixtures/chat_completion.json");
+const CHAT_REQUEST: &str = include_str!("fixtures/chat_request.json");
+const EMBEDDINGS_REQUEST: &str = include_str!("fixtures/embeddings_request.json");
+
+fn capture(operation: Operation, stream: bool, max: usize, pieces: &[&[u8]]) -> Answer {
+    let mut capture = AnswerCapture::new(operation, stream, max).unwrap();
+    for piece in pieces {
+        capture.feed(piece);
+    }
+    capture.finish()
+}
+
+fn chat_stream(body: &[u8]) -> Answer {
+    capture(Operation::ChatCompletions, true, FULL_FIELD_CHARS, &[body])
+}
+
+fn stream_parts(answer: Answer) -> (Option<String>, Value, bool) {
+    match answer {
+        Answer::Stream {
+            model,
+            content,
+            cut,
+        } => (model, content, cut),
+        other => panic!("not a stream: {other:?}"),
+    }
+}
+
+/// `data: {json}` events, one per chunk, then `data: [DONE]`.
+fn sse(chunks: &[Value]) -> String {
+    let mut body = String::new();
+    for chunk in chunks {
+        body.push_str(&format!("data: {chunk}\n\n"));
+    }
+    body.push_str("data: [DONE]\n\n");
+    body
+}
+
+/// Every split of `body` in two pieces, and byte by byte, gives `whole`.
+fn assert_split_invariant(operation: Operation, body: &[u8], whole: &Answer) {
+    for at in 0..=body.len() {
+        let split = capture(
+            operation,
+            true,
+            FULL_FIELD_CHARS,
+            &[&body[..at], &body[at..]],
+        );
+        assert_eq!(&split, whole, "split at byte {at}");
+    }
+    let bytes: Vec<&[u8]> = body.chunks(1).collect();
+    assert_eq!(
+        &capture(operation, true, FULL_FIELD_CHARS, &bytes),
+        whole,
+        "byte by byte"
+    );
+}
+
+// ---- stream reassembly --------------------------------------------------------------------
+
+#[test]
+fn fixture_stream_reassembles_to_the_answer() {
+    let (model, content, cut) = stream_parts(chat_stream(CHAT_STREAM.as_bytes()));
+    assert_eq!(model.as_deref(), Some("gpt-4o-2024-08-06"));
+    assert!(!cut);
+    assert_eq!(
+        content,
+        json!({"choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": "One, two, three."}}]})
+    );
+}
+
+#[test]
+fn fixture_stream_split_at_every_byte_gives_the_same_answer() {
+    let whole = chat_stream(CHAT_STREAM.as_bytes());
+    assert_split_invariant(Operation::ChatCompletions, CHAT_STREAM.as_bytes(), &whole);
+}
+
+#[test]
+fn crlf_and_cr_line_ends_give_the_same_answer() {
+    let whole = chat_stream(CHAT_STREAM.as_bytes());
+    for end in ["\r\n", "\r"] {
+        let body = CHAT_STREAM.replace('\n', end);
+        assert_eq!(chat_stream(body.as_bytes()), whole, "line end {end:?}");
+        assert_split_invariant(Operation::ChatCompletions, body.as_bytes(), &whole);
+    }
+}
+
+#[test]
+fn a_stream_without_a_final_blank_line_still_reads_its_last_event() {
+    let body = r#"data: {"model":"m","choices":[{"index":0,"delta":{"content":"tail"}}]}"#;
+    let (_, content, _) = stream_parts(chat_stream(body.as_bytes()));
+    assert_eq!(content["choices"][0]["message"]["content"], "tail");
+}
+
+fn two_choice_tool_stream() -> String {
+    sse(&[
+        json!({"id": "c", "object": "chat.completion.chunk", "model": "",
+            "choices": [], "prompt_filter_results": []}),
+        json!({"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o",
+            "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": null, "tool_calls": [
+                    {"index": 0, "id": "call_a", "type": "function",
+                     "function": {"name": "get_weather", "arguments": ""}}]},
+                 "finish_reason": null},
+                {"index": 1, "delta": {"role": "assistant", "content": "Let me"},
+                 "finish_reason": null}]}),
+        json!({"model": "other", "choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "function": {"arguments": "{\"city\":"}}]}, "finish_reason": null}]}),
+        json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 1, "id": "call_b", "type": "function",
+             "function": {"name": "get_time", "arguments": "{}"}}]}}]}),
+        json!({"choices": [{"index": 1, "delta": {"content": " check."},
+            "finish_reason": "stop"}]}),
+        json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "function": {"arguments": "\"Paris\"}"}}]},
+            "finish_reason": "tool_calls"}]}),
+        json!({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2,
+            "total_tokens": 3}}),
+    ])
+}
+
+#[test]
+fn two_choices_with_tool_calls_split_across_chunks() {
+    let body = two_choice_tool_stream();
+    let whole = chat_stream(body.as_bytes());
+    let (model, content, cut) = stream_parts(whole.clone());
+    assert_eq!(
+        model.as_deref(),
+        Some("gpt-4o"),
+        "the first non-empty model"
+    );
+    assert!(!cut);
+    assert_eq!(
+        content,
+        json!({"choices": [
+            {"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_a", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+                    {"id": "call_b", "type": "function",
+                     "function": {"name": "get_time", "arguments": "{}"}}]}},
+            {"index": 1, "finish_reason": "stop",
+             "message": {"role": "assistant", "content": "Let me check."}}]})
+    );
+    assert_split_invariant(Operation::ChatCompletions, body.as_bytes(), &whole);
+}
+
+#[test]
+fn a_stream_gives_what_the_same_answer_as_json_gives() {
+    let json_answer = json!({
+        "id": "c", "object": "chat.completion", "model": "gpt-4o",
+        "choices": [
+            {"index": 0, "finish_reason": "tool_calls", "logprobs": null, "message": {
+                "role": "assistant", "content": null, "refusal": null, "tool_calls": [
+                    {"id": "call_a", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+                    {"id": "call_b", "type": "function",
+                     "function": {"name": "get_time", "arguments": "{}"}}]}},
+            {"index": 1, "finish_reason": "stop", "content_filter_results": {},
+             "message": {"role": "assistant", "content": "Let me check.", "refusal": null}}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    });
+    let body = serde_json::to_vec(&json_answer).unwrap();
+    let from_json = response_content(
+        Operation::ChatCompletions,
+        capture(
+            Operation::ChatCompletions,
+            false,
+            FULL_FIELD_CHARS,
+            &[&body],
+        ),
+    );
+    let from_stream = response_content(
+        Operation::ChatCompletions,
+        chat_stream(two_choice_tool_stream().as_bytes()),
+    );
+    assert_eq!(from_json, from_stream);
+}
+
+#[test]
+fn refusal_and_deprecated_function_call_are_reassembled() {
+    let body = sse(&[
+        json!({"model": "gpt-4o", "choices": [{"index": 0,
+            "delta": {"role": "assistant", "content": null, "refusal": "I can"}}]}),
+        json!({"choices": [{"index": 0, "delta": {"refusal": "'t help with that."}}]}),
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+    ]);
+    let (_, content, _) = stream_parts(chat_stream(body.as_bytes()));
+    assert_eq!(
+        content["choices"][0]["message"],
+        json!({"role": "assistant", "content": null, "refusal": "I can't help with that."})
+    );
+
+    let body = sse(&[
+        json!({"choices": [{"index": 0, "delta": {"role": "assistant",
+            "function_call": {"name": "lookup", "arguments": "{\"q\""}}}]}),
+        json!({"choices": [{"index": 0, "delta": {"function_call": {"arguments": ":1}"}},
+            "finish_reason": "function_call"}]}),
+    ]);
+    let (_, content, _) = stream_parts(chat_stream(body.as_bytes()));
+    assert_eq!(
+        content["choices"][0],
+        json!({"index": 0, "finish_reason": "function_call", "message": {
+            "role": "assistant", "content": null,
+            "function_call": {"name": "lookup", "arguments": "{\"q\":1}"}}})
+    );
+}
+
+#[test]
+fn completions_stream_appends_text_per_choice() {
+    let body = sse(&[
+        json!({"object": "text_completion", "model": "gpt-35-turbo-instruct",
+            "choices": [{"index": 0, "text": "Once", "finish_reason": null},
+                        {"index": 1, "text": "In", "finish_reason": null}]}),
+        json!({"choices": [{"index": 1, "text": " a land", "finish_reason": "length"}]}),
+        json!({"choices": [{"index": 0, "text": " upon", "finish_reason": "stop"}]}),
+    ]);
+    let whole = capture(
+        Operation::Completions,
+        true,
+        FULL_FIELD_CHARS,
+        &[body.as_bytes()],
+    );
+    let (model, content, cut) = stream_parts(whole.clone());
+    assert_eq!(model.as_deref(), Some("gpt-35-turbo-instruct"));
+    assert!(!cut);
+    assert_eq!(
+        content,
+        json!({"choices": [
+            {"index": 0, "finish_reason": "stop", "text": "Once upon"},
+            {"index": 1, "finish_reason": "length", "text": "In a land"}]})
+    );
+    assert_split_invariant(Operation::Completions, body.as_bytes(), &whole);
+}
+
+fn responses_stream() -> String {
+    let events = [
+        json!({"type": "response.created", "sequence_number": 0, "response": {
+            "id": "resp_1", "object": "response", "model": "gpt-4o",
+            "status": "in_progress", "output": []}}),
+        json!({"type": "response.output_item.added", "output_index": 0, "item": {
+            "id": "msg_1", "type": "message", "status": "in_progress", "role": "assistant",
+            "content": []}}),
+        json!({"type": "response.content_part.added", "item_id": "msg_1", "output_index": 0,
+            "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}),
+        json!({"type": "response.output_text.delta", "item_id": "msg_1", "output_index": 0,
+            "content_index": 0, "delta": "Hel"}),
+        json!({"type": "response.output_text.delta", "item_id": "msg_1", "output_index": 0,
+            "content_index": 0, "delta": "lo"}),
+        json!({"type": "response.refusal.delta", "item_id": "msg_1", "output_index": 0,
+            "content_index": 1, "delta": "No."}),
+        json!({"type": "response.output_text.done", "item_id": "msg_1", "output_index": 0,
+            "content_index": 0, "text": "Hello"}),
+        json!({"type": "response.output_item.added", "output_index": 1, "item": {
+            "id": "fc_1", "type": "function_call", "status": "in_progress",
+            "call_id": "call_1", "name": "get_weather", "arguments": ""}}),
+        json!({"type": "response.function_call_arguments.delta", "item_id": "fc_1",
+            "output_index": 1, "delta": "{\"city\":"}),
+        json!({"type": "response.function_call_arguments.delta", "item_id": "fc_1",
+            "output_index": 1, "delta": "\"Oslo\"}"}),
+        json!({"type": "response.output_item.added", "output_index": 2, "item": {
+            "id": "rs_1", "type": "reasoning", "summary": []}}),
+        json!({"type": "response.completed", "response": {
+            "id": "resp_1", "object": "response", "model": "gpt-4o-2024-08-06",
+            "status": "completed", "output": [], "usage": {"input_tokens": 3,
+            "output_tokens": 4, "total_tokens": 7}}}),
+    ];
+    let mut body = String::new();
+    for event in events {
+        let name = event["type"].as_str().unwrap().to_owned();
+        body.push_str(&format!("event: {name}\ndata: {event}\n\n"));
+    }
+    body
+}
+
+fn responses_expected() -> Value {
+    json!({"output": [
+        {"type": "message", "role": "assistant", "content": [
+            {"type": "output_text", "text": "Hello"},
+            {"type": "refusal", "refusal": "No."}]},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather",
+         "arguments": "{\"city\":\"Oslo\"}"},
+        {"type": "reasoning"}],
+        "output_text": "Hello"})
+}
+
+#[test]
+fn responses_stream_reassembles_output_items() {
+    let body = responses_stream();
+    let whole = capture(
+        Operation::Responses,
+        true,
+        FULL_FIELD_CHARS,
+        &[body.as_bytes()],
+    );
+    let (model, content, cut) = stream_parts(whole.clone());
+    assert_eq!(
+        model.as_deref(),
+        Some("gpt-4o-2024-08-06"),
+        "response.completed's"
+    );
+    assert!(!cut);
+    assert_eq!(content, responses_expected());
+    assert_split_invariant(Operation::Responses, body.as_bytes(), &whole);
+}
+
+#[test]
+fn responses_json_gives_the_stream_shape() {
+    let body = json!({"id": "resp_1", "object": "response", "model": "gpt-4o-2024-08-06",
+        "status": "completed", "output": [
+            {"id": "msg_1", "type": "message", "status": "completed", "role": "assistant",
+             "content": [{"type": "output_text", "text": "Hello", "annotations": []},
+                         {"type": "refusal", "refusal": "No."}]},
+            {"id": "fc_1", "type": "function_call", "status": "completed",
+             "call_id": "call_1", "name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"},
+            {"id": "rs_1", "type": "reasoning", "summary": [{"type": "summary_text",
+             "text": "thinking"}]}],
+        "usage": {"input_tokens": 3, "output_tokens": 4, "total_tokens": 7}});
+    let answer = Answer::Json {
+        body: serde_json::to_vec(&body).unwrap(),
+        cut: false,
+    };
+    let (model, content) = response_content(Operation::Responses, answer);
+    assert_eq!(model.as_deref(), Some("gpt-4o-2024-08-06"));
+    assert_eq!(content, Some(responses_expected()));
+}
+
+#[test]
+fn garbage_events_are_skipped() {
+    let body = [
+        ": a comment\n\n",
+        "data: not json\n\n",
+        "data: {\"choices\": \"nope\"}\n\n",
+        "data: {\"choices\": [{\"index\": 0, \"delta\": {\"content\": 5}}]}\n\n",
+        "data: {\"choices\": [{\"index\": -1, \"delta\": {\"content\": \"neg\"}}]}\n\n",
+        "data: [1, 2, 3]\n\n",
+        "event: ping\n\n",
+        "data: {\"choices\": [{\"index\": 0, \"delta\": {\"content\": \"kept\"}}]}\n\n",
+        "data: {\"choices\": null, \"usage\": null}\n\n",
+        "data: {\"choices\": [{\"index\": 0, \"delta\": null, \"finish_reason\": \"stop\"}]}\n\n",
+        "data: [DONE]\n\n",
+        "data: {\"choices\": [{\"index\": 0, \"delta\": {\"content\": \" after done\"}}]}\n\n",
+    ]
+    .concat();
+    let (model, content, cut) = stream_parts(chat_stream(body.as_bytes()));
+    assert_eq!(model, None);
+    assert!(!cut, "skipped garbage is not a cut");
+    assert_eq!(
+        content,
+        json!({"choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": null, "content": "kept"}}]})
+    );
+    // Responses garbage too.
+    let body = "data: {\"type\": 3}\n\ndata: {\"type\": \"response.output_text.delta\", \
+                \"output_index\": \"x\", \"delta\": \"no\"}\n\ndata: {}\n\n";
+    let (_, content, _) = stream_parts(capture(
+        Operation::Responses,
+        true,
+        FULL_FIELD_CHARS,
+        &[body.as_bytes()],
+    ));
+    assert_eq!(content, json!({"output": [], "output_text": ""}));
+}
+
+#[test]
+fn an_over_size_event_is_skipped_and_marks_the_capture_cut() {
+    let big = "x".repeat(MAX_EVENT_BYTES + 10);
+    let huge_event =
+        format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{big}\"}}}}]}}\n\n");
+    let before = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n";
+    let after = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"b\"}}]}\n\n";
+    let body = [before, huge_event.as_str(), after, "data: [DONE]\n\n"].concat();
+    // Whole, and in pieces of 64 KiB as a relay would feed it: the same.
+    let whole = chat_stream(body.as_bytes());
+    let pieces: Vec<&[u8]> = body.as_bytes().chunks(64 << 10).collect();
+    let answer = capture(Operation::ChatCompletions, true, FULL_FIELD_CHARS, &pieces);
+    assert!(answer == whole);
+    let (_, content, cut) = stream_parts(answer);
+    assert!(cut);
+    let kept = content["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap();
+    assert!(kept == "ab", "kept {} bytes", kept.len());
+}
+
+#[test]
+fn a_ten_megabyte_stream_keeps_each_field_within_its_bound() {
+    let piece = "é".repeat(500) + &"a".repeat(500); // 1000 chars, 1500 bytes
+    let chunk = format!(
+        "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{piece}\"}}}}]}}\n\n"
+    );
+    let body = chunk.repeat(10_000 * 1000 / 1500 + 1);
+    assert!(body.len() > 10_000_000);
+    let pieces: Vec<&[u8]> = body.as_bytes().chunks(16 << 10).collect();
+
+    // Truncate's N: 1000 characters, and the redaction slack (1500 bytes a piece here:
+    // characters, not bytes, count).
+    let (_, content, cut) = stream_parts(capture(Operation::ChatCompletions, true, 1000, &pieces));
+    assert!(cut);
+    let text = content["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap();
+    assert_eq!(text.chars().count(), 1000 + REDACTION_SLACK_CHARS);
+    assert_eq!(text, format!("{piece}{piece}{}", "é".repeat(24)));
+
+    // Full: 1 Mi characters of content, and the slack.
+    let (_, content, cut) = stream_parts(capture(
+        Operation::ChatCompletions,
+        true,
+        FULL_FIELD_CHARS,
+        &pieces,
+    ));
+    assert!(cut);
+    let text = content["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        text.chars().count(),
+        FULL_FIELD_CHARS + REDACTION_SLACK_CHARS
+    );
+    assert!(text.starts_with(&piece));
+}
+
+#[test]
+fn many_choices_share_one_total_bound() {
+    let text = "z".repeat(1000);
+    let chunk = |i: usize| {
+        format!(
+            "data: {{\"choices\":[{{\"index\":{i},\"delta\":{{\"content\":\"{text}\"}}}}]}}\n\n"
+        )
+    };
+    // 8 choices of 1.2 MB each: more than MAX_ANSWER_BYTES together.
+    let mut body = String::new();
+    for _ in 0..1200 {
+        for i in 0..8 {
+            body.push_str(&chunk(i));
+        }
+    }
+    let (_, content, cut) = stream_parts(chat_stream(body.as_bytes()));
+    assert!(cut);
+    let kept: usize = content["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["message"]["content"].as_str().unwrap().len())
+        .sum();
+    assert_eq!(kept, MAX_ANSWER_BYTES);
+}
+
+#[test]
+fn choices_and_tool_calls_past_the_count_bounds_are_ignored() {
+    let choices: Vec<Value> = (0..200)
+        .map(|i| json!({"index": i, "delta": {"content": "c"}}))
+        .collect();
+    let calls: Vec<Value> = (0..200)
+        .map(|i| {
+            json!({"index": i, "id": format!("call_{i}"), "type": "function",
+            "function": {"name": "f", "arguments": "{}"}})
+        })
+        .collect();
+    let body = sse(&[
+        json!({"choices": choices}),
+        json!({"choices": [{"index": 0, "delta": {"tool_calls": calls}}]}),
+    ]);
+    let (_, content, cut) = stream_parts(chat_stream(body.as_bytes()));
+    assert!(cut);
+    let kept = content["choices"].as_array().unwrap();
+    assert_eq!(kept.len(), MAX_CHOICES);
+    assert_eq!(kept[127]["index"], 127);
+    let calls = kept[0]["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), MAX_TOOL_CALLS);
+    assert_eq!(calls[127]["id"], "call_127");
+}
+
+#[test]
+fn json_answers_are_kept_as_bytes_up_to_the_bound() {
+    let body = CHAT_COMPLETION.as_bytes();
+    let pieces: Vec<&[u8]> = body.chunks(7).collect();
+    assert_eq!(
+        capture(Operation::ChatCompletions, false, FULL_FIELD_CHARS, &pieces),
+        Answer::Json {
+            body: body.to_vec(),
+            cut: false
+        }
+    );
+    let big = vec![b' '; MAX_ANSWER_BYTES + 1];
+    let pieces: Vec<&[u8]> = big.chunks(1 << 20).collect();
+    match capture(Operation::Responses, false, 10, &pieces) {
+        Answer::Json { body, cut } => {
+            assert!(cut);
+            assert_eq!(body.len(), MAX_ANSWER_BYTES);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn embeddings_and_models_capture_nothing() {
+    for stream in [false, true] {
+        assert!(AnswerCapture::new(Operation::Embeddings, stream, 10).is_none());
+        assert!(AnswerCapture::new(Operation::Models, stream, 10).is_none());
+        for op in [
+            Operation::ChatCompletions,
+            Operation::Completions,
+            Operation::Responses,
+        ] {
+            assert!(AnswerCapture::new(op, stream, 10).is_some());
+        }
+    }
+}
+
+// ---- request_content / response_content ---------------------------------------------------
+
+#[test]
+fn request_content_per_operation() {
+    let chat = request_content(Operation::ChatCompletions, CHAT_REQUEST.as_bytes());
+    assert_eq!(
+        chat,
+        Some(json!({"messages": [
+            {"role": "system", "content": "You are a concise assistant."},
+            {"role": "user", "content": "Explain a token bucket in one sentence."}]}))
+    );
+    let embeddings = request_content(Operation::Embeddings, EMBEDDINGS_REQUEST.as_bytes());
+    assert_eq!(
+        embeddings,
+        Some(json!({"input": ["The food was delicious", "and the waiter was friendly"]}))
+    );
+    let completions = br#"{"model": "m", "prompt": ["a", "b"], "max_tokens": 5}"#;
+    assert_eq!(
+        request_content(Operation::Completions, completions),
+        Some(json!({"prompt": ["a", "b"]}))
+    );
+    let responses = br#"{"model": "m", "instructions": "Be brief.", "input": "Hi"}"#;
+    assert_eq!(
+        request_content(Operation::Responses, responses),
+        Some(json!({"instructions": "Be brief.", "input": "Hi"}))
+    );
+    let responses = br#"{"model": "m", "instructions": null, "input": [{"role": "user",
+        "content": [{"type": "input_text", "text": "Hi"}]}]}"#;
+    assert_eq!(
+        request_content(Operation::Responses, responses),
+        Some(json!({"input": [{"role": "user",
+            "content": [{"type": "input_text", "text": "Hi"}]}]}))
+    );
+    // Another operation's key is not content here.
+    assert_eq!(
+        request_content(Operation::ChatCompletions, completions),
+        None
+    );
+    assert_eq!(
+        request_content(Operation::Models, CHAT_REQUEST.as_bytes()),
+        None
+    );
+}
+
+#[test]
+fn request_content_of_non_object_bodies_is_none() {
+    for body in [
+        &b"[{\"messages\": []}]"[..],
+        b"\"messages\"",
+        b"42",
+        b"null",
+        b"not json",
+        b"",
+        b"{\"messages\": [",
+        b"{}",
+        b"{\"messages\": null}",
+    ] {
+        assert_eq!(
+            request_content(Operation::ChatCompletions, body),
+            None,
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+}
+
+#[test]
+fn response_content_of_the_fixture_chat_answer() {
+    let answer = Answer::Json {
+        body: CHAT_COMPLETION.as_bytes().to_vec(),
+        cut: false,
+    };
+    let (model, content) = response_content(Operation::ChatCompletions, answer);
+    assert_eq!(model.as_deref(), Some("gpt-4o-2024-08-06"));
+    assert_eq!(
+        content,
+        Some(
+            json!({"choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant",
+            "content": "A token bucket refills at a fixed rate and admits a request only \
+                        while it holds enough tokens."}}]})
+        )
+    );
+}
+
+#[test]
+fn response_content_of_a_completions_answer() {
+    let body = br#"{"id": "cmpl-1", "object": "text_completion", "model": "davinci",
+        "choices": [{"text": "Hello there", "index": 0, "logprobs": null,
+        "finish_reason": "length"}], "usage": {"total_tokens": 3}}"#;
+    let answer = Answer::Json {
+        body: body.to_vec(),
+        cut: false,
+    };
+    assert_eq!(
+        response_content(Operation::Completions, answer),
+        (
+            Some("davinci".to_owned()),
+            Some(json!({"choices": [{"index": 0, "finish_reason": "length",
+                "text": "Hello there"}]}))
+        )
+    );
+}
+
+#[test]
+fn response_content_of_cut_unparsable_and_error_bodies() {
+    let cut = Answer::Json {
+        body: CHAT_COMPLETION.as_bytes()[..100].to_vec(),
+        cut: true,
+    };
+    assert_eq!(
+        response_content(Operation::ChatCompletions, cut),
+        (None, Some(json!({"unparsed": true, "cut": true})))
+    );
+    for body in [
+        &b"{\"choices\": [tru"[..],
+        b"[]",
+        b"{\"object\": \"list\"}",
+        b"",
+    ] {
+        let answer = Answer::Json {
+            body: body.to_vec(),
+            cut: false,
+        };
+        assert_eq!(
+            response_content(Operation::ChatCompletions, answer).1,
+            Some(json!({"unparsed": true})),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    let error = br#"{"error": {"message": "Rate limit", "type": "requests", "code": "429"}}"#;
+    let answer = Answer::Json {
+        body: error.to_vec(),
+        cut: false,
+    };
+    assert_eq!(
+        response_content(Operation::Responses, answer),
+        (
+            None,
+            Some(
+                json!({"error": {"message": "Rate limit", "type": "requests",
+                "code": "429"}})
+            )
+        )
+    );
+    let embeddings = br#"{"object": "list", "model": "ada", "data": [{"embedding": [0.1]}]}"#;
+    let answer = Answer::Json {
+        body: embeddings.to_vec(),
+        cut: false,
+    };
+    assert_eq!(
+        response_content(Operation::Embeddings, answer),
+        (Some("ada".to_owned()), None)
+    );
+}
+
+#[test]
+fn response_content_marks_a_cut_stream() {
+    let long = "é".repeat(3 + REDACTION_SLACK_CHARS + 1);
+    let body = sse(&[json!({"model": "m", "choices": [{"index": 0,
+        "delta": {"role": "assistant", "content": long}, "finish_reason": "length"}]})]);
+    let (_, content) = response_content(
+        Operation::ChatCompletions,
+        capture(Operation::ChatCompletions, true, 3, &[body.as_bytes()]),
+    );
+    let kept = "é".repeat(3 + REDACTION_SLACK_CHARS);
+    assert_eq!(
+        content,
+        Some(json!({"choices": [{"index": 0, "finish_reason": "length",
+            "message": {"role": "assistant", "content": kept}}], "cut": true}))
+    );
+}
+
+#[test]
+fn a_secret_across_the_truncation_point_is_redacted_whole() {
+    let key = "sk-abcdefghijklmnopqrstuvwxyz0123456789";
+    let text = format!("key is {key} ok");
+    let json_answer = json!({"model": "m", "choices": [{"index": 0, "finish_reason": "stop",
+        "message": {"role": "assistant", "content": text}}]});
+    // The stream sends the key in small deltas, the cut (N = 10) falls inside it.
+    let deltas: Vec<Value> = text
+        .as_bytes()
+        .chunks(4)
+        .map(|piece| {
+            let piece = std::str::from_utf8(piece).unwrap();
+            json!({"model": "m", "choices": [{"index": 0, "delta": {"content": piece}}]})
+        })
+        .chain([
+            json!({"choices": [{"index": 0, "delta": {"role": "assistant"},
+            "finish_reason": "stop"}]}),
+        ])
+        .collect();
+    let stream = sse(&deltas);
+    let redactor = defaults();
+    let mode = ContentMode::Truncate(10);
+    let (_, mut from_stream) = response_content(
+        Operation::ChatCompletions,
+        capture(Operation::ChatCompletions, true, 10, &[stream.as_bytes()]),
+    );
+    let body = serde_json::to_vec(&json_answer).unwrap();
+    let (_, mut from_json) = response_content(
+        Operation::ChatCompletions,
+        capture(Operation::ChatCompletions, false, 10, &[&body]),
+    );
+    apply(from_stream.as_mut().unwrap(), mode, &redactor);
+    apply(from_json.as_mut().unwrap(), mode, &redactor);
+    let expected = "key is [RE…[truncated]";
+    assert_eq!(
+        from_stream.unwrap()["choices"][0]["message"]["content"],
+        expected
+    );
+    assert_eq!(
+        from_json.unwrap()["choices"][0]["message"]["content"],
+        expected
+    );
+}
+
+// ---- Redactor --------------------------------------------------------------------------------
+
+fn defaults() -> Redactor {
+    Redactor::new(true, &[]).unwrap()
+}
+
+#[track_caller]
+fn assert_redacts(redactor: &Redactor, text: &str, expected: &str) {
+    assert_eq!(redactor.redact(text), expected, "{text}");
+}
+
+#[track_caller]
+fn assert_keeps(redactor: &Redactor, text: &str) {
+    assert!(
+        matches!(redactor.redact(text), Cow::Borrowed(t) if t == text),
+        "{text} → {}",
+        redactor.redact(text)
+    );
+}
+
+#[test]
+fn default_patterns_hit_openai_style_keys() {
+    let r = defaults();
+    assert_redacts(
+        &r,
+        "key sk-abcdefghijklmnopqrstuvwx1234 here",
+        "key [REDACTED] here",
+    );
+    assert_redacts(
+        &r,
+        "OPENAI_API_KEY=sk-proj-Ab_cD-ef0123456789abcdefghijkl",
+        "OPENAI_API_KEY=[REDACTED]",
+    );
+    let sluice = format!("sk-sluice-{}", "A1b2_C3d-".repeat(5)); // 45 chars after the prefix
+    assert_redacts(&r, &format!("use {sluice}."), "use [REDACTED].");
+    assert_keeps(&r, "risk-abcdefghijklmnopqrstuvwxyz0123");
+    assert_keeps(&r, "pip install sk-learn");
+    assert_keeps(&r, "sk-short-key-123");
+}
+
+#[test]
+fn default_patterns_hit_azure_keys_of_exactly_32_hex_digits() {
+    let r = defaults();
+    let key = "0123456789abcdef0123456789ABCDEF";
+    assert_redacts(&r, &format!("api-key: {key}"), "api-key: [REDACTED]");
+    assert_keeps(&r, &key[..31]);
+    assert_keeps(&r, &format!("{key}0"));
+    assert_keeps(&r, "123e4567-e89b-12d3-a456-426614174000");
+    assert_keeps(&r, "0123456789abcdef0123456789abcdeg");
+}
+
+#[test]
+fn default_patterns_hit_bearer_tokens_in_any_case() {
+    let r = defaults();
+    assert_redacts(
+        &r,
+        "Authorization: Bearer abcDEF0123456789-._~+/==",
+        "Authorization: [REDACTED]",
+    );
+    assert_redacts(&r, "bearer\tabcdefghijklmnop", "[REDACTED]");
+    assert_redacts(&r, "BEARER abcdefghijklmnop!", "[REDACTED]!");
+    assert_keeps(&r, "the bearer of bad news");
+    assert_keeps(&r, "bearer");
+    assert_keeps(&r, "Bearer short");
+    assert_keeps(&r, "forbearer abcdefghijklmnopqrst");
+}
+
+#[test]
+fn default_patterns_hit_jwts() {
+    let r = defaults();
+    let jwt =
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+    assert_redacts(&r, &format!("token={jwt};"), "token=[REDACTED];");
+    assert_redacts(&r, "eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.", "[REDACTED]");
+    assert_keeps(&r, "eyJhbGciOiJIUzI1NiJ9");
+    assert_keeps(&r, "keyJhb.x.y");
+}
+
+#[test]
+fn default_patterns_hit_email_addresses() {
+    let r = defaults();
+    assert_redacts(
+        &r,
+        "mail a.b+c@mail.example.co.uk now",
+        "mail [REDACTED] now",
+    );
+    assert_redacts(&r, "<bob@example.com>", "<[REDACTED]>");
+    assert_keeps(&r, "user@localhost");
+    assert_keeps(&r, "ping @handle please");
+    assert_keeps(&r, "a@b.c");
+}
+
+#[test]
+fn operator_patterns_redact_alone_or_with_the_defaults() {
+    let extra = vec![r"ACME-\d{6}".to_owned()];
+    let only = Redactor::new(false, &extra).unwrap();
+    assert_redacts(
+        &only,
+        "ticket ACME-123456 by bob@example.com",
+        "ticket [REDACTED] by bob@example.com",
+    );
+    let both = Redactor::new(true, &extra).unwrap();
+    assert_redacts(
+        &both,
+        "ticket ACME-123456 by bob@example.com",
+        "ticket [REDACTED] by [REDACTED]",
+    );
+    // A case-insensitive flag stays inside its own pattern.
+    let flagged = Redactor::new(false, &["(?i)secret".to_owned(), "abc".to_owned()]).unwrap();
+    assert_redacts(&flagged, "SECRET ABC abc", "[REDACTED] ABC [REDACTED]");
+}
+
+#[test]
+fn nothing_matched_borrows() {
+    assert_keeps(&defaults(), "nothing to see here");
+    assert_keeps(&Redactor::new(false, &[]).unwrap(), "bob@example.com");
+    // A pattern that matches nothing at all replaces nothing.
+    let empty = Redactor::new(false, &["x*".to_owned()]).unwrap();
+    assert_keeps(&empty, "abc");
+    assert_redacts(&empty, "axxb", "a[REDACTED]b");
+}
+
+#[test]
+fn bad_patterns_are_refused() {
+    assert!(Redactor::check("(unclosed").is_err());
+    assert!(
+        Redactor::check(r"(?:\w{100}){100}").is_err(),
+        "too large compiled"
+    );
+    assert!(Redactor::check(r"ACME-\d+").is_ok());
+    assert!(Redactor::new(true, &["[z-a]".to_owned()]).is_err());
+}
+
+#[test]
+fn every_default_pattern_is_named_and_checks() {
+    for (name, pattern) in DEFAULT_PATTERNS {
+        assert!(!name.is_empty());
+        Redactor::check(pattern).unwrap();
+    }
+}
+
+// ---- apply ---------------------------------------------------------------------------------
+
+fn messages() -> Value {
+    json!({"messages": [
+        {"role": "system", "content": "Mail bob@example.com"},
+        {"role": "user", "name": "alice", "content": [
+            {"type": "text", "text": "héllo wörld"},
+            {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "lookup", "arguments": "{\"a\":1}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "abc"}],
+        "n": 2, "flag": true})
+}
+
+/// `messages()` with each text field replaced by `f(text)`.
+fn messages_with(f: impl Fn(&str) -> String) -> Value {
+    json!({"messages": [
+        {"role": "system", "content": f("Mail [REDACTED]")},
+        {"role": "user", "name": "alice", "content": [
+            {"type": "text", "text": f("héllo wörld")},
+            {"type": "image_url", "image_url": {"url": f("https://x/y.png")}}]},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "lookup", "arguments": f("{\"a\":1}")}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": f("abc")}],
+        "n": 2, "flag": true})
+}
+
+#[test]
+fn apply_full_redacts_only() {
+    let mut content = messages();
+    apply(&mut content, ContentMode::Full, &defaults());
+    assert_eq!(content, messages_with(str::to_owned));
+}
+
+#[test]
+fn apply_truncate_cuts_characters_and_marks_them() {
+    let mut content = messages();
+    apply(&mut content, ContentMode::Truncate(3), &defaults());
+    assert_eq!(
+        content,
+        messages_with(|t| if t.chars().count() > 3 {
+            format!(
+                "{}{TRUNCATED_MARKER}",
+                t.chars().take(3).collect::<String>()
+            )
+        } else {
+            t.to_owned()
+        })
+    );
+    // Spelled out: characters, not bytes; an exact fit is not marked.
+    assert_eq!(
+        content["messages"][1]["content"][0]["text"],
+        "hél…[truncated]"
+    );
+    assert_eq!(content["messages"][3]["content"], "abc");
+    let mut multibyte = json!(["ééééé", "日本語", "🙂🙂🙂🙂"]);
+    apply(&mut multibyte, ContentMode::Truncate(3), &defaults());
+    assert_eq!(
+        multibyte,
+        json!(["ééé…[truncated]", "日本語", "🙂🙂🙂…[truncated]"])
+    );
+    let mut zero = json!({"content": "x"});
+    apply(&mut zero, ContentMode::Truncate(0), &defaults());
+    assert_eq!(zero, json!({"content": "…[truncated]"}));
+}
+
+#[test]
+fn apply_hash_hashes_the_redacted_text() {
+    let mut content = messages();
+    apply(&mut content, ContentMode::Hash, &defaults());
+    assert_eq!(content, messages_with(|t| sha256_tag(t.as_bytes())));
+    // The FIPS 180-2 test vector for "abc", independently of sha256_tag.
+    assert_eq!(
+        content["messages"][3]["content"],
+        "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+}
+
+#[test]
+fn apply_omit_gives_null() {
+    let mut content = messages();
+    apply(&mut content, ContentMode::Omit, &defaults());
+    assert_eq!(content, Value::Null);
+}
+
+#[test]
+fn apply_leaves_every_structural_key_alone() {
+    let mut fields = Map::new();
+    for key in STRUCTURAL_KEYS {
+        fields.insert((*key).to_owned(), json!("bob@example.com long value"));
+    }
+    fields.insert("text".into(), json!("bob@example.com long value"));
+    let mut content = Value::Object(fields);
+    apply(&mut content, ContentMode::Truncate(2), &defaults());
+    for key in STRUCTURAL_KEYS {
+        assert_eq!(content[key], "bob@example.com long value", "{key}");
+    }
+    assert_eq!(content["text"], "[R…[truncated]");
+}
+
+#[test]
+fn apply_reaches_a_root_string_and_strings_in_arrays() {
+    let mut root = json!("bob@example.com");
+    apply(&mut root, ContentMode::Full, &defaults());
+    assert_eq!(root, "[REDACTED]");
+    let mut prompt = json!({"prompt": ["a@b.io", [1, 2, 3]]});
+    apply(&mut prompt, ContentMode::Full, &defaults());
+    assert_eq!(prompt, json!({"prompt": ["[REDACTED]", [1, 2, 3]]}));
+}

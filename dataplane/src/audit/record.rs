@@ -1,0 +1,260 @@
+//! The audit record: what the worker hands over when a request completes ([`Record`], its
+//! content still raw), and what the writer makes of it ([`Entry`]: the content extracted,
+//! redacted and cut by the policy — one JSON line, one SQLite row).
+//!
+//! An entry as a JSON line (fields that do not apply are `null`):
+//!
+//! ```json
+//! {"time":"2026-12-01T04:30:00.123Z","request_id":"3f2a…","node":"gw-1","worker":0,
+//!  "subscription":"app-a","product":"standard","operation":"chat","deployment":"gpt-4o",
+//!  "model":"gpt-4o-2024-08-06","api_version":"2024-10-21","backend":"east",
+//!  "attempts":[{"backend":"east","status":200,"outcome":"answered","duration_ms":41.2}],
+//!  "status":200,"error":null,"ended":"complete","truncated":false,
+//!  "latency_ms":43.0,"upstream_latency_ms":41.2,"ttft_ms":null,
+//!  "prompt_tokens":19,"completion_tokens":9,"total_tokens":28,"tokens_estimated":false,
+//!  "client_ip":"10.0.0.7","client_cert":null,"jwt_subject":null,"app_id":null,
+//!  "content":"full","request":{"messages":[…]},"response":{"choices":[…]}}
+//! ```
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use super::content::{self, Answer, Redactor};
+use super::ContentMode;
+use crate::policy::context::RequestId;
+use crate::route::Operation;
+
+/// One request, as its worker saw it: names and figures final, content raw.
+pub struct Record {
+    /// When the request's head was parsed (wall clock).
+    pub time: SystemTime,
+    /// The request id.
+    pub request_id: RequestId,
+    /// The worker that served it.
+    pub worker: usize,
+    /// The subscription (auth on, once authenticated).
+    pub subscription: Option<String>,
+    /// Its product.
+    pub product: Option<String>,
+    /// The operation, once routed.
+    pub operation: Option<Operation>,
+    /// The deployment, once known.
+    pub deployment: Option<String>,
+    /// The request's `api-version` query parameter (Azure paths).
+    pub api_version: Option<String>,
+    /// Each upstream attempt, in order.
+    pub attempts: Vec<AttemptEntry>,
+    /// The status the client got (`None`: no answer head went out).
+    pub status: Option<u16>,
+    /// The error Sluice answered with ([`crate::error::ErrorKind::name`]).
+    pub error: Option<&'static str>,
+    /// How the answer ended ([`crate::policy::context::End::name`]).
+    pub end: &'static str,
+    /// From the head parsed to the request's completion.
+    pub latency: Duration,
+    /// The answering attempt's time to its answer's head.
+    pub upstream_latency: Option<Duration>,
+    /// A stream's time to its first body bytes (from the head parsed).
+    pub ttft: Option<Duration>,
+    /// The tokens (`None`: usage not accounted, e.g. no deployment).
+    pub tokens: Option<Tokens>,
+    /// The client's address.
+    pub client_ip: IpAddr,
+    /// The verified client certificate's subject (RFC 4514).
+    pub client_cert: Option<Arc<str>>,
+    /// A JWT caller's `sub`.
+    pub jwt_subject: Option<String>,
+    /// A JWT caller's application (the issuer's subscription claim).
+    pub app_id: Option<String>,
+    /// The content policy that applies.
+    pub content: ContentMode,
+    /// The request body as read (decoded), when content is kept.
+    pub request_body: Option<Vec<u8>>,
+    /// The answer as captured, when content is kept.
+    pub answer: Option<Answer>,
+}
+
+/// A request's tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Tokens {
+    /// Prompt tokens (the backend's, or Sluice's estimate).
+    pub prompt: Option<u64>,
+    /// Completion tokens (the backend's, or counted by Sluice).
+    pub completion: Option<u64>,
+    /// Total tokens: what the request was charged.
+    pub total: u64,
+    /// Not the backend's own report: Sluice's estimate or count.
+    pub estimated: bool,
+}
+
+/// One upstream attempt in a record.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptEntry {
+    /// The backend's name.
+    pub backend: String,
+    /// Its answer's status, if its head arrived.
+    pub status: Option<u16>,
+    /// How it ended ([`crate::policy::context::AttemptOutcome::name`]).
+    pub outcome: &'static str,
+    /// From its start to its answer's head (or failure), in milliseconds.
+    pub duration_ms: f64,
+}
+
+/// A record as written: the JSON line's fields, in order.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    /// RFC 3339 UTC with milliseconds.
+    pub time: String,
+    /// Milliseconds since the Unix epoch (the SQLite index).
+    #[serde(skip)]
+    pub time_unix_ms: i64,
+    /// The request id.
+    pub request_id: String,
+    /// `[audit] node`.
+    pub node: Arc<str>,
+    /// The worker index.
+    pub worker: usize,
+    /// The subscription.
+    pub subscription: Option<String>,
+    /// The product.
+    pub product: Option<String>,
+    /// The operation ([`Operation::name`]).
+    pub operation: Option<&'static str>,
+    /// The deployment.
+    pub deployment: Option<String>,
+    /// The model the answer named (the backend's own name for it).
+    pub model: Option<String>,
+    /// The `api-version` query parameter.
+    pub api_version: Option<String>,
+    /// The backend that answered.
+    pub backend: Option<String>,
+    /// Every attempt.
+    pub attempts: Vec<AttemptEntry>,
+    /// The status the client got.
+    pub status: Option<u16>,
+    /// The error kind Sluice answered with.
+    pub error: Option<&'static str>,
+    /// How the answer ended: `complete`, `truncated` or `client_gone`.
+    pub ended: &'static str,
+    /// The answer did not go out whole.
+    pub truncated: bool,
+    /// Total latency, ms.
+    pub latency_ms: f64,
+    /// The answering attempt's time to its answer's head, ms.
+    pub upstream_latency_ms: Option<f64>,
+    /// A stream's time to its first body bytes, ms.
+    pub ttft_ms: Option<f64>,
+    /// Prompt tokens.
+    pub prompt_tokens: Option<u64>,
+    /// Completion tokens.
+    pub completion_tokens: Option<u64>,
+    /// Total tokens.
+    pub total_tokens: Option<u64>,
+    /// Whether the tokens are Sluice's estimate rather than the backend's report.
+    pub tokens_estimated: Option<bool>,
+    /// The client's address.
+    pub client_ip: String,
+    /// The client certificate's subject.
+    pub client_cert: Option<Arc<str>>,
+    /// The JWT `sub`.
+    pub jwt_subject: Option<String>,
+    /// The JWT application id.
+    pub app_id: Option<String>,
+    /// The content policy applied: `full`, `truncate`, `hash` or `omit`.
+    pub content: &'static str,
+    /// The request's content ([`content::request_content`], policy applied).
+    pub request: Option<serde_json::Value>,
+    /// The answer's content ([`content::response_content`], policy applied).
+    pub response: Option<serde_json::Value>,
+}
+
+impl Entry {
+    /// Renders `record` on the writer thread: content extracted, redacted and cut.
+    pub fn render(record: Record, node: &Arc<str>, redactor: &Redactor) -> Entry {
+        let since_epoch = record
+            .time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let operation = record.operation;
+        let mode = record.content;
+        let policy = |value: Option<serde_json::Value>| {
+            value.map(|mut v| {
+                content::apply(&mut v, mode, redactor);
+                v
+            })
+        };
+        let (request, response, model) = match (operation, mode) {
+            (Some(op), mode) if mode != ContentMode::Omit => {
+                let request = record
+                    .request_body
+                    .as_deref()
+                    .and_then(|body| content::request_content(op, body));
+                let (model, response) = match record.answer {
+                    Some(answer) => content::response_content(op, answer),
+                    None => (None, None),
+                };
+                (policy(request), policy(response), model)
+            }
+            _ => (None, None, None),
+        };
+        let backend = record
+            .attempts
+            .last()
+            .filter(|a| a.outcome == "answered")
+            .map(|a| a.backend.clone());
+        Entry {
+            time: humantime::format_rfc3339_millis(record.time).to_string(),
+            time_unix_ms: i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX),
+            request_id: record.request_id.to_string(),
+            node: Arc::clone(node),
+            worker: record.worker,
+            subscription: record.subscription,
+            product: record.product,
+            operation: operation.map(Operation::name),
+            deployment: record.deployment,
+            model,
+            api_version: record.api_version,
+            backend,
+            attempts: record.attempts,
+            status: record.status,
+            error: record.error,
+            ended: record.end,
+            truncated: record.end != "complete",
+            latency_ms: millis(record.latency),
+            upstream_latency_ms: record.upstream_latency.map(millis),
+            ttft_ms: record.ttft.map(millis),
+            prompt_tokens: record.tokens.and_then(|t| t.prompt),
+            completion_tokens: record.tokens.and_then(|t| t.completion),
+            total_tokens: record.tokens.map(|t| t.total),
+            tokens_estimated: record.tokens.map(|t| t.estimated),
+            client_ip: record.client_ip.to_string(),
+            client_cert: record.client_cert,
+            jwt_subject: record.jwt_subject,
+            app_id: record.app_id,
+            content: match mode {
+                ContentMode::Full => "full",
+                ContentMode::Truncate(_) => "truncate",
+                ContentMode::Hash => "hash",
+                ContentMode::Omit => "omit",
+            },
+            request,
+            response,
+        }
+    }
+
+    /// The entry as one JSON line, with its `\n`.
+    pub fn json_line(&self) -> String {
+        // Serializing a struct of strings, numbers and JSON values cannot fail.
+        let mut line = serde_json::to_string(self).unwrap_or_default();
+        line.push('\n');
+        line
+    }
+}
+
+/// A duration in milliseconds, to the microsecond.
+pub fn millis(d: Duration) -> f64 {
+    (d.as_micros() as f64) / 1000.0
+}

@@ -1,0 +1,232 @@
+//! The audit record as a policy (DESIGN.md "Observability"): it notes what the request
+//! carries (the `api-version`, the body when content is kept), captures the answer's content
+//! as it passes ([`AnswerCapture`]: read only, never held back), and at `on_complete` —
+//! first in the pipeline, so its `on_complete` runs last and sees the usage settled — hands
+//! one [`Record`] to the [`crate::audit::Recorder`]. Rendering (content extraction,
+//! redaction, the policy) happens on the writer thread, off the request path.
+
+use std::time::{Instant, SystemTime};
+
+use super::context::{AttemptOutcome, RequestCtx};
+use super::phase::{Chunk, Env, Flow, Policy, Request, Response};
+use super::usage::Charge;
+use crate::audit::content::AnswerCapture;
+use crate::audit::record::{AttemptEntry, Record, Tokens};
+use crate::audit::ContentMode;
+use crate::route::Operation;
+
+/// The most characters of one text field a `full` or `hash` record captures on the worker
+/// (1 Mi): past it the field is cut.
+pub const MAX_FIELD_CHARS: usize = 1 << 20;
+
+/// What the audit policy gathers while a request runs (`ctx.audit`, present when
+/// `[audit]` has a sink).
+#[derive(Default)]
+pub struct AuditCapture {
+    /// The request's `api-version` query parameter.
+    pub api_version: Option<String>,
+    /// The content policy, once the product is known.
+    pub content: ContentMode,
+    /// The request body, when content is kept.
+    pub request_body: Option<Vec<u8>>,
+    /// The answer's content, when kept.
+    pub answer: Option<AnswerCapture>,
+    /// When the first body bytes of a stream passed (time to first token).
+    pub first_token: Option<Instant>,
+    /// The answer is a stream.
+    pub stream: bool,
+}
+
+/// Records every request in the audit log.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AuditRecord;
+
+impl Policy for AuditRecord {
+    fn on_request<'s>(&self, env: &Env<'s>, ctx: &mut RequestCtx<'s>, req: &Request<'_>) -> Flow {
+        let Some(recorder) = env.audit else {
+            return Flow::Continue;
+        };
+        ctx.audit = Some(Box::new(AuditCapture {
+            api_version: crate::route::api_version(req.head.target(req.buf)).map(str::to_owned),
+            content: recorder.settings().content,
+            ..AuditCapture::default()
+        }));
+        Flow::Continue
+    }
+
+    fn on_request_body<'s>(
+        &self,
+        env: &Env<'s>,
+        ctx: &mut RequestCtx<'s>,
+        req: &Request<'_>,
+    ) -> Flow {
+        let (Some(recorder), Some(capture)) = (env.audit, ctx.audit.as_deref_mut()) else {
+            return Flow::Continue;
+        };
+        // The caller's product (authenticated at the head; authorized after this policy's
+        // body phase, which runs first).
+        let access = &env.snapshot.access;
+        let product = ctx
+            .caller
+            .as_ref()
+            .and_then(|c| access.subscriptions.get(c.subscription))
+            .and_then(|s| access.products.get(s.product));
+        capture.content = product
+            .and_then(|p| p.audit_content)
+            .unwrap_or(recorder.settings().content);
+        let has_content = ctx.operation.is_some_and(|op| op != Operation::Models);
+        if capture.content != ContentMode::Omit && has_content {
+            capture.request_body = Some(req.body.to_vec());
+        }
+        Flow::Continue
+    }
+
+    fn on_response_head<'s>(
+        &self,
+        _env: &Env<'s>,
+        ctx: &mut RequestCtx<'s>,
+        resp: &Response,
+    ) -> Flow {
+        let Some(capture) = ctx.audit.as_deref_mut() else {
+            return Flow::Continue;
+        };
+        capture.stream = resp.event_stream;
+        capture.answer = None;
+        let success = (200..300).contains(&resp.status);
+        if let (Some(op), true) = (ctx.operation, success) {
+            let max_field = match capture.content {
+                ContentMode::Omit => 0,
+                ContentMode::Truncate(n) => n,
+                ContentMode::Full | ContentMode::Hash => MAX_FIELD_CHARS,
+            };
+            if max_field > 0 {
+                capture.answer = AnswerCapture::new(op, resp.event_stream, max_field);
+            }
+        }
+        ctx.body.read |= capture.answer.is_some() || capture.stream;
+        Flow::Continue
+    }
+
+    fn on_body_chunk<'s>(
+        &self,
+        _env: &Env<'s>,
+        ctx: &mut RequestCtx<'s>,
+        data: &[u8],
+        _end_of_stream: bool,
+        _out: &mut Vec<u8>,
+    ) -> Chunk {
+        if let Some(capture) = ctx.audit.as_deref_mut() {
+            if capture.stream && capture.first_token.is_none() && !data.is_empty() {
+                capture.first_token = Some(Instant::now());
+            }
+            if let Some(answer) = &mut capture.answer {
+                answer.feed(data);
+            }
+        }
+        Chunk::Pass
+    }
+
+    fn on_complete<'s>(&self, env: &Env<'s>, ctx: &mut RequestCtx<'s>) {
+        let (Some(recorder), Some(capture)) = (env.audit, ctx.audit.take()) else {
+            return;
+        };
+        recorder.submit(record(env, ctx, *capture));
+    }
+}
+
+/// The record of a completed request.
+fn record(env: &Env<'_>, ctx: &RequestCtx<'_>, capture: AuditCapture) -> Record {
+    let received = ctx.timings.received;
+    let complete = ctx.timings.complete.unwrap_or_else(Instant::now);
+    let latency = complete.saturating_duration_since(received);
+    let snapshot = env.snapshot;
+    let subscription = ctx
+        .caller
+        .as_ref()
+        .and_then(|c| snapshot.access.subscriptions.get(c.subscription));
+    let attempts = ctx
+        .attempts
+        .iter()
+        .map(|a| AttemptEntry {
+            backend: snapshot
+                .backends
+                .get(a.backend)
+                .map_or_else(String::new, |b| b.name.clone()),
+            status: a.status,
+            outcome: a.outcome.name(),
+            duration_ms: crate::audit::record::millis(a.duration),
+        })
+        .collect();
+    let upstream_latency = ctx
+        .attempts
+        .last()
+        .filter(|a| a.outcome == AttemptOutcome::Answered)
+        .map(|a| a.duration);
+    let ttft = capture
+        .first_token
+        .map(|t| t.saturating_duration_since(received));
+    let answer = capture.answer.map(AnswerCapture::finish);
+    Record {
+        time: SystemTime::now()
+            .checked_sub(latency)
+            .unwrap_or(SystemTime::UNIX_EPOCH),
+        request_id: ctx.id,
+        worker: env.worker,
+        subscription: subscription.map(|s| s.name.clone()),
+        product: ctx.product.map(|p| p.name.clone()),
+        operation: ctx.operation,
+        deployment: ctx.deployment.map(|d| d.name.clone()),
+        api_version: capture.api_version,
+        attempts,
+        status: ctx.status,
+        error: ctx.error.map(|e| e.name()),
+        end: ctx.end.name(),
+        latency,
+        upstream_latency,
+        ttft,
+        tokens: tokens(ctx),
+        client_ip: ctx.client_ip,
+        client_cert: ctx.client_cert.clone(),
+        jwt_subject: ctx.caller.as_ref().and_then(|c| c.subject.clone()),
+        app_id: ctx.caller.as_ref().and_then(|c| c.app_id.clone()),
+        content: capture.content,
+        request_body: capture.request_body,
+        answer,
+    }
+}
+
+/// The request's tokens as settled: the backend's usage when the answer carried it, else
+/// Sluice's estimate or count (marked estimated); `None` when the request never reached
+/// a deployment's accounting.
+fn tokens(ctx: &RequestCtx<'_>) -> Option<Tokens> {
+    let estimate = ctx.tokens;
+    match ctx.usage.charge() {
+        Charge::Usage(u) => Some(Tokens {
+            prompt: Some(u.prompt_tokens),
+            completion: Some(u.completion_tokens),
+            total: u.total_tokens,
+            estimated: false,
+        }),
+        Charge::Nothing => ctx.deployment.and(estimate).map(|_| Tokens {
+            prompt: Some(0),
+            completion: Some(0),
+            total: 0,
+            estimated: false,
+        }),
+        Charge::Estimate(_) => estimate.map(|t| Tokens {
+            prompt: Some(u64::from(t.prompt)),
+            completion: None,
+            total: t.reservation,
+            estimated: true,
+        }),
+        Charge::Counted(counted) => {
+            let t = estimate.unwrap_or_default();
+            Some(Tokens {
+                prompt: Some(u64::from(t.prompt)),
+                completion: Some(counted.completion),
+                total: counted.tokens(u64::from(t.prompt), t.reservation),
+                estimated: true,
+            })
+        }
+    }
+}
