@@ -755,7 +755,8 @@ fn remaining_tokens_never_reads_above_the_limit() {
 
 /// Usage is read from the answer's bytes, so while a token limit is to be settled the
 /// backend is asked for an uncoded answer (`accept-encoding: identity`, the client's own
-/// `Accept-Encoding` not forwarded); without a token limit the client's header goes as is.
+/// `Accept-Encoding` not forwarded); when nothing accounts tokens (no token limit, no audit
+/// log, no admin listener serving token metrics) the client's header goes as is.
 #[test]
 fn answers_whose_usage_is_read_are_asked_for_uncoded() {
     let up = scripted_chat_upstream();
@@ -791,7 +792,12 @@ fn answers_whose_usage_is_read_are_asked_for_uncoded() {
         );
     }
 
-    let free = Launch::new(&openai_backend_body(&up.url(), "gpt-4o")).start();
+    // Nothing accounts tokens: no token limit, no audit log, no metrics listener.
+    let free = Launch::new(&format!(
+        "{}\n[admin]\nlisten = \"\"\n",
+        openai_backend_body(&up.url(), "gpt-4o")
+    ))
+    .start();
     let resp = post_with(
         &free,
         "/v1/chat/completions",

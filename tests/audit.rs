@@ -78,8 +78,9 @@ fn records(dir: &Path, n: usize) -> Vec<Value> {
     });
     assert!(
         lines.len() >= n,
-        "{} records, wanted {n}: {lines:?}",
-        lines.len()
+        "{} records, wanted {n}; ids: {:?}",
+        lines.len(),
+        lines.iter().map(|r| &r["request_id"]).collect::<Vec<_>>()
     );
     lines
 }
@@ -572,4 +573,276 @@ fn sluice_usage_prints_the_table_and_json() {
     let (code, _, err) = run(&["--by", "colour"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("unknown dimension `colour`"), "{err}");
+}
+
+/// A config whose audit log writes to stdout (queue of 8, `overflow`) and to a file, with
+/// records of a few KiB (the prompt is long) so a stalled pipe fills fast.
+fn stalled_stdout_body(dir: &Path, overflow: &str, audit_queue: usize) -> String {
+    format!(
+        r#"{MOCK_BODY}
+[audit]
+queue = {audit_queue}
+
+[[audit.sink]]
+kind = "stdout"
+overflow = "{overflow}"
+queue = 8
+
+[[audit.sink]]
+kind = "file"
+path = "{}"
+queue = 4096
+"#,
+        dir.join("audit.jsonl").display()
+    )
+}
+
+/// A chat whose record is a few KiB.
+fn wordy_chat() -> Value {
+    json!({"model": "gpt-4o", "messages": [
+        {"role": "user", "content": "tell me about gateways ".repeat(100)}
+    ]})
+}
+
+/// The value of `name{sink="SINK"}` in a scrape of the admin listener at `port`.
+fn sink_metric(port: u16, name: &str, sink: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let prefix = format!("{name}{{sink=\"{sink}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+}
+
+/// Reads `stdout` to its end on a thread; gives the number of lines, each checked to parse.
+fn count_lines(stdout: std::process::ChildStdout) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map(|l| {
+                let l = l.unwrap();
+                serde_json::from_str::<Value>(&l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            })
+            .count()
+    })
+}
+
+#[test]
+fn a_stalled_sink_under_drop_counts_exactly_what_it_dropped() {
+    const N: usize = 300;
+    let dir = TempDir::new("audit-drop");
+    let mut s = Launch::new(&stalled_stdout_body(dir.path(), "drop", 4096))
+        .pipe_stdout()
+        .start();
+    let admin = s.admin_port();
+    // Nobody reads stdout: its pipe fills, then its queue, then its records are dropped.
+    // The file sink is not held up.
+    for i in 0..N {
+        let resp = post(&s, "", &format!("drop-{i}"), &wordy_chat());
+        assert_eq!(resp.status, 200);
+    }
+    assert_eq!(records(dir.path(), N).len(), N);
+    let dropped = sink_metric(admin, "sluice_audit_dropped_total", "stdout");
+    assert!(dropped > 0, "the stalled sink dropped nothing");
+    let file = format!("file:{}", dir.path().join("audit.jsonl").display());
+    assert_eq!(sink_metric(admin, "sluice_audit_dropped_total", &file), 0);
+    // The reader comes back; a clean stop writes what the sink still held.
+    let lines = count_lines(s.stdout.take().unwrap());
+    s.signal("TERM");
+    assert!(s.wait_exit(Duration::from_secs(15)).is_some());
+    assert_eq!(
+        lines.join().unwrap() as u64 + dropped,
+        N as u64,
+        "every record was either written or counted as dropped"
+    );
+}
+
+#[test]
+fn a_stalled_sink_under_block_holds_requests_back_and_loses_nothing() {
+    const N: usize = 200;
+    let dir = TempDir::new("audit-block");
+    let mut s = Launch::new(&stalled_stdout_body(dir.path(), "block", 8))
+        .pipe_stdout()
+        .start();
+    let admin = s.admin_port();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let client = {
+        let done = done.clone();
+        let port = s.port;
+        std::thread::spawn(move || {
+            let mut c = Client::connect(port);
+            c.set_read_timeout(Duration::from_secs(60));
+            let body = serde_json::to_vec(&wordy_chat()).unwrap();
+            for _ in 0..N {
+                let resp = c.request(
+                    "POST",
+                    "/v1/chat/completions",
+                    &[("content-type", "application/json")],
+                    &body,
+                );
+                assert_eq!(resp.status, 200);
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    // Stalled: the pipe, the sink's queue and the writer's queue fill, then the worker waits.
+    let stalled_at = {
+        let mut last = 0;
+        wait_until(Duration::from_secs(10), || {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = done.load(std::sync::atomic::Ordering::SeqCst);
+            let still = now == last;
+            last = now;
+            still && now > 0
+        });
+        last
+    };
+    assert!(stalled_at < N, "nothing held the requests back");
+    // The reader comes back: every request completes, every record is written.
+    let lines = count_lines(s.stdout.take().unwrap());
+    client.join().unwrap();
+    assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), N);
+    assert_eq!(records(dir.path(), N).len(), N);
+    assert_eq!(
+        sink_metric(admin, "sluice_audit_dropped_total", "stdout"),
+        0
+    );
+    let file = format!("file:{}", dir.path().join("audit.jsonl").display());
+    assert_eq!(sink_metric(admin, "sluice_audit_dropped_total", &file), 0);
+    s.signal("TERM");
+    assert!(s.wait_exit(Duration::from_secs(15)).is_some());
+    assert_eq!(lines.join().unwrap(), N);
+}
+
+#[test]
+fn kill_9_under_load_leaves_whole_lines_and_every_acknowledged_record() {
+    let dir = TempDir::new("audit-kill");
+    let audit = format!(
+        r#"{MOCK_BODY}
+[audit]
+
+[[audit.sink]]
+kind = "file"
+path = "{file}"
+fsync_interval = "100ms"
+
+[[audit.sink]]
+kind = "sqlite"
+path = "{db}"
+"#,
+        file = dir.path().join("audit.jsonl").display(),
+        db = dir.path().join("audit.db").display(),
+    );
+    let s = Launch::new(&audit).workers(2).start();
+    // Acknowledged and given time to be written and synced.
+    let mut acknowledged = Vec::new();
+    for i in 0..50 {
+        let id = format!("ack-{i}");
+        let resp = post(&s, "", &id, &chat_body(Some("gpt-4o"), false));
+        assert_eq!(resp.status, 200);
+        acknowledged.push(id);
+    }
+    records(dir.path(), 50);
+    let db = dir.path().join("audit.db");
+    assert!(wait_until(Duration::from_secs(10), || {
+        rows(&db, "SELECT count(*) FROM requests")[0][0] == "50"
+    }));
+    std::thread::sleep(Duration::from_millis(300));
+    // Load from two clients, then kill -9 in the middle of it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            let port = s.port;
+            std::thread::spawn(move || {
+                let body = serde_json::to_vec(&chat_body(Some("gpt-4o"), false)).unwrap();
+                let mut sent = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let mut c = Client::connect(port);
+                    c.set_read_timeout(Duration::from_secs(5));
+                    let bytes = format!(
+                        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if c.try_send(&[bytes.as_bytes(), &body].concat()).is_err() || c.try_read_response().is_err() {
+                        break;
+                    }
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    s.signal("KILL");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sent: usize = load.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(sent > 0, "no load reached the gateway before the kill");
+
+    let text = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    let (whole, tail) = text
+        .rsplit_once('\n')
+        .map_or(("", text.as_str()), |(w, t)| (w, t));
+    let ids: Vec<String> = whole
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            v["request_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    for id in &acknowledged {
+        assert!(
+            ids.contains(id),
+            "{id} acknowledged and synced, not in the file"
+        );
+    }
+    let db_ids: Vec<String> = rows(&db, "SELECT request_id FROM requests")
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(rows(&db, "PRAGMA integrity_check"), [["ok"]]);
+    for id in &acknowledged {
+        assert!(
+            db_ids.contains(id),
+            "{id} acknowledged, not in the database"
+        );
+    }
+    // Both sinks wrote the same records, but for the batches in flight at the kill.
+    let diff = (ids.len() as i64 - db_ids.len() as i64).unsigned_abs() as usize;
+    assert!(
+        diff <= sent,
+        "{} lines, {} rows, {sent} requests under load",
+        ids.len(),
+        db_ids.len()
+    );
+
+    // A restart on the same files: a torn last line, if the kill left one, is moved aside.
+    let again = Launch::new(&audit).start();
+    let resp = post(
+        &again,
+        "",
+        "after-restart",
+        &chat_body(Some("gpt-4o"), false),
+    );
+    assert_eq!(resp.status, 200);
+    let after = records(dir.path(), ids.len() + 1);
+    assert!(after.iter().any(|r| r["request_id"] == "after-restart"));
+    if !tail.is_empty() {
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .find(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("audit.jsonl.torn-")
+            })
+            .expect("the torn tail moved aside");
+        assert_eq!(std::fs::read_to_string(aside.path()).unwrap(), tail);
+    }
 }

@@ -523,12 +523,18 @@ fn an_empty_coded_body_is_empty() {
     }
 }
 
-/// Without a token limit Sluice reads nothing: the client's `Accept-Encoding` reaches the
-/// backend and the coded answer reaches the client byte for byte.
+/// When nothing accounts tokens (no token limit, no audit log, no metrics listener) Sluice
+/// reads nothing: the client's `Accept-Encoding` reaches the backend and the coded answer
+/// reaches the client byte for byte.
 #[test]
 fn without_a_token_limit_coded_answers_pass_untouched() {
     let up = coded_upstream();
-    let s = Launch::new(&openai_backend_body(&up.url(), "gpt-4o")).start();
+    // Nothing accounts tokens: no token limit, no audit log, no metrics listener.
+    let s = Launch::new(&format!(
+        "{}\n[admin]\nlisten = \"\"\n",
+        openai_backend_body(&up.url(), "gpt-4o")
+    ))
+    .start();
     let body = chat_body(Some("gpt-4o"), false);
     for (coding, header) in CODINGS {
         for framing in ["length", "chunked"] {

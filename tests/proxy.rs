@@ -440,6 +440,11 @@ fn the_quick_start_serves_the_readme_requests() {
         text.contains("127.0.0.1:0"),
         "the example's listen line moved"
     );
+    assert!(
+        text.contains("listen = \"127.0.0.1:9090\""),
+        "the example's admin listen line moved"
+    );
+    let text = text.replace("listen = \"127.0.0.1:9090\"", "listen = \"127.0.0.1:0\"");
     let s = Launch::file(&text).workers_from_config().start();
     let key = [
         ("Content-Type", "application/json"),
@@ -489,6 +494,23 @@ fn the_quick_start_serves_the_readme_requests() {
         &hello,
     );
     assert_eq!(refused.status, 401, "without the key: {}", refused.text());
+    // Six requests recorded where Sluice runs (audit.jsonl and audit.db), and counted.
+    let dir = s.config_path.parent().unwrap().to_path_buf();
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || {
+            std::fs::read_to_string(dir.join("audit.jsonl")).is_ok_and(|t| t.lines().count() == 6)
+        }),
+        "audit.jsonl in the working directory"
+    );
+    assert!(dir.join("audit.db").exists());
+    let admin = s.admin_port();
+    let mut m = std::net::TcpStream::connect(("127.0.0.1", admin)).unwrap();
+    m.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    std::io::Write::write_all(&mut m, b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut metrics = String::new();
+    std::io::Read::read_to_string(&mut m, &mut metrics).unwrap();
+    assert!(metrics.contains("sluice_requests_total{"), "{metrics}");
 }
 
 fn post_json_with(

@@ -60,6 +60,7 @@ pub fn prepare(path: &Path, running: Option<&Loaded>) -> Result<Loaded, ConfigEr
         snapshot,
         runtime,
         audit,
+        loaded_at: std::time::SystemTime::now(),
     })
 }
 
@@ -100,9 +101,10 @@ pub fn apply(shared: &Shared, path: &Path, reason: &str) -> Result<(), ApplyErro
     if next.server.listen != current.server.listen
         || next.server.tls_listen != current.server.tls_listen
         || next.server.workers != current.server.workers
+        || next.admin_listen != current.admin_listen
     {
         tracing::warn!(
-            "config reload: listen addresses and worker count change only on restart; keeping the running ones (listen and tls_listen; a TLS listener the new config has no [server.tls] for closes its connections)"
+            "config reload: listen addresses and worker count change only on restart (listen, tls_listen, [admin] listen, workers); keeping the running ones (a TLS listener the new config has no [server.tls] for closes its connections)"
         );
     }
     let deployments = next.deployments.len();

@@ -76,6 +76,7 @@ impl Downstream {
         close: bool,
     ) -> Next {
         ctx.error = Some(err.kind);
+        ctx.refused_by = err.limit;
         ctx.status = Some(err.status());
         log_error(ctx, err);
         // What an admitted request's answers carry (its x-ratelimit-* state, the trace with

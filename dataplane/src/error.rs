@@ -230,6 +230,9 @@ pub struct GatewayError {
     pub message: Cow<'static, str>,
     /// When to come back (`Retry-After` and `retry-after-ms` on the answer).
     pub retry_after: Option<std::time::Duration>,
+    /// The limit that refused the request (an index into
+    /// [`crate::snapshot::Access::limits`]), for a limit's refusal.
+    pub limit: Option<usize>,
 }
 
 impl From<crate::http::RequestError> for GatewayError {
@@ -266,6 +269,15 @@ impl GatewayError {
             param: None,
             message: message.into(),
             retry_after: None,
+            limit: None,
+        }
+    }
+
+    /// The same error, naming the limit (its index) that refused the request.
+    pub fn refused_by(self, limit: usize) -> Self {
+        Self {
+            limit: Some(limit),
+            ..self
         }
     }
 

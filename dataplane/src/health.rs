@@ -13,6 +13,7 @@ pub const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(5);
 pub struct BackendHealth {
     cool_until_ms: AtomicU64,
     consecutive_failures: AtomicU32,
+    cooldowns: AtomicU64,
 }
 
 impl BackendHealth {
@@ -27,6 +28,13 @@ impl BackendHealth {
         let until = now_ms.saturating_add(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
         self.cool_until_ms.fetch_max(until, Ordering::Relaxed);
         self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        self.cooldowns.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Cool-downs since the backend was configured (the `sluice_backend_cooldowns_total`
+    /// metric; carried over by reloads with the rest of its health).
+    pub fn cooldowns(&self) -> u64 {
+        self.cooldowns.load(Ordering::Relaxed)
     }
 
     /// Records a success: the failure streak ends.

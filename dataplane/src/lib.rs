@@ -8,6 +8,7 @@
 //! JWTs). [`server`] wires them together on
 //! monoio workers, one per core.
 
+pub mod admin;
 pub mod answers;
 pub mod apply;
 pub mod audit;
@@ -21,6 +22,7 @@ pub mod health;
 pub mod http;
 pub mod json_edit;
 pub mod limit;
+pub mod metrics;
 pub mod mock;
 pub mod policy;
 pub mod reload;

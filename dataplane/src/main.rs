@@ -166,7 +166,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     drop(loaded);
     // Register signal handlers before the workers start, so an early signal is not lost.
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
+    // Bound before the workers, so a taken admin port stops the start; ready after them.
+    let admin_listen = shared.snapshot().admin_listen;
+    let admin = match admin_listen {
+        Some(addr) => Some(sluice::admin::Admin::start(addr, shared.clone())?),
+        None => None,
+    };
     let running = server::start(shared.clone(), listen, workers, cli.driver)?;
+    if let Some(admin) = &admin {
+        admin.set_ready();
+        tracing::info!("admin listening on {}", admin.addr);
+    }
     let plain: Vec<String> = running.listen.iter().map(ToString::to_string).collect();
     let tls: Vec<String> = running.tls_listen.iter().map(ToString::to_string).collect();
     tracing::info!(

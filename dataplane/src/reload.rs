@@ -54,7 +54,13 @@ impl Reloader {
             Err(poisoned) => poisoned.into_inner(),
         };
         *last = stamp(&self.path);
-        match apply::apply(&self.shared, &self.path, reason) {
+        let outcome = apply::apply(&self.shared, &self.path, reason);
+        let counter = match outcome {
+            Ok(()) => &self.shared.metrics.reloads_ok,
+            Err(_) => &self.shared.metrics.reloads_failed,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match outcome {
             Ok(()) => true,
             Err(errors) => {
                 tracing::error!(reason, file = %self.path.display(), "config reload refused; keeping the running config:\n{errors}");

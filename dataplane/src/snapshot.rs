@@ -44,6 +44,20 @@ pub struct Snapshot {
     pub access: Access,
     /// `[audit]`: `None` when no sink is configured (nothing is recorded).
     pub audit: Option<crate::audit::AuditSettings>,
+    /// `[admin] listen`: where `/metrics`, `/healthz`, `/readyz` and `/config` are served
+    /// (default `127.0.0.1:9090`; `None`: `listen = ""`, no admin listener). Bound at start.
+    pub admin_listen: Option<SocketAddr>,
+    /// The config's version: `sha256:` and the hex SHA-256 of the file's text.
+    pub version: String,
+}
+
+impl Snapshot {
+    /// Whether every request to a deployment has its tokens accounted (prompt estimated, a
+    /// stream's usage asked for, the answer's usage read) even with no token limit: when the
+    /// audit log records them or the admin listener serves the token metrics.
+    pub fn accounts_tokens(&self) -> bool {
+        self.audit.is_some() || self.admin_listen.is_some()
+    }
 }
 
 /// `[server]`: listeners, workers, limits and timeouts.

@@ -55,10 +55,10 @@ pub fn config_text(port: u16, server_extra: &str, body: &str) -> String {
 /// [`config_text`] listening on 127.0.0.1 at each of `ports`.
 pub(super) fn config_listening(ports: &[u16], server_extra: &str, body: &str) -> String {
     let listen: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
-    format!(
+    with_admin(format!(
         "[server]\nlisten = [{}]\n{server_extra}\n\n{body}\n",
         listen.join(", ")
-    )
+    ))
 }
 
 /// Backends and deployments served by the built-in mock: `gpt-4o` (chat and completions,
@@ -178,4 +178,13 @@ pub fn embeddings_body() -> Value {
         "model": "text-embedding-3-small",
         "input": ["The food was delicious", "and the waiter was very friendly"]
     })
+}
+
+/// `text` with `[admin] listen = "127.0.0.1:0"` added unless it has an `[admin]` table: the
+/// default admin port (9090) would be shared by the tests' many processes.
+pub fn with_admin(text: String) -> String {
+    if text.contains("[admin]") {
+        return text;
+    }
+    format!("{text}\n[admin]\nlisten = \"127.0.0.1:0\"\n")
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::client::{Client, Response};
-use super::fixtures::{config_listening, TempDir};
+use super::fixtures::{config_listening, with_admin, TempDir};
 use super::wait_until;
 
 /// Path of the binary under test.
@@ -41,6 +41,8 @@ pub struct Launch {
     server_extra: String,
     body: String,
     env: Vec<(String, String)>,
+    /// The child's stdout is a pipe the test reads (or leaves unread), not a file.
+    pipe_stdout: bool,
 }
 
 impl Launch {
@@ -54,6 +56,7 @@ impl Launch {
             server_extra: String::new(),
             body: body.to_string(),
             env: Vec::new(),
+            pipe_stdout: false,
         }
     }
 
@@ -95,6 +98,13 @@ impl Launch {
         self
     }
 
+    /// The child's stdout goes to a pipe ([`Sluice::stdout`]) that nobody reads until the
+    /// test does: a stalled reader.
+    pub fn pipe_stdout(mut self) -> Launch {
+        self.pipe_stdout = true;
+        self
+    }
+
     /// An environment variable for the child.
     pub fn env(mut self, key: &str, value: &str) -> Launch {
         self.env.push((key.to_string(), value.to_string()));
@@ -127,7 +137,7 @@ impl Launch {
         // handed the same one; Sluice says which in its ready file.
         let ports = vec![0; self.listeners];
         let text = match &self.file {
-            Some(text) => text.clone(),
+            Some(text) => with_admin(text.clone()),
             None => config_listening(&ports, &self.server_extra, &self.body),
         };
         fs::write(&config_path, text).expect("write config");
@@ -135,13 +145,19 @@ impl Launch {
         let out = dir.path().join("stdout.log");
         let out = fs::File::create(out).expect("create stdout file");
         let mut cmd = Command::new(sluice_bin());
-        cmd.arg("--config")
+        // Relative output paths (the audit log's files) land in the test's own folder.
+        cmd.current_dir(dir.path())
+            .arg("--config")
             .arg(&config_path)
             .arg("--ready-file")
             .arg(&ready_path)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
+            .stdout(if self.pipe_stdout {
+                Stdio::piped()
+            } else {
+                Stdio::from(out)
+            })
             .stderr(Stdio::from(log));
         if let Some(n) = self.workers {
             cmd.arg("--workers").arg(n.to_string());
@@ -152,8 +168,10 @@ impl Launch {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn sluice");
+        let mut child = cmd.spawn().expect("spawn sluice");
+        let stdout = child.stdout.take();
         Sluice {
+            stdout,
             port: 0,
             ports: Vec::new(),
             listeners: self.listeners,
@@ -169,6 +187,8 @@ impl Launch {
 
 /// A running `sluice` child process; killed and reaped on drop.
 pub struct Sluice {
+    /// The child's stdout, when launched with [`Launch::pipe_stdout`].
+    pub stdout: Option<std::process::ChildStdout>,
     /// The port it listens on (127.0.0.1), as its ready file said: the first listener's.
     pub port: u16,
     /// Every listener's port, in the ready file's order.
@@ -223,6 +243,24 @@ impl Sluice {
             }
             thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The admin listener's port, from its `admin listening on` log line (waits ≤ 10 s).
+    pub fn admin_port(&self) -> u16 {
+        let needle = "admin listening on ";
+        assert!(
+            self.wait_log(needle, Duration::from_secs(10)),
+            "no admin listener: {}",
+            self.log()
+        );
+        let log = self.log();
+        let at = log.find(needle).map(|i| i + needle.len()).unwrap_or(0);
+        let addr: SocketAddr = log[at..]
+            .split_whitespace()
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unreadable admin address in {log}"));
+        addr.port()
     }
 
     /// `http://127.0.0.1:PORT`.

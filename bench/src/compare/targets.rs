@@ -40,6 +40,10 @@ pub const FULL_CHAIN_POLICIES: &[&str] = &[
      high enough never to refuse)",
     "token accounting: BPE prompt estimate (o200k) + max_tokens reserved, settled from the \
      answer's usage (JSON body, or the stream's usage chunk)",
+    "audit log: one record per request with full content (request messages, the answer; \
+     streams reassembled), default redaction, to a JSON lines file and a SQLite database",
+    "metrics: per-worker counters and histograms, published every 100 ms; the admin \
+     listener on (not scraped during the run)",
 ];
 
 /// The policies of the passthrough (what Sluice always does).
@@ -110,6 +114,14 @@ fn sluice_server_section(out: &mut String, listen: SocketAddr, workers: usize) {
     let _ = writeln!(out, "listen = [\"{listen}\"]");
     let _ = writeln!(out, "workers = {workers}");
     let _ = writeln!(out, "shutdown_grace = \"2s\"\n");
+    admin_section(out);
+}
+
+/// The admin listener (metrics) on a port of the kernel's choosing: on, as in production,
+/// but never on a fixed port a second run could find taken.
+fn admin_section(out: &mut String) {
+    let _ = writeln!(out, "[admin]");
+    let _ = writeln!(out, "listen = \"127.0.0.1:0\"\n");
 }
 
 fn sluice_backend(out: &mut String, name: &str, addr: SocketAddr, deployment: &str) {
@@ -164,6 +176,7 @@ pub fn sluice_tls_config(
     let _ = writeln!(out, "[server.tls]");
     let _ = writeln!(out, "cert_file = \"{}\"", certs.cert.display());
     let _ = writeln!(out, "key_file = \"{}\"\n", certs.key.display());
+    admin_section(&mut out);
     sluice_backend(&mut out, "mock", up.fast[0], DEPLOYMENT);
     sluice_backend(&mut out, "mock-stream", up.stream[0], STREAM_DEPLOYMENT);
     sluice_deployment(&mut out, DEPLOYMENT, &["mock"]);
@@ -174,7 +187,13 @@ pub fn sluice_tls_config(
 /// Sluice with every policy it has today (see [`FULL_CHAIN_POLICIES`]): each deployment is
 /// a weighted round-robin pool of two azure backends (the mock's two listeners). Add each
 /// new policy here as it lands.
-pub fn sluice_full_chain_config(listen: SocketAddr, up: &Upstreams, workers: usize) -> String {
+/// The audit log writes its JSON lines and SQLite files into `audit_dir`.
+pub fn sluice_full_chain_config(
+    listen: SocketAddr,
+    up: &Upstreams,
+    workers: usize,
+    audit_dir: &Path,
+) -> String {
     let mut out = String::from("# sluice-bench compare: Sluice full chain (generated)\n\n");
     sluice_server_section(&mut out, listen, workers);
     sluice_backend(&mut out, "mock-a", up.fast[0], DEPLOYMENT);
@@ -188,6 +207,16 @@ pub fn sluice_full_chain_config(listen: SocketAddr, up: &Upstreams, workers: usi
         &["mock-stream-a", "mock-stream-b"],
     );
     out.push_str(FULL_CHAIN_ACCESS);
+    let _ = writeln!(out, "\n[audit]\ncontent = \"full\"\n");
+    for (kind, file) in [("file", "audit.jsonl"), ("sqlite", "audit.db")] {
+        let _ = writeln!(out, "[[audit.sink]]");
+        let _ = writeln!(out, "kind = \"{kind}\"");
+        let _ = writeln!(
+            out,
+            "path = \"{}\"\n",
+            audit_dir.join(format!("full-chain-{file}")).display()
+        );
+    }
     out
 }
 
@@ -460,7 +489,7 @@ impl Target {
                     (TargetKind::SluicePassthrough, None) => {
                         sluice_passthrough_config(addr, up, workers)
                     }
-                    _ => sluice_full_chain_config(addr, up, workers),
+                    _ => sluice_full_chain_config(addr, up, workers, launch.out),
                 };
                 let config = launch.out.join(format!("{stem}.toml"));
                 std::fs::write(&config, text)?;
@@ -601,7 +630,8 @@ mod tests {
     #[test]
     fn full_chain_config_compiles_and_balances_over_both_listeners() {
         let listen: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let text = sluice_full_chain_config(listen, &upstreams(), 2);
+        let text = sluice_full_chain_config(listen, &upstreams(), 2, Path::new("/tmp/out"));
+        assert!(text.contains("path = \"/tmp/out/full-chain-audit.db\""));
         compiles(&text);
         assert!(text.contains("http://127.0.0.1:18001") && text.contains("http://127.0.0.1:18002"));
         assert!(text.contains("backends = [{ backend = \"mock-a\", weight = 1 }, { backend = \"mock-b\", weight = 1 }]"));
@@ -650,7 +680,9 @@ mod tests {
         let text = sluice_tls_config(listen, &upstreams(), 1, &certs);
         compiles(&text);
         let _ = std::fs::remove_dir_all(&dir);
-        assert!(!text.contains("\nlisten"), "{text}");
+        // No plain listener in [server] (the admin listener is its own table).
+        let server = text.split("[admin]").next().unwrap_or_default();
+        assert!(!server.contains("\nlisten"), "{text}");
         for needle in [
             "tls_listen = [\"127.0.0.1:8443\"]",
             "[server.tls]",

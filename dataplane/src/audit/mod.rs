@@ -56,7 +56,7 @@ pub struct AuditSettings {
     /// Where records go, in file order (`[[audit.sink]]`).
     pub sinks: Vec<SinkSettings>,
     /// Records the queue between the workers and the writer holds (`queue`, default
-    /// [`DEFAULT_QUEUE`]); each sink's own queue holds as many.
+    /// [`DEFAULT_QUEUE`]); each sink's own queue holds as many unless it says otherwise.
     pub queue: usize,
     /// The content policy of requests whose product sets none (and of requests without a
     /// product: auth off, or refused before one was known).
@@ -76,6 +76,8 @@ pub struct SinkSettings {
     pub kind: SinkKind,
     /// What happens when its queue is full (`overflow`, default [`Overflow::Drop`]).
     pub overflow: Overflow,
+    /// Records its queue holds (`queue`, default `[audit] queue`).
+    pub queue: usize,
 }
 
 impl SinkSettings {

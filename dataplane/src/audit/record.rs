@@ -25,6 +25,7 @@ use serde::Serialize;
 use super::content::{self, Answer, Redactor};
 use super::ContentMode;
 use crate::policy::context::RequestId;
+use crate::policy::usage::Settled;
 use crate::route::Operation;
 
 /// One request, as its worker saw it: names and figures final, content raw.
@@ -60,7 +61,7 @@ pub struct Record {
     /// A stream's time to its first body bytes (from the head parsed).
     pub ttft: Option<Duration>,
     /// The tokens (`None`: usage not accounted, e.g. no deployment).
-    pub tokens: Option<Tokens>,
+    pub tokens: Option<Settled>,
     /// The client's address.
     pub client_ip: IpAddr,
     /// The verified client certificate's subject (RFC 4514).
@@ -75,19 +76,6 @@ pub struct Record {
     pub request_body: Option<Vec<u8>>,
     /// The answer as captured, when content is kept.
     pub answer: Option<Answer>,
-}
-
-/// A request's tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Tokens {
-    /// Prompt tokens (the backend's, or Sluice's estimate).
-    pub prompt: Option<u64>,
-    /// Completion tokens (the backend's, or counted by Sluice).
-    pub completion: Option<u64>,
-    /// Total tokens: what the request was charged.
-    pub total: u64,
-    /// Not the backend's own report: Sluice's estimate or count.
-    pub estimated: bool,
 }
 
 /// One upstream attempt in a record.

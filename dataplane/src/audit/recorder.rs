@@ -84,7 +84,7 @@ impl Recorder {
             .collect();
         let mut lanes = Vec::with_capacity(opened.len());
         for (i, sink) in opened.into_iter().enumerate() {
-            let (tx, rx) = bounded::<Arc<Entry>>(settings.queue);
+            let (tx, rx) = bounded::<Arc<Entry>>(settings.sinks[i].queue);
             let stats = Arc::clone(&stats);
             let handle = std::thread::Builder::new()
                 .name(format!("sluice-audit-sink-{i}"))

@@ -59,7 +59,7 @@ pub(super) fn compile(
     let mut sinks: Vec<SinkSettings> = Vec::with_capacity(a.sink.len());
     for (i, sink) in a.sink.iter().enumerate() {
         let field = format!("audit.sink[{i}]");
-        let Some(compiled) = compile_sink(sink, &field, report) else {
+        let Some(compiled) = compile_sink(sink, &field, queue, report) else {
             continue;
         };
         let same = sinks.iter().any(|s| match (&s.kind, &compiled.kind) {
@@ -167,9 +167,22 @@ fn content_mode(
 fn compile_sink(
     sink: &Spanned<AuditSinkSection>,
     field: &str,
+    default_queue: usize,
     report: &mut Reporter<'_>,
 ) -> Option<SinkSettings> {
     let s = sink.get_ref();
+    let queue = match &s.queue {
+        Some(q) if *q.get_ref() == 0 => {
+            report.at(
+                q.span(),
+                format!("{field}.queue"),
+                "must be at least 1 record",
+            );
+            default_queue
+        }
+        Some(q) => *q.get_ref(),
+        None => default_queue,
+    };
     let overflow = match s.overflow.as_ref().map(|o| (o, o.get_ref().as_str())) {
         None | Some((_, "drop")) => Overflow::Drop,
         Some((_, "block")) => Overflow::Block,
@@ -271,7 +284,11 @@ fn compile_sink(
             return None;
         }
     };
-    Some(SinkSettings { kind, overflow })
+    Some(SinkSettings {
+        kind,
+        overflow,
+        queue,
+    })
 }
 
 /// The host's name, for `[audit] node` by default (`-` when it cannot be read).

@@ -113,6 +113,7 @@ pub(crate) fn compile(
     let mut deployments = compile_deployments(&file.deployment, &backend_ids, report);
     let access = compile_access(source, file, &mut deployments, report, env, read);
     let audit = super::audit::compile(file.audit.as_ref(), report);
+    let admin_listen = super::admin::compile(file.admin.as_ref(), &server, report);
 
     if !report.is_empty() {
         return None;
@@ -148,6 +149,8 @@ pub(crate) fn compile(
         deployment_order,
         access,
         audit,
+        admin_listen,
+        version: String::new(),
     })
 }
 

@@ -10,6 +10,7 @@
 //! snapshot so backend health carries over.
 
 mod access;
+mod admin;
 mod audit;
 mod check;
 mod compile;
@@ -70,6 +71,18 @@ pub fn load_str(
     )
 }
 
+/// A config text's version: `sha256:` and the lowercase hex SHA-256 of its bytes.
+pub fn version_of(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(text.as_bytes());
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
 /// [`load_str`] with an injectable resolver and key-file reader.
 pub(crate) fn load_str_with(
     path: &Path,
@@ -90,7 +103,10 @@ pub(crate) fn load_str_with(
         }
     };
     match compile::compile(path, &file, &mut report, env, resolve, read, previous) {
-        Some(snapshot) if report.is_empty() => Ok(snapshot),
+        Some(mut snapshot) if report.is_empty() => {
+            snapshot.version = version_of(text);
+            Ok(snapshot)
+        }
         _ => Err(report.finish()),
     }
 }
@@ -229,6 +245,7 @@ mod toml_path {
 #[cfg(test)]
 mod tests {
     mod access;
+    mod audit;
     mod backend_tls;
     mod tls_listen;
 

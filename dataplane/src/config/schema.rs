@@ -31,6 +31,14 @@ pub(crate) struct ConfigFile {
     #[serde(default)]
     pub jwt: Vec<Spanned<JwtSection>>,
     pub audit: Option<Spanned<AuditSection>>,
+    pub admin: Option<Spanned<AdminSection>>,
+}
+
+/// `[admin]`: the admin listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AdminSection {
+    pub listen: Option<Spanned<String>>,
 }
 
 /// `[audit]`: the audit log.
@@ -54,6 +62,7 @@ pub(crate) struct AuditSinkSection {
     pub kind: Spanned<String>,
     pub path: Option<Spanned<String>>,
     pub overflow: Option<Spanned<String>>,
+    pub queue: Option<Spanned<usize>>,
     pub rotate_size: Option<Spanned<String>>,
     pub rotate_interval: Option<Spanned<String>>,
     pub fsync_interval: Option<Spanned<String>>,

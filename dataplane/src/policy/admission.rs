@@ -122,6 +122,9 @@ pub struct Admission {
     pub tokens: Option<(u64, u64)>,
     /// One entry per decision, for the trace header (when [`Ask::trace`]).
     pub trace: Vec<LimitDecision>,
+    /// The shadow limits (indexes) that would have refused the request, client-IP gate
+    /// included (empty, not allocated, when none would).
+    pub shadow_denied: Vec<usize>,
 }
 
 /// One limit's decision on an admitted request, as the trace shows it.
@@ -222,7 +225,7 @@ pub fn gate_client_ip(
                 gate.decided
                     .push((index, remaining.min(size), would_deny.is_some()));
             }
-            Decision::Deny(denial) => return Err(refusal(limit, &denial)),
+            Decision::Deny(denial) => return Err(refusal(limit, &denial).refused_by(index)),
         }
     }
     Ok(gate)
@@ -292,6 +295,9 @@ pub fn admit(
                 would_deny,
                 ..
             } => {
+                if would_deny.is_some() {
+                    admission.shadow_denied.push(index);
+                }
                 warn_if_shadowed(limit, would_deny);
                 if ask.trace {
                     admission.trace.push(LimitDecision {
@@ -311,7 +317,7 @@ pub fn admit(
             }
             Decision::Deny(denial) => {
                 settle(worker, clock, &mut admission, Outcome::Refused);
-                return Err(refusal(limit, &denial));
+                return Err(refusal(limit, &denial).refused_by(index));
             }
         }
     }
@@ -411,6 +417,11 @@ fn refusal(limit: &Limit, denial: &crate::limit::Denial) -> GatewayError {
 
 /// Appends the gate's decisions to the trace (after the others: server limits come last).
 fn gate_trace(admission: &mut Admission, ask: &Ask<'_>, gate: &IpGate) {
+    for &(limit, _, shadow_deny) in &gate.decided {
+        if shadow_deny {
+            admission.shadow_denied.push(limit);
+        }
+    }
     if !ask.trace {
         return;
     }

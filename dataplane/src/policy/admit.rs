@@ -64,10 +64,10 @@ impl Policy for Admit {
                     .get(i)
                     .is_some_and(|l| l.unit == LimitUnit::Tokens)
             });
-        // The audit record wants the tokens too: estimated, and a stream's usage asked for.
-        // Without a token limit a body the estimate cannot read is forwarded as before (its
-        // record has the answer's usage, or none).
-        let facts = match (counts_tokens || env.audit.is_some())
+        // The audit record and the token metrics want the tokens too: estimated, and a
+        // stream's usage asked for. Without a token limit a body the estimate cannot read is
+        // forwarded as before (its tokens are the answer's usage, or unknown).
+        let facts = match (counts_tokens || env.snapshot.accounts_tokens())
             .then(|| RequestFacts::parse(op, req.body))
         {
             Some(Ok(facts)) => Some(facts),
@@ -78,7 +78,13 @@ impl Policy for Admit {
             // The deployment's model, not the body's: the request that runs is pinned to the
             // deployment's model, and a family a client names would load its tables (tens
             // of MiB, up to ~80 ms) on the request path. Start-up warms exactly these.
-            let estimator = dep.tokens.estimator.for_model(&dep.name);
+            // Without a token limit the estimate only stands in for a usage the answer does
+            // not carry (records, metrics): the free heuristic, never a BPE table load.
+            let estimator = if counts_tokens {
+                dep.tokens.estimator.for_model(&dep.name)
+            } else {
+                crate::tokens::estimate::Estimator::Heuristic
+            };
             let prompt = estimator.estimate_prompt(&facts);
             ctx.stream_plan = StreamPlan::for_request(&facts, dep.tokens.stream_usage, estimator);
             ctx.tokens = Some(TokenEstimate {

@@ -9,9 +9,8 @@ use std::time::{Instant, SystemTime};
 
 use super::context::{AttemptOutcome, RequestCtx};
 use super::phase::{Chunk, Env, Flow, Policy, Request, Response};
-use super::usage::Charge;
 use crate::audit::content::AnswerCapture;
-use crate::audit::record::{AttemptEntry, Record, Tokens};
+use crate::audit::record::{AttemptEntry, Record};
 use crate::audit::ContentMode;
 use crate::route::Operation;
 
@@ -184,7 +183,7 @@ fn record(env: &Env<'_>, ctx: &RequestCtx<'_>, capture: AuditCapture) -> Record 
         latency,
         upstream_latency,
         ttft,
-        tokens: tokens(ctx),
+        tokens: super::usage::settled(ctx),
         client_ip: ctx.client_ip,
         client_cert: ctx.client_cert.clone(),
         jwt_subject: ctx.caller.as_ref().and_then(|c| c.subject.clone()),
@@ -192,41 +191,5 @@ fn record(env: &Env<'_>, ctx: &RequestCtx<'_>, capture: AuditCapture) -> Record 
         content: capture.content,
         request_body: capture.request_body,
         answer,
-    }
-}
-
-/// The request's tokens as settled: the backend's usage when the answer carried it, else
-/// Sluice's estimate or count (marked estimated); `None` when the request never reached
-/// a deployment's accounting.
-fn tokens(ctx: &RequestCtx<'_>) -> Option<Tokens> {
-    let estimate = ctx.tokens;
-    match ctx.usage.charge() {
-        Charge::Usage(u) => Some(Tokens {
-            prompt: Some(u.prompt_tokens),
-            completion: Some(u.completion_tokens),
-            total: u.total_tokens,
-            estimated: false,
-        }),
-        Charge::Nothing => ctx.deployment.and(estimate).map(|_| Tokens {
-            prompt: Some(0),
-            completion: Some(0),
-            total: 0,
-            estimated: false,
-        }),
-        Charge::Estimate(_) => estimate.map(|t| Tokens {
-            prompt: Some(u64::from(t.prompt)),
-            completion: None,
-            total: t.reservation,
-            estimated: true,
-        }),
-        Charge::Counted(counted) => {
-            let t = estimate.unwrap_or_default();
-            Some(Tokens {
-                prompt: Some(u64::from(t.prompt)),
-                completion: Some(counted.completion),
-                total: counted.tokens(u64::from(t.prompt), t.reservation),
-                estimated: true,
-            })
-        }
     }
 }

@@ -128,6 +128,8 @@ pub struct RequestCtx<'s> {
     pub response_headers: Vec<u8>,
     /// The trace the client asked for (and may have), rendered into `x-sluice-trace`.
     pub trace: Option<Trace>,
+    /// When a streamed answer's pieces passed (for the metrics).
+    pub stream_marks: super::metrics::StreamMarks,
     /// What the audit record gathers (when `[audit]` has a sink).
     pub audit: Option<Box<super::audit::AuditCapture>>,
     /// What the pipeline asks of the upstream leg for the current attempt.
@@ -142,6 +144,8 @@ pub struct RequestCtx<'s> {
     pub status: Option<u16>,
     /// The error Sluice answered the request with, if any.
     pub error: Option<ErrorKind>,
+    /// The limit that refused the request (an index into the snapshot's limits).
+    pub refused_by: Option<usize>,
     /// How the request ended.
     pub end: End,
     /// Request bytes read from the client (head and framed body).
@@ -304,12 +308,14 @@ impl<'s> RequestCtx<'s> {
             usage: UsageTap::Off,
             response_headers,
             trace: None,
+            stream_marks: Default::default(),
             audit: None,
             upstream: UpstreamAsk::default(),
             body: BodyAccess::default(),
             attempts,
             status: None,
             error: None,
+            refused_by: None,
             end: End::Complete,
             bytes_in: 0,
             bytes_out: 0,

@@ -2,7 +2,7 @@
 //! interface ([`phase`]), and the policies, one module each — [`admit`] (the client-IP gate,
 //! admission and settlement by the limits), [`authenticate`] (keys, JWTs, products),
 //! [`trace`] (the trace header) and [`usage`] (reading the answer's token usage) — assembled
-//! in [`pipeline`]. [`audit`] records every request in the audit log. The decisions they take are pure functions of the snapshot, the context
+//! in [`pipeline`]. [`audit`] records every request in the audit log, [`metrics`] counts it. The decisions they take are pure functions of the snapshot, the context
 //! and the time: [`identity`] (who is calling) and [`admission`] (how much they may).
 //!
 //! The runtime side of a snapshot's access config ([`AccessRuntime`]) is built once per
@@ -14,6 +14,7 @@ pub mod audit;
 pub mod authenticate;
 pub mod context;
 pub mod identity;
+pub mod metrics;
 pub mod phase;
 pub mod pipeline;
 pub mod trace;

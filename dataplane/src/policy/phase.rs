@@ -76,6 +76,8 @@ pub struct Env<'a> {
     pub audit: Option<&'a crate::audit::Recorder>,
     /// The worker's index.
     pub worker: usize,
+    /// The worker's metrics.
+    pub metrics: &'a crate::metrics::WorkerMetrics,
 }
 
 /// The client's request as the phases see it.

@@ -6,17 +6,21 @@
 use super::admit::{Admit, ClientIpGate};
 use super::audit::AuditRecord;
 use super::authenticate::Authenticate;
+use super::metrics::RequestMetrics;
 use super::trace::TraceHeader;
 use super::usage::UsageAccounting;
 
 /// The standard pipeline: record the request (its `on_complete` last, seeing everything
-/// settled), count the client's address, authenticate and authorize, decide the trace,
+/// settled), count it in the metrics, count the client's address, authenticate and authorize, decide the trace,
 /// admit by the limits (and settle), read the answer's usage.
 pub type Standard = (
     AuditRecord,
     (
-        ClientIpGate,
-        (Authenticate, (TraceHeader, (Admit, UsageAccounting))),
+        RequestMetrics,
+        (
+            ClientIpGate,
+            (Authenticate, (TraceHeader, (Admit, UsageAccounting))),
+        ),
     ),
 );
 

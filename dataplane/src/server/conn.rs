@@ -254,6 +254,7 @@ impl Client {
                 clock: &SystemClock,
                 audit: view.snapshot.audit.as_deref(),
                 worker: worker.id,
+                metrics: &worker.metrics,
             },
         };
         (self.down.sent, self.down.first_out) = (0, None);

@@ -36,6 +36,8 @@ pub struct Loaded {
     pub runtime: AccessRuntime,
     /// Its audit log (`[audit]` with a sink), started by [`crate::apply`].
     pub audit: Option<Arc<crate::audit::Recorder>>,
+    /// When it was compiled (for `/config`).
+    pub loaded_at: std::time::SystemTime,
 }
 
 impl std::ops::Deref for Loaded {
@@ -53,6 +55,8 @@ pub struct Shared {
     shutdown: AtomicBool,
     /// Limit state (buckets, quota counters), kept across reloads.
     pub limits: SharedLimits,
+    /// What the workers publish for `/metrics`, and the process-wide counters.
+    pub metrics: crate::metrics::Hub,
 }
 
 impl Shared {
@@ -63,6 +67,7 @@ impl Shared {
             generation: AtomicU64::new(1),
             shutdown: AtomicBool::new(false),
             limits: SharedLimits::default(),
+            metrics: crate::metrics::Hub::default(),
         })
     }
 
@@ -77,7 +82,8 @@ impl Shared {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
-    fn generation(&self) -> u64 {
+    /// How many configs have been put in force (1 at start; each reload adds one).
+    pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
@@ -86,7 +92,8 @@ impl Shared {
         self.shutdown.store(true, Ordering::Release);
     }
 
-    fn is_shutting_down(&self) -> bool {
+    /// Whether a graceful shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
     }
 }

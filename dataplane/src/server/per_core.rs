@@ -35,6 +35,8 @@ pub struct Worker {
     pub(super) open_connections: Cell<usize>,
     /// TLS handshakes that failed, were refused or timed out on this worker.
     pub tls_handshake_failures: Cell<u64>,
+    /// This worker's metrics, published on its upkeep tick.
+    pub metrics: crate::metrics::WorkerMetrics,
     request_seq: Cell<u64>,
     id_prefix: u32,
 }
@@ -93,6 +95,7 @@ impl Worker {
             .map_or(0, |d| d.subsec_nanos());
         let id_prefix = nanos ^ (std::process::id().rotate_left(16));
         let limits = WorkerLimits::new(&shared.limits, workers);
+        let metrics = crate::metrics::WorkerMetrics::new(shared.metrics.register(id));
         Self {
             id,
             limits,
@@ -103,6 +106,7 @@ impl Worker {
             grace_over: ShutdownSignal::default(),
             open_connections: Cell::new(0),
             tls_handshake_failures: Cell::new(0),
+            metrics,
             request_seq: Cell::new(0),
             id_prefix,
         }
@@ -118,6 +122,14 @@ impl Worker {
             *cached = (generation, Rc::new(next));
         }
         cached.1.clone()
+    }
+
+    /// Publishes this worker's metrics (counts since the last publish, and its gauges).
+    pub fn publish_metrics(&self) {
+        self.metrics.publish(
+            self.open_connections.get(),
+            self.tls_handshake_failures.get(),
+        );
     }
 
     /// A new request id: 24 hex digits, unique per process run.

@@ -60,6 +60,7 @@ fn with_pipeline(snapshot: &Snapshot, test: impl FnOnce(&Pipeline<'_, Standard>,
     let limits = WorkerLimits::new(&shared, 1);
     let clock = FakeClock::new(1_700_000_000);
     let policies = standard();
+    let metrics = crate::metrics::WorkerMetrics::new(Default::default());
     let pipeline = Pipeline {
         policies: &policies,
         env: Env {
@@ -69,6 +70,7 @@ fn with_pipeline(snapshot: &Snapshot, test: impl FnOnce(&Pipeline<'_, Standard>,
             clock: &clock,
             audit: None,
             worker: 0,
+            metrics: &metrics,
         },
     };
     test(&pipeline, &clock);

@@ -29,9 +29,9 @@ impl Policy for UsageAccounting {
         _req: &Request<'_>,
     ) -> Flow {
         // Usage is read (and asked for) when a token limit holds a reservation, and for the
-        // audit record.
+        // audit record and the token metrics.
         let counts = ctx.admission.as_ref().is_some_and(|a| a.counts_tokens())
-            || (env.audit.is_some() && ctx.admission.is_some());
+            || (env.snapshot.accounts_tokens() && ctx.admission.is_some());
         if !counts {
             ctx.stream_plan = None;
         }
@@ -108,6 +108,55 @@ impl Policy for UsageAccounting {
             Some(AttemptOutcome::TimedOut | AttemptOutcome::NoAnswer)
         ) {
             ctx.usage.no_answer();
+        }
+    }
+}
+
+/// A request's tokens as settled (for the audit record and the token metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Settled {
+    /// Prompt tokens (the backend's, or Sluice's estimate).
+    pub prompt: Option<u64>,
+    /// Completion tokens (the backend's, or counted by Sluice).
+    pub completion: Option<u64>,
+    /// Total tokens: what the request was charged.
+    pub total: u64,
+    /// Not the backend's own report: Sluice's estimate or count.
+    pub estimated: bool,
+}
+
+/// The request's tokens as settled: the backend's usage when the answer carried it, else
+/// Sluice's estimate or count (marked estimated); `None` when the request never reached
+/// a deployment's accounting.
+pub fn settled(ctx: &RequestCtx<'_>) -> Option<Settled> {
+    let estimate = ctx.tokens;
+    match ctx.usage.charge() {
+        Charge::Usage(u) => Some(Settled {
+            prompt: Some(u.prompt_tokens),
+            completion: Some(u.completion_tokens),
+            total: u.total_tokens,
+            estimated: false,
+        }),
+        Charge::Nothing => ctx.deployment.and(estimate).map(|_| Settled {
+            prompt: Some(0),
+            completion: Some(0),
+            total: 0,
+            estimated: false,
+        }),
+        Charge::Estimate(_) => estimate.map(|t| Settled {
+            prompt: Some(u64::from(t.prompt)),
+            completion: None,
+            total: t.reservation,
+            estimated: true,
+        }),
+        Charge::Counted(counted) => {
+            let t = estimate.unwrap_or_default();
+            Some(Settled {
+                prompt: Some(u64::from(t.prompt)),
+                completion: Some(counted.completion),
+                total: counted.tokens(u64::from(t.prompt), t.reservation),
+                estimated: true,
+            })
         }
     }
 }
