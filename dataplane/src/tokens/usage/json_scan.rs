@@ -440,7 +440,17 @@ impl JsonUsageScanner {
     /// Keeps bytes of a string being read raw: a top-level key while it can still be
     /// `usage` or `model`, or the `model` value while it fits [`MAX_MODEL`] (past it, the
     /// model is not known).
+    #[inline]
     fn raw_bytes(&mut self, bytes: &[u8]) {
+        // The common case (no string kept) is one compare, as before the model was read.
+        if self.raw != Raw::Off {
+            self.keep_raw(bytes);
+        }
+    }
+
+    /// [`Self::raw_bytes`] for a string being kept.
+    #[inline(never)]
+    fn keep_raw(&mut self, bytes: &[u8]) {
         match self.raw {
             Raw::Off => {}
             Raw::Key => {

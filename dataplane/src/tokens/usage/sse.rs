@@ -13,8 +13,9 @@
 //! object (the key spelled `"usage"`: an escaped key such as `"us\u0061ge"` is not looked
 //! for in a stream) or end a Responses stream, so the common content chunk costs a few
 //! `memchr` calls. Until the stream's model is known, an event whose data holds `"model"`
-//! is parsed too (the first chat chunk, or the first Responses lifecycle event, usually:
-//! one or two events per stream); once it is known, that search stops.
+//! followed by a non-empty string is parsed too (the first chat chunk after Azure's
+//! `"model": ""` one, or the first Responses lifecycle event: one event per stream, usually);
+//! once it is known, that search stops.
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -508,7 +509,7 @@ fn inspect<'a>(
     let maybe_terminal = terminal_name || (name.is_none() && RESPONSE_TYPE.find(data).is_some());
     let for_usage = has_usage_object(data) || maybe_terminal;
     let mut model = None;
-    if for_usage || (want_model && MODEL.find(data).is_some()) {
+    if for_usage || (want_model && may_name_model(data)) {
         if let Ok(probe) = parse_probe(data) {
             // An event parsed only for its model says nothing more: its usage and end are
             // read exactly as when the model was already known.
@@ -528,9 +529,24 @@ fn inspect<'a>(
 /// Whether `data` has `"usage"` followed by `:` and `{` (whitespace allowed between), i.e.
 /// may hold a usage object rather than the `"usage":null` of every other chunk.
 fn has_usage_object(data: &[u8]) -> bool {
+    has_member(data, &USAGE, |value| value.first() == Some(&b'{'))
+}
+
+/// Whether `data` has `"model"` followed by `:` and a string that is not empty (whitespace
+/// allowed between), i.e. may name a model: Azure's first chunk, `"model":""`, is not
+/// parsed for it.
+fn may_name_model(data: &[u8]) -> bool {
+    has_member(data, &MODEL, |value| {
+        value.first() == Some(&b'"') && value.get(1) != Some(&b'"')
+    })
+}
+
+/// Whether `data` has `key` (a finder of a quoted key) followed by `:` and a value that
+/// `starts` accepts (given the bytes from the value on; whitespace allowed between).
+fn has_member(data: &[u8], key: &Finder<'_>, starts: impl Fn(&[u8]) -> bool) -> bool {
     let mut from = 0;
-    while let Some(at) = data.get(from..).and_then(|d| USAGE.find(d)) {
-        let mut i = from + at + b"\"usage\"".len();
+    while let Some(at) = data.get(from..).and_then(|d| key.find(d)) {
+        let mut i = from + at + key.needle().len();
         let skip = |i: &mut usize| {
             while matches!(data.get(*i), Some(b' ' | b'\t' | b'\r' | b'\n')) {
                 *i += 1;
@@ -540,7 +556,7 @@ fn has_usage_object(data: &[u8]) -> bool {
         if data.get(i) == Some(&b':') {
             i += 1;
             skip(&mut i);
-            if data.get(i) == Some(&b'{') {
+            if starts(&data[i..]) {
                 return true;
             }
         }
@@ -910,6 +926,11 @@ mod tests {
             assert_eq!(fed.as_deref(), Some(want), "{first}");
             assert_eq!(observed.as_deref(), Some(want), "{first}");
         }
+        // Only data that may name one is parsed for it: not Azure's `"model":""`.
+        assert!(!may_name_model(br#"{"model":"","choices":[]}"#));
+        assert!(!may_name_model(br#"{"x":"model","model":null}"#));
+        assert!(may_name_model(br#"{"model" :  "a"}"#));
+        assert!(may_name_model(br#"{"model":"","x":{"model":"b"}}"#));
         // A stream that names no model has none.
         let (_, outcome) = observe_all(&[CONTENT.as_bytes(), b"\n\n"]);
         assert_eq!(outcome.events, 1);
