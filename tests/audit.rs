@@ -1,7 +1,7 @@
 //! The audit log, whole-process: one record per request whatever its outcome — a plain and a
 //! streamed chat (tokens exact, the stream's content reassembled), embeddings, a refused
 //! key, a limit's 429, an unreachable backend, a client that leaves mid-stream — each content
-//! policy and the redaction patterns, the JSON lines file and the SQLite database holding
+//! policy and the redaction patterns, the answer's model whatever the policy, the JSON lines file and the SQLite database holding
 //! the same records, and the README's SQL answering its questions against a real database.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -205,6 +205,69 @@ fn an_embeddings_call_is_recorded_without_its_vectors() {
     assert_eq!(r["total_tokens"], usage["total_tokens"]);
     assert_eq!(r["request"]["input"], embeddings_body()["input"]);
     assert_eq!(r["response"], Value::Null, "vectors are not content: {r}");
+    assert_eq!(
+        r["model"], "text-embedding-3-small",
+        "as the answer named it: {r}"
+    );
+}
+
+#[test]
+fn the_model_is_recorded_without_content_and_for_embeddings() {
+    let dir = TempDir::new("audit-model");
+    let s = start(&dir, "", "audit = { content = \"omit\" }");
+    // A plain chat whose product keeps no content.
+    let resp = post(&s, KEY, "omit-plain", &chat_body(Some("gpt-4o"), false));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let plain_model = resp.json()["model"].as_str().unwrap().to_owned();
+    // A streamed one: the model its chunks named.
+    let mut c = s.connect();
+    let body = serde_json::to_vec(&chat_body(Some("gpt-4o"), true)).unwrap();
+    let (head, mut sse) = c.stream(
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("api-key", KEY),
+            ("x-request-id", "omit-stream"),
+            ("content-type", "application/json"),
+        ],
+        &body,
+    );
+    assert_eq!(head.status(), 200);
+    let mut stream_model = None;
+    for event in sse.collect_rest() {
+        match event_data(&event) {
+            Some(data) if data != "[DONE]" => {
+                let chunk: Value = serde_json::from_str(data).unwrap();
+                stream_model = stream_model.or(chunk["model"].as_str().map(str::to_owned));
+            }
+            _ => {}
+        }
+    }
+    // Embeddings: no content is ever captured, and the model follows the vectors.
+    let resp = post_with(
+        &s,
+        "/v1/embeddings",
+        &[("api-key", KEY), ("x-request-id", "omit-embed")],
+        &embeddings_body(),
+    );
+    assert_eq!(resp.status, 200);
+    let embed_model = resp.json()["model"].as_str().unwrap().to_owned();
+    assert_eq!(embed_model, "text-embedding-3-small");
+
+    let plain = record_of(dir.path(), 3, "omit-plain");
+    assert_eq!(plain["content"], "omit");
+    assert_eq!(plain["response"], Value::Null);
+    assert_eq!(plain["model"], plain_model.as_str(), "{plain}");
+    let stream = record_of(dir.path(), 3, "omit-stream");
+    assert_eq!(stream["content"], "omit");
+    assert_eq!(
+        stream["model"].as_str(),
+        Some(stream_model.unwrap().as_str()),
+        "{stream}"
+    );
+    let embed = record_of(dir.path(), 3, "omit-embed");
+    assert_eq!(embed["operation"], "embeddings");
+    assert_eq!(embed["model"], embed_model.as_str(), "{embed}");
 }
 
 #[test]
@@ -480,6 +543,14 @@ fn the_database_holds_what_the_file_holds_and_the_readme_sql_answers() {
             "Tokens per model" => {
                 let chat = got.iter().find(|r| r[0] == model).unwrap();
                 assert_eq!(chat[3], (tokens_a + tokens_b).to_string(), "{got:?}");
+                // The embeddings call has its own row: its model as the mock answered.
+                let embed = got
+                    .iter()
+                    .find(|r| r[0] == "text-embedding-3-small")
+                    .unwrap_or_else(|| panic!("no embeddings row: {got:?}"));
+                assert_eq!(embed[3], tokens_embed.to_string(), "{got:?}");
+                assert_eq!(embed[4], "1", "{got:?}");
+                assert_eq!(got.len(), 2, "{got:?}");
             }
             "Tokens per subscription" => {
                 let a = got.iter().find(|r| r[0] == "team-a").unwrap();

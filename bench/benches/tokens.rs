@@ -21,6 +21,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use serde_json::Value;
 use sluice::json_edit::set_string_member;
 use sluice::route::Operation;
+use sluice::tokens::usage::JsonUsageScanner;
 use sluice::tokens::{
     reservation, usage_from_json, Estimator, Family, RequestFacts, SseScanner, Usage,
 };
@@ -146,6 +147,37 @@ fn usage_json(c: &mut Criterion) {
     });
     group.bench_function("serde_value", |b| {
         b.iter(|| naive_usage(black_box(CHAT_COMPLETION)))
+    });
+    group.finish();
+
+    // An embeddings answer: one 1536-float vector, then `model` and `usage` after it (the
+    // order OpenAI and Azure send), read in the relay's 16 KiB pieces.
+    let vector: Vec<String> = (0..1536)
+        .map(|i| format!("{:.9}", (f64::from(i) * 0.37).sin() / 10.0))
+        .collect();
+    let embeddings = format!(
+        r#"{{"object":"list","data":[{{"object":"embedding","index":0,"embedding":[{}]}}],"model":"text-embedding-3-small","usage":{{"prompt_tokens":8,"total_tokens":8}}}}"#,
+        vector.join(",")
+    );
+    let want = Some(Usage {
+        prompt_tokens: 8,
+        completion_tokens: 0,
+        total_tokens: 8,
+    });
+    assert_eq!(usage_from_json(embeddings.as_bytes()), want);
+    let mut group = c.benchmark_group("tokens/usage_json_embeddings");
+    group.throughput(Throughput::Bytes(embeddings.len() as u64));
+    group.bench_function("scanner_16k_pieces", |b| {
+        b.iter(|| {
+            let mut scanner = JsonUsageScanner::new();
+            for piece in black_box(embeddings.as_bytes()).chunks(16 * 1024) {
+                scanner.feed(piece);
+            }
+            scanner.finish()
+        })
+    });
+    group.bench_function("serde_value", |b| {
+        b.iter(|| naive_usage(black_box(embeddings.as_bytes())))
     });
     group.finish();
 }

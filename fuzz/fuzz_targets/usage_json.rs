@@ -1,5 +1,5 @@
-//! Usage extraction from a JSON answer: never panics on any body, and the incremental
-//! scanner reads the same usage however the body is split into reads.
+//! Usage and model extraction from a JSON answer: never panics on any body, and the
+//! incremental scanner reads the same usage and model however the body is split into reads.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,9 +11,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let whole = usage_from_json(body);
+    let mut one = JsonUsageScanner::new();
+    one.feed(body);
+    one.finish();
     let split = usize::from(at).min(body.len());
     let mut scanner = JsonUsageScanner::new();
     scanner.feed(&body[..split]);
     scanner.feed(&body[split..]);
     assert_eq!(scanner.finish(), whole);
+    assert_eq!(scanner.model(), one.model());
 });

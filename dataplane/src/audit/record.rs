@@ -62,6 +62,11 @@ pub struct Record {
     pub ttft: Option<Duration>,
     /// The tokens (`None`: usage not accounted, e.g. no deployment).
     pub tokens: Option<Settled>,
+    /// The model the answer named, as the usage reading found it
+    /// ([`crate::policy::usage::UsageTap::model`]): known whatever the content policy and
+    /// for answers whose content is not captured (embeddings). `None` when usage was not
+    /// read or the answer named none; the content capture's model is then used.
+    pub model: Option<String>,
     /// The client's address.
     pub client_ip: IpAddr,
     /// The verified client certificate's subject (RFC 4514).
@@ -188,6 +193,9 @@ impl Entry {
             }
             _ => (None, None, None),
         };
+        // The usage reading's model first: it is read for every accounted answer, content
+        // kept or not.
+        let model = record.model.or(model);
         let backend = record
             .attempts
             .last()

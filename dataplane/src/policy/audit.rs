@@ -184,6 +184,7 @@ fn record(env: &Env<'_>, ctx: &RequestCtx<'_>, capture: AuditCapture) -> Record 
         upstream_latency,
         ttft,
         tokens: super::usage::settled(ctx),
+        model: ctx.usage.model(),
         client_ip: ctx.client_ip,
         client_cert: ctx.client_cert.clone(),
         jwt_subject: ctx.caller.as_ref().and_then(|c| c.subject.clone()),

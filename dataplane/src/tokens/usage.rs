@@ -8,6 +8,7 @@
 //! `stream_options.include_usage`. The Responses API says `input_tokens` / `output_tokens`,
 //! in the body or in the `response.completed` event's `response`; [`Usage`] maps them.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -18,7 +19,7 @@ use crate::json_edit::{member, skip_ws, splice};
 mod json_scan;
 mod sse;
 
-pub use json_scan::{JsonUsageScanner, MAX_DEPTH, MAX_USAGE_VALUE};
+pub use json_scan::{JsonUsageScanner, MAX_DEPTH, MAX_MODEL, MAX_USAGE_VALUE};
 pub use sse::{
     event_data, EventView, SseError, SseScanner, StreamOutcome, Verdict, DEFAULT_MAX_EVENT,
 };
@@ -192,11 +193,14 @@ impl<'de> Deserialize<'de> for IncludeUsage {
     }
 }
 
-/// What an SSE event's data says about usage.
+/// What an SSE event's data says about usage (and the model that answered).
 #[derive(Debug, Default, Clone, PartialEq)]
-pub(crate) struct Probe {
+pub(crate) struct Probe<'a> {
     /// The top-level `usage`, or `response.usage`.
     pub(crate) usage: Option<Usage>,
+    /// The top-level `model`, or `response.model` (Responses events), when it is a
+    /// non-empty string of at most [`MAX_MODEL`] bytes given once (see [`ModelSlot`]).
+    pub(crate) model: Option<Cow<'a, str>>,
     /// How many `choices` the top level has, when it has an array of them.
     pub(crate) choices: Option<u64>,
     /// A usage-only chunk: a top-level `usage` object (not `response.usage`) and no choice
@@ -209,8 +213,8 @@ pub(crate) struct Probe {
 }
 
 /// Reads an SSE event's `data` (a JSON object) for its [`Probe`]: `usage`, `choices`,
-/// `type` and `response.usage`.
-pub(crate) fn parse_probe(data: &[u8]) -> Result<Probe, serde_json::Error> {
+/// `type`, `model`, `response.usage` and `response.model`.
+pub(crate) fn parse_probe(data: &[u8]) -> Result<Probe<'_>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(data);
     let probe = de.deserialize_map(ProbeVisitor)?;
     de.end()?;
@@ -220,15 +224,16 @@ pub(crate) fn parse_probe(data: &[u8]) -> Result<Probe, serde_json::Error> {
 struct ProbeVisitor;
 
 impl<'de> Visitor<'de> for ProbeVisitor {
-    type Value = Probe;
+    type Value = Probe<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Probe, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Probe<'de>, A::Error> {
         let mut probe = Probe::default();
-        let mut nested = None;
+        let mut nested = NestedResponse::default();
+        let mut model = ModelSlot::default();
         while let Some(key) = map.next_key::<LenientStr<'de>>()? {
             match key.0.as_deref() {
                 Some("usage") => probe.usage = map.next_value::<UsageField>()?.0,
@@ -240,14 +245,16 @@ impl<'de> Visitor<'de> for ProbeVisitor {
                         Some("response.completed" | "response.incomplete" | "response.failed")
                     );
                 }
-                Some("response") => nested = map.next_value::<NestedUsage>()?.0,
+                Some("response") => nested = map.next_value::<NestedResponse<'de>>()?,
+                Some("model") => model.read(&mut map)?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
         probe.usage_only = probe.usage.is_some() && probe.choices.unwrap_or(0) == 0;
-        probe.usage = probe.usage.or(nested);
+        probe.usage = probe.usage.or(nested.usage);
+        probe.model = model.get().or(nested.model);
         Ok(probe)
     }
 }
@@ -399,51 +406,91 @@ impl<'de> Visitor<'de> for UsageVisitor {
     }
 }
 
-/// The `usage` inside a Responses event's `response` object.
-struct NestedUsage(Option<Usage>);
+/// The `usage` and `model` inside a Responses event's `response` object; any other shape
+/// reads as neither.
+#[derive(Default)]
+struct NestedResponse<'a> {
+    usage: Option<Usage>,
+    model: Option<Cow<'a, str>>,
+}
 
-impl<'de> Deserialize<'de> for NestedUsage {
+impl<'de> Deserialize<'de> for NestedResponse<'de> {
     fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = NestedUsage;
+            type Value = NestedResponse<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a response object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NestedUsage, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<NestedResponse<'de>, A::Error> {
                 let mut usage = None;
+                let mut model = ModelSlot::default();
                 while let Some(key) = map.next_key::<LenientStr<'de>>()? {
-                    if key.0.as_deref() == Some("usage") {
-                        usage = map.next_value::<UsageField>()?.0;
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
+                    match key.0.as_deref() {
+                        Some("usage") => usage = map.next_value::<UsageField>()?.0,
+                        Some("model") => model.read(&mut map)?,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
                     }
                 }
-                Ok(NestedUsage(usage))
+                Ok(NestedResponse {
+                    usage,
+                    model: model.get(),
+                })
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<NestedUsage, A::Error> {
-                skip_seq(seq).map(|_| NestedUsage(None))
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<NestedResponse<'de>, A::Error> {
+                skip_seq(seq).map(|_| NestedResponse::default())
             }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<NestedUsage, E> {
-                Ok(NestedUsage(None))
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<NestedResponse<'de>, E> {
+                Ok(NestedResponse::default())
             }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<NestedUsage, E> {
-                Ok(NestedUsage(None))
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<NestedResponse<'de>, E> {
+                Ok(NestedResponse::default())
             }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<NestedUsage, E> {
-                Ok(NestedUsage(None))
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<NestedResponse<'de>, E> {
+                Ok(NestedResponse::default())
             }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<NestedUsage, E> {
-                Ok(NestedUsage(None))
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<NestedResponse<'de>, E> {
+                Ok(NestedResponse::default())
             }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<NestedUsage, E> {
-                Ok(NestedUsage(None))
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<NestedResponse<'de>, E> {
+                Ok(NestedResponse::default())
             }
-            fn visit_unit<E: de::Error>(self) -> Result<NestedUsage, E> {
-                Ok(NestedUsage(None))
+            fn visit_unit<E: de::Error>(self) -> Result<NestedResponse<'de>, E> {
+                Ok(NestedResponse::default())
             }
         }
         de.deserialize_any(V)
+    }
+}
+
+/// The `model` members of one object, as an SSE probe reads them: the value counts when it
+/// is a non-empty string of at most [`MAX_MODEL`] bytes (unescaped) and the member is given
+/// once; given twice (readers disagree on which counts, as for `usage`), neither counts.
+#[derive(Default)]
+struct ModelSlot<'a> {
+    seen: u32,
+    value: Option<Cow<'a, str>>,
+}
+
+impl<'de> ModelSlot<'de> {
+    /// Reads the value of a `model` member just keyed in `map`.
+    fn read<A: MapAccess<'de>>(&mut self, map: &mut A) -> Result<(), A::Error> {
+        self.seen = self.seen.saturating_add(1);
+        self.value = map
+            .next_value::<LenientStr<'de>>()?
+            .0
+            .filter(|m| !m.is_empty() && m.len() <= MAX_MODEL);
+        Ok(())
+    }
+
+    /// The model, when given once and readable.
+    fn get(self) -> Option<Cow<'de, str>> {
+        self.value.filter(|_| self.seen == 1)
     }
 }
 

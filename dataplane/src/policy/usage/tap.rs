@@ -13,6 +13,9 @@
 //! client did not) is counted as it passes instead ([`UsageTap::attempt`], [`Charge::Counted`]);
 //! a usage such a stream volunteers anyway is only trusted upward: the larger of it and the
 //! count is charged.
+//!
+//! The same reading gives the model the backend named ([`UsageTap::model`], for the audit
+//! record), kept beside the charge once the answer is over.
 
 use crate::tokens::completion_count::CompletionCount;
 use crate::tokens::estimate::Estimator;
@@ -47,8 +50,13 @@ pub enum UsageTap {
         /// The completion's tokens so far.
         count: CompletionCount,
     },
-    /// Done: what the request is charged.
-    Done(Charge),
+    /// Done: what the request is charged, and the model the answer named.
+    Done {
+        /// What the request is charged.
+        charge: Charge,
+        /// What [`UsageTap::model`] read before the answer was over.
+        model: Option<String>,
+    },
 }
 
 /// What a request is charged once its answer is over.
@@ -171,7 +179,7 @@ impl UsageTap {
             return;
         };
         *self = if !(200..300).contains(&status) {
-            UsageTap::Done(Charge::Nothing)
+            UsageTap::done(Charge::Nothing)
         } else if let (true, Some(estimator)) = (event_stream, count) {
             UsageTap::Counting {
                 scanner: Box::new(SseScanner::new(false)),
@@ -242,18 +250,18 @@ impl UsageTap {
 
     /// The body ended: reads the usage. A filtering tap may append the last held bytes.
     pub fn finish(&mut self, filtered: &mut Vec<u8>) {
-        let done = match self {
-            UsageTap::Json(scanner) => UsageTap::Done(match scanner.finish() {
+        let charge = match self {
+            UsageTap::Json(scanner) => match scanner.finish() {
                 Some(usage) => Charge::Usage(usage),
                 None => Charge::Estimate(Unknown::Missing),
-            }),
+            },
             UsageTap::Sse { scanner, .. } => {
                 let outcome = scanner.finish(filtered);
-                UsageTap::Done(match outcome.usage {
+                match outcome.usage {
                     Some(usage) => Charge::Usage(usage),
                     None if outcome.truncated => Charge::Estimate(Unknown::CutShort),
                     None => Charge::Estimate(Unknown::Missing),
-                })
+                }
             }
             UsageTap::Counting { scanner, count } => {
                 let outcome = scanner.finish_with(|ev| {
@@ -261,18 +269,47 @@ impl UsageTap {
                         count.on_event_data(&event_data(ev.lines));
                     }
                 });
-                UsageTap::Done(counted(scanner, count, !outcome.truncated))
+                counted(scanner, count, !outcome.truncated)
             }
             _ => return,
         };
-        *self = done;
+        *self = UsageTap::Done {
+            charge,
+            model: self.model(),
+        };
+    }
+
+    /// The model the answer named, as the backend reported it: a JSON answer's top-level
+    /// `model` string once the whole body was read (a body cut short, or not one JSON
+    /// object, names none: see [`JsonUsageScanner::model`]); a stream's first non-empty
+    /// chunk `model` or Responses `response.model` (see [`SseScanner::model`]), even when
+    /// the stream was cut after it — each event is a whole JSON object of its own. `None`
+    /// when nothing is read (no token accounting, the answer was not a success, or its
+    /// content coding is not decoded) or the answer named no model.
+    pub fn model(&self) -> Option<String> {
+        match self {
+            UsageTap::Json(scanner) => scanner.model(),
+            UsageTap::Sse { scanner, .. } | UsageTap::Counting { scanner, .. } => {
+                scanner.model().map(str::to_owned)
+            }
+            UsageTap::Done { model, .. } => model.clone(),
+            UsageTap::Off | UsageTap::Pending { .. } => None,
+        }
+    }
+
+    /// Over, charged `charge`, no model read.
+    fn done(charge: Charge) -> Self {
+        UsageTap::Done {
+            charge,
+            model: None,
+        }
     }
 
     /// The answer comes in a content coding Sluice does not decode: it passes through
     /// unread, and a successful one keeps its reservation.
     pub fn undecodable(&mut self) {
         if let UsageTap::Json(_) | UsageTap::Sse { .. } | UsageTap::Counting { .. } = self {
-            *self = UsageTap::Done(Charge::Estimate(Unknown::Undecodable));
+            *self = UsageTap::done(Charge::Estimate(Unknown::Undecodable));
         }
     }
 
@@ -280,7 +317,7 @@ impl UsageTap {
     /// unknown, so the reservation stands.
     pub fn no_answer(&mut self) {
         if let UsageTap::Pending { .. } = self {
-            *self = UsageTap::Done(Charge::Estimate(Unknown::NoAnswer));
+            *self = UsageTap::done(Charge::Estimate(Unknown::NoAnswer));
         }
     }
 
@@ -294,9 +331,13 @@ impl UsageTap {
             self.finish(&mut Vec::new());
         }
         match self {
-            UsageTap::Pending { .. } | UsageTap::Done(Charge::Estimate(_)) => {
-                *self = UsageTap::Done(Charge::Estimate(Unknown::ClientGone));
+            UsageTap::Pending { .. } => {
+                *self = UsageTap::done(Charge::Estimate(Unknown::ClientGone))
             }
+            UsageTap::Done {
+                charge: charge @ Charge::Estimate(_),
+                ..
+            } => *charge = Charge::Estimate(Unknown::ClientGone),
             _ => {}
         }
     }
@@ -305,7 +346,7 @@ impl UsageTap {
     /// off mid-body) is cut short; a tap that never saw an answer head charges nothing.
     pub fn charge(&self) -> Charge {
         match self {
-            UsageTap::Done(charge) => *charge,
+            UsageTap::Done { charge, .. } => *charge,
             UsageTap::Json(_) | UsageTap::Sse { .. } => Charge::Estimate(Unknown::CutShort),
             UsageTap::Counting { scanner, count } => counted(scanner, count, false),
             UsageTap::Off | UsageTap::Pending { .. } => Charge::Nothing,
@@ -323,4 +364,74 @@ fn counted(scanner: &SseScanner, count: &CompletionCount, whole: bool) -> Charge
         whole,
         reported: scanner.usage(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHAT: &[u8] = br#"{"id":"c","model":"gpt-4o-2024-08-06","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#;
+    const EMBEDDINGS: &[u8] = br#"{"object":"list","data":[{"embedding":[0.1,-0.2]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":4,"total_tokens":4}}"#;
+    const STREAM: &[u8] = b"data: {\"choices\":[],\"model\":\"\",\"prompt_filter_results\":[]}\n\n\
+data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}],\"model\":\"gpt-4o-mini\"}\n\n";
+
+    /// A tap past a successful head (`count`: a stream nobody asked usage of).
+    fn tap(event_stream: bool, count: Option<Estimator>) -> UsageTap {
+        let mut tap = UsageTap::new(true);
+        tap.attempt(false, count);
+        tap.start(200, event_stream);
+        tap
+    }
+
+    #[test]
+    fn the_model_is_read_in_each_state_and_kept_when_done() {
+        let mut out = Vec::new();
+        for (body, want) in [
+            (CHAT, "gpt-4o-2024-08-06"),
+            (EMBEDDINGS, "text-embedding-3-small"),
+        ] {
+            let mut json = tap(false, None);
+            let (a, b) = body.split_at(body.len() / 2);
+            json.feed(a, &mut out);
+            assert_eq!(json.model(), None, "a body read in part names no model");
+            json.feed(b, &mut out);
+            json.finish(&mut out);
+            assert!(matches!(json, UsageTap::Done { .. }));
+            assert_eq!(json.model().as_deref(), Some(want));
+            assert!(matches!(json.charge(), Charge::Usage(_)));
+        }
+        for count in [None, Some(Estimator::Heuristic)] {
+            let mut sse = tap(true, count);
+            sse.feed(STREAM, &mut out);
+            assert_eq!(
+                sse.model().as_deref(),
+                Some("gpt-4o-mini"),
+                "while streaming"
+            );
+            sse.feed(b"data: [DONE]\n\n", &mut out);
+            sse.finish(&mut out);
+            assert_eq!(sse.model().as_deref(), Some("gpt-4o-mini"), "once done");
+        }
+    }
+
+    #[test]
+    fn a_stream_cut_short_keeps_its_model_and_a_refusal_has_none() {
+        let mut out = Vec::new();
+        let mut sse = tap(true, None);
+        sse.feed(STREAM, &mut out);
+        sse.client_gone();
+        assert_eq!(sse.charge(), Charge::Estimate(Unknown::ClientGone));
+        assert_eq!(sse.model().as_deref(), Some("gpt-4o-mini"));
+
+        let mut refused = UsageTap::new(true);
+        refused.start(429, false);
+        refused.feed(CHAT, &mut out);
+        refused.finish(&mut out);
+        assert_eq!(refused.model(), None);
+        let mut off = UsageTap::new(false);
+        off.start(200, false);
+        off.feed(CHAT, &mut out);
+        off.finish(&mut out);
+        assert_eq!(off.model(), None, "nothing is read when accounting is off");
+    }
 }

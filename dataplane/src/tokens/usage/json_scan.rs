@@ -1,14 +1,17 @@
-//! [`JsonUsageScanner`]: reads the top-level `usage` of a JSON answer as its bytes pass
-//! through, in pieces split anywhere, without holding the answer: an answer of any size is
-//! accounted from its real usage in O(usage value + a few words) of memory.
+//! [`JsonUsageScanner`]: reads the top-level `usage` and `model` of a JSON answer as its
+//! bytes pass through, in pieces split anywhere, without holding the answer: an answer of
+//! any size is accounted from its real usage in O(usage value + a few words) of memory.
 //!
 //! The scanner walks the JSON structure byte by byte (strings with their escapes skipped with
-//! `memchr`, nesting tracked as one bit per level) and keeps only two things: the raw bytes
-//! of each top-level key short enough to be `usage` (compared once unescaped, so
-//! `"us\u0061ge"` is `usage`, as it is to serde_json and to the client's SDK), and the raw
+//! `memchr`, nesting tracked as one bit per level) and keeps only three things: the raw bytes
+//! of each top-level key short enough to be `usage` or `model` (compared once unescaped, so
+//! `"us\u0061ge"` is `usage`, as it is to serde_json and to the client's SDK), the raw
 //! bytes of the top-level `usage` value, which is then read by the same lenient parser as
-//! before ([`super::usage_from_json`]'s `UsageField`). A `usage` nested anywhere else (inside
-//! `choices`, a tool call's arguments …) is never looked at.
+//! before ([`super::usage_from_json`]'s `UsageField`), and the raw bytes of the top-level
+//! `model` string (at most [`MAX_MODEL`], in a fixed buffer: no allocation). A `usage` or
+//! `model` nested anywhere else (inside `choices`, a tool call's arguments …) is never looked
+//! at. Embeddings answers put `model` after their (huge) `data` array; it is found there all
+//! the same, wherever it stands.
 //!
 //! Decisions, each read as "usage not known" (the request keeps its estimate):
 //! - the body is not one JSON object (an array, a scalar, empty, broken structure, bytes
@@ -16,6 +19,11 @@
 //! - the top-level `usage` is given more than once: parsers disagree on which one counts
 //!   (serde_json keeps the last, others the first), so neither is trusted;
 //! - the `usage` value is longer than [`MAX_USAGE_VALUE`] (a real one is under 1 KiB).
+//!
+//! The model (the backend's own name for what answered, for the audit record) is read by the
+//! same rules: not known when the body is not one JSON object, when `model` is given more
+//! than once, when its value is not a string, is empty, or is longer than [`MAX_MODEL`] raw
+//! bytes (escapes counted as written; a real name is a few dozen), or is not valid UTF-8.
 //!
 //! The structure is checked (braces and brackets match, keys, colons and commas where JSON
 //! puts them, escapes well formed, literals spelled right); number syntax and the bytes
@@ -29,13 +37,39 @@ use super::{Usage, UsageField};
 /// The longest top-level `usage` value read: 64 KiB. A longer one reads as unknown.
 pub const MAX_USAGE_VALUE: usize = 64 * 1024;
 
+/// The longest top-level `model` string kept: 256 bytes between its quotes, as written
+/// (an escape counts its bytes). A longer one reads as unknown.
+pub const MAX_MODEL: usize = 256;
+
 /// The deepest nesting of objects and arrays followed: 128 levels, serde_json's own
 /// recursion limit. A deeper body reads as not JSON.
 pub const MAX_DEPTH: usize = 128;
 
-/// The longest raw top-level key (quotes included) that is compared with `usage`: each of
-/// its 5 characters is at most 6 bytes escaped (`\u0075`), plus 2 quotes.
+/// The longest raw top-level key (quotes included) that is compared with `usage` and
+/// `model`: each of their 5 characters is at most 6 bytes escaped (`\u0075`), plus 2 quotes.
 const MAX_KEY: usize = 32;
+
+/// Which raw string bytes are being kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Raw {
+    /// None: the common case, any string that is not a top-level key or the `model` value.
+    Off,
+    /// A top-level key that may still be `usage` or `model`.
+    Key,
+    /// The top-level `model` string, while it fits [`MAX_MODEL`].
+    Model,
+}
+
+/// What the last top-level key named: what its value is to the scanner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Member {
+    /// Any other member: its value is only walked.
+    Other,
+    /// `usage`: its value is captured.
+    Usage,
+    /// `model`: its value is kept when it is a string.
+    Model,
+}
 
 /// Where in the JSON grammar the scanner stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,12 +104,13 @@ enum State {
     Failed,
 }
 
-/// Reads the top-level `usage` of a JSON answer fed in pieces of any size.
+/// Reads the top-level `usage` and `model` of a JSON answer fed in pieces of any size.
 ///
 /// Feed every piece with [`JsonUsageScanner::feed`], then [`JsonUsageScanner::finish`]
 /// gives the usage, or `None` when the body had none or it is not known (see the module
-/// docs for each case). Memory: the `usage` value's bytes (at most [`MAX_USAGE_VALUE`]) and
-/// a 32-byte buffer for the current top-level key.
+/// docs for each case); [`JsonUsageScanner::model`] gives the model. Memory: the `usage`
+/// value's bytes (at most [`MAX_USAGE_VALUE`]), a 32-byte buffer for the current top-level
+/// key and a 258-byte one for the `model` string (quotes included).
 #[derive(Debug)]
 pub struct JsonUsageScanner {
     state: State,
@@ -86,10 +121,10 @@ pub struct JsonUsageScanner {
     /// Raw bytes (quotes included) of the top-level key being read, `key[..key_len]`.
     key: [u8; MAX_KEY],
     key_len: usize,
-    /// A top-level key is being read and may still be `usage` (not past [`MAX_KEY`]).
-    key_live: bool,
-    /// The last top-level key was `usage`: the next value is captured.
-    usage_next: bool,
+    /// Which string's bytes are kept as they are read (`key` or `model`).
+    raw: Raw,
+    /// What the last top-level key named: the next value is captured or kept.
+    member: Member,
     /// The top-level `usage` value is being captured.
     capturing: bool,
     /// Its bytes so far.
@@ -100,6 +135,12 @@ pub struct JsonUsageScanner {
     usage_members: u32,
     /// What the (last complete) top-level `usage` value said.
     usage: Option<Usage>,
+    /// Raw bytes (quotes included) of the top-level `model` string, `model[..model_len]`;
+    /// `model_len` is 0 when none is kept (not a string, or past [`MAX_MODEL`]).
+    model: [u8; MAX_MODEL + 2],
+    model_len: usize,
+    /// Top-level `model` members seen.
+    model_members: u32,
 }
 
 impl Default for JsonUsageScanner {
@@ -117,13 +158,16 @@ impl JsonUsageScanner {
             objects: 0,
             key: [0; MAX_KEY],
             key_len: 0,
-            key_live: false,
-            usage_next: false,
+            raw: Raw::Off,
+            member: Member::Other,
             capturing: false,
             captured: Vec::new(),
             overflow: false,
             usage_members: 0,
             usage: None,
+            model: [0; MAX_MODEL + 2],
+            model_len: 0,
+            model_members: 0,
         }
     }
 
@@ -140,12 +184,12 @@ impl JsonUsageScanner {
                     let rest = &data[i..];
                     match memchr2(b'"', b'\\', rest) {
                         None => {
-                            self.key_bytes(rest);
+                            self.raw_bytes(rest);
                             i = data.len();
                             continue;
                         }
                         Some(k) => {
-                            self.key_bytes(&rest[..=k]);
+                            self.raw_bytes(&rest[..=k]);
                             i += k;
                             if rest[k] == b'\\' {
                                 self.state = State::Escape { key };
@@ -159,7 +203,7 @@ impl JsonUsageScanner {
                     }
                 }
                 State::Escape { key } => {
-                    self.key_bytes(&data[i..=i]);
+                    self.raw_bytes(&data[i..=i]);
                     self.state = match b {
                         b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {
                             State::Str { key }
@@ -169,7 +213,7 @@ impl JsonUsageScanner {
                     };
                 }
                 State::Hex { key, left } => {
-                    self.key_bytes(&data[i..=i]);
+                    self.raw_bytes(&data[i..=i]);
                     self.state = if !b.is_ascii_hexdigit() {
                         State::Failed
                     } else if left == 1 {
@@ -222,7 +266,9 @@ impl JsonUsageScanner {
                 }
                 State::KeyOrEnd | State::Key => match b {
                     b'"' => {
-                        self.key_live = self.depth == 1;
+                        // Also ends the keeping of a `model` value: a top-level value is
+                        // always followed by a key or the end.
+                        self.raw = if self.depth == 1 { Raw::Key } else { Raw::Off };
                         self.key[0] = b'"';
                         self.key_len = 1;
                         self.state = State::Str { key: true };
@@ -243,11 +289,8 @@ impl JsonUsageScanner {
                         i += 1;
                         continue;
                     }
-                    if self.usage_next && self.depth == 1 {
-                        self.usage_next = false;
-                        self.capturing = true;
-                        self.overflow = false;
-                        self.captured.clear();
+                    if self.member != Member::Other && self.depth == 1 {
+                        self.member_value(b);
                         cap_from = i;
                     }
                     match b {
@@ -288,6 +331,42 @@ impl JsonUsageScanner {
         match (self.state, self.usage_members) {
             (State::End, 1) => self.usage,
             _ => None,
+        }
+    }
+
+    /// The top-level `model` string, unescaped (by serde_json), once the body ended
+    /// ([`JsonUsageScanner::finish`]); `None` while it is still being read, when the body
+    /// had none, or when it is not known: the body is not one JSON object, `model` is given
+    /// twice, its value is not a string, is empty, is longer than [`MAX_MODEL`] raw bytes or
+    /// is not valid UTF-8. Allocates the returned string only.
+    pub fn model(&self) -> Option<String> {
+        if self.state != State::End || self.model_members != 1 || self.model_len < 2 {
+            return None;
+        }
+        serde_json::from_slice::<String>(&self.model[..self.model_len])
+            .ok()
+            .filter(|model| !model.is_empty())
+    }
+
+    /// The value of a top-level `usage` or `model` member starts with `b`: `usage` is
+    /// captured (from this byte, by the caller), a `model` string is kept.
+    fn member_value(&mut self, b: u8) {
+        match std::mem::replace(&mut self.member, Member::Other) {
+            Member::Usage => {
+                self.capturing = true;
+                self.overflow = false;
+                self.captured.clear();
+            }
+            Member::Model => {
+                self.model_members = self.model_members.saturating_add(1);
+                self.model_len = 0;
+                if b == b'"' {
+                    self.model[0] = b'"';
+                    self.model_len = 1;
+                    self.raw = Raw::Model;
+                }
+            }
+            Member::Other => {}
         }
     }
 
@@ -358,28 +437,62 @@ impl JsonUsageScanner {
         }
     }
 
-    /// Keeps bytes of a top-level key while it can still be `usage`.
-    fn key_bytes(&mut self, bytes: &[u8]) {
-        if self.key_live {
-            let end = self.key_len + bytes.len();
-            if end > MAX_KEY {
-                self.key_live = false;
-            } else {
-                self.key[self.key_len..end].copy_from_slice(bytes);
-                self.key_len = end;
+    /// Keeps bytes of a string being read raw: a top-level key while it can still be
+    /// `usage` or `model`, or the `model` value while it fits [`MAX_MODEL`] (past it, the
+    /// model is not known).
+    #[inline]
+    fn raw_bytes(&mut self, bytes: &[u8]) {
+        // The common case (no string kept) is one compare, as before the model was read.
+        if self.raw != Raw::Off {
+            self.keep_raw(bytes);
+        }
+    }
+
+    /// [`Self::raw_bytes`] for a string being kept.
+    #[inline(never)]
+    fn keep_raw(&mut self, bytes: &[u8]) {
+        match self.raw {
+            Raw::Off => {}
+            Raw::Key => {
+                let end = self.key_len + bytes.len();
+                if end > MAX_KEY {
+                    self.raw = Raw::Off;
+                } else {
+                    self.key[self.key_len..end].copy_from_slice(bytes);
+                    self.key_len = end;
+                }
+            }
+            Raw::Model => {
+                let end = self.model_len + bytes.len();
+                if end > self.model.len() {
+                    self.raw = Raw::Off;
+                    self.model_len = 0;
+                } else {
+                    self.model[self.model_len..end].copy_from_slice(bytes);
+                    self.model_len = end;
+                }
             }
         }
     }
 
     /// A key ended (its closing quote is in `self.key`): a top-level `usage` makes the
-    /// next value captured.
+    /// next value captured, a top-level `model` makes it kept.
     fn key_done(&mut self) {
-        if self.key_live {
-            self.key_live = false;
+        if self.raw == Raw::Key {
+            self.raw = Raw::Off;
             let key = &self.key[..self.key_len];
-            self.usage_next = key == br#""usage""#
-                || (key.contains(&b'\\')
-                    && serde_json::from_slice::<String>(key).is_ok_and(|k| k == "usage"));
+            self.member = match key {
+                br#""usage""# => Member::Usage,
+                br#""model""# => Member::Model,
+                _ if key.contains(&b'\\') => {
+                    match serde_json::from_slice::<String>(key).as_deref() {
+                        Ok("usage") => Member::Usage,
+                        Ok("model") => Member::Model,
+                        _ => Member::Other,
+                    }
+                }
+                _ => Member::Other,
+            };
         }
     }
 }

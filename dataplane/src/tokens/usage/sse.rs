@@ -1,5 +1,5 @@
 //! [`SseScanner`]: reads a streamed answer (`text/event-stream`) as it passes through, event
-//! by event, for its usage and its end, without holding the stream back.
+//! by event, for its usage, its model and its end, without holding the stream back.
 //!
 //! Bytes arrive in pieces of any size. The scanner splits them into lines and events the way
 //! the SSE spec does (WHATWG HTML § 9.2.6, "Interpreting an event stream"): a line ends at
@@ -12,7 +12,10 @@
 //! it). An event is parsed as JSON only when a cheap byte search says it may hold a usage
 //! object (the key spelled `"usage"`: an escaped key such as `"us\u0061ge"` is not looked
 //! for in a stream) or end a Responses stream, so the common content chunk costs a few
-//! `memchr` calls.
+//! `memchr` calls. Until the stream's model is known, an event whose data holds `"model"`
+//! followed by a non-empty string is parsed too (the first chat chunk after Azure's
+//! `"model": ""` one, or the first Responses lifecycle event: one event per stream, usually);
+//! once it is known, that search stops.
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -132,6 +135,8 @@ pub struct SseScanner {
     /// Bytes of events that outgrew `max_event` and passed unread.
     unread: u64,
     usage: Option<Usage>,
+    /// The first non-empty model an event named ([`SseScanner::model`]).
+    model: Option<String>,
     done: bool,
     events: u64,
     dropped: u64,
@@ -153,6 +158,7 @@ impl SseScanner {
             skipping: false,
             unread: 0,
             usage: None,
+            model: None,
             done: false,
             events: 0,
             dropped: 0,
@@ -269,6 +275,17 @@ impl SseScanner {
     /// The last usage seen so far.
     pub fn usage(&self) -> Option<Usage> {
         self.usage
+    }
+
+    /// The model the stream named: the first non-empty top-level `model` of a chunk (Azure's
+    /// first chunk, its prompt filter results, has `"model": ""`, so it is passed over), or
+    /// `response.model` of a Responses lifecycle event (`response.created` … `completed`:
+    /// every one repeats it). A `model` longer than [`super::MAX_MODEL`] bytes, given twice in one
+    /// event, or not a string is not a model name and is passed over. As with `usage`, an
+    /// escaped key (`"m\u006fdel"`) is not looked for, and an event too large to hold is
+    /// not read.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
     }
 
     /// Whether the stream's last event was seen.
@@ -443,9 +460,12 @@ impl SseScanner {
             _ => bytes,
         };
         self.events += 1;
-        let view = inspect(bytes, lines);
+        let (view, model) = inspect(bytes, lines, self.model.is_none());
         if view.usage.is_some() {
             self.usage = view.usage;
+        }
+        if model.is_some() {
+            self.model = model;
         }
         self.done |= view.done;
         let verdict = decide(&view);
@@ -458,9 +478,15 @@ impl SseScanner {
 
 static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
 static RESPONSE_TYPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"response."));
+static MODEL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"model\""));
 
-/// What one complete event says (`lines`: its bytes as read, see [`EventView::lines`]).
-fn inspect<'a>(bytes: &'a [u8], lines: &'a [u8]) -> EventView<'a> {
+/// What one complete event says (`lines`: its bytes as read, see [`EventView::lines`]), and
+/// the model it names when `want_model` (see [`SseScanner::model`]).
+fn inspect<'a>(
+    bytes: &'a [u8],
+    lines: &'a [u8],
+    want_model: bool,
+) -> (EventView<'a>, Option<String>) {
     let mut view = EventView {
         bytes,
         lines,
@@ -472,7 +498,7 @@ fn inspect<'a>(bytes: &'a [u8], lines: &'a [u8]) -> EventView<'a> {
     let data = data.as_ref();
     if data.trim_ascii() == b"[DONE]" {
         view.done = true;
-        return view;
+        return (view, None);
     }
     let terminal_name = matches!(
         name,
@@ -481,22 +507,46 @@ fn inspect<'a>(bytes: &'a [u8], lines: &'a [u8]) -> EventView<'a> {
     // Without an `event:` line, a Responses event is known by its JSON `type`. Either way
     // its data must parse: a terminal event cut short does not end the stream.
     let maybe_terminal = terminal_name || (name.is_none() && RESPONSE_TYPE.find(data).is_some());
-    if has_usage_object(data) || maybe_terminal {
+    let for_usage = has_usage_object(data) || maybe_terminal;
+    let mut model = None;
+    if for_usage || (want_model && may_name_model(data)) {
         if let Ok(probe) = parse_probe(data) {
-            view.usage = probe.usage;
-            view.usage_only = probe.usage_only;
-            view.done = probe.terminal || terminal_name;
+            // An event parsed only for its model says nothing more: its usage and end are
+            // read exactly as when the model was already known.
+            if for_usage {
+                view.usage = probe.usage;
+                view.usage_only = probe.usage_only;
+                view.done = probe.terminal || terminal_name;
+            }
+            if want_model {
+                model = probe.model.map(|m| m.into_owned());
+            }
         }
     }
-    view
+    (view, model)
 }
 
 /// Whether `data` has `"usage"` followed by `:` and `{` (whitespace allowed between), i.e.
 /// may hold a usage object rather than the `"usage":null` of every other chunk.
 fn has_usage_object(data: &[u8]) -> bool {
+    has_member(data, &USAGE, |value| value.first() == Some(&b'{'))
+}
+
+/// Whether `data` has `"model"` followed by `:` and a string that is not empty (whitespace
+/// allowed between), i.e. may name a model: Azure's first chunk, `"model":""`, is not
+/// parsed for it.
+fn may_name_model(data: &[u8]) -> bool {
+    has_member(data, &MODEL, |value| {
+        value.first() == Some(&b'"') && value.get(1) != Some(&b'"')
+    })
+}
+
+/// Whether `data` has `key` (a finder of a quoted key) followed by `:` and a value that
+/// `starts` accepts (given the bytes from the value on; whitespace allowed between).
+fn has_member(data: &[u8], key: &Finder<'_>, starts: impl Fn(&[u8]) -> bool) -> bool {
     let mut from = 0;
-    while let Some(at) = data.get(from..).and_then(|d| USAGE.find(d)) {
-        let mut i = from + at + b"\"usage\"".len();
+    while let Some(at) = data.get(from..).and_then(|d| key.find(d)) {
+        let mut i = from + at + key.needle().len();
         let skip = |i: &mut usize| {
             while matches!(data.get(*i), Some(b' ' | b'\t' | b'\r' | b'\n')) {
                 *i += 1;
@@ -506,7 +556,7 @@ fn has_usage_object(data: &[u8]) -> bool {
         if data.get(i) == Some(&b':') {
             i += 1;
             skip(&mut i);
-            if data.get(i) == Some(&b'{') {
+            if starts(&data[i..]) {
                 return true;
             }
         }
@@ -565,6 +615,7 @@ fn fields(event: &[u8]) -> (Option<&[u8]>, Cow<'_, [u8]>) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::MAX_MODEL;
     use super::*;
 
     const CONTENT: &str = r#"data: {"id":"c","choices":[{"index":0,"delta":{"content":"hello"}}]}"#;
@@ -788,5 +839,105 @@ mod tests {
             (name, &*data),
             (Some(&b"response.completed"[..]), &b"{}"[..])
         );
+    }
+
+    /// The model a scanner reads from `stream` fed in `pieces` split at `at`, filtering
+    /// and observing alike.
+    fn model_at(stream: &[u8], at: usize) -> (Option<String>, Option<String>) {
+        let mut fed = SseScanner::new(true);
+        let mut observed = SseScanner::new(false);
+        let mut out = Vec::new();
+        for piece in [&stream[..at], &stream[at..]] {
+            fed.feed(piece, &mut out).unwrap();
+            observed.observe(piece).unwrap();
+        }
+        fed.finish(&mut out);
+        observed.finish(&mut out);
+        (
+            fed.model().map(str::to_owned),
+            observed.model().map(str::to_owned),
+        )
+    }
+
+    #[test]
+    fn the_first_non_empty_model_is_kept_at_every_split() {
+        // Azure's first chunk carries the prompt filter results and `"model": ""`.
+        let azure = concat!(
+            "data: {\"choices\":[],\"created\":0,\"id\":\"\",\"model\":\"\",\"object\":\"\",",
+            "\"prompt_filter_results\":[{\"prompt_index\":0,\"content_filter_results\":{}}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}],\"model\":\"gpt-4o-2024-08-06\"}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}],\"model\":\"later\"}\n\n",
+            "data: {\"choices\":[],\"model\":\"gpt-4o-2024-08-06\",\"usage\":{\"prompt_tokens\":100,\"completion_tokens\":50,\"total_tokens\":150}}\n\n",
+            "data: [DONE]\n\n",
+        );
+        // Responses: without `event:` lines, and the model only in `response.completed`.
+        let responses = concat!(
+            "data: {\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}\n\n",
+            "event: response.completed\n",
+            "data: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"model\":\"gpt-4.1-2025-04-14\",",
+            "\"usage\":{\"input_tokens\":100,\"output_tokens\":50,\"total_tokens\":150}}}\n\n",
+        );
+        let want_azure = Some("gpt-4o-2024-08-06".to_owned());
+        let want_responses = Some("gpt-4.1-2025-04-14".to_owned());
+        for (stream, want) in [(azure, want_azure), (responses, want_responses)] {
+            for at in 0..=stream.len() {
+                let (fed, observed) = model_at(stream.as_bytes(), at);
+                assert_eq!(fed, want, "split at {at}");
+                assert_eq!(observed, want, "split at {at}");
+            }
+            let (_, outcome) = observe_all(&[stream.as_bytes()]);
+            assert_eq!(outcome.usage, Some(USED), "the usage reads as before");
+            assert!(!outcome.truncated);
+        }
+    }
+
+    #[test]
+    fn a_model_that_is_not_a_name_is_passed_over() {
+        let long = "m".repeat(MAX_MODEL + 1);
+        let longest = "m".repeat(MAX_MODEL);
+        let later = "data: {\"choices\":[],\"model\":\"next\"}\n\n";
+        for (first, want) in [
+            (format!("data: {{\"model\":\"{long}\"}}\n\n"), "next"),
+            (
+                format!("data: {{\"model\":\"{longest}\"}}\n\n"),
+                &longest[..],
+            ),
+            (
+                "data: {\"model\":\"a\",\"model\":\"b\"}\n\n".to_owned(),
+                "next",
+            ),
+            ("data: {\"model\":12}\n\n".to_owned(), "next"),
+            ("data: {\"model\":null}\n\n".to_owned(), "next"),
+            (
+                "data: {\"x\":{\"model\":\"nested\"}}\n\n".to_owned(),
+                "next",
+            ),
+            (
+                "data: {\"model\":\"gpt-\\u00e9\"}\n\n".to_owned(),
+                "gpt-\u{e9}",
+            ),
+            // Not JSON: not read.
+            ("data: \"model\" \"a\"\n\n".to_owned(), "next"),
+            // An escaped key is not looked for in a stream (as for `usage`).
+            ("data: {\"m\\u006fdel\":\"escaped\"}\n\n".to_owned(), "next"),
+        ] {
+            let stream = format!("{first}{later}");
+            let (fed, observed) = model_at(stream.as_bytes(), 0);
+            assert_eq!(fed.as_deref(), Some(want), "{first}");
+            assert_eq!(observed.as_deref(), Some(want), "{first}");
+        }
+        // Only data that may name one is parsed for it: not Azure's `"model":""`.
+        assert!(!may_name_model(br#"{"model":"","choices":[]}"#));
+        assert!(!may_name_model(br#"{"x":"model","model":null}"#));
+        assert!(may_name_model(br#"{"model" :  "a"}"#));
+        assert!(may_name_model(br#"{"model":"","x":{"model":"b"}}"#));
+        // A stream that names no model has none.
+        let (_, outcome) = observe_all(&[CONTENT.as_bytes(), b"\n\n"]);
+        assert_eq!(outcome.events, 1);
+        let mut scanner = SseScanner::new(false);
+        scanner
+            .observe(format!("{CONTENT}\n\ndata: [DONE]\n\n").as_bytes())
+            .unwrap();
+        assert_eq!(scanner.model(), None);
     }
 }

@@ -4,7 +4,7 @@ use super::*;
 
 const CHAT_COMPLETION: &[u8] = include_bytes!("../../fixtures/chat_completion.json");
 const EMBEDDINGS_RESPONSE: &[u8] = include_bytes!("../../fixtures/embeddings_response.json");
-const RESPONSES: &[u8] = br#"{"id":"resp_1","object":"response","output":[{"content":[{"text":"x \"usage\": {\"input_tokens\": 1}"}]}],
+const RESPONSES: &[u8] = br#"{"id":"resp_1","object":"response","model":"gpt-4.1-2025-04-14","output":[{"content":[{"text":"x \"usage\": {\"input_tokens\": 1}"}]}],
     "usage":{"input_tokens":36,"input_tokens_details":{"cached_tokens":0},
     "output_tokens":87,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":123}}"#;
 
@@ -240,13 +240,15 @@ impl Rng {
 }
 
 /// Mutated answers, split at random: never a panic, and whenever serde_json reads the body
-/// as one object with at most one `usage` key, the scanner finds the same usage.
+/// as one object with at most one `usage` key, the scanner finds the same usage (and with
+/// one `model` key, the same model).
 #[test]
 fn mutated_answers_agree_with_serde_json() {
     let seeds = [CHAT_COMPLETION, EMBEDDINGS_RESPONSE, RESPONSES];
     let alphabet = b"{}[]\":,\\ \nusage0123456789truenull\xff";
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let mut compared = 0;
+    let mut models_compared = 0;
     for round in 0..4000 {
         let mut input = seeds[round % seeds.len()].to_vec();
         for _ in 0..1 + rng.below(4) {
@@ -265,12 +267,150 @@ fn mutated_answers_agree_with_serde_json() {
             pieces.push(&rest[..k]);
             rest = &rest[k..];
         }
-        let got = scan(pieces);
+        let mut scanner = JsonUsageScanner::new();
+        for piece in pieces {
+            scanner.feed(piece);
+        }
+        let got = scanner.finish();
         let keys = input.windows(7).filter(|w| w == br#""usage""#).count();
         if let (Some(want), 1) = (by_value(&input), keys) {
             compared += 1;
             assert_eq!(got, want, "{}", String::from_utf8_lossy(&input));
         }
+        // The model too, when the body names `model` once.
+        let models = input.windows(7).filter(|w| w == br#""model""#).count();
+        let value = serde_json::from_slice::<Value>(&input).ok();
+        if let (Some(Value::Object(object)), 1) = (value, models) {
+            models_compared += 1;
+            let want = object.get("model").and_then(Value::as_str);
+            assert_eq!(
+                scanner.model().as_deref(),
+                want.filter(|m| !m.is_empty()),
+                "{}",
+                String::from_utf8_lossy(&input)
+            );
+        }
     }
     assert!(compared > 500, "only {compared} bodies compared");
+    assert!(
+        models_compared > 500,
+        "only {models_compared} models compared"
+    );
+}
+
+/// What the scanner reads as the model of `pieces`.
+fn model_of<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> Option<String> {
+    let mut scanner = JsonUsageScanner::new();
+    for piece in pieces {
+        scanner.feed(piece);
+    }
+    scanner.finish();
+    scanner.model()
+}
+
+#[test]
+fn the_model_is_read_before_and_after_the_data_at_every_split() {
+    let before = br#"{"model":"gpt-4o-2024-08-06","choices":[{"message":{"content":"x","model":"no"}}],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#;
+    for (body, want) in [
+        (CHAT_COMPLETION, "gpt-4o-2024-08-06"),
+        (EMBEDDINGS_RESPONSE, "text-embedding-3-small"),
+        (before, "gpt-4o-2024-08-06"),
+    ] {
+        assert_eq!(model_of([body]).as_deref(), Some(want));
+        for a in 0..=body.len() {
+            assert_eq!(
+                model_of([&body[..a], &body[a..]]).as_deref(),
+                Some(want),
+                "split at {a}"
+            );
+        }
+        assert_eq!(
+            model_of(body.chunks(1)).as_deref(),
+            Some(want),
+            "byte by byte"
+        );
+    }
+    // Every three-way split of an escaped model beside an escaped key.
+    let body = br#"{"usage":{"prompt_tokens":1},"m\u006fdel" : "gpt-\"4o\"\u00e9", "x":[1]}"#;
+    let want = Some("gpt-\"4o\"\u{e9}".to_owned());
+    for a in 0..=body.len() {
+        for b in a..=body.len() {
+            assert_eq!(
+                model_of([&body[..a], &body[a..b], &body[b..]]),
+                want,
+                "{a} {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_model_after_a_huge_data_array_is_read_in_bounded_memory() {
+    // An embeddings answer: 8 MiB of vectors, then the model, fed in 16 KiB pieces.
+    let mut body =
+        br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":["#.to_vec();
+    while body.len() < 8 << 20 {
+        body.extend_from_slice(b"-0.0123456789,");
+    }
+    body.extend_from_slice(
+        br#"0.5]}],"model":"text-embedding-3-large","usage":{"prompt_tokens":8,"total_tokens":8}}"#,
+    );
+    let mut scanner = JsonUsageScanner::new();
+    for piece in body.chunks(16 << 10) {
+        scanner.feed(piece);
+        assert_eq!(
+            scanner.captured.capacity(),
+            0,
+            "nothing of the data is kept"
+        );
+    }
+    assert_eq!(scanner.finish(), Some(usage(8, 0, 8)));
+    assert_eq!(scanner.model().as_deref(), Some("text-embedding-3-large"));
+}
+
+#[test]
+fn a_model_that_is_not_one_string_given_once_is_not_known() {
+    let long = "m".repeat(MAX_MODEL + 1);
+    let longest = "m".repeat(MAX_MODEL);
+    // Escapes count as written: 43 `\u0061` are 258 raw bytes for 43 characters.
+    let escaped = "\\u0061".repeat(43);
+    for (body, want) in [
+        (r#"{"model":"a","model":"a"}"#.to_owned(), None),
+        (r#"{"model":"a","m\u006fdel":"b"}"#.to_owned(), None),
+        (r#"{"model":null,"model":"a"}"#.to_owned(), None),
+        (r#"{"model":12}"#.to_owned(), None),
+        (r#"{"model":{"name":"a"}}"#.to_owned(), None),
+        (r#"{"model":["a"]}"#.to_owned(), None),
+        (r#"{"model":true}"#.to_owned(), None),
+        (r#"{"model":""}"#.to_owned(), None),
+        (format!(r#"{{"model":"{long}"}}"#), None),
+        (format!(r#"{{"model":"{escaped}"}}"#), None),
+        (format!(r#"{{"model":"{longest}"}}"#), Some(longest.clone())),
+        // Not one JSON object, or not ended: no model.
+        (r#"{"model":"a""#.to_owned(), None),
+        (r#"{"model":"a"} x"#.to_owned(), None),
+        (r#"[{"model":"a"}]"#.to_owned(), None),
+        // Nested models are never read; a short key is not a prefix match.
+        (r#"{"x":{"model":"a"},"mode":"b"}"#.to_owned(), None),
+        (
+            r#"{"data":[{"model":"a"}],"model":"b"}"#.to_owned(),
+            Some("b".to_owned()),
+        ),
+        // The bytes inside must be UTF-8, as serde_json reads them.
+        (
+            "{\"model\":\"a\u{e9}\"}".to_owned(),
+            Some("a\u{e9}".to_owned()),
+        ),
+    ] {
+        let bytes = body.as_bytes();
+        assert_eq!(model_of([bytes]), want, "{body}");
+        for a in 0..=bytes.len() {
+            assert_eq!(model_of([&bytes[..a], &bytes[a..]]), want, "{body} at {a}");
+        }
+    }
+    assert_eq!(model_of([&b"{\"model\":\"a\xff\"}"[..]]), None, "not UTF-8");
+    // A model kept does not change the usage read beside it.
+    let body = br#"{"model":"a","usage":{"prompt_tokens":3},"model":"b"}"#;
+    assert_eq!(whole(body), Some(usage(3, 0, 3)));
+    assert_eq!(model_of([&body[..]]), None);
 }
