@@ -45,3 +45,58 @@ fn json_logs_are_one_object_per_line() {
         "{log}"
     );
 }
+
+/// A backend nobody listens on, serving deployment `gpt-4o`: each request logs a warning
+/// (`backend unreachable`) that does not name the request itself.
+fn unreachable_backend() -> String {
+    format!(
+        "[[backend]]\nname = \"down\"\nkind = \"openai\"\nurl = \"http://127.0.0.1:{}\"\n\n[[deployment]]\nname = \"gpt-4o\"\nbackends = [{{ backend = \"down\" }}]\n",
+        closed_port()
+    )
+}
+
+#[test]
+fn a_line_logged_while_serving_a_request_names_it() {
+    let s = Launch::new(&unreachable_backend()).start();
+    let resp = post_with(
+        &s,
+        "/v1/chat/completions",
+        &[("x-request-id", "trace-me-1")],
+        &chat_body(Some("gpt-4o"), false),
+    );
+    assert_eq!(resp.status, 502);
+    assert!(s.wait_log("backend unreachable", Duration::from_secs(10)));
+    let log = s.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("backend unreachable"))
+        .unwrap();
+    assert!(line.ends_with(" request_id=trace-me-1"), "{line}");
+    // Lines outside any request carry none.
+    let started = log.lines().find(|l| l.contains("sluice started")).unwrap();
+    assert!(!started.contains("request_id"), "{started}");
+}
+
+#[test]
+fn a_json_line_logged_while_serving_a_request_names_it() {
+    let s = Launch::new(&unreachable_backend())
+        .env("SLUICE_LOG_FORMAT", "json")
+        .start();
+    let resp = post_with(
+        &s,
+        "/v1/chat/completions",
+        &[("x-request-id", "trace-me-2")],
+        &chat_body(Some("gpt-4o"), false),
+    );
+    assert_eq!(resp.status, 502);
+    assert!(s.wait_log("backend unreachable", Duration::from_secs(10)));
+    let log = s.log();
+    let line: Value = log
+        .lines()
+        .filter(|l| l.contains("backend unreachable"))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .next()
+        .unwrap();
+    assert_eq!(line["request_id"], "trace-me-2", "{line}");
+    assert_eq!(line["level"], "WARN");
+}

@@ -22,6 +22,7 @@ pub mod health;
 pub mod http;
 pub mod json_edit;
 pub mod limit;
+pub mod logging;
 pub mod metrics;
 pub mod mock;
 pub mod policy;

@@ -94,13 +94,22 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr);
+    // Every line logged while a request is served carries its id (`sluice::logging`).
+    use sluice::logging::RequestIdFormat;
+    use tracing_subscriber::fmt::format;
     match cli.log_format {
         // One JSON object per line (timestamp, level, target, fields) for log shippers.
-        LogFormat::Json => logs.json().init(),
-        // Colours only for a terminal: a log file or journald gets plain text.
-        LogFormat::Text => logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        LogFormat::Json => logs
+            .json()
+            .event_format(RequestIdFormat::new(format().json(), true))
             .init(),
+        // Colours only for a terminal: a log file or journald gets plain text.
+        LogFormat::Text => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            logs.with_ansi(ansi)
+                .event_format(RequestIdFormat::new(format().with_ansi(ansi), false))
+                .init()
+        }
     }
     match run(cli) {
         Ok(code) => code,

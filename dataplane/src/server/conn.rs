@@ -260,7 +260,7 @@ impl Client {
         (self.down.sent, self.down.first_out) = (0, None);
         // The shutdown grace ending cuts the request wherever it is; it still completes.
         let exchanged = monoio::select! {
-            next = self.exchange(worker, view, &pipeline, &mut ctx) => Some(next),
+            next = crate::logging::in_request(rid, self.exchange(worker, view, &pipeline, &mut ctx)) => Some(next),
             _ = worker.grace_over.wait() => None,
         };
         if exchanged.is_none() {
@@ -295,7 +295,10 @@ impl Client {
         };
         ctx.bytes_out = self.down.sent;
         ctx.timings.first_byte_out = self.down.first_out;
-        pipeline.on_complete(&mut ctx);
+        {
+            let _scope = crate::logging::RequestScope::enter(rid);
+            pipeline.on_complete(&mut ctx);
+        }
         (self.attempts, self.answer_headers) = ctx.into_buffers();
         next
     }
