@@ -917,3 +917,43 @@ path = "{db}"
         assert_eq!(std::fs::read_to_string(aside.path()).unwrap(), tail);
     }
 }
+
+#[test]
+fn a_sink_that_cannot_write_counts_its_records_as_dropped_and_the_others_go_on() {
+    let dir = TempDir::new("audit-full");
+    let text = format!(
+        r#"{MOCK_BODY}
+[audit]
+
+[[audit.sink]]
+kind = "file"
+path = "/dev/full"
+
+[[audit.sink]]
+kind = "file"
+path = "{}"
+"#,
+        dir.path().join("audit.jsonl").display()
+    );
+    let s = Launch::new(&text).start();
+    let admin = s.admin_port();
+    for i in 0..5 {
+        let resp = post(
+            &s,
+            "",
+            &format!("full-{i}"),
+            &chat_body(Some("gpt-4o"), false),
+        );
+        assert_eq!(resp.status, 200);
+    }
+    assert_eq!(records(dir.path(), 5).len(), 5);
+    assert!(wait_until(Duration::from_secs(10), || {
+        sink_metric(admin, "sluice_audit_dropped_total", "file:/dev/full") == 5
+    }));
+    assert!(sink_metric(admin, "sluice_audit_write_errors_total", "file:/dev/full") >= 1);
+    assert_eq!(
+        sink_metric(admin, "sluice_audit_written_total", "file:/dev/full"),
+        0
+    );
+    assert!(s.wait_log("audit sink failed to write", Duration::from_secs(5)));
+}

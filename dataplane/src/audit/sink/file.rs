@@ -2,8 +2,9 @@
 //! `fsync`ed every `fsync_interval`.
 //!
 //! Each batch is written with one `write` of whole lines, so a crash of the process leaves
-//! every line it wrote whole (the page cache survives it); a crash of the machine can leave
-//! a partial last line, which [`FileSink::open`] moves aside to `PATH.torn-UNIXMS` before
+//! every line it wrote whole (the page cache survives it); a failed write (a full disk) is
+//! cut back to the last whole line; a crash of the machine (or a kill mid-write) can leave a
+//! partial last line, which [`FileSink::open`] moves aside to `PATH.torn-UNIXMS` before
 //! appending, so the file is always whole lines. Rotation renames the file to
 //! `PATH.YYYY-MM-DDTHH-MM-SSZ` (`.1`, `.2`, … when taken) after syncing it.
 
@@ -92,7 +93,12 @@ impl Sink for FileSink {
         for entry in batch {
             text.push_str(&entry.json_line());
         }
-        self.file.write_all(text.as_bytes())?;
+        if let Err(e) = self.file.write_all(text.as_bytes()) {
+            // Part of the batch may have reached the file (a full disk): cut it off, so the
+            // next batch does not follow a partial line.
+            let _ = self.file.set_len(self.size);
+            return Err(e);
+        }
         self.size += text.len() as u64;
         self.unsynced = true;
         Ok(())
