@@ -102,6 +102,23 @@ fn post(s: &Sluice, key: &str, id: &str, body: &Value) -> Response {
     )
 }
 
+/// A streamed chat to `model` as `team-a` with request id `id`, answered 200: its events.
+fn stream_chat<'c>(c: &'c mut Client, id: &str, model: &str) -> Sse<'c> {
+    let body = serde_json::to_vec(&chat_body(Some(model), true)).unwrap();
+    let (head, sse) = c.stream(
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("api-key", KEY),
+            ("x-request-id", id),
+            ("content-type", "application/json"),
+        ],
+        &body,
+    );
+    assert_eq!(head.status(), 200);
+    sse
+}
+
 fn start(dir: &TempDir, audit_extra: &str, main_extra: &str) -> Sluice {
     Launch::new(&body(dir.path(), audit_extra, main_extra)).start()
 }
@@ -151,18 +168,7 @@ fn a_streamed_chat_is_recorded_reassembled_with_its_exact_usage() {
     let dir = TempDir::new("audit-stream");
     let s = start(&dir, "", "");
     let mut c = s.connect();
-    let body = serde_json::to_vec(&chat_body(Some("gpt-4o"), true)).unwrap();
-    let (head, mut sse) = c.stream(
-        "POST",
-        "/v1/chat/completions",
-        &[
-            ("api-key", KEY),
-            ("x-request-id", "stream-1"),
-            ("content-type", "application/json"),
-        ],
-        &body,
-    );
-    assert_eq!(head.status(), 200);
+    let mut sse = stream_chat(&mut c, "stream-1", "gpt-4o");
     let mut content = String::new();
     for event in sse.collect_rest() {
         let Some(data) = event_data(&event) else {
@@ -221,18 +227,7 @@ fn the_model_is_recorded_without_content_and_for_embeddings() {
     let plain_model = resp.json()["model"].as_str().unwrap().to_owned();
     // A streamed one: the model its chunks named.
     let mut c = s.connect();
-    let body = serde_json::to_vec(&chat_body(Some("gpt-4o"), true)).unwrap();
-    let (head, mut sse) = c.stream(
-        "POST",
-        "/v1/chat/completions",
-        &[
-            ("api-key", KEY),
-            ("x-request-id", "omit-stream"),
-            ("content-type", "application/json"),
-        ],
-        &body,
-    );
-    assert_eq!(head.status(), 200);
+    let mut sse = stream_chat(&mut c, "omit-stream", "gpt-4o");
     let mut stream_model = None;
     for event in sse.collect_rest() {
         match event_data(&event) {
@@ -332,18 +327,7 @@ fn a_client_that_leaves_mid_stream_leaves_a_truncated_record() {
     let s = start(&dir, "", "");
     {
         let mut c = s.connect();
-        let body = serde_json::to_vec(&chat_body(Some("slow"), true)).unwrap();
-        let (head, mut sse) = c.stream(
-            "POST",
-            "/v1/chat/completions",
-            &[
-                ("api-key", KEY),
-                ("x-request-id", "gone-1"),
-                ("content-type", "application/json"),
-            ],
-            &body,
-        );
-        assert_eq!(head.status(), 200);
+        let mut sse = stream_chat(&mut c, "gone-1", "slow");
         assert!(sse.next_event().is_some());
         // The client hangs up after the first event of a two-second stream.
     }
