@@ -30,10 +30,6 @@ pub struct AuditCapture {
     pub request_body: Option<Vec<u8>>,
     /// The answer's content, when kept.
     pub answer: Option<AnswerCapture>,
-    /// When the first body bytes of a stream passed (time to first token).
-    pub first_token: Option<Instant>,
-    /// The answer is a stream.
-    pub stream: bool,
 }
 
 /// Records every request in the audit log.
@@ -89,7 +85,6 @@ impl Policy for AuditRecord {
         let Some(capture) = ctx.audit.as_deref_mut() else {
             return Flow::Continue;
         };
-        capture.stream = resp.event_stream;
         capture.answer = None;
         let success = (200..300).contains(&resp.status);
         if let (Some(op), true) = (ctx.operation, success) {
@@ -102,7 +97,7 @@ impl Policy for AuditRecord {
                 capture.answer = AnswerCapture::new(op, resp.event_stream, max_field);
             }
         }
-        ctx.body.read |= capture.answer.is_some() || capture.stream;
+        ctx.body.read |= capture.answer.is_some();
         Flow::Continue
     }
 
@@ -114,13 +109,8 @@ impl Policy for AuditRecord {
         _end_of_stream: bool,
         _out: &mut Vec<u8>,
     ) -> Chunk {
-        if let Some(capture) = ctx.audit.as_deref_mut() {
-            if capture.stream && capture.first_token.is_none() && !data.is_empty() {
-                capture.first_token = Some(Instant::now());
-            }
-            if let Some(answer) = &mut capture.answer {
-                answer.feed(data);
-            }
+        if let Some(answer) = ctx.audit.as_deref_mut().and_then(|c| c.answer.as_mut()) {
+            answer.feed(data);
         }
         Chunk::Pass
     }
@@ -161,8 +151,10 @@ fn record(env: &Env<'_>, ctx: &RequestCtx<'_>, capture: AuditCapture) -> Record 
         .last()
         .filter(|a| a.outcome == AttemptOutcome::Answered)
         .map(|a| a.duration);
-    let ttft = capture
-        .first_token
+    // Timed by the metrics policy, whose body phase runs before this one's.
+    let ttft = ctx
+        .stream_marks
+        .first
         .map(|t| t.saturating_duration_since(received));
     let answer = capture.answer.map(AnswerCapture::finish);
     Record {
