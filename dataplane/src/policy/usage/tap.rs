@@ -23,7 +23,8 @@ use crate::tokens::usage::{event_data, JsonUsageScanner, SseScanner, Usage};
 
 /// Where usage reading stands for the current request.
 pub enum UsageTap {
-    /// No token limit applies: nothing is read.
+    /// Nothing accounts this request's tokens (no token limit, no audit log, no metrics
+    /// listener): nothing is read.
     Off,
     /// Waiting for the answer's head.
     Pending {
@@ -143,7 +144,8 @@ impl Unknown {
 }
 
 impl UsageTap {
-    /// A tap for a request: off unless a token limit must be settled.
+    /// A tap for a request: off unless its tokens are accounted (a token limit to settle, the
+    /// audit log or the token metrics).
     pub fn new(counts_tokens: bool) -> Self {
         if counts_tokens {
             UsageTap::Pending {
