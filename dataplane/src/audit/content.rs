@@ -1303,7 +1303,9 @@ impl Redactor {
 ///
 /// - `Full`: the redacted text.
 /// - `Truncate(n)`: the redacted text; when longer than `n` characters (Unicode scalar
-///   values, not bytes), its first `n` characters followed by [`TRUNCATED_MARKER`].
+///   values, not bytes, counted after redaction), its first `n` characters followed by
+///   [`TRUNCATED_MARKER`] — fewer when the cut would fall inside a [`REDACTED`] marker,
+///   which is then left out whole (a half marker reads like a leak).
 /// - `Hash`: `sha256:` and the lowercase hex SHA-256 of the redacted text's UTF-8 bytes.
 /// - `Omit`: callers do not call this (the worker keeps nothing); if they do, `content`
 ///   becomes `null`.
@@ -1321,6 +1323,7 @@ pub fn apply(content: &mut Value, mode: ContentMode, redactor: &Redactor) {
             },
             ContentMode::Truncate(n) => match redacted.char_indices().nth(n) {
                 Some((cut, _)) => {
+                    let cut = outside_marker(&redacted, cut);
                     let mut short = String::with_capacity(cut + TRUNCATED_MARKER.len());
                     short.push_str(&redacted[..cut]);
                     short.push_str(TRUNCATED_MARKER);
@@ -1335,6 +1338,19 @@ pub fn apply(content: &mut Value, mode: ContentMode, redactor: &Redactor) {
         };
         *text = policed;
     });
+}
+
+/// `cut` (a char boundary of `text`), moved back to the start of a [`REDACTED`] marker it
+/// would split.
+fn outside_marker(text: &str, cut: usize) -> usize {
+    let from = cut.saturating_sub(REDACTED.len() - 1);
+    let from = (from..=cut)
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(cut);
+    match text[from..].find(REDACTED) {
+        Some(at) if from + at < cut && from + at + REDACTED.len() > cut => from + at,
+        _ => cut,
+    }
 }
 
 /// Calls `on_text` for every text field of `value` (see [`apply`]).

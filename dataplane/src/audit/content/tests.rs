@@ -720,7 +720,8 @@ fn a_secret_across_the_truncation_point_is_redacted_whole() {
     );
     apply(from_stream.as_mut().unwrap(), mode, &redactor);
     apply(from_json.as_mut().unwrap(), mode, &redactor);
-    let expected = "key is [RE…[truncated]";
+    // The cut falls inside the marker: it is left out whole.
+    let expected = "key is …[truncated]";
     assert_eq!(
         from_stream.unwrap()["choices"][0]["message"]["content"],
         expected
@@ -941,6 +942,29 @@ fn apply_truncate_cuts_characters_and_marks_them() {
 }
 
 #[test]
+fn a_cut_never_splits_a_redaction_marker() {
+    // "mail [REDACTED] and [REDACTED] now": every cut inside the second marker falls back to
+    // its start; a cut at its end keeps it whole.
+    let text = "mail bob@example.com and alice@example.org now";
+    let second = "mail [REDACTED] and ".chars().count();
+    for n in second + 1..second + REDACTED.len() {
+        let mut content = json!({"content": text});
+        apply(&mut content, ContentMode::Truncate(n), &defaults());
+        assert_eq!(
+            content["content"],
+            format!("mail [REDACTED] and {TRUNCATED_MARKER}"),
+            "cut at {n}"
+        );
+    }
+    let mut content = json!({"content": text});
+    apply(&mut content, ContentMode::Truncate(second + REDACTED.len()), &defaults());
+    assert_eq!(
+        content["content"],
+        format!("mail [REDACTED] and [REDACTED]{TRUNCATED_MARKER}")
+    );
+}
+
+#[test]
 fn apply_hash_hashes_the_redacted_text() {
     let mut content = messages();
     apply(&mut content, ContentMode::Hash, &defaults());
@@ -971,7 +995,7 @@ fn apply_leaves_every_structural_key_alone() {
     for key in STRUCTURAL_KEYS {
         assert_eq!(content[key], "bob@example.com long value", "{key}");
     }
-    assert_eq!(content["text"], "[R…[truncated]");
+    assert_eq!(content["text"], "…[truncated]");
 }
 
 #[test]

@@ -143,9 +143,11 @@ pub fn settled(ctx: &RequestCtx<'_>) -> Option<Settled> {
             total: 0,
             estimated: false,
         }),
+        // The reservation stands: the prompt's estimate and the completion reserved for it
+        // (`max_tokens`, else the deployment's default), so the parts add up to the total.
         Charge::Estimate(_) => estimate.map(|t| Settled {
             prompt: Some(u64::from(t.prompt)),
-            completion: None,
+            completion: Some(t.reservation.saturating_sub(u64::from(t.prompt))),
             total: t.reservation,
             estimated: true,
         }),
