@@ -634,10 +634,15 @@ fn sluice_usage_prints_the_table_and_json() {
 /// A config whose audit log writes to stdout (queue of 8, `overflow`) and to a file, with
 /// records of a few KiB (the prompt is long) so a stalled pipe fills fast.
 fn stalled_stdout_body(dir: &Path, overflow: &str, audit_queue: usize) -> String {
+    stalled_stdout_body_with(dir, overflow, &format!("queue = {audit_queue}"))
+}
+
+/// [`stalled_stdout_body`] with `audit_extra` lines in `[audit]`.
+fn stalled_stdout_body_with(dir: &Path, overflow: &str, audit_extra: &str) -> String {
     format!(
         r#"{MOCK_BODY}
 [audit]
-queue = {audit_queue}
+{audit_extra}
 
 [[audit.sink]]
 kind = "stdout"
@@ -941,4 +946,39 @@ path = "{}"
         0
     );
     assert!(s.wait_log("audit sink failed to write", Duration::from_secs(5)));
+}
+
+#[test]
+fn queued_records_are_bounded_in_bytes_not_only_in_count() {
+    const N: usize = 40;
+    let dir = TempDir::new("audit-bytes");
+    // Room for a few hundred records by count, for about three of these by bytes.
+    let mut s = Launch::new(&stalled_stdout_body_with(
+        dir.path(),
+        "drop",
+        "queue = 4096\nmax_queue_bytes = \"200KiB\"",
+    ))
+    .server("[server.limits]\nmax_body = 4000000")
+    .pipe_stdout()
+    .start();
+    let admin = s.admin_port();
+    let big = json!({"model": "gpt-4o", "messages": [
+        {"role": "user", "content": "x".repeat(60_000)}
+    ]});
+    for i in 0..N {
+        let resp = post(&s, "", &format!("big-{i}"), &big);
+        assert_eq!(resp.status, 200);
+    }
+    let file = format!("file:{}", dir.path().join("audit.jsonl").display());
+    // The byte bound drops a record for every sink: what the file lacks, it counted.
+    assert!(wait_until(Duration::from_secs(10), || {
+        let written = sink_metric(admin, "sluice_audit_written_total", &file);
+        written + sink_metric(admin, "sluice_audit_dropped_total", &file) == N as u64
+    }));
+    let dropped = sink_metric(admin, "sluice_audit_dropped_total", "stdout");
+    assert!(dropped > 0, "nothing dropped: the byte bound did not hold");
+    let lines = count_lines(s.stdout.take().unwrap());
+    s.signal("TERM");
+    assert!(s.wait_exit(Duration::from_secs(15)).is_some());
+    assert_eq!(lines.join().unwrap() as u64 + dropped, N as u64);
 }

@@ -47,6 +47,11 @@ pub const DEFAULT_TRUNCATE_CHARS: usize = 1000;
 
 /// Default `[audit] queue`: records waiting between the workers and the writer.
 pub const DEFAULT_QUEUE: usize = 65_536;
+/// The largest `queue` (of `[audit]` or a sink) accepted: 1,048,576 records (a queue's slots
+/// are allocated when it starts).
+pub const MAX_QUEUE: usize = 1 << 20;
+/// Default `[audit] max_queue_bytes`: what all queued records may hold together, 256 MiB.
+pub const DEFAULT_MAX_QUEUE_BYTES: u64 = 256 << 20;
 /// Default `fsync_interval` of a file sink.
 pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -56,8 +61,13 @@ pub struct AuditSettings {
     /// Where records go, in file order (`[[audit.sink]]`).
     pub sinks: Vec<SinkSettings>,
     /// Records the queue between the workers and the writer holds (`queue`, default
-    /// [`DEFAULT_QUEUE`]); each sink's own queue holds as many unless it says otherwise.
+    /// [`DEFAULT_QUEUE`], at most [`MAX_QUEUE`]); each sink's own queue holds as many unless
+    /// it says otherwise.
     pub queue: usize,
+    /// What the records waiting in all the queues may hold together, in bytes of content
+    /// (`max_queue_bytes`, default [`DEFAULT_MAX_QUEUE_BYTES`]): past it a record is dropped
+    /// for every sink (`overflow = "drop"`) or its worker waits (`"block"`).
+    pub max_queue_bytes: u64,
     /// The content policy of requests whose product sets none (and of requests without a
     /// product: auth off, or refused before one was known).
     pub content: ContentMode,

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use super::content::{self, Answer, Redactor};
 use super::ContentMode;
@@ -83,6 +84,33 @@ pub struct Record {
     pub answer: Option<Answer>,
 }
 
+impl Record {
+    /// About how many bytes the record holds (its content), for the queues' byte bound.
+    pub fn weight(&self) -> usize {
+        let answer = match &self.answer {
+            Some(Answer::Json { body, .. }) => body.len(),
+            Some(Answer::Stream { content, .. }) => text_bytes(content),
+            None => 0,
+        };
+        1024 + self.request_body.as_ref().map_or(0, Vec::len) + answer
+    }
+}
+
+/// The bytes of the strings in `value`, plus a little per node.
+fn text_bytes(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::String(s) => s.len() + 8,
+        serde_json::Value::Array(items) => items.iter().map(text_bytes).sum::<usize>() + 8,
+        serde_json::Value::Object(map) => {
+            map.iter()
+                .map(|(k, v)| k.len() + text_bytes(v))
+                .sum::<usize>()
+                + 8
+        }
+        _ => 8,
+    }
+}
+
 /// One upstream attempt in a record.
 #[derive(Debug, Clone, Serialize)]
 pub struct AttemptEntry {
@@ -97,7 +125,7 @@ pub struct AttemptEntry {
 }
 
 /// A record as written: the JSON line's fields, in order.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct Entry {
     /// RFC 3339 UTC with milliseconds.
     pub time: String,
@@ -158,10 +186,14 @@ pub struct Entry {
     pub app_id: Option<String>,
     /// The content policy applied: `full`, `truncate`, `hash` or `omit`.
     pub content: &'static str,
-    /// The request's content ([`content::request_content`], policy applied).
-    pub request: Option<serde_json::Value>,
-    /// The answer's content ([`content::response_content`], policy applied).
-    pub response: Option<serde_json::Value>,
+    /// The request's content ([`content::request_content`], policy applied), as JSON text.
+    pub request: Option<Box<RawValue>>,
+    /// The answer's content ([`content::response_content`], policy applied), as JSON text.
+    pub response: Option<Box<RawValue>>,
+    /// What the entry holds of the queues' byte bound, given back when it is dropped (when
+    /// every sink is done with it).
+    #[serde(skip)]
+    pub held: Option<super::recorder::Held>,
 }
 
 impl Entry {
@@ -173,10 +205,12 @@ impl Entry {
             .unwrap_or_default();
         let operation = record.operation;
         let mode = record.content;
+        // Kept as JSON text, not a tree of values: a record waiting in a queue holds about
+        // its size, not the many times more a parsed tree of small messages takes.
         let policy = |value: Option<serde_json::Value>| {
-            value.map(|mut v| {
+            value.and_then(|mut v| {
                 content::apply(&mut v, mode, redactor);
-                v
+                serde_json::value::to_raw_value(&v).ok()
             })
         };
         let (request, response, model) = match (operation, mode) {
@@ -204,7 +238,8 @@ impl Entry {
         Entry {
             time: humantime::format_rfc3339_millis(record.time).to_string(),
             time_unix_ms: i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX),
-            request_id: record.request_id.to_string(),
+            // Chosen by the client (`x-request-id`, `?api-version=`): redacted like content.
+            request_id: redactor.redact(&record.request_id.to_string()).into_owned(),
             node: Arc::clone(node),
             worker: record.worker,
             subscription: record.subscription,
@@ -212,7 +247,7 @@ impl Entry {
             operation: operation.map(Operation::name),
             deployment: record.deployment,
             model,
-            api_version: record.api_version,
+            api_version: record.api_version.map(|v| redactor.redact(&v).into_owned()),
             backend,
             attempts: record.attempts,
             status: record.status,
@@ -238,7 +273,14 @@ impl Entry {
             },
             request,
             response,
+            held: None,
         }
+    }
+
+    /// About how many bytes the entry holds (its texts), for the queue's byte bound.
+    pub fn weight(&self) -> usize {
+        let raw = |v: &Option<Box<RawValue>>| v.as_ref().map_or(0, |v| v.get().len());
+        1024 + raw(&self.request) + raw(&self.response)
     }
 
     /// The entry as one JSON line, with its `\n`.

@@ -10,7 +10,7 @@
 //! the idle time).
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,12 +26,63 @@ use super::{AuditSettings, Overflow};
 pub const PAUSE: Duration = Duration::from_millis(5);
 /// Most records rendered in one batch.
 const BATCH: usize = 1024;
+/// Most bytes of content a sink writes in one batch.
+const MAX_BATCH_BYTES: usize = 8 << 20;
 /// How often dropped records are reported in a warning (when some were).
 const DROP_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 enum Msg {
-    Record(Box<Record>),
+    /// A record and the bytes it took of the budget.
+    Record(Box<Record>, usize),
     Close,
+}
+
+/// The byte bound on what all queued records hold together.
+#[derive(Debug)]
+struct Budget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl Budget {
+    /// Takes `bytes`, waiting for room when `wait` (one record always fits an empty
+    /// budget); `false` when it did not fit and `wait` is off.
+    fn take(&self, bytes: usize, wait: bool) -> bool {
+        loop {
+            let used = self.used.load(Ordering::Relaxed);
+            if used == 0 || used.saturating_add(bytes) <= self.max {
+                if self
+                    .used
+                    .compare_exchange_weak(used, used + bytes, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return true;
+                }
+                continue;
+            }
+            if !wait {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn give(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// The bytes an [`Entry`] holds of the budget, given back when the entry is dropped.
+#[derive(Debug)]
+pub struct Held {
+    bytes: usize,
+    budget: Arc<Budget>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.give(self.bytes);
+    }
 }
 
 /// What a sink did, for metrics and the drop warning.
@@ -58,6 +109,7 @@ pub struct Recorder {
     /// Whether some sink blocks: then workers wait on a full queue rather than drop.
     blocks: bool,
     sinks: Arc<[SinkStats]>,
+    budget: Arc<Budget>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -98,14 +150,22 @@ impl Recorder {
         let (tx, rx) = bounded::<Msg>(settings.queue);
         let node: Arc<str> = Arc::from(settings.node.as_str());
         let writer_stats = Arc::clone(&stats);
+        let budget = Arc::new(Budget {
+            used: AtomicUsize::new(0),
+            max: usize::try_from(settings.max_queue_bytes).unwrap_or(usize::MAX),
+        });
+        let writer_budget = Arc::clone(&budget);
         let writer = std::thread::Builder::new()
             .name("sluice-audit-writer".into())
-            .spawn(move || write_loop(&rx, lanes, &node, &redactor, &writer_stats))?;
+            .spawn(move || {
+                write_loop(&rx, lanes, &node, &redactor, &writer_stats, &writer_budget)
+            })?;
         Ok(Arc::new(Recorder {
             settings: settings.clone(),
             tx,
             blocks: settings.sinks.iter().any(|s| s.overflow == Overflow::Block),
             sinks: stats,
+            budget,
             writer: Mutex::new(Some(writer)),
         }))
     }
@@ -125,19 +185,37 @@ impl Recorder {
         self.tx.len()
     }
 
-    /// Hands a completed request's record to the writer. When the queue is full: waits if a
-    /// sink blocks, else drops the record, counted for every sink.
+    /// Bytes of content the queued records hold (waiting for the writer or a sink).
+    pub fn queued_bytes(&self) -> usize {
+        self.budget.used.load(Ordering::Relaxed)
+    }
+
+    /// Hands a completed request's record to the writer. When the queue is full, or the
+    /// queued records hold `max_queue_bytes`: waits if a sink blocks, else drops the record,
+    /// counted for every sink.
     pub fn submit(&self, record: Record) {
-        let msg = Msg::Record(Box::new(record));
-        if self.blocks {
-            // Disconnected only after `close`: nothing to record into any more.
-            let _ = self.tx.send(msg);
+        let weight = record.weight();
+        if !self.budget.take(weight, self.blocks) {
+            self.dropped_everywhere();
             return;
         }
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(msg) {
-            for sink in self.sinks.iter() {
-                sink.dropped.fetch_add(1, Ordering::Relaxed);
+        let msg = Msg::Record(Box::new(record), weight);
+        if self.blocks {
+            // Disconnected only after `close`: nothing to record into any more.
+            if self.tx.send(msg).is_err() {
+                self.budget.give(weight);
             }
+            return;
+        }
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(msg) {
+            self.budget.give(weight);
+            self.dropped_everywhere();
+        }
+    }
+
+    fn dropped_everywhere(&self) {
+        for sink in self.sinks.iter() {
+            sink.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -169,12 +247,33 @@ struct Lane {
     thread: JoinHandle<()>,
 }
 
+/// Renders `record`, which took `weight` of the budget: the entry then holds its own
+/// weight instead.
+fn render(
+    record: Record,
+    weight: usize,
+    node: &Arc<str>,
+    redactor: &Redactor,
+    budget: &Arc<Budget>,
+) -> Arc<Entry> {
+    let mut entry = Entry::render(record, node, redactor);
+    let bytes = entry.weight();
+    budget.used.fetch_add(bytes, Ordering::Relaxed);
+    budget.give(weight);
+    entry.held = Some(Held {
+        bytes,
+        budget: Arc::clone(budget),
+    });
+    Arc::new(entry)
+}
+
 fn write_loop(
     rx: &Receiver<Msg>,
     lanes: Vec<Lane>,
     node: &Arc<str>,
     redactor: &Redactor,
     stats: &[SinkStats],
+    budget: &Arc<Budget>,
 ) {
     let mut batch: Vec<Arc<Entry>> = Vec::with_capacity(BATCH);
     let mut warned = DropWarning::new(stats);
@@ -191,7 +290,9 @@ fn write_loop(
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Record(record) => batch.push(Arc::new(Entry::render(*record, node, redactor))),
+                Msg::Record(record, weight) => {
+                    batch.push(render(*record, weight, node, redactor, budget));
+                }
                 Msg::Close => closing = true,
             }
             if batch.len() < BATCH && !closing {
@@ -218,8 +319,8 @@ fn write_loop(
     }
     // Closed or the last recorder handle dropped: what is queued still goes out.
     if !closing {
-        while let Ok(Msg::Record(record)) = rx.try_recv() {
-            let entry = Arc::new(Entry::render(*record, node, redactor));
+        while let Ok(Msg::Record(record, weight)) = rx.try_recv() {
+            let entry = render(*record, weight, node, redactor, budget);
             for lane in &lanes {
                 let _ = lane.tx.send(Arc::clone(&entry));
             }
@@ -248,9 +349,14 @@ fn drain_sink(mut sink: Box<dyn Sink>, rx: &Receiver<Arc<Entry>>, stats: &SinkSt
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        while batch.len() < BATCH * 4 {
+        // A batch is written as one text: bounded in records and in bytes.
+        let mut bytes: usize = batch.iter().map(|e| e.weight()).sum();
+        while batch.len() < BATCH * 4 && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(entry) => batch.push(entry),
+                Ok(entry) => {
+                    bytes += entry.weight();
+                    batch.push(entry);
+                }
                 Err(_) => break,
             }
         }

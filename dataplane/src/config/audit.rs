@@ -9,7 +9,8 @@ use super::schema::{AuditSection, AuditSinkSection, ProductAuditSection};
 use crate::audit::content::Redactor;
 use crate::audit::{
     AuditSettings, ContentMode, FileSinkSettings, Overflow, SinkKind, SinkSettings,
-    DEFAULT_FSYNC_INTERVAL, DEFAULT_QUEUE, DEFAULT_TRUNCATE_CHARS,
+    DEFAULT_FSYNC_INTERVAL, DEFAULT_MAX_QUEUE_BYTES, DEFAULT_QUEUE, DEFAULT_TRUNCATE_CHARS,
+    MAX_QUEUE,
 };
 
 /// Compiles `[audit]`; `None` when it is absent or has no sink (nothing is recorded).
@@ -40,13 +41,18 @@ pub(super) fn compile(
             ),
         }
     }
-    let queue = match &a.queue {
-        Some(q) if *q.get_ref() == 0 => {
-            report.at(q.span(), "audit.queue", "must be at least 1 record");
-            DEFAULT_QUEUE
-        }
-        Some(q) => *q.get_ref(),
-        None => DEFAULT_QUEUE,
+    let queue = queue_size(a.queue.as_ref(), "audit.queue", DEFAULT_QUEUE, report);
+    let max_queue_bytes = match &a.max_queue_bytes {
+        Some(v) => parse_size(v.get_ref())
+            .and_then(|n| match n {
+                0 => Err("must be more than 0 bytes".to_owned()),
+                n => Ok(n),
+            })
+            .unwrap_or_else(|e| {
+                report.at(v.span(), "audit.max_queue_bytes", e);
+                DEFAULT_MAX_QUEUE_BYTES
+            }),
+        None => DEFAULT_MAX_QUEUE_BYTES,
     };
     let node = match &a.node {
         Some(n) if n.get_ref().trim().is_empty() => {
@@ -86,6 +92,7 @@ pub(super) fn compile(
     Some(AuditSettings {
         sinks,
         queue,
+        max_queue_bytes,
         content,
         default_redactions: a.default_redactions.unwrap_or(true),
         redact,
@@ -171,18 +178,12 @@ fn compile_sink(
     report: &mut Reporter<'_>,
 ) -> Option<SinkSettings> {
     let s = sink.get_ref();
-    let queue = match &s.queue {
-        Some(q) if *q.get_ref() == 0 => {
-            report.at(
-                q.span(),
-                format!("{field}.queue"),
-                "must be at least 1 record",
-            );
-            default_queue
-        }
-        Some(q) => *q.get_ref(),
-        None => default_queue,
-    };
+    let queue = queue_size(
+        s.queue.as_ref(),
+        &format!("{field}.queue"),
+        default_queue,
+        report,
+    );
     let overflow = match s.overflow.as_ref().map(|o| (o, o.get_ref().as_str())) {
         None | Some((_, "drop")) => Overflow::Drop,
         Some((_, "block")) => Overflow::Block,
@@ -289,6 +290,27 @@ fn compile_sink(
         overflow,
         queue,
     })
+}
+
+/// A queue's size at `field`: 1 to [`MAX_QUEUE`] records, else an error and `default`.
+fn queue_size(
+    value: Option<&Spanned<usize>>,
+    field: &str,
+    default: usize,
+    report: &mut Reporter<'_>,
+) -> usize {
+    match value {
+        Some(q) if *q.get_ref() == 0 || *q.get_ref() > MAX_QUEUE => {
+            report.at(
+                q.span(),
+                field,
+                format!("must be 1 to {MAX_QUEUE} records (its slots are allocated at start)"),
+            );
+            default
+        }
+        Some(q) => *q.get_ref(),
+        None => default,
+    }
 }
 
 /// The host's name, for `[audit] node` by default (`-` when it cannot be read).

@@ -50,6 +50,7 @@ pub(crate) struct AuditSection {
     pub default_redactions: Option<bool>,
     pub redact: Option<SpannedList<String>>,
     pub queue: Option<Spanned<usize>>,
+    pub max_queue_bytes: Option<Spanned<String>>,
     pub node: Option<Spanned<String>>,
     #[serde(default)]
     pub sink: Vec<Spanned<AuditSinkSection>>,

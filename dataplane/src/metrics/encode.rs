@@ -16,6 +16,7 @@
 //! | `sluice_backend_consecutive_failures` | gauge | `backend` |
 //! | `sluice_backend_cooldowns_total` | counter | `backend` |
 //! | `sluice_audit_queue_depth` | gauge | |
+//! | `sluice_audit_queued_bytes` | gauge | |
 //! | `sluice_audit_written_total` | counter | `sink` |
 //! | `sluice_audit_dropped_total` | counter | `sink` |
 //! | `sluice_audit_write_errors_total` | counter | `sink` |
@@ -61,6 +62,7 @@ pub fn render(hub: &Hub, loaded: &Loaded, now_ms: u64) -> String {
         .collect();
     let audit = loaded.audit.as_ref().map(|recorder| AuditState {
         depth: recorder.queue_depth(),
+        bytes: recorder.queued_bytes(),
         sinks: recorder
             .sinks()
             .iter()
@@ -103,6 +105,7 @@ struct BackendState {
 #[derive(Debug)]
 struct AuditState {
     depth: usize,
+    bytes: usize,
     /// (name, written, dropped, errors)
     sinks: Vec<(String, u64, u64, u64)>,
 }
@@ -300,6 +303,13 @@ impl Collector for Scrape {
                 "Audit records waiting for the writer.",
                 Gauge,
                 [(Vec::new(), audit.depth as u64)],
+            )?;
+            family(
+                &mut e,
+                "sluice_audit_queued_bytes",
+                "Bytes of content the queued audit records hold (bounded by max_queue_bytes).",
+                Gauge,
+                [(Vec::new(), audit.bytes as u64)],
             )?;
             let per_sink = |pick: fn(&(String, u64, u64, u64)) -> u64| {
                 audit

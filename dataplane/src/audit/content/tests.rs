@@ -957,7 +957,11 @@ fn a_cut_never_splits_a_redaction_marker() {
         );
     }
     let mut content = json!({"content": text});
-    apply(&mut content, ContentMode::Truncate(second + REDACTED.len()), &defaults());
+    apply(
+        &mut content,
+        ContentMode::Truncate(second + REDACTED.len()),
+        &defaults(),
+    );
     assert_eq!(
         content["content"],
         format!("mail [REDACTED] and [REDACTED]{TRUNCATED_MARKER}")

@@ -147,7 +147,6 @@ fn insert(db: &mut Connection, batch: &[Arc<Entry>]) -> rusqlite::Result<()> {
     {
         let mut stmt = tx.prepare_cached(INSERT)?;
         for e in batch {
-            let json = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string());
             stmt.execute(params![
                 e.time,
                 e.time_unix_ms,
@@ -178,8 +177,8 @@ fn insert(db: &mut Connection, batch: &[Arc<Entry>]) -> rusqlite::Result<()> {
                 e.jwt_subject,
                 e.app_id,
                 e.content,
-                json(&e.request),
-                json(&e.response),
+                e.request.as_deref().map(serde_json::value::RawValue::get),
+                e.response.as_deref().map(serde_json::value::RawValue::get),
             ])?;
         }
     }
