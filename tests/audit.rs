@@ -982,3 +982,47 @@ fn queued_records_are_bounded_in_bytes_not_only_in_count() {
     assert!(s.wait_exit(Duration::from_secs(15)).is_some());
     assert_eq!(lines.join().unwrap() as u64 + dropped, N as u64);
 }
+
+#[test]
+fn a_sink_file_removed_while_open_is_started_again() {
+    let dir = TempDir::new("audit-removed");
+    let s = start(&dir, "", "");
+    for i in 0..2 {
+        assert_eq!(
+            post(
+                &s,
+                KEY,
+                &format!("before-{i}"),
+                &chat_body(Some("gpt-4o"), false)
+            )
+            .status,
+            200
+        );
+    }
+    records(dir.path(), 2);
+    let db = dir.path().join("audit.db");
+    assert!(wait_until(Duration::from_secs(10), || {
+        rows(&db, "SELECT count(*) FROM requests")[0][0] == "2"
+    }));
+    for name in ["audit.jsonl", "audit.db", "audit.db-wal", "audit.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(name));
+    }
+    for i in 0..3 {
+        assert_eq!(
+            post(
+                &s,
+                KEY,
+                &format!("after-{i}"),
+                &chat_body(Some("gpt-4o"), false)
+            )
+            .status,
+            200
+        );
+    }
+    let after = records(dir.path(), 3);
+    assert_eq!(after.len(), 3, "the new file holds the later records");
+    assert!(wait_until(Duration::from_secs(10), || {
+        db.exists() && rows(&db, "SELECT count(*) FROM requests")[0][0] == "3"
+    }));
+    assert!(s.wait_log("was removed or replaced while open", Duration::from_secs(5)));
+}

@@ -303,3 +303,23 @@ fn a_reload_is_counted_and_changes_the_config_version() {
         1.0
     );
 }
+
+#[test]
+fn idle_and_slow_admin_clients_do_not_hold_readiness_up() {
+    let s = Launch::new(MOCK_BODY).start();
+    let admin = s.admin_port();
+    // Three idle connections and one sending a byte now and then.
+    let idle: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(("127.0.0.1", admin)).unwrap())
+        .collect();
+    let mut slow = TcpStream::connect(("127.0.0.1", admin)).unwrap();
+    slow.write_all(b"G").unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(admin_get(admin, "/readyz"), (200, "ready\n".to_owned()));
+    // Not a timing assert on performance: the idle clients' 5 s must not be waited out.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "readiness waited on idle clients"
+    );
+    drop(idle);
+}

@@ -4,20 +4,21 @@
 //!
 //! | path | answer |
 //! | --- | --- |
-//! | `GET /metrics` | 200, the Prometheus / OpenMetrics text ([`crate::metrics::encode`]) |
+//! | `GET /metrics` | 200, OpenMetrics text, which Prometheus reads ([`crate::metrics::encode`]) |
 //! | `GET /healthz` | 200 `ok`: the process is alive |
 //! | `GET /readyz` | 200 `ready` once the config is loaded and every listener bound; 503 `starting` before, 503 `draining` once shutdown began |
 //! | `GET /config` | 200, JSON `{"version", "source", "generation", "loaded_at"}` of the config in force (`version`: `sha256:` and the file's hex SHA-256; `loaded_at`: RFC 3339) |
 //!
 //! Anything else is 404 (405 for another method than GET or HEAD). Each connection answers
 //! one request and closes (HTTP/1.1, RFC 9112 §9.6 `Connection: close`); a client gets 5 s
-//! to send its head.
+//! in all to send its head. Connections are served on their own threads, at most 16 at once
+//! (more are closed as they come), so an idle or slow client cannot hold `/readyz` up.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::server::Shared;
 
@@ -25,6 +26,8 @@ use crate::server::Shared;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest request head read.
 const MAX_HEAD: usize = 8 * 1024;
+/// Connections served at once; more are closed as they come.
+const MAX_CONNECTIONS: usize = 16;
 
 /// The running admin listener.
 pub struct Admin {
@@ -36,35 +39,33 @@ pub struct Admin {
 struct State {
     shared: Arc<Shared>,
     ready: AtomicBool,
+    /// Connections being served.
+    open: AtomicUsize,
 }
 
 impl Admin {
     /// Binds `addr` and starts serving `shared` on a thread of its own. `/readyz` answers
     /// 503 until [`Admin::set_ready`].
     pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> io::Result<Admin> {
-        let listener = TcpListener::bind(addr)
-            .map_err(|e| io::Error::new(e.kind(), format!("admin listener {addr}: {e}")))?;
+        let listener = TcpListener::bind(addr).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "admin listener {addr} ([admin] listen, default 127.0.0.1:9090): {e}; is another Sluice running? Give each its own [admin] listen, or \"\" for none"
+                ),
+            )
+        })?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             shared,
             ready: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
         });
         let serving = Arc::clone(&state);
         std::thread::Builder::new()
             .name("sluice-admin".into())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    match conn {
-                        Ok(stream) => {
-                            if let Err(e) = serve(&serving, stream) {
-                                tracing::debug!(error = %e, "admin connection failed");
-                            }
-                        }
-                        Err(e) => tracing::debug!(error = %e, "admin accept failed"),
-                    }
-                }
-            })?;
-        if !addr.ip().is_loopback() {
+            .spawn(move || accept(&listener, &serving))?;
+        if !addr.ip().to_canonical().is_loopback() {
             tracing::warn!(%addr, "the admin listener is not on a loopback address: /metrics and /config are readable by anyone who can reach it");
         }
         Ok(Admin { addr, state })
@@ -76,13 +77,49 @@ impl Admin {
     }
 }
 
-/// Reads one request head and answers it.
+/// Serves each connection on a thread of its own, at most [`MAX_CONNECTIONS`] at once (more
+/// are closed at once): a slow or idle client holds one thread, never the listener.
+fn accept(listener: &TcpListener, state: &Arc<State>) {
+    for conn in listener.incoming() {
+        let stream = match conn {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(error = %e, "admin accept failed");
+                continue;
+            }
+        };
+        if state.open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+            state.open.fetch_sub(1, Ordering::AcqRel);
+            drop(stream);
+            continue;
+        }
+        let serving = Arc::clone(state);
+        let spawned = std::thread::Builder::new()
+            .name("sluice-admin-conn".into())
+            .spawn(move || {
+                if let Err(e) = serve(&serving, stream) {
+                    tracing::debug!(error = %e, "admin connection failed");
+                }
+                serving.open.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            state.open.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Reads one request head (within [`IO_TIMEOUT`] in all) and answers it.
 fn serve(state: &State, mut stream: TcpStream) -> io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let deadline = Instant::now() + IO_TIMEOUT;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
-    let (method, path, openmetrics) = loop {
+    let (method, path) = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        stream.set_read_timeout(Some(left))?;
         let n = stream.read(&mut chunk)?;
         if n == 0 {
             return Ok(());
@@ -92,17 +129,9 @@ fn serve(state: &State, mut stream: TcpStream) -> io::Result<()> {
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
             Ok(httparse::Status::Complete(_)) => {
-                let accept = req
-                    .headers
-                    .iter()
-                    .filter(|h| h.name.eq_ignore_ascii_case("accept"))
-                    .any(|h| {
-                        String::from_utf8_lossy(h.value).contains("application/openmetrics-text")
-                    });
                 break (
                     req.method.unwrap_or("").to_owned(),
                     req.path.unwrap_or("").to_owned(),
-                    accept,
                 );
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
@@ -122,11 +151,9 @@ fn serve(state: &State, mut stream: TcpStream) -> io::Result<()> {
                 &loaded,
                 crate::clock::now_millis(),
             );
-            let kind = if openmetrics {
-                "application/openmetrics-text; version=1.0.0; charset=utf-8"
-            } else {
-                "text/plain; version=0.0.4; charset=utf-8"
-            };
+            // The encoder writes OpenMetrics text (families `x` with samples `x_total`,
+            // `# EOF`): said so, whatever the client asked (Prometheus reads it).
+            let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
             respond(&mut stream, 200, kind, text.as_bytes(), head_only)
         }
         "/healthz" => respond(&mut stream, 200, "text/plain", b"ok\n", head_only),
@@ -144,7 +171,10 @@ fn serve(state: &State, mut stream: TcpStream) -> io::Result<()> {
             let loaded = state.shared.snapshot();
             let body = serde_json::json!({
                 "version": loaded.version,
-                "source": loaded.source.display().to_string(),
+                "source": std::fs::canonicalize(&loaded.source)
+                    .unwrap_or_else(|_| loaded.source.clone())
+                    .display()
+                    .to_string(),
                 "generation": state.shared.generation(),
                 "loaded_at": humantime::format_rfc3339_millis(loaded.loaded_at).to_string(),
             });

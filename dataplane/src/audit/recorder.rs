@@ -96,7 +96,8 @@ pub struct SinkStats {
     pub written: AtomicU64,
     /// Records dropped: its queue (or the writer's) was full under `drop`, or writing failed.
     pub dropped: AtomicU64,
-    /// Batches whose write failed (their records are counted in `dropped`).
+    /// Writes, syncs, rotations or reopenings that failed (the records of a failed write
+    /// are counted in `dropped`).
     pub errors: AtomicU64,
 }
 

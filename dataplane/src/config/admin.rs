@@ -36,10 +36,13 @@ pub(super) fn compile(
         );
         return None;
     };
+    // `::ffff:127.0.0.1` is `127.0.0.1`.
+    let (ip, port) = (addr.ip().to_canonical(), addr.port());
     let public = server.listen.iter().chain(&server.tls_listen).any(|l| {
+        let l_ip = l.ip().to_canonical();
         l.port() != 0
-            && l.port() == addr.port()
-            && (l.ip() == addr.ip() || l.ip().is_unspecified() || addr.ip().is_unspecified())
+            && l.port() == port
+            && (l_ip == ip || l_ip.is_unspecified() || ip.is_unspecified())
     });
     if public {
         report.at(

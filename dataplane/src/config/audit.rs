@@ -68,14 +68,11 @@ pub(super) fn compile(
         let Some(compiled) = compile_sink(sink, &field, queue, report) else {
             continue;
         };
-        let same = sinks.iter().any(|s| match (&s.kind, &compiled.kind) {
-            (SinkKind::Stdout, SinkKind::Stdout) => true,
-            (SinkKind::File(a), SinkKind::File(b)) => a.path == b.path,
-            (SinkKind::Sqlite { path: a }, SinkKind::Sqlite { path: b }) => a == b,
-            (SinkKind::File(a), SinkKind::Sqlite { path: b })
-            | (SinkKind::Sqlite { path: b }, SinkKind::File(a)) => a.path == *b,
-            _ => false,
-        });
+        // One sink per destination: the same file, however its path is spelled
+        // (`audit.jsonl`, `./audit.jsonl`, through a symbolic link to its folder).
+        let same = sinks
+            .iter()
+            .any(|s| destination(&s.kind) == destination(&compiled.kind));
         if same {
             report.at(
                 sink.span(),
@@ -87,6 +84,7 @@ pub(super) fn compile(
         sinks.push(compiled);
     }
     if sinks.is_empty() {
+        tracing::warn!("[audit] has no [[audit.sink]]: the audit log is off");
         return None;
     }
     Some(AuditSettings {
@@ -219,8 +217,27 @@ fn compile_sink(
             None
         }
         // What Sluice writes goes where it runs (as a log would); what it reads is found
-        // beside the config file.
-        Some(p) => Some(std::path::PathBuf::from(p.get_ref())),
+        // beside the config file. Its folder must exist (Sluice creates the file, not
+        // folders).
+        Some(p) => {
+            let path = std::path::PathBuf::from(p.get_ref());
+            let folder = path
+                .parent()
+                .filter(|f| !f.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            if !folder.is_dir() {
+                report.at(
+                    p.span(),
+                    format!("{field}.path"),
+                    format!(
+                        "folder `{}` does not exist (sink paths are relative to the directory Sluice runs in)",
+                        folder.display()
+                    ),
+                );
+                return None;
+            }
+            Some(path)
+        }
         None => {
             report.at(
                 s.kind.span(),
@@ -290,6 +307,24 @@ fn compile_sink(
         overflow,
         queue,
     })
+}
+
+/// Where a sink writes, for spotting two sinks on one destination: the file's absolute path
+/// with its folder resolved (`.`, `..`, symbolic links), or `None` for stdout.
+fn destination(kind: &SinkKind) -> Option<std::path::PathBuf> {
+    let path = match kind {
+        SinkKind::Stdout => return None,
+        SinkKind::File(f) => &f.path,
+        SinkKind::Sqlite { path } => path,
+    };
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(folder), Some(name)) => std::fs::canonicalize(folder)
+            .map(|folder| folder.join(name))
+            .unwrap_or(absolute.clone())
+            .into(),
+        _ => Some(absolute),
+    }
 }
 
 /// A queue's size at `field`: 1 to [`MAX_QUEUE`] records, else an error and `default`.

@@ -334,7 +334,7 @@ impl Collector for Scrape {
             family(
                 &mut e,
                 "sluice_audit_write_errors",
-                "Audit batches whose write failed, by sink.",
+                "Failed writes, syncs, rotations or reopenings of an audit sink, by sink.",
                 Counter,
                 per_sink(|s| s.3),
             )?;

@@ -11,8 +11,9 @@ use super::context::{AttemptOutcome, RequestCtx};
 use super::phase::{Chunk, Env, Flow, Policy, Request, Response};
 use crate::audit::content::AnswerCapture;
 use crate::audit::record::{AttemptEntry, Record};
-use crate::audit::ContentMode;
+use crate::audit::{ContentMode, Recorder};
 use crate::route::Operation;
+use crate::snapshot::access::Product;
 
 /// The most characters of one text field a `full` or `hash` record captures on the worker
 /// (1 Mi): past it the field is cut.
@@ -55,21 +56,15 @@ impl Policy for AuditRecord {
         ctx: &mut RequestCtx<'s>,
         req: &Request<'_>,
     ) -> Flow {
-        let (Some(recorder), Some(capture)) = (env.audit, ctx.audit.as_deref_mut()) else {
+        let Some(recorder) = env.audit else {
             return Flow::Continue;
         };
-        // The caller's product (authenticated at the head; authorized after this policy's
-        // body phase, which runs first).
-        let access = &env.snapshot.access;
-        let product = ctx
-            .caller
-            .as_ref()
-            .and_then(|c| access.subscriptions.get(c.subscription))
-            .and_then(|s| access.products.get(s.product));
-        capture.content = product
-            .and_then(|p| p.audit_content)
-            .unwrap_or(recorder.settings().content);
+        let content = content_mode(env, ctx, recorder);
         let has_content = ctx.operation.is_some_and(|op| op != Operation::Models);
+        let Some(capture) = ctx.audit.as_deref_mut() else {
+            return Flow::Continue;
+        };
+        capture.content = content;
         if capture.content != ContentMode::Omit && has_content {
             capture.request_body = Some(req.body.to_vec());
         }
@@ -119,8 +114,31 @@ impl Policy for AuditRecord {
         let (Some(recorder), Some(capture)) = (env.audit, ctx.audit.take()) else {
             return;
         };
-        recorder.submit(record(env, ctx, *capture));
+        let mut capture = *capture;
+        // A caller refused before the body phase (404, 405, 403) is recorded under its
+        // product's policy too.
+        capture.content = content_mode(env, ctx, recorder);
+        recorder.submit(record(env, ctx, capture));
     }
+}
+
+/// The caller's product: the one authorized, else (refused before, or this policy's body
+/// phase, which runs before authorization) the one its subscription belongs to.
+fn caller_product<'s>(env: &Env<'s>, ctx: &RequestCtx<'s>) -> Option<&'s Product> {
+    let access = &env.snapshot.access;
+    ctx.product.or_else(|| {
+        ctx.caller
+            .as_ref()
+            .and_then(|c| access.subscriptions.get(c.subscription))
+            .and_then(|s| access.products.get(s.product))
+    })
+}
+
+/// The content policy for the request: its caller's product's, else `[audit] content`.
+fn content_mode(env: &Env<'_>, ctx: &RequestCtx<'_>, recorder: &Recorder) -> ContentMode {
+    caller_product(env, ctx)
+        .and_then(|p| p.audit_content)
+        .unwrap_or(recorder.settings().content)
 }
 
 /// The record of a completed request.
@@ -164,7 +182,7 @@ fn record(env: &Env<'_>, ctx: &RequestCtx<'_>, capture: AuditCapture) -> Record 
         request_id: ctx.id,
         worker: env.worker,
         subscription: subscription.map(|s| s.name.clone()),
-        product: ctx.product.map(|p| p.name.clone()),
+        product: caller_product(env, ctx).map(|p| p.name.clone()),
         operation: ctx.operation,
         deployment: ctx.deployment.map(|d| d.name.clone()),
         api_version: capture.api_version,

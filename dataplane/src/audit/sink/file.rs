@@ -49,6 +49,23 @@ impl FileSink {
         })
     }
 
+    /// Reopens the file when the path no longer names it (an operator's `rm`, another
+    /// rotator): what would be written to the old one is lost to readers. One `stat` per
+    /// batch and tick.
+    fn ensure_current(&mut self) -> io::Result<()> {
+        if same_file(&self.file, &self.settings.path) {
+            return Ok(());
+        }
+        let _ = self.file.sync_data();
+        let (file, size) = open_whole(&self.settings.path)?;
+        self.file = file;
+        self.size = size;
+        self.started = SystemTime::now();
+        self.unsynced = false;
+        tracing::warn!(file = %self.settings.path.display(), "audit file was removed or replaced while open; writing to a new one");
+        Ok(())
+    }
+
     fn rotate_due(&self) -> bool {
         let by_size = self
             .settings
@@ -89,6 +106,7 @@ impl FileSink {
 
 impl Sink for FileSink {
     fn write(&mut self, batch: &[Arc<Entry>]) -> io::Result<()> {
+        self.ensure_current()?;
         let mut text = String::with_capacity(batch.len() * 512);
         for entry in batch {
             text.push_str(&entry.json_line());
@@ -105,6 +123,7 @@ impl Sink for FileSink {
     }
 
     fn tick(&mut self) -> io::Result<()> {
+        self.ensure_current()?;
         if self.unsynced && self.synced_at.elapsed() >= self.settings.fsync_interval {
             self.file.sync_data()?;
             self.unsynced = false;
@@ -126,6 +145,15 @@ impl Sink for FileSink {
     fn close(&mut self) -> io::Result<()> {
         self.file.flush()?;
         self.file.sync_data()
+    }
+}
+
+/// Whether `path` still names `file` (same device and inode).
+pub(super) fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
     }
 }
 

@@ -72,6 +72,9 @@ const INSERT: &str = "INSERT INTO requests (time, time_unix_ms, request_id, node
 /// A SQLite database being written.
 pub struct SqliteSink {
     db: Connection,
+    path: std::path::PathBuf,
+    /// The database file as opened (to notice it removed or replaced).
+    file: std::fs::File,
 }
 
 impl SqliteSink {
@@ -92,7 +95,26 @@ impl SqliteSink {
                 path.display()
             )),
         })?;
-        Ok(Self { db })
+        let file = std::fs::File::open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        Ok(Self {
+            db,
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+}
+
+impl SqliteSink {
+    /// Reopens the database when the path no longer names it (removed or replaced): rows
+    /// written to the old file would be lost to readers. One `stat` per batch and tick.
+    fn ensure_current(&mut self) -> io::Result<()> {
+        if super::file::same_file(&self.file, &self.path) {
+            return Ok(());
+        }
+        *self = SqliteSink::open(&self.path)?;
+        tracing::warn!(file = %self.path.display(), "audit database was removed or replaced while open; writing to a new one");
+        Ok(())
     }
 }
 
@@ -131,7 +153,12 @@ fn prepare_schema(db: &Connection) -> Result<(), SchemaError> {
 
 impl Sink for SqliteSink {
     fn write(&mut self, batch: &[Arc<Entry>]) -> io::Result<()> {
+        self.ensure_current()?;
         insert(&mut self.db, batch).map_err(io::Error::other)
+    }
+
+    fn tick(&mut self) -> io::Result<()> {
+        self.ensure_current()
     }
 
     fn close(&mut self) -> io::Result<()> {

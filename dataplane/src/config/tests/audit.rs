@@ -25,7 +25,7 @@ node = "gw-1"
 
 [[audit.sink]]
 kind = "file"
-path = "logs/audit.jsonl"
+path = "{tmp}/audit.jsonl"
 rotate_size = "10MiB"
 rotate_interval = "1h"
 fsync_interval = "250ms"
@@ -41,7 +41,8 @@ kind = "stdout"
 
 [admin]
 listen = "127.0.0.1:9191"
-"#
+"#,
+        tmp = std::env::temp_dir().display()
     );
     let snapshot = compile(&text).unwrap();
     let audit = snapshot.audit.as_ref().unwrap();
@@ -52,7 +53,7 @@ listen = "127.0.0.1:9191"
     let SinkKind::File(file) = &audit.sinks[0].kind else {
         panic!("{:?}", audit.sinks[0]);
     };
-    assert_eq!(file.path, PathBuf::from("logs/audit.jsonl"));
+    assert_eq!(file.path, std::env::temp_dir().join("audit.jsonl"));
     assert_eq!(file.rotate_size, Some(10 << 20));
     assert_eq!(file.rotate_interval, Some(Duration::from_secs(3600)));
     assert_eq!(file.fsync_interval, Duration::from_millis(250));
@@ -124,7 +125,11 @@ path = "a.db"
 
 [[audit.sink]]
 kind = "file"
-path = "a.db"
+path = "./a.db"
+
+[[audit.sink]]
+kind = "file"
+path = "no/such/folder/a.jsonl"
 "#
     );
     let errors = errors(&text);
@@ -132,7 +137,7 @@ path = "a.db"
         "sluice.toml:10:11: audit.content: unknown content policy `everything`: expected \"full\", \"truncate\", \"hash\" or \"omit\"",
         "sluice.toml:11:18: audit.truncate_chars: must be at least 1 (use content = \"omit\" to keep no content)",
         "sluice.toml:12:11: audit.redact[0]: not a valid regular expression: regex parse error: (unclosed ^ error: unclosed group",
-        "sluice.toml:13:9: audit.queue: must be at least 1 record",
+        "sluice.toml:13:9: audit.queue: must be 1 to 1048576 records (its slots are allocated at start)",
         "sluice.toml:16:8: audit.sink[0].kind: unknown sink kind `kafka`: expected \"file\", \"stdout\" or \"sqlite\"",
         "sluice.toml:19:8: audit.sink[1].path: a \"file\" sink needs a path",
         "sluice.toml:20:15: audit.sink[1].rotate_size: invalid size `ten megs`: expected a whole number and a unit (B, KiB, MiB, GiB, KB, MB or GB), e.g. \"100MiB\"",
@@ -140,7 +145,8 @@ path = "a.db"
         "sluice.toml:22:12: audit.sink[1].overflow: unknown overflow policy `wait`: expected \"drop\" or \"block\"",
         "sluice.toml:26:8: audit.sink[2].path: a \"stdout\" sink has no path",
         "sluice.toml:27:19: audit.sink[2].rotate_interval: applies only to kind = \"file\", not \"stdout\"",
-        "sluice.toml:33:1: audit.sink[4]: `file:a.db` is already a sink",
+        "sluice.toml:33:1: audit.sink[4]: `file:./a.db` is already a sink",
+        "sluice.toml:39:8: audit.sink[5].path: folder `no/such/folder` does not exist (sink paths are relative to the directory Sluice runs in)",
     ];
     let mut sorted = errors.clone();
     sorted.sort();
