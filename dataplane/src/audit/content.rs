@@ -8,8 +8,9 @@
 //!    the shape the non-streamed answer would have had, with every field bounded.
 //! 2. **Extract**, off the worker: [`request_content`] picks the request body's content keys,
 //!    [`response_content`] the answer's model and choices (or Responses output items).
-//! 3. **Policy**, off the worker: [`apply`] runs the [`Redactor`] over every text field and
-//!    then the product's [`ContentMode`] (full, truncate, hash, omit).
+//! 3. **Policy**, off the worker: [`apply`] runs the [`Redactor`] over every string and
+//!    then the product's [`ContentMode`] (full, truncate, hash, omit) over every string but
+//!    the API's short enumerations ([`ENUM_KEYS`]).
 //!
 //! Shapes follow the OpenAI API reference (chat completion object and chunk object,
 //! completions, embeddings, Responses API objects and streaming events); Azure OpenAI sends
@@ -18,6 +19,7 @@
 use std::borrow::Cow;
 
 use regex::{Regex, RegexBuilder};
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -65,32 +67,29 @@ pub const TRUNCATED_MARKER: &str = "…[truncated]";
 /// What replaces each redaction match.
 pub const REDACTED: &str = "[REDACTED]";
 
-/// The object keys whose values [`apply`] leaves untouched (no redaction, no policy), at any
-/// depth: they name structure, not content. Every other string leaf — in objects under any
-/// other key, in arrays, or the root itself — is a text field. Numbers, booleans and nulls
-/// are never changed (so an embeddings `input` given as token ids is kept as it is).
-pub const STRUCTURAL_KEYS: &[&str] = &[
-    "role",
-    "type",
-    "name",
-    "id",
-    "tool_call_id",
-    "finish_reason",
-    "index",
-    "object",
-    "model",
-    "call_id",
-    "status",
-];
+/// The object keys whose values are enumerations the OpenAI API defines (`"role":
+/// "assistant"`, `"type": "function"`, `"finish_reason": "stop"`, …): [`apply`] redacts
+/// their string values like any other but does not cut or hash them when they are at most
+/// [`MAX_ENUM_CHARS`] characters long, so a record still says who spoke and why an answer
+/// ended under `truncate` and `hash`. A longer value under one of these keys is not an
+/// enumeration (a client or backend chose it) and is cut or hashed like text. Ids and
+/// names (`id`, `tool_call_id`, `call_id`, `name`, a function's `name`) are chosen by
+/// clients and backends, so they are text: redacted, cut and hashed (equal ids hash
+/// equal, so a tool call and its result still correlate under `hash`).
+pub const ENUM_KEYS: &[&str] = &["role", "type", "object", "finish_reason", "status", "index"];
+
+/// The longest value under an [`ENUM_KEYS`] key that [`apply`] takes for an enumeration:
+/// 64 characters (Unicode scalar values). The API's values are a few dozen at most.
+pub const MAX_ENUM_CHARS: usize = 64;
+
+/// The most of a body that does not parse [`request_content`] and [`response_content`]
+/// keep as `raw`: 1 MiB of UTF-8 (the body decoded lossily, each invalid sequence as
+/// U+FFFD), cut at a character boundary.
+pub const MAX_RAW_BYTES: usize = 1 << 20;
 
 /// The longest model name a stream capture keeps (bytes); a longer `model` is not a model
 /// name and is ignored.
 const MAX_MODEL_BYTES: usize = 256;
-
-/// The bound of a structural field a stream capture keeps (role, tool call id and type,
-/// function name, finish reason, Responses call id and item type): 256 characters, past
-/// which the field is cut and the capture marked cut. Real values are a few dozen.
-const MAX_NAME_CHARS: usize = 256;
 
 // ------------------------------------------------------------------------------------------
 // Capture
@@ -136,7 +135,7 @@ struct Limits {
     /// UTF-8 bytes left for all fields together.
     bytes_left: usize,
     /// Something was not kept: a field outgrew a bound, a choice or tool call past the
-    /// count bounds, or an event too large to read.
+    /// count bounds, an event too large to read or that could not be read whole.
     cut: bool,
 }
 
@@ -150,15 +149,10 @@ struct Text {
 impl Text {
     /// Appends as much of `piece` as the bounds let in (whole characters only).
     fn push(&mut self, piece: &str, limits: &mut Limits) {
-        self.push_upto(piece, limits.max_chars, limits);
-    }
-
-    /// [`Text::push`] with `max_chars` for this field's bound.
-    fn push_upto(&mut self, piece: &str, max_chars: usize, limits: &mut Limits) {
         if piece.is_empty() {
             return;
         }
-        let room = max_chars.saturating_sub(self.chars);
+        let room = limits.max_chars.saturating_sub(self.chars);
         // A string's characters never outnumber its bytes, so a piece short enough in bytes
         // fits whole.
         let (end, chars) = if piece.len() <= room && piece.len() <= limits.bytes_left {
@@ -174,14 +168,15 @@ impl Text {
         limits.bytes_left -= end;
     }
 
-    /// Replaces a structural field (role, id, type, name, finish reason) with `value`,
-    /// bounded by [`MAX_NAME_CHARS`] rather than the content bound: [`apply`] leaves these
-    /// as they are, so a small truncate N must not cut `assistant` short.
+    /// Replaces a field sent whole rather than in pieces (role, id, type, name, finish
+    /// reason) with `value`, under the same bounds as text: ids and names are text to
+    /// [`apply`], and the bound (at least [`REDACTION_SLACK_CHARS`]) is far above
+    /// [`MAX_ENUM_CHARS`], so an enumeration is never cut here.
     fn set(&mut self, value: &str, limits: &mut Limits) {
         limits.bytes_left += self.s.len();
         self.s.clear();
         self.chars = 0;
-        self.push_upto(value, MAX_NAME_CHARS, limits);
+        self.push(value, limits);
     }
 }
 
@@ -305,6 +300,8 @@ struct Chunk<'a> {
     model: Option<Cow<'a, str>>,
     #[serde(borrow)]
     choices: Option<Vec<ChunkChoice<'a>>>,
+    /// Present (non-null) in a usage-only chunk: only whether it is there matters.
+    usage: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -401,8 +398,8 @@ impl AnswerCapture {
     /// `max_field_chars` bounds each text field a stream reassembles (a choice's content,
     /// refusal, a tool call's arguments, a completion's text, a Responses output text or
     /// refusal): past it and [`REDACTION_SLACK_CHARS`] more, the field stops growing and the
-    /// capture is marked cut ([`apply`] then cuts it to N and marks it). Structural
-    /// fields (role, ids, names, finish reason) are bounded at 256 characters instead. Pass
+    /// capture is marked cut ([`apply`] then cuts it to N and marks it). Fields sent whole
+    /// (role, ids, names, types, finish reason) have the same bound. Pass
     /// the truncate N for [`ContentMode::Truncate`], [`FULL_FIELD_CHARS`] for `Full` and
     /// `Hash`. A JSON body is kept as bytes (up to [`MAX_ANSWER_BYTES`]) and cut later by
     /// [`apply`].
@@ -525,29 +522,57 @@ fn on_event(
         *done = true;
         return;
     }
-    if data.is_empty() {
+    if data.trim_ascii().is_empty() {
+        // A keep-alive: a comment, an `event:` line alone, an empty `data:`.
         return;
     }
+    if read_event(data, model, limits, parts) {
+        return;
+    }
+    // The client got this event, the record cannot show it whole: the capture is cut.
+    limits.cut = true;
+    if std::str::from_utf8(data).is_err() {
+        // Invalid UTF-8 (a backend's bug): read what it says, each bad sequence as U+FFFD.
+        let lossy = String::from_utf8_lossy(data);
+        read_event(lossy.as_bytes(), model, limits, parts);
+    }
+}
+
+/// Reads one event's data into the reassembly; `false` when it could not be read as an
+/// event of the stream's kind (not JSON, not UTF-8, a field of the wrong type, a content
+/// event missing its content, an error event). Chunks without content that are part of a
+/// normal stream (Azure's `prompt_filter_results` chunk and the usage chunk, both with
+/// `"choices": []`, or a usage chunk without `choices`) and Responses lifecycle events are
+/// read (`true`), adding nothing.
+fn read_event(
+    data: &[u8],
+    model: &mut Option<String>,
+    limits: &mut Limits,
+    parts: &mut Reassembly,
+) -> bool {
     match parts {
-        Reassembly::Chat(choices) => {
-            if let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) {
+        Reassembly::Chat(choices) => match serde_json::from_slice::<Chunk<'_>>(data) {
+            Ok(chunk) if chunk.choices.is_some() || chunk.usage.is_some() => {
                 on_chunk(chunk, model, limits, choices, chat_delta);
+                true
             }
-        }
-        Reassembly::Completions(choices) => {
-            if let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) {
+            _ => false,
+        },
+        Reassembly::Completions(choices) => match serde_json::from_slice::<Chunk<'_>>(data) {
+            Ok(chunk) if chunk.choices.is_some() || chunk.usage.is_some() => {
                 on_chunk(chunk, model, limits, choices, |acc, choice, limits| {
                     if let Some(text) = &choice.text {
                         push_opt(&mut acc.content, text, limits);
                     }
                 });
+                true
             }
-        }
-        Reassembly::Responses(items) => {
-            if let Ok(event) = serde_json::from_slice::<ResponsesEvent<'_>>(data) {
-                on_responses_event(event, model, limits, items);
-            }
-        }
+            _ => false,
+        },
+        Reassembly::Responses(items) => match serde_json::from_slice::<ResponsesEvent<'_>>(data) {
+            Ok(event) => on_responses_event(event, model, limits, items),
+            Err(_) => false,
+        },
     }
 }
 
@@ -640,12 +665,14 @@ fn function_delta(acc: &mut FunctionAcc, delta: &FunctionDelta<'_>, limits: &mut
     }
 }
 
+/// Reads one Responses event; `false` when it is an `error` event or a content event
+/// without its content (no `item`, no `delta`, a delta for an item of another kind).
 fn on_responses_event(
     event: ResponsesEvent<'_>,
     model: &mut Option<String>,
     limits: &mut Limits,
     items: &mut Vec<ItemAcc>,
-) {
+) -> bool {
     if let Some(named) = event.response.as_ref().and_then(|r| r.model.as_deref()) {
         // Every lifecycle event repeats the response object; the last one (completed)
         // has the final word.
@@ -658,7 +685,7 @@ fn on_responses_event(
     match event.kind.as_ref() {
         "response.output_item.added" => {
             let Some(head) = &event.item else {
-                return;
+                return false;
             };
             let kind = match head.kind.as_deref() {
                 Some("message") => ItemKind::Message {
@@ -678,7 +705,8 @@ fn on_responses_event(
             };
             let make = || ItemAcc { output_index, kind };
             let Some(item) = slot(items, output_index, key, make, MAX_CHOICES, limits) else {
-                return;
+                // Past the count bound: marked cut by `slot`.
+                return true;
             };
             match &mut item.kind {
                 ItemKind::Message { role, .. } => {
@@ -703,11 +731,12 @@ fn on_responses_event(
                 }
                 ItemKind::Other { .. } => {}
             }
+            true
         }
         kind @ ("response.output_text.delta" | "response.refusal.delta") => {
             let refusal = kind == "response.refusal.delta";
             let Some(delta) = &event.delta else {
-                return;
+                return false;
             };
             let make = || ItemAcc {
                 output_index,
@@ -717,10 +746,11 @@ fn on_responses_event(
                 },
             };
             let Some(item) = slot(items, output_index, key, make, MAX_CHOICES, limits) else {
-                return;
+                // Past the count bound: marked cut by `slot`.
+                return true;
             };
             let ItemKind::Message { parts, .. } = &mut item.kind else {
-                return;
+                return false;
             };
             let content_index = event.content_index;
             let make = || PartAcc {
@@ -732,10 +762,11 @@ fn on_responses_event(
             if let Some(part) = slot(parts, content_index, part_key, make, MAX_TOOL_CALLS, limits) {
                 part.text.push(delta, limits);
             }
+            true
         }
         "response.function_call_arguments.delta" => {
             let Some(delta) = &event.delta else {
-                return;
+                return false;
             };
             let make = || ItemAcc {
                 output_index,
@@ -746,13 +777,21 @@ fn on_responses_event(
                 },
             };
             let Some(item) = slot(items, output_index, key, make, MAX_CHOICES, limits) else {
-                return;
+                // Past the count bound: marked cut by `slot`.
+                return true;
             };
-            if let ItemKind::FunctionCall { arguments, .. } = &mut item.kind {
-                arguments.push(delta, limits);
+            match &mut item.kind {
+                ItemKind::FunctionCall { arguments, .. } => {
+                    arguments.push(delta, limits);
+                    true
+                }
+                _ => false,
             }
         }
-        _ => {}
+        // The stream failed mid-way: the answer is not whole.
+        "error" => false,
+        // Lifecycle and `.done` events: nothing the deltas did not already say.
+        _ => true,
     }
 }
 
@@ -946,27 +985,44 @@ pub enum Answer {
         /// Something was not kept: a field outgrew `max_field_chars` and
         /// [`REDACTION_SLACK_CHARS`], the
         /// [`MAX_ANSWER_BYTES`] total, more than [`MAX_CHOICES`] choices or
-        /// [`MAX_TOOL_CALLS`] tool calls, or an event over [`MAX_EVENT_BYTES`] was skipped.
+        /// [`MAX_TOOL_CALLS`] tool calls, an event over [`MAX_EVENT_BYTES`] was skipped, or
+        /// an event could not be read whole (not JSON, invalid UTF-8 — then read with each
+        /// bad sequence as U+FFFD —, a field of the wrong type, a content event without its
+        /// content, an error event). `[DONE]`, keep-alives (comments, empty data) and
+        /// content-less chunks of a normal stream (`prompt_filter_results`, usage) are not
+        /// skips.
         cut: bool,
     },
 }
 
 /// The content a record keeps of a request body for `operation`, before the policy:
 /// chat: `{"messages": […]}`; completions: `{"prompt": …}`; embeddings: `{"input": …}`;
-/// responses: `{"instructions": …, "input": …}`. Keys absent (or `null`) in the body are
+/// responses: `{"instructions": …, "input": …, "prompt": …}` (`prompt`: a reusable prompt
+/// reference, whose `variables` are prompt text). Keys absent (or `null`) in the body are
 /// omitted; their values are kept as sent (text parts, images, tool calls and all).
-/// `None` when the body is not a JSON object, has none of the keys, or the operation has no
-/// request content (`models`).
+///
+/// A body that does not parse as a JSON object gives `{"unparsed": true, "raw": "…"}`
+/// (`"cut": true` added when `raw` is not the whole body): `raw` is the body as text (lossy
+/// UTF-8, at most [`MAX_RAW_BYTES`]). Sluice forwards bodies `serde_json` refuses (nesting
+/// past its 128 levels in a member Sluice does not read, numbers such as `1e400` out of
+/// `f64` range), so the prompt is kept that way rather than lost; [`apply`] then redacts,
+/// cuts or hashes `raw` like any text.
+///
+/// `None` when the operation has no request content (`models`), and when the body parses
+/// but has none of the keys: the backend gets no prompt from it either (it refuses such a
+/// request, or reads what it has from elsewhere: a stored prompt, a previous response),
+/// so there is nothing to record, and recording the whole body would keep parameters and
+/// metadata that are not content.
 pub fn request_content(operation: Operation, body: &[u8]) -> Option<Value> {
     let keys: &[&str] = match operation {
         Operation::ChatCompletions => &["messages"],
         Operation::Completions => &["prompt"],
         Operation::Embeddings => &["input"],
-        Operation::Responses => &["instructions", "input"],
+        Operation::Responses => &["instructions", "input", "prompt"],
         Operation::Models => return None,
     };
     let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(body) else {
-        return None;
+        return Some(unparsed(body, false));
     };
     let mut content = Map::new();
     for &key in keys {
@@ -999,8 +1055,9 @@ pub fn request_content(operation: Operation, body: &[u8]) -> Option<Value> {
 ///
 /// A JSON body carrying an OpenAI error (`{"error": {…}}`) gives `{"error": {…}}` as sent.
 /// A JSON body that does not parse, has another shape, or was cut gives
-/// `{"unparsed": true}` (with `"cut": true` when cut) rather than nothing, so the record
-/// says content existed. A stream's content is as reassembled, with `"cut": true` added
+/// `{"unparsed": true, "raw": "…"}` rather than nothing, so the answer is still audited:
+/// `raw` is the body as text (lossy UTF-8, at most [`MAX_RAW_BYTES`]; `"cut": true` added
+/// when the body was longer than the capture's [`MAX_ANSWER_BYTES`] or than `raw`). A stream's content is as reassembled, with `"cut": true` added
 /// when something was not kept (see [`Answer::Stream`]).
 pub fn response_content(operation: Operation, answer: Answer) -> (Option<String>, Option<Value>) {
     match answer {
@@ -1016,26 +1073,54 @@ pub fn response_content(operation: Operation, answer: Answer) -> (Option<String>
             }
             (model, Some(content))
         }
-        Answer::Json { cut: true, .. } => {
-            let mut unparsed = unparsed();
-            if let Value::Object(fields) = &mut unparsed {
-                fields.insert("cut".into(), Value::Bool(true));
-            }
-            (None, Some(unparsed))
-        }
+        Answer::Json { body, cut: true } => (None, Some(unparsed(&body, true))),
         Answer::Json { body, cut: false } => json_content(operation, &body),
     }
 }
 
-fn unparsed() -> Value {
+/// `{"unparsed": true, "raw": …}` for a body that is not (or not wholly) read: `raw` as
+/// [`raw_text`] gives it, `"cut": true` when `cut` (the body was longer than `body`) or
+/// `raw` is not all of `body`.
+fn unparsed(body: &[u8], cut: bool) -> Value {
+    let (raw, whole) = raw_text(body);
     let mut fields = Map::new();
     fields.insert("unparsed".into(), Value::Bool(true));
+    fields.insert("raw".into(), Value::String(raw));
+    if cut || !whole {
+        fields.insert("cut".into(), Value::Bool(true));
+    }
     Value::Object(fields)
+}
+
+/// `body` as text, each invalid UTF-8 sequence as U+FFFD, at most [`MAX_RAW_BYTES`] (cut
+/// at a character boundary); `true` when that is all of `body`.
+fn raw_text(body: &[u8]) -> (String, bool) {
+    let mut raw = String::with_capacity(body.len().min(MAX_RAW_BYTES));
+    for chunk in body.utf8_chunks() {
+        let invalid = if chunk.invalid().is_empty() {
+            ""
+        } else {
+            "\u{FFFD}"
+        };
+        for piece in [chunk.valid(), invalid] {
+            let room = MAX_RAW_BYTES - raw.len();
+            if piece.len() > room {
+                let end = (0..=room)
+                    .rev()
+                    .find(|&at| piece.is_char_boundary(at))
+                    .unwrap_or(0);
+                raw.push_str(&piece[..end]);
+                return (raw, false);
+            }
+            raw.push_str(piece);
+        }
+    }
+    (raw, true)
 }
 
 fn json_content(operation: Operation, body: &[u8]) -> (Option<String>, Option<Value>) {
     let Ok(Value::Object(mut answer)) = serde_json::from_slice::<Value>(body) else {
-        return (None, Some(unparsed()));
+        return (None, Some(unparsed(body, false)));
     };
     let model = match answer.remove("model") {
         Some(Value::String(m)) if !m.is_empty() => Some(m),
@@ -1058,7 +1143,10 @@ fn json_content(operation: Operation, body: &[u8]) -> (Option<String>, Option<Va
         Some(error @ Value::Object(_)) => Some(wrap("error", error)),
         _ => None,
     });
-    (model, Some(content.unwrap_or_else(unparsed)))
+    (
+        model,
+        Some(content.unwrap_or_else(|| unparsed(body, false))),
+    )
 }
 
 fn wrap(key: &str, value: Value) -> Value {
@@ -1187,32 +1275,63 @@ fn text_part(kind: &str, key: &str, part: &mut Map<String, Value>) -> Value {
 // ------------------------------------------------------------------------------------------
 
 /// The default redaction patterns, as `(name, pattern)`; [`Redactor::new`] with
-/// `defaults` uses them all. Word boundaries are ASCII (`(?-u:\b)`), so a match cannot
-/// start or end inside a word and the regex stays on its fast DFA whatever the text.
+/// `defaults` uses them all. Word boundaries are ASCII (`(?-u:\b)`), so the regex stays on
+/// its fast DFA whatever the text; every pattern is a plain regular expression (no
+/// backreferences or lookaround exist in the `regex` crate), so matching is linear in the
+/// text.
 ///
 /// - `openai_key`: `sk-` and at least 20 of `[A-Za-z0-9_-]`, starting a word: OpenAI keys
 ///   (`sk-…`, `sk-proj-…`, `sk-svcacct-…`, `sk-admin-…`) and Sluice's own `sk-sluice-…` (43
 ///   base64url characters after the prefix). `risk-…` or a short `sk-learn` does not match.
-/// - `azure_key`: exactly 32 hex digits as a whole word: an Azure OpenAI (Cognitive
-///   Services) key. It also hits any other 32-hex word (an MD5 digest, a dash-less UUID, a
-///   W3C trace id); acceptable because such values carry no meaning for a reader of a
-///   prompt, the cost of a false positive is ten characters of an audit record, and a
-///   missed key is a live credential in a log. 31 or 33 hex digits do not match.
+/// - `azure_key`: exactly 32 hex digits, not inside a longer run of letters or digits:
+///   preceded by a non-word character, the start, or `_` (`api_key_<32 hex>`; the `_` is
+///   replaced with the key), followed by a non-word character, the end, or `_` (replaced
+///   too). An Azure OpenAI (Cognitive Services) key. It also hits any other 32-hex word
+///   (an MD5 digest, a dash-less UUID, a W3C trace id); acceptable because such values
+///   carry no meaning for a reader of a prompt, the cost of a false positive is ten
+///   characters of an audit record, and a missed key is a live credential in a log. 31 or
+///   33 hex digits do not match.
+/// - `azure_key_84`: exactly 84 of `[A-Za-z0-9]` as a whole word: Azure AI services' newer
+///   key format. Prose has no 84-character words.
 /// - `bearer`: `Bearer` (any case), spaces or tabs, then a token of at least 16
 ///   characters of RFC 6750's `b64token` set (`A-Za-z0-9-._~+/`, trailing `=`): the
 ///   `Authorization` header form. The word alone, or followed by a short word ("the bearer
 ///   of bad news"), does not match.
+/// - `basic`: `Basic` (any case), spaces or tabs, then at least 8 base64 characters
+///   (`A-Za-z0-9+/`, then up to two `=`): the RFC 7617 `Authorization` header form. So
+///   that prose ("basic principles", "Basic Concepts") is not redacted, the token must
+///   have a digit, an upper-case letter, `+` or `/` after its first character, which the
+///   base64 of any real `user:password` has.
 /// - `jwt`: a JWS compact serialization (RFC 7515 §7.1): `eyJ` (base64url of `{"`) then
 ///   base64url, `.`, base64url, `.`, optional base64url (an unsigned token has an empty
 ///   signature).
-/// - `email`: an e-mail address with a dotted domain ending in 2+ letters (`a.b@c.io`);
-///   `user@localhost` and `@handle` do not match.
+/// - `email`: an e-mail address with a dotted domain ending in 2+ ASCII letters
+///   (`a.b@c.io`); the local part (letters, digits, `_.%+-`) and the domain labels
+///   (letters, digits, `-`) may hold any Unicode letters and digits
+///   (RFC 6531 internationalised addresses: `josé@example.com`, `user@exämple.de`). The
+///   local part is as long as the text allows (the leftmost match), so no leading part of
+///   it is left in clear. `user@localhost` and `@handle` do not match.
 pub const DEFAULT_PATTERNS: &[(&str, &str)] = &[
     ("openai_key", r"(?-u:\b)sk-[A-Za-z0-9_-]{20,}"),
-    ("azure_key", r"(?-u:\b)[0-9a-fA-F]{32}(?-u:\b)"),
+    ("azure_key", r"(?:(?-u:\b)|_)[0-9a-fA-F]{32}(?:(?-u:\b)|_)"),
+    ("azure_key_84", r"(?-u:\b)[A-Za-z0-9]{84}(?-u:\b)"),
     (
         "bearer",
         r"(?i)(?-u:\b)bearer[ \t]+[A-Za-z0-9._~+/-]{16,}=*",
+    ),
+    (
+        "basic",
+        concat!(
+            r"(?-u:\b)(?i:basic)[ \t]+[A-Za-z0-9+/](?:",
+            r"[A-Z0-9+/][A-Za-z0-9+/]{6,}|",
+            r"[a-z][A-Z0-9+/][A-Za-z0-9+/]{5,}|",
+            r"[a-z]{2}[A-Z0-9+/][A-Za-z0-9+/]{4,}|",
+            r"[a-z]{3}[A-Z0-9+/][A-Za-z0-9+/]{3,}|",
+            r"[a-z]{4}[A-Z0-9+/][A-Za-z0-9+/]{2,}|",
+            r"[a-z]{5}[A-Z0-9+/][A-Za-z0-9+/]{1,}|",
+            r"[a-z]{6,}[A-Z0-9+/][A-Za-z0-9+/]*",
+            r")={0,2}",
+        ),
     ),
     (
         "jwt",
@@ -1220,7 +1339,7 @@ pub const DEFAULT_PATTERNS: &[(&str, &str)] = &[
     ),
     (
         "email",
-        r"(?-u:\b)[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?-u:\b)",
+        r"[\p{L}\p{M}\p{N}_.%+-]+@[\p{L}\p{M}\p{N}-]+(?:\.[\p{L}\p{M}\p{N}-]+)*\.[A-Za-z]{2,}(?-u:\b)",
     ),
 ];
 
@@ -1296,10 +1415,13 @@ impl Redactor {
     }
 }
 
-/// Applies redaction then `mode` to every text field of `content` in place. A text field
-/// is every string leaf not under a [`STRUCTURAL_KEYS`] key (`role`, `type`, `name`, `id`,
-/// `tool_call_id`, `finish_reason`, `index`, `object`, `model`, `call_id`, `status`; their
-/// values, whatever their type, are left as they are), at any depth.
+/// Applies redaction then `mode` to every string leaf of `content` in place, at any depth
+/// (under any key, in arrays, or the root itself). Redaction reaches every string leaf;
+/// `mode` reaches every one but an enumeration: a string of at most [`MAX_ENUM_CHARS`]
+/// characters directly under an [`ENUM_KEYS`] key (`role`, `type`, `object`,
+/// `finish_reason`, `status`, `index`), which is only redacted. Ids, names, models and
+/// every other string are text fields. Numbers, booleans and nulls are never changed (so
+/// an embeddings `input` given as token ids is kept as it is).
 ///
 /// - `Full`: the redacted text.
 /// - `Truncate(n)`: the redacted text; when longer than `n` characters (Unicode scalar
@@ -1314,14 +1436,15 @@ pub fn apply(content: &mut Value, mode: ContentMode, redactor: &Redactor) {
         *content = Value::Null;
         return;
     }
-    walk(content, &mut |text| {
+    walk(content, &mut |text, leaf| {
         let redacted = redactor.redact(text);
-        let policed = match mode {
-            ContentMode::Full | ContentMode::Omit => match redacted {
+        let policed = match (leaf, mode) {
+            (Leaf::Enum, _) | (Leaf::Text, ContentMode::Full | ContentMode::Omit) => match redacted
+            {
                 Cow::Borrowed(_) => return,
                 Cow::Owned(owned) => owned,
             },
-            ContentMode::Truncate(n) => match redacted.char_indices().nth(n) {
+            (Leaf::Text, ContentMode::Truncate(n)) => match redacted.char_indices().nth(n) {
                 Some((cut, _)) => {
                     let cut = outside_marker(&redacted, cut);
                     let mut short = String::with_capacity(cut + TRUNCATED_MARKER.len());
@@ -1334,7 +1457,7 @@ pub fn apply(content: &mut Value, mode: ContentMode, redactor: &Redactor) {
                     Cow::Owned(owned) => owned,
                 },
             },
-            ContentMode::Hash => sha256_tag(redacted.as_bytes()),
+            (Leaf::Text, ContentMode::Hash) => sha256_tag(redacted.as_bytes()),
         };
         *text = policed;
     });
@@ -1353,10 +1476,20 @@ fn outside_marker(text: &str, cut: usize) -> usize {
     }
 }
 
-/// Calls `on_text` for every text field of `value` (see [`apply`]).
-fn walk(value: &mut Value, on_text: &mut dyn FnMut(&mut String)) {
+/// What a string leaf is to [`apply`].
+#[derive(Clone, Copy)]
+enum Leaf {
+    /// A short value under an [`ENUM_KEYS`] key: redacted only.
+    Enum,
+    /// Anything else: redacted, then the content mode.
+    Text,
+}
+
+/// Calls `on_text` for every string leaf of `value`, saying which kind it is (see
+/// [`apply`]).
+fn walk(value: &mut Value, on_text: &mut dyn FnMut(&mut String, Leaf)) {
     match value {
-        Value::String(text) => on_text(text),
+        Value::String(text) => on_text(text, Leaf::Text),
         Value::Array(items) => {
             for item in items {
                 walk(item, on_text);
@@ -1364,13 +1497,23 @@ fn walk(value: &mut Value, on_text: &mut dyn FnMut(&mut String)) {
         }
         Value::Object(fields) => {
             for (key, field) in fields.iter_mut() {
-                if !STRUCTURAL_KEYS.contains(&key.as_str()) {
-                    walk(field, on_text);
+                match field {
+                    Value::String(text)
+                        if ENUM_KEYS.contains(&key.as_str()) && is_enum_length(text) =>
+                    {
+                        on_text(text, Leaf::Enum);
+                    }
+                    _ => walk(field, on_text),
                 }
             }
         }
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
+}
+
+/// `text` is at most [`MAX_ENUM_CHARS`] characters (counted only when its bytes exceed it).
+fn is_enum_length(text: &str) -> bool {
+    text.len() <= MAX_ENUM_CHARS || text.chars().count() <= MAX_ENUM_CHARS
 }
 
 /// `sha256:` and the lowercase hex digest of `bytes`.

@@ -330,40 +330,122 @@ fn responses_json_gives_the_stream_shape() {
 }
 
 #[test]
-fn garbage_events_are_skipped() {
+fn events_without_content_of_a_normal_stream_are_not_a_cut() {
     let body = [
         ": a comment\n\n",
-        "data: not json\n\n",
-        "data: {\"choices\": \"nope\"}\n\n",
-        "data: {\"choices\": [{\"index\": 0, \"delta\": {\"content\": 5}}]}\n\n",
-        "data: {\"choices\": [{\"index\": -1, \"delta\": {\"content\": \"neg\"}}]}\n\n",
-        "data: [1, 2, 3]\n\n",
         "event: ping\n\n",
+        "data:\n\n",
+        "data:  \n\n",
+        "data: {\"choices\": [], \"prompt_filter_results\": [{\"prompt_index\": 0}]}\n\n",
         "data: {\"choices\": [{\"index\": 0, \"delta\": {\"content\": \"kept\"}}]}\n\n",
-        "data: {\"choices\": null, \"usage\": null}\n\n",
         "data: {\"choices\": [{\"index\": 0, \"delta\": null, \"finish_reason\": \"stop\"}]}\n\n",
+        "data: {\"choices\": [], \"usage\": {\"total_tokens\": 3}}\n\n",
+        "data: {\"usage\": {\"total_tokens\": 3}}\n\n",
         "data: [DONE]\n\n",
-        "data: {\"choices\": [{\"index\": 0, \"delta\": {\"content\": \" after done\"}}]}\n\n",
+        "data: not json after done\n\n",
     ]
     .concat();
     let (model, content, cut) = stream_parts(chat_stream(body.as_bytes()));
     assert_eq!(model, None);
-    assert!(!cut, "skipped garbage is not a cut");
+    assert!(!cut);
     assert_eq!(
         content,
         json!({"choices": [{"index": 0, "finish_reason": "stop",
             "message": {"role": null, "content": "kept"}}]})
     );
-    // Responses garbage too.
-    let body = "data: {\"type\": 3}\n\ndata: {\"type\": \"response.output_text.delta\", \
-                \"output_index\": \"x\", \"delta\": \"no\"}\n\ndata: {}\n\n";
-    let (_, content, _) = stream_parts(capture(
+    let (_, _, cut) = stream_parts(capture(
         Operation::Responses,
         true,
         FULL_FIELD_CHARS,
-        &[body.as_bytes()],
+        &[responses_stream().as_bytes()],
     ));
-    assert_eq!(content, json!({"output": [], "output_text": ""}));
+    assert!(!cut, "lifecycle and .done events are not a cut");
+}
+
+#[test]
+fn every_unreadable_event_marks_the_capture_cut() {
+    let kept = "data: {\"choices\": [{\"index\": 0, \"delta\": {\"content\": \"kept\"}}]}\n\n";
+    for bad in [
+        "data: not json\n\n",
+        "data: {\"choices\": \"nope\"}\n\n",
+        "data: {\"choices\": [{\"index\": 0, \"delta\": {\"content\": 5}}]}\n\n",
+        "data: {\"choices\": [{\"index\": -1, \"delta\": {\"content\": \"neg\"}}]}\n\n",
+        "data: [1, 2, 3]\n\n",
+        "data: {}\n\n",
+        "data: {\"choices\": null, \"usage\": null}\n\n",
+        "data: {\"error\": {\"message\": \"overloaded\", \"type\": \"server_error\"}}\n\n",
+        "data: {\"choices\": [{\"index\": 0, \"delta\": {\"content\": \"\\ud800\"}}]}\n\n",
+    ] {
+        for operation in [Operation::ChatCompletions, Operation::Completions] {
+            let body = [kept, bad, "data: [DONE]\n\n"].concat();
+            let (_, content, cut) = stream_parts(capture(
+                operation,
+                true,
+                FULL_FIELD_CHARS,
+                &[body.as_bytes()],
+            ));
+            assert!(cut, "{operation:?} {bad:?}");
+            if operation == Operation::ChatCompletions {
+                assert_eq!(
+                    content["choices"][0]["message"]["content"], "kept",
+                    "{bad:?}"
+                );
+            }
+        }
+    }
+    for bad in [
+        "data: {\"type\": 3}\n\n",
+        "data: {}\n\n",
+        "data: {\"type\": \"response.output_text.delta\", \"output_index\": \"x\", \
+         \"delta\": \"no\"}\n\n",
+        "data: {\"type\": \"response.output_text.delta\", \"output_index\": 0}\n\n",
+        "data: {\"type\": \"response.output_item.added\", \"output_index\": 3}\n\n",
+        "data: {\"type\": \"response.function_call_arguments.delta\", \"output_index\": 0, \
+         \"delta\": \"{}\"}\n\n",
+        "data: {\"type\": \"error\", \"code\": \"server_error\", \"message\": \"boom\"}\n\n",
+        "data: not json\n\n",
+    ] {
+        let body = [
+            "data: {\"type\": \"response.output_text.delta\", \"output_index\": 0, \
+             \"delta\": \"Hi\"}\n\n",
+            bad,
+        ]
+        .concat();
+        let (_, content, cut) = stream_parts(capture(
+            Operation::Responses,
+            true,
+            FULL_FIELD_CHARS,
+            &[body.as_bytes()],
+        ));
+        assert!(cut, "{bad:?}");
+        assert_eq!(content["output_text"], "Hi", "{bad:?}");
+    }
+}
+
+#[test]
+fn an_event_with_invalid_utf8_is_read_lossily_and_marks_the_capture_cut() {
+    let mut body =
+        b"data: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"caf\xc3"
+            .to_vec();
+    let split = body.len();
+    body.extend_from_slice(b"\xa9 \xff\xfe\"}}]}\n\ndata: [DONE]\n\n");
+    let whole = capture(
+        Operation::ChatCompletions,
+        true,
+        FULL_FIELD_CHARS,
+        &[&body[..split], &body[split..]],
+    );
+    let (_, content, cut) = stream_parts(whole.clone());
+    assert!(cut);
+    assert_eq!(
+        content["choices"][0]["message"]["content"],
+        "café \u{FFFD}\u{FFFD}"
+    );
+    assert_split_invariant(Operation::ChatCompletions, &body, &whole);
+    // The same event with valid UTF-8 is not a cut.
+    let fine = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"café\"}}]}\n\n";
+    let (_, _, cut) = stream_parts(chat_stream(fine.as_bytes()));
+    assert!(!cut);
 }
 
 #[test]
@@ -558,8 +640,17 @@ fn request_content_per_operation() {
 }
 
 #[test]
-fn request_content_of_non_object_bodies_is_none() {
+fn request_content_of_a_body_that_does_not_parse_is_its_raw_text() {
+    let deep = format!(
+        "{{\"messages\": [{{\"role\": \"user\", \"content\": \"hi bob@example.com\"}}], \
+         \"metadata\": {}{}}}",
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let huge_number = r#"{"messages": [{"role": "user", "content": "hi"}], "temperature": 1e400}"#;
     for body in [
+        deep.as_bytes(),
+        huge_number.as_bytes(),
         &b"[{\"messages\": []}]"[..],
         b"\"messages\"",
         b"42",
@@ -567,8 +658,75 @@ fn request_content_of_non_object_bodies_is_none() {
         b"not json",
         b"",
         b"{\"messages\": [",
-        b"{}",
+    ] {
+        for operation in [
+            Operation::ChatCompletions,
+            Operation::Completions,
+            Operation::Embeddings,
+            Operation::Responses,
+        ] {
+            assert_eq!(
+                request_content(operation, body),
+                Some(json!({"unparsed": true, "raw": std::str::from_utf8(body).unwrap()})),
+                "{operation:?} {}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+    // The policy reaches `raw` as any text.
+    let mut content = request_content(Operation::ChatCompletions, deep.as_bytes()).unwrap();
+    apply(&mut content, ContentMode::Truncate(40), &defaults());
+    assert_eq!(
+        content,
+        json!({"unparsed": true, "raw": format!("{}{TRUNCATED_MARKER}", &deep[..40])})
+    );
+    let mut content = request_content(Operation::ChatCompletions, deep.as_bytes()).unwrap();
+    apply(&mut content, ContentMode::Full, &defaults());
+    assert!(content["raw"]
+        .as_str()
+        .unwrap()
+        .contains("\"hi [REDACTED]\""));
+    let mut content = request_content(Operation::ChatCompletions, deep.as_bytes()).unwrap();
+    apply(&mut content, ContentMode::Hash, &defaults());
+    let redacted = deep.replace("bob@example.com", REDACTED);
+    assert_eq!(content["raw"], sha256_tag(redacted.as_bytes()));
+    // Not a prompt at all: still nothing for `models`.
+    assert_eq!(request_content(Operation::Models, b"not json"), None);
+}
+
+#[test]
+fn raw_text_is_lossy_and_bounded_at_a_character_boundary() {
+    let body = b"{\"prompt\": \"caf\xc3\xa9 \xff\xfe\"";
+    assert_eq!(
+        request_content(Operation::Completions, body),
+        Some(json!({"unparsed": true, "raw": "{\"prompt\": \"café \u{FFFD}\u{FFFD}\""}))
+    );
+    // One ASCII byte then two-byte characters: MAX_RAW_BYTES falls inside a character.
+    let big = format!("x{}", "é".repeat(MAX_RAW_BYTES / 2 + 10));
+    let content = request_content(Operation::ChatCompletions, big.as_bytes()).unwrap();
+    let raw = content["raw"].as_str().unwrap();
+    assert_eq!(raw.len(), MAX_RAW_BYTES - 1);
+    assert!(big.starts_with(raw));
+    assert_eq!(content["cut"], true);
+    assert_eq!(content["unparsed"], true);
+    // Exactly MAX_RAW_BYTES is whole, not cut.
+    let exact = "x".repeat(MAX_RAW_BYTES);
+    let content = request_content(Operation::ChatCompletions, exact.as_bytes()).unwrap();
+    assert_eq!(content, json!({"unparsed": true, "raw": exact}));
+    // A lossy U+FFFD that does not fit is left out whole.
+    let mut almost = vec![b'x'; MAX_RAW_BYTES - 2];
+    almost.push(0xff);
+    let content = request_content(Operation::ChatCompletions, &almost).unwrap();
+    assert_eq!(content["raw"].as_str().unwrap().len(), MAX_RAW_BYTES - 2);
+    assert_eq!(content["cut"], true);
+}
+
+#[test]
+fn request_content_of_an_object_without_content_keys_is_none() {
+    for body in [
+        &b"{}"[..],
         b"{\"messages\": null}",
+        b"{\"model\": \"m\", \"n\": 2}",
     ] {
         assert_eq!(
             request_content(Operation::ChatCompletions, body),
@@ -577,6 +735,33 @@ fn request_content_of_non_object_bodies_is_none() {
             String::from_utf8_lossy(body)
         );
     }
+    // A Responses prompt reference's variables are prompt text.
+    let body = br#"{"model": "m", "prompt": {"id": "pmpt_1", "variables": {"city": "Oslo"}}}"#;
+    assert_eq!(
+        request_content(Operation::Responses, body),
+        Some(json!({"prompt": {"id": "pmpt_1", "variables": {"city": "Oslo"}}}))
+    );
+}
+
+#[test]
+fn response_content_of_an_unparsed_answer_keeps_a_bounded_raw() {
+    // A cut answer (over the 4 MiB capture) keeps its first MAX_RAW_BYTES.
+    let body = vec![b'a'; MAX_ANSWER_BYTES];
+    let (model, content) =
+        response_content(Operation::ChatCompletions, Answer::Json { body, cut: true });
+    assert_eq!(model, None);
+    let content = content.unwrap();
+    assert_eq!(content["raw"].as_str().unwrap().len(), MAX_RAW_BYTES);
+    assert_eq!(content["cut"], true);
+    // A whole answer that does not parse: redacted like text.
+    let body = b"{\"choices\": [{\"text\": \"mail bob@example.com\"".to_vec();
+    let (_, content) = response_content(Operation::Completions, Answer::Json { body, cut: false });
+    let mut content = content.unwrap();
+    apply(&mut content, ContentMode::Full, &defaults());
+    assert_eq!(
+        content,
+        json!({"unparsed": true, "raw": "{\"choices\": [{\"text\": \"mail [REDACTED]\""})
+    );
 }
 
 #[test]
@@ -625,7 +810,10 @@ fn response_content_of_cut_unparsable_and_error_bodies() {
     };
     assert_eq!(
         response_content(Operation::ChatCompletions, cut),
-        (None, Some(json!({"unparsed": true, "cut": true})))
+        (
+            None,
+            Some(json!({"unparsed": true, "raw": &CHAT_COMPLETION[..100], "cut": true}))
+        )
     );
     for body in [
         &b"{\"choices\": [tru"[..],
@@ -639,7 +827,7 @@ fn response_content_of_cut_unparsable_and_error_bodies() {
         };
         assert_eq!(
             response_content(Operation::ChatCompletions, answer).1,
-            Some(json!({"unparsed": true})),
+            Some(json!({"unparsed": true, "raw": String::from_utf8_lossy(body)})),
             "{}",
             String::from_utf8_lossy(body)
         );
@@ -825,6 +1013,61 @@ fn default_patterns_hit_email_addresses() {
 }
 
 #[test]
+fn default_patterns_hit_internationalised_and_underscored_email_addresses() {
+    let r = defaults();
+    assert_redacts(&r, "write to josé@example.com.", "write to [REDACTED].");
+    assert_redacts(&r, "émile@example.fr", "[REDACTED]");
+    assert_redacts(&r, "(bob_smith@example.com)", "([REDACTED])");
+    assert_redacts(&r, "用户@例子.com", "[REDACTED]");
+    assert_redacts(&r, "user@exämple.de", "[REDACTED]");
+    assert_keeps(&r, "josé@localhost");
+    assert_keeps(&r, "café @ noon");
+}
+
+#[test]
+fn default_patterns_hit_basic_credentials_in_any_case() {
+    let r = defaults();
+    assert_redacts(
+        &r,
+        "Authorization: Basic dXNlcjpwYXNzd29yZDEyMw==",
+        "Authorization: [REDACTED]",
+    );
+    assert_redacts(&r, "basic\tYWxhZGRpbjpvcGVuc2VzYW1l;", "[REDACTED];");
+    assert_redacts(&r, "BASIC dXNlcjpw", "[REDACTED]");
+    assert_redacts(&r, "Basic abcdefg1", "[REDACTED]");
+    assert_keeps(&r, "the basic principles of bookkeeping");
+    assert_keeps(&r, "Basic Authentication explained");
+    assert_keeps(&r, "basic idea");
+    assert_keeps(&r, "Basic dXNlcjE");
+    assert_keeps(&r, "nonbasic dXNlcjpwYXNzd29yZDEyMw==");
+}
+
+#[test]
+fn default_patterns_hit_azure_84_character_keys() {
+    let r = defaults();
+    let key = "A1b2C3d4E5".repeat(8) + "F6g7";
+    assert_eq!(key.len(), 84);
+    assert_redacts(&r, &format!("key={key}"), "key=[REDACTED]");
+    assert_keeps(&r, &key[..83]);
+    assert_keeps(&r, &format!("{key}Z"));
+}
+
+#[test]
+fn default_patterns_hit_a_32_hex_key_joined_by_underscore_or_dash() {
+    let r = defaults();
+    let key = "0123456789abcdef0123456789abcdef";
+    assert_redacts(&r, &format!("api_key_{key}"), "api_key[REDACTED]");
+    assert_redacts(&r, &format!("api-key-{key}"), "api-key-[REDACTED]");
+    assert_redacts(&r, &format!("{key}_prod"), "[REDACTED]prod");
+    assert_redacts(&r, &format!("x_{key}-y"), "x[REDACTED]-y");
+    // Never inside a longer hex (or word) run.
+    assert_keeps(&r, &format!("a{key}"));
+    assert_keeps(&r, &format!("_a{key}"));
+    assert_keeps(&r, &format!("{key}0_"));
+    assert_keeps(&r, &format!("api_key_{}", &key[..31]));
+}
+
+#[test]
 fn operator_patterns_redact_alone_or_with_the_defaults() {
     let extra = vec![r"ACME-\d{6}".to_owned()];
     let only = Redactor::new(false, &extra).unwrap();
@@ -888,17 +1131,17 @@ fn messages() -> Value {
         "n": 2, "flag": true})
 }
 
-/// `messages()` with each text field replaced by `f(text)`.
+/// `messages()` with each text field (ids and names too) replaced by `f(text)`.
 fn messages_with(f: impl Fn(&str) -> String) -> Value {
     json!({"messages": [
         {"role": "system", "content": f("Mail [REDACTED]")},
-        {"role": "user", "name": "alice", "content": [
+        {"role": "user", "name": f("alice"), "content": [
             {"type": "text", "text": f("héllo wörld")},
             {"type": "image_url", "image_url": {"url": f("https://x/y.png")}}]},
         {"role": "assistant", "content": null, "tool_calls": [
-            {"id": "call_1", "type": "function",
-             "function": {"name": "lookup", "arguments": f("{\"a\":1}")}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": f("abc")}],
+            {"id": f("call_1"), "type": "function",
+             "function": {"name": f("lookup"), "arguments": f("{\"a\":1}")}}]},
+        {"role": "tool", "tool_call_id": f("call_1"), "content": f("abc")}],
         "n": 2, "flag": true})
 }
 
@@ -988,18 +1231,139 @@ fn apply_omit_gives_null() {
 }
 
 #[test]
-fn apply_leaves_every_structural_key_alone() {
-    let mut fields = Map::new();
-    for key in STRUCTURAL_KEYS {
-        fields.insert((*key).to_owned(), json!("bob@example.com long value"));
+fn apply_redacts_short_enumerations_but_never_cuts_or_hashes_them() {
+    for mode in [
+        ContentMode::Full,
+        ContentMode::Truncate(2),
+        ContentMode::Hash,
+    ] {
+        let mut fields = Map::new();
+        for key in ENUM_KEYS {
+            fields.insert((*key).to_owned(), json!("assistant"));
+        }
+        let mut content = json!({"enums": fields, "leaky": {"role": "bob@example.com"},
+            "at_bound": {"type": "t".repeat(MAX_ENUM_CHARS)}});
+        apply(&mut content, mode, &defaults());
+        for key in ENUM_KEYS {
+            assert_eq!(content["enums"][key], "assistant", "{key} {mode:?}");
+        }
+        assert_eq!(content["leaky"]["role"], REDACTED, "{mode:?}");
+        assert_eq!(
+            content["at_bound"]["type"],
+            "t".repeat(MAX_ENUM_CHARS),
+            "{mode:?}"
+        );
     }
-    fields.insert("text".into(), json!("bob@example.com long value"));
-    let mut content = Value::Object(fields);
-    apply(&mut content, ContentMode::Truncate(2), &defaults());
-    for key in STRUCTURAL_KEYS {
-        assert_eq!(content[key], "bob@example.com long value", "{key}");
+    // Longer than an enumeration: cut and hashed like text, whatever the key.
+    let long = "é".repeat(MAX_ENUM_CHARS + 1);
+    for key in ENUM_KEYS {
+        let mut content = json!({ *key: long });
+        apply(&mut content, ContentMode::Truncate(2), &defaults());
+        assert_eq!(content[key], format!("éé{TRUNCATED_MARKER}"), "{key}");
+        let mut content = json!({ *key: long });
+        apply(&mut content, ContentMode::Hash, &defaults());
+        assert_eq!(content[key], sha256_tag(long.as_bytes()), "{key}");
     }
-    assert_eq!(content["text"], "…[truncated]");
+    // A non-string under an enumeration key is walked like any value.
+    let mut content = json!({"type": {"text": "bob@example.com and more"}, "index": 3});
+    apply(&mut content, ContentMode::Truncate(4), &defaults());
+    // ("[REDACTED] and more" cut at 4 falls inside the marker: left out whole.)
+    assert_eq!(
+        content,
+        json!({"type": {"text": TRUNCATED_MARKER}, "index": 3})
+    );
+}
+
+#[test]
+fn apply_treats_ids_names_and_models_as_text() {
+    let key = "sk-abcdefghijklmnopqrstuvwx1234";
+    let leaky = || {
+        json!({"messages": [
+            {"role": "user", "name": format!("bob@example.com {key}"), "content": "hi"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": key, "type": "function",
+                 "function": {"name": "bob@example.com", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": key, "content": "ok"}],
+            "output": [{"type": "function_call", "call_id": key, "name": "f",
+                "arguments": "{}", "model": key}]})
+    };
+    let mut full = leaky();
+    apply(&mut full, ContentMode::Full, &defaults());
+    let text = full.to_string();
+    assert!(!text.contains(key) && !text.contains("bob@"), "{text}");
+    assert_eq!(full["messages"][0]["name"], "[REDACTED] [REDACTED]");
+    assert_eq!(full["messages"][1]["tool_calls"][0]["id"], REDACTED);
+
+    let mut hashed = leaky();
+    apply(&mut hashed, ContentMode::Hash, &defaults());
+    let tag = sha256_tag(REDACTED.as_bytes());
+    assert_eq!(hashed["messages"][1]["tool_calls"][0]["id"], tag);
+    // Equal ids hash equal: a call and its result still correlate.
+    assert_eq!(hashed["messages"][2]["tool_call_id"], tag);
+    assert_eq!(hashed["output"][0]["call_id"], tag);
+    assert_eq!(hashed["output"][0]["model"], tag);
+    assert_eq!(hashed["output"][0]["name"], sha256_tag(b"f"));
+    assert_eq!(hashed["messages"][0]["role"], "user");
+
+    // A name of megabytes is cut like any text.
+    let mut huge = json!({"messages": [{"role": "user", "name": "n".repeat(3 << 20),
+        "content": "hi"}]});
+    apply(&mut huge, ContentMode::Truncate(5), &defaults());
+    assert_eq!(
+        huge["messages"][0]["name"],
+        format!("nnnnn{TRUNCATED_MARKER}")
+    );
+}
+
+#[test]
+fn a_stream_keeps_a_long_tool_call_id_and_name_as_the_json_answer_does() {
+    let id = format!("call_{}", "i".repeat(2000));
+    let name = format!("fn_{}", "n".repeat(2000));
+    let json_answer = json!({"model": "m", "choices": [{"index": 0,
+        "finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
+        "tool_calls": [{"id": id, "type": "function",
+            "function": {"name": name, "arguments": "{}"}}]}}]});
+    let body = serde_json::to_vec(&json_answer).unwrap();
+    let stream = sse(&[
+        json!({"model": "m", "choices": [{"index": 0, "delta": {"role": "assistant",
+            "content": null, "tool_calls": [{"index": 0, "id": id, "type": "function",
+            "function": {"name": name, "arguments": "{}"}}]}}]}),
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
+    ]);
+    let from_json = response_content(
+        Operation::ChatCompletions,
+        capture(
+            Operation::ChatCompletions,
+            false,
+            FULL_FIELD_CHARS,
+            &[&body],
+        ),
+    );
+    let from_stream = response_content(Operation::ChatCompletions, chat_stream(stream.as_bytes()));
+    assert_eq!(from_stream, from_json);
+    // Under truncate N, both cut the id the same way once the policy applies.
+    let (_, mut from_json) = response_content(
+        Operation::ChatCompletions,
+        capture(Operation::ChatCompletions, false, 8, &[&body]),
+    );
+    let (_, mut from_stream) = response_content(
+        Operation::ChatCompletions,
+        capture(Operation::ChatCompletions, true, 8, &[stream.as_bytes()]),
+    );
+    let from_stream = from_stream.as_mut().unwrap();
+    assert_eq!(from_stream["cut"], true, "the id outgrew N and the slack");
+    from_stream.as_object_mut().unwrap().remove("cut");
+    apply(from_stream, ContentMode::Truncate(8), &defaults());
+    apply(
+        from_json.as_mut().unwrap(),
+        ContentMode::Truncate(8),
+        &defaults(),
+    );
+    assert_eq!(Some(from_stream.clone()), from_json);
+    assert_eq!(
+        from_stream["choices"][0]["message"]["tool_calls"][0]["id"],
+        format!("call_iii{TRUNCATED_MARKER}")
+    );
 }
 
 #[test]
