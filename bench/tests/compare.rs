@@ -145,3 +145,78 @@ fn quick_compare_with_tls_measures_sluice_over_tls() {
     assert!(report.contains("## TLS (issue 11)"), "{report}");
     assert!(report.contains("| sluice-tls |"), "{report}");
 }
+
+/// `--observability-cost` (issue 12): the bare full chain runs beside the full chain, its
+/// config has neither audit log nor admin listener, the full chain's audit threads show,
+/// and the goal full chain − bare is in the report and the JSON.
+#[test]
+fn quick_compare_with_observability_cost_runs_the_bare_full_chain() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_sluice-bench"));
+    let sluice = bench
+        .parent()
+        .expect("target dir")
+        .join(format!("sluice{}", std::env::consts::EXE_SUFFIX));
+    assert!(sluice.is_file(), "{} is missing", sluice.display());
+    let out = TempDir::new();
+    let run = Command::new(&bench)
+        .args([
+            "compare",
+            "--quick",
+            "--no-nginx",
+            "--observability-cost",
+            "--out",
+        ])
+        .arg(&out.0)
+        .arg("--sluice")
+        .arg(&sluice)
+        .output()
+        .expect("run sluice-bench compare --observability-cost");
+    assert!(
+        run.status.success(),
+        "compare --observability-cost failed ({}):\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let config =
+        std::fs::read_to_string(out.0.join("sluice-full-chain-bare.toml")).expect("bare config");
+    assert!(
+        !config.contains("[audit]") && config.contains("[admin]\nlisten = \"\"\n"),
+        "{config}"
+    );
+
+    let json = std::fs::read_to_string(out.0.join("results.json")).expect("results.json");
+    let results: serde_json::Value = serde_json::from_str(&json).expect("results.json parses");
+    let targets = results["targets"].as_array().expect("targets array");
+    let named = |name: &str| {
+        targets
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {json}"))
+    };
+    let bare = named("sluice-full-chain-bare");
+    assert_eq!(bare["errors"], 0, "{bare}");
+    assert!(bare["audit_cpu_us_per_req_max"].is_null(), "{bare}");
+    assert!(
+        named("sluice-full-chain")["audit_cpu_us_per_req_max"]
+            .as_f64()
+            .is_some(),
+        "the full chain's audit threads were not found: {json}"
+    );
+    let goals = results["goals"].as_array().expect("goals");
+    let goal = goals
+        .iter()
+        .find(|g| {
+            g["goal"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("Audit + metrics"))
+        })
+        .unwrap_or_else(|| panic!("no observability goal in {json}"));
+    assert!(
+        goal["measured"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("audit + metrics CPU per request: full chain − bare = ")),
+        "{goal}"
+    );
+    let report = std::fs::read_to_string(out.0.join("report.md")).expect("report.md");
+    assert!(report.contains("| sluice-full-chain-bare |"), "{report}");
+}

@@ -1,6 +1,7 @@
 //! `sluice-bench compare`: the mock direct, Sluice as a passthrough, Sluice with its full
 //! chain of policies and nginx, measured side by side in one run, and the issue's goals
-//! checked against the figures; with `--tls`, Sluice and nginx over TLS as well ([`tls`]).
+//! checked against the figures; with `--tls`, Sluice and nginx over TLS as well ([`tls`]);
+//! with `--observability-cost`, the full chain without its audit log and metrics as well.
 //!
 //! The mocks run in this process (pinned to `--mock-cpus`), each proxy as a child process
 //! pinned to `--proxy-cpus` ([`procs`]), the load in this process on `--load-cpus`. The
@@ -95,6 +96,12 @@ pub struct CompareArgs {
     /// per handshake is read.
     #[arg(long, default_value_t = 5_000)]
     pub tls_handshakes: u64,
+    /// Also run `sluice-full-chain-bare` (the full chain without the audit log and the
+    /// metrics) in the same interleaved rounds and under callgrind, and check issue 12's
+    /// budget: full chain − bare ≤ 1.5 µs CPU per request at peak. Off by default, so the
+    /// default run keeps its length.
+    #[arg(long)]
+    pub observability_cost: bool,
     /// CI mode: one round of ~0.5 s phases and small counts, no callgrind; seconds in all.
     #[arg(long)]
     pub quick: bool,
@@ -358,6 +365,9 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         TargetKind::SluicePassthrough,
         TargetKind::SluiceFullChain,
     ];
+    if args.observability_cost {
+        kinds.push(TargetKind::SluiceFullChainBare);
+    }
     if nginx.is_some() {
         kinds.push(TargetKind::Nginx);
     }

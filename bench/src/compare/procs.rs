@@ -290,6 +290,39 @@ pub fn cpu_time_us(pids: &[u32]) -> anyhow::Result<u64> {
     Ok(ticks * 1_000_000 / TICKS_PER_SECOND)
 }
 
+/// The command name of a `/proc/PID/stat` or `/proc/PID/task/TID/stat` line (field 2,
+/// between the first `(` and the last `)`; a thread's name as `pthread_setname_np` set it,
+/// cut to 15 bytes by the kernel).
+pub fn parse_stat_comm(text: &str) -> Option<&str> {
+    text.get(text.find('(')? + 1..text.rfind(')')?)
+}
+
+/// utime + stime, in microseconds, of the threads of `pids` whose name starts with
+/// `prefix` (`/proc/PID/task/*/stat`), or `None` when no thread has such a name. A thread
+/// that ends between the listing and the read is skipped (its time is lost to the figure).
+pub fn thread_cpu_time_us(pids: &[u32], prefix: &str) -> Option<u64> {
+    let mut ticks = 0;
+    let mut found = false;
+    for &pid in pids {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.filter_map(Result::ok) {
+            let Ok(text) = fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            if !parse_stat_comm(&text).is_some_and(|c| c.starts_with(prefix)) {
+                continue;
+            }
+            if let Some(stat) = parse_stat(&text) {
+                found = true;
+                ticks += stat.utime + stat.stime;
+            }
+        }
+    }
+    found.then(|| ticks * 1_000_000 / TICKS_PER_SECOND)
+}
+
 /// The PIDs whose parent is `ppid` (scanning `/proc/*/stat`): nginx's workers.
 pub fn children_of(ppid: u32) -> Vec<u32> {
     let Ok(dir) = fs::read_dir("/proc") else {
@@ -407,6 +440,13 @@ mod tests {
             Some((1, 5, 6))
         );
         assert_eq!(parse_stat("7 (x) R 1"), None);
+        assert_eq!(parse_stat_comm(text), Some("nginx: worker"));
+        assert_eq!(parse_stat_comm(odd), Some("a) b (c)"));
+        assert_eq!(
+            parse_stat_comm("99 (sluice-audit-w) S 1 1 1 0 -1 0 0 0 0 0 3 4"),
+            Some("sluice-audit-w")
+        );
+        assert_eq!(parse_stat_comm("no name"), None);
     }
 
     #[test]
@@ -434,5 +474,21 @@ mod tests {
         let me = std::process::id();
         assert!(read_stat(me).is_ok());
         assert!(status_kb(&[me], "VmHWM").unwrap() > 0);
+        // A thread named like the audit writer is found while it lives; no thread has
+        // the odd prefix.
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        let probe = std::thread::Builder::new()
+            .name("bench-probe-thread".into())
+            .spawn(move || {
+                let _ = ready_tx.send(());
+                let _ = stop_rx.recv_timeout(Duration::from_secs(10));
+            })
+            .unwrap();
+        ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(thread_cpu_time_us(&[me], "bench-probe").is_some());
+        assert_eq!(thread_cpu_time_us(&[me], "no-such-thread-"), None);
+        drop(stop_tx);
+        probe.join().unwrap();
     }
 }

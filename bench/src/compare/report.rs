@@ -107,6 +107,9 @@ pub struct TargetSummary {
     pub frontier_rps: Option<f64>,
     /// Proxy CPU µs per request at peak.
     pub cpu_us_per_req_max: Option<f64>,
+    /// Of that, Sluice's audit threads (`sluice-audit-*`); `None` without them.
+    #[serde(default)]
+    pub audit_cpu_us_per_req_max: Option<f64>,
     /// The same with the large prompt's body.
     #[serde(default)]
     pub cpu_us_per_req_large: Option<f64>,
@@ -255,6 +258,7 @@ pub fn summarize(
             None
         },
         cpu_us_per_req_max: med(&|r| r.cpu_us_per_req_max),
+        audit_cpu_us_per_req_max: med(&|r| r.audit_cpu_us_per_req_max),
         cpu_us_per_req_large: med(&|r| r.cpu_us_per_req_large),
         instr_per_req: None,
         instr_per_req_large: None,
@@ -351,10 +355,72 @@ fn own(
     }
 }
 
+/// Issue 12's budget for the audit log and the metrics together: CPU µs per request at peak,
+/// the full chain's figure minus its bare form's.
+pub const OBSERVABILITY_BUDGET_US: f64 = 1.5;
+
+/// Issue 12's goal: the audit log and the metrics add ≤ [`OBSERVABILITY_BUDGET_US`] of CPU
+/// per request at peak, read as `full` − `bare` (the same peak-phase figure the other CPU
+/// goals use, both measured in the same interleaved rounds). `None` (the goal skipped, not
+/// failed) when the bare target did not run (`--observability-cost` not given). The
+/// measured text also gives the audit threads' own share and, when callgrind ran, the
+/// difference in instructions per request.
+fn observability_cost(full: Option<&TargetSummary>, bare: Option<&TargetSummary>) -> Option<Goal> {
+    let bare = bare?;
+    let goal = format!(
+        "Audit + metrics CPU µs/request at peak (full chain − bare) ≤ {} µs",
+        num(OBSERVABILITY_BUDGET_US)
+    );
+    let figures = full.and_then(|f| Some((f, f.cpu_us_per_req_max?, bare.cpu_us_per_req_max?)));
+    let Some((full, fv, bv)) = figures else {
+        return Some(Goal {
+            goal,
+            target: TargetKind::SluiceFullChain.name().to_owned(),
+            measured: "figure missing".to_owned(),
+            status: Status::NotMeasured,
+        });
+    };
+    let cost = fv - bv;
+    let mut measured = format!(
+        "audit + metrics CPU per request: full chain − bare = {} − {} = {} µs (target ≤ {} µs)",
+        num(fv),
+        num(bv),
+        signed(cost),
+        num(OBSERVABILITY_BUDGET_US)
+    );
+    if let Some(audit) = full.audit_cpu_us_per_req_max {
+        let _ = write!(
+            measured,
+            "; the audit threads' own {} µs included",
+            num(audit)
+        );
+    }
+    if let (Some(fi), Some(bi)) = (full.instr_per_req, bare.instr_per_req) {
+        let _ = write!(
+            measured,
+            "; instructions/request {} − {} = {}",
+            num(fi),
+            num(bi),
+            signed(fi - bi)
+        );
+    }
+    Some(Goal {
+        goal,
+        target: full.name.clone(),
+        measured,
+        status: if cost <= OBSERVABILITY_BUDGET_US {
+            Status::Met
+        } else {
+            Status::Missed
+        },
+    })
+}
+
 /// Checks the issue's goals against the summaries.
 pub fn evaluate_goals(targets: &[TargetSummary]) -> Vec<Goal> {
     let pass = find(targets, TargetKind::SluicePassthrough);
     let full = find(targets, TargetKind::SluiceFullChain);
+    let bare = find(targets, TargetKind::SluiceFullChainBare);
     let nginx = find(targets, TargetKind::Nginx);
     let mut goals = vec![
         versus_nginx(
@@ -443,6 +509,8 @@ pub fn evaluate_goals(targets: &[TargetSummary]) -> Vec<Goal> {
             })
         },
     ));
+    // Issue 12: what the audit log and the metrics cost (only with `--observability-cost`).
+    goals.extend(observability_cost(full, bare));
     if full.is_some_and(|f| f.instr_per_req.is_some()) {
         goals.push(versus_nginx(
             "Full chain user-space instructions/request (callgrind) ≤ 1.0× nginx",
@@ -746,6 +814,16 @@ pub fn render_markdown(r: &Results) -> String {
     row(&mut md, "proxy CPU µs/request at peak", &|t| {
         opt(t.cpu_us_per_req_max)
     });
+    if r.targets
+        .iter()
+        .any(|t| t.audit_cpu_us_per_req_max.is_some())
+    {
+        row(
+            &mut md,
+            "of which the audit threads (`sluice-audit-*`)",
+            &|t| opt(t.audit_cpu_us_per_req_max),
+        );
+    }
     if s.prompt_kib > 0 {
         row(
             &mut md,
@@ -971,6 +1049,7 @@ mod tests {
             errors: 0,
             c1: pct(p50, p50 * 2),
             cpu_us_per_req_max: cpu,
+            audit_cpu_us_per_req_max: None,
             cpu_us_per_req_large: cpu.map(|c| c * 1.5),
             cpu_us_per_req_low: cpu.map(|c| c * 2.0),
             low_rate_latency: pct(p50, p50 * 3),
@@ -1156,6 +1235,118 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| 1.10× |\n"), "{md}");
+    }
+
+    /// The fixture's targets plus `sluice-full-chain-bare` at `bare_cpu` µs/request at
+    /// peak (the full chain is at 22.0, 0.4 of it in its audit threads).
+    fn with_bare(bare_cpu: Option<f64>) -> Vec<TargetSummary> {
+        let mut targets = summaries(true);
+        let direct = targets[0].clone();
+        let mut bare = round(TargetKind::SluiceFullChainBare, 19_500.0, 68, Some(21.0));
+        bare.cpu_us_per_req_max = bare_cpu;
+        let mut full = round(TargetKind::SluiceFullChain, 19_000.0, 70, Some(22.0));
+        full.audit_cpu_us_per_req_max = Some(0.4);
+        targets[2] = summarize(
+            TargetKind::SluiceFullChain,
+            "io_uring",
+            1,
+            &[&full],
+            Some(&direct),
+        );
+        targets.push(summarize(
+            TargetKind::SluiceFullChainBare,
+            "io_uring",
+            1,
+            &[&bare],
+            Some(&direct),
+        ));
+        targets
+    }
+
+    fn observability_goal(goals: &[Goal]) -> Option<&Goal> {
+        goals.iter().find(|g| g.goal.starts_with("Audit + metrics"))
+    }
+
+    #[test]
+    fn the_observability_cost_goal_is_skipped_without_the_bare_target() {
+        let goals = evaluate_goals(&summaries(true));
+        assert!(observability_goal(&goals).is_none());
+        let md = render_markdown(&Results {
+            targets: summaries(true),
+            goals,
+            ..Results::default()
+        });
+        assert!(!md.contains("Audit + metrics") && !md.contains("audit threads"));
+    }
+
+    #[test]
+    fn the_observability_cost_is_full_chain_minus_bare() {
+        // 22.0 − 21.0 = 1.0 µs: met.
+        let targets = with_bare(Some(21.0));
+        let goals = evaluate_goals(&targets);
+        let goal = observability_goal(&goals).unwrap();
+        assert_eq!(goal.status, Status::Met);
+        assert_eq!(goal.target, "sluice-full-chain");
+        assert_eq!(
+            goal.measured,
+            "audit + metrics CPU per request: full chain − bare = 22.0 − 21.0 = +1.0 µs \
+             (target ≤ 1.5 µs); the audit threads' own 0.40 µs included"
+        );
+        // Exactly at the budget is met; above it missed; a negative difference (noise) met.
+        for (bare, status) in [
+            (20.5, Status::Met),
+            (20.4, Status::Missed),
+            (23.0, Status::Met),
+        ] {
+            let goals = evaluate_goals(&with_bare(Some(bare)));
+            assert_eq!(observability_goal(&goals).unwrap().status, status, "{bare}");
+        }
+        // The bare target ran but its figure is missing: not measured, not failed.
+        let goals = evaluate_goals(&with_bare(None));
+        let goal = observability_goal(&goals).unwrap();
+        assert_eq!(goal.status, Status::NotMeasured);
+        assert_eq!(goal.measured, "figure missing");
+        // In the report (text and JSON), with its own row for the audit threads.
+        let r = Results {
+            targets: targets.clone(),
+            goals: evaluate_goals(&targets),
+            ..Results::default()
+        };
+        let md = render_markdown(&r);
+        assert!(
+            md.contains("| Audit + metrics CPU µs/request at peak (full chain − bare) ≤ 1.5 µs | sluice-full-chain | audit + metrics CPU per request: full chain − bare = 22.0 − 21.0 = +1.0 µs (target ≤ 1.5 µs)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| of which the audit threads (`sluice-audit-*`) | – | – | 0.40 | – | – |"),
+            "{md}"
+        );
+        assert!(md.contains("| sluice-full-chain-bare | 0.70× |"), "{md}");
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains("full chain − bare = 22.0 − 21.0 = +1.0 µs"));
+        assert!(json.contains("\"audit_cpu_us_per_req_max\":0.4"));
+    }
+
+    #[test]
+    fn the_observability_cost_shows_the_instruction_difference_under_callgrind() {
+        let mut targets = with_bare(Some(20.0));
+        for t in &mut targets {
+            t.instr_per_req = match t.name.as_str() {
+                "sluice-full-chain" => Some(61_000.0),
+                "sluice-full-chain-bare" => Some(59_500.0),
+                _ => None,
+            };
+        }
+        let goals = evaluate_goals(&targets);
+        let goal = observability_goal(&goals).unwrap();
+        // 22.0 − 20.0 = 2.0 µs > 1.5: missed.
+        assert_eq!(goal.status, Status::Missed);
+        assert!(
+            goal.measured
+                .ends_with("; instructions/request 61000 − 59500 = +1500"),
+            "{}",
+            goal.measured
+        );
     }
 
     #[test]

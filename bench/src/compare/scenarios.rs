@@ -154,6 +154,19 @@ pub struct Syscalls {
     pub source: String,
 }
 
+/// The name prefix of Sluice's audit threads (`sluice-audit-writer`, `sluice-audit-sink-N`):
+/// they are threads of the proxy process, so its CPU per request includes them; their share
+/// is read apart from `/proc/PID/task/*/stat`.
+pub const AUDIT_THREADS: &str = "sluice-audit";
+
+/// CPU µs per request over one load.
+struct CpuPerRequest {
+    /// The proxy's processes, every thread (`None` for the direct target).
+    all: Option<f64>,
+    /// Their [`AUDIT_THREADS`] threads alone (`None` when there are none).
+    audit: Option<f64>,
+}
+
 /// Everything one round measured for one target.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoundResult {
@@ -169,6 +182,10 @@ pub struct RoundResult {
     pub c1: Percentiles,
     /// Proxy CPU µs per request at peak.
     pub cpu_us_per_req_max: Option<f64>,
+    /// Of that, the audit log's own threads (named [`AUDIT_THREADS`]`*`: the writer and one
+    /// per sink); `None` when the process has none (audit off, or not Sluice).
+    #[serde(default)]
+    pub audit_cpu_us_per_req_max: Option<f64>,
     /// The same with the large prompt's body (absent in results from before it existed).
     #[serde(default)]
     pub cpu_us_per_req_large: Option<f64>,
@@ -345,27 +362,42 @@ impl Runner<'_> {
         self.check_alive()
     }
 
-    /// CPU µs per request over one load, or `None` for the direct target.
+    /// CPU µs per request over one load (all threads, and the audit threads apart).
     fn cpu_per_request(
         &self,
         phase: &str,
         shape: &Shape,
-    ) -> anyhow::Result<(LoadReport, Option<f64>)> {
+    ) -> anyhow::Result<(LoadReport, CpuPerRequest)> {
         let pids = &self.target.pids;
         let before = if pids.is_empty() {
             None
         } else {
             Some(procs::cpu_time_us(pids)?)
         };
+        let audit_before = procs::thread_cpu_time_us(pids, AUDIT_THREADS);
         let report = self.load(phase, shape)?;
-        let per_request = match before {
-            Some(before) if report.requests > 0 => {
-                let after = procs::cpu_time_us(pids)?;
-                Some(after.saturating_sub(before) as f64 / report.requests as f64)
+        let requests = report.requests as f64;
+        let per_request = |before: u64, after: u64| after.saturating_sub(before) as f64 / requests;
+        let cpu = if report.requests == 0 {
+            CpuPerRequest {
+                all: None,
+                audit: None,
             }
-            _ => None,
+        } else {
+            CpuPerRequest {
+                all: match before {
+                    Some(before) => Some(per_request(before, procs::cpu_time_us(pids)?)),
+                    None => None,
+                },
+                audit: audit_before.and_then(|before| {
+                    Some(per_request(
+                        before,
+                        procs::thread_cpu_time_us(pids, AUDIT_THREADS)?,
+                    ))
+                }),
+            }
         };
-        Ok((report, per_request))
+        Ok((report, cpu))
     }
 
     fn round(mut self, round: usize) -> anyhow::Result<RoundResult> {
@@ -383,16 +415,16 @@ impl Runner<'_> {
         count(&peak);
 
         // CPU per request at peak.
-        let (cpu_max, cpu_us_per_req_max) = if is_proxy {
+        let (cpu_max, cpu_us_per_req_max, audit_cpu_us_per_req_max) = if is_proxy {
             let shape = Shape {
                 warmup: Duration::ZERO,
                 requests: Some(plan.cpu_requests),
                 ..self.closed(plan.connections)
             };
             let (report, cpu) = self.cpu_per_request("cpu at peak", &shape)?;
-            (Some(report), cpu)
+            (Some(report), cpu.all, cpu.audit)
         } else {
-            (None, None)
+            (None, None, None)
         };
         if let Some(r) = &cpu_max {
             count(r);
@@ -407,7 +439,7 @@ impl Runner<'_> {
             };
             let (report, cpu) = self.cpu_per_request("cpu at peak, large prompt", &shape)?;
             count(&report);
-            cpu
+            cpu.all
         } else {
             None
         };
@@ -423,7 +455,8 @@ impl Runner<'_> {
             requests: Some(plan.low_requests),
             ..self.closed(plan.connections)
         };
-        let (low, cpu_us_per_req_low) = self.cpu_per_request("low rate", &low_shape)?;
+        let (low, cpu_low) = self.cpu_per_request("low rate", &low_shape)?;
+        let cpu_us_per_req_low = cpu_low.all;
         count(&low);
 
         // Frontier.
@@ -486,6 +519,7 @@ impl Runner<'_> {
             errors,
             c1: c1.latency_us,
             cpu_us_per_req_max,
+            audit_cpu_us_per_req_max,
             cpu_us_per_req_large,
             cpu_us_per_req_low,
             low_rate_latency: low.latency_us,

@@ -29,7 +29,8 @@ pub const API_VERSION: &str = "2024-10-21";
 /// The environment variable the Sluice configs take the backends' api-key from.
 pub const KEY_ENV: &str = "SLUICE_BENCH_KEY";
 
-/// The policies the full chain switches on (the report lists them).
+/// The data-plane policies the full chain switches on (the report lists them); the full
+/// chain adds [`FULL_CHAIN_OBSERVABILITY`], its bare form (`--observability-cost`) does not.
 pub const FULL_CHAIN_POLICIES: &[&str] = &[
     "smooth weighted round robin over two backends (two mock listeners, weights 1:1) with the \
      priority fallback list",
@@ -40,11 +41,20 @@ pub const FULL_CHAIN_POLICIES: &[&str] = &[
      high enough never to refuse)",
     "token accounting: BPE prompt estimate (o200k) + max_tokens reserved, settled from the \
      answer's usage (JSON body, or the stream's usage chunk)",
+];
+
+/// What the full chain records and counts on top of [`FULL_CHAIN_POLICIES`] (issue 12): the
+/// audit log and the metrics. `sluice-full-chain-bare` leaves exactly these out.
+pub const FULL_CHAIN_OBSERVABILITY: &[&str] = &[
     "audit log: one record per request with full content (request messages, the answer; \
      streams reassembled), default redaction, to a JSON lines file and a SQLite database",
     "metrics: per-worker counters and histograms, published every 100 ms; the admin \
      listener on (not scraped during the run)",
 ];
+
+/// What the bare full chain says in place of [`FULL_CHAIN_OBSERVABILITY`].
+pub const BARE_OBSERVABILITY: &str = "no audit log (no `[audit]`), no admin listener \
+     (`[admin] listen = \"\"`): tokens are accounted only as the token limit needs";
 
 /// The policies of the passthrough (what Sluice always does).
 pub const PASSTHROUGH_POLICIES: &[&str] =
@@ -60,6 +70,9 @@ pub enum TargetKind {
     SluicePassthrough,
     /// Sluice with every policy it has.
     SluiceFullChain,
+    /// The full chain without the audit log and the metrics (`--observability-cost`, issue
+    /// 12): what they cost is the full chain minus this.
+    SluiceFullChainBare,
     /// nginx `proxy_pass` with upstream keep-alive.
     Nginx,
 }
@@ -71,6 +84,7 @@ impl TargetKind {
             TargetKind::Direct => "direct",
             TargetKind::SluicePassthrough => "sluice-passthrough",
             TargetKind::SluiceFullChain => "sluice-full-chain",
+            TargetKind::SluiceFullChainBare => "sluice-full-chain-bare",
             TargetKind::Nginx => "nginx",
         }
     }
@@ -82,15 +96,18 @@ impl TargetKind {
 
     /// The policies switched on, for the report.
     pub fn policies(self) -> Vec<String> {
-        let list: &[&str] = match self {
-            TargetKind::Direct => &[],
-            TargetKind::SluicePassthrough => PASSTHROUGH_POLICIES,
-            TargetKind::SluiceFullChain => FULL_CHAIN_POLICIES,
+        let list: Vec<&str> = match self {
+            TargetKind::Direct => Vec::new(),
+            TargetKind::SluicePassthrough => PASSTHROUGH_POLICIES.to_vec(),
+            TargetKind::SluiceFullChain => [FULL_CHAIN_POLICIES, FULL_CHAIN_OBSERVABILITY].concat(),
+            TargetKind::SluiceFullChainBare => {
+                [FULL_CHAIN_POLICIES, &[BARE_OBSERVABILITY]].concat()
+            }
             TargetKind::Nginx => {
-                &["proxy_pass, upstream keepalive 64, HTTP/1.1 upstream, proxy_buffering off"]
+                vec!["proxy_pass, upstream keepalive 64, HTTP/1.1 upstream, proxy_buffering off"]
             }
         };
-        list.iter().map(|s| (*s).to_owned()).collect()
+        list.into_iter().map(str::to_owned).collect()
     }
 }
 
@@ -109,19 +126,32 @@ pub fn client_path(deployment: &str) -> String {
     format!("/openai/deployments/{deployment}/chat/completions?api-version={API_VERSION}")
 }
 
-fn sluice_server_section(out: &mut String, listen: SocketAddr, workers: usize) {
+fn sluice_server_section(out: &mut String, listen: SocketAddr, workers: usize, admin: Admin) {
     let _ = writeln!(out, "[server]");
     let _ = writeln!(out, "listen = [\"{listen}\"]");
     let _ = writeln!(out, "workers = {workers}");
     let _ = writeln!(out, "shutdown_grace = \"2s\"\n");
-    admin_section(out);
+    admin_section(out, admin);
 }
 
-/// The admin listener (metrics) on a port of the kernel's choosing: on, as in production,
-/// but never on a fixed port a second run could find taken.
-fn admin_section(out: &mut String) {
+/// Whether a generated Sluice config has its admin listener (and so its metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admin {
+    /// On a port of the kernel's choosing: on, as in production, but never on a fixed port
+    /// a second run could find taken.
+    On,
+    /// `listen = ""`, written out: without the table Sluice would listen on its default
+    /// `127.0.0.1:9090`.
+    Off,
+}
+
+fn admin_section(out: &mut String, admin: Admin) {
+    let listen = match admin {
+        Admin::On => "127.0.0.1:0",
+        Admin::Off => "",
+    };
     let _ = writeln!(out, "[admin]");
-    let _ = writeln!(out, "listen = \"127.0.0.1:0\"\n");
+    let _ = writeln!(out, "listen = \"{listen}\"\n");
 }
 
 fn sluice_backend(out: &mut String, name: &str, addr: SocketAddr, deployment: &str) {
@@ -148,7 +178,7 @@ fn sluice_deployment(out: &mut String, name: &str, backends: &[&str]) {
 /// of its mock), nothing else.
 pub fn sluice_passthrough_config(listen: SocketAddr, up: &Upstreams, workers: usize) -> String {
     let mut out = String::from("# sluice-bench compare: Sluice passthrough (generated)\n\n");
-    sluice_server_section(&mut out, listen, workers);
+    sluice_server_section(&mut out, listen, workers, Admin::On);
     sluice_backend(&mut out, "mock", up.fast[0], DEPLOYMENT);
     sluice_backend(&mut out, "mock-stream", up.stream[0], STREAM_DEPLOYMENT);
     sluice_deployment(&mut out, DEPLOYMENT, &["mock"]);
@@ -176,7 +206,7 @@ pub fn sluice_tls_config(
     let _ = writeln!(out, "[server.tls]");
     let _ = writeln!(out, "cert_file = \"{}\"", certs.cert.display());
     let _ = writeln!(out, "key_file = \"{}\"\n", certs.key.display());
-    admin_section(&mut out);
+    admin_section(&mut out, Admin::On);
     sluice_backend(&mut out, "mock", up.fast[0], DEPLOYMENT);
     sluice_backend(&mut out, "mock-stream", up.stream[0], STREAM_DEPLOYMENT);
     sluice_deployment(&mut out, DEPLOYMENT, &["mock"]);
@@ -184,9 +214,9 @@ pub fn sluice_tls_config(
     out
 }
 
-/// Sluice with every policy it has today (see [`FULL_CHAIN_POLICIES`]): each deployment is
-/// a weighted round-robin pool of two azure backends (the mock's two listeners). Add each
-/// new policy here as it lands.
+/// Sluice with every policy it has today (see [`FULL_CHAIN_POLICIES`] and
+/// [`FULL_CHAIN_OBSERVABILITY`]): each deployment is a weighted round-robin pool of two azure
+/// backends (the mock's two listeners). Add each new policy here as it lands.
 /// The audit log writes its JSON lines and SQLite files into `audit_dir`.
 pub fn sluice_full_chain_config(
     listen: SocketAddr,
@@ -194,8 +224,31 @@ pub fn sluice_full_chain_config(
     workers: usize,
     audit_dir: &Path,
 ) -> String {
-    let mut out = String::from("# sluice-bench compare: Sluice full chain (generated)\n\n");
-    sluice_server_section(&mut out, listen, workers);
+    full_chain_render(listen, up, workers, Some(audit_dir))
+}
+
+/// [`sluice_full_chain_config`] without the audit log and the metrics (issue 12's
+/// `sluice-full-chain-bare`): the same text but for no `[audit]` table and sinks and
+/// `[admin] listen = ""`. Only the token limit then accounts tokens, as it does in the full
+/// chain too, so the difference between the two is what recording and counting cost.
+pub fn sluice_full_chain_bare_config(listen: SocketAddr, up: &Upstreams, workers: usize) -> String {
+    full_chain_render(listen, up, workers, None)
+}
+
+/// The full chain, with the audit log in `audit_dir` and the admin listener on, or (`None`)
+/// with neither.
+fn full_chain_render(
+    listen: SocketAddr,
+    up: &Upstreams,
+    workers: usize,
+    audit_dir: Option<&Path>,
+) -> String {
+    let (title, admin) = match audit_dir {
+        Some(_) => ("Sluice full chain", Admin::On),
+        None => ("Sluice full chain without audit and metrics", Admin::Off),
+    };
+    let mut out = format!("# sluice-bench compare: {title} (generated)\n\n");
+    sluice_server_section(&mut out, listen, workers, admin);
     sluice_backend(&mut out, "mock-a", up.fast[0], DEPLOYMENT);
     sluice_backend(&mut out, "mock-b", up.fast[1], DEPLOYMENT);
     sluice_backend(&mut out, "mock-stream-a", up.stream[0], STREAM_DEPLOYMENT);
@@ -207,6 +260,9 @@ pub fn sluice_full_chain_config(
         &["mock-stream-a", "mock-stream-b"],
     );
     out.push_str(FULL_CHAIN_ACCESS);
+    let Some(audit_dir) = audit_dir else {
+        return out;
+    };
     let _ = writeln!(out, "\n[audit]\ncontent = \"full\"\n");
     for (kind, file) in [("file", "audit.jsonl"), ("sqlite", "audit.db")] {
         let _ = writeln!(out, "[[audit.sink]]");
@@ -456,7 +512,7 @@ impl Target {
             TargetKind::SluicePassthrough | TargetKind::Nginx => {
                 Self::start_with(kind, up, launch, Some(certs))
             }
-            TargetKind::Direct | TargetKind::SluiceFullChain => {
+            TargetKind::Direct | TargetKind::SluiceFullChain | TargetKind::SluiceFullChainBare => {
                 bail!("{} has no TLS form", kind.name())
             }
         }
@@ -482,12 +538,17 @@ impl Target {
                 pids: Vec::new(),
                 driver: "mock (in-process)".to_owned(),
             }),
-            TargetKind::SluicePassthrough | TargetKind::SluiceFullChain => {
+            TargetKind::SluicePassthrough
+            | TargetKind::SluiceFullChain
+            | TargetKind::SluiceFullChainBare => {
                 let addr = free_addr()?;
                 let text = match (kind, tls) {
                     (_, Some(certs)) => sluice_tls_config(addr, up, workers, certs),
                     (TargetKind::SluicePassthrough, None) => {
                         sluice_passthrough_config(addr, up, workers)
+                    }
+                    (TargetKind::SluiceFullChainBare, None) => {
+                        sluice_full_chain_bare_config(addr, up, workers)
                     }
                     _ => sluice_full_chain_config(addr, up, workers, launch.out),
                 };
@@ -609,10 +670,11 @@ mod tests {
         }
     }
 
-    fn compiles(text: &str) {
+    fn compiles(text: &str) -> sluice::snapshot::Snapshot {
         let env = |name: &str| (name == KEY_ENV).then(|| "k".to_owned());
-        if let Err(e) = sluice::config::load_str(Path::new("gen.toml"), text, &env, None) {
-            panic!("generated config does not compile:\n{e}\n{text}");
+        match sluice::config::load_str(Path::new("gen.toml"), text, &env, None) {
+            Ok(snapshot) => snapshot,
+            Err(e) => panic!("generated config does not compile:\n{e}\n{text}"),
         }
     }
 
@@ -635,6 +697,54 @@ mod tests {
         compiles(&text);
         assert!(text.contains("http://127.0.0.1:18001") && text.contains("http://127.0.0.1:18002"));
         assert!(text.contains("backends = [{ backend = \"mock-a\", weight = 1 }, { backend = \"mock-b\", weight = 1 }]"));
+    }
+
+    /// The bare full chain is the full chain's text with the audit tables cut and the admin
+    /// listener off, line for line: nothing else differs, so the two measure only that.
+    #[test]
+    fn full_chain_bare_is_the_full_chain_without_audit_and_admin() {
+        let listen: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let full = sluice_full_chain_config(listen, &upstreams(), 1, Path::new("/tmp/out"));
+        let bare = sluice_full_chain_bare_config(listen, &upstreams(), 1);
+        let full_snap = compiles(&full);
+        let bare_snap = compiles(&bare);
+        assert!(full_snap.audit.is_some() && full_snap.admin_listen.is_some());
+        assert!(bare_snap.audit.is_none(), "{bare}");
+        assert!(bare_snap.admin_listen.is_none(), "{bare}");
+        assert!(!bare.contains("[audit") && bare.contains("[admin]\nlisten = \"\"\n"));
+        // Same access policies (auth, request and token limits) and backends.
+        assert_eq!(bare_snap.deployments.len(), full_snap.deployments.len());
+        assert!(bare.contains("[[subscription]]") && bare.contains("unit = \"tokens\""));
+        let (head, audit) = full.split_at(full.find("\n[audit]").unwrap());
+        assert!(audit.contains("[[audit.sink]]"), "{full}");
+        let expected = head
+            .replacen(
+                "Sluice full chain",
+                "Sluice full chain without audit and metrics",
+                1,
+            )
+            .replacen("listen = \"127.0.0.1:0\"", "listen = \"\"", 1);
+        assert_eq!(bare, expected);
+    }
+
+    #[test]
+    fn the_bare_full_chain_lists_the_full_chains_policies_but_audit_and_metrics() {
+        let full = TargetKind::SluiceFullChain.policies();
+        let bare = TargetKind::SluiceFullChainBare.policies();
+        assert_eq!(full.len(), FULL_CHAIN_POLICIES.len() + 2);
+        assert_eq!(bare.len(), FULL_CHAIN_POLICIES.len() + 1);
+        assert_eq!(
+            full[..FULL_CHAIN_POLICIES.len()],
+            bare[..FULL_CHAIN_POLICIES.len()]
+        );
+        assert!(full.iter().any(|p| p.starts_with("audit log")));
+        assert!(full.iter().any(|p| p.starts_with("metrics")));
+        assert!(bare.last().unwrap().starts_with("no audit log"));
+        assert_eq!(
+            TargetKind::SluiceFullChainBare.name(),
+            "sluice-full-chain-bare"
+        );
+        assert!(TargetKind::SluiceFullChainBare.is_proxy());
     }
 
     #[test]
@@ -806,7 +916,11 @@ mod tests {
             out: &out,
             callgrind: None,
         };
-        for kind in [TargetKind::Direct, TargetKind::SluiceFullChain] {
+        for kind in [
+            TargetKind::Direct,
+            TargetKind::SluiceFullChain,
+            TargetKind::SluiceFullChainBare,
+        ] {
             let err = Target::start_tls(kind, &upstreams(), &launch, &certs)
                 .err()
                 .unwrap();
