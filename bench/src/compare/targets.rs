@@ -692,8 +692,9 @@ mod tests {
     #[test]
     fn full_chain_config_compiles_and_balances_over_both_listeners() {
         let listen: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let text = sluice_full_chain_config(listen, &upstreams(), 2, Path::new("/tmp/out"));
-        assert!(text.contains("path = \"/tmp/out/full-chain-audit.db\""));
+        let text = sluice_full_chain_config(listen, &upstreams(), 2, &std::env::temp_dir());
+        let db = std::env::temp_dir().join("full-chain-audit.db");
+        assert!(text.contains(&format!("path = \"{}\"", db.display())));
         compiles(&text);
         assert!(text.contains("http://127.0.0.1:18001") && text.contains("http://127.0.0.1:18002"));
         assert!(text.contains("backends = [{ backend = \"mock-a\", weight = 1 }, { backend = \"mock-b\", weight = 1 }]"));
@@ -704,7 +705,7 @@ mod tests {
     #[test]
     fn full_chain_bare_is_the_full_chain_without_audit_and_admin() {
         let listen: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let full = sluice_full_chain_config(listen, &upstreams(), 1, Path::new("/tmp/out"));
+        let full = sluice_full_chain_config(listen, &upstreams(), 1, &std::env::temp_dir());
         let bare = sluice_full_chain_bare_config(listen, &upstreams(), 1);
         let full_snap = compiles(&full);
         let bare_snap = compiles(&bare);
