@@ -22,27 +22,13 @@ pub(crate) fn system_read(path: &Path) -> Result<String, String> {
 
 /// Parses `"500ms"`, `"10s"`, `"5m"` or `"1h"`: a whole number and a unit.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let invalid = || {
+    const UNITS: &[(&str, u64)] = &[("ms", 1), ("s", 1_000), ("m", 60_000), ("h", 3_600_000)];
+    let millis = number_with_unit(text, UNITS).ok_or_else(|| {
         format!(
             "invalid duration `{text}`: expected a whole number and a unit (ms, s, m or h), e.g. \"500ms\", \"10s\", \"5m\""
         )
-    };
-    let digits_end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(digits_end);
-    if digits.is_empty() {
-        return Err(invalid());
-    }
-    let n: u64 = digits.parse().map_err(|_| invalid())?;
-    let millis_per_unit: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(invalid()),
-    };
-    n.checked_mul(millis_per_unit)
+    })?;
+    millis
         .map(Duration::from_millis)
         .ok_or_else(|| format!("duration `{text}` is too long"))
 }
@@ -50,31 +36,34 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parses a size such as `"64MiB"`: a whole number and a unit — `B`, `KiB`, `MiB`, `GiB`
 /// (powers of 1024) or `KB`, `MB`, `GB` (powers of 1000).
 pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
-    let invalid = || {
-        format!(
-            "invalid size `{text}`: expected a whole number and a unit (B, KiB, MiB, GiB, KB, MB or GB), e.g. \"100MiB\""
-        )
-    };
+    const UNITS: &[(&str, u64)] = &[
+        ("B", 1),
+        ("KiB", 1 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("KB", 1_000),
+        ("MB", 1_000_000),
+        ("GB", 1_000_000_000),
+    ];
+    number_with_unit(text, UNITS)
+        .ok_or_else(|| {
+            format!(
+                "invalid size `{text}`: expected a whole number and a unit (B, KiB, MiB, GiB, KB, MB or GB), e.g. \"100MiB\""
+            )
+        })?
+        .ok_or_else(|| format!("size `{text}` is too large"))
+}
+
+/// A whole number followed by one of `units` (name, multiplier): `None` when the text is
+/// not that; `Some(None)` when the product overflows `u64`.
+fn number_with_unit(text: &str, units: &[(&str, u64)]) -> Option<Option<u64>> {
     let digits_end = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (digits, unit) = text.split_at(digits_end);
-    if digits.is_empty() {
-        return Err(invalid());
-    }
-    let n: u64 = digits.parse().map_err(|_| invalid())?;
-    let multiplier: u64 = match unit {
-        "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        _ => return Err(invalid()),
-    };
-    n.checked_mul(multiplier)
-        .ok_or_else(|| format!("size `{text}` is too large"))
+    let n: u64 = digits.parse().ok()?;
+    let (_, multiplier) = units.iter().find(|(name, _)| *name == unit)?;
+    Some(n.checked_mul(*multiplier))
 }
 
 /// Reports an empty string; returns whether the value is usable.
