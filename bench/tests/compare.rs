@@ -32,8 +32,8 @@ impl Drop for TempDir {
     }
 }
 
-#[test]
-fn quick_compare_writes_report_json_and_plot() {
+/// `sluice-bench` and the `sluice` beside it in the same target folder.
+fn binaries() -> (PathBuf, PathBuf) {
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_sluice-bench"));
     let sluice = bench
         .parent()
@@ -44,6 +44,12 @@ fn quick_compare_writes_report_json_and_plot() {
         "{} is missing: build it with `cargo build -p sluice` (cargo test --workspace does)",
         sluice.display()
     );
+    (bench, sluice)
+}
+
+#[test]
+fn quick_compare_writes_report_json_and_plot() {
+    let (bench, sluice) = binaries();
     let out = TempDir::new();
     let started = Instant::now();
     let run = Command::new(&bench)
@@ -96,12 +102,7 @@ fn quick_compare_writes_report_json_and_plot() {
 /// keep-alive requests and new handshakes without a failed request.
 #[test]
 fn quick_compare_with_tls_measures_sluice_over_tls() {
-    let bench = PathBuf::from(env!("CARGO_BIN_EXE_sluice-bench"));
-    let sluice = bench
-        .parent()
-        .expect("target dir")
-        .join(format!("sluice{}", std::env::consts::EXE_SUFFIX));
-    assert!(sluice.is_file(), "{} is missing", sluice.display());
+    let (bench, sluice) = binaries();
     let out = TempDir::new();
     let run = Command::new(&bench)
         .args(["compare", "--quick", "--no-nginx", "--tls", "--out"])
@@ -151,12 +152,7 @@ fn quick_compare_with_tls_measures_sluice_over_tls() {
 /// and the goal full chain − bare is in the report and the JSON.
 #[test]
 fn quick_compare_with_observability_cost_runs_the_bare_full_chain() {
-    let bench = PathBuf::from(env!("CARGO_BIN_EXE_sluice-bench"));
-    let sluice = bench
-        .parent()
-        .expect("target dir")
-        .join(format!("sluice{}", std::env::consts::EXE_SUFFIX));
-    assert!(sluice.is_file(), "{} is missing", sluice.display());
+    let (bench, sluice) = binaries();
     let out = TempDir::new();
     let run = Command::new(&bench)
         .args([

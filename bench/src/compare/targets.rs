@@ -179,11 +179,17 @@ fn sluice_deployment(out: &mut String, name: &str, backends: &[&str]) {
 pub fn sluice_passthrough_config(listen: SocketAddr, up: &Upstreams, workers: usize) -> String {
     let mut out = String::from("# sluice-bench compare: Sluice passthrough (generated)\n\n");
     sluice_server_section(&mut out, listen, workers, Admin::On);
-    sluice_backend(&mut out, "mock", up.fast[0], DEPLOYMENT);
-    sluice_backend(&mut out, "mock-stream", up.stream[0], STREAM_DEPLOYMENT);
-    sluice_deployment(&mut out, DEPLOYMENT, &["mock"]);
-    sluice_deployment(&mut out, STREAM_DEPLOYMENT, &["mock-stream"]);
+    passthrough_pool(&mut out, up);
     out
+}
+
+/// The passthrough's backends and deployments: one azure backend each, the first listener
+/// of its mock.
+fn passthrough_pool(out: &mut String, up: &Upstreams) {
+    sluice_backend(out, "mock", up.fast[0], DEPLOYMENT);
+    sluice_backend(out, "mock-stream", up.stream[0], STREAM_DEPLOYMENT);
+    sluice_deployment(out, DEPLOYMENT, &["mock"]);
+    sluice_deployment(out, STREAM_DEPLOYMENT, &["mock-stream"]);
 }
 
 /// The TLS scenario's Sluice: the passthrough of [`sluice_passthrough_config`] (the mock
@@ -207,10 +213,7 @@ pub fn sluice_tls_config(
     let _ = writeln!(out, "cert_file = \"{}\"", certs.cert.display());
     let _ = writeln!(out, "key_file = \"{}\"\n", certs.key.display());
     admin_section(&mut out, Admin::On);
-    sluice_backend(&mut out, "mock", up.fast[0], DEPLOYMENT);
-    sluice_backend(&mut out, "mock-stream", up.stream[0], STREAM_DEPLOYMENT);
-    sluice_deployment(&mut out, DEPLOYMENT, &["mock"]);
-    sluice_deployment(&mut out, STREAM_DEPLOYMENT, &["mock-stream"]);
+    passthrough_pool(&mut out, up);
     out
 }
 
