@@ -5,7 +5,7 @@
 //! byte of application data it received.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -235,23 +235,12 @@ impl TlsUpstream {
 
 impl Drop for TlsUpstream {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for s in self
-            .state
-            .streams
-            .lock()
-            .map(|mut v| std::mem::take(&mut *v))
-            .unwrap_or_default()
-        {
-            let _ = s.shutdown(Shutdown::Both);
-        }
-        let _ = TcpStream::connect_timeout(
-            &SocketAddr::from(([127, 0, 0, 1], self.port)),
-            Duration::from_secs(1),
+        super::upstream::stop_server(
+            &self.stop,
+            &self.state.streams,
+            self.port,
+            self.acceptor.take(),
         );
-        if let Some(h) = self.acceptor.take() {
-            let _ = h.join();
-        }
     }
 }
 

@@ -148,24 +148,37 @@ impl Upstream {
 
 impl Drop for Upstream {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for s in self
-            .state
-            .streams
-            .lock()
-            .map(|mut v| std::mem::take(&mut *v))
-            .unwrap_or_default()
-        {
-            let _ = s.shutdown(Shutdown::Both);
-        }
-        // Wake the acceptor so it sees the flag.
-        let _ = TcpStream::connect_timeout(
-            &SocketAddr::from(([127, 0, 0, 1], self.port)),
-            Duration::from_secs(1),
+        stop_server(
+            &self.stop,
+            &self.state.streams,
+            self.port,
+            self.acceptor.take(),
         );
-        if let Some(h) = self.acceptor.take() {
-            let _ = h.join();
-        }
+    }
+}
+
+/// Stops a scripted server on 127.0.0.1 `port`: raises `stop`, shuts its open `streams`,
+/// wakes its acceptor with a connection so it sees the flag, and joins it.
+pub(super) fn stop_server(
+    stop: &AtomicBool,
+    streams: &Mutex<Vec<TcpStream>>,
+    port: u16,
+    acceptor: Option<JoinHandle<()>>,
+) {
+    stop.store(true, Ordering::SeqCst);
+    for s in streams
+        .lock()
+        .map(|mut v| std::mem::take(&mut *v))
+        .unwrap_or_default()
+    {
+        let _ = s.shutdown(Shutdown::Both);
+    }
+    let _ = TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(1),
+    );
+    if let Some(h) = acceptor {
+        let _ = h.join();
     }
 }
 
