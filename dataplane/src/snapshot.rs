@@ -56,7 +56,14 @@ impl Snapshot {
     /// stream's usage asked for, the answer's usage read) even with no token limit: when the
     /// audit log records them or the admin listener serves the token metrics.
     pub fn accounts_tokens(&self) -> bool {
-        self.audit.is_some() || self.admin_listen.is_some()
+        self.audit.is_some() || self.serves_metrics()
+    }
+
+    /// Whether requests are counted into the metrics: only when the admin listener serves
+    /// `/metrics` (with `[admin] listen = ""` nothing could read them, so nothing is
+    /// counted).
+    pub fn serves_metrics(&self) -> bool {
+        self.admin_listen.is_some()
     }
 }
 

@@ -1021,6 +1021,23 @@ pub fn request_content(operation: Operation, body: &[u8]) -> Option<Value> {
         Operation::Responses => &["instructions", "input", "prompt"],
         Operation::Models => return None,
     };
+    let mut content = Map::new();
+    // Read only the content keys, the rest skipped unbuilt (`tools` schemas, parameters);
+    // a body that does not fit `RequestKeys` (a key repeated) is read whole.
+    if let Ok(mut read) = serde_json::from_slice::<RequestKeys>(body) {
+        for &key in keys {
+            if let Some(value) = read.take(key) {
+                content.insert(key.into(), value);
+            }
+        }
+        return (!content.is_empty()).then_some(Value::Object(content));
+    }
+    request_content_tree(keys, body)
+}
+
+/// [`request_content`] of any body, read whole as a tree: slower, and the reference the
+/// skipping read agrees with.
+fn request_content_tree(keys: &[&str], body: &[u8]) -> Option<Value> {
     let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(body) else {
         return Some(unparsed(body, false));
     };
@@ -1034,6 +1051,28 @@ pub fn request_content(operation: Operation, body: &[u8]) -> Option<Value> {
         }
     }
     (!content.is_empty()).then_some(Value::Object(content))
+}
+
+/// The content keys of a request body, every other member skipped without being built.
+/// `null` reads as absent.
+#[derive(Deserialize)]
+struct RequestKeys {
+    messages: Option<Value>,
+    prompt: Option<Value>,
+    input: Option<Value>,
+    instructions: Option<Value>,
+}
+
+impl RequestKeys {
+    fn take(&mut self, key: &str) -> Option<Value> {
+        match key {
+            "messages" => self.messages.take(),
+            "prompt" => self.prompt.take(),
+            "input" => self.input.take(),
+            "instructions" => self.instructions.take(),
+            _ => None,
+        }
+    }
 }
 
 /// The model an answer names and its content, from a captured answer, in these shapes
@@ -1119,6 +1158,17 @@ fn raw_text(body: &[u8]) -> (String, bool) {
 }
 
 fn json_content(operation: Operation, body: &[u8]) -> (Option<String>, Option<Value>) {
+    if operation != Operation::Responses {
+        if let Ok(answer) = serde_json::from_slice::<ChoicesAnswer<'_>>(body) {
+            return choices_content(operation, answer, body);
+        }
+    }
+    json_content_tree(operation, body)
+}
+
+/// [`json_content`] of any answer, read whole as a tree: slower, and the reference the
+/// skipping read ([`ChoicesAnswer`]) agrees with.
+fn json_content_tree(operation: Operation, body: &[u8]) -> (Option<String>, Option<Value>) {
     let Ok(Value::Object(mut answer)) = serde_json::from_slice::<Value>(body) else {
         return (None, Some(unparsed(body, false)));
     };
@@ -1149,6 +1199,81 @@ fn json_content(operation: Operation, body: &[u8]) -> (Option<String>, Option<Va
     )
 }
 
+/// What a chat, completions or embeddings answer's content is read from, every other
+/// member (usage, ids, logprobs, content-filter results, an embedding's vectors) skipped
+/// without being built. An answer of another shape (a choice that is not an object, a key
+/// repeated, a non-string model) does not fit and is read whole by [`json_content_tree`],
+/// which gives the same content for every answer that fits. `null` reads as absent.
+#[derive(Deserialize)]
+struct ChoicesAnswer<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    choices: Option<Vec<AnswerChoice>>,
+    error: Option<Value>,
+}
+
+/// One choice of a [`ChoicesAnswer`]: `message` (chat) or `text` (completions).
+#[derive(Deserialize)]
+struct AnswerChoice {
+    index: Option<Value>,
+    finish_reason: Option<Value>,
+    message: Option<Value>,
+    text: Option<Value>,
+}
+
+/// [`json_content`] of an answer that fits [`ChoicesAnswer`].
+fn choices_content(
+    operation: Operation,
+    answer: ChoicesAnswer<'_>,
+    body: &[u8],
+) -> (Option<String>, Option<Value>) {
+    let model = answer.model.filter(|m| !m.is_empty()).map(Cow::into_owned);
+    let content = match operation {
+        Operation::Embeddings | Operation::Models => return (model, None),
+        Operation::ChatCompletions => answer.choices.map(|choices| {
+            let choices = choices
+                .into_iter()
+                .map(|c| {
+                    let message = match c.message {
+                        Some(Value::Object(m)) => m,
+                        _ => Map::new(),
+                    };
+                    chat_choice_kept(index_of(c.index), c.finish_reason, message)
+                })
+                .collect();
+            wrap("choices", Value::Array(choices))
+        }),
+        Operation::Completions | Operation::Responses => answer.choices.map(|choices| {
+            let choices = choices
+                .into_iter()
+                .map(|c| {
+                    let text = c.text.unwrap_or(Value::Null);
+                    choice_value(
+                        index_of(c.index),
+                        c.finish_reason.unwrap_or(Value::Null),
+                        "text",
+                        text,
+                    )
+                })
+                .collect();
+            wrap("choices", Value::Array(choices))
+        }),
+    };
+    let content = content.or_else(|| match answer.error {
+        Some(error @ Value::Object(_)) => Some(wrap("error", error)),
+        _ => None,
+    });
+    (
+        model,
+        Some(content.unwrap_or_else(|| unparsed(body, false))),
+    )
+}
+
+/// A choice's `index` as the record keeps it: the number, else 0.
+fn index_of(index: Option<Value>) -> u64 {
+    index.as_ref().and_then(Value::as_u64).unwrap_or(0)
+}
+
 fn wrap(key: &str, value: Value) -> Value {
     let mut fields = Map::new();
     fields.insert(key.into(), value);
@@ -1170,10 +1295,20 @@ fn json_chat_choice(choice: Value) -> Value {
     let Value::Object(mut choice) = choice else {
         return Value::Null;
     };
-    let mut message = match choice.remove("message") {
+    let message = match choice.remove("message") {
         Some(Value::Object(m)) => m,
         _ => Map::new(),
     };
+    let index = index_of(choice.remove("index"));
+    chat_choice_kept(index, choice.remove("finish_reason"), message)
+}
+
+/// A chat choice as a record keeps it, from its index, `finish_reason` and `message`.
+fn chat_choice_kept(
+    index: u64,
+    finish_reason: Option<Value>,
+    mut message: Map<String, Value>,
+) -> Value {
     let mut kept = Map::new();
     kept.insert("role".into(), take(&mut message, "role"));
     kept.insert("content".into(), take(&mut message, "content"));
@@ -1200,8 +1335,8 @@ fn json_chat_choice(choice: Value) -> Value {
         kept.insert("function_call".into(), json_function(function));
     }
     choice_value(
-        take(&mut choice, "index").as_u64().unwrap_or(0),
-        take(&mut choice, "finish_reason"),
+        index,
+        finish_reason.unwrap_or(Value::Null),
         "message",
         Value::Object(kept),
     )
@@ -1222,7 +1357,7 @@ fn json_completion_choice(choice: Value) -> Value {
         return Value::Null;
     };
     choice_value(
-        take(&mut choice, "index").as_u64().unwrap_or(0),
+        index_of(choice.remove("index")),
         take(&mut choice, "finish_reason"),
         "text",
         take(&mut choice, "text"),

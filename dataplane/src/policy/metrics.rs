@@ -3,7 +3,8 @@
 //! failovers, upstream latency), and times a stream's body as it passes (time to first
 //! token, gaps between pieces). Second in the pipeline: its `on_complete` runs after the
 //! usage is settled. No shared atomic is touched: the worker publishes what it counted on
-//! its upkeep tick ([`crate::metrics`]).
+//! its upkeep tick ([`crate::metrics`]). Nothing is counted without an admin listener
+//! ([`crate::snapshot::Snapshot::serves_metrics`]).
 
 use std::time::Instant;
 
@@ -37,9 +38,11 @@ impl Policy for RequestMetrics {
         resp: &Response,
     ) -> Flow {
         ctx.stream_marks = StreamMarks::default();
-        if resp.event_stream {
+        // The audit record's time to first token is read from these marks too.
+        let metrics = env.snapshot.serves_metrics();
+        if resp.event_stream && (metrics || env.audit.is_some()) {
             let mut deployment = None;
-            if let Some(d) = ctx.deployment {
+            if let (Some(d), true) = (ctx.deployment, metrics) {
                 env.metrics
                     .count(|names| deployment = Some(names.of(&d.name)));
             }
@@ -80,6 +83,9 @@ impl Policy for RequestMetrics {
 
     fn on_complete<'s>(&self, env: &Env<'s>, ctx: &mut RequestCtx<'s>) {
         let snapshot = env.snapshot;
+        if !snapshot.serves_metrics() {
+            return;
+        }
         let backend_name = |id: usize| snapshot.backends.get(id).map_or("", |b| b.name.as_str());
         env.metrics.count(|names| {
             let deployment = names.of(ctx.deployment.map_or("", |d| d.name.as_str()));

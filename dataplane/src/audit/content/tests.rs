@@ -641,13 +641,15 @@ fn request_content_per_operation() {
 
 #[test]
 fn request_content_of_a_body_that_does_not_parse_is_its_raw_text() {
+    // Past serde_json's nesting limit, or a number past `f64`, in the content itself: the
+    // messages cannot be read as a tree.
     let deep = format!(
-        "{{\"messages\": [{{\"role\": \"user\", \"content\": \"hi bob@example.com\"}}], \
-         \"metadata\": {}{}}}",
+        "{{\"messages\": [{{\"role\": \"user\", \"content\": \"hi bob@example.com\", \
+         \"metadata\": {}{}}}]}}",
         "[".repeat(200),
         "]".repeat(200)
     );
-    let huge_number = r#"{"messages": [{"role": "user", "content": "hi"}], "temperature": 1e400}"#;
+    let huge_number = r#"{"messages": [{"role": "user", "content": "hi", "weight": 1e400}]}"#;
     for body in [
         deep.as_bytes(),
         huge_number.as_bytes(),
@@ -692,6 +694,26 @@ fn request_content_of_a_body_that_does_not_parse_is_its_raw_text() {
     assert_eq!(content["raw"], sha256_tag(redacted.as_bytes()));
     // Not a prompt at all: still nothing for `models`.
     assert_eq!(request_content(Operation::Models, b"not json"), None);
+}
+
+/// Members a record does not keep are skipped unread, so what a tree could not hold there
+/// (nesting past serde_json's limit, a number past `f64`) no longer costs the prompt its
+/// shape.
+#[test]
+fn request_content_skips_members_it_does_not_keep() {
+    for other in [
+        format!("{}{}", "[".repeat(200), "]".repeat(200)),
+        "1e400".to_owned(),
+    ] {
+        let body = format!(
+            "{{\"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}], \"metadata\": {other}}}"
+        );
+        assert_eq!(
+            request_content(Operation::ChatCompletions, body.as_bytes()),
+            Some(json!({"messages": [{"role": "user", "content": "hi"}]})),
+            "{body}"
+        );
+    }
 }
 
 #[test]
@@ -1374,4 +1396,99 @@ fn apply_reaches_a_root_string_and_strings_in_arrays() {
     let mut prompt = json!({"prompt": ["a@b.io", [1, 2, 3]]});
     apply(&mut prompt, ContentMode::Full, &defaults());
     assert_eq!(prompt, json!({"prompt": ["[REDACTED]", [1, 2, 3]]}));
+}
+
+/// Bodies the skipping reads ([`RequestKeys`], [`ChoicesAnswer`]) and the whole-tree reads
+/// must agree on: the fixtures, and shapes at the edge of what the skipping reads take
+/// (`null`s, wrong types, repeated keys, non-objects, missing members).
+fn edge_bodies() -> Vec<Vec<u8>> {
+    let mut bodies: Vec<Vec<u8>> = [
+        CHAT_REQUEST,
+        CHAT_COMPLETION,
+        EMBEDDINGS_REQUEST,
+        include_str!("fixtures/embeddings_response.json"),
+        include_str!("fixtures/error_openai_shape.json"),
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    for text in [
+        r#"{"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi","refusal":null},"finish_reason":"stop","logprobs":null,"content_filter_results":{"hate":{"filtered":false}}}],"usage":{"prompt_tokens":1}}"#,
+        r#"{"model":"m","choices":[{"index":1,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}},7,{"id":"c2"}]},"finish_reason":"tool_calls"}]}"#,
+        r#"{"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"x","function_call":{"name":"f","arguments":"{\"a\":1}"},"tool_calls":[]}}]}"#,
+        r#"{"model":"m","choices":[{"index":"zero","message":null,"finish_reason":null}]}"#,
+        r#"{"model":"m","choices":[{"index":0,"text":"done","finish_reason":"length"}]}"#,
+        r#"{"model":"m","choices":[3,"x",null]}"#,
+        r#"{"model":"m","choices":{"index":0}}"#,
+        r#"{"model":"m","choices":null,"error":{"message":"no","type":"server_error"}}"#,
+        r#"{"model":"m","error":"text"}"#,
+        r#"{"model":"m","model":"n","choices":[]}"#,
+        r#"{"model":"","choices":[]}"#,
+        r#"{"model":42,"choices":[]}"#,
+        r#"{"choices":[{"index":0,"message":{"role":"a"},"message":{"role":"b"}}]}"#,
+        r#"{"choices":[{"index":0,"message":"text"}]}"#,
+        r#"{"object":"list","data":[{"embedding":[0.1,-2e-3,1e300],"index":0}],"model":"e"}"#,
+        r#"{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]}"#,
+        r#"{"messages":null,"prompt":"p","input":["a","b"],"instructions":"i"}"#,
+        r#"{"messages":[1],"messages":[2]}"#,
+        r#"{"prompt":{"id":"pmpt_1","variables":{"x":"y"}},"input":null}"#,
+        r#"{"model":"m"}"#,
+        r#"[1,2]"#,
+        r#""text""#,
+        "{\"messages\":\"caf\u{e9}\"}",
+    ] {
+        bodies.push(text.as_bytes().to_vec());
+    }
+    bodies
+}
+
+#[test]
+fn skipping_reads_agree_with_whole_tree_reads() {
+    let operations = [
+        Operation::ChatCompletions,
+        Operation::Completions,
+        Operation::Embeddings,
+        Operation::Responses,
+    ];
+    for body in edge_bodies() {
+        for op in operations {
+            let keys: &[&str] = match op {
+                Operation::ChatCompletions => &["messages"],
+                Operation::Completions => &["prompt"],
+                Operation::Embeddings => &["input"],
+                _ => &["instructions", "input", "prompt"],
+            };
+            let text = String::from_utf8_lossy(&body);
+            assert_eq!(
+                request_content(op, &body),
+                request_content_tree(keys, &body),
+                "request {op:?}: {text}"
+            );
+            assert_eq!(
+                json_content(op, &body),
+                json_content_tree(op, &body),
+                "answer {op:?}: {text}"
+            );
+        }
+    }
+}
+
+/// Where the tree read refuses a body (a number past `f64` in a member the record does
+/// not keep), the skipping read still finds the content rather than keeping the body
+/// unparsed.
+#[test]
+fn skipping_read_keeps_content_past_members_a_tree_refuses() {
+    let body = br#"{"model":"m","usage":{"x":1e400},"choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}"#;
+    let (model, content) = json_content(Operation::ChatCompletions, body);
+    assert_eq!(model.as_deref(), Some("m"));
+    assert_eq!(
+        content,
+        Some(json!({"choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": "ok"}}]}))
+    );
+    let (_, tree) = json_content_tree(Operation::ChatCompletions, body);
+    assert_eq!(
+        tree.and_then(|t| t.get("unparsed").cloned()),
+        Some(json!(true))
+    );
 }
