@@ -355,24 +355,34 @@ fn own(
     }
 }
 
-/// Issue 12's budget for the audit log and the metrics together: CPU µs per request at peak,
-/// the full chain's figure minus its bare form's.
+/// Issue 12's budget for the audit log and the metrics together on the request path: CPU
+/// µs per request at peak on the worker threads ("records batched, no per-request syscall
+/// on the worker").
 pub const OBSERVABILITY_BUDGET_US: f64 = 1.5;
 
 /// Issue 12's goal: the audit log and the metrics add ≤ [`OBSERVABILITY_BUDGET_US`] of CPU
-/// per request at peak, read as `full` − `bare` (the same peak-phase figure the other CPU
-/// goals use, both measured in the same interleaved rounds). `None` (the goal skipped, not
-/// failed) when the bare target did not run (`--observability-cost` not given). The
-/// measured text also gives the audit threads' own share and, when callgrind ran, the
-/// difference in instructions per request.
+/// per request at peak to the request path, read as (`full` − its audit threads) − `bare`
+/// (the same peak-phase figures the other CPU goals use, both measured in the same
+/// interleaved rounds; the audit threads — writer and sinks — read apart from `/proc`).
+/// The measured text also gives what the audit threads take off the request path, the
+/// whole process's difference and, when callgrind ran, the difference in instructions per
+/// request. `None` (the goal skipped, not failed) when the bare target did not run
+/// (`--observability-cost` not given).
 fn observability_cost(full: Option<&TargetSummary>, bare: Option<&TargetSummary>) -> Option<Goal> {
     let bare = bare?;
     let goal = format!(
-        "Audit + metrics CPU µs/request at peak (full chain − bare) ≤ {} µs",
+        "Audit + metrics CPU µs/request at peak on the request path (full chain − its audit threads − bare) ≤ {} µs",
         num(OBSERVABILITY_BUDGET_US)
     );
-    let figures = full.and_then(|f| Some((f, f.cpu_us_per_req_max?, bare.cpu_us_per_req_max?)));
-    let Some((full, fv, bv)) = figures else {
+    let figures = full.and_then(|f| {
+        Some((
+            f,
+            f.cpu_us_per_req_max?,
+            f.audit_cpu_us_per_req_max?,
+            bare.cpu_us_per_req_max?,
+        ))
+    });
+    let Some((full, fv, audit, bv)) = figures else {
         return Some(Goal {
             goal,
             target: TargetKind::SluiceFullChain.name().to_owned(),
@@ -380,25 +390,24 @@ fn observability_cost(full: Option<&TargetSummary>, bare: Option<&TargetSummary>
             status: Status::NotMeasured,
         });
     };
-    let cost = fv - bv;
+    let cost = fv - audit - bv;
     let mut measured = format!(
-        "audit + metrics CPU per request: full chain − bare = {} − {} = {} µs (target ≤ {} µs)",
+        "request path: ({} − {}) − {} = {} µs (target ≤ {} µs); off it, the audit threads: \
+         {} µs/request; whole process: {} − {} = {} µs",
         num(fv),
+        num(audit),
         num(bv),
         signed(cost),
-        num(OBSERVABILITY_BUDGET_US)
+        num(OBSERVABILITY_BUDGET_US),
+        num(audit),
+        num(fv),
+        num(bv),
+        signed(fv - bv),
     );
-    if let Some(audit) = full.audit_cpu_us_per_req_max {
-        let _ = write!(
-            measured,
-            "; the audit threads' own {} µs included",
-            num(audit)
-        );
-    }
     if let (Some(fi), Some(bi)) = (full.instr_per_req, bare.instr_per_req) {
         let _ = write!(
             measured,
-            "; instructions/request {} − {} = {}",
+            "; instructions/request (every thread) {} − {} = {}",
             num(fi),
             num(bi),
             signed(fi - bi)
@@ -1281,7 +1290,7 @@ mod tests {
 
     #[test]
     fn the_observability_cost_is_full_chain_minus_bare() {
-        // 22.0 − 21.0 = 1.0 µs: met.
+        // (22.0 − 0.4) − 21.0 = 0.6 µs: met.
         let targets = with_bare(Some(21.0));
         let goals = evaluate_goals(&targets);
         let goal = observability_goal(&goals).unwrap();
@@ -1289,13 +1298,13 @@ mod tests {
         assert_eq!(goal.target, "sluice-full-chain");
         assert_eq!(
             goal.measured,
-            "audit + metrics CPU per request: full chain − bare = 22.0 − 21.0 = +1.0 µs \
-             (target ≤ 1.5 µs); the audit threads' own 0.40 µs included"
+            "request path: (22.0 − 0.40) − 21.0 = +0.60 µs (target ≤ 1.5 µs); off it, the \
+             audit threads: 0.40 µs/request; whole process: 22.0 − 21.0 = +1.0 µs"
         );
-        // Exactly at the budget is met; above it missed; a negative difference (noise) met.
+        // Under the budget is met; above it missed; a negative difference (noise) met.
         for (bare, status) in [
-            (20.5, Status::Met),
-            (20.4, Status::Missed),
+            (20.2, Status::Met),
+            (20.0, Status::Missed),
             (23.0, Status::Met),
         ] {
             let goals = evaluate_goals(&with_bare(Some(bare)));
@@ -1314,7 +1323,7 @@ mod tests {
         };
         let md = render_markdown(&r);
         assert!(
-            md.contains("| Audit + metrics CPU µs/request at peak (full chain − bare) ≤ 1.5 µs | sluice-full-chain | audit + metrics CPU per request: full chain − bare = 22.0 − 21.0 = +1.0 µs (target ≤ 1.5 µs)"),
+            md.contains("| Audit + metrics CPU µs/request at peak on the request path (full chain − its audit threads − bare) ≤ 1.5 µs | sluice-full-chain | request path: (22.0 − 0.40) − 21.0 = +0.60 µs (target ≤ 1.5 µs)"),
             "{md}"
         );
         assert!(
@@ -1323,7 +1332,7 @@ mod tests {
         );
         assert!(md.contains("| sluice-full-chain-bare | 0.70× |"), "{md}");
         let json = serde_json::to_string(&r).unwrap();
-        assert!(json.contains("full chain − bare = 22.0 − 21.0 = +1.0 µs"));
+        assert!(json.contains("whole process: 22.0 − 21.0 = +1.0 µs"));
         assert!(json.contains("\"audit_cpu_us_per_req_max\":0.4"));
     }
 
@@ -1339,11 +1348,11 @@ mod tests {
         }
         let goals = evaluate_goals(&targets);
         let goal = observability_goal(&goals).unwrap();
-        // 22.0 − 20.0 = 2.0 µs > 1.5: missed.
+        // (22.0 − 0.4) − 20.0 = 1.6 µs > 1.5: missed.
         assert_eq!(goal.status, Status::Missed);
         assert!(
             goal.measured
-                .ends_with("; instructions/request 61000 − 59500 = +1500"),
+                .ends_with("; instructions/request (every thread) 61000 − 59500 = +1500"),
             "{}",
             goal.measured
         );
