@@ -167,14 +167,16 @@ pub fn route<'a>(method: &str, target: &'a str) -> Result<Route<'a>, RouteError>
     })
 }
 
-/// The value of the `api-version` query parameter of `target`, as sent (not decoded), if
-/// present and not empty.
-pub fn api_version(target: &str) -> Option<&str> {
-    let (_, query) = target.split_once('?')?;
+/// The value of the first `api-version` query parameter of the request target `target`
+/// (its bytes), as sent (not decoded), if present, not empty and UTF-8. Bytes, so the
+/// audit record reads it without validating the whole target again.
+pub fn api_version(target: &[u8]) -> Option<&str> {
+    let query = &target[memchr::memchr(b'?', target)? + 1..];
     query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("api-version="))
+        .split(|&b| b == b'&')
+        .find_map(|pair| pair.strip_prefix(b"api-version="))
         .filter(|v| !v.is_empty())
+        .and_then(|v| std::str::from_utf8(v).ok())
 }
 
 fn has_api_version(query: Option<&str>) -> bool {
@@ -214,6 +216,30 @@ mod tests {
             route("POST", "/v1/models"),
             Err(RouteError::MethodNotAllowed("GET"))
         );
+    }
+
+    #[test]
+    fn api_version_is_the_first_api_version_parameter_as_sent() {
+        for (target, expected) in [
+            (
+                &b"/openai/deployments/d/chat/completions?api-version=2024-10-21"[..],
+                Some("2024-10-21"),
+            ),
+            (b"/x?a=1&api-version=2024-06-01&b=2", Some("2024-06-01")),
+            (b"/x?api-version=a%20b&api-version=c", Some("a%20b")),
+            (b"/x?api-version=&api-version=c", None),
+            (b"/x?xapi-version=1", None),
+            (b"/x?api-version=\xff", None),
+            (b"/x/api-version=1", None),
+            (b"/x?", None),
+        ] {
+            assert_eq!(
+                api_version(target),
+                expected,
+                "{}",
+                String::from_utf8_lossy(target)
+            );
+        }
     }
 
     #[test]

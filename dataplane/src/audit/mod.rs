@@ -19,7 +19,7 @@ pub mod sink;
 pub mod usage;
 
 pub use record::{Entry, Record};
-pub use recorder::Recorder;
+pub use recorder::{Recorder, WorkerBatch};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -62,11 +62,17 @@ pub struct AuditSettings {
     pub sinks: Vec<SinkSettings>,
     /// Records the queue between the workers and the writer holds (`queue`, default
     /// [`DEFAULT_QUEUE`], at most [`MAX_QUEUE`]); each sink's own queue holds as many unless
-    /// it says otherwise.
+    /// it says otherwise. Workers hand records over in batches
+    /// ([`recorder::WorkerBatch`]: up to [`recorder::WORKER_BATCH`] records or
+    /// [`recorder::WORKER_BATCH_BYTES`], at least every 100 ms): a batch that does not fit
+    /// is dropped whole, counted record by record, or waited for; a batch always fits an
+    /// empty queue.
     pub queue: usize,
     /// What the records waiting in all the queues may hold together, in bytes of content
-    /// (`max_queue_bytes`, default [`DEFAULT_MAX_QUEUE_BYTES`]): past it a record is dropped
-    /// for every sink (`overflow = "drop"`) or its worker waits (`"block"`).
+    /// (`max_queue_bytes`, default [`DEFAULT_MAX_QUEUE_BYTES`]): past it a batch is dropped
+    /// for every sink (`overflow = "drop"`) or its worker waits (`"block"`). What a worker
+    /// is still gathering is not counted (at most [`recorder::WORKER_BATCH_BYTES`] per
+    /// worker, or one record).
     pub max_queue_bytes: u64,
     /// The content policy of requests whose product sets none (and of requests without a
     /// product: auth off, or refused before one was known).

@@ -1,21 +1,25 @@
-//! Getting records off the request path: workers hand each [`Record`] to a bounded queue
-//! ([`Recorder::submit`]); one writer thread drains it, renders each record once
-//! ([`Entry::render`]: content, policy, redaction) and hands the entries to every sink's own
-//! bounded queue, drained by that sink's thread — so a stalled sink stalls only itself
-//! (`overflow = "drop"`) or, by choice, everyone (`"block"`).
+//! Getting records off the request path: each worker gathers its [`Record`]s in its own
+//! [`WorkerBatch`] and hands them over, [`WORKER_BATCH`] at a time or on its upkeep tick,
+//! to a queue bounded in records and bytes ([`Recorder::submit`]); one writer thread drains
+//! it, renders each record once ([`Entry::render`]: content, policy, redaction) and hands
+//! the entries to every sink's own bounded queue, drained by that sink's thread — so a
+//! stalled sink stalls only itself (`overflow = "drop"`) or, by choice, everyone
+//! (`"block"`).
 //!
-//! No syscall per request on a worker: the writer pauses [`PAUSE`] after each batch instead
-//! of parking on the queue, so a worker's push finds it awake or asleep on a timer, never
-//! parked and waiting to be woken (only an idle writer is woken, by the first record after
-//! the idle time).
+//! Nothing shared is touched per request on a worker: a record goes into the worker's own
+//! batch; the queue's bounds and channel are touched once per batch. No syscall either: the
+//! writer pauses [`PAUSE`] after each batch instead of parking on the queue, so a worker's
+//! hand-over finds it awake or asleep on a timer, never parked and waiting to be woken
+//! (only an idle writer is woken, by the first batch after the idle time).
 
+use std::cell::RefCell;
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 
 use super::content::Redactor;
 use super::record::{Entry, Record};
@@ -30,14 +34,21 @@ const BATCH: usize = 1024;
 const MAX_BATCH_BYTES: usize = 8 << 20;
 /// How often dropped records are reported in a warning (when some were).
 const DROP_WARNING_EVERY: Duration = Duration::from_secs(10);
+/// Most records a worker gathers before handing them over (its upkeep tick, every 100 ms,
+/// hands over what it has before that).
+pub const WORKER_BATCH: usize = 64;
+/// Most bytes of content ([`Record::weight`]) a worker gathers before handing them over: 1
+/// MiB.
+pub const WORKER_BATCH_BYTES: usize = 1 << 20;
 
 enum Msg {
-    /// A record and the bytes it took of the budget.
-    Record(Box<Record>, usize),
+    /// A worker's batch and the bytes it took of the budget.
+    Records(Vec<Record>, usize),
     Close,
 }
 
-/// The byte bound on what all queued records hold together.
+/// A bound on what is queued (records, or bytes of content), shared by every worker and
+/// the writer.
 #[derive(Debug)]
 struct Budget {
     used: AtomicUsize,
@@ -45,15 +56,15 @@ struct Budget {
 }
 
 impl Budget {
-    /// Takes `bytes`, waiting for room when `wait` (one record always fits an empty
-    /// budget); `false` when it did not fit and `wait` is off.
-    fn take(&self, bytes: usize, wait: bool) -> bool {
+    /// Takes `n`, waiting for room when `wait` (anything fits an empty budget); `false`
+    /// when it did not fit and `wait` is off.
+    fn take(&self, n: usize, wait: bool) -> bool {
         loop {
             let used = self.used.load(Ordering::Relaxed);
-            if used == 0 || used.saturating_add(bytes) <= self.max {
+            if used == 0 || used.saturating_add(n) <= self.max {
                 if self
                     .used
-                    .compare_exchange_weak(used, used + bytes, Ordering::Relaxed, Ordering::Relaxed)
+                    .compare_exchange_weak(used, used + n, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
                 {
                     return true;
@@ -67,8 +78,70 @@ impl Budget {
         }
     }
 
-    fn give(&self, bytes: usize) {
-        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// A worker's records on their way to the writer, gathered on the worker's thread: handed
+/// over ([`Recorder::submit`]) as one batch when it holds [`WORKER_BATCH`] records or
+/// [`WORKER_BATCH_BYTES`], when the worker's upkeep tick or its stop calls
+/// [`WorkerBatch::flush`], or when a reload brought another recorder.
+#[derive(Default)]
+pub struct WorkerBatch(RefCell<Gathered>);
+
+#[derive(Default)]
+struct Gathered {
+    recorder: Option<Arc<Recorder>>,
+    records: Vec<Record>,
+    weight: usize,
+}
+
+impl Gathered {
+    fn hand_over(&mut self) {
+        let Some(recorder) = self.recorder.take() else {
+            return;
+        };
+        let records = std::mem::take(&mut self.records);
+        let weight = std::mem::take(&mut self.weight);
+        if !records.is_empty() {
+            recorder.submit(records, weight);
+        }
+    }
+}
+
+impl WorkerBatch {
+    /// Adds a completed request's record for `recorder`.
+    pub fn push(&self, recorder: &Arc<Recorder>, record: Record) {
+        let Ok(mut gathered) = self.0.try_borrow_mut() else {
+            // Not reached (nothing here calls back into the batch); never lose the record.
+            let weight = record.weight();
+            recorder.submit(vec![record], weight);
+            return;
+        };
+        if gathered
+            .recorder
+            .as_ref()
+            .is_some_and(|r| !Arc::ptr_eq(r, recorder))
+        {
+            gathered.hand_over();
+        }
+        if gathered.recorder.is_none() {
+            gathered.recorder = Some(Arc::clone(recorder));
+            gathered.records.reserve(WORKER_BATCH);
+        }
+        gathered.weight += record.weight();
+        gathered.records.push(record);
+        if gathered.records.len() >= WORKER_BATCH || gathered.weight >= WORKER_BATCH_BYTES {
+            gathered.hand_over();
+        }
+    }
+
+    /// Hands over what is gathered.
+    pub fn flush(&self) {
+        if let Ok(mut gathered) = self.0.try_borrow_mut() {
+            gathered.hand_over();
+        }
     }
 }
 
@@ -110,6 +183,9 @@ pub struct Recorder {
     /// Whether some sink blocks: then workers wait on a full queue rather than drop.
     blocks: bool,
     sinks: Arc<[SinkStats]>,
+    /// Records waiting for the writer (`queue`).
+    queued: Arc<Budget>,
+    /// Bytes of content every queue holds (`max_queue_bytes`).
     budget: Arc<Budget>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -148,7 +224,13 @@ impl Recorder {
                 thread: handle,
             });
         }
-        let (tx, rx) = bounded::<Msg>(settings.queue);
+        // Bounded by `queued`, in records, rather than in batches.
+        let (tx, rx) = unbounded::<Msg>();
+        let queued = Arc::new(Budget {
+            used: AtomicUsize::new(0),
+            max: settings.queue,
+        });
+        let writer_queued = Arc::clone(&queued);
         let node: Arc<str> = Arc::from(settings.node.as_str());
         let writer_stats = Arc::clone(&stats);
         let budget = Arc::new(Budget {
@@ -159,13 +241,18 @@ impl Recorder {
         let writer = std::thread::Builder::new()
             .name("sluice-audit-writer".into())
             .spawn(move || {
-                write_loop(&rx, lanes, &node, &redactor, &writer_stats, &writer_budget)
+                let bounds = Bounds {
+                    queued: &writer_queued,
+                    bytes: &writer_budget,
+                };
+                write_loop(&rx, lanes, &node, &redactor, &writer_stats, bounds)
             })?;
         Ok(Arc::new(Recorder {
             settings: settings.clone(),
             tx,
             blocks: settings.sinks.iter().any(|s| s.overflow == Overflow::Block),
             sinks: stats,
+            queued,
             budget,
             writer: Mutex::new(Some(writer)),
         }))
@@ -183,7 +270,7 @@ impl Recorder {
 
     /// Records waiting for the writer.
     pub fn queue_depth(&self) -> usize {
-        self.tx.len()
+        self.queued.used.load(Ordering::Relaxed)
     }
 
     /// Bytes of content the queued records hold (waiting for the writer or a sink).
@@ -191,32 +278,30 @@ impl Recorder {
         self.budget.used.load(Ordering::Relaxed)
     }
 
-    /// Hands a completed request's record to the writer. When the queue is full, or the
-    /// queued records hold `max_queue_bytes`: waits if a sink blocks, else drops the record,
-    /// counted for every sink.
-    pub fn submit(&self, record: Record) {
-        let weight = record.weight();
+    /// Hands a worker's batch of records, holding `weight` bytes of content, to the writer.
+    /// When the queue cannot take them (`queue` records, or `max_queue_bytes` of content
+    /// queued): waits if a sink blocks, else drops them, counted for every sink.
+    pub fn submit(&self, records: Vec<Record>, weight: usize) {
+        let n = records.len();
+        if !self.queued.take(n, self.blocks) {
+            self.dropped_everywhere(n);
+            return;
+        }
         if !self.budget.take(weight, self.blocks) {
-            self.dropped_everywhere();
+            self.queued.give(n);
+            self.dropped_everywhere(n);
             return;
         }
-        let msg = Msg::Record(Box::new(record), weight);
-        if self.blocks {
-            // Disconnected only after `close`: nothing to record into any more.
-            if self.tx.send(msg).is_err() {
-                self.budget.give(weight);
-            }
-            return;
-        }
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(msg) {
+        // Disconnected only after `close`: nothing to record into any more.
+        if self.tx.send(Msg::Records(records, weight)).is_err() {
+            self.queued.give(n);
             self.budget.give(weight);
-            self.dropped_everywhere();
         }
     }
 
-    fn dropped_everywhere(&self) {
+    fn dropped_everywhere(&self, n: usize) {
         for sink in self.sinks.iter() {
-            sink.dropped.fetch_add(1, Ordering::Relaxed);
+            sink.dropped.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 
@@ -248,24 +333,36 @@ struct Lane {
     thread: JoinHandle<()>,
 }
 
-/// Renders `record`, which took `weight` of the budget: the entry then holds its own
-/// weight instead.
+/// The writer's view of the queue's bounds.
+#[derive(Clone, Copy)]
+struct Bounds<'a> {
+    queued: &'a Arc<Budget>,
+    bytes: &'a Arc<Budget>,
+}
+
+/// Renders a batch of `records`, which took `weight` of the byte budget, into `out`: each
+/// entry then holds its own weight instead, and the records leave the queue.
 fn render(
-    record: Record,
+    records: Vec<Record>,
     weight: usize,
     node: &Arc<str>,
     redactor: &Redactor,
-    budget: &Arc<Budget>,
-) -> Arc<Entry> {
-    let mut entry = Entry::render(record, node, redactor);
-    let bytes = entry.weight();
-    budget.used.fetch_add(bytes, Ordering::Relaxed);
-    budget.give(weight);
-    entry.held = Some(Held {
-        bytes,
-        budget: Arc::clone(budget),
-    });
-    Arc::new(entry)
+    bounds: Bounds<'_>,
+    out: &mut Vec<Arc<Entry>>,
+) {
+    let n = records.len();
+    for record in records {
+        let mut entry = Entry::render(record, node, redactor);
+        let bytes = entry.weight();
+        bounds.bytes.used.fetch_add(bytes, Ordering::Relaxed);
+        entry.held = Some(Held {
+            bytes,
+            budget: Arc::clone(bounds.bytes),
+        });
+        out.push(Arc::new(entry));
+    }
+    bounds.bytes.give(weight);
+    bounds.queued.give(n);
 }
 
 fn write_loop(
@@ -274,7 +371,7 @@ fn write_loop(
     node: &Arc<str>,
     redactor: &Redactor,
     stats: &[SinkStats],
-    budget: &Arc<Budget>,
+    bounds: Bounds<'_>,
 ) {
     let mut batch: Vec<Arc<Entry>> = Vec::with_capacity(BATCH);
     let mut warned = DropWarning::new(stats);
@@ -291,8 +388,8 @@ fn write_loop(
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Record(record, weight) => {
-                    batch.push(render(*record, weight, node, redactor, budget));
+                Msg::Records(records, weight) => {
+                    render(records, weight, node, redactor, bounds, &mut batch);
                 }
                 Msg::Close => closing = true,
             }
@@ -320,10 +417,13 @@ fn write_loop(
     }
     // Closed or the last recorder handle dropped: what is queued still goes out.
     if !closing {
-        while let Ok(Msg::Record(record, weight)) = rx.try_recv() {
-            let entry = render(*record, weight, node, redactor, budget);
-            for lane in &lanes {
-                let _ = lane.tx.send(Arc::clone(&entry));
+        while let Ok(Msg::Records(records, weight)) = rx.try_recv() {
+            let mut entries = Vec::new();
+            render(records, weight, node, redactor, bounds, &mut entries);
+            for entry in &entries {
+                for lane in &lanes {
+                    let _ = lane.tx.send(Arc::clone(entry));
+                }
             }
         }
     }
@@ -421,5 +521,132 @@ impl DropWarning {
                 *reported = dropped;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::audit::{ContentMode, FileSinkSettings, SinkKind, SinkSettings};
+    use crate::policy::context::RequestId;
+
+    fn recorder(dir: &std::path::Path, name: &str) -> Arc<Recorder> {
+        let settings = AuditSettings {
+            sinks: vec![SinkSettings {
+                kind: SinkKind::File(FileSinkSettings {
+                    path: dir.join(name),
+                    rotate_size: None,
+                    rotate_interval: None,
+                    fsync_interval: Duration::from_secs(1),
+                }),
+                overflow: Overflow::Drop,
+                queue: 1024,
+            }],
+            queue: 1024,
+            max_queue_bytes: 1 << 30,
+            content: ContentMode::Omit,
+            default_redactions: true,
+            redact: Vec::new(),
+            node: "test".into(),
+        };
+        Recorder::start(&settings).unwrap()
+    }
+
+    fn record(seq: u64) -> Record {
+        Record {
+            time: SystemTime::now(),
+            request_id: RequestId::hex(&[(seq, 24)]),
+            worker: 0,
+            subscription: None,
+            product: None,
+            operation: None,
+            deployment: None,
+            api_version: None,
+            attempts: Vec::new(),
+            status: Some(200),
+            error: None,
+            end: "complete",
+            latency: Duration::from_millis(1),
+            upstream_latency: None,
+            ttft: None,
+            tokens: None,
+            model: None,
+            client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            client_cert: None,
+            jwt_subject: None,
+            app_id: None,
+            content: ContentMode::Omit,
+            request_body: None,
+            answer: None,
+        }
+    }
+
+    fn written(recorder: &Recorder) -> u64 {
+        recorder.sinks()[0].written.load(Ordering::Relaxed)
+    }
+
+    /// Waits (at most 10 s) until `recorder`'s sink has written `n` records.
+    fn wait_written(recorder: &Recorder, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while written(recorder) < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(written(recorder), n);
+    }
+
+    #[test]
+    fn a_worker_batch_is_handed_over_when_full_when_flushed_and_on_another_recorder() {
+        let dir = std::env::temp_dir().join(format!("sluice-batch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (recorder(&dir, "a.jsonl"), recorder(&dir, "b.jsonl"));
+        let batch = WorkerBatch::default();
+        for seq in 0..WORKER_BATCH as u64 - 1 {
+            batch.push(&a, record(seq));
+        }
+        // Gathered on the worker: nothing queued yet.
+        assert_eq!(a.queue_depth(), 0);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(written(&a), 0);
+        // The batch's last record hands it over.
+        batch.push(&a, record(99));
+        wait_written(&a, WORKER_BATCH as u64);
+        // A flush (the upkeep tick) hands over what there is.
+        for seq in 0..3 {
+            batch.push(&a, record(seq));
+        }
+        batch.flush();
+        wait_written(&a, WORKER_BATCH as u64 + 3);
+        // A reload's new recorder: the old one's records go to the old one first.
+        batch.push(&a, record(1));
+        batch.push(&b, record(2));
+        wait_written(&a, WORKER_BATCH as u64 + 4);
+        batch.flush();
+        wait_written(&b, 1);
+        for r in [&a, &b] {
+            assert!(r.close(Instant::now() + Duration::from_secs(10)));
+        }
+        let lines = std::fs::read_to_string(dir.join("a.jsonl")).unwrap();
+        assert_eq!(lines.lines().count(), WORKER_BATCH + 4);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_batch_the_queue_cannot_take_is_dropped_and_counted_record_by_record() {
+        let dir = std::env::temp_dir().join(format!("sluice-batch-drop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = recorder(&dir, "a.jsonl");
+        // As if the writer were behind: the queue holds its 1024 records.
+        assert!(a.queued.take(1024, false));
+        a.submit((0..5).map(record).collect(), 5 * 1024);
+        assert_eq!(a.sinks()[0].dropped.load(Ordering::Relaxed), 5);
+        assert_eq!(a.queued_bytes(), 0);
+        a.queued.give(1024);
+        a.submit((0..5).map(record).collect(), 5 * 1024);
+        wait_written(&a, 5);
+        assert!(a.close(Instant::now() + Duration::from_secs(10)));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

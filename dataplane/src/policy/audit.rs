@@ -1,8 +1,9 @@
 //! The audit record as a policy (DESIGN.md "Observability"): it notes what the request
 //! carries (the `api-version`, the body when content is kept), captures the answer's content
 //! as it passes ([`AnswerCapture`]: read only, never held back), and at `on_complete` —
-//! first in the pipeline, so its `on_complete` runs last and sees the usage settled — hands
-//! one [`Record`] to the [`crate::audit::Recorder`]. Rendering (content extraction,
+//! first in the pipeline, so its `on_complete` runs last and sees the usage settled — adds
+//! one [`Record`] to the worker's [`crate::audit::WorkerBatch`] for the
+//! [`crate::audit::Recorder`]. Rendering (content extraction,
 //! redaction, the policy) happens on the writer thread, off the request path.
 
 use std::time::{Instant, SystemTime};
@@ -43,7 +44,11 @@ impl Policy for AuditRecord {
             return Flow::Continue;
         };
         ctx.audit = Some(Box::new(AuditCapture {
-            api_version: crate::route::api_version(req.head.target(req.buf)).map(str::to_owned),
+            api_version: req
+                .buf
+                .get(req.head.target.clone())
+                .and_then(crate::route::api_version)
+                .map(str::to_owned),
             content: recorder.settings().content,
             ..AuditCapture::default()
         }));
@@ -118,7 +123,7 @@ impl Policy for AuditRecord {
         // A caller refused before the body phase (404, 405, 403) is recorded under its
         // product's policy too.
         capture.content = content_mode(env, ctx, recorder);
-        recorder.submit(record(env, ctx, capture));
+        env.audit_batch.push(recorder, record(env, ctx, capture));
     }
 }
 

@@ -73,7 +73,9 @@ pub struct Env<'a> {
     /// The time (monotonic and wall clock).
     pub clock: &'a dyn Clock,
     /// The audit log, when `[audit]` has a sink.
-    pub audit: Option<&'a crate::audit::Recorder>,
+    pub audit: Option<&'a std::sync::Arc<crate::audit::Recorder>>,
+    /// The worker's records on their way to the audit log.
+    pub audit_batch: &'a crate::audit::WorkerBatch,
     /// The worker's index.
     pub worker: usize,
     /// The worker's metrics.

@@ -37,6 +37,9 @@ pub struct Worker {
     pub tls_handshake_failures: Cell<u64>,
     /// This worker's metrics, published on its upkeep tick.
     pub metrics: crate::metrics::WorkerMetrics,
+    /// This worker's audit records not yet handed to the writer, handed over on its upkeep
+    /// tick.
+    pub audit_batch: crate::audit::WorkerBatch,
     request_seq: Cell<u64>,
     id_prefix: u32,
 }
@@ -107,6 +110,7 @@ impl Worker {
             open_connections: Cell::new(0),
             tls_handshake_failures: Cell::new(0),
             metrics,
+            audit_batch: crate::audit::WorkerBatch::default(),
             request_seq: Cell::new(0),
             id_prefix,
         }
@@ -124,8 +128,10 @@ impl Worker {
         cached.1.clone()
     }
 
-    /// Publishes this worker's metrics (counts since the last publish, and its gauges).
-    pub fn publish_metrics(&self) {
+    /// Publishes this worker's metrics (counts since the last publish, and its gauges) and
+    /// hands its gathered audit records to the writer.
+    pub fn publish(&self) {
+        self.audit_batch.flush();
         self.metrics.publish(
             self.open_connections.get(),
             self.tls_handshake_failures.get(),

@@ -110,18 +110,19 @@ async fn run<P: Policy + 'static>(
         }
     }
     worker.pools.clear();
-    worker.publish_metrics();
+    worker.publish();
 }
 
 /// The worker's periodic task: watches the shutdown flag, keeps the limiter caches tidy
 /// (expired leases give their tokens back; worker 0 also sweeps idle keys from the node's
-/// tables every [`SWEEP_EVERY`] ticks) and publishes the worker's metrics.
+/// tables every [`SWEEP_EVERY`] ticks), publishes the worker's metrics and hands its
+/// gathered audit records to the writer.
 async fn watch_shutdown(worker: Rc<Worker>) {
     let mut ticks: u64 = 0;
     while !worker.shared.is_shutting_down() {
         monoio::time::sleep(SHUTDOWN_POLL).await;
         worker.limits.tick();
-        worker.publish_metrics();
+        worker.publish();
         ticks += 1;
         if worker.id == 0 && ticks.is_multiple_of(SWEEP_EVERY) {
             worker.shared.limits.sweep();

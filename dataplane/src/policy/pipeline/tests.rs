@@ -61,6 +61,7 @@ fn with_pipeline(snapshot: &Snapshot, test: impl FnOnce(&Pipeline<'_, Standard>,
     let clock = FakeClock::new(1_700_000_000);
     let policies = standard();
     let metrics = crate::metrics::WorkerMetrics::new(Default::default());
+    let audit_batch = crate::audit::WorkerBatch::default();
     let pipeline = Pipeline {
         policies: &policies,
         env: Env {
@@ -69,6 +70,7 @@ fn with_pipeline(snapshot: &Snapshot, test: impl FnOnce(&Pipeline<'_, Standard>,
             limits: &limits,
             clock: &clock,
             audit: None,
+            audit_batch: &audit_batch,
             worker: 0,
             metrics: &metrics,
         },
