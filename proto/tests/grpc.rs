@@ -41,6 +41,7 @@ impl ConfigService for MemoryConfig {
             Outcome::Applied(Applied {
                 version: versions.len() as u64,
                 unchanged: false,
+                host_warnings: Vec::new(),
             })
         } else {
             Outcome::Rejected(ConfigErrors {
@@ -151,7 +152,8 @@ async fn unary_apply_answers_a_version_or_every_error() {
         accepted.outcome,
         Some(Outcome::Applied(Applied {
             version: 1,
-            unchanged: false
+            unchanged: false,
+            host_warnings: Vec::new(),
         }))
     );
 
@@ -190,6 +192,7 @@ async fn watch_streams_newer_versions_and_the_node_acks_them() {
         .watch(WatchRequest {
             node_id: "edge-1".into(),
             running_version: 1,
+            rejected_version: 0,
         })
         .await
         .expect("watch opens")

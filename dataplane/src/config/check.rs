@@ -100,7 +100,7 @@ pub(crate) fn read_config_file(
     match read(path) {
         Ok(text) => Some(text),
         Err(e) => {
-            report.at(
+            report.on_host(
                 value.span(),
                 field,
                 format!("cannot read `{}`: {e}", value.get_ref()),

@@ -717,7 +717,7 @@ fn api_key(
     match env(var.get_ref()) {
         Some(value) if !value.is_empty() => Some(Some(Secret::new(value))),
         Some(_) => {
-            report.at(
+            report.on_host(
                 var.span(),
                 field,
                 format!("environment variable `{}` is empty", var.get_ref()),
@@ -725,7 +725,7 @@ fn api_key(
             None
         }
         None => {
-            report.at(
+            report.on_host(
                 var.span(),
                 field,
                 format!("environment variable `{}` is not set", var.get_ref()),
@@ -779,7 +779,7 @@ fn compile_upstream(
     let addr = match resolve(parsed.host, parsed.port) {
         Ok(addr) => Some(addr),
         Err(message) => {
-            report.at(url.span(), field, message);
+            report.on_host(url.span(), field, message);
             None
         }
     };

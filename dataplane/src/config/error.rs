@@ -2,6 +2,12 @@
 //! (`backend[1].url`) and what is wrong, so `sluice --check` can print one per line.
 //!
 //! Messages may name an environment variable but never carry a secret's value.
+//!
+//! Each error has a [`Scope`]: most are about the document, and every host compiling it
+//! would find them; a few are about the host that compiled it (an environment variable unset
+//! there, a key file it cannot read, a host name its resolver does not know). The control
+//! plane refuses a document for the first kind only: the second is each node's to find, and
+//! a node that does answers with a NACK.
 
 use std::fmt;
 use std::ops::Range;
@@ -23,6 +29,20 @@ pub struct ConfigError {
     pub field: String,
     /// What is wrong, on one line.
     pub message: String,
+    /// Whether the problem is in the document or on the host that compiled it.
+    pub scope: Scope,
+}
+
+/// What a [`ConfigError`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// The document itself: wrong on every host (a typo, a bad value, a dangling name).
+    #[default]
+    Document,
+    /// The host that compiled it: an environment variable unset or empty, a file named by the
+    /// config unreadable, an upstream host name that does not resolve. Another host may
+    /// compile the same document cleanly.
+    Host,
 }
 
 impl fmt::Display for ConfigError {
@@ -59,10 +79,13 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// Collects errors against one file's text, turning byte offsets into line and column.
+/// Collects errors against one file's text, turning byte offsets into line and column —
+/// and, in a document assembled from several files ([`super::document`]), into the line of
+/// the file it came from.
 pub(crate) struct Reporter<'a> {
     file: &'a Path,
     text: &'a str,
+    parts: Vec<super::document::Part>,
     errors: Vec<ConfigError>,
 }
 
@@ -71,26 +94,46 @@ impl<'a> Reporter<'a> {
         Self {
             file,
             text,
+            parts: super::document::parts(text),
             errors: Vec::new(),
         }
     }
 
-    /// Records an error at the start of `span`.
+    /// Records an error in the document at the start of `span`.
     pub(crate) fn at(
         &mut self,
         span: Range<usize>,
         field: impl Into<String>,
         message: impl Into<String>,
     ) {
+        self.push(span, field.into(), message.into(), Scope::Document);
+    }
+
+    /// Records an error about this host at the start of `span` (see [`Scope::Host`]).
+    pub(crate) fn on_host(
+        &mut self,
+        span: Range<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        self.push(span, field.into(), message.into(), Scope::Host);
+    }
+
+    fn push(&mut self, span: Range<usize>, field: String, message: String, scope: Scope) {
         let (line, column) = line_column(self.text, span.start);
+        let (file, line) = match super::document::locate(&self.parts, line) {
+            Some((name, line)) => (PathBuf::from(name), line),
+            None => (self.file.to_path_buf(), line),
+        };
         // Messages from the TOML parser can span lines; keep one error per line.
-        let message = message.into().trim().replace('\n', "; ");
+        let message = message.trim().replace('\n', "; ");
         self.errors.push(ConfigError {
-            file: self.file.to_path_buf(),
+            file,
             line,
             column,
-            field: field.into(),
+            field,
             message,
+            scope,
         });
     }
 
@@ -105,7 +148,12 @@ impl<'a> Reporter<'a> {
 
     /// The errors sorted by position (stable, so errors at one spot keep their order).
     pub(crate) fn finish(mut self) -> ConfigErrors {
-        self.errors.sort_by_key(|e| (e.line, e.column));
+        // Files keep their document order: sort by the part an error is in, then by place.
+        let parts = &self.parts;
+        self.errors.sort_by_key(|e| {
+            let part = parts.iter().position(|p| Path::new(&p.name) == e.file);
+            (part, e.line, e.column)
+        });
         ConfigErrors(self.errors)
     }
 }
@@ -146,6 +194,7 @@ mod tests {
             column: 3,
             field: "backend[0].url".into(),
             message: "bad".into(),
+            scope: Scope::Document,
         };
         let errors = ConfigErrors(vec![error(1), error(2)]);
         assert_eq!(

@@ -357,7 +357,7 @@ fn compile_jwt_key(
             let secret = match env(text) {
                 Some(secret) if !secret.is_empty() => secret,
                 Some(_) => {
-                    report.at(
+                    report.on_host(
                         value.span(),
                         value_field,
                         format!("environment variable `{text}` is empty"),
@@ -365,7 +365,7 @@ fn compile_jwt_key(
                     return None;
                 }
                 None => {
-                    report.at(
+                    report.on_host(
                         value.span(),
                         value_field,
                         format!("environment variable `{text}` is not set"),

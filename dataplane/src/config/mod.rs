@@ -14,6 +14,7 @@ mod admin;
 mod audit;
 mod check;
 mod compile;
+mod document;
 mod error;
 mod jwt;
 mod limits;
@@ -28,7 +29,8 @@ pub use compile::{
     DEFAULT_AZURE_API_VERSION, DEFAULT_MOCK_COMPLETION_TOKENS, DEFAULT_MOCK_EMBEDDING_DIMENSIONS,
     DEFAULT_MOCK_MODEL,
 };
-pub use error::{ConfigError, ConfigErrors};
+pub use document::assemble;
+pub use error::{ConfigError, ConfigErrors, Scope};
 
 use crate::snapshot::Snapshot;
 use error::Reporter;
@@ -47,6 +49,7 @@ pub fn load(path: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, Config
             column: 1,
             field: "(file)".to_string(),
             message: format!("cannot read the config file: {e}"),
+            scope: Scope::Host,
         }])
     })?;
     load_str(path, &text, &|name| std::env::var(name).ok(), previous)
@@ -69,6 +72,27 @@ pub fn load_str(
         &check::system_read,
         previous,
     )
+}
+
+/// Checks a document as a control plane does before making it a version: compiles `text`
+/// (named `name` in errors) on this host, then judges it by its [`Scope::Document`] errors
+/// only. `Ok` holds the [`Scope::Host`] errors this host found — an environment variable
+/// unset here, an unresolvable host name — which each node checks for itself (and NACKs
+/// on); `Err` holds every document error, each located (for an [`assemble`]d document, in
+/// the file it came from).
+pub fn check_document(name: &Path, text: &str) -> Result<Vec<ConfigError>, ConfigErrors> {
+    match load_str(name, text, &|var| std::env::var(var).ok(), None) {
+        Ok(_) => Ok(Vec::new()),
+        Err(ConfigErrors(errors)) => {
+            let (host, document): (Vec<_>, Vec<_>) =
+                errors.into_iter().partition(|e| e.scope == Scope::Host);
+            if document.is_empty() {
+                Ok(host)
+            } else {
+                Err(ConfigErrors(document))
+            }
+        }
+    }
 }
 
 /// A config text's version: `sha256:` and the lowercase hex SHA-256 of its bytes.
@@ -800,6 +824,56 @@ backends = [{ backend = "m" }, { backend = "a" }, { backend = "o" }]
             &openai_with_url("http://nowhere.invalid:9000"),
             "sluice.toml:4:7: backend[0].url: cannot resolve host `nowhere.invalid`: no such host",
         );
+    }
+
+    #[test]
+    fn errors_in_an_assembled_document_name_their_file_and_scope() {
+        let backends = "[[backend]]\nname = \"m\"\nkind = \"openai\"\nurl = \"http://127.0.0.1:9000\"\napi_key_env = \"NOT_SET_ANYWHERE\"\n";
+        let deployments = "\n[[deployment]]\nname = \"d\"\nbackends = [{ backend = \"nope\" }]\n";
+        let doc = assemble([
+            ("backends.toml", backends),
+            ("deployments.toml", deployments),
+        ])
+        .unwrap();
+        let ConfigErrors(found) = compile(&doc).unwrap_err();
+        let shown: Vec<(String, Scope)> = found.iter().map(|e| (e.to_string(), e.scope)).collect();
+        assert_eq!(
+            shown,
+            [
+                (
+                    "backends.toml:5:15: backend[0].api_key_env: environment variable `NOT_SET_ANYWHERE` is not set".to_string(),
+                    Scope::Host
+                ),
+                (
+                    "deployments.toml:4:25: deployment[0].backends[0].backend: unknown backend `nope`".to_string(),
+                    Scope::Document
+                ),
+            ]
+        );
+        // A syntax error in the assembled text lands in its file too.
+        let doc = assemble([("a.toml", "[server]\n"), ("b.toml", "[server]\n")]).unwrap();
+        let errors = errors(&doc);
+        assert!(errors[0].starts_with("b.toml:1:1: "), "{errors:?}");
+    }
+
+    #[test]
+    fn a_document_is_refused_for_its_own_errors_only() {
+        // This process lacks the variable: the node that has it compiles the document.
+        let text = openai_with_url("http://127.0.0.1:9000").replace(
+            "kind = \"openai\"",
+            "kind = \"openai\"\napi_key_env = \"SLUICE_TEST_UNSET_VARIABLE\"",
+        );
+        let host = check_document(Path::new(FILE), &text).unwrap();
+        assert_eq!(host.len(), 1);
+        assert_eq!(host[0].scope, Scope::Host);
+        assert!(host[0].message.contains("SLUICE_TEST_UNSET_VARIABLE"));
+        let bad = text.replace("name = \"d\"", "name = \"\"");
+        let ConfigErrors(refused) = check_document(Path::new(FILE), &bad).unwrap_err();
+        assert!(
+            refused.iter().all(|e| e.scope == Scope::Document),
+            "{refused:?}"
+        );
+        assert_eq!(refused[0].field, "deployment[0].name");
     }
 
     #[test]

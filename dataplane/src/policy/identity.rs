@@ -67,6 +67,7 @@ impl Identity {
                 column: 1,
                 field: field.to_string(),
                 message,
+                scope: crate::config::Scope::Document,
             }])
         };
         let jwt = if access.jwt.is_empty() {
