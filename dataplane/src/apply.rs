@@ -1,6 +1,7 @@
 //! One way to put a config in force — at start-up, on a file reload (SIGHUP or the file
-//! poll) and, later, from the control-plane agent: compile, build the runtime with deliberate
-//! carry-over from the running config, start its side threads, swap, log one line.
+//! poll) and from the control-plane agent ([`crate::agent`], a pushed document with the
+//! node's [`HostLocal`] settings kept): compile, build the runtime with deliberate carry-over
+//! from the running config, start its side threads, swap, log one line.
 //!
 //! What a new config takes over from the running one, and where that is decided:
 //! - limiter state (buckets, quota counts): nothing to do — it lives in
@@ -20,6 +21,7 @@
 //! Requests in flight finish on the config they started with. A config that does not
 //! compile or build changes nothing: the running one keeps serving.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -27,6 +29,8 @@ use crate::audit::Recorder;
 use crate::config::{self, ConfigErrors};
 use crate::policy::AccessRuntime;
 use crate::server::{Loaded, Shared};
+use crate::snapshot::Snapshot;
+use crate::tls::server::ServerTls;
 
 /// Why a config was not put in force.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +53,70 @@ pub enum ApplyError {
 /// nothing: `sluice --check` stops here.
 pub fn prepare(path: &Path, running: Option<&Loaded>) -> Result<Loaded, ConfigErrors> {
     let snapshot = config::load(path, running.map(|r| &r.snapshot))?;
+    build(snapshot, running)
+}
+
+/// What a node managed by a control plane keeps from its own host whatever document is
+/// pushed to it: where it listens (plain and TLS, with the TLS certificates), how many
+/// workers it runs, and its admin listener. They come from its command line or its local
+/// config file, never from the pushed document.
+#[derive(Clone, Debug, Default)]
+pub struct HostLocal {
+    /// Plain listeners.
+    pub listen: Vec<SocketAddr>,
+    /// TLS listeners.
+    pub tls_listen: Vec<SocketAddr>,
+    /// `[server.tls]` for the TLS listeners.
+    pub tls: Option<Arc<ServerTls>>,
+    /// Worker threads (`None`: one per core).
+    pub workers: Option<usize>,
+    /// The admin listener (`None`: none).
+    pub admin_listen: Option<SocketAddr>,
+}
+
+impl HostLocal {
+    /// The host-local settings of a compiled local config.
+    pub fn of(snapshot: &Snapshot) -> Self {
+        Self {
+            listen: snapshot.server.listen.clone(),
+            tls_listen: snapshot.server.tls_listen.clone(),
+            tls: snapshot.server.tls.clone(),
+            workers: snapshot.server.workers,
+            admin_listen: snapshot.admin_listen,
+        }
+    }
+
+    fn impose(&self, snapshot: &mut Snapshot) {
+        snapshot.server.listen.clone_from(&self.listen);
+        snapshot.server.tls_listen.clone_from(&self.tls_listen);
+        snapshot.server.tls.clone_from(&self.tls);
+        snapshot.server.workers = self.workers;
+        snapshot.admin_listen = self.admin_listen;
+    }
+}
+
+/// Compiles a document pushed by a control plane — `text`, named `name` in errors (the
+/// source it was applied from; an assembled folder's errors name its files) — with this
+/// host's environment, keeps `host`'s settings over the document's, and builds its runtime
+/// with carry-over from `running`.
+pub fn prepare_pushed(
+    name: &Path,
+    text: &str,
+    host: &HostLocal,
+    running: Option<&Loaded>,
+) -> Result<Loaded, ConfigErrors> {
+    let mut snapshot = config::load_str(
+        name,
+        text,
+        &|var| std::env::var(var).ok(),
+        running.map(|r| &r.snapshot),
+    )?;
+    host.impose(&mut snapshot);
+    build(snapshot, running)
+}
+
+/// The runtime of a compiled snapshot, with carry-over from `running`.
+fn build(snapshot: Snapshot, running: Option<&Loaded>) -> Result<Loaded, ConfigErrors> {
     let runtime = AccessRuntime::build(&snapshot, running.map(|r| &r.runtime))?;
     // The running audit log goes on when `[audit]` is unchanged; otherwise `start` opens a
     // new one and the old drains when its last request completes.
@@ -77,15 +145,46 @@ fn start_runtime(loaded: &mut Loaded) -> Result<(), ApplyError> {
 /// Start-up: prepares the file with nothing to carry over, starts its side threads and
 /// returns the shared state serving it (workers start on it next).
 pub fn start(path: &Path) -> Result<Arc<Shared>, ApplyError> {
-    let mut loaded = prepare(path, None)?;
+    start_with(prepare(path, None)?, path)
+}
+
+/// Start-up on a document pushed by a control plane (see [`prepare_pushed`]).
+pub fn start_pushed(name: &Path, text: &str, host: &HostLocal) -> Result<Arc<Shared>, ApplyError> {
+    start_with(prepare_pushed(name, text, host, None)?, name)
+}
+
+fn start_with(mut loaded: Loaded, name: &Path) -> Result<Arc<Shared>, ApplyError> {
     start_runtime(&mut loaded)?;
     tracing::info!(
         deployments = loaded.deployments.len(),
         backends = loaded.backends.len(),
-        file = %path.display(),
+        file = %name.display(),
         "config loaded"
     );
     Ok(Shared::new(loaded))
+}
+
+/// A pushed document put in force on a running node (see [`prepare_pushed`]); logs one
+/// `config reloaded` line with `reason`. On an error nothing changed.
+pub fn apply_pushed(
+    shared: &Shared,
+    name: &Path,
+    text: &str,
+    host: &HostLocal,
+    reason: &str,
+) -> Result<(), ApplyError> {
+    let current = shared.snapshot();
+    let mut next = prepare_pushed(name, text, host, Some(&current))?;
+    start_runtime(&mut next)?;
+    swap_in(shared, next, name, reason);
+    Ok(())
+}
+
+fn swap_in(shared: &Shared, next: Loaded, name: &Path, reason: &str) {
+    let deployments = next.deployments.len();
+    let backends = next.backends.len();
+    shared.swap(next);
+    tracing::info!(reason, deployments, backends, file = %name.display(), "config reloaded");
 }
 
 /// A config change: prepares the file at `path` with carry-over from the config `shared`
@@ -107,9 +206,6 @@ pub fn apply(shared: &Shared, path: &Path, reason: &str) -> Result<(), ApplyErro
             "config reload: listen addresses and worker count change only on restart (listen, tls_listen, [admin] listen, workers); keeping the running ones (a TLS listener the new config has no [server.tls] for closes its connections)"
         );
     }
-    let deployments = next.deployments.len();
-    let backends = next.backends.len();
-    shared.swap(next);
-    tracing::info!(reason, deployments, backends, file = %path.display(), "config reloaded");
+    swap_in(shared, next, path, reason);
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! monoio workers, one per core.
 
 pub mod admin;
+pub mod agent;
 pub mod answers;
 pub mod apply;
 pub mod audit;
@@ -23,6 +24,7 @@ pub mod http;
 pub mod json_edit;
 pub mod limit;
 pub mod logging;
+pub mod managed;
 pub mod metrics;
 pub mod mock;
 pub mod policy;

@@ -11,7 +11,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use sluice::apply::{self, ApplyError};
+use sluice::agent::{Agent, AgentSettings};
+use sluice::apply::{self, ApplyError, HostLocal};
+use sluice::managed::Managed;
 use sluice::reload::Reloader;
 use sluice::server::{self, DriverChoice};
 
@@ -21,9 +23,26 @@ use sluice::server::{self, DriverChoice};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// The TOML config file.
-    #[arg(long, value_name = "FILE", required = true)]
+    /// The TOML config file. With --control-plane, it serves until the control plane's
+    /// first version is in force, and gives the host-local settings (listeners, TLS,
+    /// workers, admin listener).
+    #[arg(long, value_name = "FILE", required_unless_present = "control_plane")]
     config: Option<PathBuf>,
+    /// Take config from this control plane (`http://HOST:PORT`): a managed node. The node
+    /// token comes from SLUICE_NODE_TOKEN.
+    #[arg(long, value_name = "URL", requires = "node_id")]
+    control_plane: Option<String>,
+    /// This node's stable id (with --control-plane): it names the node in `sluicectl nodes`.
+    #[arg(long, value_name = "ID", requires = "control_plane")]
+    node_id: Option<String>,
+    /// Where to listen (repeatable; with --control-plane): replaces the config file's
+    /// `[server] listen`. A managed node without --config needs at least one.
+    #[arg(long = "listen", value_name = "ADDR", requires = "control_plane")]
+    listen: Vec<std::net::SocketAddr>,
+    /// The admin listener (with --control-plane), `""` for none: replaces the config file's
+    /// `[admin] listen` (default 127.0.0.1:9090).
+    #[arg(long, value_name = "ADDR", requires = "control_plane")]
+    admin: Option<String>,
     /// Worker threads (default: `server.workers`, else one per available core).
     #[arg(long)]
     workers: Option<usize>,
@@ -136,11 +155,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         print!("{}", sluice::auth::keygen::keygen_report(&generated));
         return Ok(ExitCode::SUCCESS);
     }
-    // clap requires --config unless a subcommand is given.
-    let config = cli
-        .config
-        .ok_or_else(|| anyhow::anyhow!("--config FILE is required"))?;
     if cli.check {
+        let config = cli
+            .config
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("--check needs --config FILE"))?;
         // Compiled and built (every key parsed), but nothing started: no JWKS fetch, no
         // worker.
         return Ok(match apply::prepare(&config, None) {
@@ -154,29 +173,71 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         });
     }
-    let shared = match apply::start(&config) {
-        Ok(shared) => shared,
-        Err(ApplyError::Config(errors)) => {
-            eprintln!("{errors}");
-            return Ok(ExitCode::FAILURE);
-        }
-        Err(e) => return Err(e.into()),
+    // Register signal handlers first, so an early signal is not lost.
+    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
+    let local = match &cli.config {
+        Some(config) => match apply::start(config) {
+            Ok(shared) => Some(shared),
+            Err(ApplyError::Config(errors)) => {
+                eprintln!("{errors}");
+                return Ok(ExitCode::FAILURE);
+            }
+            Err(e) => return Err(e.into()),
+        },
+        None => None,
     };
-    let loaded = shared.snapshot();
+    let (shared, host, managed) = match &cli.control_plane {
+        None => {
+            let shared = local.ok_or_else(|| anyhow::anyhow!("--config FILE is required"))?;
+            let host = HostLocal::of(&shared.snapshot());
+            (shared, host, None)
+        }
+        Some(url) => {
+            let host = host_local(&cli, local.as_ref())?;
+            let (managed, first) = match local {
+                Some(shared) => (Managed::serving(shared, host.clone()), None),
+                None => {
+                    let (managed, first) = Managed::waiting(host.clone());
+                    (managed, Some(first))
+                }
+            };
+            let settings = AgentSettings {
+                url: url.clone(),
+                node_id: cli.node_id.clone().unwrap_or_default(),
+                hostname: nix::unistd::gethostname()
+                    .map(|h| h.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                token: std::env::var("SLUICE_NODE_TOKEN").ok(),
+            };
+            Agent::new(settings, managed.clone())?.spawn()?;
+            let shared = match first {
+                None => managed.shared(),
+                Some(first) => {
+                    tracing::info!(url = %url, "waiting for the control plane's first config");
+                    match wait_first(&first, &mut signals) {
+                        Some(shared) => Some(shared),
+                        None => return Ok(ExitCode::SUCCESS),
+                    }
+                }
+            };
+            (
+                shared.ok_or_else(|| anyhow::anyhow!("no config to serve"))?,
+                host,
+                Some(managed),
+            )
+        }
+    };
     let workers = cli
         .workers
-        .or(loaded.server.workers)
+        .or(host.workers)
         .filter(|&n| n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let listen = server::Listeners {
-        plain: loaded.server.listen.clone(),
-        tls: loaded.server.tls_listen.clone(),
+        plain: host.listen.clone(),
+        tls: host.tls_listen.clone(),
     };
-    drop(loaded);
-    // Register signal handlers before the workers start, so an early signal is not lost.
-    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
     // Bound before the workers, so a taken admin port stops the start; ready after them.
-    let admin_listen = shared.snapshot().admin_listen;
+    let admin_listen = host.admin_listen;
     let admin = match admin_listen {
         Some(addr) => Some(sluice::admin::Admin::start(addr, shared.clone())?),
         None => None,
@@ -188,20 +249,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let plain: Vec<String> = running.listen.iter().map(ToString::to_string).collect();
     let tls: Vec<String> = running.tls_listen.iter().map(ToString::to_string).collect();
+    let source = match (&cli.control_plane, &cli.config) {
+        (Some(url), _) => format!("control plane {url}"),
+        (None, Some(config)) => config.display().to_string(),
+        (None, None) => String::new(),
+    };
     tracing::info!(
         "sluice started workers={} driver={} listen={} tls_listen={} config={}",
         running.workers,
         running.driver,
         plain.join(","),
         tls.join(","),
-        config.display()
+        source
     );
     // The ready file: plain listeners, then TLS ones, in config order.
     let listen_list: Vec<String> = plain.into_iter().chain(tls).collect();
 
-    let reloader = Reloader::new(shared.clone(), config.clone());
+    // The local file is watched only on an unmanaged node; a managed one reloads it on
+    // SIGHUP until the control plane's first version is in force.
+    let reloader = cli
+        .config
+        .as_ref()
+        .map(|config| Reloader::new(shared.clone(), config.clone()));
     let stop_watch = Arc::new(AtomicBool::new(false));
-    reloader.spawn_watcher(stop_watch.clone())?;
+    if let (Some(reloader), None) = (&reloader, &managed) {
+        reloader.spawn_watcher(stop_watch.clone())?;
+    }
     // Last: whoever waits for the file finds the startup line logged and reloads watched.
     if let Some(path) = &cli.ready_file {
         write_ready_file(path, &listen_list)
@@ -209,7 +282,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     for signal in signals.forever() {
         if signal == SIGHUP {
-            reloader.reload("SIGHUP");
+            match (&reloader, &managed) {
+                (_, Some(managed)) if managed.pushed() => {
+                    tracing::warn!("SIGHUP ignored: the control plane's config is in force")
+                }
+                (Some(reloader), _) => {
+                    reloader.reload("SIGHUP");
+                }
+                (None, _) => tracing::warn!("SIGHUP ignored: no local config file"),
+            }
         } else {
             break;
         }
@@ -268,6 +349,53 @@ fn usage(db: &Path, by: &str, since: Duration, output: Output) -> anyhow::Result
         Output::Json => println!("{}", usage::json(&by, &rows)),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The host-local settings of a managed node: the local file's (if any) with the command
+/// line's `--listen`, `--admin` and `--workers` over them.
+fn host_local(cli: &Cli, local: Option<&Arc<server::Shared>>) -> anyhow::Result<HostLocal> {
+    let mut host = match local {
+        Some(shared) => HostLocal::of(&shared.snapshot()),
+        None => HostLocal {
+            admin_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9090))),
+            ..HostLocal::default()
+        },
+    };
+    if !cli.listen.is_empty() {
+        host.listen.clone_from(&cli.listen);
+    }
+    if let Some(admin) = &cli.admin {
+        host.admin_listen = match admin.as_str() {
+            "" => None,
+            text => Some(
+                text.parse()
+                    .with_context(|| format!("--admin {text}: expected IP:PORT or \"\""))?,
+            ),
+        };
+    }
+    if cli.workers.is_some() {
+        host.workers = cli.workers;
+    }
+    if host.listen.is_empty() && host.tls_listen.is_empty() {
+        anyhow::bail!("a managed node without --config needs --listen ADDR");
+    }
+    Ok(host)
+}
+
+/// Waits for the control plane's first version; `None` when SIGTERM or SIGINT came first.
+fn wait_first(
+    first: &std::sync::mpsc::Receiver<Arc<server::Shared>>,
+    signals: &mut Signals,
+) -> Option<Arc<server::Shared>> {
+    loop {
+        if let Ok(shared) = first.recv_timeout(Duration::from_millis(200)) {
+            return Some(shared);
+        }
+        if signals.pending().any(|s| s == SIGTERM || s == SIGINT) {
+            tracing::info!("stopped before the control plane sent a config");
+            return None;
+        }
+    }
 }
 
 /// Writes `addrs` to `path`, one per line, through a temporary file renamed into place.

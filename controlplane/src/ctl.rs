@@ -1,0 +1,452 @@
+//! `sluicectl`: the operator's CLI over the control plane's gRPC API.
+//!
+//! Exit codes scripts can trust ([`Exit`]): 0 done; 1 refused by the server (an invalid
+//! config, an unknown name); 2 a bad command line; 3 the server unreachable; 4
+//! authentication failed. `-o table` (the default) prints for people; `-o json` prints one
+//! JSON document on stdout.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice_proto::control::v1::apply_response::Outcome;
+use sluice_proto::control::v1::config_service_client::ConfigServiceClient;
+use sluice_proto::control::v1::node_service_client::NodeServiceClient;
+use sluice_proto::control::v1::{
+    ApplyRequest, ConfigError, DiffRequest, GetConfigRequest, ListNodesRequest, NodeState,
+};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::source;
+use crate::store::error_to_json;
+
+/// Drives a Sluice control plane.
+#[derive(Parser, Debug)]
+#[command(name = "sluicectl", version, about)]
+pub struct Cli {
+    /// The control plane's API.
+    #[arg(
+        long,
+        env = "SLUICE_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub server: String,
+    /// The operator token (sent as `authorization: Bearer …`).
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Output: a table for people, or one JSON document.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        default_value = "table",
+        global = true
+    )]
+    pub output: Output,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `-o`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Aligned columns or plain text.
+    Table,
+    /// One JSON document on stdout.
+    Json,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Make the config at PATH (a TOML file or a folder of them) the running version.
+    Apply {
+        /// The config file or folder.
+        #[arg(short = 'f', long = "file", value_name = "PATH")]
+        file: PathBuf,
+    },
+    /// Show how the config at PATH differs from the running version (and its errors).
+    Diff {
+        /// The config file or folder.
+        #[arg(short = 'f', long = "file", value_name = "PATH")]
+        file: PathBuf,
+    },
+    /// Read something from the control plane.
+    Get {
+        /// What to read.
+        #[command(subcommand)]
+        what: Get,
+    },
+    /// The data-plane nodes and their answers to the current version.
+    Nodes,
+}
+
+/// `get` targets.
+#[derive(Subcommand, Debug)]
+pub enum Get {
+    /// The running config document (or an older version).
+    Config {
+        /// The version to read; default the running one.
+        #[arg(long)]
+        version: Option<u64>,
+    },
+}
+
+/// How `sluicectl` ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// 0: done.
+    Done = 0,
+    /// 1: the server refused (invalid config, unknown name, …).
+    Refused = 1,
+    /// 2: a bad command line (clap's own code for usage errors).
+    Usage = 2,
+    /// 3: the server could not be reached.
+    Unreachable = 3,
+    /// 4: the token was missing or wrong.
+    Unauthenticated = 4,
+}
+
+/// The exit code for an RPC's failure.
+pub fn exit_for(status: &Status) -> Exit {
+    match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied => Exit::Unauthenticated,
+        Code::Unavailable | Code::DeadlineExceeded => Exit::Unreachable,
+        _ => Exit::Refused,
+    }
+}
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+pub struct AddToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for AddToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Authed = InterceptedService<Channel, AddToken>;
+
+/// A failure, with its exit code and what to print on stderr.
+struct Failure(Exit, String);
+
+impl From<Status> for Failure {
+    fn from(status: Status) -> Self {
+        let exit = exit_for(&status);
+        let what = match exit {
+            Exit::Unauthenticated => "authentication failed",
+            Exit::Unreachable => "control plane unreachable",
+            _ => "refused",
+        };
+        Failure(exit, format!("{what}: {}", status.message()))
+    }
+}
+
+/// Runs one command; returns the exit code.
+pub async fn run(cli: Cli) -> Exit {
+    match run_command(cli).await {
+        Ok(exit) => exit,
+        Err(Failure(exit, message)) => {
+            eprintln!("sluicectl: {message}");
+            exit
+        }
+    }
+}
+
+async fn connect(cli: &Cli) -> Result<Authed, Failure> {
+    let token = match cli.token.as_deref().filter(|t| !t.is_empty()) {
+        Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
+            Failure(
+                Exit::Usage,
+                "--token: not a valid header value (visible ASCII only)".into(),
+            )
+        })?),
+        None => None,
+    };
+    let endpoint = Endpoint::from_shared(cli.server.clone())
+        .map_err(|e| Failure(Exit::Usage, format!("--server {}: {e}", cli.server)))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30));
+    let channel = endpoint.connect().await.map_err(|e| {
+        let cause = std::error::Error::source(&e).map_or(String::new(), |s| format!(": {s}"));
+        Failure(
+            Exit::Unreachable,
+            format!("cannot reach {}{cause}", cli.server),
+        )
+    })?;
+    Ok(InterceptedService::new(channel, AddToken(token)))
+}
+
+fn print_json(value: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer_pretty(&mut out, value);
+    let _ = writeln!(out);
+}
+
+fn located(e: &ConfigError) -> String {
+    format!(
+        "{}:{}:{}: {}: {}",
+        e.file, e.line, e.column, e.field, e.message
+    )
+}
+
+/// Reads `-f PATH`: a path that cannot be read is a bad command line (2); a document that
+/// does not assemble is an invalid config (1), like one the server refuses.
+fn read_source(path: &std::path::Path) -> Result<source::Document, Failure> {
+    source::read(path).map_err(|e| {
+        let exit = match e {
+            source::SourceError::Read { .. } | source::SourceError::Empty(_) => Exit::Usage,
+            source::SourceError::TooLarge(..) | source::SourceError::Assemble(_) => Exit::Refused,
+        };
+        Failure(exit, e.to_string())
+    })
+}
+
+async fn run_command(cli: Cli) -> Result<Exit, Failure> {
+    // Read local files before dialling: a bad path is reported even with no server.
+    let document = match &cli.command {
+        Command::Apply { file } | Command::Diff { file } => Some(read_source(file)?),
+        _ => None,
+    };
+    let channel = connect(&cli).await?;
+    let json = cli.output == Output::Json;
+    match (&cli.command, document) {
+        (Command::Apply { .. }, Some(doc)) => {
+            let answer = ConfigServiceClient::new(channel)
+                .apply(ApplyRequest {
+                    toml: doc.toml,
+                    source: doc.source,
+                    git_commit: doc.git_commit,
+                })
+                .await?
+                .into_inner();
+            match answer.outcome {
+                Some(Outcome::Applied(applied)) => {
+                    if json {
+                        print_json(&serde_json::json!({
+                            "version": applied.version,
+                            "unchanged": applied.unchanged,
+                            "warnings": applied.host_warnings.iter().map(error_to_json).collect::<Vec<_>>(),
+                        }));
+                    } else {
+                        for w in &applied.host_warnings {
+                            eprintln!("warning: {} (not checked by the control plane's host: each node checks it)", located(w));
+                        }
+                        if applied.unchanged {
+                            println!(
+                                "unchanged: version {} already runs this document",
+                                applied.version
+                            );
+                        } else {
+                            println!("applied: version {}", applied.version);
+                        }
+                    }
+                    Ok(Exit::Done)
+                }
+                Some(Outcome::Rejected(rejected)) => {
+                    if json {
+                        print_json(&serde_json::json!({
+                            "errors": rejected.errors.iter().map(error_to_json).collect::<Vec<_>>(),
+                        }));
+                    } else {
+                        for e in &rejected.errors {
+                            eprintln!("{}", located(e));
+                        }
+                        eprintln!(
+                            "refused: {} error(s); nothing was applied",
+                            rejected.errors.len()
+                        );
+                    }
+                    Ok(Exit::Refused)
+                }
+                None => Err(Failure(
+                    Exit::Refused,
+                    "the server answered with no outcome".into(),
+                )),
+            }
+        }
+        (Command::Diff { .. }, Some(doc)) => {
+            let answer = ConfigServiceClient::new(channel)
+                .diff(DiffRequest {
+                    toml: doc.toml,
+                    source: doc.source,
+                })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&serde_json::json!({
+                    "running_version": answer.running_version,
+                    "lines_added": answer.lines_added,
+                    "lines_removed": answer.lines_removed,
+                    "diff": answer.unified_diff,
+                    "errors": answer.errors.iter().map(error_to_json).collect::<Vec<_>>(),
+                }));
+            } else {
+                if answer.unified_diff.is_empty() {
+                    println!("no changes against version {}", answer.running_version);
+                } else {
+                    print!("{}", answer.unified_diff);
+                }
+                for e in &answer.errors {
+                    eprintln!("{}", located(e));
+                }
+            }
+            Ok(if answer.errors.is_empty() {
+                Exit::Done
+            } else {
+                Exit::Refused
+            })
+        }
+        (
+            Command::Get {
+                what: Get::Config { version },
+            },
+            _,
+        ) => {
+            let answer = ConfigServiceClient::new(channel)
+                .get(GetConfigRequest {
+                    version: version.unwrap_or(0),
+                })
+                .await?
+                .into_inner();
+            let v = answer.version.unwrap_or_default();
+            let created = v
+                .created_at
+                .and_then(|t| SystemTime::try_from(t).ok())
+                .map(rfc3339);
+            if json {
+                print_json(&serde_json::json!({
+                    "version": v.version,
+                    "git_commit": v.git_commit,
+                    "source": v.source,
+                    "created_at": created,
+                    "toml": answer.toml,
+                }));
+            } else {
+                println!(
+                    "# version {} from {}{} at {}",
+                    v.version,
+                    v.source,
+                    if v.git_commit.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (git {})", v.git_commit)
+                    },
+                    created.unwrap_or_default()
+                );
+                print!("{}", answer.toml);
+                if !answer.toml.ends_with('\n') {
+                    println!();
+                }
+            }
+            Ok(Exit::Done)
+        }
+        (Command::Nodes, _) => {
+            let nodes = NodeServiceClient::new(channel)
+                .list(ListNodesRequest {})
+                .await?
+                .into_inner()
+                .nodes;
+            let state_name = |s: i32| match NodeState::try_from(s) {
+                Ok(NodeState::Ack) => "ACK",
+                Ok(NodeState::Nack) => "NACK",
+                _ => "PENDING",
+            };
+            let last_seen = |n: &sluice_proto::control::v1::Node| {
+                n.last_seen
+                    .and_then(|t| SystemTime::try_from(t).ok())
+                    .map(rfc3339)
+            };
+            if json {
+                let rows: Vec<_> = nodes
+                    .iter()
+                    .map(|n| {
+                        serde_json::json!({
+                            "node_id": n.id,
+                            "version": n.running_version,
+                            "state": state_name(n.state),
+                            "errors": n.rejected_errors.iter().map(error_to_json).collect::<Vec<_>>(),
+                            "last_seen": last_seen(n),
+                            "connected": n.connected,
+                            "hostname": n.hostname,
+                            "rejected_version": n.rejected_version,
+                        })
+                    })
+                    .collect();
+                print_json(&serde_json::Value::Array(rows));
+            } else {
+                let mut rows = vec![[
+                    "NODE",
+                    "VERSION",
+                    "STATE",
+                    "CONNECTED",
+                    "LAST SEEN",
+                    "ERRORS",
+                ]
+                .map(String::from)
+                .to_vec()];
+                for n in &nodes {
+                    rows.push(vec![
+                        n.id.clone(),
+                        n.running_version.to_string(),
+                        state_name(n.state).to_string(),
+                        if n.connected { "yes" } else { "no" }.to_string(),
+                        last_seen(n).unwrap_or_else(|| "-".into()),
+                        n.rejected_errors
+                            .iter()
+                            .map(located)
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    ]);
+                }
+                print_table(&rows);
+            }
+            Ok(Exit::Done)
+        }
+        (Command::Apply { .. } | Command::Diff { .. }, None) => {
+            Err(Failure(Exit::Usage, "no document read".into()))
+        }
+    }
+}
+
+/// RFC 3339 with milliseconds, UTC.
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Prints rows as left-aligned columns two spaces apart (the last column unpadded).
+fn print_table(rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[c]));
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+}

@@ -1,0 +1,19 @@
+//! Sluice's control plane: `sluice-control` keeps the desired config of a fleet of `sluice`
+//! data-plane nodes — a TOML file or folder, usually a git checkout — versions it, pushes each
+//! version to every node over a gRPC Watch stream and records each node's ACK or NACK;
+//! `sluicectl` is the operator's CLI over the same API (`proto/`).
+//!
+//! The pieces: [`source`] reads a config path into one document and names its git commit;
+//! [`state`] is the state as pure values and functions; [`store`] keeps it in SQLite in the
+//! state directory; [`auth`] checks the operator and node bearer tokens; [`service`] is the
+//! gRPC services over it all; [`server`] runs them, with [`admin`] (metrics and health) beside; [`ctl`] is
+//! `sluicectl`.
+
+pub mod admin;
+pub mod auth;
+pub mod ctl;
+pub mod server;
+pub mod service;
+pub mod source;
+pub mod state;
+pub mod store;

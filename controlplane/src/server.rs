@@ -1,0 +1,109 @@
+//! Running the control plane: the gRPC server on its listener, and the task that watches the
+//! config path and applies each change.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_proto::control::v1::config_service_server::ConfigServiceServer;
+use sluice_proto::control::v1::node_service_server::NodeServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::service::{Api, ControlPlane, Verdict};
+use crate::source;
+
+/// How often the config path is read for changes.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// HTTP/2 pings on idle connections, so a node that vanished without a FIN (its host gone, a
+/// cable pulled) is noticed and shown disconnected.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// Whether every address is a loopback one (where running without tokens is allowed).
+pub fn all_loopback(addrs: &[SocketAddr]) -> bool {
+    addrs.iter().all(|a| a.ip().is_loopback())
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    control: Arc<ControlPlane>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let api = Api(control);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE * 2))
+        .add_service(ConfigServiceServer::new(api.clone()))
+        .add_service(NodeServiceServer::new(api))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Reads `path` and applies it when its document differs from the last one read; logs the
+/// outcome. Returns the document's text (what the next poll compares with) — the old one when
+/// the path could not be read.
+pub async fn apply_path(
+    control: &ControlPlane,
+    path: &Path,
+    last: Option<String>,
+) -> Option<String> {
+    let read = {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || source::read(&path)).await
+    };
+    let document = match read {
+        Ok(Ok(document)) => document,
+        Ok(Err(e)) => {
+            if last.is_some() {
+                tracing::error!("config path: {e}; keeping the running version");
+            } else {
+                tracing::error!("config path: {e}");
+            }
+            return last;
+        }
+        Err(e) => {
+            tracing::error!("config path: reading failed: {e}");
+            return last;
+        }
+    };
+    if last.as_ref() == Some(&document.toml) {
+        return last;
+    }
+    let text = document.toml.clone();
+    match control.apply_document(document).await {
+        Ok(Verdict::Applied {
+            version,
+            unchanged,
+            host_warnings,
+        }) => {
+            for w in &host_warnings {
+                tracing::warn!("{w} (not checked here: each node checks it and NACKs if it fails)");
+            }
+            if unchanged {
+                tracing::info!(version, file = %path.display(), "config path read: already running");
+            } else {
+                tracing::info!(version, file = %path.display(), "config path applied");
+            }
+        }
+        Ok(Verdict::Refused(errors)) => {
+            tracing::error!(file = %path.display(), "config path refused; nothing pushed:\n{errors}");
+        }
+        Err(status) => tracing::error!("config path: {}", status.message()),
+    }
+    Some(text)
+}
+
+/// Polls `path` every [`POLL_INTERVAL`], applying each change (forever; cancel the task to
+/// stop). `last` is the text read at start-up.
+pub async fn watch_path(control: Arc<ControlPlane>, path: PathBuf, mut last: Option<String>) {
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        last = apply_path(&control, &path, last).await;
+    }
+}

@@ -1,0 +1,239 @@
+//! The control plane's state as pure values: what nodes should run ([`Desired`], one numbered
+//! version at a time) and what each node said ([`Fleet`]). Every change is a function from
+//! the old value to the new one, with no I/O: the service persists and pushes what these
+//! functions decide. (STYLE §6: a state machine over proto messages.)
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use sluice_proto::control::v1::{ConfigError, ConfigSnapshot, Node, NodeState};
+
+use crate::source::Document;
+
+/// What every node should run: one version of a config document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    /// The version number: grows by one with each change; 0 before the first document.
+    pub version: u64,
+    /// The document; `None` only at version 0.
+    pub document: Option<Document>,
+    /// When this version was made.
+    pub created_at: SystemTime,
+}
+
+/// One change an operator (or the watched config path) asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A new document, already checked ([`sluice::config::check_document`]).
+    Document(Document),
+}
+
+impl Desired {
+    /// The state before any document: version 0.
+    pub fn empty() -> Self {
+        Self {
+            version: 0,
+            document: None,
+            created_at: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    /// The state after `change`, made at `now`; `None` when it changes nothing that nodes
+    /// run (the same document text: a new commit or source name alone makes no version).
+    pub fn apply(&self, change: Change, now: SystemTime) -> Option<Desired> {
+        match change {
+            Change::Document(document) => {
+                if self.document.as_ref().map(|d| &d.toml) == Some(&document.toml) {
+                    return None;
+                }
+                Some(Desired {
+                    version: self.version + 1,
+                    document: Some(document),
+                    created_at: now,
+                })
+            }
+        }
+    }
+
+    /// The snapshot that carries this version to a node; `None` at version 0.
+    pub fn snapshot(&self) -> Option<ConfigSnapshot> {
+        let document = self.document.as_ref()?;
+        Some(ConfigSnapshot {
+            version: self.version,
+            git_commit: document.git_commit.clone(),
+            source: document.source.clone(),
+            toml: document.toml.clone(),
+            created_at: Some(self.created_at.into()),
+            ..ConfigSnapshot::default()
+        })
+    }
+}
+
+/// What the control plane knows of one node.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NodeRecord {
+    /// The host name it registered with.
+    pub hostname: String,
+    /// The `sluice` build it runs.
+    pub build_version: String,
+    /// The version it last acknowledged (0: none).
+    pub running_version: u64,
+    /// The last version it refused after its last ACK (0: none), and why.
+    pub rejected_version: u64,
+    /// The errors of that refusal, located.
+    pub rejected_errors: Vec<ConfigError>,
+    /// When it last called.
+    pub last_seen: Option<SystemTime>,
+    /// Watch streams it has open now (a reconnect may overlap the old stream briefly).
+    pub watching: u32,
+}
+
+/// Every node seen, by id.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fleet {
+    /// The nodes, ordered by id.
+    pub nodes: BTreeMap<String, NodeRecord>,
+}
+
+impl Fleet {
+    /// A node introduced itself (at start or after a reconnect).
+    pub fn register(
+        &mut self,
+        id: &str,
+        hostname: &str,
+        build_version: &str,
+        running_version: u64,
+        now: SystemTime,
+    ) {
+        let node = self.nodes.entry(id.to_string()).or_default();
+        node.hostname = hostname.to_string();
+        node.build_version = build_version.to_string();
+        node.running_version = running_version;
+        node.last_seen = Some(now);
+    }
+
+    /// A node answered `version`: ACK (`errors` empty and `accepted`) or NACK.
+    pub fn answer(
+        &mut self,
+        id: &str,
+        version: u64,
+        accepted: bool,
+        errors: Vec<ConfigError>,
+        now: SystemTime,
+    ) {
+        let node = self.nodes.entry(id.to_string()).or_default();
+        if accepted {
+            node.running_version = version;
+            node.rejected_version = 0;
+            node.rejected_errors.clear();
+        } else {
+            node.rejected_version = version;
+            node.rejected_errors = errors;
+        }
+        node.last_seen = Some(now);
+    }
+
+    /// A node opened (`true`) or closed (`false`) a Watch stream.
+    pub fn watching(&mut self, id: &str, open: bool, now: SystemTime) {
+        let node = self.nodes.entry(id.to_string()).or_default();
+        node.watching = if open {
+            node.watching.saturating_add(1)
+        } else {
+            node.watching.saturating_sub(1)
+        };
+        node.last_seen = Some(now);
+    }
+
+    /// Every node as `NodeService.List` shows it, against the `current` version.
+    pub fn list(&self, current: u64) -> Vec<Node> {
+        self.nodes
+            .iter()
+            .map(|(id, n)| Node {
+                id: id.clone(),
+                hostname: n.hostname.clone(),
+                build_version: n.build_version.clone(),
+                running_version: n.running_version,
+                last_seen: n.last_seen.map(Into::into),
+                connected: n.watching > 0,
+                rejected_version: n.rejected_version,
+                rejected_errors: n.rejected_errors.clone(),
+                state: state_of(n, current) as i32,
+            })
+            .collect()
+    }
+}
+
+/// ACK when the node runs `current`, NACK when it refused it, PENDING otherwise.
+fn state_of(node: &NodeRecord, current: u64) -> NodeState {
+    if node.running_version == current && current > 0 {
+        NodeState::Ack
+    } else if node.rejected_version == current && current > 0 {
+        NodeState::Nack
+    } else {
+        NodeState::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(toml: &str, commit: &str) -> Document {
+        Document {
+            toml: toml.into(),
+            source: "conf".into(),
+            git_commit: commit.into(),
+        }
+    }
+
+    #[test]
+    fn versions_grow_only_when_the_document_changes() {
+        let t0 = SystemTime::UNIX_EPOCH;
+        let v0 = Desired::empty();
+        assert_eq!(v0.snapshot(), None);
+        let v1 = v0.apply(Change::Document(doc("a", "c1")), t0).unwrap();
+        assert_eq!(v1.version, 1);
+        assert_eq!(v1.apply(Change::Document(doc("a", "c2")), t0), None);
+        let v2 = v1.apply(Change::Document(doc("b", "c2")), t0).unwrap();
+        assert_eq!(v2.version, 2);
+        let snapshot = v2.snapshot().unwrap();
+        assert_eq!(
+            (
+                snapshot.version,
+                snapshot.toml.as_str(),
+                snapshot.git_commit.as_str()
+            ),
+            (2, "b", "c2")
+        );
+    }
+
+    #[test]
+    fn node_state_follows_its_last_answer_to_the_current_version() {
+        let now = SystemTime::UNIX_EPOCH;
+        let mut fleet = Fleet::default();
+        fleet.register("n1", "host", "0.1.0", 0, now);
+        let state =
+            |fleet: &Fleet, current| NodeState::try_from(fleet.list(current)[0].state).unwrap();
+        assert_eq!(state(&fleet, 1), NodeState::Pending);
+        fleet.answer("n1", 1, true, vec![], now);
+        assert_eq!(state(&fleet, 1), NodeState::Ack);
+        let error = ConfigError {
+            message: "unset".into(),
+            ..ConfigError::default()
+        };
+        fleet.answer("n1", 2, false, vec![error], now);
+        assert_eq!(state(&fleet, 2), NodeState::Nack);
+        assert_eq!(
+            fleet.list(2)[0].running_version,
+            1,
+            "keeps its last good version"
+        );
+        assert_eq!(state(&fleet, 3), NodeState::Pending);
+        fleet.answer("n1", 3, true, vec![], now);
+        assert_eq!(fleet.list(3)[0].rejected_errors, vec![]);
+        fleet.watching("n1", true, now);
+        assert!(fleet.list(3)[0].connected);
+        fleet.watching("n1", false, now);
+        assert!(!fleet.list(3)[0].connected);
+    }
+}

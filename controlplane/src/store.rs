@@ -1,0 +1,286 @@
+//! The state directory's SQLite database (`control.db`): every version made, and every node
+//! seen with its last answer — so a restarted control plane serves the same versions and
+//! knows the same fleet. Written in WAL mode with `synchronous = FULL`: a version is on disk
+//! before any node hears of it.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use sluice_proto::control::v1::ConfigError;
+
+use crate::source::Document;
+use crate::state::{Desired, Fleet, NodeRecord};
+
+/// The schema this build writes; [`Store::open`] refuses a newer one.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS versions (
+    version INTEGER PRIMARY KEY,
+    created_at_ms INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    git_commit TEXT NOT NULL,
+    toml TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id TEXT PRIMARY KEY,
+    hostname TEXT NOT NULL,
+    build_version TEXT NOT NULL,
+    running_version INTEGER NOT NULL,
+    rejected_version INTEGER NOT NULL,
+    rejected_errors TEXT NOT NULL,
+    last_seen_ms INTEGER
+);
+";
+
+/// Why the state database could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused (the file unreadable, full disk, a corrupt database).
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The state directory could not be made.
+    #[error("state directory: {0}")]
+    Io(#[from] std::io::Error),
+    /// Written by a newer `sluice-control`.
+    #[error("state database schema {0} is newer than this build's {SCHEMA_VERSION}")]
+    NewerSchema(i64),
+}
+
+/// The open state database.
+pub struct Store {
+    db: Connection,
+}
+
+impl Store {
+    /// Opens (creating) `DIR/control.db`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let db = Connection::open(dir.join("control.db"))?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.busy_timeout(Duration::from_secs(5))?;
+        db.execute_batch(SCHEMA)?;
+        let found: Option<i64> = db
+            .query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))
+            .optional()?
+            .flatten();
+        match found {
+            None => {
+                db.execute(
+                    "INSERT INTO schema_version (version) VALUES (?1)",
+                    [SCHEMA_VERSION],
+                )?;
+            }
+            Some(v) if v > SCHEMA_VERSION => return Err(StoreError::NewerSchema(v)),
+            Some(_) => {}
+        }
+        Ok(Self { db })
+    }
+
+    /// The newest version stored, or [`Desired::empty`].
+    pub fn latest(&self) -> Result<Desired, StoreError> {
+        Ok(self
+            .query_version("ORDER BY version DESC LIMIT 1", params![])?
+            .unwrap_or_else(Desired::empty))
+    }
+
+    /// Version `n`, if stored.
+    pub fn version(&self, n: u64) -> Result<Option<Desired>, StoreError> {
+        self.query_version("WHERE version = ?1", params![to_i64(n)])
+    }
+
+    fn query_version(
+        &self,
+        tail: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Option<Desired>, StoreError> {
+        let sql =
+            format!("SELECT version, created_at_ms, source, git_commit, toml FROM versions {tail}");
+        Ok(self
+            .db
+            .query_row(&sql, args, |r| {
+                Ok(Desired {
+                    version: r.get::<_, i64>(0)?.max(0) as u64,
+                    created_at: from_ms(r.get(1)?),
+                    document: Some(Document {
+                        source: r.get(2)?,
+                        git_commit: r.get(3)?,
+                        toml: r.get(4)?,
+                    }),
+                })
+            })
+            .optional()?)
+    }
+
+    /// Stores a new version (before anyone hears of it).
+    pub fn insert(&self, desired: &Desired) -> Result<(), StoreError> {
+        let Some(doc) = &desired.document else {
+            return Ok(());
+        };
+        self.db.execute(
+            "INSERT INTO versions (version, created_at_ms, source, git_commit, toml) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                to_i64(desired.version),
+                to_ms(desired.created_at),
+                doc.source,
+                doc.git_commit,
+                doc.toml
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Every node stored (none watching: streams do not survive a restart).
+    pub fn fleet(&self) -> Result<Fleet, StoreError> {
+        let mut statement = self.db.prepare(
+            "SELECT node_id, hostname, build_version, running_version, rejected_version, rejected_errors, last_seen_ms FROM nodes",
+        )?;
+        let rows = statement.query_map([], |r| {
+            let errors: String = r.get(5)?;
+            Ok((
+                r.get::<_, String>(0)?,
+                NodeRecord {
+                    hostname: r.get(1)?,
+                    build_version: r.get(2)?,
+                    running_version: r.get::<_, i64>(3)?.max(0) as u64,
+                    rejected_version: r.get::<_, i64>(4)?.max(0) as u64,
+                    rejected_errors: errors_from_json(&errors),
+                    last_seen: r.get::<_, Option<i64>>(6)?.map(from_ms),
+                    watching: 0,
+                },
+            ))
+        })?;
+        let mut fleet = Fleet::default();
+        for row in rows {
+            let (id, node) = row?;
+            fleet.nodes.insert(id, node);
+        }
+        Ok(fleet)
+    }
+
+    /// Stores one node's record as it now stands.
+    pub fn save_node(&self, id: &str, node: &NodeRecord) -> Result<(), StoreError> {
+        self.db.execute(
+            "INSERT INTO nodes (node_id, hostname, build_version, running_version, rejected_version, rejected_errors, last_seen_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (node_id) DO UPDATE SET hostname = ?2, build_version = ?3, running_version = ?4,
+                 rejected_version = ?5, rejected_errors = ?6, last_seen_ms = ?7",
+            params![
+                id,
+                node.hostname,
+                node.build_version,
+                to_i64(node.running_version),
+                to_i64(node.rejected_version),
+                errors_to_json(&node.rejected_errors),
+                node.last_seen.map(to_ms)
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn from_ms(ms: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+/// Config errors as a JSON array of `{file, line, column, field, message}` objects.
+pub fn errors_to_json(errors: &[ConfigError]) -> String {
+    serde_json::Value::Array(errors.iter().map(error_to_json).collect()).to_string()
+}
+
+/// One config error as `{file, line, column, field, message}`.
+pub fn error_to_json(e: &ConfigError) -> serde_json::Value {
+    serde_json::json!({
+        "file": e.file, "line": e.line, "column": e.column, "field": e.field, "message": e.message,
+    })
+}
+
+fn errors_from_json(text: &str) -> Vec<ConfigError> {
+    let Ok(serde_json::Value::Array(items)) = serde_json::from_str(text) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .map(|e| {
+            let text = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            let number = |k: &str| {
+                e[k].as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .unwrap_or(0)
+            };
+            ConfigError {
+                file: text("file"),
+                line: number("line"),
+                column: number("column"),
+                field: text("field"),
+                message: text("message"),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Change;
+
+    #[test]
+    fn versions_and_nodes_survive_a_reopen() {
+        let dir = std::env::temp_dir().join(format!("sluice-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let doc = Document {
+            toml: "[server]\n".into(),
+            source: "conf".into(),
+            git_commit: "abc".into(),
+        };
+        let v1 = Desired::empty().apply(Change::Document(doc), t).unwrap();
+        let error = ConfigError {
+            file: "a.toml".into(),
+            line: 3,
+            column: 7,
+            field: "backend[0].api_key_env".into(),
+            message: "unset".into(),
+        };
+        let node = NodeRecord {
+            hostname: "h".into(),
+            build_version: "0.1.0".into(),
+            running_version: 1,
+            rejected_version: 2,
+            rejected_errors: vec![error],
+            last_seen: Some(t),
+            watching: 1,
+        };
+        {
+            let store = Store::open(&dir).unwrap();
+            assert_eq!(store.latest().unwrap(), Desired::empty());
+            store.insert(&v1).unwrap();
+            store.save_node("n1", &node).unwrap();
+        }
+        let store = Store::open(&dir).unwrap();
+        assert_eq!(store.latest().unwrap(), v1);
+        assert_eq!(store.version(1).unwrap(), Some(v1));
+        assert_eq!(store.version(2).unwrap(), None);
+        let fleet = store.fleet().unwrap();
+        assert_eq!(
+            fleet.nodes["n1"],
+            NodeRecord {
+                watching: 0,
+                ..node
+            }
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
