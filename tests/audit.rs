@@ -452,6 +452,14 @@ fn readme_sql() -> Vec<(String, String)> {
         .collect()
 }
 
+/// The `requests` rows of `db`; `None` while it cannot be read (not there, no table yet).
+fn request_rows(db: &Path) -> Option<i64> {
+    let db = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .ok()?;
+    db.query_row("SELECT count(*) FROM requests", [], |r| r.get(0))
+        .ok()
+}
+
 fn rows(db: &Path, sql: &str) -> Vec<Vec<String>> {
     let db = rusqlite::Connection::open(db).unwrap();
     let mut stmt = db.prepare(sql).unwrap_or_else(|e| panic!("{e}: {sql}"));
@@ -722,11 +730,15 @@ fn a_stalled_sink_under_drop_counts_exactly_what_it_dropped() {
         N as u64,
         "every record was either written or counted as dropped"
     );
+    // Never silent, even in a run shorter than the warning's 10 s period.
+    assert!(s.log().contains("audit records dropped"), "{}", s.log());
 }
 
 #[test]
 fn a_stalled_sink_under_block_holds_requests_back_and_loses_nothing() {
-    const N: usize = 200;
+    // Well past what the pipe (64 KiB), the sink's and the writer's queues and a worker's
+    // batch (64 records, handed over whole) hold between them, however records are batched.
+    const N: usize = 1000;
     let dir = TempDir::new("audit-block");
     let mut s = Launch::new(&stalled_stdout_body(dir.path(), "block", 8))
         .pipe_stdout()
@@ -1021,8 +1033,177 @@ fn a_sink_file_removed_while_open_is_started_again() {
     }
     let after = records(dir.path(), 3);
     assert_eq!(after.len(), 3, "the new file holds the later records");
-    assert!(wait_until(Duration::from_secs(10), || {
-        db.exists() && rows(&db, "SELECT count(*) FROM requests")[0][0] == "3"
-    }));
+    // The sink re-creates the database; until its schema is in, the table is missing.
+    assert!(wait_until(Duration::from_secs(10), || request_rows(&db) == Some(3)));
     assert!(s.wait_log("was removed or replaced while open", Duration::from_secs(5)));
+}
+
+/// The request ids of every record in the JSON lines files `names` under `dir`.
+fn ids_in(dir: &Path, names: &[&str]) -> Vec<String> {
+    let mut ids = Vec::new();
+    for name in names {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+        for line in text.lines() {
+            let record: Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            ids.push(
+                record["request_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+    }
+    ids.sort();
+    ids
+}
+
+/// A streamed chat to `slow` as `team-b` (no limits) with a prompt of `prompt_bytes`, read
+/// to its end on a thread of its own; the thread gives the answer's status.
+fn slow_stream(port: u16, id: String, prompt_bytes: usize) -> std::thread::JoinHandle<u16> {
+    std::thread::spawn(move || {
+        let mut c = Client::connect(port);
+        let body = json!({
+            "model": "slow",
+            "stream": true,
+            "messages": [{"role": "user", "content": "w ".repeat(prompt_bytes / 2)}],
+        });
+        let body = serde_json::to_vec(&body).unwrap();
+        let (head, mut sse) = c.stream(
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("api-key", OTHER_KEY),
+                ("x-request-id", &id),
+                ("content-type", "application/json"),
+            ],
+            &body,
+        );
+        sse.collect_rest();
+        head.status()
+    })
+}
+
+#[test]
+fn a_reload_that_replaces_the_audit_log_loses_no_record_at_shutdown() {
+    let dir = TempDir::new("audit-retire");
+    let first = body(dir.path(), "", "");
+    let mut s = Launch::new(&first).start();
+    // Streams on the first config (each ~2 s, with a large prompt to render), then a reload
+    // to other sinks while they run, requests on the new one, and SIGTERM at once: the
+    // replaced log must still write every record of the requests that held it.
+    let streams: Vec<_> = (0..4)
+        .map(|i| slow_stream(s.port, format!("old-{i}"), 400_000))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let second = first
+        .replace("audit.jsonl", "audit-2.jsonl")
+        .replace("audit.db", "audit-2.db");
+    s.rewrite_config(&second);
+    s.signal("HUP");
+    assert!(
+        s.wait_log("config reloaded", Duration::from_secs(10)),
+        "{}",
+        s.log()
+    );
+    for i in 0..5 {
+        assert_eq!(
+            post(&s, OTHER_KEY, &format!("new-{i}"), &wordy_chat()).status,
+            200
+        );
+    }
+    s.signal("TERM");
+    for stream in streams {
+        assert_eq!(stream.join().unwrap(), 200);
+    }
+    assert!(
+        s.wait_exit(Duration::from_secs(40)).is_some(),
+        "{}",
+        s.log()
+    );
+    let mut want: Vec<String> = (0..4)
+        .map(|i| format!("old-{i}"))
+        .chain((0..5).map(|i| format!("new-{i}")))
+        .collect();
+    want.sort();
+    assert_eq!(
+        ids_in(dir.path(), &["audit.jsonl", "audit-2.jsonl"]),
+        want,
+        "{}",
+        s.log()
+    );
+    let count = |db: &str| {
+        rows(&dir.path().join(db), "SELECT count(*) FROM requests")[0][0]
+            .parse::<usize>()
+            .unwrap()
+    };
+    assert_eq!(count("audit.db") + count("audit-2.db"), want.len());
+}
+
+#[test]
+fn recorders_on_one_file_share_its_sink_and_an_open_sink_keeps_its_settings() {
+    let dir = TempDir::new("audit-share");
+    let first = body(dir.path(), "node = \"one\"", "");
+    let s = Launch::new(&first).start();
+    let streams: Vec<_> = (0..3)
+        .map(|i| slow_stream(s.port, format!("one-{i}"), 200_000))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // The same files, another node name: a new recorder, the same open sinks.
+    s.rewrite_config(&first.replace("node = \"one\"", "node = \"two\""));
+    s.signal("HUP");
+    assert!(
+        s.wait_log("config reloaded", Duration::from_secs(10)),
+        "{}",
+        s.log()
+    );
+    for i in 0..5 {
+        assert_eq!(
+            post(&s, OTHER_KEY, &format!("two-{i}"), &wordy_chat()).status,
+            200
+        );
+    }
+    for stream in streams {
+        assert_eq!(stream.join().unwrap(), 200);
+    }
+    let all = records(dir.path(), 8);
+    assert_eq!(all.len(), 8, "each record once");
+    for r in &all {
+        let id = r["request_id"].as_str().unwrap();
+        let node = if id.starts_with("one-") { "one" } else { "two" };
+        assert_eq!(r["node"], node, "{r}");
+    }
+    let moved_aside = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("torn"))
+        .count();
+    assert_eq!(
+        moved_aside,
+        0,
+        "nothing was mistaken for a torn line: {}",
+        s.log()
+    );
+    // A change to the open file's own settings is refused; the running config serves on.
+    let rotating = first.replace(
+        &format!("path = \"{}\"", dir.path().join("audit.jsonl").display()),
+        &format!(
+            "path = \"{}\"\nrotate_size = \"1MiB\"",
+            dir.path().join("audit.jsonl").display()
+        ),
+    );
+    assert_ne!(rotating, first);
+    s.rewrite_config(&rotating);
+    s.signal("HUP");
+    assert!(
+        s.wait_log("is open with other settings", Duration::from_secs(10)),
+        "{}",
+        s.log()
+    );
+    assert!(s.log().contains("config reload refused"));
+    assert_eq!(
+        post(&s, OTHER_KEY, "after-refusal", &wordy_chat()).status,
+        200
+    );
+    assert_eq!(record_of(dir.path(), 9, "after-refusal")["node"], "two");
 }

@@ -323,3 +323,39 @@ fn idle_and_slow_admin_clients_do_not_hold_readiness_up() {
     );
     drop(idle);
 }
+
+#[test]
+fn a_reload_that_turns_the_admin_listener_off_keeps_it_counting_until_restart() {
+    let s = Launch::new(MOCK_BODY).start();
+    let admin = s.admin_port();
+    let chat = chat_body(Some("gpt-4o"), false);
+    assert_eq!(
+        post_with(&s, "/v1/chat/completions", &[], &chat).status,
+        200
+    );
+    // The listener is bound at start and serves on; what it shows must go on counting.
+    s.rewrite_config(&format!("{MOCK_BODY}\n[admin]\nlisten = \"\"\n"));
+    s.signal("HUP");
+    scrape_until(
+        admin,
+        "sluice_config_reloads_total",
+        &[("outcome", "ok")],
+        1.0,
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            post_with(&s, "/v1/chat/completions", &[], &chat).status,
+            200
+        );
+    }
+    let m = scrape_until(
+        admin,
+        "sluice_requests_total",
+        &[("deployment", "gpt-4o")],
+        3.0,
+    );
+    assert_eq!(
+        value(&m, "sluice_requests_total", &[("deployment", "gpt-4o")]),
+        3.0
+    );
+}

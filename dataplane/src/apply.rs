@@ -206,6 +206,9 @@ pub fn apply(shared: &Shared, path: &Path, reason: &str) -> Result<(), ApplyErro
             "config reload: listen addresses and worker count change only on restart (listen, tls_listen, [admin] listen, workers); keeping the running ones (a TLS listener the new config has no [server.tls] for closes its connections)"
         );
     }
+    // The snapshot says what runs: the admin listener bound at start serves on, so requests
+    // go on being counted for it (`Snapshot::serves_metrics`) whatever the file now says.
+    next.snapshot.admin_listen = current.admin_listen;
     swap_in(shared, next, path, reason);
     Ok(())
 }

@@ -305,10 +305,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Workers stop on their own at the grace deadline; the margin covers their last writes.
     let finished = running.join(Instant::now() + grace + Duration::from_secs(2));
     // Every request has completed (or been cut): its record is queued; write them all.
-    if let Some(audit) = shared.snapshot().audit.clone() {
-        if !audit.close(Instant::now() + Duration::from_secs(10)) {
-            tracing::warn!("audit log still writing after 10 s at shutdown; records may be lost");
-        }
+    // So are those of a config a reload replaced.
+    if !shared.close_audit(Instant::now() + AUDIT_CLOSE) {
+        let queued = shared
+            .snapshot()
+            .audit
+            .as_ref()
+            .map_or(0, |a| a.queue_depth());
+        tracing::warn!(
+            queued,
+            "audit log still writing {} s into shutdown; the records not yet written are lost",
+            AUDIT_CLOSE.as_secs()
+        );
     }
     // No longer listening: a script waiting for the file must not find a stale one.
     if let Some(path) = &cli.ready_file {
@@ -350,6 +358,9 @@ fn usage(db: &Path, by: &str, since: Duration, output: Output) -> anyhow::Result
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// How long shutdown waits for the audit log to write what is queued.
+const AUDIT_CLOSE: Duration = Duration::from_secs(30);
 
 /// The host-local settings of a managed node: the local file's (if any) with the command
 /// line's `--listen`, `--admin` and `--workers` over them.

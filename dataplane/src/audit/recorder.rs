@@ -19,12 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 
 use super::content::Redactor;
 use super::record::{Entry, Record};
-use super::sink::{self, Sink};
-use super::{AuditSettings, Overflow};
+use super::sink::{self, open::OpenSink, Sink};
+use super::{AuditSettings, Overflow, SinkSettings};
 
 /// How long the writer waits after a batch before draining again.
 pub const PAUSE: Duration = Duration::from_millis(5);
@@ -174,6 +174,19 @@ pub struct SinkStats {
     pub errors: AtomicU64,
 }
 
+impl SinkStats {
+    /// Zero counts for the sink `settings` describes.
+    pub fn new(settings: &SinkSettings) -> Self {
+        Self {
+            name: settings.name(),
+            overflow: settings.overflow,
+            written: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        }
+    }
+}
+
 /// The audit pipeline of a running config: the queue, the writer and the sinks. Carried
 /// over by a reload whose `[audit]` is unchanged; otherwise the old one drains and stops
 /// when the last request holding it completes.
@@ -182,7 +195,7 @@ pub struct Recorder {
     tx: Sender<Msg>,
     /// Whether some sink blocks: then workers wait on a full queue rather than drop.
     blocks: bool,
-    sinks: Arc<[SinkStats]>,
+    sinks: Vec<Arc<SinkStats>>,
     /// Records waiting for the writer (`queue`).
     queued: Arc<Budget>,
     /// Bytes of content every queue holds (`max_queue_bytes`).
@@ -191,39 +204,19 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Opens every sink (a file that cannot be opened fails here, named) and starts the
-    /// writer and sink threads.
+    /// Opens every sink (a file that cannot be opened fails here, named) — or shares the
+    /// one already open for its destination ([`sink::open`]) — and starts the writer.
     pub fn start(settings: &AuditSettings) -> io::Result<Arc<Recorder>> {
         let redactor = Redactor::new(settings.default_redactions, &settings.redact)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        let mut opened: Vec<Box<dyn Sink>> = Vec::with_capacity(settings.sinks.len());
-        for s in &settings.sinks {
-            opened.push(sink::open(&s.kind)?);
-        }
-        let stats: Arc<[SinkStats]> = settings
-            .sinks
-            .iter()
-            .map(|s| SinkStats {
-                name: s.name(),
-                overflow: s.overflow,
-                written: AtomicU64::new(0),
-                dropped: AtomicU64::new(0),
-                errors: AtomicU64::new(0),
-            })
-            .collect();
-        let mut lanes = Vec::with_capacity(opened.len());
-        for (i, sink) in opened.into_iter().enumerate() {
-            let (tx, rx) = bounded::<Arc<Entry>>(settings.sinks[i].queue);
-            let stats = Arc::clone(&stats);
-            let handle = std::thread::Builder::new()
-                .name(format!("sluice-audit-sink-{i}"))
-                .spawn(move || drain_sink(sink, &rx, &stats[i]))?;
+        let mut lanes = Vec::with_capacity(settings.sinks.len());
+        for (i, s) in settings.sinks.iter().enumerate() {
             lanes.push(Lane {
-                tx,
-                overflow: settings.sinks[i].overflow,
-                thread: handle,
+                sink: sink::open::acquire(s, i)?,
+                overflow: s.overflow,
             });
         }
+        let stats: Vec<Arc<SinkStats>> = lanes.iter().map(|l| Arc::clone(&l.sink.stats)).collect();
         // Bounded by `queued`, in records, rather than in batches.
         let (tx, rx) = unbounded::<Msg>();
         let queued = Arc::new(Budget {
@@ -232,7 +225,7 @@ impl Recorder {
         });
         let writer_queued = Arc::clone(&queued);
         let node: Arc<str> = Arc::from(settings.node.as_str());
-        let writer_stats = Arc::clone(&stats);
+        let writer_stats = stats.clone();
         let budget = Arc::new(Budget {
             used: AtomicUsize::new(0),
             max: usize::try_from(settings.max_queue_bytes).unwrap_or(usize::MAX),
@@ -263,8 +256,9 @@ impl Recorder {
         &self.settings
     }
 
-    /// Each sink's counts, in `[[audit.sink]]` order.
-    pub fn sinks(&self) -> &[SinkStats] {
+    /// Each sink's counts, in `[[audit.sink]]` order (shared with any other recorder
+    /// writing to the same destination).
+    pub fn sinks(&self) -> &[Arc<SinkStats>] {
         &self.sinks
     }
 
@@ -328,9 +322,8 @@ impl Recorder {
 
 /// A sink's queue as the writer sees it.
 struct Lane {
-    tx: Sender<Arc<Entry>>,
+    sink: Arc<OpenSink>,
     overflow: Overflow,
-    thread: JoinHandle<()>,
 }
 
 /// The writer's view of the queue's bounds.
@@ -370,7 +363,7 @@ fn write_loop(
     lanes: Vec<Lane>,
     node: &Arc<str>,
     redactor: &Redactor,
-    stats: &[SinkStats],
+    stats: &[Arc<SinkStats>],
     bounds: Bounds<'_>,
 ) {
     let mut batch: Vec<Arc<Entry>> = Vec::with_capacity(BATCH);
@@ -401,8 +394,8 @@ fn write_loop(
             for entry in &batch {
                 let entry = Arc::clone(entry);
                 let refused = match lane.overflow {
-                    Overflow::Block => lane.tx.send(entry).is_err(),
-                    Overflow::Drop => lane.tx.try_send(entry).is_err(),
+                    Overflow::Block => !lane.sink.send(entry),
+                    Overflow::Drop => !lane.sink.try_send(entry),
                 };
                 if refused {
                     stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -422,26 +415,19 @@ fn write_loop(
             render(records, weight, node, redactor, bounds, &mut entries);
             for entry in &entries {
                 for lane in &lanes {
-                    let _ = lane.tx.send(Arc::clone(entry));
+                    let _ = lane.sink.send(Arc::clone(entry));
                 }
             }
         }
     }
-    let threads: Vec<JoinHandle<()>> = lanes
-        .into_iter()
-        .map(|lane| {
-            drop(lane.tx);
-            lane.thread
-        })
-        .collect();
-    for thread in threads {
-        let _ = thread.join();
-    }
-    warned.check(stats);
+    // A sink no other recorder uses closes here: its queue written, its file synced, its
+    // thread joined (`OpenSink`'s drop).
+    drop(lanes);
+    warned.report(stats);
 }
 
-/// Drains one sink's queue in batches until the writer lets go of it.
-fn drain_sink(mut sink: Box<dyn Sink>, rx: &Receiver<Arc<Entry>>, stats: &SinkStats) {
+/// Drains one sink's queue in batches until every writer lets go of it.
+pub(crate) fn drain_sink(mut sink: Box<dyn Sink>, rx: &Receiver<Arc<Entry>>, stats: &SinkStats) {
     let mut batch: Vec<Arc<Entry>> = Vec::with_capacity(BATCH);
     let mut error_logged: Option<Instant> = None;
     loop {
@@ -497,17 +483,31 @@ struct DropWarning {
 }
 
 impl DropWarning {
-    fn new(stats: &[SinkStats]) -> Self {
+    /// Starts from each sink's count now (a shared sink's earlier drops were reported by
+    /// the recorder that saw them); the first drop is reported at the next check.
+    fn new(stats: &[Arc<SinkStats>]) -> Self {
         Self {
-            reported: vec![0; stats.len()],
-            at: Instant::now(),
+            reported: stats
+                .iter()
+                .map(|s| s.dropped.load(Ordering::Relaxed))
+                .collect(),
+            at: Instant::now()
+                .checked_sub(DROP_WARNING_EVERY)
+                .unwrap_or_else(Instant::now),
         }
     }
 
-    fn check(&mut self, stats: &[SinkStats]) {
+    /// Reports drops not yet reported, unless the last report was under
+    /// [`DROP_WARNING_EVERY`] ago.
+    fn check(&mut self, stats: &[Arc<SinkStats>]) {
         if self.at.elapsed() < DROP_WARNING_EVERY {
             return;
         }
+        self.report(stats);
+    }
+
+    /// Reports drops not yet reported, now (the writer's last word).
+    fn report(&mut self, stats: &[Arc<SinkStats>]) {
         self.at = Instant::now();
         for (sink, reported) in stats.iter().zip(&mut self.reported) {
             let dropped = sink.dropped.load(Ordering::Relaxed);

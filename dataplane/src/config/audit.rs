@@ -309,22 +309,10 @@ fn compile_sink(
     })
 }
 
-/// Where a sink writes, for spotting two sinks on one destination: the file's absolute path
-/// with its folder resolved (`.`, `..`, symbolic links), or `None` for stdout.
+/// Where a sink writes, for spotting two sinks on one destination (the key the audit log
+/// shares open sinks by); `None` for stdout, which any number of sinks may share.
 fn destination(kind: &SinkKind) -> Option<std::path::PathBuf> {
-    let path = match kind {
-        SinkKind::Stdout => return None,
-        SinkKind::File(f) => &f.path,
-        SinkKind::Sqlite { path } => path,
-    };
-    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
-    match (absolute.parent(), absolute.file_name()) {
-        (Some(folder), Some(name)) => std::fs::canonicalize(folder)
-            .map(|folder| folder.join(name))
-            .unwrap_or(absolute.clone())
-            .into(),
-        _ => Some(absolute),
-    }
+    (*kind != SinkKind::Stdout).then(|| crate::audit::sink::open::destination(kind))
 }
 
 /// A queue's size at `field`: 1 to [`MAX_QUEUE`] records, else an error and `default`.

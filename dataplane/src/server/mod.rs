@@ -13,7 +13,7 @@ mod worker;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,9 @@ pub struct Shared {
     pub limits: SharedLimits,
     /// What the workers publish for `/metrics`, and the process-wide counters.
     pub metrics: crate::metrics::Hub,
+    /// Audit recorders a reload replaced, each being closed by a thread of its own once
+    /// the last request holding it has completed (see [`Shared::swap`]).
+    retiring: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -68,6 +71,7 @@ impl Shared {
             shutdown: AtomicBool::new(false),
             limits: SharedLimits::default(),
             metrics: crate::metrics::Hub::default(),
+            retiring: Mutex::new(Vec::new()),
         })
     }
 
@@ -76,10 +80,56 @@ impl Shared {
         self.loaded.load_full()
     }
 
-    /// Puts `loaded` in force for requests that start from now on.
+    /// Puts `loaded` in force for requests that start from now on. An audit recorder it
+    /// replaces is retired: a `sluice-audit-retire` thread waits until no request or worker
+    /// holds it any more, then closes it (every record written and synced); shutdown waits
+    /// for those threads too ([`Shared::close_audit`]).
     pub fn swap(&self, loaded: Loaded) {
-        self.loaded.store(Arc::new(loaded));
+        let next = loaded.audit.clone();
+        let old = self.loaded.swap(Arc::new(loaded));
         self.generation.fetch_add(1, Ordering::Release);
+        let Some(recorder) = old.audit.clone() else {
+            return;
+        };
+        drop(old);
+        if next.as_ref().is_some_and(|n| Arc::ptr_eq(n, &recorder)) {
+            return;
+        }
+        let retire = move || {
+            while Arc::strong_count(&recorder) > 1 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if !recorder.close(Instant::now() + Duration::from_secs(3600)) {
+                tracing::warn!("a retired audit log did not finish writing within an hour");
+            }
+        };
+        let mut retiring = self.retiring.lock().unwrap_or_else(PoisonError::into_inner);
+        retiring.retain(|t| !t.is_finished());
+        match std::thread::Builder::new()
+            .name("sluice-audit-retire".into())
+            .spawn(retire)
+        {
+            Ok(thread) => retiring.push(thread),
+            Err(e) => tracing::error!("cannot start a thread to close the replaced audit log ({e}); its last records may be lost at exit"),
+        }
+    }
+
+    /// Shutdown, once the workers have stopped: closes the audit log in force and waits for
+    /// every retired one to finish writing, until `deadline`. Returns whether all did.
+    pub fn close_audit(&self, deadline: Instant) -> bool {
+        let mut finished = match self.snapshot().audit.clone() {
+            Some(audit) => audit.close(deadline),
+            None => true,
+        };
+        let retiring =
+            std::mem::take(&mut *self.retiring.lock().unwrap_or_else(PoisonError::into_inner));
+        for thread in retiring {
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            finished &= thread.is_finished();
+        }
+        finished
     }
 
     /// How many configs have been put in force (1 at start; each reload adds one).

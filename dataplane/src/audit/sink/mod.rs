@@ -2,6 +2,7 @@
 //! runs on its own thread (see [`super::recorder`]) and writes whole batches.
 
 pub mod file;
+pub mod open;
 pub mod sqlite;
 
 use std::io::{self, Write};
