@@ -1207,3 +1207,27 @@ fn recorders_on_one_file_share_its_sink_and_an_open_sink_keeps_its_settings() {
     );
     assert_eq!(record_of(dir.path(), 9, "after-refusal")["node"], "two");
 }
+
+#[test]
+fn a_body_a_backend_could_read_otherwise_is_refused_when_audited() {
+    let dir = TempDir::new("audit-other-case");
+    let s = start(&dir, "", "");
+    // `team-b` has no token limit; the audit log alone makes Sluice read the body, and a
+    // key a case-insensitive backend would take for `messages` must not pass unrecorded.
+    for (id, body) in [
+        (
+            "upper",
+            json!({"model": "gpt-4o", "MESSAGES": [{"role": "user", "content": "hidden"}]}),
+        ),
+        (
+            "twice",
+            json!({"model": "gpt-4o", "Messages": [], "messages": [{"role": "user", "content": "x"}]}),
+        ),
+    ] {
+        let resp = post(&s, OTHER_KEY, id, &body);
+        assert_openai_error(&resp, 400, None);
+        assert!(resp.text().contains("another case"), "{}", resp.text());
+    }
+    let upper = record_of(dir.path(), 2, "upper");
+    assert_eq!(upper["status"], 400, "{upper}");
+}

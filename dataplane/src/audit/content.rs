@@ -1024,7 +1024,7 @@ pub fn request_content(operation: Operation, body: &[u8]) -> Option<Value> {
     let mut content = Map::new();
     // Read only the content keys, the rest skipped unbuilt (`tools` schemas, parameters);
     // a body that does not fit `RequestKeys` (a key repeated) is read whole.
-    if let Ok(mut read) = serde_json::from_slice::<RequestKeys>(body) {
+    if let Ok(Object(mut read)) = serde_json::from_slice::<Object<RequestKeys>>(body) {
         for &key in keys {
             if let Some(value) = read.take(key) {
                 content.insert(key.into(), value);
@@ -1051,6 +1051,30 @@ fn request_content_tree(keys: &[&str], body: &[u8]) -> Option<Value> {
         }
     }
     (!content.is_empty()).then_some(Value::Object(content))
+}
+
+/// `T` read from a JSON object only. serde's derived structs also read a JSON array, by
+/// position (`["m", [...]]` as `{"model": "m", "choices": [...]}`), which the tree read
+/// rightly does not: wrapped in `Object`, an array does not fit.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Only<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Only<T> {
+            type Value = Object<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Object<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Object)
+            }
+        }
+        deserializer.deserialize_map(Only(std::marker::PhantomData))
+    }
 }
 
 /// The content keys of a request body, every other member skipped without being built.
@@ -1159,7 +1183,7 @@ fn raw_text(body: &[u8]) -> (String, bool) {
 
 fn json_content(operation: Operation, body: &[u8]) -> (Option<String>, Option<Value>) {
     if operation != Operation::Responses {
-        if let Ok(answer) = serde_json::from_slice::<ChoicesAnswer<'_>>(body) {
+        if let Ok(Object(answer)) = serde_json::from_slice::<Object<ChoicesAnswer<'_>>>(body) {
             return choices_content(operation, answer, body);
         }
     }
@@ -1208,7 +1232,7 @@ fn json_content_tree(operation: Operation, body: &[u8]) -> (Option<String>, Opti
 struct ChoicesAnswer<'a> {
     #[serde(borrow)]
     model: Option<Cow<'a, str>>,
-    choices: Option<Vec<AnswerChoice>>,
+    choices: Option<Vec<Object<AnswerChoice>>>,
     error: Option<Value>,
 }
 
@@ -1233,7 +1257,7 @@ fn choices_content(
         Operation::ChatCompletions => answer.choices.map(|choices| {
             let choices = choices
                 .into_iter()
-                .map(|c| {
+                .map(|Object(c)| {
                     let message = match c.message {
                         Some(Value::Object(m)) => m,
                         _ => Map::new(),
@@ -1246,7 +1270,7 @@ fn choices_content(
         Operation::Completions | Operation::Responses => answer.choices.map(|choices| {
             let choices = choices
                 .into_iter()
-                .map(|c| {
+                .map(|Object(c)| {
                     let text = c.text.unwrap_or(Value::Null);
                     choice_value(
                         index_of(c.index),

@@ -66,12 +66,18 @@ impl Policy for Admit {
             });
         // The audit record and the token metrics want the tokens too: estimated, and a
         // stream's usage asked for. Without a token limit a body the estimate cannot read is
-        // forwarded as before (its tokens are the answer's usage, or unknown).
+        // forwarded as before (its tokens are the answer's usage, or unknown) — unless the
+        // audit log records it and the body is one a backend may read otherwise than Sluice
+        // does (`MESSAGES`, a duplicate key): the record must hold what the backend runs.
+        let audited = env.snapshot.audit.is_some();
         let facts = match (counts_tokens || env.snapshot.accounts_tokens())
             .then(|| RequestFacts::parse(op, req.body))
         {
             Some(Ok(facts)) => Some(facts),
             Some(Err(e)) if counts_tokens => return Flow::Respond(unreadable(e)),
+            Some(Err(e @ FactsError::Refused(_))) if audited => {
+                return Flow::Respond(unreadable(e))
+            }
             _ => None,
         };
         if let Some(facts) = facts {

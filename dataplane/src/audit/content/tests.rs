@@ -1419,6 +1419,10 @@ fn edge_bodies() -> Vec<Vec<u8>> {
         r#"{"model":"m","choices":[{"index":"zero","message":null,"finish_reason":null}]}"#,
         r#"{"model":"m","choices":[{"index":0,"text":"done","finish_reason":"length"}]}"#,
         r#"{"model":"m","choices":[3,"x",null]}"#,
+        // Arrays where objects belong: serde's derived structs would read them by position.
+        r#"["liar-array-model",[[0,"stop",{"role":"assistant","content":"x"}]],null]"#,
+        r#"{"model":"m","choices":[[0,"stop",{"role":"assistant","content":"x"},null]]}"#,
+        r#"[[{"role":"user","content":"hi"}],null,null,null]"#,
         r#"{"model":"m","choices":{"index":0}}"#,
         r#"{"model":"m","choices":null,"error":{"message":"no","type":"server_error"}}"#,
         r#"{"model":"m","error":"text"}"#,
