@@ -761,3 +761,105 @@ fn nodes_serve_on_while_the_control_plane_is_away() {
         ("node-b".into(), 2, "ACK".into())
     ]));
 }
+
+/// The model the mock that answered reports: a chat by the Azure path, whose body names no
+/// model, so each mock answers with its own.
+fn answered_by(port: u16) -> String {
+    let (status, body) = http(
+        port,
+        "POST",
+        "/openai/deployments/pool/chat/completions?api-version=2024-06-01",
+        r#"{"messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["model"].as_str().unwrap().to_string()
+}
+
+/// Which mocks answered `n` chats on `port`, counted.
+fn spread(port: u16, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        *seen.entry(answered_by(port)).or_default() += 1;
+    }
+    seen
+}
+
+#[test]
+fn drained_backends_take_no_request_on_any_node_until_undrained() {
+    let dir = TempDir::new("drain");
+    let config = dir.0.join("sluice.toml");
+    std::fs::write(
+        &config,
+        "[[backend]]\nname = \"x\"\nkind = \"mock\"\nmodel = \"model-x\"\n\n\
+         [[backend]]\nname = \"y\"\nkind = \"mock\"\nmodel = \"model-y\"\n\n\
+         [[deployment]]\nname = \"pool\"\nbackends = [{ backend = \"x\" }, { backend = \"y\" }]\n",
+    )
+    .unwrap();
+    let state = dir.0.join("state");
+    let control = start_control(&config, &state, "127.0.0.1:0", &[], &dir.0);
+    let a = start_node(&control.url, "node-a", &[], None, &dir.0);
+    let b = start_node(&control.url, "node-b", &[], None, &dir.0);
+    for node in [&a, &b] {
+        assert_eq!(spread(node.port, 4).len(), 2, "both backends serve");
+    }
+    // Drain y: a new version; neither node sends it another request.
+    let (code, out, err) = ctl(&control.url, None, &["backends", "drain", "y"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("y ") && l.contains("yes")),
+        "{out}"
+    );
+    assert!(wait_until(Duration::from_secs(2), || node_states(
+        &control.url,
+        None
+    ) == [
+        ("node-a".into(), 2, "ACK".into()),
+        ("node-b".into(), 2, "ACK".into())
+    ]));
+    for node in [&a, &b] {
+        assert_eq!(spread(node.port, 6).keys().collect::<Vec<_>>(), ["model-x"]);
+    }
+    // Shown by `get config`, and kept across a new document and a restart.
+    let got = ctl_json(&control.url, None, &["get", "config"]);
+    assert_eq!(got["drained_backends"], serde_json::json!(["y"]), "{got}");
+    let (code, _, err) = ctl(&control.url, None, &["backends", "drain", "nope"]);
+    assert_eq!(code, 1, "an unknown backend is refused: {err}");
+    let (code, _, _) = ctl(&control.url, None, &["backends", "weight", "x", "0"]);
+    assert_eq!(code, 1, "a weight of 0 is refused");
+    // Weight 3:1 for x over y once y is back (smooth weighted round robin: exact per cycle).
+    assert_eq!(
+        ctl(
+            &control.url,
+            None,
+            &["backends", "weight", "x", "3", "--deployment", "pool"]
+        )
+        .0,
+        0
+    );
+    let mut control = control;
+    let port = control.addr.port();
+    control.proc.kill();
+    let control = start_control(&config, &state, &format!("127.0.0.1:{port}"), &[], &dir.0);
+    let listed = ctl_json(&control.url, None, &["backends", "list"]);
+    assert_eq!(listed[1]["drained"], true, "{listed}");
+    assert_eq!(listed[0]["pools"][0]["weight"], 3, "{listed}");
+    assert_eq!(listed[0]["pools"][0]["configured_weight"], 1, "{listed}");
+    let (code, _, err) = ctl(&control.url, None, &["backends", "undrain", "y"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        wait_until(Duration::from_secs(15), || node_states(&control.url, None)
+            == [
+                ("node-a".into(), 4, "ACK".into()),
+                ("node-b".into(), 4, "ACK".into())
+            ]),
+        "{:?}",
+        node_states(&control.url, None)
+    );
+    for node in [&a, &b] {
+        let seen = spread(node.port, 8);
+        assert_eq!(seen.get("model-x"), Some(&6), "{seen:?}");
+        assert_eq!(seen.get("model-y"), Some(&2), "{seen:?}");
+    }
+}

@@ -11,10 +11,12 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice_proto::control::v1::apply_response::Outcome;
+use sluice_proto::control::v1::backend_service_client::BackendServiceClient;
 use sluice_proto::control::v1::config_service_client::ConfigServiceClient;
 use sluice_proto::control::v1::node_service_client::NodeServiceClient;
 use sluice_proto::control::v1::{
-    ApplyRequest, ConfigError, DiffRequest, GetConfigRequest, ListNodesRequest, NodeState,
+    ApplyRequest, BackendState, ConfigError, DiffRequest, DrainBackendRequest, GetConfigRequest,
+    ListBackendsRequest, ListNodesRequest, NodeState, SetWeightRequest, UndrainBackendRequest,
 };
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -84,6 +86,40 @@ pub enum Command {
     },
     /// The data-plane nodes and their answers to the current version.
     Nodes,
+    /// The running config's backends, and operator overlays on them (each makes a version).
+    Backends {
+        /// What to do.
+        #[command(subcommand)]
+        what: Backends,
+    },
+}
+
+/// `backends` commands.
+#[derive(Subcommand, Debug)]
+pub enum Backends {
+    /// Every backend with its pools, weights and whether it is drained.
+    List,
+    /// Take a backend out of every pool: no new request goes to it (requests in flight
+    /// finish).
+    Drain {
+        /// The backend's name.
+        name: String,
+    },
+    /// Put a drained backend back.
+    Undrain {
+        /// The backend's name.
+        name: String,
+    },
+    /// Override a backend's weight (in one deployment's pool, or every pool it is in).
+    Weight {
+        /// The backend's name.
+        name: String,
+        /// The weight (≥ 1).
+        weight: u32,
+        /// Only in this deployment's pool.
+        #[arg(long)]
+        deployment: Option<String>,
+    },
 }
 
 /// `get` targets.
@@ -332,6 +368,10 @@ async fn run_command(cli: Cli) -> Result<Exit, Failure> {
                     "source": v.source,
                     "created_at": created,
                     "toml": answer.toml,
+                    "drained_backends": answer.drained_backends,
+                    "weight_overrides": answer.weight_overrides.iter().map(|w| serde_json::json!({
+                        "backend": w.backend, "deployment": w.deployment, "weight": w.weight,
+                    })).collect::<Vec<_>>(),
                 }));
             } else {
                 println!(
@@ -345,6 +385,20 @@ async fn run_command(cli: Cli) -> Result<Exit, Failure> {
                     },
                     created.unwrap_or_default()
                 );
+                for name in &answer.drained_backends {
+                    println!("# overlay: backend {name} drained");
+                }
+                for w in &answer.weight_overrides {
+                    let pool = if w.deployment.is_empty() {
+                        "every pool".to_string()
+                    } else {
+                        format!("deployment {}", w.deployment)
+                    };
+                    println!(
+                        "# overlay: backend {} weight {} in {pool}",
+                        w.backend, w.weight
+                    );
+                }
                 print!("{}", answer.toml);
                 if !answer.toml.ends_with('\n') {
                     println!();
@@ -414,10 +468,110 @@ async fn run_command(cli: Cli) -> Result<Exit, Failure> {
             }
             Ok(Exit::Done)
         }
+        (Command::Backends { what }, _) => {
+            let mut client = BackendServiceClient::new(channel);
+            let backends = match what {
+                Backends::List => {
+                    client
+                        .list(ListBackendsRequest {})
+                        .await?
+                        .into_inner()
+                        .backends
+                }
+                Backends::Drain { name } => vec![client
+                    .drain(DrainBackendRequest { name: name.clone() })
+                    .await?
+                    .into_inner()],
+                Backends::Undrain { name } => vec![client
+                    .undrain(UndrainBackendRequest { name: name.clone() })
+                    .await?
+                    .into_inner()],
+                Backends::Weight {
+                    name,
+                    weight,
+                    deployment,
+                } => vec![client
+                    .set_weight(SetWeightRequest {
+                        name: name.clone(),
+                        deployment: deployment.clone().unwrap_or_default(),
+                        weight: Some(*weight),
+                    })
+                    .await?
+                    .into_inner()],
+            };
+            print_backends(&backends, json);
+            Ok(Exit::Done)
+        }
         (Command::Apply { .. } | Command::Diff { .. }, None) => {
             Err(Failure(Exit::Usage, "no document read".into()))
         }
     }
+}
+
+/// Backends as a table (one row per pool place) or a JSON list of `{"name", "kind",
+/// "drained", "version", "pools": [{"deployment", "weight", "configured_weight",
+/// "priority"}]}`.
+fn print_backends(backends: &[BackendState], json: bool) {
+    if json {
+        let rows: Vec<_> = backends
+            .iter()
+            .map(|b| {
+                serde_json::json!({
+                    "name": b.name,
+                    "kind": b.kind,
+                    "drained": b.drained,
+                    "version": b.version,
+                    "pools": b.pools.iter().map(|p| serde_json::json!({
+                        "deployment": p.deployment,
+                        "weight": p.weight,
+                        "configured_weight": p.configured_weight,
+                        "priority": p.priority,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        print_json(&serde_json::Value::Array(rows));
+        return;
+    }
+    let mut rows = vec![[
+        "BACKEND",
+        "KIND",
+        "DRAINED",
+        "DEPLOYMENT",
+        "WEIGHT",
+        "PRIORITY",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for b in backends {
+        let drained = if b.drained { "yes" } else { "no" }.to_string();
+        if b.pools.is_empty() {
+            rows.push(vec![
+                b.name.clone(),
+                b.kind.clone(),
+                drained.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ]);
+        }
+        for p in &b.pools {
+            let weight = if p.weight == p.configured_weight {
+                p.weight.to_string()
+            } else {
+                format!("{} (configured {})", p.weight, p.configured_weight)
+            };
+            rows.push(vec![
+                b.name.clone(),
+                b.kind.clone(),
+                drained.clone(),
+                p.deployment.clone(),
+                weight,
+                p.priority.to_string(),
+            ]);
+        }
+    }
+    print_table(&rows);
 }
 
 /// RFC 3339 with milliseconds, UTC.

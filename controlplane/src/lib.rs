@@ -4,13 +4,15 @@
 //! `sluicectl` is the operator's CLI over the same API (`proto/`).
 //!
 //! The pieces: [`source`] reads a config path into one document and names its git commit;
-//! [`state`] is the state as pure values and functions; [`store`] keeps it in SQLite in the
-//! state directory; [`auth`] checks the operator and node bearer tokens; [`service`] is the
-//! gRPC services over it all; [`server`] runs them, with [`admin`] (metrics and health) beside; [`ctl`] is
-//! `sluicectl`.
+//! [`state`] is the state as pure values and functions (versions, overlays, the fleet);
+//! [`store`] keeps it in SQLite in the state directory; [`catalog`] reads the backends and
+//! pools a document declares; [`auth`] checks the operator and node bearer tokens;
+//! [`service`] is the gRPC services over it all; [`server`] runs them, with [`admin`]
+//! (metrics and health) beside; [`ctl`] is `sluicectl`.
 
 pub mod admin;
 pub mod auth;
+pub mod catalog;
 pub mod ctl;
 pub mod server;
 pub mod service;

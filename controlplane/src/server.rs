@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_proto::control::v1::backend_service_server::BackendServiceServer;
 use sluice_proto::control::v1::config_service_server::ConfigServiceServer;
 use sluice_proto::control::v1::node_service_server::NodeServiceServer;
 use tokio::net::TcpListener;
@@ -37,7 +38,8 @@ pub async fn serve(
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(KEEPALIVE * 2))
         .add_service(ConfigServiceServer::new(api.clone()))
-        .add_service(NodeServiceServer::new(api))
+        .add_service(NodeServiceServer::new(api.clone()))
+        .add_service(BackendServiceServer::new(api))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }

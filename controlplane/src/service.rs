@@ -13,13 +13,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use sluice_proto::control::v1::apply_response::Outcome;
+use sluice_proto::control::v1::backend_service_server::BackendService;
 use sluice_proto::control::v1::config_service_server::ConfigService;
 use sluice_proto::control::v1::node_service_server::NodeService;
 use sluice_proto::control::v1::{
-    AckRequest, AckResponse, Applied, ApplyRequest, ApplyResponse, ConfigErrors, ConfigSnapshot,
-    ConfigVersion, DiffRequest, DiffResponse, GetConfigRequest, GetConfigResponse,
-    ListNodesRequest, ListNodesResponse, NodeState, RegisterNodeRequest, RegisterNodeResponse,
-    WatchRequest,
+    AckRequest, AckResponse, Applied, ApplyRequest, ApplyResponse, BackendState, ConfigErrors,
+    ConfigSnapshot, ConfigVersion, DiffRequest, DiffResponse, DrainBackendRequest,
+    GetConfigRequest, GetConfigResponse, ListBackendsRequest, ListBackendsResponse,
+    ListNodesRequest, ListNodesResponse, NodeState, PoolWeight, RegisterNodeRequest,
+    RegisterNodeResponse, SetWeightRequest, UndrainBackendRequest, WatchRequest,
 };
 use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt};
@@ -27,6 +29,7 @@ use tonic::{Request, Response, Status};
 
 use crate::admin::{ApplyOutcome, Metrics};
 use crate::auth::{Caller, Tokens};
+use crate::catalog::Catalog;
 use crate::source::{Document, MAX_DOCUMENT_BYTES};
 use crate::state::{Change, Desired, Fleet};
 use crate::store::{Store, StoreError};
@@ -148,32 +151,94 @@ impl ControlPlane {
                 return Ok(Verdict::Refused(errors));
             }
         };
+        let (desired, made) = self.commit(Change::Document(document), |_| Ok(()))?;
+        self.metrics.applied(if made {
+            ApplyOutcome::Applied
+        } else {
+            ApplyOutcome::Unchanged
+        });
+        Ok(Verdict::Applied {
+            version: desired.version,
+            unchanged: !made,
+            host_warnings,
+        })
+    }
+
+    /// Puts `change` in force when it changes anything: checked by `accept` against the
+    /// state it applies to, stored, then pushed to every node. Returns the state now running
+    /// and whether `change` made it.
+    fn commit(
+        &self,
+        change: Change,
+        accept: impl FnOnce(&Desired) -> Result<(), Status>,
+    ) -> Result<(Desired, bool), Status> {
         let mut state = lock(&self.state);
-        let Some(next) = state
-            .desired
-            .apply(Change::Document(document), SystemTime::now())
-        else {
-            self.metrics.applied(ApplyOutcome::Unchanged);
-            return Ok(Verdict::Applied {
-                version: state.desired.version,
-                unchanged: true,
-                host_warnings,
-            });
+        accept(&state.desired)?;
+        let Some(next) = state.desired.apply(change, SystemTime::now()) else {
+            return Ok((state.desired.clone(), false));
         };
         lock(&self.store)
             .insert(&next)
             .map_err(|e| Status::internal(e.to_string()))?;
-        let version = next.version;
         self.snapshots.send_replace(next.snapshot().map(Arc::new));
-        state.desired = next;
+        state.desired = next.clone();
         drop(state);
-        self.metrics.applied(ApplyOutcome::Applied);
-        tracing::info!(version, "config version made");
-        Ok(Verdict::Applied {
-            version,
-            unchanged: false,
-            host_warnings,
-        })
+        tracing::info!(version = next.version, "config version made");
+        Ok((next, true))
+    }
+
+    /// An operator overlay on backend `name` (see [`Change`]): NOT_FOUND for a backend (or a
+    /// pool) the running document does not declare, FAILED_PRECONDITION before any document,
+    /// INVALID_ARGUMENT for a weight of 0. Returns the backend's state after it.
+    pub fn overlay(&self, name: &str, change: Change) -> Result<BackendState, Status> {
+        let accept = |desired: &Desired| {
+            let document = desired
+                .document
+                .as_ref()
+                .ok_or_else(|| Status::failed_precondition("no config applied yet"))?;
+            let catalog = Catalog::of(&document.toml);
+            if !catalog.has_backend(name) {
+                return Err(Status::not_found(format!(
+                    "no backend `{name}` in the running config (version {})",
+                    desired.version
+                )));
+            }
+            if let Change::Weight {
+                deployment, weight, ..
+            } = &change
+            {
+                if *weight == Some(0) {
+                    return Err(Status::invalid_argument(
+                        "a weight is at least 1: to take a backend out, drain it",
+                    ));
+                }
+                if !deployment.is_empty() && !catalog.in_pool(name, deployment) {
+                    return Err(Status::not_found(format!(
+                        "deployment `{deployment}` has no backend `{name}` in its pool"
+                    )));
+                }
+            }
+            Ok(())
+        };
+        let (desired, _) = self.commit(change.clone(), accept)?;
+        Ok(backend_state(&desired, name))
+    }
+
+    /// Every backend of the running document with its overlays, in document order.
+    pub fn backends(&self) -> Vec<BackendState> {
+        let desired = lock(&self.state).desired.clone();
+        let names: Vec<String> = desired
+            .document
+            .as_ref()
+            .map(|d| {
+                Catalog::of(&d.toml)
+                    .backends
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.iter().map(|n| backend_state(&desired, n)).collect()
     }
 
     fn fleet_change(&self, id: &str, change: impl FnOnce(&mut Fleet)) -> Result<(), Status> {
@@ -185,6 +250,40 @@ impl ControlPlane {
                 .map_err(|e| Status::internal(e.to_string()))?;
         }
         Ok(())
+    }
+}
+
+/// Backend `name` as `desired` has it: kind, drained, and its weight in each pool.
+fn backend_state(desired: &Desired, name: &str) -> BackendState {
+    let catalog = desired
+        .document
+        .as_ref()
+        .map(|d| Catalog::of(&d.toml))
+        .unwrap_or_default();
+    let kind = catalog
+        .backends
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, k)| k.clone())
+        .unwrap_or_default();
+    let pools = catalog
+        .places
+        .iter()
+        .filter(|p| p.backend == name)
+        .map(|p| PoolWeight {
+            deployment: p.deployment.clone(),
+            configured_weight: p.weight,
+            weight: desired.overlays.weight(name, &p.deployment, p.weight),
+            priority: p.priority,
+        })
+        .collect();
+    BackendState {
+        name: name.to_string(),
+        kind,
+        drained: desired.overlays.drained.contains(name),
+        pools,
+        version: desired.version,
+        ..BackendState::default()
     }
 }
 
@@ -301,6 +400,8 @@ impl ConfigService for Api {
         let Some(document) = desired.document else {
             return Err(Status::not_found("no config applied yet"));
         };
+        let drained_backends = desired.overlays.drained.iter().cloned().collect();
+        let weight_overrides = desired.overlays.weight_overrides();
         Ok(Response::new(GetConfigResponse {
             version: Some(ConfigVersion {
                 version: desired.version,
@@ -309,6 +410,8 @@ impl ConfigService for Api {
                 created_at: Some(desired.created_at.into()),
             }),
             toml: document.toml,
+            drained_backends,
+            weight_overrides,
         }))
     }
 
@@ -471,6 +574,59 @@ impl NodeService for Api {
         let state = lock(&self.0.state);
         Ok(Response::new(ListNodesResponse {
             nodes: state.fleet.list(state.desired.version),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl BackendService for Api {
+    async fn drain(
+        &self,
+        request: Request<DrainBackendRequest>,
+    ) -> Result<Response<BackendState>, Status> {
+        self.0.tokens.check(Caller::Operator, request.metadata())?;
+        let name = request.into_inner().name;
+        let state = self.0.overlay(&name, Change::Drain(name.clone()))?;
+        tracing::info!(backend = %name, version = state.version, "backend drained");
+        Ok(Response::new(state))
+    }
+
+    async fn undrain(
+        &self,
+        request: Request<UndrainBackendRequest>,
+    ) -> Result<Response<BackendState>, Status> {
+        self.0.tokens.check(Caller::Operator, request.metadata())?;
+        let name = request.into_inner().name;
+        let state = self.0.overlay(&name, Change::Undrain(name.clone()))?;
+        tracing::info!(backend = %name, version = state.version, "backend undrained");
+        Ok(Response::new(state))
+    }
+
+    async fn set_weight(
+        &self,
+        request: Request<SetWeightRequest>,
+    ) -> Result<Response<BackendState>, Status> {
+        self.0.tokens.check(Caller::Operator, request.metadata())?;
+        let SetWeightRequest {
+            name,
+            deployment,
+            weight,
+        } = request.into_inner();
+        let change = Change::Weight {
+            backend: name.clone(),
+            deployment,
+            weight,
+        };
+        Ok(Response::new(self.0.overlay(&name, change)?))
+    }
+
+    async fn list(
+        &self,
+        request: Request<ListBackendsRequest>,
+    ) -> Result<Response<ListBackendsResponse>, Status> {
+        self.0.tokens.check(Caller::Operator, request.metadata())?;
+        Ok(Response::new(ListBackendsResponse {
+            backends: self.0.backends(),
         }))
     }
 }

@@ -3,22 +3,37 @@
 //! the old value to the new one, with no I/O: the service persists and pushes what these
 //! functions decide. (STYLE §6: a state machine over proto messages.)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
-use sluice_proto::control::v1::{ConfigError, ConfigSnapshot, Node, NodeState};
+use sluice_proto::control::v1::{ConfigError, ConfigSnapshot, Node, NodeState, WeightOverride};
 
 use crate::source::Document;
 
-/// What every node should run: one version of a config document.
+/// What every node should run: one version of a config document and the operator's
+/// overlays on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
     /// The version number: grows by one with each change; 0 before the first document.
     pub version: u64,
     /// The document; `None` only at version 0.
     pub document: Option<Document>,
+    /// What operators set over the document; kept when a new document comes.
+    pub overlays: Overlays,
     /// When this version was made.
     pub created_at: SystemTime,
+}
+
+/// What operators set without editing the document (`sluicectl backends drain|undrain|
+/// weight`). Stored as JSON with each version.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Overlays {
+    /// Backends taken out of every pool, by name.
+    #[serde(default)]
+    pub drained: BTreeSet<String>,
+    /// Weight overrides: backend → deployment (`""`: every pool it is in) → weight (≥ 1).
+    #[serde(default)]
+    pub weights: BTreeMap<String, BTreeMap<String, u32>>,
 }
 
 /// One change an operator (or the watched config path) asks for.
@@ -26,6 +41,20 @@ pub struct Desired {
 pub enum Change {
     /// A new document, already checked ([`sluice::config::check_document`]).
     Document(Document),
+    /// Take a backend out of every pool.
+    Drain(String),
+    /// Put a drained backend back.
+    Undrain(String),
+    /// Override (`Some`) or clear (`None`) a backend's weight in one deployment's pool (or,
+    /// with an empty deployment, every pool).
+    Weight {
+        /// The backend.
+        backend: String,
+        /// The deployment; empty for every pool.
+        deployment: String,
+        /// The weight (≥ 1), or `None` to clear.
+        weight: Option<u32>,
+    },
 }
 
 impl Desired {
@@ -34,25 +63,58 @@ impl Desired {
         Self {
             version: 0,
             document: None,
+            overlays: Overlays::default(),
             created_at: SystemTime::UNIX_EPOCH,
         }
     }
 
     /// The state after `change`, made at `now`; `None` when it changes nothing that nodes
-    /// run (the same document text: a new commit or source name alone makes no version).
+    /// run (the same document text — a new commit or source name alone makes no version —
+    /// or an overlay already so). Overlays need a document: before one they change nothing.
     pub fn apply(&self, change: Change, now: SystemTime) -> Option<Desired> {
+        let mut document = self.document.clone();
+        let mut overlays = self.overlays.clone();
         match change {
-            Change::Document(document) => {
-                if self.document.as_ref().map(|d| &d.toml) == Some(&document.toml) {
+            Change::Document(next) => {
+                if self.document.as_ref().map(|d| &d.toml) == Some(&next.toml) {
                     return None;
                 }
-                Some(Desired {
-                    version: self.version + 1,
-                    document: Some(document),
-                    created_at: now,
-                })
+                document = Some(next);
+            }
+            Change::Drain(backend) => {
+                overlays.drained.insert(backend);
+            }
+            Change::Undrain(backend) => {
+                overlays.drained.remove(&backend);
+            }
+            Change::Weight {
+                backend,
+                deployment,
+                weight,
+            } => {
+                let pools = overlays.weights.entry(backend.clone()).or_default();
+                match weight {
+                    Some(w) => {
+                        pools.insert(deployment, w);
+                    }
+                    None => {
+                        pools.remove(&deployment);
+                    }
+                }
+                if pools.is_empty() {
+                    overlays.weights.remove(&backend);
+                }
             }
         }
+        if document.is_none() || (document == self.document && overlays == self.overlays) {
+            return None;
+        }
+        Some(Desired {
+            version: self.version + 1,
+            document,
+            overlays,
+            created_at: now,
+        })
     }
 
     /// The snapshot that carries this version to a node; `None` at version 0.
@@ -64,8 +126,38 @@ impl Desired {
             source: document.source.clone(),
             toml: document.toml.clone(),
             created_at: Some(self.created_at.into()),
+            drained_backends: self.overlays.drained.iter().cloned().collect(),
+            weight_overrides: self.overlays.weight_overrides(),
             ..ConfigSnapshot::default()
         })
+    }
+}
+
+impl Overlays {
+    /// The weight overrides as the API carries them, by backend then deployment.
+    pub fn weight_overrides(&self) -> Vec<WeightOverride> {
+        self.weights
+            .iter()
+            .flat_map(|(backend, pools)| {
+                pools
+                    .iter()
+                    .map(move |(deployment, &weight)| WeightOverride {
+                        backend: backend.clone(),
+                        deployment: deployment.clone(),
+                        weight,
+                    })
+            })
+            .collect()
+    }
+
+    /// The weight in force for `backend` in `deployment`'s pool, given the document's
+    /// `configured` one: an override for that pool, else one for every pool, else it.
+    pub fn weight(&self, backend: &str, deployment: &str, configured: u32) -> u32 {
+        let pools = self.weights.get(backend);
+        pools
+            .and_then(|p| p.get(deployment).or_else(|| p.get("")))
+            .copied()
+            .unwrap_or(configured)
     }
 }
 
@@ -205,6 +297,57 @@ mod tests {
             ),
             (2, "b", "c2")
         );
+    }
+
+    #[test]
+    fn overlays_make_versions_and_outlive_documents() {
+        let t0 = SystemTime::UNIX_EPOCH;
+        assert_eq!(
+            Desired::empty().apply(Change::Drain("a".into()), t0),
+            None,
+            "nothing to drain yet"
+        );
+        let v1 = Desired::empty()
+            .apply(Change::Document(doc("x", "")), t0)
+            .unwrap();
+        let v2 = v1.apply(Change::Drain("a".into()), t0).unwrap();
+        assert_eq!(v2.version, 2);
+        assert_eq!(
+            v2.apply(Change::Drain("a".into()), t0),
+            None,
+            "already drained"
+        );
+        let weight = |deployment: &str, weight| Change::Weight {
+            backend: "b".into(),
+            deployment: deployment.into(),
+            weight,
+        };
+        let v3 = v2.apply(weight("", Some(5)), t0).unwrap();
+        let v4 = v3.apply(weight("d", Some(2)), t0).unwrap();
+        assert_eq!(
+            (
+                v4.overlays.weight("b", "d", 1),
+                v4.overlays.weight("b", "e", 1),
+                v4.overlays.weight("c", "d", 7)
+            ),
+            (2, 5, 7)
+        );
+        let v5 = v4.apply(Change::Document(doc("y", "")), t0).unwrap();
+        assert_eq!(
+            v5.overlays, v4.overlays,
+            "a new document keeps the overlays"
+        );
+        let snapshot = v5.snapshot().unwrap();
+        assert_eq!(snapshot.drained_backends, ["a"]);
+        assert_eq!(snapshot.weight_overrides.len(), 2);
+        let v6 = v5.apply(Change::Undrain("a".into()), t0).unwrap();
+        let v7 = v6
+            .apply(weight("", None), t0)
+            .unwrap()
+            .apply(weight("d", None), t0)
+            .unwrap();
+        assert_eq!(v7.overlays, Overlays::default());
+        assert_eq!(v7.version, 8);
     }
 
     #[test]

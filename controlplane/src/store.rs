@@ -13,7 +13,8 @@ use crate::source::Document;
 use crate::state::{Desired, Fleet, NodeRecord};
 
 /// The schema this build writes; [`Store::open`] refuses a newer one.
-const SCHEMA_VERSION: i64 = 1;
+/// 1: versions and nodes; 2: each version's operator overlays (`versions.overlays`, JSON).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -22,7 +23,8 @@ CREATE TABLE IF NOT EXISTS versions (
     created_at_ms INTEGER NOT NULL,
     source TEXT NOT NULL,
     git_commit TEXT NOT NULL,
-    toml TEXT NOT NULL
+    toml TEXT NOT NULL,
+    overlays TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY,
@@ -75,6 +77,16 @@ impl Store {
                 )?;
             }
             Some(v) if v > SCHEMA_VERSION => return Err(StoreError::NewerSchema(v)),
+            Some(1) => {
+                // Made by a schema-1 build (`CREATE … IF NOT EXISTS` left its table as it
+                // was): its versions had no overlays.
+                db.execute_batch(
+                    "BEGIN;
+                     ALTER TABLE versions ADD COLUMN overlays TEXT NOT NULL DEFAULT '{}';
+                     UPDATE schema_version SET version = 2;
+                     COMMIT;",
+                )?;
+            }
             Some(_) => {}
         }
         Ok(Self { db })
@@ -98,7 +110,7 @@ impl Store {
         args: impl rusqlite::Params,
     ) -> Result<Option<Desired>, StoreError> {
         let sql =
-            format!("SELECT version, created_at_ms, source, git_commit, toml FROM versions {tail}");
+            format!("SELECT version, created_at_ms, source, git_commit, toml, overlays FROM versions {tail}");
         Ok(self
             .db
             .query_row(&sql, args, |r| {
@@ -110,6 +122,8 @@ impl Store {
                         git_commit: r.get(3)?,
                         toml: r.get(4)?,
                     }),
+                    // Written by this store from `Overlays`; unreadable only if edited by hand.
+                    overlays: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
                 })
             })
             .optional()?)
@@ -121,13 +135,14 @@ impl Store {
             return Ok(());
         };
         self.db.execute(
-            "INSERT INTO versions (version, created_at_ms, source, git_commit, toml) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO versions (version, created_at_ms, source, git_commit, toml, overlays) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 to_i64(desired.version),
                 to_ms(desired.created_at),
                 doc.source,
                 doc.git_commit,
-                doc.toml
+                doc.toml,
+                serde_json::to_string(&desired.overlays).unwrap_or_else(|_| "{}".into())
             ],
         )?;
         Ok(())
@@ -234,7 +249,7 @@ fn errors_from_json(text: &str) -> Vec<ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Change;
+    use crate::state::{Change, Overlays};
 
     #[test]
     fn versions_and_nodes_survive_a_reopen() {
@@ -247,6 +262,7 @@ mod tests {
             git_commit: "abc".into(),
         };
         let v1 = Desired::empty().apply(Change::Document(doc), t).unwrap();
+        let v2 = v1.apply(Change::Drain("aoai-1".into()), t).unwrap();
         let error = ConfigError {
             file: "a.toml".into(),
             line: 3,
@@ -267,12 +283,13 @@ mod tests {
             let store = Store::open(&dir).unwrap();
             assert_eq!(store.latest().unwrap(), Desired::empty());
             store.insert(&v1).unwrap();
+            store.insert(&v2).unwrap();
             store.save_node("n1", &node).unwrap();
         }
         let store = Store::open(&dir).unwrap();
-        assert_eq!(store.latest().unwrap(), v1);
+        assert_eq!(store.latest().unwrap(), v2);
         assert_eq!(store.version(1).unwrap(), Some(v1));
-        assert_eq!(store.version(2).unwrap(), None);
+        assert_eq!(store.version(3).unwrap(), None);
         let fleet = store.fleet().unwrap();
         assert_eq!(
             fleet.nodes["n1"],
@@ -281,6 +298,37 @@ mod tests {
                 ..node
             }
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_schema_1_database_gains_overlays() {
+        let dir = std::env::temp_dir().join(format!("sluice-store-v1-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let db = Connection::open(dir.join("control.db")).unwrap();
+            db.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version VALUES (1);
+                 CREATE TABLE versions (version INTEGER PRIMARY KEY, created_at_ms INTEGER NOT NULL,
+                     source TEXT NOT NULL, git_commit TEXT NOT NULL, toml TEXT NOT NULL);
+                 INSERT INTO versions VALUES (1, 0, 'conf', '', '[server]');",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&dir).unwrap();
+        let latest = store.latest().unwrap();
+        assert_eq!(
+            (latest.version, &latest.overlays),
+            (1, &Overlays::default())
+        );
+        let v2 = latest
+            .apply(Change::Drain("b".into()), SystemTime::UNIX_EPOCH)
+            .unwrap();
+        store.insert(&v2).unwrap();
+        drop(store);
+        assert_eq!(Store::open(&dir).unwrap().latest().unwrap(), v2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

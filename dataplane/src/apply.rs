@@ -95,23 +95,63 @@ impl HostLocal {
     }
 }
 
-/// Compiles a document pushed by a control plane — `text`, named `name` in errors (the
-/// source it was applied from; an assembled folder's errors name its files) — with this
-/// host's environment, keeps `host`'s settings over the document's, and builds its runtime
-/// with carry-over from `running`.
+/// A document a control plane pushed, with the operator's overlays on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Pushed<'a> {
+    /// Names the document in errors: the source it was applied from (an assembled folder's
+    /// errors name its files).
+    pub name: &'a Path,
+    /// The TOML text.
+    pub text: &'a str,
+    /// Backends an operator drained: taken out of every pool (a pool left empty answers
+    /// 503, no backend). Names the document does not declare are ignored.
+    pub drained: &'a [String],
+    /// Operator weights: `(backend, deployment, weight)`, an empty deployment meaning every
+    /// pool the backend is in; one for the pool itself wins.
+    pub weights: &'a [(String, String, u32)],
+}
+
+impl Pushed<'_> {
+    /// Takes drained backends out of every pool and sets the operators' weights.
+    fn impose_overlays(&self, snapshot: &mut Snapshot) {
+        let backends = &snapshot.backends;
+        let name_of = |id: usize| backends.get(id).map_or("", |b| b.name.as_str());
+        for deployment in snapshot.deployments.values_mut() {
+            deployment
+                .pool
+                .retain(|m| !self.drained.iter().any(|d| d == name_of(m.backend)));
+            for member in &mut deployment.pool {
+                let backend = name_of(member.backend);
+                let weight = |pool: &str| {
+                    self.weights
+                        .iter()
+                        .find(|(b, d, _)| b == backend && d == pool)
+                        .map(|&(_, _, w)| w)
+                };
+                if let Some(w) = weight(&deployment.name).or_else(|| weight("")) {
+                    member.weight = w.max(1);
+                }
+            }
+        }
+    }
+}
+
+/// Compiles a document pushed by a control plane with this host's environment, keeps
+/// `host`'s settings over the document's, applies the operator's overlays, and builds its
+/// runtime with carry-over from `running`.
 pub fn prepare_pushed(
-    name: &Path,
-    text: &str,
+    pushed: Pushed<'_>,
     host: &HostLocal,
     running: Option<&Loaded>,
 ) -> Result<Loaded, ConfigErrors> {
     let mut snapshot = config::load_str(
-        name,
-        text,
+        pushed.name,
+        pushed.text,
         &|var| std::env::var(var).ok(),
         running.map(|r| &r.snapshot),
     )?;
     host.impose(&mut snapshot);
+    pushed.impose_overlays(&mut snapshot);
     build(snapshot, running)
 }
 
@@ -149,8 +189,8 @@ pub fn start(path: &Path) -> Result<Arc<Shared>, ApplyError> {
 }
 
 /// Start-up on a document pushed by a control plane (see [`prepare_pushed`]).
-pub fn start_pushed(name: &Path, text: &str, host: &HostLocal) -> Result<Arc<Shared>, ApplyError> {
-    start_with(prepare_pushed(name, text, host, None)?, name)
+pub fn start_pushed(pushed: Pushed<'_>, host: &HostLocal) -> Result<Arc<Shared>, ApplyError> {
+    start_with(prepare_pushed(pushed, host, None)?, pushed.name)
 }
 
 fn start_with(mut loaded: Loaded, name: &Path) -> Result<Arc<Shared>, ApplyError> {
@@ -168,15 +208,14 @@ fn start_with(mut loaded: Loaded, name: &Path) -> Result<Arc<Shared>, ApplyError
 /// `config reloaded` line with `reason`. On an error nothing changed.
 pub fn apply_pushed(
     shared: &Shared,
-    name: &Path,
-    text: &str,
+    pushed: Pushed<'_>,
     host: &HostLocal,
     reason: &str,
 ) -> Result<(), ApplyError> {
     let current = shared.snapshot();
-    let mut next = prepare_pushed(name, text, host, Some(&current))?;
+    let mut next = prepare_pushed(pushed, host, Some(&current))?;
     start_runtime(&mut next)?;
-    swap_in(shared, next, name, reason);
+    swap_in(shared, next, pushed.name, reason);
     Ok(())
 }
 

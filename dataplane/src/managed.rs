@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use sluice_proto::control::v1::{ConfigError, ConfigSnapshot};
 
 use crate::agent::Apply;
-use crate::apply::{self, ApplyError, HostLocal};
+use crate::apply::{self, ApplyError, HostLocal, Pushed};
 use crate::server::Shared;
 
 /// The gateway side of the agent.
@@ -70,11 +70,21 @@ impl Apply for Managed {
             snapshot.source.as_str()
         };
         let name = Path::new(source);
+        let weights: Vec<(String, String, u32)> = snapshot
+            .weight_overrides
+            .iter()
+            .map(|w| (w.backend.clone(), w.deployment.clone(), w.weight))
+            .collect();
+        let pushed = Pushed {
+            name,
+            text: &snapshot.toml,
+            drained: &snapshot.drained_backends,
+            weights: &weights,
+        };
         let reason = format!("control plane version {}", snapshot.version);
         let outcome = match self.shared.get() {
             Some(shared) => {
-                let outcome =
-                    apply::apply_pushed(shared, name, &snapshot.toml, &self.host, &reason);
+                let outcome = apply::apply_pushed(shared, pushed, &self.host, &reason);
                 let counter = match outcome {
                     Ok(()) => &shared.metrics.reloads_ok,
                     Err(_) => &shared.metrics.reloads_failed,
@@ -82,7 +92,7 @@ impl Apply for Managed {
                 counter.fetch_add(1, Ordering::Relaxed);
                 outcome
             }
-            None => apply::start_pushed(name, &snapshot.toml, &self.host).map(|shared| {
+            None => apply::start_pushed(pushed, &self.host).map(|shared| {
                 let _ = self.shared.set(shared.clone());
                 let first = self
                     .first
