@@ -376,6 +376,16 @@ fn node_states(url: &str, token: Option<&str>) -> Vec<(String, u64, String)> {
         .collect()
 }
 
+/// Waits up to `secs` seconds until `sluicectl nodes` shows exactly `want` (node, running
+/// version, state), in node order.
+fn states_become(url: &str, secs: u64, want: &[(&str, u64, &str)]) -> bool {
+    let want: Vec<(String, u64, String)> = want
+        .iter()
+        .map(|&(n, v, s)| (n.to_string(), v, s.to_string()))
+        .collect();
+    wait_until(Duration::from_secs(secs), || node_states(url, None) == want)
+}
+
 #[test]
 fn versions_reach_every_node_and_bad_ones_change_nothing() {
     let dir = TempDir::new("push");
@@ -392,13 +402,11 @@ fn versions_reach_every_node_and_bad_ones_change_nothing() {
     let b = start_node(&control.url, "node-b", &[], None, &dir.0);
     assert_eq!(models(a.port), ["alpha"]);
     assert_eq!(models(b.port), ["alpha"]);
-    assert!(wait_until(Duration::from_secs(2), || node_states(
+    assert!(states_become(
         &control.url,
-        None
-    ) == [
-        ("node-a".into(), 1, "ACK".into()),
-        ("node-b".into(), 1, "ACK".into())
-    ]));
+        2,
+        &[("node-a", 1, "ACK"), ("node-b", 1, "ACK")]
+    ));
 
     // A new version: both nodes run it within 2 s.
     let v2 = dir.0.join("v2.toml");
@@ -411,13 +419,11 @@ fn versions_reach_every_node_and_bad_ones_change_nothing() {
         && models(b.port).len() == 2));
     assert!(applied.elapsed() < Duration::from_secs(2));
     assert_eq!((chat(a.port, "beta"), chat(b.port, "beta")), (200, 200));
-    assert!(wait_until(Duration::from_secs(2), || node_states(
+    assert!(states_become(
         &control.url,
-        None
-    ) == [
-        ("node-a".into(), 2, "ACK".into()),
-        ("node-b".into(), 2, "ACK".into())
-    ]));
+        2,
+        &[("node-a", 2, "ACK"), ("node-b", 2, "ACK")]
+    ));
     // The same document again makes no version.
     let (code, out, _) = ctl(&control.url, None, &["apply", "-f", v2.to_str().unwrap()]);
     assert_eq!(
@@ -481,13 +487,11 @@ fn versions_reach_every_node_and_bad_ones_change_nothing() {
         err.contains("ONLY_ON_A"),
         "the control plane's host lacks it too: {err}"
     );
-    assert!(wait_until(Duration::from_secs(2), || node_states(
+    assert!(states_become(
         &control.url,
-        None
-    ) == [
-        ("node-a".into(), 3, "ACK".into()),
-        ("node-b".into(), 2, "NACK".into())
-    ]));
+        2,
+        &[("node-a", 3, "ACK"), ("node-b", 2, "NACK")]
+    ));
     let nodes = ctl_json(&control.url, None, &["nodes"]);
     let errors = &nodes[1]["errors"];
     assert_eq!(errors[0]["field"], "backend[2].api_key_env", "{nodes}");
@@ -753,13 +757,11 @@ fn nodes_serve_on_while_the_control_plane_is_away() {
         "{}",
         a.proc.log()
     );
-    assert!(wait_until(Duration::from_secs(2), || node_states(
+    assert!(states_become(
         &control.url,
-        None
-    ) == [
-        ("node-a".into(), 2, "ACK".into()),
-        ("node-b".into(), 2, "ACK".into())
-    ]));
+        2,
+        &[("node-a", 2, "ACK"), ("node-b", 2, "ACK")]
+    ));
 }
 
 /// The model the mock that answered reports: a chat by the Azure path, whose body names no
@@ -811,13 +813,11 @@ fn drained_backends_take_no_request_on_any_node_until_undrained() {
             .any(|l| l.starts_with("y ") && l.contains("yes")),
         "{out}"
     );
-    assert!(wait_until(Duration::from_secs(2), || node_states(
+    assert!(states_become(
         &control.url,
-        None
-    ) == [
-        ("node-a".into(), 2, "ACK".into()),
-        ("node-b".into(), 2, "ACK".into())
-    ]));
+        2,
+        &[("node-a", 2, "ACK"), ("node-b", 2, "ACK")]
+    ));
     for node in [&a, &b] {
         assert_eq!(spread(node.port, 6).keys().collect::<Vec<_>>(), ["model-x"]);
     }
@@ -849,11 +849,11 @@ fn drained_backends_take_no_request_on_any_node_until_undrained() {
     let (code, _, err) = ctl(&control.url, None, &["backends", "undrain", "y"]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        wait_until(Duration::from_secs(15), || node_states(&control.url, None)
-            == [
-                ("node-a".into(), 4, "ACK".into()),
-                ("node-b".into(), 4, "ACK".into())
-            ]),
+        states_become(
+            &control.url,
+            15,
+            &[("node-a", 4, "ACK"), ("node-b", 4, "ACK")]
+        ),
         "{:?}",
         node_states(&control.url, None)
     );

@@ -18,6 +18,7 @@ use sluice_proto::control::v1::{
     ApplyRequest, BackendState, ConfigError, DiffRequest, DrainBackendRequest, GetConfigRequest,
     ListBackendsRequest, ListNodesRequest, NodeState, SetWeightRequest, UndrainBackendRequest,
 };
+use sluice_proto::BearerToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -157,22 +158,7 @@ pub fn exit_for(status: &Status) -> Exit {
     }
 }
 
-/// Adds the bearer token to every call.
-#[derive(Clone)]
-pub struct AddToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for AddToken {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-type Authed = InterceptedService<Channel, AddToken>;
+type Authed = InterceptedService<Channel, BearerToken>;
 
 /// A failure, with its exit code and what to print on stderr.
 struct Failure(Exit, String);
@@ -201,15 +187,8 @@ pub async fn run(cli: Cli) -> Exit {
 }
 
 async fn connect(cli: &Cli) -> Result<Authed, Failure> {
-    let token = match cli.token.as_deref().filter(|t| !t.is_empty()) {
-        Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
-            Failure(
-                Exit::Usage,
-                "--token: not a valid header value (visible ASCII only)".into(),
-            )
-        })?),
-        None => None,
-    };
+    let token = BearerToken::new(cli.token.as_deref())
+        .map_err(|e| Failure(Exit::Usage, format!("--token: {e}")))?;
     let endpoint = Endpoint::from_shared(cli.server.clone())
         .map_err(|e| Failure(Exit::Usage, format!("--server {}: {e}", cli.server)))?
         .connect_timeout(Duration::from_secs(5))
@@ -221,7 +200,7 @@ async fn connect(cli: &Cli) -> Result<Authed, Failure> {
             format!("cannot reach {}{cause}", cli.server),
         )
     })?;
-    Ok(InterceptedService::new(channel, AddToken(token)))
+    Ok(InterceptedService::new(channel, token))
 }
 
 fn print_json(value: &serde_json::Value) {

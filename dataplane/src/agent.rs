@@ -19,7 +19,7 @@ use sluice_proto::control::v1::node_service_client::NodeServiceClient;
 use sluice_proto::control::v1::{
     AckRequest, ConfigError, ConfigSnapshot, RegisterNodeRequest, WatchRequest,
 };
-use tonic::metadata::{Ascii, MetadataValue};
+use sluice_proto::BearerToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
@@ -84,28 +84,13 @@ pub enum AgentError {
     Start(#[from] std::io::Error),
 }
 
-/// Adds the node token to each call.
-#[derive(Clone)]
-struct AddToken(Option<MetadataValue<Ascii>>);
-
-impl tonic::service::Interceptor for AddToken {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-type Authed = InterceptedService<Channel, AddToken>;
+type Authed = InterceptedService<Channel, BearerToken>;
 
 /// A checked agent, ready to run.
 pub struct Agent {
     settings: AgentSettings,
     endpoint: Endpoint,
-    token: AddToken,
+    token: BearerToken,
     target: Arc<dyn Apply>,
 }
 
@@ -136,18 +121,11 @@ impl Agent {
             .http2_keep_alive_interval(KEEPALIVE)
             .keep_alive_timeout(KEEPALIVE * 2)
             .keep_alive_while_idle(true);
-        let token = match settings.token.as_deref().filter(|t| !t.is_empty()) {
-            Some(t) => Some(
-                format!("Bearer {t}")
-                    .parse()
-                    .map_err(|_| AgentError::Token)?,
-            ),
-            None => None,
-        };
+        let token = BearerToken::new(settings.token.as_deref()).map_err(|_| AgentError::Token)?;
         Ok(Self {
             settings,
             endpoint,
-            token: AddToken(token),
+            token,
             target,
         })
     }

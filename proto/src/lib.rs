@@ -55,6 +55,61 @@ pub mod control {
     }
 }
 
+/// Sends a bearer token with every call (`authorization: Bearer …`), as the control plane's
+/// operator and node calls require it; without a token it sends none. Its `Debug` never
+/// shows the token.
+#[derive(Clone, Default)]
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+/// A token that cannot be sent as a header value (it must be visible ASCII).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidToken;
+
+impl std::fmt::Display for InvalidToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not a valid header value (visible ASCII only)")
+    }
+}
+
+impl std::error::Error for InvalidToken {}
+
+impl BearerToken {
+    /// The token to send; `None` or an empty one sends none.
+    pub fn new(token: Option<&str>) -> Result<Self, InvalidToken> {
+        match token.filter(|t| !t.is_empty()) {
+            Some(t) => format!("Bearer {t}")
+                .parse()
+                .map(|v| Self(Some(v)))
+                .map_err(|_| InvalidToken),
+            None => Ok(Self(None)),
+        }
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "BearerToken(<set>)"
+        } else {
+            "BearerToken(none)"
+        })
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
 /// The encoded `FileDescriptorSet` of the API, well-known imports included (with the
 /// `.proto` comments): for gRPC reflection, or tools that need the schema at run time.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(
