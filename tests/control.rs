@@ -172,20 +172,31 @@ fn start_control(
     }
 }
 
-impl Control {
+impl Proc {
     /// The admin listener's port, from its `admin listening on` log line.
     fn admin_port(&self) -> u16 {
         let needle = "admin listening on ";
         let mut line = None;
         assert!(wait_until(Duration::from_secs(5), || {
-            line = self
-                .proc
-                .log()
-                .lines()
-                .find_map(|l| l.split_once(needle).map(|(_, a)| a.trim().to_string()));
+            line = self.log().lines().find_map(|l| {
+                l.split_once(needle)
+                    .map(|(_, a)| a.split_whitespace().next().unwrap_or("").to_string())
+            });
             line.is_some()
         }));
         line.unwrap().parse::<SocketAddr>().unwrap().port()
+    }
+}
+
+impl Node {
+    fn admin_port(&self) -> u16 {
+        self.proc.admin_port()
+    }
+}
+
+impl Control {
+    fn admin_port(&self) -> u16 {
+        self.proc.admin_port()
     }
 
     /// `/metrics`, parsed.
@@ -221,7 +232,8 @@ struct Node {
     port: u16,
 }
 
-/// Starts a managed node (one worker, no admin listener) and waits until it serves.
+/// Starts a managed node (one worker, an admin listener on a free port) and waits until it
+/// serves.
 fn start_node(
     url: &str,
     id: &str,
@@ -256,7 +268,7 @@ fn spawn_node(
             "--workers",
             "1",
             "--admin",
-            "",
+            "127.0.0.1:0",
         ])
         .arg("--ready-file")
         .arg(&ready);
@@ -640,6 +652,37 @@ fn a_version_names_the_git_commit_of_its_folder_and_survives_a_restart() {
     assert_eq!(first["git_commit"], head);
     let (code, _, err) = ctl(&control.url, None, &["get", "config", "--version", "9"]);
     assert_eq!(code, 1, "{err}");
+
+    // A version made by `apply -f` survives a restart: the watched folder, unchanged since
+    // it was last read, is not applied over it ...
+    let other = dir.0.join("other.toml");
+    std::fs::write(
+        &other,
+        "[[backend]]\nname = \"m\"\nkind = \"mock\"\n\n[[deployment]]\nname = \"delta\"\nbackends = [{ backend = \"m\" }]\n",
+    )
+    .unwrap();
+    let (code, _, err) = ctl(
+        &control.url,
+        None,
+        &["apply", "-f", other.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
+    let mut control = control;
+    control.proc.kill();
+    let control = start_control(&repo, &state, &format!("127.0.0.1:{port}"), &[], &dir.0);
+    let got = ctl_json(&control.url, None, &["get", "config"]);
+    assert_eq!(got["version"], 3, "{got}");
+    assert!(got["toml"].as_str().unwrap().contains("delta"), "{got}");
+    // ... until the folder itself changes: the newest change wins.
+    std::fs::remove_file(repo.join("30-more.toml")).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || ctl_json(
+        &control.url,
+        None,
+        &["get", "config"]
+    )["version"]
+        == 4));
+    let got = ctl_json(&control.url, None, &["get", "config"]);
+    assert_eq!(got["git_commit"], head, "{got}");
 }
 
 #[test]
@@ -762,6 +805,11 @@ fn nodes_serve_on_while_the_control_plane_is_away() {
         2,
         &[("node-a", 2, "ACK"), ("node-b", 2, "ACK")]
     ));
+    // The node's `/config` names the control plane's version of what it runs.
+    let (status, body) = http(b.admin_port(), "GET", "/config", "");
+    assert_eq!(status, 200);
+    let config: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(config["control_plane_version"], 2, "{config}");
 }
 
 /// The model the mock that answered reports: a chat by the Azure path, whose body names no

@@ -100,3 +100,30 @@ fn a_json_line_logged_while_serving_a_request_names_it() {
     assert_eq!(line["request_id"], "trace-me-2", "{line}");
     assert_eq!(line["level"], "WARN");
 }
+
+#[test]
+fn a_client_request_id_shaped_like_a_credential_is_replaced_before_any_line_names_it() {
+    let s = Launch::new(&unreachable_backend()).start();
+    // An OpenAI-style key and 32 hex digits (an Azure key's shape), each a valid id otherwise.
+    let leaks = [
+        "sk-abcdefghijklmnopqrstuvwxyz012345",
+        "0123456789abcdef0123456789abcdef",
+    ];
+    for leak in leaks {
+        let resp = post_with(
+            &s,
+            "/v1/chat/completions",
+            &[("x-request-id", leak)],
+            &chat_body(Some("gpt-4o"), false),
+        );
+        assert_eq!(resp.status, 502);
+        let id = resp.header("x-request-id").unwrap();
+        assert!(!id.is_empty() && id != leak, "{id}");
+        assert!(!resp.text().contains(leak));
+    }
+    assert!(s.wait_log("backend unreachable", Duration::from_secs(10)));
+    let log = s.log();
+    for leak in leaks {
+        assert!(!log.contains(leak), "{log}");
+    }
+}

@@ -44,9 +44,11 @@ pub async fn serve(
         .await
 }
 
-/// Reads `path` and applies it when its document differs from the last one read; logs the
-/// outcome. Returns the document's text (what the next poll compares with) — the old one when
-/// the path could not be read.
+/// Reads `path` and applies it when its document differs from the last one read from it
+/// (`last`: the SHA-256, hex, of that text — kept in the state database, so a restart does
+/// not apply an unchanged file over a version made since by `apply -f` or an overlay); logs
+/// the outcome. Returns the digest of the text read, which the next poll compares with (the
+/// old one when the path could not be read).
 pub async fn apply_path(
     control: &ControlPlane,
     path: &Path,
@@ -71,10 +73,10 @@ pub async fn apply_path(
             return last;
         }
     };
-    if last.as_ref() == Some(&document.toml) {
+    let digest = hex_sha256(document.toml.as_bytes());
+    if last.as_ref() == Some(&digest) {
         return last;
     }
-    let text = document.toml.clone();
     match control.apply_document(document).await {
         Ok(Verdict::Applied {
             version,
@@ -93,13 +95,27 @@ pub async fn apply_path(
         Ok(Verdict::Refused(errors)) => {
             tracing::error!(file = %path.display(), "config path refused; nothing pushed:\n{errors}");
         }
-        Err(status) => tracing::error!("config path: {}", status.message()),
+        Err(status) => {
+            // Not applied (the database failed): read again at the next poll.
+            tracing::error!("config path: {}", status.message());
+            return last;
+        }
     }
-    Some(text)
+    control.set_watched(path, &digest);
+    Some(digest)
+}
+
+/// The lowercase hex SHA-256 of `bytes`.
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Polls `path` every [`POLL_INTERVAL`], applying each change (forever; cancel the task to
-/// stop). `last` is the text read at start-up.
+/// stop). `last` is the digest [`apply_path`] returned at start-up.
 pub async fn watch_path(control: Arc<ControlPlane>, path: PathBuf, mut last: Option<String>) {
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

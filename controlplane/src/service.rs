@@ -71,6 +71,15 @@ pub enum Verdict {
     Refused(sluice::config::ConfigErrors),
 }
 
+/// A watched path as the state database names it: absolute (the same file whatever the
+/// working directory), as given when it cannot be resolved.
+fn watched_key(path: &Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -133,6 +142,26 @@ impl ControlPlane {
     /// The version nodes should run now (0: none yet).
     pub fn current_version(&self) -> u64 {
         lock(&self.state).desired.version
+    }
+
+    /// The SHA-256 (hex) of the text last read from the watched config `path` (by this state
+    /// directory, across restarts); `None` when never read or the database failed (then the
+    /// path is applied again, which at worst makes no new version).
+    pub fn watched(&self, path: &Path) -> Option<String> {
+        match lock(&self.store).watched(&watched_key(path)) {
+            Ok(digest) => digest,
+            Err(e) => {
+                tracing::error!("{e}");
+                None
+            }
+        }
+    }
+
+    /// Records `digest` as the text last read from the watched config `path`.
+    pub fn set_watched(&self, path: &Path, digest: &str) {
+        if let Err(e) = lock(&self.store).set_watched(&watched_key(path), digest) {
+            tracing::error!("{e}");
+        }
     }
 
     /// The document of the running version, if any.

@@ -13,8 +13,9 @@ use crate::source::Document;
 use crate::state::{Desired, Fleet, NodeRecord};
 
 /// The schema this build writes; [`Store::open`] refuses a newer one.
-/// 1: versions and nodes; 2: each version's operator overlays (`versions.overlays`, JSON).
-const SCHEMA_VERSION: i64 = 2;
+/// 1: versions and nodes; 2: each version's operator overlays (`versions.overlays`, JSON);
+/// 3: the text last read from each watched config path (`watched`).
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -34,6 +35,10 @@ CREATE TABLE IF NOT EXISTS nodes (
     rejected_version INTEGER NOT NULL,
     rejected_errors TEXT NOT NULL,
     last_seen_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS watched (
+    path TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL
 );
 ";
 
@@ -83,13 +88,38 @@ impl Store {
                 db.execute_batch(
                     "BEGIN;
                      ALTER TABLE versions ADD COLUMN overlays TEXT NOT NULL DEFAULT '{}';
-                     UPDATE schema_version SET version = 2;
+                     UPDATE schema_version SET version = 3;
                      COMMIT;",
                 )?;
+            }
+            Some(2) => {
+                // `watched` was made above (`CREATE … IF NOT EXISTS`), empty: the path's
+                // text is applied once more at the next start, as schema 2 always did.
+                db.execute("UPDATE schema_version SET version = 3", [])?;
             }
             Some(_) => {}
         }
         Ok(Self { db })
+    }
+
+    /// The SHA-256 (hex) of the text last read from the watched config `path`, if any.
+    pub fn watched(&self, path: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .db
+            .query_row("SELECT sha256 FROM watched WHERE path = ?1", [path], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Records `sha256` (hex) as the text last read from the watched config `path`.
+    pub fn set_watched(&self, path: &str, sha256: &str) -> Result<(), StoreError> {
+        self.db.execute(
+            "INSERT INTO watched (path, sha256) VALUES (?1, ?2)
+             ON CONFLICT (path) DO UPDATE SET sha256 = excluded.sha256",
+            [path, sha256],
+        )?;
+        Ok(())
     }
 
     /// The newest version stored, or [`Desired::empty`].

@@ -171,6 +171,7 @@ fn serve(state: &State, mut stream: TcpStream) -> io::Result<()> {
             let loaded = state.shared.snapshot();
             let body = serde_json::json!({
                 "version": loaded.version,
+                "control_plane_version": loaded.control_version,
                 "source": std::fs::canonicalize(&loaded.source)
                     .unwrap_or_else(|_| loaded.source.clone())
                     .display()

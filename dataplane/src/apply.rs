@@ -101,6 +101,8 @@ pub struct Pushed<'a> {
     /// Names the document in errors: the source it was applied from (an assembled folder's
     /// errors name its files).
     pub name: &'a Path,
+    /// The control plane's version number for it.
+    pub version: u64,
     /// The TOML text.
     pub text: &'a str,
     /// Backends an operator drained: taken out of every pool (a pool left empty answers
@@ -152,7 +154,9 @@ pub fn prepare_pushed(
     )?;
     host.impose(&mut snapshot);
     pushed.impose_overlays(&mut snapshot);
-    build(snapshot, running)
+    let mut loaded = build(snapshot, running)?;
+    loaded.control_version = Some(pushed.version);
+    Ok(loaded)
 }
 
 /// The runtime of a compiled snapshot, with carry-over from `running`.
@@ -169,6 +173,7 @@ fn build(snapshot: Snapshot, running: Option<&Loaded>) -> Result<Loaded, ConfigE
         runtime,
         audit,
         loaded_at: std::time::SystemTime::now(),
+        control_version: None,
     })
 }
 

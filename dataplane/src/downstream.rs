@@ -49,6 +49,10 @@ pub struct Downstream {
     pub sent: u64,
     /// When the first byte of the current request's answer went out.
     pub first_out: Option<Instant>,
+    /// A write of the current request's answer failed: the client reset or closed its
+    /// connection, or stopped reading past the send timeout. Its request ended
+    /// `client_gone`, however far the answer had come.
+    pub write_failed: bool,
 }
 
 impl Downstream {
@@ -65,6 +69,7 @@ impl Downstream {
             linger: false,
             sent: 0,
             first_out: None,
+            write_failed: false,
         }
     }
 
@@ -114,8 +119,9 @@ impl Downstream {
         }
         let len = buf.len() as u64;
         let (res, buf) = write_all_within(&mut self.stream, buf, self.send_timeout).await;
-        if res.is_ok() {
-            self.sent += len;
+        match res {
+            Ok(()) => self.sent += len,
+            Err(_) => self.write_failed = true,
         }
         (res, buf)
     }

@@ -77,6 +77,7 @@ impl Apply for Managed {
             .collect();
         let pushed = Pushed {
             name,
+            version: snapshot.version,
             text: &snapshot.toml,
             drained: &snapshot.drained_backends,
             weights: &weights,

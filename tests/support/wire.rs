@@ -154,9 +154,17 @@ impl Wire {
 
     fn fill(&mut self) -> io::Result<usize> {
         let mut tmp = [0u8; 16 * 1024];
-        let n = self.stream.read(&mut tmp)?;
-        self.buf.extend_from_slice(&tmp[..n]);
-        Ok(n)
+        loop {
+            match self.stream.read(&mut tmp) {
+                Ok(n) => {
+                    self.buf.extend_from_slice(&tmp[..n]);
+                    return Ok(n);
+                }
+                // A signal to the test process (a child exiting) is not the peer's doing.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn take(&mut self, n: usize) -> Vec<u8> {

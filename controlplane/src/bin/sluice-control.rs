@@ -101,7 +101,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let last = server::apply_path(&control, &cli.config, None).await;
+    // The path's text applies at start only when it changed since this state directory last
+    // read it: a version made since (`apply -f`, an overlay) is not undone by a restart.
+    let last = server::apply_path(&control, &cli.config, control.watched(&cli.config)).await;
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .map_err(|e| anyhow::anyhow!("API listener {}: {e}", cli.listen))?;

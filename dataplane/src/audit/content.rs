@@ -24,6 +24,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::bounded::{self, Items, Tree};
 use super::ContentMode;
 use crate::route::Operation;
 use crate::tokens::usage::{event_data, SseScanner, DEFAULT_MAX_EVENT};
@@ -1021,24 +1022,38 @@ pub fn request_content(operation: Operation, body: &[u8]) -> Option<Value> {
         Operation::Responses => &["instructions", "input", "prompt"],
         Operation::Models => return None,
     };
-    let mut content = Map::new();
     // Read only the content keys, the rest skipped unbuilt (`tools` schemas, parameters);
     // a body that does not fit `RequestKeys` (a key repeated) is read whole.
-    if let Ok(Object(mut read)) = serde_json::from_slice::<Object<RequestKeys>>(body) {
-        for &key in keys {
-            if let Some(value) = read.take(key) {
-                content.insert(key.into(), value);
-            }
-        }
-        return (!content.is_empty()).then_some(Value::Object(content));
+    let (content, cut) =
+        bounded::read(
+            || match serde_json::from_slice::<Object<RequestKeys>>(body) {
+                Ok(Object(mut read)) => {
+                    let mut content = Map::new();
+                    for &key in keys {
+                        if let Some(value) = read.take(key) {
+                            content.insert(key.into(), value);
+                        }
+                    }
+                    (!content.is_empty()).then_some(Value::Object(content))
+                }
+                Err(_) => request_content_tree(keys, body),
+            },
+        );
+    content.map(|content| marked_cut(content, cut))
+}
+
+/// `content` with `"cut": true` added when `cut` (a [`bounded::read`] skipped part of it).
+fn marked_cut(mut content: Value, cut: bool) -> Value {
+    if let (Value::Object(fields), true) = (&mut content, cut) {
+        fields.insert("cut".into(), Value::Bool(true));
     }
-    request_content_tree(keys, body)
+    content
 }
 
 /// [`request_content`] of any body, read whole as a tree: slower, and the reference the
 /// skipping read agrees with.
 fn request_content_tree(keys: &[&str], body: &[u8]) -> Option<Value> {
-    let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(body) else {
+    let Ok(Tree(Value::Object(mut fields))) = serde_json::from_slice::<Tree>(body) else {
         return Some(unparsed(body, false));
     };
     let mut content = Map::new();
@@ -1081,21 +1096,22 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
 /// `null` reads as absent.
 #[derive(Deserialize)]
 struct RequestKeys {
-    messages: Option<Value>,
-    prompt: Option<Value>,
-    input: Option<Value>,
-    instructions: Option<Value>,
+    messages: Option<Tree>,
+    prompt: Option<Tree>,
+    input: Option<Tree>,
+    instructions: Option<Tree>,
 }
 
 impl RequestKeys {
     fn take(&mut self, key: &str) -> Option<Value> {
-        match key {
-            "messages" => self.messages.take(),
-            "prompt" => self.prompt.take(),
-            "input" => self.input.take(),
-            "instructions" => self.instructions.take(),
-            _ => None,
-        }
+        let field = match key {
+            "messages" => &mut self.messages,
+            "prompt" => &mut self.prompt,
+            "input" => &mut self.input,
+            "instructions" => &mut self.instructions,
+            _ => return None,
+        };
+        field.take().map(|Tree(value)| value)
     }
 }
 
@@ -1182,18 +1198,21 @@ fn raw_text(body: &[u8]) -> (String, bool) {
 }
 
 fn json_content(operation: Operation, body: &[u8]) -> (Option<String>, Option<Value>) {
-    if operation != Operation::Responses {
-        if let Ok(Object(answer)) = serde_json::from_slice::<Object<ChoicesAnswer<'_>>>(body) {
-            return choices_content(operation, answer, body);
+    let ((model, content), cut) = bounded::read(|| {
+        if operation != Operation::Responses {
+            if let Ok(Object(answer)) = serde_json::from_slice::<Object<ChoicesAnswer<'_>>>(body) {
+                return choices_content(operation, answer, body);
+            }
         }
-    }
-    json_content_tree(operation, body)
+        json_content_tree(operation, body)
+    });
+    (model, content.map(|content| marked_cut(content, cut)))
 }
 
 /// [`json_content`] of any answer, read whole as a tree: slower, and the reference the
 /// skipping read ([`ChoicesAnswer`]) agrees with.
 fn json_content_tree(operation: Operation, body: &[u8]) -> (Option<String>, Option<Value>) {
-    let Ok(Value::Object(mut answer)) = serde_json::from_slice::<Value>(body) else {
+    let Ok(Tree(Value::Object(mut answer))) = serde_json::from_slice::<Tree>(body) else {
         return (None, Some(unparsed(body, false)));
     };
     let model = match answer.remove("model") {
@@ -1232,17 +1251,17 @@ fn json_content_tree(operation: Operation, body: &[u8]) -> (Option<String>, Opti
 struct ChoicesAnswer<'a> {
     #[serde(borrow)]
     model: Option<Cow<'a, str>>,
-    choices: Option<Vec<Object<AnswerChoice>>>,
-    error: Option<Value>,
+    choices: Option<Items<Object<AnswerChoice>>>,
+    error: Option<Tree>,
 }
 
 /// One choice of a [`ChoicesAnswer`]: `message` (chat) or `text` (completions).
 #[derive(Deserialize)]
 struct AnswerChoice {
-    index: Option<Value>,
-    finish_reason: Option<Value>,
-    message: Option<Value>,
-    text: Option<Value>,
+    index: Option<Tree>,
+    finish_reason: Option<Tree>,
+    message: Option<Tree>,
+    text: Option<Tree>,
 }
 
 /// [`json_content`] of an answer that fits [`ChoicesAnswer`].
@@ -1254,27 +1273,27 @@ fn choices_content(
     let model = answer.model.filter(|m| !m.is_empty()).map(Cow::into_owned);
     let content = match operation {
         Operation::Embeddings | Operation::Models => return (model, None),
-        Operation::ChatCompletions => answer.choices.map(|choices| {
+        Operation::ChatCompletions => answer.choices.map(|Items(choices)| {
             let choices = choices
                 .into_iter()
                 .map(|Object(c)| {
                     let message = match c.message {
-                        Some(Value::Object(m)) => m,
+                        Some(Tree(Value::Object(m))) => m,
                         _ => Map::new(),
                     };
-                    chat_choice_kept(index_of(c.index), c.finish_reason, message)
+                    chat_choice_kept(index_of(value(c.index)), value(c.finish_reason), message)
                 })
                 .collect();
             wrap("choices", Value::Array(choices))
         }),
-        Operation::Completions | Operation::Responses => answer.choices.map(|choices| {
+        Operation::Completions | Operation::Responses => answer.choices.map(|Items(choices)| {
             let choices = choices
                 .into_iter()
                 .map(|Object(c)| {
-                    let text = c.text.unwrap_or(Value::Null);
+                    let text = value(c.text).unwrap_or(Value::Null);
                     choice_value(
-                        index_of(c.index),
-                        c.finish_reason.unwrap_or(Value::Null),
+                        index_of(value(c.index)),
+                        value(c.finish_reason).unwrap_or(Value::Null),
                         "text",
                         text,
                     )
@@ -1283,7 +1302,7 @@ fn choices_content(
             wrap("choices", Value::Array(choices))
         }),
     };
-    let content = content.or_else(|| match answer.error {
+    let content = content.or_else(|| match value(answer.error) {
         Some(error @ Value::Object(_)) => Some(wrap("error", error)),
         _ => None,
     });
@@ -1291,6 +1310,10 @@ fn choices_content(
         model,
         Some(content.unwrap_or_else(|| unparsed(body, false))),
     )
+}
+
+fn value(tree: Option<Tree>) -> Option<Value> {
+    tree.map(|Tree(value)| value)
 }
 
 /// A choice's `index` as the record keeps it: the number, else 0.
@@ -1554,6 +1577,20 @@ impl Redactor {
             .map(drop)
     }
 
+    /// The redactor of [`DEFAULT_PATTERNS`] only, built once per process.
+    pub fn defaults() -> &'static Redactor {
+        static DEFAULTS: std::sync::OnceLock<Redactor> = std::sync::OnceLock::new();
+        // The default patterns are constants that compile (a unit test builds them).
+        DEFAULTS.get_or_init(|| Redactor::new(true, &[]).unwrap_or(Redactor { regex: None }))
+    }
+
+    /// Whether some pattern matches somewhere in `text` (with at least one character).
+    pub fn matches(&self, text: &str) -> bool {
+        self.regex
+            .as_ref()
+            .is_some_and(|regex| regex.find_iter(text).any(|m| !m.is_empty()))
+    }
+
     /// `text` with every match replaced by [`REDACTED`] (borrowed when nothing matched).
     pub fn redact<'t>(&self, text: &'t str) -> Cow<'t, str> {
         let Some(regex) = &self.regex else {
@@ -1580,7 +1617,9 @@ impl Redactor {
 /// characters directly under an [`ENUM_KEYS`] key (`role`, `type`, `object`,
 /// `finish_reason`, `status`, `index`), which is only redacted. Ids, names, models and
 /// every other string are text fields. Numbers, booleans and nulls are never changed (so
-/// an embeddings `input` given as token ids is kept as it is).
+/// an embeddings `input` given as token ids is kept as it is). Object keys are kept when
+/// they are [`API_MEMBERS`]; any other key is a text field too (a client can put a prompt
+/// or a key in a key as well as in a value).
 ///
 /// - `Full`: the redacted text.
 /// - `Truncate(n)`: the redacted text; when longer than `n` characters (Unicode scalar
@@ -1655,6 +1694,9 @@ fn walk(value: &mut Value, on_text: &mut dyn FnMut(&mut String, Leaf)) {
             }
         }
         Value::Object(fields) => {
+            if !fields.keys().all(|key| API_MEMBERS.contains(&key.as_str())) {
+                *fields = policed_keys(std::mem::take(fields), on_text);
+            }
             for (key, field) in fields.iter_mut() {
                 match field {
                     Value::String(text)
@@ -1668,6 +1710,89 @@ fn walk(value: &mut Value, on_text: &mut dyn FnMut(&mut String, Leaf)) {
         }
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
+}
+
+/// The member names of the OpenAI request and answer objects that content holds (messages
+/// and their content parts, tool calls, Responses items and prompt references) and of the
+/// record's own markers: [`apply`] keeps an object key in this list as it is. Any other key
+/// was chosen by a client or backend (a prompt's `variables`, `metadata`, a JSON schema's
+/// properties) and is text like a value.
+pub const API_MEMBERS: &[&str] = &[
+    "role",
+    "content",
+    "name",
+    "type",
+    "text",
+    "refusal",
+    "audio",
+    "id",
+    "data",
+    "format",
+    "transcript",
+    "tool_calls",
+    "tool_call_id",
+    "function",
+    "function_call",
+    "arguments",
+    "call_id",
+    "image_url",
+    "url",
+    "detail",
+    "input_audio",
+    "file",
+    "file_id",
+    "filename",
+    "file_data",
+    "image_file",
+    "input_image",
+    "input_text",
+    "input_file",
+    "output_text",
+    "output",
+    "status",
+    "index",
+    "finish_reason",
+    "message",
+    "messages",
+    "prompt",
+    "input",
+    "instructions",
+    "variables",
+    "version",
+    "choices",
+    "object",
+    "summary",
+    "annotations",
+    "error",
+    "code",
+    "param",
+    "model",
+    "unparsed",
+    "raw",
+    "cut",
+];
+
+/// `fields` with each key that is not one of [`API_MEMBERS`] passed through `on_text` as
+/// text. Two keys that come out the same (cut alike) are both kept: the later gains `#2`,
+/// `#3`, … .
+fn policed_keys(
+    fields: Map<String, Value>,
+    on_text: &mut dyn FnMut(&mut String, Leaf),
+) -> Map<String, Value> {
+    let mut policed = Map::new();
+    for (mut key, value) in fields {
+        if !API_MEMBERS.contains(&key.as_str()) {
+            on_text(&mut key, Leaf::Text);
+        }
+        let mut unique = key.clone();
+        let mut n = 1;
+        while policed.contains_key(&unique) {
+            n += 1;
+            unique = format!("{key}#{n}");
+        }
+        policed.insert(unique, value);
+    }
+    policed
 }
 
 /// `text` is at most [`MAX_ENUM_CHARS`] characters (counted only when its bytes exceed it).

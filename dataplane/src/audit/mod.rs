@@ -12,6 +12,7 @@
 //!
 //! The policy that fills records on the request path is [`crate::policy::audit`].
 
+pub mod bounded;
 pub mod content;
 pub mod record;
 pub mod recorder;

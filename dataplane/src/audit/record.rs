@@ -238,8 +238,9 @@ impl Entry {
         Entry {
             time: humantime::format_rfc3339_millis(record.time).to_string(),
             time_unix_ms: i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX),
-            // Chosen by the client (`x-request-id`, `?api-version=`): redacted like content.
-            request_id: redactor.redact(&record.request_id.to_string()).into_owned(),
+            // A client's id that a redaction pattern matches never became the request id
+            // (the worker's own replaced it): it needs no redaction here.
+            request_id: record.request_id.to_string(),
             node: Arc::clone(node),
             worker: record.worker,
             subscription: record.subscription,
@@ -247,6 +248,7 @@ impl Entry {
             operation: operation.map(Operation::name),
             deployment: record.deployment,
             model,
+            // Chosen by the client (`?api-version=`): redacted like content.
             api_version: record.api_version.map(|v| redactor.redact(&v).into_owned()),
             backend,
             attempts: record.attempts,

@@ -192,6 +192,9 @@ impl SinkStats {
 /// when the last request holding it completes.
 pub struct Recorder {
     settings: AuditSettings,
+    /// The redaction patterns, which the writer applies to content and workers to a client's
+    /// request id ([`Recorder::redactor`]).
+    redactor: Redactor,
     tx: Sender<Msg>,
     /// Whether some sink blocks: then workers wait on a full queue rather than drop.
     blocks: bool,
@@ -231,6 +234,7 @@ impl Recorder {
             max: usize::try_from(settings.max_queue_bytes).unwrap_or(usize::MAX),
         });
         let writer_budget = Arc::clone(&budget);
+        let writer_redactor = redactor.clone();
         let writer = std::thread::Builder::new()
             .name("sluice-audit-writer".into())
             .spawn(move || {
@@ -238,10 +242,11 @@ impl Recorder {
                     queued: &writer_queued,
                     bytes: &writer_budget,
                 };
-                write_loop(&rx, lanes, &node, &redactor, &writer_stats, bounds)
+                write_loop(&rx, lanes, &node, &writer_redactor, &writer_stats, bounds)
             })?;
         Ok(Arc::new(Recorder {
             settings: settings.clone(),
+            redactor,
             tx,
             blocks: settings.sinks.iter().any(|s| s.overflow == Overflow::Block),
             sinks: stats,
@@ -254,6 +259,11 @@ impl Recorder {
     /// The settings it runs with (a reload with the same ones keeps it).
     pub fn settings(&self) -> &AuditSettings {
         &self.settings
+    }
+
+    /// The redaction patterns of `[audit]` (defaults and the operator's own).
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
     }
 
     /// Each sink's counts, in `[[audit.sink]]` order (shared with any other recorder

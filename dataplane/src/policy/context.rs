@@ -73,12 +73,17 @@ impl RequestId {
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len]
     }
+
+    /// The id's text as a string.
+    pub fn as_str(&self) -> &str {
+        // Only `[A-Za-z0-9._-]` or hex digits: always UTF-8.
+        std::str::from_utf8(self.as_bytes()).unwrap_or("-")
+    }
 }
 
 impl std::fmt::Display for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Only `[A-Za-z0-9._-]` or hex digits: always UTF-8.
-        f.write_str(std::str::from_utf8(self.as_bytes()).unwrap_or("-"))
+        f.write_str(self.as_str())
     }
 }
 

@@ -19,6 +19,7 @@ use monoio::net::TcpStream;
 use super::body_deadline::BodyDeadline;
 use super::per_core::{View, Worker};
 use crate::answers;
+use crate::audit::content::Redactor;
 use crate::downstream::{Downstream, Next};
 use crate::error::{ErrorKind, GatewayError};
 use crate::http::{parse_request, BodyFraming, ChunkedDecoder, Parse};
@@ -229,12 +230,19 @@ impl Client {
         }
 
         // The head is parsed: from here on the request has a context, and `on_complete` runs
-        // once whatever becomes of it.
+        // once whatever becomes of it. A client's id that a redaction pattern matches (a key
+        // sent as an id) would put a credential in every log line and record: Sluice's own
+        // id replaces it.
+        let redactor: &Redactor = match view.snapshot.audit.as_ref() {
+            Some(audit) => audit.redactor(),
+            None => Redactor::defaults(),
+        };
         let rid = self
             .down
             .head
             .header(&self.down.buf, "x-request-id")
             .and_then(RequestId::from_client)
+            .filter(|id| !redactor.matches(id.as_str()))
             .unwrap_or_else(|| worker.next_request_id());
         let mut ctx = RequestCtx::new(
             &view.snapshot.snapshot,
@@ -259,6 +267,7 @@ impl Client {
             },
         };
         (self.down.sent, self.down.first_out) = (0, None);
+        self.down.write_failed = false;
         // The shutdown grace ending cuts the request wherever it is; it still completes.
         let exchanged = monoio::select! {
             next = crate::logging::in_request(rid, self.exchange(worker, view, &pipeline, &mut ctx)) => Some(next),
@@ -294,6 +303,10 @@ impl Client {
                 Next::Close
             }
         };
+        if self.down.write_failed {
+            // Whatever part of the relay noticed it first, the client is what failed.
+            ctx.end = End::ClientGone;
+        }
         ctx.bytes_out = self.down.sent;
         ctx.timings.first_byte_out = self.down.first_out;
         {

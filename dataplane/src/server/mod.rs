@@ -38,6 +38,8 @@ pub struct Loaded {
     pub audit: Option<Arc<crate::audit::Recorder>>,
     /// When it was compiled (for `/config`).
     pub loaded_at: std::time::SystemTime,
+    /// The control plane's version number of a pushed document (`None`: from a file).
+    pub control_version: Option<u64>,
 }
 
 impl std::ops::Deref for Loaded {

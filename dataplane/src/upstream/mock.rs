@@ -117,7 +117,7 @@ impl Exchange<'_> {
                 out = back;
                 if res.is_err() {
                     self.down.out = out;
-                    ctx.end = End::Truncated;
+                    ctx.end = End::ClientGone;
                     return Next::Close;
                 }
                 if sleep_watching(pause, &self.down.stream).await.is_err() {

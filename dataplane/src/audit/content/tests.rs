@@ -1150,7 +1150,7 @@ fn messages() -> Value {
             {"id": "call_1", "type": "function",
              "function": {"name": "lookup", "arguments": "{\"a\":1}"}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "abc"}],
-        "n": 2, "flag": true})
+        "index": 2, "cut": true})
 }
 
 /// `messages()` with each text field (ids and names too) replaced by `f(text)`.
@@ -1164,7 +1164,7 @@ fn messages_with(f: impl Fn(&str) -> String) -> Value {
             {"id": f("call_1"), "type": "function",
              "function": {"name": f("lookup"), "arguments": f("{\"a\":1}")}}]},
         {"role": "tool", "tool_call_id": f("call_1"), "content": f("abc")}],
-        "n": 2, "flag": true})
+        "index": 2, "cut": true})
 }
 
 #[test]
@@ -1263,15 +1263,15 @@ fn apply_redacts_short_enumerations_but_never_cuts_or_hashes_them() {
         for key in ENUM_KEYS {
             fields.insert((*key).to_owned(), json!("assistant"));
         }
-        let mut content = json!({"enums": fields, "leaky": {"role": "bob@example.com"},
-            "at_bound": {"type": "t".repeat(MAX_ENUM_CHARS)}});
+        let mut content = json!({"input": fields, "output": {"role": "bob@example.com"},
+            "prompt": {"type": "t".repeat(MAX_ENUM_CHARS)}});
         apply(&mut content, mode, &defaults());
         for key in ENUM_KEYS {
-            assert_eq!(content["enums"][key], "assistant", "{key} {mode:?}");
+            assert_eq!(content["input"][key], "assistant", "{key} {mode:?}");
         }
-        assert_eq!(content["leaky"]["role"], REDACTED, "{mode:?}");
+        assert_eq!(content["output"]["role"], REDACTED, "{mode:?}");
         assert_eq!(
-            content["at_bound"]["type"],
+            content["prompt"]["type"],
             "t".repeat(MAX_ENUM_CHARS),
             "{mode:?}"
         );
@@ -1495,4 +1495,99 @@ fn skipping_read_keeps_content_past_members_a_tree_refuses() {
         tree.and_then(|t| t.get("unparsed").cloned()),
         Some(json!(true))
     );
+}
+
+/// `{"<key>":[0,0,…]}` with `n` zeros: tiny in bytes, a huge tree if read whole.
+fn many_zeros(key: &str, n: usize) -> Vec<u8> {
+    let mut body = format!(r#"{{"{key}":["#).into_bytes();
+    body.extend(std::iter::repeat_n(b"0,".as_slice(), n).flatten());
+    body.push(b'0');
+    body.extend_from_slice(b"]}");
+    body
+}
+
+#[test]
+fn a_request_of_many_tiny_values_keeps_a_bounded_prefix_marked_cut() {
+    let n = bounded::MAX_NODES * 8;
+    // The fast path (`RequestKeys`) and the whole-tree read (a key repeated) alike.
+    let mut repeated = many_zeros("messages", n);
+    repeated.splice(1..1, br#""model":"a","model":"b","#.iter().copied());
+    for body in [many_zeros("messages", n), repeated] {
+        let content = request_content(Operation::ChatCompletions, &body).unwrap();
+        let messages = content["messages"].as_array().unwrap();
+        assert!(messages.len() <= bounded::MAX_NODES, "{}", messages.len());
+        assert!(messages.len() > bounded::MAX_NODES - 8);
+        assert!(messages.iter().all(|m| m == &json!(0)));
+        assert_eq!(content["cut"], json!(true));
+    }
+    // Under the bound nothing is marked.
+    let content = request_content(Operation::Embeddings, &many_zeros("input", 10)).unwrap();
+    assert_eq!(content, json!({"input": vec![0; 11]}));
+}
+
+#[test]
+fn an_answer_of_many_tiny_choices_keeps_a_bounded_prefix_marked_cut() {
+    let n = bounded::MAX_NODES * 2;
+    let mut body = br#"{"model":"m","choices":["#.to_vec();
+    body.extend(std::iter::repeat_n(br#"{"index":0},"#.as_slice(), n).flatten());
+    body.extend_from_slice(br#"{"index":0}]}"#);
+    let answer = Answer::Json { body, cut: false };
+    let (model, content) = response_content(Operation::ChatCompletions, answer);
+    assert_eq!(model.as_deref(), Some("m"));
+    let content = content.unwrap();
+    let choices = content["choices"].as_array().unwrap();
+    assert!(choices.len() <= bounded::MAX_NODES, "{}", choices.len());
+    assert!(choices.len() > bounded::MAX_NODES / 4);
+    assert_eq!(content["cut"], json!(true));
+}
+
+#[test]
+fn keys_a_client_chose_are_text_and_api_member_names_are_kept() {
+    let key = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789";
+    let content = || {
+        json!({"prompt": {"id": "pmpt_1", "variables": {
+            "customer_name": "Ada", (key): "x", "a long variable name": "y"
+        }}})
+    };
+    // Full: a key a pattern matches is redacted; others are kept.
+    let mut full = content();
+    apply(&mut full, ContentMode::Full, &defaults());
+    let variables = full["prompt"]["variables"].as_object().unwrap();
+    assert!(variables.contains_key("customer_name"));
+    assert!(variables.contains_key(REDACTED));
+    assert!(!full.to_string().contains("abcdefghijklmnop"));
+    // Truncate: keys are cut like values; API member names are not.
+    let mut cut = content();
+    apply(&mut cut, ContentMode::Truncate(4), &defaults());
+    let variables = cut["prompt"]["variables"].as_object().unwrap();
+    let keys: Vec<&str> = variables.keys().map(String::as_str).collect();
+    assert!(keys.contains(&"cust…[truncated]"), "{keys:?}");
+    assert!(keys.contains(&"a lo…[truncated]"), "{keys:?}");
+    assert!(cut["prompt"].get("variables").is_some());
+    // Hash: keys hashed, so equal keys still hash equal; member names kept.
+    let mut hashed = content();
+    apply(&mut hashed, ContentMode::Hash, &defaults());
+    let variables = hashed["prompt"]["variables"].as_object().unwrap();
+    assert!(variables.contains_key(&sha256_tag(b"customer_name")));
+    assert_eq!(variables.len(), 3);
+}
+
+#[test]
+fn keys_cut_alike_are_both_kept() {
+    let mut content = json!({"variables": {"abcdef": 1, "abcdxy": 2}});
+    apply(&mut content, ContentMode::Truncate(4), &defaults());
+    assert_eq!(
+        content,
+        json!({"variables": {"abcd…[truncated]": 1, "abcd…[truncated]#2": 2}})
+    );
+}
+
+#[test]
+fn a_client_request_id_shaped_like_a_credential_is_matched() {
+    let defaults = Redactor::defaults();
+    assert!(defaults.matches("sk-abcdefghijklmnopqrstuvwxyz0123456789abcdefghijkl"));
+    assert!(!defaults.matches("req-2026-12-02.abc_123"));
+    assert!(!Redactor::new(false, &[])
+        .unwrap()
+        .matches("sk-abcdefghijklmnopqrstuvwxyz"));
 }
