@@ -319,10 +319,15 @@ fn ctl_json(url: &str, token: Option<&str>, args: &[&str]) -> Value {
 
 /// One HTTP/1.1 request with `Connection: close`: (status, body).
 fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_with(port, method, path, "", body)
+}
+
+/// [`http`] with `extra` header lines (each ending in `\r\n`).
+fn http_with(port: u16, method: &str, path: &str, extra: &str, body: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();
@@ -909,5 +914,123 @@ fn drained_backends_take_no_request_on_any_node_until_undrained() {
         let seen = spread(node.port, 8);
         assert_eq!(seen.get("model-x"), Some(&6), "{seen:?}");
         assert_eq!(seen.get("model-y"), Some(&2), "{seen:?}");
+    }
+}
+
+/// A chat on `port` carrying `key` as `api-key`: the status.
+fn chat_as(port: u16, model: &str, key: &str) -> u16 {
+    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+    let extra = format!("api-key: {key}\r\n");
+    http_with(port, "POST", "/v1/chat/completions", &extra, &body).0
+}
+
+#[test]
+fn keys_made_by_the_control_plane_work_on_every_node_until_revoked() {
+    let dir = TempDir::new("keys");
+    let config = dir.0.join("sluice.toml");
+    let subscriptions = "[[product]]\nname = \"standard\"\ndeployments = [\"*\"]\n\n[[subscription]]\nname = \"team-a\"\nproduct = \"standard\"\nkeys = []\n";
+    std::fs::write(&config, mock_config(&["alpha"]) + subscriptions).unwrap();
+    let state = dir.0.join("state");
+    let mut control = start_control(&config, &state, "127.0.0.1:0", &[], &dir.0);
+    let a = start_node(&control.url, "node-a", &[], None, &dir.0);
+    let b = start_node(&control.url, "node-b", &[], None, &dir.0);
+    assert!(states_become(
+        &control.url,
+        5,
+        &[("node-a", 1, "ACK"), ("node-b", 1, "ACK")]
+    ));
+    assert_eq!(chat_as(a.port, "alpha", "sk-sluice-not-a-key"), 401);
+    // A subscription the running config does not declare: refused, exit 1.
+    let (code, _, err) = ctl(
+        &control.url,
+        None,
+        &["keys", "create", "--subscription", "nobody"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("nobody"), "{err}");
+
+    let made = ctl_json(
+        &control.url,
+        None,
+        &[
+            "keys",
+            "create",
+            "--subscription",
+            "team-a",
+            "--label",
+            "ci",
+        ],
+    );
+    let key = made["key"].as_str().unwrap().to_string();
+    let key_id = made["key_id"].as_str().unwrap().to_string();
+    assert!(key.starts_with("sk-sluice-"), "{made}");
+    assert_eq!(made["subscription"], "team-a");
+    assert!(
+        wait_until(Duration::from_secs(2), || chat_as(a.port, "alpha", &key)
+            == 200
+            && chat_as(b.port, "alpha", &key) == 200),
+        "{}",
+        a.proc.log()
+    );
+    // Listed and shown by `get config` without the key itself.
+    let listed = ctl_json(&control.url, None, &["keys", "list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["key_id"], key_id.as_str());
+    assert!(!listed.to_string().contains(&key));
+    let got = ctl_json(&control.url, None, &["get", "config"]);
+    assert_eq!(
+        got["subscription_keys"][0]["key_id"],
+        key_id.as_str(),
+        "{got}"
+    );
+    assert_eq!(got["subscription_keys"][0]["revoked"], false);
+
+    let revoked = ctl_json(&control.url, None, &["keys", "revoke", &key_id]);
+    assert!(revoked["revoked_at"].is_string(), "{revoked}");
+    assert!(
+        wait_until(Duration::from_secs(2), || chat_as(a.port, "alpha", &key)
+            == 401
+            && chat_as(b.port, "alpha", &key) == 401),
+        "{}",
+        a.proc.log()
+    );
+    assert_eq!(
+        ctl(
+            &control.url,
+            None,
+            &["keys", "revoke", "key_0000000000000000"]
+        )
+        .0,
+        1
+    );
+    assert_eq!(
+        ctl_json(&control.url, None, &["keys", "list"])
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+
+    // Kept across a restart; the key itself was never stored or logged anywhere.
+    let port = control.addr.port();
+    control.proc.kill();
+    let control = start_control(&config, &state, &format!("127.0.0.1:{port}"), &[], &dir.0);
+    let all = ctl_json(&control.url, None, &["keys", "list", "--all"]);
+    assert_eq!(all[0]["key_id"], key_id.as_str(), "{all}");
+    assert!(all[0]["revoked_at"].is_string());
+    assert_eq!(chat_as(b.port, "alpha", &key), 401);
+    for entry in std::fs::read_dir(&dir.0)
+        .unwrap()
+        .chain(std::fs::read_dir(&state).unwrap())
+    {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+                "the key is in {}",
+                path.display()
+            );
+        }
     }
 }

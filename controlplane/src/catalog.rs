@@ -22,6 +22,8 @@ pub struct Catalog {
     pub backends: Vec<(String, String)>,
     /// `[[deployment]]` pool members.
     pub places: Vec<Place>,
+    /// `[[subscription]]` names and products, in document order.
+    pub subscriptions: Vec<(String, String)>,
 }
 
 impl Catalog {
@@ -76,12 +78,28 @@ impl Catalog {
                 }
             }
         }
-        Self { backends, places }
+        let subscriptions = tables("subscription")
+            .iter()
+            .map(|s| (text(s, "name"), text(s, "product")))
+            .collect();
+        Self {
+            backends,
+            places,
+            subscriptions,
+        }
     }
 
     /// Whether the document declares backend `name`.
     pub fn has_backend(&self, name: &str) -> bool {
         self.backends.iter().any(|(n, _)| n == name)
+    }
+
+    /// The product of subscription `name`, if the document declares it.
+    pub fn product_of(&self, name: &str) -> Option<&str> {
+        self.subscriptions
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.as_str())
     }
 
     /// Whether deployment `deployment`'s pool holds `backend`.

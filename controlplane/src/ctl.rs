@@ -26,6 +26,8 @@ use tonic::{Code, Status};
 use crate::source;
 use crate::store::error_to_json;
 
+mod keys;
+
 /// Drives a Sluice control plane.
 #[derive(Parser, Debug)]
 #[command(name = "sluicectl", version, about)]
@@ -92,6 +94,13 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         what: Backends,
+    },
+    /// Subscription keys made through the control plane (each create or revoke makes a
+    /// version).
+    Keys {
+        /// What to do.
+        #[command(subcommand)]
+        what: keys::Keys,
     },
 }
 
@@ -351,6 +360,10 @@ async fn run_command(cli: Cli) -> Result<Exit, Failure> {
                     "weight_overrides": answer.weight_overrides.iter().map(|w| serde_json::json!({
                         "backend": w.backend, "deployment": w.deployment, "weight": w.weight,
                     })).collect::<Vec<_>>(),
+                    "subscription_keys": answer.subscription_keys.iter().map(|k| serde_json::json!({
+                        "key_id": k.id, "subscription": k.subscription,
+                        "digest_prefix": k.digest_prefix, "revoked": k.revoked_at.is_some(),
+                    })).collect::<Vec<_>>(),
                 }));
             } else {
                 println!(
@@ -376,6 +389,17 @@ async fn run_command(cli: Cli) -> Result<Exit, Failure> {
                     println!(
                         "# overlay: backend {} weight {} in {pool}",
                         w.backend, w.weight
+                    );
+                }
+                for k in &answer.subscription_keys {
+                    let state = if k.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "valid"
+                    };
+                    println!(
+                        "# overlay: key {} of subscription {} (sha256 {}…) {state}",
+                        k.id, k.subscription, k.digest_prefix
                     );
                 }
                 print!("{}", answer.toml);
@@ -481,6 +505,7 @@ async fn run_command(cli: Cli) -> Result<Exit, Failure> {
             print_backends(&backends, json);
             Ok(Exit::Done)
         }
+        (Command::Keys { what }, _) => keys::run(channel, what, json).await,
         (Command::Apply { .. } | Command::Diff { .. }, None) => {
             Err(Failure(Exit::Usage, "no document read".into()))
         }

@@ -6,7 +6,7 @@
 //! The pieces: [`source`] reads a config path into one document and names its git commit;
 //! [`state`] is the state as pure values and functions (versions, overlays, the fleet);
 //! [`store`] keeps it in SQLite in the state directory; [`catalog`] reads the backends and
-//! pools a document declares; [`auth`] checks the operator and node bearer tokens;
+//! pools a document declares; [`keys`] makes and revokes subscription keys; [`auth`] checks the operator and node bearer tokens;
 //! [`service`] is the gRPC services over it all; [`server`] runs them, with [`admin`]
 //! (metrics and health) beside; [`ctl`] is `sluicectl`.
 
@@ -14,6 +14,7 @@ pub mod admin;
 pub mod auth;
 pub mod catalog;
 pub mod ctl;
+pub mod keys;
 pub mod server;
 pub mod service;
 pub mod source;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use sluice_proto::control::v1::backend_service_server::BackendServiceServer;
 use sluice_proto::control::v1::config_service_server::ConfigServiceServer;
 use sluice_proto::control::v1::node_service_server::NodeServiceServer;
+use sluice_proto::control::v1::subscription_service_server::SubscriptionServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -39,7 +40,8 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(KEEPALIVE * 2))
         .add_service(ConfigServiceServer::new(api.clone()))
         .add_service(NodeServiceServer::new(api.clone()))
-        .add_service(BackendServiceServer::new(api))
+        .add_service(BackendServiceServer::new(api.clone()))
+        .add_service(SubscriptionServiceServer::new(api))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }

@@ -45,7 +45,7 @@ pub struct ControlPlane {
     /// Set once at shutdown: every Watch stream ends, so the server's graceful stop does
     /// not wait on streams that never end by themselves.
     closing: watch::Sender<bool>,
-    tokens: Tokens,
+    pub(crate) tokens: Tokens,
     /// What `/metrics` shows.
     pub metrics: Metrics,
 }
@@ -164,6 +164,11 @@ impl ControlPlane {
         }
     }
 
+    /// The running version and its overlays.
+    pub fn desired(&self) -> Desired {
+        lock(&self.state).desired.clone()
+    }
+
     /// The document of the running version, if any.
     pub fn current_document(&self) -> Option<Document> {
         lock(&self.state).desired.document.clone()
@@ -196,7 +201,7 @@ impl ControlPlane {
     /// Puts `change` in force when it changes anything: checked by `accept` against the
     /// state it applies to, stored, then pushed to every node. Returns the state now running
     /// and whether `change` made it.
-    fn commit(
+    pub(crate) fn commit(
         &self,
         change: Change,
         accept: impl FnOnce(&Desired) -> Result<(), Status>,
@@ -441,6 +446,12 @@ impl ConfigService for Api {
             toml: document.toml,
             drained_backends,
             weight_overrides,
+            subscription_keys: desired
+                .overlays
+                .keys
+                .iter()
+                .map(|(id, key)| crate::keys::key_info(id, key))
+                .collect(),
         }))
     }
 

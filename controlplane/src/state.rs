@@ -6,7 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
-use sluice_proto::control::v1::{ConfigError, ConfigSnapshot, Node, NodeState, WeightOverride};
+use sluice_proto::control::v1::{
+    ConfigError, ConfigSnapshot, KeyDigest, Node, NodeState, WeightOverride,
+};
 
 use crate::source::Document;
 
@@ -34,6 +36,27 @@ pub struct Overlays {
     /// Weight overrides: backend → deployment (`""`: every pool it is in) → weight (≥ 1).
     #[serde(default)]
     pub weights: BTreeMap<String, BTreeMap<String, u32>>,
+    /// Subscription keys made by `sluicectl keys create`, by key id: each key's SHA-256,
+    /// never the key.
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeyRecord>,
+}
+
+/// What the control plane keeps of a subscription key it made (everything but the key).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyRecord {
+    /// The subscription it authenticates as.
+    pub subscription: String,
+    /// The operator's note.
+    #[serde(default)]
+    pub label: String,
+    /// SHA-256 of the key's UTF-8 bytes, 64 lowercase hex digits.
+    pub sha256: String,
+    /// When it was made, milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// When it was revoked (ms since the epoch); `None` while it is valid.
+    #[serde(default)]
+    pub revoked_at_ms: Option<u64>,
 }
 
 /// One change an operator (or the watched config path) asks for.
@@ -54,6 +77,20 @@ pub enum Change {
         deployment: String,
         /// The weight (≥ 1), or `None` to clear.
         weight: Option<u32>,
+    },
+    /// Add a subscription key under a new id.
+    CreateKey {
+        /// The key's id (random, not secret).
+        id: String,
+        /// What is kept of it.
+        record: KeyRecord,
+    },
+    /// Revoke a key (a key already revoked stays as it was).
+    RevokeKey {
+        /// The key's id.
+        id: String,
+        /// When, in milliseconds since the Unix epoch.
+        at_ms: u64,
     },
 }
 
@@ -105,6 +142,14 @@ impl Desired {
                     overlays.weights.remove(&backend);
                 }
             }
+            Change::CreateKey { id, record } => {
+                overlays.keys.entry(id).or_insert(record);
+            }
+            Change::RevokeKey { id, at_ms } => {
+                if let Some(key) = overlays.keys.get_mut(&id) {
+                    key.revoked_at_ms.get_or_insert(at_ms);
+                }
+            }
         }
         if document.is_none() || (document == self.document && overlays == self.overlays) {
             return None;
@@ -128,12 +173,27 @@ impl Desired {
             created_at: Some(self.created_at.into()),
             drained_backends: self.overlays.drained.iter().cloned().collect(),
             weight_overrides: self.overlays.weight_overrides(),
+            subscription_keys: self.overlays.key_digests(),
             ..ConfigSnapshot::default()
         })
     }
 }
 
 impl Overlays {
+    /// The keys as the API carries them to nodes, by id (revoked ones too, marked, so nodes
+    /// refuse them as revoked).
+    pub fn key_digests(&self) -> Vec<KeyDigest> {
+        self.keys
+            .iter()
+            .map(|(id, key)| KeyDigest {
+                key_id: id.clone(),
+                subscription: key.subscription.clone(),
+                sha256: hex_bytes(&key.sha256),
+                revoked: key.revoked_at_ms.is_some(),
+            })
+            .collect()
+    }
+
     /// The weight overrides as the API carries them, by backend then deployment.
     pub fn weight_overrides(&self) -> Vec<WeightOverride> {
         self.weights
@@ -159,6 +219,14 @@ impl Overlays {
             .copied()
             .unwrap_or(configured)
     }
+}
+
+/// The bytes `hex` (pairs of hex digits) spells; what is not hex is left out.
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    hex.as_bytes()
+        .chunks_exact(2)
+        .filter_map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect()
 }
 
 /// What the control plane knows of one node.
@@ -348,6 +416,48 @@ mod tests {
             .unwrap();
         assert_eq!(v7.overlays, Overlays::default());
         assert_eq!(v7.version, 8);
+    }
+
+    #[test]
+    fn keys_make_versions_and_a_revoked_key_stays_revoked() {
+        let t0 = SystemTime::UNIX_EPOCH;
+        let v1 = Desired::empty()
+            .apply(Change::Document(doc("x", "")), t0)
+            .unwrap();
+        let record = KeyRecord {
+            subscription: "team-a".into(),
+            label: String::new(),
+            sha256: "ab".repeat(32),
+            created_at_ms: 1,
+            revoked_at_ms: None,
+        };
+        let create = Change::CreateKey {
+            id: "key_1".into(),
+            record: record.clone(),
+        };
+        let v2 = v1.apply(create.clone(), t0).unwrap();
+        assert_eq!(v2.apply(create, t0), None, "an id is made once");
+        let digests = v2.snapshot().unwrap().subscription_keys;
+        assert_eq!(digests.len(), 1);
+        assert_eq!(digests[0].sha256, vec![0xab; 32]);
+        assert!(!digests[0].revoked);
+        let revoke = |at_ms| Change::RevokeKey {
+            id: "key_1".into(),
+            at_ms,
+        };
+        let v3 = v2.apply(revoke(5), t0).unwrap();
+        assert_eq!(v3.apply(revoke(9), t0), None, "already revoked");
+        assert_eq!(v3.overlays.keys["key_1"].revoked_at_ms, Some(5));
+        assert!(v3.snapshot().unwrap().subscription_keys[0].revoked);
+        let unknown = Change::RevokeKey {
+            id: "key_2".into(),
+            at_ms: 1,
+        };
+        assert_eq!(v3.apply(unknown, t0), None);
+        // Kept as JSON with the version: never the key, only its digest.
+        let json = serde_json::to_string(&v3.overlays).unwrap();
+        let back: Overlays = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, v3.overlays);
     }
 
     #[test]

@@ -26,9 +26,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::audit::Recorder;
+use crate::auth::keys::{KeyEntry, SubscriptionId};
 use crate::config::{self, ConfigErrors};
 use crate::policy::AccessRuntime;
 use crate::server::{Loaded, Shared};
+use crate::snapshot::access::KeyDigest;
 use crate::snapshot::Snapshot;
 use crate::tls::server::ServerTls;
 
@@ -111,9 +113,60 @@ pub struct Pushed<'a> {
     /// Operator weights: `(backend, deployment, weight)`, an empty deployment meaning every
     /// pool the backend is in; one for the pool itself wins.
     pub weights: &'a [(String, String, u32)],
+    /// Subscription keys made by the control plane (`sluicectl keys create`), added to the
+    /// document's own. A key of a subscription the document does not declare, or whose
+    /// digest the document already lists, is left out.
+    pub keys: &'a [PushedKey],
+}
+
+/// A subscription key made by the control plane: its SHA-256, never the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushedKey {
+    /// The key's id (for logs).
+    pub id: String,
+    /// The subscription it authenticates as.
+    pub subscription: String,
+    /// SHA-256 of the key's bytes.
+    pub sha256: [u8; 32],
+    /// Revoked: recognised, and refused as revoked (401).
+    pub revoked: bool,
 }
 
 impl Pushed<'_> {
+    /// Adds the control plane's subscription keys to the document's.
+    fn impose_keys(&self, snapshot: &mut Snapshot) {
+        let access = &mut snapshot.access;
+        for key in self.keys {
+            let Some(index) = access
+                .subscriptions
+                .iter()
+                .position(|s| s.name == key.subscription)
+            else {
+                tracing::warn!(key_id = %key.id, subscription = %key.subscription, "a pushed key's subscription is not in the document; key left out");
+                continue;
+            };
+            let Ok(id) = u32::try_from(index) else {
+                continue;
+            };
+            let entry = KeyEntry {
+                hash: key.sha256,
+                subscription: SubscriptionId(id),
+                revoked: key.revoked,
+            };
+            if access.keys.insert(entry).is_err() {
+                tracing::warn!(key_id = %key.id, "a pushed key's digest is already in the document; key left out");
+                continue;
+            }
+            let subscription = &mut access.subscriptions[index];
+            let list = if key.revoked {
+                &mut subscription.revoked_keys
+            } else {
+                &mut subscription.keys
+            };
+            list.push(KeyDigest(key.sha256));
+        }
+    }
+
     /// Takes drained backends out of every pool and sets the operators' weights.
     fn impose_overlays(&self, snapshot: &mut Snapshot) {
         let backends = &snapshot.backends;
@@ -154,6 +207,7 @@ pub fn prepare_pushed(
     )?;
     host.impose(&mut snapshot);
     pushed.impose_overlays(&mut snapshot);
+    pushed.impose_keys(&mut snapshot);
     let mut loaded = build(snapshot, running)?;
     loaded.control_version = Some(pushed.version);
     Ok(loaded)

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use sluice_proto::control::v1::{ConfigError, ConfigSnapshot};
 
 use crate::agent::Apply;
-use crate::apply::{self, ApplyError, HostLocal, Pushed};
+use crate::apply::{self, ApplyError, HostLocal, Pushed, PushedKey};
 use crate::server::Shared;
 
 /// The gateway side of the agent.
@@ -75,9 +75,23 @@ impl Apply for Managed {
             .iter()
             .map(|w| (w.backend.clone(), w.deployment.clone(), w.weight))
             .collect();
+        let keys: Vec<PushedKey> = snapshot
+            .subscription_keys
+            .iter()
+            .filter_map(|k| {
+                let sha256 = <[u8; 32]>::try_from(k.sha256.as_slice()).ok()?;
+                Some(PushedKey {
+                    id: k.key_id.clone(),
+                    subscription: k.subscription.clone(),
+                    sha256,
+                    revoked: k.revoked,
+                })
+            })
+            .collect();
         let pushed = Pushed {
             name,
             version: snapshot.version,
+            keys: &keys,
             text: &snapshot.toml,
             drained: &snapshot.drained_backends,
             weights: &weights,

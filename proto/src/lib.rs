@@ -153,10 +153,7 @@ mod tests {
                 key_id: "k_01".into(),
                 subscription: "team-a".into(),
                 sha256: vec![0xab; 32],
-                expires_at: Some(Timestamp {
-                    seconds: 1_900_000_000,
-                    nanos: 0,
-                }),
+                revoked: true,
             }],
             created_at: Some(Timestamp {
                 seconds: 1_800_000_000,

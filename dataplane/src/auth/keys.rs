@@ -132,16 +132,22 @@ impl KeyTable {
     pub fn new(entries: impl IntoIterator<Item = KeyEntry>) -> Result<Self, KeyTableError> {
         let mut table = Self::default();
         for entry in entries {
-            let slot = table.slots.entry(prefix(&entry.hash)).or_default();
-            if slot.iter().any(|e| e.hash == entry.hash) {
-                return Err(KeyTableError::Duplicate(
-                    key_hash_hex(&entry.hash).unwrap_or_default(),
-                ));
-            }
-            slot.push(entry);
-            table.len += 1;
+            table.insert(entry)?;
         }
         Ok(table)
+    }
+
+    /// Adds one entry; refused (the table unchanged) when its digest is already in it.
+    pub fn insert(&mut self, entry: KeyEntry) -> Result<(), KeyTableError> {
+        let slot = self.slots.entry(prefix(&entry.hash)).or_default();
+        if slot.iter().any(|e| e.hash == entry.hash) {
+            return Err(KeyTableError::Duplicate(
+                key_hash_hex(&entry.hash).unwrap_or_default(),
+            ));
+        }
+        slot.push(entry);
+        self.len += 1;
+        Ok(())
     }
 
     /// How many keys (valid and revoked) the table holds.

@@ -193,12 +193,13 @@ impl SubscriptionTables<'_> {
         let listed = |list: &Option<SpannedList<String>>| {
             list.as_ref().is_some_and(|l| !l.get_ref().is_empty())
         };
-        if !listed(&s.keys) && !listed(&s.revoked_keys) && !listed(&s.jwt_claim_values) {
-            let span = s.keys.as_ref().map_or(section.span(), Spanned::span);
+        // `keys = []` written out says the keys come from elsewhere: a control plane's
+        // `sluicectl keys create`.
+        if s.keys.is_none() && !listed(&s.revoked_keys) && !listed(&s.jwt_claim_values) {
             report.at(
-                span,
+                section.span(),
                 format!("{field}.keys"),
-                "missing: a subscription needs `keys` (hashes from `sluice keygen`) or `jwt_claim_values`",
+                "missing: a subscription needs `keys` (hashes from `sluice keygen`; `keys = []` when a control plane makes them) or `jwt_claim_values`",
             );
         }
 

@@ -605,8 +605,7 @@ fn subscriptions_are_checked() {
     assert_errors(&[
         (with("[[subscription]]\nname = \"s\"\nproduct = \"q\"\nkeys = [\"KEY_HASH\"]"), "sluice.toml:11:11: subscription[0].product: unknown product `q`"),
         (with("[[subscription]]\nname = \"s\"\nkeys = [\"KEY_HASH\"]"), "sluice.toml:9:1: subscription[0].product: missing field `product`"),
-        (subscription(""), "sluice.toml:12:1: subscription[0].keys: missing: a subscription needs `keys` (hashes from `sluice keygen`) or `jwt_claim_values`"),
-        (subscription("keys = []"), "sluice.toml:15:8: subscription[0].keys: missing: a subscription needs `keys` (hashes from `sluice keygen`) or `jwt_claim_values`"),
+        (subscription(""), "sluice.toml:12:1: subscription[0].keys: missing: a subscription needs `keys` (hashes from `sluice keygen`; `keys = []` when a control plane makes them) or `jwt_claim_values`"),
         (subscription("keys = [\"KEY_HASH\"]\n\n[[subscription]]\nname = \"s\"\nproduct = \"p\"\nrevoked_keys = [\"sha256:abababababababababababababababababababababababababababababababab\"]"), "sluice.toml:18:8: subscription[1].name: duplicate subscription name `s` (first defined on line 13)"),
         (subscription("jwt_claim_values = [\"app-1\"]"), "sluice.toml:15:20: subscription[0].jwt_claim_values: no [[jwt]] is configured, so no token can carry these values"),
         (subscription(&format!("jwt_claim_values = [\"app-1\"]\n\n[[subscription]]\nname = \"t\"\nproduct = \"p\"\njwt_claim_values = [\"app-1\"]\n{claim_jwt}")), "sluice.toml:20:21: subscription[1].jwt_claim_values[0]: claim value `app-1` already maps to subscription `s` (line 15)"),
@@ -623,6 +622,8 @@ fn key_hashes_are_checked_and_unique() {
         (subscription("keys = [\"KEY_HASH\"]\n\n[[subscription]]\nname = \"t\"\nproduct = \"p\"\nrevoked_keys = [\"KEY_HASH\"]"), "sluice.toml:20:17: subscription[1].revoked_keys[0]: this key hash is already listed on line 15 (subscription `s`)"),
         (subscription("keys = [\"KEY_HASH\", \"KEY_HASH\"]"), "sluice.toml:15:84: subscription[0].keys[1]: this key hash is already listed on line 15 (subscription `s`)"),
     ]);
+    // `keys = []` written out: the keys come from a control plane.
+    assert!(compile(&subscription("keys = []")).is_ok());
     // A key pasted instead of its hash never reaches the message.
     let pasted = errors(&subscription("keys = [\"sk-live-secret\"]"));
     assert!(pasted.iter().all(|e| !e.contains("sk-live-secret")));
