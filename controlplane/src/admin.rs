@@ -10,6 +10,8 @@
 //! | `sluice_control_nodes_connected` | gauge | |
 //! | `sluice_control_push_seconds` | histogram | |
 //! | `sluice_control_applies_total` | counter | `outcome` (`applied`, `unchanged`, `refused`) |
+//! | `sluice_control_usage_batches_total` | counter | `outcome` (`stored`, `resent`) |
+//! | `sluice_control_telemetry_lag_seconds` | histogram | (a batch's making on its node to its storing) |
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -44,6 +46,8 @@ pub struct Metrics {
     connected: Gauge,
     push: Histogram,
     applies: Family<Labels, Counter>,
+    batches: Family<Labels, Counter>,
+    lag: Histogram,
     /// Whether the API listener is serving (for `/readyz`).
     pub ready: AtomicBool,
 }
@@ -93,6 +97,19 @@ impl Default for Metrics {
             "Documents offered (Apply, or the watched config path), by outcome",
             applies.clone(),
         );
+        let batches = Family::<Labels, Counter>::default();
+        registry.register(
+            "usage_batches",
+            "Usage batches received from nodes: stored, or resent and already stored",
+            batches.clone(),
+        );
+        let lag = Histogram::new(PUSH_BUCKETS);
+        registry.register_with_unit(
+            "telemetry_lag",
+            "From a usage batch's making on its node to its storing here",
+            prometheus_client::registry::Unit::Seconds,
+            lag.clone(),
+        );
         Self {
             registry,
             version,
@@ -100,6 +117,8 @@ impl Default for Metrics {
             connected,
             push,
             applies,
+            batches,
+            lag,
             ready: AtomicBool::new(false),
         }
     }
@@ -114,6 +133,22 @@ impl Metrics {
             ApplyOutcome::Refused => "refused",
         };
         self.applies.get_or_create(&vec![("outcome", label)]).inc();
+    }
+
+    /// Counts usage batches: `stored` new ones and `resent` ones already stored.
+    pub fn batches(&self, stored: u64, resent: u64) {
+        for (outcome, n) in [("stored", stored), ("resent", resent)] {
+            if n > 0 {
+                self.batches
+                    .get_or_create(&vec![("outcome", outcome)])
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// Records a batch stored `seconds` after its node made it.
+    pub fn telemetry_lag(&self, seconds: f64) {
+        self.lag.observe(seconds);
     }
 
     /// Records a node's answer `seconds` after its version was made.

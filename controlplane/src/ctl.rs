@@ -27,6 +27,7 @@ use crate::source;
 use crate::store::error_to_json;
 
 mod keys;
+mod usage;
 
 /// Drives a Sluice control plane.
 #[derive(Parser, Debug)]
@@ -102,6 +103,11 @@ pub enum Command {
         #[command(subcommand)]
         what: keys::Keys,
     },
+    /// The fleet's usage over a time range: requests, tokens, latency and rejections per
+    /// subscription, deployment, backend, model, node or status class.
+    Usage(usage::UsageArgs),
+    /// A live view of requests/s and tokens/s, redrawn every interval.
+    Top(usage::TopArgs),
 }
 
 /// `backends` commands.
@@ -506,6 +512,8 @@ async fn run_command(cli: Cli) -> Result<Exit, Failure> {
             Ok(Exit::Done)
         }
         (Command::Keys { what }, _) => keys::run(channel, what, json).await,
+        (Command::Usage(args), _) => usage::usage(channel, args, json).await,
+        (Command::Top(args), _) => usage::top(channel, args, json).await,
         (Command::Apply { .. } | Command::Diff { .. }, None) => {
             Err(Failure(Exit::Usage, "no document read".into()))
         }

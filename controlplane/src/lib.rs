@@ -7,6 +7,7 @@
 //! [`state`] is the state as pure values and functions (versions, overlays, the fleet);
 //! [`store`] keeps it in SQLite in the state directory; [`catalog`] reads the backends and
 //! pools a document declares; [`keys`] makes and revokes subscription keys; [`auth`] checks the operator and node bearer tokens;
+//! [`usage`] stores the nodes' usage telemetry and answers queries and the live view;
 //! [`service`] is the gRPC services over it all; [`server`] runs them, with [`admin`]
 //! (metrics and health) beside; [`ctl`] is `sluicectl`.
 
@@ -20,3 +21,4 @@ pub mod service;
 pub mod source;
 pub mod state;
 pub mod store;
+pub mod usage;

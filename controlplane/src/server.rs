@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use sluice_proto::control::v1::backend_service_server::BackendServiceServer;
 use sluice_proto::control::v1::config_service_server::ConfigServiceServer;
+use sluice_proto::control::v1::live_service_server::LiveServiceServer;
 use sluice_proto::control::v1::node_service_server::NodeServiceServer;
 use sluice_proto::control::v1::subscription_service_server::SubscriptionServiceServer;
+use sluice_proto::control::v1::usage_service_server::UsageServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -41,7 +43,9 @@ pub async fn serve(
         .add_service(ConfigServiceServer::new(api.clone()))
         .add_service(NodeServiceServer::new(api.clone()))
         .add_service(BackendServiceServer::new(api.clone()))
-        .add_service(SubscriptionServiceServer::new(api))
+        .add_service(SubscriptionServiceServer::new(api.clone()))
+        .add_service(UsageServiceServer::new(api.clone()))
+        .add_service(LiveServiceServer::new(api))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }

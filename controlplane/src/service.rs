@@ -48,6 +48,8 @@ pub struct ControlPlane {
     pub(crate) tokens: Tokens,
     /// What `/metrics` shows.
     pub metrics: Metrics,
+    /// Usage telemetry: stored marks, the writer's queue, the live window.
+    pub telemetry: crate::usage::Telemetry,
 }
 
 struct State {
@@ -102,6 +104,7 @@ impl ControlPlane {
         let store = Store::open(state_dir)?;
         let desired = store.latest()?;
         let fleet = store.fleet()?;
+        let marks = store.telemetry_marks()?;
         let (snapshots, _) = watch::channel(desired.snapshot().map(Arc::new));
         Ok(Arc::new(Self {
             state: Mutex::new(State { desired, fleet }),
@@ -110,6 +113,7 @@ impl ControlPlane {
             closing: watch::channel(false).0,
             tokens,
             metrics: Metrics::default(),
+            telemetry: crate::usage::Telemetry::new(marks),
         }))
     }
 
@@ -162,6 +166,12 @@ impl ControlPlane {
         if let Err(e) = lock(&self.store).set_watched(&watched_key(path), digest) {
             tracing::error!("{e}");
         }
+    }
+
+    /// The state database (held for one call at a time: off the async threads for anything
+    /// long).
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        lock(&self.store)
     }
 
     /// The running version and its overlays.

@@ -14,8 +14,10 @@ use crate::state::{Desired, Fleet, NodeRecord};
 
 /// The schema this build writes; [`Store::open`] refuses a newer one.
 /// 1: versions and nodes; 2: each version's operator overlays (`versions.overlays`, JSON);
-/// 3: the text last read from each watched config path (`watched`).
-const SCHEMA_VERSION: i64 = 3;
+/// 3: the text last read from each watched config path (`watched`); 4: usage telemetry
+/// (`usage`, one row per minute and dimensions; `telemetry`, each node incarnation's last
+/// stored sequence).
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -40,6 +42,29 @@ CREATE TABLE IF NOT EXISTS watched (
     path TEXT PRIMARY KEY,
     sha256 TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS usage (
+    minute_ms INTEGER NOT NULL,
+    node_id TEXT NOT NULL,
+    subscription TEXT NOT NULL,
+    deployment TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    model TEXT NOT NULL,
+    status_class TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    total_tokens INTEGER NOT NULL,
+    rejections TEXT NOT NULL,
+    latency BLOB NOT NULL,
+    PRIMARY KEY (minute_ms, node_id, subscription, deployment, backend, model, status_class)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS telemetry (
+    node_id TEXT NOT NULL,
+    incarnation INTEGER NOT NULL,
+    stored_through INTEGER NOT NULL,
+    last_report_ms INTEGER NOT NULL,
+    PRIMARY KEY (node_id, incarnation)
+);
 ";
 
 /// Why the state database could not be used.
@@ -58,7 +83,7 @@ pub enum StoreError {
 
 /// The open state database.
 pub struct Store {
-    db: Connection,
+    pub(crate) db: Connection,
 }
 
 impl Store {
@@ -88,14 +113,15 @@ impl Store {
                 db.execute_batch(
                     "BEGIN;
                      ALTER TABLE versions ADD COLUMN overlays TEXT NOT NULL DEFAULT '{}';
-                     UPDATE schema_version SET version = 3;
+                     UPDATE schema_version SET version = 4;
                      COMMIT;",
                 )?;
             }
-            Some(2) => {
-                // `watched` was made above (`CREATE … IF NOT EXISTS`), empty: the path's
-                // text is applied once more at the next start, as schema 2 always did.
-                db.execute("UPDATE schema_version SET version = 3", [])?;
+            Some(2 | 3) => {
+                // The tables added since were made above (`CREATE … IF NOT EXISTS`), empty:
+                // the watched path's text is applied once more at the next start, as
+                // schema 2 always did, and no usage was stored before.
+                db.execute("UPDATE schema_version SET version = 4", [])?;
             }
             Some(_) => {}
         }

@@ -10,19 +10,28 @@
 //! reconnect in step. After a reconnect it registers with the version it runs, repeats its
 //! last answer (which may have been lost with the connection) and watches again: the control
 //! plane sends a snapshot only when it is newer than what the node runs or refused.
+//!
+//! Beside the Watch stream, a `UsageService.Report` stream carries the node's usage once a
+//! second, exactly once ([`crate::telemetry::reporter`]): batches the control plane has not
+//! answered are sent again after a reconnect under their own sequence numbers.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use sluice_proto::control::v1::config_service_client::ConfigServiceClient;
 use sluice_proto::control::v1::node_service_client::NodeServiceClient;
+use sluice_proto::control::v1::usage_service_client::UsageServiceClient;
 use sluice_proto::control::v1::{
-    AckRequest, ConfigError, ConfigSnapshot, RegisterNodeRequest, WatchRequest,
+    AckRequest, ConfigError, ConfigSnapshot, RegisterNodeRequest, UsageBatch, WatchRequest,
 };
 use sluice_proto::BearerToken;
+use tokio::sync::mpsc;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
+
+use crate::telemetry::reporter::{Reporter, MAX_IN_FLIGHT};
+use crate::telemetry::UsageMap;
 
 /// First delay before reconnecting.
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
@@ -33,6 +42,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// HTTP/2 pings on the idle Watch stream, so a control plane that vanished without a FIN
 /// is noticed within twice this.
 const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// How often usage is reported.
+pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// Where the agent takes the usage it reports.
+pub trait UsageSource: Send + Sync + 'static {
+    /// The usage counted since the last call.
+    fn take_usage(&self) -> UsageMap<Arc<str>>;
+}
 
 /// Where the agent's snapshots go.
 pub trait Apply: Send + Sync + 'static {
@@ -92,6 +110,7 @@ pub struct Agent {
     endpoint: Endpoint,
     token: BearerToken,
     target: Arc<dyn Apply>,
+    usage: Option<Arc<dyn UsageSource>>,
 }
 
 /// What the agent remembers across connections.
@@ -127,7 +146,14 @@ impl Agent {
             endpoint,
             token,
             target,
+            usage: None,
         })
+    }
+
+    /// Reports the usage `source` counts (once a second, exactly once).
+    pub fn with_usage(mut self, source: Arc<dyn UsageSource>) -> Self {
+        self.usage = Some(source);
+        self
     }
 
     /// Runs the agent on a thread of its own (`sluice-agent`) for the life of the process.
@@ -141,8 +167,16 @@ impl Agent {
         Ok(())
     }
 
-    /// Connects, watches and answers, reconnecting for ever.
+    /// Connects, watches and answers, reconnecting for ever; reports usage beside.
     pub async fn run(self) {
+        let this = Arc::new(self);
+        if let Some(source) = this.usage.clone() {
+            tokio::spawn(Arc::clone(&this).report(source));
+        }
+        this.watch().await;
+    }
+
+    async fn watch(&self) {
         let mut memory = Memory::default();
         let mut attempt: u32 = 0;
         let mut was_connected = true;
@@ -236,6 +270,130 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+impl Agent {
+    /// Reports usage for ever: once a second, takes what the workers counted and sends it
+    /// as the next batch; after a reconnect, first sends again every batch not answered.
+    async fn report(self: Arc<Self>, source: Arc<dyn UsageSource>) {
+        let node_id = &self.settings.node_id;
+        let mut reporter = Reporter::new(node_id, incarnation());
+        let mut link: Option<Link> = None;
+        let mut attempt: u32 = 0;
+        let mut retry_at = tokio::time::Instant::now();
+        let mut next_tick = tokio::time::Instant::now() + REPORT_EVERY;
+        let mut dropped_warned = 0;
+        loop {
+            // Answers until the next tick.
+            if let Some(open) = &mut link {
+                match tokio::time::timeout_at(next_tick, open.answers.recv()).await {
+                    Ok(Some(Ok(through))) => {
+                        reporter.stored_through(through);
+                        continue;
+                    }
+                    Ok(Some(Err(status))) => {
+                        tracing::warn!("usage report stream ended ({}: {}); resending what is unanswered after a reconnect", status.code(), status.message());
+                        link = None;
+                        retry_at = tokio::time::Instant::now() + backoff(attempt);
+                        attempt = attempt.saturating_add(1);
+                        continue;
+                    }
+                    Ok(None) => {
+                        link = None;
+                        retry_at = tokio::time::Instant::now() + backoff(attempt);
+                        attempt = attempt.saturating_add(1);
+                        continue;
+                    }
+                    Err(_) => {}
+                }
+            } else {
+                tokio::time::sleep_until(next_tick).await;
+            }
+            next_tick += REPORT_EVERY;
+            reporter.add(&source.take_usage());
+            if reporter.dropped() > dropped_warned {
+                tracing::warn!(
+                    requests = reporter.dropped(),
+                    "usage not reported: the control plane stayed away and the oldest minutes were dropped"
+                );
+                dropped_warned = reporter.dropped();
+            }
+            if link.is_none() && tokio::time::Instant::now() >= retry_at {
+                match self.open_report(&reporter).await {
+                    Ok(open) => {
+                        link = Some(open);
+                        attempt = 0;
+                    }
+                    Err(status) => {
+                        tracing::debug!("usage report: {}", status.message());
+                        retry_at = tokio::time::Instant::now() + backoff(attempt);
+                        attempt = attempt.saturating_add(1);
+                    }
+                }
+            }
+            if let Some(open) = &link {
+                if let Some(batch) = reporter.next_batch(SystemTime::now()) {
+                    if open.batches.send(batch).await.is_err() {
+                        link = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens a Report stream and queues every unanswered batch on it first.
+    async fn open_report(&self, reporter: &Reporter) -> Result<Link, Status> {
+        let channel = self
+            .endpoint
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(transport_reason(&e)))?;
+        let channel: Authed = InterceptedService::new(channel, self.token.clone());
+        let (batches, outgoing) = mpsc::channel::<UsageBatch>(MAX_IN_FLIGHT + 1);
+        for batch in reporter.unanswered() {
+            // Room for every unanswered batch: at most MAX_IN_FLIGHT.
+            let _ = batches.try_send(batch.clone());
+        }
+        let mut stream = UsageServiceClient::new(channel)
+            .report(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+            .await?
+            .into_inner();
+        let (tell, answers) = mpsc::channel(MAX_IN_FLIGHT + 1);
+        tokio::spawn(async move {
+            loop {
+                let answer = match stream.message().await {
+                    Ok(Some(answer)) => Ok(answer.stored_through),
+                    Ok(None) => Err(Status::unavailable("the control plane closed the stream")),
+                    Err(status) => Err(status),
+                };
+                let end = answer.is_err();
+                if tell.send(answer).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(Link { batches, answers })
+    }
+}
+
+/// An open Report stream: where batches go, and the control plane's answers (the highest
+/// sequence stored, or why the stream ended).
+struct Link {
+    batches: mpsc::Sender<UsageBatch>,
+    answers: mpsc::Receiver<Result<u64, Status>>,
+}
+
+/// This process's incarnation: random in 1 ..= 2^63 - 1 (the time when randomness fails,
+/// never on Linux).
+fn incarnation() -> u64 {
+    let mut bytes = [0u8; 8];
+    let random = match getrandom::getrandom(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        Err(_) => SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(1)),
+    };
+    (random >> 1).max(1)
 }
 
 /// The delay before reconnect attempt `attempt` (0-based): uniform in 0 ..= min(max, base ×

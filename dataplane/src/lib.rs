@@ -34,6 +34,7 @@ pub mod runtime;
 pub mod server;
 pub mod snapshot;
 pub mod socket;
+pub mod telemetry;
 pub mod tls;
 pub mod tokens;
 pub mod upstream;

@@ -209,7 +209,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default(),
                 token: std::env::var("SLUICE_NODE_TOKEN").ok(),
             };
-            Agent::new(settings, managed.clone())?.spawn()?;
+            Agent::new(settings, managed.clone())?
+                .with_usage(managed.clone())
+                .spawn()?;
             let shared = match first {
                 None => managed.shared(),
                 Some(first) => {

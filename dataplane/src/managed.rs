@@ -13,9 +13,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use sluice_proto::control::v1::{ConfigError, ConfigSnapshot};
 
-use crate::agent::Apply;
+use crate::agent::{Apply, UsageSource};
 use crate::apply::{self, ApplyError, HostLocal, Pushed, PushedKey};
 use crate::server::Shared;
+use crate::telemetry::UsageMap;
 
 /// The gateway side of the agent.
 pub struct Managed {
@@ -29,6 +30,7 @@ pub struct Managed {
 impl Managed {
     /// A node already serving a local file (`shared`) with its `host` settings.
     pub fn serving(shared: Arc<Shared>, host: HostLocal) -> Arc<Self> {
+        shared.metrics.count_usage();
         Arc::new(Self {
             host,
             shared: OnceLock::from(shared),
@@ -59,6 +61,15 @@ impl Managed {
     /// not reloaded: it would undo the pushed version).
     pub fn pushed(&self) -> bool {
         self.pushed.load(Ordering::Acquire)
+    }
+}
+
+impl UsageSource for Managed {
+    fn take_usage(&self) -> UsageMap<Arc<str>> {
+        self.shared
+            .get()
+            .map(|shared| shared.metrics.take_usage())
+            .unwrap_or_default()
     }
 }
 
@@ -108,6 +119,8 @@ impl Apply for Managed {
                 outcome
             }
             None => apply::start_pushed(pushed, &self.host).map(|shared| {
+                // Before `main` starts the workers on it.
+                shared.metrics.count_usage();
                 let _ = self.shared.set(shared.clone());
                 let first = self
                     .first

@@ -172,7 +172,7 @@ mod tests {
                 nanos: 0,
             }),
             bucket_width: Some(Duration {
-                seconds: 1,
+                seconds: 60,
                 nanos: 0,
             }),
             node_id: "edge-1".into(),
@@ -184,19 +184,29 @@ mod tests {
             completion_tokens: 300 * requests,
             rejections: vec![
                 RejectionCount {
-                    reason: RejectionReason::TokenRate.into(),
+                    reason: "tokens_rate_limited".into(),
                     count: 2,
                 },
                 RejectionCount {
-                    reason: RejectionReason::NoBackend.into(),
+                    reason: "upstream_unavailable".into(),
                     count: 1,
                 },
             ],
+            model: "gpt-4o-2024-08-06".into(),
+            status_class: "2xx".into(),
+            total_tokens: 1_500 * requests,
+            latency_histogram: vec![1, 2, 3],
+            ..UsageRecord::default()
         };
         let batch = UsageBatch {
             node_id: "edge-1".into(),
             sequence: 7,
             records: vec![record("team-a", 10), record("team-b", 3)],
+            incarnation: 42,
+            sent_at: Some(Timestamp {
+                seconds: 1_800_000_061,
+                nanos: 0,
+            }),
             backends: vec![BackendHealth {
                 node_id: String::new(),
                 backend: "aoai-2".into(),
@@ -211,21 +221,22 @@ mod tests {
         let decoded = UsageBatch::decode(bytes.as_slice()).expect("decodes");
         assert_eq!(decoded, batch);
         assert_eq!(
-            decoded.records[0].rejections[0].reason(),
-            RejectionReason::TokenRate
+            decoded.records[0].rejections[0].reason,
+            "tokens_rate_limited"
         );
     }
 
     #[test]
     fn an_unknown_enum_value_survives_decoding() {
-        // A newer control plane may add rejection reasons; an older reader keeps the number.
-        let count = RejectionCount {
-            reason: 99,
-            count: 1,
+        // A newer control plane may add dimensions; an older reader keeps the number.
+        let query = QueryUsageRequest {
+            group_by: vec![99],
+            ..QueryUsageRequest::default()
         };
-        let decoded = RejectionCount::decode(count.encode_to_vec().as_slice()).expect("decodes");
-        assert_eq!(decoded.reason, 99);
-        assert_eq!(decoded.reason(), RejectionReason::Unspecified);
+        let decoded = QueryUsageRequest::decode(query.encode_to_vec().as_slice()).expect("decodes");
+        assert_eq!(decoded.group_by, [99]);
+        // The typed getter skips the values it does not know.
+        assert_eq!(decoded.group_by().count(), 0);
     }
 
     #[test]

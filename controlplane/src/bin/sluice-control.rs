@@ -35,6 +35,9 @@ struct Cli {
     /// shutdown): for scripts and tests that listen on port 0.
     #[arg(long, value_name = "FILE")]
     ready_file: Option<PathBuf>,
+    /// How long the nodes' usage is kept (per-minute rows older than this are deleted).
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = humantime::parse_duration)]
+    usage_retention: std::time::Duration,
 }
 
 fn main() -> ExitCode {
@@ -92,6 +95,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         })?),
     };
     let control = ControlPlane::open(&cli.state, tokens)?;
+    sluice_control::usage::spawn(&control, cli.usage_retention);
     // Bound before anything is served, so a taken port stops the start.
     let admin = match admin_addr {
         Some(addr) => Some(

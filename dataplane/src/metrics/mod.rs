@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use foldhash::fast::RandomState;
 
+use crate::telemetry::{merge_into, UsageMap};
+
 /// Upper bounds (seconds) of the upstream latency and time-to-first-token buckets.
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -176,6 +178,12 @@ impl<N: Hash + Eq> Counts<N> {
     }
 }
 
+/// The most names a worker interns before values a backend chose count as [`OTHER`].
+pub const MAX_NAMES: usize = 4096;
+
+/// What a chosen value past [`MAX_NAMES`] counts as.
+pub const OTHER: &str = "(other)";
+
 /// An interned name: an index into a worker's name table.
 pub type Sym = u32;
 
@@ -188,16 +196,22 @@ pub struct Published {
     pub open_connections: usize,
     /// TLS handshakes that failed, were refused or timed out.
     pub tls_handshake_failures: u64,
+    /// Usage counted since the agent last took it ([`Hub::take_usage`]); empty on a node
+    /// without a control plane.
+    pub usage: UsageMap<Arc<str>>,
 }
 
 /// One worker's metrics: counted on its thread only, published every upkeep tick.
 pub struct WorkerMetrics {
     local: RefCell<Local>,
     published: Arc<Mutex<Published>>,
+    /// Whether usage telemetry is counted (a managed node's agent takes it).
+    counts_usage: bool,
 }
 
 struct Local {
     counts: Counts<Sym>,
+    usage: UsageMap<Sym>,
     ids: HashMap<Box<str>, Sym, RandomState>,
     names: Vec<Arc<str>>,
 }
@@ -226,9 +240,24 @@ impl Names<'_> {
         self.local.intern(name)
     }
 
+    /// The id of `name`, a value a backend chose (a model name): once the worker's table
+    /// holds [`MAX_NAMES`] names, a name not in it counts as `(other)`, so a backend that
+    /// names a new model in every answer cannot grow it without bound.
+    pub fn of_chosen(&mut self, name: &str) -> Sym {
+        if self.local.names.len() >= MAX_NAMES && !self.local.ids.contains_key(name) {
+            return self.local.intern(OTHER);
+        }
+        self.local.intern(name)
+    }
+
     /// The counts to add to.
     pub fn counts(&mut self) -> &mut Counts<Sym> {
         &mut self.local.counts
+    }
+
+    /// The usage telemetry to add to.
+    pub fn usage(&mut self) -> &mut UsageMap<Sym> {
+        &mut self.local.usage
     }
 
     /// Observes `value` into `histogram` with `bounds`.
@@ -238,16 +267,24 @@ impl Names<'_> {
 }
 
 impl WorkerMetrics {
-    /// A worker's metrics publishing into `published` (registered with the [`Hub`]).
-    pub fn new(published: Arc<Mutex<Published>>) -> Self {
+    /// A worker's metrics publishing into `published` (registered with the [`Hub`]);
+    /// `counts_usage`: count usage telemetry too ([`Hub::counts_usage`]).
+    pub fn new(published: Arc<Mutex<Published>>, counts_usage: bool) -> Self {
         Self {
             local: RefCell::new(Local {
                 counts: Counts::default(),
+                usage: UsageMap::default(),
                 ids: HashMap::default(),
                 names: Vec::new(),
             }),
             published,
+            counts_usage,
         }
+    }
+
+    /// Whether usage telemetry is counted.
+    pub fn counts_usage(&self) -> bool {
+        self.counts_usage
     }
 
     /// Counts something: `count` gets the worker's name table and counts. Does nothing if
@@ -269,16 +306,26 @@ impl WorkerMetrics {
         };
         published.open_connections = open_connections;
         published.tls_handshake_failures = tls_handshake_failures;
-        if local.counts.is_empty() {
-            return;
-        }
-        let Local { counts, names, .. } = &mut *local;
-        published.counts.add(counts, |&id| {
+        let Local {
+            counts,
+            usage,
+            names,
+            ..
+        } = &mut *local;
+        let name = |&id: &Sym| {
             names
                 .get(id as usize)
                 .cloned()
                 .unwrap_or_else(|| Arc::from(""))
-        });
+        };
+        if !usage.is_empty() {
+            merge_into(&mut published.usage, usage, name);
+            usage.clear();
+        }
+        if counts.is_empty() {
+            return;
+        }
+        published.counts.add(counts, name);
         counts.clear();
     }
 }
@@ -291,6 +338,8 @@ pub struct Hub {
     pub reloads_ok: AtomicU64,
     /// Config reloads refused (the running config kept serving).
     pub reloads_failed: AtomicU64,
+    /// Usage telemetry is counted (set before the workers start: a managed node).
+    counts_usage: std::sync::atomic::AtomicBool,
 }
 
 impl Hub {
@@ -301,6 +350,34 @@ impl Hub {
             workers.push((id, Arc::clone(&slot)));
         }
         slot
+    }
+
+    /// Counts usage telemetry from now on (workers started after this count it).
+    pub fn count_usage(&self) {
+        self.counts_usage
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether usage telemetry is counted.
+    pub fn counts_usage(&self) -> bool {
+        self.counts_usage.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Takes the usage every worker published since the last take.
+    pub fn take_usage(&self) -> UsageMap<Arc<str>> {
+        let mut all = UsageMap::default();
+        for (_, slot) in self.workers() {
+            let taken = match slot.lock() {
+                Ok(mut published) => std::mem::take(&mut published.usage),
+                Err(_) => continue,
+            };
+            if all.is_empty() {
+                all = taken;
+            } else {
+                merge_into(&mut all, &taken, Arc::clone);
+            }
+        }
+        all
     }
 
     /// Every worker's slot, by worker id.

@@ -6,12 +6,13 @@
 //! its upkeep tick ([`crate::metrics`]). Nothing is counted without an admin listener
 //! ([`crate::snapshot::Snapshot::serves_metrics`]).
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use super::context::{AttemptOutcome, RequestCtx};
 use super::phase::{Chunk, Env, Flow, Policy, Response};
 use crate::metrics::{status_class, Names, Sym, GAP_BUCKETS, LATENCY_BUCKETS};
 use crate::route::Operation;
+use crate::telemetry::{minute_of, UsageKey};
 
 /// When a streamed answer's body pieces passed (`ctx.stream_marks`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -82,6 +83,9 @@ impl Policy for RequestMetrics {
     }
 
     fn on_complete<'s>(&self, env: &Env<'s>, ctx: &mut RequestCtx<'s>) {
+        if env.metrics.counts_usage() {
+            count_usage(env, ctx);
+        }
         let snapshot = env.snapshot;
         if !snapshot.serves_metrics() {
             return;
@@ -154,4 +158,52 @@ impl Policy for RequestMetrics {
             }
         });
     }
+}
+
+/// Counts the request into its worker's usage telemetry (a managed node's): its minute,
+/// subscription, deployment, answering backend, the model its answer named and its status
+/// class; its tokens as settled, the error kind Sluice answered with, and its latency.
+fn count_usage(env: &Env<'_>, ctx: &RequestCtx<'_>) {
+    let snapshot = env.snapshot;
+    let subscription = ctx
+        .caller
+        .as_ref()
+        .and_then(|c| snapshot.access.subscriptions.get(c.subscription))
+        .map_or("", |s| s.name.as_str());
+    let backend = ctx
+        .served_by()
+        .and_then(|id| snapshot.backends.get(id))
+        .map_or("", |b| b.name.as_str());
+    let model = ctx.usage.model();
+    let latency = ctx
+        .timings
+        .complete
+        .unwrap_or_else(Instant::now)
+        .saturating_duration_since(ctx.timings.received);
+    let tokens = super::usage::settled(ctx);
+    env.metrics.count(|names| {
+        let key = UsageKey {
+            minute: minute_of(SystemTime::now()),
+            subscription: names.of(subscription),
+            deployment: names.of(ctx.deployment.map_or("", |d| d.name.as_str())),
+            backend: names.of(backend),
+            model: names.of_chosen(model.as_deref().unwrap_or("")),
+            status_class: status_class(ctx.status),
+        };
+        let figures = names.usage().entry(key).or_default();
+        figures.requests += 1;
+        if let Some(tokens) = tokens {
+            let prompt = tokens.prompt.unwrap_or(0);
+            let completion = tokens
+                .completion
+                .unwrap_or(tokens.total.saturating_sub(prompt));
+            figures.prompt_tokens += prompt;
+            figures.completion_tokens += completion;
+            figures.total_tokens += tokens.total;
+        }
+        if let Some(kind) = ctx.error {
+            *figures.rejections.entry(kind.name()).or_default() += 1;
+        }
+        figures.record_latency(latency);
+    });
 }

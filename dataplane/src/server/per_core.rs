@@ -98,7 +98,10 @@ impl Worker {
             .map_or(0, |d| d.subsec_nanos());
         let id_prefix = nanos ^ (std::process::id().rotate_left(16));
         let limits = WorkerLimits::new(&shared.limits, workers);
-        let metrics = crate::metrics::WorkerMetrics::new(shared.metrics.register(id));
+        let metrics = crate::metrics::WorkerMetrics::new(
+            shared.metrics.register(id),
+            shared.metrics.counts_usage(),
+        );
         Self {
             id,
             limits,

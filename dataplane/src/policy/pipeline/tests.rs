@@ -60,7 +60,7 @@ fn with_pipeline(snapshot: &Snapshot, test: impl FnOnce(&Pipeline<'_, Standard>,
     let limits = WorkerLimits::new(&shared, 1);
     let clock = FakeClock::new(1_700_000_000);
     let policies = standard();
-    let metrics = crate::metrics::WorkerMetrics::new(Default::default());
+    let metrics = crate::metrics::WorkerMetrics::new(Default::default(), false);
     let audit_batch = crate::audit::WorkerBatch::default();
     let pipeline = Pipeline {
         policies: &policies,
