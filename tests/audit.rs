@@ -1228,3 +1228,20 @@ fn a_body_a_backend_could_read_otherwise_is_refused_when_audited() {
     let upper = record_of(dir.path(), 2, "upper");
     assert_eq!(upper["status"], 400, "{upper}");
 }
+
+#[test]
+fn a_subscription_key_sent_as_the_request_id_never_becomes_it() {
+    let dir = TempDir::new("audit-key-as-id");
+    let s = start(&dir, "", "");
+    let resp = post(&s, KEY, KEY, &chat_body(Some("gpt-4o"), false));
+    assert_eq!(resp.status, 200);
+    let id = resp.header("x-request-id").unwrap().to_string();
+    assert_ne!(id, KEY);
+    let record = &records(dir.path(), 1)[0];
+    assert_eq!(record["request_id"], id.as_str());
+    assert!(!record.to_string().contains(KEY), "{record}");
+    assert!(!s.log().contains(KEY));
+    // Another well-formed id is still the client's own.
+    let resp = post(&s, KEY, "trace-me-7", &chat_body(Some("gpt-4o"), false));
+    assert_eq!(resp.header("x-request-id"), Some("trace-me-7"));
+}

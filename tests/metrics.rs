@@ -308,8 +308,9 @@ fn a_reload_is_counted_and_changes_the_config_version() {
 fn idle_and_slow_admin_clients_do_not_hold_readiness_up() {
     let s = Launch::new(MOCK_BODY).start();
     let admin = s.admin_port();
-    // Three idle connections and one sending a byte now and then.
-    let idle: Vec<TcpStream> = (0..3)
+    // More idle connections than the listener serves at once, and one sending a byte now
+    // and then: the oldest idle ones make room for a probe.
+    let idle: Vec<TcpStream> = (0..40)
         .map(|_| TcpStream::connect(("127.0.0.1", admin)).unwrap())
         .collect();
     let mut slow = TcpStream::connect(("127.0.0.1", admin)).unwrap();

@@ -11,13 +11,15 @@
 //!
 //! Anything else is 404 (405 for another method than GET or HEAD). Each connection answers
 //! one request and closes (HTTP/1.1, RFC 9112 §9.6 `Connection: close`); a client gets 5 s
-//! in all to send its head. Connections are served on their own threads, at most 16 at once
-//! (more are closed as they come), so an idle or slow client cannot hold `/readyz` up.
+//! in all to send its head. Connections are served on their own threads, at most 16 at once;
+//! when all 16 are taken, the oldest one still waiting for its head is closed to make room
+//! (when none is, the new connection is closed), so idle or slow clients cannot hold
+//! `/readyz` up: a probe sends its head at once and is served.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::server::Shared;
@@ -40,7 +42,54 @@ struct State {
     shared: Arc<Shared>,
     ready: AtomicBool,
     /// Connections being served.
-    open: AtomicUsize,
+    open: Mutex<Vec<Slot>>,
+}
+
+/// A connection being served.
+struct Slot {
+    id: u64,
+    opened: Instant,
+    /// A handle to close it by.
+    stream: TcpStream,
+    /// Still reading its head (may be closed to make room).
+    reading: Arc<AtomicBool>,
+}
+
+impl State {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes a slot for `stream` as `id`: closes the oldest connection still reading its head
+    /// when all are taken; `None` when every one is past its head.
+    fn admit(&self, id: u64, stream: &TcpStream) -> Option<Arc<AtomicBool>> {
+        let handle = stream.try_clone().ok()?;
+        let mut slots = self.slots();
+        if slots.len() >= MAX_CONNECTIONS {
+            let oldest = slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.reading.load(Ordering::Acquire))
+                .min_by_key(|(_, s)| s.opened)
+                .map(|(i, _)| i)?;
+            let evicted = slots.swap_remove(oldest);
+            let _ = evicted.stream.shutdown(std::net::Shutdown::Both);
+        }
+        let reading = Arc::new(AtomicBool::new(true));
+        slots.push(Slot {
+            id,
+            opened: Instant::now(),
+            stream: handle,
+            reading: Arc::clone(&reading),
+        });
+        Some(reading)
+    }
+
+    fn release(&self, id: u64) {
+        self.slots().retain(|s| s.id != id);
+    }
 }
 
 impl Admin {
@@ -59,7 +108,7 @@ impl Admin {
         let state = Arc::new(State {
             shared,
             ready: AtomicBool::new(false),
-            open: AtomicUsize::new(0),
+            open: Mutex::new(Vec::with_capacity(MAX_CONNECTIONS)),
         });
         let serving = Arc::clone(&state);
         std::thread::Builder::new()
@@ -77,10 +126,10 @@ impl Admin {
     }
 }
 
-/// Serves each connection on a thread of its own, at most [`MAX_CONNECTIONS`] at once (more
-/// are closed at once): a slow or idle client holds one thread, never the listener.
+/// Serves each connection on a thread of its own, at most [`MAX_CONNECTIONS`] at once (see
+/// [`State::admit`]): a slow or idle client holds one thread, never the listener.
 fn accept(listener: &TcpListener, state: &Arc<State>) {
-    for conn in listener.incoming() {
+    for (id, conn) in (0u64..).zip(listener.incoming()) {
         let stream = match conn {
             Ok(stream) => stream,
             Err(e) => {
@@ -88,28 +137,28 @@ fn accept(listener: &TcpListener, state: &Arc<State>) {
                 continue;
             }
         };
-        if state.open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-            state.open.fetch_sub(1, Ordering::AcqRel);
+        let Some(reading) = state.admit(id, &stream) else {
             drop(stream);
             continue;
-        }
+        };
         let serving = Arc::clone(state);
         let spawned = std::thread::Builder::new()
             .name("sluice-admin-conn".into())
             .spawn(move || {
-                if let Err(e) = serve(&serving, stream) {
+                if let Err(e) = serve(&serving, stream, &reading) {
                     tracing::debug!(error = %e, "admin connection failed");
                 }
-                serving.open.fetch_sub(1, Ordering::AcqRel);
+                serving.release(id);
             });
         if spawned.is_err() {
-            state.open.fetch_sub(1, Ordering::AcqRel);
+            state.release(id);
         }
     }
 }
 
-/// Reads one request head (within [`IO_TIMEOUT`] in all) and answers it.
-fn serve(state: &State, mut stream: TcpStream) -> io::Result<()> {
+/// Reads one request head (within [`IO_TIMEOUT`] in all) and answers it; `reading` is
+/// cleared once the head is in.
+fn serve(state: &State, mut stream: TcpStream, reading: &AtomicBool) -> io::Result<()> {
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let deadline = Instant::now() + IO_TIMEOUT;
     let mut buf = Vec::with_capacity(1024);
@@ -129,6 +178,7 @@ fn serve(state: &State, mut stream: TcpStream) -> io::Result<()> {
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
             Ok(httparse::Status::Complete(_)) => {
+                reading.store(false, Ordering::Release);
                 break (
                     req.method.unwrap_or("").to_owned(),
                     req.path.unwrap_or("").to_owned(),

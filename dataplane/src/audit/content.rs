@@ -1494,7 +1494,7 @@ fn text_part(kind: &str, key: &str, part: &mut Map<String, Value>) -> Value {
 ///   local part is as long as the text allows (the leftmost match), so no leading part of
 ///   it is left in clear. `user@localhost` and `@handle` do not match.
 pub const DEFAULT_PATTERNS: &[(&str, &str)] = &[
-    ("openai_key", r"(?-u:\b)sk-[A-Za-z0-9_-]{20,}"),
+    ("openai_key", r"(?:(?-u:\b)|_)sk-[A-Za-z0-9_-]{20,}"),
     ("azure_key", r"(?:(?-u:\b)|_)[0-9a-fA-F]{32}(?:(?-u:\b)|_)"),
     ("azure_key_84", r"(?-u:\b)[A-Za-z0-9]{84}(?-u:\b)"),
     (
@@ -1637,8 +1637,7 @@ pub fn apply(content: &mut Value, mode: ContentMode, redactor: &Redactor) {
     walk(content, &mut |text, leaf| {
         let redacted = redactor.redact(text);
         let policed = match (leaf, mode) {
-            (Leaf::Enum, _) | (Leaf::Text, ContentMode::Full | ContentMode::Omit) => match redacted
-            {
+            (Leaf::Enum, _) => match redacted {
                 Cow::Borrowed(_) => return,
                 Cow::Owned(owned) => owned,
             },
@@ -1655,6 +1654,21 @@ pub fn apply(content: &mut Value, mode: ContentMode, redactor: &Redactor) {
                     Cow::Owned(owned) => owned,
                 },
             },
+            (Leaf::Text, ContentMode::Full | ContentMode::Omit) => {
+                match redacted.char_indices().nth(FULL_FIELD_CHARS) {
+                    Some((cut, _)) => {
+                        let cut = outside_marker(&redacted, cut);
+                        let mut short = String::with_capacity(cut + TRUNCATED_MARKER.len());
+                        short.push_str(&redacted[..cut]);
+                        short.push_str(TRUNCATED_MARKER);
+                        short
+                    }
+                    None => match redacted {
+                        Cow::Borrowed(_) => return,
+                        Cow::Owned(owned) => owned,
+                    },
+                }
+            }
             (Leaf::Text, ContentMode::Hash) => sha256_tag(redacted.as_bytes()),
         };
         *text = policed;
@@ -1780,15 +1794,25 @@ fn policed_keys(
     on_text: &mut dyn FnMut(&mut String, Leaf),
 ) -> Map<String, Value> {
     let mut policed = Map::new();
+    // The next suffix to try per key that came out taken: linear however many keys come
+    // out the same (thousands of keys redacted alike must not cost their square).
+    let mut next: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (mut key, value) in fields {
         if !API_MEMBERS.contains(&key.as_str()) {
             on_text(&mut key, Leaf::Text);
         }
-        let mut unique = key.clone();
-        let mut n = 1;
-        while policed.contains_key(&unique) {
-            n += 1;
+        if !policed.contains_key(&key) {
+            policed.insert(key, value);
+            continue;
+        }
+        let n = next.entry(key.clone()).or_insert(1);
+        let mut unique;
+        loop {
+            *n += 1;
             unique = format!("{key}#{n}");
+            if !policed.contains_key(&unique) {
+                break;
+            }
         }
         policed.insert(unique, value);
     }

@@ -228,8 +228,11 @@ impl Entry {
             _ => (None, None, None),
         };
         // The usage reading's model first: it is read for every accounted answer, content
-        // kept or not.
-        let model = record.model.or(model);
+        // kept or not. Chosen by the backend: redacted like content.
+        let model = record
+            .model
+            .or(model)
+            .map(|m| redactor.redact(&m).into_owned());
         let backend = record
             .attempts
             .last()
@@ -248,8 +251,11 @@ impl Entry {
             operation: operation.map(Operation::name),
             deployment: record.deployment,
             model,
-            // Chosen by the client (`?api-version=`): redacted like content.
-            api_version: record.api_version.map(|v| redactor.redact(&v).into_owned()),
+            // Chosen by the client (`?api-version=`): percent-decoded as the backend reads
+            // it, then redacted like content.
+            api_version: record
+                .api_version
+                .map(|v| redactor.redact(&percent_decoded(&v)).into_owned()),
             backend,
             attempts: record.attempts,
             status: record.status,
@@ -294,7 +300,47 @@ impl Entry {
     }
 }
 
+/// `text` with each `%XX` escape decoded (RFC 3986 §2.1), the bytes read as UTF-8 with each
+/// invalid sequence as U+FFFD; a `%` not followed by two hex digits stays as it is.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A duration in milliseconds, to the microsecond.
 pub fn millis(d: Duration) -> f64 {
     (d.as_micros() as f64) / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decoded;
+
+    #[test]
+    fn percent_escapes_are_decoded_as_a_backend_reads_them() {
+        assert_eq!(percent_decoded("sk%2Dproj%2dSECRET"), "sk-proj-SECRET");
+        assert_eq!(percent_decoded("2024-10-21"), "2024-10-21");
+        assert_eq!(percent_decoded("100%"), "100%");
+        assert_eq!(percent_decoded("%zz%4"), "%zz%4");
+        assert_eq!(percent_decoded("%FF"), "\u{FFFD}");
+    }
 }

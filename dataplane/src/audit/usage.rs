@@ -131,7 +131,25 @@ pub fn query(path: &Path, by: &[String], since: Duration) -> Result<Vec<Row>, Us
     rows.collect::<Result<Vec<_>, _>>().map_err(failed)
 }
 
-/// The rows as an aligned text table with a header line (`-` for an unknown value).
+/// `value` safe to print on a terminal: control characters (C0, DEL, C1 — an 8-bit CSI
+/// starts an escape sequence) and the bidirectional overrides and isolates (which reorder
+/// what follows) as `\u{…}` escapes. Values are chosen by clients (`api-version`) and
+/// backends (`model`).
+pub fn printable(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| {
+            if c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}') {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// The rows as an aligned text table with a header line (`-` for an unknown value; values
+/// made [`printable`]).
 pub fn table(by: &[String], rows: &[Row]) -> String {
     let header: Vec<String> = by
         .iter()
@@ -143,7 +161,7 @@ pub fn table(by: &[String], rows: &[Row]) -> String {
         .map(|row| {
             row.keys
                 .iter()
-                .map(|k| k.clone().unwrap_or_else(|| "-".to_owned()))
+                .map(|k| k.as_deref().map_or_else(|| "-".to_owned(), printable))
                 .chain(row.figures.iter().map(u64::to_string))
                 .collect()
         })
@@ -198,4 +216,20 @@ pub fn json(by: &[String], rows: &[Row]) -> Value {
             })
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn values_print_without_terminal_controls() {
+        // An 8-bit CSI (U+009B) and a right-to-left override, as a client's api-version.
+        assert_eq!(
+            printable("2024\u{9b}2J\u{202e}x"),
+            "2024\\u{9b}2J\\u{202e}x"
+        );
+        assert_eq!(printable("gpt-4o-mini é"), "gpt-4o-mini é");
+        assert_eq!(printable("a\tb\u{7f}"), "a\\u{9}b\\u{7f}");
+    }
 }

@@ -20,6 +20,7 @@ use super::body_deadline::BodyDeadline;
 use super::per_core::{View, Worker};
 use crate::answers;
 use crate::audit::content::Redactor;
+use crate::auth::keys::KeyCheck;
 use crate::downstream::{Downstream, Next};
 use crate::error::{ErrorKind, GatewayError};
 use crate::http::{parse_request, BodyFraming, ChunkedDecoder, Parse};
@@ -230,9 +231,9 @@ impl Client {
         }
 
         // The head is parsed: from here on the request has a context, and `on_complete` runs
-        // once whatever becomes of it. A client's id that a redaction pattern matches (a key
-        // sent as an id) would put a credential in every log line and record: Sluice's own
-        // id replaces it.
+        // once whatever becomes of it. A client's id that a redaction pattern matches, or
+        // that is a subscription key (a key sent as an id), would put a credential in every
+        // log line and record: Sluice's own id replaces it.
         let redactor: &Redactor = match view.snapshot.audit.as_ref() {
             Some(audit) => audit.redactor(),
             None => Redactor::defaults(),
@@ -242,7 +243,10 @@ impl Client {
             .head
             .header(&self.down.buf, "x-request-id")
             .and_then(RequestId::from_client)
-            .filter(|id| !redactor.matches(id.as_str()))
+            .filter(|id| {
+                !redactor.matches(id.as_str())
+                    && view.snapshot.snapshot.access.keys.lookup(id.as_bytes()) == KeyCheck::Unknown
+            })
             .unwrap_or_else(|| worker.next_request_id());
         let mut ctx = RequestCtx::new(
             &view.snapshot.snapshot,

@@ -1591,3 +1591,50 @@ fn a_client_request_id_shaped_like_a_credential_is_matched() {
         .unwrap()
         .matches("sk-abcdefghijklmnopqrstuvwxyz"));
 }
+
+#[test]
+fn many_keys_redacted_alike_are_kept_apart_in_linear_time() {
+    // 20,000 keys that all redact to `[REDACTED]`: each kept, under its own suffix.
+    let n = 20_000;
+    let mut variables = Map::new();
+    for i in 0..n {
+        variables.insert(format!("sk-AAAAAAAAAAAAAAAAAAAA{i:07}"), json!(i));
+    }
+    let mut content = json!({ "variables": variables });
+    apply(&mut content, ContentMode::Full, &defaults());
+    let kept = content["variables"].as_object().unwrap();
+    assert_eq!(kept.len(), n);
+    assert!(kept.contains_key(REDACTED));
+    assert!(kept.contains_key(&format!("{REDACTED}#{n}")));
+    assert!(!content.to_string().contains("sk-AAAA"));
+}
+
+#[test]
+fn a_key_after_an_underscore_is_redacted() {
+    assert_redacts(
+        &defaults(),
+        "req_sk-proj-AAAAAAAAAAAAAAAAAAAAAAAA done",
+        "req[REDACTED] done",
+    );
+}
+
+#[test]
+fn full_keeps_at_most_full_field_chars_per_field_after_redaction() {
+    // A key straddling the bound is redacted whole before the cut.
+    let key = "sk-proj-ZZZZZZZZZZZZZZZZZZZZZZZZ";
+    let text = format!("{}{key}", "a".repeat(FULL_FIELD_CHARS - 5));
+    let mut content = json!({ "messages": [{ "role": "user", "content": text }] });
+    apply(&mut content, ContentMode::Full, &defaults());
+    let kept = content["messages"][0]["content"].as_str().unwrap();
+    assert!(
+        kept.ends_with(TRUNCATED_MARKER),
+        "{}",
+        &kept[kept.len() - 40..]
+    );
+    assert!(!kept.contains("sk-proj"));
+    assert!(kept.chars().count() <= FULL_FIELD_CHARS + TRUNCATED_MARKER.chars().count());
+    // At the bound exactly: whole.
+    let mut exact = json!({ "content": "b".repeat(FULL_FIELD_CHARS) });
+    apply(&mut exact, ContentMode::Full, &defaults());
+    assert_eq!(exact["content"].as_str().unwrap().len(), FULL_FIELD_CHARS);
+}

@@ -111,6 +111,11 @@ impl Sink for FileSink {
         for entry in batch {
             text.push_str(&entry.json_line());
         }
+        // The file's length now, not as last written: someone may have cut it in place
+        // (logrotate's `copytruncate`), and appends go to its real end.
+        if let Ok(meta) = self.file.metadata() {
+            self.size = meta.len();
+        }
         if let Err(e) = self.file.write_all(text.as_bytes()) {
             // Part of the batch may have reached the file (a full disk): cut it off, so the
             // next batch does not follow a partial line.
