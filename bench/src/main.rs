@@ -27,6 +27,8 @@ enum Command {
     Compare(sluice_bench::compare::CompareArgs),
     /// Write a test CA (ca.pem) and a server certificate it signed (gw.pem, gw.key).
     Certs(sluice_bench::certs::CertsArgs),
+    /// Simulated node agents against one sluice-control: push latency, telemetry, its cost.
+    Fleet(sluice_bench::fleet::FleetArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         Command::Load(args) => sluice_bench::load::run_cli(args),
         Command::Compare(args) => sluice_bench::compare::run(args),
         Command::Certs(args) => sluice_bench::certs::run(args),
+        Command::Fleet(args) => sluice_bench::fleet::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
