@@ -509,6 +509,11 @@ async fn run_command(cli: Cli) -> Result<Exit, Failure> {
                     .into_inner()],
             };
             print_backends(&backends, json);
+            if let (false, false, Some(b)) =
+                (json, matches!(what, Backends::List), backends.first())
+            {
+                println!("version {} is the running version", b.version);
+            }
             Ok(Exit::Done)
         }
         (Command::Keys { what }, _) => keys::run(channel, what, json).await,

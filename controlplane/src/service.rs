@@ -574,9 +574,17 @@ impl ConfigService for Api {
         {
             let state = lock(&self.0.state);
             if state.desired.version == version {
-                let since = now
-                    .duration_since(state.desired.created_at)
-                    .unwrap_or_default();
+                // From the version's making, or the node's connecting when later: a node
+                // that joins an hour after a version was made did not wait an hour for it.
+                let connected = state
+                    .fleet
+                    .nodes
+                    .get(&node_id)
+                    .and_then(|n| n.watching_since);
+                let from = connected.map_or(state.desired.created_at, |c| {
+                    c.max(state.desired.created_at)
+                });
+                let since = now.duration_since(from).unwrap_or_default();
                 self.0.metrics.answered(since.as_secs_f64());
             }
         }

@@ -246,6 +246,9 @@ pub struct NodeRecord {
     pub last_seen: Option<SystemTime>,
     /// Watch streams it has open now (a reconnect may overlap the old stream briefly).
     pub watching: u32,
+    /// When its newest Watch stream opened (push latency counts from then for a version
+    /// made before it connected).
+    pub watching_since: Option<SystemTime>,
 }
 
 /// Every node seen, by id.
@@ -297,6 +300,7 @@ impl Fleet {
     pub fn watching(&mut self, id: &str, open: bool, now: SystemTime) {
         let node = self.nodes.entry(id.to_string()).or_default();
         node.watching = if open {
+            node.watching_since = Some(now);
             node.watching.saturating_add(1)
         } else {
             node.watching.saturating_sub(1)

@@ -221,6 +221,7 @@ impl Store {
                     rejected_errors: errors_from_json(&errors),
                     last_seen: r.get::<_, Option<i64>>(6)?.map(from_ms),
                     watching: 0,
+                    watching_since: None,
                 },
             ))
         })?;
@@ -334,6 +335,7 @@ mod tests {
             rejected_errors: vec![error],
             last_seen: Some(t),
             watching: 1,
+            watching_since: Some(t),
         };
         {
             let store = Store::open(&dir).unwrap();
@@ -351,6 +353,7 @@ mod tests {
             fleet.nodes["n1"],
             NodeRecord {
                 watching: 0,
+                watching_since: None,
                 ..node
             }
         );
