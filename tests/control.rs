@@ -92,6 +92,16 @@ impl Proc {
     fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
+
+    /// Sends SIGTERM (by PID) and waits up to `within` for the process to exit.
+    fn terminate(&mut self, within: Duration) -> bool {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        wait_until(within, || self.exited())
+    }
 }
 
 impl Drop for Proc {
@@ -646,6 +656,30 @@ fn a_version_names_the_git_commit_of_its_folder_and_survives_a_restart() {
     assert_eq!(code, 1);
     assert!(err.contains("40-bad.toml:4:"), "{err}");
     std::fs::remove_file(repo.join("40-bad.toml")).unwrap();
+    // One that does not even assemble (a key outside any table, not in the first file) is
+    // refused before it is sent, with the same JSON shape.
+    let extra = dir.0.join("extra");
+    std::fs::create_dir_all(&extra).unwrap();
+    std::fs::write(
+        extra.join("10-a.toml"),
+        "[[backend]]\nname = \"m\"\nkind = \"mock\"\n",
+    )
+    .unwrap();
+    std::fs::write(extra.join("20-b.toml"), "stray = 1\n").unwrap();
+    let (code, out, _) = ctl(
+        &control.url,
+        None,
+        &["-o", "json", "apply", "-f", extra.to_str().unwrap()],
+    );
+    assert_eq!(code, 1);
+    let refused: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(
+        refused["errors"][0]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("20-b.toml"),
+        "{refused}"
+    );
 
     // kill -9 and a restart on the same state: the same versions.
     let port = control.addr.port();
@@ -965,6 +999,23 @@ fn keys_made_by_the_control_plane_work_on_every_node_until_revoked() {
     let key_id = made["key_id"].as_str().unwrap().to_string();
     assert!(key.starts_with("sk-sluice-"), "{made}");
     assert_eq!(made["subscription"], "team-a");
+    // A reader that goes away (`sluicectl … | head -1`) ends the output, not with a panic.
+    let mut gone = Command::new(ctl_bin())
+        .args(["--server", &control.url, "get", "config"])
+        .env_remove("SLUICE_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(gone.stdout.take());
+    let gone = gone.wait_with_output().unwrap();
+    assert_eq!(
+        gone.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
     assert!(
         wait_until(Duration::from_secs(2), || chat_as(a.port, "alpha", &key)
             == 200
@@ -1162,4 +1213,11 @@ fn usage_from_every_node_is_counted_exactly_once_across_a_control_plane_kill() {
         &[("outcome", "stored")],
     );
     assert!(batches.unwrap_or(0.0) > 0.0);
+    // SIGTERM with both nodes connected (Watch and Report streams open): it exits.
+    let mut control = control;
+    assert!(
+        control.proc.terminate(Duration::from_secs(10)),
+        "sluice-control still running 10 s after SIGTERM:\n{}",
+        control.proc.log()
+    );
 }

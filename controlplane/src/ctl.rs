@@ -26,6 +26,23 @@ use tonic::{Code, Status};
 use crate::source;
 use crate::store::error_to_json;
 
+/// `println!` that never panics: a reader that went away (`sluicectl … | head -1`) ends the
+/// output, not the process with a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` that never panics (see `outln!`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod keys;
 mod usage;
 
@@ -232,12 +249,24 @@ fn located(e: &ConfigError) -> String {
 }
 
 /// Reads `-f PATH`: a path that cannot be read is a bad command line (2); a document that
-/// does not assemble is an invalid config (1), like one the server refuses.
-fn read_source(path: &std::path::Path) -> Result<source::Document, Failure> {
+/// does not assemble is an invalid config (1), like one the server refuses — with `-o json`,
+/// its errors are printed as `{"errors": [...]}` as the server's refusal would be.
+fn read_source(path: &std::path::Path, json: bool) -> Result<source::Document, Failure> {
     source::read(path).map_err(|e| {
-        let exit = match e {
+        let exit = match &e {
             source::SourceError::Read { .. } | source::SourceError::Empty(_) => Exit::Usage,
-            source::SourceError::TooLarge(..) | source::SourceError::Assemble(_) => Exit::Refused,
+            source::SourceError::TooLarge(..) => Exit::Refused,
+            source::SourceError::Assemble(errors) => {
+                if json {
+                    print_json(&serde_json::json!({
+                        "errors": errors.0.iter().map(|e| serde_json::json!({
+                            "file": e.file.display().to_string(), "line": e.line,
+                            "column": e.column, "field": e.field, "message": e.message,
+                        })).collect::<Vec<_>>(),
+                    }));
+                }
+                Exit::Refused
+            }
         };
         Failure(exit, e.to_string())
     })
@@ -246,7 +275,9 @@ fn read_source(path: &std::path::Path) -> Result<source::Document, Failure> {
 async fn run_command(cli: Cli) -> Result<Exit, Failure> {
     // Read local files before dialling: a bad path is reported even with no server.
     let document = match &cli.command {
-        Command::Apply { file } | Command::Diff { file } => Some(read_source(file)?),
+        Command::Apply { file } | Command::Diff { file } => {
+            Some(read_source(file, cli.output == Output::Json)?)
+        }
         _ => None,
     };
     let channel = connect(&cli).await?;
@@ -274,12 +305,12 @@ async fn run_command(cli: Cli) -> Result<Exit, Failure> {
                             eprintln!("warning: {} (not checked by the control plane's host: each node checks it)", located(w));
                         }
                         if applied.unchanged {
-                            println!(
+                            outln!(
                                 "unchanged: version {} already runs this document",
                                 applied.version
                             );
                         } else {
-                            println!("applied: version {}", applied.version);
+                            outln!("applied: version {}", applied.version);
                         }
                     }
                     Ok(Exit::Done)
@@ -324,9 +355,9 @@ async fn run_command(cli: Cli) -> Result<Exit, Failure> {
                 }));
             } else {
                 if answer.unified_diff.is_empty() {
-                    println!("no changes against version {}", answer.running_version);
+                    outln!("no changes against version {}", answer.running_version);
                 } else {
-                    print!("{}", answer.unified_diff);
+                    out!("{}", answer.unified_diff);
                 }
                 for e in &answer.errors {
                     eprintln!("{}", located(e));
@@ -372,7 +403,7 @@ async fn run_command(cli: Cli) -> Result<Exit, Failure> {
                     })).collect::<Vec<_>>(),
                 }));
             } else {
-                println!(
+                outln!(
                     "# version {} from {}{} at {}",
                     v.version,
                     v.source,
@@ -384,7 +415,7 @@ async fn run_command(cli: Cli) -> Result<Exit, Failure> {
                     created.unwrap_or_default()
                 );
                 for name in &answer.drained_backends {
-                    println!("# overlay: backend {name} drained");
+                    outln!("# overlay: backend {name} drained");
                 }
                 for w in &answer.weight_overrides {
                     let pool = if w.deployment.is_empty() {
@@ -392,9 +423,10 @@ async fn run_command(cli: Cli) -> Result<Exit, Failure> {
                     } else {
                         format!("deployment {}", w.deployment)
                     };
-                    println!(
+                    outln!(
                         "# overlay: backend {} weight {} in {pool}",
-                        w.backend, w.weight
+                        w.backend,
+                        w.weight
                     );
                 }
                 for k in &answer.subscription_keys {
@@ -403,14 +435,16 @@ async fn run_command(cli: Cli) -> Result<Exit, Failure> {
                     } else {
                         "valid"
                     };
-                    println!(
+                    outln!(
                         "# overlay: key {} of subscription {} (sha256 {}…) {state}",
-                        k.id, k.subscription, k.digest_prefix
+                        k.id,
+                        k.subscription,
+                        k.digest_prefix
                     );
                 }
-                print!("{}", answer.toml);
+                out!("{}", answer.toml);
                 if !answer.toml.ends_with('\n') {
-                    println!();
+                    outln!();
                 }
             }
             Ok(Exit::Done)
@@ -512,7 +546,7 @@ async fn run_command(cli: Cli) -> Result<Exit, Failure> {
             if let (false, false, Some(b)) =
                 (json, matches!(what, Backends::List), backends.first())
             {
-                println!("version {} is the running version", b.version);
+                outln!("version {} is the running version", b.version);
             }
             Ok(Exit::Done)
         }

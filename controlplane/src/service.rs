@@ -138,7 +138,17 @@ impl ControlPlane {
         self.metrics.render(version, states, connected)
     }
 
-    /// Ends every Watch stream (now and to come): the first step of a shutdown.
+    /// Resolves once [`ControlPlane::close`] was called: long-lived streams end with it, so
+    /// a graceful stop does not wait on streams that never end by themselves.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closing = self.closing.subscribe();
+        async move {
+            let _ = closing.wait_for(|closing| *closing).await;
+        }
+    }
+
+    /// Ends every Watch, Report and Top stream (now and to come): the first step of a
+    /// shutdown.
     pub fn close(&self) {
         self.closing.send_replace(true);
     }
@@ -548,11 +558,7 @@ impl ConfigService for Api {
                 }
                 Some(Ok(ConfigSnapshot::clone(&snapshot)))
             });
-        let mut closing = self.0.closing.subscribe();
-        let closed = async move {
-            let _ = closing.wait_for(|closing| *closing).await;
-        };
-        let stream = futures_util::StreamExt::take_until(stream, closed);
+        let stream = futures_util::StreamExt::take_until(stream, self.0.closed());
         Ok(Response::new(Box::pin(stream)))
     }
 

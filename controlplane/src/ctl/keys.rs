@@ -67,7 +67,7 @@ pub async fn run(channel: Authed, what: &Keys, json: bool) -> Result<Exit, Failu
                     "version": answer.version,
                 }));
             } else {
-                println!("{}", answer.key);
+                outln!("{}", answer.key);
                 eprintln!(
                     "key {} for subscription {} (version {}): shown only now — give it to the application",
                     info.id, info.subscription, answer.version
@@ -90,9 +90,11 @@ pub async fn run(channel: Authed, what: &Keys, json: bool) -> Result<Exit, Failu
                     "version": answer.version,
                 }));
             } else {
-                println!(
+                outln!(
                     "key {} of subscription {} revoked (version {})",
-                    info.id, info.subscription, answer.version
+                    info.id,
+                    info.subscription,
+                    answer.version
                 );
             }
         }

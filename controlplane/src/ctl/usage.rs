@@ -256,7 +256,10 @@ fn print_frame_json(frame: &TopFrame) {
         })
         .collect();
     let line = serde_json::json!({
-        "at": frame.at.map(|t| t.seconds),
+        "at": frame
+            .at
+            .and_then(|t| SystemTime::try_from(t).ok())
+            .map(super::rfc3339),
         "interval_s": frame.interval.map(|d| d.seconds),
         "reporting_nodes": frame.reporting_nodes,
         "total": rates_json(frame.total.as_ref()),
@@ -270,10 +273,10 @@ fn print_frame_json(frame: &TopFrame) {
 fn print_frame(frame: &TopFrame, by: Dimension, redraw: bool) {
     if redraw {
         // Cursor home, clear the screen.
-        print!("\x1b[H\x1b[2J");
+        out!("\x1b[H\x1b[2J");
     }
     let total = frame.total.unwrap_or_default();
-    println!(
+    outln!(
         "sluice top — {} nodes reporting — {:.1} req/s, {:.0} prompt tok/s, {:.0} completion tok/s, {:.1} rejected/s",
         frame.reporting_nodes, total.requests, total.prompt_tokens, total.completion_tokens, total.rejections
     );
@@ -301,6 +304,6 @@ fn print_frame(frame: &TopFrame, by: Dimension, redraw: bool) {
         ]);
     }
     print_table(&table);
-    println!();
+    outln!();
     let _ = std::io::stdout().flush();
 }

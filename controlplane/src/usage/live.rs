@@ -208,9 +208,11 @@ impl LiveService for Api {
                 }
             }
         });
-        Ok(Response::new(
-            Box::pin(tokio_stream::wrappers::ReceiverStream::new(frames)) as Frames,
-        ))
+        let frames = futures_util::StreamExt::take_until(
+            tokio_stream::wrappers::ReceiverStream::new(frames),
+            self.0.closed(),
+        );
+        Ok(Response::new(Box::pin(frames) as Frames))
     }
 }
 

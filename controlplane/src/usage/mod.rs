@@ -170,9 +170,15 @@ impl UsageService for Api {
         let (answer, answers) = mpsc::channel(ANSWERS);
         let jobs = self.0.telemetry.jobs.clone();
         let errors = answer.clone();
+        let closed = self.0.closed();
         tokio::spawn(async move {
+            tokio::pin!(closed);
             loop {
-                match batches.message().await {
+                let message = tokio::select! {
+                    message = batches.message() => message,
+                    () = &mut closed => return,
+                };
+                match message {
                     Ok(Some(batch)) if batch.node_id.is_empty() || batch.sequence == 0 => {
                         let _ = errors
                             .send(Err(Status::invalid_argument(
@@ -194,7 +200,11 @@ impl UsageService for Api {
                 }
             }
         });
-        let stream = tokio_stream::wrappers::ReceiverStream::new(answers);
+        // Ends at shutdown: the node sends again what is unanswered to the next one.
+        let stream = futures_util::StreamExt::take_until(
+            tokio_stream::wrappers::ReceiverStream::new(answers),
+            self.0.closed(),
+        );
         Ok(Response::new(Box::pin(stream) as AnswerStream))
     }
 

@@ -146,7 +146,11 @@ impl Identity {
                 app_id: None,
             }),
             KeyCheck::Revoked(id) => {
-                tracing::info!(subscription = id.0, "revoked key refused");
+                let name = access
+                    .subscriptions
+                    .get(id.index())
+                    .map_or("", |s| s.name.as_str());
+                tracing::info!(subscription = name, "revoked key refused");
                 Err(invalid_key())
             }
             _ => Err(invalid_key()),
