@@ -1189,12 +1189,33 @@ fn raw_text(body: &[u8]) -> (String, bool) {
                     .find(|&at| piece.is_char_boundary(at))
                     .unwrap_or(0);
                 raw.push_str(&piece[..end]);
+                let keep = outside_token(&raw);
+                raw.truncate(keep);
                 return (raw, false);
             }
             raw.push_str(piece);
         }
     }
     (raw, true)
+}
+
+/// Where to cut `text`, which ends at a cut: before the run of token characters (letters,
+/// digits, `-_.+/=%@~`) it ends in, when that run starts within [`REDACTION_SLACK_CHARS`]
+/// bytes of the end. `raw` is cut before it is redacted, so a key, JWT or address straddling
+/// the cut would match no pattern and leave its first characters; left out whole, it leaves
+/// none. A longer run (no boundary in reach) is cut where it is.
+fn outside_token(text: &str) -> usize {
+    let token = |c: char| c.is_alphanumeric() || "-_.+/=%@~".contains(c);
+    let floor = text.len().saturating_sub(REDACTION_SLACK_CHARS);
+    for (at, c) in text.char_indices().rev() {
+        if !token(c) {
+            return at + c.len_utf8();
+        }
+        if at <= floor {
+            break;
+        }
+    }
+    text.len()
 }
 
 fn json_content(operation: Operation, body: &[u8]) -> (Option<String>, Option<Value>) {

@@ -1638,3 +1638,19 @@ fn full_keeps_at_most_full_field_chars_per_field_after_redaction() {
     apply(&mut exact, ContentMode::Full, &defaults());
     assert_eq!(exact["content"].as_str().unwrap().len(), FULL_FIELD_CHARS);
 }
+
+#[test]
+fn a_key_straddling_the_raw_cut_is_left_out_whole() {
+    // `1e400` sends the body to `raw`; an Azure-shaped key straddles its 1 MiB cut.
+    let key = "0123456789abcdef0123456789abcdef";
+    let mut body = String::from(r#"{"messages":[{"role":"user","content":"x","n":1e400,"t":""#);
+    body.push_str(&" ".repeat(MAX_RAW_BYTES - body.len() - 16));
+    body.push_str(key);
+    body.push_str(r#""}]}"#);
+    let content = request_content(Operation::ChatCompletions, body.as_bytes()).unwrap();
+    assert_eq!(content["unparsed"], true);
+    assert_eq!(content["cut"], true);
+    let raw = content["raw"].as_str().unwrap();
+    assert!(raw.ends_with(' '), "{:?}", &raw[raw.len() - 40..]);
+    assert!(!raw.contains("0123456789"));
+}
