@@ -1245,3 +1245,75 @@ fn a_subscription_key_sent_as_the_request_id_never_becomes_it() {
     let resp = post(&s, KEY, "trace-me-7", &chat_body(Some("gpt-4o"), false));
     assert_eq!(resp.header("x-request-id"), Some("trace-me-7"));
 }
+
+#[test]
+fn a_failed_write_after_the_file_was_cut_in_place_leaves_only_whole_lines() {
+    let dir = TempDir::new("audit-cut-in-place");
+    let file = dir.path().join("audit.jsonl");
+    let config = format!(
+        "{MOCK_BODY}\n[audit]\n\n[[audit.sink]]\nkind = \"file\"\npath = \"{}\"\n",
+        file.display()
+    );
+    // 3,072,000 bytes at most per file (`ulimit -f 6000`): a write past it fails (EFBIG),
+    // as on a full disk, and does not kill the process.
+    let s = Launch::new(&config).file_size_limit(6000).start();
+    // Records of about 1.04 MB each (two 520,000-character messages).
+    let big = |id: &str| {
+        let text = "a".repeat(520_000);
+        let body = json!({"model": "gpt-4o", "messages": [
+            {"role": "user", "content": text}, {"role": "user", "content": text}]});
+        let resp = post_with(&s, "/v1/chat/completions", &[("x-request-id", id)], &body);
+        assert_eq!(resp.status, 200);
+    };
+    big("big-1");
+    big("big-2");
+    let written = || {
+        std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert!(wait_until(Duration::from_secs(10), || written() == 2));
+    // Cut in place, as logrotate's `copytruncate` does (same inode).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    // Three more: the third crosses the limit from the file's real length and fails.
+    for id in ["big-3", "big-4", "big-5"] {
+        big(id);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let small = post_with(
+        &s,
+        "/v1/chat/completions",
+        &[("x-request-id", "small-1")],
+        &chat_body(Some("gpt-4o"), false),
+    );
+    assert_eq!(small.status, 200);
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .contains("small-1")
+    }));
+    let text = std::fs::read_to_string(&file).unwrap();
+    let ids: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("a torn line ({e}): {:?}", &l[..l.len().min(80)]));
+            v["request_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(ids.first().map(String::as_str), Some("big-3"), "{ids:?}");
+    assert_eq!(ids.last().map(String::as_str), Some("small-1"), "{ids:?}");
+    assert!(!ids.contains(&"big-5".to_string()), "{ids:?}");
+    // The record that did not fit was dropped, and counted.
+    let sink = format!("file:{}", file.display());
+    assert_eq!(
+        sink_metric(s.admin_port(), "sluice_audit_dropped_total", &sink),
+        1
+    );
+}

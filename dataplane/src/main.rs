@@ -175,6 +175,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     // Register signal handlers first, so an early signal is not lost.
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
+    // A write past the file size limit (`ulimit -f`) would kill the process by default: with
+    // SIGXFSZ caught, it fails with EFBIG instead, like a full disk, and the audit log counts
+    // what it could not write.
+    signal_hook::flag::register(
+        signal_hook::consts::SIGXFSZ,
+        Arc::new(AtomicBool::new(false)),
+    )?;
     let local = match &cli.config {
         Some(config) => match apply::start(config) {
             Ok(shared) => Some(shared),

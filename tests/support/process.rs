@@ -43,6 +43,8 @@ pub struct Launch {
     env: Vec<(String, String)>,
     /// The child's stdout is a pipe the test reads (or leaves unread), not a file.
     pipe_stdout: bool,
+    /// `RLIMIT_FSIZE` in 512-byte blocks (`ulimit -f`, set by `sh` before it execs Sluice).
+    file_size_blocks: Option<u64>,
 }
 
 impl Launch {
@@ -57,7 +59,15 @@ impl Launch {
             body: body.to_string(),
             env: Vec::new(),
             pipe_stdout: false,
+            file_size_blocks: None,
         }
+    }
+
+    /// Runs Sluice under a file size limit of `blocks` × 512 bytes (`ulimit -f`): a write
+    /// past it fails with EFBIG, as a full disk fails one.
+    pub fn file_size_limit(mut self, blocks: u64) -> Launch {
+        self.file_size_blocks = Some(blocks);
+        self
     }
 
     /// `--workers N`.
@@ -144,7 +154,17 @@ impl Launch {
         let log = fs::File::create(&log_path).expect("create log file");
         let out = dir.path().join("stdout.log");
         let out = fs::File::create(out).expect("create stdout file");
-        let mut cmd = Command::new(sluice_bin());
+        let mut cmd = match self.file_size_blocks {
+            None => Command::new(sluice_bin()),
+            Some(blocks) => {
+                // `exec`: the same PID, so signals and waits reach Sluice itself.
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -f {blocks} && exec \"$0\" \"$@\""))
+                    .arg(sluice_bin());
+                sh
+            }
+        };
         // Relative output paths (the audit log's files) land in the test's own folder.
         cmd.current_dir(dir.path())
             .arg("--config")
