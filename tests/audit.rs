@@ -69,8 +69,10 @@ fn records(dir: &Path, n: usize) -> Vec<Value> {
     let path = dir.join("audit.jsonl");
     let mut lines = Vec::new();
     wait_until(Duration::from_secs(10), || {
-        lines = std::fs::read_to_string(&path)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        // A batch being written may be seen in part: only whole lines count.
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        lines = whole
             .lines()
             .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect();
