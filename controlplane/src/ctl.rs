@@ -181,16 +181,26 @@ pub enum Exit {
     Unauthenticated = 4,
 }
 
-/// The exit code for an RPC's failure.
+/// The exit code for an RPC's failure: 1 only when the server answered that it refused;
+/// a call that did not complete (the server unreachable, the connection lost mid-call, the
+/// client's timeout) is 3 — it may or may not have taken effect.
 pub fn exit_for(status: &Status) -> Exit {
     match status.code() {
         Code::Unauthenticated | Code::PermissionDenied => Exit::Unauthenticated,
-        Code::Unavailable | Code::DeadlineExceeded => Exit::Unreachable,
+        // tonic reports a transport failure (a connection reset mid-call) as Unknown; the
+        // control plane never answers Unknown itself.
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+            Exit::Unreachable
+        }
         _ => Exit::Refused,
     }
 }
 
 type Authed = InterceptedService<Channel, BearerToken>;
+
+/// The largest answer `sluicectl` reads: 256 MiB (gRPC's default is 4 MiB; a usage
+/// breakdown or a fleet's node list can be larger).
+pub const MAX_ANSWER_BYTES: usize = 256 << 20;
 
 /// A failure, with its exit code and what to print on stderr.
 struct Failure(Exit, String);
@@ -200,7 +210,12 @@ impl From<Status> for Failure {
         let exit = exit_for(&status);
         let what = match exit {
             Exit::Unauthenticated => "authentication failed",
-            Exit::Unreachable => "control plane unreachable",
+            Exit::Unreachable if status.code() == Code::Unavailable => {
+                "control plane unreachable"
+            }
+            Exit::Unreachable => {
+                "the call did not complete (it may or may not have taken effect: check with `sluicectl get config`)"
+            }
             _ => "refused",
         };
         Failure(exit, format!("{what}: {}", status.message()))
@@ -221,6 +236,12 @@ pub async fn run(cli: Cli) -> Exit {
 async fn connect(cli: &Cli) -> Result<Authed, Failure> {
     let token = BearerToken::new(cli.token.as_deref())
         .map_err(|e| Failure(Exit::Usage, format!("--token: {e}")))?;
+    if !(cli.server.starts_with("http://") || cli.server.starts_with("https://")) {
+        return Err(Failure(
+            Exit::Usage,
+            format!("--server {}: expected http://HOST:PORT", cli.server),
+        ));
+    }
     let endpoint = Endpoint::from_shared(cli.server.clone())
         .map_err(|e| Failure(Exit::Usage, format!("--server {}: {e}", cli.server)))?
         .connect_timeout(Duration::from_secs(5))
@@ -285,6 +306,7 @@ async fn run_command(cli: Cli) -> Result<Exit, Failure> {
     match (&cli.command, document) {
         (Command::Apply { .. }, Some(doc)) => {
             let answer = ConfigServiceClient::new(channel)
+                .max_decoding_message_size(MAX_ANSWER_BYTES)
                 .apply(ApplyRequest {
                     toml: doc.toml,
                     source: doc.source,
@@ -339,6 +361,7 @@ async fn run_command(cli: Cli) -> Result<Exit, Failure> {
         }
         (Command::Diff { .. }, Some(doc)) => {
             let answer = ConfigServiceClient::new(channel)
+                .max_decoding_message_size(MAX_ANSWER_BYTES)
                 .diff(DiffRequest {
                     toml: doc.toml,
                     source: doc.source,
@@ -376,6 +399,7 @@ async fn run_command(cli: Cli) -> Result<Exit, Failure> {
             _,
         ) => {
             let answer = ConfigServiceClient::new(channel)
+                .max_decoding_message_size(MAX_ANSWER_BYTES)
                 .get(GetConfigRequest {
                     version: version.unwrap_or(0),
                 })
@@ -451,6 +475,7 @@ async fn run_command(cli: Cli) -> Result<Exit, Failure> {
         }
         (Command::Nodes, _) => {
             let nodes = NodeServiceClient::new(channel)
+                .max_decoding_message_size(MAX_ANSWER_BYTES)
                 .list(ListNodesRequest {})
                 .await?
                 .into_inner()
@@ -512,7 +537,8 @@ async fn run_command(cli: Cli) -> Result<Exit, Failure> {
             Ok(Exit::Done)
         }
         (Command::Backends { what }, _) => {
-            let mut client = BackendServiceClient::new(channel);
+            let mut client =
+                BackendServiceClient::new(channel).max_decoding_message_size(MAX_ANSWER_BYTES);
             let backends = match what {
                 Backends::List => {
                     client
@@ -646,10 +672,11 @@ fn print_table(rows: &[Vec<String>]) {
     for row in rows {
         let mut line = String::new();
         for (c, cell) in row.iter().enumerate() {
-            if c + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<width$}  ", width = widths[c]));
+            line.push_str(cell);
+            if c + 1 < row.len() {
+                // Padded by hand: `format!`'s width stops at 65,535.
+                let pad = widths[c].saturating_sub(cell.chars().count()) + 2;
+                line.extend(std::iter::repeat_n(' ', pad));
             }
         }
         let _ = writeln!(out, "{}", line.trim_end());

@@ -41,6 +41,9 @@ const MAX_NODE_ID: usize = 128;
 pub struct ControlPlane {
     state: Mutex<State>,
     store: Mutex<Store>,
+    /// A connection of its own for usage telemetry: a long ingest or query never holds the
+    /// lock that ACKs, registrations and operator changes take.
+    usage_store: Mutex<Store>,
     snapshots: watch::Sender<Option<Arc<ConfigSnapshot>>>,
     /// Set once at shutdown: every Watch stream ends, so the server's graceful stop does
     /// not wait on streams that never end by themselves.
@@ -104,11 +107,13 @@ impl ControlPlane {
         let store = Store::open(state_dir)?;
         let desired = store.latest()?;
         let fleet = store.fleet()?;
-        let marks = store.telemetry_marks()?;
+        let usage_store = Store::open(state_dir)?;
+        let marks = usage_store.telemetry_marks()?;
         let (snapshots, _) = watch::channel(desired.snapshot().map(Arc::new));
         Ok(Arc::new(Self {
             state: Mutex::new(State { desired, fleet }),
             store: Mutex::new(store),
+            usage_store: Mutex::new(usage_store),
             snapshots,
             closing: watch::channel(false).0,
             tokens,
@@ -182,6 +187,11 @@ impl ControlPlane {
     /// long).
     pub fn store(&self) -> MutexGuard<'_, Store> {
         lock(&self.store)
+    }
+
+    /// The usage telemetry's connection to the state database (off the async threads).
+    pub fn usage_store(&self) -> MutexGuard<'_, Store> {
+        lock(&self.usage_store)
     }
 
     /// The running version and its overlays.
@@ -351,7 +361,8 @@ async fn check(
         .map_err(|e| Status::internal(format!("config check failed: {e}")))
 }
 
-fn check_node_id(id: &str) -> Result<(), Status> {
+/// A node id: 1 to 128 bytes with no control characters.
+pub(crate) fn check_node_id(id: &str) -> Result<(), Status> {
     if id.is_empty() || id.len() > MAX_NODE_ID || id.chars().any(char::is_control) {
         return Err(Status::invalid_argument(format!(
             "node_id must be 1 to {MAX_NODE_ID} bytes with no control characters"
@@ -571,6 +582,12 @@ impl ConfigService for Api {
             errors,
         } = request.into_inner();
         check_node_id(&node_id)?;
+        let current = self.0.current_version();
+        if version == 0 || version > current {
+            return Err(Status::invalid_argument(format!(
+                "version {version} was never made (the newest is {current})"
+            )));
+        }
         if accepted {
             tracing::info!(node = %node_id, version, "node runs the version (ACK)");
         } else {
@@ -615,6 +632,13 @@ impl NodeService for Api {
             running_version,
         } = request.into_inner();
         check_node_id(&node_id)?;
+        for (field, value) in [("hostname", &hostname), ("build_version", &build_version)] {
+            if value.len() > MAX_NODE_ID || value.chars().any(char::is_control) {
+                return Err(Status::invalid_argument(format!(
+                    "{field} must be at most {MAX_NODE_ID} bytes with no control characters"
+                )));
+            }
+        }
         self.0.fleet_change(&node_id, |fleet| {
             fleet.register(
                 &node_id,

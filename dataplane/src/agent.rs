@@ -214,7 +214,9 @@ impl Agent {
             .map_err(|e| Status::unavailable(transport_reason(&e)))?;
         let channel: Authed = InterceptedService::new(channel, self.token.clone());
         let mut nodes = NodeServiceClient::new(channel.clone());
-        let mut config = ConfigServiceClient::new(channel);
+        // A snapshot carries the document (at most 1 MiB) and every key's digest: more than
+        // gRPC's default 4 MiB with enough keys.
+        let mut config = ConfigServiceClient::new(channel).max_decoding_message_size(64 << 20);
         nodes
             .register(RegisterNodeRequest {
                 node_id: self.settings.node_id.clone(),

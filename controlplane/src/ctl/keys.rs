@@ -8,7 +8,7 @@ use sluice_proto::control::v1::{
     CreateKeyRequest, KeyInfo, ListSubscriptionsRequest, RevokeKeyRequest,
 };
 
-use super::{print_json, print_table, rfc3339, Authed, Exit, Failure};
+use super::{print_json, print_table, rfc3339, Authed, Exit, Failure, MAX_ANSWER_BYTES};
 
 /// `keys` commands.
 #[derive(Subcommand, Debug)]
@@ -44,7 +44,8 @@ pub enum Keys {
 /// a list of `{"key_id", "subscription", "label", "digest_prefix", "created_at",
 /// "revoked_at"}`.
 pub async fn run(channel: Authed, what: &Keys, json: bool) -> Result<Exit, Failure> {
-    let mut client = SubscriptionServiceClient::new(channel);
+    let mut client =
+        SubscriptionServiceClient::new(channel).max_decoding_message_size(MAX_ANSWER_BYTES);
     match what {
         Keys::Create {
             subscription,

@@ -10,7 +10,7 @@ use sluice_proto::control::v1::{
     QueryUsageRequest, TopFrame, TopRequest, UsageDimension, UsageRecord,
 };
 
-use super::{print_json, print_table, Authed, Exit, Failure};
+use super::{print_json, print_table, Authed, Exit, Failure, MAX_ANSWER_BYTES};
 
 /// A dimension usage is grouped by.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,8 +102,8 @@ pub struct TopArgs {
     /// The busiest rows shown.
     #[arg(long, default_value_t = 20)]
     rows: u32,
-    /// Stop after this many frames (default: until interrupted).
-    #[arg(long)]
+    /// Stop after this many frames, at least 1 (default: until interrupted).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     frames: Option<u64>,
 }
 
@@ -119,6 +119,7 @@ pub async fn usage(channel: Authed, args: &UsageArgs, json: bool) -> Result<Exit
         .map_or(0, |d| d.as_secs());
     let from = SystemTime::UNIX_EPOCH + Duration::from_secs(secs - secs % 60);
     let rows = UsageServiceClient::new(channel)
+        .max_decoding_message_size(MAX_ANSWER_BYTES)
         .query(QueryUsageRequest {
             subscription: args.subscription.clone().unwrap_or_default(),
             deployment: args.deployment.clone().unwrap_or_default(),
@@ -209,9 +210,19 @@ pub async fn top(channel: Authed, args: &TopArgs, json: bool) -> Result<Exit, Fa
             "top --by: subscription, deployment, backend or node".into(),
         ));
     }
+    if args.interval < Duration::from_secs(1)
+        || args.interval > Duration::from_secs(60)
+        || args.interval.subsec_nanos() != 0
+    {
+        return Err(Failure(
+            Exit::Usage,
+            "--interval: whole seconds from 1s to 60s".into(),
+        ));
+    }
     let interval = prost_types::Duration::try_from(args.interval)
         .map_err(|e| Failure(Exit::Usage, format!("--interval: {e}")))?;
     let mut frames = LiveServiceClient::new(channel)
+        .max_decoding_message_size(MAX_ANSWER_BYTES)
         .top(TopRequest {
             interval: Some(interval),
             group_by: args.by.proto() as i32,
@@ -222,10 +233,14 @@ pub async fn top(channel: Authed, args: &TopArgs, json: bool) -> Result<Exit, Fa
     let redraw = !json && std::io::stdout().is_terminal();
     let mut shown = 0;
     while let Some(frame) = frames.message().await? {
-        if json {
-            print_frame_json(&frame);
+        let shown_ok = if json {
+            print_frame_json(&frame)
         } else {
-            print_frame(&frame, args.by, redraw);
+            print_frame(&frame, args.by, redraw)
+        };
+        if !shown_ok {
+            // The reader went away (`sluicectl top | head`): done.
+            break;
         }
         shown += 1;
         if args.frames.is_some_and(|n| shown >= n) {
@@ -245,7 +260,8 @@ fn rates_json(rates: Option<&sluice_proto::control::v1::LiveRates>) -> serde_jso
     })
 }
 
-fn print_frame_json(frame: &TopFrame) {
+/// One frame as a JSON line; `false` when stdout is gone.
+fn print_frame_json(frame: &TopFrame) -> bool {
     let rows: Vec<serde_json::Value> = frame
         .rows
         .iter()
@@ -266,11 +282,11 @@ fn print_frame_json(frame: &TopFrame) {
         "rows": rows,
     });
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
+    writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
 }
 
-fn print_frame(frame: &TopFrame, by: Dimension, redraw: bool) {
+/// One frame as a table; `false` when stdout is gone.
+fn print_frame(frame: &TopFrame, by: Dimension, redraw: bool) -> bool {
     if redraw {
         // Cursor home, clear the screen.
         out!("\x1b[H\x1b[2J");
@@ -304,6 +320,7 @@ fn print_frame(frame: &TopFrame, by: Dimension, redraw: bool) {
         ]);
     }
     print_table(&table);
-    outln!();
-    let _ = std::io::stdout().flush();
+    // A closed pipe fails this write (stdout flushes at each line end).
+    let mut out = std::io::stdout();
+    writeln!(out).and_then(|()| out.flush()).is_ok()
 }

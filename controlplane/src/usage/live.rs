@@ -90,7 +90,10 @@ impl Live {
                 requests: r.requests,
                 prompt_tokens: r.prompt_tokens,
                 completion_tokens: r.completion_tokens,
-                rejections: r.rejections.iter().map(|c| c.count).sum(),
+                rejections: r
+                    .rejections
+                    .iter()
+                    .fold(0u64, |n, c| n.saturating_add(c.count)),
             });
         }
     }
@@ -150,10 +153,11 @@ struct Sums {
 
 impl Sums {
     fn add(&mut self, a: &Arrival) {
-        self.answered += a.requests.saturating_sub(a.rejections);
-        self.prompt_tokens += a.prompt_tokens;
-        self.completion_tokens += a.completion_tokens;
-        self.rejections += a.rejections;
+        let answered = a.requests.saturating_sub(a.rejections);
+        self.answered = self.answered.saturating_add(answered);
+        self.prompt_tokens = self.prompt_tokens.saturating_add(a.prompt_tokens);
+        self.completion_tokens = self.completion_tokens.saturating_add(a.completion_tokens);
+        self.rejections = self.rejections.saturating_add(a.rejections);
     }
 
     fn rates(&self, seconds: f64) -> LiveRates {

@@ -24,7 +24,18 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Caller;
 use crate::service::{Api, ControlPlane};
-use store::{epoch_ms, Marks, Query};
+use store::{epoch_ms, Answer, Marks, Offered, Query};
+
+/// The most records one batch may hold (a node sends at most
+/// `sluice::telemetry::reporter::MAX_BATCH_RECORDS`).
+pub const MAX_RECORDS: usize = 20_000;
+
+/// The longest name (subscription, deployment, backend, model, status class, rejection
+/// reason) a batch may carry: 1 KiB.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// The largest latency histogram a record may carry: 64 KiB.
+pub const MAX_HISTOGRAM_BYTES: usize = 64 << 10;
 
 /// The most batches one transaction stores.
 const GROUP_COMMIT: usize = 2048;
@@ -36,6 +47,8 @@ const ANSWERS: usize = 64;
 /// One batch waiting for the writer, and where its answer goes.
 pub struct Job {
     batch: UsageBatch,
+    /// The first batch of its stream.
+    opens: bool,
     answer: mpsc::Sender<Result<ReportUsageResponse, Status>>,
 }
 
@@ -82,9 +95,10 @@ pub fn spawn(control: &Arc<ControlPlane>, retention: Duration) {
                 .checked_sub(retention)
                 .unwrap_or(SystemTime::UNIX_EPOCH);
             let control = Arc::clone(&control);
-            let pruned =
-                tokio::task::spawn_blocking(move || control.store().prune_usage(epoch_ms(before)))
-                    .await;
+            let pruned = tokio::task::spawn_blocking(move || {
+                control.usage_store().prune_usage(epoch_ms(before))
+            })
+            .await;
             match pruned {
                 Ok(Ok(rows)) if rows > 0 => {
                     tracing::info!(rows, "usage past its retention deleted")
@@ -106,12 +120,18 @@ async fn write(control: Arc<ControlPlane>, mut queue: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let batches: Vec<UsageBatch> = jobs.iter().map(|j| j.batch.clone()).collect();
+        let batches: Vec<Offered> = jobs
+            .iter()
+            .map(|j| Offered {
+                batch: j.batch.clone(),
+                opens: j.opens,
+            })
+            .collect();
         let writer = Arc::clone(&control);
         let stored = tokio::task::spawn_blocking(move || {
             let now = SystemTime::now();
             let mut marks = lock(&writer.telemetry.marks);
-            let result = writer.store().store_usage(&batches, &mut marks, now);
+            let result = writer.usage_store().store_usage(&batches, &mut marks, now);
             (batches, result, now)
         })
         .await;
@@ -123,19 +143,39 @@ async fn write(control: Arc<ControlPlane>, mut queue: mpsc::Receiver<Job>) {
             }
         };
         match result {
-            Ok((answers, stored)) => {
-                let resent = jobs.len() - stored;
-                control.metrics.batches(stored as u64, resent as u64);
+            Ok(answers) => {
+                let count = |f: fn(&Answer) -> bool| answers.iter().filter(|a| f(a)).count() as u64;
+                control.metrics.batches(
+                    count(|a| matches!(a, Answer::Stored(_))),
+                    count(|a| matches!(a, Answer::Resent(_))),
+                );
                 let mut live = lock(&control.telemetry.live);
-                for ((job, batch), through) in jobs.iter().zip(&batches).zip(answers) {
-                    if through == batch.sequence {
-                        live.add(batch, now);
-                        if let Some(made) = batch.sent_at.and_then(|t| SystemTime::try_from(t).ok())
-                        {
-                            let lag = now.duration_since(made).unwrap_or_default();
-                            control.metrics.telemetry_lag(lag.as_secs_f64());
+                for ((job, offered), answer) in jobs.iter().zip(&batches).zip(answers) {
+                    let batch = &offered.batch;
+                    let through = match answer {
+                        Answer::Stored(through) => {
+                            live.add(batch, now);
+                            if let Some(made) =
+                                batch.sent_at.and_then(|t| SystemTime::try_from(t).ok())
+                            {
+                                let lag = now.duration_since(made).unwrap_or_default();
+                                control.metrics.telemetry_lag(lag.as_secs_f64());
+                            }
+                            through
                         }
-                    }
+                        Answer::Resent(through) => through,
+                        Answer::Gap(through) => {
+                            // Ends the stream: the node sends what is unanswered again, in
+                            // order, from the missing one.
+                            let _ = job.answer.try_send(Err(Status::failed_precondition(format!(
+                                "usage batch {} of node {} follows one not stored (stored through {through}): send again from {}",
+                                batch.sequence,
+                                batch.node_id,
+                                through + 1
+                            ))));
+                            continue;
+                        }
+                    };
                     // A stream whose node stopped reading answers loses this one: its
                     // next answer says as much (the highest stored sequence).
                     let _ = job.answer.try_send(Ok(ReportUsageResponse {
@@ -153,6 +193,53 @@ async fn write(control: Arc<ControlPlane>, mut queue: mpsc::Receiver<Job>) {
             }
         }
     }
+}
+
+/// Why `batch` is refused, if it is: a node id that is not one (see `Register`); no
+/// sequence or incarnation; too many records; a name past [`MAX_NAME_BYTES`]; a bucket not
+/// between 2020 and a day from now; a histogram past [`MAX_HISTOGRAM_BYTES`].
+fn check(batch: &UsageBatch) -> Result<(), String> {
+    let name_ok = |s: &str| s.len() <= MAX_NAME_BYTES && !s.chars().any(char::is_control);
+    crate::service::check_node_id(&batch.node_id).map_err(|s| s.message().to_string())?;
+    if batch.sequence == 0 || batch.incarnation == 0 {
+        return Err("a usage batch needs a sequence and an incarnation from 1".into());
+    }
+    if batch.records.len() > MAX_RECORDS {
+        return Err(format!("a usage batch holds at most {MAX_RECORDS} records"));
+    }
+    let latest = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + 86_400;
+    // 2020-01-01.
+    const EARLIEST: u64 = 1_577_836_800;
+    for r in &batch.records {
+        let names = [
+            &r.subscription,
+            &r.deployment,
+            &r.backend,
+            &r.model,
+            &r.status_class,
+        ];
+        if !names.iter().all(|n| name_ok(n)) || !r.rejections.iter().all(|c| name_ok(&c.reason)) {
+            return Err(format!(
+                "a usage record's names: at most {MAX_NAME_BYTES} bytes, no control characters"
+            ));
+        }
+        let start = r
+            .bucket_start
+            .and_then(|t| u64::try_from(t.seconds).ok())
+            .unwrap_or(0);
+        if !(EARLIEST..=latest).contains(&start) {
+            return Err("a usage record's bucket_start: from 2020 to a day from now".into());
+        }
+        if r.latency_histogram.len() > MAX_HISTOGRAM_BYTES {
+            return Err(format!(
+                "a usage record's latency_histogram: at most {MAX_HISTOGRAM_BYTES} bytes"
+            ));
+        }
+    }
+    Ok(())
 }
 
 type AnswerStream = Pin<Box<dyn Stream<Item = Result<ReportUsageResponse, Status>> + Send>>;
@@ -173,25 +260,24 @@ impl UsageService for Api {
         let closed = self.0.closed();
         tokio::spawn(async move {
             tokio::pin!(closed);
+            let mut opens = true;
             loop {
                 let message = tokio::select! {
                     message = batches.message() => message,
                     () = &mut closed => return,
                 };
                 match message {
-                    Ok(Some(batch)) if batch.node_id.is_empty() || batch.sequence == 0 => {
-                        let _ = errors
-                            .send(Err(Status::invalid_argument(
-                                "a usage batch needs its node_id and a sequence from 1",
-                            )))
-                            .await;
-                        return;
-                    }
                     Ok(Some(batch)) => {
+                        if let Err(why) = check(&batch) {
+                            let _ = errors.send(Err(Status::invalid_argument(why))).await;
+                            return;
+                        }
                         let job = Job {
                             batch,
+                            opens,
                             answer: answer.clone(),
                         };
+                        opens = false;
                         if jobs.send(job).await.is_err() {
                             return;
                         }
@@ -246,7 +332,7 @@ impl UsageService for Api {
             backend: request.backend,
         };
         let control = Arc::clone(&self.0);
-        let rows = tokio::task::spawn_blocking(move || control.store().query_usage(&query))
+        let rows = tokio::task::spawn_blocking(move || control.usage_store().query_usage(&query))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;

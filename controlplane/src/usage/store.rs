@@ -32,12 +32,15 @@ struct Figures {
 
 impl Figures {
     fn add(&mut self, other: Figures) {
-        self.requests += other.requests;
-        self.prompt_tokens += other.prompt_tokens;
-        self.completion_tokens += other.completion_tokens;
-        self.total_tokens += other.total_tokens;
+        self.requests = self.requests.saturating_add(other.requests);
+        self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
+        self.completion_tokens = self
+            .completion_tokens
+            .saturating_add(other.completion_tokens);
+        self.total_tokens = self.total_tokens.saturating_add(other.total_tokens);
         for (reason, n) in other.rejections {
-            *self.rejections.entry(reason).or_default() += n;
+            let count = self.rejections.entry(reason).or_default();
+            *count = count.saturating_add(n);
         }
         if let Some(theirs) = other.latency {
             match &mut self.latency {
@@ -66,14 +69,41 @@ impl Figures {
     }
 }
 
-/// A histogram from its V2 serialization, auto-resizing; `None` for no bytes or bad ones.
+/// A histogram from its V2 serialization, auto-resizing; `None` for no bytes or bad ones —
+/// including a header that would make it large: a payload longer than the bytes sent, more
+/// than 3 significant digits, a lowest value other than 1 or a highest past 2^40 µs (12
+/// days). The deserializer sizes its buffers from the header, so it is checked first.
 fn histogram(bytes: &[u8]) -> Option<Histogram<u64>> {
-    if bytes.is_empty() {
+    if !plausible_v2(bytes) {
         return None;
     }
     let mut h: Histogram<u64> = Deserializer::new().deserialize(&mut &bytes[..]).ok()?;
     h.auto(true);
     Some(h)
+}
+
+/// The V2 header (RFC-less; HdrHistogram's own): cookie (4), payload length (4), normalizing
+/// offset (4), significant digits (4), lowest (8), highest (8), ratio (8), all big-endian.
+fn plausible_v2(bytes: &[u8]) -> bool {
+    const HEADER: usize = 40;
+    let word = |at: usize| -> Option<u64> {
+        let b = bytes.get(at..at + 8)?;
+        Some(u64::from_be_bytes(b.try_into().ok()?))
+    };
+    let int = |at: usize| -> Option<u32> {
+        let b = bytes.get(at..at + 4)?;
+        Some(u32::from_be_bytes(b.try_into().ok()?))
+    };
+    let (Some(payload), Some(digits), Some(lowest), Some(highest)) =
+        (int(4), int(12), word(16), word(24))
+    else {
+        return false;
+    };
+    bytes.len() >= HEADER
+        && (payload as usize) <= bytes.len() - HEADER
+        && (1..=3).contains(&digits)
+        && lowest == 1
+        && highest <= 1 << 40
 }
 
 fn serialized(h: &Option<Histogram<u64>>) -> Vec<u8> {
@@ -119,6 +149,26 @@ pub struct Query {
     pub backend: String,
 }
 
+/// A batch offered for storing.
+#[derive(Debug, Clone)]
+pub struct Offered {
+    /// The batch.
+    pub batch: UsageBatch,
+    /// It is the first batch of its Report stream.
+    pub opens: bool,
+}
+
+/// What became of one offered batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Stored; its incarnation's mark is now its sequence.
+    Stored(u64),
+    /// Already stored (a resend); the mark.
+    Resent(u64),
+    /// Past a batch not yet stored: not stored; the mark.
+    Gap(u64),
+}
+
 impl Store {
     /// Every node incarnation's last stored sequence.
     pub fn telemetry_marks(&self) -> Result<Marks, StoreError> {
@@ -134,20 +184,24 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Stores `batches` in one transaction: each whose sequence is past its incarnation's
-    /// mark in `marks` adds its records to their rows and moves the mark. Returns each
-    /// batch's mark after it (what to answer) and how many were stored (the rest were
-    /// resends); `marks` is updated only once the transaction committed.
+    /// Stores `batches` in one transaction: each whose sequence is the next of its
+    /// incarnation's mark in `marks` adds its records to their rows and moves the mark.
+    /// Returns what became of each; `marks` is updated only once the transaction committed.
     pub fn store_usage(
         &self,
-        batches: &[UsageBatch],
+        batches: &[Offered],
         marks: &mut Marks,
         now: SystemTime,
-    ) -> Result<(Vec<u64>, usize), StoreError> {
+    ) -> Result<Vec<Answer>, StoreError> {
         let mut after = marks.clone();
         let mut answers = Vec::with_capacity(batches.len());
-        let mut stored = 0;
-        let tx = self.db.unchecked_transaction()?;
+        // IMMEDIATE: the write lock is taken (waiting out the other connection's writes
+        // under the busy timeout) before the first read; a deferred transaction that reads
+        // then writes fails at once with SQLITE_BUSY when that connection wrote meanwhile.
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.db,
+            rusqlite::TransactionBehavior::Immediate,
+        )?;
         {
             let mut read = tx.prepare_cached(
                 "SELECT requests, prompt_tokens, completion_tokens, total_tokens, rejections, latency
@@ -164,11 +218,22 @@ impl Store {
                 "INSERT OR REPLACE INTO telemetry (node_id, incarnation, stored_through, last_report_ms)
                  VALUES (?1, ?2, ?3, ?4)",
             )?;
-            for batch in batches {
+            for Offered { batch, opens } in batches {
                 let id = (batch.node_id.clone(), batch.incarnation);
-                let through = after.get(&id).copied().unwrap_or(0);
+                let known = after.get(&id).copied();
+                let through = known.unwrap_or(0);
                 if batch.sequence <= through {
-                    answers.push(through);
+                    answers.push(Answer::Resent(through));
+                    continue;
+                }
+                // Only the next one: a batch past a missing one (which failed to store, or
+                // is still on its way) waits until that one is stored — the node sends it
+                // again, in order, on its next stream. The first batch of a stream may start
+                // an incarnation this database has no mark of (the first contact, or a state
+                // directory started afresh).
+                let next = batch.sequence == through + 1 || (known.is_none() && *opens);
+                if !next {
+                    answers.push(Answer::Gap(through));
                     continue;
                 }
                 for record in &batch.records {
@@ -221,13 +286,12 @@ impl Store {
                     epoch_ms(now),
                 ])?;
                 after.insert(id, batch.sequence);
-                answers.push(batch.sequence);
-                stored += 1;
+                answers.push(Answer::Stored(batch.sequence));
             }
         }
         tx.commit()?;
         *marks = after;
-        Ok((answers, stored))
+        Ok(answers)
     }
 
     /// Usage over `query`'s range, summed per bucket and grouped dimensions (the others left
@@ -350,4 +414,134 @@ impl Store {
 
 fn from_ms(ms: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(to_u64(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(sequence: u64, requests: u64) -> UsageBatch {
+        UsageBatch {
+            node_id: "n1".into(),
+            sequence,
+            incarnation: 7,
+            records: vec![UsageRecord {
+                bucket_start: Some(
+                    (SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)).into(),
+                ),
+                subscription: "a".into(),
+                requests,
+                total_tokens: requests,
+                ..UsageRecord::default()
+            }],
+            ..UsageBatch::default()
+        }
+    }
+
+    fn offered(batches: &[(u64, u64, bool)]) -> Vec<Offered> {
+        batches
+            .iter()
+            .map(|&(sequence, requests, opens)| Offered {
+                batch: batch(sequence, requests),
+                opens,
+            })
+            .collect()
+    }
+
+    fn total(store: &Store) -> u64 {
+        let query = Query {
+            from_ms: 0,
+            to_ms: i64::MAX,
+            ..Query::default()
+        };
+        store
+            .query_usage(&query)
+            .unwrap()
+            .iter()
+            .map(|r| r.requests)
+            .sum()
+    }
+
+    fn store(name: &str) -> (Store, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("sluice-usage-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        (Store::open(&dir).unwrap(), dir)
+    }
+
+    #[test]
+    fn a_batch_past_a_missing_one_waits_for_it_and_each_is_stored_once() {
+        let (store, dir) = store("gap");
+        let mut marks = Marks::new();
+        let now = SystemTime::now();
+        // 1 opens the stream; 5 comes before 2..4 (they failed to store, or are late).
+        let answers = store
+            .store_usage(
+                &offered(&[(1, 1, true), (5, 10_000, false)]),
+                &mut marks,
+                now,
+            )
+            .unwrap();
+        assert_eq!(answers, [Answer::Stored(1), Answer::Gap(1)]);
+        // The node's next stream sends again, in order, from 2.
+        let again = offered(&[
+            (2, 10, true),
+            (3, 100, false),
+            (4, 1_000, false),
+            (5, 10_000, false),
+        ]);
+        let answers = store.store_usage(&again, &mut marks, now).unwrap();
+        assert_eq!(
+            answers,
+            [
+                Answer::Stored(2),
+                Answer::Stored(3),
+                Answer::Stored(4),
+                Answer::Stored(5)
+            ]
+        );
+        let answers = store.store_usage(&again[..1], &mut marks, now).unwrap();
+        assert_eq!(answers, [Answer::Resent(5)]);
+        assert_eq!(total(&store), 11_111);
+        // A fresh state directory: the first batch of a stream starts an incarnation.
+        let mut fresh = Marks::new();
+        let answers = store
+            .store_usage(&offered(&[(40, 1, false)]), &mut fresh, now)
+            .unwrap();
+        assert_eq!(answers, [Answer::Gap(0)]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn counts_saturate_and_a_histogram_header_that_asks_for_gigabytes_is_ignored() {
+        let (store, dir) = store("bomb");
+        let mut marks = Marks::new();
+        let mut huge = batch(1, u64::MAX - 5);
+        // V2 cookie, payload length 0xFFFFFFFF, then a plausible rest of the header.
+        let mut bomb = vec![
+            0x1c, 0x84, 0x93, 0x13, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 3,
+        ];
+        bomb.extend_from_slice(&1u64.to_be_bytes());
+        bomb.extend_from_slice(&(1u64 << 30).to_be_bytes());
+        bomb.extend_from_slice(&1f64.to_bits().to_be_bytes());
+        bomb.extend_from_slice(&[0; 16]);
+        huge.records[0].latency_histogram = bomb;
+        let offered = [
+            Offered {
+                batch: huge,
+                opens: true,
+            },
+            Offered {
+                batch: batch(2, 100),
+                opens: false,
+            },
+        ];
+        let answers = store
+            .store_usage(&offered, &mut marks, SystemTime::now())
+            .unwrap();
+        assert_eq!(answers, [Answer::Stored(1), Answer::Stored(2)]);
+        // Saturated, not wrapped (the database holds a signed 64-bit integer).
+        assert_eq!(total(&store), i64::MAX as u64);
+        assert!(histogram(&offered[0].batch.records[0].latency_histogram).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -137,40 +137,40 @@ pub fn records(usage: &UsageMap<Arc<str>>, node_id: &str) -> Vec<UsageRecord> {
     let mut keys: Vec<&UsageKey<Arc<str>>> = usage.keys().collect();
     keys.sort();
     keys.into_iter()
-        .filter_map(|key| {
-            let figures = usage.get(key)?;
-            Some(UsageRecord {
-                bucket_start: Some(
-                    (SystemTime::UNIX_EPOCH + Duration::from_secs(key.minute)).into(),
-                ),
-                bucket_width: prost_types::Duration::try_from(BUCKET).ok(),
-                node_id: node_id.to_string(),
-                subscription: key.subscription.to_string(),
-                deployment: key.deployment.to_string(),
-                backend: key.backend.to_string(),
-                model: key.model.to_string(),
-                status_class: key.status_class.to_string(),
-                requests: figures.requests,
-                prompt_tokens: figures.prompt_tokens,
-                completion_tokens: figures.completion_tokens,
-                total_tokens: figures.total_tokens,
-                rejections: figures
-                    .rejections
-                    .iter()
-                    .map(|(reason, &count)| RejectionCount {
-                        reason: (*reason).to_string(),
-                        count,
-                    })
-                    .collect(),
-                latency_histogram: figures
-                    .latency_us
-                    .as_ref()
-                    .map(serialize)
-                    .unwrap_or_default(),
-                ..UsageRecord::default()
-            })
-        })
+        .filter_map(|key| Some(record(key, usage.get(key)?, node_id)))
         .collect()
+}
+
+/// One key's figures as the API carries them, for node `node_id`.
+pub fn record(key: &UsageKey<Arc<str>>, figures: &UsageFigures, node_id: &str) -> UsageRecord {
+    UsageRecord {
+        bucket_start: Some((SystemTime::UNIX_EPOCH + Duration::from_secs(key.minute)).into()),
+        bucket_width: prost_types::Duration::try_from(BUCKET).ok(),
+        node_id: node_id.to_string(),
+        subscription: key.subscription.to_string(),
+        deployment: key.deployment.to_string(),
+        backend: key.backend.to_string(),
+        model: key.model.to_string(),
+        status_class: key.status_class.to_string(),
+        requests: figures.requests,
+        prompt_tokens: figures.prompt_tokens,
+        completion_tokens: figures.completion_tokens,
+        total_tokens: figures.total_tokens,
+        rejections: figures
+            .rejections
+            .iter()
+            .map(|(reason, &count)| RejectionCount {
+                reason: (*reason).to_string(),
+                count,
+            })
+            .collect(),
+        latency_histogram: figures
+            .latency_us
+            .as_ref()
+            .map(serialize)
+            .unwrap_or_default(),
+        ..UsageRecord::default()
+    }
 }
 
 /// A histogram in the HdrHistogram V2 serialization (empty on the impossible failure of

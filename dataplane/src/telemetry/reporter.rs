@@ -15,12 +15,20 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use prost::Message as _;
 use sluice_proto::control::v1::UsageBatch;
 
-use super::{merge_into, records, UsageKey, UsageMap};
+use super::{merge_into, record, UsageKey, UsageMap};
 
 /// The most batches sent and not yet answered; past it, usage waits (merged) as pending.
 pub const MAX_IN_FLIGHT: usize = 32;
+
+/// The most records one batch carries: 5,000 (the control plane takes up to 20,000).
+pub const MAX_BATCH_RECORDS: usize = 5_000;
+
+/// The most bytes of records one batch carries: 1 MiB (gRPC messages are bounded at 4 MiB
+/// by default). What does not fit stays pending and goes in the next batches.
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// The most keys pending usage holds (about 100 KB each with a histogram at most, far less
 /// in practice): past it the oldest minutes are dropped.
@@ -66,16 +74,38 @@ impl Reporter {
     }
 
     /// Makes the pending usage (possibly none: a batch is also the node's heartbeat) the
-    /// next batch and returns it, unless [`MAX_IN_FLIGHT`] batches await an answer.
+    /// next batch and returns it, unless [`MAX_IN_FLIGHT`] batches await an answer. A batch
+    /// holds at most [`MAX_BATCH_RECORDS`] records and [`MAX_BATCH_BYTES`] of them, oldest
+    /// minutes first; the rest stays pending.
     pub fn next_batch(&mut self, now: SystemTime) -> Option<UsageBatch> {
         if self.in_flight.len() >= MAX_IN_FLIGHT {
             return None;
         }
-        let pending = std::mem::take(&mut self.pending);
+        let mut keys: Vec<UsageKey<Arc<str>>> = self.pending.keys().cloned().collect();
+        keys.sort();
+        let mut records = Vec::new();
+        let mut bytes = 0;
+        for key in keys {
+            if records.len() >= MAX_BATCH_RECORDS {
+                break;
+            }
+            let Some(figures) = self.pending.get(&key) else {
+                continue;
+            };
+            let one = record(&key, figures, &self.node_id);
+            // The record, its field tag and length prefix (at most 8 bytes together).
+            let size = one.encoded_len() + 8;
+            if bytes + size > MAX_BATCH_BYTES && !records.is_empty() {
+                break;
+            }
+            bytes += size;
+            records.push(one);
+            self.pending.remove(&key);
+        }
         let batch = UsageBatch {
             node_id: self.node_id.clone(),
             sequence: self.next_sequence,
-            records: records(&pending, &self.node_id),
+            records,
             incarnation: self.incarnation,
             sent_at: Some(now.into()),
             ..UsageBatch::default()
@@ -181,6 +211,36 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_is_bounded_and_what_does_not_fit_goes_next() {
+        let mut r = Reporter::new("n1", 1);
+        let mut many = UsageMap::default();
+        for i in 0..(MAX_BATCH_RECORDS as u64 + 10) {
+            many.extend(usage(60 * (i + 1), "a", 1));
+        }
+        r.add(&many);
+        let first = r.next_batch(SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(first.records.len(), MAX_BATCH_RECORDS);
+        assert!(first.encoded_len() <= MAX_BATCH_BYTES + 64);
+        let second = r.next_batch(SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(second.records.len(), 10);
+        assert_eq!(
+            requests(&first) + requests(&second),
+            MAX_BATCH_RECORDS as u64 + 10
+        );
+        // By bytes: records with long names fill a batch before its count bound.
+        let mut r = Reporter::new("n1", 1);
+        let long = "s".repeat(1000);
+        let mut wide = UsageMap::default();
+        for i in 0..2_000u64 {
+            wide.extend(usage(60 * (i + 1), &long, 1));
+        }
+        r.add(&wide);
+        let first = r.next_batch(SystemTime::UNIX_EPOCH).unwrap();
+        assert!(first.records.len() < 2_000);
+        assert!(first.encoded_len() <= MAX_BATCH_BYTES + 64);
+    }
+
+    #[test]
     fn pending_usage_past_its_bound_drops_the_oldest_minutes_and_counts_them() {
         let mut r = Reporter::new("n1", 1);
         let mut many = UsageMap::default();
@@ -190,10 +250,8 @@ mod tests {
         r.add(&many);
         assert_eq!(r.dropped(), 1);
         let batch = r.next_batch(SystemTime::UNIX_EPOCH).unwrap();
-        assert_eq!(batch.records.len(), MAX_PENDING_KEYS);
-        assert!(batch
-            .records
-            .iter()
-            .all(|rec| rec.bucket_start.unwrap().seconds > 60));
+        assert_eq!(batch.records.len(), MAX_BATCH_RECORDS);
+        // The oldest minute went; the next oldest comes first.
+        assert_eq!(batch.records[0].bucket_start.unwrap().seconds, 120);
     }
 }
