@@ -1084,6 +1084,33 @@ fn keys_made_by_the_control_plane_work_on_every_node_until_revoked() {
             );
         }
     }
+    // A node that is gone can be forgotten; a connected one cannot.
+    // A node that is gone can be forgotten; a connected one cannot.
+    let connected = |id: &str, yes: bool| {
+        ctl_json(&control.url, None, &["nodes"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["node_id"] == id && n["connected"] == yes)
+    };
+    assert!(wait_until(Duration::from_secs(15), || connected(
+        "node-a", true
+    )));
+
+    assert_eq!(ctl(&control.url, None, &["nodes", "forget", "node-a"]).0, 1);
+    let mut a = a;
+    a.proc.kill();
+    assert!(wait_until(Duration::from_secs(10), || connected(
+        "node-a", false
+    )));
+    let (code, _, err) = ctl(&control.url, None, &["nodes", "forget", "node-a"]);
+    assert_eq!(code, 0, "{err}");
+    let left: Vec<String> = node_states(&control.url, None)
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect();
+    assert_eq!(left, ["node-b"]);
+    assert_eq!(ctl(&control.url, None, &["nodes", "forget", "nobody"]).0, 1);
 }
 
 /// The usage an answer reported (`usage` of a JSON answer, or of a stream's last chunk that

@@ -15,8 +15,9 @@ use sluice_proto::control::v1::backend_service_client::BackendServiceClient;
 use sluice_proto::control::v1::config_service_client::ConfigServiceClient;
 use sluice_proto::control::v1::node_service_client::NodeServiceClient;
 use sluice_proto::control::v1::{
-    ApplyRequest, BackendState, ConfigError, DiffRequest, DrainBackendRequest, GetConfigRequest,
-    ListBackendsRequest, ListNodesRequest, NodeState, SetWeightRequest, UndrainBackendRequest,
+    ApplyRequest, BackendState, ConfigError, DiffRequest, DrainBackendRequest, ForgetNodeRequest,
+    GetConfigRequest, ListBackendsRequest, ListNodesRequest, NodeState, SetWeightRequest,
+    UndrainBackendRequest,
 };
 use sluice_proto::BearerToken;
 use tonic::service::interceptor::InterceptedService;
@@ -106,7 +107,11 @@ pub enum Command {
         what: Get,
     },
     /// The data-plane nodes and their answers to the current version.
-    Nodes,
+    Nodes {
+        /// `forget ID`; without it, the list.
+        #[command(subcommand)]
+        what: Option<NodesCommand>,
+    },
     /// The running config's backends, and operator overlays on them (each makes a version).
     Backends {
         /// What to do.
@@ -125,6 +130,16 @@ pub enum Command {
     Usage(usage::UsageArgs),
     /// A live view of requests/s and tokens/s, redrawn every interval.
     Top(usage::TopArgs),
+}
+
+/// `nodes` commands.
+#[derive(Subcommand, Debug)]
+pub enum NodesCommand {
+    /// Forget a node that is gone (not connected): it leaves the list and the node counts.
+    Forget {
+        /// The node's id.
+        node_id: String,
+    },
 }
 
 /// `backends` commands.
@@ -473,7 +488,26 @@ async fn run_command(cli: Cli) -> Result<Exit, Failure> {
             }
             Ok(Exit::Done)
         }
-        (Command::Nodes, _) => {
+        (
+            Command::Nodes {
+                what: Some(NodesCommand::Forget { node_id }),
+            },
+            _,
+        ) => {
+            NodeServiceClient::new(channel)
+                .max_decoding_message_size(MAX_ANSWER_BYTES)
+                .forget(ForgetNodeRequest {
+                    node_id: node_id.clone(),
+                })
+                .await?;
+            if json {
+                print_json(&serde_json::json!({ "node_id": node_id, "forgotten": true }));
+            } else {
+                outln!("node {node_id} forgotten");
+            }
+            Ok(Exit::Done)
+        }
+        (Command::Nodes { what: None }, _) => {
             let nodes = NodeServiceClient::new(channel)
                 .max_decoding_message_size(MAX_ANSWER_BYTES)
                 .list(ListNodesRequest {})

@@ -19,9 +19,10 @@ use sluice_proto::control::v1::node_service_server::NodeService;
 use sluice_proto::control::v1::{
     AckRequest, AckResponse, Applied, ApplyRequest, ApplyResponse, BackendState, ConfigErrors,
     ConfigSnapshot, ConfigVersion, DiffRequest, DiffResponse, DrainBackendRequest,
-    GetConfigRequest, GetConfigResponse, ListBackendsRequest, ListBackendsResponse,
-    ListNodesRequest, ListNodesResponse, NodeState, PoolWeight, RegisterNodeRequest,
-    RegisterNodeResponse, SetWeightRequest, UndrainBackendRequest, WatchRequest,
+    ForgetNodeRequest, ForgetNodeResponse, GetConfigRequest, GetConfigResponse,
+    ListBackendsRequest, ListBackendsResponse, ListNodesRequest, ListNodesResponse, NodeState,
+    PoolWeight, RegisterNodeRequest, RegisterNodeResponse, SetWeightRequest, UndrainBackendRequest,
+    WatchRequest,
 };
 use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt};
@@ -663,6 +664,30 @@ impl NodeService for Api {
         Ok(Response::new(ListNodesResponse {
             nodes: state.fleet.list(state.desired.version),
         }))
+    }
+
+    async fn forget(
+        &self,
+        request: Request<ForgetNodeRequest>,
+    ) -> Result<Response<ForgetNodeResponse>, Status> {
+        self.0.tokens.check(Caller::Operator, request.metadata())?;
+        let id = request.into_inner().node_id;
+        let mut state = lock(&self.0.state);
+        match state.fleet.nodes.get(&id) {
+            None => return Err(Status::not_found(format!("no node `{id}`"))),
+            Some(node) if node.watching > 0 => {
+                return Err(Status::failed_precondition(format!(
+                    "node `{id}` is connected: stop it first"
+                )))
+            }
+            Some(_) => {}
+        }
+        lock(&self.0.store)
+            .forget_node(&id)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        state.fleet.nodes.remove(&id);
+        tracing::info!(node = %id, "node forgotten");
+        Ok(Response::new(ForgetNodeResponse {}))
     }
 }
 

@@ -67,6 +67,10 @@ CREATE TABLE IF NOT EXISTS telemetry (
 );
 ";
 
+/// How many of the newest versions the state database keeps (`get config --version N` reads
+/// them): 1,000.
+pub const VERSIONS_KEPT: u64 = 1000;
+
 /// Why the state database could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -185,7 +189,9 @@ impl Store {
             .optional()?)
     }
 
-    /// Stores a new version (before anyone hears of it).
+    /// Stores a new version (before anyone hears of it), and deletes the versions more than
+    /// [`VERSIONS_KEPT`] older (each holds its whole document: a busy operator's drains and
+    /// keys must not grow the database without end).
     pub fn insert(&self, desired: &Desired) -> Result<(), StoreError> {
         let Some(doc) = &desired.document else {
             return Ok(());
@@ -201,6 +207,10 @@ impl Store {
                 serde_json::to_string(&desired.overlays).unwrap_or_else(|_| "{}".into())
             ],
         )?;
+        if let Some(oldest) = desired.version.checked_sub(VERSIONS_KEPT) {
+            self.db
+                .execute("DELETE FROM versions WHERE version <= ?1", [to_i64(oldest)])?;
+        }
         Ok(())
     }
 
@@ -231,6 +241,13 @@ impl Store {
             fleet.nodes.insert(id, node);
         }
         Ok(fleet)
+    }
+
+    /// Deletes node `id`'s record.
+    pub fn forget_node(&self, id: &str) -> Result<(), StoreError> {
+        self.db
+            .execute("DELETE FROM nodes WHERE node_id = ?1", [id])?;
+        Ok(())
     }
 
     /// Stores one node's record as it now stands.
@@ -357,6 +374,31 @@ mod tests {
                 ..node
             }
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_the_newest_versions_are_kept() {
+        let dir = std::env::temp_dir().join(format!("sluice-store-keep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        let doc = Document {
+            toml: "[server]\n".into(),
+            source: "a.toml".into(),
+            git_commit: String::new(),
+        };
+        for version in 1..=VERSIONS_KEPT + 5 {
+            let desired = Desired {
+                version,
+                document: Some(doc.clone()),
+                overlays: Overlays::default(),
+                created_at: SystemTime::UNIX_EPOCH,
+            };
+            store.insert(&desired).unwrap();
+        }
+        assert_eq!(store.version(5).unwrap(), None);
+        assert!(store.version(6).unwrap().is_some());
+        assert_eq!(store.latest().unwrap().version, VERSIONS_KEPT + 5);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
