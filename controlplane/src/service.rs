@@ -585,9 +585,11 @@ impl ConfigService for Api {
         check_node_id(&node_id)?;
         let current = self.0.current_version();
         if version == 0 || version > current {
-            return Err(Status::invalid_argument(format!(
-                "version {version} was never made (the newest is {current})"
-            )));
+            // Not recorded (a node's state must name a version that exists), and not an
+            // error: a node repeating its last answer to a control plane whose state was
+            // started afresh must still get to watch.
+            tracing::warn!(node = %node_id, version, current, "answer to a version never made ignored");
+            return Ok(Response::new(AckResponse {}));
         }
         if accepted {
             tracing::info!(node = %node_id, version, "node runs the version (ACK)");
