@@ -38,7 +38,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         compiler.encode_file_descriptor_set(),
     )?;
 
+    // One copy of a version's document serves every node's Watch stream: `Bytes` clones
+    // share it.
     tonic_prost_build::configure()
+        .bytes(".sluice.control.v1.ConfigSnapshot.toml")
         .build_client(true)
         .build_server(true)
         .compile_fds(compiler.file_descriptor_set())?;

@@ -169,7 +169,7 @@ impl Desired {
             version: self.version,
             git_commit: document.git_commit.clone(),
             source: document.source.clone(),
-            toml: document.toml.clone(),
+            toml: document.toml.clone().into(),
             created_at: Some(self.created_at.into()),
             drained_backends: self.overlays.drained.iter().cloned().collect(),
             weight_overrides: self.overlays.weight_overrides(),
@@ -364,7 +364,7 @@ mod tests {
         assert_eq!(
             (
                 snapshot.version,
-                snapshot.toml.as_str(),
+                std::str::from_utf8(&snapshot.toml).unwrap(),
                 snapshot.git_commit.as_str()
             ),
             (2, "b", "c2")

@@ -99,11 +99,19 @@ impl Apply for Managed {
                 })
             })
             .collect();
+        let Ok(text) = std::str::from_utf8(&snapshot.toml) else {
+            return Err(vec![ConfigError {
+                file: source.to_string(),
+                field: "(document)".into(),
+                message: "the pushed document is not UTF-8 text".into(),
+                ..ConfigError::default()
+            }]);
+        };
         let pushed = Pushed {
             name,
             version: snapshot.version,
             keys: &keys,
-            text: &snapshot.toml,
+            text,
             drained: &snapshot.drained_backends,
             weights: &weights,
         };

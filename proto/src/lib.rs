@@ -130,7 +130,10 @@ mod tests {
             version: 42,
             git_commit: "3f2a9c1e".into(),
             source: "configs/prod".into(),
-            toml: "[server]\nlisten = [\"0.0.0.0:8080\"]\n".into(),
+            toml: "[server]\nlisten = [\"0.0.0.0:8080\"]\n"
+                .as_bytes()
+                .to_vec()
+                .into(),
             limit_shares: vec![
                 LimitShare {
                     limit: "tpm".into(),

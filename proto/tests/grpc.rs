@@ -87,7 +87,7 @@ impl ConfigService for MemoryConfig {
                     version,
                     git_commit: applied.git_commit.clone(),
                     source: applied.source.clone(),
-                    toml: applied.toml.clone(),
+                    toml: applied.toml.clone().into(),
                     limit_shares: vec![LimitShare {
                         limit: "tpm".into(),
                         key: String::new(),
@@ -214,7 +214,7 @@ async fn watch_streams_newer_versions_and_the_node_acks_them() {
 
     let versions: Vec<_> = received.iter().map(|s| s.version).collect();
     assert_eq!(versions, [2, 3]);
-    assert_eq!(received[1].toml, "[server]\n# v3\n");
+    assert_eq!(&received[1].toml[..], b"[server]\n# v3\n");
     assert_eq!(received[1].git_commit, "3f2a9c1e");
     assert_eq!(received[1].limit_shares[0].share_ppm, 500_000);
     let acked: Vec<_> = service
