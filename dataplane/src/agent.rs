@@ -204,15 +204,20 @@ impl Agent {
         }
     }
 
-    /// One connection: register, repeat the last answer, watch and answer until the stream
-    /// ends. Sets `watched` once the Watch stream is open.
-    async fn session(&self, memory: &mut Memory, watched: &mut bool) -> Result<(), Status> {
+    /// A new connection to the control plane, carrying the node token.
+    async fn connect(&self) -> Result<Authed, Status> {
         let channel = self
             .endpoint
             .connect()
             .await
             .map_err(|e| Status::unavailable(transport_reason(&e)))?;
-        let channel: Authed = InterceptedService::new(channel, self.token.clone());
+        Ok(InterceptedService::new(channel, self.token.clone()))
+    }
+
+    /// One connection: register, repeat the last answer, watch and answer until the stream
+    /// ends. Sets `watched` once the Watch stream is open.
+    async fn session(&self, memory: &mut Memory, watched: &mut bool) -> Result<(), Status> {
+        let channel = self.connect().await?;
         let mut nodes = NodeServiceClient::new(channel.clone());
         // A snapshot carries the document (at most 1 MiB) and every key's digest: more than
         // gRPC's default 4 MiB with enough keys.
@@ -345,12 +350,7 @@ impl Agent {
 
     /// Opens a Report stream and queues every unanswered batch on it first.
     async fn open_report(&self, reporter: &Reporter) -> Result<Link, Status> {
-        let channel = self
-            .endpoint
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(transport_reason(&e)))?;
-        let channel: Authed = InterceptedService::new(channel, self.token.clone());
+        let channel = self.connect().await?;
         let (batches, outgoing) = mpsc::channel::<UsageBatch>(MAX_IN_FLIGHT + 1);
         for batch in reporter.unanswered() {
             // Room for every unanswered batch: at most MAX_IN_FLIGHT.

@@ -53,6 +53,19 @@ impl Figures {
         }
     }
 
+    /// The figures columns of a `usage` row, from column `at` on: requests, prompt,
+    /// completion and total tokens, rejections (JSON), latency (V2).
+    fn of_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Self> {
+        Ok(Figures {
+            requests: to_u64(r.get(at)?),
+            prompt_tokens: to_u64(r.get(at + 1)?),
+            completion_tokens: to_u64(r.get(at + 2)?),
+            total_tokens: to_u64(r.get(at + 3)?),
+            rejections: serde_json::from_str(&r.get::<_, String>(at + 4)?).unwrap_or_default(),
+            latency: histogram(&r.get::<_, Vec<u8>>(at + 5)?),
+        })
+    }
+
     fn of_record(r: &UsageRecord) -> Self {
         Self {
             requests: r.requests,
@@ -249,17 +262,7 @@ impl Store {
                         record.status_class,
                     ];
                     let mut figures = read
-                        .query_row(key, |r| {
-                            Ok(Figures {
-                                requests: to_u64(r.get(0)?),
-                                prompt_tokens: to_u64(r.get(1)?),
-                                completion_tokens: to_u64(r.get(2)?),
-                                total_tokens: to_u64(r.get(3)?),
-                                rejections: serde_json::from_str(&r.get::<_, String>(4)?)
-                                    .unwrap_or_default(),
-                                latency: histogram(&r.get::<_, Vec<u8>>(5)?),
-                            })
-                        })
+                        .query_row(key, |r| Figures::of_row(r, 0))
                         .optional()?
                         .unwrap_or_default();
                     figures.add(Figures::of_record(record));
@@ -335,14 +338,7 @@ impl Store {
                     text(6, UsageDimension::StatusClass)?,
                 ],
             );
-            groups.entry(key).or_default().add(Figures {
-                requests: to_u64(r.get(7)?),
-                prompt_tokens: to_u64(r.get(8)?),
-                completion_tokens: to_u64(r.get(9)?),
-                total_tokens: to_u64(r.get(10)?),
-                rejections: serde_json::from_str(&r.get::<_, String>(11)?).unwrap_or_default(),
-                latency: histogram(&r.get::<_, Vec<u8>>(12)?),
-            });
+            groups.entry(key).or_default().add(Figures::of_row(r, 7)?);
         }
         let width = if query.bucket_ms > 0 {
             query.bucket_ms

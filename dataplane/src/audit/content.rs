@@ -1657,40 +1657,27 @@ pub fn apply(content: &mut Value, mode: ContentMode, redactor: &Redactor) {
     }
     walk(content, &mut |text, leaf| {
         let redacted = redactor.redact(text);
-        let policed = match (leaf, mode) {
-            (Leaf::Enum, _) => match redacted {
+        let limit = match (leaf, mode) {
+            (Leaf::Enum, _) => None,
+            (Leaf::Text, ContentMode::Truncate(n)) => Some(n),
+            (Leaf::Text, ContentMode::Full | ContentMode::Omit) => Some(FULL_FIELD_CHARS),
+            (Leaf::Text, ContentMode::Hash) => {
+                *text = sha256_tag(redacted.as_bytes());
+                return;
+            }
+        };
+        let policed = match limit.and_then(|n| redacted.char_indices().nth(n)) {
+            Some((cut, _)) => {
+                let cut = outside_marker(&redacted, cut);
+                let mut short = String::with_capacity(cut + TRUNCATED_MARKER.len());
+                short.push_str(&redacted[..cut]);
+                short.push_str(TRUNCATED_MARKER);
+                short
+            }
+            None => match redacted {
                 Cow::Borrowed(_) => return,
                 Cow::Owned(owned) => owned,
             },
-            (Leaf::Text, ContentMode::Truncate(n)) => match redacted.char_indices().nth(n) {
-                Some((cut, _)) => {
-                    let cut = outside_marker(&redacted, cut);
-                    let mut short = String::with_capacity(cut + TRUNCATED_MARKER.len());
-                    short.push_str(&redacted[..cut]);
-                    short.push_str(TRUNCATED_MARKER);
-                    short
-                }
-                None => match redacted {
-                    Cow::Borrowed(_) => return,
-                    Cow::Owned(owned) => owned,
-                },
-            },
-            (Leaf::Text, ContentMode::Full | ContentMode::Omit) => {
-                match redacted.char_indices().nth(FULL_FIELD_CHARS) {
-                    Some((cut, _)) => {
-                        let cut = outside_marker(&redacted, cut);
-                        let mut short = String::with_capacity(cut + TRUNCATED_MARKER.len());
-                        short.push_str(&redacted[..cut]);
-                        short.push_str(TRUNCATED_MARKER);
-                        short
-                    }
-                    None => match redacted {
-                        Cow::Borrowed(_) => return,
-                        Cow::Owned(owned) => owned,
-                    },
-                }
-            }
-            (Leaf::Text, ContentMode::Hash) => sha256_tag(redacted.as_bytes()),
         };
         *text = policed;
     });
