@@ -1,6 +1,7 @@
 //! Whole-process tests of failover (README "How a request is forwarded", item 3): a 429 or a
 //! 500/502/503/504 answer while another candidate remains cools that backend down for every
-//! worker — for its `retry-after-ms` / `retry-after`, else 5 s (429) or 2 s (5xx) — and the
+//! worker — for what its answer asks (`retry-after-ms`, `retry-after` in seconds or as an HTTP
+//! date, `x-ratelimit-reset-*`), else 5 s (429) or 2 s (5xx) — and the
 //! request goes to the next candidate; the client never sees a byte of the failed attempt;
 //! the last candidate's answer, a 429 included, reaches the client as the backend sent it.
 //!
@@ -22,7 +23,7 @@ use std::io::Write as _;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use support::*;
 
@@ -205,6 +206,43 @@ fn retry_after_ms_wins_over_retry_after() {
             b"{\"error\":\"busy\"}",
         ),
         Duration::from_millis(800),
+    );
+}
+
+#[test]
+fn a_429_with_retry_after_as_an_http_date_cools_until_then() {
+    // Two to three seconds ahead: the next whole second, plus two (an HTTP-date has whole
+    // seconds), so the cool-down from now is at least 2 s.
+    let now = SystemTime::now();
+    let whole = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1;
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(whole + 2);
+    let date = httpdate::fmt_http_date(at);
+    check_cool_down(
+        Refusal::new(
+            429,
+            &[("retry-after", date.as_str())],
+            b"{\"error\":\"busy\"}",
+        ),
+        Duration::from_secs(2),
+    );
+}
+
+#[test]
+fn a_429_with_only_a_ratelimit_reset_header_cools_for_it() {
+    check_cool_down(
+        Refusal::new(
+            429,
+            &[
+                ("retry-after-ms", "-1"),
+                ("x-ratelimit-reset-tokens", "1.5s"),
+            ],
+            b"{\"error\":\"busy\"}",
+        ),
+        Duration::from_millis(1500),
     );
 }
 

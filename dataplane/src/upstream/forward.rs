@@ -603,8 +603,7 @@ impl Exchange<'_> {
         self.leg.resp.status
     }
 
-    /// The cool-down a 429/503 answer asks for: `retry-after-ms`, else `retry-after` in
-    /// seconds (HTTP dates are not honoured; the default applies).
+    /// The cool-down a refusing answer asks for ([`super::cool_down::requested`]).
     fn retry_after(&self) -> Option<Duration> {
         let header = |name: &str| {
             self.leg.resp.headers.iter().find_map(|h| {
@@ -614,14 +613,7 @@ impl Exchange<'_> {
                     .flatten()
             })
         };
-        if let Some(ms) = header("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
-            if ms.is_finite() && ms >= 0.0 {
-                return Some(Duration::from_millis(ms as u64));
-            }
-        }
-        header("retry-after")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs)
+        super::cool_down::requested(header, std::time::SystemTime::now())
     }
 }
 

@@ -11,6 +11,7 @@
 //! The leg owns its buffers ([`Leg`], one per client connection, reused) and answers the
 //! client through the connection's [`Downstream`].
 
+mod cool_down;
 mod forward;
 mod mock;
 mod pool;
