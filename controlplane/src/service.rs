@@ -184,12 +184,6 @@ impl ControlPlane {
         }
     }
 
-    /// The state database (held for one call at a time: off the async threads for anything
-    /// long).
-    pub fn store(&self) -> MutexGuard<'_, Store> {
-        lock(&self.store)
-    }
-
     /// The usage telemetry's connection to the state database (off the async threads).
     pub fn usage_store(&self) -> MutexGuard<'_, Store> {
         lock(&self.usage_store)
