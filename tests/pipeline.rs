@@ -310,10 +310,17 @@ fn a_recording_policy_sees_every_phase_in_order() {
             "upstream_request gone".to_string(),
         ]
     );
-    assert_eq!(lines.len(), 4, "{lines:?}");
+    // The lone backend is tried `retry.max_attempts` (3) times, each attempt prepared anew.
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    assert_eq!(
+        lines[3..5],
+        ["upstream_request gone", "upstream_request gone"]
+    );
     assert!(
-        lines[3].starts_with("complete status=Some(502) error=Some(UpstreamUnavailable)")
-            && lines[3].contains("attempts=[\"ConnectFailed/None\"]"),
+        lines[5].starts_with("complete status=Some(502) error=Some(UpstreamUnavailable)")
+            && lines[5].contains(
+                "attempts=[\"ConnectFailed/None\", \"ConnectFailed/None\", \"ConnectFailed/None\"]"
+            ),
         "{lines:?}"
     );
 

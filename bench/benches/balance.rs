@@ -105,7 +105,7 @@ fn selection(c: &mut Criterion) {
         let mut out = Vec::with_capacity(pool.len());
 
         // Both list every member, the choice first.
-        balancer.select(|_| true, |_| 0, &mut out);
+        balancer.select(|_| true, &mut out);
         assert_eq!(out.len(), pool.len());
         naive.select(|_| true, &mut out);
         assert_eq!(out.len(), pool.len());
@@ -113,7 +113,7 @@ fn selection(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("balance/{name}"));
         group.bench_function("sluice_smooth_wrr", |b| {
             b.iter(|| {
-                balancer.select(|id| black_box(id) < 64, |_| 0, &mut out);
+                balancer.select(|id| black_box(id) < 64, &mut out);
                 out.first().copied()
             })
         });

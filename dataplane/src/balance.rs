@@ -5,9 +5,11 @@
 //! ordered list of candidates — the choice first, then the fallbacks — so the retry logic
 //! never re-implements selection:
 //! 1. the smooth-WRR pick among the usable members of the best group;
-//! 2. the other usable members, by priority group, heavier first;
-//! 3. when no member is usable at all, every member by when its cool-down ends (a last
-//!    resort, so a pool whose only backend had a blip is not dark for a whole cool-down).
+//! 2. the other usable members, by priority group, heavier first.
+//!
+//! No candidate at all when no member is usable: the request is then answered 429 at once
+//! (`pool_exhausted`, see `upstream/forward.rs`) rather than sent to a backend that asked
+//! for a pause or keeps failing.
 
 use crate::snapshot::{BackendId, PoolMember};
 
@@ -42,15 +44,10 @@ impl Balancer {
         }
     }
 
-    /// Writes the candidates for one request into `out` (cleared first), best first.
-    /// `usable(backend)` says whether a backend is out of cool-down; `cool_until(backend)`
-    /// orders the last-resort list.
-    pub fn select(
-        &mut self,
-        usable: impl Fn(BackendId) -> bool,
-        cool_until: impl Fn(BackendId) -> u64,
-        out: &mut Vec<BackendId>,
-    ) {
+    /// Writes the candidates for one request into `out` (cleared first), best first:
+    /// the members `usable(backend)` accepts (out of cool-down, not ejected). Empty when
+    /// there are none.
+    pub fn select(&mut self, usable: impl Fn(BackendId) -> bool, out: &mut Vec<BackendId>) {
         out.clear();
         let n = self.members.len();
         let mut usable_mask: u128 = 0;
@@ -60,9 +57,6 @@ impl Balancer {
             }
         }
         if usable_mask == 0 {
-            out.extend(self.members.iter().map(|m| m.backend));
-            out.sort_by_key(|&b| cool_until(b));
-            out.dedup();
             return;
         }
         let first = usable_mask.trailing_zeros() as usize;
@@ -119,7 +113,7 @@ mod tests {
         let mut counts = vec![0; 8];
         let mut out = Vec::new();
         for _ in 0..n {
-            b.select(usable, |_| 0, &mut out);
+            b.select(usable, &mut out);
             counts[out[0]] += 1;
         }
         counts
@@ -134,7 +128,7 @@ mod tests {
         let mut out = Vec::new();
         let seq: Vec<_> = (0..4)
             .map(|_| {
-                b.select(|_| true, |_| 0, &mut out);
+                b.select(|_| true, &mut out);
                 out[0]
             })
             .collect();
@@ -153,17 +147,17 @@ mod tests {
     fn fallbacks_follow_the_choice_in_priority_order() {
         let mut b = Balancer::new(&[member(0, 1, 0), member(1, 5, 1), member(2, 1, 1)]);
         let mut out = Vec::new();
-        b.select(|_| true, |_| 0, &mut out);
+        b.select(|_| true, &mut out);
         assert_eq!(out, vec![0, 1, 2]);
-        b.select(|id| id != 1, |_| 0, &mut out);
+        b.select(|id| id != 1, &mut out);
         assert_eq!(out, vec![0, 2]);
     }
 
     #[test]
-    fn nothing_usable_gives_every_member_by_cool_down_end() {
+    fn nothing_usable_gives_no_candidate() {
         let mut b = Balancer::new(&[member(0, 1, 0), member(1, 1, 0), member(2, 1, 1)]);
-        let mut out = Vec::new();
-        b.select(|_| false, |id| [30, 10, 20][id], &mut out);
-        assert_eq!(out, vec![1, 2, 0]);
+        let mut out = vec![7];
+        b.select(|_| false, &mut out);
+        assert!(out.is_empty());
     }
 }

@@ -69,6 +69,10 @@ pub enum ErrorKind {
     UpstreamProtocol,
     /// A backend did not start answering in time (504 `upstream_timeout`).
     UpstreamTimeout,
+    /// Every backend of the deployment is cooling down or ejected, or every attempt the
+    /// request was allowed ended in a 429 (429, type `requests`, `rate_limit_exceeded`,
+    /// with `Retry-After` = the soonest any backend is usable again).
+    PoolExhausted,
     /// The gateway's shutdown grace ended before the request was answered (503
     /// `shutting_down`; the connection closes). Its bytes may have reached a backend.
     ShuttingDown,
@@ -87,7 +91,7 @@ impl ErrorKind {
             RequestTimeout => 408,
             PayloadTooLarge => 413,
             UriTooLong => 414,
-            RequestsRateLimited | TokensRateLimited | TooLargeForLimit => 429,
+            RequestsRateLimited | TokensRateLimited | TooLargeForLimit | PoolExhausted => 429,
             HeadersTooLarge => 431,
             UpstreamUnavailable | UpstreamProtocol => 502,
             ShuttingDown => 503,
@@ -122,6 +126,7 @@ impl ErrorKind {
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamProtocol => "upstream_protocol",
             UpstreamTimeout => "upstream_timeout",
+            PoolExhausted => "pool_exhausted",
             ShuttingDown => "shutting_down",
         }
     }
@@ -130,7 +135,7 @@ impl ErrorKind {
     pub fn openai_type(self) -> &'static str {
         use ErrorKind::*;
         match self {
-            RequestsRateLimited => "requests",
+            RequestsRateLimited | PoolExhausted => "requests",
             TokensRateLimited | TooLargeForLimit => "tokens",
             QuotaExceeded | TooLargeForQuota => "insufficient_quota",
             UpstreamUnavailable | UpstreamProtocol | UpstreamTimeout | ShuttingDown => {
@@ -154,7 +159,9 @@ impl ErrorKind {
             InvalidToken => "invalid_token",
             DeploymentNotAllowed => "deployment_not_allowed",
             OperationNotAllowed => "operation_not_allowed",
-            RequestsRateLimited | TokensRateLimited | TooLargeForLimit => "rate_limit_exceeded",
+            RequestsRateLimited | TokensRateLimited | TooLargeForLimit | PoolExhausted => {
+                "rate_limit_exceeded"
+            }
             QuotaExceeded | TooLargeForQuota => "quota_exceeded",
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamProtocol => "upstream_protocol_error",
@@ -167,7 +174,9 @@ impl ErrorKind {
     pub fn fault(self) -> Fault {
         use ErrorKind::*;
         match self {
-            UpstreamUnavailable | UpstreamProtocol | UpstreamTimeout => Fault::Upstream,
+            UpstreamUnavailable | UpstreamProtocol | UpstreamTimeout | PoolExhausted => {
+                Fault::Upstream
+            }
             ShuttingDown => Fault::Gateway,
             _ => Fault::Client,
         }
@@ -187,6 +196,7 @@ impl ErrorKind {
                 | UpstreamUnavailable
                 | UpstreamProtocol
                 | UpstreamTimeout
+                | PoolExhausted
                 | ShuttingDown
         )
     }
@@ -371,6 +381,21 @@ impl GatewayError {
                 kind,
                 format!(
                     "Rate limit reached for {unit} ({label}). Retry after {} ms.",
+                    retry_after.as_millis()
+                ),
+            )
+        }
+    }
+
+    /// No backend of the deployment can take the request before `retry_after` (429): all are
+    /// cooling down or ejected.
+    pub fn pool_exhausted(retry_after: std::time::Duration) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                ErrorKind::PoolExhausted,
+                format!(
+                    "Every backend of this deployment is throttled or failing. Retry after {} ms.",
                     retry_after.as_millis()
                 ),
             )

@@ -19,8 +19,10 @@ use std::time::Duration;
 use crate::health::BackendHealth;
 
 pub mod access;
+pub mod resilience;
 
 pub use access::{Access, LimitIndex, TokenSettings};
+pub use resilience::{OutlierDetection, RetryPolicy};
 
 /// Index of a backend in [`Snapshot::backends`].
 pub type BackendId = usize;
@@ -318,6 +320,10 @@ pub struct Deployment {
     pub limits: Vec<LimitIndex>,
     /// How its tokens are estimated and accounted.
     pub tokens: TokenSettings,
+    /// When and how often a request is tried on another backend.
+    pub retry: RetryPolicy,
+    /// When failures eject a backend from the pool.
+    pub outlier_detection: OutlierDetection,
 }
 
 /// One backend's place in a deployment's pool.

@@ -1025,6 +1025,12 @@ fn compile_deployments(
             // Filled in by `compile_access`.
             limits: Vec::new(),
             tokens: TokenSettings::default(),
+            retry: super::resilience::compile_retry(d.retry.as_ref(), &field, report),
+            outlier_detection: super::resilience::compile_outlier_detection(
+                d.outlier_detection.as_ref(),
+                &field,
+                report,
+            ),
         });
     }
     deployments

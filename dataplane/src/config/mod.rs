@@ -19,6 +19,7 @@ mod error;
 mod jwt;
 mod limits;
 mod products;
+mod resilience;
 mod schema;
 mod tls;
 
@@ -271,6 +272,7 @@ mod tests {
     mod access;
     mod audit;
     mod backend_tls;
+    mod resilience;
     mod tls_listen;
 
     use std::net::SocketAddr;

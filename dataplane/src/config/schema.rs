@@ -175,6 +175,29 @@ pub(crate) struct DeploymentSection {
     pub backends: Option<Spanned<Vec<Spanned<PoolEntry>>>>,
     pub limits: Option<SpannedList<LimitEntry>>,
     pub tokens: Option<Spanned<TokensSection>>,
+    pub retry: Option<Spanned<RetrySection>>,
+    pub outlier_detection: Option<Spanned<OutlierDetectionSection>>,
+}
+
+/// A deployment's `retry = { … }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RetrySection {
+    pub max_attempts: Option<Spanned<u32>>,
+    pub per_try_timeout: Option<Spanned<String>>,
+    pub total_timeout: Option<Spanned<String>>,
+    pub retriable_status_codes: Option<Spanned<Vec<Spanned<u16>>>>,
+    pub max_cool_down: Option<Spanned<String>>,
+}
+
+/// A deployment's `outlier_detection = { … }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OutlierDetectionSection {
+    pub consecutive_failures: Option<Spanned<u32>>,
+    pub base_ejection_time: Option<Spanned<String>>,
+    pub max_ejection_time: Option<Spanned<String>>,
+    pub max_ejected_percent: Option<Spanned<u8>>,
 }
 
 /// A deployment's `tokens = { … }`.

@@ -9,12 +9,15 @@
 //! | `sluice_shadow_limit_would_reject_total` | counter | `limit` |
 //! | `sluice_upstream_attempts_total` | counter | `deployment`, `backend`, `outcome` |
 //! | `sluice_failovers_total` | counter | `deployment` |
+//! | `sluice_retries_over_budget_total` | counter | `deployment` |
 //! | `sluice_upstream_latency_seconds` | histogram | `deployment`, `backend` |
 //! | `sluice_time_to_first_token_seconds` | histogram | `deployment` |
 //! | `sluice_inter_token_gap_seconds` | histogram | `deployment` |
 //! | `sluice_backend_cooling_down` | gauge | `backend` |
 //! | `sluice_backend_consecutive_failures` | gauge | `backend` |
 //! | `sluice_backend_cooldowns_total` | counter | `backend` |
+//! | `sluice_backend_ejected` | gauge | `backend` |
+//! | `sluice_backend_ejections_total` | counter | `backend` |
 //! | `sluice_audit_queue_depth` | gauge | |
 //! | `sluice_audit_queued_bytes` | gauge | |
 //! | `sluice_audit_written_total` | counter | `sink` |
@@ -55,9 +58,11 @@ pub fn render(hub: &Hub, loaded: &Loaded, now_ms: u64) -> String {
         .iter()
         .map(|b| BackendState {
             name: b.name.clone(),
-            cooling_down: !b.health.is_usable(now_ms),
+            cooling_down: b.health.cool_until_ms() > now_ms,
             consecutive_failures: b.health.consecutive_failures(),
             cooldowns: b.health.cooldowns(),
+            ejected: b.health.is_ejected(),
+            ejections: b.health.ejections(),
         })
         .collect();
     let audit = loaded.audit.as_ref().map(|recorder| AuditState {
@@ -100,6 +105,8 @@ struct BackendState {
     cooling_down: bool,
     consecutive_failures: u32,
     cooldowns: u64,
+    ejected: bool,
+    ejections: u64,
 }
 
 #[derive(Debug)]
@@ -240,6 +247,15 @@ impl Collector for Scrape {
                 .iter()
                 .map(|(d, n)| (vec![("deployment", &**d)], *n)),
         )?;
+        family(
+            &mut e,
+            "sluice_retries_over_budget",
+            "Requests whose retry the worker's retry budget refused, by deployment.",
+            Counter,
+            c.retries_over_budget
+                .iter()
+                .map(|(d, n)| (vec![("deployment", &**d)], *n)),
+        )?;
         histograms(
             &mut e,
             "sluice_upstream_latency",
@@ -277,6 +293,24 @@ impl Collector for Scrape {
         )?;
         family(
             &mut e,
+            "sluice_backend_ejected",
+            "1 while a backend is ejected by outlier detection (or half-open, waiting for its probe), else 0.",
+            Gauge,
+            self.backends
+                .iter()
+                .map(|b| (vec![("backend", b.name.as_str())], u64::from(b.ejected))),
+        )?;
+        family(
+            &mut e,
+            "sluice_backend_ejections",
+            "Times outlier detection ejected a backend.",
+            Counter,
+            self.backends
+                .iter()
+                .map(|b| (vec![("backend", b.name.as_str())], b.ejections)),
+        )?;
+        family(
+            &mut e,
             "sluice_backend_consecutive_failures",
             "A backend's current streak of failed attempts.",
             Gauge,
@@ -290,7 +324,7 @@ impl Collector for Scrape {
         family(
             &mut e,
             "sluice_backend_cooldowns",
-            "Cool-downs a backend was put in (429, 5xx, connect failures).",
+            "Cool-downs a backend was put in (429s, and 5xx answers naming a retry time).",
             Counter,
             self.backends
                 .iter()

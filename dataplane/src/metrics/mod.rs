@@ -94,6 +94,8 @@ pub struct Counts<N> {
     pub attempts: HashMap<(N, N, &'static str), u64, RandomState>,
     /// Requests that needed more than one attempt, by deployment.
     pub failovers: HashMap<N, u64, RandomState>,
+    /// Requests whose retry the worker's retry budget refused, by deployment.
+    pub retries_over_budget: HashMap<N, u64, RandomState>,
     /// The answering attempt's time to its answer's head, by (deployment, backend).
     pub upstream_latency: HashMap<(N, N), Histogram, RandomState>,
     /// A stream's time to its first body bytes, by deployment.
@@ -111,6 +113,7 @@ impl<N> Default for Counts<N> {
             shadow_rejections: HashMap::default(),
             attempts: HashMap::default(),
             failovers: HashMap::default(),
+            retries_over_budget: HashMap::default(),
             upstream_latency: HashMap::default(),
             ttft: HashMap::default(),
             gaps: HashMap::default(),
@@ -126,6 +129,7 @@ impl<N: Hash + Eq> Counts<N> {
             && self.shadow_rejections.is_empty()
             && self.attempts.is_empty()
             && self.failovers.is_empty()
+            && self.retries_over_budget.is_empty()
             && self.upstream_latency.is_empty()
             && self.ttft.is_empty()
             && self.gaps.is_empty()
@@ -151,6 +155,9 @@ impl<N: Hash + Eq> Counts<N> {
         for (d, n) in &other.failovers {
             *self.failovers.entry(name(d)).or_default() += n;
         }
+        for (d, n) in &other.retries_over_budget {
+            *self.retries_over_budget.entry(name(d)).or_default() += n;
+        }
         for ((d, b), h) in &other.upstream_latency {
             self.upstream_latency
                 .entry((name(d), name(b)))
@@ -172,6 +179,7 @@ impl<N: Hash + Eq> Counts<N> {
         self.shadow_rejections.clear();
         self.attempts.clear();
         self.failovers.clear();
+        self.retries_over_budget.clear();
         self.upstream_latency.clear();
         self.ttft.clear();
         self.gaps.clear();

@@ -131,6 +131,9 @@ pub struct RequestCtx<'s> {
     /// Header lines every answer to this request carries (`x-ratelimit-*`), each
     /// `name: value\r\n`.
     pub response_headers: Vec<u8>,
+    /// A retry this request would have made was refused by the worker's retry budget
+    /// (counted in `sluice_retries_over_budget_total`).
+    pub retry_over_budget: bool,
     /// The trace the client asked for (and may have), rendered into `x-sluice-trace`.
     pub trace: Option<Trace>,
     /// When a streamed answer's pieces passed (for the metrics).
@@ -312,6 +315,7 @@ impl<'s> RequestCtx<'s> {
             injected_body: None,
             usage: UsageTap::Off,
             response_headers,
+            retry_over_budget: false,
             trace: None,
             stream_marks: Default::default(),
             audit: None,

@@ -151,6 +151,13 @@ impl Policy for RequestMetrics {
             if ctx.attempts.len() > 1 {
                 *names.counts().failovers.entry(deployment).or_default() += 1;
             }
+            if ctx.retry_over_budget {
+                *names
+                    .counts()
+                    .retries_over_budget
+                    .entry(deployment)
+                    .or_default() += 1;
+            }
             if let Some(first) = ctx.stream_marks.first {
                 let ttft = first.saturating_duration_since(ctx.timings.received);
                 let histogram = names.counts().ttft.entry(deployment).or_default();

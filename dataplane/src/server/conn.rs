@@ -415,6 +415,7 @@ impl Client {
         }
         .proxy(
             &worker.pools,
+            &worker.retries,
             &view.balancers,
             pipeline,
             ctx,

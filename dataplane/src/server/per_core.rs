@@ -13,7 +13,7 @@ use super::{Loaded, Shared};
 use crate::balance::Balancer;
 use crate::policy::admission::WorkerLimits;
 use crate::policy::context::RequestId;
-use crate::upstream::UpstreamPools;
+use crate::upstream::{Retries, UpstreamPools};
 
 /// What one worker's connections share: the config view, upstream pools, the shutdown
 /// signal and request-id state. Lives on one thread only.
@@ -24,6 +24,8 @@ pub struct Worker {
     view: RefCell<(u64, Rc<View>)>,
     /// Keep-alive pools to backends.
     pub pools: UpstreamPools,
+    /// The retry budget and backoff of this worker's requests.
+    pub retries: Retries,
     /// Fired when the process begins shutting down.
     pub shutdown: ShutdownSignal,
     /// Fired when the shutdown grace is over: requests still in flight are cut (and their
@@ -108,6 +110,7 @@ impl Worker {
             shared,
             view: RefCell::new((generation, view)),
             pools: UpstreamPools::default(),
+            retries: Retries::default(),
             shutdown: ShutdownSignal::default(),
             grace_over: ShutdownSignal::default(),
             open_connections: Cell::new(0),

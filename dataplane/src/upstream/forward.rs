@@ -16,6 +16,7 @@ use monoio::net::TcpStream;
 
 use super::pool::Tenant;
 use super::pool::UpstreamPools;
+use super::retry::Retries;
 use super::stream::UpstreamStream;
 use super::Exchange;
 use crate::answers;
@@ -33,7 +34,8 @@ use crate::policy::context::{Attempt, AttemptOutcome, End, RequestCtx};
 use crate::policy::phase::{Pipeline, Policy, UpstreamRequest};
 use crate::route::Operation;
 use crate::snapshot::{
-    BackendKind, Deployment, HeadersWithUnderscores, HttpUpstream, Secret, Timeouts,
+    Backend, BackendId, BackendKind, Deployment, HeadersWithUnderscores, HttpUpstream,
+    OutlierDetection, Secret, Snapshot, Timeouts,
 };
 use crate::socket::{read_more_watching, ClientStream, Stopped};
 use crate::tls::client::{handshake, TlsFailure};
@@ -45,8 +47,6 @@ const MAX_INTERIM: u32 = 8;
 /// The 502 message when the connection broke while the request was being written.
 const BROKEN_WRITE: &str =
     "Bad gateway: the connection to the backend broke while the request was being sent.";
-/// Cool-down after a 5xx that names no retry time.
-const SERVER_ERROR_COOL_DOWN: Duration = Duration::from_secs(2);
 
 /// Client request headers never forwarded: Sluice sets its own framing, host, credential
 /// and tracing headers.
@@ -112,13 +112,27 @@ enum SendError {
 }
 
 impl Exchange<'_> {
-    /// Forwards the current request to `dep`'s pool and streams the answer back. Each
-    /// candidate selection offers is one attempt in `ctx.attempts`, prepared by the
-    /// pipeline's `on_upstream_request`.
+    /// Forwards the current request to `dep`'s pool and streams the answer back, under the
+    /// deployment's [`RetryPolicy`] (README "How a request is forwarded"). Each candidate
+    /// selection offers is one attempt in `ctx.attempts`, prepared by the pipeline's
+    /// `on_upstream_request`.
+    ///
+    /// - A pool with no usable member (all cooling down or ejected) is answered 429
+    ///   (`pool_exhausted`) at once, `Retry-After` the soonest any member is usable again.
+    /// - A connect or TLS failure, a 429, a retriable 5xx, and a first byte later than
+    ///   `per_try_timeout` go to the next candidate while attempts, `total_timeout` and the
+    ///   worker's retry budget allow and a candidate is left — the same backend again only
+    ///   after a jittered backoff ([`Retries::backoff`]). Otherwise the last answer goes to
+    ///   the client as the backend sent it.
+    /// - A request whose bytes reached a backend that then broke the exchange is never sent
+    ///   again (502).
+    /// - Once Sluice retried, its answer says `x-should-retry: false` (the OpenAI SDKs'
+    ///   header), so clients do not multiply the load.
     #[allow(clippy::too_many_arguments)]
     pub async fn proxy<'v, P: Policy>(
         &mut self,
         pools: &UpstreamPools,
+        retries: &Retries,
         balancers: &RefCell<HashMap<String, Balancer>>,
         pipeline: &Pipeline<'v, P>,
         ctx: &mut RequestCtx<'v>,
@@ -127,25 +141,23 @@ impl Exchange<'_> {
         close: bool,
     ) -> Next {
         let snapshot = pipeline.env.snapshot;
-        let now = now_millis();
+        let policy = &dep.retry;
+        let begun = Instant::now();
+        let deadline = policy.total_timeout.map(|t| begun + t);
+        let active = retries.enter();
         let mut candidates = std::mem::take(&mut self.leg.candidates);
-        if let Some(balancer) = balancers.borrow_mut().get_mut(&dep.name) {
-            balancer.select(
-                |id| {
-                    snapshot
-                        .backends
-                        .get(id)
-                        .is_some_and(|b| b.health.is_usable(now))
-                },
-                |id| {
-                    snapshot
-                        .backends
-                        .get(id)
-                        .map_or(u64::MAX, |b| b.health.cool_until_ms())
-                },
-                &mut candidates,
-            );
-        }
+        candidates.clear();
+        let mut pick = Picker {
+            candidates,
+            next: 0,
+            selections: 0,
+        };
+        let Some(mut id) = pick.next(snapshot, balancers, dep) else {
+            self.leg.candidates = pick.candidates;
+            let err = GatewayError::pool_exhausted(soonest_usable(snapshot, dep));
+            tracing::info!(request_id = %ctx.id, deployment = %dep.name, "every backend is cooling down or ejected; 429");
+            return self.down.answer_error(ctx, &err, close).await;
+        };
         // Whose upstream connections the request may use (see [`Tenant`]).
         let tenant = match ctx
             .caller
@@ -155,14 +167,34 @@ impl Exchange<'_> {
             Some(subscription) => Tenant::subscription(&subscription.name),
             None => Tenant::Address(self.down.peer.ip()),
         };
-        let mut last_error = GatewayError::upstream_unavailable();
-        let timeouts = snapshot.server.timeouts;
-        let mut result = None;
-        for (i, &id) in candidates.iter().enumerate() {
+        let may_eject = |od: &OutlierDetection| {
+            let ejected = dep
+                .pool
+                .iter()
+                .filter(|m| {
+                    snapshot
+                        .backends
+                        .get(m.backend)
+                        .is_some_and(|b| b.health.is_ejected())
+                })
+                .count();
+            (ejected + 1) * 100 <= dep.pool.len() * usize::from(od.max_ejected_percent)
+        };
+        let od = &dep.outlier_detection;
+        let mut tried: Vec<BackendId> = Vec::new();
+        let next = loop {
             let Some(backend) = snapshot.backends.get(id) else {
-                continue;
+                break None;
             };
-            let more = i + 1 < candidates.len();
+            if tried.contains(&id) {
+                let wait = retries.backoff(tried.len() as u32);
+                let wait = deadline.map_or(wait, |d| {
+                    wait.min(d.saturating_duration_since(Instant::now()))
+                });
+                monoio::time::sleep(wait).await;
+            }
+            tried.push(id);
+            let attempt = tried.len() as u32;
             let started = Instant::now();
             ctx.attempts.push(Attempt {
                 backend: id,
@@ -183,98 +215,125 @@ impl Exchange<'_> {
             {
                 // Refused before anything went out: no attempt was made.
                 ctx.attempts.pop();
-                result = Some(self.down.answer_error(ctx, &err, close).await);
-                break;
+                backend.health.release_probe();
+                break Some(self.answer_after(ctx, &err, close).await);
             }
-            let target = match &backend.kind {
-                BackendKind::Mock(settings) => {
-                    result = Some(
-                        self.serve_mock(pipeline, ctx, id, settings, &dep.name, op, close)
-                            .await,
-                    );
-                    break;
-                }
-                BackendKind::Azure(a) => HttpTarget {
-                    upstream: &a.upstream,
-                    style: Style::Azure {
-                        deployment: &a.deployment,
-                        api_version: &a.api_version,
-                    },
-                    credential: a.api_key.as_ref().map(|k| (&b"api-key"[..], &b""[..], k)),
-                    model: ModelPin {
-                        model: &a.deployment,
-                        // Azure's /openai/v1/responses names the deployment in the body.
-                        insert: op == Operation::Responses,
-                    },
-                },
-                BackendKind::OpenAi(o) => HttpTarget {
-                    upstream: &o.upstream,
-                    style: Style::OpenAi,
-                    credential: o
-                        .api_key
-                        .as_ref()
-                        .map(|k| (&b"authorization"[..], &b"Bearer "[..], k)),
-                    model: ModelPin {
-                        model: o.model.as_deref().unwrap_or(&dep.name),
-                        insert: true,
-                    },
-                },
+            let Some(target) = http_target(backend, dep, op) else {
+                let BackendKind::Mock(settings) = &backend.kind else {
+                    break None;
+                };
+                break Some(
+                    self.serve_mock(pipeline, ctx, id, settings, &dep.name, op, close)
+                        .await,
+                );
             };
             let underscores = snapshot.server.headers_with_underscores;
             if let Err(err) = self.build_upstream_request(ctx, &target, op, underscores) {
                 ctx.attempts.pop();
-                result = Some(self.down.answer_error(ctx, &err, close).await);
-                break;
+                backend.health.release_probe();
+                break Some(self.answer_after(ctx, &err, close).await);
             }
+            // This attempt's time: the connect and the first byte, each within what is left
+            // of `total_timeout`; the first byte within `per_try_timeout` too.
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let mut t = snapshot.server.timeouts;
+            let mut first_byte = t.upstream_first_byte;
+            let per_try = policy.per_try_timeout.filter(|p| *p < first_byte);
+            if let Some(p) = per_try {
+                first_byte = p;
+            }
+            if let Some(left) = left {
+                t.upstream_connect = t.upstream_connect.min(left);
+                first_byte = first_byte.min(left);
+            }
+            let per_try_fired = per_try.is_some_and(|p| left.is_none_or(|l| p < l));
+            t.upstream_first_byte = first_byte;
             let addr = target.upstream.addr;
             let channel = target.upstream.tls.as_ref().map(|tls| tls.pool_key);
-            let sent = self.send(pools, target.upstream, tenant, &timeouts).await;
+            let sent = self.send(pools, target.upstream, tenant, &t).await;
             let end_attempt = |ctx: &mut RequestCtx<'_>, outcome, status| {
                 if let Some(a) = ctx.attempts.last_mut() {
                     (a.outcome, a.status, a.duration) = (outcome, status, started.elapsed());
                 }
             };
+            // The next candidate, if this request may go on to it (see [`Refusal`]).
+            let mut retry = |ctx: &mut RequestCtx<'_>| -> Result<BackendId, Refusal> {
+                if attempt >= policy.max_attempts {
+                    return Err(Refusal::Attempts);
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(Refusal::Deadline);
+                }
+                let next = pick
+                    .next(snapshot, balancers, dep)
+                    .ok_or(Refusal::NoCandidate)?;
+                if !active.may_retry() {
+                    ctx.retry_over_budget = true;
+                    snapshot
+                        .backends
+                        .get(next)
+                        .inspect(|b| b.health.release_probe());
+                    return Err(Refusal::Budget);
+                }
+                Ok(next)
+            };
             match sent {
                 Ok(upstream) => {
                     let status = self.resp_status();
-                    if more && is_retryable(status) {
-                        end_attempt(ctx, AttemptOutcome::FailedOver, Some(status));
-                        let cool = self.retry_after().unwrap_or(if status == 429 {
-                            DEFAULT_COOL_DOWN
-                        } else {
-                            SERVER_ERROR_COOL_DOWN
-                        });
-                        backend.health.cool_down(now_millis(), cool);
-                        tracing::info!(
-                            request_id = %ctx.id,
-                            backend = %backend.name,
-                            status,
-                            cool_down_ms = cool.as_millis() as u64,
-                            "backend refused the request; cooling it down and trying the next one"
-                        );
-                        drop(upstream);
-                        continue;
+                    let now = now_millis();
+                    if status >= 500 {
+                        backend.health.record_failure(now, od, || may_eject(od));
+                    } else {
+                        backend.health.record_success(now);
+                    }
+                    if policy.retries_status(status) {
+                        let asked = self.retry_after();
+                        let cool = match asked {
+                            Some(asked) => Some(asked.min(policy.max_cool_down)),
+                            None if status == 429 => {
+                                Some(DEFAULT_COOL_DOWN.min(policy.max_cool_down))
+                            }
+                            None => None,
+                        };
+                        if let Some(cool) = cool {
+                            backend.health.cool_down(now, cool);
+                        }
+                        if let Ok(next) = retry(ctx) {
+                            end_attempt(ctx, AttemptOutcome::FailedOver, Some(status));
+                            tracing::info!(
+                                request_id = %ctx.id,
+                                backend = %backend.name,
+                                status,
+                                cool_down_ms = cool.map_or(0, |c| c.as_millis() as u64),
+                                "backend refused the request; trying the next candidate"
+                            );
+                            drop(upstream);
+                            id = next;
+                            continue;
+                        }
+                        // Not retried: the answer goes to the client as the backend sent it.
                     }
                     end_attempt(ctx, AttemptOutcome::Answered, Some(status));
                     ctx.timings.upstream_first_byte = Some(Instant::now());
-                    if status < 500 && status != 429 {
-                        backend.health.record_success();
+                    if tried.len() > 1 {
+                        ctx.response_headers.extend_from_slice(SHOULD_NOT_RETRY);
                     }
-                    result = Some(
+                    break Some(
                         self.relay(
-                            pools, pipeline, ctx, upstream, addr, tenant, channel, close, &timeouts,
+                            pools, pipeline, ctx, upstream, addr, tenant, channel, close, &t,
                         )
                         .await,
                     );
-                    break;
                 }
                 Err(SendError::Connect(tls)) => {
                     end_attempt(ctx, AttemptOutcome::ConnectFailed, None);
-                    backend.health.cool_down(now_millis(), DEFAULT_COOL_DOWN);
-                    match tls {
+                    backend
+                        .health
+                        .record_failure(now_millis(), od, || may_eject(od));
+                    let err = match tls {
                         None => {
-                            tracing::warn!(backend = %backend.name, addr = %addr, "backend unreachable; cooling it down");
-                            last_error = GatewayError::upstream_unavailable();
+                            tracing::warn!(backend = %backend.name, addr = %addr, "backend unreachable");
+                            GatewayError::upstream_unavailable()
                         }
                         Some(failure) => {
                             if let Some(a) = ctx.attempts.last_mut() {
@@ -284,52 +343,82 @@ impl Exchange<'_> {
                                 backend = %backend.name,
                                 addr = %addr,
                                 tls = failure.reason(),
-                                "backend unreachable (tls: {failure}); cooling it down"
+                                "backend unreachable (tls: {failure})"
                             );
-                            last_error = GatewayError::new(
+                            GatewayError::new(
                                 crate::error::ErrorKind::UpstreamUnavailable,
                                 failure.unavailable_message(),
-                            );
+                            )
                         }
+                    };
+                    match retry(ctx) {
+                        Ok(next) => id = next,
+                        Err(_) => break Some(self.answer_after(ctx, &err, close).await),
                     }
                 }
                 Err(SendError::Timeout) => {
                     end_attempt(ctx, AttemptOutcome::TimedOut, None);
+                    backend
+                        .health
+                        .record_failure(now_millis(), od, || may_eject(od));
                     tracing::warn!(
                         request_id = %ctx.id,
                         backend = %backend.name,
-                        "backend sent no answer within upstream_first_byte; 504"
+                        per_try = per_try_fired,
+                        "backend sent no answer in time"
                     );
-                    last_error = GatewayError::upstream_timeout();
-                    break;
+                    if per_try_fired {
+                        if let Ok(next) = retry(ctx) {
+                            id = next;
+                            continue;
+                        }
+                    }
+                    let err = GatewayError::upstream_timeout();
+                    break Some(self.answer_after(ctx, &err, close).await);
                 }
                 Err(SendError::ClientGone) => {
                     end_attempt(ctx, AttemptOutcome::ClientGone, None);
+                    backend.health.release_probe();
                     ctx.end = End::ClientGone;
                     tracing::info!(
                         request_id = %ctx.id,
                         backend = %backend.name,
                         "client went away while waiting for the backend; upstream request cancelled"
                     );
-                    result = Some(Next::Close);
-                    break;
+                    break Some(Next::Close);
                 }
                 Err(SendError::Protocol(message)) => {
                     end_attempt(ctx, AttemptOutcome::NoAnswer, None);
-                    tracing::warn!(backend = %backend.name, message, "backend answered with invalid HTTP");
+                    tracing::warn!(backend = %backend.name, message, "backend broke the exchange; not retried (it may have run the request)");
                     backend
                         .health
-                        .cool_down(now_millis(), SERVER_ERROR_COOL_DOWN);
-                    last_error = GatewayError::upstream_protocol(message);
-                    break;
+                        .record_failure(now_millis(), od, || may_eject(od));
+                    let err = GatewayError::upstream_protocol(message);
+                    break Some(self.answer_after(ctx, &err, close).await);
                 }
             }
-        }
-        self.leg.candidates = candidates;
-        match result {
+        };
+        self.leg.candidates = pick.candidates;
+        match next {
             Some(next) => next,
-            None => self.down.answer_error(ctx, &last_error, close).await,
+            None => {
+                let err = GatewayError::upstream_unavailable();
+                self.answer_after(ctx, &err, close).await
+            }
         }
+    }
+
+    /// Answers `err`, saying `x-should-retry: false` when Sluice already retried.
+    async fn answer_after(
+        &mut self,
+        ctx: &mut RequestCtx<'_>,
+        err: &GatewayError,
+        close: bool,
+    ) -> Next {
+        if ctx.attempts.len() > 1 {
+            ctx.response_headers.extend_from_slice(SHOULD_NOT_RETRY);
+        }
+        self.down.answer_error(ctx, err, close).await
     }
 
     /// Writes the upstream request (head and body) into `self.leg.req`. A header name with `_`
@@ -720,8 +809,127 @@ fn refusal_of(name: &[u8], managed: bool) -> GatewayError {
     )
 }
 
-fn is_retryable(status: u16) -> bool {
-    matches!(status, 429 | 500 | 502 | 503 | 504)
+/// `x-should-retry: false`: the OpenAI SDKs' header telling a client not to retry on its
+/// own (Sluice already did).
+const SHOULD_NOT_RETRY: &[u8] = b"x-should-retry: false\r\n";
+
+/// Why a request does not go on to another attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// It made `max_attempts` already.
+    Attempts,
+    /// `total_timeout` is over.
+    Deadline,
+    /// No member of the pool is usable for it now.
+    NoCandidate,
+    /// The worker's retry budget is spent ([`Retries`]).
+    Budget,
+}
+
+/// The candidates of one request, in selection order, taken one by one; when they run out
+/// the balancer is asked again (a retry may then go back to a backend already tried), at
+/// most once per allowed attempt.
+struct Picker {
+    candidates: Vec<BackendId>,
+    next: usize,
+    selections: u32,
+}
+
+impl Picker {
+    /// The next candidate that is usable now and admits the attempt (a half-open backend
+    /// admits its one probe, [`crate::health::BackendHealth::admit`]); `None` when the pool
+    /// has none.
+    fn next(
+        &mut self,
+        snapshot: &Snapshot,
+        balancers: &RefCell<HashMap<String, Balancer>>,
+        dep: &Deployment,
+    ) -> Option<BackendId> {
+        loop {
+            if self.next >= self.candidates.len() {
+                if self.selections > dep.retry.max_attempts {
+                    return None;
+                }
+                self.selections += 1;
+                self.next = 0;
+                let now = now_millis();
+                let mut balancers = balancers.borrow_mut();
+                let balancer = balancers.get_mut(&dep.name)?;
+                balancer.select(
+                    |id| {
+                        snapshot
+                            .backends
+                            .get(id)
+                            .is_some_and(|b| b.health.is_usable(now))
+                    },
+                    &mut self.candidates,
+                );
+                if self.candidates.is_empty() {
+                    return None;
+                }
+            }
+            let id = self.candidates[self.next];
+            self.next += 1;
+            let now = now_millis();
+            if snapshot
+                .backends
+                .get(id)
+                .is_some_and(|b| b.health.is_usable(now) && b.health.admit(now))
+            {
+                return Some(id);
+            }
+        }
+    }
+}
+
+/// How long until some member of `dep`'s pool is usable again (at least 100 ms): the
+/// `Retry-After` of a `pool_exhausted` answer.
+fn soonest_usable(snapshot: &Snapshot, dep: &Deployment) -> Duration {
+    let now = now_millis();
+    let soonest = dep
+        .pool
+        .iter()
+        .filter_map(|m| snapshot.backends.get(m.backend))
+        .map(|b| b.health.usable_at(now))
+        .min()
+        .unwrap_or(now);
+    Duration::from_millis(soonest.saturating_sub(now).max(100))
+}
+
+/// How to reach `backend` for `dep`'s request `op`; `None` for the built-in mock.
+fn http_target<'a>(
+    backend: &'a Backend,
+    dep: &'a Deployment,
+    op: Operation,
+) -> Option<HttpTarget<'a>> {
+    Some(match &backend.kind {
+        BackendKind::Mock(_) => return None,
+        BackendKind::Azure(a) => HttpTarget {
+            upstream: &a.upstream,
+            style: Style::Azure {
+                deployment: &a.deployment,
+                api_version: &a.api_version,
+            },
+            credential: a.api_key.as_ref().map(|k| (&b"api-key"[..], &b""[..], k)),
+            model: ModelPin {
+                model: &a.deployment,
+                // Azure's /openai/v1/responses names the deployment in the body.
+                insert: op == Operation::Responses,
+            },
+        },
+        BackendKind::OpenAi(o) => HttpTarget {
+            upstream: &o.upstream,
+            style: Style::OpenAi,
+            credential: o
+                .api_key
+                .as_ref()
+                .map(|k| (&b"authorization"[..], &b"Bearer "[..], k)),
+            model: ModelPin {
+                model: o.model.as_deref().unwrap_or(&dep.name),
+                insert: true,
+            },
+        },
+    })
 }
 
 /// `body` (the attempt's) with its `model` set to `model` (see [`set_string_member`]):

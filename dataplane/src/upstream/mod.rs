@@ -16,10 +16,12 @@ mod forward;
 mod mock;
 mod pool;
 mod relay;
+mod retry;
 mod stream;
 
 pub use forward::refused_header_name;
 pub use pool::{Tenant, UpstreamPools};
+pub use retry::Retries;
 
 use crate::downstream::Downstream;
 use crate::http::ResponseHead;
