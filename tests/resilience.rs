@@ -303,6 +303,8 @@ fn spillover_to_the_next_priority_and_back() {
     assert!(wait_until(Duration::from_secs(2), || served_by(&chat_on(
         &mut conn
     )) != "c"));
+    // b was cooled a moment after a: give its cool-down time to end too.
+    thread::sleep(Duration::from_millis(100));
     let c_seen = c.request_count();
     let mut by = Vec::new();
     for _ in 0..10 {
@@ -368,4 +370,75 @@ fn the_retry_budget_holds_under_a_burst_of_failures() {
         ),
         refused as u64
     );
+}
+
+/// A backend answering 200 with `headers`, its answers naming `name`.
+fn with_headers(name: &str, headers: &'static [(&'static str, &'static str)]) -> Upstream {
+    let answer = serde_json::to_vec(&upstream_chat_answer(name)).unwrap();
+    Upstream::start(move |_, s| {
+        let mut all = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        respond(s, 200, &all, &answer);
+        After::KeepAlive
+    })
+}
+
+/// A chat request to `chat` asking for at most `max_tokens`.
+fn chat_capped(c: &mut Client, max_tokens: u32) -> Response {
+    c.post_json(
+        "/v1/chat/completions",
+        &serde_json::json!({
+            "model": "chat",
+            "messages": [{"role": "user", "content": "Say hi."}],
+            "max_tokens": max_tokens,
+        }),
+    )
+}
+
+/// Capacity-aware selection: a backend whose last answer said it has 100 tokens left (for
+/// 1.5 s) is skipped for a request estimated above that — before it could answer 429 —
+/// and still takes a small one; when no member can take the request, it is answered 429 at
+/// once with the time the figure ends.
+#[test]
+fn a_backend_without_the_tokens_for_a_request_is_skipped_until_its_reset() {
+    const LOW: &[(&str, &str)] = &[
+        ("x-ratelimit-remaining-tokens", "100"),
+        ("x-ratelimit-reset-tokens", "1500ms"),
+        ("x-ratelimit-remaining-requests", "50"),
+    ];
+    let a = with_headers("a", LOW);
+    let b = with_headers("b", &[]);
+    let s = Launch::new(&pool(&[a.url(), b.url()], &[0, 1], "")).start();
+    let mut c = s.connect();
+    assert_eq!(served_by(&chat_capped(&mut c, 500)), "a", "no figure yet");
+    let seen = Instant::now();
+    assert_eq!(
+        served_by(&chat_capped(&mut c, 500)),
+        "b",
+        "500 tokens > 100 left"
+    );
+    assert_eq!(
+        served_by(&chat_capped(&mut c, 20)),
+        "a",
+        "a small request fits"
+    );
+    assert_eq!(served_by(&chat_capped(&mut c, 500)), "b");
+    assert_eq!((a.request_count(), b.request_count()), (2, 2));
+    // The figure ends 1.5 s after a's last answer; then a takes the large request again.
+    assert!(wait_until(Duration::from_secs(3), || served_by(
+        &chat_capped(&mut c, 500)
+    ) == "a"));
+    assert!(seen.elapsed() >= Duration::from_millis(1400));
+
+    // A lone member that cannot take it: 429 at once, until the figure ends.
+    let lone = with_headers("lone", LOW);
+    let s = Launch::new(&pool(&[lone.url()], &[0], "")).start();
+    let mut c = s.connect();
+    assert_eq!(served_by(&chat_capped(&mut c, 500)), "lone");
+    let resp = chat_capped(&mut c, 500);
+    assert_openai_error(&resp, 429, Some("rate_limit_exceeded"));
+    let ms = num_header(&resp, "retry-after-ms");
+    assert!((1000..=1500).contains(&ms), "retry-after-ms {ms}");
+    assert_eq!(lone.request_count(), 1, "the backend saw no request for it");
+    assert_eq!(served_by(&chat_capped(&mut c, 20)), "lone");
 }

@@ -17,6 +17,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::capacity::Capacity;
 use crate::snapshot::OutlierDetection;
 
 /// Cool-down used when a backend answers 429 without saying how long to wait.
@@ -42,6 +43,8 @@ pub struct BackendHealth {
     restored_ms: AtomicU64,
     /// Ejections since the backend was configured.
     ejections: AtomicU64,
+    /// What the backend last said it has left ([`Capacity`]).
+    pub capacity: Capacity,
 }
 
 impl BackendHealth {

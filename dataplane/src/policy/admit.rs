@@ -69,8 +69,9 @@ impl Policy for Admit {
         // forwarded as before (its tokens are the answer's usage, or unknown) — unless the
         // audit log records it and the body is one a backend may read otherwise than Sluice
         // does (`MESSAGES`, a duplicate key): the record must hold what the backend runs.
+        // Capacity-aware selection weighs the estimate against what each member has left.
         let audited = env.snapshot.audit.is_some();
-        let facts = match (counts_tokens || env.snapshot.accounts_tokens())
+        let facts = match (counts_tokens || env.snapshot.accounts_tokens() || dep.pool.len() > 1)
             .then(|| RequestFacts::parse(op, req.body))
         {
             Some(Ok(facts)) => Some(facts),

@@ -9,16 +9,14 @@
 //!
 //! A value that does not parse, is negative (Azure and some OpenAI-compatible servers send
 //! `-1`) or is a date already past is skipped for the next source; `None` when none says
-//! anything (the caller's default applies). Whatever is found is capped at [`MAX_COOL_DOWN`].
+//! anything (the caller's default applies). The caller caps what is found (the deployment's
+//! `retry.max_cool_down`, so a backend asking for an hour is tried again sooner rather than
+//! taken out of the pool on its word).
 
 use std::time::{Duration, SystemTime};
 
-/// The longest cool-down a backend can ask for: 60 s. A backend asking for an hour is
-/// probed again after a minute, rather than taken out of the pool on its word.
-pub const MAX_COOL_DOWN: Duration = Duration::from_secs(60);
-
 /// The cool-down `header` (a case-insensitive lookup of the answer's headers) asks for at
-/// `now`, capped at [`MAX_COOL_DOWN`].
+/// `now` (at most 10⁹ s).
 pub fn requested<'h>(
     header: impl Fn(&str) -> Option<&'h str>,
     now: SystemTime,
@@ -34,9 +32,7 @@ pub fn requested<'h>(
             .filter_map(|name| header(name).and_then(|v| go_duration(v.trim())))
             .max()
     };
-    ms.or_else(after)
-        .or_else(reset)
-        .map(|d| d.min(MAX_COOL_DOWN))
+    ms.or_else(after).or_else(reset)
 }
 
 /// `retry-after` at `now`: delay-seconds (digits only), or an HTTP-date still to come.
@@ -51,7 +47,7 @@ fn retry_after_at(value: &str, now: SystemTime) -> Option<Duration> {
 /// A duration written as Go's `time.Duration` prints it, as OpenAI sends its reset headers:
 /// one or more of a decimal number and a unit (`h`, `m`, `s`, `ms`, `us`/`µs`, `ns`), e.g.
 /// `6s`, `1m30s`, `250ms`, `0.5s`. `None` for anything else (a negative value included).
-fn go_duration(text: &str) -> Option<Duration> {
+pub fn go_duration(text: &str) -> Option<Duration> {
     if text.is_empty() {
         return None;
     }
@@ -120,8 +116,8 @@ mod tests {
                 ],
                 now
             ),
-            Some(Duration::from_secs(60)),
-            "90 s, capped"
+            Some(Duration::from_secs(90)),
+            "the longer of the two"
         );
         assert_eq!(
             asked(&[("x-ratelimit-reset-requests", "250ms")], now),
@@ -150,7 +146,7 @@ mod tests {
     }
 
     #[test]
-    fn minus_one_garbage_and_huge_values_are_skipped_or_capped() {
+    fn minus_one_garbage_and_past_dates_are_skipped() {
         let now = SystemTime::now();
         assert_eq!(asked(&[("retry-after-ms", "-1")], now), None);
         assert_eq!(asked(&[("retry-after", "-1")], now), None);
@@ -163,7 +159,11 @@ mod tests {
             None
         );
         assert_eq!(asked(&[("retry-after", "99999999999999999999")], now), None);
-        assert_eq!(asked(&[("retry-after", "86400")], now), Some(MAX_COOL_DOWN));
+        assert_eq!(
+            asked(&[("retry-after", "86400")], now),
+            Some(Duration::from_secs(86400)),
+            "read whole; the deployment's max_cool_down caps it"
+        );
         assert_eq!(asked(&[("x-ratelimit-reset-tokens", "-6s")], now), None);
         assert_eq!(asked(&[("x-ratelimit-reset-tokens", "6x")], now), None);
         assert_eq!(

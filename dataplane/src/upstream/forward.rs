@@ -145,16 +145,20 @@ impl Exchange<'_> {
         let begun = Instant::now();
         let deadline = policy.total_timeout.map(|t| begun + t);
         let active = retries.enter();
+        // What the request may cost a backend: its admission reservation (prompt estimate
+        // plus completion cap), 0 when nothing estimated it.
+        let tokens = ctx.tokens.map_or(0, |t| t.reservation);
         let mut candidates = std::mem::take(&mut self.leg.candidates);
         candidates.clear();
         let mut pick = Picker {
             candidates,
             next: 0,
             selections: 0,
+            tokens,
         };
         let Some(mut id) = pick.next(snapshot, balancers, dep) else {
             self.leg.candidates = pick.candidates;
-            let err = GatewayError::pool_exhausted(soonest_usable(snapshot, dep));
+            let err = GatewayError::pool_exhausted(soonest_usable(snapshot, dep, tokens));
             tracing::info!(request_id = %ctx.id, deployment = %dep.name, "every backend is cooling down or ejected; 429");
             return self.down.answer_error(ctx, &err, close).await;
         };
@@ -250,6 +254,7 @@ impl Exchange<'_> {
             t.upstream_first_byte = first_byte;
             let addr = target.upstream.addr;
             let channel = target.upstream.tls.as_ref().map(|tls| tls.pool_key);
+            backend.health.capacity.reserve(now_millis(), tokens);
             let sent = self.send(pools, target.upstream, tenant, &t).await;
             let end_attempt = |ctx: &mut RequestCtx<'_>, outcome, status| {
                 if let Some(a) = ctx.attempts.last_mut() {
@@ -281,6 +286,7 @@ impl Exchange<'_> {
                 Ok(upstream) => {
                     let status = self.resp_status();
                     let now = now_millis();
+                    self.observe_capacity(&backend.health.capacity, now);
                     if status >= 500 {
                         backend.health.record_failure(now, od, || may_eject(od));
                     } else {
@@ -692,17 +698,36 @@ impl Exchange<'_> {
         self.leg.resp.status
     }
 
+    /// The answer's header `name` (case-insensitive), when it is UTF-8.
+    fn resp_header(&self, name: &str) -> Option<&str> {
+        self.leg.resp.headers.iter().find_map(|h| {
+            self.leg.ubuf[h.name.clone()]
+                .eq_ignore_ascii_case(name.as_bytes())
+                .then(|| std::str::from_utf8(&self.leg.ubuf[h.value.clone()]).ok())
+                .flatten()
+        })
+    }
+
     /// The cool-down a refusing answer asks for ([`super::cool_down::requested`]).
     fn retry_after(&self) -> Option<Duration> {
-        let header = |name: &str| {
-            self.leg.resp.headers.iter().find_map(|h| {
-                self.leg.ubuf[h.name.clone()]
-                    .eq_ignore_ascii_case(name.as_bytes())
-                    .then(|| std::str::from_utf8(&self.leg.ubuf[h.value.clone()]).ok())
-                    .flatten()
-            })
-        };
-        super::cool_down::requested(header, std::time::SystemTime::now())
+        super::cool_down::requested(|name| self.resp_header(name), std::time::SystemTime::now())
+    }
+
+    /// Remembers the answer's `x-ratelimit-remaining-*` / `-reset-*` figures in `capacity`.
+    /// Most answers of other servers have no `x-ratelimit-` header: one pass over the names
+    /// finds that.
+    fn observe_capacity(&self, capacity: &crate::capacity::Capacity, now_ms: u64) {
+        const PREFIX: &[u8] = b"x-ratelimit-";
+        let any = self.leg.resp.headers.iter().any(|h| {
+            let name = &self.leg.ubuf[h.name.clone()];
+            name.len() > PREFIX.len() && name[..PREFIX.len()].eq_ignore_ascii_case(PREFIX)
+        });
+        if any {
+            let seen = crate::capacity::Observed::from_headers(|name| self.resp_header(name));
+            if !seen.is_empty() {
+                capacity.observe(now_ms, &seen);
+            }
+        }
     }
 }
 
@@ -833,6 +858,9 @@ struct Picker {
     candidates: Vec<BackendId>,
     next: usize,
     selections: u32,
+    /// The request's token estimate: a member whose last known capacity cannot take it is
+    /// not usable for it ([`crate::capacity`]).
+    tokens: u64,
 }
 
 impl Picker {
@@ -855,12 +883,12 @@ impl Picker {
                 let now = now_millis();
                 let mut balancers = balancers.borrow_mut();
                 let balancer = balancers.get_mut(&dep.name)?;
+                let tokens = self.tokens;
                 balancer.select(
                     |id| {
-                        snapshot
-                            .backends
-                            .get(id)
-                            .is_some_and(|b| b.health.is_usable(now))
+                        snapshot.backends.get(id).is_some_and(|b| {
+                            b.health.is_usable(now) && b.health.capacity.can_take(now, tokens)
+                        })
                     },
                     &mut self.candidates,
                 );
@@ -871,26 +899,30 @@ impl Picker {
             let id = self.candidates[self.next];
             self.next += 1;
             let now = now_millis();
-            if snapshot
-                .backends
-                .get(id)
-                .is_some_and(|b| b.health.is_usable(now) && b.health.admit(now))
-            {
+            if snapshot.backends.get(id).is_some_and(|b| {
+                b.health.is_usable(now)
+                    && b.health.capacity.can_take(now, self.tokens)
+                    && b.health.admit(now)
+            }) {
                 return Some(id);
             }
         }
     }
 }
 
-/// How long until some member of `dep`'s pool is usable again (at least 100 ms): the
-/// `Retry-After` of a `pool_exhausted` answer.
-fn soonest_usable(snapshot: &Snapshot, dep: &Deployment) -> Duration {
+/// How long until some member of `dep`'s pool is usable again for a request estimated at
+/// `tokens` (at least 100 ms): the `Retry-After` of a `pool_exhausted` answer.
+fn soonest_usable(snapshot: &Snapshot, dep: &Deployment, tokens: u64) -> Duration {
     let now = now_millis();
     let soonest = dep
         .pool
         .iter()
         .filter_map(|m| snapshot.backends.get(m.backend))
-        .map(|b| b.health.usable_at(now))
+        .map(|b| {
+            b.health
+                .usable_at(now)
+                .max(b.health.capacity.free_at(now, tokens))
+        })
         .min()
         .unwrap_or(now);
     Duration::from_millis(soonest.saturating_sub(now).max(100))

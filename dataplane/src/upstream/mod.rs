@@ -19,6 +19,7 @@ mod relay;
 mod retry;
 mod stream;
 
+pub use cool_down::go_duration;
 pub use forward::refused_header_name;
 pub use pool::{Tenant, UpstreamPools};
 pub use retry::Retries;
