@@ -442,3 +442,48 @@ fn a_backend_without_the_tokens_for_a_request_is_skipped_until_its_reset() {
     assert_eq!(lone.request_count(), 1, "the backend saw no request for it");
     assert_eq!(served_by(&chat_capped(&mut c, 20)), "lone");
 }
+
+/// A backend that dies mid-stream: the client gets every event it sent, then a final
+/// `data: {"error": …}` event and a clean end of the body; the request is not retried
+/// (the other backend sees nothing), and the connection closes.
+#[test]
+fn a_stream_cut_mid_way_ends_with_an_error_event_and_is_not_retried() {
+    let a = Upstream::start(|_, s| {
+        let _ = s.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+        );
+        let _ = write_chunk(s, sse_chunk("one").as_bytes());
+        let _ = write_chunk(s, sse_chunk("two").as_bytes());
+        // Half an event, then the backend is gone.
+        let _ = write_chunk(s, b"data: {\"choices\":[{\"delta\":{\"content\":\"thr");
+        After::Close
+    });
+    let b = switchable("b", flag(false), 200, &[], Duration::ZERO);
+    let s = Launch::new(&pool(&[a.url(), b.url()], &[0, 1], "")).start();
+    let mut c = s.connect();
+    let body = serde_json::to_vec(&chat_body(Some("chat"), true)).unwrap();
+    let (head, mut sse) = c.stream(
+        "POST",
+        "/v1/chat/completions",
+        &[("Content-Type", "application/json")],
+        &body,
+    );
+    assert_eq!(head.status(), 200);
+    assert!(sse.next_event().unwrap().contains("\"one\""));
+    assert!(sse.next_event().unwrap().contains("\"two\""));
+    // The half event is not relayed (the usage tap passes whole events only); had it been,
+    // the blank lines before the error event would end it.
+    let error = sse.error_end();
+    assert_eq!(error["code"], "upstream_protocol_error", "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("closed"),
+        "{error}"
+    );
+    drop(sse);
+    assert!(c.closed_within(Duration::from_secs(5)));
+    assert_eq!(
+        (a.request_count(), b.request_count()),
+        (1, 0),
+        "never retried"
+    );
+}

@@ -4,7 +4,8 @@
 //! after its 429 (tests/sdk/openai_sdk_retry.py), and calls `responses.create()` and
 //! `models.list()` through every client shape, Azure resource-level and deployment paths
 //! included (tests/sdk/openai_sdk_routes.py); and the first script again over HTTPS, the
-//! clients trusting a test CA.
+//! clients trusting a test CA; and through a failover and an exhausted pool
+//! (tests/sdk/openai_sdk_failover.py).
 //!
 //! The interpreter is `$SLUICE_TEST_PYTHON`, else `.venv/bin/python` at the workspace root
 //! (`.ci/run` makes it). Without one that can import `openai` each test prints `SKIPPED …`
@@ -214,5 +215,114 @@ fn openai_python_sdk_reaches_every_route_form() {
     assert!(
         out.contains("openai sdk route checks passed"),
         "stdout:\n{out}"
+    );
+}
+
+/// Failover and the exhausted pool as the SDK sees them (tests/sdk/openai_sdk_failover.py):
+/// one clean answer (plain and streamed) through a backend answering 503; Sluice's 429 for
+/// a pool that is cooling down, which the SDK waits out and retries; and a 429 after
+/// Sluice's own retries, which says `x-should-retry: false` and is not retried.
+#[test]
+fn openai_python_sdk_through_failover_and_an_exhausted_pool() {
+    let Some(python) =
+        interpreter_or_skip("openai_python_sdk_through_failover_and_an_exhausted_pool")
+    else {
+        return;
+    };
+    let answer = |name: &str| serde_json::to_vec(&upstream_chat_answer(name)).unwrap();
+    let failing = Upstream::start(|_, s| {
+        respond(s, 503, &[], b"{\"error\":{\"message\":\"down\"}}");
+        After::KeepAlive
+    });
+    let healthy_answer = answer("healthy");
+    let healthy = Upstream::start(move |r, s| {
+        if r.json()["stream"] == true {
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+            );
+            let _ = write_chunk(s, sse_chunk("hi").as_bytes());
+            let _ = write_chunk(s, b"data: [DONE]\n\n");
+            let _ = write_chunk(s, b"");
+        } else {
+            respond(
+                s,
+                200,
+                &[("content-type", "application/json")],
+                &healthy_answer,
+            );
+        }
+        After::KeepAlive
+    });
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&calls);
+    let lone_answer = answer("lone");
+    let lone = Upstream::start(move |_, s| {
+        if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            respond(
+                s,
+                429,
+                &[("retry-after-ms", "1500")],
+                b"{\"error\":{\"message\":\"busy\"}}",
+            );
+        } else {
+            respond(
+                s,
+                200,
+                &[("content-type", "application/json")],
+                &lone_answer,
+            );
+        }
+        After::KeepAlive
+    });
+    let busy = || {
+        Upstream::start(|_, s| {
+            respond(
+                s,
+                429,
+                &[("retry-after-ms", "30000")],
+                b"{\"error\":{\"message\":\"busy\"}}",
+            );
+            After::KeepAlive
+        })
+    };
+    let (busy_a, busy_b) = (busy(), busy());
+    let mut body = String::new();
+    for (name, up) in [
+        ("failing", &failing),
+        ("healthy", &healthy),
+        ("lone", &lone),
+        ("busy-a", &busy_a),
+        ("busy-b", &busy_b),
+    ] {
+        body.push_str(&format!(
+            "[[backend]]\nname = \"{name}\"\nkind = \"openai\"\nurl = \"{}\"\n\n",
+            up.url()
+        ));
+    }
+    body.push_str(
+        "[[deployment]]\nname = \"failover\"\nbackends = [{ backend = \"failing\" }, { backend = \"healthy\", priority = 1 }]\n\n\
+         [[deployment]]\nname = \"lone\"\nbackends = [{ backend = \"lone\" }]\n\n\
+         [[deployment]]\nname = \"throttled\"\nbackends = [{ backend = \"busy-a\" }, { backend = \"busy-b\" }]\n",
+    );
+    let s = Launch::new(&body).start();
+    // The lone backend answers 429 once: its pool is cooling down when the script starts.
+    let primed = s
+        .connect()
+        .post_json("/v1/chat/completions", &chat_body(Some("lone"), false));
+    assert_eq!(primed.status, 429);
+    let out = run_script(&python, "openai_sdk_failover.py", &s, &[]);
+    assert!(
+        out.contains("openai sdk failover checks passed"),
+        "stdout:\n{out}"
+    );
+    assert_eq!(
+        lone.request_count(),
+        2,
+        "the exhausted pool's 429 asked no backend"
+    );
+    assert_eq!(
+        busy_a.request_count() + busy_b.request_count(),
+        2,
+        "the SDK did not retry Sluice's retried 429"
     );
 }

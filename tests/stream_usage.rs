@@ -760,8 +760,10 @@ fn a_counted_stream_cut_short_is_charged_at_least_its_reservation() {
         assert_eq!(head.status(), 200);
         let first = sse.next_event().unwrap();
         assert!(first.contains("chat.completion.chunk"), "{first}");
+        // The cut stream ends with an error event and a clean end, then the connection
+        // closes (Sluice books the charge before it closes).
+        assert_eq!(sse.error_end()["code"], "upstream_protocol_error");
         drop(sse);
-        // Sluice books the charge before it closes the connection.
         assert!(
             c.closed_within(Duration::from_secs(5)),
             "the answer was cut short: the client connection closes"

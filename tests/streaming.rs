@@ -285,17 +285,21 @@ fn a_stalled_stream_is_ended_after_stream_idle() {
     );
     assert_eq!(head.status(), 200);
     assert!(sse.next_event().expect("first event").contains("\"first\""));
-    drop(sse);
     let t0 = std::time::Instant::now();
-    // The stream cannot end cleanly (that would claim it was complete): the connection closes.
-    assert!(
-        c.closed_within(Duration::from_secs(4)),
-        "stalled stream still open 4 s after its last event with stream_idle = 1s"
-    );
+    // The stream ends with an error event (so no client takes it as complete) and a clean
+    // last chunk, then the connection closes.
+    let error = sse.error_end();
+    assert_eq!(error["code"], "upstream_timeout", "{error}");
+    assert_eq!(error["type"], "server_error", "{error}");
+    drop(sse);
     assert!(
         t0.elapsed() >= Duration::from_millis(500),
-        "closed too early: {:?}",
+        "ended too early: {:?}",
         t0.elapsed()
+    );
+    assert!(
+        c.closed_within(Duration::from_secs(4)),
+        "the connection stays open after a broken stream"
     );
 }
 

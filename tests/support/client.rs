@@ -273,6 +273,20 @@ impl Sse<'_> {
         }
     }
 
+    /// The `error` object of the event Sluice ended a broken stream with (`data:
+    /// {"error": …}`, the last event), read through the body's clean end (its last chunk: a
+    /// stream cut without one panics here).
+    pub fn error_end(&mut self) -> Value {
+        let rest = self.collect_rest();
+        let last = rest
+            .last()
+            .unwrap_or_else(|| panic!("the stream ended without an error event"));
+        let data = event_data(last).unwrap_or_else(|| panic!("no data in {last:?}"));
+        let v: Value = serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {data}"));
+        assert!(v["error"].is_object(), "not an error event: {last}");
+        v["error"].clone()
+    }
+
     /// Every remaining event.
     pub fn collect_rest(&mut self) -> Vec<String> {
         let mut out = Vec::new();

@@ -121,7 +121,35 @@ impl Exchange<'_> {
                 let err = GatewayError::upstream_protocol(message);
                 self.down.answer_error(ctx, &err, close).await
             }
-            Err(Broken::Midway) => {
+            Err(Broken::Upstream(cut)) if event_stream => {
+                // An event stream's client is told in the stream's own terms: a final
+                // `data: {"error": …}` event (what the OpenAI SDKs raise as an APIError)
+                // and a clean end. Never retried: the client has seen part of the answer.
+                ctx.end = End::Truncated;
+                tracing::warn!(request_id = %ctx.id, "{}; the stream was ended with an error event", cut.message());
+                let mut out = std::mem::take(&mut self.down.out);
+                out.clear();
+                let mut event = std::mem::take(&mut self.leg.scratch);
+                event.clear();
+                // Blank lines first: they end an event the backend left unfinished (SSE
+                // dispatches on a blank line; an extra one dispatches nothing).
+                event.extend_from_slice(b"\n\ndata: ");
+                cut.error().write_body(&mut event);
+                event.extend_from_slice(b"\n\n");
+                frame(&mut out, &event, chunked_ok);
+                self.leg.scratch = event;
+                if chunked_ok {
+                    out.extend_from_slice(LAST_CHUNK);
+                }
+                let (_, mut out) = self.down.write_client(out).await;
+                out.clear();
+                self.down.out = out;
+                Next::Close
+            }
+            Err(broken) => {
+                if let Broken::Upstream(cut) = broken {
+                    tracing::warn!(request_id = %ctx.id, "{}; the answer was cut", cut.message());
+                }
                 if ctx.end != End::ClientGone {
                     ctx.end = End::Truncated;
                 }
@@ -226,7 +254,7 @@ impl Exchange<'_> {
                         .decode(&self.leg.ubuf[pos..], &mut self.leg.scratch)
                         .map_err(|_| {
                             if flushed {
-                                Broken::Midway
+                                Broken::Upstream(Cut::Framing)
                             } else {
                                 Broken::Unsent(INVALID_CHUNKED)
                             }
@@ -321,7 +349,7 @@ impl Exchange<'_> {
         t: &Timeouts,
     ) -> Result<usize, Broken> {
         match self.read_upstream_or_end(ctx, upstream, t).await? {
-            0 => Err(Broken::Midway),
+            0 => Err(Broken::Upstream(Cut::Closed)),
             n => Ok(n),
         }
     }
@@ -338,10 +366,10 @@ impl Exchange<'_> {
         match read_more_watching(upstream, buf, t.stream_idle, &self.down.stream).await {
             Ok((res, buf)) => {
                 self.leg.ubuf = buf;
-                res.map_err(|_| Broken::Midway)
+                res.map_err(|_| Broken::Upstream(Cut::Failed))
             }
             // The buffer went with the cancelled read; a fresh one replaces it.
-            Err(Stopped::TimedOut) => Err(Broken::Midway),
+            Err(Stopped::TimedOut) => Err(Broken::Upstream(Cut::Idle)),
             Err(Stopped::ClientGone) => {
                 ctx.end = End::ClientGone;
                 tracing::info!(request_id = %ctx.id, "client went away mid-answer; upstream request cancelled");
@@ -455,8 +483,50 @@ enum Broken {
     /// The answer's framing (or coding) broke before any byte of it reached the client: the
     /// client can still get Sluice's own 502, with this message.
     Unsent(&'static str),
-    /// The client has seen part of the answer: its connection must close.
+    /// The client's side failed (gone, or a write to it failed) after it saw part of the
+    /// answer: its connection must close.
     Midway,
+    /// The backend's answer broke off after the client saw part of it.
+    Upstream(Cut),
+}
+
+/// How a backend's answer broke off mid-body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// The connection closed before the answer's end.
+    Closed,
+    /// A read from the backend failed (reset).
+    Failed,
+    /// The chunked framing turned invalid.
+    Framing,
+    /// The content coding turned undecodable.
+    Undecodable,
+    /// Nothing arrived for longer than `timeouts.stream_idle`.
+    Idle,
+}
+
+impl Cut {
+    fn message(self) -> &'static str {
+        match self {
+            Cut::Closed => "The backend closed the connection before its answer ended.",
+            Cut::Failed => "The connection to the backend failed before its answer ended.",
+            Cut::Framing => "The backend's answer turned into invalid chunked framing.",
+            Cut::Undecodable => "The backend's content-coded answer stopped decoding.",
+            Cut::Idle => "The backend sent nothing for longer than stream_idle.",
+        }
+    }
+
+    /// The error the client's event stream ends with: `upstream_timeout` for an idle
+    /// backend, `upstream_protocol_error` otherwise.
+    fn error(self) -> GatewayError {
+        match self {
+            Cut::Idle => GatewayError::new(
+                crate::error::ErrorKind::UpstreamTimeout,
+                "The backend's stream went idle for longer than stream_idle; the answer is incomplete.",
+            ),
+            cut => GatewayError::new(crate::error::ErrorKind::UpstreamProtocol, cut.message()),
+        }
+    }
 }
 
 /// Appends a piece of the body to `out` through the body phase: what the policies let

@@ -16,7 +16,7 @@
 //! broken relay, and the usage tap charges the estimate. A coding Sluice cannot decode
 //! (`zstd`, `compress`, unknown) passes through untouched and unread: the estimate stands.
 
-use super::{emit, Broken, INVALID_CHUNKED};
+use super::{emit, Broken, Cut, INVALID_CHUNKED};
 use crate::http::content_coding::{Codings, ContentDecoder, DecodeError};
 use crate::http::{ChunkedDecoder, ResponseFraming};
 use crate::policy::context::RequestCtx;
@@ -86,7 +86,7 @@ impl Exchange<'_> {
                         Err(_) => {
                             self.leg.scratch = coded;
                             return Err(if flushed {
-                                Broken::Midway
+                                Broken::Upstream(Cut::Framing)
                             } else {
                                 Broken::Unsent(INVALID_CHUNKED)
                             });
@@ -242,7 +242,7 @@ impl Exchange<'_> {
 fn undecodable(error: DecodeError, flushed: bool) -> Broken {
     tracing::warn!(%error, relayed = flushed, "backend sent a content-coded body that does not decode");
     if flushed {
-        Broken::Midway
+        Broken::Upstream(Cut::Undecodable)
     } else {
         Broken::Unsent(UNDECODABLE_BODY)
     }
