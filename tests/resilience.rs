@@ -487,3 +487,76 @@ fn a_stream_cut_mid_way_ends_with_an_error_event_and_is_not_retried() {
         "never retried"
     );
 }
+
+/// Active health checks: a backend whose `/healthz` answers 503 twice in a row is taken out
+/// of its pool (chat goes to the next member though its chat would still answer), and is
+/// back after one good probe. Probes carry the backend's own credential.
+#[test]
+fn an_active_health_check_takes_a_backend_out_and_brings_it_back() {
+    let unhealthy = flag(false);
+    let down = Arc::clone(&unhealthy);
+    let probes = Arc::new(AtomicUsize::new(0));
+    let probed = Arc::clone(&probes);
+    let answer = serde_json::to_vec(&upstream_chat_answer("a")).unwrap();
+    let a = Upstream::start(move |r, s| {
+        if r.head.target() == "/healthz" {
+            assert_eq!(r.head.header("api-key"), Some("probe-secret"));
+            probed.fetch_add(1, Ordering::SeqCst);
+            let status = if down.load(Ordering::SeqCst) {
+                503
+            } else {
+                200
+            };
+            respond(s, status, &[], b"");
+            return After::Close;
+        }
+        respond(s, 200, &[("content-type", "application/json")], &answer);
+        After::KeepAlive
+    });
+    let b = switchable("b", flag(false), 200, &[], Duration::ZERO);
+    let body = format!(
+        "[[backend]]\nname = \"a\"\nkind = \"azure\"\nurl = \"{}\"\ndeployment = \"chat\"\napi_key_env = \"PROBE_KEY\"\n\
+         health_check = {{ path = \"/healthz\", interval = \"100ms\", unhealthy_threshold = 2 }}\n\n\
+         [[backend]]\nname = \"b\"\nkind = \"openai\"\nurl = \"{}\"\n\n\
+         [[deployment]]\nname = \"chat\"\nbackends = [{{ backend = \"a\" }}, {{ backend = \"b\", priority = 1 }}]\n",
+        a.url(),
+        b.url()
+    );
+    let s = Launch::new(&body).env("PROBE_KEY", "probe-secret").start();
+    let mut c = s.connect();
+    assert!(wait_until(Duration::from_secs(3), || probes
+        .load(Ordering::SeqCst)
+        >= 2));
+    assert_eq!(served_by(&chat_on(&mut c)), "a");
+    unhealthy.store(true, Ordering::SeqCst);
+    assert!(
+        wait_until(Duration::from_secs(3), || served_by(&chat_on(&mut c))
+            == "b"),
+        "a still served after failing its health checks"
+    );
+    assert!(s.wait_log(
+        "health check failed; backend taken out",
+        Duration::from_secs(2)
+    ));
+    assert_eq!(
+        metric(&s, "sluice_backend_health_check_down", "backend=\"a\""),
+        1
+    );
+    for _ in 0..5 {
+        assert_eq!(served_by(&chat_on(&mut c)), "b");
+    }
+    unhealthy.store(false, Ordering::SeqCst);
+    assert!(
+        wait_until(Duration::from_secs(3), || served_by(&chat_on(&mut c))
+            == "a"),
+        "a not back after a good probe"
+    );
+    assert_eq!(
+        metric(&s, "sluice_backend_health_check_down", "backend=\"a\""),
+        0
+    );
+    assert!(
+        !s.log().contains("probe-secret"),
+        "the credential reached the log"
+    );
+}

@@ -41,7 +41,8 @@ pub enum ApplyError {
     /// control-plane node NACKs with).
     #[error("{0}")]
     Config(#[from] ConfigErrors),
-    /// A side thread (a JWKS refresher) could not be started: the machine, not the config.
+    /// A side thread (a JWKS refresher, a health check) could not be started: the machine,
+    /// not the config.
     #[error("cannot start a side thread: {0}")]
     Start(#[from] std::io::Error),
     /// The audit log could not be opened (a sink's file or database, named) or its threads
@@ -228,13 +229,16 @@ fn build(snapshot: Snapshot, running: Option<&Loaded>) -> Result<Loaded, ConfigE
         audit,
         loaded_at: std::time::SystemTime::now(),
         control_version: None,
+        health_checks: None,
     })
 }
 
-/// Starts what `loaded` needs that `prepare` does not start: the JWKS refreshers and the
-/// audit log (its files opened, its threads started), unless carried over.
+/// Starts what `loaded` needs that `prepare` does not start: the JWKS refreshers, the
+/// backends' health checks and the audit log (its files opened, its threads started),
+/// unless carried over.
 fn start_runtime(loaded: &mut Loaded) -> Result<(), ApplyError> {
     loaded.runtime.start()?;
+    loaded.health_checks = crate::health_check::HealthCheckers::start(&loaded.snapshot)?;
     if let (Some(settings), None) = (&loaded.snapshot.audit, &loaded.audit) {
         loaded.audit = Some(Recorder::start(settings).map_err(ApplyError::Audit)?);
     }

@@ -14,7 +14,7 @@
 //! A backend is usable when it is neither cooling down nor ejected (half-open counts as
 //! usable while no probe is in flight).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::capacity::Capacity;
@@ -45,13 +45,28 @@ pub struct BackendHealth {
     ejections: AtomicU64,
     /// What the backend last said it has left ([`Capacity`]).
     pub capacity: Capacity,
+    /// Marked down by its active health check ([`crate::health_check`]).
+    checked_down: AtomicBool,
 }
 
 impl BackendHealth {
     /// Whether the backend may be offered at `now_ms`: not cooling down, and its breaker
     /// closed or half-open with no probe in flight.
     pub fn is_usable(&self, now_ms: u64) -> bool {
-        self.cool_until_ms.load(Ordering::Relaxed) <= now_ms && self.breaker_allows(now_ms)
+        self.cool_until_ms.load(Ordering::Relaxed) <= now_ms
+            && self.breaker_allows(now_ms)
+            && !self.checked_down.load(Ordering::Relaxed)
+    }
+
+    /// Records the active health check's verdict; `true` when it changed the backend's
+    /// state.
+    pub fn set_checked_up(&self, up: bool) -> bool {
+        self.checked_down.swap(!up, Ordering::Relaxed) == up
+    }
+
+    /// Whether its active health check has it down.
+    pub fn is_checked_down(&self) -> bool {
+        self.checked_down.load(Ordering::Relaxed)
     }
 
     fn breaker_allows(&self, now_ms: u64) -> bool {
@@ -74,7 +89,14 @@ impl BackendHealth {
         } else {
             ejected
         };
-        cool.max(breaker)
+        // A backend its health check has down is back at a probe's success at the earliest:
+        // a second from now stands for that.
+        let checked = if self.is_checked_down() {
+            now_ms + 1_000
+        } else {
+            0
+        };
+        cool.max(breaker).max(checked)
     }
 
     /// Called just before an attempt goes to the backend: `false` when it may not have it

@@ -21,6 +21,7 @@ pub mod config;
 pub mod downstream;
 pub mod error;
 pub mod health;
+pub mod health_check;
 pub mod http;
 pub mod json_edit;
 pub mod limit;

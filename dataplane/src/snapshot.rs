@@ -22,7 +22,7 @@ pub mod access;
 pub mod resilience;
 
 pub use access::{Access, LimitIndex, TokenSettings};
-pub use resilience::{OutlierDetection, RetryPolicy};
+pub use resilience::{HealthCheck, OutlierDetection, RetryPolicy};
 
 /// Index of a backend in [`Snapshot::backends`].
 pub type BackendId = usize;
@@ -214,6 +214,8 @@ pub struct Backend {
     pub kind: BackendKind,
     /// Shared cool-down state; survives reloads while name and address stay the same.
     pub health: Arc<BackendHealth>,
+    /// Its active health check, if configured (`azure` and `openai` backends only).
+    pub health_check: Option<HealthCheck>,
 }
 
 /// The kinds of backend Sluice can forward to.

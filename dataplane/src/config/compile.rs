@@ -88,6 +88,7 @@ pub(crate) fn compile(
 
     let mut backend_ids: HashMap<&str, usize> = HashMap::new();
     let mut kinds = Vec::with_capacity(file.backend.len());
+    let mut health_checks = Vec::with_capacity(file.backend.len());
     for (i, section) in file.backend.iter().enumerate() {
         let field = format!("backend[{i}]");
         let name = &section.get_ref().name;
@@ -108,6 +109,11 @@ pub(crate) fn compile(
         kinds.push(compile_backend(
             section, &field, report, env, resolve, &mut tls,
         ));
+        health_checks.push(super::resilience::compile_health_check(
+            section.get_ref(),
+            &field,
+            report,
+        ));
     }
 
     let mut deployments = compile_deployments(&file.deployment, &backend_ids, report);
@@ -123,12 +129,18 @@ pub(crate) fn compile(
         .backend
         .iter()
         .zip(kinds)
-        .filter_map(|(section, kind)| {
+        .zip(health_checks)
+        .filter_map(|((section, kind), health_check)| {
             let name = section.get_ref().name.get_ref().clone();
             let kind = kind?;
             let health = carried_health(previous, &name, &kind)
                 .unwrap_or_else(|| Arc::new(BackendHealth::default()));
-            Some(Backend { name, kind, health })
+            Some(Backend {
+                name,
+                kind,
+                health,
+                health_check,
+            })
         })
         .collect::<Vec<_>>();
     if backends.len() != file.backend.len() {

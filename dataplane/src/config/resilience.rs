@@ -1,5 +1,6 @@
 //! Compiles a deployment's `retry = { … }` and `outlier_detection = { … }` into
-//! [`RetryPolicy`] and [`OutlierDetection`]; what is not written keeps its default.
+//! [`RetryPolicy`] and [`OutlierDetection`], and a backend's `health_check = { … }` into
+//! [`HealthCheck`]; what is not written keeps its default.
 
 use std::time::Duration;
 
@@ -7,8 +8,8 @@ use toml::Spanned;
 
 use super::check::parse_duration;
 use super::error::Reporter;
-use super::schema::{OutlierDetectionSection, RetrySection};
-use crate::snapshot::{OutlierDetection, RetryPolicy};
+use super::schema::{BackendSection, OutlierDetectionSection, RetrySection};
+use crate::snapshot::{HealthCheck, OutlierDetection, RetryPolicy};
 
 /// Most attempts `retry.max_attempts` allows.
 const MAX_ATTEMPTS: u32 = 10;
@@ -150,4 +151,78 @@ fn positive_duration(
             None
         }
     }
+}
+
+/// `backend[i].health_check`: `field` is `backend[i]`; only `azure` and `openai` backends
+/// take one.
+pub(crate) fn compile_health_check(
+    backend: &BackendSection,
+    field: &str,
+    report: &mut Reporter<'_>,
+) -> Option<HealthCheck> {
+    let section = backend.health_check.as_ref()?;
+    let field = format!("{field}.health_check");
+    if !matches!(backend.kind.get_ref().as_str(), "azure" | "openai") {
+        report.at(
+            section.span(),
+            field,
+            "only `azure` and `openai` backends take a health check",
+        );
+        return None;
+    }
+    let h = section.get_ref();
+    let path = h.path.get_ref();
+    if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        report.at(
+            h.path.span(),
+            format!("{field}.path"),
+            "must start with `/` and hold no spaces or control characters, e.g. \"/healthz\"",
+        );
+    }
+    let mut check = HealthCheck {
+        path: path.clone(),
+        interval: Duration::from_secs(10),
+        timeout: Duration::from_secs(2),
+        expected_status: 200,
+        unhealthy_threshold: 2,
+        healthy_threshold: 1,
+    };
+    if let Some(d) = positive_duration(&h.interval, &field, "interval", report) {
+        check.interval = d;
+    }
+    if let Some(d) = positive_duration(&h.timeout, &field, "timeout", report) {
+        check.timeout = d;
+    }
+    if let Some(v) = &h.expected_status {
+        if (100..=599).contains(v.get_ref()) {
+            check.expected_status = *v.get_ref();
+        } else {
+            report.at(
+                v.span(),
+                format!("{field}.expected_status"),
+                "must be an HTTP status, 100–599",
+            );
+        }
+    }
+    for (value, name, slot) in [
+        (
+            &h.unhealthy_threshold,
+            "unhealthy_threshold",
+            &mut check.unhealthy_threshold,
+        ),
+        (
+            &h.healthy_threshold,
+            "healthy_threshold",
+            &mut check.healthy_threshold,
+        ),
+    ] {
+        if let Some(v) = value {
+            if *v.get_ref() == 0 {
+                report.at(v.span(), format!("{field}.{name}"), "must be 1 or more");
+            } else {
+                *slot = *v.get_ref();
+            }
+        }
+    }
+    Some(check)
 }

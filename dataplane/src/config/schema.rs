@@ -165,6 +165,20 @@ pub(crate) struct BackendSection {
     // azure
     pub deployment: Option<Spanned<String>>,
     pub api_version: Option<Spanned<String>>,
+    // azure and openai
+    pub health_check: Option<Spanned<HealthCheckSection>>,
+}
+
+/// A backend's `health_check = { … }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HealthCheckSection {
+    pub path: Spanned<String>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub expected_status: Option<Spanned<u16>>,
+    pub unhealthy_threshold: Option<Spanned<u32>>,
+    pub healthy_threshold: Option<Spanned<u32>>,
 }
 
 /// One `[[deployment]]`.

@@ -17,6 +17,7 @@
 //! | `sluice_backend_consecutive_failures` | gauge | `backend` |
 //! | `sluice_backend_cooldowns_total` | counter | `backend` |
 //! | `sluice_backend_ejected` | gauge | `backend` |
+//! | `sluice_backend_health_check_down` | gauge | `backend` |
 //! | `sluice_backend_ejections_total` | counter | `backend` |
 //! | `sluice_audit_queue_depth` | gauge | |
 //! | `sluice_audit_queued_bytes` | gauge | |
@@ -62,6 +63,7 @@ pub fn render(hub: &Hub, loaded: &Loaded, now_ms: u64) -> String {
             consecutive_failures: b.health.consecutive_failures(),
             cooldowns: b.health.cooldowns(),
             ejected: b.health.is_ejected(),
+            checked_down: b.health.is_checked_down(),
             ejections: b.health.ejections(),
         })
         .collect();
@@ -106,6 +108,7 @@ struct BackendState {
     consecutive_failures: u32,
     cooldowns: u64,
     ejected: bool,
+    checked_down: bool,
     ejections: u64,
 }
 
@@ -299,6 +302,18 @@ impl Collector for Scrape {
             self.backends
                 .iter()
                 .map(|b| (vec![("backend", b.name.as_str())], u64::from(b.ejected))),
+        )?;
+        family(
+            &mut e,
+            "sluice_backend_health_check_down",
+            "1 while a backend's active health check has it out of its pools, else 0.",
+            Gauge,
+            self.backends.iter().map(|b| {
+                (
+                    vec![("backend", b.name.as_str())],
+                    u64::from(b.checked_down),
+                )
+            }),
         )?;
         family(
             &mut e,

@@ -40,6 +40,8 @@ pub struct Loaded {
     pub loaded_at: std::time::SystemTime,
     /// The control plane's version number of a pushed document (`None`: from a file).
     pub control_version: Option<u64>,
+    /// Its backends' active health checks, started by [`crate::apply`] (dropped with it).
+    pub health_checks: Option<crate::health_check::HealthCheckers>,
 }
 
 impl std::ops::Deref for Loaded {

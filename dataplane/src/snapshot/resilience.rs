@@ -47,6 +47,29 @@ impl RetryPolicy {
     }
 }
 
+/// A backend's active health check (config `health_check = { … }` on an `azure` or
+/// `openai` backend; Envoy's `health_checks`): every `interval` a side thread sends
+/// `GET {url path}{path}` with the backend's credential and reads the status line;
+/// `unhealthy_threshold` failures in a row (another status, no answer within `timeout`, a
+/// refused connection or TLS failure) take the backend out of every pool until
+/// `healthy_threshold` successes in a row bring it back. Off unless configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The path probed, after the URL's own path prefix (config `path`, starting with `/`).
+    pub path: String,
+    /// Time between probes (config `interval`). Default 10 s.
+    pub interval: Duration,
+    /// Longest a probe may take, connect to status line (config `timeout`). Default 2 s.
+    pub timeout: Duration,
+    /// The status a healthy backend answers (config `expected_status`). Default 200.
+    pub expected_status: u16,
+    /// Failed probes in a row that mark the backend down (config `unhealthy_threshold`).
+    /// Default 2.
+    pub unhealthy_threshold: u32,
+    /// Good probes in a row that bring it back (config `healthy_threshold`). Default 1.
+    pub healthy_threshold: u32,
+}
+
 /// A deployment's outlier detection (config `outlier_detection = { … }`): how failures eject
 /// a backend from its pools for a while, then let one probe request decide whether it is back
 /// (half-open).

@@ -106,3 +106,59 @@ fn errors_name_line_column_and_field() {
         assert_error(&deployment(extra), expected);
     }
 }
+
+#[test]
+fn a_health_check_is_checked() {
+    let backend = |kind: &str, check: &str| {
+        format!(
+            "[[backend]]\nname = \"m\"\nkind = \"{kind}\"\n{}health_check = {{ {check} }}\n\n[[deployment]]\nname = \"d\"\nbackends = [{{ backend = \"m\" }}]\n",
+            if kind == "mock" { "" } else { "url = \"http://127.0.0.1:9\"\n" }
+        )
+    };
+    let snapshot = compile(&backend("openai", "path = \"/healthz\"")).unwrap();
+    assert_eq!(
+        snapshot.backends[0].health_check,
+        Some(crate::snapshot::HealthCheck {
+            path: "/healthz".into(),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+            expected_status: 200,
+            unhealthy_threshold: 2,
+            healthy_threshold: 1,
+        })
+    );
+    for (kind, check, expected) in [
+        (
+            "mock",
+            "path = \"/h\"",
+            "sluice.toml:4:16: backend[0].health_check: only `azure` and `openai` backends take a health check",
+        ),
+        (
+            "openai",
+            "path = \"healthz\"",
+            "sluice.toml:5:25: backend[0].health_check.path: must start with `/` and hold no spaces or control characters, e.g. \"/healthz\"",
+        ),
+        (
+            "openai",
+            "path = \"/h\", interval = \"0s\"",
+            "sluice.toml:5:42: backend[0].health_check.interval: must be more than 0",
+        ),
+        (
+            "openai",
+            "path = \"/h\", expected_status = 42",
+            "sluice.toml:5:49: backend[0].health_check.expected_status: must be an HTTP status, 100–599",
+        ),
+        (
+            "openai",
+            "path = \"/h\", healthy_threshold = 0",
+            "sluice.toml:5:51: backend[0].health_check.healthy_threshold: must be 1 or more",
+        ),
+        (
+            "openai",
+            "interval = \"1s\"",
+            "sluice.toml:5:16: backend[0].health_check.path: missing field `path`",
+        ),
+    ] {
+        assert_error(&backend(kind, check), expected);
+    }
+}
