@@ -196,6 +196,11 @@ impl Exchange<'_> {
                     wait.min(d.saturating_duration_since(Instant::now()))
                 });
                 monoio::time::sleep(wait).await;
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    backend.health.release_probe();
+                    let err = GatewayError::upstream_timeout();
+                    break Some(self.answer_after(ctx, &err, close).await);
+                }
             }
             tried.push(id);
             let attempt = tried.len() as u32;
@@ -246,6 +251,8 @@ impl Exchange<'_> {
             if let Some(p) = per_try {
                 first_byte = p;
             }
+            // An attempt `total_timeout` cut short is not held against its backend.
+            let deadline_bound = left.is_some_and(|l| l <= t.upstream_connect || l <= first_byte);
             if let Some(left) = left {
                 t.upstream_connect = t.upstream_connect.min(left);
                 first_byte = first_byte.min(left);
@@ -333,10 +340,14 @@ impl Exchange<'_> {
                 }
                 Err(SendError::Connect(tls)) => {
                     end_attempt(ctx, AttemptOutcome::ConnectFailed, None);
-                    backend
-                        .health
-                        .record_failure(now_millis(), od, || may_eject(od));
+                    let expired = deadline_bound && deadline.is_some_and(|d| Instant::now() >= d);
+                    if !expired {
+                        backend
+                            .health
+                            .record_failure(now_millis(), od, || may_eject(od));
+                    }
                     let err = match tls {
+                        _ if expired => GatewayError::upstream_timeout(),
                         None => {
                             tracing::warn!(backend = %backend.name, addr = %addr, "backend unreachable");
                             GatewayError::upstream_unavailable()
@@ -364,9 +375,11 @@ impl Exchange<'_> {
                 }
                 Err(SendError::Timeout) => {
                     end_attempt(ctx, AttemptOutcome::TimedOut, None);
-                    backend
-                        .health
-                        .record_failure(now_millis(), od, || may_eject(od));
+                    if !deadline_bound || per_try_fired {
+                        backend
+                            .health
+                            .record_failure(now_millis(), od, || may_eject(od));
+                    }
                     tracing::warn!(
                         request_id = %ctx.id,
                         backend = %backend.name,
