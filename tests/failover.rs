@@ -98,33 +98,8 @@ fn pool(urls: &[String]) -> String {
 
 /// [`pool`], with `extra` lines in the deployment (`retry = { … }`).
 fn pool_with(urls: &[String], extra: &str) -> String {
-    let mut body = String::new();
-    let mut members = Vec::new();
-    for (i, url) in urls.iter().enumerate() {
-        body.push_str(&format!(
-            "\n[[backend]]\nname = \"b{i}\"\nkind = \"openai\"\nurl = \"{url}\"\n"
-        ));
-        members.push(format!("{{ backend = \"b{i}\", priority = {i} }}"));
-    }
-    body.push_str(&format!(
-        "\n[[deployment]]\nname = \"chat\"\nbackends = [{}]\n{extra}\n",
-        members.join(", ")
-    ));
-    body
-}
-
-/// A chat request to deployment `chat` on `c`.
-fn chat_on(c: &mut Client) -> Response {
-    c.post_json("/v1/chat/completions", &chat_body(Some("chat"), false))
-}
-
-/// The backend that served a successful answer (its `model`).
-fn served_by(resp: &Response) -> String {
-    assert_eq!(resp.status, 200, "body: {}", resp.text());
-    resp.json()["model"]
-        .as_str()
-        .unwrap_or_else(|| panic!("answer without model: {}", resp.text()))
-        .to_string()
+    let priorities: Vec<u32> = (0..urls.len() as u32).collect();
+    priority_pool(urls, &priorities, extra)
 }
 
 /// One request on a fresh connection: when it was sent, when answered, who served it.

@@ -40,36 +40,6 @@ fn flag(on: bool) -> Arc<AtomicBool> {
     Arc::new(AtomicBool::new(on))
 }
 
-/// Deployment `chat` over `openai` backends `b0`, `b1`, … at `urls` with the given
-/// priorities, and `extra` lines in the deployment.
-fn pool(urls: &[String], priorities: &[u32], extra: &str) -> String {
-    let mut body = String::new();
-    let mut members = Vec::new();
-    for (i, url) in urls.iter().enumerate() {
-        body.push_str(&format!(
-            "\n[[backend]]\nname = \"b{i}\"\nkind = \"openai\"\nurl = \"{url}\"\n"
-        ));
-        members.push(format!(
-            "{{ backend = \"b{i}\", priority = {} }}",
-            priorities[i]
-        ));
-    }
-    body.push_str(&format!(
-        "\n[[deployment]]\nname = \"chat\"\nbackends = [{}]\n{extra}\n",
-        members.join(", ")
-    ));
-    body
-}
-
-fn chat_on(c: &mut Client) -> Response {
-    c.post_json("/v1/chat/completions", &chat_body(Some("chat"), false))
-}
-
-fn served_by(resp: &Response) -> String {
-    assert_eq!(resp.status, 200, "body: {}", resp.text());
-    resp.json()["model"].as_str().unwrap().to_string()
-}
-
 /// One value of `family{labels}` from the admin `/metrics` of `s` (0 when absent).
 fn metric(s: &Sluice, family: &str, labels: &str) -> u64 {
     let mut c = TcpStream::connect(("127.0.0.1", s.admin_port())).unwrap();
@@ -108,7 +78,7 @@ fn a_throttled_pool_answers_429_at_once_with_the_soonest_retry_after() {
         &[("retry-after-ms", "2000")],
         Duration::ZERO,
     );
-    let s = Launch::new(&pool(&[a.url(), b.url()], &[0, 0], "")).start();
+    let s = Launch::new(&priority_pool(&[a.url(), b.url()], &[0, 0], "")).start();
     let mut c = s.connect();
     let first = chat_on(&mut c);
     let cooled = Instant::now();
@@ -155,7 +125,7 @@ fn a_503_storm_ejects_the_backend_and_a_probe_restores_it() {
     let a_failing = flag(true);
     let a = switchable("a", Arc::clone(&a_failing), 503, &[], Duration::ZERO);
     let b = switchable("b", flag(false), 503, &[], Duration::ZERO);
-    let s = Launch::new(&pool(
+    let s = Launch::new(&priority_pool(
         &[a.url(), b.url()],
         &[0, 1],
         "outlier_detection = { consecutive_failures = 3, base_ejection_time = \"1s\" }",
@@ -211,7 +181,7 @@ fn a_503_storm_ejects_the_backend_and_a_probe_restores_it() {
 fn outlier_detection_never_ejects_more_than_max_ejected_percent() {
     let a = switchable("a", flag(true), 503, &[], Duration::ZERO);
     let b = switchable("b", flag(true), 503, &[], Duration::ZERO);
-    let s = Launch::new(&pool(
+    let s = Launch::new(&priority_pool(
         &[a.url(), b.url()],
         &[0, 0],
         "outlier_detection = { consecutive_failures = 2 }",
@@ -236,7 +206,7 @@ fn outlier_detection_never_ejects_more_than_max_ejected_percent() {
 fn a_slow_first_byte_goes_to_the_next_candidate_after_per_try_timeout() {
     let a = switchable("a", flag(false), 200, &[], Duration::from_secs(3));
     let b = switchable("b", flag(false), 200, &[], Duration::ZERO);
-    let s = Launch::new(&pool(
+    let s = Launch::new(&priority_pool(
         &[a.url(), b.url()],
         &[0, 1],
         "retry = { per_try_timeout = \"300ms\" }",
@@ -254,7 +224,7 @@ fn a_slow_first_byte_goes_to_the_next_candidate_after_per_try_timeout() {
 fn total_timeout_ends_the_attempts_with_504() {
     let a = switchable("a", flag(false), 200, &[], Duration::from_secs(3));
     let b = switchable("b", flag(false), 200, &[], Duration::from_secs(3));
-    let s = Launch::new(&pool(
+    let s = Launch::new(&priority_pool(
         &[a.url(), b.url()],
         &[0, 1],
         "retry = { per_try_timeout = \"400ms\", total_timeout = \"700ms\" }",
@@ -288,7 +258,7 @@ fn spillover_to_the_next_priority_and_back() {
         Duration::ZERO,
     );
     let c = switchable("c", flag(false), 200, &[], Duration::ZERO);
-    let s = Launch::new(&pool(&[a.url(), b.url(), c.url()], &[1, 1, 2], "")).start();
+    let s = Launch::new(&priority_pool(&[a.url(), b.url(), c.url()], &[1, 1, 2], "")).start();
     let mut conn = s.connect();
     let start = Instant::now();
     assert_eq!(served_by(&chat_on(&mut conn)), "c");
@@ -341,7 +311,7 @@ fn the_retry_budget_holds_under_a_burst_of_failures() {
     });
     // b holds its retry slot for a while.
     let b = switchable("b", flag(false), 200, &[], Duration::from_millis(700));
-    let s = Launch::new(&pool(
+    let s = Launch::new(&priority_pool(
         &[a.url(), b.url()],
         &[0, 1],
         "outlier_detection = { consecutive_failures = 100 }",
@@ -408,7 +378,7 @@ fn a_backend_without_the_tokens_for_a_request_is_skipped_until_its_reset() {
     ];
     let a = with_headers("a", LOW);
     let b = with_headers("b", &[]);
-    let s = Launch::new(&pool(&[a.url(), b.url()], &[0, 1], "")).start();
+    let s = Launch::new(&priority_pool(&[a.url(), b.url()], &[0, 1], "")).start();
     let mut c = s.connect();
     assert_eq!(served_by(&chat_capped(&mut c, 500)), "a", "no figure yet");
     let seen = Instant::now();
@@ -432,7 +402,7 @@ fn a_backend_without_the_tokens_for_a_request_is_skipped_until_its_reset() {
 
     // A lone member that cannot take it: 429 at once, until the figure ends.
     let lone = with_headers("lone", LOW);
-    let s = Launch::new(&pool(&[lone.url()], &[0], "")).start();
+    let s = Launch::new(&priority_pool(&[lone.url()], &[0], "")).start();
     let mut c = s.connect();
     assert_eq!(served_by(&chat_capped(&mut c, 500)), "lone");
     let resp = chat_capped(&mut c, 500);
@@ -459,7 +429,7 @@ fn a_stream_cut_mid_way_ends_with_an_error_event_and_is_not_retried() {
         After::Close
     });
     let b = switchable("b", flag(false), 200, &[], Duration::ZERO);
-    let s = Launch::new(&pool(&[a.url(), b.url()], &[0, 1], "")).start();
+    let s = Launch::new(&priority_pool(&[a.url(), b.url()], &[0, 1], "")).start();
     let mut c = s.connect();
     let body = serde_json::to_vec(&chat_body(Some("chat"), true)).unwrap();
     let (head, mut sse) = c.stream(

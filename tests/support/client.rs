@@ -355,3 +355,17 @@ pub fn chat_as(s: &Sluice, key: &str, body: &Value) -> Response {
 pub fn chat(s: &Sluice, key: &str) -> Response {
     chat_as(s, key, &chat_body(Some("gpt-4o"), false))
 }
+
+/// A chat request to deployment `chat` on `c`.
+pub fn chat_on(c: &mut Client) -> Response {
+    c.post_json("/v1/chat/completions", &chat_body(Some("chat"), false))
+}
+
+/// The backend that served a successful answer (its `model`).
+pub fn served_by(resp: &Response) -> String {
+    assert_eq!(resp.status, 200, "body: {}", resp.text());
+    resp.json()["model"]
+        .as_str()
+        .unwrap_or_else(|| panic!("answer without model: {}", resp.text()))
+        .to_string()
+}

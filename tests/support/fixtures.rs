@@ -188,3 +188,21 @@ pub fn with_admin(text: String) -> String {
     }
     format!("{text}\n[admin]\nlisten = \"127.0.0.1:0\"\n")
 }
+
+/// Deployment `chat` over `openai` backends `b0`, `b1`, … at `urls`, `b{i}` with priority
+/// `priorities[i]`, and `extra` lines in the deployment (`retry = { … }`).
+pub fn priority_pool(urls: &[String], priorities: &[u32], extra: &str) -> String {
+    let mut body = String::new();
+    let mut members = Vec::new();
+    for (i, (url, priority)) in urls.iter().zip(priorities).enumerate() {
+        body.push_str(&format!(
+            "\n[[backend]]\nname = \"b{i}\"\nkind = \"openai\"\nurl = \"{url}\"\n"
+        ));
+        members.push(format!("{{ backend = \"b{i}\", priority = {priority} }}"));
+    }
+    body.push_str(&format!(
+        "\n[[deployment]]\nname = \"chat\"\nbackends = [{}]\n{extra}\n",
+        members.join(", ")
+    ));
+    body
+}
