@@ -185,7 +185,9 @@ impl Exchange<'_> {
             (ejected + 1) * 100 <= dep.pool.len() * usize::from(od.max_ejected_percent)
         };
         let od = &dep.outlier_detection;
-        let mut tried: Vec<BackendId> = Vec::new();
+        // The backends tried so far, in order (the leg's buffer: no allocation per request).
+        let mut tried = std::mem::take(&mut self.leg.tried);
+        tried.clear();
         let next = loop {
             let Some(backend) = snapshot.backends.get(id) else {
                 break None;
@@ -418,6 +420,7 @@ impl Exchange<'_> {
             }
         };
         self.leg.candidates = pick.candidates;
+        self.leg.tried = tried;
         match next {
             Some(next) => next,
             None => {

@@ -40,6 +40,8 @@ pub struct Leg {
     scratch: Vec<u8>,
     /// Selection candidates.
     candidates: Vec<usize>,
+    /// The backends a request tried, in order.
+    tried: Vec<usize>,
     /// What the body phase lets through when a policy rewrites the body.
     filtered: Vec<u8>,
 }
