@@ -11,6 +11,7 @@
 
 pub mod certs;
 pub mod compare;
+pub mod failover;
 pub mod fleet;
 pub mod load;
 pub mod mock_server;

@@ -29,6 +29,9 @@ enum Command {
     Certs(sluice_bench::certs::CertsArgs),
     /// Simulated node agents against one sluice-control: push latency, telemetry, its cost.
     Fleet(sluice_bench::fleet::FleetArgs),
+    /// Two mocks in one pool behind Sluice, one throttling or both on token budgets: what
+    /// clients see, upstream 429s, added latency and CPU (issue 14).
+    Failover(sluice_bench::failover::FailoverArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => sluice_bench::compare::run(args),
         Command::Certs(args) => sluice_bench::certs::run(args),
         Command::Fleet(args) => sluice_bench::fleet::run(args),
+        Command::Failover(args) => sluice_bench::failover::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

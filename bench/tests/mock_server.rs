@@ -510,6 +510,62 @@ fn every_answer_is_a_429_at_share_one() {
 }
 
 #[test]
+fn a_token_budget_counts_down_then_throttles_with_the_wait() {
+    // 6,000 tokens a minute over a 10 s window: 1,000 tokens, refilled at 0.1 a ms. Each
+    // request costs its prompt estimate plus max_tokens 200; the fifth does not fit.
+    let mock = mock(|c| {
+        c.tokens_per_minute = 6_000;
+        c.requests_per_minute = 600;
+        c.budget_window = Duration::from_secs(10);
+    });
+    let body = br#"{"messages":[{"role":"user","content":"Hello there!"}],"max_tokens":200}"#;
+    let cost = 3 + 4 + 3 + 200;
+    let mut client = Client::connect(mock.addrs()[0]);
+    let path = format!("/openai/deployments/gpt-4o/chat/completions?{API_VERSION}");
+    let mut remaining = Vec::new();
+    for _ in 0..4 {
+        let resp = client.post(&path, body);
+        assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+        assert_eq!(resp.header("x-ratelimit-limit-tokens"), Some("6000"));
+        assert_eq!(resp.header("x-ratelimit-limit-requests"), Some("600"));
+        let reset = resp.header("x-ratelimit-reset-tokens").unwrap();
+        assert!(reset.ends_with("ms") || reset.ends_with('s'), "{reset}");
+        assert!(resp.header("x-ratelimit-reset-requests").is_some());
+        assert!(resp.header("x-ratelimit-remaining-requests").is_some());
+        remaining.push(
+            resp.header("x-ratelimit-remaining-tokens")
+                .unwrap()
+                .parse::<u64>()
+                .unwrap(),
+        );
+    }
+    // Counted down by the cost each time (the refill over a few ms adds a token or so).
+    for pair in remaining.windows(2) {
+        assert!(
+            pair[0] > pair[1] && pair[0] - pair[1] <= cost,
+            "{remaining:?}"
+        );
+    }
+    assert!(remaining[3] < cost, "{remaining:?}");
+    let resp = client.post(&path, body);
+    assert_eq!(resp.status, 429);
+    let ms: u64 = resp.header("retry-after-ms").unwrap().parse().unwrap();
+    assert!((1..=1000).contains(&ms), "{ms}");
+    assert_eq!(resp.header("retry-after"), Some("1"));
+    assert!(resp.header("x-ratelimit-reset-tokens").is_some());
+    let err: AzureError = resp.json();
+    assert_eq!(err.error.code, "429");
+    assert!(
+        err.error.message.contains("token rate limit"),
+        "{}",
+        err.error.message
+    );
+    // The models list is not charged.
+    assert_eq!(client.get("/v1/models").status, 200);
+    assert_eq!(mock.stats().by_status, BTreeMap::from([(200, 5), (429, 1)]));
+}
+
+#[test]
 fn server_errors_at_their_share_and_status() {
     let mock = mock(|c| {
         c.rate_5xx = 1.0;

@@ -179,7 +179,7 @@ impl CompareArgs {
 }
 
 /// The `sluice` binary: `--sluice`, else next to this executable, else on `$PATH`.
-fn sluice_binary(arg: Option<&Path>) -> anyhow::Result<PathBuf> {
+pub fn sluice_binary(arg: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(p) = arg {
         return Ok(p.to_path_buf());
     }

@@ -649,7 +649,11 @@ fn wait_for<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> 
 }
 
 /// Waits until `addr` accepts a connection, failing early when the process exits.
-fn wait_listening(proc: &mut ChildProc, addr: SocketAddr, within: Duration) -> anyhow::Result<()> {
+pub fn wait_listening(
+    proc: &mut ChildProc,
+    addr: SocketAddr,
+    within: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         proc.check_alive()?;

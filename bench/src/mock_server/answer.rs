@@ -5,6 +5,7 @@
 use serde::Serialize;
 use sluice::error::GatewayError;
 
+use super::budget::Admission;
 use super::MockConfig;
 
 /// The reason phrase for the statuses the mock sends.
@@ -174,6 +175,29 @@ impl Canned {
             models_body,
         }
     }
+}
+
+/// The 429 body of a request a budget refused, in Azure OpenAI's shape and words (the token
+/// budget's when it refused, else the request budget's), asking to retry after `wait`
+/// (whole seconds, rounded up).
+pub fn budget_throttle_body(admission: &Admission, wait: std::time::Duration) -> Vec<u8> {
+    let which = if admission.tokens.is_some_and(|t| t.retry_after.is_some()) {
+        "token rate limit"
+    } else {
+        "call rate limit"
+    };
+    let secs = wait.as_nanos().div_ceil(1_000_000_000);
+    let message = format!(
+        "Requests to the ChatCompletions_Create Operation under Azure OpenAI API version \
+         2024-10-21 have exceeded {which} of your current OpenAI S0 pricing tier (the \
+         sluice-bench mock's budget). Please retry after {secs} seconds."
+    );
+    to_json(&AzureError {
+        error: AzureErrorDetail {
+            code: "429",
+            message: &message,
+        },
+    })
 }
 
 fn to_json<T: Serialize>(value: &T) -> Vec<u8> {

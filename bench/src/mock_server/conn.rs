@@ -22,6 +22,7 @@ use sluice::route::{route, Operation};
 use sluice::snapshot::HttpLimits;
 
 use super::answer;
+use super::budget::request_cost;
 use super::faults::Verdict;
 use super::listen::linger_zero;
 use super::worker::Worker;
@@ -53,6 +54,8 @@ struct Conn {
     out: Vec<u8>,
     /// One SSE event being rendered.
     event: Vec<u8>,
+    /// The current answer's extra header lines (the budgets' `x-ratelimit-*`).
+    extra: Vec<u8>,
 }
 
 /// Serves `stream` until the client closes it, it errs, or a reset is drawn.
@@ -74,6 +77,7 @@ pub async fn serve(worker: Rc<Worker>, stream: std::net::TcpStream) {
         body: Vec::new(),
         out: Vec::with_capacity(8 * 1024),
         event: Vec::with_capacity(512),
+        extra: Vec::new(),
     };
     conn.run(&worker).await;
 }
@@ -201,6 +205,21 @@ impl Conn {
                 w.counters.answered(200);
             }
             Verdict::Answer => {
+                self.extra.clear();
+                if let Some(budgets) = &shared.budgets {
+                    let now = u64::try_from(shared.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    let admission = budgets.admit(now, request_cost(op, &self.body));
+                    admission.write_headers(&mut self.extra);
+                    if let Some(wait) = admission.retry_after() {
+                        if !self.hold(w, slow).await {
+                            return false;
+                        }
+                        let body = answer::budget_throttle_body(&admission, wait);
+                        answer::json(&mut self.out, 429, &self.extra, &body, close);
+                        w.counters.answered(429);
+                        return true;
+                    }
+                }
                 let created = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
@@ -210,12 +229,19 @@ impl Conn {
                 }
                 match answer {
                     MockReply::Json { status, body } => {
-                        answer::json(&mut self.out, status, b"", &body, close);
+                        answer::json(&mut self.out, status, &self.extra, &body, close);
                         w.counters.answered(status);
                     }
                     MockReply::Stream(mut events) => {
                         w.counters.answered(200);
-                        answer::head(&mut self.out, 200, "text/event-stream", None, b"", close);
+                        answer::head(
+                            &mut self.out,
+                            200,
+                            "text/event-stream",
+                            None,
+                            &self.extra,
+                            close,
+                        );
                         loop {
                             let pause = events.pause_before_next();
                             if !pause.is_zero() && !self.hold(w, pause).await {

@@ -11,10 +11,11 @@
 //! process through [`run`].
 //!
 //! Modules: [`dist`] (delay distributions, the RNG), `faults` (what happens to a request),
-//! `stats` (counters), `answer` (heads and canned bodies), `listen` (sockets and resets),
+//! [`budget`] (Azure-like per-minute token and request budgets), `stats` (counters), `answer` (heads and canned bodies), `listen` (sockets and resets),
 //! `conn` (one connection), `worker` (one thread).
 
 mod answer;
+pub mod budget;
 mod conn;
 pub mod dist;
 mod faults;
@@ -85,6 +86,20 @@ pub struct MockArgs {
     /// The slow starts' extra delay (a DIST, on top of `--latency`).
     #[arg(long, value_name = "DIST", default_value = "1s")]
     pub slow_first_byte: Dist,
+    /// Token budget per minute, as an Azure deployment's quota: each request is charged
+    /// its prompt's estimate plus its max_tokens at admission, and answered 429 (with
+    /// `retry-after-ms`) when the budget cannot cover it; every answer carries
+    /// `x-ratelimit-remaining-tokens` and `x-ratelimit-reset-tokens`. 0: no budget.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub tokens_per_minute: u64,
+    /// Request budget per minute, as `--tokens-per-minute` (`x-ratelimit-*-requests`).
+    /// 0: no budget.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub requests_per_minute: u64,
+    /// What a budget holds: what its rate refills over this window (Azure evaluates its
+    /// per-minute limits over windows of 1 or 10 s). At most 1m.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "10s")]
+    pub budget_window: Duration,
     /// Start of the one-off stall, counted from startup.
     #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "stall_for")]
     pub stall_after: Option<Duration>,
@@ -145,6 +160,12 @@ pub struct MockConfig {
     pub rate_slow: f64,
     /// The slow first byte's extra delay. Default 1 s.
     pub slow_first_byte: Dist,
+    /// Tokens per minute (0: no token budget). Default 0.
+    pub tokens_per_minute: u64,
+    /// Requests per minute (0: no request budget). Default 0.
+    pub requests_per_minute: u64,
+    /// What a budget holds: its rate over this window. Default 10 s.
+    pub budget_window: Duration,
     /// Stall start after startup (with `stall_for`). Default none.
     pub stall_after: Option<Duration>,
     /// Stall length (with `stall_after`). Default none.
@@ -171,6 +192,9 @@ impl Default for MockConfig {
             rate_reset: 0.0,
             rate_slow: 0.0,
             slow_first_byte: Dist::Fixed(Duration::from_secs(1)),
+            tokens_per_minute: 0,
+            requests_per_minute: 0,
+            budget_window: Duration::from_secs(10),
             stall_after: None,
             stall_for: None,
             seed: 1,
@@ -196,6 +220,9 @@ impl From<MockArgs> for MockConfig {
             rate_reset: a.rate_reset,
             rate_slow: a.rate_slow,
             slow_first_byte: a.slow_first_byte,
+            tokens_per_minute: a.tokens_per_minute,
+            requests_per_minute: a.requests_per_minute,
+            budget_window: a.budget_window,
             stall_after: a.stall_after,
             stall_for: a.stall_for,
             seed: a.seed,

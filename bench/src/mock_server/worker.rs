@@ -13,6 +13,7 @@ use sluice::mock::MockSettings;
 use sluice::runtime::DriverChoice;
 
 use super::answer::Canned;
+use super::budget::Budgets;
 use super::dist::{Dist, Rng};
 use super::faults::Faults;
 use super::listen::{bind_listener, Acceptor};
@@ -32,6 +33,10 @@ pub struct Shared {
     pub faults: Faults,
     /// The fault answers, rendered once.
     pub canned: Canned,
+    /// The token and request budgets, when any is set.
+    pub budgets: Option<Budgets>,
+    /// When the mock started: the budgets' clock counts from here.
+    pub epoch: std::time::Instant,
     /// RNG seed.
     pub seed: u64,
     /// Every worker's counters.
@@ -43,6 +48,7 @@ pub struct Shared {
 impl Shared {
     /// The shared state of `cfg`, stall window counted from now.
     pub fn new(cfg: &MockConfig) -> Self {
+        let epoch = std::time::Instant::now();
         Shared {
             settings: MockSettings {
                 // The mock server samples `cfg.latency` itself; `reply` does not sleep.
@@ -53,8 +59,14 @@ impl Shared {
                 embedding_dimensions: cfg.embedding_dimensions,
             },
             latency: cfg.latency,
-            faults: Faults::new(cfg, std::time::Instant::now()),
+            faults: Faults::new(cfg, epoch),
             canned: Canned::new(cfg),
+            budgets: Budgets::new(
+                cfg.tokens_per_minute,
+                cfg.requests_per_minute,
+                cfg.budget_window,
+            ),
+            epoch,
             seed: cfg.seed,
             board: Arc::new(StatsBoard::new(cfg.threads.max(1))),
             stop: AtomicBool::new(false),
