@@ -142,8 +142,8 @@ impl Exchange<'_> {
     ) -> Next {
         let snapshot = pipeline.env.snapshot;
         let policy = &dep.retry;
-        let begun = Instant::now();
-        let deadline = policy.total_timeout.map(|t| begun + t);
+        // One clock read, and only when there is a total deadline.
+        let deadline = policy.total_timeout.map(|t| Instant::now() + t);
         let active = retries.enter();
         // What the request may cost a backend: its admission reservation (prompt estimate
         // plus completion cap), 0 when nothing estimated it.
