@@ -627,6 +627,11 @@ fn a_backend_that_closes_without_answering_is_a_502_without_failover() {
     let resp = chat_on(&mut c);
     assert_openai_error(&resp, 502, None);
     assert_eq!(
+        resp.header("x-should-retry"),
+        Some("false"),
+        "the backend may have run it: the client is asked not to resend it either"
+    );
+    assert_eq!(
         (a.request_count(), b.request_count()),
         (1, 0),
         "no resend, no failover"

@@ -530,3 +530,146 @@ fn an_active_health_check_takes_a_backend_out_and_brings_it_back() {
         "the credential reached the log"
     );
 }
+
+/// With nothing reading the answer (no token limit, no audit, no metrics), a stream cut in
+/// the middle of an event is not given an error event — it would be glued to the broken
+/// one and read as invalid JSON — but cut without its end, as any broken body is.
+#[test]
+fn a_stream_cut_mid_event_is_cut_without_an_error_event() {
+    let a = Upstream::start(|_, s| {
+        let _ = s.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+        );
+        let _ = write_chunk(s, sse_chunk("one").as_bytes());
+        let _ = write_chunk(s, b"data: {\"choices\":[{\"delta\":{\"content\":\"thr");
+        After::Close
+    });
+    let body = format!(
+        "{}\n[admin]\nlisten = \"\"\n",
+        priority_pool(&[a.url()], &[0], "")
+    );
+    let s = Launch::new(&body).start();
+    let mut c = s.connect();
+    let req = serde_json::to_vec(&chat_body(Some("chat"), true)).unwrap();
+    c.send(&request_bytes(
+        "POST",
+        "/v1/chat/completions",
+        &[("Content-Type", "application/json")],
+        &req,
+    ));
+    let mut all = Vec::new();
+    c.set_read_timeout(Duration::from_secs(5));
+    let _ = c.raw().read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.contains("\"one\"") && text.contains("\"thr"), "{text}");
+    assert!(
+        !text.contains("\"error\""),
+        "an error event glued to a half event: {text}"
+    );
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "a cut stream ended cleanly: {text}"
+    );
+}
+
+/// A backend that never answers is ejected even when `total_timeout` (not
+/// `upstream_first_byte`) is what ends its attempts.
+#[test]
+fn a_hanging_backend_is_ejected_under_total_timeout() {
+    let hang = Upstream::start(|_, _| {
+        thread::sleep(Duration::from_secs(3));
+        After::Close
+    });
+    let b = switchable("b", flag(false), 200, &[], Duration::ZERO);
+    let s = Launch::new(&priority_pool(
+        &[hang.url(), b.url()],
+        &[0, 1],
+        "retry = { total_timeout = \"300ms\" }\noutlier_detection = { consecutive_failures = 2 }",
+    ))
+    .start();
+    let mut c = s.connect();
+    for _ in 0..2 {
+        let resp = chat_on(&mut c);
+        assert_openai_error(&resp, 504, Some("upstream_timeout"));
+        assert_eq!(resp.header("x-should-retry"), Some("false"));
+    }
+    assert_eq!(hang.request_count(), 2);
+    for _ in 0..3 {
+        assert_eq!(
+            served_by(&chat_on(&mut c)),
+            "b",
+            "the hanging backend is ejected"
+        );
+    }
+    assert_eq!(hang.request_count(), 2);
+}
+
+/// A backend in two deployments is ejected only when every pool it is in stays within its
+/// `max_ejected_percent`: here one pool has it alone, so it is never ejected, and that
+/// pool's requests keep getting its own answer (not `pool_exhausted`).
+#[test]
+fn a_shared_backend_is_not_ejected_out_of_a_pool_of_one() {
+    let a = switchable("a", flag(true), 500, &[], Duration::ZERO);
+    let b = switchable("b", flag(false), 200, &[], Duration::ZERO);
+    let body = format!(
+        "[[backend]]\nname = \"a\"\nkind = \"openai\"\nurl = \"{}\"\n\n\
+         [[backend]]\nname = \"b\"\nkind = \"openai\"\nurl = \"{}\"\n\n\
+         [[deployment]]\nname = \"chat\"\nbackends = [{{ backend = \"a\" }}, {{ backend = \"b\", priority = 1 }}]\n\
+         outlier_detection = {{ consecutive_failures = 2 }}\n\n\
+         [[deployment]]\nname = \"solo\"\nbackends = [{{ backend = \"a\" }}]\n",
+        a.url(),
+        b.url()
+    );
+    let s = Launch::new(&body).start();
+    let mut c = s.connect();
+    for _ in 0..4 {
+        assert_eq!(served_by(&chat_on(&mut c)), "b");
+    }
+    assert_eq!(metric(&s, "sluice_backend_ejected", "backend=\"a\""), 0);
+    let solo = c.post_json("/v1/chat/completions", &chat_body(Some("solo"), false));
+    assert_eq!(solo.status, 500, "a's own answer: {}", solo.text());
+}
+
+/// A backend whose health check is removed by a reload while it is down is back in its
+/// pool at once: the old config's probes stop with the swap and no longer hold it down.
+#[test]
+fn removing_a_health_check_brings_a_down_backend_back() {
+    let answer = serde_json::to_vec(&upstream_chat_answer("a")).unwrap();
+    let a = Upstream::start(move |r, s| {
+        if r.head.target() == "/hc" {
+            respond(s, 503, &[], b"");
+            return After::Close;
+        }
+        respond(s, 200, &[("content-type", "application/json")], &answer);
+        After::KeepAlive
+    });
+    let b = switchable("b", flag(false), 200, &[], Duration::ZERO);
+    let body = |check: &str| {
+        format!(
+            "[[backend]]\nname = \"a\"\nkind = \"openai\"\nurl = \"{}\"\n{check}\n\n\
+             [[backend]]\nname = \"b\"\nkind = \"openai\"\nurl = \"{}\"\n\n\
+             [[deployment]]\nname = \"chat\"\nbackends = [{{ backend = \"a\" }}, {{ backend = \"b\", priority = 1 }}]\n",
+            a.url(),
+            b.url()
+        )
+    };
+    let s = Launch::new(&body(
+        "health_check = { path = \"/hc\", interval = \"100ms\", unhealthy_threshold = 1 }",
+    ))
+    .start();
+    let mut c = s.connect();
+    assert!(wait_until(Duration::from_secs(3), || served_by(&chat_on(
+        &mut c
+    )) == "b"));
+    s.rewrite_config(&body(""));
+    assert!(s.wait_log("config reloaded", Duration::from_secs(5)));
+    assert!(
+        wait_until(Duration::from_secs(3), || served_by(&chat_on(&mut c))
+            == "a"),
+        "a is still held down by a health check that no longer exists"
+    );
+    assert_eq!(
+        metric(&s, "sluice_backend_health_check_down", "backend=\"a\""),
+        0
+    );
+}

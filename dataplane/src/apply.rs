@@ -278,13 +278,22 @@ pub fn apply_pushed(
     let current = shared.snapshot();
     let mut next = prepare_pushed(pushed, host, Some(&current))?;
     start_runtime(&mut next)?;
-    swap_in(shared, next, pushed.name, reason);
+    swap_in(shared, &current, next, pushed.name, reason);
     Ok(())
 }
 
-fn swap_in(shared: &Shared, next: Loaded, name: &Path, reason: &str) {
+/// Swaps `next` in for `previous`. The previous config's health checks stop here, not when
+/// its last request ends: from now on only the new config's probes decide (a backend whose
+/// check was removed is no longer held down by one).
+fn swap_in(shared: &Shared, previous: &Loaded, next: Loaded, name: &Path, reason: &str) {
     let deployments = next.deployments.len();
     let backends = next.backends.len();
+    if let Some(checks) = &previous.health_checks {
+        checks.stop();
+    }
+    for backend in next.backends.iter().filter(|b| b.health_check.is_none()) {
+        backend.health.set_checked_up(true);
+    }
     shared.swap(next);
     tracing::info!(reason, deployments, backends, file = %name.display(), "config reloaded");
 }
@@ -311,6 +320,6 @@ pub fn apply(shared: &Shared, path: &Path, reason: &str) -> Result<(), ApplyErro
     // The snapshot says what runs: the admin listener bound at start serves on, so requests
     // go on being counted for it (`Snapshot::serves_metrics`) whatever the file now says.
     next.snapshot.admin_listen = current.admin_listen;
-    swap_in(shared, next, path, reason);
+    swap_in(shared, &current, next, path, reason);
     Ok(())
 }

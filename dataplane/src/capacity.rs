@@ -8,8 +8,9 @@
 //! so a backend that cannot take a request's token estimate (its admission reservation:
 //! prompt estimate plus completion cap, as Azure counts it) is skipped for that request
 //! *before* it answers 429 — the request goes to a member that can, or, when none can, is
-//! answered 429 at once. A figure counts until its reset time, or for [`UNDATED_FOR`] when
-//! the backend sent none; backends that send no figures are picked by plain round robin.
+//! answered 429 at once. A figure counts until its reset time (at most [`LONGEST_FIGURE`]),
+//! or for [`UNDATED_FOR`] when the backend sent none; backends that send no figures are
+//! picked by plain round robin.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -17,6 +18,11 @@ use std::time::Duration;
 /// How long a remaining figure without a reset header counts (Azure evaluates its limits
 /// over 1 s and 10 s windows).
 pub const UNDATED_FOR: Duration = Duration::from_secs(1);
+
+/// The longest a figure counts, whatever reset it names: the limits these headers describe
+/// are per minute, so a backend naming a reset years away is asked again within a minute
+/// rather than taken out of its pools on its word.
+pub const LONGEST_FIGURE: Duration = Duration::from_secs(60);
 
 /// What one answer said about the backend's capacity.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -62,7 +68,7 @@ struct Figure {
 impl Figure {
     fn set(&self, now_ms: u64, remaining: Option<u64>, reset: Option<Duration>) {
         let Some(remaining) = remaining else { return };
-        let valid = reset.unwrap_or(UNDATED_FOR);
+        let valid = reset.unwrap_or(UNDATED_FOR).min(LONGEST_FIGURE);
         self.remaining.store(remaining, Ordering::Relaxed);
         let until = now_ms.saturating_add(u64::try_from(valid.as_millis()).unwrap_or(u64::MAX));
         self.until_ms
@@ -199,6 +205,22 @@ mod tests {
             c.can_take(3_000, 1),
             "reserving past a figure's end does nothing"
         );
+    }
+
+    #[test]
+    fn a_reset_years_away_counts_a_minute_at_most() {
+        let c = Capacity::default();
+        c.observe(
+            0,
+            &Observed {
+                requests: Some(0),
+                requests_reset: Some(Duration::from_secs(87_600 * 3600)),
+                ..Observed::default()
+            },
+        );
+        assert!(!c.can_take(59_999, 0));
+        assert_eq!(c.free_at(0, 0), 60_000);
+        assert!(c.can_take(60_000, 0));
     }
 
     #[test]

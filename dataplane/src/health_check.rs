@@ -4,24 +4,26 @@
 //! marks its shared [`BackendHealth`] down after `unhealthy_threshold` failed probes in a
 //! row, up again after `healthy_threshold` good ones. A backend marked down is in no pool
 //! (selection skips it like an ejected one). The threads belong to the config they were
-//! started for: a reload starts the new config's and the old ones stop when it is dropped.
+//! started for: a reload starts the new config's and stops (and joins) the old ones when it
+//! swaps the new config in. Every probe — connect, TLS handshake, request, status line — is
+//! bounded by its `timeout` as a whole, however slowly a backend drips its bytes.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::health::BackendHealth;
 use crate::snapshot::{Backend, BackendKind, HealthCheck, HttpUpstream, Snapshot};
 
-/// The running checks of one config. Dropping it stops its threads (each at its next
-/// wake-up; a probe in progress ends within its timeout).
+/// The running checks of one config. [`stop`](Self::stop) (or dropping it) stops its
+/// threads.
 #[derive(Debug)]
 pub struct HealthCheckers {
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl HealthCheckers {
@@ -41,16 +43,32 @@ impl HealthCheckers {
                     .spawn(move || probe.run(&stop))?,
             );
         }
-        Ok((!threads.is_empty()).then_some(Self { stop, threads }))
+        Ok((!threads.is_empty()).then(|| Self {
+            stop,
+            threads: Mutex::new(threads),
+        }))
+    }
+
+    /// Stops the threads and waits for them: at once for a thread between probes, within
+    /// its probe's `timeout` for one probing. A stopped thread records no more verdicts.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        let threads = match self.threads.lock() {
+            Ok(mut threads) => std::mem::take(&mut *threads),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for thread in &threads {
+            thread.thread().unpark();
+        }
+        for thread in threads {
+            let _ = thread.join();
+        }
     }
 }
 
 impl Drop for HealthCheckers {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        for thread in &self.threads {
-            thread.thread().unpark();
-        }
+        self.stop();
     }
 }
 
@@ -94,7 +112,12 @@ impl Probe {
     fn run(&self, stop: &AtomicBool) {
         let (mut failures, mut successes) = (0u32, 0u32);
         while !stop.load(Ordering::Acquire) {
-            match self.probe() {
+            let outcome = self.probe();
+            // A config swapped out while this probe ran has no say any more.
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
+            match outcome {
                 Ok(status) if status == self.check.expected_status => {
                     failures = 0;
                     successes = successes.saturating_add(1);
@@ -137,10 +160,7 @@ impl Probe {
         let deadline = Instant::now() + timeout;
         let stream = TcpStream::connect_timeout(&self.upstream.addr, timeout)
             .map_err(|e| format!("connect: {e}"))?;
-        stream
-            .set_read_timeout(Some(timeout))
-            .and_then(|()| stream.set_write_timeout(Some(timeout)))
-            .map_err(|e| e.to_string())?;
+        let stream = Bounded { stream, deadline };
         let mut request = format!(
             "GET {}{} HTTP/1.1\r\nhost: {}\r\nuser-agent: sluice-health-check\r\nconnection: close\r\n",
             self.upstream.base_path, self.check.path, self.upstream.host_header
@@ -149,33 +169,63 @@ impl Probe {
         request.extend_from_slice(&self.credential);
         request.extend_from_slice(b"\r\n");
         match &self.upstream.tls {
-            None => status_over(stream, &request, deadline),
+            None => status_over(stream, &request),
             Some(tls) => {
                 let conn =
                     rustls::ClientConnection::new(Arc::clone(&tls.config), tls.server_name.clone())
                         .map_err(|e| format!("tls: {e}"))?;
-                status_over(rustls::StreamOwned::new(conn, stream), &request, deadline)
+                status_over(rustls::StreamOwned::new(conn, stream), &request)
             }
         }
     }
 }
 
-/// Writes `request` on `stream` and reads the status of the answer's status line
-/// (`HTTP/1.x NNN …`), within `deadline`. Reads at most 1 KiB.
-fn status_over<S: Read + Write>(
-    mut stream: S,
-    request: &[u8],
+/// A socket whose every read and write ends by `deadline`: each waits at most the time left,
+/// and none starts after it (a backend dripping a byte at a time cannot stretch a probe).
+struct Bounded {
+    stream: TcpStream,
     deadline: Instant,
-) -> Result<u16, String> {
+}
+
+impl Bounded {
+    /// The time left, or a `TimedOut` error when there is none.
+    fn left(&self) -> std::io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            Err(std::io::ErrorKind::TimedOut.into())
+        } else {
+            Ok(left)
+        }
+    }
+}
+
+impl Read for Bounded {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.left()?))?;
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stream.set_write_timeout(Some(self.left()?))?;
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// Writes `request` on `stream` and reads the status of the answer's status line
+/// (`HTTP/1.x NNN …`). Reads at most 1 KiB.
+fn status_over<S: Read + Write>(mut stream: S, request: &[u8]) -> Result<u16, String> {
     stream
         .write_all(request)
         .map_err(|e| format!("send: {e}"))?;
     let mut line = Vec::with_capacity(64);
     let mut chunk = [0u8; 256];
     while !line.contains(&b'\n') {
-        if Instant::now() >= deadline {
-            return Err("no status line within the timeout".to_owned());
-        }
         let n = stream.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
         if n == 0 {
             return Err("closed before a status line".to_owned());
@@ -199,6 +249,34 @@ fn parse_status(line: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A backend dripping a byte every 100 ms cannot stretch a probe past its deadline.
+    #[test]
+    fn a_dripping_backend_cannot_stretch_a_probe() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            for _ in 0..30 {
+                if conn.write_all(b"H").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let started = Instant::now();
+        let stream = Bounded {
+            stream: TcpStream::connect(addr).unwrap(),
+            deadline: started + Duration::from_millis(400),
+        };
+        assert!(status_over(stream, b"GET / HTTP/1.1\r\n\r\n").is_err());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        let _ = server.join();
+    }
 
     #[test]
     fn status_lines() {

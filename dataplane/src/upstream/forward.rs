@@ -34,8 +34,8 @@ use crate::policy::context::{Attempt, AttemptOutcome, End, RequestCtx};
 use crate::policy::phase::{Pipeline, Policy, UpstreamRequest};
 use crate::route::Operation;
 use crate::snapshot::{
-    Backend, BackendId, BackendKind, Deployment, HeadersWithUnderscores, HttpUpstream,
-    OutlierDetection, Secret, Snapshot, Timeouts,
+    Backend, BackendId, BackendKind, Deployment, HeadersWithUnderscores, HttpUpstream, Secret,
+    Snapshot, Timeouts,
 };
 use crate::socket::{read_more_watching, ClientStream, Stopped};
 use crate::tls::client::{handshake, TlsFailure};
@@ -171,19 +171,9 @@ impl Exchange<'_> {
             Some(subscription) => Tenant::subscription(&subscription.name),
             None => Tenant::Address(self.down.peer.ip()),
         };
-        let may_eject = |od: &OutlierDetection| {
-            let ejected = dep
-                .pool
-                .iter()
-                .filter(|m| {
-                    snapshot
-                        .backends
-                        .get(m.backend)
-                        .is_some_and(|b| b.health.is_ejected())
-                })
-                .count();
-            (ejected + 1) * 100 <= dep.pool.len() * usize::from(od.max_ejected_percent)
-        };
+        // Ejection is per backend, so it must keep every pool it is in within that pool's
+        // `max_ejected_percent` — a pool of one is never emptied by it.
+        let may_eject = |backend: BackendId| may_eject(snapshot, backend);
         let od = &dep.outlier_detection;
         // The backends tried so far, in order (the leg's buffer: no allocation per request).
         let mut tried = std::mem::take(&mut self.leg.tried);
@@ -253,7 +243,7 @@ impl Exchange<'_> {
             if let Some(p) = per_try {
                 first_byte = p;
             }
-            // An attempt `total_timeout` cut short is not held against its backend.
+            // An attempt `total_timeout` cut short ends the request in 504.
             let deadline_bound = left.is_some_and(|l| l <= t.upstream_connect || l <= first_byte);
             if let Some(left) = left {
                 t.upstream_connect = t.upstream_connect.min(left);
@@ -297,7 +287,7 @@ impl Exchange<'_> {
                     let now = now_millis();
                     self.observe_capacity(&backend.health.capacity, now);
                     if status >= 500 {
-                        backend.health.record_failure(now, od, || may_eject(od));
+                        backend.health.record_failure(now, od, || may_eject(id));
                     } else {
                         backend.health.record_success(now);
                     }
@@ -343,11 +333,9 @@ impl Exchange<'_> {
                 Err(SendError::Connect(tls)) => {
                     end_attempt(ctx, AttemptOutcome::ConnectFailed, None);
                     let expired = deadline_bound && deadline.is_some_and(|d| Instant::now() >= d);
-                    if !expired {
-                        backend
-                            .health
-                            .record_failure(now_millis(), od, || may_eject(od));
-                    }
+                    backend
+                        .health
+                        .record_failure(now_millis(), od, || may_eject(id));
                     let err = match tls {
                         _ if expired => GatewayError::upstream_timeout(),
                         None => {
@@ -377,11 +365,11 @@ impl Exchange<'_> {
                 }
                 Err(SendError::Timeout) => {
                     end_attempt(ctx, AttemptOutcome::TimedOut, None);
-                    if !deadline_bound || per_try_fired {
-                        backend
-                            .health
-                            .record_failure(now_millis(), od, || may_eject(od));
-                    }
+                    // However short the time it was given: a backend that keeps not answering
+                    // in it must be ejected (and a half-open probe decided).
+                    backend
+                        .health
+                        .record_failure(now_millis(), od, || may_eject(id));
                     tracing::warn!(
                         request_id = %ctx.id,
                         backend = %backend.name,
@@ -413,7 +401,7 @@ impl Exchange<'_> {
                     tracing::warn!(backend = %backend.name, message, "backend broke the exchange; not retried (it may have run the request)");
                     backend
                         .health
-                        .record_failure(now_millis(), od, || may_eject(od));
+                        .record_failure(now_millis(), od, || may_eject(id));
                     let err = GatewayError::upstream_protocol(message);
                     break Some(self.answer_after(ctx, &err, close).await);
                 }
@@ -437,7 +425,13 @@ impl Exchange<'_> {
         err: &GatewayError,
         close: bool,
     ) -> Next {
-        if ctx.attempts.len() > 1 {
+        // A backend that took the request and broke the exchange or kept silent may have
+        // run it: Sluice does not send it again, and asks the client not to either.
+        let may_have_run = matches!(
+            err.kind,
+            crate::error::ErrorKind::UpstreamProtocol | crate::error::ErrorKind::UpstreamTimeout
+        );
+        if ctx.attempts.len() > 1 || (may_have_run && !ctx.attempts.is_empty()) {
             ctx.response_headers.extend_from_slice(SHOULD_NOT_RETRY);
         }
         self.down.answer_error(ctx, err, close).await
@@ -924,6 +918,30 @@ impl Picker {
             }
         }
     }
+}
+
+/// Whether ejecting `backend` keeps every pool it is in within that deployment's
+/// `max_ejected_percent` (counting the members already ejected). Runs only when a failure
+/// streak reaches `consecutive_failures`.
+fn may_eject(snapshot: &Snapshot, backend: BackendId) -> bool {
+    snapshot
+        .deployments
+        .values()
+        .filter(|d| d.pool.iter().any(|m| m.backend == backend))
+        .all(|d| {
+            let ejected = d
+                .pool
+                .iter()
+                .filter(|m| {
+                    snapshot
+                        .backends
+                        .get(m.backend)
+                        .is_some_and(|b| b.health.is_ejected())
+                })
+                .count();
+            (ejected + 1) * 100
+                <= d.pool.len() * usize::from(d.outlier_detection.max_ejected_percent)
+        })
 }
 
 /// How long until some member of `dep`'s pool is usable again for a request estimated at

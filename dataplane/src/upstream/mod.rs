@@ -42,6 +42,8 @@ pub struct Leg {
     candidates: Vec<usize>,
     /// The backends a request tried, in order.
     tried: Vec<usize>,
+    /// The end of the answer's body relayed so far.
+    tail: relay::Tail,
     /// What the body phase lets through when a policy rewrites the body.
     filtered: Vec<u8>,
 }

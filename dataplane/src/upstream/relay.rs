@@ -78,6 +78,7 @@ impl Exchange<'_> {
         let close = close || close_delimited;
         let mut out = std::mem::take(&mut self.down.out);
         out.clear();
+        self.leg.tail = Tail::default();
         let decoded = decoder.is_some();
         self.write_response_head(&mut out, ctx, close, chunked_ok, decoded);
         ctx.status = Some(self.leg.resp.status);
@@ -121,7 +122,7 @@ impl Exchange<'_> {
                 let err = GatewayError::upstream_protocol(message);
                 self.down.answer_error(ctx, &err, close).await
             }
-            Err(Broken::Upstream(cut)) if event_stream => {
+            Err(Broken::Upstream(cut)) if event_stream && self.leg.tail.at_event_end() => {
                 // An event stream's client is told in the stream's own terms: a final
                 // `data: {"error": …}` event (what the OpenAI SDKs raise as an APIError)
                 // and a clean end. Never retried: the client has seen part of the answer.
@@ -131,9 +132,7 @@ impl Exchange<'_> {
                 out.clear();
                 let mut event = std::mem::take(&mut self.leg.scratch);
                 event.clear();
-                // Blank lines first: they end an event the backend left unfinished (SSE
-                // dispatches on a blank line; an extra one dispatches nothing).
-                event.extend_from_slice(b"\n\ndata: ");
+                event.extend_from_slice(b"data: ");
                 cut.error().write_body(&mut event);
                 event.extend_from_slice(b"\n\n");
                 frame(&mut out, &event, chunked_ok);
@@ -189,6 +188,9 @@ impl Exchange<'_> {
                 let mut clean = have <= n;
                 let first = have.min(n) as usize;
                 out.extend_from_slice(&self.leg.ubuf[body_start..body_start + first]);
+                self.leg
+                    .tail
+                    .push(&self.leg.ubuf[body_start..body_start + first]);
                 self.flush(out).await?;
                 let mut remaining = n - first as u64;
                 while remaining > 0 {
@@ -197,6 +199,7 @@ impl Exchange<'_> {
                     clean &= self.leg.ubuf.len() as u64 == k;
                     remaining -= k;
                     self.leg.ubuf.truncate(k as usize);
+                    self.leg.tail.push(&self.leg.ubuf);
                     // The bytes go to the client straight from the read buffer.
                     let buf = std::mem::take(&mut self.leg.ubuf);
                     let (res, buf) = self.down.write_client(buf).await;
@@ -216,6 +219,7 @@ impl Exchange<'_> {
                     pipeline,
                     ctx,
                     &mut self.leg.filtered,
+                    &mut self.leg.tail,
                     out,
                     &self.leg.ubuf[body_start..body_start + first],
                     framed,
@@ -233,6 +237,7 @@ impl Exchange<'_> {
                         pipeline,
                         ctx,
                         &mut self.leg.filtered,
+                        &mut self.leg.tail,
                         out,
                         &self.leg.ubuf[..k as usize],
                         framed,
@@ -264,6 +269,7 @@ impl Exchange<'_> {
                         pipeline,
                         ctx,
                         &mut self.leg.filtered,
+                        &mut self.leg.tail,
                         out,
                         &self.leg.scratch,
                         chunked_ok,
@@ -288,6 +294,7 @@ impl Exchange<'_> {
                     pipeline,
                     ctx,
                     &mut self.leg.filtered,
+                    &mut self.leg.tail,
                     out,
                     &self.leg.ubuf[body_start..],
                     chunked_ok,
@@ -301,6 +308,7 @@ impl Exchange<'_> {
                             pipeline,
                             ctx,
                             &mut self.leg.filtered,
+                            &mut self.leg.tail,
                             out,
                             &self.leg.ubuf,
                             chunked_ok,
@@ -531,18 +539,53 @@ impl Cut {
 
 /// Appends a piece of the body to `out` through the body phase: what the policies let
 /// through when one rewrites it, the piece itself otherwise.
+#[allow(clippy::too_many_arguments)]
 fn emit<'s, P: Policy>(
     pipeline: &Pipeline<'s, P>,
     ctx: &mut RequestCtx<'s>,
     filtered: &mut Vec<u8>,
+    tail: &mut Tail,
     out: &mut Vec<u8>,
     data: &[u8],
     framed: bool,
 ) {
     if pipeline.on_body_chunk(ctx, data, false, filtered) == Chunk::Replaced {
+        tail.push(filtered);
         frame(out, filtered, framed);
     } else {
+        tail.push(data);
         frame(out, data, framed);
+    }
+}
+
+/// The last bytes of an answer's body relayed so far: whether an event stream stands at an
+/// event's end (SSE dispatches an event at a blank line: two line ends, each CRLF, LF or CR),
+/// where Sluice can add an event of its own without corrupting one the backend left unfinished.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Tail {
+    last: [u8; 4],
+    sent: bool,
+}
+
+impl Tail {
+    /// Notes `data` as relayed after what was.
+    pub(super) fn push(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        self.sent = true;
+        for &b in data.iter().skip(data.len().saturating_sub(4)) {
+            self.last.copy_within(1.., 0);
+            self.last[3] = b;
+        }
+    }
+
+    /// Whether nothing was relayed yet, or the bytes relayed end with a blank line.
+    pub(super) fn at_event_end(&self) -> bool {
+        !self.sent
+            || self.last.ends_with(b"\n\n")
+            || self.last.ends_with(b"\r\r")
+            || self.last.ends_with(b"\n\r\n")
     }
 }
 

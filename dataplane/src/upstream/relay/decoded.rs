@@ -229,7 +229,15 @@ impl Exchange<'_> {
                 return Ok(());
             }
             let before = out.len();
-            emit(pipeline, ctx, &mut self.leg.filtered, out, piece, framed);
+            emit(
+                pipeline,
+                ctx,
+                &mut self.leg.filtered,
+                &mut self.leg.tail,
+                out,
+                piece,
+                framed,
+            );
             if out.len() > before {
                 self.flush(out).await?;
                 *flushed = true;
