@@ -318,6 +318,9 @@ pub struct Deployment {
     pub limits: Vec<LimitIndex>,
     /// How its tokens are estimated and accounted.
     pub tokens: TokenSettings,
+    /// Its response cache (`cache = { … }`; `None`: not cached). Carried over a reload that
+    /// keeps the deployment's name and cache settings.
+    pub cache: Option<Arc<crate::cache::ResponseCache>>,
 }
 
 /// One backend's place in a deployment's pool.

@@ -110,7 +110,7 @@ pub(crate) fn compile(
         ));
     }
 
-    let mut deployments = compile_deployments(&file.deployment, &backend_ids, report);
+    let mut deployments = compile_deployments(&file.deployment, &backend_ids, previous, report);
     let access = compile_access(source, file, &mut deployments, report, env, read);
     let audit = super::audit::compile(file.audit.as_ref(), report);
     let admin_listen = super::admin::compile(file.admin.as_ref(), &server, report);
@@ -916,6 +916,7 @@ pub(crate) fn parse_upstream_url(url: &str) -> Result<HttpUrl<'_>, String> {
 fn compile_deployments(
     sections: &[Spanned<DeploymentSection>],
     backend_ids: &HashMap<&str, usize>,
+    previous: Option<&Snapshot>,
     report: &mut Reporter<'_>,
 ) -> Vec<Deployment> {
     if sections.is_empty() {
@@ -1025,6 +1026,13 @@ fn compile_deployments(
             // Filled in by `compile_access`.
             limits: Vec::new(),
             tokens: TokenSettings::default(),
+            cache: super::cache::compile(
+                d.cache.as_ref(),
+                d.name.get_ref(),
+                &field,
+                previous,
+                report,
+            ),
         });
     }
     deployments

@@ -175,6 +175,19 @@ pub(crate) struct DeploymentSection {
     pub backends: Option<Spanned<Vec<Spanned<PoolEntry>>>>,
     pub limits: Option<SpannedList<LimitEntry>>,
     pub tokens: Option<Spanned<TokensSection>>,
+    pub cache: Option<Spanned<CacheSection>>,
+}
+
+/// A deployment's `cache = { … }` (compiled by `config::cache`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CacheSection {
+    pub ttl: Option<Spanned<String>>,
+    pub max_entries: Option<Spanned<u64>>,
+    pub max_bytes: Option<Spanned<String>>,
+    pub per_subscription: Option<bool>,
+    pub nondeterministic: Option<bool>,
+    pub ignore_fields: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// A deployment's `tokens = { … }`.
