@@ -32,6 +32,14 @@ pub enum NotCacheable {
     Operation,
 }
 
+/// Whether requests of `op` are ever cached: chat, completions and embeddings.
+pub fn caches(op: Operation) -> bool {
+    matches!(
+        op,
+        Operation::ChatCompletions | Operation::Completions | Operation::Embeddings
+    )
+}
+
 /// The cache key of a request of `op` from `subscription` (its name; `None` without auth)
 /// with `body`, under `settings`; or why it is not cacheable.
 pub fn request_key(
@@ -40,10 +48,7 @@ pub fn request_key(
     body: &[u8],
     settings: &CacheSettings,
 ) -> Result<Vec<u8>, NotCacheable> {
-    if !matches!(
-        op,
-        Operation::ChatCompletions | Operation::Completions | Operation::Embeddings
-    ) {
+    if !caches(op) {
         return Err(NotCacheable::Operation);
     }
     let Ok(Canon::Object(members)) = serde_json::from_slice::<Canon>(body) else {

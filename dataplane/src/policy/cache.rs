@@ -21,7 +21,7 @@ use super::context::{End, RequestCtx};
 use super::phase::{BodyCoding, Chunk, Env, Flow, Policy, Request, Response, UpstreamRequest};
 use super::usage::{Charge, UsageTap};
 use crate::cache::control::ClientControl;
-use crate::cache::key::request_key;
+use crate::cache::key::{caches, request_key};
 use crate::cache::CachedAnswer;
 
 /// What the cache did for a request.
@@ -101,19 +101,8 @@ impl Policy for ResponseCaching {
         let (Some(dep), Some(op)) = (ctx.deployment, ctx.operation) else {
             return Flow::Continue;
         };
-        let Some(cache) = dep.cache.as_deref() else {
+        let Some(cache) = dep.cache.as_deref().filter(|_| caches(op)) else {
             return Flow::Continue;
-        };
-        let subscription = ctx
-            .caller
-            .as_ref()
-            .and_then(|c| env.snapshot.access.subscriptions.get(c.subscription))
-            .map(|s| s.name.as_str());
-        let key = request_key(op, subscription, req.body, cache.settings());
-        let key = match key {
-            Err(crate::cache::key::NotCacheable::Operation) => return Flow::Continue,
-            Err(_) => None,
-            Ok(key) => Some(key),
         };
         let mut control = ClientControl::default();
         for h in &req.head.headers {
@@ -121,9 +110,25 @@ impl Policy for ResponseCaching {
                 control.add(req.buf.get(h.value.clone()).unwrap_or_default());
             }
         }
+        let subscription = ctx
+            .caller
+            .as_ref()
+            .and_then(|c| env.snapshot.access.subscriptions.get(c.subscription))
+            .map(|s| s.name.as_str());
+        // `no-store` needs no key: the body is not even parsed.
+        let key = if control.no_store {
+            None
+        } else {
+            match request_key(op, subscription, req.body, cache.settings()) {
+                Ok(key) => Some(key),
+                Err(why) => {
+                    tracing::debug!(request_id = %ctx.id, reason = ?why, "response cache bypassed");
+                    None
+                }
+            }
+        };
         ctx.cache = match key {
             None => CacheUse::Bypass(None),
-            Some(_) if control.no_store => CacheUse::Bypass(None),
             Some(key) if control.no_cache => CacheUse::Bypass(Some(Store::new(key))),
             Some(key) => {
                 let now = env.clock.now_nanos();
