@@ -58,7 +58,8 @@ pub fn request_key(
         members
             .binary_search_by(|(k, _)| k.as_str().cmp(name))
             .ok()
-            .map(|i| &members[i].1)
+            .and_then(|i| members.get(i))
+            .map(|(_, value)| value)
     };
     if matches!(member("stream"), Some(Canon::Bool(true))) {
         return Err(NotCacheable::Stream);
