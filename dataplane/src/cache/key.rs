@@ -1,18 +1,17 @@
 //! A request's cache key: what makes two requests the same question. The key is the
 //! operation, the subscription (when entries are per subscription) and the body in canonical
-//! JSON — object members sorted by key, no insignificant whitespace, strings and numbers
-//! re-serialized (`"\u0041"` and `"A"` are one string), the top-level members that do not
+//! JSON — object members sorted by key, no insignificant whitespace, strings re-serialized
+//! (`"\u0041"` and `"A"` are one string), the top-level members that do not
 //! change the answer (`ignore_fields`) left out. The deployment is not in it: each
 //! deployment has its own store.
 //!
-//! Canonical form is conservative: `1` and `1.0` are different numbers, `"stream": false` and
-//! no `stream` different bodies — a miss, never a wrong answer. A body that is not one JSON
+//! Canonical form is conservative: numbers stay as written (`1` and `1.0` are different
+//! numbers, as a backend may take them), `"stream": false` and no `stream` are different
+//! bodies — a miss, never a wrong answer. A body that is not one JSON
 //! object, or that repeats a member name anywhere (a backend may read the first where Sluice
 //! reads the last), is never cached.
 
-use std::fmt;
-
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use std::borrow::Cow;
 
 use super::CacheSettings;
 use crate::route::Operation;
@@ -51,12 +50,12 @@ pub fn request_key(
     if !caches(op) {
         return Err(NotCacheable::Operation);
     }
-    let Ok(Canon::Object(members)) = serde_json::from_slice::<Canon>(body) else {
+    let Some(Canon::Object(members)) = parse(body) else {
         return Err(NotCacheable::Unreadable);
     };
     let member = |name: &str| {
         members
-            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .binary_search_by(|(k, _)| k.as_ref().cmp(name))
             .ok()
             .and_then(|i| members.get(i))
             .map(|(_, value)| value)
@@ -65,8 +64,7 @@ pub fn request_key(
         return Err(NotCacheable::Stream);
     }
     if op != Operation::Embeddings && !settings.nondeterministic {
-        let zero_temperature =
-            matches!(member("temperature"), Some(Canon::Number(n)) if n.as_f64() == Some(0.0));
+        let zero_temperature = member("temperature").is_some_and(Canon::is_zero);
         let seeded = matches!(member("seed"), Some(s) if *s != Canon::Null);
         if !zero_temperature && !seeded {
             return Err(NotCacheable::Nondeterministic);
@@ -88,7 +86,7 @@ pub fn request_key(
     key.push(b'{');
     let mut first = true;
     for (name, value) in &members {
-        if settings.ignore_fields.iter().any(|f| f == name) {
+        if settings.ignore_fields.iter().any(|f| f == name.as_ref()) {
             continue;
         }
         if !first {
@@ -103,24 +101,27 @@ pub fn request_key(
     Ok(key)
 }
 
-/// A JSON value in canonical form: object members sorted by name (none repeated).
+/// A JSON value in canonical form: object members sorted by name (none repeated), strings
+/// decoded, numbers as written (borrowed from the body).
 #[derive(Debug, PartialEq)]
-enum Canon {
+enum Canon<'a> {
     Null,
     Bool(bool),
-    Number(serde_json::Number),
-    String(String),
-    Array(Vec<Canon>),
-    Object(Vec<(String, Canon)>),
+    /// The number's text, verbatim: re-serializing through `f64` would merge numbers a
+    /// backend tells apart (integers past 2^64, decimals past double precision).
+    Number(&'a str),
+    String(Cow<'a, str>),
+    Array(Vec<Canon<'a>>),
+    Object(Vec<(Cow<'a, str>, Canon<'a>)>),
 }
 
-impl Canon {
+impl Canon<'_> {
     fn write(&self, out: &mut Vec<u8>) {
         match self {
             Canon::Null => out.extend_from_slice(b"null"),
             Canon::Bool(true) => out.extend_from_slice(b"true"),
             Canon::Bool(false) => out.extend_from_slice(b"false"),
-            Canon::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
+            Canon::Number(n) => out.extend_from_slice(n.as_bytes()),
             Canon::String(s) => write_string(out, s),
             Canon::Array(items) => {
                 out.push(b'[');
@@ -146,6 +147,11 @@ impl Canon {
             }
         }
     }
+
+    /// Whether this is a number equal to zero (`0`, `0.0`, `-0`, `0e5`).
+    fn is_zero(&self) -> bool {
+        matches!(self, Canon::Number(n) if n.parse::<f64>() == Ok(0.0))
+    }
 }
 
 /// A JSON string, escaped as serde_json escapes it (one form per string).
@@ -154,69 +160,173 @@ fn write_string(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-impl<'de> Deserialize<'de> for Canon {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(CanonVisitor)
-    }
+/// Nesting deeper than this is not cached (serde_json's own limit).
+const MAX_DEPTH: usize = 128;
+
+/// Parses `text` as exactly one JSON value (RFC 8259, surrounding whitespace allowed) into
+/// its canonical form; `None` when it is not JSON, repeats a member name or nests deeper
+/// than [`MAX_DEPTH`].
+fn parse(text: &[u8]) -> Option<Canon<'_>> {
+    let mut reader = Reader { text, pos: 0 };
+    let value = reader.value(0)?;
+    reader.skip_whitespace();
+    (reader.pos == text.len()).then_some(value)
 }
 
-struct CanonVisitor;
+/// A strict recursive-descent reader: a pure function of the bytes, linear in their length.
+struct Reader<'a> {
+    text: &'a [u8],
+    pos: usize,
+}
 
-impl<'de> Visitor<'de> for CanonVisitor {
-    type Value = Canon;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_unit<E>(self) -> Result<Canon, E> {
-        Ok(Canon::Null)
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<Canon, E> {
-        Ok(Canon::Bool(v))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Canon, E> {
-        Ok(Canon::Number(v.into()))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Canon, E> {
-        Ok(Canon::Number(v.into()))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Canon, E> {
-        serde_json::Number::from_f64(v)
-            .map(Canon::Number)
-            .ok_or_else(|| E::custom("not a finite number"))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Canon, E> {
-        Ok(Canon::String(v.to_owned()))
-    }
-
-    fn visit_string<E>(self, v: String) -> Result<Canon, E> {
-        Ok(Canon::String(v))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Canon, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element()? {
-            items.push(item);
+impl<'a> Reader<'a> {
+    fn skip_whitespace(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.text.get(self.pos) {
+            self.pos += 1;
         }
-        Ok(Canon::Array(items))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Canon, A::Error> {
-        let mut members: Vec<(String, Canon)> = Vec::new();
-        while let Some(entry) = map.next_entry()? {
-            members.push(entry);
+    fn peek(&mut self) -> Option<u8> {
+        self.skip_whitespace();
+        self.text.get(self.pos).copied()
+    }
+
+    /// Consumes `literal` when the text continues with it.
+    fn eat(&mut self, literal: &[u8]) -> bool {
+        let found = self.text.get(self.pos..self.pos + literal.len()) == Some(literal);
+        if found {
+            self.pos += literal.len();
+        }
+        found
+    }
+
+    fn value(&mut self, depth: usize) -> Option<Canon<'a>> {
+        match self.peek()? {
+            b'{' => self.object(depth + 1),
+            b'[' => self.array(depth + 1),
+            b'"' => self.string().map(Canon::String),
+            b't' => self.eat(b"true").then_some(Canon::Bool(true)),
+            b'f' => self.eat(b"false").then_some(Canon::Bool(false)),
+            b'n' => self.eat(b"null").then_some(Canon::Null),
+            _ => self.number().map(Canon::Number),
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> Option<Canon<'a>> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.pos += 1; // `{`
+        let mut members = Vec::new();
+        if self.peek()? == b'}' {
+            self.pos += 1;
+            return Some(Canon::Object(members));
+        }
+        loop {
+            if self.peek()? != b'"' {
+                return None;
+            }
+            let name = self.string()?;
+            if self.peek()? != b':' {
+                return None;
+            }
+            self.pos += 1;
+            members.push((name, self.value(depth)?));
+            match self.peek()? {
+                b',' => self.pos += 1,
+                b'}' => {
+                    self.pos += 1;
+                    break;
+                }
+                _ => return None,
+            }
         }
         members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         if members.windows(2).any(|w| w[0].0 == w[1].0) {
-            return Err(de::Error::custom("a member name is repeated"));
+            return None;
         }
-        Ok(Canon::Object(members))
+        Some(Canon::Object(members))
+    }
+
+    fn array(&mut self, depth: usize) -> Option<Canon<'a>> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.pos += 1; // `[`
+        let mut items = Vec::new();
+        if self.peek()? == b']' {
+            self.pos += 1;
+            return Some(Canon::Array(items));
+        }
+        loop {
+            items.push(self.value(depth)?);
+            match self.peek()? {
+                b',' => self.pos += 1,
+                b']' => {
+                    self.pos += 1;
+                    return Some(Canon::Array(items));
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// A string token (at `"`), decoded: borrowed when it has no escapes, else decoded by
+    /// serde_json (which refuses lone surrogates and bad escapes).
+    fn string(&mut self) -> Option<Cow<'a, str>> {
+        let start = self.pos;
+        let mut i = start + 1;
+        let mut escaped = false;
+        loop {
+            match *self.text.get(i)? {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    i += 2;
+                }
+                // Control characters must be escaped (RFC 8259 §7).
+                0..=0x1f => return None,
+                _ => i += 1,
+            }
+        }
+        self.pos = i + 1;
+        let token = self.text.get(start..=i)?;
+        if escaped {
+            serde_json::from_slice::<String>(token).ok().map(Cow::Owned)
+        } else {
+            let inner = token.get(1..token.len() - 1)?;
+            std::str::from_utf8(inner).ok().map(Cow::Borrowed)
+        }
+    }
+
+    /// A number token (RFC 8259 §6: `-? int frac? exp?`), as written.
+    fn number(&mut self) -> Option<&'a str> {
+        let start = self.pos;
+        let digits = |r: &mut Self| {
+            let from = r.pos;
+            while r.text.get(r.pos).is_some_and(u8::is_ascii_digit) {
+                r.pos += 1;
+            }
+            r.pos > from
+        };
+        self.eat(b"-");
+        if self.eat(b"0") {
+            // No leading zeros: `0` stands alone.
+        } else if !digits(self) {
+            return None;
+        }
+        if self.eat(b".") && !digits(self) {
+            return None;
+        }
+        if self.eat(b"e") || self.eat(b"E") {
+            if !self.eat(b"+") {
+                self.eat(b"-");
+            }
+            if !digits(self) {
+                return None;
+            }
+        }
+        std::str::from_utf8(self.text.get(start..self.pos)?).ok()
     }
 }
 
@@ -371,9 +481,72 @@ mod tests {
     }
 
     #[test]
-    fn numbers_and_strings_have_one_form_each() {
-        let a = chat(r#"{"temperature":0,"s":"\u00e9\/","n":1e2}"#).unwrap();
-        let b = chat(r#"{"temperature":0,"s":"é/","n":100.0}"#).unwrap();
+    fn strings_have_one_form_and_numbers_stay_as_written() {
+        let a = chat(r#"{"temperature":0,"s":"\u00e9\/\u0041"}"#).unwrap();
+        let b = chat(r#"{"temperature":0,"s":"é/A"}"#).unwrap();
         assert_eq!(a, b);
+        assert_ne!(
+            chat(r#"{"temperature":0,"n":1e2}"#),
+            chat(r#"{"temperature":0,"n":100}"#)
+        );
+        // Past u64 and past double precision: numbers a backend tells apart stay apart
+        // (through f64 both pairs would be one key).
+        assert_ne!(
+            chat(r#"{"temperature":0,"seed":18446744073709551616}"#),
+            chat(r#"{"temperature":0,"seed":18446744073709551617}"#)
+        );
+        assert_ne!(
+            chat(r#"{"temperature":0,"top_p":0.10000000000000000001}"#),
+            chat(r#"{"temperature":0,"top_p":0.1}"#)
+        );
+        for zero in ["0", "0.0", "-0", "0e5", "0.000E-3"] {
+            assert!(
+                chat(&format!(r#"{{"temperature":{zero}}}"#)).is_ok(),
+                "{zero}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_strict_json_is_read() {
+        for bad in [
+            r#"{"temperature":0,"n":01}"#,
+            r#"{"temperature":0,"n":1.}"#,
+            r#"{"temperature":0,"n":.5}"#,
+            r#"{"temperature":0,"n":+1}"#,
+            r#"{"temperature":0,"n":1e}"#,
+            r#"{"temperature":0,"n":NaN}"#,
+            r#"{"temperature":0,"s":"\ud800"}"#,
+            r#"{"temperature":0,"s":"\x"}"#,
+            "{\"temperature\":0,\"s\":\"a\u{1}b\"}",
+            r#"{"temperature":0,}"#,
+            r#"{"temperature":0,"a":[1,]}"#,
+            r#"{"temperature":0 "a":1}"#,
+            r#"{'temperature':0}"#,
+            r#"{"temperature":tru}"#,
+        ] {
+            assert_eq!(chat(bad), Err(NotCacheable::Unreadable), "{bad:?}");
+        }
+        let not_utf8 = b"{\"temperature\":0,\"s\":\"\xff\"}";
+        assert_eq!(
+            request_key(Operation::ChatCompletions, None, not_utf8, &settings()),
+            Err(NotCacheable::Unreadable)
+        );
+        let spaced = chat(" \t\r\n{ \"temperature\" :\n0 , \"a\" : [ 1 , { } , [ ] ] }\n ");
+        assert_eq!(
+            spaced.unwrap(),
+            "chat\n5:app-a\n{\"a\":[1,{},[]],\"temperature\":0}"
+        );
+    }
+
+    #[test]
+    fn a_key_keys_to_itself() {
+        // Found by the fuzz target: a number past u64 went through f64 and did not come
+        // back the same.
+        let body = br#"{"model":"gpt-4o","|mpera-ure":99999999999999999999999999999999999999999990,"seed":0,"n":1.5e3,"m":{"b":[1,-2,null,true],"a":"x"}}"#;
+        let op = Operation::ChatCompletions;
+        let key = request_key(op, None, body, &settings()).unwrap();
+        let canonical = &key[b"chat\n0:\n".len()..];
+        assert_eq!(request_key(op, None, canonical, &settings()).unwrap(), key);
     }
 }
