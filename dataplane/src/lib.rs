@@ -15,6 +15,7 @@ pub mod apply;
 pub mod audit;
 pub mod auth;
 pub mod balance;
+pub mod cache;
 pub mod capacity;
 pub mod clock;
 pub mod config;

@@ -326,6 +326,9 @@ pub struct Deployment {
     pub retry: RetryPolicy,
     /// When failures eject a backend from the pool.
     pub outlier_detection: OutlierDetection,
+    /// Its response cache (`cache = { … }`; `None`: not cached). Carried over a reload that
+    /// keeps the deployment's name and cache settings.
+    pub cache: Option<Arc<crate::cache::ResponseCache>>,
 }
 
 /// One backend's place in a deployment's pool.

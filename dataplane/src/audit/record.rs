@@ -12,6 +12,7 @@
 //!  "status":200,"error":null,"ended":"complete","truncated":false,
 //!  "latency_ms":43.0,"upstream_latency_ms":41.2,"ttft_ms":null,
 //!  "prompt_tokens":19,"completion_tokens":9,"total_tokens":28,"tokens_estimated":false,
+//!  "cache":null,
 //!  "client_ip":"10.0.0.7","client_cert":null,"jwt_subject":null,"app_id":null,
 //!  "content":"full","request":{"messages":[…]},"response":{"choices":[…]}}
 //! ```
@@ -63,6 +64,9 @@ pub struct Record {
     pub ttft: Option<Duration>,
     /// The tokens (`None`: usage not accounted, e.g. no deployment).
     pub tokens: Option<Settled>,
+    /// What the response cache did: `hit`, `miss` or `bypass` (`None`: the deployment has no
+    /// cache, or the operation is not cached).
+    pub cache: Option<&'static str>,
     /// The model the answer named, as the usage reading found it
     /// ([`crate::policy::usage::UsageTap::model`]): known whatever the content policy and
     /// for answers whose content is not captured (embeddings). `None` when usage was not
@@ -176,6 +180,9 @@ pub struct Entry {
     pub total_tokens: Option<u64>,
     /// Whether the tokens are Sluice's estimate rather than the backend's report.
     pub tokens_estimated: Option<bool>,
+    /// The response cache's part: `hit` (answered from the cache, 0 tokens), `miss` or
+    /// `bypass`; `null` where the cache had none. JSON lines only (not a SQLite column).
+    pub cache: Option<&'static str>,
     /// The client's address.
     pub client_ip: String,
     /// The client certificate's subject.
@@ -269,6 +276,7 @@ impl Entry {
             completion_tokens: record.tokens.and_then(|t| t.completion),
             total_tokens: record.tokens.map(|t| t.total),
             tokens_estimated: record.tokens.map(|t| t.estimated),
+            cache: record.cache,
             client_ip: record.client_ip.to_string(),
             client_cert: record.client_cert,
             jwt_subject: record.jwt_subject,

@@ -582,6 +582,7 @@ mod tests {
             latency: Duration::from_millis(1),
             upstream_latency: None,
             ttft: None,
+            cache: None,
             tokens: None,
             model: None,
             client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),

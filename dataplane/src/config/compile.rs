@@ -116,7 +116,7 @@ pub(crate) fn compile(
         ));
     }
 
-    let mut deployments = compile_deployments(&file.deployment, &backend_ids, report);
+    let mut deployments = compile_deployments(&file.deployment, &backend_ids, previous, report);
     let access = compile_access(source, file, &mut deployments, report, env, read);
     let audit = super::audit::compile(file.audit.as_ref(), report);
     let admin_listen = super::admin::compile(file.admin.as_ref(), &server, report);
@@ -928,6 +928,7 @@ pub(crate) fn parse_upstream_url(url: &str) -> Result<HttpUrl<'_>, String> {
 fn compile_deployments(
     sections: &[Spanned<DeploymentSection>],
     backend_ids: &HashMap<&str, usize>,
+    previous: Option<&Snapshot>,
     report: &mut Reporter<'_>,
 ) -> Vec<Deployment> {
     if sections.is_empty() {
@@ -1041,6 +1042,13 @@ fn compile_deployments(
             outlier_detection: super::resilience::compile_outlier_detection(
                 d.outlier_detection.as_ref(),
                 &field,
+                report,
+            ),
+            cache: super::cache::compile(
+                d.cache.as_ref(),
+                d.name.get_ref(),
+                &field,
+                previous,
                 report,
             ),
         });

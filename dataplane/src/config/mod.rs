@@ -12,6 +12,7 @@
 mod access;
 mod admin;
 mod audit;
+mod cache;
 mod check;
 mod compile;
 mod document;
@@ -272,6 +273,7 @@ mod tests {
     mod access;
     mod audit;
     mod backend_tls;
+    mod cache;
     mod resilience;
     mod tls_listen;
 

@@ -191,6 +191,19 @@ pub(crate) struct DeploymentSection {
     pub tokens: Option<Spanned<TokensSection>>,
     pub retry: Option<Spanned<RetrySection>>,
     pub outlier_detection: Option<Spanned<OutlierDetectionSection>>,
+    pub cache: Option<Spanned<CacheSection>>,
+}
+
+/// A deployment's `cache = { … }` (compiled by `config::cache`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CacheSection {
+    pub ttl: Option<Spanned<String>>,
+    pub max_entries: Option<Spanned<u64>>,
+    pub max_bytes: Option<Spanned<String>>,
+    pub per_subscription: Option<bool>,
+    pub nondeterministic: Option<bool>,
+    pub ignore_fields: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// A deployment's `retry = { … }`.

@@ -243,6 +243,15 @@ impl Collector for Scrape {
         )?;
         family(
             &mut e,
+            "sluice_cache_lookups",
+            "Response cache lookups, by deployment and result (hit, miss, bypass).",
+            Counter,
+            c.cache_lookups
+                .iter()
+                .map(|((d, r), n)| (vec![("deployment", &**d), ("result", *r)], *n)),
+        )?;
+        family(
+            &mut e,
             "sluice_failovers",
             "Requests that needed more than one upstream attempt, by deployment.",
             Counter,

@@ -102,6 +102,8 @@ pub struct Counts<N> {
     pub ttft: HashMap<N, Histogram, RandomState>,
     /// Gaps between a stream's body pieces, by deployment.
     pub gaps: HashMap<N, Histogram, RandomState>,
+    /// Response cache lookups by (deployment, result: `hit`, `miss` or `bypass`).
+    pub cache_lookups: HashMap<(N, &'static str), u64, RandomState>,
 }
 
 impl<N> Default for Counts<N> {
@@ -117,6 +119,7 @@ impl<N> Default for Counts<N> {
             upstream_latency: HashMap::default(),
             ttft: HashMap::default(),
             gaps: HashMap::default(),
+            cache_lookups: HashMap::default(),
         }
     }
 }
@@ -133,6 +136,7 @@ impl<N: Hash + Eq> Counts<N> {
             && self.upstream_latency.is_empty()
             && self.ttft.is_empty()
             && self.gaps.is_empty()
+            && self.cache_lookups.is_empty()
     }
 
     /// Adds every figure of `other` (its names mapped by `name`) to this.
@@ -170,6 +174,9 @@ impl<N: Hash + Eq> Counts<N> {
         for (d, h) in &other.gaps {
             self.gaps.entry(name(d)).or_default().merge(h);
         }
+        for ((d, r), n) in &other.cache_lookups {
+            *self.cache_lookups.entry((name(d), r)).or_default() += n;
+        }
     }
 
     fn clear(&mut self) {
@@ -183,6 +190,7 @@ impl<N: Hash + Eq> Counts<N> {
         self.upstream_latency.clear();
         self.ttft.clear();
         self.gaps.clear();
+        self.cache_lookups.clear();
     }
 }
 

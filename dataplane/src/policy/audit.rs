@@ -199,6 +199,7 @@ fn record(env: &Env<'_>, ctx: &RequestCtx<'_>, capture: AuditCapture) -> Record 
         upstream_latency,
         ttft,
         tokens: super::usage::settled(ctx),
+        cache: ctx.cache.result(),
         model: ctx.usage.model(),
         client_ip: ctx.client_ip,
         client_cert: ctx.client_cert.clone(),

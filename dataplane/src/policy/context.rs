@@ -128,6 +128,8 @@ pub struct RequestCtx<'s> {
     pub injected_body: Option<Vec<u8>>,
     /// Reads the answer's token usage (off unless a token limit holds a reservation).
     pub usage: UsageTap,
+    /// What the response cache did (a deployment with `cache = { … }`).
+    pub cache: super::cache::CacheUse,
     /// Header lines every answer to this request carries (`x-ratelimit-*`), each
     /// `name: value\r\n`.
     pub response_headers: Vec<u8>,
@@ -314,6 +316,7 @@ impl<'s> RequestCtx<'s> {
             stream_plan: None,
             injected_body: None,
             usage: UsageTap::Off,
+            cache: Default::default(),
             response_headers,
             retry_over_budget: false,
             trace: None,

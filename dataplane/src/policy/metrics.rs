@@ -148,6 +148,13 @@ impl Policy for RequestMetrics {
                     Names::observe(histogram, &LATENCY_BUCKETS, attempt.duration);
                 }
             }
+            if let Some(result) = ctx.cache.result() {
+                *names
+                    .counts()
+                    .cache_lookups
+                    .entry((deployment, result))
+                    .or_default() += 1;
+            }
             if ctx.attempts.len() > 1 {
                 *names.counts().failovers.entry(deployment).or_default() += 1;
             }

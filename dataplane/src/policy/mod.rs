@@ -1,7 +1,8 @@
 //! The request pipeline: one context per request ([`context`]), the phases and the policy
 //! interface ([`phase`]), and the policies, one module each — [`admit`] (the client-IP gate,
 //! admission and settlement by the limits), [`authenticate`] (keys, JWTs, products),
-//! [`trace`] (the trace header) and [`usage`] (reading the answer's token usage) — assembled
+//! [`trace`] (the trace header), [`usage`] (reading the answer's token usage) and [`cache`]
+//! (the exact response cache) — assembled
 //! in [`pipeline`]. [`audit`] records every request in the audit log, [`metrics`] counts it. The decisions they take are pure functions of the snapshot, the context
 //! and the time: [`identity`] (who is calling) and [`admission`] (how much they may).
 //!
@@ -12,6 +13,7 @@ pub mod admission;
 pub mod admit;
 pub mod audit;
 pub mod authenticate;
+pub mod cache;
 pub mod context;
 pub mod identity;
 pub mod metrics;

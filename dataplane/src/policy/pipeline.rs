@@ -6,20 +6,25 @@
 use super::admit::{Admit, ClientIpGate};
 use super::audit::AuditRecord;
 use super::authenticate::Authenticate;
+use super::cache::ResponseCaching;
 use super::metrics::RequestMetrics;
 use super::trace::TraceHeader;
 use super::usage::UsageAccounting;
 
 /// The standard pipeline: record the request (its `on_complete` last, seeing everything
 /// settled), count it in the metrics, count the client's address, authenticate and authorize, decide the trace,
-/// admit by the limits (and settle), read the answer's usage.
+/// admit by the limits (and settle), read the answer's usage, answer from the response cache
+/// (after admission: a hit counts against the request limits and releases its tokens).
 pub type Standard = (
     AuditRecord,
     (
         RequestMetrics,
         (
             ClientIpGate,
-            (Authenticate, (TraceHeader, (Admit, UsageAccounting))),
+            (
+                Authenticate,
+                (TraceHeader, (Admit, (UsageAccounting, ResponseCaching))),
+            ),
         ),
     ),
 );

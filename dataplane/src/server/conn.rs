@@ -409,6 +409,9 @@ impl Client {
             ctx.status = Some(200);
             return self.down.write_out(out, close).await;
         };
+        if let Some(answer) = ctx.cache.hit() {
+            return super::cached::replay(&mut self.down, pipeline, ctx, &answer, close).await;
+        }
         Exchange {
             leg: &mut self.leg,
             down: &mut self.down,

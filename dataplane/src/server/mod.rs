@@ -6,6 +6,7 @@
 //! moves), and the shutdown flag.
 
 mod body_deadline;
+mod cached;
 mod conn;
 mod per_core;
 mod shutdown;

@@ -1,0 +1,118 @@
+//! A deployment's `cache = { ttl, max_entries, max_bytes, per_subscription, nondeterministic,
+//! ignore_fields }`: compiled into [`CacheSettings`], and the running deployment's store
+//! carried over when they are unchanged (a reload keeps the cache).
+
+use std::sync::Arc;
+
+use toml::Spanned;
+
+use super::check::{parse_duration, parse_size};
+use super::error::Reporter;
+use super::schema::CacheSection;
+use crate::cache::{CacheSettings, ResponseCache};
+use crate::snapshot::Snapshot;
+
+/// The smallest `max_bytes`: one ordinary answer with its key.
+const MIN_BYTES: u64 = 1024;
+
+/// Compiles deployment `name`'s `cache` (at `field`, e.g. `deployment[0].cache`): its store,
+/// the one `previous` (the running snapshot) has for `name` when its settings are the same,
+/// else a new empty one. `None` without a `cache` (or with errors, reported).
+pub(crate) fn compile(
+    section: Option<&Spanned<CacheSection>>,
+    name: &str,
+    field: &str,
+    previous: Option<&Snapshot>,
+    report: &mut Reporter<'_>,
+) -> Option<Arc<ResponseCache>> {
+    let section = section?.get_ref();
+    let field = format!("{field}.cache");
+    let defaults = CacheSettings::default();
+    let mut ok = true;
+    let ttl = match &section.ttl {
+        None => defaults.ttl,
+        Some(v) => match parse_duration(v.get_ref()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                report.at(v.span(), format!("{field}.ttl"), "must be more than 0");
+                ok = false;
+                defaults.ttl
+            }
+            Err(e) => {
+                report.at(v.span(), format!("{field}.ttl"), e);
+                ok = false;
+                defaults.ttl
+            }
+        },
+    };
+    let max_entries = match &section.max_entries {
+        None => defaults.max_entries,
+        Some(v) if *v.get_ref() == 0 => {
+            report.at(
+                v.span(),
+                format!("{field}.max_entries"),
+                "must be 1 or more",
+            );
+            ok = false;
+            defaults.max_entries
+        }
+        Some(v) => *v.get_ref(),
+    };
+    let max_bytes = match &section.max_bytes {
+        None => defaults.max_bytes,
+        Some(v) => match parse_size(v.get_ref()) {
+            Ok(n) if n >= MIN_BYTES => n,
+            Ok(_) => {
+                report.at(
+                    v.span(),
+                    format!("{field}.max_bytes"),
+                    "must be at least 1KiB",
+                );
+                ok = false;
+                defaults.max_bytes
+            }
+            Err(e) => {
+                report.at(v.span(), format!("{field}.max_bytes"), e);
+                ok = false;
+                defaults.max_bytes
+            }
+        },
+    };
+    let ignore_fields = match &section.ignore_fields {
+        None => defaults.ignore_fields,
+        Some(list) => {
+            for (i, f) in list.get_ref().iter().enumerate() {
+                if f.get_ref().is_empty() {
+                    report.at(
+                        f.span(),
+                        format!("{field}.ignore_fields[{i}]"),
+                        "must not be empty",
+                    );
+                    ok = false;
+                }
+            }
+            list.get_ref().iter().map(|f| f.get_ref().clone()).collect()
+        }
+    };
+    if !ok {
+        return None;
+    }
+    let settings = CacheSettings {
+        ttl,
+        max_entries,
+        max_bytes,
+        per_subscription: section
+            .per_subscription
+            .unwrap_or(defaults.per_subscription),
+        nondeterministic: section
+            .nondeterministic
+            .unwrap_or(defaults.nondeterministic),
+        ignore_fields,
+    };
+    let carried = previous
+        .and_then(|p| p.deployments.get(name))
+        .and_then(|d| d.cache.as_ref())
+        .filter(|c| *c.settings() == settings)
+        .cloned();
+    Some(carried.unwrap_or_else(|| Arc::new(ResponseCache::new(settings))))
+}

@@ -1,0 +1,522 @@
+//! Whole-process tests of the response cache (README "Response cache"): a scripted backend
+//! that numbers its answers and counts its requests, so a test sees which answers came from
+//! the backend and which from the cache. Every deployment here is `chat` on one `openai`
+//! backend, with the `cache` settings the test names.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::Write as _;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+
+const KEY_A: &str = "sk-cache-team-a";
+const KEY_B: &str = "sk-cache-team-b";
+/// The backend's usage on every answer.
+const UP_USAGE: i64 = 6;
+
+/// A backend that answers request number `i` (from 1) with a chat answer saying `answer i`;
+/// a body with `"fail": STATUS` gets that status, one with `"pad": N` an answer padded by
+/// N bytes, a streamed one an SSE answer.
+fn numbered_upstream() -> Upstream {
+    let seen = AtomicUsize::new(0);
+    Upstream::start(move |r, s: &mut TcpStream| {
+        let i = seen.fetch_add(1, Ordering::SeqCst) + 1;
+        let req = r.json();
+        if req["stream"] == json!(true) {
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                        transfer-encoding: chunked\r\n\r\n";
+            let _ = s.write_all(head.as_bytes());
+            let _ = write_chunk(s, sse_chunk(&format!("answer {i}")).as_bytes());
+            let _ = write_chunk(s, b"data: [DONE]\n\n");
+            let _ = write_chunk(s, b"");
+            return After::KeepAlive;
+        }
+        if let Some(status) = req["fail"].as_u64() {
+            let body = json!({"error": {"message": "no", "type": "invalid_request_error",
+                                        "param": null, "code": null}});
+            let body = serde_json::to_vec(&body).unwrap();
+            respond(
+                s,
+                status as u16,
+                &[("content-type", "application/json")],
+                &body,
+            );
+            return After::KeepAlive;
+        }
+        let pad = "x".repeat(req["pad"].as_u64().unwrap_or(0) as usize);
+        let answer = json!({
+            "id": format!("chatcmpl-{i}"), "object": "chat.completion", "created": 1,
+            "model": "upstream-model",
+            "choices": [{"index": 0, "message": {"role": "assistant",
+                         "content": format!("answer {i}{pad}")}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": UP_USAGE}
+        });
+        // Not serde_json's order: the replay must give these bytes back as they were.
+        let body = serde_json::to_vec_pretty(&answer).unwrap();
+        respond(s, 200, &[("content-type", "application/json")], &body);
+        After::KeepAlive
+    })
+}
+
+/// Deployment `chat` on `up` with `cache = { CACHE }`, and `extra` (products, subscriptions,
+/// `[audit]`).
+fn config(up: &Upstream, cache: &str, extra: &str) -> String {
+    format!(
+        "[[backend]]\nname = \"up\"\nkind = \"openai\"\nurl = \"{}\"\n\n\
+         [[deployment]]\nname = \"chat\"\nbackends = [{{ backend = \"up\" }}]\n\
+         tokens = {{ estimator = \"heuristic\" }}\ncache = {{ {cache} }}\n\n\
+         [[deployment]]\nname = \"plain\"\nbackends = [{{ backend = \"up\" }}]\n{extra}",
+        up.url()
+    )
+}
+
+/// Subscriptions `team-a` (KEY_A) and `team-b` (KEY_B) of product `p` with `limits`.
+fn teams(limits: &str) -> String {
+    format!(
+        "{}{}{}",
+        product("p", limits),
+        subscription("team-a", "p", &[KEY_A]),
+        subscription("team-b", "p", &[KEY_B])
+    )
+}
+
+/// A deterministic chat body to `model` asking `question`.
+fn question(model: &str, q: &str) -> Value {
+    json!({"model": model, "temperature": 0,
+           "messages": [{"role": "user", "content": q}]})
+}
+
+/// Posts the raw `body` to the chat path with `headers`, on a connection closed after the
+/// answer, once Sluice has settled the request.
+fn post_raw(s: &Sluice, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    let mut all = vec![
+        ("Content-Type", "application/json"),
+        ("Connection", "close"),
+    ];
+    all.extend_from_slice(headers);
+    let mut c = s.connect();
+    let resp = c.request("POST", "/v1/chat/completions", &all, body);
+    wait_settled(&mut c);
+    resp
+}
+
+fn post(s: &Sluice, headers: &[(&str, &str)], body: &Value) -> Response {
+    post_raw(s, headers, &serde_json::to_vec(body).unwrap())
+}
+
+fn ask(s: &Sluice, body: &Value) -> Response {
+    post(s, &[], body)
+}
+
+/// The answer's `x-sluice-cache`.
+fn cache_of(resp: &Response) -> &str {
+    resp.header("x-sluice-cache").unwrap_or_else(|| {
+        panic!(
+            "no x-sluice-cache (status {}): {}",
+            resp.status,
+            resp.text()
+        )
+    })
+}
+
+/// The answer's text (`choices[0].message.content`).
+fn content(resp: &Response) -> String {
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    resp.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn a_repeated_request_is_answered_from_the_cache_byte_for_byte() {
+    let up = numbered_upstream();
+    let s = Launch::new(&config(&up, "ttl = \"10m\"", "")).start();
+    let body = question("chat", "hi");
+    let first = ask(&s, &body);
+    assert_eq!(cache_of(&first), "miss");
+    assert_eq!(content(&first), "answer 1");
+    let second = ask(&s, &body);
+    assert_eq!(cache_of(&second), "hit");
+    assert_eq!(up.request_count(), 1, "a hit reaches no backend");
+    assert_eq!(second.body, first.body, "replayed byte for byte");
+    assert_eq!(second.header("content-type"), Some("application/json"));
+    assert_request_id(&second);
+    assert_ne!(
+        second.header("x-request-id"),
+        first.header("x-request-id"),
+        "a replay has its own request id"
+    );
+    // Another question misses; a deployment without a cache, and an operation the cache does
+    // not cover, carry no header.
+    assert_eq!(cache_of(&ask(&s, &question("chat", "other"))), "miss");
+    assert_eq!(up.request_count(), 2);
+    let plain = ask(&s, &question("plain", "hi"));
+    assert_eq!(plain.status, 200);
+    assert_eq!(plain.header("x-sluice-cache"), None);
+    let responses = s.request(
+        "POST",
+        "/v1/responses",
+        &[("Content-Type", "application/json")],
+        br#"{"model":"chat","input":"hi","temperature":0}"#,
+    );
+    assert_eq!(
+        responses.header("x-sluice-cache"),
+        None,
+        "{}",
+        responses.text()
+    );
+}
+
+#[test]
+fn bodies_that_differ_only_in_order_whitespace_and_ignored_fields_share_an_entry() {
+    let up = numbered_upstream();
+    let s = Launch::new(&config(&up, "", "")).start();
+    let a = post_raw(
+        &s,
+        &[],
+        br#"{"model":"chat","temperature":0,"a":1,"b":2,"messages":[{"role":"user","content":"q"}]}"#,
+    );
+    assert_eq!(cache_of(&a), "miss");
+    let b = post_raw(
+        &s,
+        &[],
+        b"{ \"b\":2,\n  \"a\":1, \"user\": \"someone\", \"messages\" : [ {\"content\":\"q\",\"role\":\"user\"} ],\"temperature\":0, \"model\":\"chat\" }",
+    );
+    assert_eq!(cache_of(&b), "hit");
+    assert_eq!(b.body, a.body);
+    // A value that differs is another question.
+    let c = post_raw(
+        &s,
+        &[],
+        br#"{"model":"chat","temperature":0,"a":1,"b":3,"messages":[{"role":"user","content":"q"}]}"#,
+    );
+    assert_eq!(cache_of(&c), "miss");
+    assert_eq!(up.request_count(), 2);
+}
+
+#[test]
+fn an_entry_expires_after_its_ttl() {
+    let up = numbered_upstream();
+    let s = Launch::new(&config(&up, "ttl = \"1s\"", "")).start();
+    let body = question("chat", "hi");
+    assert_eq!(cache_of(&ask(&s, &body)), "miss");
+    assert_eq!(cache_of(&ask(&s, &body)), "hit");
+    std::thread::sleep(Duration::from_millis(1100));
+    let late = ask(&s, &body);
+    assert_eq!(cache_of(&late), "miss");
+    assert_eq!(content(&late), "answer 2");
+    assert_eq!(cache_of(&ask(&s, &body)), "hit");
+    assert_eq!(up.request_count(), 2);
+}
+
+/// Asks each of `questions` again: how many were hits.
+fn hits_on_asking_again(s: &Sluice, questions: &[Value]) -> usize {
+    questions
+        .iter()
+        .filter(|q| cache_of(&ask(s, q)) == "hit")
+        .count()
+}
+
+#[test]
+fn entries_are_evicted_past_max_entries() {
+    let up = numbered_upstream();
+    let s = Launch::new(&config(&up, "max_entries = 2", "")).start();
+    let questions: Vec<Value> = (0..3).map(|i| question("chat", &format!("q{i}"))).collect();
+    for q in &questions {
+        assert_eq!(cache_of(&ask(&s, q)), "miss");
+    }
+    let hits = hits_on_asking_again(&s, &questions);
+    assert!(
+        (1..=2).contains(&hits),
+        "{hits} of 3 hit in a 2-entry cache"
+    );
+    assert_eq!(up.request_count(), 3 + 3 - hits);
+}
+
+#[test]
+fn entries_are_evicted_past_max_bytes_and_an_answer_too_large_is_not_stored() {
+    let up = numbered_upstream();
+    // One padded answer (~1.2 kB with its key) fits in 2 KiB, two do not.
+    let s = Launch::new(&config(&up, "max_bytes = \"2KiB\", max_entries = 100", "")).start();
+    let padded = |q: &str| {
+        let mut b = question("chat", q);
+        b["pad"] = json!(900);
+        b
+    };
+    let questions = [padded("q0"), padded("q1")];
+    for q in &questions {
+        assert_eq!(cache_of(&ask(&s, q)), "miss");
+    }
+    let hits = hits_on_asking_again(&s, &questions);
+    assert!(hits <= 1, "{hits} of 2 hit where only one fits");
+    // Larger than the whole store: never stored.
+    let mut huge = question("chat", "huge");
+    huge["pad"] = json!(4000);
+    assert_eq!(cache_of(&ask(&s, &huge)), "miss");
+    assert_eq!(cache_of(&ask(&s, &huge)), "miss");
+}
+
+#[test]
+fn no_cache_goes_to_the_backend_and_stores_the_fresh_answer() {
+    let up = numbered_upstream();
+    let s = Launch::new(&config(&up, "", "")).start();
+    let body = question("chat", "hi");
+    assert_eq!(content(&ask(&s, &body)), "answer 1");
+    let fresh = post(&s, &[("Cache-Control", "no-cache")], &body);
+    assert_eq!(cache_of(&fresh), "bypass");
+    assert_eq!(content(&fresh), "answer 2");
+    // The fresh answer replaced the stored one (RFC 9111 §5.2.1.4: it may be stored).
+    let next = ask(&s, &body);
+    assert_eq!(cache_of(&next), "hit");
+    assert_eq!(content(&next), "answer 2");
+    // max-age=0 is no-cache; a max-age the entry is within is served.
+    assert_eq!(
+        content(&post(&s, &[("Cache-Control", "max-age=0")], &body)),
+        "answer 3"
+    );
+    let within = post(&s, &[("cache-control", "max-age=60")], &body);
+    assert_eq!(cache_of(&within), "hit");
+    assert_eq!(up.request_count(), 3);
+}
+
+#[test]
+fn no_store_is_neither_served_nor_stored() {
+    let up = numbered_upstream();
+    let s = Launch::new(&config(&up, "", "")).start();
+    let body = question("chat", "hi");
+    let first = post(&s, &[("Cache-Control", "no-store")], &body);
+    assert_eq!(cache_of(&first), "bypass");
+    assert_eq!(
+        cache_of(&ask(&s, &body)),
+        "miss",
+        "the no-store answer was stored"
+    );
+    assert_eq!(cache_of(&ask(&s, &body)), "hit");
+    // With an entry there: not served from it, and the entry stays as it was.
+    let again = post(&s, &[("Cache-Control", "no-transform, No-Store")], &body);
+    assert_eq!(cache_of(&again), "bypass");
+    assert_eq!(content(&again), "answer 3");
+    assert_eq!(content(&ask(&s, &body)), "answer 2");
+    assert_eq!(up.request_count(), 3);
+}
+
+#[test]
+fn each_subscription_has_its_own_entries_unless_shared() {
+    let up = numbered_upstream();
+    let s = Launch::new(&config(&up, "per_subscription = true", &teams(""))).start();
+    let body = question("chat", "hi");
+    let a = post(&s, &[("api-key", KEY_A)], &body);
+    assert_eq!((cache_of(&a), content(&a).as_str()), ("miss", "answer 1"));
+    let b = post(&s, &[("api-key", KEY_B)], &body);
+    assert_eq!((cache_of(&b), content(&b).as_str()), ("miss", "answer 2"));
+    assert_eq!(content(&post(&s, &[("api-key", KEY_A)], &body)), "answer 1");
+    assert_eq!(content(&post(&s, &[("api-key", KEY_B)], &body)), "answer 2");
+    assert_eq!(up.request_count(), 2);
+
+    let up = numbered_upstream();
+    let s = Launch::new(&config(&up, "per_subscription = false", &teams(""))).start();
+    let a = post(&s, &[("api-key", KEY_A)], &body);
+    assert_eq!(cache_of(&a), "miss");
+    let b = post(&s, &[("api-key", KEY_B)], &body);
+    assert_eq!(cache_of(&b), "hit");
+    assert_eq!(b.body, a.body);
+    assert_eq!(up.request_count(), 1);
+}
+
+/// The value of `name` with `labels` in the admin listener's scrape (0 when absent).
+fn metric(s: &Sluice, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut c = Client::connect(s.admin_port());
+    let resp = c.request("GET", "/metrics", &[], b"");
+    assert_eq!(resp.status, 200);
+    let text = resp.text();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    scrape
+        .samples
+        .iter()
+        .filter(|m| m.metric == name)
+        .filter(|m| labels.iter().all(|(k, v)| m.labels.get(k) == Some(*v)))
+        .map(|m| match m.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[test]
+fn a_hit_costs_no_tokens_and_is_recorded_as_a_hit() {
+    let up = numbered_upstream();
+    let dir = TempDir::new("cache-audit");
+    let audit = format!(
+        "\n[audit]\n\n[[audit.sink]]\nkind = \"file\"\npath = \"{}\"\n",
+        dir.path().join("audit.jsonl").display()
+    );
+    let limits = r#"limits = [{ unit = "tokens", quota = 100000, per = "day" }]"#;
+    let extra = format!("{}{audit}", teams(limits));
+    let s = Launch::new(&config(&up, "", &extra)).start();
+    let body = question("chat", "hi");
+    let key = [("api-key", KEY_A)];
+    let remaining = |r: &Response| num_header(r, "x-ratelimit-remaining-tokens");
+    let miss = post(&s, &[key[0], ("x-request-id", "req-miss")], &body);
+    let hit1 = post(&s, &[key[0], ("x-request-id", "req-hit")], &body);
+    let hit2 = post(&s, &key, &body);
+    assert_eq!(
+        (cache_of(&miss), cache_of(&hit1), cache_of(&hit2)),
+        ("miss", "hit", "hit")
+    );
+    // Each header counts its own request's reservation: the miss was charged the backend's
+    // usage, the hit nothing.
+    assert_eq!(remaining(&miss) - remaining(&hit1), UP_USAGE);
+    assert_eq!(
+        remaining(&hit1) - remaining(&hit2),
+        0,
+        "a hit was charged tokens"
+    );
+    assert_eq!(up.request_count(), 1);
+
+    let path = dir.path().join("audit.jsonl");
+    let mut records: Vec<Value> = Vec::new();
+    wait_until(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        records = whole
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        records.len() >= 3
+    });
+    let of = |id: &str| {
+        records
+            .iter()
+            .find(|r| r["request_id"] == id)
+            .unwrap_or_else(|| panic!("no record of {id}: {records:?}"))
+            .clone()
+    };
+    let (m, h) = (of("req-miss"), of("req-hit"));
+    assert_eq!(m["cache"], "miss");
+    assert_eq!(m["total_tokens"], UP_USAGE);
+    assert_eq!(m["backend"], "up");
+    assert_eq!(h["cache"], "hit");
+    assert_eq!(h["total_tokens"], 0);
+    assert_eq!(h["tokens_estimated"], false);
+    assert_eq!(h["status"], 200);
+    assert_eq!(h["backend"], Value::Null);
+    assert_eq!(h["attempts"], json!([]));
+    assert_eq!(h["subscription"], "team-a");
+
+    let lookups = |result| {
+        metric(
+            &s,
+            "sluice_cache_lookups_total",
+            &[("deployment", "chat"), ("result", result)],
+        )
+    };
+    assert!(wait_until(Duration::from_secs(5), || lookups("hit") == 2.0));
+    assert_eq!(lookups("miss"), 1.0);
+    assert_eq!(lookups("bypass"), 0.0);
+}
+
+#[test]
+fn a_hit_counts_against_the_request_limits() {
+    let up = numbered_upstream();
+    let limits = r#"limits = [{ unit = "requests", quota = 3, per = "day" }]"#;
+    let s = Launch::new(&config(&up, "", &teams(limits))).start();
+    let body = question("chat", "hi");
+    let key = [("api-key", KEY_A)];
+    let results: Vec<String> = (0..3)
+        .map(|_| cache_of(&post(&s, &key, &body)).to_owned())
+        .collect();
+    assert_eq!(results, ["miss", "hit", "hit"]);
+    let refused = post(&s, &key, &body);
+    assert_openai_error(&refused, 403, Some("quota_exceeded"));
+    assert_eq!(up.request_count(), 1);
+}
+
+#[test]
+fn answers_other_than_200_are_not_stored() {
+    let up = numbered_upstream();
+    let s = Launch::new(&config(&up, "", "")).start();
+    let mut body = question("chat", "hi");
+    body["fail"] = json!(400);
+    for _ in 0..2 {
+        let resp = ask(&s, &body);
+        assert_eq!(resp.status, 400);
+        assert_eq!(cache_of(&resp), "miss");
+    }
+    assert_eq!(up.request_count(), 2);
+}
+
+#[test]
+fn streamed_requests_bypass_the_cache() {
+    let up = numbered_upstream();
+    let s = Launch::new(&config(&up, "", "")).start();
+    let mut body = question("chat", "hi");
+    body["stream"] = json!(true);
+    for i in 1..=2 {
+        let resp = ask(&s, &body);
+        assert_eq!(resp.status, 200);
+        assert_eq!(cache_of(&resp), "bypass");
+        assert!(
+            resp.text().contains(&format!("answer {i}")),
+            "{}",
+            resp.text()
+        );
+    }
+    assert_eq!(up.request_count(), 2);
+}
+
+#[test]
+fn only_deterministic_requests_are_cached_unless_the_deployment_says_so() {
+    let up = numbered_upstream();
+    let s = Launch::new(&config(&up, "", "")).start();
+    let mut warm = question("chat", "hi");
+    warm["temperature"] = json!(0.7);
+    let mut absent = question("chat", "hi");
+    absent.as_object_mut().unwrap().remove("temperature");
+    for body in [&warm, &warm, &absent, &absent] {
+        assert_eq!(cache_of(&ask(&s, body)), "bypass");
+    }
+    assert_eq!(up.request_count(), 4);
+    let mut seeded = warm.clone();
+    seeded["seed"] = json!(7);
+    assert_eq!(cache_of(&ask(&s, &seeded)), "miss");
+    assert_eq!(cache_of(&ask(&s, &seeded)), "hit");
+
+    let up = numbered_upstream();
+    let s = Launch::new(&config(&up, "nondeterministic = true", "")).start();
+    assert_eq!(cache_of(&ask(&s, &warm)), "miss");
+    assert_eq!(cache_of(&ask(&s, &warm)), "hit");
+    assert_eq!(cache_of(&ask(&s, &absent)), "miss");
+    assert_eq!(up.request_count(), 2);
+}
+
+#[test]
+fn a_reload_with_the_same_cache_settings_keeps_the_entries() {
+    let up = numbered_upstream();
+    let s = Launch::new(&config(&up, "ttl = \"10m\"", "")).start();
+    let body = question("chat", "hi");
+    assert_eq!(cache_of(&ask(&s, &body)), "miss");
+    // Another deployment added: `chat` keeps its cache.
+    s.rewrite_config(&format!(
+        "{}\n[[deployment]]\nname = \"added\"\nbackends = [{{ backend = \"up\" }}]\n",
+        config(&up, "ttl = \"10m\"", "")
+    ));
+    s.signal("HUP");
+    assert!(s.wait_log("config reloaded", Duration::from_secs(10)));
+    assert_eq!(cache_of(&ask(&s, &body)), "hit");
+    // Changed settings: a new, empty cache.
+    s.rewrite_config(&config(&up, "ttl = \"5m\"", ""));
+    s.signal("HUP");
+    assert!(wait_until(Duration::from_secs(10), || s
+        .log()
+        .matches("config reloaded")
+        .count()
+        >= 2));
+    assert_eq!(cache_of(&ask(&s, &body)), "miss");
+    assert_eq!(up.request_count(), 2);
+}
