@@ -680,7 +680,7 @@ backends = [{ backend = "m" }, { backend = "a" }, { backend = "o" }]
         let text = MOCK_DEPLOYMENT.replace("kind = \"mock\"", "kind = \"mock\"\nlatencyy = \"1s\"");
         assert_error(
             &text,
-            "sluice.toml:4:1: backend[0].latencyy: unknown field `latencyy`, expected one of `name`, `kind`, `latency`, `completion_tokens`, `tokens_per_second`, `embedding_dimensions`, `model`, `url`, `api_key_env`, `stream_options`, `ca_file`, `server_name`, `insecure_skip_verify`, `deployment`, `api_version`",
+            "sluice.toml:4:1: backend[0].latencyy: unknown field `latencyy`, expected one of `name`, `kind`, `latency`, `completion_tokens`, `tokens_per_second`, `embedding_dimensions`, `model`, `url`, `api_key_env`, `stream_options`, `ca_file`, `server_name`, `insecure_skip_verify`, `deployment`, `api_version`, `health_check`",
         );
         let text =
             MOCK_DEPLOYMENT.replace("{ backend = \"m\" }", "{ backend = \"m\", wieght = 2 }");
