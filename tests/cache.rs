@@ -21,7 +21,8 @@ const UP_USAGE: i64 = 6;
 
 /// A backend that answers request number `i` (from 1) with a chat answer saying `answer i`;
 /// a body with `"fail": STATUS` gets that status, one with `"pad": N` an answer padded by
-/// N bytes, a streamed one an SSE answer.
+/// N bytes, one with `"cache_control": V` an answer with `Cache-Control: V`, a streamed one
+/// an SSE answer.
 fn numbered_upstream() -> Upstream {
     let seen = AtomicUsize::new(0);
     Upstream::start(move |r, s: &mut TcpStream| {
@@ -58,7 +59,11 @@ fn numbered_upstream() -> Upstream {
         });
         // Not serde_json's order: the replay must give these bytes back as they were.
         let body = serde_json::to_vec_pretty(&answer).unwrap();
-        respond(s, 200, &[("content-type", "application/json")], &body);
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(control) = req["cache_control"].as_str() {
+            headers.push(("cache-control", control));
+        }
+        respond(s, 200, &headers, &body);
         After::KeepAlive
     })
 }
@@ -435,6 +440,29 @@ fn a_hit_counts_against_the_request_limits() {
     let refused = post(&s, &key, &body);
     assert_openai_error(&refused, 403, Some("quota_exceeded"));
     assert_eq!(up.request_count(), 1);
+}
+
+/// A backend's `Cache-Control: no-store` or `private` keeps its answer out of the shared
+/// cache (RFC 9111 §5.2.2.5, §5.2.2.7), whatever the case or the other directives.
+#[test]
+fn an_answer_the_backend_marks_no_store_or_private_is_not_stored() {
+    let up = numbered_upstream();
+    let s = Launch::new(&config(&up, "", "")).start();
+    for (i, control) in ["no-store", "private, max-age=60", "max-age=5, PRIVATE"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut body = question("chat", &format!("q{i}"));
+        body["cache_control"] = json!(control);
+        for _ in 0..2 {
+            assert_eq!(cache_of(&ask(&s, &body)), "miss", "{control}");
+        }
+    }
+    assert_eq!(up.request_count(), 6);
+    let mut body = question("chat", "public");
+    body["cache_control"] = json!("max-age=60");
+    assert_eq!(cache_of(&ask(&s, &body)), "miss");
+    assert_eq!(cache_of(&ask(&s, &body)), "hit");
 }
 
 #[test]

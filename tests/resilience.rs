@@ -486,7 +486,7 @@ fn an_active_health_check_takes_a_backend_out_and_brings_it_back() {
     let b = switchable("b", flag(false), 200, &[], Duration::ZERO);
     let body = format!(
         "[[backend]]\nname = \"a\"\nkind = \"azure\"\nurl = \"{}\"\ndeployment = \"chat\"\napi_key_env = \"PROBE_KEY\"\n\
-         health_check = {{ path = \"/healthz\", interval = \"100ms\", unhealthy_threshold = 2 }}\n\n\
+         health_check = {{ path = \"/healthz\", interval = \"1s\", unhealthy_threshold = 2 }}\n\n\
          [[backend]]\nname = \"b\"\nkind = \"openai\"\nurl = \"{}\"\n\n\
          [[deployment]]\nname = \"chat\"\nbackends = [{{ backend = \"a\" }}, {{ backend = \"b\", priority = 1 }}]\n",
         a.url(),
@@ -494,13 +494,13 @@ fn an_active_health_check_takes_a_backend_out_and_brings_it_back() {
     );
     let s = Launch::new(&body).env("PROBE_KEY", "probe-secret").start();
     let mut c = s.connect();
-    assert!(wait_until(Duration::from_secs(3), || probes
+    assert!(wait_until(Duration::from_secs(6), || probes
         .load(Ordering::SeqCst)
         >= 2));
     assert_eq!(served_by(&chat_on(&mut c)), "a");
     unhealthy.store(true, Ordering::SeqCst);
     assert!(
-        wait_until(Duration::from_secs(3), || served_by(&chat_on(&mut c))
+        wait_until(Duration::from_secs(6), || served_by(&chat_on(&mut c))
             == "b"),
         "a still served after failing its health checks"
     );
@@ -517,7 +517,7 @@ fn an_active_health_check_takes_a_backend_out_and_brings_it_back() {
     }
     unhealthy.store(false, Ordering::SeqCst);
     assert!(
-        wait_until(Duration::from_secs(3), || served_by(&chat_on(&mut c))
+        wait_until(Duration::from_secs(6), || served_by(&chat_on(&mut c))
             == "a"),
         "a not back after a good probe"
     );
@@ -654,17 +654,17 @@ fn removing_a_health_check_brings_a_down_backend_back() {
         )
     };
     let s = Launch::new(&body(
-        "health_check = { path = \"/hc\", interval = \"100ms\", unhealthy_threshold = 1 }",
+        "health_check = { path = \"/hc\", interval = \"1s\", unhealthy_threshold = 1 }",
     ))
     .start();
     let mut c = s.connect();
-    assert!(wait_until(Duration::from_secs(3), || served_by(&chat_on(
+    assert!(wait_until(Duration::from_secs(6), || served_by(&chat_on(
         &mut c
     )) == "b"));
     s.rewrite_config(&body(""));
     assert!(s.wait_log("config reloaded", Duration::from_secs(5)));
     assert!(
-        wait_until(Duration::from_secs(3), || served_by(&chat_on(&mut c))
+        wait_until(Duration::from_secs(6), || served_by(&chat_on(&mut c))
             == "a"),
         "a is still held down by a health check that no longer exists"
     );

@@ -25,8 +25,11 @@ pub enum NotCacheable {
     /// absent (the API's default is 1) or above 0, no `seed`, and the deployment does not
     /// cache such requests (`nondeterministic = false`).
     Nondeterministic,
-    /// The body is not one JSON object, repeats a member name, or nests too deep.
+    /// The body is not one JSON object, repeats a member name, nests too deep or holds more
+    /// than [`MAX_VALUES`] values.
     Unreadable,
+    /// The body is larger than [`MAX_KEYED_BODY`].
+    TooLarge,
     /// The operation is not cached (`responses`, `models`).
     Operation,
 }
@@ -50,6 +53,9 @@ pub fn request_key(
     if !caches(op) {
         return Err(NotCacheable::Operation);
     }
+    if body.len() > MAX_KEYED_BODY {
+        return Err(NotCacheable::TooLarge);
+    }
     let Some(Canon::Object(members)) = parse(body) else {
         return Err(NotCacheable::Unreadable);
     };
@@ -60,12 +66,24 @@ pub fn request_key(
             .and_then(|i| members.get(i))
             .map(|(_, value)| value)
     };
+    // A backend that reads member names case-insensitively (Go's encoding/json) would take
+    // `"Temperature": 1.5` for the temperature this check reads as 0: such bodies are never
+    // cached.
+    let decisive = ["stream", "temperature", "seed"];
+    if members.iter().any(|(k, _)| {
+        decisive
+            .iter()
+            .any(|d| k.eq_ignore_ascii_case(d) && k.as_ref() != *d)
+    }) {
+        return Err(NotCacheable::Unreadable);
+    }
     if matches!(member("stream"), Some(Canon::Bool(true))) {
         return Err(NotCacheable::Stream);
     }
     if op != Operation::Embeddings && !settings.nondeterministic {
         let zero_temperature = member("temperature").is_some_and(Canon::is_zero);
-        let seeded = matches!(member("seed"), Some(s) if *s != Canon::Null);
+        // A seed is an integer (OpenAI API reference); `true` or `"x"` seeds nothing.
+        let seeded = matches!(member("seed"), Some(Canon::Number(_)));
         if !zero_temperature && !seeded {
             return Err(NotCacheable::Nondeterministic);
         }
@@ -163,11 +181,24 @@ fn write_string(out: &mut Vec<u8>, s: &str) {
 /// Nesting deeper than this is not cached (serde_json's own limit).
 const MAX_DEPTH: usize = 128;
 
+/// The largest body a key is built for (4 MiB); larger ones are not cached. With
+/// [`MAX_VALUES`] it bounds the canonical tree a request can make Sluice build (each value
+/// takes a few dozen bytes, a container an allocation of its own): a hostile body of nested
+/// empty arrays would otherwise cost gigabytes and seconds.
+pub const MAX_KEYED_BODY: usize = 4 << 20;
+
+/// The most JSON values (each scalar, array and object) a keyed body may hold: 131,072.
+pub const MAX_VALUES: usize = 1 << 17;
+
 /// Parses `text` as exactly one JSON value (RFC 8259, surrounding whitespace allowed) into
-/// its canonical form; `None` when it is not JSON, repeats a member name or nests deeper
-/// than [`MAX_DEPTH`].
+/// its canonical form; `None` when it is not JSON, repeats a member name, nests deeper
+/// than [`MAX_DEPTH`] or holds more than [`MAX_VALUES`] values.
 fn parse(text: &[u8]) -> Option<Canon<'_>> {
-    let mut reader = Reader { text, pos: 0 };
+    let mut reader = Reader {
+        text,
+        pos: 0,
+        values_left: MAX_VALUES,
+    };
     let value = reader.value(0)?;
     reader.skip_whitespace();
     (reader.pos == text.len()).then_some(value)
@@ -177,6 +208,8 @@ fn parse(text: &[u8]) -> Option<Canon<'_>> {
 struct Reader<'a> {
     text: &'a [u8],
     pos: usize,
+    /// Values the body may still hold ([`MAX_VALUES`]).
+    values_left: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -201,6 +234,7 @@ impl<'a> Reader<'a> {
     }
 
     fn value(&mut self, depth: usize) -> Option<Canon<'a>> {
+        self.values_left = self.values_left.checked_sub(1)?;
         match self.peek()? {
             b'{' => self.object(depth + 1),
             b'[' => self.array(depth + 1),
@@ -346,6 +380,49 @@ mod tests {
             &settings(),
         )
         .map(|k| String::from_utf8(k).unwrap())
+    }
+
+    /// Case variants of the members the determinism check reads, and seeds that are not
+    /// numbers, are never cached.
+    #[test]
+    fn the_determinism_check_cannot_be_dodged() {
+        for body in [
+            r#"{"temperature":0,"Temperature":1.5}"#,
+            r#"{"seed":1,"Seed":null}"#,
+            r#"{"temperature":0,"STREAM":true}"#,
+        ] {
+            assert_eq!(chat(body), Err(NotCacheable::Unreadable), "{body}");
+        }
+        for body in [
+            r#"{"seed":true}"#,
+            r#"{"seed":"x"}"#,
+            r#"{"seed":false,"temperature":2}"#,
+        ] {
+            assert_eq!(chat(body), Err(NotCacheable::Nondeterministic), "{body}");
+        }
+        assert!(chat(r#"{"seed":7,"temperature":2}"#).is_ok());
+    }
+
+    /// A hostile body cannot make the key builder build a tree of gigabytes: past 4 MiB
+    /// or 131,072 values it is not cached.
+    #[test]
+    fn large_and_value_heavy_bodies_are_not_keyed() {
+        let group = format!("{}{},", "[".repeat(100), "]".repeat(100));
+        let deep_wide = format!("{{\"temperature\":0,\"x\":[{}0]}}", group.repeat(2_000));
+        assert!(deep_wide.len() < MAX_KEYED_BODY);
+        assert_eq!(chat(&deep_wide), Err(NotCacheable::Unreadable));
+        let flat = format!("{{\"temperature\":0,\"x\":[{}0]}}", "0,".repeat(MAX_VALUES));
+        assert_eq!(chat(&flat), Err(NotCacheable::Unreadable));
+        let ok = format!(
+            "{{\"temperature\":0,\"x\":[{}0]}}",
+            "0,".repeat(MAX_VALUES - 10)
+        );
+        assert!(chat(&ok).is_ok());
+        let big = format!(
+            "{{\"temperature\":0,\"x\":\"{}\"}}",
+            "a".repeat(MAX_KEYED_BODY)
+        );
+        assert_eq!(chat(&big), Err(NotCacheable::TooLarge));
     }
 
     #[test]

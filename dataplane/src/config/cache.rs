@@ -15,6 +15,41 @@ use crate::snapshot::Snapshot;
 /// The smallest `max_bytes`: one ordinary answer with its key.
 const MIN_BYTES: u64 = 1024;
 
+/// Request fields that change the answer (OpenAI chat, completions and embeddings API
+/// references): never ignorable, or one request's answer would be served to another.
+const ANSWER_FIELDS: &[&str] = &[
+    "messages",
+    "prompt",
+    "input",
+    "model",
+    "suffix",
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "response_format",
+    "temperature",
+    "top_p",
+    "seed",
+    "n",
+    "best_of",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "echo",
+    "dimensions",
+    "encoding_format",
+    "reasoning_effort",
+    "modalities",
+    "audio",
+    "prediction",
+];
+
 /// Compiles deployment `name`'s `cache` (at `field`, e.g. `deployment[0].cache`): its store,
 /// the one `previous` (the running snapshot) has for `name` when its settings are the same,
 /// else a new empty one. `None` without a `cache` (or with errors, reported).
@@ -87,6 +122,16 @@ pub(crate) fn compile(
                         f.span(),
                         format!("{field}.ignore_fields[{i}]"),
                         "must not be empty",
+                    );
+                    ok = false;
+                } else if ANSWER_FIELDS.contains(&f.get_ref().as_str()) {
+                    report.at(
+                        f.span(),
+                        format!("{field}.ignore_fields[{i}]"),
+                        format!(
+                            "`{}` changes the answer: ignoring it would serve one request's answer to another",
+                            f.get_ref()
+                        ),
                     );
                     ok = false;
                 }

@@ -14,6 +14,10 @@ use crate::snapshot::{HealthCheck, OutlierDetection, RetryPolicy};
 /// Most attempts `retry.max_attempts` allows.
 const MAX_ATTEMPTS: u32 = 10;
 
+/// The shortest `health_check.interval`: each probe is a request to the backend (and may
+/// spend its quota).
+const MIN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// `deployment[i].retry`: `field` is `deployment[i]`.
 pub(crate) fn compile_retry(
     section: Option<&Spanned<RetrySection>>,
@@ -188,9 +192,32 @@ pub(crate) fn compile_health_check(
         healthy_threshold: 1,
     };
     if let Some(d) = positive_duration(&h.interval, &field, "interval", report) {
+        if d < MIN_CHECK_INTERVAL {
+            if let Some(v) = &h.interval {
+                report.at(
+                    v.span(),
+                    format!("{field}.interval"),
+                    "must be at least 1s: each probe is a request to the backend",
+                );
+            }
+        }
         check.interval = d;
     }
+    // Default: 2 s, or the interval when that is shorter.
+    check.timeout = check.timeout.min(check.interval);
     if let Some(d) = positive_duration(&h.timeout, &field, "timeout", report) {
+        if d > check.interval {
+            if let Some(v) = &h.timeout {
+                report.at(
+                    v.span(),
+                    format!("{field}.timeout"),
+                    format!(
+                        "is longer than the interval ({:?}): a probe must end before the next is due",
+                        check.interval
+                    ),
+                );
+            }
+        }
         check.timeout = d;
     }
     if let Some(v) = &h.expected_status {

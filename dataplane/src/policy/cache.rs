@@ -176,6 +176,7 @@ impl Policy for ResponseCaching {
         resp: &Response,
     ) -> Flow {
         let storable = resp.status == 200
+            && !resp.no_store
             && !resp.event_stream
             && resp.coding == BodyCoding::Identity
             && resp.backend.is_some();

@@ -135,6 +135,9 @@ pub struct Response {
     pub coding: BodyCoding,
     /// The backend that answered (`None`: Sluice answered itself).
     pub backend: Option<BackendId>,
+    /// The answer's `Cache-Control` forbids a shared cache to store it (`no-store` or
+    /// `private`, RFC 9111 §5.2.2.5 and §5.2.2.7).
+    pub no_store: bool,
 }
 
 /// A request policy: implements the phases it needs; the defaults do nothing.

@@ -24,6 +24,7 @@ pub(super) async fn replay<'s, P: Policy>(
         event_stream: false,
         coding: BodyCoding::Identity,
         backend: None,
+        no_store: false,
     };
     if let Some(err) = pipeline.on_response_head(ctx, &head).into_error() {
         return down.answer_error(ctx, &err, close).await;

@@ -287,7 +287,7 @@ impl Exchange<'_> {
                     let now = now_millis();
                     self.observe_capacity(&backend.health.capacity, now);
                     if status >= 500 {
-                        backend.health.record_failure(now, od, || may_eject(id));
+                        record_failure(backend, now, od, || may_eject(id));
                     } else {
                         backend.health.record_success(now);
                     }
@@ -333,9 +333,7 @@ impl Exchange<'_> {
                 Err(SendError::Connect(tls)) => {
                     end_attempt(ctx, AttemptOutcome::ConnectFailed, None);
                     let expired = deadline_bound && deadline.is_some_and(|d| Instant::now() >= d);
-                    backend
-                        .health
-                        .record_failure(now_millis(), od, || may_eject(id));
+                    record_failure(backend, now_millis(), od, || may_eject(id));
                     let err = match tls {
                         _ if expired => GatewayError::upstream_timeout(),
                         None => {
@@ -367,9 +365,7 @@ impl Exchange<'_> {
                     end_attempt(ctx, AttemptOutcome::TimedOut, None);
                     // However short the time it was given: a backend that keeps not answering
                     // in it must be ejected (and a half-open probe decided).
-                    backend
-                        .health
-                        .record_failure(now_millis(), od, || may_eject(id));
+                    record_failure(backend, now_millis(), od, || may_eject(id));
                     tracing::warn!(
                         request_id = %ctx.id,
                         backend = %backend.name,
@@ -399,9 +395,7 @@ impl Exchange<'_> {
                 Err(SendError::Protocol(message)) => {
                     end_attempt(ctx, AttemptOutcome::NoAnswer, None);
                     tracing::warn!(backend = %backend.name, message, "backend broke the exchange; not retried (it may have run the request)");
-                    backend
-                        .health
-                        .record_failure(now_millis(), od, || may_eject(id));
+                    record_failure(backend, now_millis(), od, || may_eject(id));
                     let err = GatewayError::upstream_protocol(message);
                     break Some(self.answer_after(ctx, &err, close).await);
                 }
@@ -917,6 +911,24 @@ impl Picker {
                 return Some(id);
             }
         }
+    }
+}
+
+/// Records a failure of `backend` for outlier detection (see
+/// [`crate::health::BackendHealth::record_failure`]); an ejection is logged.
+fn record_failure(
+    backend: &Backend,
+    now_ms: u64,
+    od: &crate::snapshot::OutlierDetection,
+    may_eject: impl FnOnce() -> bool,
+) {
+    if let Some(length) = backend.health.record_failure(now_ms, od, may_eject) {
+        tracing::warn!(
+            backend = %backend.name,
+            ejected_for_ms = length.as_millis() as u64,
+            "backend failed {} times in a row (or its probe failed); ejected from its pools",
+            od.consecutive_failures
+        );
     }
 }
 

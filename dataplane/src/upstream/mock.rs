@@ -79,6 +79,7 @@ impl Exchange<'_> {
             event_stream,
             coding: BodyCoding::Identity,
             backend: Some(id),
+            no_store: false,
         };
         if let Some(err) = pipeline.on_response_head(ctx, &head).into_error() {
             return self.down.answer_error(ctx, &err, close).await;

@@ -65,6 +65,10 @@ fn cache_errors_name_their_line_and_field() {
         &with_cache(r#"max_bytes = "512B""#),
         "sluice.toml:8:23: deployment[0].cache.max_bytes: must be at least 1KiB",
     );
+    assert_error(
+        &with_cache(r#"ignore_fields = ["user", "input"]"#),
+        "sluice.toml:8:36: deployment[0].cache.ignore_fields[1]: `input` changes the answer: ignoring it would serve one request's answer to another",
+    );
     let unknown = errors(&with_cache("tll = \"1m\""));
     assert_eq!(unknown.len(), 1);
     assert!(

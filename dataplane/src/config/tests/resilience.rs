@@ -155,6 +155,16 @@ fn a_health_check_is_checked() {
         ),
         (
             "openai",
+            "path = \"/h\", interval = \"500ms\"",
+            "sluice.toml:5:42: backend[0].health_check.interval: must be at least 1s: each probe is a request to the backend",
+        ),
+        (
+            "openai",
+            "path = \"/h\", interval = \"2s\", timeout = \"5s\"",
+            "sluice.toml:5:58: backend[0].health_check.timeout: is longer than the interval (2s): a probe must end before the next is due",
+        ),
+        (
+            "openai",
             "interval = \"1s\"",
             "sluice.toml:5:16: backend[0].health_check.path: missing field `path`",
         ),
