@@ -171,9 +171,6 @@ impl Exchange<'_> {
             Some(subscription) => Tenant::subscription(&subscription.name),
             None => Tenant::Address(self.down.peer.ip()),
         };
-        // Ejection is per backend, so it must keep every pool it is in within that pool's
-        // `max_ejected_percent` — a pool of one is never emptied by it.
-        let may_eject = |backend: BackendId| may_eject(snapshot, backend);
         let od = &dep.outlier_detection;
         // The backends tried so far, in order (the leg's buffer: no allocation per request).
         let mut tried = std::mem::take(&mut self.leg.tried);
@@ -287,7 +284,7 @@ impl Exchange<'_> {
                     let now = now_millis();
                     self.observe_capacity(&backend.health.capacity, now);
                     if status >= 500 {
-                        record_failure(backend, now, od, || may_eject(id));
+                        record_failure(backend, now, od, || may_eject(snapshot, id));
                     } else {
                         backend.health.record_success(now);
                     }
@@ -333,7 +330,7 @@ impl Exchange<'_> {
                 Err(SendError::Connect(tls)) => {
                     end_attempt(ctx, AttemptOutcome::ConnectFailed, None);
                     let expired = deadline_bound && deadline.is_some_and(|d| Instant::now() >= d);
-                    record_failure(backend, now_millis(), od, || may_eject(id));
+                    record_failure(backend, now_millis(), od, || may_eject(snapshot, id));
                     let err = match tls {
                         _ if expired => GatewayError::upstream_timeout(),
                         None => {
@@ -365,7 +362,7 @@ impl Exchange<'_> {
                     end_attempt(ctx, AttemptOutcome::TimedOut, None);
                     // However short the time it was given: a backend that keeps not answering
                     // in it must be ejected (and a half-open probe decided).
-                    record_failure(backend, now_millis(), od, || may_eject(id));
+                    record_failure(backend, now_millis(), od, || may_eject(snapshot, id));
                     tracing::warn!(
                         request_id = %ctx.id,
                         backend = %backend.name,
@@ -395,7 +392,7 @@ impl Exchange<'_> {
                 Err(SendError::Protocol(message)) => {
                     end_attempt(ctx, AttemptOutcome::NoAnswer, None);
                     tracing::warn!(backend = %backend.name, message, "backend broke the exchange; not retried (it may have run the request)");
-                    record_failure(backend, now_millis(), od, || may_eject(id));
+                    record_failure(backend, now_millis(), od, || may_eject(snapshot, id));
                     let err = GatewayError::upstream_protocol(message);
                     break Some(self.answer_after(ctx, &err, close).await);
                 }
