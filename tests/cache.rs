@@ -374,15 +374,20 @@ fn a_hit_costs_no_tokens_and_is_recorded_as_a_hit() {
         (cache_of(&miss), cache_of(&hit1), cache_of(&hit2)),
         ("miss", "hit", "hit")
     );
-    // Each header counts its own request's reservation: the miss was charged the backend's
-    // usage, the hit nothing.
-    assert_eq!(remaining(&miss) - remaining(&hit1), UP_USAGE);
+    // No token limit applies to a hit: nothing reserved, no tokens header.
+    for hit in [&hit1, &hit2] {
+        assert_eq!(hit.header("x-ratelimit-remaining-tokens"), None);
+    }
+    // Each header counts its own request's reservation (the same for both questions): the
+    // first miss was charged the backend's usage, the hits between nothing.
+    let miss2 = post(&s, &key, &question("chat", "ho"));
+    assert_eq!(cache_of(&miss2), "miss");
     assert_eq!(
-        remaining(&hit1) - remaining(&hit2),
-        0,
+        remaining(&miss) - remaining(&miss2),
+        UP_USAGE,
         "a hit was charged tokens"
     );
-    assert_eq!(up.request_count(), 1);
+    assert_eq!(up.request_count(), 2);
 
     let path = dir.path().join("audit.jsonl");
     let mut records: Vec<Value> = Vec::new();
@@ -422,7 +427,7 @@ fn a_hit_costs_no_tokens_and_is_recorded_as_a_hit() {
         )
     };
     assert!(wait_until(Duration::from_secs(5), || lookups("hit") == 2.0));
-    assert_eq!(lookups("miss"), 1.0);
+    assert_eq!(lookups("miss"), 2.0);
     assert_eq!(lookups("bypass"), 0.0);
 }
 
@@ -439,7 +444,44 @@ fn a_hit_counts_against_the_request_limits() {
     assert_eq!(results, ["miss", "hit", "hit"]);
     let refused = post(&s, &key, &body);
     assert_openai_error(&refused, 403, Some("quota_exceeded"));
+    // Refused before the cache answered: no cache result.
+    assert_eq!(refused.header("x-sluice-cache"), None);
     assert_eq!(up.request_count(), 1);
+}
+
+/// A hit costs no tokens, so a spent token quota does not refuse it; a request the cache
+/// cannot answer is refused as before.
+#[test]
+fn a_hit_is_served_when_the_token_quota_is_spent() {
+    const QUOTA: i64 = 100_000;
+    let up = numbered_upstream();
+    let limits = format!(r#"limits = [{{ unit = "tokens", quota = {QUOTA}, per = "day" }}]"#);
+    let s = Launch::new(&config(&up, "", &teams(&limits))).start();
+    let key = [("api-key", KEY_A)];
+    let with_cap = |q: &str, max_tokens: i64| {
+        let mut body = question("chat", q);
+        body["max_tokens"] = json!(max_tokens);
+        body
+    };
+    let first = post(&s, &key, &with_cap("hi", 10));
+    assert_eq!(cache_of(&first), "miss");
+    // The reservation was the prompt estimate plus the cap; the usage settled is UP_USAGE.
+    let prompt = QUOTA - num_header(&first, "x-ratelimit-remaining-tokens") - 10;
+    let left = QUOTA - UP_USAGE;
+    // A question as long as the first, capped one token past what is left: refused.
+    let refused = post(&s, &key, &with_cap("ho", left - prompt + 1));
+    assert_openai_error(&refused, 403, Some("quota_exceeded"));
+    assert_eq!(refused.header("x-sluice-cache"), None);
+    // Spend all but a few tokens of the quota on another question.
+    let spender = post(&s, &key, &with_cap("ho", left - prompt));
+    assert_eq!(cache_of(&spender), "miss");
+    let spent = post(&s, &key, &with_cap("ha", left - prompt));
+    assert_openai_error(&spent, 403, Some("quota_exceeded"));
+    // The first question is still answered, from the cache.
+    let hit = post(&s, &key, &with_cap("hi", 10));
+    assert_eq!(cache_of(&hit), "hit");
+    assert_eq!(content(&hit), content(&first));
+    assert_eq!(up.request_count(), 2);
 }
 
 /// A backend's `Cache-Control: no-store` or `private` keeps its answer out of the shared
@@ -547,4 +589,16 @@ fn a_reload_with_the_same_cache_settings_keeps_the_entries() {
         >= 2));
     assert_eq!(cache_of(&ask(&s, &body)), "miss");
     assert_eq!(up.request_count(), 2);
+    // The same settings, but `up` now names another server: its answers, not the old ones.
+    let other = numbered_upstream();
+    s.rewrite_config(&config(&other, "ttl = \"5m\"", ""));
+    s.signal("HUP");
+    assert!(wait_until(Duration::from_secs(10), || s
+        .log()
+        .matches("config reloaded")
+        .count()
+        >= 3));
+    assert_eq!(cache_of(&ask(&s, &body)), "miss");
+    assert_eq!((up.request_count(), other.request_count()), (2, 1));
+    assert_eq!(cache_of(&ask(&s, &body)), "hit");
 }

@@ -327,7 +327,8 @@ pub struct Deployment {
     /// When failures eject a backend from the pool.
     pub outlier_detection: OutlierDetection,
     /// Its response cache (`cache = { … }`; `None`: not cached). Carried over a reload that
-    /// keeps the deployment's name and cache settings.
+    /// keeps the deployment's name, its cache settings and the backends that answer it
+    /// (their targets, models and API versions).
     pub cache: Option<Arc<crate::cache::ResponseCache>>,
 }
 

@@ -1,16 +1,18 @@
 //! A deployment's `cache = { ttl, max_entries, max_bytes, per_subscription, nondeterministic,
 //! ignore_fields }`: compiled into [`CacheSettings`], and the running deployment's store
-//! carried over when they are unchanged (a reload keeps the cache).
+//! carried over a reload that changes neither them nor the backends answering
+//! ([`carry_over`]).
 
 use std::sync::Arc;
 
 use toml::Spanned;
 
 use super::check::{parse_duration, parse_size};
+use super::compile::same_answers;
 use super::error::Reporter;
 use super::schema::CacheSection;
 use crate::cache::{CacheSettings, ResponseCache};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Backend, BackendKind, Deployment, PoolMember, Snapshot};
 
 /// The smallest `max_bytes`: one ordinary answer with its key.
 const MIN_BYTES: u64 = 1024;
@@ -55,9 +57,7 @@ const ANSWER_FIELDS: &[&str] = &[
 /// else a new empty one. `None` without a `cache` (or with errors, reported).
 pub(crate) fn compile(
     section: Option<&Spanned<CacheSection>>,
-    name: &str,
     field: &str,
-    previous: Option<&Snapshot>,
     report: &mut Reporter<'_>,
 ) -> Option<Arc<ResponseCache>> {
     let section = section?.get_ref();
@@ -154,10 +154,54 @@ pub(crate) fn compile(
             .unwrap_or(defaults.nondeterministic),
         ignore_fields,
     };
-    let carried = previous
-        .and_then(|p| p.deployments.get(name))
-        .and_then(|d| d.cache.as_ref())
-        .filter(|c| *c.settings() == settings)
-        .cloned();
-    Some(carried.unwrap_or_else(|| Arc::new(ResponseCache::new(settings))))
+    Some(Arc::new(ResponseCache::new(settings)))
+}
+
+/// Keeps the running store of each cached deployment a reload changes neither the cache
+/// settings of nor what answers it — the same backends, at the same targets with the same
+/// models and API versions (`same_answers`), whatever their weights, priorities and
+/// credentials — so the answers stored before still hold. Any other change starts the
+/// deployment on an empty cache: an answer from the backend it no longer uses is never
+/// served for it.
+pub(super) fn carry_over(
+    deployments: &mut [Deployment],
+    backends: &[Backend],
+    previous: Option<&Snapshot>,
+) {
+    let Some(previous) = previous else {
+        return;
+    };
+    for deployment in deployments {
+        let Some(cache) = &mut deployment.cache else {
+            continue;
+        };
+        let Some(old) = previous.deployments.get(&deployment.name) else {
+            continue;
+        };
+        let Some(old_cache) = &old.cache else {
+            continue;
+        };
+        let (now, before) = (
+            kinds(&deployment.pool, backends),
+            kinds(&old.pool, &previous.backends),
+        );
+        let same_pool = now.len() == before.len()
+            && now
+                .iter()
+                .all(|k| before.iter().any(|o| same_answers(k, o)))
+            && before
+                .iter()
+                .all(|o| now.iter().any(|k| same_answers(k, o)));
+        if old_cache.settings() == cache.settings() && same_pool {
+            *cache = Arc::clone(old_cache);
+        }
+    }
+}
+
+/// The kinds (targets) of a pool's backends.
+fn kinds<'a>(pool: &[PoolMember], all: &'a [Backend]) -> Vec<&'a BackendKind> {
+    pool.iter()
+        .filter_map(|m| all.get(m.backend))
+        .map(|b| &b.kind)
+        .collect()
 }

@@ -116,7 +116,7 @@ pub(crate) fn compile(
         ));
     }
 
-    let mut deployments = compile_deployments(&file.deployment, &backend_ids, previous, report);
+    let mut deployments = compile_deployments(&file.deployment, &backend_ids, report);
     let access = compile_access(source, file, &mut deployments, report, env, read);
     let audit = super::audit::compile(file.audit.as_ref(), report);
     let admin_listen = super::admin::compile(file.admin.as_ref(), &server, report);
@@ -148,6 +148,7 @@ pub(crate) fn compile(
         return None;
     }
     warn_insecure(&backends);
+    super::cache::carry_over(&mut deployments, &backends, previous);
     let deployment_order = deployments.iter().map(|d| d.name.clone()).collect();
     let deployments = deployments
         .into_iter()
@@ -188,6 +189,20 @@ fn same_target(a: &BackendKind, b: &BackendKind) -> bool {
             same_upstream(&a.upstream, &b.upstream) && a.deployment == b.deployment
         }
         (BackendKind::OpenAi(a), BackendKind::OpenAi(b)) => same_upstream(&a.upstream, &b.upstream),
+        _ => false,
+    }
+}
+
+/// Whether two backends give the same answers to the same request: the same target, and
+/// the same model (`openai`) or API version (`azure`), or the same mock settings. What a
+/// response cache stored from one may be served for the other.
+pub(super) fn same_answers(a: &BackendKind, b: &BackendKind) -> bool {
+    match (a, b) {
+        (BackendKind::Mock(a), BackendKind::Mock(b)) => a == b,
+        (BackendKind::Azure(x), BackendKind::Azure(y)) => {
+            same_target(a, b) && x.api_version == y.api_version
+        }
+        (BackendKind::OpenAi(x), BackendKind::OpenAi(y)) => same_target(a, b) && x.model == y.model,
         _ => false,
     }
 }
@@ -928,7 +943,6 @@ pub(crate) fn parse_upstream_url(url: &str) -> Result<HttpUrl<'_>, String> {
 fn compile_deployments(
     sections: &[Spanned<DeploymentSection>],
     backend_ids: &HashMap<&str, usize>,
-    previous: Option<&Snapshot>,
     report: &mut Reporter<'_>,
 ) -> Vec<Deployment> {
     if sections.is_empty() {
@@ -1044,13 +1058,7 @@ fn compile_deployments(
                 &field,
                 report,
             ),
-            cache: super::cache::compile(
-                d.cache.as_ref(),
-                d.name.get_ref(),
-                &field,
-                previous,
-                report,
-            ),
+            cache: super::cache::compile(d.cache.as_ref(), &field, report),
         });
     }
     deployments

@@ -106,8 +106,9 @@ pub struct Ask<'a> {
     pub client_ip: IpAddr,
     /// The verified client certificate's subject, over TLS with client certificates.
     pub client_cert: Option<&'a Arc<str>>,
-    /// The token reservation (estimate of prompt plus completion).
-    pub tokens: u64,
+    /// The token reservation (estimate of prompt plus completion); `None` for a request the
+    /// response cache answers: it costs no tokens, so no token limit applies to it.
+    pub tokens: Option<u64>,
     /// Record a line per decision for the trace header.
     pub trace: bool,
 }
@@ -259,6 +260,7 @@ pub fn admit(
         .client_ip_limits
         .iter()
         .filter(is_tokens)
+        .filter(|_| ask.tokens.is_some())
         .peekable();
     if product_limits.is_empty()
         && ask.deployment_limits.is_empty()
@@ -281,9 +283,10 @@ pub fn admit(
             continue;
         };
         let key = LimitKey { limit: id, scope };
-        let cost = match limit.unit {
-            LimitUnit::Requests => 1,
-            LimitUnit::Tokens => ask.tokens,
+        let cost = match (limit.unit, ask.tokens) {
+            (LimitUnit::Requests, _) => 1,
+            (LimitUnit::Tokens, Some(tokens)) => tokens,
+            (LimitUnit::Tokens, None) => continue,
         };
         let Some((decision, held)) = decide(worker, limit, key, cost, now, unix) else {
             continue;

@@ -53,17 +53,21 @@ impl Policy for Admit {
             return Flow::Continue;
         };
         let access = &env.snapshot.access;
+        // A request the response cache answers costs no tokens: nothing to estimate or
+        // reserve, and no token limit applies (it still counts against the request limits).
+        let cached = ctx.cache.found();
         let product_limits = ctx.product.map_or(&[][..], |p| p.limits.as_slice());
-        let counts_tokens = product_limits
-            .iter()
-            .chain(&dep.limits)
-            .chain(&access.client_ip_limits)
-            .any(|&i| {
-                access
-                    .limits
-                    .get(i)
-                    .is_some_and(|l| l.unit == LimitUnit::Tokens)
-            });
+        let counts_tokens = !cached
+            && product_limits
+                .iter()
+                .chain(&dep.limits)
+                .chain(&access.client_ip_limits)
+                .any(|&i| {
+                    access
+                        .limits
+                        .get(i)
+                        .is_some_and(|l| l.unit == LimitUnit::Tokens)
+                });
         // The audit record and the token metrics want the tokens too: estimated, and a
         // stream's usage asked for. Without a token limit a body the estimate cannot read is
         // forwarded as before (its tokens are the answer's usage, or unknown) — unless the
@@ -71,9 +75,8 @@ impl Policy for Admit {
         // does (`MESSAGES`, a duplicate key): the record must hold what the backend runs.
         // Capacity-aware selection weighs the estimate against what each member has left.
         let audited = env.snapshot.audit.is_some();
-        let facts = match (counts_tokens || env.snapshot.accounts_tokens() || dep.pool.len() > 1)
-            .then(|| RequestFacts::parse(op, req.body))
-        {
+        let wants_facts = counts_tokens || env.snapshot.accounts_tokens() || dep.pool.len() > 1;
+        let facts = match (wants_facts && !cached).then(|| RequestFacts::parse(op, req.body)) {
             Some(Ok(facts)) => Some(facts),
             Some(Err(e)) if counts_tokens => return Flow::Respond(unreadable(e)),
             Some(Err(e @ FactsError::Refused(_))) if audited => {
@@ -107,7 +110,7 @@ impl Policy for Admit {
             deployment_limits: &dep.limits,
             client_ip: ctx.client_ip,
             client_cert: ctx.client_cert.as_ref(),
-            tokens: ctx.tokens.map_or(0, |t| t.reservation),
+            tokens: (!cached).then(|| ctx.tokens.map_or(0, |t| t.reservation)),
             trace: ctx.trace.is_some(),
         };
         let gate = ctx.ip_gate.take().unwrap_or_default();

@@ -1,16 +1,18 @@
-//! The response cache as a policy (DESIGN.md step 6; the store and the key are
-//! [`crate::cache`]). It runs after admission, so a hit has been counted against the request
-//! limits and carries this request's rate-limit headers; and after usage accounting has set
-//! up its tap, so a hit can release the token reservation.
+//! The response cache as policies (DESIGN.md step 6; the store and the key are
+//! [`crate::cache`]).
 //!
 //! Per request, on a deployment with `cache = { … }` and a chat, completions or embeddings
 //! request:
-//! - `on_request_body` decides: `bypass` (streamed, nondeterministic or unreadable body,
-//!   client `no-store` or `no-cache`), `hit` (a fresh stored answer the client's
-//!   `Cache-Control` accepts) or `miss`; the answer carries `x-sluice-cache: …`. A hit
-//!   charges no tokens: the usage is settled as 0 (the reservation released), and the
-//!   connection replays the stored body through the response phases, so the audit record,
-//!   the metrics and the usage telemetry see it like any answer.
+//! - [`CacheLookup`] runs before admission (step 7) and looks the request up: `bypass`
+//!   (streamed, nondeterministic or unreadable body, client `no-store` or `no-cache`), `hit`
+//!   (a fresh stored answer the client's `Cache-Control` accepts) or `miss`. Admission then
+//!   counts a would-be hit against the request limits only: it costs no tokens, so the token
+//!   limits neither reserve for it nor refuse it.
+//! - [`ResponseCaching`] runs once the request is admitted and the usage tap is set up: the
+//!   lookup stands (a refused request has no cache result), the answer carries
+//!   `x-sluice-cache: …`, and a hit's usage is settled as nothing. The connection replays a
+//!   hit through the response phases, so the audit record, the metrics and the usage
+//!   telemetry see it like any answer.
 //! - on a miss (or `no-cache`) the backend is asked for an uncoded answer; a 200 JSON answer
 //!   that arrives whole, uncoded, and small enough for the store is read as it passes and
 //!   stored when the request completes.
@@ -23,11 +25,21 @@ use super::usage::{Charge, UsageTap};
 use crate::cache::control::ClientControl;
 use crate::cache::key::{caches, request_key};
 use crate::cache::CachedAnswer;
+use crate::tokens::usage::Usage;
 
-/// What the cache did for a request.
+/// What the response cache does for a request: the lookup, and whether it stands (the
+/// request was admitted).
 #[derive(Debug, Default)]
-pub enum CacheUse {
-    /// Not a cached deployment's cacheable operation (or not decided yet): no header.
+pub struct CacheUse {
+    verdict: Verdict,
+    /// Admitted: the verdict is the request's (its header, records and metrics).
+    stands: bool,
+}
+
+/// What a lookup found.
+#[derive(Debug, Default)]
+enum Verdict {
+    /// Not a cached deployment's cacheable operation (or not looked up yet): no header.
     #[default]
     Off,
     /// Answered from the cache with this answer.
@@ -61,37 +73,46 @@ impl Store {
 
 impl CacheUse {
     /// `hit`, `miss` or `bypass` (the header's value, the metric's `result` and the audit
-    /// record's `cache`); `None` when the cache had no part in the request.
+    /// record's `cache`); `None` when the cache had no part in the request, or the request
+    /// was refused before the lookup stood.
     pub fn result(&self) -> Option<&'static str> {
-        match self {
-            CacheUse::Off => None,
-            CacheUse::Hit(_) => Some("hit"),
-            CacheUse::Miss(_) => Some("miss"),
-            CacheUse::Bypass(_) => Some("bypass"),
+        if !self.stands {
+            return None;
+        }
+        match self.verdict {
+            Verdict::Off => None,
+            Verdict::Hit(_) => Some("hit"),
+            Verdict::Miss(_) => Some("miss"),
+            Verdict::Bypass(_) => Some("bypass"),
         }
     }
 
-    /// The answer to replay, on a hit.
+    /// The answer to replay, on a hit that stands.
     pub fn hit(&self) -> Option<Arc<CachedAnswer>> {
-        match self {
-            CacheUse::Hit(answer) => Some(Arc::clone(answer)),
+        match &self.verdict {
+            Verdict::Hit(answer) if self.stands => Some(Arc::clone(answer)),
             _ => None,
         }
     }
 
+    /// The lookup found a fresh answer: admission charges the request no tokens.
+    pub fn found(&self) -> bool {
+        matches!(self.verdict, Verdict::Hit(_))
+    }
+
     fn store(&mut self) -> Option<&mut Store> {
-        match self {
-            CacheUse::Miss(store) | CacheUse::Bypass(Some(store)) => Some(store),
+        match &mut self.verdict {
+            Verdict::Miss(store) | Verdict::Bypass(Some(store)) => Some(store),
             _ => None,
         }
     }
 }
 
-/// The exact response cache (step 6).
+/// Looks the request up in its deployment's cache, before admission (step 6).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct ResponseCaching;
+pub struct CacheLookup;
 
-impl Policy for ResponseCaching {
+impl Policy for CacheLookup {
     fn on_request_body<'s>(
         &self,
         env: &Env<'s>,
@@ -127,26 +148,42 @@ impl Policy for ResponseCaching {
                 }
             }
         };
-        ctx.cache = match key {
-            None => CacheUse::Bypass(None),
-            Some(key) if control.no_cache => CacheUse::Bypass(Some(Store::new(key))),
+        ctx.cache.verdict = match key {
+            None => Verdict::Bypass(None),
+            Some(key) if control.no_cache => Verdict::Bypass(Some(Store::new(key))),
             Some(key) => {
                 let now = env.clock.now_nanos();
                 match cache.get(&key, now) {
-                    Some(answer) if control.serves(answer.age(now)) => CacheUse::Hit(answer),
-                    _ => CacheUse::Miss(Store::new(key)),
+                    Some(answer) if control.serves(answer.age(now)) => Verdict::Hit(answer),
+                    _ => Verdict::Miss(Store::new(key)),
                 }
             }
         };
-        if let CacheUse::Hit(_) = ctx.cache {
-            // No backend tokens: the reservation is released, the usage settled as 0.
+        Flow::Continue
+    }
+}
+
+/// The response cache's part once the request is admitted: the lookup stands, a hit is
+/// settled as costing nothing, a miss's answer is stored.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ResponseCaching;
+
+impl Policy for ResponseCaching {
+    fn on_request_body<'s>(
+        &self,
+        _env: &Env<'s>,
+        ctx: &mut RequestCtx<'s>,
+        _req: &Request<'_>,
+    ) -> Flow {
+        ctx.cache.stands = true;
+        if ctx.cache.found() {
+            // No backend tokens: nothing was reserved, and the usage is 0 (the records say
+            // so, whether or not a token limit or the token metrics read usage).
             ctx.stream_plan = None;
-            if !matches!(ctx.usage, UsageTap::Off) {
-                ctx.usage = UsageTap::Done {
-                    charge: Charge::Nothing,
-                    model: None,
-                };
-            }
+            ctx.usage = UsageTap::Done {
+                charge: Charge::Usage(Usage::default()),
+                model: None,
+            };
         }
         if let Some(result) = ctx.cache.result() {
             ctx.response_headers.extend_from_slice(b"x-sluice-cache: ");

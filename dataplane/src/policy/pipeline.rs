@@ -6,15 +6,16 @@
 use super::admit::{Admit, ClientIpGate};
 use super::audit::AuditRecord;
 use super::authenticate::Authenticate;
-use super::cache::ResponseCaching;
+use super::cache::{CacheLookup, ResponseCaching};
 use super::metrics::RequestMetrics;
 use super::trace::TraceHeader;
 use super::usage::UsageAccounting;
 
 /// The standard pipeline: record the request (its `on_complete` last, seeing everything
 /// settled), count it in the metrics, count the client's address, authenticate and authorize, decide the trace,
-/// admit by the limits (and settle), read the answer's usage, answer from the response cache
-/// (after admission: a hit counts against the request limits and releases its tokens).
+/// look the request up in the response cache, admit by the limits (and settle; a would-be hit
+/// counts against the request limits only), read the answer's usage, let the cache's verdict
+/// stand (a hit is replayed at no token cost, a miss stored).
 pub type Standard = (
     AuditRecord,
     (
@@ -23,7 +24,10 @@ pub type Standard = (
             ClientIpGate,
             (
                 Authenticate,
-                (TraceHeader, (Admit, (UsageAccounting, ResponseCaching))),
+                (
+                    TraceHeader,
+                    (CacheLookup, (Admit, (UsageAccounting, ResponseCaching))),
+                ),
             ),
         ),
     ),
