@@ -6,9 +6,10 @@
 
 mod support;
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -21,8 +22,8 @@ const UP_USAGE: i64 = 6;
 
 /// A backend that answers request number `i` (from 1) with a chat answer saying `answer i`;
 /// a body with `"fail": STATUS` gets that status, one with `"pad": N` an answer padded by
-/// N bytes, one with `"cache_control": V` an answer with `Cache-Control: V`, a streamed one
-/// an SSE answer.
+/// N bytes, one with `"cache_control": V` an answer with `Cache-Control: V`, one with
+/// `"content_type": V` an answer sent as V, a streamed one an SSE answer.
 fn numbered_upstream() -> Upstream {
     let seen = AtomicUsize::new(0);
     Upstream::start(move |r, s: &mut TcpStream| {
@@ -59,7 +60,8 @@ fn numbered_upstream() -> Upstream {
         });
         // Not serde_json's order: the replay must give these bytes back as they were.
         let body = serde_json::to_vec_pretty(&answer).unwrap();
-        let mut headers = vec![("content-type", "application/json")];
+        let content_type = req["content_type"].as_str().unwrap_or("application/json");
+        let mut headers = vec![("content-type", content_type)];
         if let Some(control) = req["cache_control"].as_str() {
             headers.push(("cache-control", control));
         }
@@ -601,4 +603,127 @@ fn a_reload_with_the_same_cache_settings_keeps_the_entries() {
     assert_eq!(cache_of(&ask(&s, &body)), "miss");
     assert_eq!((up.request_count(), other.request_count()), (2, 1));
     assert_eq!(cache_of(&ask(&s, &body)), "hit");
+}
+
+/// A hit is sent as the backend sent the answer: its `content-type`, and a body too large to
+/// copy behind the head (written from the store) byte for byte.
+#[test]
+fn a_hit_keeps_the_backends_content_type_and_body() {
+    let up = numbered_upstream();
+    let s = Launch::new(&config(&up, "", "")).start();
+    for pad in [0, 200_000] {
+        let mut body = question("chat", &format!("pad {pad}"));
+        body["content_type"] = json!("application/json; charset=utf-8");
+        body["pad"] = json!(pad);
+        let miss = ask(&s, &body);
+        let hit = ask(&s, &body);
+        assert_eq!((cache_of(&miss), cache_of(&hit)), ("miss", "hit"));
+        assert_eq!(hit.body, miss.body, "pad {pad}");
+        assert!(hit.body.len() > pad);
+        for r in [&miss, &hit] {
+            assert_eq!(
+                r.header("content-type"),
+                Some("application/json; charset=utf-8")
+            );
+        }
+    }
+    assert_eq!(up.request_count(), 2);
+}
+
+/// A backend whose answers to bodies with `"slow": true` stop 10 bytes short until `release`
+/// is set; every answer is `pad` bytes of padding in a chat answer numbered by arrival.
+fn holding_upstream(release: Arc<AtomicBool>) -> Upstream {
+    let seen = AtomicUsize::new(0);
+    Upstream::start(move |r, s: &mut TcpStream| {
+        let i = seen.fetch_add(1, Ordering::SeqCst) + 1;
+        let req = r.json();
+        let pad = "x".repeat(req["pad"].as_u64().unwrap_or(0) as usize);
+        let answer = json!({
+            "id": format!("chatcmpl-{i}"), "object": "chat.completion", "created": 1,
+            "model": "upstream-model",
+            "choices": [{"index": 0, "message": {"role": "assistant",
+                         "content": format!("answer {i}{pad}")}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": UP_USAGE}
+        });
+        let body = serde_json::to_vec(&answer).unwrap();
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let cut = if req["slow"] == json!(true) {
+            body.len() - 10
+        } else {
+            body.len()
+        };
+        let _ = s.write_all(head.as_bytes());
+        let _ = s.write_all(&body[..cut]);
+        let _ = s.flush();
+        if cut < body.len() {
+            wait_until(Duration::from_secs(20), || release.load(Ordering::SeqCst));
+            let _ = s.write_all(&body[cut..]);
+        }
+        After::KeepAlive
+    })
+}
+
+/// Misses in flight copy their answers into room held from the cache's budget, `max_bytes`
+/// between them: an answer that finds it spent is relayed whole but not stored, and the room
+/// comes back once the answer holding it is stored.
+#[test]
+fn answers_in_flight_hold_at_most_max_bytes_between_them() {
+    let release = Arc::new(AtomicBool::new(false));
+    let up = holding_upstream(Arc::clone(&release));
+    // One shard: the largest body is about 61 KiB, the budget for answers in flight 64 KiB.
+    let s = Launch::new(&config(&up, "max_entries = 10, max_bytes = \"64KiB\"", "")).start();
+    let mut big = question("chat", "big");
+    big["pad"] = json!(45_000);
+    big["slow"] = json!(true);
+    let mut small = question("chat", "small");
+    small["pad"] = json!(30_000);
+
+    // The big answer, relayed (and copied) up to its last 10 bytes: it holds past 32 KiB,
+    // so it has taken the largest body's room.
+    let mut raw = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let payload = serde_json::to_vec(&big).unwrap();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: sluice\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        payload.len()
+    );
+    raw.write_all(request.as_bytes()).unwrap();
+    raw.write_all(&payload).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    while got.len() < 45_000 {
+        let n = raw.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).contains("x-sluice-cache: miss"));
+
+    // Meanwhile the small one finds the budget spent: relayed whole, not stored.
+    let first = ask(&s, &small);
+    assert_eq!(cache_of(&first), "miss");
+    assert!(content(&first).starts_with("answer 2"));
+    assert_eq!(cache_of(&ask(&s, &small)), "miss");
+    assert_eq!(up.request_count(), 3);
+
+    // The big answer completes and is stored; its room is free again.
+    release.store(true, Ordering::SeqCst);
+    raw.read_to_end(&mut got).unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.ends_with("}"),
+        "{}",
+        &text[text.len().saturating_sub(100)..]
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        let r = ask(&s, &big);
+        cache_of(&r) == "hit"
+    }));
+    let before = up.request_count();
+    assert_eq!(cache_of(&ask(&s, &small)), "miss");
+    assert_eq!(cache_of(&ask(&s, &small)), "hit");
+    assert_eq!(up.request_count(), before + 1);
 }

@@ -22,7 +22,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use sluice::answers::json_response;
+use sluice::answers::{answer_head, json_response};
 use sluice::cache::key::request_key;
 use sluice::cache::{CacheSettings, ResponseCache};
 use sluice::limit::{Clock, SystemClock};
@@ -74,7 +74,12 @@ fn stores() -> (ResponseCache, MutexStore) {
     let now = SystemClock.now_nanos();
     for i in 0..16 {
         let key = key_of(&request(i));
-        cache.insert(key.clone().into(), answer(), now);
+        cache.insert(
+            key.clone().into(),
+            answer().into(),
+            b"application/json".to_vec().into(),
+            now,
+        );
         naive.insert(key.into(), answer());
     }
     (cache, naive)
@@ -108,7 +113,17 @@ fn sluice_hit(cache: &ResponseCache, body: &[u8], out: &mut Vec<u8>) -> usize {
     };
     out.clear();
     let id = RequestId::hex(&[(0x5eed_cafe, 8), (1, 4), (now, 12)]);
-    json_response(out, 200, &hit.body, &id, false, b"x-sluice-cache: hit\r\n");
+    let headers = b"x-sluice-cache: hit\r\n";
+    answer_head(
+        out,
+        200,
+        &hit.content_type,
+        hit.body.len(),
+        &id,
+        false,
+        headers,
+    );
+    out.extend_from_slice(&hit.body);
     out.len()
 }
 

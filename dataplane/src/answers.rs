@@ -47,12 +47,34 @@ pub fn json_response(
     close: bool,
     extra: &[u8],
 ) {
+    answer_head(
+        out,
+        status,
+        b"application/json",
+        body.len(),
+        rid,
+        close,
+        extra,
+    );
+    out.extend_from_slice(body);
+}
+
+/// Appends the head of an answer with a `len`-byte body sent as `content_type` (a valid
+/// header value), ending with the blank line.
+pub fn answer_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &[u8],
+    len: usize,
+    rid: &RequestId,
+    close: bool,
+    extra: &[u8],
+) {
     status_line(out, status);
-    out.extend_from_slice(b"content-type: application/json\r\n");
-    content_length(out, body.len() as u64);
+    header(out, b"content-type", content_type);
+    content_length(out, len as u64);
     common_headers(out, rid, close, extra);
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
 }
 
 /// Appends a complete error answer in the OpenAI shape.

@@ -6,6 +6,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use monoio::buf::IoBuf;
+
 use crate::answers;
 use crate::error::{Fault, GatewayError};
 use crate::http::RequestHead;
@@ -113,11 +115,13 @@ impl Downstream {
 
     /// Writes all of `buf` to the client within the send timeout (a client that stopped
     /// reading fails the write, and its connection then closes).
-    pub async fn write_client(&mut self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
-        if self.first_out.is_none() && !buf.is_empty() {
+    /// `buf` is any owned buffer: the connection's own `Vec`, or a body shared with others
+    /// (the response cache's `Bytes`), written without a copy.
+    pub async fn write_client<B: IoBuf + Default>(&mut self, buf: B) -> (std::io::Result<()>, B) {
+        if self.first_out.is_none() && buf.bytes_init() > 0 {
             self.first_out = Some(Instant::now());
         }
-        let len = buf.len() as u64;
+        let len = buf.bytes_init() as u64;
         let (res, buf) = write_all_within(&mut self.stream, buf, self.send_timeout).await;
         match res {
             Ok(()) => self.sent += len,

@@ -160,14 +160,14 @@ pub fn peek_state(stream: &impl AsRawFd) -> PeerState {
 /// Writes all of `buf` to `stream` within `limit`: `Err(TimedOut)` when the peer did not take
 /// it in time (a client that stopped reading). The buffer comes back either way (a new,
 /// empty one after a timeout: the cancelled write kept the old one).
-pub async fn write_all_within<S: AsyncWriteRent>(
+pub async fn write_all_within<S: AsyncWriteRent, B: IoBuf + Default>(
     stream: &mut S,
-    buf: Vec<u8>,
+    buf: B,
     limit: Duration,
-) -> (io::Result<()>, Vec<u8>) {
+) -> (io::Result<()>, B) {
     match monoio::time::timeout(limit, stream.write_all(buf)).await {
         Ok((res, buf)) => (res.map(drop), buf),
-        Err(_) => (Err(io::Error::from(io::ErrorKind::TimedOut)), Vec::new()),
+        Err(_) => (Err(io::Error::from(io::ErrorKind::TimedOut)), B::default()),
     }
 }
 

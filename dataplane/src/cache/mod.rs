@@ -14,12 +14,21 @@
 //! lock shared by every worker), and its bounds hold on every insert, not on a later
 //! maintenance pass. TTL is Sluice's: each entry keeps the monotonic time it expires, and a
 //! lookup that finds an expired entry removes it and misses.
+//!
+//! Memory: the store holds at most `max_bytes`; answers on their way into it (misses in
+//! flight, read as they pass) hold at most another `max_bytes` between them
+//! ([`ResponseCache::hold`]), so a flood of large misses cannot grow without bound; a stored
+//! body is shared ([`Bytes`]) by every replay of it, and a large one is written to the client
+//! from the store without a copy.
 
 pub mod control;
 pub mod key;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 /// Bytes every entry is counted for beyond its key and body (the entry's own bookkeeping).
 pub const ENTRY_OVERHEAD: u64 = 64;
@@ -63,7 +72,10 @@ impl Default for CacheSettings {
 #[derive(Debug)]
 pub struct CachedAnswer {
     /// The answer's body, byte for byte as the backend sent it (uncoded).
-    pub body: Box<[u8]>,
+    pub body: Bytes,
+    /// The backend's `content-type` value, as it came (`application/json` when it sent
+    /// none).
+    pub content_type: Box<[u8]>,
     /// When it was stored (monotonic nanoseconds, [`crate::limit::Clock::now_nanos`]).
     pub stored: u64,
     /// When it stops being served (the same clock).
@@ -87,7 +99,10 @@ struct EntryWeight {
 
 impl quick_cache::Weighter<Box<[u8]>, Arc<CachedAnswer>> for EntryWeight {
     fn weight(&self, key: &Box<[u8]>, answer: &Arc<CachedAnswer>) -> u64 {
-        let bytes = key.len() as u64 + answer.body.len() as u64 + ENTRY_OVERHEAD;
+        let bytes = key.len() as u64
+            + answer.body.len() as u64
+            + answer.content_type.len() as u64
+            + ENTRY_OVERHEAD;
         bytes.max(self.unit)
     }
 }
@@ -106,6 +121,9 @@ pub struct ResponseCache {
     store: Store,
     /// The largest entry (key, body, overhead) a shard admits.
     max_entry: u64,
+    /// Bytes held by answers on their way into the store ([`Self::hold`]), at most
+    /// `max_bytes`.
+    pending: AtomicU64,
 }
 
 impl std::fmt::Debug for ResponseCache {
@@ -114,6 +132,7 @@ impl std::fmt::Debug for ResponseCache {
             .field("settings", &self.settings)
             .field("entries", &self.store.len())
             .field("bytes", &self.store.weight())
+            .field("pending", &self.pending.load(Ordering::Relaxed))
             .finish()
     }
 }
@@ -155,7 +174,35 @@ impl ResponseCache {
             settings,
             store,
             max_entry,
+            pending: AtomicU64::new(0),
         }
+    }
+
+    /// Takes `bytes` from the budget for answers being read into the store (`max_bytes`
+    /// between every miss in flight): false, taking nothing, when that would pass it — the
+    /// answer is then relayed without being stored. Give it back with [`Self::release`].
+    pub fn hold(&self, bytes: u64) -> bool {
+        let budget = self.settings.max_bytes.max(1024);
+        self.pending
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(bytes).filter(|&total| total <= budget)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `bytes` taken by [`Self::hold`].
+    pub fn release(&self, bytes: u64) {
+        // Never below 0: only what was held is released.
+        let _ = self
+            .pending
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                Some(held.saturating_sub(bytes))
+            });
+    }
+
+    /// Bytes held now by answers on their way into the store.
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
     }
 
     /// Its settings.
@@ -184,14 +231,16 @@ impl ResponseCache {
         usize::try_from(room).unwrap_or(usize::MAX)
     }
 
-    /// Stores `body` under `key` at `now`, to be served until `now + ttl`, evicting what the
-    /// bounds require. A body too large for the store ([`Self::max_body`]) is not stored.
-    pub fn insert(&self, key: Box<[u8]>, body: Box<[u8]>, now: u64) -> bool {
-        if body.len() > self.max_body(key.len()) {
+    /// Stores `body` (sent as `content_type`) under `key` at `now`, to be served until
+    /// `now + ttl`, evicting what the bounds require. A body too large for the store
+    /// ([`Self::max_body`]) is not stored.
+    pub fn insert(&self, key: Box<[u8]>, body: Bytes, content_type: Box<[u8]>, now: u64) -> bool {
+        if body.len() + content_type.len() > self.max_body(key.len()) {
             return false;
         }
         let answer = CachedAnswer {
             body,
+            content_type,
             stored: now,
             expires: now
                 .saturating_add(u64::try_from(self.settings.ttl.as_nanos()).unwrap_or(u64::MAX)),
@@ -229,6 +278,10 @@ mod tests {
         })
     }
 
+    fn json() -> Box<[u8]> {
+        b"application/json".to_vec().into()
+    }
+
     fn key(i: usize) -> Box<[u8]> {
         format!("chat\n0:\n{{\"i\":{i}}}").into_bytes().into()
     }
@@ -237,7 +290,7 @@ mod tests {
     fn a_stored_answer_is_served_until_its_ttl() {
         let c = cache(10, 1 << 20);
         let t0 = 1_000_000_000;
-        assert!(c.insert(key(1), b"{\"a\":1}".to_vec().into(), t0));
+        assert!(c.insert(key(1), b"{\"a\":1}".to_vec().into(), json(), t0));
         let hit = c.get(&key(1), t0 + 59_000_000_000).unwrap();
         assert_eq!(&*hit.body, b"{\"a\":1}");
         assert!(c.get(&key(2), t0).is_none());
@@ -251,7 +304,7 @@ mod tests {
             let c = cache(max, 64 << 20);
             let t0 = 1_000_000_000;
             for i in 0..(max as usize * 3) {
-                c.insert(key(i), b"{}".to_vec().into(), t0);
+                c.insert(key(i), b"{}".to_vec().into(), json(), t0);
                 assert!(c.len() as u64 <= max, "{} entries over {max}", c.len());
             }
             assert!(!c.is_empty());
@@ -262,25 +315,40 @@ mod tests {
     fn entries_are_bounded_by_bytes() {
         let c = cache(10_000, 64 << 10);
         let t0 = 1_000_000_000;
-        let body = vec![b'x'; 10_000].into_boxed_slice();
+        let body = Bytes::from(vec![b'x'; 10_000]);
         for i in 0..40 {
-            c.insert(key(i), body.clone(), t0);
+            c.insert(key(i), body.clone(), json(), t0);
             assert!(c.weight() <= 64 << 10);
         }
         assert!(c.len() <= 6, "{} entries of 10 kB in 64 KiB", c.len());
         // Too large for the store at all: refused, nothing evicted for it.
         let before = c.len();
-        assert!(!c.insert(key(99), vec![b'x'; 64 << 10].into(), t0));
+        assert!(!c.insert(key(99), vec![b'x'; 64 << 10].into(), json(), t0));
         assert_eq!(c.len(), before);
+    }
+
+    #[test]
+    fn answers_in_flight_hold_at_most_max_bytes_between_them() {
+        let c = cache(10, 64 << 10);
+        assert!(c.hold(40 << 10));
+        assert!(c.hold(24 << 10));
+        assert!(!c.hold(1), "past the budget");
+        c.release(24 << 10);
+        assert!(!c.hold(25 << 10));
+        assert!(c.hold(24 << 10));
+        c.release(64 << 10);
+        assert_eq!(c.pending(), 0);
+        c.release(1);
+        assert_eq!(c.pending(), 0, "never below 0");
     }
 
     #[test]
     fn one_entry_caches_hold_one() {
         let c = cache(1, 1 << 20);
         let t0 = 1_000_000_000;
-        assert!(c.insert(key(1), b"{}".to_vec().into(), t0));
+        assert!(c.insert(key(1), b"{}".to_vec().into(), json(), t0));
         assert!(c.get(&key(1), t0).is_some());
-        assert!(c.insert(key(2), b"{}".to_vec().into(), t0));
+        assert!(c.insert(key(2), b"{}".to_vec().into(), json(), t0));
         assert_eq!(c.len(), 1);
     }
 }

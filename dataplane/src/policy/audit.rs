@@ -80,7 +80,7 @@ impl Policy for AuditRecord {
         &self,
         _env: &Env<'s>,
         ctx: &mut RequestCtx<'s>,
-        resp: &Response,
+        resp: &Response<'_>,
     ) -> Flow {
         let Some(capture) = ctx.audit.as_deref_mut() else {
             return Flow::Continue;

@@ -19,12 +19,14 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::context::{End, RequestCtx};
 use super::phase::{BodyCoding, Chunk, Env, Flow, Policy, Request, Response, UpstreamRequest};
 use super::usage::{Charge, UsageTap};
 use crate::cache::control::ClientControl;
 use crate::cache::key::{caches, request_key};
-use crate::cache::CachedAnswer;
+use crate::cache::{CachedAnswer, ResponseCache};
 use crate::tokens::usage::Usage;
 
 /// What the response cache does for a request: the lookup, and whether it stands (the
@@ -50,24 +52,95 @@ enum Verdict {
     Bypass(Option<Store>),
 }
 
-/// An answer on its way into the cache.
+/// An answer on its way into the cache: its body is copied as it passes, in room held from
+/// the cache's budget for answers in flight ([`ResponseCache::hold`]), given back when the
+/// answer is stored or dropped.
 #[derive(Debug)]
 pub struct Store {
     /// Its key.
     key: Box<[u8]>,
+    /// The deployment's cache.
+    cache: Arc<ResponseCache>,
     /// The body read so far (`None` until a storable head, or once it cannot be stored).
     body: Option<Vec<u8>>,
+    /// The answer's `content-type`.
+    content_type: Box<[u8]>,
+    /// Bytes held from the cache's budget for `body`.
+    held: u64,
     /// The whole body went past.
     complete: bool,
 }
 
+/// The smallest step the room for a body grows by (then doubling).
+const FIRST_HOLD: u64 = 16 << 10;
+
 impl Store {
-    fn new(key: Vec<u8>) -> Self {
+    fn new(key: Vec<u8>, cache: &Arc<ResponseCache>) -> Self {
         Self {
             key: key.into(),
+            cache: Arc::clone(cache),
             body: None,
+            content_type: Box::default(),
+            held: 0,
             complete: false,
         }
+    }
+
+    /// Starts reading an answer sent as `content_type` (or not, when it cannot be stored).
+    fn start(&mut self, storable: bool, content_type: Option<&[u8]>) {
+        self.forget();
+        self.complete = false;
+        if storable {
+            self.body = Some(Vec::new());
+            self.content_type = content_type.unwrap_or(b"application/json").into();
+        }
+    }
+
+    /// Adds `data` to the body, holding room for it first; past the largest body the store
+    /// takes, or with the budget for answers in flight spent, the body is dropped (the answer
+    /// is relayed all the same, just not stored).
+    fn add(&mut self, data: &[u8], end_of_stream: bool) {
+        let Some(body) = &mut self.body else {
+            return;
+        };
+        let len = body.len() + data.len();
+        let max = self
+            .cache
+            .max_body(self.key.len())
+            .saturating_sub(self.content_type.len());
+        if len > max {
+            self.forget();
+            return;
+        }
+        let len = len as u64;
+        if len > self.held {
+            // Room in doubling steps, never past the largest body.
+            let want = (self.held * 2).max(FIRST_HOLD).min(max as u64).max(len);
+            if !self.cache.hold(want - self.held) {
+                tracing::debug!(
+                    bytes = want,
+                    "response cache: answers in flight hold max_bytes already; this one is not stored"
+                );
+                self.forget();
+                return;
+            }
+            self.held = want;
+            body.reserve_exact((want - body.len() as u64) as usize);
+        }
+        body.extend_from_slice(data);
+        self.complete = end_of_stream;
+    }
+
+    /// Drops the body read so far and gives its room back.
+    fn forget(&mut self) {
+        self.body = None;
+        self.cache.release(std::mem::take(&mut self.held));
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.cache.release(self.held);
     }
 }
 
@@ -122,7 +195,7 @@ impl Policy for CacheLookup {
         let (Some(dep), Some(op)) = (ctx.deployment, ctx.operation) else {
             return Flow::Continue;
         };
-        let Some(cache) = dep.cache.as_deref().filter(|_| caches(op)) else {
+        let Some(cache) = dep.cache.as_ref().filter(|_| caches(op)) else {
             return Flow::Continue;
         };
         let mut control = ClientControl::default();
@@ -150,12 +223,12 @@ impl Policy for CacheLookup {
         };
         ctx.cache.verdict = match key {
             None => Verdict::Bypass(None),
-            Some(key) if control.no_cache => Verdict::Bypass(Some(Store::new(key))),
+            Some(key) if control.no_cache => Verdict::Bypass(Some(Store::new(key, cache))),
             Some(key) => {
                 let now = env.clock.now_nanos();
                 match cache.get(&key, now) {
                     Some(answer) if control.serves(answer.age(now)) => Verdict::Hit(answer),
-                    _ => Verdict::Miss(Store::new(key)),
+                    _ => Verdict::Miss(Store::new(key, cache)),
                 }
             }
         };
@@ -210,7 +283,7 @@ impl Policy for ResponseCaching {
         &self,
         _env: &Env<'s>,
         ctx: &mut RequestCtx<'s>,
-        resp: &Response,
+        resp: &Response<'_>,
     ) -> Flow {
         let storable = resp.status == 200
             && !resp.no_store
@@ -218,8 +291,7 @@ impl Policy for ResponseCaching {
             && resp.coding == BodyCoding::Identity
             && resp.backend.is_some();
         if let Some(store) = ctx.cache.store() {
-            store.complete = false;
-            store.body = storable.then(Vec::new);
+            store.start(storable, resp.content_type);
             ctx.body.read |= storable;
         }
         Flow::Continue
@@ -233,40 +305,32 @@ impl Policy for ResponseCaching {
         end_of_stream: bool,
         _out: &mut Vec<u8>,
     ) -> Chunk {
-        let max = ctx
-            .deployment
-            .and_then(|d| d.cache.as_deref())
-            .map_or(0, |c| c.max_body(0));
         if let Some(store) = ctx.cache.store() {
-            if let Some(body) = &mut store.body {
-                if body.len() + data.len() > max.saturating_sub(store.key.len()) {
-                    // Too large to store: not held any longer.
-                    store.body = None;
-                } else {
-                    body.extend_from_slice(data);
-                    store.complete = end_of_stream;
-                }
-            }
+            store.add(data, end_of_stream);
         }
         Chunk::Pass
     }
 
     fn on_complete<'s>(&self, env: &Env<'s>, ctx: &mut RequestCtx<'s>) {
         let (end, status) = (ctx.end, ctx.status);
-        let Some(cache) = ctx.deployment.and_then(|d| d.cache.as_deref()) else {
-            return;
-        };
         let Some(store) = ctx.cache.store() else {
             return;
         };
         let (Some(body), true) = (store.body.take(), store.complete) else {
+            store.forget();
             return;
         };
-        // Only what can be replayed as `application/json`: a whole JSON value.
+        // Only a whole JSON value (what a chat, completions or embeddings answer is).
         let json = serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok();
         if end == End::Complete && status == Some(200) && json {
             let key = std::mem::take(&mut store.key);
-            cache.insert(key, body.into(), env.clock.now_nanos());
+            let content_type = std::mem::take(&mut store.content_type);
+            // Shrunk to its length: the store weighs (and keeps) no spare capacity.
+            let body = Bytes::from(body.into_boxed_slice());
+            store
+                .cache
+                .insert(key, body, content_type, env.clock.now_nanos());
         }
+        store.forget();
     }
 }

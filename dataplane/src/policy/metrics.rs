@@ -36,7 +36,7 @@ impl Policy for RequestMetrics {
         &self,
         env: &Env<'s>,
         ctx: &mut RequestCtx<'s>,
-        resp: &Response,
+        resp: &Response<'_>,
     ) -> Flow {
         ctx.stream_marks = StreamMarks::default();
         // The audit record's time to first token is read from these marks too.

@@ -124,13 +124,15 @@ pub enum BodyCoding {
     Opaque,
 }
 
-/// An answer's head as the phases see it.
+/// An answer's head as the phases see it (`'h`: the head's buffer).
 #[derive(Debug, Clone, Copy)]
-pub struct Response {
+pub struct Response<'h> {
     /// The status.
     pub status: u16,
     /// `content-type: text/event-stream`.
     pub event_stream: bool,
+    /// The `content-type` value as the answer gives it (`None`: it gives none).
+    pub content_type: Option<&'h [u8]>,
     /// How the body reaches the body phase.
     pub coding: BodyCoding,
     /// The backend that answered (`None`: Sluice answered itself).
@@ -178,7 +180,7 @@ pub trait Policy {
         &self,
         _env: &Env<'s>,
         _ctx: &mut RequestCtx<'s>,
-        _resp: &Response,
+        _resp: &Response<'_>,
     ) -> Flow {
         Flow::Continue
     }
@@ -240,7 +242,7 @@ impl<A: Policy, B: Policy> Policy for (A, B) {
         &self,
         env: &Env<'s>,
         ctx: &mut RequestCtx<'s>,
-        resp: &Response,
+        resp: &Response<'_>,
     ) -> Flow {
         match self.1.on_response_head(env, ctx, resp) {
             Flow::Continue => self.0.on_response_head(env, ctx, resp),
@@ -303,7 +305,7 @@ impl<'a, P: Policy> Pipeline<'a, P> {
     }
 
     /// Runs [`Policy::on_response_head`] (the body access starts from nothing).
-    pub fn on_response_head(&self, ctx: &mut RequestCtx<'a>, resp: &Response) -> Flow {
+    pub fn on_response_head(&self, ctx: &mut RequestCtx<'a>, resp: &Response<'_>) -> Flow {
         ctx.body = super::context::BodyAccess::default();
         self.policies.on_response_head(&self.env, ctx, resp)
     }

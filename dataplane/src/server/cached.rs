@@ -1,15 +1,23 @@
 //! Answering a request from the response cache ([`crate::policy::cache`] decided a hit): the
 //! stored body goes through the response phases like an answer a backend or the mock gave
-//! — so the audit record, the metrics and the usage see it — and out as `200
-//! application/json` with this request's own `x-request-id` and answer headers (its
+//! — so the audit record, the metrics and the usage see it — and out as `200` with the
+//! backend's `content-type`, this request's own `x-request-id` and answer headers (its
 //! rate-limit state, `x-sluice-cache: hit`).
+//!
+//! A small body goes out in one write with the head; a larger one is written straight from
+//! the store's shared buffer, so a slow client holds no copy of it (the socket's send
+//! buffer paces the write, within the send timeout).
 
-use crate::answers::json_response;
+use crate::answers::answer_head;
 use crate::cache::CachedAnswer;
 use crate::downstream::{Downstream, Next};
 use crate::policy::context::RequestCtx;
 use crate::policy::phase::{BodyCoding, Chunk, Pipeline, Policy, Response};
 use crate::policy::trace::answer_headers;
+
+/// Bodies up to this many bytes are copied behind the head (one write); larger ones are
+/// written from the store.
+const COPIED_BODY: usize = 16 << 10;
 
 /// Replays `answer` to the client of `down`.
 pub(super) async fn replay<'s, P: Policy>(
@@ -22,6 +30,7 @@ pub(super) async fn replay<'s, P: Policy>(
     let head = Response {
         status: 200,
         event_stream: false,
+        content_type: Some(&answer.content_type),
         coding: BodyCoding::Identity,
         backend: None,
         no_store: false,
@@ -41,6 +50,29 @@ pub(super) async fn replay<'s, P: Policy>(
     };
     let mut out = std::mem::take(&mut down.out);
     out.clear();
-    json_response(&mut out, 200, body, &ctx.id, close, &answer_headers(ctx));
-    down.write_out(out, close).await
+    let headers = answer_headers(ctx);
+    answer_head(
+        &mut out,
+        200,
+        &answer.content_type,
+        body.len(),
+        &ctx.id,
+        close,
+        &headers,
+    );
+    if replaced || body.len() <= COPIED_BODY {
+        out.extend_from_slice(body);
+        return down.write_out(out, close).await;
+    }
+    let (res, out) = down.write_client(out).await;
+    down.out = out;
+    if res.is_err() {
+        return Next::Close;
+    }
+    let (res, _) = down.write_client(answer.body.clone()).await;
+    if res.is_err() || close {
+        Next::Close
+    } else {
+        Next::KeepAlive
+    }
 }

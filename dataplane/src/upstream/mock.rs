@@ -77,6 +77,11 @@ impl Exchange<'_> {
         let head = Response {
             status,
             event_stream,
+            content_type: Some(if event_stream {
+                &b"text/event-stream"[..]
+            } else {
+                b"application/json"
+            }),
             coding: BodyCoding::Identity,
             backend: Some(id),
             no_store: false,

@@ -54,16 +54,15 @@ impl Exchange<'_> {
     ) -> Next {
         let chunked_ok = self.down.head.minor_version >= 1;
         let framing = self.leg.resp.framing;
-        let event_stream = self
-            .leg
-            .resp
-            .header(&self.leg.ubuf, "content-type")
+        let content_type = self.leg.resp.header(&self.leg.ubuf, "content-type");
+        let event_stream = content_type
             .is_some_and(|v| v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream"));
         // An answer coded although Sluice asked for `identity` is decoded on the way.
         let (mut decoder, coding) = self.answer_coding(ctx.upstream.identity_encoding);
         let head = Response {
             status: self.leg.resp.status,
             event_stream,
+            content_type,
             coding,
             backend: ctx.served_by(),
             no_store: self.leg.resp.headers.iter().any(|h| {

@@ -54,7 +54,7 @@ impl Policy for UsageAccounting {
         &self,
         _env: &Env<'s>,
         ctx: &mut RequestCtx<'s>,
-        resp: &Response,
+        resp: &Response<'_>,
     ) -> Flow {
         ctx.usage.start(resp.status, resp.event_stream);
         if resp.coding == BodyCoding::Opaque && ctx.usage.reads() {
