@@ -105,7 +105,8 @@ pub struct CompareArgs {
     /// CI mode: one round of ~0.5 s phases and small counts, no callgrind; seconds in all.
     #[arg(long)]
     pub quick: bool,
-    /// Also write the report to FILE (bench/RESULTS.md).
+    /// Also write the report into FILE (bench/RESULTS.md), between its generated-report
+    /// markers (else at its top); the rest of FILE is kept.
     #[arg(long, value_name = "FILE")]
     pub update_results: Option<PathBuf>,
     /// Measure nothing: render report.md and latency.svg again from an earlier run's
@@ -557,7 +558,14 @@ fn write_outputs(
         std::fs::write(&svg_path, &svg)
             .with_context(|| format!("writing {}", svg_path.display()))?;
         let linked = markdown.replace("`latency.svg`", &format!("[`{svg_name}`]({svg_name})"));
-        std::fs::write(path, linked).with_context(|| format!("writing {}", path.display()))?;
+        // Only the generated report is replaced: sections added by hand stay.
+        let old = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        std::fs::write(path, report::splice_report(&old, &linked))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     println!("{markdown}");
     eprintln!(

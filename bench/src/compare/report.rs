@@ -1035,10 +1035,60 @@ pub fn utc_date(unix_secs: u64) -> String {
     )
 }
 
+/// The line before the generated report in a results file (`--update-results`), which may
+/// also hold sections written by hand.
+pub const REPORT_BEGIN: &str =
+    "<!-- sluice-bench compare: generated report, rewritten by --update-results up to its end marker -->";
+/// The line after it.
+pub const REPORT_END: &str = "<!-- sluice-bench compare: end of the generated report -->";
+
+/// The results file `old` with its generated report replaced by `report`: what lies between
+/// [`REPORT_BEGIN`] and [`REPORT_END`] when it has both (in that order), else `report` first
+/// and all of `old` after it. Nothing outside the markers is ever dropped.
+pub fn splice_report(old: &str, report: &str) -> String {
+    let wrapped = format!("{REPORT_BEGIN}\n{}\n{REPORT_END}\n", report.trim_end());
+    let begin = old.find(REPORT_BEGIN);
+    let end = begin.and_then(|b| old[b..].find(REPORT_END).map(|e| b + e));
+    match (begin, end) {
+        (Some(begin), Some(end)) => {
+            let after = &old[end + REPORT_END.len()..];
+            let after = after.strip_prefix('\n').unwrap_or(after);
+            format!("{}{wrapped}{after}", &old[..begin])
+        }
+        _ if old.trim().is_empty() => wrapped,
+        _ => format!("{wrapped}\n{old}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::compare::scenarios::{Frontier, RssRound, Syscalls};
+
+    #[test]
+    fn update_results_replaces_only_the_generated_report() {
+        let report = "# sluice-bench compare\n\nnew figures\n";
+        let first = splice_report("", report);
+        assert_eq!(
+            first,
+            format!("{REPORT_BEGIN}\n# sluice-bench compare\n\nnew figures\n{REPORT_END}\n")
+        );
+        // Hand-written sections before and after the report survive a rewrite.
+        let file = format!("intro\n{first}\n## 2026-12-02, by hand\n\nkept\n");
+        let again = splice_report(&file, "# sluice-bench compare\n\nnewer\n");
+        assert!(again.starts_with("intro\n"));
+        assert!(again.contains("newer") && !again.contains("new figures"));
+        assert!(again.ends_with("\n## 2026-12-02, by hand\n\nkept\n"));
+        assert_eq!(
+            splice_report(&again, "# sluice-bench compare\n\nnewer\n"),
+            again
+        );
+        // A file without the markers is kept whole, after the report.
+        let unmarked = "# sluice-bench compare\n\nold\n\n## by hand\n";
+        let spliced = splice_report(unmarked, report);
+        assert!(spliced.ends_with(unmarked));
+        assert!(spliced.starts_with(REPORT_BEGIN));
+    }
     use crate::load::Percentiles;
 
     fn pct(p50: u64, p99: u64) -> Percentiles {
