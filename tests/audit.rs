@@ -524,6 +524,7 @@ fn the_database_holds_what_the_file_holds_and_the_readme_sql_answers() {
             "Tokens per model",
             "Tokens per subscription",
             "Tokens per subscription and day",
+            "Cache hit ratio per deployment",
             "Calls with their first message and first choice",
         ],
         "the README's SQL blocks changed: update this test with them"
@@ -556,6 +557,11 @@ fn the_database_holds_what_the_file_holds_and_the_readme_sql_answers() {
                 assert!(got.iter().all(|r| r[1] == today), "{got:?}");
                 assert_eq!(got.len(), 2, "{got:?}");
             }
+            "Cache hit ratio per deployment" => {
+                // No deployment here has a cache: every `cache` is NULL, so no row. With
+                // hits: `the_cache_column_records_each_request_and_the_readme_reads_the_hit_ratio`.
+                assert!(got.is_empty(), "{got:?}");
+            }
             "Calls with their first message and first choice" => {
                 let call = got.iter().find(|r| r.contains(&"a-0".to_owned())).unwrap();
                 assert!(
@@ -572,6 +578,74 @@ fn the_database_holds_what_the_file_holds_and_the_readme_sql_answers() {
             other => panic!("untested README SQL block {other}"),
         }
     }
+}
+
+#[test]
+fn the_cache_column_records_each_request_and_the_readme_reads_the_hit_ratio() {
+    let dir = TempDir::new("audit-cache");
+    let config = format!(
+        r#"{MOCK_BODY}
+[[deployment]]
+name = "cached"
+backends = [{{ backend = "mock-a" }}]
+cache = {{ ttl = "10m" }}
+
+[audit]
+
+[[audit.sink]]
+kind = "file"
+path = "{file}"
+
+[[audit.sink]]
+kind = "sqlite"
+path = "{db}"
+"#,
+        file = dir.path().join("audit.jsonl").display(),
+        db = dir.path().join("audit.db").display(),
+    );
+    let mut s = Launch::new(&config).start();
+    let mut deterministic = chat_body(Some("cached"), false);
+    deterministic["temperature"] = json!(0);
+    let asked = [
+        ("c-1-miss", deterministic.clone(), Some("miss")),
+        ("c-2-hit", deterministic, Some("hit")),
+        // Temperature 0.2, no seed: not cached.
+        (
+            "c-3-bypass",
+            chat_body(Some("cached"), false),
+            Some("bypass"),
+        ),
+        ("c-4-none", chat_body(Some("gpt-4o"), false), None),
+    ];
+    for (id, body, cache) in &asked {
+        let resp = post_with(&s, "/v1/chat/completions", &[("x-request-id", id)], body);
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.header("x-sluice-cache"), *cache, "{id}");
+    }
+    let file = records(dir.path(), asked.len());
+    s.signal("TERM");
+    assert!(s.wait_exit(Duration::from_secs(15)).is_some());
+    let db = dir.path().join("audit.db");
+    // The database holds what the file holds: `cache` as text, NULL for `null`.
+    let got = rows(
+        &db,
+        "SELECT request_id, cache FROM requests ORDER BY request_id",
+    );
+    let want: Vec<Vec<String>> = asked
+        .iter()
+        .map(|(id, _, cache)| vec![id.to_string(), cache.unwrap_or("NULL").to_owned()])
+        .collect();
+    assert_eq!(got, want);
+    for (id, _, cache) in &asked {
+        let r = file.iter().find(|r| r["request_id"] == *id).unwrap();
+        assert_eq!(r["cache"].as_str(), *cache, "{r}");
+    }
+    let (_, sql) = readme_sql()
+        .into_iter()
+        .find(|(title, _)| title == "Cache hit ratio per deployment")
+        .unwrap();
+    // deployment, hits, misses, bypasses, hit_ratio: one hit of two lookups it could serve.
+    assert_eq!(rows(&db, &sql), [["cached", "1", "1", "1", "0.5"]]);
 }
 
 #[test]

@@ -334,6 +334,12 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
 
 /// [`http`] with `extra` header lines (each ending in `\r\n`).
 fn http_with(port: u16, method: &str, path: &str, extra: &str, body: &str) -> (u16, String) {
+    let (status, _, body) = exchange(port, method, path, extra, body);
+    (status, body)
+}
+
+/// One HTTP/1.1 request with `Connection: close`: (status, head, body).
+fn exchange(port: u16, method: &str, path: &str, extra: &str, body: &str) -> (u16, String, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let head = format!(
@@ -350,11 +356,11 @@ fn http_with(port: u16, method: &str, path: &str, extra: &str, body: &str) -> (u
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = text
+    let (head, body) = text
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
+        .map(|(h, b)| (h.to_string(), b.to_string()))
         .unwrap_or_default();
-    (status, body)
+    (status, head, body)
 }
 
 /// The deployments a node lists on `/v1/models`, sorted.
@@ -1247,4 +1253,100 @@ fn usage_from_every_node_is_counted_exactly_once_across_a_control_plane_kill() {
         "sluice-control still running 10 s after SIGTERM:\n{}",
         control.proc.log()
     );
+}
+
+#[test]
+fn cache_hits_reach_the_control_plane_and_sluicectl_usage() {
+    let dir = TempDir::new("cache-hits");
+    let config = dir.0.join("sluice.toml");
+    std::fs::write(
+        &config,
+        "[[backend]]\nname = \"mock-alpha\"\nkind = \"mock\"\nlatency = \"1ms\"\n\n\
+         [[deployment]]\nname = \"alpha\"\nbackends = [{ backend = \"mock-alpha\" }]\n\
+         cache = { ttl = \"10m\" }\n",
+    )
+    .unwrap();
+    let state = dir.0.join("state");
+    let control = start_control(&config, &state, "127.0.0.1:0", &[], &dir.0);
+    let node = start_node(&control.url, "node-a", &[], None, &dir.0);
+    // The same deterministic question twice: the backend answers the first, the cache the
+    // second.
+    let body = r#"{"model":"alpha","temperature":0,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let (status, head, answer) = exchange(node.port, "POST", "/v1/chat/completions", "", body);
+        assert_eq!(status, 200, "{answer}");
+        let cache = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-sluice-cache: "))
+            .map(str::to_owned);
+        answers.push((cache, reported_usage(&answer)));
+    }
+    assert_eq!(answers[0].0.as_deref(), Some("miss"), "{answers:?}");
+    assert_eq!(answers[1].0.as_deref(), Some("hit"), "{answers:?}");
+    // The hit replays the stored answer (its usage too) but charges no tokens: only the
+    // miss's count.
+    let (_, _, total) = answers[0].1;
+    let alpha = |rows: &Value| -> Option<Value> {
+        rows.as_array()?
+            .iter()
+            .find(|r| r["deployment"] == "alpha")
+            .cloned()
+    };
+    let mut row = None;
+    let arrived = wait_until(Duration::from_secs(10), || {
+        row = alpha(&ctl_json(
+            &control.url,
+            None,
+            &["usage", "--by", "deployment", "--since", "1h"],
+        ));
+        row.as_ref().is_some_and(|r| r["requests"] == 2)
+    });
+    assert!(arrived, "{row:?}\n{}", node.proc.log());
+    let row = row.unwrap();
+    assert_eq!(row["cache_hits"], 1, "{row}");
+    assert_eq!(row["total_tokens"], total, "{row}");
+    // Per backend: the hit is the row no backend answered.
+    let rows = ctl_json(&control.url, None, &["usage", "--by", "backend"]);
+    let mut per_backend: Vec<(String, u64, u64)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["backend"].as_str().unwrap().to_owned(),
+                r["requests"].as_u64().unwrap(),
+                r["cache_hits"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    per_backend.sort();
+    assert_eq!(
+        per_backend,
+        [("".to_owned(), 1, 1), ("mock-alpha".to_owned(), 1, 0)]
+    );
+    // The table: every earlier column as it was, CACHE_HITS last.
+    let (code, table, err) = ctl(&control.url, None, &["usage", "--by", "deployment"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines[0],
+        [
+            "DEPLOYMENT",
+            "REQUESTS",
+            "PROMPT",
+            "COMPLETION",
+            "TOTAL",
+            "P50_MS",
+            "P99_MS",
+            "REJECTED",
+            "CACHE_HITS"
+        ],
+        "{table}"
+    );
+    let alpha_line = lines.iter().find(|l| l[0] == "alpha").unwrap();
+    assert_eq!((alpha_line[1], alpha_line[8]), ("2", "1"), "{table}");
 }

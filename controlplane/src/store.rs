@@ -16,8 +16,8 @@ use crate::state::{Desired, Fleet, NodeRecord};
 /// 1: versions and nodes; 2: each version's operator overlays (`versions.overlays`, JSON);
 /// 3: the text last read from each watched config path (`watched`); 4: usage telemetry
 /// (`usage`, one row per minute and dimensions; `telemetry`, each node incarnation's last
-/// stored sequence).
-const SCHEMA_VERSION: i64 = 4;
+/// stored sequence); 5: `usage.cache_hits` (the requests the response cache answered).
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS usage (
     total_tokens INTEGER NOT NULL,
     rejections TEXT NOT NULL,
     latency BLOB NOT NULL,
+    cache_hits INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (minute_ms, node_id, subscription, deployment, backend, model, status_class)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS telemetry (
@@ -114,18 +115,31 @@ impl Store {
             Some(1) => {
                 // Made by a schema-1 build (`CREATE … IF NOT EXISTS` left its table as it
                 // was): its versions had no overlays.
-                db.execute_batch(
+                db.execute_batch(&format!(
                     "BEGIN;
-                     ALTER TABLE versions ADD COLUMN overlays TEXT NOT NULL DEFAULT '{}';
-                     UPDATE schema_version SET version = 4;
-                     COMMIT;",
-                )?;
+                     ALTER TABLE versions ADD COLUMN overlays TEXT NOT NULL DEFAULT '{{}}';
+                     UPDATE schema_version SET version = {SCHEMA_VERSION};
+                     COMMIT;"
+                ))?;
             }
             Some(2 | 3) => {
                 // The tables added since were made above (`CREATE … IF NOT EXISTS`), empty:
                 // the watched path's text is applied once more at the next start, as
                 // schema 2 always did, and no usage was stored before.
-                db.execute("UPDATE schema_version SET version = 4", [])?;
+                db.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])?;
+            }
+            Some(4) => {
+                // Its `usage` rows were stored before cache hits were counted: 0 each. One
+                // transaction: the column and the version together or neither.
+                let tx = rusqlite::Transaction::new_unchecked(
+                    &db,
+                    rusqlite::TransactionBehavior::Immediate,
+                )?;
+                tx.execute_batch(
+                    "ALTER TABLE usage ADD COLUMN cache_hits INTEGER NOT NULL DEFAULT 0;",
+                )?;
+                tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])?;
+                tx.commit()?;
             }
             Some(_) => {}
         }

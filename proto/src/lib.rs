@@ -198,6 +198,7 @@ mod tests {
             model: "gpt-4o-2024-08-06".into(),
             status_class: "2xx".into(),
             total_tokens: 1_500 * requests,
+            cache_hits: requests / 2,
             latency_histogram: vec![1, 2, 3],
             ..UsageRecord::default()
         };

@@ -109,7 +109,8 @@ pub struct TopArgs {
 
 /// Runs `usage`. JSON: a list of rows, each with the `--by` dimensions and `requests`,
 /// `prompt_tokens`, `completion_tokens`, `total_tokens`, `p50_ms`, `p99_ms`, `rejections`
-/// (`{reason: count}`).
+/// (`{reason: count}`), `cache_hits` (of `requests`, those the response cache answered).
+/// The table has the same figures, `CACHE_HITS` last.
 pub async fn usage(channel: Authed, args: &UsageArgs, json: bool) -> Result<Exit, Failure> {
     let from = SystemTime::now()
         .checked_sub(args.since)
@@ -151,6 +152,7 @@ pub async fn usage(channel: Authed, args: &UsageArgs, json: bool) -> Result<Exit
                     .map(|c| (c.reason.clone(), c.count.into()))
                     .collect();
                 row.insert("rejections".into(), rejections.into());
+                row.insert("cache_hits".into(), r.cache_hits.into());
                 serde_json::Value::Object(row)
             })
             .collect();
@@ -170,6 +172,7 @@ pub async fn usage(channel: Authed, args: &UsageArgs, json: bool) -> Result<Exit
                 "P50_MS",
                 "P99_MS",
                 "REJECTED",
+                "CACHE_HITS",
             ]
             .map(String::from),
         )
@@ -191,6 +194,7 @@ pub async fn usage(channel: Authed, args: &UsageArgs, json: bool) -> Result<Exit
                     format!("{:.1}", r.latency_p50_ms),
                     format!("{:.1}", r.latency_p99_ms),
                     rejected.to_string(),
+                    r.cache_hits.to_string(),
                 ])
                 .collect(),
         );

@@ -1,5 +1,6 @@
 //! Usage in the state database: one row per minute × node × subscription × deployment ×
-//! backend × model × status class (`usage`), each batch's figures added to its rows; and
+//! backend × model × status class (`usage`), each batch's figures added to its rows
+//! (requests, tokens, rejections by reason, the latency histogram, cache hits); and
 //! each node incarnation's last stored sequence (`telemetry`), written in the same
 //! transaction as the rows — so a batch is stored whole or not at all, and once.
 
@@ -28,6 +29,7 @@ struct Figures {
     total_tokens: u64,
     rejections: BTreeMap<String, u64>,
     latency: Option<Histogram<u64>>,
+    cache_hits: u64,
 }
 
 impl Figures {
@@ -38,6 +40,7 @@ impl Figures {
             .completion_tokens
             .saturating_add(other.completion_tokens);
         self.total_tokens = self.total_tokens.saturating_add(other.total_tokens);
+        self.cache_hits = self.cache_hits.saturating_add(other.cache_hits);
         for (reason, n) in other.rejections {
             let count = self.rejections.entry(reason).or_default();
             *count = count.saturating_add(n);
@@ -54,7 +57,7 @@ impl Figures {
     }
 
     /// The figures columns of a `usage` row, from column `at` on: requests, prompt,
-    /// completion and total tokens, rejections (JSON), latency (V2).
+    /// completion and total tokens, rejections (JSON), latency (V2), cache hits.
     fn of_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Self> {
         Ok(Figures {
             requests: to_u64(r.get(at)?),
@@ -63,6 +66,7 @@ impl Figures {
             total_tokens: to_u64(r.get(at + 3)?),
             rejections: serde_json::from_str(&r.get::<_, String>(at + 4)?).unwrap_or_default(),
             latency: histogram(&r.get::<_, Vec<u8>>(at + 5)?),
+            cache_hits: to_u64(r.get(at + 6)?),
         })
     }
 
@@ -78,6 +82,7 @@ impl Figures {
                 .map(|c| (c.reason.clone(), c.count))
                 .collect(),
             latency: histogram(&r.latency_histogram),
+            cache_hits: r.cache_hits,
         }
     }
 }
@@ -217,15 +222,15 @@ impl Store {
         )?;
         {
             let mut read = tx.prepare_cached(
-                "SELECT requests, prompt_tokens, completion_tokens, total_tokens, rejections, latency
-                 FROM usage WHERE minute_ms = ?1 AND node_id = ?2 AND subscription = ?3
+                "SELECT requests, prompt_tokens, completion_tokens, total_tokens, rejections, latency,
+                 cache_hits FROM usage WHERE minute_ms = ?1 AND node_id = ?2 AND subscription = ?3
                  AND deployment = ?4 AND backend = ?5 AND model = ?6 AND status_class = ?7",
             )?;
             let mut write = tx.prepare_cached(
                 "INSERT OR REPLACE INTO usage (minute_ms, node_id, subscription, deployment,
                  backend, model, status_class, requests, prompt_tokens, completion_tokens,
-                 total_tokens, rejections, latency)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 total_tokens, rejections, latency, cache_hits)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?;
             let mut mark = tx.prepare_cached(
                 "INSERT OR REPLACE INTO telemetry (node_id, incarnation, stored_through, last_report_ms)
@@ -280,6 +285,7 @@ impl Store {
                         to_i64(figures.total_tokens),
                         serde_json::to_string(&figures.rejections).unwrap_or_default(),
                         serialized(&figures.latency),
+                        to_i64(figures.cache_hits),
                     ])?;
                 }
                 mark.execute(params![
@@ -298,13 +304,13 @@ impl Store {
     }
 
     /// Usage over `query`'s range, summed per bucket and grouped dimensions (the others left
-    /// empty), with p50 and p99 latency from the merged histograms; ordered by bucket, then
+    /// empty) — requests, tokens, cache hits, rejections by reason — with p50 and p99 latency from the merged histograms; ordered by bucket, then
     /// by total tokens, most first.
     pub fn query_usage(&self, query: &Query) -> Result<Vec<UsageRecord>, StoreError> {
         let mut statement = self.db.prepare(
             "SELECT minute_ms, node_id, subscription, deployment, backend, model, status_class,
-             requests, prompt_tokens, completion_tokens, total_tokens, rejections, latency
-             FROM usage WHERE minute_ms >= ?1 AND minute_ms < ?2
+             requests, prompt_tokens, completion_tokens, total_tokens, rejections, latency,
+             cache_hits FROM usage WHERE minute_ms >= ?1 AND minute_ms < ?2
              AND (?3 = '' OR subscription = ?3) AND (?4 = '' OR deployment = ?4)
              AND (?5 = '' OR backend = ?5)",
         )?;
@@ -370,6 +376,7 @@ impl Store {
                         prompt_tokens: f.prompt_tokens,
                         completion_tokens: f.completion_tokens,
                         total_tokens: f.total_tokens,
+                        cache_hits: f.cache_hits,
                         rejections: f
                             .rejections
                             .iter()
@@ -504,6 +511,147 @@ mod tests {
             .store_usage(&offered(&[(40, 1, false)]), &mut fresh, now)
             .unwrap();
         assert_eq!(answers, [Answer::Gap(0)]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn everything() -> Query {
+        Query {
+            from_ms: 0,
+            to_ms: i64::MAX,
+            ..Query::default()
+        }
+    }
+
+    #[test]
+    fn cache_hits_are_stored_and_summed_like_requests() {
+        let (store, dir) = store("cache-hits");
+        let mut marks = Marks::new();
+        let mut offered = offered(&[(1, 2, true), (2, 3, false), (3, 4, false)]);
+        offered[0].batch.records[0].cache_hits = 1;
+        offered[1].batch.records[0].cache_hits = 2;
+        // Another deployment, in the same minute.
+        offered[2].batch.records[0].deployment = "other".into();
+        offered[2].batch.records[0].cache_hits = 4;
+        let answers = store
+            .store_usage(&offered, &mut marks, SystemTime::now())
+            .unwrap();
+        assert_eq!(answers.len(), 3);
+        // A resend adds nothing.
+        store
+            .store_usage(&offered[..1], &mut marks, SystemTime::now())
+            .unwrap();
+        let all = store.query_usage(&everything()).unwrap();
+        assert_eq!(
+            all.iter()
+                .map(|r| (r.requests, r.cache_hits))
+                .collect::<Vec<_>>(),
+            [(9, 7)]
+        );
+        let per_deployment = store
+            .query_usage(&Query {
+                group_by: vec![UsageDimension::Deployment],
+                ..everything()
+            })
+            .unwrap();
+        let mut got: Vec<(&str, u64, u64)> = per_deployment
+            .iter()
+            .map(|r| (r.deployment.as_str(), r.requests, r.cache_hits))
+            .collect();
+        got.sort();
+        assert_eq!(got, [("", 5, 3), ("other", 4, 4)]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The state database as schema 4 made it (its `usage` without `cache_hits`), with one
+    /// usage row and its incarnation's mark.
+    const SCHEMA_4: &str = "
+        CREATE TABLE schema_version (version INTEGER NOT NULL);
+        INSERT INTO schema_version VALUES (4);
+        CREATE TABLE versions (version INTEGER PRIMARY KEY, created_at_ms INTEGER NOT NULL,
+            source TEXT NOT NULL, git_commit TEXT NOT NULL, toml TEXT NOT NULL,
+            overlays TEXT NOT NULL DEFAULT '{}');
+        CREATE TABLE nodes (node_id TEXT PRIMARY KEY, hostname TEXT NOT NULL,
+            build_version TEXT NOT NULL, running_version INTEGER NOT NULL,
+            rejected_version INTEGER NOT NULL, rejected_errors TEXT NOT NULL,
+            last_seen_ms INTEGER);
+        CREATE TABLE watched (path TEXT PRIMARY KEY, sha256 TEXT NOT NULL);
+        CREATE TABLE usage (
+            minute_ms INTEGER NOT NULL, node_id TEXT NOT NULL, subscription TEXT NOT NULL,
+            deployment TEXT NOT NULL, backend TEXT NOT NULL, model TEXT NOT NULL,
+            status_class TEXT NOT NULL, requests INTEGER NOT NULL,
+            prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+            total_tokens INTEGER NOT NULL, rejections TEXT NOT NULL, latency BLOB NOT NULL,
+            PRIMARY KEY (minute_ms, node_id, subscription, deployment, backend, model,
+                status_class)
+        ) WITHOUT ROWID;
+        CREATE TABLE telemetry (node_id TEXT NOT NULL, incarnation INTEGER NOT NULL,
+            stored_through INTEGER NOT NULL, last_report_ms INTEGER NOT NULL,
+            PRIMARY KEY (node_id, incarnation));
+        INSERT INTO usage VALUES (1800000000000, 'n1', 'a', '', '', '', '', 6, 60, 12, 72,
+            '{}', x'');
+        INSERT INTO telemetry VALUES ('n1', 7, 1, 1800000000000);
+    ";
+
+    #[test]
+    fn a_schema_4_database_gains_cache_hits_and_keeps_its_usage() {
+        let dir = std::env::temp_dir().join(format!("sluice-usage-v4-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        rusqlite::Connection::open(dir.join("control.db"))
+            .unwrap()
+            .execute_batch(SCHEMA_4)
+            .unwrap();
+        let store = Store::open(&dir).unwrap();
+        let version: i64 = store
+            .db
+            .query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 5);
+        let mut marks = store.telemetry_marks().unwrap();
+        assert_eq!(marks[&("n1".to_owned(), 7)], 1);
+        let old = store.query_usage(&everything()).unwrap();
+        assert_eq!(
+            old.iter()
+                .map(|r| (r.requests, r.total_tokens, r.cache_hits))
+                .collect::<Vec<_>>(),
+            [(6, 72, 0)]
+        );
+        // The next batch of that incarnation adds to the old row, cache hits included.
+        let mut next = batch(2, 4);
+        next.records[0].cache_hits = 3;
+        let answers = store
+            .store_usage(
+                &[Offered {
+                    batch: next,
+                    opens: false,
+                }],
+                &mut marks,
+                SystemTime::now(),
+            )
+            .unwrap();
+        assert_eq!(answers, [Answer::Stored(2)]);
+        let now = store.query_usage(&everything()).unwrap();
+        assert_eq!(
+            now.iter()
+                .map(|r| (r.requests, r.total_tokens, r.cache_hits))
+                .collect::<Vec<_>>(),
+            [(10, 76, 3)]
+        );
+        drop(store);
+        // Opened again: already schema 5.
+        let again = Store::open(&dir).unwrap();
+        assert_eq!(again.query_usage(&everything()).unwrap()[0].cache_hits, 3);
+        drop(again);
+        // A newer schema is refused.
+        rusqlite::Connection::open(dir.join("control.db"))
+            .unwrap()
+            .execute("UPDATE schema_version SET version = 6", [])
+            .unwrap();
+        let refused = Store::open(&dir).err().unwrap().to_string();
+        assert_eq!(
+            refused,
+            "state database schema 6 is newer than this build's 5"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

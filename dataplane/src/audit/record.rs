@@ -181,7 +181,9 @@ pub struct Entry {
     /// Whether the tokens are Sluice's estimate rather than the backend's report.
     pub tokens_estimated: Option<bool>,
     /// The response cache's part: `hit` (answered from the cache, 0 tokens), `miss` or
-    /// `bypass`; `null` where the cache had none. JSON lines only (not a SQLite column).
+    /// `bypass`; `null` where the cache had none (the deployment has no cache, or the
+    /// operation is not cached). In the JSON line and in SQLite column `cache` (TEXT, NULL
+    /// for `null`; schema version 2).
     pub cache: Option<&'static str>,
     /// The client's address.
     pub client_ip: String,

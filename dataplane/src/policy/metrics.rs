@@ -176,7 +176,8 @@ impl Policy for RequestMetrics {
 
 /// Counts the request into its worker's usage telemetry (a managed node's): its minute,
 /// subscription, deployment, answering backend, the model its answer named and its status
-/// class; its tokens as settled, the error kind Sluice answered with, and its latency.
+/// class; its tokens as settled, the error kind Sluice answered with, whether the response
+/// cache answered it, and its latency.
 fn count_usage(env: &Env<'_>, ctx: &RequestCtx<'_>) {
     let snapshot = env.snapshot;
     let subscription = ctx
@@ -217,6 +218,9 @@ fn count_usage(env: &Env<'_>, ctx: &RequestCtx<'_>) {
         }
         if let Some(kind) = ctx.error {
             *figures.rejections.entry(kind.name()).or_default() += 1;
+        }
+        if ctx.cache.result() == Some("hit") {
+            figures.cache_hits += 1;
         }
         figures.record_latency(latency);
     });

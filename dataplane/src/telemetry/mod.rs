@@ -1,6 +1,7 @@
 //! Usage telemetry of a managed node: what its workers counted, per one-minute bucket ×
 //! subscription × deployment × backend × model × status class — requests, tokens, the
-//! requests Sluice answered itself by reason, and a latency HdrHistogram — handed to the
+//! requests Sluice answered itself by reason, those answered from the response cache, and a
+//! latency HdrHistogram — handed to the
 //! control-plane agent, which reports it exactly once ([`reporter`]).
 //!
 //! Counted like the metrics (`crate::metrics`): each worker into its own map with no lock or
@@ -77,6 +78,9 @@ pub struct UsageFigures {
     pub total_tokens: u64,
     /// Of `requests`, those Sluice answered itself, by error kind name.
     pub rejections: BTreeMap<&'static str, u64>,
+    /// Of `requests`, those answered from the response cache (no backend asked, no tokens
+    /// charged); 0 by default.
+    pub cache_hits: u64,
     /// Each request's latency in microseconds (auto-resizing, 2 significant digits); `None`
     /// until the first is recorded.
     pub latency_us: Option<Histogram<u64>>,
@@ -103,6 +107,7 @@ impl UsageFigures {
         self.prompt_tokens += other.prompt_tokens;
         self.completion_tokens += other.completion_tokens;
         self.total_tokens += other.total_tokens;
+        self.cache_hits += other.cache_hits;
         for (reason, n) in &other.rejections {
             *self.rejections.entry(reason).or_default() += n;
         }
@@ -156,6 +161,7 @@ pub fn record(key: &UsageKey<Arc<str>>, figures: &UsageFigures, node_id: &str) -
         prompt_tokens: figures.prompt_tokens,
         completion_tokens: figures.completion_tokens,
         total_tokens: figures.total_tokens,
+        cache_hits: figures.cache_hits,
         rejections: figures
             .rejections
             .iter()
@@ -193,6 +199,7 @@ mod tests {
             requests: 2,
             prompt_tokens: 10,
             rejections: BTreeMap::from([("invalid_api_key", 1)]),
+            cache_hits: 1,
             ..UsageFigures::default()
         };
         a.record_latency(Duration::from_millis(5));
@@ -201,6 +208,7 @@ mod tests {
             completion_tokens: 4,
             total_tokens: 14,
             rejections: BTreeMap::from([("invalid_api_key", 2), ("requests_rate_limited", 1)]),
+            cache_hits: 2,
             ..UsageFigures::default()
         };
         b.record_latency(Duration::from_secs(20));
@@ -214,6 +222,7 @@ mod tests {
             ),
             (5, 10, 4, 14)
         );
+        assert_eq!(a.cache_hits, 3);
         assert_eq!(a.rejections["invalid_api_key"], 3);
         let h = a.latency_us.unwrap();
         assert_eq!(h.len(), 2);
@@ -234,6 +243,7 @@ mod tests {
         assert_eq!(key.minute, 3_660);
         let figures = usage.entry(key).or_default();
         figures.requests = 1;
+        figures.cache_hits = 1;
         figures.record_latency(Duration::from_micros(1_500));
         let records = records(&usage, "edge-1");
         assert_eq!(records.len(), 1);
@@ -248,6 +258,7 @@ mod tests {
             ("edge-1", "team-a", "gpt-4o-2024-08-06", "2xx")
         );
         assert_eq!(r.bucket_start.unwrap().seconds, 3_660);
+        assert_eq!((r.requests, r.cache_hits), (1, 1));
         let back: Histogram<u64> = hdrhistogram::serialization::Deserializer::new()
             .deserialize(&mut r.latency_histogram.as_slice())
             .unwrap();
