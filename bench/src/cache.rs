@@ -117,6 +117,9 @@ pub struct RoundResult {
     pub cpu_us: u64,
     /// `cpu_us / requests`, microseconds per request (two decimals).
     pub cpu_us_per_req: f64,
+    /// `cpu_us` over the load's length: how many cores Sluice kept busy (two decimals; at
+    /// most its `--proxy-cpus` count, below it when the client side set the pace).
+    pub sluice_cores: f64,
     /// Requests the mock read during the measured load (passthrough: one per request;
     /// cached: the misses).
     pub upstream_requests: u64,
@@ -131,6 +134,8 @@ pub struct DeploymentSummary {
     pub deployment: String,
     /// Median over rounds of CPU per request, microseconds.
     pub cpu_us_per_req: f64,
+    /// Median over rounds of the cores Sluice kept busy.
+    pub sluice_cores: f64,
     /// Median requests per second.
     pub rps: f64,
     /// Median p50 latency, microseconds.
@@ -156,6 +161,8 @@ pub struct CacheReport {
     pub load_average: [Option<f64>; 2],
     /// The command line that reproduces the run.
     pub command: String,
+    /// CPUs Sluice was pinned to (and its workers).
+    pub proxy_cpus: usize,
     /// `x-sluice-cache` of the two unrecorded probe requests to [`CACHED`], in order
     /// (`miss`, then `hit`).
     pub probe: Vec<String>,
@@ -328,6 +335,7 @@ pub fn run(args: CacheArgs) -> anyhow::Result<()> {
         cores: procs::available_cpus(),
         load_average: [load_before, load_average()],
         command: args.command(),
+        proxy_cpus: args.proxy_cpus.count(),
         probe,
         rounds,
         passthrough,
@@ -465,6 +473,7 @@ fn measure(
         p99_us: report.latency_us.p99,
         cpu_us,
         cpu_us_per_req: round_to(cpu_us as f64 / report.requests.max(1) as f64, 100.0),
+        sluice_cores: round_to(cpu_us as f64 / (report.duration_s.max(1e-9) * 1e6), 100.0),
         upstream_requests,
         hits,
     })
@@ -525,6 +534,7 @@ fn summarize(deployment: &str, rounds: &[RoundResult]) -> DeploymentSummary {
     DeploymentSummary {
         deployment: deployment.to_owned(),
         cpu_us_per_req: round_to(med(&|r| r.cpu_us_per_req), 100.0),
+        sluice_cores: round_to(med(&|r| r.sluice_cores), 100.0),
         rps: round_to(med(&|r| r.rps), 1.0),
         p50_us: med(&|r| r.p50_us as f64),
         p99_us: med(&|r| r.p99_us as f64),
@@ -650,6 +660,21 @@ pub fn render_section(r: &CacheReport) -> String {
          skips the upstream leg (connection, request rewrite, the backend's answer read and \
          relayed) for a canonical key and a lookup.",
         r.cached.cpu_us_per_req, r.passthrough.cpu_us_per_req
+    );
+    let (busy_p, busy_c) = (r.passthrough.sluice_cores, r.cached.sluice_cores);
+    let cpus = r.proxy_cpus.max(1) as f64;
+    let pace = if busy_p.max(busy_c) < 0.9 * cpus {
+        "so the load generator and the mock on their own CPU(s) set the pace, not Sluice; \
+         req/s then says more about the client side (the cached deployment leaves the mock \
+         idle) than about Sluice"
+    } else {
+        "so Sluice set the pace: req/s is its throughput on that many cores"
+    };
+    let _ = writeln!(
+        s,
+        "\nSluice kept {busy_p:.2} (passthrough) and {busy_c:.2} (cached) cores busy, medians, \
+         of the {} it was pinned to, {pace}.",
+        r.proxy_cpus
     );
     let _ = writeln!(
         s,
@@ -832,6 +857,81 @@ mod tests {
             median(&[6.89, 10.41, 9.85, 16.02, 12.61, 8.13]),
             (9.85 + 10.41) / 2.0
         );
+    }
+
+    fn round(round: usize, deployment: &str, cpu: f64, rps: f64) -> RoundResult {
+        RoundResult {
+            round,
+            deployment: deployment.to_owned(),
+            duration_s: 5.0,
+            requests: (rps * 5.0) as u64,
+            rps,
+            p50_us: 100,
+            p99_us: 200,
+            cpu_us: (cpu * rps * 5.0) as u64,
+            cpu_us_per_req: cpu,
+            sluice_cores: round_to(cpu * rps / 1e6, 100.0),
+            upstream_requests: if deployment == CACHED {
+                0
+            } else {
+                (rps * 5.0) as u64
+            },
+            hits: (deployment == CACHED).then_some((rps * 5.0) as u64),
+        }
+    }
+
+    #[test]
+    fn the_report_gives_both_rows_medians_and_the_ratio() {
+        let rounds = vec![
+            round(1, PASSTHROUGH, 14.0, 50_000.0),
+            round(1, CACHED, 7.0, 100_000.0),
+            round(2, CACHED, 8.0, 90_000.0),
+            round(2, PASSTHROUGH, 12.0, 52_000.0),
+        ];
+        let (passthrough, cached) = (summarize(PASSTHROUGH, &rounds), summarize(CACHED, &rounds));
+        assert_eq!(passthrough.cpu_us_per_req, 13.0);
+        assert_eq!(cached.cpu_us_per_req, 7.5);
+        assert_eq!(passthrough.requests, 510_000);
+        let report = CacheReport {
+            date: "2026-12-02 19:00 UTC".to_owned(),
+            commit: Some("abc1234".to_owned()),
+            cores: 2,
+            load_average: [Some(0.1), None],
+            command: "sluice-bench cache --rounds 2".to_owned(),
+            proxy_cpus: 1,
+            probe: vec!["miss".to_owned(), "hit".to_owned()],
+            rounds,
+            cpu_ratio: Some(round_to(7.5 / 13.0, 100.0)),
+            passthrough,
+            cached,
+        };
+        let text = render_section(&report);
+        assert!(text.starts_with(&format!(
+            "{SECTION_HEADING}\n\n2026-12-02 19:00 UTC, commit abc1234"
+        )));
+        assert!(
+            text.contains("(load average 0.1 at the start, ? at the end)"),
+            "{text}"
+        );
+        assert!(text.contains("| `passthrough` (no cache) | 14.00, 12.00 | 13.00 | 51.0 k (50.0 k–52.0 k) | 100 / 200 | 510000 / 510000 |"), "{text}");
+        assert!(text.contains("| `cached` (all hits) | 7.00, 8.00 | 7.50 | 95.0 k (90.0 k–100.0 k) | 100 / 200 | 950000 / 0 |"), "{text}");
+        assert!(
+            text.contains(
+                "**A hit costs 0.58× the CPU of a forwarded request** (7.50 against 13.00 µs"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("cores busy, medians, of the 1 it was pinned to, so the load generator"),
+            "{text}"
+        );
+        assert!(
+            text.contains("`x-sluice-cache: miss`, then `hit`"),
+            "{text}"
+        );
+        // What replace_section takes back: the section ends with one newline, no heading
+        // after its own.
+        assert_eq!(headings(&text).len(), 1);
     }
 
     fn load_report(requests: u64, ok: u64) -> LoadReport {
