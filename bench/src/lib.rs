@@ -9,6 +9,7 @@
 //! of `shared/fixtures/openai/` (which lies outside the repository), embedded so a bench
 //! reads no file.
 
+pub mod cache;
 pub mod certs;
 pub mod compare;
 pub mod failover;

@@ -1,7 +1,8 @@
 //! `sluice-bench`: the load-testing suite. `mock` runs the mock OpenAI backend, `load` runs
 //! the load generator against any URL, `compare` runs the side-by-side scenarios (direct
 //! mock, Sluice passthrough, Sluice full chain, nginx; with `--tls`, Sluice and nginx over
-//! TLS) and writes the report, `certs` writes a test CA and a server certificate.
+//! TLS) and writes the report, `certs` writes a test CA and a server certificate, `fleet`,
+//! `failover` and `cache` run the scenarios of issues 13 and 14.
 
 use std::process::ExitCode;
 
@@ -32,6 +33,9 @@ enum Command {
     /// Two mocks in one pool behind Sluice, one throttling or both on token budgets: what
     /// clients see, upstream 429s, added latency and CPU (issue 14).
     Failover(sluice_bench::failover::FailoverArgs),
+    /// One mock behind Sluice as two deployments, without and with a response cache: Sluice's
+    /// CPU per request on the hit path against passthrough, req/s and latency (issue 14).
+    Cache(sluice_bench::cache::CacheArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
         Command::Certs(args) => sluice_bench::certs::run(args),
         Command::Fleet(args) => sluice_bench::fleet::run(args),
         Command::Failover(args) => sluice_bench::failover::run(args),
+        Command::Cache(args) => sluice_bench::cache::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
