@@ -554,3 +554,45 @@ fn an_unchanged_pool_keeps_its_rotation_across_a_reload() {
     assert_eq!(chat().status, 200);
     assert_eq!((a.request_count(), b.request_count()), (2, 1));
 }
+
+/// A reload that only reorders the `[[backend]]` blocks (which renumbers the backends) keeps
+/// each deployment on its own backend: `one` still reaches `a` and `two` still reaches `b`,
+/// on a worker that kept its balancers (the pools' shapes did not change).
+#[test]
+fn reordering_backend_blocks_keeps_each_deployment_on_its_backend() {
+    let a = Upstream::json(upstream_chat_answer("a"));
+    let b = Upstream::json(upstream_chat_answer("b"));
+    let config = |first: (&str, &Upstream), second: (&str, &Upstream)| {
+        let mut out = String::new();
+        for (name, up) in [first, second] {
+            out.push_str(&format!(
+                "[[backend]]\nname = \"{name}\"\nkind = \"openai\"\nurl = \"{}\"\n\n",
+                up.url()
+            ));
+        }
+        out.push_str(
+            "[[deployment]]\nname = \"one\"\nbackends = [{ backend = \"a\" }]\n\n\
+             [[deployment]]\nname = \"two\"\nbackends = [{ backend = \"b\" }]\n",
+        );
+        out
+    };
+    let s = Launch::new(&config(("a", &a), ("b", &b)))
+        .workers(1)
+        .start();
+    let chat = |model: &str| s.post_json("/v1/chat/completions", &chat_body(Some(model), false));
+    assert_eq!(chat("one").status, 200);
+    assert_eq!(chat("two").status, 200);
+    assert_eq!((a.request_count(), b.request_count()), (1, 1));
+
+    reload_to(&s, &s.config_for(&config(("b", &b), ("a", &a))));
+    for _ in 0..2 {
+        assert_eq!(chat("one").status, 200);
+    }
+    assert_eq!(
+        (a.request_count(), b.request_count()),
+        (3, 1),
+        "after the reorder, `one` must still reach backend a"
+    );
+    assert_eq!(chat("two").status, 200);
+    assert_eq!((a.request_count(), b.request_count()), (3, 2));
+}

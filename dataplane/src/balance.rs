@@ -44,6 +44,19 @@ impl Balancer {
         }
     }
 
+    /// A balancer for `pool` that goes on from `previous`'s smooth-WRR cursor, for a reload
+    /// that left the pool's shape alone (the same members by name, weight and priority, in
+    /// the same order). The members themselves come from `pool`: a reload may renumber the
+    /// backends (blocks reordered or added), and `previous` holds the old numbers. A cursor
+    /// of another length is not carried.
+    pub fn resume(pool: &[PoolMember], previous: &Balancer) -> Self {
+        let mut next = Self::new(pool);
+        if next.current.len() == previous.current.len() {
+            next.current.clone_from(&previous.current);
+        }
+        next
+    }
+
     /// Writes the candidates for one request into `out` (cleared first), best first:
     /// the members `usable(backend)` accepts (out of cool-down, not ejected). Empty when
     /// there are none.
@@ -151,6 +164,22 @@ mod tests {
         assert_eq!(out, vec![0, 1, 2]);
         b.select(|id| id != 1, &mut out);
         assert_eq!(out, vec![0, 2]);
+    }
+
+    #[test]
+    fn a_resumed_balancer_keeps_the_cursor_and_takes_the_new_backend_numbers() {
+        let mut old = Balancer::new(&[member(0, 1, 0), member(1, 1, 0)]);
+        let mut out = Vec::new();
+        old.select(|_| true, &mut out);
+        assert_eq!(out[0], 0);
+        // The same pool after a reload that renumbered its backends (0 → 5, 1 → 4).
+        let mut next = Balancer::resume(&[member(5, 1, 0), member(4, 1, 0)], &old);
+        next.select(|_| true, &mut out);
+        assert_eq!(
+            out,
+            vec![4, 5],
+            "the rotation goes on, with the new numbers"
+        );
     }
 
     #[test]

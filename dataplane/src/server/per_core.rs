@@ -57,7 +57,8 @@ pub struct View {
 impl View {
     /// The view of `snapshot`; a deployment whose pool is unchanged from `previous` (the
     /// same backends by name, with the same weights and priorities, in the same order) keeps
-    /// its smooth-WRR cursor, so a reload does not restart its rotation.
+    /// its smooth-WRR cursor, so a reload does not restart its rotation; its members are
+    /// always the new snapshot's (a reload may renumber the backends).
     fn new(snapshot: Arc<Loaded>, previous: Option<&View>) -> Self {
         let members = |loaded: &Loaded, pool: &[crate::snapshot::PoolMember]| {
             pool.iter()
@@ -71,15 +72,20 @@ impl View {
             .deployments
             .iter()
             .map(|(name, d)| {
-                let carried = previous.and_then(|p| {
+                let resumed = previous.and_then(|p| {
                     let old = p.snapshot.deployments.get(name)?;
                     (members(&p.snapshot, &old.pool) == members(&snapshot, &d.pool))
-                        .then(|| p.balancers.borrow().get(name).cloned())
+                        .then(|| {
+                            p.balancers
+                                .borrow()
+                                .get(name)
+                                .map(|b| Balancer::resume(&d.pool, b))
+                        })
                         .flatten()
                 });
                 (
                     name.clone(),
-                    carried.unwrap_or_else(|| Balancer::new(&d.pool)),
+                    resumed.unwrap_or_else(|| Balancer::new(&d.pool)),
                 )
             })
             .collect();
