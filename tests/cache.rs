@@ -581,6 +581,8 @@ fn a_reload_with_the_same_cache_settings_keeps_the_entries() {
     s.signal("HUP");
     assert!(s.wait_log("config reloaded", Duration::from_secs(10)));
     assert_eq!(cache_of(&ask(&s, &body)), "hit");
+    assert!(s.log().contains("response cache kept"), "{}", s.log());
+    assert!(!s.log().contains("response cache emptied"), "{}", s.log());
     // Changed settings: a new, empty cache.
     s.rewrite_config(&config(&up, "ttl = \"5m\"", ""));
     s.signal("HUP");
@@ -591,6 +593,7 @@ fn a_reload_with_the_same_cache_settings_keeps_the_entries() {
         >= 2));
     assert_eq!(cache_of(&ask(&s, &body)), "miss");
     assert_eq!(up.request_count(), 2);
+    assert_eq!(s.log().matches("response cache emptied").count(), 1);
     // The same settings, but `up` now names another server: its answers, not the old ones.
     let other = numbered_upstream();
     s.rewrite_config(&config(&other, "ttl = \"5m\"", ""));
@@ -603,6 +606,7 @@ fn a_reload_with_the_same_cache_settings_keeps_the_entries() {
     assert_eq!(cache_of(&ask(&s, &body)), "miss");
     assert_eq!((up.request_count(), other.request_count()), (2, 1));
     assert_eq!(cache_of(&ask(&s, &body)), "hit");
+    assert_eq!(s.log().matches("response cache emptied").count(), 2);
 }
 
 /// A hit is sent as the backend sent the answer: its `content-type`, and a body too large to

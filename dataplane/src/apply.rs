@@ -294,8 +294,35 @@ fn swap_in(shared: &Shared, previous: &Loaded, next: Loaded, name: &Path, reason
     for backend in next.backends.iter().filter(|b| b.health_check.is_none()) {
         backend.health.set_checked_up(true);
     }
+    log_caches(previous, &next);
     shared.swap(next);
     tracing::info!(reason, deployments, backends, file = %name.display(), "config reloaded");
+}
+
+/// Logs, for each deployment cached before and after a reload, whether its stored answers
+/// were kept (`response cache kept`) or dropped (`response cache emptied`: its backends or
+/// its cache settings changed; see `config::cache::carry_over`).
+fn log_caches(previous: &Loaded, next: &Loaded) {
+    for (name, deployment) in &next.deployments {
+        let (Some(cache), Some(old)) = (
+            &deployment.cache,
+            previous
+                .deployments
+                .get(name)
+                .and_then(|d| d.cache.as_ref()),
+        ) else {
+            continue;
+        };
+        if Arc::ptr_eq(cache, old) {
+            tracing::info!(deployment = %name, entries = cache.len(), "response cache kept");
+        } else {
+            tracing::info!(
+                deployment = %name,
+                dropped = old.len(),
+                "response cache emptied: the deployment's backends or cache settings changed"
+            );
+        }
+    }
 }
 
 /// A config change: prepares the file at `path` with carry-over from the config `shared`
