@@ -23,7 +23,8 @@ const UP_USAGE: i64 = 6;
 /// A backend that answers request number `i` (from 1) with a chat answer saying `answer i`;
 /// a body with `"fail": STATUS` gets that status, one with `"pad": N` an answer padded by
 /// N bytes, one with `"cache_control": V` an answer with `Cache-Control: V`, one with
-/// `"content_type": V` an answer sent as V, a streamed one an SSE answer.
+/// `"headers": {NAME: V, …}` an answer with those fields, one with `"content_type": V` an
+/// answer sent as V, a streamed one an SSE answer.
 fn numbered_upstream() -> Upstream {
     let seen = AtomicUsize::new(0);
     Upstream::start(move |r, s: &mut TcpStream| {
@@ -64,6 +65,13 @@ fn numbered_upstream() -> Upstream {
         let mut headers = vec![("content-type", content_type)];
         if let Some(control) = req["cache_control"].as_str() {
             headers.push(("cache-control", control));
+        }
+        if let Some(fields) = req["headers"].as_object() {
+            headers.extend(
+                fields
+                    .iter()
+                    .filter_map(|(n, v)| Some((n.as_str(), v.as_str()?))),
+            );
         }
         respond(s, 200, &headers, &body);
         After::KeepAlive
@@ -486,27 +494,55 @@ fn a_hit_is_served_when_the_token_quota_is_spent() {
     assert_eq!(up.request_count(), 2);
 }
 
-/// A backend's `Cache-Control: no-store` or `private` keeps its answer out of the shared
-/// cache (RFC 9111 §5.2.2.5, §5.2.2.7), whatever the case or the other directives.
+/// A backend's answer is kept out of the shared cache when its `Cache-Control` says
+/// `no-store`, `private` or `no-cache` (RFC 9111 §5.2.2.4, .5, .7), whatever the case or the
+/// other directives, when it says `Vary: *` (§4.1), and when it is already stale: a zero
+/// `max-age` or `s-maxage`, an `Age` past its `max-age`, an `Expires` past or invalid (§4.2.1,
+/// §5.3).
 #[test]
-fn an_answer_the_backend_marks_no_store_or_private_is_not_stored() {
+fn an_answer_the_backend_forbids_storing_or_sends_stale_is_not_stored() {
     let up = numbered_upstream();
     let s = Launch::new(&config(&up, "", "")).start();
-    for (i, control) in ["no-store", "private, max-age=60", "max-age=5, PRIVATE"]
-        .into_iter()
-        .enumerate()
-    {
+    let refusals = [
+        json!({"cache-control": "no-store"}),
+        json!({"cache-control": "private, max-age=60"}),
+        json!({"cache-control": "max-age=5, PRIVATE"}),
+        json!({"cache-control": "no-cache"}),
+        json!({"cache-control": "max-age=0, must-revalidate"}),
+        json!({"cache-control": "s-maxage=0, max-age=60"}),
+        json!({"cache-control": "max-age=60", "age": "60"}),
+        json!({"vary": "*"}),
+        json!({"expires": "Thu, 01 Jan 1970 00:00:00 GMT"}),
+        json!({"expires": "0"}),
+    ];
+    for (i, headers) in refusals.iter().enumerate() {
         let mut body = question("chat", &format!("q{i}"));
-        body["cache_control"] = json!(control);
+        body["headers"] = headers.clone();
         for _ in 0..2 {
-            assert_eq!(cache_of(&ask(&s, &body)), "miss", "{control}");
+            assert_eq!(cache_of(&ask(&s, &body)), "miss", "{headers}");
         }
     }
-    assert_eq!(up.request_count(), 6);
+    assert_eq!(up.request_count(), 2 * refusals.len());
     let mut body = question("chat", "public");
-    body["cache_control"] = json!("max-age=60");
+    body["headers"] = json!({"cache-control": "max-age=60", "vary": "origin",
+                             "expires": "Thu, 01 Jan 1970 00:00:00 GMT"});
     assert_eq!(cache_of(&ask(&s, &body)), "miss");
     assert_eq!(cache_of(&ask(&s, &body)), "hit");
+}
+
+/// An answer whose stated lifetime (`max-age`) is shorter than the deployment's `ttl` is
+/// served from the cache only for that long.
+#[test]
+fn an_answer_is_stored_no_longer_than_its_own_lifetime() {
+    let up = numbered_upstream();
+    let s = Launch::new(&config(&up, "ttl = \"10m\"", "")).start();
+    let mut body = question("chat", "brief");
+    body["headers"] = json!({"cache-control": "max-age=1"});
+    assert_eq!(cache_of(&ask(&s, &body)), "miss");
+    assert_eq!(cache_of(&ask(&s, &body)), "hit");
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(cache_of(&ask(&s, &body)), "miss", "served past its max-age");
+    assert_eq!(up.request_count(), 2);
 }
 
 #[test]

@@ -78,6 +78,7 @@ fn stores() -> (ResponseCache, MutexStore) {
             key.clone().into(),
             answer().into(),
             b"application/json".to_vec().into(),
+            None,
             now,
         );
         naive.insert(key.into(), answer());

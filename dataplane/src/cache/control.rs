@@ -1,5 +1,7 @@
-//! The client's `Cache-Control` request directives, as RFC 9111 §5.2.1 defines them for a
-//! cache in front of an origin:
+//! The `Cache-Control` directives on both sides of the cache (RFC 9111 §5.2).
+//!
+//! The client's request directives ([`ClientControl`], §5.2.1), for a cache in front of an
+//! origin:
 //!
 //! - `no-store` (§5.2.1.5): the cache must not store any part of this request or its
 //!   answer — it is neither looked up nor stored (`x-sluice-cache: bypass`);
@@ -9,11 +11,55 @@
 //! - `max-age=N` (§5.2.1.1): the client takes no stored answer older than N seconds; an
 //!   older one is treated as `no-cache` (`max-age=0` is `no-cache`).
 //!
-//! Other directives (`max-stale`, `min-fresh`, `only-if-cached`, `no-transform`) are
-//! ignored, as §5.2 allows for directives a cache does not implement. Directive names are
-//! case-insensitive; every `Cache-Control` line counts.
+//! Other request directives (`max-stale`, `min-fresh`, `only-if-cached`, `no-transform`)
+//! are ignored, as §5.2 allows for directives a cache does not implement.
+//!
+//! The backend's answer ([`AnswerControl`], §3, §4.2.1, §5.2.2), as a shared cache reads
+//! it. It is not stored when it says `no-store` (§5.2.2.5), `private` (§5.2.2.7),
+//! `no-cache` (§5.2.2.4: Sluice cannot revalidate; the qualified forms too) or `Vary: *`
+//! (§4.1: no request matches it), nor when its freshness lifetime is already spent. That
+//! lifetime is `s-maxage` (§5.2.2.10), else `max-age` (§5.2.2.1), else `Expires` minus
+//! `Date` (§4.2.1; an invalid `Expires`, `0` included, is in the past, §5.3), less its
+//! `Age` (§5.1); an answer that states one is stored for the lesser of it and the
+//! deployment's `ttl`, one that states none for `ttl`.
+//!
+//! Directive names are case-insensitive; every `Cache-Control` line counts; of repeated
+//! ages the strictest holds.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+/// The directives of one `Cache-Control` field value: each name (trimmed) and its argument
+/// (after `=`, untrimmed), in order.
+fn directives(value: &[u8]) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+    value.split(|&b| b == b',').map(|directive| {
+        let directive = directive.trim_ascii();
+        match directive.iter().position(|&b| b == b'=') {
+            Some(i) => (directive[..i].trim_ascii(), Some(&directive[i + 1..])),
+            None => (directive, None),
+        }
+    })
+}
+
+/// A delta-seconds argument (§1.2.2), quoted form tolerated (§5.2); `None` when invalid. A
+/// value past u64 is "forever" (§1.2.2: 2^31 suffices).
+fn delta_seconds(argument: Option<&[u8]>) -> Option<u64> {
+    let digits = argument
+        .map(|a| a.trim_ascii())
+        .map(|a| a.strip_prefix(b"\"").unwrap_or(a))
+        .map(|a| a.strip_suffix(b"\"").unwrap_or(a))
+        .filter(|a| !a.is_empty() && a.iter().all(u8::is_ascii_digit))?;
+    Some(
+        std::str::from_utf8(digits)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(u64::MAX),
+    )
+}
+
+/// The stricter of a held age and a new one.
+fn strictest(held: Option<u64>, new: u64) -> Option<u64> {
+    Some(held.map_or(new, |h| h.min(new)))
+}
 
 /// What the client's directives allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -29,31 +75,14 @@ pub struct ClientControl {
 impl ClientControl {
     /// Adds the directives of one `Cache-Control` field value.
     pub fn add(&mut self, value: &[u8]) {
-        for directive in value.split(|&b| b == b',') {
-            let directive = directive.trim_ascii();
-            let (name, argument) = match directive.iter().position(|&b| b == b'=') {
-                Some(i) => (directive[..i].trim_ascii(), Some(&directive[i + 1..])),
-                None => (directive, None),
-            };
+        for (name, argument) in directives(value) {
             if name.eq_ignore_ascii_case(b"no-store") {
                 self.no_store = true;
             } else if name.eq_ignore_ascii_case(b"no-cache") {
                 self.no_cache = true;
             } else if name.eq_ignore_ascii_case(b"max-age") {
-                // delta-seconds (§1.2.2), quoted form tolerated (§5.2); an invalid value
-                // is ignored. A value past u64 is "forever" (§1.2.2: 2^31 suffices).
-                let digits = argument
-                    .map(|a| a.trim_ascii())
-                    .map(|a| a.strip_prefix(b"\"").unwrap_or(a))
-                    .map(|a| a.strip_suffix(b"\"").unwrap_or(a))
-                    .filter(|a| !a.is_empty() && a.iter().all(u8::is_ascii_digit));
-                if let Some(digits) = digits {
-                    let secs = std::str::from_utf8(digits)
-                        .ok()
-                        .and_then(|s| s.parse::<u64>().ok())
-                        .unwrap_or(u64::MAX);
+                if let Some(secs) = delta_seconds(argument) {
                     let age = Duration::from_secs(secs);
-                    // The strictest of repeated values.
                     self.max_age = Some(self.max_age.map_or(age, |m| m.min(age)));
                 }
             }
@@ -67,6 +96,97 @@ impl ClientControl {
             && !self.no_cache
             && self.max_age.is_none_or(|max| !max.is_zero() && age <= max)
     }
+}
+
+/// What a backend's answer lets the cache do with it (see the module's rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Freshness {
+    /// The answer states no lifetime: it is stored for the deployment's `ttl`.
+    #[default]
+    Unstated,
+    /// The answer is fresh for this long from now (more than zero): stored for the lesser
+    /// of it and `ttl`.
+    For(Duration),
+    /// The answer must not be stored (a directive forbids it, or it is already stale).
+    NotStorable,
+}
+
+/// The header fields of a backend's answer that decide its [`Freshness`], gathered one
+/// field at a time ([`Self::add`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AnswerControl<'h> {
+    forbidden: bool,
+    s_maxage: Option<u64>,
+    max_age: Option<u64>,
+    /// `Expires` (`Some(b"")` when sent twice: a list is not a date, so it is past).
+    expires: Option<&'h [u8]>,
+    date: Option<&'h [u8]>,
+    age: Option<u64>,
+}
+
+impl<'h> AnswerControl<'h> {
+    /// Adds one header field of the answer (`name` case-insensitive); fields other than
+    /// `Cache-Control`, `Expires`, `Date`, `Age` and `Vary` are ignored.
+    pub fn add(&mut self, name: &[u8], value: &'h [u8]) {
+        if name.eq_ignore_ascii_case(b"cache-control") {
+            for (directive, argument) in directives(value) {
+                if [&b"no-store"[..], b"private", b"no-cache"]
+                    .iter()
+                    .any(|d| directive.eq_ignore_ascii_case(d))
+                {
+                    self.forbidden = true;
+                } else if directive.eq_ignore_ascii_case(b"s-maxage") {
+                    if let Some(secs) = delta_seconds(argument) {
+                        self.s_maxage = strictest(self.s_maxage, secs);
+                    }
+                } else if directive.eq_ignore_ascii_case(b"max-age") {
+                    if let Some(secs) = delta_seconds(argument) {
+                        self.max_age = strictest(self.max_age, secs);
+                    }
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"expires") {
+            self.expires = Some(if self.expires.is_some() { b"" } else { value });
+        } else if name.eq_ignore_ascii_case(b"date") {
+            self.date.get_or_insert(value);
+        } else if name.eq_ignore_ascii_case(b"age") {
+            // §5.1: an invalid Age is ignored.
+            if let Some(secs) = delta_seconds(Some(value)) {
+                self.age = Some(self.age.map_or(secs, |a| a.max(secs)));
+            }
+        } else if name.eq_ignore_ascii_case(b"vary")
+            && value.split(|&b| b == b',').any(|f| f.trim_ascii() == b"*")
+        {
+            self.forbidden = true;
+        }
+    }
+
+    /// The answer's freshness; `now` (the wall clock) is read only for an `Expires`.
+    pub fn freshness(&self, now: impl FnOnce() -> SystemTime) -> Freshness {
+        if self.forbidden {
+            return Freshness::NotStorable;
+        }
+        let lifetime = if let Some(secs) = self.s_maxage.or(self.max_age) {
+            Duration::from_secs(secs)
+        } else if let Some(expires) = self.expires {
+            let now = now();
+            let date = self.date.and_then(http_date).unwrap_or(now);
+            http_date(expires)
+                .and_then(|at| at.duration_since(date).ok())
+                .unwrap_or_default()
+        } else {
+            return Freshness::Unstated;
+        };
+        match lifetime.saturating_sub(Duration::from_secs(self.age.unwrap_or(0))) {
+            left if left.is_zero() => Freshness::NotStorable,
+            left => Freshness::For(left),
+        }
+    }
+}
+
+/// An HTTP-date (RFC 9110 §5.6.7, all three forms); `None` when invalid.
+fn http_date(value: &[u8]) -> Option<SystemTime> {
+    httpdate::parse_http_date(std::str::from_utf8(value).ok()?.trim()).ok()
 }
 
 #[cfg(test)]
@@ -109,5 +229,106 @@ mod tests {
         assert!(parse(&["max-age=99999999999999999999999"]).serves(Duration::from_secs(1 << 40)));
         assert!(ClientControl::default().serves(Duration::from_secs(1 << 40)));
         assert!(!parse(&["no-cache"]).serves(Duration::ZERO));
+    }
+
+    fn answer(fields: &[(&str, &str)]) -> Freshness {
+        let mut c = AnswerControl::default();
+        for (name, value) in fields {
+            c.add(name.as_bytes(), value.as_bytes());
+        }
+        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:30 GMT").unwrap();
+        c.freshness(|| now)
+    }
+
+    #[test]
+    fn an_answer_that_forbids_storing_or_varies_on_everything_is_not_stored() {
+        for control in [
+            "no-store",
+            "private",
+            "max-age=60, PRIVATE",
+            "no-cache",
+            "No-Cache=\"set-cookie\", max-age=60",
+            "s-maxage=60, private=\"x\"",
+        ] {
+            assert_eq!(
+                answer(&[("Cache-Control", control)]),
+                Freshness::NotStorable,
+                "{control}"
+            );
+        }
+        assert_eq!(answer(&[("vary", "*")]), Freshness::NotStorable);
+        assert_eq!(answer(&[("Vary", "origin, * ")]), Freshness::NotStorable);
+        assert_eq!(answer(&[("vary", "origin")]), Freshness::Unstated);
+        assert_eq!(
+            answer(&[
+                ("cache-control", "no-transform, public"),
+                ("x-no-cache", "1")
+            ]),
+            Freshness::Unstated
+        );
+    }
+
+    #[test]
+    fn the_lifetime_is_s_maxage_then_max_age_then_expires_less_the_age() {
+        let secs = |s| Freshness::For(Duration::from_secs(s));
+        assert_eq!(answer(&[("cache-control", "max-age=60")]), secs(60));
+        assert_eq!(
+            answer(&[("cache-control", "max-age=60, s-maxage=5")]),
+            secs(5)
+        );
+        assert_eq!(
+            answer(&[
+                ("cache-control", "s-maxage=500"),
+                ("cache-control", "max-age=1")
+            ]),
+            secs(500)
+        );
+        assert_eq!(
+            answer(&[("cache-control", "max-age=60"), ("age", "50")]),
+            secs(10)
+        );
+        assert_eq!(answer(&[("age", "5"), ("Age", "x")]), Freshness::Unstated);
+        // Expires counts from Date, else from now.
+        assert_eq!(
+            answer(&[
+                ("date", "Sun, 06 Nov 1994 08:00:00 GMT"),
+                ("expires", "Sun, 06 Nov 1994 08:01:00 GMT"),
+            ]),
+            secs(60)
+        );
+        assert_eq!(
+            answer(&[("expires", "Sunday, 06-Nov-94 08:50:30 GMT")]),
+            secs(60)
+        );
+        // max-age overrides Expires.
+        assert_eq!(
+            answer(&[
+                ("expires", "Sun, 06 Nov 1994 08:00:00 GMT"),
+                ("cache-control", "max-age=7"),
+            ]),
+            secs(7)
+        );
+    }
+
+    #[test]
+    fn an_answer_already_stale_is_not_stored() {
+        for fields in [
+            &[("cache-control", "max-age=0")][..],
+            &[("cache-control", "s-maxage=0, max-age=60")],
+            &[("cache-control", "max-age=0, must-revalidate")],
+            &[("cache-control", "max-age=60"), ("age", "60")],
+            &[("expires", "Sun, 06 Nov 1994 08:49:29 GMT")],
+            &[("expires", "0")],
+            &[
+                ("expires", "Sun, 06 Nov 1994 08:59:29 GMT"),
+                ("expires", "x"),
+            ],
+            &[
+                ("date", "Sun, 06 Nov 1994 09:00:00 GMT"),
+                ("expires", "Sun, 06 Nov 1994 09:00:00 GMT"),
+            ],
+        ] {
+            assert_eq!(answer(fields), Freshness::NotStorable, "{fields:?}");
+        }
     }
 }

@@ -231,19 +231,27 @@ impl ResponseCache {
         usize::try_from(room).unwrap_or(usize::MAX)
     }
 
-    /// Stores `body` (sent as `content_type`) under `key` at `now`, to be served until
-    /// `now + ttl`, evicting what the bounds require. A body too large for the store
-    /// ([`Self::max_body`]) is not stored.
-    pub fn insert(&self, key: Box<[u8]>, body: Bytes, content_type: Box<[u8]>, now: u64) -> bool {
+    /// Stores `body` (sent as `content_type`) under `key` at `now` (monotonic ns), to be
+    /// served until `now + ttl` — or sooner, `now + fresh_for`, when the backend's answer
+    /// gave a shorter freshness lifetime ([`control::Freshness::For`]) — evicting what the
+    /// bounds require. A body too large for the store ([`Self::max_body`]) is not stored.
+    pub fn insert(
+        &self,
+        key: Box<[u8]>,
+        body: Bytes,
+        content_type: Box<[u8]>,
+        fresh_for: Option<Duration>,
+        now: u64,
+    ) -> bool {
         if body.len() + content_type.len() > self.max_body(key.len()) {
             return false;
         }
+        let lifetime = fresh_for.map_or(self.settings.ttl, |f| f.min(self.settings.ttl));
         let answer = CachedAnswer {
             body,
             content_type,
             stored: now,
-            expires: now
-                .saturating_add(u64::try_from(self.settings.ttl.as_nanos()).unwrap_or(u64::MAX)),
+            expires: now.saturating_add(u64::try_from(lifetime.as_nanos()).unwrap_or(u64::MAX)),
         };
         self.store.insert(key, Arc::new(answer));
         true
@@ -287,10 +295,27 @@ mod tests {
     }
 
     #[test]
+    fn a_shorter_lifetime_from_the_backend_ends_the_entry_sooner() {
+        let c = cache(10, 1 << 20);
+        let t0 = 1_000_000_000;
+        let five = Some(Duration::from_secs(5));
+        assert!(c.insert(key(1), b"{}".to_vec().into(), json(), five, t0));
+        let long = Some(Duration::from_secs(600));
+        assert!(c.insert(key(2), b"{}".to_vec().into(), json(), long, t0));
+        assert!(c.get(&key(1), t0 + 4_999_000_000).is_some());
+        assert!(c.get(&key(1), t0 + 5_000_000_000).is_none());
+        assert!(
+            c.get(&key(2), t0 + 59_000_000_000).is_some(),
+            "ttl still bounds it"
+        );
+        assert!(c.get(&key(2), t0 + 60_000_000_000).is_none());
+    }
+
+    #[test]
     fn a_stored_answer_is_served_until_its_ttl() {
         let c = cache(10, 1 << 20);
         let t0 = 1_000_000_000;
-        assert!(c.insert(key(1), b"{\"a\":1}".to_vec().into(), json(), t0));
+        assert!(c.insert(key(1), b"{\"a\":1}".to_vec().into(), json(), None, t0));
         let hit = c.get(&key(1), t0 + 59_000_000_000).unwrap();
         assert_eq!(&*hit.body, b"{\"a\":1}");
         assert!(c.get(&key(2), t0).is_none());
@@ -304,7 +329,7 @@ mod tests {
             let c = cache(max, 64 << 20);
             let t0 = 1_000_000_000;
             for i in 0..(max as usize * 3) {
-                c.insert(key(i), b"{}".to_vec().into(), json(), t0);
+                c.insert(key(i), b"{}".to_vec().into(), json(), None, t0);
                 assert!(c.len() as u64 <= max, "{} entries over {max}", c.len());
             }
             assert!(!c.is_empty());
@@ -317,13 +342,13 @@ mod tests {
         let t0 = 1_000_000_000;
         let body = Bytes::from(vec![b'x'; 10_000]);
         for i in 0..40 {
-            c.insert(key(i), body.clone(), json(), t0);
+            c.insert(key(i), body.clone(), json(), None, t0);
             assert!(c.weight() <= 64 << 10);
         }
         assert!(c.len() <= 6, "{} entries of 10 kB in 64 KiB", c.len());
         // Too large for the store at all: refused, nothing evicted for it.
         let before = c.len();
-        assert!(!c.insert(key(99), vec![b'x'; 64 << 10].into(), json(), t0));
+        assert!(!c.insert(key(99), vec![b'x'; 64 << 10].into(), json(), None, t0));
         assert_eq!(c.len(), before);
     }
 
@@ -346,9 +371,9 @@ mod tests {
     fn one_entry_caches_hold_one() {
         let c = cache(1, 1 << 20);
         let t0 = 1_000_000_000;
-        assert!(c.insert(key(1), b"{}".to_vec().into(), json(), t0));
+        assert!(c.insert(key(1), b"{}".to_vec().into(), json(), None, t0));
         assert!(c.get(&key(1), t0).is_some());
-        assert!(c.insert(key(2), b"{}".to_vec().into(), json(), t0));
+        assert!(c.insert(key(2), b"{}".to_vec().into(), json(), None, t0));
         assert_eq!(c.len(), 1);
     }
 }

@@ -18,13 +18,14 @@
 //!   stored when the request completes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::context::{End, RequestCtx};
 use super::phase::{BodyCoding, Chunk, Env, Flow, Policy, Request, Response, UpstreamRequest};
 use super::usage::{Charge, UsageTap};
-use crate::cache::control::ClientControl;
+use crate::cache::control::{ClientControl, Freshness};
 use crate::cache::key::{caches, request_key};
 use crate::cache::{CachedAnswer, ResponseCache};
 use crate::tokens::usage::Usage;
@@ -65,6 +66,8 @@ pub struct Store {
     body: Option<Vec<u8>>,
     /// The answer's `content-type`.
     content_type: Box<[u8]>,
+    /// The answer's freshness lifetime, when it states one.
+    fresh_for: Option<Duration>,
     /// Bytes held from the cache's budget for `body`.
     held: u64,
     /// The whole body went past.
@@ -81,18 +84,24 @@ impl Store {
             cache: Arc::clone(cache),
             body: None,
             content_type: Box::default(),
+            fresh_for: None,
             held: 0,
             complete: false,
         }
     }
 
-    /// Starts reading an answer sent as `content_type` (or not, when it cannot be stored).
-    fn start(&mut self, storable: bool, content_type: Option<&[u8]>) {
+    /// Starts reading an answer sent as `content_type`, fresh as `freshness` says (or not,
+    /// when it cannot be stored).
+    fn start(&mut self, storable: bool, content_type: Option<&[u8]>, freshness: Freshness) {
         self.forget();
         self.complete = false;
         if storable {
             self.body = Some(Vec::new());
             self.content_type = content_type.unwrap_or(b"application/json").into();
+            self.fresh_for = match freshness {
+                Freshness::For(lifetime) => Some(lifetime),
+                Freshness::Unstated | Freshness::NotStorable => None,
+            };
         }
     }
 
@@ -171,6 +180,11 @@ impl CacheUse {
     /// The lookup found a fresh answer: admission charges the request no tokens.
     pub fn found(&self) -> bool {
         matches!(self.verdict, Verdict::Hit(_))
+    }
+
+    /// Whether the answer to come may be stored (a miss, or a client's `no-cache`).
+    pub fn stores(&self) -> bool {
+        matches!(self.verdict, Verdict::Miss(_) | Verdict::Bypass(Some(_)))
     }
 
     fn store(&mut self) -> Option<&mut Store> {
@@ -286,12 +300,12 @@ impl Policy for ResponseCaching {
         resp: &Response<'_>,
     ) -> Flow {
         let storable = resp.status == 200
-            && !resp.no_store
+            && resp.freshness != Freshness::NotStorable
             && !resp.event_stream
             && resp.coding == BodyCoding::Identity
             && resp.backend.is_some();
         if let Some(store) = ctx.cache.store() {
-            store.start(storable, resp.content_type);
+            store.start(storable, resp.content_type, resp.freshness);
             ctx.body.read |= storable;
         }
         Flow::Continue
@@ -327,9 +341,13 @@ impl Policy for ResponseCaching {
             let content_type = std::mem::take(&mut store.content_type);
             // Shrunk to its length: the store weighs (and keeps) no spare capacity.
             let body = Bytes::from(body.into_boxed_slice());
-            store
-                .cache
-                .insert(key, body, content_type, env.clock.now_nanos());
+            store.cache.insert(
+                key,
+                body,
+                content_type,
+                store.fresh_for,
+                env.clock.now_nanos(),
+            );
         }
         store.forget();
     }

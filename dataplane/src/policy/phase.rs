@@ -137,9 +137,9 @@ pub struct Response<'h> {
     pub coding: BodyCoding,
     /// The backend that answered (`None`: Sluice answered itself).
     pub backend: Option<BackendId>,
-    /// The answer's `Cache-Control` forbids a shared cache to store it (`no-store` or
-    /// `private`, RFC 9111 §5.2.2.5 and §5.2.2.7).
-    pub no_store: bool,
+    /// What the answer's header fields let a shared cache do with it (RFC 9111; read only
+    /// when the response cache may store the answer, else `Unstated`).
+    pub freshness: crate::cache::control::Freshness,
 }
 
 /// A request policy: implements the phases it needs; the defaults do nothing.

@@ -9,6 +9,7 @@
 //! buffer paces the write, within the send timeout).
 
 use crate::answers::answer_head;
+use crate::cache::control::Freshness;
 use crate::cache::CachedAnswer;
 use crate::downstream::{Downstream, Next};
 use crate::policy::context::RequestCtx;
@@ -33,7 +34,7 @@ pub(super) async fn replay<'s, P: Policy>(
         content_type: Some(&answer.content_type),
         coding: BodyCoding::Identity,
         backend: None,
-        no_store: false,
+        freshness: Freshness::Unstated,
     };
     if let Some(err) = pipeline.on_response_head(ctx, &head).into_error() {
         return down.answer_error(ctx, &err, close).await;

@@ -5,6 +5,7 @@ use super::forward::pin_model;
 use super::relay::frame;
 use super::Exchange;
 use crate::answers::{common_headers, json_response, status_line};
+use crate::cache::control::Freshness;
 use crate::downstream::Next;
 use crate::mock::{self, MockReply, MockSettings};
 use crate::policy::context::{AttemptOutcome, End, RequestCtx};
@@ -84,7 +85,7 @@ impl Exchange<'_> {
             }),
             coding: BodyCoding::Identity,
             backend: Some(id),
-            no_store: false,
+            freshness: Freshness::Unstated,
         };
         if let Some(err) = pipeline.on_response_head(ctx, &head).into_error() {
             return self.down.answer_error(ctx, &err, close).await;

@@ -6,6 +6,7 @@
 //! ([`decoded`]).
 
 use std::net::SocketAddr;
+use std::time::SystemTime;
 
 use super::forward::has_connection_header;
 use super::pool::UpstreamPools;
@@ -13,6 +14,7 @@ use super::pool::{Channel, Tenant};
 use super::stream::UpstreamStream;
 use super::Exchange;
 use crate::answers;
+use crate::cache::control::{AnswerControl, Freshness};
 use crate::downstream::Next;
 use crate::error::GatewayError;
 use crate::http::{
@@ -65,11 +67,15 @@ impl Exchange<'_> {
             content_type,
             coding,
             backend: ctx.served_by(),
-            no_store: self.leg.resp.headers.iter().any(|h| {
-                h.name(&self.leg.ubuf)
-                    .eq_ignore_ascii_case(b"cache-control")
-                    && forbids_storing(&self.leg.ubuf[h.value.clone()])
-            }),
+            freshness: if ctx.cache.stores() {
+                let mut control = AnswerControl::default();
+                for h in &self.leg.resp.headers {
+                    control.add(h.name(&self.leg.ubuf), &self.leg.ubuf[h.value.clone()]);
+                }
+                control.freshness(SystemTime::now)
+            } else {
+                Freshness::Unstated
+            },
         };
         if let Some(err) = pipeline.on_response_head(ctx, &head).into_error() {
             return self.down.answer_error(ctx, &err, close).await;
@@ -475,19 +481,6 @@ impl Exchange<'_> {
         answers::common_headers(out, &ctx.id, close, &extra);
         out.extend_from_slice(b"\r\n");
     }
-}
-
-/// Whether a `Cache-Control` value says `no-store` or `private` (RFC 9111 §5.2.2.5,
-/// §5.2.2.7: a shared cache must not store the answer), in any case, among other directives.
-fn forbids_storing(value: &[u8]) -> bool {
-    value.split(|&b| b == b',').any(|directive| {
-        let name = directive
-            .split(|&b| b == b'=')
-            .next()
-            .unwrap_or_default()
-            .trim_ascii();
-        name.eq_ignore_ascii_case(b"no-store") || name.eq_ignore_ascii_case(b"private")
-    })
 }
 
 /// Whether the header lines `extra` (`name: value\r\n` each) set a field named `name`
