@@ -441,22 +441,61 @@ fn a_hit_costs_no_tokens_and_is_recorded_as_a_hit() {
     assert_eq!(lookups("bypass"), 0.0);
 }
 
+/// A hit counts against the request limits; one they refuse gets their answer, with no
+/// cache result, and its record says it cost 0 tokens, as a refused miss's does.
 #[test]
 fn a_hit_counts_against_the_request_limits() {
     let up = numbered_upstream();
-    let limits = r#"limits = [{ unit = "requests", quota = 3, per = "day" }]"#;
-    let s = Launch::new(&config(&up, "", &teams(limits))).start();
+    let dir = TempDir::new("cache-refused");
+    let path = dir.path().join("audit.jsonl");
+    let audit = format!(
+        "\n[audit]\n\n[[audit.sink]]\nkind = \"file\"\npath = \"{}\"\n",
+        path.display()
+    );
+    let limits = r#"limits = [{ unit = "requests", quota = 3, per = "day" },
+                              { unit = "tokens", quota = 100000, per = "day" }]"#;
+    let s = Launch::new(&config(&up, "", &format!("{}{audit}", teams(limits)))).start();
     let body = question("chat", "hi");
     let key = [("api-key", KEY_A)];
     let results: Vec<String> = (0..3)
         .map(|_| cache_of(&post(&s, &key, &body)).to_owned())
         .collect();
     assert_eq!(results, ["miss", "hit", "hit"]);
-    let refused = post(&s, &key, &body);
+    let refused = post(&s, &[key[0], ("x-request-id", "refused-hit")], &body);
     assert_openai_error(&refused, 403, Some("quota_exceeded"));
     // Refused before the cache answered: no cache result.
     assert_eq!(refused.header("x-sluice-cache"), None);
+    let other = post(
+        &s,
+        &[key[0], ("x-request-id", "refused-miss")],
+        &question("chat", "ho"),
+    );
+    assert_openai_error(&other, 403, Some("quota_exceeded"));
     assert_eq!(up.request_count(), 1);
+
+    let mut records: Vec<Value> = Vec::new();
+    assert!(wait_until(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        records = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        records.len() >= 5
+    }));
+    for id in ["refused-hit", "refused-miss"] {
+        let r = records.iter().find(|r| r["request_id"] == id).unwrap();
+        assert_eq!(r["status"], 403, "{r}");
+        assert_eq!(r["cache"], Value::Null, "{r}");
+        assert_eq!(
+            (
+                &r["prompt_tokens"],
+                &r["completion_tokens"],
+                &r["total_tokens"]
+            ),
+            (&json!(0), &json!(0), &json!(0)),
+            "{r}"
+        );
+    }
 }
 
 /// A hit costs no tokens, so a spent token quota does not refuse it; a request the cache

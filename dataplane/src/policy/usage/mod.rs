@@ -137,12 +137,15 @@ pub fn settled(ctx: &RequestCtx<'_>) -> Option<Settled> {
             total: u.total_tokens,
             estimated: false,
         }),
-        Charge::Nothing => ctx.deployment.and(estimate).map(|_| Settled {
-            prompt: Some(0),
-            completion: Some(0),
-            total: 0,
-            estimated: false,
-        }),
+        // Nothing reached a backend: 0, for a request whose tokens were estimated or one the
+        // cache would have answered (it costs none; its estimate is skipped).
+        Charge::Nothing => (ctx.deployment.is_some() && (estimate.is_some() || ctx.cache.found()))
+            .then_some(Settled {
+                prompt: Some(0),
+                completion: Some(0),
+                total: 0,
+                estimated: false,
+            }),
         // The reservation stands: the prompt's estimate and the completion reserved for it
         // (`max_tokens`, else the deployment's default), so the parts add up to the total.
         Charge::Estimate(_) => estimate.map(|t| Settled {
