@@ -16,6 +16,7 @@
 use std::ops::Range;
 
 use crate::error::GatewayError;
+use crate::json_name::folds_to;
 
 /// Why a body could not be edited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -170,12 +171,9 @@ fn walk(b: &[u8], obj: usize, key: &[u8]) -> Result<(Option<Range<usize>>, usize
             // Rare: decode the key as the backend's parser will.
             let decoded: String = serde_json::from_slice(&b[i..key_end]).map_err(|_| Malformed)?;
             let decoded = decoded.as_bytes();
-            (decoded == key, decoded.eq_ignore_ascii_case(key))
+            (decoded == key, folds_to(decoded, key))
         } else {
-            (
-                raw == key,
-                raw.len() == key.len() && raw.eq_ignore_ascii_case(key),
-            )
+            (raw == key, folds_to(raw, key))
         };
         if other_case && !matches {
             return Err(OtherCase);
@@ -354,6 +352,17 @@ mod tests {
         ] {
             assert_eq!(
                 set(body, "cheap", true),
+                Err(EditError::OtherCase),
+                "{body}"
+            );
+        }
+        // Unicode letters that fold into ASCII ones (U+017F is `s`), raw or escaped.
+        for body in [
+            "{\"\u{17f}tream_options\":{}}",
+            r#"{"\u017ftream_options":{}}"#,
+        ] {
+            assert_eq!(
+                top_member(body.as_bytes(), b"stream_options"),
                 Err(EditError::OtherCase),
                 "{body}"
             );

@@ -25,6 +25,7 @@ pub mod health;
 pub mod health_check;
 pub mod http;
 pub mod json_edit;
+pub mod json_name;
 pub mod limit;
 pub mod logging;
 pub mod managed;

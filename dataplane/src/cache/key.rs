@@ -14,6 +14,7 @@
 use std::borrow::Cow;
 
 use super::CacheSettings;
+use crate::json_name::folds_to;
 use crate::route::Operation;
 
 /// Why a request is not looked up (answered `x-sluice-cache: bypass`).
@@ -67,13 +68,13 @@ pub fn request_key(
             .map(|(_, value)| value)
     };
     // A backend that reads member names case-insensitively (Go's encoding/json) would take
-    // `"Temperature": 1.5` for the temperature this check reads as 0: such bodies are never
-    // cached.
+    // `"Temperature": 1.5` or `"ſeed": 1` for what this check reads: such bodies are never
+    // cached (`json_name`).
     let decisive = ["stream", "temperature", "seed"];
     if members.iter().any(|(k, _)| {
         decisive
             .iter()
-            .any(|d| k.eq_ignore_ascii_case(d) && k.as_ref() != *d)
+            .any(|d| k.as_ref() != *d && folds_to(k.as_bytes(), d.as_bytes()))
     }) {
         return Err(NotCacheable::Unreadable);
     }
@@ -390,6 +391,9 @@ mod tests {
             r#"{"temperature":0,"Temperature":1.5}"#,
             r#"{"seed":1,"Seed":null}"#,
             r#"{"temperature":0,"STREAM":true}"#,
+            // Unicode letters Go's encoding/json folds into `s` (U+017F).
+            "{\"seed\":1,\"\u{17f}eed\":null}",
+            "{\"temperature\":0,\"\u{17f}tream\":true}",
         ] {
             assert_eq!(chat(body), Err(NotCacheable::Unreadable), "{body}");
         }

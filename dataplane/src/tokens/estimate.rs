@@ -20,6 +20,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use super::bpe::{self, Bpe, Budget};
 use super::lenient::LenientStr;
 use super::strict::{refuse, Kind, Reason, Refusal, Refused, StreamOptionsSeed, Strict};
+use crate::json_name::folds_to;
 use crate::route::Operation;
 
 /// Tokens OpenAI adds per chat message (the `<|start|>role…<|end|>` framing, role included).
@@ -370,7 +371,10 @@ impl Field {
             "tools" => Field::Tools,
             "functions" => Field::Functions,
             _ => {
-                return match FIELDS.iter().find(|f| f.param().eq_ignore_ascii_case(key)) {
+                return match FIELDS
+                    .iter()
+                    .find(|f| folds_to(key.as_bytes(), f.param().as_bytes()))
+                {
                     Some(&f) => Err(f),
                     None => Ok(Field::Other),
                 }

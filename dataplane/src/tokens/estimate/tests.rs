@@ -289,6 +289,9 @@ fn repeated_keys_are_refused_in_every_spelling() {
         (br#"{"max_tokens":1,"Max_Tokens":99999}"#, "max_tokens"),
         (br#"{"Stream":true}"#, "stream"),
         (br#"{"N":5}"#, "n"),
+        // Letters Unicode folds into ASCII ones: U+017F is `s`, U+212A is `k`.
+        ("{\"me\u{17f}\u{17f}ages\":[]}".as_bytes(), "messages"),
+        ("{\"max_to\u{212a}ens\":99999}".as_bytes(), "max_tokens"),
     ] {
         let r = refusal(body);
         assert_eq!(

@@ -1,0 +1,91 @@
+//! JSON member names as lenient decoders match them to fields. Go's `encoding/json` (behind
+//! many OpenAI-compatible servers) matches a member to a field case-insensitively under
+//! Unicode simple case folding (`bytes.EqualFold`), and .NET's case-insensitive option
+//! compares ordinal upper cases: besides ASCII case, `ſ` (U+017F) reads as `s`, `K` (U+212A,
+//! Kelvin) as `k` and `ı` (U+0131) as `i`. A body whose member folds to a field Sluice reads
+//! (`"Temperature"`, `"meſſages"`) may mean that field to the backend while Sluice takes it
+//! for another member, so callers treat such a name as the field's alias: they refuse the
+//! body, or do not cache it.
+
+/// Whether `name` (a decoded member name, UTF-8) matches `field` (ASCII, lower case) under
+/// any of those foldings — exactly equal included. Invalid UTF-8 matches nothing.
+pub fn folds_to(name: &[u8], field: &[u8]) -> bool {
+    // Each character that folds to one ASCII byte takes one to three bytes.
+    if name.len() < field.len() || name.len() > 3 * field.len() {
+        return false;
+    }
+    if name.is_ascii() {
+        return name.eq_ignore_ascii_case(field);
+    }
+    let Ok(name) = std::str::from_utf8(name) else {
+        return false;
+    };
+    let mut chars = name.chars();
+    field
+        .iter()
+        .all(|f| chars.next().and_then(ascii_fold) == Some(f.to_ascii_lowercase()))
+        && chars.next().is_none()
+}
+
+/// The lower-case ASCII letter (or other ASCII character) `c` folds to, if any: itself
+/// for ASCII, else the ASCII letter its one-character upper or lower case is.
+fn ascii_fold(c: char) -> Option<u8> {
+    if c.is_ascii() {
+        return Some(c.to_ascii_lowercase() as u8);
+    }
+    [one(c.to_uppercase()), one(c.to_lowercase())]
+        .into_iter()
+        .flatten()
+        .find(char::is_ascii_alphabetic)
+        .map(|a| a.to_ascii_lowercase() as u8)
+}
+
+/// The one character a case mapping gives (`None` when it gives several, as `ß` → `SS`).
+fn one(mut mapped: impl Iterator<Item = char>) -> Option<char> {
+    let first = mapped.next()?;
+    mapped.next().is_none().then_some(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ascii_case_and_the_unicode_letters_that_fold_into_ascii_match() {
+        for (name, field) in [
+            ("seed", "seed"),
+            ("Seed", "seed"),
+            ("SEED", "seed"),
+            ("\u{17f}eed", "seed"),
+            ("\u{17f}EED", "seed"),
+            ("\u{17f}tream", "stream"),
+            ("max_to\u{212a}ens", "max_tokens"),
+            ("\u{131}nput", "input"),
+            ("MESSAGES", "messages"),
+        ] {
+            assert!(
+                folds_to(name.as_bytes(), field.as_bytes()),
+                "{name} → {field}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_names_do_not_match() {
+        for (name, field) in [
+            ("seeds", "seed"),
+            ("see", "seed"),
+            ("\u{df}eed", "seed"),
+            ("s\u{435}\u{435}d", "seed"), // Cyrillic е
+            ("", "seed"),
+            ("stream_options", "stream"),
+            ("max-tokens", "max_tokens"),
+        ] {
+            assert!(
+                !folds_to(name.as_bytes(), field.as_bytes()),
+                "{name} ≠ {field}"
+            );
+        }
+        assert!(!folds_to(b"\xffseed", b"seed"));
+    }
+}
