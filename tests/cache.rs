@@ -806,3 +806,55 @@ fn answers_in_flight_hold_at_most_max_bytes_between_them() {
     assert_eq!(cache_of(&ask(&s, &small)), "hit");
     assert_eq!(up.request_count(), before + 1);
 }
+
+/// A hit far larger than the socket's buffers, to a client that reads it slowly but without
+/// a stall, arrives whole: the send timeout bounds each write, not the whole answer (as for
+/// a relayed answer).
+#[test]
+fn a_large_hit_to_a_slow_reader_arrives_whole_within_the_send_timeout() {
+    let up = numbered_upstream();
+    let s = Launch::new(&config(&up, "max_entries = 10, max_bytes = \"64MiB\"", ""))
+        .server("[server.timeouts]\nsend = \"1s\"")
+        .start();
+    let mut big = question("chat", "big");
+    big["pad"] = json!(16 << 20);
+    let stored = ask(&s, &big);
+    assert_eq!(cache_of(&stored), "miss");
+    let expected = stored.body.len();
+    assert!(expected > 16 << 20);
+
+    // 256 KiB every 100 ms: about 6.5 s for the body, far past one send timeout.
+    let mut raw = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let payload = serde_json::to_vec(&big).unwrap();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: sluice\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        payload.len()
+    );
+    raw.write_all(request.as_bytes()).unwrap();
+    raw.write_all(&payload).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let mut round = 0;
+        while round < buf.len() {
+            let n = raw.read(&mut buf[round..]).unwrap();
+            if n == 0 {
+                break;
+            }
+            round += n;
+        }
+        got.extend_from_slice(&buf[..round]);
+        if round < buf.len() {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("x-sluice-cache: hit"), "{}", &text[..200]);
+    let body_at = text.find("\r\n\r\n").unwrap() + 4;
+    assert_eq!(got.len() - body_at, expected, "the hit was cut short");
+    assert_eq!(&got[body_at..], &stored.body[..]);
+    assert_eq!(up.request_count(), 1);
+}

@@ -5,8 +5,9 @@
 //! rate-limit state, `x-sluice-cache: hit`).
 //!
 //! A small body goes out in one write with the head; a larger one is written straight from
-//! the store's shared buffer, so a slow client holds no copy of it (the socket's send
-//! buffer paces the write, within the send timeout).
+//! the store's shared buffer, so a slow client holds no copy of it, in slices of
+//! [`WRITE_SLICE`] each given the send timeout — as a relayed answer's writes are (nginx's
+//! `send_timeout`: between two writes, not for the whole answer).
 
 use crate::answers::answer_head;
 use crate::cache::control::Freshness;
@@ -19,6 +20,9 @@ use crate::policy::trace::answer_headers;
 /// Bodies up to this many bytes are copied behind the head (one write); larger ones are
 /// written from the store.
 const COPIED_BODY: usize = 16 << 10;
+
+/// The most of a stored body one write to the client takes.
+const WRITE_SLICE: usize = 64 << 10;
 
 /// Replays `answer` to the client of `down`.
 pub(super) async fn replay<'s, P: Policy>(
@@ -70,8 +74,16 @@ pub(super) async fn replay<'s, P: Policy>(
     if res.is_err() {
         return Next::Close;
     }
-    let (res, _) = down.write_client(answer.body.clone()).await;
-    if res.is_err() || close {
+    let mut at = 0;
+    while at < answer.body.len() {
+        let end = answer.body.len().min(at + WRITE_SLICE);
+        let (res, _) = down.write_client(answer.body.slice(at..end)).await;
+        if res.is_err() {
+            return Next::Close;
+        }
+        at = end;
+    }
+    if close {
         Next::Close
     } else {
         Next::KeepAlive
