@@ -709,6 +709,22 @@ fn a_hit_keeps_the_backends_content_type_and_body() {
     assert_eq!(up.request_count(), 2);
 }
 
+/// A raw connection to `s` that has sent `body` to the chat path with `connection: close`,
+/// for a test to read the answer at its own pace (reads time out after 20 s).
+fn send_closing(s: &Sluice, body: &Value) -> TcpStream {
+    let mut raw = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let payload = serde_json::to_vec(body).unwrap();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: sluice\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        payload.len()
+    );
+    raw.write_all(request.as_bytes()).unwrap();
+    raw.write_all(&payload).unwrap();
+    raw
+}
+
 /// A backend whose answers to bodies with `"slow": true` stop 10 bytes short until `release`
 /// is set; every answer is `pad` bytes of padding in a chat answer numbered by arrival.
 fn holding_upstream(release: Arc<AtomicBool>) -> Upstream {
@@ -762,16 +778,7 @@ fn answers_in_flight_hold_at_most_max_bytes_between_them() {
 
     // The big answer, relayed (and copied) up to its last 10 bytes: it holds past 32 KiB,
     // so it has taken the largest body's room.
-    let mut raw = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let payload = serde_json::to_vec(&big).unwrap();
-    let request = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: sluice\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n",
-        payload.len()
-    );
-    raw.write_all(request.as_bytes()).unwrap();
-    raw.write_all(&payload).unwrap();
+    let mut raw = send_closing(&s, &big);
     let mut got = Vec::new();
     let mut buf = [0u8; 16 << 10];
     while got.len() < 45_000 {
@@ -824,16 +831,7 @@ fn a_large_hit_to_a_slow_reader_arrives_whole_within_the_send_timeout() {
     assert!(expected > 16 << 20);
 
     // 256 KiB every 100 ms: about 6.5 s for the body, far past one send timeout.
-    let mut raw = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let payload = serde_json::to_vec(&big).unwrap();
-    let request = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: sluice\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n",
-        payload.len()
-    );
-    raw.write_all(request.as_bytes()).unwrap();
-    raw.write_all(&payload).unwrap();
+    let mut raw = send_closing(&s, &big);
     let mut got = Vec::new();
     let mut buf = vec![0u8; 256 << 10];
     loop {

@@ -36,6 +36,7 @@ use crate::compare::targets::{free_addr, wait_listening};
 use crate::load::report::round_to;
 use crate::load::{self, LoadConfig, LoadReport};
 use crate::mock_server::{self, Dist, MockConfig, MockHandle};
+use crate::results_md::{self, git_commit, load_average};
 
 /// The heading of the generated subsection in bench/RESULTS.md.
 pub const SECTION_HEADING: &str = "### Hit vs passthrough, whole process (sluice-bench cache)";
@@ -326,11 +327,8 @@ pub fn run(args: CacheArgs) -> anyhow::Result<()> {
     let cached = summarize(CACHED, &rounds);
     let cpu_ratio = (passthrough.cpu_us_per_req > 0.0)
         .then(|| round_to(cached.cpu_us_per_req / passthrough.cpu_us_per_req, 100.0));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     let report = CacheReport {
-        date: crate::compare::report::utc_date(now),
+        date: results_md::now_utc(),
         commit: git_commit(),
         cores: procs::available_cpus(),
         load_average: [load_before, load_average()],
@@ -342,18 +340,13 @@ pub fn run(args: CacheArgs) -> anyhow::Result<()> {
         cached,
         cpu_ratio,
     };
-    std::fs::write(
-        out.join("results.json"),
-        serde_json::to_string_pretty(&report)? + "\n",
-    )?;
-    let section = render_section(&report);
-    println!("{section}");
-    if let Some(path) = &args.update_results {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        std::fs::write(path, replace_section(&text, &section))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    results_md::publish(
+        &out,
+        &report,
+        &render_section(&report),
+        args.update_results.as_deref(),
+        replace_section,
+    )
 }
 
 /// The two unrecorded requests to [`CACHED`] (and one to [`PASSTHROUGH`]) before the
@@ -543,25 +536,6 @@ fn summarize(deployment: &str, rounds: &[RoundResult]) -> DeploymentSummary {
     }
 }
 
-/// The 1-minute load average, from `/proc/loadavg`.
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-fn git_commit() -> Option<String> {
-    let out = Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    (out.status.success() && !text.is_empty()).then_some(text)
-}
-
 /// A figure as the table prints it: whole numbers without decimals, others with one.
 fn fig(x: f64) -> String {
     if x.fract() == 0.0 {
@@ -575,23 +549,17 @@ fn fig(x: f64) -> String {
 pub fn render_section(r: &CacheReport) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{SECTION_HEADING}\n");
-    let load = |l: Option<f64>| l.map_or("?".to_owned(), |l| format!("{l:.1}"));
     let rounds = r.rounds.iter().map(|x| x.round).max().unwrap_or(0);
-    let _ = writeln!(
-        s,
-        "{}, commit {}, {} usable cores shared with other work (load average {} at the \
-         start, {} at the end). Reproduce (release build; loopback only, stops by itself):\n",
-        r.date,
-        r.commit.as_deref().unwrap_or("unknown"),
-        r.cores,
-        load(r.load_average[0]),
-        load(r.load_average[1])
-    );
-    let _ = writeln!(s, "```sh\ncargo build --release -p sluice -p sluice-bench");
-    let _ = writeln!(
-        s,
-        "target/release/{} \\\n  --update-results bench/RESULTS.md\n```\n",
-        r.command
+    results_md::write_provenance(
+        &mut s,
+        &results_md::Provenance {
+            date: &r.date,
+            commit: r.commit.as_deref(),
+            cores: r.cores,
+            load_average: r.load_average,
+            command: &r.command,
+            duration: "",
+        },
     );
     let _ = writeln!(
         s,
@@ -696,56 +664,7 @@ fn kilo(rps: f64) -> String {
 /// `section` is added at the end. Headings inside ``` fences do not count. Nothing else in
 /// `text` changes.
 pub fn replace_section(text: &str, section: &str) -> String {
-    let section = section.trim_end();
-    let headings = headings(text);
-    let find = |heading: &str| {
-        headings
-            .iter()
-            .position(|&(start, line)| line.trim_end() == heading && start < text.len())
-    };
-    let Some(index) = find(SECTION_HEADING).or_else(|| find(HAND_HEADING)) else {
-        let mut out = text.trim_end().to_owned();
-        if !out.is_empty() {
-            out.push_str("\n\n");
-        }
-        out.push_str(section);
-        out.push('\n');
-        return out;
-    };
-    let start = headings[index].0;
-    let end = headings
-        .get(index + 1)
-        .map_or(text.len(), |&(next, _)| next);
-    let mut out = String::with_capacity(text.len() + section.len());
-    out.push_str(&text[..start]);
-    out.push_str(section);
-    out.push('\n');
-    if end < text.len() {
-        out.push('\n');
-        out.push_str(&text[end..]);
-    }
-    out
-}
-
-/// The lines of `text` that are `#`, `##` or `###` headings outside ``` fences, with their
-/// byte offsets.
-fn headings(text: &str) -> Vec<(usize, &str)> {
-    let mut out = Vec::new();
-    let mut in_fence = false;
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
-        let start = offset;
-        offset += line.len();
-        let line = line.trim_end_matches(['\n', '\r']);
-        if line.starts_with("```") {
-            in_fence = !in_fence;
-            continue;
-        }
-        if !in_fence && ["# ", "## ", "### "].iter().any(|p| line.starts_with(p)) {
-            out.push((start, line));
-        }
-    }
-    out
+    results_md::replace_section(text, &[SECTION_HEADING, HAND_HEADING], section)
 }
 
 #[cfg(test)]
@@ -929,9 +848,10 @@ mod tests {
             text.contains("`x-sluice-cache: miss`, then `hit`"),
             "{text}"
         );
-        // What replace_section takes back: the section ends with one newline, no heading
-        // after its own.
-        assert_eq!(headings(&text).len(), 1);
+        // What replace_section takes back: the section ends with one newline, and no
+        // heading after its own ends it early.
+        assert!(text.ends_with(".\n") && !text.ends_with("\n\n"), "{text}");
+        assert_eq!(text.lines().filter(|l| l.starts_with('#')).count(), 1);
     }
 
     fn load_report(requests: u64, ok: u64) -> LoadReport {

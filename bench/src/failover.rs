@@ -32,6 +32,7 @@ use crate::compare::targets::{free_addr, wait_listening};
 use crate::load::{self, LoadConfig, LoadReport};
 use crate::mock_server::budget::request_cost;
 use crate::mock_server::{self, Dist, MockConfig, MockHandle, MockStats};
+use crate::results_md::{self, git_commit, load_average};
 use sluice::route::Operation;
 
 /// The heading of the report's section in bench/RESULTS.md.
@@ -361,48 +362,21 @@ pub fn run(args: FailoverArgs) -> anyhow::Result<()> {
         }
         phases.push(result);
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     let report = FailoverReport {
-        date: crate::compare::report::utc_date(now),
+        date: results_md::now_utc(),
         commit: git_commit(),
         cores: procs::available_cpus(),
         load_average: [load_before, load_average()],
         command: args.command(),
         phases,
     };
-    std::fs::write(
-        out.join("results.json"),
-        serde_json::to_string_pretty(&report)? + "\n",
-    )?;
-    let section = render_section(&report);
-    println!("{section}");
-    if let Some(path) = &args.update_results {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        std::fs::write(path, replace_section(&text, &section))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
-}
-
-/// The 1-minute load average, from `/proc/loadavg`.
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-fn git_commit() -> Option<String> {
-    let out = Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    (out.status.success() && !text.is_empty()).then_some(text)
+    results_md::publish(
+        &out,
+        &report,
+        &render_section(&report),
+        args.update_results.as_deref(),
+        replace_section,
+    )
 }
 
 /// The phase's Sluice process, when it has one.
@@ -545,23 +519,16 @@ fn thousands(n: u64) -> String {
 pub fn render_section(r: &FailoverReport) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{SECTION_HEADING}\n");
-    let load = |l: Option<f64>| l.map_or("?".to_owned(), |l| format!("{l:.1}"));
-    let _ = writeln!(
-        s,
-        "{}, commit {}, {} usable cores shared with other work (load average {} at the \
-         start, {} at the end). Reproduce (release build; about 40 s, loopback only, stops \
-         by itself):\n",
-        r.date,
-        r.commit.as_deref().unwrap_or("unknown"),
-        r.cores,
-        load(r.load_average[0]),
-        load(r.load_average[1])
-    );
-    let _ = writeln!(s, "```sh\ncargo build --release -p sluice -p sluice-bench");
-    let _ = writeln!(
-        s,
-        "target/release/{} \\\n  --update-results bench/RESULTS.md\n```\n",
-        r.command
+    results_md::write_provenance(
+        &mut s,
+        &results_md::Provenance {
+            date: &r.date,
+            commit: r.commit.as_deref(),
+            cores: r.cores,
+            load_average: r.load_average,
+            command: &r.command,
+            duration: "about 40 s, ",
+        },
     );
     let _ = writeln!(
         s,
@@ -677,36 +644,10 @@ fn percent(part: u64, whole: u64) -> String {
     }
 }
 
-/// `text` with its [`SECTION_HEADING`] section (to the next `## ` heading or the end)
-/// replaced by `section`, or `section` added at the end when there is none.
+/// `text` with its [`SECTION_HEADING`] section (to the next `## ` or `# ` heading or the
+/// end) replaced by `section`, or `section` added at the end when there is none.
 pub fn replace_section(text: &str, section: &str) -> String {
-    let section = section.trim_end();
-    let Some(start) = text
-        .match_indices(SECTION_HEADING)
-        .map(|(i, _)| i)
-        .find(|&i| i == 0 || text[..i].ends_with('\n'))
-    else {
-        let mut out = text.trim_end().to_owned();
-        if !out.is_empty() {
-            out.push_str("\n\n");
-        }
-        out.push_str(section);
-        out.push('\n');
-        return out;
-    };
-    let after = start + SECTION_HEADING.len();
-    let end = text[after..]
-        .find("\n## ")
-        .map_or(text.len(), |i| after + i + 1);
-    let mut out = String::with_capacity(text.len() + section.len());
-    out.push_str(&text[..start]);
-    out.push_str(section);
-    out.push('\n');
-    if end < text.len() {
-        out.push('\n');
-        out.push_str(&text[end..]);
-    }
-    out
+    results_md::replace_section(text, &[SECTION_HEADING], section)
 }
 
 #[cfg(test)]

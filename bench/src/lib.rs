@@ -16,6 +16,7 @@ pub mod failover;
 pub mod fleet;
 pub mod load;
 pub mod mock_server;
+pub mod results_md;
 
 use sluice::http::{write_chunk, LAST_CHUNK};
 

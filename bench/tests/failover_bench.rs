@@ -6,44 +6,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
-use std::process::Command;
+mod support;
 
-use serde_json::Value;
+use support::{quick_run, QuickRun};
 
 #[test]
 fn quick_failover_run_reports_every_phase_and_its_counts_add_up() {
-    let bench = PathBuf::from(env!("CARGO_BIN_EXE_sluice-bench"));
-    let sluice = bench.with_file_name(format!("sluice{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        sluice.is_file(),
-        "{} is missing: build it with `cargo build -p sluice` (cargo test --workspace does)",
-        sluice.display()
-    );
-    let out = std::env::temp_dir().join(format!("sluice-failover-test-{}", std::process::id()));
-    let results = out.join("RESULTS.md");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(&results, "# Results\n\n## Earlier\n\nkept\n").unwrap();
-    let run = Command::new(&bench)
-        .args(["failover", "--quick"])
-        .arg("--sluice")
-        .arg(&sluice)
-        .arg("--out")
-        .arg(&out)
-        .arg("--update-results")
-        .arg(&results)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
-    let markdown = std::fs::read_to_string(&results).unwrap();
-    let _ = std::fs::remove_dir_all(&out);
+    let QuickRun {
+        stdout,
+        report,
+        markdown,
+    } = quick_run("failover", "# Results\n\n## Earlier\n\nkept\n");
 
     let phases = report["phases"].as_array().unwrap();
     let names: Vec<&str> = phases.iter().map(|p| p["name"].as_str().unwrap()).collect();
