@@ -27,6 +27,35 @@ pub fn folds_to(name: &[u8], field: &[u8]) -> bool {
         && chars.next().is_none()
 }
 
+/// Whether two of `names` (decoded member names of one object) are one name to a decoder
+/// that folds case as Go's `encoding/json` does (Unicode simple case folding): `"User"`
+/// and `"user"`, `"ſeed"` and `"SEED"`. Names that are all lower-case ASCII are checked
+/// without allocating.
+pub fn any_fold_together<'n>(names: impl Iterator<Item = &'n str> + Clone) -> bool {
+    if names
+        .clone()
+        .all(|n| n.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()))
+    {
+        // Lower-case ASCII names fold only to themselves.
+        return false;
+    }
+    let mut folded: Vec<String> = names.map(|n| n.chars().map(fold_char).collect()).collect();
+    folded.sort_unstable();
+    folded.windows(2).any(|w| w[0] == w[1])
+}
+
+/// The one character that stands for `c`'s case-folding orbit: the lower case of its upper
+/// case (`ſ` → `S` → `s`, `K` (Kelvin) → `k`, `ς` → `Σ` → `σ`), or `c` where a mapping
+/// gives several characters.
+fn fold_char(c: char) -> char {
+    if c.is_ascii() {
+        return c.to_ascii_lowercase();
+    }
+    one(c.to_uppercase())
+        .and_then(|u| one(u.to_lowercase()))
+        .unwrap_or(c)
+}
+
 /// The lower-case ASCII letter (or other ASCII character) `c` folds to, if any: itself
 /// for ASCII, else the ASCII letter its one-character upper or lower case is.
 fn ascii_fold(c: char) -> Option<u8> {
@@ -67,6 +96,27 @@ mod tests {
                 folds_to(name.as_bytes(), field.as_bytes()),
                 "{name} → {field}"
             );
+        }
+    }
+
+    #[test]
+    fn names_one_object_holds_in_two_cases_are_found() {
+        for names in [
+            &["user", "User"][..],
+            &["messages", "model", "MESSAGES"],
+            &["seed", "\u{17f}EED"],
+            &["ma\u{212a}e", "make"],
+            &["\u{3c2}x", "\u{3a3}X"], // final sigma and capital sigma
+        ] {
+            assert!(any_fold_together(names.iter().copied()), "{names:?}");
+        }
+        for names in [
+            &["user", "users"][..],
+            &["messages", "model"],
+            &["Seed", "see"],
+            &["s\u{435}\u{435}d", "seed"],
+        ] {
+            assert!(!any_fold_together(names.iter().copied()), "{names:?}");
         }
     }
 

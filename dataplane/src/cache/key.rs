@@ -9,12 +9,12 @@
 //! numbers, as a backend may take them), `"stream": false` and no `stream` are different
 //! bodies — a miss, never a wrong answer. A body that is not one JSON
 //! object, or that repeats a member name anywhere (a backend may read the first where Sluice
-//! reads the last), is never cached.
+//! reads the last) — exactly or in another case (`json_name`) — is never cached.
 
 use std::borrow::Cow;
 
 use super::CacheSettings;
-use crate::json_name::folds_to;
+use crate::json_name::{any_fold_together, folds_to};
 use crate::route::Operation;
 
 /// Why a request is not looked up (answered `x-sluice-cache: bypass`).
@@ -26,8 +26,9 @@ pub enum NotCacheable {
     /// absent (the API's default is 1) or above 0, no `seed`, and the deployment does not
     /// cache such requests (`nondeterministic = false`).
     Nondeterministic,
-    /// The body is not one JSON object, repeats a member name, nests too deep or holds more
-    /// than [`MAX_VALUES`] values.
+    /// The body is not one JSON object, repeats a member name (exactly, or in another case:
+    /// `json_name::any_fold_together`), nests too deep or holds more than [`MAX_VALUES`]
+    /// values.
     Unreadable,
     /// The body is larger than [`MAX_KEYED_BODY`].
     TooLarge,
@@ -277,7 +278,12 @@ impl<'a> Reader<'a> {
             }
         }
         members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        if members.windows(2).any(|w| w[0].0 == w[1].0) {
+        // A repeated name, or two that a case-folding backend reads as one (`"messages"`
+        // and `"MESSAGES"`): which one it takes depends on their order, which the key
+        // drops.
+        if members.windows(2).any(|w| w[0].0 == w[1].0)
+            || any_fold_together(members.iter().map(|(k, _)| k.as_ref()))
+        {
             return None;
         }
         Some(Canon::Object(members))
@@ -394,6 +400,10 @@ mod tests {
             // Unicode letters Go's encoding/json folds into `s` (U+017F).
             "{\"seed\":1,\"\u{17f}eed\":null}",
             "{\"temperature\":0,\"\u{17f}tream\":true}",
+            // Any member in two cases, at any level: the backend's pick depends on order.
+            r#"{"temperature":0,"messages":[],"MESSAGES":[{"role":"user"}]}"#,
+            r#"{"temperature":0,"messages":[{"role":"user","Role":"system"}]}"#,
+            "{\"temperature\":0,\"x\":{\"ma\u{212a}e\":1,\"make\":2}}",
         ] {
             assert_eq!(chat(body), Err(NotCacheable::Unreadable), "{body}");
         }

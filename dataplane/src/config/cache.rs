@@ -12,13 +12,16 @@ use super::compile::same_answers;
 use super::error::Reporter;
 use super::schema::CacheSection;
 use crate::cache::{CacheSettings, ResponseCache};
+use crate::json_name::folds_to;
 use crate::snapshot::{Backend, BackendKind, Deployment, PoolMember, Snapshot};
 
 /// The smallest `max_bytes`: one ordinary answer with its key.
 const MIN_BYTES: u64 = 1024;
 
 /// Request fields that change the answer (OpenAI chat, completions and embeddings API
-/// references): never ignorable, or one request's answer would be served to another.
+/// references, and `top_k`, which OpenAI-compatible servers take): never ignorable, in any
+/// case a backend may fold to them (`json_name`), or one request's answer would be served
+/// to another.
 const ANSWER_FIELDS: &[&str] = &[
     "messages",
     "prompt",
@@ -50,6 +53,10 @@ const ANSWER_FIELDS: &[&str] = &[
     "modalities",
     "audio",
     "prediction",
+    "parallel_tool_calls",
+    "verbosity",
+    "web_search_options",
+    "top_k",
 ];
 
 /// Compiles deployment `name`'s `cache` (at `field`, e.g. `deployment[0].cache`): its store,
@@ -124,7 +131,10 @@ pub(crate) fn compile(
                         "must not be empty",
                     );
                     ok = false;
-                } else if ANSWER_FIELDS.contains(&f.get_ref().as_str()) {
+                } else if ANSWER_FIELDS
+                    .iter()
+                    .any(|a| folds_to(f.get_ref().as_bytes(), a.as_bytes()))
+                {
                     report.at(
                         f.span(),
                         format!("{field}.ignore_fields[{i}]"),

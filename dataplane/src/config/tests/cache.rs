@@ -69,6 +69,19 @@ fn cache_errors_name_their_line_and_field() {
         &with_cache(r#"ignore_fields = ["user", "input"]"#),
         "sluice.toml:8:36: deployment[0].cache.ignore_fields[1]: `input` changes the answer: ignoring it would serve one request's answer to another",
     );
+    // A case a folding backend reads as the field is the field.
+    assert_error(
+        &with_cache("ignore_fields = [\"Messages\"]"),
+        "sluice.toml:8:28: deployment[0].cache.ignore_fields[0]: `Messages` changes the answer: ignoring it would serve one request's answer to another",
+    );
+    assert_error(
+        &with_cache("ignore_fields = [\"me\u{17f}\u{17f}ages\"]"),
+        "sluice.toml:8:28: deployment[0].cache.ignore_fields[0]: `me\u{17f}\u{17f}ages` changes the answer: ignoring it would serve one request's answer to another",
+    );
+    assert_error(
+        &with_cache("ignore_fields = [\"parallel_tool_calls\"]"),
+        "sluice.toml:8:28: deployment[0].cache.ignore_fields[0]: `parallel_tool_calls` changes the answer: ignoring it would serve one request's answer to another",
+    );
     let unknown = errors(&with_cache("tll = \"1m\""));
     assert_eq!(unknown.len(), 1);
     assert!(
