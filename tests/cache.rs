@@ -593,6 +593,58 @@ fn an_answer_is_stored_no_longer_than_its_own_lifetime() {
     assert_eq!(up.request_count(), 2);
 }
 
+/// An answer's age counts from before it arrived (RFC 9111 §4.2.3: the larger of its `Age`
+/// and the time since its `Date`): it shortens the lifetime the answer states, a hit
+/// states it in `Age`, and a client's `max-age` is held to it.
+#[test]
+fn an_answers_age_counts_from_its_age_and_date() {
+    let up = numbered_upstream();
+    let s = Launch::new(&config(&up, "ttl = \"10m\"", "")).start();
+    let ago =
+        |secs| httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(secs));
+
+    // 500 s old on arrival by its Age, fresh for 600: a hit says it is about 500 s old.
+    let mut aged = question("chat", "aged");
+    aged["headers"] = json!({"cache-control": "max-age=600", "age": "500"});
+    assert_eq!(cache_of(&ask(&s, &aged)), "miss");
+    let hit = ask(&s, &aged);
+    assert_eq!(cache_of(&hit), "hit");
+    let age: u64 = hit.header("age").unwrap().parse().unwrap();
+    assert!((500..=510).contains(&age), "age {age}");
+    // A client that takes nothing older than 60 s does not get it.
+    let fresh_only = post(&s, &[("Cache-Control", "max-age=60")], &aged);
+    assert_eq!(cache_of(&fresh_only), "miss");
+
+    // Dated 400 s ago with no lifetime stated: stored for the ttl, but 400 s old.
+    let mut dated = question("chat", "dated");
+    dated["headers"] = json!({"date": ago(400)});
+    assert_eq!(cache_of(&ask(&s, &dated)), "miss");
+    assert_eq!(cache_of(&ask(&s, &dated)), "hit");
+    let fresh_only = post(&s, &[("Cache-Control", "max-age=60")], &dated);
+    assert_eq!(cache_of(&fresh_only), "miss");
+
+    // Dated 8 s ago and fresh for 10: 2 s are left.
+    let mut short = question("chat", "short");
+    short["headers"] = json!({"date": ago(8), "cache-control": "max-age=10"});
+    assert_eq!(cache_of(&ask(&s, &short)), "miss");
+    assert_eq!(cache_of(&ask(&s, &short)), "hit");
+    std::thread::sleep(Duration::from_millis(3100));
+    assert_eq!(
+        cache_of(&ask(&s, &short)),
+        "miss",
+        "served past its lifetime"
+    );
+    // Dated 8 s ago and expiring now: its 8 s are spent on arrival, so it is not stored.
+    let mut spent = question("chat", "spent");
+    spent["headers"] = json!({"date": ago(8), "expires": ago(0)});
+    assert_eq!(cache_of(&ask(&s, &spent)), "miss");
+    assert_eq!(cache_of(&ask(&s, &spent)), "miss", "stored although stale");
+    // A fresh answer is 0 old.
+    let plain = question("chat", "plain");
+    assert_eq!(cache_of(&ask(&s, &plain)), "miss");
+    assert_eq!(ask(&s, &plain).header("age"), Some("0"));
+}
+
 #[test]
 fn answers_other_than_200_are_not_stored() {
     let up = numbered_upstream();

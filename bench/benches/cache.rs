@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use sluice::answers::{answer_head, json_response};
+use sluice::cache::control::Freshness;
 use sluice::cache::key::request_key;
 use sluice::cache::{CacheSettings, ResponseCache};
 use sluice::limit::{Clock, SystemClock};
@@ -78,7 +79,7 @@ fn stores() -> (ResponseCache, MutexStore) {
             key.clone().into(),
             answer().into(),
             b"application/json".to_vec().into(),
-            None,
+            Freshness::default(),
             now,
         );
         naive.insert(key.into(), answer());

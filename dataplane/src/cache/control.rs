@@ -19,9 +19,12 @@
 //! `no-cache` (§5.2.2.4: Sluice cannot revalidate; the qualified forms too) or `Vary: *`
 //! (§4.1: no request matches it), nor when its freshness lifetime is already spent. That
 //! lifetime is `s-maxage` (§5.2.2.10), else `max-age` (§5.2.2.1), else `Expires` minus
-//! `Date` (§4.2.1; an invalid `Expires`, `0` included, is in the past, §5.3), less its
-//! `Age` (§5.1); an answer that states one is stored for the lesser of it and the
-//! deployment's `ttl`, one that states none for `ttl`.
+//! `Date` (§4.2.1; an invalid `Expires`, `0` included, is in the past, §5.3), less its age
+//! on arrival; an answer that states one is stored for the lesser of it and the
+//! deployment's `ttl`, one that states none for `ttl`. Its age on arrival is §4.2.3's
+//! `corrected_initial_age`: the larger of its `Age` (§5.1) and its apparent age (arrival
+//! less `Date`); a stored answer's age is that plus the time it has been stored, which the
+//! client's `max-age` is held to and a hit states in `Age` (§5.1).
 //!
 //! Directive names are case-insensitive; every `Cache-Control` line counts; of repeated
 //! ages the strictest holds.
@@ -99,16 +102,32 @@ impl ClientControl {
 }
 
 /// What a backend's answer lets the cache do with it (see the module's rules).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Freshness {
     /// The answer states no lifetime: it is stored for the deployment's `ttl`.
-    #[default]
-    Unstated,
-    /// The answer is fresh for this long from now (more than zero): stored for the lesser
-    /// of it and `ttl`.
-    For(Duration),
+    Unstated {
+        /// Its age on arrival (§4.2.3 `corrected_initial_age`, whole seconds).
+        age: Duration,
+    },
+    /// The answer states a lifetime it has not outlived: stored for the lesser of what is
+    /// left of it and `ttl`.
+    For {
+        /// What is left of its lifetime from now (more than zero).
+        left: Duration,
+        /// Its age on arrival (§4.2.3 `corrected_initial_age`, whole seconds).
+        age: Duration,
+    },
     /// The answer must not be stored (a directive forbids it, or it is already stale).
     NotStorable,
+}
+
+impl Default for Freshness {
+    /// A new answer that states nothing: `Unstated`, 0 old.
+    fn default() -> Self {
+        Freshness::Unstated {
+            age: Duration::ZERO,
+        }
+    }
 }
 
 /// The header fields of a backend's answer that decide its [`Freshness`], gathered one
@@ -161,25 +180,30 @@ impl<'h> AnswerControl<'h> {
         }
     }
 
-    /// The answer's freshness; `now` (the wall clock) is read only for an `Expires`.
-    pub fn freshness(&self, now: impl FnOnce() -> SystemTime) -> Freshness {
+    /// The answer's freshness, arriving at `now` (the wall clock).
+    pub fn freshness(&self, now: SystemTime) -> Freshness {
         if self.forbidden {
             return Freshness::NotStorable;
         }
+        let date = self.date.and_then(http_date);
+        // §4.2.3: apparent_age = max(0, response_time - date_value); the response delay
+        // is not counted (the request went out moments before).
+        let apparent = date
+            .and_then(|d| now.duration_since(d).ok())
+            .map_or(0, |d| d.as_secs());
+        let age = Duration::from_secs(apparent.max(self.age.unwrap_or(0)));
         let lifetime = if let Some(secs) = self.s_maxage.or(self.max_age) {
             Duration::from_secs(secs)
         } else if let Some(expires) = self.expires {
-            let now = now();
-            let date = self.date.and_then(http_date).unwrap_or(now);
             http_date(expires)
-                .and_then(|at| at.duration_since(date).ok())
+                .and_then(|at| at.duration_since(date.unwrap_or(now)).ok())
                 .unwrap_or_default()
         } else {
-            return Freshness::Unstated;
+            return Freshness::Unstated { age };
         };
-        match lifetime.saturating_sub(Duration::from_secs(self.age.unwrap_or(0))) {
+        match lifetime.saturating_sub(age) {
             left if left.is_zero() => Freshness::NotStorable,
-            left => Freshness::For(left),
+            left => Freshness::For { left, age },
         }
     }
 }
@@ -237,7 +261,7 @@ mod tests {
             c.add(name.as_bytes(), value.as_bytes());
         }
         let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:30 GMT").unwrap();
-        c.freshness(|| now)
+        c.freshness(now)
     }
 
     #[test]
@@ -258,19 +282,26 @@ mod tests {
         }
         assert_eq!(answer(&[("vary", "*")]), Freshness::NotStorable);
         assert_eq!(answer(&[("Vary", "origin, * ")]), Freshness::NotStorable);
-        assert_eq!(answer(&[("vary", "origin")]), Freshness::Unstated);
+        assert_eq!(answer(&[("vary", "origin")]), Freshness::default());
         assert_eq!(
             answer(&[
                 ("cache-control", "no-transform, public"),
                 ("x-no-cache", "1")
             ]),
-            Freshness::Unstated
+            Freshness::default()
         );
     }
 
     #[test]
     fn the_lifetime_is_s_maxage_then_max_age_then_expires_less_the_age() {
-        let secs = |s| Freshness::For(Duration::from_secs(s));
+        let secs = |s| Freshness::For {
+            left: Duration::from_secs(s),
+            age: Duration::ZERO,
+        };
+        let aged = |s, a| Freshness::For {
+            left: Duration::from_secs(s),
+            age: Duration::from_secs(a),
+        };
         assert_eq!(answer(&[("cache-control", "max-age=60")]), secs(60));
         assert_eq!(
             answer(&[("cache-control", "max-age=60, s-maxage=5")]),
@@ -285,14 +316,44 @@ mod tests {
         );
         assert_eq!(
             answer(&[("cache-control", "max-age=60"), ("age", "50")]),
-            secs(10)
+            aged(10, 50)
         );
-        assert_eq!(answer(&[("age", "5"), ("Age", "x")]), Freshness::Unstated);
-        // Expires counts from Date, else from now.
+        assert_eq!(
+            answer(&[("age", "5"), ("Age", "x")]),
+            Freshness::Unstated {
+                age: Duration::from_secs(5)
+            }
+        );
+        // Expires counts from Date, else from now; the time since Date is the answer's
+        // apparent age (now is 08:49:30).
         assert_eq!(
             answer(&[
-                ("date", "Sun, 06 Nov 1994 08:00:00 GMT"),
-                ("expires", "Sun, 06 Nov 1994 08:01:00 GMT"),
+                ("date", "Sun, 06 Nov 1994 08:49:00 GMT"),
+                ("expires", "Sun, 06 Nov 1994 08:50:00 GMT"),
+            ]),
+            aged(30, 30)
+        );
+        assert_eq!(
+            answer(&[
+                ("date", "Sun, 06 Nov 1994 08:49:20 GMT"),
+                ("cache-control", "max-age=60"),
+                ("age", "5"),
+            ]),
+            aged(50, 10)
+        );
+        // The larger of Age and the apparent age counts; a Date ahead of now is 0 old.
+        assert_eq!(
+            answer(&[
+                ("date", "Sun, 06 Nov 1994 08:49:20 GMT"),
+                ("cache-control", "max-age=60"),
+                ("age", "30"),
+            ]),
+            aged(30, 30)
+        );
+        assert_eq!(
+            answer(&[
+                ("date", "Sun, 06 Nov 1994 09:00:00 GMT"),
+                ("cache-control", "max-age=60"),
             ]),
             secs(60)
         );
@@ -326,6 +387,15 @@ mod tests {
             &[
                 ("date", "Sun, 06 Nov 1994 09:00:00 GMT"),
                 ("expires", "Sun, 06 Nov 1994 09:00:00 GMT"),
+            ],
+            // Dated 10 minutes ago, fresh for 5.
+            &[
+                ("date", "Sun, 06 Nov 1994 08:39:30 GMT"),
+                ("cache-control", "max-age=300"),
+            ],
+            &[
+                ("date", "Sun, 06 Nov 1994 08:39:30 GMT"),
+                ("expires", "Sun, 06 Nov 1994 08:44:30 GMT"),
             ],
         ] {
             assert_eq!(answer(fields), Freshness::NotStorable, "{fields:?}");

@@ -30,6 +30,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use control::Freshness;
+
 /// Bytes every entry is counted for beyond its key and body (the entry's own bookkeeping).
 pub const ENTRY_OVERHEAD: u64 = 64;
 
@@ -78,14 +80,17 @@ pub struct CachedAnswer {
     pub content_type: Box<[u8]>,
     /// When it was stored (monotonic nanoseconds, [`crate::limit::Clock::now_nanos`]).
     pub stored: u64,
+    /// Its age when it arrived (RFC 9111 §4.2.3 `corrected_initial_age`).
+    initial_age: Duration,
     /// When it stops being served (the same clock).
     expires: u64,
 }
 
 impl CachedAnswer {
-    /// Its age at `now` (monotonic nanoseconds).
+    /// Its age at `now` (monotonic nanoseconds): its age on arrival plus the time it has
+    /// been stored (RFC 9111 §4.2.3 `current_age`).
     pub fn age(&self, now: u64) -> Duration {
-        Duration::from_nanos(now.saturating_sub(self.stored))
+        self.initial_age + Duration::from_nanos(now.saturating_sub(self.stored))
     }
 }
 
@@ -232,25 +237,32 @@ impl ResponseCache {
     }
 
     /// Stores `body` (sent as `content_type`) under `key` at `now` (monotonic ns), to be
-    /// served until `now + ttl` — or sooner, `now + fresh_for`, when the backend's answer
-    /// gave a shorter freshness lifetime ([`control::Freshness::For`]) — evicting what the
-    /// bounds require. A body too large for the store ([`Self::max_body`]) is not stored.
+    /// served until `now + ttl` — or sooner when the backend's answer gave a shorter
+    /// freshness lifetime ([`Freshness::For`]) — evicting what the bounds require. A body
+    /// too large for the store ([`Self::max_body`]) or [`Freshness::NotStorable`] is not
+    /// stored (`false`).
     pub fn insert(
         &self,
         key: Box<[u8]>,
         body: Bytes,
         content_type: Box<[u8]>,
-        fresh_for: Option<Duration>,
+        freshness: Freshness,
         now: u64,
     ) -> bool {
         if body.len() + content_type.len() > self.max_body(key.len()) {
             return false;
         }
-        let lifetime = fresh_for.map_or(self.settings.ttl, |f| f.min(self.settings.ttl));
+        let ttl = self.settings.ttl;
+        let (lifetime, initial_age) = match freshness {
+            Freshness::For { left, age } => (left.min(ttl), age),
+            Freshness::Unstated { age } => (ttl, age),
+            Freshness::NotStorable => return false,
+        };
         let answer = CachedAnswer {
             body,
             content_type,
             stored: now,
+            initial_age,
             expires: now.saturating_add(u64::try_from(lifetime.as_nanos()).unwrap_or(u64::MAX)),
         };
         self.store.insert(key, Arc::new(answer));
@@ -298,9 +310,13 @@ mod tests {
     fn a_shorter_lifetime_from_the_backend_ends_the_entry_sooner() {
         let c = cache(10, 1 << 20);
         let t0 = 1_000_000_000;
-        let five = Some(Duration::from_secs(5));
+        let fresh = |secs| Freshness::For {
+            left: Duration::from_secs(secs),
+            age: Duration::ZERO,
+        };
+        let five = fresh(5);
         assert!(c.insert(key(1), b"{}".to_vec().into(), json(), five, t0));
-        let long = Some(Duration::from_secs(600));
+        let long = fresh(600);
         assert!(c.insert(key(2), b"{}".to_vec().into(), json(), long, t0));
         assert!(c.get(&key(1), t0 + 4_999_000_000).is_some());
         assert!(c.get(&key(1), t0 + 5_000_000_000).is_none());
@@ -315,7 +331,13 @@ mod tests {
     fn a_stored_answer_is_served_until_its_ttl() {
         let c = cache(10, 1 << 20);
         let t0 = 1_000_000_000;
-        assert!(c.insert(key(1), b"{\"a\":1}".to_vec().into(), json(), None, t0));
+        assert!(c.insert(
+            key(1),
+            b"{\"a\":1}".to_vec().into(),
+            json(),
+            Freshness::default(),
+            t0
+        ));
         let hit = c.get(&key(1), t0 + 59_000_000_000).unwrap();
         assert_eq!(&*hit.body, b"{\"a\":1}");
         assert!(c.get(&key(2), t0).is_none());
@@ -329,7 +351,13 @@ mod tests {
             let c = cache(max, 64 << 20);
             let t0 = 1_000_000_000;
             for i in 0..(max as usize * 3) {
-                c.insert(key(i), b"{}".to_vec().into(), json(), None, t0);
+                c.insert(
+                    key(i),
+                    b"{}".to_vec().into(),
+                    json(),
+                    Freshness::default(),
+                    t0,
+                );
                 assert!(c.len() as u64 <= max, "{} entries over {max}", c.len());
             }
             assert!(!c.is_empty());
@@ -342,13 +370,19 @@ mod tests {
         let t0 = 1_000_000_000;
         let body = Bytes::from(vec![b'x'; 10_000]);
         for i in 0..40 {
-            c.insert(key(i), body.clone(), json(), None, t0);
+            c.insert(key(i), body.clone(), json(), Freshness::default(), t0);
             assert!(c.weight() <= 64 << 10);
         }
         assert!(c.len() <= 6, "{} entries of 10 kB in 64 KiB", c.len());
         // Too large for the store at all: refused, nothing evicted for it.
         let before = c.len();
-        assert!(!c.insert(key(99), vec![b'x'; 64 << 10].into(), json(), None, t0));
+        assert!(!c.insert(
+            key(99),
+            vec![b'x'; 64 << 10].into(),
+            json(),
+            Freshness::default(),
+            t0
+        ));
         assert_eq!(c.len(), before);
     }
 
@@ -371,9 +405,21 @@ mod tests {
     fn one_entry_caches_hold_one() {
         let c = cache(1, 1 << 20);
         let t0 = 1_000_000_000;
-        assert!(c.insert(key(1), b"{}".to_vec().into(), json(), None, t0));
+        assert!(c.insert(
+            key(1),
+            b"{}".to_vec().into(),
+            json(),
+            Freshness::default(),
+            t0
+        ));
         assert!(c.get(&key(1), t0).is_some());
-        assert!(c.insert(key(2), b"{}".to_vec().into(), json(), None, t0));
+        assert!(c.insert(
+            key(2),
+            b"{}".to_vec().into(),
+            json(),
+            Freshness::default(),
+            t0
+        ));
         assert_eq!(c.len(), 1);
     }
 }

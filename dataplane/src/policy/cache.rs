@@ -18,7 +18,6 @@
 //!   stored when the request completes.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -66,8 +65,8 @@ pub struct Store {
     body: Option<Vec<u8>>,
     /// The answer's `content-type`.
     content_type: Box<[u8]>,
-    /// The answer's freshness lifetime, when it states one.
-    fresh_for: Option<Duration>,
+    /// The answer's freshness lifetime and age on arrival.
+    freshness: Freshness,
     /// Bytes held from the cache's budget for `body`.
     held: u64,
     /// The whole body went past.
@@ -84,7 +83,7 @@ impl Store {
             cache: Arc::clone(cache),
             body: None,
             content_type: Box::default(),
-            fresh_for: None,
+            freshness: Freshness::default(),
             held: 0,
             complete: false,
         }
@@ -98,10 +97,7 @@ impl Store {
         if storable {
             self.body = Some(Vec::new());
             self.content_type = content_type.unwrap_or(b"application/json").into();
-            self.fresh_for = match freshness {
-                Freshness::For(lifetime) => Some(lifetime),
-                Freshness::Unstated | Freshness::NotStorable => None,
-            };
+            self.freshness = freshness;
         }
     }
 
@@ -258,7 +254,7 @@ pub struct ResponseCaching;
 impl Policy for ResponseCaching {
     fn on_request_body<'s>(
         &self,
-        _env: &Env<'s>,
+        env: &Env<'s>,
         ctx: &mut RequestCtx<'s>,
         _req: &Request<'_>,
     ) -> Flow {
@@ -275,6 +271,14 @@ impl Policy for ResponseCaching {
         if let Some(result) = ctx.cache.result() {
             ctx.response_headers.extend_from_slice(b"x-sluice-cache: ");
             ctx.response_headers.extend_from_slice(result.as_bytes());
+            ctx.response_headers.extend_from_slice(b"\r\n");
+        }
+        if let Verdict::Hit(answer) = &ctx.cache.verdict {
+            // RFC 9111 §5.1: a cache states the age of a stored answer it serves.
+            let age = answer.age(env.clock.now_nanos()).as_secs();
+            ctx.response_headers.extend_from_slice(b"age: ");
+            ctx.response_headers
+                .extend_from_slice(itoa::Buffer::new().format(age).as_bytes());
             ctx.response_headers.extend_from_slice(b"\r\n");
         }
         Flow::Continue
@@ -345,7 +349,7 @@ impl Policy for ResponseCaching {
                 key,
                 body,
                 content_type,
-                store.fresh_for,
+                store.freshness,
                 env.clock.now_nanos(),
             );
         }

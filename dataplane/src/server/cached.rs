@@ -38,7 +38,7 @@ pub(super) async fn replay<'s, P: Policy>(
         content_type: Some(&answer.content_type),
         coding: BodyCoding::Identity,
         backend: None,
-        freshness: Freshness::Unstated,
+        freshness: Freshness::default(),
     };
     if let Some(err) = pipeline.on_response_head(ctx, &head).into_error() {
         return down.answer_error(ctx, &err, close).await;

@@ -85,7 +85,7 @@ impl Exchange<'_> {
             }),
             coding: BodyCoding::Identity,
             backend: Some(id),
-            freshness: Freshness::Unstated,
+            freshness: Freshness::default(),
         };
         if let Some(err) = pipeline.on_response_head(ctx, &head).into_error() {
             return self.down.answer_error(ctx, &err, close).await;

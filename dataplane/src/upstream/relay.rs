@@ -72,9 +72,9 @@ impl Exchange<'_> {
                 for h in &self.leg.resp.headers {
                     control.add(h.name(&self.leg.ubuf), &self.leg.ubuf[h.value.clone()]);
                 }
-                control.freshness(SystemTime::now)
+                control.freshness(SystemTime::now())
             } else {
-                Freshness::Unstated
+                Freshness::default()
             },
         };
         if let Some(err) = pipeline.on_response_head(ctx, &head).into_error() {
