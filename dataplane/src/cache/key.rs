@@ -2,7 +2,9 @@
 //! operation, the subscription (when entries are per subscription) and the body in canonical
 //! JSON — object members sorted by key, no insignificant whitespace, strings re-serialized
 //! (`"\u0041"` and `"A"` are one string), the top-level members that do not
-//! change the answer (`ignore_fields`) left out. The deployment is not in it: each
+//! change the answer (`ignore_fields`) left out. Inside [`ORDERED_FIELDS`] (the JSON
+//! Schemas of `response_format`, `tools` and `functions`) members keep their order: the
+//! model reads a schema as written, and Structured Outputs answer in its order. The deployment is not in it: each
 //! deployment has its own store.
 //!
 //! Canonical form is conservative: numbers stay as written (`1` and `1.0` are different
@@ -180,6 +182,11 @@ fn write_string(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
+/// Top-level members whose objects keep their members' order in the key: the model reads
+/// them as written (OpenAI Structured Outputs: "outputs will be produced in the same order
+/// as the ordering of keys in the schema"; a tool's parameters are rendered in order).
+const ORDERED_FIELDS: [&str; 3] = ["response_format", "tools", "functions"];
+
 /// Nesting deeper than this is not cached (serde_json's own limit).
 const MAX_DEPTH: usize = 128;
 
@@ -201,7 +208,7 @@ fn parse(text: &[u8]) -> Option<Canon<'_>> {
         pos: 0,
         values_left: MAX_VALUES,
     };
-    let value = reader.value(0)?;
+    let value = reader.value(0, false)?;
     reader.skip_whitespace();
     (reader.pos == text.len()).then_some(value)
 }
@@ -235,11 +242,12 @@ impl<'a> Reader<'a> {
         found
     }
 
-    fn value(&mut self, depth: usize) -> Option<Canon<'a>> {
+    /// A value at nesting `depth`; `ordered`: its objects keep their members' order.
+    fn value(&mut self, depth: usize, ordered: bool) -> Option<Canon<'a>> {
         self.values_left = self.values_left.checked_sub(1)?;
         match self.peek()? {
-            b'{' => self.object(depth + 1),
-            b'[' => self.array(depth + 1),
+            b'{' => self.object(depth + 1, ordered),
+            b'[' => self.array(depth + 1, ordered),
             b'"' => self.string().map(Canon::String),
             b't' => self.eat(b"true").then_some(Canon::Bool(true)),
             b'f' => self.eat(b"false").then_some(Canon::Bool(false)),
@@ -248,7 +256,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn object(&mut self, depth: usize) -> Option<Canon<'a>> {
+    fn object(&mut self, depth: usize, ordered: bool) -> Option<Canon<'a>> {
         if depth > MAX_DEPTH {
             return None;
         }
@@ -267,7 +275,9 @@ impl<'a> Reader<'a> {
                 return None;
             }
             self.pos += 1;
-            members.push((name, self.value(depth)?));
+            let keep = ordered || (depth == 1 && ORDERED_FIELDS.contains(&name.as_ref()));
+            let value = self.value(depth, keep)?;
+            members.push((name, value));
             match self.peek()? {
                 b',' => self.pos += 1,
                 b'}' => {
@@ -277,19 +287,27 @@ impl<'a> Reader<'a> {
                 _ => return None,
             }
         }
-        members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         // A repeated name, or two that a case-folding backend reads as one (`"messages"`
         // and `"MESSAGES"`): which one it takes depends on their order, which the key
         // drops.
-        if members.windows(2).any(|w| w[0].0 == w[1].0)
-            || any_fold_together(members.iter().map(|(k, _)| k.as_ref()))
-        {
+        let repeated = if ordered {
+            let mut names: Vec<&str> = members.iter().map(|(k, _)| k.as_ref()).collect();
+            names.sort_unstable();
+            names.windows(2).any(|w| w[0] == w[1])
+        } else {
+            members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            members.windows(2).any(|w| w[0].0 == w[1].0)
+        };
+        if repeated {
+            return None;
+        }
+        if any_fold_together(members.iter().map(|(k, _)| k.as_ref())) {
             return None;
         }
         Some(Canon::Object(members))
     }
 
-    fn array(&mut self, depth: usize) -> Option<Canon<'a>> {
+    fn array(&mut self, depth: usize, ordered: bool) -> Option<Canon<'a>> {
         if depth > MAX_DEPTH {
             return None;
         }
@@ -300,7 +318,7 @@ impl<'a> Reader<'a> {
             return Some(Canon::Array(items));
         }
         loop {
-            items.push(self.value(depth)?);
+            items.push(self.value(depth, ordered)?);
             match self.peek()? {
                 b',' => self.pos += 1,
                 b']' => {
@@ -456,6 +474,41 @@ mod tests {
         let c = chat(r#"{"temperature":0,"messages":[{"role":"user"},{"role":"system"}]}"#);
         let d = chat(r#"{"temperature":0,"messages":[{"role":"system"},{"role":"user"}]}"#);
         assert_ne!(c.unwrap(), d.unwrap());
+    }
+
+    /// The model reads a schema in its written order: inside `response_format`, `tools`
+    /// and `functions` members keep it (and still may not repeat, in any case).
+    #[test]
+    fn schemas_keep_their_member_order() {
+        let schema = |props: &str| {
+            chat(&format!(
+                r#"{{"temperature":0,"response_format":{{"type":"json_schema","json_schema":{{"name":"p","schema":{{"type":"object","properties":{props}}}}}}}}}"#
+            ))
+        };
+        let nae = schema(r#"{"name":{"type":"string"},"age":{"type":"integer"}}"#).unwrap();
+        let ane = schema(r#"{"age":{"type":"integer"},"name":{"type":"string"}}"#).unwrap();
+        assert_ne!(nae, ane);
+        assert!(
+            nae.contains(r#""properties":{"name":{"type":"string"},"age""#),
+            "{nae}"
+        );
+        // Whitespace and escapes still do not count.
+        let spaced = schema(r#"{ "n\u0061me" : {"type":"string"}, "age":{"type":"integer"} }"#);
+        assert_eq!(spaced.unwrap(), nae);
+        for body in [
+            r#"{"temperature":0,"tools":[{"type":"function","function":{"parameters":{"b":1,"a":2}}}]}"#,
+            r#"{"temperature":0,"functions":[{"name":"f","parameters":{"b":1,"a":2}}]}"#,
+        ] {
+            let swapped = body.replace(r#""b":1,"a":2"#, r#""a":2,"b":1"#);
+            assert_ne!(chat(body).unwrap(), chat(&swapped).unwrap(), "{body}");
+        }
+        assert_eq!(schema(r#"{"a":1,"a":2}"#), Err(NotCacheable::Unreadable));
+        assert_eq!(schema(r#"{"a":1,"A":2}"#), Err(NotCacheable::Unreadable));
+        // Elsewhere order is dropped, below the top level too.
+        assert_eq!(
+            chat(r#"{"temperature":0,"metadata":{"b":1,"a":2}}"#),
+            chat(r#"{"temperature":0,"metadata":{"a":2,"b":1}}"#)
+        );
     }
 
     #[test]
