@@ -27,7 +27,9 @@
 //! client's `max-age` is held to and a hit states in `Age` (§5.1).
 //!
 //! Directive names are case-insensitive; every `Cache-Control` line counts; of repeated
-//! ages the strictest holds.
+//! ages the strictest holds; an answer's `max-age` or `s-maxage` that is not delta-seconds
+//! (`-1`, `0x10`, none) makes it stale (§4.2.1: "caches are encouraged to consider
+//! responses that have invalid freshness information to be stale").
 
 use std::time::{Duration, SystemTime};
 
@@ -155,13 +157,12 @@ impl<'h> AnswerControl<'h> {
                 {
                     self.forbidden = true;
                 } else if directive.eq_ignore_ascii_case(b"s-maxage") {
-                    if let Some(secs) = delta_seconds(argument) {
-                        self.s_maxage = strictest(self.s_maxage, secs);
-                    }
+                    // §4.2.1: a response with invalid freshness information is stale.
+                    let secs = delta_seconds(argument).unwrap_or(0);
+                    self.s_maxage = strictest(self.s_maxage, secs);
                 } else if directive.eq_ignore_ascii_case(b"max-age") {
-                    if let Some(secs) = delta_seconds(argument) {
-                        self.max_age = strictest(self.max_age, secs);
-                    }
+                    let secs = delta_seconds(argument).unwrap_or(0);
+                    self.max_age = strictest(self.max_age, secs);
                 }
             }
         } else if name.eq_ignore_ascii_case(b"expires") {
@@ -378,6 +379,9 @@ mod tests {
             &[("cache-control", "s-maxage=0, max-age=60")],
             &[("cache-control", "max-age=0, must-revalidate")],
             &[("cache-control", "max-age=60"), ("age", "60")],
+            &[("cache-control", "max-age=-1")],
+            &[("cache-control", "max-age=0x10")],
+            &[("cache-control", "s-maxage, max-age=60")],
             &[("expires", "Sun, 06 Nov 1994 08:49:29 GMT")],
             &[("expires", "0")],
             &[
