@@ -23,7 +23,7 @@ pub fn folds_to(name: &[u8], field: &[u8]) -> bool {
     let mut chars = name.chars();
     field
         .iter()
-        .all(|f| chars.next().and_then(ascii_fold) == Some(f.to_ascii_lowercase()))
+        .all(|f| chars.next().map(fold_char) == Some(char::from(f.to_ascii_lowercase())))
         && chars.next().is_none()
 }
 
@@ -54,19 +54,6 @@ fn fold_char(c: char) -> char {
     one(c.to_uppercase())
         .and_then(|u| one(u.to_lowercase()))
         .unwrap_or(c)
-}
-
-/// The lower-case ASCII letter (or other ASCII character) `c` folds to, if any: itself
-/// for ASCII, else the ASCII letter its one-character upper or lower case is.
-fn ascii_fold(c: char) -> Option<u8> {
-    if c.is_ascii() {
-        return Some(c.to_ascii_lowercase() as u8);
-    }
-    [one(c.to_uppercase()), one(c.to_lowercase())]
-        .into_iter()
-        .flatten()
-        .find(char::is_ascii_alphabetic)
-        .map(|a| a.to_ascii_lowercase() as u8)
 }
 
 /// The one character a case mapping gives (`None` when it gives several, as `ß` → `SS`).

@@ -4,8 +4,8 @@
 //! (`"\u0041"` and `"A"` are one string), the top-level members that do not
 //! change the answer (`ignore_fields`) left out. Inside [`ORDERED_FIELDS`] (the JSON
 //! Schemas of `response_format`, `tools` and `functions`) members keep their order: the
-//! model reads a schema as written, and Structured Outputs answer in its order. The deployment is not in it: each
-//! deployment has its own store.
+//! model reads a schema as written, and Structured Outputs answer in its order. The
+//! deployment is not in it: each deployment has its own store.
 //!
 //! Canonical form is conservative: numbers stay as written (`1` and `1.0` are different
 //! numbers, as a backend may take them), `"stream": false` and no `stream` are different

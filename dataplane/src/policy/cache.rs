@@ -27,6 +27,7 @@ use super::usage::{Charge, UsageTap};
 use crate::cache::control::{ClientControl, Freshness};
 use crate::cache::key::{caches, request_key};
 use crate::cache::{CachedAnswer, ResponseCache};
+use crate::http::write_header;
 use crate::tokens::usage::Usage;
 
 /// What the response cache does for a request: the lookup, and whether it stands (the
@@ -269,17 +270,21 @@ impl Policy for ResponseCaching {
             };
         }
         if let Some(result) = ctx.cache.result() {
-            ctx.response_headers.extend_from_slice(b"x-sluice-cache: ");
-            ctx.response_headers.extend_from_slice(result.as_bytes());
-            ctx.response_headers.extend_from_slice(b"\r\n");
+            write_header(
+                &mut ctx.response_headers,
+                b"x-sluice-cache",
+                result.as_bytes(),
+            );
         }
         if let Verdict::Hit(answer) = &ctx.cache.verdict {
             // RFC 9111 §5.1: a cache states the age of a stored answer it serves.
             let age = answer.age(env.clock.now_nanos()).as_secs();
-            ctx.response_headers.extend_from_slice(b"age: ");
-            ctx.response_headers
-                .extend_from_slice(itoa::Buffer::new().format(age).as_bytes());
-            ctx.response_headers.extend_from_slice(b"\r\n");
+            let mut num = itoa::Buffer::new();
+            write_header(
+                &mut ctx.response_headers,
+                b"age",
+                num.format(age).as_bytes(),
+            );
         }
         Flow::Continue
     }
